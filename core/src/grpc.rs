@@ -1,0 +1,307 @@
+//! gRPC plumbing shared by every service: mutual-TLS servers and clients, per-service client-name
+//! allowlists, the health service, deadlines carried from the ACME request, and `Problem` across the wire.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::service::{Interceptor, Routes};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
+use tonic::{Code, Request, Status};
+
+use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
+use crate::error::{ErrorKind, Problem, SubProblem};
+
+/// Metadata key carrying an [`ErrorKind`] name.
+const ERROR_KIND_KEY: &str = "quarry-error-kind";
+/// Binary metadata key carrying JSON subproblems.
+const SUBPROBLEMS_KEY: &str = "quarry-subproblems-bin";
+
+/// Failures to set up or run a gRPC server or client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GrpcError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Binds the server's configured address (port 0 picks a free port; the listener tells which).
+pub async fn bind(config: &GrpcServerConfig) -> Result<TcpListener, GrpcError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GrpcError::Bind {
+            addr: config.listen,
+            source,
+        })
+}
+
+/// Serves `routes` over mutual TLS on `listener` until `shutdown` completes, with the health service
+/// reporting every name in `service_names` as serving.
+///
+/// Each service in `routes` must already be wrapped in its [`ClientAllowlist`]: the transport only
+/// proves that a client holds a certificate from the internal CA, not which service may call what.
+pub async fn serve(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    routes: Routes,
+    service_names: &[&str],
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError> {
+    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    let tls_config = ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(&tls.ca)?));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let routes = routes.add_service(health);
+    Server::builder()
+        .tls_config(tls_config)?
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Lets through only calls whose client certificate names one of the allowed clients of a service.
+#[derive(Debug, Clone)]
+pub struct ClientAllowlist {
+    service: Arc<str>,
+    allowed: Arc<BTreeSet<String>>,
+}
+
+impl ClientAllowlist {
+    /// The allowlist configured for `service`; a service absent from the configuration cannot be served,
+    /// so that forgetting an entry fails at start-up instead of opening the service to everyone.
+    pub fn for_service(config: &GrpcServerConfig, service: &str) -> Result<Self, ConfigError> {
+        let access = config.services.get(service).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "grpc.services.\"{service}\" is missing: list the client names allowed to call it"
+            ))
+        })?;
+        Ok(Self {
+            service: service.into(),
+            allowed: Arc::new(access.client_names.iter().cloned().collect()),
+        })
+    }
+
+    /// Whether a client presenting these certificate names may call the service.
+    pub fn allows<'a>(&self, mut names: impl Iterator<Item = &'a str>) -> bool {
+        names.any(|name| self.allowed.contains(name))
+    }
+}
+
+impl Interceptor for ClientAllowlist {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let names = certs
+            .first()
+            .map(|leaf| certificate_dns_names(leaf))
+            .unwrap_or_default();
+        if self.allows(names.iter().map(String::as_str)) {
+            Ok(request)
+        } else {
+            tracing::warn!(service = %self.service, clients = ?names, "refused a client not on the allowlist");
+            Err(Status::permission_denied(format!(
+                "client {names:?} may not call {}",
+                self.service
+            )))
+        }
+    }
+}
+
+/// The DNS subject alternative names of a DER certificate.
+fn certificate_dns_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A lazily connecting mutual-TLS channel to a peer: services may start in any order.
+pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, GrpcError> {
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .domain_name(config.server_name.clone());
+    let endpoint = Endpoint::from_shared(config.address.clone())
+        .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {:?}: {e}", config.address)))?
+        .tls_config(tls_config)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_millis(config.timeout_ms));
+    Ok(endpoint.connect_lazy())
+}
+
+/// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.
+pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(deadline) = deadline {
+        // A deadline already past still goes out with a tiny timeout so the peer fails fast.
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        request.set_timeout(remaining);
+    }
+    request
+}
+
+/// The deadline an incoming request carries in its `grpc-timeout` header, if any.
+pub fn incoming_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(value).map(|timeout| Instant::now() + timeout)
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn code_for(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound | ErrorKind::AccountDoesNotExist => Code::NotFound,
+        ErrorKind::Duplicate | ErrorKind::Conflict => Code::AlreadyExists,
+        ErrorKind::Unauthorized => Code::PermissionDenied,
+        ErrorKind::RateLimited => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Timeout => Code::DeadlineExceeded,
+        ErrorKind::ServerInternal => Code::Internal,
+        ErrorKind::OrderNotReady => Code::FailedPrecondition,
+        _ => Code::InvalidArgument,
+    }
+}
+
+impl From<Problem> for Status {
+    fn from(problem: Problem) -> Self {
+        let mut status = Status::new(code_for(problem.kind), problem.detail.clone());
+        if let Ok(kind) = MetadataValue::try_from(problem.kind.as_str()) {
+            status.metadata_mut().insert(ERROR_KIND_KEY, kind);
+        }
+        if !problem.subproblems.is_empty()
+            && let Ok(json) = serde_json::to_vec(&problem.subproblems)
+        {
+            status
+                .metadata_mut()
+                .insert_bin(SUBPROBLEMS_KEY, BinaryMetadataValue::from_bytes(&json));
+        }
+        status
+    }
+}
+
+impl From<Status> for Problem {
+    /// Recovers the peer's problem; a status without one (a transport failure, a peer bug) becomes a generic
+    /// problem whose detail never echoes the transport's own message to a client.
+    fn from(status: Status) -> Self {
+        let kind = status
+            .metadata()
+            .get(ERROR_KIND_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorKind::parse);
+        match kind {
+            Some(kind) => {
+                let subproblems = status
+                    .metadata()
+                    .get_bin(SUBPROBLEMS_KEY)
+                    .and_then(|v| v.to_bytes().ok())
+                    .and_then(|bytes| serde_json::from_slice::<Vec<SubProblem>>(&bytes).ok())
+                    .unwrap_or_default();
+                Problem::new(kind, status.message()).with_subproblems(subproblems)
+            }
+            None => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "peer failed without a problem");
+                match status.code() {
+                    Code::DeadlineExceeded | Code::Cancelled => {
+                        Problem::new(ErrorKind::Timeout, "an internal request timed out")
+                    }
+                    Code::Unavailable => {
+                        Problem::new(ErrorKind::Unavailable, "an internal service is unavailable")
+                    }
+                    _ => Problem::internal("an internal error occurred"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_survive_a_status_round_trip() {
+        let problem = Problem::new(ErrorKind::BadCsr, "CSR names differ from the order")
+            .with_subproblems(vec![SubProblem {
+                kind: ErrorKind::Malformed,
+                detail: "x".into(),
+                identifier: Some(crate::Identifier::dns("a.example")),
+            }]);
+        let status = Status::from(problem.clone());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(Problem::from(status), problem);
+    }
+
+    #[test]
+    fn foreign_statuses_do_not_leak_their_message() {
+        let problem = Problem::from(Status::internal("thread 'x' panicked at src/lib.rs"));
+        assert_eq!(problem.kind, ErrorKind::ServerInternal);
+        assert!(!problem.detail.contains("panicked"));
+        assert_eq!(
+            Problem::from(Status::deadline_exceeded("slow")).kind,
+            ErrorKind::Timeout
+        );
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+}

@@ -1,0 +1,22 @@
+//! Quarry's shared core: domain types, error kinds, configuration loading and the gRPC plumbing every service uses.
+//!
+//! Nothing here knows about HTTP, ACME problem documents or the database: those belong to the wfe and the sa.
+
+pub mod clock;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod grpc;
+pub mod identifier;
+pub mod model;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{ErrorKind, Problem, SubProblem};
+pub use identifier::{Identifier, IdentifierType};
+
+/// Installs aws-lc-rs as the process-wide rustls crypto provider; every binary calls this first.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,346 @@
+//! Conversions between prost messages and `quarry_core` domain types, in one place.
+//!
+//! Decoding is strict: an unknown status or identifier type from a peer is a `serverInternal` problem,
+//! because it means two services disagree about the wire format.
+
+use quarry_core::model::{
+    Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge,
+    ChallengeStatus, ChallengeType, Order, OrderStatus, ValidationRecord,
+};
+use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
+
+use crate::core as pb;
+
+fn bad_wire(what: &str, value: &str) -> Problem {
+    Problem::internal(format!("peer sent an unknown {what} {value:?}"))
+}
+
+impl From<&Identifier> for pb::Identifier {
+    fn from(id: &Identifier) -> Self {
+        Self {
+            r#type: id.kind.as_str().to_owned(),
+            value: id.value.clone(),
+        }
+    }
+}
+
+impl TryFrom<&pb::Identifier> for Identifier {
+    type Error = Problem;
+    fn try_from(id: &pb::Identifier) -> Result<Self, Problem> {
+        let kind = IdentifierType::parse(&id.r#type)
+            .ok_or_else(|| bad_wire("identifier type", &id.r#type))?;
+        Ok(Identifier {
+            kind,
+            value: id.value.clone(),
+        })
+    }
+}
+
+/// Encodes a list of identifiers.
+pub fn identifiers_to_pb(ids: &[Identifier]) -> Vec<pb::Identifier> {
+    ids.iter().map(pb::Identifier::from).collect()
+}
+
+/// Decodes a list of identifiers.
+pub fn identifiers_from_pb(ids: &[pb::Identifier]) -> Result<Vec<Identifier>, Problem> {
+    ids.iter().map(Identifier::try_from).collect()
+}
+
+impl From<&Problem> for pb::Problem {
+    fn from(p: &Problem) -> Self {
+        Self {
+            kind: p.kind.as_str().to_owned(),
+            detail: p.detail.clone(),
+            subproblems: p
+                .subproblems
+                .iter()
+                .map(|s| pb::SubProblem {
+                    kind: s.kind.as_str().to_owned(),
+                    detail: s.detail.clone(),
+                    identifier: s.identifier.as_ref().map(pb::Identifier::from),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&pb::Problem> for Problem {
+    fn from(p: &pb::Problem) -> Self {
+        let kind = |name: &str| ErrorKind::parse(name).unwrap_or(ErrorKind::ServerInternal);
+        Problem::new(kind(&p.kind), p.detail.clone()).with_subproblems(
+            p.subproblems
+                .iter()
+                .map(|s| SubProblem {
+                    kind: kind(&s.kind),
+                    detail: s.detail.clone(),
+                    identifier: s
+                        .identifier
+                        .as_ref()
+                        .and_then(|i| Identifier::try_from(i).ok()),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Encodes an optional problem.
+pub fn problem_to_pb(p: &Option<Problem>) -> Option<pb::Problem> {
+    p.as_ref().map(pb::Problem::from)
+}
+
+/// Decodes an optional problem.
+pub fn problem_from_pb(p: &Option<pb::Problem>) -> Option<Problem> {
+    p.as_ref().map(Problem::from)
+}
+
+impl From<&ValidationRecord> for pb::ValidationRecord {
+    fn from(r: &ValidationRecord) -> Self {
+        Self {
+            hostname: r.hostname.clone(),
+            port: r.port.clone(),
+            addresses_resolved: r.addresses_resolved.clone(),
+            address_used: r.address_used.clone(),
+            url: r.url.clone(),
+            addresses_tried: r.addresses_tried.clone(),
+            resolver_addresses: r.resolver_addresses.clone(),
+            perspective: r.perspective.clone(),
+        }
+    }
+}
+
+impl From<&pb::ValidationRecord> for ValidationRecord {
+    fn from(r: &pb::ValidationRecord) -> Self {
+        Self {
+            hostname: r.hostname.clone(),
+            port: r.port.clone(),
+            addresses_resolved: r.addresses_resolved.clone(),
+            address_used: r.address_used.clone(),
+            url: r.url.clone(),
+            addresses_tried: r.addresses_tried.clone(),
+            resolver_addresses: r.resolver_addresses.clone(),
+            perspective: r.perspective.clone(),
+        }
+    }
+}
+
+/// Encodes validation records.
+pub fn records_to_pb(records: &[ValidationRecord]) -> Vec<pb::ValidationRecord> {
+    records.iter().map(pb::ValidationRecord::from).collect()
+}
+
+/// Decodes validation records.
+pub fn records_from_pb(records: &[pb::ValidationRecord]) -> Vec<ValidationRecord> {
+    records.iter().map(ValidationRecord::from).collect()
+}
+
+impl From<&Account> for pb::Account {
+    fn from(a: &Account) -> Self {
+        Self {
+            id: a.id,
+            jwk: a.jwk.clone(),
+            status: a.status.as_str().to_owned(),
+            contact: a.contact.clone(),
+            terms_of_service_agreed: a.terms_of_service_agreed,
+            created_at: a.created_at,
+            ..Default::default()
+        }
+    }
+}
+
+impl TryFrom<&pb::Account> for Account {
+    type Error = Problem;
+    fn try_from(a: &pb::Account) -> Result<Self, Problem> {
+        Ok(Self {
+            id: a.id,
+            jwk: a.jwk.clone(),
+            status: AccountStatus::parse(&a.status)
+                .ok_or_else(|| bad_wire("account status", &a.status))?,
+            contact: a.contact.clone(),
+            terms_of_service_agreed: a.terms_of_service_agreed,
+            created_at: a.created_at,
+        })
+    }
+}
+
+impl From<&Challenge> for pb::Challenge {
+    fn from(c: &Challenge) -> Self {
+        Self {
+            id: c.index,
+            r#type: c.kind.as_str().to_owned(),
+            status: c.status.as_str().to_owned(),
+            token: c.token.clone(),
+            validated: c.validated,
+            error: problem_to_pb(&c.error),
+            validation_records: records_to_pb(&c.validation_records),
+        }
+    }
+}
+
+impl TryFrom<&pb::Challenge> for Challenge {
+    type Error = Problem;
+    fn try_from(c: &pb::Challenge) -> Result<Self, Problem> {
+        Ok(Self {
+            index: c.id,
+            kind: ChallengeType::parse(&c.r#type)
+                .ok_or_else(|| bad_wire("challenge type", &c.r#type))?,
+            status: ChallengeStatus::parse(&c.status)
+                .ok_or_else(|| bad_wire("challenge status", &c.status))?,
+            token: c.token.clone(),
+            validated: c.validated,
+            error: problem_from_pb(&c.error),
+            validation_records: records_from_pb(&c.validation_records),
+        })
+    }
+}
+
+impl From<&Authorization> for pb::Authorization {
+    fn from(a: &Authorization) -> Self {
+        Self {
+            id: a.id,
+            account_id: a.account_id,
+            identifier: Some(pb::Identifier::from(&a.identifier)),
+            status: a.status.as_str().to_owned(),
+            expires: a.expires,
+            challenges: a.challenges.iter().map(pb::Challenge::from).collect(),
+            wildcard: a.wildcard,
+            profile: a.profile.clone(),
+            created: a.created,
+        }
+    }
+}
+
+impl TryFrom<&pb::Authorization> for Authorization {
+    type Error = Problem;
+    fn try_from(a: &pb::Authorization) -> Result<Self, Problem> {
+        let identifier = a
+            .identifier
+            .as_ref()
+            .ok_or_else(|| Problem::internal("authorization without identifier"))?;
+        Ok(Self {
+            id: a.id,
+            account_id: a.account_id,
+            identifier: Identifier::try_from(identifier)?,
+            status: AuthorizationStatus::parse(&a.status)
+                .ok_or_else(|| bad_wire("authorization status", &a.status))?,
+            expires: a.expires,
+            challenges: a
+                .challenges
+                .iter()
+                .map(Challenge::try_from)
+                .collect::<Result<_, _>>()?,
+            wildcard: a.wildcard,
+            profile: a.profile.clone(),
+            created: a.created,
+        })
+    }
+}
+
+impl From<&Order> for pb::Order {
+    fn from(o: &Order) -> Self {
+        Self {
+            id: o.id,
+            account_id: o.account_id,
+            status: o.status.as_str().to_owned(),
+            expires: o.expires,
+            identifiers: identifiers_to_pb(&o.identifiers),
+            authorization_ids: o.authorization_ids.clone(),
+            error: problem_to_pb(&o.error),
+            certificate_serial: o.certificate_serial.clone(),
+            created: o.created,
+            profile: o.profile.clone(),
+            replaces: o.replaces.clone(),
+            began_processing: o.began_processing,
+            not_before: o.not_before,
+            not_after: o.not_after,
+        }
+    }
+}
+
+impl TryFrom<&pb::Order> for Order {
+    type Error = Problem;
+    fn try_from(o: &pb::Order) -> Result<Self, Problem> {
+        Ok(Self {
+            id: o.id,
+            account_id: o.account_id,
+            status: OrderStatus::parse(&o.status)
+                .ok_or_else(|| bad_wire("order status", &o.status))?,
+            expires: o.expires,
+            identifiers: identifiers_from_pb(&o.identifiers)?,
+            authorization_ids: o.authorization_ids.clone(),
+            error: problem_from_pb(&o.error),
+            certificate_serial: o.certificate_serial.clone(),
+            created: o.created,
+            profile: o.profile.clone(),
+            replaces: o.replaces.clone(),
+            began_processing: o.began_processing,
+            not_before: o.not_before,
+            not_after: o.not_after,
+        })
+    }
+}
+
+impl From<&Certificate> for pb::Certificate {
+    fn from(c: &Certificate) -> Self {
+        Self {
+            serial: c.serial.clone(),
+            account_id: c.account_id,
+            der: c.der.clone(),
+            issued: c.issued,
+            expires: c.expires,
+            digest: c.digest.clone(),
+            issuer_id: c.issuer_id,
+        }
+    }
+}
+
+impl From<&pb::Certificate> for Certificate {
+    fn from(c: &pb::Certificate) -> Self {
+        Self {
+            serial: c.serial.clone(),
+            account_id: c.account_id,
+            der: c.der.clone(),
+            issued: c.issued,
+            expires: c.expires,
+            digest: c.digest.clone(),
+            issuer_id: c.issuer_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_round_trip() {
+        let order = Order {
+            id: 7,
+            account_id: 3,
+            status: OrderStatus::Ready,
+            expires: 100,
+            identifiers: vec![Identifier::dns("a.example"), Identifier::dns("*.b.example")],
+            authorization_ids: vec![1, 2],
+            error: Some(Problem::malformed("x")),
+            certificate_serial: String::new(),
+            created: 50,
+            profile: "classic".into(),
+            replaces: String::new(),
+            began_processing: 0,
+            not_before: 0,
+            not_after: 0,
+        };
+        assert_eq!(Order::try_from(&pb::Order::from(&order)).unwrap(), order);
+    }
+
+    #[test]
+    fn unknown_statuses_are_refused() {
+        let wire = pb::Order {
+            status: "bogus".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Order::try_from(&wire).unwrap_err().kind,
+            ErrorKind::ServerInternal
+        );
+    }
+}
