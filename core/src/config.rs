@@ -13,10 +13,7 @@ use serde::{Deserialize, Deserializer};
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid configuration in {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -25,19 +22,13 @@ pub enum ConfigError {
 
 /// Reads and parses a TOML file into `T` (whose structs deny unknown fields).
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, &path.display().to_string())
 }
 
 /// Parses TOML text into `T`; `origin` names the source in error messages.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })
+    toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
 }
 
 /// Layers `overlay` over `base`: tables merge key by key, anything else in the overlay replaces the base value.
@@ -141,10 +132,7 @@ mod tests {
             toml::Table::from_iter([
                 ("a".to_owned(), toml::Value::Integer(1)),
                 ("b".to_owned(), toml::Value::Integer(2)),
-                (
-                    "t".to_owned(),
-                    toml::from_str::<toml::Value>("x = 1\ny = [2, 3]").unwrap()
-                ),
+                ("t".to_owned(), toml::from_str::<toml::Value>("x = 1\ny = [2, 3]").unwrap()),
             ])
             .to_string()
         );
@@ -157,14 +145,10 @@ mod tests {
         assert_eq!(parsed.grpc.services["a.B"].client_names, ["x"]);
 
         let unknown = format!("{ok}lisen = 1\n");
-        let err = parse::<Example>(&unknown, "bad.toml")
-            .unwrap_err()
-            .to_string();
+        let err = parse::<Example>(&unknown, "bad.toml").unwrap_err().to_string();
         assert!(err.contains("lisen") && err.contains("bad.toml"), "{err}");
 
-        let err = parse::<Example>(&ok.replace("version = 1", "version = 7"), "v.toml")
-            .unwrap_err()
-            .to_string();
+        let err = parse::<Example>(&ok.replace("version = 1", "version = 7"), "v.toml").unwrap_err().to_string();
         assert!(err.contains("unsupported config version 7"), "{err}");
     }
 }

@@ -97,11 +97,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            detail: detail.into(),
-            subproblems: Vec::new(),
-        }
+        Self { kind, detail: detail.into(), subproblems: Vec::new() }
     }
 
     pub fn with_subproblems(mut self, subproblems: Vec<SubProblem>) -> Self {
@@ -140,12 +136,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_names() {
-        for kind in [
-            ErrorKind::BadNonce,
-            ErrorKind::BadCsr,
-            ErrorKind::Malformed,
-            ErrorKind::NotFound,
-        ] {
+        for kind in [ErrorKind::BadNonce, ErrorKind::BadCsr, ErrorKind::Malformed, ErrorKind::NotFound] {
             assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(ErrorKind::parse("nope"), None);
@@ -153,12 +144,11 @@ mod tests {
 
     #[test]
     fn problems_round_trip_through_json() {
-        let problem =
-            Problem::new(ErrorKind::RejectedIdentifier, "no").with_subproblems(vec![SubProblem {
-                kind: ErrorKind::Malformed,
-                detail: "bad name".into(),
-                identifier: Some(Identifier::dns("a..b")),
-            }]);
+        let problem = Problem::new(ErrorKind::RejectedIdentifier, "no").with_subproblems(vec![SubProblem {
+            kind: ErrorKind::Malformed,
+            detail: "bad name".into(),
+            identifier: Some(Identifier::dns("a..b")),
+        }]);
         let json = serde_json::to_string(&problem).unwrap();
         assert_eq!(serde_json::from_str::<Problem>(&json).unwrap(), problem);
     }

@@ -10,9 +10,7 @@ use tokio::net::TcpListener;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::service::{Interceptor, Routes};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Status};
 
 use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
@@ -32,27 +30,16 @@ pub enum GrpcError {
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
 }
 
 /// Binds the server's configured address (port 0 picks a free port; the listener tells which).
 pub async fn bind(config: &GrpcServerConfig) -> Result<TcpListener, GrpcError> {
-    TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| GrpcError::Bind {
-            addr: config.listen,
-            source,
-        })
+    TcpListener::bind(config.listen).await.map_err(|source| GrpcError::Bind { addr: config.listen, source })
 }
 
 /// Serves `routes` over mutual TLS on `listener` until `shutdown` completes, with the health service
@@ -68,14 +55,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError> {
     let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    let tls_config = ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(&tls.ca)?));
+    let tls_config = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&tls.ca)?));
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
-        reporter
-            .set_service_status(*name, tonic_health::ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
     }
     let routes = routes.add_service(health);
     Server::builder()
@@ -102,10 +85,7 @@ impl ClientAllowlist {
                 "grpc.services.\"{service}\" is missing: list the client names allowed to call it"
             ))
         })?;
-        Ok(Self {
-            service: service.into(),
-            allowed: Arc::new(access.client_names.iter().cloned().collect()),
-        })
+        Ok(Self { service: service.into(), allowed: Arc::new(access.client_names.iter().cloned().collect()) })
     }
 
     /// Whether a client presenting these certificate names may call the service.
@@ -116,21 +96,13 @@ impl ClientAllowlist {
 
 impl Interceptor for ClientAllowlist {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let names = certs
-            .first()
-            .map(|leaf| certificate_dns_names(leaf))
-            .unwrap_or_default();
+        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let names = certs.first().map(|leaf| certificate_dns_names(leaf)).unwrap_or_default();
         if self.allows(names.iter().map(String::as_str)) {
             Ok(request)
         } else {
             tracing::warn!(service = %self.service, clients = ?names, "refused a client not on the allowlist");
-            Err(Status::permission_denied(format!(
-                "client {names:?} may not call {}",
-                self.service
-            )))
+            Err(Status::permission_denied(format!("client {names:?} may not call {}", self.service)))
         }
     }
 }
@@ -172,9 +144,7 @@ pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Reques
     let mut request = Request::new(message);
     if let Some(deadline) = deadline {
         // A deadline already past still goes out with a tiny timeout so the peer fails fast.
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         request.set_timeout(remaining);
     }
     request
@@ -226,9 +196,7 @@ impl From<Problem> for Status {
         if !problem.subproblems.is_empty()
             && let Ok(json) = serde_json::to_vec(&problem.subproblems)
         {
-            status
-                .metadata_mut()
-                .insert_bin(SUBPROBLEMS_KEY, BinaryMetadataValue::from_bytes(&json));
+            status.metadata_mut().insert_bin(SUBPROBLEMS_KEY, BinaryMetadataValue::from_bytes(&json));
         }
         status
     }
@@ -238,11 +206,7 @@ impl From<Status> for Problem {
     /// Recovers the peer's problem; a status without one (a transport failure, a peer bug) becomes a generic
     /// problem whose detail never echoes the transport's own message to a client.
     fn from(status: Status) -> Self {
-        let kind = status
-            .metadata()
-            .get(ERROR_KIND_KEY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ErrorKind::parse);
+        let kind = status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::parse);
         match kind {
             Some(kind) => {
                 let subproblems = status
@@ -259,9 +223,7 @@ impl From<Status> for Problem {
                     Code::DeadlineExceeded | Code::Cancelled => {
                         Problem::new(ErrorKind::Timeout, "an internal request timed out")
                     }
-                    Code::Unavailable => {
-                        Problem::new(ErrorKind::Unavailable, "an internal service is unavailable")
-                    }
+                    Code::Unavailable => Problem::new(ErrorKind::Unavailable, "an internal service is unavailable"),
                     _ => Problem::internal("an internal error occurred"),
                 }
             }
@@ -275,8 +237,8 @@ mod tests {
 
     #[test]
     fn problems_survive_a_status_round_trip() {
-        let problem = Problem::new(ErrorKind::BadCsr, "CSR names differ from the order")
-            .with_subproblems(vec![SubProblem {
+        let problem =
+            Problem::new(ErrorKind::BadCsr, "CSR names differ from the order").with_subproblems(vec![SubProblem {
                 kind: ErrorKind::Malformed,
                 detail: "x".into(),
                 identifier: Some(crate::Identifier::dns("a.example")),
@@ -291,10 +253,7 @@ mod tests {
         let problem = Problem::from(Status::internal("thread 'x' panicked at src/lib.rs"));
         assert_eq!(problem.kind, ErrorKind::ServerInternal);
         assert!(!problem.detail.contains("panicked"));
-        assert_eq!(
-            Problem::from(Status::deadline_exceeded("slow")).kind,
-            ErrorKind::Timeout
-        );
+        assert_eq!(Problem::from(Status::deadline_exceeded("slow")).kind, ErrorKind::Timeout);
     }
 
     #[test]

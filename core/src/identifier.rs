@@ -45,17 +45,11 @@ const MAX_LABEL_LEN: usize = 63;
 
 impl Identifier {
     pub fn dns(value: impl Into<String>) -> Self {
-        Self {
-            kind: IdentifierType::Dns,
-            value: value.into(),
-        }
+        Self { kind: IdentifierType::Dns, value: value.into() }
     }
 
     pub fn ip(value: IpAddr) -> Self {
-        Self {
-            kind: IdentifierType::Ip,
-            value: value.to_string(),
-        }
+        Self { kind: IdentifierType::Ip, value: value.to_string() }
     }
 
     /// True for a DNS identifier of the form `*.example.com`.
@@ -90,10 +84,7 @@ impl Identifier {
             IdentifierType::Ip => match self.value.parse::<IpAddr>() {
                 // RFC 8738 asks for the canonical textual form.
                 Ok(ip) if ip.to_string() == self.value => Ok(()),
-                _ => Err(Problem::malformed(format!(
-                    "{:?} is not a valid IP address",
-                    self.value
-                ))),
+                _ => Err(Problem::malformed(format!("{:?} is not a valid IP address", self.value))),
             },
             IdentifierType::Dns => check_dns_name(&self.value),
         }
@@ -101,12 +92,8 @@ impl Identifier {
 }
 
 fn check_dns_name(name: &str) -> Result<(), Problem> {
-    let reject = |why: &str| {
-        Err(Problem::new(
-            ErrorKind::RejectedIdentifier,
-            format!("invalid DNS name {name:?}: {why}"),
-        ))
-    };
+    let reject =
+        |why: &str| Err(Problem::new(ErrorKind::RejectedIdentifier, format!("invalid DNS name {name:?}: {why}")));
     if name.is_empty() {
         return Err(Problem::malformed("DNS identifier is empty"));
     }
@@ -134,22 +121,14 @@ fn check_dns_name(name: &str) -> Result<(), Problem> {
         if *label == "*" || label.contains('*') {
             return reject("a wildcard is allowed only as the whole leftmost label");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return reject(
-                "name contains a character other than letters, digits, hyphens and periods",
-            );
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return reject("name contains a character other than letters, digits, hyphens and periods");
         }
         if label.starts_with('-') || label.ends_with('-') {
             return reject("a label starts or ends with a hyphen");
         }
     }
-    if labels
-        .last()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
         return reject("the top-level domain is all digits");
     }
     Ok(())
@@ -178,48 +157,16 @@ mod tests {
             ("", false),
         ];
         for (name, ok) in cases {
-            assert_eq!(
-                Identifier::dns(*name).check_well_formed().is_ok(),
-                *ok,
-                "{name}"
-            );
+            assert_eq!(Identifier::dns(*name).check_well_formed().is_ok(), *ok, "{name}");
         }
     }
 
     #[test]
     fn ip_identifiers_must_be_canonical() {
-        assert!(
-            Identifier {
-                kind: IdentifierType::Ip,
-                value: "192.0.2.1".into()
-            }
-            .check_well_formed()
-            .is_ok()
-        );
-        assert!(
-            Identifier {
-                kind: IdentifierType::Ip,
-                value: "2001:db8::1".into()
-            }
-            .check_well_formed()
-            .is_ok()
-        );
-        assert!(
-            Identifier {
-                kind: IdentifierType::Ip,
-                value: "2001:DB8::1".into()
-            }
-            .check_well_formed()
-            .is_err()
-        );
-        assert!(
-            Identifier {
-                kind: IdentifierType::Ip,
-                value: "example.com".into()
-            }
-            .check_well_formed()
-            .is_err()
-        );
+        assert!(Identifier { kind: IdentifierType::Ip, value: "192.0.2.1".into() }.check_well_formed().is_ok());
+        assert!(Identifier { kind: IdentifierType::Ip, value: "2001:db8::1".into() }.check_well_formed().is_ok());
+        assert!(Identifier { kind: IdentifierType::Ip, value: "2001:DB8::1".into() }.check_well_formed().is_err());
+        assert!(Identifier { kind: IdentifierType::Ip, value: "example.com".into() }.check_well_formed().is_err());
     }
 
     #[test]

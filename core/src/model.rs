@@ -165,10 +165,7 @@ mod tests {
         for s in ["pending", "ready", "processing", "valid", "invalid"] {
             assert_eq!(OrderStatus::parse(s).unwrap().as_str(), s);
         }
-        assert_eq!(
-            ChallengeType::parse("tls-alpn-01"),
-            Some(ChallengeType::TlsAlpn01)
-        );
+        assert_eq!(ChallengeType::parse("tls-alpn-01"), Some(ChallengeType::TlsAlpn01));
         assert_eq!(ChallengeType::parse("http-02"), None);
     }
 }

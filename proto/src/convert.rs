@@ -4,8 +4,8 @@
 //! because it means two services disagree about the wire format.
 
 use quarry_core::model::{
-    Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge,
-    ChallengeStatus, ChallengeType, Order, OrderStatus, ValidationRecord,
+    Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
+    Order, OrderStatus, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 
@@ -17,22 +17,15 @@ fn bad_wire(what: &str, value: &str) -> Problem {
 
 impl From<&Identifier> for pb::Identifier {
     fn from(id: &Identifier) -> Self {
-        Self {
-            r#type: id.kind.as_str().to_owned(),
-            value: id.value.clone(),
-        }
+        Self { r#type: id.kind.as_str().to_owned(), value: id.value.clone() }
     }
 }
 
 impl TryFrom<&pb::Identifier> for Identifier {
     type Error = Problem;
     fn try_from(id: &pb::Identifier) -> Result<Self, Problem> {
-        let kind = IdentifierType::parse(&id.r#type)
-            .ok_or_else(|| bad_wire("identifier type", &id.r#type))?;
-        Ok(Identifier {
-            kind,
-            value: id.value.clone(),
-        })
+        let kind = IdentifierType::parse(&id.r#type).ok_or_else(|| bad_wire("identifier type", &id.r#type))?;
+        Ok(Identifier { kind, value: id.value.clone() })
     }
 }
 
@@ -73,10 +66,7 @@ impl From<&pb::Problem> for Problem {
                 .map(|s| SubProblem {
                     kind: kind(&s.kind),
                     detail: s.detail.clone(),
-                    identifier: s
-                        .identifier
-                        .as_ref()
-                        .and_then(|i| Identifier::try_from(i).ok()),
+                    identifier: s.identifier.as_ref().and_then(|i| Identifier::try_from(i).ok()),
                 })
                 .collect(),
         )
@@ -153,8 +143,7 @@ impl TryFrom<&pb::Account> for Account {
         Ok(Self {
             id: a.id,
             jwk: a.jwk.clone(),
-            status: AccountStatus::parse(&a.status)
-                .ok_or_else(|| bad_wire("account status", &a.status))?,
+            status: AccountStatus::parse(&a.status).ok_or_else(|| bad_wire("account status", &a.status))?,
             contact: a.contact.clone(),
             terms_of_service_agreed: a.terms_of_service_agreed,
             created_at: a.created_at,
@@ -181,10 +170,8 @@ impl TryFrom<&pb::Challenge> for Challenge {
     fn try_from(c: &pb::Challenge) -> Result<Self, Problem> {
         Ok(Self {
             index: c.id,
-            kind: ChallengeType::parse(&c.r#type)
-                .ok_or_else(|| bad_wire("challenge type", &c.r#type))?,
-            status: ChallengeStatus::parse(&c.status)
-                .ok_or_else(|| bad_wire("challenge status", &c.status))?,
+            kind: ChallengeType::parse(&c.r#type).ok_or_else(|| bad_wire("challenge type", &c.r#type))?,
+            status: ChallengeStatus::parse(&c.status).ok_or_else(|| bad_wire("challenge status", &c.status))?,
             token: c.token.clone(),
             validated: c.validated,
             error: problem_from_pb(&c.error),
@@ -212,22 +199,14 @@ impl From<&Authorization> for pb::Authorization {
 impl TryFrom<&pb::Authorization> for Authorization {
     type Error = Problem;
     fn try_from(a: &pb::Authorization) -> Result<Self, Problem> {
-        let identifier = a
-            .identifier
-            .as_ref()
-            .ok_or_else(|| Problem::internal("authorization without identifier"))?;
+        let identifier = a.identifier.as_ref().ok_or_else(|| Problem::internal("authorization without identifier"))?;
         Ok(Self {
             id: a.id,
             account_id: a.account_id,
             identifier: Identifier::try_from(identifier)?,
-            status: AuthorizationStatus::parse(&a.status)
-                .ok_or_else(|| bad_wire("authorization status", &a.status))?,
+            status: AuthorizationStatus::parse(&a.status).ok_or_else(|| bad_wire("authorization status", &a.status))?,
             expires: a.expires,
-            challenges: a
-                .challenges
-                .iter()
-                .map(Challenge::try_from)
-                .collect::<Result<_, _>>()?,
+            challenges: a.challenges.iter().map(Challenge::try_from).collect::<Result<_, _>>()?,
             wildcard: a.wildcard,
             profile: a.profile.clone(),
             created: a.created,
@@ -262,8 +241,7 @@ impl TryFrom<&pb::Order> for Order {
         Ok(Self {
             id: o.id,
             account_id: o.account_id,
-            status: OrderStatus::parse(&o.status)
-                .ok_or_else(|| bad_wire("order status", &o.status))?,
+            status: OrderStatus::parse(&o.status).ok_or_else(|| bad_wire("order status", &o.status))?,
             expires: o.expires,
             identifiers: identifiers_from_pb(&o.identifiers)?,
             authorization_ids: o.authorization_ids.clone(),
@@ -334,13 +312,7 @@ mod tests {
 
     #[test]
     fn unknown_statuses_are_refused() {
-        let wire = pb::Order {
-            status: "bogus".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            Order::try_from(&wire).unwrap_err().kind,
-            ErrorKind::ServerInternal
-        );
+        let wire = pb::Order { status: "bogus".into(), ..Default::default() };
+        assert_eq!(Order::try_from(&wire).unwrap_err().kind, ErrorKind::ServerInternal);
     }
 }

@@ -1,0 +1,1 @@
+//! CSR parsing (being written).
