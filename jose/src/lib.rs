@@ -560,7 +560,8 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused() {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let cases: Vec<(Value, fn(&JoseError) -> bool)> = vec![
+        type Expected = fn(&JoseError) -> bool;
+        let cases: Vec<(Value, Expected)> = vec![
             (json!({"alg": "ES256", "nonce": "n", "url": "u"}), |e| matches!(e, JoseError::Malformed(_))),
             (json!({"alg": "ES256", "jwk": key.jwk(), "kid": "k"}), |e| matches!(e, JoseError::Malformed(_))),
             (json!({"alg": "ES256", "kid": "k", "crit": ["x"]}), |e| matches!(e, JoseError::Malformed(_))),
