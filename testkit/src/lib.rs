@@ -1,0 +1,4 @@
+//! Test support for Quarry: the challenge test server, a throwaway PKI, fakes of peer services and an ACME client.
+
+pub mod challtestsrv;
+pub mod pki;
