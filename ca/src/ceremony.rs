@@ -1,0 +1,292 @@
+//! The dev PKI behind `quarry dev`: an issuing root and intermediate, the internal mTLS CA with one certificate per
+//! service, and the wfe's HTTPS certificate, generated once and then reused.
+//!
+//! Reuse matters: a restarted dev stack must keep its root, or every ACME client that trusted it would break.
+//! Something is generated again only when it is missing, close to expiry, or no longer signed by its parent.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints, SanType, SerialNumber, SignatureAlgorithm,
+};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::issuance::{BACKDATE, random_serial};
+use crate::{Error, files};
+
+/// Certificates closer than this to their notAfter are replaced.
+const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// The serial prefix of dev hierarchy certificates; any valid value would do.
+const CEREMONY_SERIAL_PREFIX: u8 = 0x7f;
+
+/// Reserved for the internal CA's own files in `internal/`, so no service may take it.
+const INTERNAL_CA_NAME: &str = "internal-ca";
+
+/// Where `ensure_dev_pki` put everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevPki {
+    /// The issuing root, to hand to ACME clients as their trust anchor.
+    pub root_pem: PathBuf,
+    /// The issuing intermediate the ca signs with, and its key.
+    pub intermediate_pem: PathBuf,
+    pub intermediate_key: PathBuf,
+    /// The CA every internal gRPC peer trusts.
+    pub internal_ca_pem: PathBuf,
+    /// The CA of the wfe's HTTPS certificate, and that certificate with its key.
+    pub https_ca_pem: PathBuf,
+    pub https_cert: PathBuf,
+    pub https_key: PathBuf,
+    internal_dir: PathBuf,
+}
+
+impl DevPki {
+    fn at(dir: &Path) -> Self {
+        let webpki = dir.join("webpki");
+        let internal = dir.join("internal");
+        let https = dir.join("https");
+        Self {
+            root_pem: webpki.join("root.pem"),
+            intermediate_pem: webpki.join("intermediate-e1.pem"),
+            intermediate_key: webpki.join("intermediate-e1.key.pem"),
+            internal_ca_pem: internal.join(format!("{INTERNAL_CA_NAME}.pem")),
+            https_ca_pem: https.join("ca.pem"),
+            https_cert: https.join("wfe.pem"),
+            https_key: https.join("wfe.key.pem"),
+            internal_dir: internal,
+        }
+    }
+
+    /// The mTLS (certificate, key) paths of `service`, whose certificate names `<service>.quarry`.
+    pub fn service_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.internal_dir.join(format!("{name}.pem")), self.internal_dir.join(format!("{name}.key.pem")))
+    }
+}
+
+/// Loads the dev PKI under `dir`, generating whatever is missing or stale, with a certificate for each of
+/// `services` (`wfe`, `ra`, ...).
+pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
+    for service in services {
+        check_service_name(service)?;
+    }
+    let pki = DevPki::at(dir);
+    for sub in ["webpki", "internal", "https"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
+    }
+    let now = OffsetDateTime::now_utc();
+
+    let root_files = Files { cert: pki.root_pem.clone(), key: dir.join("webpki/root.key.pem") };
+    let root = ensure(&root_files, &Spec::root(), None, now)?;
+    let intermediate_files = Files { cert: pki.intermediate_pem.clone(), key: pki.intermediate_key.clone() };
+    ensure(&intermediate_files, &Spec::intermediate(), Some(&root), now)?;
+
+    let internal_ca_files =
+        Files { cert: pki.internal_ca_pem.clone(), key: pki.internal_dir.join(format!("{INTERNAL_CA_NAME}.key.pem")) };
+    let internal_ca = ensure(&internal_ca_files, &Spec::internal_ca(), None, now)?;
+    for service in services {
+        let (cert, key) = pki.service_cert(service);
+        ensure(&Files { cert, key }, &Spec::service(service)?, Some(&internal_ca), now)?;
+    }
+
+    let https_ca_files = Files { cert: pki.https_ca_pem.clone(), key: dir.join("https/ca.key.pem") };
+    let https_ca = ensure(&https_ca_files, &Spec::https_ca(), None, now)?;
+    let https_files = Files { cert: pki.https_cert.clone(), key: pki.https_key.clone() };
+    ensure(&https_files, &Spec::https_server()?, Some(&https_ca), now)?;
+
+    Ok(pki)
+}
+
+fn check_service_name(name: &str) -> Result<(), Error> {
+    let bytes = name.as_bytes();
+    let label_char = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let well_formed = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(label_char)
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-');
+    if !well_formed || name == INTERNAL_CA_NAME {
+        return Err(Error::ServiceName(name.to_owned()));
+    }
+    Ok(())
+}
+
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A certificate with its key, able to sign children when it is a CA.
+struct Certified {
+    der: Vec<u8>,
+    key: KeyPair,
+}
+
+/// What one certificate of the dev PKI looks like.
+struct Spec {
+    organization: Option<&'static str>,
+    common_name: String,
+    key_algorithm: &'static SignatureAlgorithm,
+    lifetime: Duration,
+    is_ca: IsCa,
+    key_usages: Vec<KeyUsagePurpose>,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    subject_alt_names: Vec<SanType>,
+    name_constraints: Option<NameConstraints>,
+}
+
+impl Spec {
+    fn ca(organization: Option<&'static str>, common_name: &str, years: i64, path_len: u8) -> Self {
+        Self {
+            organization,
+            common_name: common_name.to_owned(),
+            key_algorithm: &rcgen::PKCS_ECDSA_P384_SHA384,
+            lifetime: Duration::days(365 * years + years / 4),
+            is_ca: IsCa::Ca(BasicConstraints::Constrained(path_len)),
+            key_usages: vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
+            extended_key_usages: Vec::new(),
+            subject_alt_names: Vec::new(),
+            name_constraints: None,
+        }
+    }
+
+    fn root() -> Self {
+        Self::ca(Some("Quarry"), "(DEV) Quarry Root X1", 10, 1)
+    }
+
+    fn intermediate() -> Self {
+        Self::ca(Some("Quarry"), "(DEV) Quarry Intermediate E1", 5, 0)
+    }
+
+    /// Constrained to `.quarry`, so a leaked dev internal CA cannot vouch for real hosts.
+    fn internal_ca() -> Self {
+        let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry Internal CA", 10, 0);
+        spec.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("quarry".into())],
+            excluded_subtrees: Vec::new(),
+        });
+        spec
+    }
+
+    /// Constrained to loopback names, because developers may add it to a browser or system trust store.
+    fn https_ca() -> Self {
+        let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry HTTPS CA", 10, 0);
+        spec.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![
+                GeneralSubtree::DnsName("localhost".into()),
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(IpAddr::V4(Ipv4Addr::LOCALHOST), 32)),
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
+            ],
+            excluded_subtrees: Vec::new(),
+        });
+        spec
+    }
+
+    fn leaf(common_name: &str, subject_alt_names: Vec<SanType>, ekus: Vec<ExtendedKeyUsagePurpose>) -> Self {
+        Self {
+            organization: None,
+            common_name: common_name.to_owned(),
+            key_algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+            lifetime: Duration::days(365),
+            is_ca: IsCa::ExplicitNoCa,
+            key_usages: vec![KeyUsagePurpose::DigitalSignature],
+            extended_key_usages: ekus,
+            subject_alt_names,
+            name_constraints: None,
+        }
+    }
+
+    fn service(service: &str) -> Result<Self, Error> {
+        let name = format!("{service}.quarry");
+        let san = SanType::DnsName(ia5(&name)?);
+        Ok(Self::leaf(&name, vec![san], vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]))
+    }
+
+    fn https_server() -> Result<Self, Error> {
+        let sans = vec![
+            SanType::DnsName(ia5("localhost")?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        Ok(Self::leaf("localhost", sans, vec![ExtendedKeyUsagePurpose::ServerAuth]))
+    }
+
+    fn params(&self, now: OffsetDateTime) -> Result<CertificateParams, Error> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(organization) = self.organization {
+            dn.push(DnType::OrganizationName, organization);
+        }
+        dn.push(DnType::CommonName, self.common_name.as_str());
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial(CEREMONY_SERIAL_PREFIX)?));
+        params.not_before = now - BACKDATE;
+        params.not_after = params.not_before + self.lifetime;
+        params.is_ca = self.is_ca;
+        params.key_usages = self.key_usages.clone();
+        params.extended_key_usages = self.extended_key_usages.clone();
+        params.subject_alt_names = self.subject_alt_names.clone();
+        params.name_constraints = self.name_constraints.clone();
+        Ok(params)
+    }
+}
+
+fn ia5(name: &str) -> Result<rcgen::string::Ia5String, Error> {
+    Ok(name.try_into()?)
+}
+
+/// Returns the certificate at `files` if it is still good, else generates, writes and returns a new one.
+/// `parent` is `None` for a self-signed root.
+fn ensure(files: &Files, spec: &Spec, parent: Option<&Certified>, now: OffsetDateTime) -> Result<Certified, Error> {
+    if let Some(existing) = load_if_current(files, parent, now)? {
+        return Ok(existing);
+    }
+    let key = KeyPair::generate_for(spec.key_algorithm)?;
+    let mut params = spec.params(now)?;
+    let cert = match parent {
+        None => params.self_signed(&key)?,
+        Some(parent) => {
+            params.use_authority_key_identifier_extension = true;
+            let issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(parent.der.as_slice()), &parent.key)?;
+            params.signed_by(&key, &issuer)?
+        }
+    };
+    // Key first: a certificate on disk without its key would be taken for a complete pair on the next run.
+    files::write_atomically(&files.key, &key.serialize_pem(), true)?;
+    files::write_atomically(&files.cert, &cert.pem(), false)?;
+    tracing::info!(path = %files.cert.display(), subject = spec.common_name, "generated dev certificate");
+    Ok(Certified { der: cert.der().to_vec(), key })
+}
+
+fn load_if_current(files: &Files, parent: Option<&Certified>, now: OffsetDateTime) -> Result<Option<Certified>, Error> {
+    if !files.cert.exists() || !files.key.exists() {
+        return Ok(None);
+    }
+    let der = files::read_certificate(&files.cert)?;
+    let key = files::read_key(&files.key)?;
+    let bad = |detail: &str| Error::Certificate { path: files.cert.clone(), detail: detail.to_owned() };
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(&e.to_string()))?;
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+        return Err(bad(&format!("does not match the key in {}", files.key.display())));
+    }
+    if cert.validity().not_after.to_datetime() < now + RENEW_BEFORE {
+        return Ok(None);
+    }
+    if let Some(parent) = parent {
+        let (_, parent_cert) = X509Certificate::from_der(&parent.der).map_err(|e| bad(&e.to_string()))?;
+        let signed_by_parent = cert.issuer().as_raw() == parent_cert.subject().as_raw()
+            && cert.verify_signature(Some(parent_cert.public_key())).is_ok();
+        if !signed_by_parent {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Certified { der, key }))
+}
+
+#[cfg(test)]
+mod tests;

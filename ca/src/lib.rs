@@ -1,0 +1,107 @@
+//! Quarry's certificate authority: the only crate that reads signing keys.
+//!
+//! `issuance` signs end-entity certificates with a configured intermediate, `service` serves that as the
+//! `quarry.ca.v1.CertificateAuthority` gRPC service (serials reserved and certificates stored through the sa), and
+//! `ceremony` generates the dev PKI that `quarry dev` runs on.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, TlsFiles};
+use serde::Deserialize;
+
+pub mod ceremony;
+mod error;
+mod files;
+pub mod issuance;
+mod service;
+
+pub use error::Error;
+
+/// The profile a request names when it names none.
+pub const DEFAULT_PROFILE: &str = "classic";
+
+/// The ca's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Configuration format version; must be 1.
+    pub version: ConfigVersion,
+    /// Listen address and the client names allowed to call `quarry.ca.v1.CertificateAuthority`.
+    pub grpc: GrpcServerConfig,
+    /// This service's mTLS certificate and key, and the internal CA.
+    pub tls: TlsFiles,
+    /// The sa's read-write service, where serials are reserved and certificates stored.
+    pub sa: GrpcClientConfig,
+    /// First byte of every serial (0x01–0x7f), so that serials of different CA instances never collide.
+    #[serde(default = "default_serial_prefix")]
+    pub serial_prefix: u8,
+    /// Issuing certificates with their keys; the first one signs (the rest are loaded and checked, for later use).
+    pub issuers: Vec<IssuerConfig>,
+    /// Certificate profiles by name.
+    #[serde(default = "default_profiles")]
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// The profile used when a request names none; must be one of `profiles`.
+    #[serde(default = "default_profile_name")]
+    pub default_profile: String,
+}
+
+/// One issuing intermediate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The intermediate certificate, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// What a certificate profile changes in the certificates issued under it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The certificate's validity period in seconds, notBefore and notAfter included.
+    pub validity_secs: u64,
+    /// Whether the subject carries a commonName (the first name that fits in 64 characters).
+    #[serde(default = "default_true")]
+    pub include_common_name: bool,
+}
+
+fn default_serial_prefix() -> u8 {
+    1
+}
+
+fn default_profile_name() -> String {
+    DEFAULT_PROFILE.to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Let's Encrypt's classic profile: 90 days, with a commonName.
+fn default_profiles() -> BTreeMap<String, ProfileConfig> {
+    BTreeMap::from([(
+        DEFAULT_PROFILE.to_owned(),
+        ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
+    )])
+}
+
+/// Binds `config.grpc.listen` and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let listener = quarry_core::grpc::bind(&config.grpc).await?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves the ca on an already bound `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    service::serve(config, listener, shutdown).await
+}
+
+#[cfg(test)]
+mod test_support;

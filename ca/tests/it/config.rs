@@ -1,0 +1,93 @@
+//! Configuration: the shipped deploy files parse, defaults are sensible, and bad settings stop start-up.
+
+use std::time::Duration;
+
+use quarry_ca::Config;
+use quarry_testkit::pki::TestPki;
+
+use crate::config;
+
+fn deploy_file(env: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/env/{env}/ca.toml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_deploy_files_make_a_valid_config() {
+    let fill = |text: String| {
+        text.replace("${pki_dir}", "/tmp/pki")
+            .replace("${ca_addr}", "127.0.0.1:9093")
+            .replace("${sa_addr}", "127.0.0.1:9095")
+    };
+    let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
+    let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
+    quarry_core::config::merge(&mut base, &overlay);
+    let config: Config = quarry_core::config::parse(&base.to_string(), "base+dev").expect("valid ca config");
+    assert_eq!(
+        config.profiles["classic"],
+        quarry_ca::ProfileConfig { validity_secs: 7_776_000, include_common_name: true }
+    );
+    assert_eq!(config.default_profile, "classic");
+    assert!(!config.issuers.is_empty());
+    assert!(config.grpc.services.contains_key(crate::ca_service_name()));
+}
+
+#[test]
+fn optional_settings_have_defaults() {
+    let text = r#"
+        version = 1
+        [grpc]
+        listen = "127.0.0.1:0"
+        [tls]
+        cert = "c.pem"
+        key = "k.pem"
+        ca = "ca.pem"
+        [sa]
+        address = "https://127.0.0.1:1"
+        server_name = "sa.quarry"
+        [[issuers]]
+        cert = "i.pem"
+        key = "i.key.pem"
+    "#;
+    let config: Config = quarry_core::config::parse(text, "minimal").expect("minimal config");
+    assert_eq!(config.serial_prefix, 1);
+    assert_eq!(config.default_profile, quarry_ca::DEFAULT_PROFILE);
+    assert_eq!(config.profiles[quarry_ca::DEFAULT_PROFILE].validity_secs, 90 * 86_400);
+
+    let typo = text.replace("[[issuers]]", "serial_prefx = 2\n[[issuers]]");
+    let err = quarry_core::config::parse::<Config>(&typo, "typo").expect_err("unknown key");
+    assert!(err.to_string().contains("serial_prefx"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up() {
+    let pki = TestPki::new();
+    let sa_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    type Adjust = Box<dyn Fn(&mut Config, &TestPki)>;
+    let cases: Vec<(&str, &str, Adjust)> = vec![
+        ("missing allowlist", "grpc.services", Box::new(|c, _| c.grpc.services.clear())),
+        ("zero serial prefix", "serial_prefix", Box::new(|c, _| c.serial_prefix = 0)),
+        ("high serial prefix", "serial_prefix", Box::new(|c, _| c.serial_prefix = 0x80)),
+        ("no issuers", "issuers", Box::new(|c, _| c.issuers.clear())),
+        ("unknown default profile", "default_profile", Box::new(|c, _| c.default_profile = "nope".into())),
+        ("zero validity", "validity_secs", Box::new(|c, _| c.profiles.values_mut().for_each(|p| p.validity_secs = 0))),
+        ("key of another certificate", "does not match", Box::new(|c, p| c.issuers[0].key = p.tls("ra").key)),
+        (
+            "leaf as issuer",
+            "not a ca",
+            Box::new(|c, p| c.issuers[0] = quarry_ca::IssuerConfig { cert: p.tls("ra").cert, key: p.tls("ra").key }),
+        ),
+        ("missing issuer file", "missing.pem", Box::new(|c, p| c.issuers[0].cert = p.dir().join("missing.pem"))),
+    ];
+    for (label, expected, adjust) in cases {
+        let mut config = config(&pki, sa_addr);
+        adjust(&mut config, &pki);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let result =
+            tokio::time::timeout(Duration::from_secs(10), quarry_ca::serve(config, listener, std::future::pending()))
+                .await
+                .unwrap_or_else(|_| panic!("{label}: the ca started anyway"));
+        let err = result.expect_err(label).to_string();
+        assert!(err.contains(expected), "{label}: {err}");
+    }
+}

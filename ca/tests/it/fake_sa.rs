@@ -1,0 +1,128 @@
+//! A stand-in for the sa's read-write service that records what the ca reserves and stores, and can be told to
+//! refuse serials as duplicates or to fail storage.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use quarry_core::grpc::ClientAllowlist;
+use quarry_core::{ErrorKind, Problem};
+use quarry_proto::core::{Account, Empty, Order};
+use quarry_proto::sa::storage_authority_server::{StorageAuthority, StorageAuthorityServer};
+use quarry_proto::sa::{
+    AddCertificateRequest, AddSerialRequest, FinalizeAuthorizationRequest, FinalizeOrderRequest,
+    NewOrderAndAuthorizationsRequest, OrderId, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
+};
+use quarry_testkit::pki::TestPki;
+use tonic::{Request, Response, Status};
+
+/// What the fake saw; refused serial reservations are recorded too.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub serial_attempts: Vec<AddSerialRequest>,
+    pub serials: Vec<AddSerialRequest>,
+    pub certificates: Vec<AddCertificateRequest>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeSa {
+    pub recorded: Mutex<Recorded>,
+    /// How many upcoming AddSerial calls answer `duplicate`.
+    pub duplicates: AtomicUsize,
+    /// How many upcoming AddCertificate calls answer `unavailable`.
+    pub storage_failures: AtomicUsize,
+}
+
+impl FakeSa {
+    pub fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.recorded.lock().expect("fake sa lock")
+    }
+}
+
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+/// A shared handle, so the test keeps access to what the server records.
+#[derive(Debug, Clone, Default)]
+pub struct Handle(pub Arc<FakeSa>);
+
+#[tonic::async_trait]
+impl StorageAuthority for Handle {
+    async fn add_serial(&self, request: Request<AddSerialRequest>) -> Result<Response<Empty>, Status> {
+        let request = request.into_inner();
+        self.0.recorded().serial_attempts.push(request.clone());
+        if take_one(&self.0.duplicates) {
+            return Err(Problem::new(ErrorKind::Duplicate, "serial already exists").into());
+        }
+        self.0.recorded().serials.push(request);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn add_certificate(&self, request: Request<AddCertificateRequest>) -> Result<Response<Empty>, Status> {
+        if take_one(&self.0.storage_failures) {
+            return Err(Problem::new(ErrorKind::Unavailable, "database unavailable").into());
+        }
+        self.0.recorded().certificates.push(request.into_inner());
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn new_account(&self, _: Request<Account>) -> Result<Response<Account>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn new_order_and_authorizations(
+        &self,
+        _: Request<NewOrderAndAuthorizationsRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn set_authorization_processing(
+        &self,
+        _: Request<SetAuthorizationProcessingRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn finalize_authorization(
+        &self,
+        _: Request<FinalizeAuthorizationRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn set_order_processing(&self, _: Request<OrderId>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn set_order_error(&self, _: Request<SetOrderErrorRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn finalize_order(&self, _: Request<FinalizeOrderRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+}
+
+/// Serves the fake over mutual TLS on loopback, callable by the "ca" certificate only, until the returned sender
+/// is dropped.
+pub async fn start(pki: &TestPki, fake: Handle) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let name = <StorageAuthorityServer<Handle> as tonic::server::NamedService>::NAME;
+    let grpc = pki.server_config(&[(name, &["ca"])]);
+    let allowlist = ClientAllowlist::for_service(&grpc, name).expect("allowlist");
+    let listener = tokio::net::TcpListener::bind(grpc.listen).await.expect("bind fake sa");
+    let addr = listener.local_addr().expect("fake sa address");
+    let routes = tonic::service::Routes::new(StorageAuthorityServer::with_interceptor(fake, allowlist));
+    let tls = pki.tls("sa");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = quarry_core::grpc::serve(listener, &tls, routes, &[name], shutdown).await {
+            panic!("fake sa failed: {e}");
+        }
+    });
+    (addr, stop)
+}

@@ -1,0 +1,284 @@
+//! IssueCertificate over gRPC: what is issued, what the sa is told, and what is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use quarry_ca::issuance::{Issuer, issuer_id};
+use quarry_core::{ErrorKind, Problem};
+use quarry_proto::ca::{IssueCertificateRequest, IssueCertificateResponse};
+use rcgen::{CertificateParams, KeyPair};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tonic::Code;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::{SERIAL_PREFIX, Stack, read_cert};
+
+const ACCOUNT_ID: i64 = 7;
+const ORDER_ID: i64 = 9;
+
+fn csr(key: &KeyPair, names: &[&str]) -> Vec<u8> {
+    csr_with_common_name(key, None, names)
+}
+
+fn csr_with_common_name(key: &KeyPair, common_name: Option<&str>, names: &[&str]) -> Vec<u8> {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = CertificateParams::new(names).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(common_name) = common_name {
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    }
+    params.serialize_request(key).expect("csr").der().to_vec()
+}
+
+fn p256_csr(names: &[&str]) -> Vec<u8> {
+    csr(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p256"), names)
+}
+
+fn request(csr: Vec<u8>, profile: &str) -> IssueCertificateRequest {
+    IssueCertificateRequest { csr, account_id: ACCOUNT_ID, order_id: ORDER_ID, profile: profile.to_owned() }
+}
+
+async fn issue(stack: &Stack, request: IssueCertificateRequest) -> Result<IssueCertificateResponse, Problem> {
+    stack.client("ra").issue_certificate(request).await.map(tonic::Response::into_inner).map_err(Problem::from)
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
+    assert!(rest.is_empty());
+    cert
+}
+
+/// Validates like a TLS client that trusts only the dev root.
+fn verify_chain(root: &[u8], chain: &[Vec<u8>], leaf: &[u8], name: &str) -> Result<(), rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec())).expect("root");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .expect("verifier");
+    let intermediates: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let name = ServerName::try_from(name.to_owned()).expect("name");
+    verifier.verify_server_cert(&CertificateDer::from(leaf), &intermediates, &name, &[], UnixTime::now()).map(|_| ())
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test]
+async fn issues_a_p256_certificate_and_records_it_in_the_sa() {
+    let stack = Stack::start().await;
+    let before = unix_now();
+    let response =
+        issue(&stack, request(p256_csr(&["www.example.com", "example.com"]), "classic")).await.expect("issued");
+
+    let cert = parse(&response.der);
+    assert_eq!(response.serial, hex::encode(cert.raw_serial()));
+    assert_eq!(cert.raw_serial().len(), 18);
+    assert_eq!(cert.raw_serial()[0], SERIAL_PREFIX);
+    let issuer = Issuer::from_pem_files(&stack.pki.issuer_cert(), &stack.pki.issuer_key()).expect("issuer");
+    assert_eq!(response.chain, vec![issuer.certificate_der().to_vec()]);
+    assert_eq!(cert.issuer().as_raw(), issuer.subject_der());
+    let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    assert_eq!(cn.as_deref(), Some("www.example.com"));
+    let validity = cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
+    assert_eq!(validity, time::Duration::days(90) - time::Duration::SECOND);
+
+    let root = read_cert(&stack.pki.root_cert());
+    for name in ["www.example.com", "example.com"] {
+        verify_chain(&root, &response.chain, &response.der, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+
+    let recorded = stack.sa.0.recorded();
+    assert_eq!(recorded.serials.len(), 1);
+    let reserved = &recorded.serials[0];
+    assert_eq!((reserved.account_id, reserved.serial.as_str()), (ACCOUNT_ID, response.serial.as_str()));
+    assert!((before..=unix_now()).contains(&reserved.created));
+    assert_eq!(reserved.expires, cert.validity().not_after.timestamp());
+    assert_eq!(recorded.certificates.len(), 1);
+    let stored = &recorded.certificates[0];
+    assert_eq!(stored.account_id, ACCOUNT_ID);
+    assert_eq!(stored.der, response.der);
+    assert_eq!(stored.issuer_id, issuer_id(&issuer));
+    assert_eq!(stored.issued, reserved.created);
+}
+
+#[tokio::test]
+async fn profiles_choose_validity_and_common_name() {
+    let stack = Stack::start().await;
+    for (profile, days, has_cn) in [("", 90, true), ("classic", 90, true), ("shortlived", 6, false)] {
+        let response = issue(&stack, request(p256_csr(&["a.example"]), profile)).await.expect(profile);
+        let cert = parse(&response.der);
+        let validity = cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
+        assert_eq!(validity, time::Duration::days(days) - time::Duration::SECOND, "{profile:?}");
+        assert_eq!(cert.subject().iter_common_name().next().is_some(), has_cn, "{profile:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_common_name_is_certified_and_stays_the_common_name() {
+    let stack = Stack::start().await;
+    let key = KeyPair::generate().expect("key");
+    let csr = csr_with_common_name(&key, Some("CN.Example.com"), &["a.example.com", "cn.example.com"]);
+    let response = issue(&stack, request(csr, "classic")).await.expect("issued");
+    let cert = parse(&response.der);
+    let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    assert_eq!(cn.as_deref(), Some("cn.example.com"));
+    let san = cert.subject_alternative_name().expect("san").expect("san present").value;
+    let names: Vec<String> = san
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["cn.example.com", "a.example.com"]);
+}
+
+#[tokio::test]
+async fn unknown_profile_is_invalid_profile() {
+    let stack = Stack::start().await;
+    let problem = issue(&stack, request(p256_csr(&["a.example"]), "forever")).await.expect_err("unknown profile");
+    assert_eq!(problem.kind, ErrorKind::InvalidProfile);
+    assert!(problem.detail.contains("forever"), "{}", problem.detail);
+    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+}
+
+#[tokio::test]
+async fn bad_csrs_are_bad_csr_and_reserve_nothing() {
+    let stack = Stack::start().await;
+    let good = p256_csr(&["a.example"]);
+    let mut tampered_signature = good.clone();
+    let last = tampered_signature.len() - 1;
+    tampered_signature[last] ^= 0x01;
+    let mut tampered_name = good.clone();
+    let at = tampered_name.windows(9).position(|w| w == b"a.example").expect("name in csr");
+    tampered_name[at] = b'b';
+    let p521 = csr(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).expect("p521"), &["a.example"]);
+    let no_names = csr(&KeyPair::generate().expect("key"), &[]);
+    let sentence_common_name = csr_with_common_name(&KeyPair::generate().expect("key"), Some("my web site"), &[]);
+    let bad_san = csr(&KeyPair::generate().expect("key"), &["a..example"]);
+
+    let cases: [(&str, Vec<u8>); 8] = [
+        ("empty", Vec::new()),
+        ("garbage", b"certainly not a csr".to_vec()),
+        ("tampered signature", tampered_signature),
+        ("tampered name", tampered_name),
+        ("p-521 key", p521),
+        ("no names", no_names),
+        ("common name that is no dns name", sentence_common_name),
+        ("malformed dns name", bad_san),
+    ];
+    for (label, csr) in cases {
+        let problem = issue(&stack, request(csr, "classic")).await.expect_err(label);
+        assert_eq!(problem.kind, ErrorKind::BadCsr, "{label}: {problem}");
+    }
+    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+}
+
+#[tokio::test]
+async fn only_allowlisted_clients_may_call() {
+    let stack = Stack::start().await;
+    for client in ["wfe", "intruder", "va"] {
+        let status = stack
+            .client(client)
+            .issue_certificate(request(p256_csr(&["a.example"]), "classic"))
+            .await
+            .expect_err(client);
+        assert_eq!(status.code(), Code::PermissionDenied, "{client}: {status:?}");
+    }
+    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+    issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("ra may call");
+}
+
+#[tokio::test]
+async fn duplicate_serials_are_retried_a_bounded_number_of_times() {
+    let stack = Stack::start().await;
+    stack.sa.0.duplicates.store(2, Ordering::SeqCst);
+    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("third serial works");
+    {
+        let recorded = stack.sa.0.recorded();
+        assert_eq!(recorded.serial_attempts.len(), 3);
+        let distinct: std::collections::BTreeSet<&str> =
+            recorded.serial_attempts.iter().map(|r| r.serial.as_str()).collect();
+        assert_eq!(distinct.len(), 3, "each attempt draws a new serial");
+        assert_eq!(recorded.serials.len(), 1);
+        assert_eq!(recorded.serials[0].serial, response.serial);
+    }
+
+    stack.sa.0.duplicates.store(3, Ordering::SeqCst);
+    let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("no serial left");
+    assert_eq!(problem.kind, ErrorKind::ServerInternal);
+    let recorded = stack.sa.0.recorded();
+    assert_eq!(recorded.serial_attempts.len(), 6);
+    assert_eq!(recorded.certificates.len(), 1, "nothing signed without a reserved serial");
+}
+
+#[tokio::test]
+async fn sa_failures_reach_the_caller_as_their_kind() {
+    let stack = Stack::start().await;
+    stack.sa.0.storage_failures.store(1, Ordering::SeqCst);
+    let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("storage fails");
+    assert_eq!(problem.kind, ErrorKind::Unavailable);
+    assert_eq!(stack.sa.0.recorded().serials.len(), 1);
+    assert!(stack.sa.0.recorded().certificates.is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_sa_is_unavailable() {
+    // Port 9 (discard) on loopback: nothing listens there in a test environment.
+    let stack = Stack::start_with(|config| config.sa.address = "https://127.0.0.1:9".into()).await;
+    let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("no sa");
+    assert!(matches!(problem.kind, ErrorKind::Unavailable | ErrorKind::Timeout), "{problem}");
+}
+
+#[tokio::test]
+async fn rsa_csrs_get_key_encipherment() {
+    let stack = Stack::start().await;
+    let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
+    let response = issue(&stack, request(csr(&key, &["rsa.example"]), "classic")).await.expect("issued");
+    let cert = parse(&response.der);
+    let usage = cert.key_usage().expect("ku").expect("ku present").value;
+    assert!(usage.digital_signature() && usage.key_encipherment());
+    verify_chain(&read_cert(&stack.pki.root_cert()), &response.chain, &response.der, "rsa.example").expect("chains");
+}
+
+#[tokio::test]
+async fn an_rsa_issuer_signs_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = (dir.path().join("rsa-intermediate.pem"), dir.path().join("rsa-intermediate.key.pem"));
+    let stack = Stack::start_with(|config| {
+        let root_dir = config.issuers[0].cert.parent().expect("webpki dir").to_owned();
+        write_rsa_intermediate(&root_dir, &cert_path, &key_path);
+        config.issuers = vec![quarry_ca::IssuerConfig { cert: cert_path.clone(), key: key_path.clone() }];
+    })
+    .await;
+    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");
+    let cert = parse(&response.der);
+    assert_eq!(cert.signature_algorithm.algorithm, x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA);
+    verify_chain(&read_cert(&stack.pki.root_cert()), &response.chain, &response.der, "a.example").expect("chains");
+}
+
+/// An RSA-2048 intermediate under the test PKI's root, written as PEM files.
+fn write_rsa_intermediate(webpki_dir: &std::path::Path, cert_path: &std::path::Path, key_path: &std::path::Path) {
+    let root_der = read_cert(&webpki_dir.join("root.pem"));
+    let root_key = KeyPair::from_pem(&std::fs::read_to_string(webpki_dir.join("root.key.pem")).expect("root key"))
+        .expect("root key parses");
+    let root = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(root_der), root_key).expect("root issuer");
+    let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "(TEST) Quarry Intermediate R1");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &root).expect("sign rsa intermediate");
+    std::fs::write(cert_path, cert.pem()).expect("write cert");
+    std::fs::write(key_path, key.serialize_pem()).expect("write key");
+}
