@@ -1,0 +1,65 @@
+//! The `quarry.nonce.v1.NonceService` gRPC service: one [`NonceSource`] behind a mutex.
+//!
+//! An invalid nonce is an answer (`valid: false`), not an RPC error: the wfe turns it into `badNonce`.
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use quarry_core::Problem;
+use quarry_core::grpc::ClientAllowlist;
+use quarry_proto::core::Empty;
+use quarry_proto::nonce::nonce_service_server::{NonceService, NonceServiceServer};
+use quarry_proto::nonce::{NonceMessage, RedeemResponse};
+use tonic::{Request, Response, Status};
+use tracing::{debug, error, info};
+
+use crate::source::NonceSource;
+use crate::{Config, Error, SERVICE_NAME};
+
+pub(crate) struct Nonces {
+    source: Mutex<NonceSource>,
+}
+
+impl Nonces {
+    /// The lock is held for one mint or redeem, microseconds, and never across an await.
+    fn source(&self) -> MutexGuard<'_, NonceSource> {
+        // No source method panics halfway through an update, so a poisoned lock still guards a consistent state.
+        self.source.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[tonic::async_trait]
+impl NonceService for Nonces {
+    async fn nonce(&self, _request: Request<Empty>) -> Result<Response<NonceMessage>, Status> {
+        let minted = self.source().mint();
+        match minted {
+            Ok(nonce) => Ok(Response::new(NonceMessage { nonce })),
+            Err(err) => {
+                error!(%err, "minting a nonce failed");
+                Err(Problem::internal("could not create a nonce").into())
+            }
+        }
+    }
+
+    async fn redeem(&self, request: Request<NonceMessage>) -> Result<Response<RedeemResponse>, Status> {
+        let redeemed = self.source().try_redeem(&request.get_ref().nonce);
+        if let Err(refusal) = redeemed {
+            debug!(reason = refusal.as_str(), "nonce refused");
+        }
+        Ok(Response::new(RedeemResponse { valid: redeemed.is_ok() }))
+    }
+}
+
+pub(crate) async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let source = NonceSource::new(&config.prefix, config.max_used)?;
+    let allowlist = ClientAllowlist::for_service(&config.grpc, SERVICE_NAME)?;
+    let service = NonceServiceServer::with_interceptor(Nonces { source: Mutex::new(source) }, allowlist);
+    info!(addr = ?listener.local_addr().ok(), prefix = %config.prefix, max_used = config.max_used, "nonce listening");
+    quarry_core::grpc::serve(listener, &config.tls, tonic::service::Routes::new(service), &[SERVICE_NAME], shutdown)
+        .await?;
+    Ok(())
+}

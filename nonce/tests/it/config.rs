@@ -1,0 +1,82 @@
+//! Configuration: the shipped deploy files parse, defaults are sensible, and bad settings stop start-up by name.
+
+use quarry_nonce::Config;
+use quarry_testkit::pki::TestPki;
+
+use crate::config;
+
+fn deploy_file(env: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/env/{env}/nonce.toml"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const MINIMAL: &str = r#"
+    version = 1
+    prefix = "abcd-_09"
+    [grpc]
+    listen = "127.0.0.1:0"
+    [tls]
+    cert = "c.pem"
+    key = "k.pem"
+    ca = "ca.pem"
+"#;
+
+#[test]
+fn the_deploy_files_make_a_valid_config() {
+    let fill = |text: String| text.replace("${pki_dir}", "/tmp/pki").replace("${nonce_addr}", "127.0.0.1:9094");
+    let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
+    let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
+    quarry_core::config::merge(&mut base, &overlay);
+    let config: Config = quarry_core::config::parse(&base.to_string(), "base+dev").expect("valid nonce config");
+    assert_eq!(config.grpc.services[quarry_nonce::SERVICE_NAME].client_names, ["wfe.quarry"]);
+    assert_eq!(config.max_used, quarry_nonce::DEFAULT_MAX_USED);
+    assert!(quarry_nonce::check_prefix(&config.prefix).is_ok());
+}
+
+#[test]
+fn optional_settings_have_defaults() {
+    let config: Config = quarry_core::config::parse(MINIMAL, "minimal").expect("minimal config");
+    assert_eq!(config.prefix, "abcd-_09");
+    assert_eq!(config.max_used, 65_536);
+}
+
+#[test]
+fn bad_files_are_refused_naming_the_key() {
+    let cases = [
+        ("short prefix", MINIMAL.replace("abcd-_09", "abc"), "prefix"),
+        ("padded prefix", MINIMAL.replace("abcd-_09", "abcdefg="), "prefix"),
+        ("non-ascii prefix", MINIMAL.replace("abcd-_09", "abcdefgé"), "prefix"),
+        ("missing prefix", MINIMAL.replace("prefix = \"abcd-_09\"", ""), "prefix"),
+        ("negative max_used", MINIMAL.replace("version = 1", "version = 1\nmax_used = -1"), "max_used"),
+        ("typo", MINIMAL.replace("version = 1", "version = 1\nmax_usd = 5"), "max_usd"),
+    ];
+    for (name, text, key) in cases {
+        let err = quarry_core::config::parse::<Config>(&text, name).expect_err(name).to_string();
+        assert!(err.contains(key), "{name}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up() {
+    let pki = TestPki::new();
+    type Adjust = fn(&mut Config);
+    let cases: [(&str, &str, Adjust); 4] = [
+        ("bad prefix", "invalid prefix", |c| c.prefix = "seven77".into()),
+        ("zero max_used", "invalid max_used", |c| c.max_used = 0),
+        ("missing allowlist", "grpc.services", |c| c.grpc.services.clear()),
+        ("missing certificate", "missing.pem", |c| c.tls.cert = c.tls.cert.with_file_name("missing.pem")),
+    ];
+    for (name, expected, adjust) in cases {
+        let mut config = config(&pki);
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.expect("bind");
+        let served = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            quarry_nonce::serve(config, listener, std::future::pending()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the service started"));
+        let err = served.expect_err(name).to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
