@@ -1,0 +1,13 @@
+//! The va's start-up and infrastructure errors.
+
+/// Why the va could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] quarry_core::config::ConfigError),
+    #[error(transparent)]
+    Grpc(#[from] quarry_core::grpc::GrpcError),
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(String),
+}
