@@ -1,0 +1,82 @@
+//! The storage authority: the only database client. It serves a read-only gRPC service (for the wfe) and a
+//! read-write one (for the ra and the ca), over SQLite today.
+
+mod error;
+mod server;
+pub mod status;
+pub mod store;
+
+use std::future::Future;
+
+use quarry_core::config::{ConfigVersion, GrpcServerConfig, TlsFiles};
+use quarry_core::grpc::ClientAllowlist;
+use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnlyServer;
+use quarry_proto::sa::storage_authority_server::StorageAuthorityServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+
+pub use error::Error;
+pub use server::Storage;
+pub use store::Store;
+
+/// The sa's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: ConfigVersion,
+    /// Listen address and per-service client allowlists.
+    pub grpc: GrpcServerConfig,
+    /// This service's mutual-TLS identity and the internal CA.
+    pub tls: TlsFiles,
+    /// `sqlite:///path/to/quarry.db?mode=rwc`; the file and its directory are created when missing.
+    pub database_url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+
+/// Binds the configured address and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let listener = quarry_core::grpc::bind(&config.grpc).await?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 themselves).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    create_parent_dir(&config.database_url);
+    let store = Store::open(&config.database_url, config.max_connections).await?;
+    let storage = Storage::new(store);
+    let read_only = <StorageAuthorityReadOnlyServer<Storage> as NamedService>::NAME;
+    let read_write = <StorageAuthorityServer<Storage> as NamedService>::NAME;
+    let routes = tonic::service::Routes::new(StorageAuthorityReadOnlyServer::with_interceptor(
+        storage.clone(),
+        ClientAllowlist::for_service(&config.grpc, read_only)?,
+    ))
+    .add_service(StorageAuthorityServer::with_interceptor(
+        storage,
+        ClientAllowlist::for_service(&config.grpc, read_write)?,
+    ));
+    tracing::info!(addr = ?listener.local_addr().ok(), "sa listening");
+    quarry_core::grpc::serve(listener, &config.tls, routes, &[read_only, read_write], shutdown).await?;
+    Ok(())
+}
+
+/// SQLite creates the database file but not its directory.
+fn create_parent_dir(url: &str) {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+}

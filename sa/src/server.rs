@@ -1,0 +1,217 @@
+//! The two gRPC services of the sa, thin translations between prost messages and [`Store`] calls.
+
+use quarry_core::model::{Account, AccountStatus, AuthorizationStatus, ChallengeType};
+use quarry_core::{Identifier, Problem};
+use quarry_proto::convert::{identifiers_from_pb, problem_from_pb, records_from_pb};
+use quarry_proto::core as pb;
+use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnly;
+use quarry_proto::sa::storage_authority_server::StorageAuthority;
+use quarry_proto::sa::{self as sapb};
+use tonic::{Request, Response, Status};
+
+use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
+
+/// Both services share one store.
+#[derive(Clone)]
+pub struct Storage {
+    store: Store,
+}
+
+impl Storage {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(result: Result<T, Problem>) -> Reply<T> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+fn authorizations(list: Vec<quarry_core::model::Authorization>) -> sapb::Authorizations {
+    sapb::Authorizations { authorizations: list.iter().map(pb::Authorization::from).collect() }
+}
+
+#[tonic::async_trait]
+impl StorageAuthorityReadOnly for Storage {
+    async fn get_account(&self, request: Request<sapb::AccountId>) -> Reply<pb::Account> {
+        reply(self.store.get_account(request.get_ref().id).await.map(|a| pb::Account::from(&a)))
+    }
+
+    async fn get_account_by_key(&self, request: Request<sapb::AccountKey>) -> Reply<pb::Account> {
+        reply(self.store.get_account_by_key(&request.get_ref().jwk).await.map(|a| pb::Account::from(&a)))
+    }
+
+    async fn get_order(&self, request: Request<sapb::OrderId>) -> Reply<pb::Order> {
+        reply(self.store.get_order(request.get_ref().id).await.map(|o| pb::Order::from(&o)))
+    }
+
+    async fn get_order_for_names(&self, request: Request<sapb::GetOrderForNamesRequest>) -> Reply<pb::Order> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        reply(
+            self.store
+                .get_order_for_names(req.account_id, &identifiers, &req.profile)
+                .await
+                .map(|o| pb::Order::from(&o)),
+        )
+    }
+
+    async fn get_authorization(&self, request: Request<sapb::AuthorizationId>) -> Reply<pb::Authorization> {
+        reply(self.store.get_authorization(request.get_ref().id).await.map(|a| pb::Authorization::from(&a)))
+    }
+
+    async fn get_order_authorizations(&self, request: Request<sapb::OrderId>) -> Reply<sapb::Authorizations> {
+        reply(self.store.get_order_authorizations(request.get_ref().id).await.map(authorizations))
+    }
+
+    async fn get_valid_authorizations(
+        &self,
+        request: Request<sapb::GetValidAuthorizationsRequest>,
+    ) -> Reply<sapb::Authorizations> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        reply(
+            self.store
+                .get_valid_authorizations(req.account_id, &identifiers, req.valid_until, &req.profile)
+                .await
+                .map(authorizations),
+        )
+    }
+
+    async fn get_certificate(&self, request: Request<sapb::Serial>) -> Reply<pb::Certificate> {
+        reply(self.store.get_certificate(&request.get_ref().serial).await.map(|c| pb::Certificate::from(&c)))
+    }
+
+    async fn get_certificate_status(&self, request: Request<sapb::Serial>) -> Reply<pb::CertificateStatus> {
+        let serial = request.into_inner().serial;
+        reply(self.store.get_certificate_status(&serial).await.map(
+            |(status, revoked_date, revoked_reason, not_after, issuer_id)| pb::CertificateStatus {
+                serial,
+                status,
+                revoked_date,
+                revoked_reason,
+                not_after,
+                issuer_id,
+            },
+        ))
+    }
+
+    async fn key_blocked(&self, request: Request<sapb::KeyHash>) -> Reply<sapb::Exists> {
+        reply(self.store.key_blocked(&request.get_ref().key_hash).await.map(|exists| sapb::Exists { exists }))
+    }
+
+    async fn serial_exists(&self, request: Request<sapb::Serial>) -> Reply<sapb::Exists> {
+        reply(self.store.serial_exists(&request.get_ref().serial).await.map(|exists| sapb::Exists { exists }))
+    }
+}
+
+#[tonic::async_trait]
+impl StorageAuthority for Storage {
+    async fn new_account(&self, request: Request<pb::Account>) -> Reply<pb::Account> {
+        let req = request.into_inner();
+        let account = Account {
+            id: 0,
+            jwk: req.jwk,
+            status: AccountStatus::parse(&req.status).unwrap_or(AccountStatus::Valid),
+            contact: req.contact,
+            terms_of_service_agreed: req.terms_of_service_agreed,
+            created_at: req.created_at,
+        };
+        reply(self.store.new_account(&account).await.map(|a| pb::Account::from(&a)))
+    }
+
+    async fn new_order_and_authorizations(
+        &self,
+        request: Request<sapb::NewOrderAndAuthorizationsRequest>,
+    ) -> Reply<pb::Order> {
+        let req = request.into_inner();
+        let new_authorizations = req
+            .new_authorizations
+            .iter()
+            .map(|authz| {
+                let identifier = authz
+                    .identifier
+                    .as_ref()
+                    .ok_or_else(|| Problem::malformed("new authorization without an identifier"))
+                    .and_then(Identifier::try_from)?;
+                let challenge_types = authz
+                    .challenge_types
+                    .iter()
+                    .map(|t| {
+                        ChallengeType::parse(t)
+                            .ok_or_else(|| Problem::malformed(format!("unknown challenge type {t:?}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(NewAuthorization { identifier, challenge_types, token: authz.token.clone(), expires: authz.expires })
+            })
+            .collect::<Result<Vec<_>, Problem>>()?;
+        let order = NewOrder {
+            account_id: req.account_id,
+            identifiers: identifiers_from_pb(&req.identifiers)?,
+            expires: req.expires,
+            reused_authorization_ids: req.reused_authorization_ids,
+            new_authorizations,
+            profile: req.profile,
+            replaces: req.replaces,
+        };
+        reply(self.store.new_order_and_authorizations(&order).await.map(|o| pb::Order::from(&o)))
+    }
+
+    async fn set_authorization_processing(
+        &self,
+        request: Request<sapb::SetAuthorizationProcessingRequest>,
+    ) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(
+            self.store
+                .set_authorization_processing(req.id, &req.attempted, req.attempted_at)
+                .await
+                .map(|()| pb::Empty {}),
+        )
+    }
+
+    async fn finalize_authorization(&self, request: Request<sapb::FinalizeAuthorizationRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        let status = AuthorizationStatus::parse(&req.status)
+            .ok_or_else(|| Problem::malformed(format!("unknown authorization status {:?}", req.status)))?;
+        let outcome = ValidationOutcome {
+            id: req.id,
+            status,
+            expires: req.expires,
+            attempted: req.attempted,
+            attempted_at: req.attempted_at,
+            records: records_from_pb(&req.validation_records),
+            error: problem_from_pb(&req.validation_error),
+        };
+        reply(self.store.finalize_authorization(&outcome).await.map(|()| pb::Empty {}))
+    }
+
+    async fn set_order_processing(&self, request: Request<sapb::OrderId>) -> Reply<pb::Empty> {
+        reply(self.store.set_order_processing(request.get_ref().id).await.map(|()| pb::Empty {}))
+    }
+
+    async fn set_order_error(&self, request: Request<sapb::SetOrderErrorRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        let problem = problem_from_pb(&req.error).unwrap_or_else(|| Problem::internal("the order failed"));
+        reply(self.store.set_order_error(req.id, &problem).await.map(|()| pb::Empty {}))
+    }
+
+    async fn finalize_order(&self, request: Request<sapb::FinalizeOrderRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(self.store.finalize_order(req.id, &req.certificate_serial).await.map(|()| pb::Empty {}))
+    }
+
+    async fn add_serial(&self, request: Request<sapb::AddSerialRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(self.store.add_serial(req.account_id, &req.serial, req.created, req.expires).await.map(|()| pb::Empty {}))
+    }
+
+    async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(
+            self.store.add_certificate(req.account_id, &req.der, req.issued, req.issuer_id).await.map(|_| pb::Empty {}),
+        )
+    }
+}

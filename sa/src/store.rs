@@ -1,0 +1,733 @@
+//! The SQLite store: every query the sa makes, with transactions where atomicity matters. PostgreSQL will be a
+//! second implementation of the same operations.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use quarry_core::clock::{Timestamp, now};
+use quarry_core::model::{
+    Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
+    Order, ValidationRecord,
+};
+use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::status::{OrderFacts, authorization_status, order_status};
+
+/// Schema migrations, applied in order at start-up; each runs once.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+
+/// A new pending authorization to create with an order.
+#[derive(Debug, Clone)]
+pub struct NewAuthorization {
+    pub identifier: Identifier,
+    pub challenge_types: Vec<ChallengeType>,
+    pub token: String,
+    pub expires: Timestamp,
+}
+
+/// An order to create, with the authorizations it reuses and the ones it needs.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub account_id: i64,
+    pub identifiers: Vec<Identifier>,
+    pub expires: Timestamp,
+    pub reused_authorization_ids: Vec<i64>,
+    pub new_authorizations: Vec<NewAuthorization>,
+    pub profile: String,
+    pub replaces: String,
+}
+
+/// The outcome of a validation to record.
+#[derive(Debug, Clone)]
+pub struct ValidationOutcome {
+    pub id: i64,
+    pub status: AuthorizationStatus,
+    pub expires: Timestamp,
+    pub attempted: String,
+    pub attempted_at: Timestamp,
+    pub records: Vec<ValidationRecord>,
+    pub error: Option<Problem>,
+}
+
+/// Access to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn internal(err: impl std::fmt::Display) -> Problem {
+    tracing::error!(%err, "database error");
+    Problem::internal("a database error occurred")
+}
+
+fn db_error(err: sqlx::Error) -> Problem {
+    if let sqlx::Error::Database(db) = &err
+        && db.is_unique_violation()
+    {
+        return Problem::new(ErrorKind::Duplicate, "the record already exists");
+    }
+    internal(err)
+}
+
+/// SHA-256 over the sorted, lowercased, deduplicated identifier values: one key per set of names.
+pub fn fqdn_set_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let names: BTreeSet<String> = values.into_iter().map(str::to_ascii_lowercase).collect();
+    let joined = names.into_iter().collect::<Vec<_>>().join(",");
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, joined.as_bytes()).as_ref().to_vec()
+}
+
+/// `www.example.com` → `com.example.www`, so names under one domain sort together.
+fn reversed_name(name: &str) -> String {
+    name.split('.').rev().collect::<Vec<_>>().join(".")
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if applied.is_none() {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+                    .bind(version)
+                    .bind(name)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::info!(version, name, "applied schema migration");
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    // --- Accounts ---
+
+    pub async fn new_account(&self, account: &Account) -> Result<Account, Problem> {
+        let jwk = quarry_jose::Jwk::from_slice(&account.jwk)
+            .map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
+        let contact = serde_json::to_string(&account.contact).map_err(internal)?;
+        let created_at = if account.created_at == 0 { now() } else { account.created_at };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(jwk.canonical_json().into_bytes())
+        .bind(jwk.key_hash().to_vec())
+        .bind(account.status.as_str())
+        .bind(contact)
+        .bind(account.terms_of_service_agreed)
+        .bind(created_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        self.get_account(id).await
+    }
+
+    pub async fn get_account(&self, id: i64) -> Result<Account, Problem> {
+        let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| account_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| Problem::not_found(format!("account {id} not found")))
+    }
+
+    pub async fn get_account_by_key(&self, jwk: &[u8]) -> Result<Account, Problem> {
+        let jwk = quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::malformed(e.to_string()))?;
+        let row = sqlx::query("SELECT * FROM accounts WHERE key_hash = ?")
+            .bind(jwk.key_hash().to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| account_from_row(&r)).transpose()?.ok_or_else(|| Problem::not_found("no account for this key"))
+    }
+
+    // --- Authorizations ---
+
+    pub async fn get_authorization(&self, id: i64) -> Result<Authorization, Problem> {
+        let row = sqlx::query("SELECT * FROM authorizations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|r| authorization_from_row(&r, now()))
+            .transpose()?
+            .ok_or_else(|| Problem::not_found(format!("authorization {id} not found")))
+    }
+
+    pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
+        let rows = sqlx::query(
+            "SELECT a.* FROM authorizations a JOIN order_authorizations oa ON oa.authorization_id = a.id WHERE oa.order_id = ? ORDER BY oa.position",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let now = now();
+        rows.iter().map(|r| authorization_from_row(r, now)).collect()
+    }
+
+    /// Valid authorizations of `account_id` for exactly these identifier values (so a wildcard's never serves a
+    /// plain name), expiring after `valid_until`, newest per identifier.
+    pub async fn get_valid_authorizations(
+        &self,
+        account_id: i64,
+        identifiers: &[Identifier],
+        valid_until: Timestamp,
+        profile: &str,
+    ) -> Result<Vec<Authorization>, Problem> {
+        let now = now();
+        let mut found = Vec::new();
+        for identifier in identifiers {
+            let row = sqlx::query(
+                "SELECT * FROM authorizations WHERE account_id = ? AND identifier_type = ? AND identifier_value = ? AND status = 'valid' AND expires > ? AND profile = ? ORDER BY expires DESC LIMIT 1",
+            )
+            .bind(account_id)
+            .bind(identifier.kind.as_str())
+            .bind(&identifier.value)
+            .bind(valid_until.max(now))
+            .bind(profile)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+            if let Some(row) = row {
+                found.push(authorization_from_row(&row, now)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Marks a pending authorization as being validated: a fuse against two validations at once.
+    pub async fn set_authorization_processing(
+        &self,
+        id: i64,
+        attempted: &str,
+        attempted_at: Timestamp,
+    ) -> Result<(), Problem> {
+        let updated = sqlx::query(
+            "UPDATE authorizations SET attempted = ?, attempted_at = ? WHERE id = ? AND status = 'pending' AND attempted IS NULL AND expires > ?",
+        )
+        .bind(attempted)
+        .bind(attempted_at)
+        .bind(id)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 {
+            return Ok(());
+        }
+        let current = self.get_authorization(id).await?;
+        if current.status == AuthorizationStatus::Pending {
+            Err(Problem::new(ErrorKind::Conflict, "a validation of this authorization is already in progress"))
+        } else {
+            Err(Problem::malformed(format!("authorization is not pending (it is {})", current.status)))
+        }
+    }
+
+    /// Records a validation's outcome, only if the authorization is still pending.
+    pub async fn finalize_authorization(&self, outcome: &ValidationOutcome) -> Result<(), Problem> {
+        if !matches!(outcome.status, AuthorizationStatus::Valid | AuthorizationStatus::Invalid) {
+            return Err(Problem::malformed("an authorization can only be finalized as valid or invalid"));
+        }
+        let records = serde_json::to_string(&outcome.records).map_err(internal)?;
+        let error = outcome.error.as_ref().map(serde_json::to_string).transpose().map_err(internal)?;
+        let valid = outcome.status == AuthorizationStatus::Valid;
+        let updated = sqlx::query(
+            "UPDATE authorizations SET status = ?, expires = CASE WHEN ? THEN ? ELSE expires END, attempted = ?, attempted_at = ?, validated_at = CASE WHEN ? THEN ? ELSE NULL END, validation_records = ?, validation_error = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(outcome.status.as_str())
+        .bind(valid)
+        .bind(outcome.expires)
+        .bind(&outcome.attempted)
+        .bind(outcome.attempted_at)
+        .bind(valid)
+        .bind(outcome.attempted_at)
+        .bind(records)
+        .bind(error)
+        .bind(outcome.id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 { Ok(()) } else { Err(Problem::malformed("authorization is not pending")) }
+    }
+
+    // --- Orders ---
+
+    /// Creates the new authorizations, the order and its links in one transaction.
+    pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<Order, Problem> {
+        let created = now();
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut authorization_ids = order.reused_authorization_ids.clone();
+        for authz in &order.new_authorizations {
+            let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(order.account_id)
+            .bind(authz.identifier.kind.as_str())
+            .bind(&authz.identifier.value)
+            .bind(authz.expires)
+            .bind(types.join(","))
+            .bind(&authz.token)
+            .bind(&order.profile)
+            .bind(created)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            authorization_ids.push(id);
+        }
+        let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
+        let order_id: i64 = sqlx::query_scalar(
+            "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(order.account_id)
+        .bind(order.expires)
+        .bind(created)
+        .bind(&order.profile)
+        .bind(&order.replaces)
+        .bind(identifiers)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        for (position, authz_id) in authorization_ids.iter().enumerate() {
+            sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES (?, ?, ?)")
+                .bind(order_id)
+                .bind(authz_id)
+                .bind(position as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        sqlx::query("INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES (?, ?, ?, ?)")
+            .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
+            .bind(order_id)
+            .bind(order.account_id)
+            .bind(order.expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.get_order(order_id).await
+    }
+
+    pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
+        let row = sqlx::query("SELECT * FROM orders WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
+        let authorizations = self.get_order_authorizations(id).await?;
+        order_from_row(&row, &authorizations, now())
+    }
+
+    /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
+    pub async fn get_order_for_names(
+        &self,
+        account_id: i64,
+        identifiers: &[Identifier],
+        profile: &str,
+    ) -> Result<Order, Problem> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = ? AND s.set_hash = ? AND s.expires > ? AND o.profile = ? ORDER BY s.order_id DESC LIMIT 5",
+        )
+        .bind(account_id)
+        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+        .bind(now())
+        .bind(profile)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        for id in ids {
+            let order = self.get_order(id).await?;
+            if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
+            {
+                return Ok(order);
+            }
+        }
+        Err(Problem::not_found("no reusable order"))
+    }
+
+    /// Starts finalization: succeeds once per order, and only when the order is ready.
+    pub async fn set_order_processing(&self, id: i64) -> Result<(), Problem> {
+        let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await.map_err(db_error)?;
+        let order = self.get_order(id).await?;
+        if order.status != quarry_core::model::OrderStatus::Ready {
+            return Err(Problem::new(
+                ErrorKind::OrderNotReady,
+                format!("order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
+            ));
+        }
+        let updated = sqlx::query("UPDATE orders SET began_processing = ? WHERE id = ? AND began_processing = 0")
+            .bind(now().max(1))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing")) }
+    }
+
+    pub async fn set_order_error(&self, id: i64, problem: &Problem) -> Result<(), Problem> {
+        let error = serde_json::to_string(problem).map_err(internal)?;
+        let updated = sqlx::query("UPDATE orders SET error = ? WHERE id = ?")
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("order {id} not found"))) }
+    }
+
+    pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
+        let updated = sqlx::query(
+            "UPDATE orders SET certificate_serial = ? WHERE id = ? AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
+        )
+        .bind(serial)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing")) }
+    }
+
+    // --- Serials and certificates ---
+
+    pub async fn add_serial(
+        &self,
+        account_id: i64,
+        serial: &str,
+        created: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), Problem> {
+        sqlx::query("INSERT INTO serials (serial, account_id, created, expires) VALUES (?, ?, ?, ?)")
+            .bind(serial.to_ascii_lowercase())
+            .bind(account_id)
+            .bind(created)
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn serial_exists(&self, serial: &str) -> Result<bool, Problem> {
+        let found: Option<String> = sqlx::query_scalar("SELECT serial FROM serials WHERE serial = ?")
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+
+    /// Stores an issued certificate and everything derived from it, in one transaction.
+    pub async fn add_certificate(
+        &self,
+        account_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+    ) -> Result<String, Problem> {
+        let facts = CertificateFacts::parse(der)?;
+        if !self.serial_exists(&facts.serial).await? {
+            return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
+        }
+        let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&facts.serial)
+            .bind(account_id)
+            .bind(&digest)
+            .bind(der)
+            .bind(issued)
+            .bind(facts.not_after)
+            .bind(issuer_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES (?, 'good', ?, ?)")
+            .bind(&facts.serial)
+            .bind(facts.not_after)
+            .bind(issuer_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES (?, ?, ?, ?)")
+            .bind(fqdn_set_hash(facts.names.iter().map(String::as_str)))
+            .bind(&facts.serial)
+            .bind(issued)
+            .bind(facts.not_after)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        for name in &facts.names {
+            sqlx::query("INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES (?, ?, ?, 0)")
+                .bind(reversed_name(name))
+                .bind(facts.not_before)
+                .bind(&facts.serial)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        sqlx::query("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES (?, ?, ?)")
+            .bind(facts.key_hash)
+            .bind(facts.not_after)
+            .bind(&facts.serial)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(facts.serial)
+    }
+
+    pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {
+        let row = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("certificate {serial} not found")))?;
+        Ok(Certificate {
+            serial: get(&row, "serial")?,
+            account_id: get(&row, "account_id")?,
+            der: get(&row, "der")?,
+            issued: get(&row, "issued")?,
+            expires: get(&row, "expires")?,
+            digest: get(&row, "digest")?,
+            issuer_id: get(&row, "issuer_id")?,
+        })
+    }
+
+    /// (status, revoked_date, revoked_reason, not_after, issuer_id) of a certificate.
+    pub async fn get_certificate_status(&self, serial: &str) -> Result<(String, i64, i64, i64, i64), Problem> {
+        let row = sqlx::query("SELECT * FROM certificate_status WHERE serial = ?")
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("certificate {serial} not found")))?;
+        Ok((
+            get(&row, "status")?,
+            get(&row, "revoked_date")?,
+            get(&row, "revoked_reason")?,
+            get(&row, "not_after")?,
+            get(&row, "issuer_id")?,
+        ))
+    }
+
+    pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+
+    /// Adds a key to the blocklist (used by tests now; the admin tool and revocation later).
+    pub async fn block_key(&self, key_hash: &[u8], source: &str, comment: &str) -> Result<(), Problem> {
+        sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES (?, ?, ?, ?)")
+            .bind(key_hash)
+            .bind(now())
+            .bind(source)
+            .bind(comment)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, column: &str) -> Result<T, Problem> {
+    row.try_get(column).map_err(internal)
+}
+
+fn account_from_row(row: &SqliteRow) -> Result<Account, Problem> {
+    let status: String = get(row, "status")?;
+    let contact: String = get(row, "contact")?;
+    Ok(Account {
+        id: get(row, "id")?,
+        jwk: get(row, "jwk")?,
+        status: AccountStatus::parse(&status).ok_or_else(|| internal(format!("bad account status {status}")))?,
+        contact: serde_json::from_str(&contact).map_err(internal)?,
+        terms_of_service_agreed: get(row, "terms_of_service_agreed")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn authorization_from_row(row: &SqliteRow, now: Timestamp) -> Result<Authorization, Problem> {
+    let stored: String = get(row, "status")?;
+    let stored =
+        AuthorizationStatus::parse(&stored).ok_or_else(|| internal(format!("bad authorization status {stored}")))?;
+    let expires: i64 = get(row, "expires")?;
+    let status = authorization_status(stored, expires, now);
+    let kind: String = get(row, "identifier_type")?;
+    let kind = IdentifierType::parse(&kind).ok_or_else(|| internal(format!("bad identifier type {kind}")))?;
+    let value: String = get(row, "identifier_value")?;
+    let requested = Identifier { kind, value };
+    let token: String = get(row, "token")?;
+    let attempted: Option<String> = get(row, "attempted")?;
+    let validated_at: Option<i64> = get(row, "validated_at")?;
+    let records: Option<String> = get(row, "validation_records")?;
+    let records: Vec<ValidationRecord> =
+        records.map(|r| serde_json::from_str(&r)).transpose().map_err(internal)?.unwrap_or_default();
+    let error: Option<String> = get(row, "validation_error")?;
+    let error: Option<Problem> = error.map(|e| serde_json::from_str(&e)).transpose().map_err(internal)?;
+    let types: String = get(row, "challenge_types")?;
+    let offered = types.split(',').filter_map(ChallengeType::parse).enumerate();
+    let challenges = offered
+        .filter_map(|(index, kind)| {
+            let is_attempted = attempted.as_deref() == Some(kind.as_str());
+            let (status, validated, error, records) = match stored {
+                // A finished authorization shows only the challenge that decided it.
+                AuthorizationStatus::Valid if is_attempted => {
+                    (ChallengeStatus::Valid, validated_at.unwrap_or(0), None, records.clone())
+                }
+                AuthorizationStatus::Invalid if is_attempted => {
+                    (ChallengeStatus::Invalid, 0, error.clone(), records.clone())
+                }
+                AuthorizationStatus::Valid | AuthorizationStatus::Invalid => return None,
+                AuthorizationStatus::Pending if is_attempted => (ChallengeStatus::Processing, 0, None, Vec::new()),
+                _ => (ChallengeStatus::Pending, 0, None, Vec::new()),
+            };
+            Some(Challenge {
+                index: index as i64,
+                kind,
+                status,
+                token: token.clone(),
+                validated,
+                error,
+                validation_records: records,
+            })
+        })
+        .collect();
+    Ok(Authorization {
+        id: get(row, "id")?,
+        account_id: get(row, "account_id")?,
+        wildcard: requested.is_wildcard(),
+        identifier: requested.without_wildcard(),
+        status,
+        expires,
+        challenges,
+        profile: get(row, "profile")?,
+        created: get(row, "created")?,
+    })
+}
+
+fn order_from_row(row: &SqliteRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
+    let error: Option<String> = get(row, "error")?;
+    let error: Option<Problem> = error.map(|e| serde_json::from_str(&e)).transpose().map_err(internal)?;
+    let identifiers: String = get(row, "identifiers")?;
+    let identifiers: Vec<Identifier> = serde_json::from_str(&identifiers).map_err(internal)?;
+    let certificate_serial: String = get(row, "certificate_serial")?;
+    let began_processing: i64 = get(row, "began_processing")?;
+    let expires: i64 = get(row, "expires")?;
+    let statuses: Vec<AuthorizationStatus> = authorizations.iter().map(|a| a.status).collect();
+    let status = order_status(
+        &OrderFacts {
+            has_error: error.is_some(),
+            expires,
+            began_processing: began_processing != 0,
+            has_certificate: !certificate_serial.is_empty(),
+            authorizations: &statuses,
+        },
+        now,
+    );
+    Ok(Order {
+        id: get(row, "id")?,
+        account_id: get(row, "account_id")?,
+        status,
+        expires,
+        identifiers,
+        authorization_ids: authorizations.iter().map(|a| a.id).collect(),
+        error,
+        certificate_serial,
+        created: get(row, "created")?,
+        profile: get(row, "profile")?,
+        replaces: get(row, "replaces")?,
+        began_processing,
+        not_before: get(row, "not_before")?,
+        not_after: get(row, "not_after")?,
+    })
+}
+
+/// What the sa records about a certificate, read from its DER.
+struct CertificateFacts {
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    names: Vec<String>,
+    key_hash: Vec<u8>,
+}
+
+impl CertificateFacts {
+    fn parse(der: &[u8]) -> Result<Self, Problem> {
+        use x509_parser::prelude::*;
+        let (_, cert) =
+            parse_x509_certificate(der).map_err(|_| Problem::malformed("certificate DER does not parse"))?;
+        let names = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+                    GeneralName::IPAddress(bytes) => ip_from_bytes(bytes),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let spki = cert.public_key().raw;
+        Ok(Self {
+            serial: hex::encode(cert.raw_serial()),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            names,
+            key_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki).as_ref().to_vec(),
+        })
+    }
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string()),
+        _ => None,
+    }
+}
