@@ -36,7 +36,7 @@ pub fn order_status(facts: &OrderFacts<'_>, now: Timestamp) -> OrderStatus {
     if facts.authorizations.iter().any(|s| matches!(s, A::Invalid | A::Deactivated | A::Expired | A::Revoked)) {
         return OrderStatus::Invalid;
     }
-    if facts.authorizations.iter().any(|s| *s == A::Pending) {
+    if facts.authorizations.contains(&A::Pending) {
         return OrderStatus::Pending;
     }
     if facts.began_processing {
@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn order_statuses() {
         let now = 1_000;
-        let cases: &[(bool, Timestamp, bool, bool, &[A], OrderStatus)] = &[
+        type Case = (bool, Timestamp, bool, bool, &'static [A], OrderStatus);
+        let cases: &[Case] = &[
             (false, 2_000, false, false, &[A::Pending, A::Valid], OrderStatus::Pending),
             (false, 2_000, false, false, &[A::Valid, A::Valid], OrderStatus::Ready),
             (false, 2_000, true, false, &[A::Valid], OrderStatus::Processing),

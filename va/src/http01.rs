@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn redirects_are_resolved_against_the_policy() {
-        let cases: &[(&str, Result<(&str, &str), ErrorKind>)] = &[
+        type Case = (&'static str, Result<(&'static str, &'static str), ErrorKind>);
+        let cases: &[Case] = &[
             ("/other", Ok(("a.example", "/other"))),
             ("http://b.example:5002/x?y=1", Ok(("b.example", "/x?y=1"))),
             ("http://b.example/x", Err(ErrorKind::Connection)),
