@@ -1,4 +1,5 @@
 //! Test support for Quarry: the challenge test server, a throwaway PKI, fakes of peer services and an ACME client.
 
 pub mod challtestsrv;
+pub mod fakes;
 pub mod pki;

@@ -60,7 +60,11 @@ impl TestPki {
 
     /// How to reach `service` listening at `addr`.
     pub fn client_config(&self, service: &str, addr: SocketAddr) -> GrpcClientConfig {
-        GrpcClientConfig { address: format!("https://{addr}"), server_name: format!("{service}.quarry"), timeout_ms: 10_000 }
+        GrpcClientConfig {
+            address: format!("https://{addr}"),
+            server_name: format!("{service}.quarry"),
+            timeout_ms: 10_000,
+        }
     }
 
     /// A channel to `server` at `addr` presenting `client`'s certificate.

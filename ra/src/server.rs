@@ -1,0 +1,539 @@
+//! The RegistrationAuthority gRPC service: accounts, orders, validation dispatch and finalization.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quarry_core::clock::now;
+use quarry_core::grpc::{incoming_deadline, request_with_deadline};
+use quarry_core::model::{Account, Authorization, AuthorizationStatus, ChallengeType, Order, OrderStatus};
+use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
+use quarry_jose::Jwk;
+use quarry_proto::ca::IssueCertificateRequest;
+use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
+use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_to_pb};
+use quarry_proto::core as pb;
+use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
+use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest};
+use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::sa::{self as sapb};
+use quarry_proto::va::DcvRequest;
+use quarry_proto::va::va_client::VaClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::keypolicy;
+use crate::{Config, Error};
+
+/// How long a reused valid authorization must still be valid for.
+const REUSE_MARGIN_SECS: i64 = 86_400;
+
+/// The service state; cheap to clone into background tasks.
+#[derive(Clone)]
+pub struct Registrar {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sa_read: StorageAuthorityReadOnlyClient<Channel>,
+    sa_write: StorageAuthorityClient<Channel>,
+    va: VaClient<Channel>,
+    ca: CertificateAuthorityClient<Channel>,
+    pending_lifetime: i64,
+    valid_lifetime: i64,
+    order_lifetime: i64,
+    max_names: usize,
+    profiles: Vec<String>,
+    default_profile: String,
+    challenge_types: Vec<ChallengeType>,
+    validation_timeout: Duration,
+    finalize_timeout: Duration,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl Registrar {
+    pub fn new(config: &Config, challenge_types: Vec<ChallengeType>) -> Result<Self, Error> {
+        let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sa_read: StorageAuthorityReadOnlyClient::new(sa.clone()),
+                sa_write: StorageAuthorityClient::new(sa),
+                va: VaClient::new(quarry_core::grpc::channel(&config.va, &config.tls)?),
+                ca: CertificateAuthorityClient::new(quarry_core::grpc::channel(&config.ca, &config.tls)?),
+                pending_lifetime: config.pending_authorization_lifetime_secs,
+                valid_lifetime: config.valid_authorization_lifetime_secs,
+                order_lifetime: config.order_lifetime_secs,
+                max_names: config.max_names_per_order,
+                profiles: config.profiles.clone(),
+                default_profile: config.default_profile.clone(),
+                challenge_types,
+                validation_timeout: Duration::from_millis(config.validation_timeout_ms),
+                finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
+            }),
+        })
+    }
+
+    async fn account(&self, id: i64, deadline: Option<Instant>) -> Result<Account, Problem> {
+        let reply =
+            self.inner.sa_read.clone().get_account(request_with_deadline(sapb::AccountId { id }, deadline)).await?;
+        Account::try_from(reply.get_ref())
+    }
+
+    async fn authorization(&self, id: i64, deadline: Option<Instant>) -> Result<Authorization, Problem> {
+        let reply = self
+            .inner
+            .sa_read
+            .clone()
+            .get_authorization(request_with_deadline(sapb::AuthorizationId { id }, deadline))
+            .await?;
+        Authorization::try_from(reply.get_ref())
+    }
+
+    async fn order(&self, id: i64, deadline: Option<Instant>) -> Result<Order, Problem> {
+        let reply = self.inner.sa_read.clone().get_order(request_with_deadline(sapb::OrderId { id }, deadline)).await?;
+        Order::try_from(reply.get_ref())
+    }
+
+    async fn new_account(&self, account: pb::Account, deadline: Option<Instant>) -> Result<pb::Account, Problem> {
+        let jwk = Jwk::from_slice(&account.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
+        keypolicy::check_account_key(&jwk)?;
+        for contact in &account.contact {
+            check_contact(contact)?;
+        }
+        let new = pb::Account {
+            jwk: jwk.canonical_json().into_bytes(),
+            status: "valid".into(),
+            contact: account.contact,
+            terms_of_service_agreed: account.terms_of_service_agreed,
+            created_at: now(),
+            ..Default::default()
+        };
+        match self.inner.sa_write.clone().new_account(request_with_deadline(new.clone(), deadline)).await {
+            Ok(created) => {
+                tracing::info!(account_id = created.get_ref().id, "account created");
+                Ok(created.into_inner())
+            }
+            Err(status) if Problem::from(status.clone()).kind == ErrorKind::Duplicate => {
+                // Another request registered the same key first: that account is the answer.
+                let existing = self
+                    .inner
+                    .sa_read
+                    .clone()
+                    .get_account_by_key(request_with_deadline(sapb::AccountKey { jwk: new.jwk }, deadline))
+                    .await?;
+                Ok(existing.into_inner())
+            }
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    async fn new_order(&self, req: NewOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
+        let inner = &self.inner;
+        if req.not_before != 0 || req.not_after != 0 {
+            return Err(Problem::malformed("NotBefore and NotAfter are not supported"));
+        }
+        let identifiers: BTreeSet<Identifier> =
+            identifiers_from_pb(&req.identifiers)?.iter().map(Identifier::normalized).collect();
+        let identifiers: Vec<Identifier> = identifiers.into_iter().collect();
+        if identifiers.is_empty() {
+            return Err(Problem::malformed("NewOrder request did not specify any identifiers"));
+        }
+        if identifiers.len() > inner.max_names {
+            return Err(Problem::malformed(format!("order cannot contain more than {} identifiers", inner.max_names)));
+        }
+        check_identifiers(&identifiers)?;
+        let profile = if req.profile.is_empty() { inner.default_profile.clone() } else { req.profile.clone() };
+        if !inner.profiles.contains(&profile) {
+            return Err(Problem::new(ErrorKind::InvalidProfile, format!("profile {profile:?} is not offered")));
+        }
+
+        let wanted = || identifiers_to_pb(&identifiers);
+        let reuse = sapb::GetOrderForNamesRequest {
+            account_id: req.account_id,
+            identifiers: wanted(),
+            profile: profile.clone(),
+        };
+        match inner.sa_read.clone().get_order_for_names(request_with_deadline(reuse, deadline)).await {
+            Ok(order) => return Order::try_from(order.get_ref()),
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(status.into()),
+        }
+
+        let now = now();
+        let valid = sapb::GetValidAuthorizationsRequest {
+            account_id: req.account_id,
+            identifiers: wanted(),
+            valid_until: now + REUSE_MARGIN_SECS,
+            profile: profile.clone(),
+        };
+        let valid = inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
+        let mut reusable: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for authz in &valid.get_ref().authorizations {
+            let authz = Authorization::try_from(authz)?;
+            let value = if authz.wildcard { format!("*.{}", authz.identifier.value) } else { authz.identifier.value };
+            reusable.insert(value, (authz.id, authz.expires));
+        }
+        let mut reused_ids = Vec::new();
+        let mut new_authorizations = Vec::new();
+        let mut expires = now + inner.order_lifetime;
+        for identifier in &identifiers {
+            if let Some((id, authz_expires)) = reusable.get(&identifier.value) {
+                reused_ids.push(*id);
+                expires = expires.min(*authz_expires);
+                continue;
+            }
+            let types: Vec<String> = if identifier.is_wildcard() {
+                vec![ChallengeType::Dns01.as_str().to_owned()]
+            } else {
+                inner.challenge_types.iter().map(|t| t.as_str().to_owned()).collect()
+            };
+            let authz_expires = now + inner.pending_lifetime;
+            expires = expires.min(authz_expires);
+            new_authorizations.push(sapb::NewAuthorization {
+                identifier: Some(identifier.into()),
+                challenge_types: types,
+                token: random_token()?,
+                expires: authz_expires,
+            });
+        }
+        let create = sapb::NewOrderAndAuthorizationsRequest {
+            account_id: req.account_id,
+            identifiers: wanted(),
+            expires,
+            reused_authorization_ids: reused_ids,
+            new_authorizations,
+            profile,
+            replaces: req.replaces,
+            replaces_serial: String::new(),
+        };
+        let order =
+            inner.sa_write.clone().new_order_and_authorizations(request_with_deadline(create, deadline)).await?;
+        let order = Order::try_from(order.get_ref())?;
+        tracing::info!(order_id = order.id, account_id = order.account_id, names = identifiers.len(), "order created");
+        Ok(order)
+    }
+
+    async fn perform_validation(
+        &self,
+        req: PerformValidationRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Authorization, Problem> {
+        let authz = self.authorization(req.authorization_id, deadline).await?;
+        if authz.account_id != req.account_id {
+            return Err(Problem::unauthorized("this authorization belongs to another account"));
+        }
+        match authz.status {
+            AuthorizationStatus::Valid => return Ok(authz),
+            AuthorizationStatus::Pending => {}
+            other => return Err(Problem::malformed(format!("authorization is not pending (it is {other})"))),
+        }
+        let challenge = authz
+            .challenges
+            .iter()
+            .find(|c| c.index == req.challenge_index)
+            .ok_or_else(|| Problem::malformed(format!("authorization has no challenge {}", req.challenge_index)))?
+            .clone();
+        let enabled = self.inner.challenge_types.contains(&challenge.kind)
+            || (authz.wildcard && challenge.kind == ChallengeType::Dns01);
+        if !enabled {
+            return Err(Problem::malformed(format!("challenge type {} is not enabled", challenge.kind)));
+        }
+        let account = self.account(authz.account_id, deadline).await?;
+        let jwk = Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
+        let key_authorization = quarry_jose::key_authorization(&challenge.token, &jwk);
+        let processing = sapb::SetAuthorizationProcessingRequest {
+            id: authz.id,
+            attempted: challenge.kind.as_str().to_owned(),
+            attempted_at: now(),
+        };
+        match self
+            .inner
+            .sa_write
+            .clone()
+            .set_authorization_processing(request_with_deadline(processing, deadline))
+            .await
+        {
+            Ok(_) => {
+                let registrar = self.clone();
+                let authz = authz.clone();
+                // The validation outlives the client's request: it has its own timeout, not the request's deadline.
+                tokio::spawn(async move {
+                    registrar.validate_in_background(authz, challenge.kind, key_authorization).await
+                });
+            }
+            Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
+            Err(status) => return Err(status.into()),
+        }
+        self.authorization(authz.id, deadline).await
+    }
+
+    async fn validate_in_background(&self, authz: Authorization, kind: ChallengeType, key_authorization: String) {
+        let inner = &self.inner;
+        let token = authz.challenges.iter().find(|c| c.kind == kind).map(|c| c.token.clone()).unwrap_or_default();
+        let request = DcvRequest {
+            identifier: Some((&authz.identifier).into()),
+            challenge_type: kind.as_str().to_owned(),
+            token,
+            expected_key_authorization: key_authorization,
+            authorization_id: authz.id,
+            account_id: authz.account_id,
+        };
+        let deadline = Instant::now() + inner.validation_timeout;
+        let (records, problem) = match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await {
+            Ok(result) => {
+                let result = result.into_inner();
+                (result.records, result.problem)
+            }
+            Err(status) => {
+                tracing::error!(authorization_id = authz.id, %status, "va call failed");
+                (Vec::new(), Some(pb::Problem::from(&Problem::internal("validation could not be performed"))))
+            }
+        };
+        let passed = problem.is_none();
+        let attempted_at = now();
+        let outcome = sapb::FinalizeAuthorizationRequest {
+            id: authz.id,
+            status: if passed { "valid" } else { "invalid" }.to_owned(),
+            expires: if passed { attempted_at + inner.valid_lifetime } else { authz.expires },
+            attempted: kind.as_str().to_owned(),
+            attempted_at,
+            validation_records: records,
+            validation_error: problem.clone(),
+        };
+        tracing::info!(
+            authorization_id = authz.id,
+            identifier = %authz.identifier.value,
+            challenge = kind.as_str(),
+            passed,
+            problem = problem.as_ref().map(|p| p.detail.as_str()).unwrap_or_default(),
+            "validation result"
+        );
+        if let Err(status) =
+            inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, Some(deadline))).await
+        {
+            tracing::error!(authorization_id = authz.id, %status, "cannot record the validation result");
+        }
+    }
+
+    async fn finalize_order(&self, req: FinalizeOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
+        let inner = &self.inner;
+        let order = self.order(req.order_id, deadline).await?;
+        if order.account_id != req.account_id {
+            return Err(Problem::unauthorized("this order belongs to another account"));
+        }
+        if order.status != OrderStatus::Ready {
+            return Err(Problem::new(
+                ErrorKind::OrderNotReady,
+                format!("Order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
+            ));
+        }
+        let csr = quarry_core::csr::parse_csr(&req.csr)
+            .map_err(|e| Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {e}")))?;
+        keypolicy::check_certificate_key(&csr.key)?;
+        let account = self.account(order.account_id, deadline).await?;
+        let account_key =
+            Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
+        if subject_public_key(&csr.spki_der).as_deref() == Some(account_key.subject_public_key().as_slice()) {
+            return Err(Problem::new(ErrorKind::BadCsr, "certificate public key must be different than account key"));
+        }
+        let key_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.spki_der).as_ref().to_vec();
+        let blocked =
+            inner.sa_read.clone().key_blocked(request_with_deadline(sapb::KeyHash { key_hash }, deadline)).await?;
+        if blocked.get_ref().exists {
+            return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
+        }
+        check_csr_names(&csr.names(), &order.identifiers)?;
+        let authzs = inner
+            .sa_read
+            .clone()
+            .get_order_authorizations(request_with_deadline(sapb::OrderId { id: order.id }, deadline))
+            .await?;
+        let all_valid = authzs.get_ref().authorizations.iter().all(|a| a.status == AuthorizationStatus::Valid.as_str());
+        if !all_valid || authzs.get_ref().authorizations.is_empty() {
+            return Err(Problem::new(ErrorKind::OrderNotReady, "not every authorization of the order is valid"));
+        }
+
+        inner
+            .sa_write
+            .clone()
+            .set_order_processing(request_with_deadline(sapb::OrderId { id: order.id }, deadline))
+            .await?;
+        let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));
+        if let Err(problem) = self.issue(&order, req.csr, deadline).await {
+            // Past "processing" an order cannot go back to ready: it becomes invalid, and the client starts over.
+            let failed = sapb::SetOrderErrorRequest { id: order.id, error: problem_to_pb(&Some(problem.clone())) };
+            if let Err(status) = inner.sa_write.clone().set_order_error(request_with_deadline(failed, deadline)).await {
+                tracing::error!(order_id = order.id, %status, "cannot mark the failed order invalid");
+            }
+            tracing::warn!(order_id = order.id, %problem, "issuance failed");
+            return Err(problem);
+        }
+        self.order(order.id, deadline).await
+    }
+
+    async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
+        let issue = IssueCertificateRequest {
+            csr,
+            account_id: order.account_id,
+            order_id: order.id,
+            profile: order.profile.clone(),
+        };
+        let issued =
+            self.inner.ca.clone().issue_certificate(request_with_deadline(issue, deadline)).await?.into_inner();
+        let finalize = sapb::FinalizeOrderRequest { id: order.id, certificate_serial: issued.serial.clone() };
+        self.inner.sa_write.clone().finalize_order(request_with_deadline(finalize, deadline)).await?;
+        tracing::info!(order_id = order.id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
+        Ok(())
+    }
+}
+
+/// The subjectPublicKey bits of a DER SubjectPublicKeyInfo.
+fn subject_public_key(spki_der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
+    Some(spki.subject_public_key.data.to_vec())
+}
+
+/// 32 random bytes, base64url: a challenge token (RFC 8555 §8.1 asks for at least 128 bits).
+fn random_token() -> Result<String, Problem> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Problem::internal("random number generator failed"))?;
+    Ok(quarry_jose::b64_encode(&bytes))
+}
+
+/// RFC 8555 §7.3: a contact is a `mailto:` URL with one address and no header fields.
+fn check_contact(contact: &str) -> Result<(), Problem> {
+    let Some(address) = contact.strip_prefix("mailto:") else {
+        return Err(Problem::new(ErrorKind::UnsupportedContact, format!("contact {contact:?} is not a mailto: URL")));
+    };
+    let invalid = |why: &str| Err(Problem::new(ErrorKind::InvalidContact, format!("contact {contact:?} {why}")));
+    if address.contains('?') {
+        return invalid("must not contain header fields");
+    }
+    if address.contains(',') {
+        return invalid("must hold exactly one address");
+    }
+    let Some((local, domain)) = address.split_once('@') else { return invalid("is not an email address") };
+    if local.is_empty() || domain.is_empty() || domain.contains('@') {
+        return invalid("is not an email address");
+    }
+    if Identifier::dns(domain.to_ascii_lowercase()).check_well_formed().is_err() {
+        return invalid("has an invalid domain");
+    }
+    Ok(())
+}
+
+/// Identifier checks: one subproblem per offending identifier (RFC 8555 §6.7.1).
+fn check_identifiers(identifiers: &[Identifier]) -> Result<(), Problem> {
+    let mut subproblems = Vec::new();
+    for identifier in identifiers {
+        let problem = match identifier.kind {
+            IdentifierType::Ip => {
+                Some(Problem::new(ErrorKind::UnsupportedIdentifier, "IP address identifiers are not supported yet"))
+            }
+            IdentifierType::Dns => identifier.check_well_formed().err(),
+        };
+        if let Some(problem) = problem {
+            subproblems.push(SubProblem {
+                kind: problem.kind,
+                detail: problem.detail,
+                identifier: Some(identifier.clone()),
+            });
+        }
+    }
+    if subproblems.is_empty() {
+        return Ok(());
+    }
+    let first = subproblems[0].kind;
+    let kind = if subproblems.iter().all(|s| s.kind == first) { first } else { ErrorKind::RejectedIdentifier };
+    let detail = if subproblems.len() == 1 {
+        subproblems[0].detail.clone()
+    } else {
+        format!("Cannot issue for {} identifiers (see subproblems)", subproblems.len())
+    };
+    Err(Problem::new(kind, detail).with_subproblems(subproblems))
+}
+
+/// The CSR must ask for exactly the order's identifiers.
+fn check_csr_names(csr_names: &BTreeSet<String>, identifiers: &[Identifier]) -> Result<(), Problem> {
+    let ordered: BTreeSet<String> = identifiers.iter().map(|i| i.value.to_ascii_lowercase()).collect();
+    if *csr_names == ordered {
+        return Ok(());
+    }
+    let missing: Vec<&String> = ordered.difference(csr_names).collect();
+    let extra: Vec<&String> = csr_names.difference(&ordered).collect();
+    Err(Problem::new(
+        ErrorKind::BadCsr,
+        format!("CSR does not specify same identifiers as Order (missing {missing:?}, not in order {extra:?})"),
+    ))
+}
+
+#[tonic::async_trait]
+impl RegistrationAuthority for Registrar {
+    async fn new_account(&self, request: Request<pb::Account>) -> Reply<pb::Account> {
+        let deadline = incoming_deadline(&request);
+        Ok(Response::new(self.new_account(request.into_inner(), deadline).await?))
+    }
+
+    async fn new_order(&self, request: Request<NewOrderRequest>) -> Reply<pb::Order> {
+        let deadline = incoming_deadline(&request);
+        let order = self.new_order(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Order::from(&order)))
+    }
+
+    async fn perform_validation(&self, request: Request<PerformValidationRequest>) -> Reply<pb::Authorization> {
+        let deadline = incoming_deadline(&request);
+        let authz = self.perform_validation(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Authorization::from(&authz)))
+    }
+
+    async fn finalize_order(&self, request: Request<FinalizeOrderRequest>) -> Reply<pb::Order> {
+        let deadline = incoming_deadline(&request);
+        let order = self.finalize_order(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Order::from(&order)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts() {
+        let cases: &[(&str, Option<ErrorKind>)] = &[
+            ("mailto:ops@example.org", None),
+            ("tel:+1234", Some(ErrorKind::UnsupportedContact)),
+            ("mailto:a@example.org?subject=x", Some(ErrorKind::InvalidContact)),
+            ("mailto:a@example.org,b@example.org", Some(ErrorKind::InvalidContact)),
+            ("mailto:nobody", Some(ErrorKind::InvalidContact)),
+            ("mailto:a@bad..domain", Some(ErrorKind::InvalidContact)),
+        ];
+        for (contact, expected) in cases {
+            assert_eq!(check_contact(contact).err().map(|p| p.kind), *expected, "{contact}");
+        }
+    }
+
+    #[test]
+    fn identifier_problems_name_each_identifier() {
+        let ids =
+            [Identifier::dns("ok.example.org"), Identifier::dns("bad..example.org"), Identifier::dns("-x.example.org")];
+        let problem = check_identifiers(&ids).unwrap_err();
+        assert_eq!(problem.kind, ErrorKind::RejectedIdentifier);
+        assert_eq!(problem.subproblems.len(), 2);
+        assert_eq!(problem.subproblems[0].identifier.as_ref().unwrap().value, "bad..example.org");
+        let ip = Identifier { kind: IdentifierType::Ip, value: "192.0.2.1".into() };
+        assert_eq!(check_identifiers(&[ip]).unwrap_err().kind, ErrorKind::UnsupportedIdentifier);
+    }
+
+    #[test]
+    fn csr_names_must_equal_the_order() {
+        let order = [Identifier::dns("a.example.org"), Identifier::dns("*.b.example.org")];
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert!(check_csr_names(&names(&["a.example.org", "*.b.example.org"]), &order).is_ok());
+        let problem = check_csr_names(&names(&["a.example.org", "c.example.org"]), &order).unwrap_err();
+        assert_eq!(problem.kind, ErrorKind::BadCsr);
+        assert!(problem.detail.contains("*.b.example.org") && problem.detail.contains("c.example.org"));
+    }
+}

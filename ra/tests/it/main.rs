@@ -1,0 +1,270 @@
+//! The ra as a real gRPC server over mutual TLS, with a real sa and ca on loopback and a fake va whose verdict each
+//! test sets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quarry_core::config::ConfigVersion;
+use quarry_core::{ErrorKind, Problem};
+use quarry_jose::{Algorithm, SigningKey};
+use quarry_proto::core as pb;
+use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient;
+use quarry_proto::ra::*;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_testkit::fakes::FakeVa;
+use quarry_testkit::pki::TestPki;
+use tonic::transport::Channel;
+
+struct Stack {
+    pki: TestPki,
+    ra: SocketAddr,
+    sa: SocketAddr,
+    va: FakeVa,
+    _db: tempfile::TempDir,
+}
+
+async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let pki = TestPki::new();
+        let db = tempfile::tempdir().unwrap();
+        let sa_config = quarry_sa::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[
+                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca"]),
+                ("quarry.sa.v1.StorageAuthority", &["ra", "ca"]),
+            ]),
+            tls: pki.tls("sa"),
+            database_url: format!("sqlite://{}/quarry.db?mode=rwc", db.path().display()),
+            max_connections: 4,
+        };
+        let (listener, sa) = listen(sa_config.grpc.listen).await;
+        tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));
+
+        let ca_config = quarry_ca::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[("quarry.ca.v1.CertificateAuthority", &["ra"])]),
+            tls: pki.tls("ca"),
+            sa: pki.client_config("sa", sa),
+            serial_prefix: 1,
+            issuers: vec![quarry_ca::IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
+            profiles: BTreeMap::from([(
+                "classic".to_owned(),
+                quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
+            )]),
+            default_profile: "classic".into(),
+        };
+        let (listener, ca) = listen(ca_config.grpc.listen).await;
+        tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));
+
+        let va = FakeVa::default();
+        let va_addr = va.start(&pki).await;
+
+        let ra_config = quarry_ra::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[("quarry.ra.v1.RegistrationAuthority", &["wfe"])]),
+            tls: pki.tls("ra"),
+            sa: pki.client_config("sa", sa),
+            va: pki.client_config("va", va_addr),
+            ca: pki.client_config("ca", ca),
+            pending_authorization_lifetime_secs: 7 * 86_400,
+            valid_authorization_lifetime_secs: 30 * 86_400,
+            order_lifetime_secs: 7 * 86_400,
+            max_names_per_order: 3,
+            profiles: vec!["classic".into()],
+            default_profile: "classic".into(),
+            challenge_types: vec!["http-01".into(), "dns-01".into()],
+            validation_timeout_ms: 5_000,
+            finalize_timeout_ms: 10_000,
+        };
+        let (listener, ra) = listen(ra_config.grpc.listen).await;
+        tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
+        Stack { pki, ra, sa, va, _db: db }
+    }
+
+    fn ra(&self, client: &str) -> RegistrationAuthorityClient<Channel> {
+        RegistrationAuthorityClient::new(self.pki.channel(client, "ra", self.ra))
+    }
+
+    fn sa(&self) -> StorageAuthorityReadOnlyClient<Channel> {
+        StorageAuthorityReadOnlyClient::new(self.pki.channel("wfe", "sa", self.sa))
+    }
+
+    async fn account(&self) -> (pb::Account, SigningKey) {
+        let key = SigningKey::generate(Algorithm::Es256).unwrap();
+        let account = pb::Account {
+            jwk: key.jwk().to_json().to_string().into_bytes(),
+            contact: vec!["mailto:ops@example.org".into()],
+            terms_of_service_agreed: true,
+            ..Default::default()
+        };
+        (self.ra("wfe").new_account(account).await.unwrap().into_inner(), key)
+    }
+
+    async fn order(&self, account_id: i64, names: &[&str]) -> Result<pb::Order, Problem> {
+        let request =
+            NewOrderRequest { account_id, identifiers: names.iter().map(|n| dns(n)).collect(), ..Default::default() };
+        self.ra("wfe").new_order(request).await.map(|r| r.into_inner()).map_err(Problem::from)
+    }
+
+    async fn authorization(&self, id: i64) -> pb::Authorization {
+        self.sa().get_authorization(quarry_proto::sa::AuthorizationId { id }).await.unwrap().into_inner()
+    }
+
+    async fn order_status(&self, id: i64) -> String {
+        self.sa().get_order(quarry_proto::sa::OrderId { id }).await.unwrap().into_inner().status
+    }
+
+    /// Starts validation of every authorization of the order and waits (bounded) until none is pending.
+    async fn validate_all(&self, order: &pb::Order, account_id: i64) {
+        for id in &order.authorization_ids {
+            let request = PerformValidationRequest { authorization_id: *id, challenge_index: 0, account_id };
+            self.ra("wfe").perform_validation(request).await.unwrap();
+        }
+        let started = Instant::now();
+        for id in &order.authorization_ids {
+            while self.authorization(*id).await.status == "pending" {
+                assert!(started.elapsed() < Duration::from_secs(10), "validation did not finish");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn dns(value: &str) -> pb::Identifier {
+    pb::Identifier { r#type: "dns".into(), value: value.into() }
+}
+
+fn csr(names: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+async fn finalize(stack: &Stack, order: &pb::Order, account_id: i64, csr: Vec<u8>) -> Result<pb::Order, Problem> {
+    let request = FinalizeOrderRequest { order_id: order.id, account_id, csr };
+    stack.ra("wfe").finalize_order(request).await.map(|r| r.into_inner()).map_err(Problem::from)
+}
+
+#[tokio::test]
+async fn accounts_are_checked_and_created_once_per_key() {
+    let stack = Stack::start().await;
+    let (account, key) = stack.account().await;
+    assert_eq!(account.status, "valid");
+    let again = pb::Account { jwk: key.jwk().to_json().to_string().into_bytes(), ..Default::default() };
+    assert_eq!(stack.ra("wfe").new_account(again).await.unwrap().into_inner().id, account.id);
+
+    let bad_contact = pb::Account {
+        jwk: SigningKey::generate(Algorithm::Es256).unwrap().jwk().to_json().to_string().into_bytes(),
+        contact: vec!["mailto:a@example.org?subject=hi".into()],
+        ..Default::default()
+    };
+    let err = Problem::from(stack.ra("wfe").new_account(bad_contact).await.unwrap_err());
+    assert_eq!(err.kind, ErrorKind::InvalidContact);
+    let bad_key = pb::Account { jwk: br#"{"kty":"oct","k":"AAAA"}"#.to_vec(), ..Default::default() };
+    let err = Problem::from(stack.ra("wfe").new_account(bad_key).await.unwrap_err());
+    assert_eq!(err.kind, ErrorKind::BadPublicKey);
+}
+
+#[tokio::test]
+async fn orders_reuse_orders_and_valid_authorizations() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let order = stack.order(account.id, &["a.example.org", "*.w.example.org"]).await.unwrap();
+    assert_eq!(order.status, "pending");
+    let same = stack.order(account.id, &["*.W.example.org", "a.example.org"]).await.unwrap();
+    assert_eq!(same.id, order.id, "an identical pending order is reused");
+    let wildcard = stack.authorization(order.authorization_ids[0]).await;
+    let wildcard = if wildcard.wildcard { wildcard } else { stack.authorization(order.authorization_ids[1]).await };
+    assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
+
+    stack.va.pass();
+    stack.validate_all(&order, account.id).await;
+    assert_eq!(stack.order_status(order.id).await, "ready");
+    let second = stack.order(account.id, &["a.example.org", "b.example.org"]).await.unwrap();
+    assert_ne!(second.id, order.id);
+    let reused: Vec<i64> =
+        second.authorization_ids.iter().filter(|id| order.authorization_ids.contains(id)).copied().collect();
+    assert_eq!(reused.len(), 1, "the valid authorization for a.example.org is reused");
+}
+
+#[tokio::test]
+async fn bad_orders_get_one_subproblem_per_identifier() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let err = stack.order(account.id, &["ok.example.org", "bad..example.org", "-x.example.org"]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::RejectedIdentifier);
+    assert_eq!(err.subproblems.len(), 2);
+    let err = stack
+        .order(account.id, &["a.example.org", "b.example.org", "c.example.org", "d.example.org"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Malformed);
+    let request = NewOrderRequest {
+        account_id: account.id,
+        identifiers: vec![dns("a.example.org")],
+        profile: "nope".into(),
+        ..Default::default()
+    };
+    let err = Problem::from(stack.ra("wfe").new_order(request).await.unwrap_err());
+    assert_eq!(err.kind, ErrorKind::InvalidProfile);
+}
+
+#[tokio::test]
+async fn a_failed_validation_invalidates_the_order() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let order = stack.order(account.id, &["fail.example.org"]).await.unwrap();
+    stack.va.fail(Problem::new(ErrorKind::IncorrectResponse, "wrong key authorization"));
+    stack.validate_all(&order, account.id).await;
+    let authz = stack.authorization(order.authorization_ids[0]).await;
+    assert_eq!(authz.status, "invalid");
+    assert_eq!(authz.challenges[0].error.as_ref().unwrap().kind, "incorrectResponse");
+    assert_eq!(stack.order_status(order.id).await, "invalid");
+    assert_eq!(stack.va.calls(), 1);
+}
+
+#[tokio::test]
+async fn finalization_checks_the_csr_then_issues() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let names = ["f.example.org", "www.f.example.org"];
+    let order = stack.order(account.id, &names).await.unwrap();
+    let early = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
+    assert_eq!(early.kind, ErrorKind::OrderNotReady);
+
+    stack.va.pass();
+    stack.validate_all(&order, account.id).await;
+    let mismatch =
+        finalize(&stack, &order, account.id, csr(&["f.example.org", "other.example.org"])).await.unwrap_err();
+    assert_eq!(mismatch.kind, ErrorKind::BadCsr);
+    assert_eq!(stack.order_status(order.id).await, "ready", "a refused CSR changes nothing");
+    let garbage = finalize(&stack, &order, account.id, b"not a csr".to_vec()).await.unwrap_err();
+    assert_eq!(garbage.kind, ErrorKind::BadCsr);
+    let (other, _) = stack.account().await;
+    let stranger = finalize(&stack, &order, other.id, csr(&names)).await.unwrap_err();
+    assert_eq!(stranger.kind, ErrorKind::Unauthorized);
+
+    let done = finalize(&stack, &order, account.id, csr(&names)).await.unwrap();
+    assert_eq!(done.status, "valid");
+    assert!(!done.certificate_serial.is_empty());
+    let again = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::OrderNotReady);
+}
+
+#[tokio::test]
+async fn only_the_wfe_may_call() {
+    let stack = Stack::start().await;
+    let account = pb::Account { jwk: b"{}".to_vec(), ..Default::default() };
+    for caller in ["va", "intruder"] {
+        let err = stack.ra(caller).new_account(account.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{caller}");
+    }
+}
