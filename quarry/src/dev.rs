@@ -1,0 +1,271 @@
+//! `quarry dev`: the whole split CA on one machine. It makes a dev PKI on first run, renders each service's
+//! configuration from the embedded `base` + `dev` environment, starts every service as its own process, and runs
+//! the challenge test server as the va's DNS resolver unless told to use another.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::future::select_all;
+use quarry_testkit::challtestsrv;
+use tokio::process::{Child, Command};
+
+use crate::env;
+
+/// The internal certificate names of the stack's services, plus the operator's.
+const PKI_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin"];
+/// How long a service may take to accept connections after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Where the dev PKI, the SQLite database, rendered configs, logs and stack.json live.
+    #[arg(long, default_value = ".quarry")]
+    data_dir: PathBuf,
+    /// Where the ACME server (HTTPS) listens.
+    #[arg(long, default_value = "127.0.0.1:14000")]
+    acme_addr: SocketAddr,
+    /// The DNS resolver the va uses; when given, no challenge test server is started.
+    #[arg(long)]
+    va_dns: Option<SocketAddr>,
+    /// The port the va connects to for http-01.
+    #[arg(long, default_value_t = 5002)]
+    va_http_port: u16,
+    /// The port the va connects to for tls-alpn-01.
+    #[arg(long, default_value_t = 5001)]
+    va_tls_port: u16,
+    /// Do not run the challenge test server's http-01 responder (use this when your own server answers
+    /// on the va's http-01 port, e.g. certbot --standalone).
+    #[arg(long)]
+    no_http01_responder: bool,
+    /// The first of the loopback ports the services' gRPC servers use (six consecutive ports).
+    #[arg(long, default_value_t = 9301)]
+    grpc_base_port: u16,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChalltestsrvArgs {
+    /// DNS server address (UDP and TCP).
+    #[arg(long, default_value = "127.0.0.1:8053")]
+    dns_addr: SocketAddr,
+    /// http-01 responder address.
+    #[arg(long, default_value = "127.0.0.1:5002")]
+    http01_addr: SocketAddr,
+    /// Management API address.
+    #[arg(long, default_value = "127.0.0.1:8055")]
+    management_addr: SocketAddr,
+    /// The IPv4 address every name resolves to unless set otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    default_ipv4: Ipv4Addr,
+}
+
+/// Runs the challenge test server alone until Ctrl-C.
+pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
+    let config = challtestsrv::Config {
+        dns_addr: Some(args.dns_addr),
+        http01_addr: Some(args.http01_addr),
+        management_addr: args.management_addr,
+        default_ipv4: Some(args.default_ipv4),
+        default_ipv6: None,
+    };
+    challtestsrv::run(config, quarry_core::shutdown::signal()).await?;
+    Ok(())
+}
+
+impl DevArgs {
+    fn grpc_port(&self, service: &str) -> u16 {
+        let offset = env::SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u16;
+        self.grpc_base_port + offset
+    }
+
+    fn base_url(&self) -> String {
+        let host = match self.acme_addr.ip() {
+            ip if ip.is_loopback() && ip.is_ipv4() => "localhost".to_owned(),
+            ip if ip.is_ipv6() => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("https://{host}:{}", self.acme_addr.port())
+    }
+
+    fn va_dns(&self) -> SocketAddr {
+        self.va_dns.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8053)))
+    }
+
+    /// The values substituted into the environment's `${name}` placeholders.
+    pub fn variables(&self, data_dir: &Path) -> BTreeMap<&'static str, String> {
+        let mut vars = BTreeMap::from([
+            ("data_dir", data_dir.display().to_string()),
+            ("pki_dir", data_dir.join("pki").display().to_string()),
+            ("acme_listen", self.acme_addr.to_string()),
+            ("base_url", self.base_url()),
+            ("va_dns", self.va_dns().to_string()),
+            ("va_http_port", self.va_http_port.to_string()),
+            ("va_tls_port", self.va_tls_port.to_string()),
+        ]);
+        for service in env::SERVICES {
+            let key: &'static str = match *service {
+                "nonce" => "nonce_addr",
+                "sa" => "sa_addr",
+                "va" => "va_addr",
+                "ca" => "ca_addr",
+                "ra" => "ra_addr",
+                _ => continue,
+            };
+            vars.insert(key, format!("127.0.0.1:{}", self.grpc_port(service)));
+        }
+        vars
+    }
+
+    #[cfg(test)]
+    pub fn default_for_tests() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: DevArgs,
+        }
+        Wrapper::parse_from(["quarry"]).args
+    }
+}
+
+/// What `quarry dev` tells scripts about the running stack (`<data-dir>/stack.json`).
+#[derive(serde::Serialize)]
+struct StackInfo {
+    directory_url: String,
+    tls_ca_pem: PathBuf,
+    root_pem: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challtestsrv_url: Option<String>,
+    logs_dir: PathBuf,
+}
+
+/// Starts the stack, prints where it is, and runs until Ctrl-C or until a service dies.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
+
+    let challtestsrv = match args.va_dns {
+        Some(_) => None,
+        None => Some(start_challtestsrv(&args).await?),
+    };
+
+    let config_dir = data_dir.join("config");
+    let logs_dir = data_dir.join("logs");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::create_dir_all(&logs_dir)?;
+    let vars = args.variables(&data_dir);
+    let exe = std::env::current_exe().context("locate the quarry binary")?;
+    let mut children = Vec::new();
+    for service in env::SERVICES {
+        let config_path = config_dir.join(format!("{service}.toml"));
+        std::fs::write(&config_path, env::render(service, env::DEV, &vars)?)?;
+        let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
+        let child = Command::new(&exe)
+            .arg(service)
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {service}"))?;
+        children.push((*service, child));
+    }
+
+    for service in env::SERVICES {
+        let addr = match *service {
+            "wfe" => args.acme_addr,
+            other => SocketAddr::from(([127, 0, 0, 1], args.grpc_port(other))),
+        };
+        wait_for_port(service, addr, &mut children, &logs_dir).await?;
+    }
+
+    let info = StackInfo {
+        directory_url: format!("{}/directory", args.base_url()),
+        tls_ca_pem: pki.https_ca_pem.clone(),
+        root_pem: pki.root_pem.clone(),
+        challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
+        logs_dir: logs_dir.clone(),
+    };
+    std::fs::write(data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
+    println!("Quarry is running; every service is its own process (logs in {}).", logs_dir.display());
+    println!("ACME directory:        {}", info.directory_url);
+    println!("Trust for HTTPS (PEM): {}", info.tls_ca_pem.display());
+    println!("Issuing root (PEM):    {}", info.root_pem.display());
+    if let Some(url) = &info.challtestsrv_url {
+        println!("Challenge test server: {url} (DNS on {})", args.va_dns());
+    }
+    println!("Stack facts as JSON:   {}", data_dir.join("stack.json").display());
+    println!("Press Ctrl-C to stop.");
+
+    let outcome = tokio::select! {
+        _ = quarry_core::shutdown::signal() => Ok(()),
+        (service, status) = first_exit(&mut children) => Err(anyhow::anyhow!(
+            "{service} exited ({status}); see {}", logs_dir.join(format!("{service}.log")).display()
+        )),
+    };
+    for (_, child) in &mut children {
+        let _ = child.start_kill();
+    }
+    for (_, child) in &mut children {
+        let _ = child.wait().await;
+    }
+    if let Some(srv) = challtestsrv {
+        srv.shutdown().await;
+    }
+    outcome
+}
+
+async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::RunningServer> {
+    let config = challtestsrv::Config {
+        dns_addr: Some(args.va_dns()),
+        http01_addr: (!args.no_http01_responder).then(|| SocketAddr::from(([127, 0, 0, 1], args.va_http_port))),
+        management_addr: SocketAddr::from(([127, 0, 0, 1], 8055)),
+        default_ipv4: Some(Ipv4Addr::LOCALHOST),
+        default_ipv6: None,
+    };
+    challtestsrv::ChallTestSrv::start(config).await.context("start the challenge test server (ports 8053, 8055)")
+}
+
+/// Waits until `addr` accepts TCP connections, failing early if any service has already exited.
+async fn wait_for_port(
+    service: &str,
+    addr: SocketAddr,
+    children: &mut [(&'static str, Child)],
+    logs_dir: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < START_TIMEOUT {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        for (name, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited during start-up ({status}); see {}",
+                    logs_dir.join(format!("{name}.log")).display()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{service} did not listen on {addr} within {START_TIMEOUT:?}; see {}",
+        logs_dir.join(format!("{service}.log")).display()
+    )
+}
+
+/// Completes when the first child process exits.
+async fn first_exit(children: &mut [(&'static str, Child)]) -> (&'static str, std::process::ExitStatus) {
+    let waits = children.iter_mut().map(|(name, child)| {
+        Box::pin(async move {
+            let status = child.wait().await;
+            (*name, status)
+        })
+    });
+    let ((name, status), _, _) = select_all(waits).await;
+    (name, status.unwrap_or_else(|_| std::process::ExitStatus::default()))
+}

@@ -1,0 +1,88 @@
+//! The environment configurations compiled into the binary (`deploy/env/base` and its overlays), rendered into
+//! one TOML file per service with the run-time values (data directory, ports) filled in.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+
+/// The services of the stack, in start order (peers before their callers).
+pub const SERVICES: &[&str] = &["nonce", "sa", "va", "ca", "ra", "wfe"];
+
+macro_rules! env_files {
+    ($env:literal) => {
+        &[
+            ("nonce", include_str!(concat!("../../deploy/env/", $env, "/nonce.toml"))),
+            ("sa", include_str!(concat!("../../deploy/env/", $env, "/sa.toml"))),
+            ("va", include_str!(concat!("../../deploy/env/", $env, "/va.toml"))),
+            ("ca", include_str!(concat!("../../deploy/env/", $env, "/ca.toml"))),
+            ("ra", include_str!(concat!("../../deploy/env/", $env, "/ra.toml"))),
+            ("wfe", include_str!(concat!("../../deploy/env/", $env, "/wfe.toml"))),
+        ]
+    };
+}
+
+/// Every service's configuration shared by all environments.
+const BASE: &[(&str, &str)] = env_files!("base");
+/// The developer overlay that `quarry dev` uses.
+pub const DEV: &[(&str, &str)] = env_files!("dev");
+
+fn file<'a>(files: &[(&str, &'a str)], service: &str) -> anyhow::Result<&'a str> {
+    files
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, text)| *text)
+        .with_context(|| format!("no {service} config"))
+}
+
+/// Substitutes every `${name}` of `vars` into the base and overlay files of `service`, then merges the overlay
+/// over the base. Substitution comes first so that placeholders may stand for numbers, not only strings.
+pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, String>) -> anyhow::Result<String> {
+    let substitute = |origin: String, text: &str| -> anyhow::Result<toml::Table> {
+        let mut text = text.to_owned();
+        for (name, value) in vars {
+            text = text.replace(&format!("${{{name}}}"), value);
+        }
+        if let Some(start) = text.find("${") {
+            let rest = &text[start..];
+            bail!("{origin}: unset variable {}", &rest[..rest.find('}').map_or(rest.len(), |end| end + 1)]);
+        }
+        toml::from_str(&text).with_context(|| origin)
+    };
+    let mut merged = substitute(format!("base/{service}.toml"), file(BASE, service)?)?;
+    let layer = substitute(format!("overlay {service}.toml"), file(overlay, service)?)?;
+    quarry_core::config::merge(&mut merged, &layer);
+    Ok(merged.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev_vars() -> BTreeMap<&'static str, String> {
+        crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"))
+    }
+
+    #[test]
+    fn every_dev_config_renders_and_parses() {
+        let vars = dev_vars();
+        for service in SERVICES {
+            let text = render(service, DEV, &vars).unwrap();
+            let result = match *service {
+                "nonce" => quarry_core::config::parse::<quarry_nonce::Config>(&text, service).map(drop),
+                "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, service).map(drop),
+                "va" => quarry_core::config::parse::<quarry_va::Config>(&text, service).map(drop),
+                "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, service).map(drop),
+                "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, service).map(drop),
+                "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, service).map(drop),
+                other => panic!("unknown service {other}"),
+            };
+            result.unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
+        }
+    }
+
+    #[test]
+    fn unset_variables_are_reported() {
+        let err = render("sa", DEV, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.contains("unset variable ${"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! `quarry`: the one binary of the CA. Each service is a subcommand (`quarry sa --config sa.toml`), and
+//! `quarry dev` runs the whole split stack on one machine, every service its own process.
+
+mod dev;
+mod env;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a configuration the program cannot use (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "quarry", version, about = "An ACME certificate authority split into gRPC services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The ACME web front end.
+    Wfe(ConfigArg),
+    /// The registration authority.
+    Ra(ConfigArg),
+    /// The storage authority.
+    Sa(ConfigArg),
+    /// The certificate authority.
+    Ca(ConfigArg),
+    /// The validation authority.
+    Va(ConfigArg),
+    /// The nonce service.
+    Nonce(ConfigArg),
+    /// The challenge test server: DNS and http-01 responders with a pebble-challtestsrv compatible API.
+    Challtestsrv(dev::ChalltestsrvArgs),
+    /// Runs the whole CA locally on embedded defaults, every service as its own process.
+    Dev(dev::DevArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The service's TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Loads a service's configuration or explains, naming the file and key, why it cannot.
+fn load<T: serde::de::DeserializeOwned>(arg: &ConfigArg) -> Result<T, ExitCode> {
+    quarry_core::config::load(&arg.config).map_err(|err| {
+        eprintln!("quarry: {err}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+macro_rules! run_service {
+    ($name:literal, $krate:ident, $arg:expr) => {{
+        let config: $krate::Config = match load(&$arg) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        quarry_core::telemetry::init($name, false);
+        let result = runtime().block_on($krate::run(config, quarry_core::shutdown::signal()));
+        report($name, result)
+    }};
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the tokio runtime")
+}
+
+fn report<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("quarry {service}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    quarry_core::install_crypto_provider();
+    match Cli::parse().command {
+        Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
+        Command::Ra(arg) => run_service!("ra", quarry_ra, arg),
+        Command::Sa(arg) => run_service!("sa", quarry_sa, arg),
+        Command::Ca(arg) => run_service!("ca", quarry_ca, arg),
+        Command::Va(arg) => run_service!("va", quarry_va, arg),
+        Command::Nonce(arg) => run_service!("nonce", quarry_nonce, arg),
+        Command::Challtestsrv(args) => {
+            quarry_core::telemetry::init("challtestsrv", false);
+            report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
+        }
+        Command::Dev(args) => {
+            quarry_core::telemetry::init("dev", false);
+            report("dev", runtime().block_on(dev::run(args)))
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The full stack as `quarry dev` runs it, every service its own process talking gRPC over mutual TLS, driven by
+//! ACME clients: instant-acme (ES256 accounts) and the project's own client (any account key type).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use quarry_testkit::challtestsrv::{ChallTestSrv, Config as ChallConfig, RunningServer};
+use x509_parser::prelude::*;
+
+/// How long a whole stack may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running `quarry dev` with its own challenge test server, removed when dropped.
+struct Stack {
+    _process: tokio::process::Child,
+    dir: tempfile::TempDir,
+    challtestsrv: RunningServer,
+    directory_url: String,
+    tls_ca_pem: PathBuf,
+    root_pem: PathBuf,
+}
+
+/// A port nothing listens on right now (the OS picks it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The first of six consecutive free ports, for the services' gRPC servers.
+fn free_port_range() -> u16 {
+    for _ in 0..50 {
+        let base = free_port();
+        if base > 60_000 {
+            continue;
+        }
+        let all_free = (base..base + 6).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no six consecutive free ports found in 50 attempts");
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        quarry_core::install_crypto_provider();
+        let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        let challtestsrv = ChallTestSrv::start(ChallConfig {
+            dns_addr: loopback(0),
+            http01_addr: loopback(0),
+            management_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            default_ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+            default_ipv6: None,
+        })
+        .await
+        .expect("start challenge test server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let acme_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(dir.path().join("dev"))
+            .arg("--acme-addr")
+            .arg(acme_addr.to_string())
+            .arg("--va-dns")
+            .arg(challtestsrv.dns_addr.expect("dns").to_string())
+            .arg("--va-http-port")
+            .arg(challtestsrv.http01_addr.expect("http01").port().to_string())
+            .arg("--grpc-base-port")
+            .arg(free_port_range().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn quarry dev");
+        let stack_json = dir.path().join("dev/stack.json");
+        let started = Instant::now();
+        let info: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&stack_json)
+                && let Ok(info) = serde_json::from_str(&text)
+            {
+                break info;
+            }
+            assert!(started.elapsed() < START_TIMEOUT, "quarry dev did not start: {}", logs(dir.path()));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let field = |key: &str| info[key].as_str().expect(key).to_owned();
+        Stack {
+            _process: process,
+            directory_url: field("directory_url"),
+            tls_ca_pem: field("tls_ca_pem").into(),
+            root_pem: field("root_pem").into(),
+            challtestsrv,
+            dir,
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    async fn instant_acme_account(&self) -> Account {
+        let (account, _) = Account::builder_with_root(&self.tls_ca_pem)
+            .expect("client trusting the dev HTTPS CA")
+            .create(
+                &NewAccount {
+                    contact: &["mailto:ops@quarry-test.org"],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.directory_url.clone(),
+                None,
+            )
+            .await
+            .expect("create account");
+        account
+    }
+}
+
+/// Every service log, for a failure message.
+fn logs(dir: &Path) -> String {
+    let logs_dir = dir.join("dev/logs");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        out.push_str(&format!("\n--- {}\n", entry.path().display()));
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn csr_for(names: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).expect("csr").der().to_vec()
+}
+
+fn pem_blocks(chain: &str) -> Vec<Vec<u8>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(chain.as_bytes()).map(|c| c.expect("pem").to_vec()).collect()
+}
+
+/// Checks an issued PEM chain: the leaf names, the chain up to the issuing root, and the validity window.
+fn check_chain(chain_pem: &str, root_pem: &Path, names: &[&str]) {
+    let certs = pem_blocks(chain_pem);
+    assert_eq!(certs.len(), 2, "leaf and intermediate expected");
+    let root = pem_blocks(&std::fs::read_to_string(root_pem).expect("root pem")).remove(0);
+    let (_, leaf) = parse_x509_certificate(&certs[0]).expect("leaf");
+    let (_, intermediate) = parse_x509_certificate(&certs[1]).expect("intermediate");
+    let (_, root) = parse_x509_certificate(&root).expect("root");
+    leaf.verify_signature(Some(intermediate.public_key())).expect("leaf signed by intermediate");
+    intermediate.verify_signature(Some(root.public_key())).expect("intermediate signed by root");
+    assert_eq!(leaf.issuer().as_raw(), intermediate.subject().as_raw());
+    let mut sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("san")
+        .expect("san present")
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    sans.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(sans, expected);
+    let now = ASN1Time::now();
+    assert!(leaf.validity().not_before <= now && now < leaf.validity().not_after, "leaf valid now");
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(lifetime <= 100 * 86_400, "lifetime {lifetime}s");
+    assert!(!leaf.is_ca());
+}
+
+fn retry() -> RetryPolicy {
+    RetryPolicy::new().timeout(Duration::from_secs(30))
+}
+
+#[tokio::test]
+async fn instant_acme_gets_a_certificate_for_several_names_via_http01() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["a.quarry-test.org", "b.quarry-test.org", "www.quarry-test.org"];
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.to_string())).collect();
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.expect("new order");
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.expect("authorization");
+        assert_eq!(authz.status, AuthorizationStatus::Pending);
+        let mut challenge = authz.challenge(ChallengeType::Http01).expect("http-01 offered");
+        let key_authorization = challenge.key_authorization();
+        stack.challtestsrv.state.add_http01(&challenge.token, key_authorization.as_str());
+        challenge.set_ready().await.expect("challenge ready");
+    }
+    let status =
+        order.poll_ready(&retry()).await.unwrap_or_else(|e| panic!("poll ready: {e}{}", logs(stack.dir.path())));
+    assert_eq!(status, OrderStatus::Ready);
+    order.finalize_csr(&csr_for(&names)).await.expect("finalize");
+    let chain = order.poll_certificate(&retry()).await.expect("certificate");
+    check_chain(&chain, &stack.root_pem, &names);
+}
+
+#[tokio::test]
+async fn instant_acme_gets_a_wildcard_via_dns01() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["*.wild.quarry-test.org", "wild.quarry-test.org"];
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.to_string())).collect();
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.expect("new order");
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.expect("authorization");
+        let mut challenge = authz.challenge(ChallengeType::Dns01).expect("dns-01 offered");
+        let value = challenge.key_authorization().dns_value();
+        stack.challtestsrv.state.set_txt("_acme-challenge.wild.quarry-test.org.", &value);
+        challenge.set_ready().await.expect("challenge ready");
+    }
+    let status =
+        order.poll_ready(&retry()).await.unwrap_or_else(|e| panic!("poll ready: {e}{}", logs(stack.dir.path())));
+    assert_eq!(status, OrderStatus::Ready);
+    order.finalize_csr(&csr_for(&names)).await.expect("finalize");
+    let chain = order.poll_certificate(&retry()).await.expect("certificate");
+    check_chain(&chain, &stack.root_pem, &names);
+}
+
+#[tokio::test]
+async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists() {
+    let stack = Stack::start().await;
+    let pid = stack._process.id().expect("dev pid");
+    let mut services = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent pid is the fourth field, after the parenthesised command name.
+        let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+        if parent != Some(&pid.to_string()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if let Some(service) = args.get(1) {
+            services.push(service.clone());
+        }
+    }
+    services.sort();
+    assert_eq!(services, ["ca", "nonce", "ra", "sa", "va", "wfe"]);
+
+    // The deployed configuration lets the wfe read from the sa but not write to it.
+    let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("sa config");
+    let sa_config: quarry_sa::Config = quarry_core::config::parse(&rendered, "sa.toml").expect("sa config parses");
+    let pki = stack.data_dir().join("pki");
+    let wfe_tls = quarry_core::config::TlsFiles {
+        cert: pki.join("internal/wfe.pem"),
+        key: pki.join("internal/wfe.key.pem"),
+        ca: pki.join("internal/internal-ca.pem"),
+    };
+    let client = quarry_core::config::GrpcClientConfig {
+        address: format!("https://{}", sa_config.grpc.listen),
+        server_name: "sa.quarry".into(),
+        timeout_ms: 5_000,
+    };
+    let channel = quarry_core::grpc::channel(&client, &wfe_tls).expect("channel");
+    let mut read_write = quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(channel.clone());
+    let refused = read_write
+        .add_serial(quarry_proto::sa::AddSerialRequest { account_id: 1, serial: "01".into(), created: 0, expires: 0 })
+        .await
+        .expect_err("the wfe may not write");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let mut read_only =
+        quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient::new(channel);
+    let missing =
+        read_only.get_account(quarry_proto::sa::AccountId { id: 999_999 }).await.expect_err("no such account");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}

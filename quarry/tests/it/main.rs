@@ -1,0 +1,4 @@
+//! Whole-project tests of the `quarry` binary: the full stack as separate processes, and tidiness rules.
+
+mod full_stack;
+mod tidy;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
+# (Debian packages: certbot, lego, curl, jq, openssl), then runs formatting and lint checks, every Rust test
+# (unit, per-service gRPC integration, full stack), and the interoperability tests with certbot and lego.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+need_packages=()
+for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
+done
+if ((${#need_packages[@]})); then
+  echo "==> installing ${need_packages[*]}"
+  if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> aws-lc-rs is the only crypto provider"
+if cargo tree --workspace --locked -i ring >/dev/null 2>&1; then
+  echo "ring is in the dependency tree:" >&2
+  cargo tree --workspace --locked -i ring >&2
+  exit 1
+fi
+
+echo "==> cargo test"
+cargo test --workspace --locked
+
+echo "==> interoperability: certbot and lego against quarry dev"
+cargo build --locked -p quarry
+QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"

@@ -1,0 +1,476 @@
+//! The ACME endpoints (Boulder's paths), and the headers every response carries.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use quarry_core::grpc::request_with_deadline;
+use quarry_core::model::{Account, Authorization, ChallengeStatus, Order, OrderStatus};
+use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
+use quarry_proto::convert::identifiers_to_pb;
+use quarry_proto::core as pb;
+use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest};
+use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::post::{self, KeyMode, Verified};
+use crate::problem::ProblemResponse;
+use crate::render;
+use crate::state::Wfe;
+
+type Reply = Result<Response, ProblemResponse>;
+
+/// Every route of the wfe, with the common headers added to every response.
+pub fn router(wfe: Wfe) -> Router {
+    Router::new()
+        .route("/directory", get(directory))
+        .route("/acme/new-nonce", any(new_nonce))
+        .route("/acme/new-acct", any(new_account))
+        .route("/acme/acct/{id}", any(account))
+        .route("/acme/new-order", any(new_order))
+        .route("/acme/order/{id}", any(order))
+        .route("/acme/authz/{id}", any(authorization))
+        .route("/acme/chall/{authz}/{index}", any(challenge))
+        .route("/acme/finalize/{id}", any(finalize))
+        .route("/acme/cert/{serial}", any(certificate))
+        .route("/acme/revoke-cert", any(not_yet_implemented))
+        .route("/acme/key-change", any(not_yet_implemented))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
+        .with_state(wfe)
+}
+
+/// `Replay-Nonce` on every response (RFC 8555 §6.5), `Link: rel="index"` on all but the directory (§7.1),
+/// and no caching of POST responses.
+async fn common_headers(State(wfe): State<Wfe>, request: Request, next: Next) -> Response {
+    let is_directory = request.uri().path() == "/directory";
+    let is_post = request.method() == Method::POST;
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    match wfe.new_nonce().await {
+        Ok(nonce) => {
+            if let Ok(value) = HeaderValue::from_str(&nonce) {
+                headers.insert("replay-nonce", value);
+            }
+        }
+        Err(problem) => tracing::warn!(%problem, "no nonce for a response"),
+    }
+    if !is_directory && let Ok(link) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", wfe.urls().directory())) {
+        headers.append(header::LINK, link);
+    }
+    if is_post {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn with_location(mut response: Response, url: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(url) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn with_retry_after(mut response: Response, seconds: u64) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn method_not_allowed() -> ProblemResponse {
+    ProblemResponse::with_status(Problem::malformed("Method not allowed"), StatusCode::METHOD_NOT_ALLOWED)
+}
+
+async fn not_found() -> ProblemResponse {
+    Problem::not_found("no such resource").into()
+}
+
+async fn directory(State(wfe): State<Wfe>) -> Response {
+    json_response(StatusCode::OK, wfe.directory())
+}
+
+async fn new_nonce(method: Method) -> Reply {
+    let mut response = match method {
+        Method::HEAD => StatusCode::OK.into_response(),
+        Method::GET => StatusCode::NO_CONTENT.into_response(),
+        _ => return Err(method_not_allowed()),
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Runs the POST checks for this request, refusing other methods.
+async fn verified(
+    wfe: &Wfe,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    mode: KeyMode,
+    deadline: Option<Instant>,
+) -> Result<Verified, ProblemResponse> {
+    if method != Method::POST {
+        return Err(method_not_allowed());
+    }
+    post::verify(wfe, headers, uri.path(), body, mode, deadline).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NewAccountPayload {
+    #[serde(default)]
+    contact: Vec<String>,
+    #[serde(default)]
+    terms_of_service_agreed: bool,
+    #[serde(default)]
+    only_return_existing: bool,
+}
+
+async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Jwk, deadline).await?;
+    let payload: NewAccountPayload = request.json()?;
+    if let Some(existing) = post::account_for_key(&wfe, &request.jwk, deadline).await? {
+        let response = json_response(StatusCode::OK, &render::account(&existing));
+        return Ok(with_location(response, &wfe.urls().account(existing.id)));
+    }
+    if payload.only_return_existing {
+        return Err(Problem::new(ErrorKind::AccountDoesNotExist, "no account exists with the provided key").into());
+    }
+    let new = pb::Account {
+        jwk: request.jwk.canonical_json().into_bytes(),
+        contact: payload.contact,
+        terms_of_service_agreed: payload.terms_of_service_agreed,
+        ..Default::default()
+    };
+    let created = wfe.ra().new_account(request_with_deadline(new, deadline)).await?;
+    let created = Account::try_from(created.get_ref())?;
+    let response = json_response(StatusCode::CREATED, &render::account(&created));
+    Ok(with_location(response, &wfe.urls().account(created.id)))
+}
+
+async fn account(
+    State(wfe): State<Wfe>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    let account = request.account()?;
+    if id.parse::<i64>().ok() != Some(account.id) {
+        return Err(Problem::unauthorized("request signing key does not match the account").into());
+    }
+    if !request.is_post_as_get() {
+        let update: Value = request.json()?;
+        let only_acknowledgements = update.as_object().is_some_and(|fields| {
+            fields.keys().all(|k| {
+                k == "termsOfServiceAgreed" || (k == "contact" && fields[k] == serde_json::json!(account.contact))
+            })
+        });
+        if !only_acknowledgements {
+            return Err(Problem::malformed("account updates (contact, status) are not implemented yet").into());
+        }
+    }
+    Ok(with_location(json_response(StatusCode::OK, &render::account(account)), &wfe.urls().account(account.id)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewOrderPayload {
+    identifiers: Vec<IdentifierPayload>,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+    #[serde(default)]
+    profile: String,
+    #[serde(default)]
+    replaces: String,
+}
+
+#[derive(Deserialize)]
+struct IdentifierPayload {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+/// Identifier syntax checked at the edge: one subproblem per offending identifier (RFC 8555 §6.7.1).
+fn edge_identifiers(payload: &[IdentifierPayload]) -> Result<Vec<Identifier>, Problem> {
+    if payload.is_empty() {
+        return Err(Problem::malformed("NewOrder request did not specify any identifiers"));
+    }
+    let mut identifiers = Vec::new();
+    let mut subproblems = Vec::new();
+    for requested in payload {
+        let Some(kind) = IdentifierType::parse(&requested.kind) else {
+            subproblems.push(SubProblem {
+                kind: ErrorKind::UnsupportedIdentifier,
+                detail: format!("identifier type {:?} is not supported", requested.kind),
+                identifier: None,
+            });
+            continue;
+        };
+        let identifier = Identifier { kind, value: requested.value.clone() };
+        let normalized = identifier.normalized();
+        match normalized.check_well_formed() {
+            Ok(()) => identifiers.push(normalized),
+            Err(problem) => subproblems.push(SubProblem {
+                kind: problem.kind,
+                detail: problem.detail,
+                identifier: Some(identifier),
+            }),
+        }
+    }
+    if subproblems.is_empty() {
+        return Ok(identifiers);
+    }
+    let first = subproblems[0].kind;
+    let kind = if subproblems.iter().all(|s| s.kind == first) { first } else { ErrorKind::RejectedIdentifier };
+    let detail = if subproblems.len() == 1 {
+        subproblems[0].detail.clone()
+    } else {
+        format!("Cannot issue for {} identifiers (see subproblems)", subproblems.len())
+    };
+    Err(Problem::new(kind, detail).with_subproblems(subproblems))
+}
+
+async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    let account = request.account()?;
+    let payload: NewOrderPayload = request.json()?;
+    if payload.not_before.is_some() || payload.not_after.is_some() {
+        return Err(Problem::malformed("NotBefore and NotAfter are not supported").into());
+    }
+    let identifiers = edge_identifiers(&payload.identifiers)?;
+    let new = NewOrderRequest {
+        account_id: account.id,
+        identifiers: identifiers_to_pb(&identifiers),
+        profile: payload.profile,
+        replaces: payload.replaces,
+        ..Default::default()
+    };
+    let order = wfe.ra().new_order(request_with_deadline(new, deadline)).await?;
+    let order = Order::try_from(order.get_ref())?;
+    Ok(with_location(
+        json_response(StatusCode::CREATED, &render::order(wfe.urls(), &order)),
+        &wfe.urls().order(order.id),
+    ))
+}
+
+/// The account of a POST-as-GET, or none for a plain GET (allowed for resources, as Boulder allows it).
+async fn reader(
+    wfe: &Wfe,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    deadline: Option<Instant>,
+) -> Result<Option<Verified>, ProblemResponse> {
+    match *method {
+        Method::GET | Method::HEAD => Ok(None),
+        Method::POST => Ok(Some(post::verify(wfe, headers, uri.path(), body, KeyMode::Kid, deadline).await?)),
+        _ => Err(method_not_allowed()),
+    }
+}
+
+fn parse_id(id: &str, what: &str) -> Result<i64, Problem> {
+    id.parse().map_err(|_| Problem::not_found(format!("{what} not found")))
+}
+
+async fn load_order(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Order, ProblemResponse> {
+    let order = wfe.sa().get_order(request_with_deadline(OrderId { id }, deadline)).await?;
+    Ok(Order::try_from(order.get_ref())?)
+}
+
+async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Authorization, ProblemResponse> {
+    let authz = wfe.sa().get_authorization(request_with_deadline(AuthorizationId { id }, deadline)).await?;
+    Ok(Authorization::try_from(authz.get_ref())?)
+}
+
+/// Another account's resource is reported as absent, as Boulder does.
+fn check_owner(request: &Option<Verified>, owner: i64, what: &str) -> Result<(), Problem> {
+    match request {
+        Some(request) if request.account()?.id != owner => Err(Problem::not_found(format!("{what} not found"))),
+        _ => Ok(()),
+    }
+}
+
+fn order_response(wfe: &Wfe, order: &Order) -> Response {
+    let response =
+        with_location(json_response(StatusCode::OK, &render::order(wfe.urls(), order)), &wfe.urls().order(order.id));
+    if order.status == OrderStatus::Processing { with_retry_after(response, wfe.retry_after()) } else { response }
+}
+
+async fn order(
+    State(wfe): State<Wfe>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let order = load_order(&wfe, parse_id(&id, "order")?, deadline).await?;
+    check_owner(&request, order.account_id, "order")?;
+    Ok(order_response(&wfe, &order))
+}
+
+async fn authorization(
+    State(wfe): State<Wfe>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
+    check_owner(&request, authz.account_id, "authorization")?;
+    if let Some(request) = &request
+        && !request.is_post_as_get()
+    {
+        return Err(Problem::malformed("authorization deactivation is not implemented yet").into());
+    }
+    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz)))
+}
+
+fn challenge_response(wfe: &Wfe, authz: &Authorization, index: i64) -> Reply {
+    let challenge =
+        authz.challenges.iter().find(|c| c.index == index).ok_or_else(|| Problem::not_found("challenge not found"))?;
+    let mut response = json_response(StatusCode::OK, &render::challenge(wfe.urls(), authz.id, challenge));
+    if let Ok(up) = HeaderValue::from_str(&format!("<{}>;rel=\"up\"", wfe.urls().authorization(authz.id))) {
+        response.headers_mut().append(header::LINK, up);
+    }
+    if challenge.status == ChallengeStatus::Processing {
+        response = with_retry_after(response, wfe.retry_after());
+    }
+    Ok(response)
+}
+
+async fn challenge(
+    State(wfe): State<Wfe>,
+    Path((authz_id, index)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let authz_id = parse_id(&authz_id, "challenge")?;
+    let index = parse_id(&index, "challenge")?;
+    let authz = load_authorization(&wfe, authz_id, deadline).await?;
+    check_owner(&request, authz.account_id, "challenge")?;
+    let Some(request) = request.filter(|r| !r.is_post_as_get()) else {
+        return challenge_response(&wfe, &authz, index);
+    };
+    // RFC 8555 §7.5.1: the client signals readiness with an empty JSON object.
+    let _: Value = request.json()?;
+    let account = request.account()?;
+    let start = PerformValidationRequest { authorization_id: authz.id, challenge_index: index, account_id: account.id };
+    let authz = wfe.ra().perform_validation(request_with_deadline(start, deadline)).await?;
+    challenge_response(&wfe, &Authorization::try_from(authz.get_ref())?, index)
+}
+
+#[derive(Deserialize)]
+struct FinalizePayload {
+    csr: String,
+}
+
+async fn finalize(
+    State(wfe): State<Wfe>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    let account_id = request.account()?.id;
+    let order = load_order(&wfe, parse_id(&id, "order")?, deadline).await?;
+    if order.account_id != account_id {
+        return Err(Problem::not_found("order not found").into());
+    }
+    let payload: FinalizePayload = request.json()?;
+    let csr = quarry_jose::b64_decode(&payload.csr)
+        .map_err(|_| Problem::new(ErrorKind::BadCsr, "CSR is not valid base64url"))?;
+    let finalize = FinalizeOrderRequest { order_id: order.id, account_id, csr };
+    let order = wfe.ra().finalize_order(request_with_deadline(finalize, deadline)).await?;
+    Ok(order_response(&wfe, &Order::try_from(order.get_ref())?))
+}
+
+async fn certificate(
+    State(wfe): State<Wfe>,
+    Path(serial): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    if !serial.bytes().all(|b| b.is_ascii_hexdigit()) || serial.is_empty() {
+        return Err(Problem::not_found("certificate not found").into());
+    }
+    let cert = wfe
+        .sa()
+        .get_certificate(request_with_deadline(Serial { serial: serial.to_ascii_lowercase() }, deadline))
+        .await?;
+    let cert = cert.into_inner();
+    if let Some(request) = &request
+        && request.account()?.id != cert.account_id
+    {
+        return Err(Problem::unauthorized("this certificate belongs to another account").into());
+    }
+    let mut pem = pem_encode(&cert.der);
+    for issuer in wfe.chain_for(&cert.der).unwrap_or_default() {
+        pem.push_str(&pem_encode(issuer));
+    }
+    let mut response = (StatusCode::OK, pem).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
+    Ok(response)
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// revoke-cert and key-change: the JWS is checked like any other, then the client is told plainly.
+async fn not_yet_implemented(
+    State(wfe): State<Wfe>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    Err(Problem::malformed(format!("{} is not implemented yet", uri.path())).into())
+}

@@ -1,0 +1,177 @@
+//! The web front end: the only component that speaks HTTP to ACME clients. It verifies every JWS, redeems
+//! nonces, forwards to the ra and the sa's read-only service over gRPC, and renders RFC 8555 resources and
+//! problem documents.
+
+mod error;
+mod handlers;
+mod post;
+pub mod problem;
+mod render;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use error::Error;
+
+/// The wfe's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: ConfigVersion,
+    /// This service's mutual-TLS identity for its gRPC calls, and the internal CA.
+    pub tls: TlsFiles,
+    /// The ra.
+    pub ra: GrpcClientConfig,
+    /// The sa (its read-only service).
+    pub sa: GrpcClientConfig,
+    /// Nonce service instances, each named by the prefix of the nonces it mints.
+    pub nonce_services: Vec<NonceServiceConfig>,
+    /// Where ACME clients connect.
+    pub listen: SocketAddr,
+    /// The wfe's HTTPS certificate chain (PEM); without it the wfe serves plain HTTP.
+    #[serde(default)]
+    pub https_cert: Option<PathBuf>,
+    /// The HTTPS certificate's private key (PEM).
+    #[serde(default)]
+    pub https_key: Option<PathBuf>,
+    /// The URL clients reach the wfe at, e.g. `https://acme.example.org`; every URL the wfe emits and every JWS
+    /// `url` it accepts starts with it.
+    pub base_url: String,
+    /// PEM files of issuer chains: the one whose first certificate issued a leaf is served after it.
+    #[serde(default)]
+    pub chains: Vec<PathBuf>,
+    /// The deadline of one ACME request, passed on to every gRPC call it makes.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// The `Retry-After` given with processing orders and challenges.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u64,
+    /// The directory's `meta` object.
+    #[serde(default)]
+    pub directory_meta: DirectoryMeta,
+}
+
+/// One nonce service instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceServiceConfig {
+    /// The eight-character prefix of every nonce this instance mints.
+    pub prefix: String,
+    pub address: String,
+    pub server_name: String,
+    #[serde(default = "default_nonce_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The directory's `meta` (RFC 8555 §7.1.1, and profiles from draft-aaron-acme-profiles).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryMeta {
+    #[serde(default)]
+    pub terms_of_service: Option<String>,
+    #[serde(default)]
+    pub website: Option<String>,
+    #[serde(default)]
+    pub caa_identities: Vec<String>,
+    /// Profile name → description.
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, String>,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_retry_after() -> u64 {
+    3
+}
+fn default_nonce_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Binds the configured address and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 themselves).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = state::Wfe::new(&config)?;
+    let router = handlers::router(state);
+    tracing::info!(addr = ?listener.local_addr().ok(), base_url = %config.base_url, "wfe listening");
+    match (&config.https_cert, &config.https_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = tls_acceptor(cert, key)?;
+            serve_tls(listener, acceptor, router, shutdown).await;
+            Ok(())
+        }
+        (None, None) => {
+            axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)?;
+            Ok(())
+        }
+        _ => Err(Error::Config("https_cert and https_key must be set together".into())),
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Config(format!("https_cert {}: {e}", cert.display())))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| Error::Config(format!("https_key {}: {e}", key.display())))?;
+    let mut server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Config(format!("HTTPS certificate and key: {e}")))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                tracing::debug!(%peer, "TLS handshake failed");
+                return;
+            };
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! The checks every ACME POST passes before its handler runs (RFC 8555 §6.2–6.5), in an order that never burns
+//! a nonce for a request whose signature does not verify.
+
+use std::time::Instant;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use quarry_core::model::{Account, AccountStatus};
+use quarry_core::{ErrorKind, Problem};
+use quarry_jose::{JoseError, Jwk, Jws, KeyRef};
+use quarry_proto::sa::{AccountId, AccountKey};
+
+use crate::problem::ProblemResponse;
+use crate::state::Wfe;
+
+/// The largest JWS body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How the JWS must name its key: new-account embeds it, everything else points at an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    Jwk,
+    Kid,
+}
+
+/// A request whose signature, URL and nonce checked out.
+pub struct Verified {
+    pub jws: Jws,
+    pub jwk: Jwk,
+    /// The signing account (always present for [`KeyMode::Kid`]).
+    pub account: Option<Account>,
+}
+
+impl Verified {
+    pub fn account(&self) -> Result<&Account, Problem> {
+        self.account.as_ref().ok_or_else(|| Problem::internal("request has no account"))
+    }
+
+    /// The payload as JSON; an empty payload is an error here (use [`Verified::is_post_as_get`] first).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        serde_json::from_slice(&self.jws.payload)
+            .map_err(|e| Problem::malformed(format!("request payload did not parse as JSON: {e}")))
+    }
+
+    pub fn is_post_as_get(&self) -> bool {
+        self.jws.is_post_as_get()
+    }
+}
+
+fn jose_problem(err: JoseError) -> Problem {
+    match err {
+        JoseError::BadSignatureAlgorithm(detail) => Problem::new(ErrorKind::BadSignatureAlgorithm, detail),
+        JoseError::BadSignature => Problem::malformed("JWS verification error"),
+        JoseError::UnsupportedKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
+        other => Problem::malformed(other.to_string()),
+    }
+}
+
+/// Runs every check of an ACME POST to `path` with `body`.
+pub async fn verify(
+    wfe: &Wfe,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+    mode: KeyMode,
+    deadline: Option<Instant>,
+) -> Result<Verified, ProblemResponse> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if content_type.split(';').next().map(str::trim) != Some("application/jose+json") {
+        return Err(ProblemResponse::with_status(
+            Problem::malformed("Invalid Content-Type header: expected application/jose+json"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ProblemResponse::with_status(
+            Problem::malformed("request body too large"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ));
+    }
+    let jws = Jws::parse(body).map_err(jose_problem)?;
+    let expected_url = format!("{}{path}", wfe.urls().base);
+    match &jws.header.url {
+        None => return Err(Problem::malformed("JWS header parameter 'url' required").into()),
+        Some(url) if *url != expected_url => {
+            return Err(Problem::unauthorized(format!(
+                "JWS header parameter 'url' incorrect. Expected {expected_url:?}, got {url:?}"
+            ))
+            .into());
+        }
+        Some(_) => {}
+    }
+    let Some(nonce) = jws.header.nonce.clone() else {
+        return Err(Problem::new(ErrorKind::BadNonce, "JWS has no anti-replay nonce").into());
+    };
+    let (jwk, account) = match (&jws.header.key, mode) {
+        (KeyRef::Jwk(jwk), KeyMode::Jwk) => (jwk.clone(), None),
+        (KeyRef::Kid(_), KeyMode::Jwk) => {
+            return Err(Problem::malformed("this request must use the jwk header parameter, not kid").into());
+        }
+        (KeyRef::Jwk(_), KeyMode::Kid) => {
+            return Err(Problem::malformed("this request must use the kid header parameter, not jwk").into());
+        }
+        (KeyRef::Kid(kid), KeyMode::Kid) => {
+            let account = account_for_kid(wfe, kid, deadline).await?;
+            let jwk =
+                Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
+            (jwk, Some(account))
+        }
+    };
+    jws.verify(&jwk).map_err(jose_problem)?;
+    if !wfe.redeem_nonce(&nonce).await? {
+        return Err(
+            Problem::new(ErrorKind::BadNonce, format!("JWS has an invalid anti-replay nonce: {nonce:?}")).into()
+        );
+    }
+    Ok(Verified { jws, jwk, account })
+}
+
+async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Result<Account, ProblemResponse> {
+    let prefix = format!("{}/acme/acct/", wfe.urls().base);
+    let id: i64 = kid.strip_prefix(&prefix).and_then(|id| id.parse().ok()).ok_or_else(|| {
+        Problem::new(ErrorKind::AccountDoesNotExist, format!("key ID {kid:?} is not an account URL of this server"))
+    })?;
+    let reply = wfe.sa().get_account(quarry_core::grpc::request_with_deadline(AccountId { id }, deadline)).await;
+    let account = match reply {
+        Ok(reply) => Account::try_from(reply.get_ref())?,
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            return Err(Problem::new(ErrorKind::AccountDoesNotExist, format!("account {kid:?} does not exist")).into());
+        }
+        Err(status) => return Err(status.into()),
+    };
+    if account.status != AccountStatus::Valid {
+        return Err(
+            Problem::unauthorized(format!("account is not valid, has status {:?}", account.status.as_str())).into()
+        );
+    }
+    Ok(account)
+}
+
+/// The account registered for `jwk`, if any.
+pub async fn account_for_key(
+    wfe: &Wfe,
+    jwk: &Jwk,
+    deadline: Option<Instant>,
+) -> Result<Option<Account>, ProblemResponse> {
+    let key = AccountKey { jwk: jwk.canonical_json().into_bytes() };
+    match wfe.sa().get_account_by_key(quarry_core::grpc::request_with_deadline(key, deadline)).await {
+        Ok(reply) => Ok(Some(Account::try_from(reply.get_ref())?)),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(status.into()),
+    }
+}

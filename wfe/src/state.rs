@@ -1,0 +1,179 @@
+//! What every request handler shares: the gRPC clients, the nonce instances by prefix, the issuer chains and the
+//! directory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use quarry_core::config::GrpcClientConfig;
+use quarry_core::grpc::request_with_deadline;
+use quarry_core::{ErrorKind, Problem};
+use quarry_proto::nonce::NonceMessage;
+use quarry_proto::nonce::nonce_service_client::NonceServiceClient;
+use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::render::Urls;
+use crate::{Config, Error};
+
+/// The nonce prefix length every instance uses.
+const NONCE_PREFIX_LEN: usize = 8;
+
+#[derive(Clone)]
+pub struct Wfe {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    urls: Urls,
+    ra: RegistrationAuthorityClient<Channel>,
+    sa: StorageAuthorityReadOnlyClient<Channel>,
+    nonces: Vec<(String, NonceServiceClient<Channel>)>,
+    next_nonce_service: AtomicUsize,
+    chains: Vec<Vec<Vec<u8>>>,
+    directory: Value,
+    request_timeout: Duration,
+    retry_after: u64,
+}
+
+fn load_chain(path: &std::path::Path) -> Result<Vec<Vec<u8>>, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.map(|c| c.map(|c| c.to_vec())).collect::<Result<_, _>>())
+        .map_err(|e| Error::Config(format!("chain {}: {e}", path.display())))?;
+    if chain.is_empty() {
+        return Err(Error::Config(format!("chain {} holds no certificate", path.display())));
+    }
+    Ok(chain)
+}
+
+impl Wfe {
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let base = config.base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(Error::Config(format!("base_url {base:?} must be an http(s) URL")));
+        }
+        if config.nonce_services.is_empty() {
+            return Err(Error::Config("nonce_services must list at least one nonce service".into()));
+        }
+        let mut nonces = Vec::new();
+        for service in &config.nonce_services {
+            if service.prefix.len() != NONCE_PREFIX_LEN {
+                return Err(Error::Config(format!(
+                    "nonce prefix {:?} must be {NONCE_PREFIX_LEN} characters",
+                    service.prefix
+                )));
+            }
+            let client = GrpcClientConfig {
+                address: service.address.clone(),
+                server_name: service.server_name.clone(),
+                timeout_ms: service.timeout_ms,
+            };
+            nonces.push((
+                service.prefix.clone(),
+                NonceServiceClient::new(quarry_core::grpc::channel(&client, &config.tls)?),
+            ));
+        }
+        let urls = Urls { base };
+        let mut meta = json!({});
+        let m = &config.directory_meta;
+        if let Some(tos) = &m.terms_of_service {
+            meta["termsOfService"] = json!(tos);
+        }
+        if let Some(website) = &m.website {
+            meta["website"] = json!(website);
+        }
+        if !m.caa_identities.is_empty() {
+            meta["caaIdentities"] = json!(m.caa_identities);
+        }
+        if !m.profiles.is_empty() {
+            meta["profiles"] = json!(m.profiles);
+        }
+        let directory = json!({
+            "newNonce": format!("{}/acme/new-nonce", urls.base),
+            "newAccount": format!("{}/acme/new-acct", urls.base),
+            "newOrder": format!("{}/acme/new-order", urls.base),
+            "revokeCert": format!("{}/acme/revoke-cert", urls.base),
+            "keyChange": format!("{}/acme/key-change", urls.base),
+            "meta": meta,
+        });
+        Ok(Self {
+            inner: Arc::new(Inner {
+                ra: RegistrationAuthorityClient::new(quarry_core::grpc::channel(&config.ra, &config.tls)?),
+                sa: StorageAuthorityReadOnlyClient::new(quarry_core::grpc::channel(&config.sa, &config.tls)?),
+                nonces,
+                next_nonce_service: AtomicUsize::new(0),
+                chains: config.chains.iter().map(|p| load_chain(p)).collect::<Result<_, _>>()?,
+                directory,
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                retry_after: config.retry_after_secs,
+                urls,
+            }),
+        })
+    }
+
+    pub fn urls(&self) -> &Urls {
+        &self.inner.urls
+    }
+
+    pub fn directory(&self) -> &Value {
+        &self.inner.directory
+    }
+
+    pub fn retry_after(&self) -> u64 {
+        self.inner.retry_after
+    }
+
+    pub fn ra(&self) -> RegistrationAuthorityClient<Channel> {
+        self.inner.ra.clone()
+    }
+
+    pub fn sa(&self) -> StorageAuthorityReadOnlyClient<Channel> {
+        self.inner.sa.clone()
+    }
+
+    /// The deadline of a request starting now.
+    pub fn deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.inner.request_timeout)
+    }
+
+    /// A fresh nonce from the next instance in turn.
+    pub async fn new_nonce(&self) -> Result<String, Problem> {
+        let services = &self.inner.nonces;
+        let first = self.inner.next_nonce_service.fetch_add(1, Ordering::Relaxed);
+        let mut last = Problem::new(ErrorKind::Unavailable, "no nonce service answered");
+        // Try each instance once, so that one being down does not stop the wfe from handing out nonces.
+        for offset in 0..services.len() {
+            let (_, client) = &services[(first + offset) % services.len()];
+            match client.clone().nonce(request_with_deadline(quarry_proto::core::Empty {}, self.deadline())).await {
+                Ok(reply) => return Ok(reply.into_inner().nonce),
+                Err(status) => last = status.into(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Redeems a nonce at the instance that minted it; an unknown prefix is refused without asking anyone.
+    pub async fn redeem_nonce(&self, nonce: &str) -> Result<bool, Problem> {
+        let Some(prefix) = nonce.get(..NONCE_PREFIX_LEN) else { return Ok(false) };
+        let Some((_, client)) = self.inner.nonces.iter().find(|(p, _)| p == prefix) else { return Ok(false) };
+        let reply = client
+            .clone()
+            .redeem(request_with_deadline(NonceMessage { nonce: nonce.to_owned() }, self.deadline()))
+            .await?;
+        Ok(reply.into_inner().valid)
+    }
+
+    /// The configured chain whose first certificate issued `leaf`.
+    pub fn chain_for(&self, leaf: &[u8]) -> Option<&[Vec<u8>]> {
+        use x509_parser::prelude::*;
+        let (_, leaf) = parse_x509_certificate(leaf).ok()?;
+        self.inner.chains.iter().find_map(|chain| {
+            let (_, issuer) = parse_x509_certificate(chain.first()?).ok()?;
+            (issuer.subject().as_raw() == leaf.issuer().as_raw()).then_some(chain.as_slice())
+        })
+    }
+}
