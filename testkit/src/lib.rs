@@ -1,5 +1,6 @@
 //! Test support for Quarry: the challenge test server, a throwaway PKI, fakes of peer services and an ACME client.
 
 pub mod challtestsrv;
+pub mod client;
 pub mod fakes;
 pub mod pki;

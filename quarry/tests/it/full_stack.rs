@@ -282,3 +282,41 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
         read_only.get_account(quarry_proto::sa::AccountId { id: 999_999 }).await.expect_err("no such account");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn rsa_and_eddsa_accounts_get_certificates_with_the_projects_own_client() {
+    use quarry_testkit::client::{AcmeAccount, AcmeClient};
+    use serde_json::json;
+    let stack = Stack::start().await;
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory over HTTPS");
+    for (alg, name) in
+        [(quarry_jose::Algorithm::Rs256, "rsa.quarry-test.org"), (quarry_jose::Algorithm::EdDsa, "ed.quarry-test.org")]
+    {
+        let mut account = AcmeAccount::generate(alg);
+        client.register(&mut account).await.expect("register");
+        let created = client
+            .post(&account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
+            .await
+            .expect("new order");
+        assert_eq!(created.status, 201, "{alg:?}");
+        let order_url = created.header("location").expect("order location");
+        let order = created.json();
+        let authz = client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
+        let challenge =
+            authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
+        let token = challenge["token"].as_str().unwrap();
+        let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
+        stack.challtestsrv.state.add_http01(token, &key_authorization);
+        client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
+        client
+            .poll(&account, &order_url, 300, |o| o["status"] == "ready")
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}{}", logs(stack.dir.path())));
+        let csr = quarry_jose::b64_encode(&csr_for(&[name]));
+        let done =
+            client.post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
+        assert_eq!(done.json()["status"], "valid", "{alg:?}");
+        let chain = client.post(&account, done.json()["certificate"].as_str().unwrap(), None).await.unwrap();
+        check_chain(&String::from_utf8_lossy(&chain.body), &stack.root_pem, &[name]);
+    }
+}

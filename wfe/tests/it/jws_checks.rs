@@ -1,0 +1,171 @@
+//! Requests that must fail the wfe's JWS checks, each with its RFC 8555 problem type and without changing state.
+
+use quarry_jose::Algorithm;
+use quarry_testkit::client::AcmeAccount;
+use serde_json::{Value, json};
+
+use crate::harness::Stack;
+
+#[tokio::test]
+async fn bad_requests_get_the_right_problem_and_change_nothing() {
+    let stack = Stack::start().await;
+    let client = &stack.client;
+    let new_account = client.url("newAccount");
+    let new_order = client.url("newOrder");
+    let account = stack.account(Algorithm::Es256).await;
+    let order_payload = json!({"identifiers": [{"type": "dns", "value": "a.example.org"}]});
+
+    // A replayed nonce.
+    let nonce = client.nonce().await.unwrap();
+    let body = account.sign(&new_order, &nonce, Some(&order_payload));
+    assert_eq!(client.post_body(&new_order, body.clone()).await.unwrap().status, 201);
+    let replayed = client.post_body(&new_order, body).await.unwrap();
+    assert_eq!((replayed.status, replayed.problem_type().as_deref()), (400, Some("badNonce")));
+    assert!(replayed.header("replay-nonce").is_some(), "a badNonce answer carries a fresh nonce");
+
+    let cases: Vec<(&str, String, Option<&str>, u16, &str)> = vec![
+        (
+            "wrong url",
+            account.sign(&new_account, &client.nonce().await.unwrap(), Some(&order_payload)),
+            None,
+            403,
+            "unauthorized",
+        ),
+        (
+            "bad signature",
+            tamper(&account.sign(&new_order, &client.nonce().await.unwrap(), Some(&order_payload))),
+            None,
+            400,
+            "malformed",
+        ),
+        ("unknown nonce prefix", account.sign(&new_order, "zzzzzzzzAAAA", Some(&order_payload)), None, 400, "badNonce"),
+        (
+            "wrong content type",
+            account.sign(&new_order, &client.nonce().await.unwrap(), Some(&order_payload)),
+            Some("application/json"),
+            415,
+            "malformed",
+        ),
+        ("not a JWS", "{}".to_owned(), None, 400, "malformed"),
+        (
+            "unsupported algorithm",
+            with_header(&account, &new_order, &client.nonce().await.unwrap(), json!({"alg": "HS256"})),
+            None,
+            400,
+            "badSignatureAlgorithm",
+        ),
+        (
+            "jwk where kid belongs",
+            with_header(
+                &account,
+                &new_order,
+                &client.nonce().await.unwrap(),
+                json!({"jwk": account.key.jwk().to_json(), "kid": null}),
+            ),
+            None,
+            400,
+            "malformed",
+        ),
+        (
+            "unknown account",
+            with_header(
+                &account,
+                &new_order,
+                &client.nonce().await.unwrap(),
+                json!({"kid": format!("{}/acme/acct/99999", stack.base)}),
+            ),
+            None,
+            400,
+            "accountDoesNotExist",
+        ),
+    ];
+    for (what, body, content_type, status, problem) in cases {
+        let response = client
+            .request(
+                http::Method::POST,
+                &new_order,
+                Some(content_type.unwrap_or("application/jose+json")),
+                body.into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, response.problem_type().as_deref()),
+            (status, Some(problem)),
+            "{what}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert!(response.header("replay-nonce").is_some(), "{what}: no Replay-Nonce");
+        assert!(response.headers_all("link").iter().any(|l| l.ends_with("rel=\"index\"")), "{what}: no index link");
+        assert_eq!(response.header("content-type").as_deref(), Some("application/problem+json"), "{what}");
+    }
+    if let Some(algorithms) = client
+        .request(
+            http::Method::POST,
+            &new_order,
+            Some("application/jose+json"),
+            with_header(&account, &new_order, &client.nonce().await.unwrap(), json!({"alg": "none"})).into_bytes(),
+        )
+        .await
+        .unwrap()
+        .json()["algorithms"]
+        .as_array()
+    {
+        assert!(algorithms.contains(&json!("ES256")));
+    } else {
+        panic!("badSignatureAlgorithm lists the supported algorithms");
+    }
+
+    // A new-account with kid instead of jwk creates nothing.
+    let stranger =
+        AcmeAccount { key: quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap(), url: account.url.clone() };
+    let kid_on_new_account =
+        client.post(&stranger, &new_account, Some(&json!({"termsOfServiceAgreed": true}))).await.unwrap();
+    assert_eq!(kid_on_new_account.problem_type().as_deref(), Some("malformed"));
+    let stranger = AcmeAccount { key: stranger.key, url: None };
+    let lookup = client.post(&stranger, &new_account, Some(&json!({"onlyReturnExisting": true}))).await.unwrap();
+    assert_eq!(lookup.problem_type().as_deref(), Some("accountDoesNotExist"), "no account was created");
+
+    // Only the one good order exists: a second identical request reuses it rather than finding others.
+    let reused = client.post(&account, &new_order, Some(&order_payload)).await.unwrap();
+    assert_eq!(reused.status, 201);
+    assert!(reused.header("location").unwrap().ends_with("/acme/order/1"));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods() {
+    let stack = Stack::start().await;
+    let missing =
+        stack.client.request(http::Method::GET, &format!("{}/nope", stack.base), None, Vec::new()).await.unwrap();
+    assert_eq!((missing.status, missing.problem_type().as_deref()), (404, Some("malformed")));
+    let get_post_only =
+        stack.client.request(http::Method::GET, &stack.client.url("newOrder"), None, Vec::new()).await.unwrap();
+    assert_eq!((get_post_only.status, get_post_only.problem_type().as_deref()), (405, Some("malformed")));
+}
+
+/// Flips a character of the signature.
+fn tamper(body: &str) -> String {
+    let mut jws: Value = serde_json::from_str(body).unwrap();
+    let signature = jws["signature"].as_str().unwrap();
+    let flipped =
+        if signature.starts_with('A') { format!("B{}", &signature[1..]) } else { format!("A{}", &signature[1..]) };
+    jws["signature"] = json!(flipped);
+    jws.to_string()
+}
+
+/// Signs with the account key but with header members replaced (a null removes one).
+fn with_header(account: &AcmeAccount, url: &str, nonce: &str, changes: Value) -> String {
+    let mut header = json!({"alg": account.key.algorithm().as_str(), "nonce": nonce, "url": url, "kid": account.url});
+    for (key, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            header.as_object_mut().unwrap().remove(key);
+        } else {
+            header[key] = value.clone();
+        }
+    }
+    quarry_jose::sign_flattened(
+        &account.key,
+        &header,
+        Some(br#"{"identifiers":[{"type":"dns","value":"a.example.org"}]}"#),
+    )
+}

@@ -1,0 +1,169 @@
+//! The ACME resources as a client sees them: directory, nonces, accounts, orders, authorizations, challenges,
+//! finalization and certificate download.
+
+use quarry_jose::Algorithm;
+use serde_json::json;
+
+use crate::harness::{Stack, csr};
+
+#[tokio::test]
+async fn the_directory_lists_every_resource() {
+    let stack = Stack::start().await;
+    let base = &stack.base;
+    let expected = json!({
+        "newNonce": format!("{base}/acme/new-nonce"),
+        "newAccount": format!("{base}/acme/new-acct"),
+        "newOrder": format!("{base}/acme/new-order"),
+        "revokeCert": format!("{base}/acme/revoke-cert"),
+        "keyChange": format!("{base}/acme/key-change"),
+        "meta": { "website": "https://quarry.example" },
+    });
+    assert_eq!(stack.client.directory(), &expected);
+}
+
+#[tokio::test]
+async fn new_nonce_answers_head_and_get_with_a_nonce() {
+    let stack = Stack::start().await;
+    let url = stack.client.url("newNonce");
+    for (method, status) in [(http::Method::HEAD, 200), (http::Method::GET, 204)] {
+        let response = stack.client.request(method, &url, None, Vec::new()).await.unwrap();
+        assert_eq!(response.status, status);
+        assert!(response.header("replay-nonce").unwrap().starts_with("testnonc"));
+        assert_eq!(response.header("cache-control").as_deref(), Some("no-store"));
+        assert!(response.headers_all("link").iter().any(|l| l.ends_with("rel=\"index\"")));
+    }
+}
+
+#[tokio::test]
+async fn accounts_for_every_key_type() {
+    let stack = Stack::start().await;
+    for alg in [Algorithm::Es256, Algorithm::Es384, Algorithm::Rs256, Algorithm::EdDsa] {
+        let mut account = quarry_testkit::client::AcmeAccount::generate(alg);
+        let created = stack.client.register(&mut account).await.unwrap();
+        assert_eq!(created.status, 201, "{alg:?}");
+        assert_eq!(created.json()["status"], "valid");
+        let url = account.url.clone().unwrap();
+        assert!(url.starts_with(&format!("{}/acme/acct/", stack.base)));
+
+        // The same key again: the existing account, 200.
+        account.url = None;
+        let again = stack.client.register(&mut account).await.unwrap();
+        assert_eq!(again.status, 200);
+        assert_eq!(account.url.as_deref(), Some(url.as_str()));
+
+        let fetched = stack.client.post(&account, &url, None).await.unwrap();
+        assert_eq!(fetched.status, 200);
+        assert_eq!(fetched.json()["key"], account.key.jwk().to_json());
+    }
+    let stranger = quarry_testkit::client::AcmeAccount::generate(Algorithm::Es256);
+    let only_existing = stack
+        .client
+        .post(&stranger, &stack.client.url("newAccount"), Some(&json!({"onlyReturnExisting": true})))
+        .await
+        .unwrap();
+    assert_eq!(only_existing.status, 400);
+    assert_eq!(only_existing.problem_type().as_deref(), Some("accountDoesNotExist"));
+}
+
+#[tokio::test]
+async fn an_order_from_creation_to_certificate() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es256).await;
+    let names = ["one.example.org", "two.example.org"];
+    let (order_url, order) = stack.order(&account, &names).await;
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["authorizations"].as_array().unwrap().len(), 2);
+    assert!(order["expires"].as_str().unwrap().ends_with('Z'));
+
+    let early = stack
+        .client
+        .post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr(&names)})))
+        .await
+        .unwrap();
+    assert_eq!(early.status, 403);
+    assert_eq!(early.problem_type().as_deref(), Some("orderNotReady"));
+
+    let authz_url = order["authorizations"][0].as_str().unwrap();
+    let authz = stack.client.post(&account, authz_url, None).await.unwrap().json();
+    assert_eq!(authz["status"], "pending");
+    let types: Vec<&str> =
+        authz["challenges"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["http-01", "dns-01"]);
+
+    stack.make_ready(&account, &order_url, &order).await;
+    let authz = stack.client.post(&account, authz_url, None).await.unwrap().json();
+    assert_eq!(authz["status"], "valid");
+    assert_eq!(authz["challenges"].as_array().unwrap().len(), 1);
+    assert_eq!(authz["challenges"][0]["status"], "valid");
+
+    let mismatch = stack
+        .client
+        .post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr(&["one.example.org"])})))
+        .await
+        .unwrap();
+    assert_eq!(mismatch.problem_type().as_deref(), Some("badCSR"));
+    let still = stack.client.post(&account, &order_url, None).await.unwrap().json();
+    assert_eq!(still["status"], "ready", "a refused CSR changes nothing");
+
+    let done = stack
+        .client
+        .post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr(&names)})))
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200, "{}", String::from_utf8_lossy(&done.body));
+    assert_eq!(done.json()["status"], "valid");
+    assert_eq!(done.header("location").as_deref(), Some(order_url.as_str()));
+    let cert_url = done.json()["certificate"].as_str().unwrap().to_owned();
+    let cert = stack.client.post(&account, &cert_url, None).await.unwrap();
+    assert_eq!(cert.status, 200);
+    assert_eq!(cert.header("content-type").as_deref(), Some("application/pem-certificate-chain"));
+    assert_eq!(String::from_utf8_lossy(&cert.body).matches("BEGIN CERTIFICATE").count(), 2);
+
+    let other = stack.account(Algorithm::Es256).await;
+    let foreign = stack.client.post(&other, &order_url, None).await.unwrap();
+    assert_eq!(foreign.status, 404);
+    let foreign_cert = stack.client.post(&other, &cert_url, None).await.unwrap();
+    assert_eq!(foreign_cert.problem_type().as_deref(), Some("unauthorized"));
+}
+
+#[tokio::test]
+async fn a_processing_challenge_and_a_bad_order() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es256).await;
+    let bad = stack
+        .client
+        .post(
+            &account,
+            &stack.client.url("newOrder"),
+            Some(&json!({"identifiers": [
+                {"type": "dns", "value": "ok.example.org"},
+                {"type": "dns", "value": "bad..example.org"},
+                {"type": "email", "value": "a@example.org"},
+            ]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.problem_type().as_deref(), Some("rejectedIdentifier"));
+    assert_eq!(bad.json()["subproblems"].as_array().unwrap().len(), 2);
+
+    let not_before = stack
+        .client
+        .post(&account, &stack.client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": "a.example.org"}], "notBefore": "2030-01-01T00:00:00Z"})))
+        .await
+        .unwrap();
+    assert_eq!(not_before.problem_type().as_deref(), Some("malformed"));
+
+    stack.va.fail(quarry_core::Problem::new(quarry_core::ErrorKind::IncorrectResponse, "wrong"));
+    let (order_url, order) = stack.order(&account, &["fail.example.org"]).await;
+    let authz = stack.client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
+    let challenge_url = authz["challenges"][0]["url"].as_str().unwrap();
+    let answer = stack.client.post(&account, challenge_url, Some(&json!({}))).await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.headers_all("link").iter().any(|l| l.contains("rel=\"up\"")));
+    let order = stack.client.poll(&account, &order_url, 100, |o| o["status"] == "invalid").await.unwrap();
+    assert_eq!(order["status"], "invalid");
+    let challenge = stack.client.post(&account, challenge_url, None).await.unwrap().json();
+    assert_eq!(challenge["status"], "invalid");
+    assert_eq!(challenge["error"]["type"], "urn:ietf:params:acme:error:incorrectResponse");
+}
