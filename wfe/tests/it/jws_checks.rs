@@ -147,8 +147,10 @@ async fn unknown_paths_and_methods() {
 fn tamper(body: &str) -> String {
     let mut jws: Value = serde_json::from_str(body).unwrap();
     let signature = jws["signature"].as_str().unwrap();
-    let flipped =
-        if signature.starts_with('A') { format!("B{}", &signature[1..]) } else { format!("A{}", &signature[1..]) };
+    let flipped = match signature.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &signature[1..]),
+    };
     jws["signature"] = json!(flipped);
     jws.to_string()
 }
