@@ -276,6 +276,13 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
         .await
         .expect_err("the wfe may not write");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // Every service answers the gRPC health check with what it serves.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["quarry.sa.v1.StorageAuthority", "quarry.sa.v1.StorageAuthorityReadOnly"] {
+        let check = tonic_health::pb::HealthCheckRequest { service: service.into() };
+        let status = health.check(check).await.expect("health check").into_inner().status;
+        assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
+    }
     let mut read_only =
         quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient::new(channel);
     let missing =
