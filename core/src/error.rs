@@ -105,6 +105,19 @@ impl Problem {
         self
     }
 
+    /// One problem for a request with several offending identifiers (RFC 8555 §6.7.1): their shared kind, or
+    /// `rejectedIdentifier` when they differ, with one subproblem each. `None` when there is nothing to report.
+    pub fn from_identifier_subproblems(subproblems: Vec<SubProblem>) -> Option<Self> {
+        let first = subproblems.first()?;
+        let kind =
+            if subproblems.iter().all(|s| s.kind == first.kind) { first.kind } else { ErrorKind::RejectedIdentifier };
+        let detail = match subproblems.as_slice() {
+            [only] => only.detail.clone(),
+            many => format!("Cannot issue for {} identifiers (see subproblems)", many.len()),
+        };
+        Some(Self::new(kind, detail).with_subproblems(subproblems))
+    }
+
     pub fn malformed(detail: impl Into<String>) -> Self {
         Self::new(ErrorKind::Malformed, detail)
     }

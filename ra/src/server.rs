@@ -443,17 +443,7 @@ fn check_identifiers(identifiers: &[Identifier]) -> Result<(), Problem> {
             });
         }
     }
-    if subproblems.is_empty() {
-        return Ok(());
-    }
-    let first = subproblems[0].kind;
-    let kind = if subproblems.iter().all(|s| s.kind == first) { first } else { ErrorKind::RejectedIdentifier };
-    let detail = if subproblems.len() == 1 {
-        subproblems[0].detail.clone()
-    } else {
-        format!("Cannot issue for {} identifiers (see subproblems)", subproblems.len())
-    };
-    Err(Problem::new(kind, detail).with_subproblems(subproblems))
+    Problem::from_identifier_subproblems(subproblems).map_or(Ok(()), Err)
 }
 
 /// The CSR must ask for exactly the order's identifiers.

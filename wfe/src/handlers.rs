@@ -236,17 +236,7 @@ fn edge_identifiers(payload: &[IdentifierPayload]) -> Result<Vec<Identifier>, Pr
             }),
         }
     }
-    if subproblems.is_empty() {
-        return Ok(identifiers);
-    }
-    let first = subproblems[0].kind;
-    let kind = if subproblems.iter().all(|s| s.kind == first) { first } else { ErrorKind::RejectedIdentifier };
-    let detail = if subproblems.len() == 1 {
-        subproblems[0].detail.clone()
-    } else {
-        format!("Cannot issue for {} identifiers (see subproblems)", subproblems.len())
-    };
-    Err(Problem::new(kind, detail).with_subproblems(subproblems))
+    Problem::from_identifier_subproblems(subproblems).map_or(Ok(identifiers), Err)
 }
 
 async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
