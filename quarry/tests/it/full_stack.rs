@@ -29,19 +29,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The first of six consecutive free ports, for the services' gRPC servers.
+/// The first of six consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
+/// below the kernel's ephemeral range, so concurrent stacks in this process never pick overlapping ports.
 fn free_port_range() -> u16 {
-    for _ in 0..50 {
-        let base = free_port();
-        if base > 60_000 {
-            continue;
-        }
+    static NEXT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let process_base = 10_000 + (std::process::id() % 500) as u16 * 36;
+    for _ in 0..6 {
+        let base = process_base + NEXT_BLOCK.fetch_add(6, std::sync::atomic::Ordering::SeqCst);
         let all_free = (base..base + 6).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no six consecutive free ports found in 50 attempts");
+    panic!("no six consecutive free ports found in this process's block");
 }
 
 impl Stack {
