@@ -167,6 +167,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(service)
             .arg("--config")
             .arg(&config_path)
+            .env(crate::SUPERVISED_ENV, "1")
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

@@ -61,9 +61,30 @@ macro_rules! run_service {
             Err(code) => return code,
         };
         quarry_core::telemetry::init($name, false);
-        let result = runtime().block_on($krate::run(config, quarry_core::shutdown::signal()));
+        let result = runtime().block_on($krate::run(config, shutdown()));
         report($name, result)
     }};
+}
+
+/// Set by `quarry dev` on the services it starts, so that they stop when it goes away, however it went.
+const SUPERVISED_ENV: &str = "QUARRY_SUPERVISED";
+
+/// Completes on Ctrl-C or SIGTERM, and, for a service `quarry dev` started, when `quarry dev` is gone (even
+/// killed with SIGKILL): a service is reparented then, so its parent process id changes.
+async fn shutdown() {
+    if std::env::var_os(SUPERVISED_ENV).is_none() {
+        return quarry_core::shutdown::signal().await;
+    }
+    let parent = std::os::unix::process::parent_id();
+    let parent_gone = async {
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    };
+    tokio::select! {
+        _ = quarry_core::shutdown::signal() => {}
+        _ = parent_gone => tracing::info!("quarry dev is gone; stopping"),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

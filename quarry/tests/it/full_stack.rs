@@ -120,6 +120,26 @@ impl Stack {
     }
 }
 
+/// The (pid, service) of every child process of `parent`, read from /proc.
+fn children(parent: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
+        if ppid != Some(&parent.to_string()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if let Some(service) = args.get(1) {
+            found.push((pid, service.clone()));
+        }
+    }
+    found
+}
+
 /// Every service log, for a failure message.
 fn logs(dir: &Path) -> String {
     let logs_dir = dir.join("dev/logs");
@@ -238,20 +258,7 @@ async fn instant_acme_gets_a_wildcard_via_dns01() {
 async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists() {
     let stack = Stack::start().await;
     let pid = stack._process.id().expect("dev pid");
-    let mut services = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // The parent pid is the fourth field, after the parenthesised command name.
-        let parent = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1));
-        if parent != Some(&pid.to_string()) {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if let Some(service) = args.get(1) {
-            services.push(service.clone());
-        }
-    }
+    let mut services: Vec<String> = children(pid).into_iter().map(|(_, service)| service).collect();
     services.sort();
     assert_eq!(services, ["ca", "nonce", "ra", "sa", "va", "wfe"]);
 
@@ -325,5 +332,20 @@ async fn rsa_and_eddsa_accounts_get_certificates_with_the_projects_own_client() 
         assert_eq!(done.json()["status"], "valid", "{alg:?}");
         let chain = client.post(&account, done.json()["certificate"].as_str().unwrap(), None).await.unwrap();
         check_chain(&String::from_utf8_lossy(&chain.body), &stack.root_pem, &[name]);
+    }
+}
+
+#[tokio::test]
+async fn services_stop_when_quarry_dev_is_killed() {
+    let mut stack = Stack::start().await;
+    let pid = stack._process.id().expect("dev pid");
+    let services = children(pid);
+    assert_eq!(services.len(), 6, "{services:?}");
+    stack._process.kill().await.expect("SIGKILL quarry dev");
+    let started = Instant::now();
+    let alive = || services.iter().filter(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists()).count();
+    while alive() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "{} services outlived quarry dev", alive());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
