@@ -4,3 +4,4 @@ pub mod challtestsrv;
 pub mod client;
 pub mod fakes;
 pub mod pki;
+pub mod stack;

@@ -1,99 +1,32 @@
 //! The ra as a real gRPC server over mutual TLS, with a real sa and ca on loopback and a fake va whose verdict each
 //! test sets.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use quarry_core::config::ConfigVersion;
 use quarry_core::{ErrorKind, Problem};
 use quarry_jose::{Algorithm, SigningKey};
 use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient;
 use quarry_proto::ra::*;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
-use quarry_testkit::fakes::FakeVa;
-use quarry_testkit::pki::TestPki;
+use quarry_testkit::stack::InProcessStack;
 use tonic::transport::Channel;
 
 struct Stack {
-    pki: TestPki,
-    ra: SocketAddr,
-    sa: SocketAddr,
-    va: FakeVa,
-    _db: tempfile::TempDir,
-}
-
-async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
+    inner: InProcessStack,
 }
 
 impl Stack {
     async fn start() -> Stack {
-        let pki = TestPki::new();
-        let db = tempfile::tempdir().unwrap();
-        let sa_config = quarry_sa::Config {
-            version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[
-                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca"]),
-                ("quarry.sa.v1.StorageAuthority", &["ra", "ca"]),
-            ]),
-            tls: pki.tls("sa"),
-            database_url: format!("sqlite://{}/quarry.db?mode=rwc", db.path().display()),
-            max_connections: 4,
-        };
-        let (listener, sa) = listen(sa_config.grpc.listen).await;
-        tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));
-
-        let ca_config = quarry_ca::Config {
-            version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[("quarry.ca.v1.CertificateAuthority", &["ra"])]),
-            tls: pki.tls("ca"),
-            sa: pki.client_config("sa", sa),
-            serial_prefix: 1,
-            issuers: vec![quarry_ca::IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
-            profiles: BTreeMap::from([(
-                "classic".to_owned(),
-                quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
-            )]),
-            default_profile: "classic".into(),
-        };
-        let (listener, ca) = listen(ca_config.grpc.listen).await;
-        tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));
-
-        let va = FakeVa::default();
-        let va_addr = va.start(&pki).await;
-
-        let ra_config = quarry_ra::Config {
-            version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[("quarry.ra.v1.RegistrationAuthority", &["wfe"])]),
-            tls: pki.tls("ra"),
-            sa: pki.client_config("sa", sa),
-            va: pki.client_config("va", va_addr),
-            ca: pki.client_config("ca", ca),
-            pending_authorization_lifetime_secs: 7 * 86_400,
-            valid_authorization_lifetime_secs: 30 * 86_400,
-            order_lifetime_secs: 7 * 86_400,
-            max_names_per_order: 3,
-            profiles: vec!["classic".into()],
-            default_profile: "classic".into(),
-            challenge_types: vec!["http-01".into(), "dns-01".into()],
-            validation_timeout_ms: 5_000,
-            finalize_timeout_ms: 10_000,
-        };
-        let (listener, ra) = listen(ra_config.grpc.listen).await;
-        tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
-        Stack { pki, ra, sa, va, _db: db }
+        Stack { inner: InProcessStack::start(false, |ra| ra.max_names_per_order = 3).await }
     }
 
     fn ra(&self, client: &str) -> RegistrationAuthorityClient<Channel> {
-        RegistrationAuthorityClient::new(self.pki.channel(client, "ra", self.ra))
+        RegistrationAuthorityClient::new(self.inner.pki.channel(client, "ra", self.inner.ra))
     }
 
     fn sa(&self) -> StorageAuthorityReadOnlyClient<Channel> {
-        StorageAuthorityReadOnlyClient::new(self.pki.channel("wfe", "sa", self.sa))
+        StorageAuthorityReadOnlyClient::new(self.inner.pki.channel("wfe", "sa", self.inner.sa))
     }
 
     async fn account(&self) -> (pb::Account, SigningKey) {
@@ -185,7 +118,7 @@ async fn orders_reuse_orders_and_valid_authorizations() {
     let wildcard = if wildcard.wildcard { wildcard } else { stack.authorization(order.authorization_ids[1]).await };
     assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
 
-    stack.va.pass();
+    stack.inner.va.pass();
     stack.validate_all(&order, account.id).await;
     assert_eq!(stack.order_status(order.id).await, "ready");
     let second = stack.order(account.id, &["a.example.org", "b.example.org"]).await.unwrap();
@@ -222,13 +155,13 @@ async fn a_failed_validation_invalidates_the_order() {
     let stack = Stack::start().await;
     let (account, _) = stack.account().await;
     let order = stack.order(account.id, &["fail.example.org"]).await.unwrap();
-    stack.va.fail(Problem::new(ErrorKind::IncorrectResponse, "wrong key authorization"));
+    stack.inner.va.fail(Problem::new(ErrorKind::IncorrectResponse, "wrong key authorization"));
     stack.validate_all(&order, account.id).await;
     let authz = stack.authorization(order.authorization_ids[0]).await;
     assert_eq!(authz.status, "invalid");
     assert_eq!(authz.challenges[0].error.as_ref().unwrap().kind, "incorrectResponse");
     assert_eq!(stack.order_status(order.id).await, "invalid");
-    assert_eq!(stack.va.calls(), 1);
+    assert_eq!(stack.inner.va.calls(), 1);
 }
 
 #[tokio::test]
@@ -240,7 +173,7 @@ async fn finalization_checks_the_csr_then_issues() {
     let early = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
     assert_eq!(early.kind, ErrorKind::OrderNotReady);
 
-    stack.va.pass();
+    stack.inner.va.pass();
     stack.validate_all(&order, account.id).await;
     let mismatch =
         finalize(&stack, &order, account.id, csr(&["f.example.org", "other.example.org"])).await.unwrap_err();

@@ -1,0 +1,136 @@
+//! The services of the CA started in-process on loopback ports, over mutual TLS, for per-service tests:
+//! a real sa (SQLite in a temporary directory), ca, nonce and ra, a [`FakeVa`], and optionally the wfe.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use quarry_core::config::ConfigVersion;
+
+use crate::fakes::FakeVa;
+use crate::pki::TestPki;
+
+/// Where each started service listens; everything stops when the test's runtime ends.
+pub struct InProcessStack {
+    pub pki: TestPki,
+    pub sa: SocketAddr,
+    pub ca: SocketAddr,
+    pub nonce: SocketAddr,
+    pub ra: SocketAddr,
+    /// The wfe's base URL (plain HTTP), when it was started.
+    pub wfe: Option<String>,
+    pub va: FakeVa,
+    _db: tempfile::TempDir,
+}
+
+async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind a loopback port");
+    let addr = listener.local_addr().expect("bound address");
+    (listener, addr)
+}
+
+/// The ra settings tests start from; `configure_ra` may change them.
+fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> quarry_ra::Config {
+    quarry_ra::Config {
+        version: ConfigVersion::CURRENT,
+        grpc: pki.server_config(&[("quarry.ra.v1.RegistrationAuthority", &["wfe"])]),
+        tls: pki.tls("ra"),
+        sa: pki.client_config("sa", sa),
+        va: pki.client_config("va", va),
+        ca: pki.client_config("ca", ca),
+        pending_authorization_lifetime_secs: 7 * 86_400,
+        valid_authorization_lifetime_secs: 30 * 86_400,
+        order_lifetime_secs: 7 * 86_400,
+        max_names_per_order: 100,
+        profiles: vec!["classic".into()],
+        default_profile: "classic".into(),
+        challenge_types: vec!["http-01".into(), "dns-01".into()],
+        validation_timeout_ms: 5_000,
+        finalize_timeout_ms: 10_000,
+    }
+}
+
+impl InProcessStack {
+    /// Starts sa, ca, nonce, the fake va and the ra (after `configure_ra`), and the wfe when `with_wfe`.
+    pub async fn start(with_wfe: bool, configure_ra: impl FnOnce(&mut quarry_ra::Config)) -> Self {
+        let pki = TestPki::new();
+        let db = tempfile::tempdir().expect("database directory");
+        let sa_config = quarry_sa::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[
+                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca"]),
+                ("quarry.sa.v1.StorageAuthority", &["ra", "ca"]),
+            ]),
+            tls: pki.tls("sa"),
+            database_url: format!("sqlite://{}/quarry.db?mode=rwc", db.path().display()),
+            max_connections: 4,
+        };
+        let (listener, sa) = listen(sa_config.grpc.listen).await;
+        tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));
+
+        let ca_config = quarry_ca::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[("quarry.ca.v1.CertificateAuthority", &["ra"])]),
+            tls: pki.tls("ca"),
+            sa: pki.client_config("sa", sa),
+            serial_prefix: 1,
+            issuers: vec![quarry_ca::IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
+            profiles: BTreeMap::from([(
+                "classic".to_owned(),
+                quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
+            )]),
+            default_profile: "classic".into(),
+        };
+        let (listener, ca) = listen(ca_config.grpc.listen).await;
+        tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));
+
+        let nonce_config = quarry_nonce::Config {
+            version: ConfigVersion::CURRENT,
+            grpc: pki.server_config(&[("quarry.nonce.v1.NonceService", &["wfe"])]),
+            tls: pki.tls("nonce"),
+            prefix: "testnonc".into(),
+            max_used: 1000,
+        };
+        let (listener, nonce) = listen(nonce_config.grpc.listen).await;
+        tokio::spawn(quarry_nonce::serve(nonce_config, listener, std::future::pending()));
+
+        let va = FakeVa::default();
+        let va_addr = va.start(&pki).await;
+        let mut ra_config = ra_config(&pki, sa, va_addr, ca);
+        configure_ra(&mut ra_config);
+        let (listener, ra) = listen(ra_config.grpc.listen).await;
+        tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
+
+        let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, nonce).await) } else { None };
+        Self { pki, sa, ca, nonce, ra, wfe, va, _db: db }
+    }
+}
+
+async fn start_wfe(pki: &TestPki, ra: SocketAddr, sa: SocketAddr, nonce: SocketAddr) -> String {
+    let (listener, wfe) = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let base = format!("http://{wfe}");
+    let config = quarry_wfe::Config {
+        version: ConfigVersion::CURRENT,
+        tls: pki.tls("wfe"),
+        ra: pki.client_config("ra", ra),
+        sa: pki.client_config("sa", sa),
+        nonce_services: vec![quarry_wfe::NonceServiceConfig {
+            prefix: "testnonc".into(),
+            address: format!("https://{nonce}"),
+            server_name: "nonce.quarry".into(),
+            timeout_ms: 5_000,
+        }],
+        listen: wfe,
+        https_cert: None,
+        https_key: None,
+        base_url: base.clone(),
+        chains: vec![pki.issuer_cert()],
+        request_timeout_ms: 10_000,
+        retry_after_secs: 1,
+        directory_meta: quarry_wfe::DirectoryMeta {
+            website: Some("https://quarry.example".into()),
+            ..Default::default()
+        },
+    };
+    tokio::spawn(quarry_wfe::serve(config, listener, std::future::pending()));
+    base
+}
