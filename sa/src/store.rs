@@ -558,19 +558,6 @@ impl Store {
             .map_err(db_error)?;
         Ok(found.is_some())
     }
-
-    /// Adds a key to the blocklist (used by tests now; the admin tool and revocation later).
-    pub async fn block_key(&self, key_hash: &[u8], source: &str, comment: &str) -> Result<(), Problem> {
-        sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES (?, ?, ?, ?)")
-            .bind(key_hash)
-            .bind(now())
-            .bind(source)
-            .bind(comment)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
-    }
 }
 
 fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, column: &str) -> Result<T, Problem> {
