@@ -14,7 +14,10 @@ use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
 use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_to_pb};
 use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
-use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest};
+use quarry_proto::ra::{
+    DeactivateAccountRequest, FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest,
+    UpdateAccountContactRequest,
+};
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_proto::sa::{self as sapb};
@@ -465,6 +468,32 @@ impl RegistrationAuthority for Registrar {
     async fn new_account(&self, request: Request<pb::Account>) -> Reply<pb::Account> {
         let deadline = incoming_deadline(&request);
         Ok(Response::new(self.new_account(request.into_inner(), deadline).await?))
+    }
+
+    async fn update_account_contact(&self, request: Request<UpdateAccountContactRequest>) -> Reply<pb::Account> {
+        let deadline = incoming_deadline(&request);
+        let req = request.into_inner();
+        for contact in &req.contact {
+            check_contact(contact)?;
+        }
+        let update = sapb::UpdateAccountContactRequest { id: req.account_id, contact: req.contact };
+        let account =
+            self.inner.sa_write.clone().update_account_contact(request_with_deadline(update, deadline)).await?;
+        tracing::info!(account_id = req.account_id, "account contacts updated");
+        Ok(account)
+    }
+
+    async fn deactivate_account(&self, request: Request<DeactivateAccountRequest>) -> Reply<pb::Account> {
+        let deadline = incoming_deadline(&request);
+        let id = request.get_ref().account_id;
+        let account = self
+            .inner
+            .sa_write
+            .clone()
+            .deactivate_account(request_with_deadline(sapb::AccountId { id }, deadline))
+            .await?;
+        tracing::info!(account_id = id, "account deactivated");
+        Ok(account)
     }
 
     async fn new_order(&self, request: Request<NewOrderRequest>) -> Reply<pb::Order> {

@@ -122,6 +122,15 @@ impl StorageAuthority for Storage {
         reply(self.store.new_account(&account).await.map(|a| pb::Account::from(&a)))
     }
 
+    async fn update_account_contact(&self, request: Request<sapb::UpdateAccountContactRequest>) -> Reply<pb::Account> {
+        let req = request.into_inner();
+        reply(self.store.update_account_contact(req.id, &req.contact).await.map(|a| pb::Account::from(&a)))
+    }
+
+    async fn deactivate_account(&self, request: Request<sapb::AccountId>) -> Reply<pb::Account> {
+        reply(self.store.deactivate_account(request.get_ref().id).await.map(|a| pb::Account::from(&a)))
+    }
+
     async fn new_order_and_authorizations(
         &self,
         request: Request<sapb::NewOrderAndAuthorizationsRequest>,

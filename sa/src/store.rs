@@ -150,6 +150,39 @@ impl Store {
         self.get_account(id).await
     }
 
+    /// Replaces the contacts of a valid account.
+    pub async fn update_account_contact(&self, id: i64, contact: &[String]) -> Result<Account, Problem> {
+        let contact = serde_json::to_string(contact).map_err(internal)?;
+        let updated = sqlx::query("UPDATE accounts SET contact = ? WHERE id = ? AND status = 'valid'")
+            .bind(contact)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        self.account_after_update(id, updated).await
+    }
+
+    /// Deactivates a valid account for good (RFC 8555 §7.3.6).
+    pub async fn deactivate_account(&self, id: i64) -> Result<Account, Problem> {
+        let updated = sqlx::query("UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        self.account_after_update(id, updated).await
+    }
+
+    async fn account_after_update(&self, id: i64, updated: u64) -> Result<Account, Problem> {
+        let account = self.get_account(id).await?;
+        if updated == 1 {
+            Ok(account)
+        } else {
+            Err(Problem::unauthorized(format!("account is not valid, has status {:?}", account.status.as_str())))
+        }
+    }
+
     pub async fn get_account(&self, id: i64) -> Result<Account, Problem> {
         let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
             .bind(id)

@@ -14,7 +14,10 @@ use quarry_core::model::{Account, Authorization, ChallengeStatus, Order, OrderSt
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::core as pb;
-use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest};
+use quarry_proto::ra::{
+    DeactivateAccountRequest, FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest,
+    UpdateAccountContactRequest,
+};
 use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
 use serde_json::Value;
@@ -174,18 +177,39 @@ async fn account(
     if id.parse::<i64>().ok() != Some(account.id) {
         return Err(Problem::unauthorized("request signing key does not match the account").into());
     }
+    let mut account = account.clone();
     if !request.is_post_as_get() {
-        let update: Value = request.json()?;
-        let only_acknowledgements = update.as_object().is_some_and(|fields| {
-            fields.keys().all(|k| {
-                k == "termsOfServiceAgreed" || (k == "contact" && fields[k] == serde_json::json!(account.contact))
-            })
-        });
-        if !only_acknowledgements {
-            return Err(Problem::malformed("account updates (contact, status) are not implemented yet").into());
+        let update: AccountUpdate = request.json()?;
+        if let Some(contact) = update.contact {
+            let change = UpdateAccountContactRequest { account_id: account.id, contact };
+            let updated = wfe.ra().update_account_contact(request_with_deadline(change, deadline)).await?;
+            account = Account::try_from(updated.get_ref())?;
+        }
+        match update.status.as_deref() {
+            None => {}
+            Some("deactivated") => {
+                let deactivate = DeactivateAccountRequest { account_id: account.id };
+                let updated = wfe.ra().deactivate_account(request_with_deadline(deactivate, deadline)).await?;
+                account = Account::try_from(updated.get_ref())?;
+            }
+            Some(other) => {
+                return Err(Problem::malformed(format!(
+                    "an account's status can only be set to \"deactivated\", not {other:?}"
+                ))
+                .into());
+            }
         }
     }
-    Ok(with_location(json_response(StatusCode::OK, &render::account(account)), &wfe.urls().account(account.id)))
+    Ok(with_location(json_response(StatusCode::OK, &render::account(&account)), &wfe.urls().account(account.id)))
+}
+
+/// The account fields a client may change (RFC 8555 §7.3.2, §7.3.6); others are ignored.
+#[derive(Deserialize)]
+struct AccountUpdate {
+    #[serde(default)]
+    contact: Option<Vec<String>>,
+    #[serde(default)]
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -71,6 +71,17 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn update_account_contact(
+        &self,
+        _: Request<quarry_proto::sa::UpdateAccountContactRequest>,
+    ) -> Result<Response<Account>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn deactivate_account(&self, _: Request<quarry_proto::sa::AccountId>) -> Result<Response<Account>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn new_order_and_authorizations(
         &self,
         _: Request<NewOrderAndAuthorizationsRequest>,

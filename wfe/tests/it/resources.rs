@@ -167,3 +167,37 @@ async fn a_processing_challenge_and_a_bad_order() {
     assert_eq!(challenge["status"], "invalid");
     assert_eq!(challenge["error"]["type"], "urn:ietf:params:acme:error:incorrectResponse");
 }
+
+#[tokio::test]
+async fn accounts_update_their_contacts_and_deactivate() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es384).await;
+    let url = account.url.clone().unwrap();
+    let updated =
+        stack.client.post(&account, &url, Some(&json!({"contact": ["mailto:new@example.org"]}))).await.unwrap();
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.json()["contact"], json!(["mailto:new@example.org"]));
+
+    let refused =
+        stack.client.post(&account, &url, Some(&json!({"contact": ["mailto:a@example.org?x=1"]}))).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("invalidContact"));
+    let unchanged = stack.client.post(&account, &url, None).await.unwrap().json();
+    assert_eq!(unchanged["contact"], json!(["mailto:new@example.org"]), "a refused update changes nothing");
+
+    let bad_status = stack.client.post(&account, &url, Some(&json!({"status": "revoked"}))).await.unwrap();
+    assert_eq!(bad_status.problem_type().as_deref(), Some("malformed"));
+
+    let deactivated = stack.client.post(&account, &url, Some(&json!({"status": "deactivated"}))).await.unwrap();
+    assert_eq!(deactivated.status, 200);
+    assert_eq!(deactivated.json()["status"], "deactivated");
+    let order = stack
+        .client
+        .post(
+            &account,
+            &stack.client.url("newOrder"),
+            Some(&json!({"identifiers": [{"type": "dns", "value": "a.example.org"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!((order.status, order.problem_type().as_deref()), (403, Some("unauthorized")));
+}
