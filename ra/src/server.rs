@@ -15,8 +15,8 @@ use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_to_p
 use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
 use quarry_proto::ra::{
-    DeactivateAccountRequest, FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest,
-    UpdateAccountContactRequest,
+    DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
+    PerformValidationRequest, UpdateAccountContactRequest,
 };
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
@@ -506,6 +506,22 @@ impl RegistrationAuthority for Registrar {
         let deadline = incoming_deadline(&request);
         let authz = self.perform_validation(request.into_inner(), deadline).await?;
         Ok(Response::new(pb::Authorization::from(&authz)))
+    }
+
+    async fn deactivate_authorization(
+        &self,
+        request: Request<DeactivateAuthorizationRequest>,
+    ) -> Reply<pb::Authorization> {
+        let deadline = incoming_deadline(&request);
+        let req = request.into_inner();
+        let authz = self.authorization(req.authorization_id, deadline).await?;
+        if authz.account_id != req.account_id {
+            return Err(Problem::unauthorized("this authorization belongs to another account").into());
+        }
+        let id = sapb::AuthorizationId { id: authz.id };
+        let authz = self.inner.sa_write.clone().deactivate_authorization(request_with_deadline(id, deadline)).await?;
+        tracing::info!(authorization_id = req.authorization_id, "authorization deactivated");
+        Ok(authz)
     }
 
     async fn finalize_order(&self, request: Request<FinalizeOrderRequest>) -> Reply<pb::Order> {

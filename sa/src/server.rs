@@ -197,6 +197,10 @@ impl StorageAuthority for Storage {
         reply(self.store.finalize_authorization(&outcome).await.map(|()| pb::Empty {}))
     }
 
+    async fn deactivate_authorization(&self, request: Request<sapb::AuthorizationId>) -> Reply<pb::Authorization> {
+        reply(self.store.deactivate_authorization(request.get_ref().id).await.map(|a| pb::Authorization::from(&a)))
+    }
+
     async fn set_order_processing(&self, request: Request<sapb::OrderId>) -> Reply<pb::Empty> {
         reply(self.store.set_order_processing(request.get_ref().id).await.map(|()| pb::Empty {}))
     }

@@ -316,6 +316,28 @@ impl Store {
         if updated == 1 { Ok(()) } else { Err(Problem::malformed("authorization is not pending")) }
     }
 
+    /// Deactivates a pending or valid, unexpired authorization (RFC 8555 §7.5.2).
+    pub async fn deactivate_authorization(&self, id: i64) -> Result<Authorization, Problem> {
+        let updated = sqlx::query(
+            "UPDATE authorizations SET status = 'deactivated' WHERE id = ? AND status IN ('pending', 'valid') AND expires > ?",
+        )
+        .bind(id)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        let authz = self.get_authorization(id).await?;
+        if updated == 1 {
+            Ok(authz)
+        } else {
+            Err(Problem::malformed(format!(
+                "only pending or valid authorizations can be deactivated, not {}",
+                authz.status
+            )))
+        }
+    }
+
     // --- Orders ---
 
     /// Creates the new authorizations, the order and its links in one transaction.

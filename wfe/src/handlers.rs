@@ -15,8 +15,8 @@ use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::core as pb;
 use quarry_proto::ra::{
-    DeactivateAccountRequest, FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest,
-    UpdateAccountContactRequest,
+    DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
+    PerformValidationRequest, UpdateAccountContactRequest,
 };
 use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
@@ -358,12 +358,17 @@ async fn authorization(
     let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
     let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
     check_owner(&request, authz.account_id, "authorization")?;
-    if let Some(request) = &request
-        && !request.is_post_as_get()
-    {
-        return Err(Problem::malformed("authorization deactivation is not implemented yet").into());
+    let Some(request) = request.filter(|r| !r.is_post_as_get()) else {
+        return Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz)));
+    };
+    // RFC 8555 §7.5.2: the only change a client may ask for is deactivation.
+    let update: Value = request.json()?;
+    if update.get("status").and_then(Value::as_str) != Some("deactivated") {
+        return Err(Problem::malformed("an authorization update must be {\"status\": \"deactivated\"}").into());
     }
-    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz)))
+    let deactivate = DeactivateAuthorizationRequest { authorization_id: authz.id, account_id: request.account()?.id };
+    let authz = wfe.ra().deactivate_authorization(request_with_deadline(deactivate, deadline)).await?;
+    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &Authorization::try_from(authz.get_ref())?)))
 }
 
 fn challenge_response(wfe: &Wfe, authz: &Authorization, index: i64) -> Reply {

@@ -78,6 +78,13 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn deactivate_authorization(
+        &self,
+        _: Request<quarry_proto::sa::AuthorizationId>,
+    ) -> Result<Response<quarry_proto::core::Authorization>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn deactivate_account(&self, _: Request<quarry_proto::sa::AccountId>) -> Result<Response<Account>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

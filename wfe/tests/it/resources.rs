@@ -201,3 +201,27 @@ async fn accounts_update_their_contacts_and_deactivate() {
         .unwrap();
     assert_eq!((order.status, order.problem_type().as_deref()), (403, Some("unauthorized")));
 }
+
+#[tokio::test]
+async fn authorizations_can_be_deactivated_by_their_account_only() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Rs256).await;
+    let (order_url, order) = stack.order(&account, &["deact.example.org"]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap();
+
+    let other = stack.account(Algorithm::EdDsa).await;
+    let foreign = stack.client.post(&other, authz_url, Some(&json!({"status": "deactivated"}))).await.unwrap();
+    assert_eq!(foreign.status, 404);
+    let wrong = stack.client.post(&account, authz_url, Some(&json!({"status": "valid"}))).await.unwrap();
+    assert_eq!(wrong.problem_type().as_deref(), Some("malformed"));
+    let still = stack.client.post(&account, authz_url, None).await.unwrap().json();
+    assert_eq!(still["status"], "pending", "refused requests change nothing");
+
+    let deactivated = stack.client.post(&account, authz_url, Some(&json!({"status": "deactivated"}))).await.unwrap();
+    assert_eq!(deactivated.status, 200);
+    assert_eq!(deactivated.json()["status"], "deactivated");
+    let again = stack.client.post(&account, authz_url, Some(&json!({"status": "deactivated"}))).await.unwrap();
+    assert_eq!(again.problem_type().as_deref(), Some("malformed"));
+    let order = stack.client.post(&account, &order_url, None).await.unwrap().json();
+    assert_eq!(order["status"], "invalid");
+}
