@@ -16,7 +16,7 @@ use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
 use quarry_proto::ra::{
     DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
-    PerformValidationRequest, UpdateAccountContactRequest,
+    PerformValidationRequest, UpdateAccountContactRequest, UpdateAccountKeyRequest,
 };
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
@@ -480,6 +480,17 @@ impl RegistrationAuthority for Registrar {
         let account =
             self.inner.sa_write.clone().update_account_contact(request_with_deadline(update, deadline)).await?;
         tracing::info!(account_id = req.account_id, "account contacts updated");
+        Ok(account)
+    }
+
+    async fn update_account_key(&self, request: Request<UpdateAccountKeyRequest>) -> Reply<pb::Account> {
+        let deadline = incoming_deadline(&request);
+        let req = request.into_inner();
+        let jwk = Jwk::from_slice(&req.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
+        keypolicy::check_account_key(&jwk)?;
+        let update = sapb::UpdateAccountKeyRequest { id: req.account_id, jwk: jwk.canonical_json().into_bytes() };
+        let account = self.inner.sa_write.clone().update_account_key(request_with_deadline(update, deadline)).await?;
+        tracing::info!(account_id = req.account_id, "account key rolled over");
         Ok(account)
     }
 

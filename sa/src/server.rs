@@ -127,6 +127,11 @@ impl StorageAuthority for Storage {
         reply(self.store.update_account_contact(req.id, &req.contact).await.map(|a| pb::Account::from(&a)))
     }
 
+    async fn update_account_key(&self, request: Request<sapb::UpdateAccountKeyRequest>) -> Reply<pb::Account> {
+        let req = request.into_inner();
+        reply(self.store.update_account_key(req.id, &req.jwk).await.map(|a| pb::Account::from(&a)))
+    }
+
     async fn deactivate_account(&self, request: Request<sapb::AccountId>) -> Reply<pb::Account> {
         reply(self.store.deactivate_account(request.get_ref().id).await.map(|a| pb::Account::from(&a)))
     }

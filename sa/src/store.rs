@@ -163,6 +163,21 @@ impl Store {
         self.account_after_update(id, updated).await
     }
 
+    /// Replaces the key of a valid account; a key another account holds is a `duplicate`.
+    pub async fn update_account_key(&self, id: i64, jwk: &[u8]) -> Result<Account, Problem> {
+        let jwk =
+            quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
+        let updated = sqlx::query("UPDATE accounts SET jwk = ?, key_hash = ? WHERE id = ? AND status = 'valid'")
+            .bind(jwk.canonical_json().into_bytes())
+            .bind(jwk.key_hash().to_vec())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        self.account_after_update(id, updated).await
+    }
+
     /// Deactivates a valid account for good (RFC 8555 §7.3.6).
     pub async fn deactivate_account(&self, id: i64) -> Result<Account, Problem> {
         let updated = sqlx::query("UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'")

@@ -16,7 +16,7 @@ use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::core as pb;
 use quarry_proto::ra::{
     DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
-    PerformValidationRequest, UpdateAccountContactRequest,
+    PerformValidationRequest, UpdateAccountContactRequest, UpdateAccountKeyRequest,
 };
 use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
@@ -43,7 +43,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/finalize/{id}", any(finalize))
         .route("/acme/cert/{serial}", any(certificate))
         .route("/acme/revoke-cert", any(not_yet_implemented))
-        .route("/acme/key-change", any(not_yet_implemented))
+        .route("/acme/key-change", any(key_change))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
         .with_state(wfe)
@@ -481,7 +481,58 @@ fn pem_encode(der: &[u8]) -> String {
     pem
 }
 
-/// revoke-cert and key-change: the JWS is checked like any other, then the client is told plainly.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyChangePayload {
+    account: String,
+    old_key: Value,
+}
+
+/// Account key rollover (RFC 8555 §7.3.5): an outer JWS by the account's key wraps an inner JWS by the new key.
+async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    let account = request.account()?.clone();
+    let inner = quarry_jose::Jws::parse(&request.jws.payload)
+        .map_err(|e| Problem::malformed(format!("inner JWS of key-change: {e}")))?;
+    let quarry_jose::KeyRef::Jwk(new_key) = &inner.header.key else {
+        return Err(Problem::malformed("inner JWS of key-change must carry the new key in \"jwk\"").into());
+    };
+    if inner.header.nonce.is_some() {
+        return Err(Problem::malformed("inner JWS of key-change must not carry a nonce").into());
+    }
+    if inner.header.url != request.jws.header.url {
+        return Err(Problem::malformed("inner JWS of key-change must have the same \"url\" as the outer JWS").into());
+    }
+    inner.verify(new_key).map_err(|e| match e {
+        quarry_jose::JoseError::BadSignatureAlgorithm(detail) => Problem::new(ErrorKind::BadSignatureAlgorithm, detail),
+        _ => Problem::malformed("inner JWS of key-change does not verify with its key"),
+    })?;
+    let payload: KeyChangePayload = serde_json::from_slice(&inner.payload)
+        .map_err(|_| Problem::malformed("key-change payload must be {\"account\": ..., \"oldKey\": ...}"))?;
+    if payload.account != wfe.urls().account(account.id) {
+        return Err(Problem::unauthorized("key-change \"account\" does not name the signing account").into());
+    }
+    let old_key =
+        quarry_jose::Jwk::from_json(&payload.old_key).map_err(|e| Problem::malformed(format!("oldKey: {e}")))?;
+    if old_key != request.jwk {
+        return Err(Problem::unauthorized("key-change \"oldKey\" is not the account's current key").into());
+    }
+    if *new_key == request.jwk {
+        return Err(Problem::malformed("the new key is the account's current key").into());
+    }
+    if let Some(holder) = post::account_for_key(&wfe, new_key, deadline).await? {
+        let conflict =
+            ProblemResponse::from(Problem::new(ErrorKind::Conflict, "the new key is already in use by an account"));
+        return Ok(with_location(conflict.into_response(), &wfe.urls().account(holder.id)));
+    }
+    let update = UpdateAccountKeyRequest { account_id: account.id, jwk: new_key.canonical_json().into_bytes() };
+    let updated = wfe.ra().update_account_key(request_with_deadline(update, deadline)).await?;
+    let updated = Account::try_from(updated.get_ref())?;
+    Ok(with_location(json_response(StatusCode::OK, &render::account(&updated)), &wfe.urls().account(updated.id)))
+}
+
+/// revoke-cert: the JWS is checked like any other, then the client is told plainly.
 async fn not_yet_implemented(
     State(wfe): State<Wfe>,
     method: Method,

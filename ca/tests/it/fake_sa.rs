@@ -85,6 +85,13 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn update_account_key(
+        &self,
+        _: Request<quarry_proto::sa::UpdateAccountKeyRequest>,
+    ) -> Result<Response<Account>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn deactivate_account(&self, _: Request<quarry_proto::sa::AccountId>) -> Result<Response<Account>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

@@ -225,3 +225,55 @@ async fn authorizations_can_be_deactivated_by_their_account_only() {
     let order = stack.client.post(&account, &order_url, None).await.unwrap().json();
     assert_eq!(order["status"], "invalid");
 }
+
+/// The inner JWS of a key change: signed by `new_key`, naming the account and its old key.
+fn key_change_inner(
+    new_key: &quarry_jose::SigningKey,
+    url: &str,
+    account: &str,
+    old_key: &quarry_jose::Jwk,
+) -> serde_json::Value {
+    let header = json!({"alg": new_key.algorithm().as_str(), "url": url, "jwk": new_key.jwk().to_json()});
+    let payload = json!({"account": account, "oldKey": old_key.to_json()}).to_string();
+    serde_json::from_str(&quarry_jose::sign_flattened(new_key, &header, Some(payload.as_bytes()))).unwrap()
+}
+
+#[tokio::test]
+async fn account_keys_roll_over() {
+    let stack = Stack::start().await;
+    let mut account = stack.account(Algorithm::Es256).await;
+    let url = stack.client.url("keyChange");
+    let account_url = account.url.clone().unwrap();
+    let old_jwk = account.key.jwk();
+
+    let new_key = quarry_jose::SigningKey::generate(Algorithm::EdDsa).unwrap();
+    let wrong_url = key_change_inner(&new_key, &stack.client.url("newOrder"), &account_url, &old_jwk);
+    let refused = stack.client.post(&account, &url, Some(&wrong_url)).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("malformed"));
+    let stranger = quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap().jwk();
+    let wrong_old = key_change_inner(&new_key, &url, &account_url, &stranger);
+    let refused = stack.client.post(&account, &url, Some(&wrong_old)).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("unauthorized"));
+
+    let taken = stack.account(Algorithm::Es384).await;
+    let in_use = key_change_inner(&taken.key, &url, &account_url, &old_jwk);
+    let conflict = stack.client.post(&account, &url, Some(&in_use)).await.unwrap();
+    assert_eq!((conflict.status, conflict.problem_type().as_deref()), (409, Some("conflict")));
+    assert_eq!(conflict.header("location"), taken.url);
+
+    let inner = key_change_inner(&new_key, &url, &account_url, &old_jwk);
+    let changed = stack.client.post(&account, &url, Some(&inner)).await.unwrap();
+    assert_eq!(changed.status, 200, "{}", String::from_utf8_lossy(&changed.body));
+    assert_eq!(changed.json()["key"], new_key.jwk().to_json());
+
+    // The account key is Ed25519 now, so an ES256 signature no longer fits it.
+    let with_old_key = stack.client.post(&account, &account_url, None).await.unwrap();
+    assert_eq!(
+        with_old_key.problem_type().as_deref(),
+        Some("badSignatureAlgorithm"),
+        "the old key no longer signs for the account"
+    );
+    account.key = new_key;
+    let with_new_key = stack.client.post(&account, &account_url, None).await.unwrap();
+    assert_eq!(with_new_key.status, 200);
+}
