@@ -127,6 +127,7 @@ async fn start_wfe(pki: &TestPki, ra: SocketAddr, sa: SocketAddr, nonce: SocketA
         request_timeout_ms: 10_000,
         retry_after_secs: 1,
         directory_meta: quarry_wfe::DirectoryMeta {
+            terms_of_service: Some("https://quarry.example/terms".into()),
             website: Some("https://quarry.example".into()),
             ..Default::default()
         },

@@ -151,6 +151,10 @@ async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: 
     if payload.only_return_existing {
         return Err(Problem::new(ErrorKind::AccountDoesNotExist, "no account exists with the provided key").into());
     }
+    // RFC 8555 §7.3: where the directory names terms of service, a new account must agree to them.
+    if wfe.directory()["meta"].get("termsOfService").is_some() && !payload.terms_of_service_agreed {
+        return Err(Problem::malformed("must agree to the terms of service (termsOfServiceAgreed: true)").into());
+    }
     let new = pb::Account {
         jwk: request.jwk.canonical_json().into_bytes(),
         contact: payload.contact,

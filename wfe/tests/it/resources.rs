@@ -16,7 +16,7 @@ async fn the_directory_lists_every_resource() {
         "newOrder": format!("{base}/acme/new-order"),
         "revokeCert": format!("{base}/acme/revoke-cert"),
         "keyChange": format!("{base}/acme/key-change"),
-        "meta": { "website": "https://quarry.example" },
+        "meta": { "termsOfService": "https://quarry.example/terms", "website": "https://quarry.example" },
     });
     assert_eq!(stack.client.directory(), &expected);
 }
@@ -56,6 +56,8 @@ async fn accounts_for_every_key_type() {
         assert_eq!(fetched.json()["key"], account.key.jwk().to_json());
     }
     let stranger = quarry_testkit::client::AcmeAccount::generate(Algorithm::Es256);
+    let no_agreement = stack.client.post(&stranger, &stack.client.url("newAccount"), Some(&json!({}))).await.unwrap();
+    assert_eq!(no_agreement.problem_type().as_deref(), Some("malformed"), "the terms must be agreed to");
     let only_existing = stack
         .client
         .post(&stranger, &stack.client.url("newAccount"), Some(&json!({"onlyReturnExisting": true})))
