@@ -16,7 +16,8 @@ use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
 use quarry_proto::ra::{
     DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
-    PerformValidationRequest, UpdateAccountContactRequest, UpdateAccountKeyRequest,
+    PerformValidationRequest, RevokeCertByApplicantRequest, RevokeCertByKeyRequest, UpdateAccountContactRequest,
+    UpdateAccountKeyRequest,
 };
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
@@ -392,6 +393,123 @@ impl Registrar {
     }
 }
 
+/// CRL reason codes a subscriber may ask for (RFC 5280 §5.3.1, as Let's Encrypt allows them).
+const SUBSCRIBER_REASONS: &[i64] = &[0, 1, 4, 5];
+const KEY_COMPROMISE: i64 = 1;
+const CESSATION_OF_OPERATION: i64 = 5;
+
+/// What the ra needs to know about a certificate being revoked.
+struct RevocationTarget {
+    serial: String,
+    names: Vec<Identifier>,
+    spki_hash: Vec<u8>,
+}
+
+impl RevocationTarget {
+    fn parse(der: &[u8]) -> Result<Self, Problem> {
+        use x509_parser::prelude::*;
+        let (_, cert) =
+            parse_x509_certificate(der).map_err(|_| Problem::malformed("the certificate does not parse"))?;
+        let names = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(Identifier::dns(dns.to_ascii_lowercase())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            names,
+            spki_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw).as_ref().to_vec(),
+        })
+    }
+}
+
+impl Registrar {
+    /// The stored certificate with `der`'s serial, which must be exactly `der`: only certificates Quarry issued.
+    async fn issued_certificate(
+        &self,
+        der: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(RevocationTarget, i64), Problem> {
+        let target = RevocationTarget::parse(der)?;
+        let serial = sapb::Serial { serial: target.serial.clone() };
+        let stored = match self.inner.sa_read.clone().get_certificate(request_with_deadline(serial, deadline)).await {
+            Ok(stored) => stored.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(Problem::not_found("no such certificate was issued here"));
+            }
+            Err(status) => return Err(status.into()),
+        };
+        if stored.der != der {
+            return Err(Problem::not_found("no such certificate was issued here"));
+        }
+        Ok((target, stored.account_id))
+    }
+
+    async fn revoke(&self, serial: &str, reason: i64, deadline: Option<Instant>) -> Result<(), Problem> {
+        let revoke = sapb::RevokeCertificateRequest { serial: serial.to_owned(), reason, date: now() };
+        self.inner.sa_write.clone().revoke_certificate(request_with_deadline(revoke, deadline)).await?;
+        tracing::info!(serial, reason, "certificate revoked");
+        Ok(())
+    }
+
+    async fn revoke_by_applicant(
+        &self,
+        req: RevokeCertByApplicantRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        if !SUBSCRIBER_REASONS.contains(&req.reason) {
+            return Err(Problem::new(
+                ErrorKind::BadRevocationReason,
+                format!("reason code {} is not allowed; use one of {SUBSCRIBER_REASONS:?}", req.reason),
+            ));
+        }
+        let (target, owner) = self.issued_certificate(&req.der, deadline).await?;
+        if owner == req.account_id {
+            return self.revoke(&target.serial, req.reason, deadline).await;
+        }
+        // Another account may revoke only with valid authorizations for every name, and only as cessationOfOperation.
+        let valid = sapb::GetValidAuthorizationsRequest {
+            account_id: req.account_id,
+            identifiers: identifiers_to_pb(&target.names),
+            valid_until: now(),
+            profile: String::new(),
+        };
+        let valid = self.inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
+        let covered: BTreeSet<String> = valid
+            .get_ref()
+            .authorizations
+            .iter()
+            .filter_map(|a| Authorization::try_from(a).ok())
+            .map(|a| if a.wildcard { format!("*.{}", a.identifier.value) } else { a.identifier.value })
+            .collect();
+        if target.names.is_empty() || !target.names.iter().all(|name| covered.contains(&name.value)) {
+            return Err(Problem::unauthorized(
+                "the account neither issued this certificate nor holds authorizations for all its names",
+            ));
+        }
+        self.revoke(&target.serial, CESSATION_OF_OPERATION, deadline).await
+    }
+
+    async fn revoke_by_key(&self, req: RevokeCertByKeyRequest, deadline: Option<Instant>) -> Result<(), Problem> {
+        let (target, _) = self.issued_certificate(&req.der, deadline).await?;
+        // The key is blocked even if the certificate turns out to be revoked already.
+        let block = sapb::AddBlockedKeyRequest {
+            key_hash: target.spki_hash.clone(),
+            source: "revocation".into(),
+            comment: format!("key compromise reported for serial {}", target.serial),
+        };
+        self.inner.sa_write.clone().add_blocked_key(request_with_deadline(block, deadline)).await?;
+        self.revoke(&target.serial, KEY_COMPROMISE, deadline).await
+    }
+}
+
 /// The subjectPublicKey bits of a DER SubjectPublicKeyInfo.
 fn subject_public_key(spki_der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer;
@@ -533,6 +651,18 @@ impl RegistrationAuthority for Registrar {
         let authz = self.inner.sa_write.clone().deactivate_authorization(request_with_deadline(id, deadline)).await?;
         tracing::info!(authorization_id = req.authorization_id, "authorization deactivated");
         Ok(authz)
+    }
+
+    async fn revoke_cert_by_applicant(&self, request: Request<RevokeCertByApplicantRequest>) -> Reply<pb::Empty> {
+        let deadline = incoming_deadline(&request);
+        self.revoke_by_applicant(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn revoke_cert_by_key(&self, request: Request<RevokeCertByKeyRequest>) -> Reply<pb::Empty> {
+        let deadline = incoming_deadline(&request);
+        self.revoke_by_key(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn finalize_order(&self, request: Request<FinalizeOrderRequest>) -> Reply<pb::Order> {

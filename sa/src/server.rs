@@ -226,6 +226,16 @@ impl StorageAuthority for Storage {
         reply(self.store.add_serial(req.account_id, &req.serial, req.created, req.expires).await.map(|()| pb::Empty {}))
     }
 
+    async fn revoke_certificate(&self, request: Request<sapb::RevokeCertificateRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(self.store.revoke_certificate(&req.serial, req.reason, req.date).await.map(|()| pb::Empty {}))
+    }
+
+    async fn add_blocked_key(&self, request: Request<sapb::AddBlockedKeyRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(self.store.add_blocked_key(&req.key_hash, &req.source, &req.comment).await.map(|()| pb::Empty {}))
+    }
+
     async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(

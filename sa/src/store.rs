@@ -257,12 +257,13 @@ impl Store {
         let mut found = Vec::new();
         for identifier in identifiers {
             let row = sqlx::query(
-                "SELECT * FROM authorizations WHERE account_id = ? AND identifier_type = ? AND identifier_value = ? AND status = 'valid' AND expires > ? AND profile = ? ORDER BY expires DESC LIMIT 1",
+                "SELECT * FROM authorizations WHERE account_id = ? AND identifier_type = ? AND identifier_value = ? AND status = 'valid' AND expires > ? AND (? = '' OR profile = ?) ORDER BY expires DESC LIMIT 1",
             )
             .bind(account_id)
             .bind(identifier.kind.as_str())
             .bind(&identifier.value)
             .bind(valid_until.max(now))
+            .bind(profile)
             .bind(profile)
             .fetch_optional(&self.pool)
             .await
@@ -618,6 +619,39 @@ impl Store {
             get(&row, "not_after")?,
             get(&row, "issuer_id")?,
         ))
+    }
+
+    /// Marks a good certificate revoked; a second revocation is `alreadyRevoked`.
+    pub async fn revoke_certificate(&self, serial: &str, reason: i64, date: Timestamp) -> Result<(), Problem> {
+        let serial = serial.to_ascii_lowercase();
+        let updated = sqlx::query(
+            "UPDATE certificate_status SET status = 'revoked', revoked_reason = ?, revoked_date = ? WHERE serial = ? AND status = 'good'",
+        )
+        .bind(reason)
+        .bind(date)
+        .bind(&serial)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 {
+            return Ok(());
+        }
+        let (status, ..) = self.get_certificate_status(&serial).await?;
+        Err(Problem::new(ErrorKind::AlreadyRevoked, format!("certificate {serial} is already {status}")))
+    }
+
+    /// Blocks a key for future issuance; blocking it twice is harmless.
+    pub async fn add_blocked_key(&self, key_hash: &[u8], source: &str, comment: &str) -> Result<(), Problem> {
+        sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO NOTHING")
+            .bind(key_hash)
+            .bind(now())
+            .bind(source)
+            .bind(comment)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {

@@ -16,7 +16,8 @@ use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::core as pb;
 use quarry_proto::ra::{
     DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
-    PerformValidationRequest, UpdateAccountContactRequest, UpdateAccountKeyRequest,
+    PerformValidationRequest, RevokeCertByApplicantRequest, RevokeCertByKeyRequest, UpdateAccountContactRequest,
+    UpdateAccountKeyRequest,
 };
 use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
@@ -42,7 +43,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/chall/{authz}/{index}", any(challenge))
         .route("/acme/finalize/{id}", any(finalize))
         .route("/acme/cert/{serial}", any(certificate))
-        .route("/acme/revoke-cert", any(not_yet_implemented))
+        .route("/acme/revoke-cert", any(revoke_certificate))
         .route("/acme/key-change", any(key_change))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
@@ -536,8 +537,15 @@ async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: H
     Ok(with_location(json_response(StatusCode::OK, &render::account(&updated)), &wfe.urls().account(updated.id)))
 }
 
-/// revoke-cert: the JWS is checked like any other, then the client is told plainly.
-async fn not_yet_implemented(
+#[derive(Deserialize)]
+struct RevocationPayload {
+    certificate: String,
+    #[serde(default)]
+    reason: Option<i64>,
+}
+
+/// Revocation (RFC 8555 §7.6), signed by an account or by the certificate's own key.
+async fn revoke_certificate(
     State(wfe): State<Wfe>,
     method: Method,
     uri: Uri,
@@ -545,6 +553,34 @@ async fn not_yet_implemented(
     body: Bytes,
 ) -> Reply {
     let deadline = wfe.deadline();
-    verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
-    Err(Problem::malformed(format!("{} is not implemented yet", uri.path())).into())
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Either, deadline).await?;
+    let payload: RevocationPayload = request.json()?;
+    let der = quarry_jose::b64_decode(&payload.certificate)
+        .map_err(|_| Problem::malformed("the certificate is not valid base64url"))?;
+    match &request.account {
+        Some(account) => {
+            let revoke =
+                RevokeCertByApplicantRequest { der, reason: payload.reason.unwrap_or(0), account_id: account.id };
+            wfe.ra().revoke_cert_by_applicant(request_with_deadline(revoke, deadline)).await?;
+        }
+        None => {
+            if certificate_key(&der) != Some(request.jwk.subject_public_key()) {
+                return Err(Problem::unauthorized(
+                    "the JWS is signed neither by an account nor by the certificate's key",
+                )
+                .into());
+            }
+            if payload.reason.is_some_and(|reason| ![0, 1, 4, 5].contains(&reason)) {
+                return Err(Problem::new(ErrorKind::BadRevocationReason, "reason code not allowed").into());
+            }
+            wfe.ra().revoke_cert_by_key(request_with_deadline(RevokeCertByKeyRequest { der }, deadline)).await?;
+        }
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The subjectPublicKey bits of a DER certificate.
+fn certificate_key(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
 }

@@ -20,6 +20,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub enum KeyMode {
     Jwk,
     Kid,
+    /// revoke-cert: an account (`kid`) or the certificate's own key (`jwk`).
+    Either,
 }
 
 /// A request whose signature, URL and nonce checked out.
@@ -93,14 +95,14 @@ pub async fn verify(
         return Err(Problem::new(ErrorKind::BadNonce, "JWS has no anti-replay nonce").into());
     };
     let (jwk, account) = match (&jws.header.key, mode) {
-        (KeyRef::Jwk(jwk), KeyMode::Jwk) => (jwk.clone(), None),
+        (KeyRef::Jwk(jwk), KeyMode::Jwk | KeyMode::Either) => (jwk.clone(), None),
         (KeyRef::Kid(_), KeyMode::Jwk) => {
             return Err(Problem::malformed("this request must use the jwk header parameter, not kid").into());
         }
         (KeyRef::Jwk(_), KeyMode::Kid) => {
             return Err(Problem::malformed("this request must use the kid header parameter, not jwk").into());
         }
-        (KeyRef::Kid(kid), KeyMode::Kid) => {
+        (KeyRef::Kid(kid), KeyMode::Kid | KeyMode::Either) => {
             let account = account_for_kid(wfe, kid, deadline).await?;
             let jwk =
                 Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;

@@ -92,6 +92,20 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn revoke_certificate(
+        &self,
+        _: Request<quarry_proto::sa::RevokeCertificateRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn add_blocked_key(
+        &self,
+        _: Request<quarry_proto::sa::AddBlockedKeyRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn deactivate_account(&self, _: Request<quarry_proto::sa::AccountId>) -> Result<Response<Account>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

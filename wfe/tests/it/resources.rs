@@ -279,3 +279,63 @@ async fn account_keys_roll_over() {
     let with_new_key = stack.client.post(&account, &account_url, None).await.unwrap();
     assert_eq!(with_new_key.status, 200);
 }
+
+/// Issues a certificate for `names` to `account`; returns its DER and its key (which a client can sign JWSs with).
+async fn issue(
+    stack: &Stack,
+    account: &quarry_testkit::client::AcmeAccount,
+    names: &[&str],
+) -> (Vec<u8>, quarry_jose::SigningKey) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = quarry_jose::b64_encode(params.serialize_request(&key).unwrap().der());
+    let (order_url, order) = stack.order(account, names).await;
+    stack.make_ready(account, &order_url, &order).await;
+    let done =
+        stack.client.post(account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
+    let cert_url = done.json()["certificate"].as_str().unwrap().to_owned();
+    let pem = stack.client.post(account, &cert_url, None).await.unwrap().body;
+    let der = {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
+    };
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.serialize_der(),
+    )
+    .unwrap();
+    (der, quarry_jose::SigningKey::Ecdsa { alg: Algorithm::Es256, pair })
+}
+
+#[tokio::test]
+async fn certificates_are_revoked_by_their_account_or_their_key() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es256).await;
+    let url = stack.client.url("revokeCert");
+    let (der, _) = issue(&stack, &account, &["rev.example.org"]).await;
+    let payload = |reason: i64| json!({"certificate": quarry_jose::b64_encode(&der), "reason": reason});
+
+    let stranger = stack.account(Algorithm::Es384).await;
+    let refused = stack.client.post(&stranger, &url, Some(&payload(0))).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("unauthorized"));
+    let bad_reason = stack.client.post(&account, &url, Some(&payload(3))).await.unwrap();
+    assert_eq!(bad_reason.problem_type().as_deref(), Some("badRevocationReason"));
+    let revoked = stack.client.post(&account, &url, Some(&payload(4))).await.unwrap();
+    assert_eq!(revoked.status, 200, "{}", String::from_utf8_lossy(&revoked.body));
+    let again = stack.client.post(&account, &url, Some(&payload(4))).await.unwrap();
+    assert_eq!(again.problem_type().as_deref(), Some("alreadyRevoked"));
+
+    // Signed with the certificate's own key (the ra revokes it as keyCompromise and blocks the key).
+    let (der, cert_key) = issue(&stack, &account, &["key.example.org"]).await;
+    let by_key = quarry_testkit::client::AcmeAccount { key: cert_key, url: None };
+    let body = json!({"certificate": quarry_jose::b64_encode(&der)});
+    let revoked = stack.client.post(&by_key, &url, Some(&body)).await.unwrap();
+    assert_eq!(revoked.status, 200, "{}", String::from_utf8_lossy(&revoked.body));
+    let unknown = stack
+        .client
+        .post(&account, &url, Some(&json!({"certificate": quarry_jose::b64_encode(b"nope")})))
+        .await
+        .unwrap();
+    assert_eq!(unknown.problem_type().as_deref(), Some("malformed"));
+}
