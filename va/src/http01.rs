@@ -1,70 +1,131 @@
 //! http-01 validation (RFC 8555 §8.3): fetch the key authorization over plain HTTP from the name's addresses,
 //! following a bounded number of redirects, and compare it byte for byte.
+//!
+//! The va opens its own TCP connections (IPv6 addresses first, then IPv4) so that it decides, and records, which
+//! address is used; hyper only speaks HTTP/1.1 over them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper_util::rt::TokioIo;
-use quarry_core::model::ValidationRecord;
+use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::resolver::{LookupError, Resolver};
+use crate::validator::{Attempt, Validator};
 
 /// What a fetch may do; the va's configuration supplies it.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
+    /// The port every request goes to, redirects included.
     pub port: u16,
     pub max_redirects: usize,
+    /// A larger response body fails validation.
     pub max_body_bytes: usize,
+    /// How long one address may take to accept the connection before the next is tried.
     pub connect_timeout: Duration,
     pub perspective: String,
 }
 
 /// How much of a response body a problem detail quotes.
 const QUOTE_LEN: usize = 100;
+/// Bounds the memory a server can make hyper spend on the status line and headers (hyper's minimum).
+const MAX_HEADER_BUFFER: usize = 8 * 1024;
+const USER_AGENT: &str = "quarry-va";
+
+/// Fetches `/.well-known/acme-challenge/{token}` from the identifier.
+pub struct Http01Validator {
+    resolver: Arc<dyn Resolver>,
+    policy: HttpPolicy,
+}
+
+impl Http01Validator {
+    pub fn new(resolver: Arc<dyn Resolver>, policy: HttpPolicy) -> Self {
+        Self { resolver, policy }
+    }
+}
+
+#[tonic::async_trait]
+impl Validator for Http01Validator {
+    fn challenge_type(&self) -> ChallengeType {
+        ChallengeType::Http01
+    }
+
+    async fn validate(&self, attempt: Attempt<'_>, records: &mut Vec<ValidationRecord>) -> Result<(), Problem> {
+        let identifier = attempt.identifier;
+        if identifier.is_wildcard() {
+            return Err(Problem::malformed("http-01 cannot validate a wildcard identifier; use dns-01"));
+        }
+        let mut target = Target { host: identifier.value.clone(), path: challenge_path(attempt.token) };
+        for _ in 0..=self.policy.max_redirects {
+            let url = target.url(self.policy.port);
+            let record = push(
+                records,
+                ValidationRecord {
+                    hostname: target.host.clone(),
+                    port: self.policy.port.to_string(),
+                    url: url.clone(),
+                    resolver_addresses: self.resolver.addresses(),
+                    perspective: self.policy.perspective.clone(),
+                    ..Default::default()
+                },
+            );
+            match self.fetch(&target, &url, record).await? {
+                Hop::Body(body) => return compare(&url, &body, attempt.key_authorization),
+                Hop::Redirect(location) => target = follow(identifier, &target, &url, &location, self.policy.port)?,
+            }
+        }
+        Err(Problem::new(
+            ErrorKind::Connection,
+            format!(
+                "Too many redirects (more than {}) fetching {}",
+                self.policy.max_redirects,
+                challenge_url(identifier, attempt.token, self.policy.port)
+            ),
+        ))
+    }
+}
+
+fn push(records: &mut Vec<ValidationRecord>, record: ValidationRecord) -> &mut ValidationRecord {
+    records.push(record);
+    let last = records.len() - 1;
+    &mut records[last]
+}
+
+fn challenge_path(token: &str) -> String {
+    format!("/.well-known/acme-challenge/{token}")
+}
+
+fn challenge_url(identifier: &Identifier, token: &str, port: u16) -> String {
+    format!("http://{}{}", authority(&identifier.value, port), challenge_path(token))
+}
+
+/// Where the next request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// A DNS name, or an IP address without brackets.
+    host: String,
+    /// Origin-form: path and query.
+    path: String,
+}
+
+impl Target {
+    fn url(&self, port: u16) -> String {
+        format!("http://{}{}", authority(&self.host, port), self.path)
+    }
+}
 
 enum Hop {
-    Done(Bytes),
+    Body(Bytes),
     Redirect(String),
 }
 
-/// Validates `identifier` by fetching `/.well-known/acme-challenge/{token}`; records every request made.
-pub async fn validate(
-    resolver: &dyn Resolver,
-    policy: &HttpPolicy,
-    identifier: &Identifier,
-    token: &str,
-    expected: &str,
-    records: &mut Vec<ValidationRecord>,
-) -> Result<(), Problem> {
-    let mut host = identifier.value.clone();
-    let mut path = format!("/.well-known/acme-challenge/{token}");
-    for _ in 0..=policy.max_redirects {
-        let url = format!("http://{}{path}", authority(&host, policy.port));
-        let mut record = ValidationRecord {
-            hostname: host.clone(),
-            port: policy.port.to_string(),
-            url: url.clone(),
-            resolver_addresses: resolver.addresses(),
-            perspective: policy.perspective.clone(),
-            ..Default::default()
-        };
-        let outcome = fetch_hop(resolver, policy, identifier.kind, &host, &path, &url, &mut record).await;
-        records.push(record);
-        match outcome? {
-            Hop::Done(body) => return compare(&body, expected),
-            Hop::Redirect(location) => {
-                let (next_host, next_path) = follow(&host, &location, policy.port)?;
-                host = next_host;
-                path = next_path;
-            }
-        }
-    }
-    Err(Problem::new(ErrorKind::Connection, format!("too many redirects (more than {})", policy.max_redirects)))
-}
-
+/// The Host header value: no port when it is HTTP's default, brackets around IPv6 literals.
 fn authority(host: &str, port: u16) -> String {
     let host = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -73,142 +134,167 @@ fn authority(host: &str, port: u16) -> String {
     if port == 80 { host } else { format!("{host}:{port}") }
 }
 
-async fn fetch_hop(
-    resolver: &dyn Resolver,
-    policy: &HttpPolicy,
-    kind: IdentifierType,
-    host: &str,
-    path: &str,
-    url: &str,
-    record: &mut ValidationRecord,
-) -> Result<Hop, Problem> {
-    let addresses = match host.parse::<IpAddr>() {
-        Ok(ip) if kind == IdentifierType::Ip => vec![ip],
-        _ => match resolver.lookup_ips(host).await {
-            Ok(ips) => ips,
-            Err(LookupError::NotFound) => {
-                return Err(Problem::new(ErrorKind::Dns, format!("no valid A or AAAA records for {host}")));
+/// Stops the connection task however the request ends, including when the whole validation is abandoned.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Http01Validator {
+    /// One request: resolve (unless the host is an IP address), connect to the first address that accepts,
+    /// and read the response.
+    async fn fetch(&self, target: &Target, url: &str, record: &mut ValidationRecord) -> Result<Hop, Problem> {
+        let addresses = match target.host.parse::<IpAddr>() {
+            // An IP identifier, or a redirect of one to an IP address: nothing to resolve.
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                let ips = self.resolve(&target.host).await?;
+                record.addresses_resolved = ips.iter().map(IpAddr::to_string).collect();
+                ips
+            }
+        };
+        let mut ordered: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv6).collect();
+        ordered.extend(addresses.iter().copied().filter(IpAddr::is_ipv4));
+        let mut failures = Vec::new();
+        for ip in ordered {
+            record.addresses_tried.push(ip.to_string());
+            let addr = SocketAddr::new(ip, self.policy.port);
+            match tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    record.address_used = ip.to_string();
+                    return self.request(stream, ip, target, url).await;
+                }
+                Ok(Err(err)) => failures.push(format!("{ip}: Fetching {url}: {}", connect_error(&err))),
+                Err(_) => {
+                    failures.push(format!("{ip}: Fetching {url}: Timeout during connect (likely firewall problem)"))
+                }
+            }
+        }
+        Err(Problem::new(ErrorKind::Connection, failures.join("; ")))
+    }
+
+    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, Problem> {
+        match self.resolver.lookup_ips(host).await {
+            Ok(ips) if !ips.is_empty() => Ok(ips),
+            Ok(_) | Err(LookupError::NotFound) => {
+                Err(Problem::new(ErrorKind::Dns, format!("no valid A or AAAA records for {host}")))
             }
             Err(LookupError::Failed(why)) => {
-                return Err(Problem::new(
-                    ErrorKind::Dns,
-                    format!("DNS problem looking up A and AAAA for {host}: {why}"),
-                ));
+                Err(Problem::new(ErrorKind::Dns, format!("DNS problem: {why} looking up A and AAAA for {host}")))
             }
-        },
-    };
-    record.addresses_resolved = addresses.iter().map(IpAddr::to_string).collect();
-    // IPv6 first, then IPv4, as RFC 8555's deployments (and Boulder) do.
-    let mut ordered: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv6).collect();
-    ordered.extend(addresses.iter().copied().filter(IpAddr::is_ipv4));
-    let mut last_error = String::new();
-    for ip in ordered {
-        record.addresses_tried.push(ip.to_string());
-        let addr = SocketAddr::new(ip, policy.port);
-        match tokio::time::timeout(policy.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                record.address_used = ip.to_string();
-                return request(stream, policy, host, path, url).await;
-            }
-            Ok(Err(err)) => last_error = format!("{addr}: {}", connect_error(&err)),
-            Err(_) => last_error = format!("{addr}: timeout during connect"),
         }
     }
-    Err(Problem::new(ErrorKind::Connection, format!("could not connect to {host}: {last_error}")))
+
+    async fn request(&self, stream: TcpStream, ip: IpAddr, target: &Target, url: &str) -> Result<Hop, Problem> {
+        let failed = |what: &str| Problem::new(ErrorKind::Connection, format!("{ip}: Fetching {url}: {what}"));
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADER_BUFFER)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|_| failed("Connection failed"))?;
+        let _connection = AbortOnDrop(tokio::spawn(async move {
+            // Its errors surface through the request and the body below.
+            let _ = connection.await;
+        }));
+        let request = http::Request::get(target.path.as_str())
+            .header(http::header::HOST, authority(&target.host, self.policy.port))
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .header(http::header::ACCEPT, "*/*")
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| failed("Invalid request path"))?;
+        let response = sender.send_request(request).await.map_err(|err| failed(&http_error(&err)))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location =
+                response.headers().get(http::header::LOCATION).and_then(|value| value.to_str().ok()).ok_or_else(
+                    || failed(&format!("Redirect ({}) without a valid Location header", status.as_u16())),
+                )?;
+            return Ok(Hop::Redirect(location.to_owned()));
+        }
+        if status != http::StatusCode::OK {
+            return Err(Problem::new(
+                ErrorKind::Unauthorized,
+                format!("Invalid response from {url}: {}", status.as_u16()),
+            ));
+        }
+        match Limited::new(response.into_body(), self.policy.max_body_bytes).collect().await {
+            Ok(body) => Ok(Hop::Body(body.to_bytes())),
+            Err(err) if err.is::<LengthLimitError>() => Err(Problem::new(
+                ErrorKind::Unauthorized,
+                format!("Invalid response from {url}: body larger than {} bytes", self.policy.max_body_bytes),
+            )),
+            Err(_) => Err(failed("Connection closed while reading the response body")),
+        }
+    }
 }
 
 fn connect_error(err: &std::io::Error) -> &'static str {
     match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused",
-        std::io::ErrorKind::ConnectionReset => "connection reset by peer",
-        std::io::ErrorKind::TimedOut => "timeout during connect",
-        _ => "connection failed",
+        std::io::ErrorKind::ConnectionRefused => "Connection refused",
+        std::io::ErrorKind::ConnectionReset => "Connection reset by peer",
+        std::io::ErrorKind::TimedOut => "Timeout during connect (likely firewall problem)",
+        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "Network unreachable",
+        std::io::ErrorKind::AddrNotAvailable => "Address not available",
+        _ => "Connection failed",
     }
 }
 
-async fn request(
-    stream: tokio::net::TcpStream,
-    policy: &HttpPolicy,
-    host: &str,
-    path: &str,
-    url: &str,
-) -> Result<Hop, Problem> {
-    let connection_problem = |what: &str| Problem::new(ErrorKind::Connection, format!("fetching {url}: {what}"));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| connection_problem("HTTP handshake failed"))?;
-    let driver = tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority(host, policy.port))
-        .header(http::header::USER_AGENT, "quarry-va")
-        .header(http::header::ACCEPT, "*/*")
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| connection_problem("cannot build the request"))?;
-    let response = sender.send_request(request).await.map_err(|_| connection_problem("no valid HTTP response"));
-    let response = match response {
-        Ok(response) => response,
-        Err(problem) => {
-            driver.abort();
-            return Err(problem);
-        }
-    };
-    let status = response.status();
-    if status.is_redirection() {
-        driver.abort();
-        let location = response
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| connection_problem("redirect without a valid Location header"))?;
-        return Ok(Hop::Redirect(location.to_owned()));
+fn http_error(err: &hyper::Error) -> String {
+    if err.is_parse_too_large() {
+        "Response headers too large".to_owned()
+    } else if err.is_parse() {
+        "Malformed HTTP response".to_owned()
+    } else if err.is_incomplete_message() || err.is_closed() || err.is_canceled() {
+        "Connection closed before a complete response".to_owned()
+    } else {
+        "Error getting validation data".to_owned()
     }
-    let body = Limited::new(response.into_body(), policy.max_body_bytes).collect().await;
-    driver.abort();
-    let body = body
-        .map_err(|_| {
-            Problem::new(
-                ErrorKind::Unauthorized,
-                format!("invalid response from {url}: body larger than {} bytes or cut short", policy.max_body_bytes),
-            )
-        })?
-        .to_bytes();
-    if status != http::StatusCode::OK {
-        return Err(Problem::new(ErrorKind::Unauthorized, format!("invalid response from {url}: {}", status.as_u16())));
-    }
-    Ok(Hop::Done(body))
 }
 
-/// Resolves a Location header against the current host; only plain HTTP on the validation port is followed.
-fn follow(current_host: &str, location: &str, port: u16) -> Result<(String, String), Problem> {
-    let refuse = |why: String| Err(Problem::new(ErrorKind::Connection, why));
+/// Resolves a Location header against the current target; only plain HTTP on the validation port is followed.
+fn follow(identifier: &Identifier, current: &Target, url: &str, location: &str, port: u16) -> Result<Target, Problem> {
+    let refuse = |why: String| Err(Problem::new(ErrorKind::Connection, format!("Fetching {url}: {why}")));
     if location.starts_with('/') && !location.starts_with("//") {
-        return Ok((current_host.to_owned(), location.to_owned()));
+        return Ok(Target { host: current.host.clone(), path: location.to_owned() });
     }
-    let Ok(uri) = location.parse::<http::Uri>() else { return refuse(format!("invalid redirect to {location:?}")) };
+    let shown: String = location.chars().take(QUOTE_LEN).collect();
+    let Ok(uri) = location.parse::<http::Uri>() else { return refuse(format!("invalid redirect target {shown:?}")) };
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return refuse(format!("redirect to {location:?}: redirects to https are not supported yet")),
-        _ => return refuse(format!("redirect to {location:?}: only http and https redirects are allowed")),
+        Some("https") => return refuse(format!("redirect to {shown:?}: redirects to https are not supported yet")),
+        _ => return refuse(format!("redirect to {shown:?}: only http redirects are followed")),
     }
-    let Some(host) = uri.host() else { return refuse(format!("redirect to {location:?} has no host")) };
+    let Some(host) = uri.host() else { return refuse(format!("redirect to {shown:?} has no host")) };
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        return refuse(format!("redirect to {shown:?} has no host"));
+    }
+    if host.parse::<IpAddr>().is_ok() && identifier.kind == IdentifierType::Dns {
+        return refuse(format!("redirect to {shown:?}: redirects to IP addresses are not followed for DNS names"));
+    }
     let target_port = uri.port_u16().unwrap_or(80);
     if target_port != port {
-        return refuse(format!("redirect to {location:?}: only port {port} is allowed, not {target_port}"));
+        return refuse(format!("redirect to {shown:?}: port {target_port} is not allowed, only port {port}"));
     }
     let path = uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned());
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(), path))
+    Ok(Target { host, path })
 }
 
-fn compare(body: &[u8], expected: &str) -> Result<(), Problem> {
+fn compare(url: &str, body: &[u8], expected: &str) -> Result<(), Problem> {
     let trimmed = body.trim_ascii_end();
     if trimmed == expected.as_bytes() {
         return Ok(());
     }
     let got = String::from_utf8_lossy(&trimmed[..trimmed.len().min(QUOTE_LEN)]).into_owned();
+    let expected: String = expected.chars().take(QUOTE_LEN).collect();
+    tracing::debug!(url, "key authorization mismatch");
     Err(Problem::new(
         ErrorKind::IncorrectResponse,
         format!(
-            "the key authorization file from the server did not match this challenge: expected {expected:?}, got {got:?}"
+            "The key authorization file from the server did not match this challenge: expected {expected:?} got {got:?}"
         ),
     ))
 }
@@ -222,24 +308,57 @@ mod tests {
         type Case = (&'static str, Result<(&'static str, &'static str), ErrorKind>);
         let cases: &[Case] = &[
             ("/other", Ok(("a.example", "/other"))),
-            ("http://b.example:5002/x?y=1", Ok(("b.example", "/x?y=1"))),
+            ("http://B.example:5002/x?y=1", Ok(("b.example", "/x?y=1"))),
+            ("http://b.example.:5002", Ok(("b.example", "/"))),
             ("http://b.example/x", Err(ErrorKind::Connection)),
             ("https://b.example:5002/x", Err(ErrorKind::Connection)),
             ("ftp://b.example:5002/x", Err(ErrorKind::Connection)),
+            ("//b.example:5002/x", Err(ErrorKind::Connection)),
+            ("http://192.0.2.1:5002/x", Err(ErrorKind::Connection)),
+            ("not a url", Err(ErrorKind::Connection)),
         ];
+        let current = Target { host: "a.example".into(), path: "/p".into() };
         for (location, expected) in cases {
-            let got = follow("a.example", location, 5002);
+            let got = follow(&Identifier::dns("a.example"), &current, "http://a.example/p", location, 5002);
             match expected {
-                Ok((host, path)) => assert_eq!(got.unwrap(), (host.to_string(), path.to_string()), "{location}"),
+                Ok((host, path)) => {
+                    assert_eq!(got.unwrap(), Target { host: host.to_string(), path: path.to_string() }, "{location}")
+                }
                 Err(kind) => assert_eq!(got.unwrap_err().kind, *kind, "{location}"),
             }
         }
     }
 
     #[test]
+    fn ip_identifiers_may_redirect_to_ip_addresses() {
+        let identifier = Identifier::ip("192.0.2.1".parse().unwrap());
+        let current = Target { host: "192.0.2.1".into(), path: "/p".into() };
+        let target = follow(&identifier, &current, "http://192.0.2.1/p", "http://[2001:db8::1]/q", 80).unwrap();
+        assert_eq!(target, Target { host: "2001:db8::1".into(), path: "/q".into() });
+        assert_eq!(target.url(80), "http://[2001:db8::1]/q");
+    }
+
+    #[test]
+    fn host_headers_omit_the_default_port() {
+        let cases = [
+            ("example.com", 80, "example.com"),
+            ("example.com", 5002, "example.com:5002"),
+            ("2001:db8::1", 80, "[2001:db8::1]"),
+            ("127.0.0.1", 8080, "127.0.0.1:8080"),
+        ];
+        for (host, port, expected) in cases {
+            assert_eq!(authority(host, port), expected);
+        }
+    }
+
+    #[test]
     fn bodies_match_with_trailing_whitespace_trimmed() {
-        assert!(compare(b"tok.thumb\r\n ", "tok.thumb").is_ok());
-        assert!(compare(b" tok.thumb", "tok.thumb").is_err());
-        assert_eq!(compare(b"nope", "tok.thumb").unwrap_err().kind, ErrorKind::IncorrectResponse);
+        let url = "http://a.example/.well-known/acme-challenge/tok";
+        assert!(compare(url, b"tok.thumb\r\n \t", "tok.thumb").is_ok());
+        assert!(compare(url, b" tok.thumb", "tok.thumb").is_err());
+        let problem = compare(url, "x".repeat(500).as_bytes(), "tok.thumb").unwrap_err();
+        assert_eq!(problem.kind, ErrorKind::IncorrectResponse);
+        assert!(problem.detail.contains(&format!("got \"{}\"", "x".repeat(QUOTE_LEN))), "{}", problem.detail);
+        assert!(!problem.detail.contains(&"x".repeat(QUOTE_LEN + 1)));
     }
 }

@@ -6,13 +6,14 @@ mod dns01;
 mod error;
 mod http01;
 pub mod resolver;
+mod validator;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quarry_core::config::{ConfigVersion, GrpcServerConfig, TlsFiles};
+use quarry_core::config::{ConfigError, ConfigVersion, GrpcServerConfig, TlsFiles};
 use quarry_core::grpc::ClientAllowlist;
 use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, Problem};
@@ -23,37 +24,41 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+pub use dns01::Dns01Validator;
 pub use error::Error;
-pub use http01::HttpPolicy;
+pub use http01::{Http01Validator, HttpPolicy};
+pub use validator::{Attempt, Validator};
+
 use resolver::{DnsResolver, Resolver};
 
 /// The va's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Configuration format version; must be 1.
     pub version: ConfigVersion,
-    /// Listen address and client allowlist.
+    /// Listen address and client allowlist (the ra calls `quarry.va.v1.VA`).
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.
     pub tls: TlsFiles,
-    /// The one DNS server every lookup goes to (UDP, TCP when truncated).
+    /// The one DNS server every lookup goes to (UDP, TCP when truncated); the system configuration is never read.
     pub dns_resolver: SocketAddr,
-    /// The port http-01 connects to (80 on the Internet).
+    /// The port http-01 connects to, redirects included (80 on the Internet).
     #[serde(default = "default_http01_port")]
     pub http01_port: u16,
-    /// The port tls-alpn-01 will connect to (443 on the Internet).
+    /// The port tls-alpn-01 will connect to (443 on the Internet); checked but not used yet.
     #[serde(default = "default_tls_alpn01_port")]
     pub tls_alpn01_port: u16,
-    /// This va's name in validation records.
+    /// This va's name in validation records and results.
     #[serde(default = "default_perspective")]
     pub perspective: String,
-    /// The most one validation may take.
+    /// The most one validation may take, in milliseconds (less when the caller's deadline is nearer).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// The most redirects http-01 follows.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: usize,
-    /// The largest http-01 response body accepted.
+    /// The largest http-01 response body accepted, in bytes; a larger one fails validation.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
 }
@@ -77,8 +82,46 @@ fn default_max_body_bytes() -> usize {
     128 * 1024
 }
 
+/// Longest validation timeout accepted: anything longer would outlive any ACME client's patience.
+const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// A key authorization is two base64url SHA-256 values and a dot (87 bytes); a smaller cap could never pass.
+const MIN_BODY_BYTES: usize = 128;
+/// Kept back from the caller's deadline so that a timed-out validation's result still reaches it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(200);
+
+impl Config {
+    /// Checks the settings serde cannot: ports, the timeout, the body cap and the perspective name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(why));
+        if self.dns_resolver.port() == 0 {
+            return invalid(format!("dns_resolver {} needs a port", self.dns_resolver));
+        }
+        if self.http01_port == 0 {
+            return invalid("http01_port must not be 0".to_owned());
+        }
+        if self.tls_alpn01_port == 0 {
+            return invalid("tls_alpn01_port must not be 0".to_owned());
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return invalid(format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}, not {}", self.timeout_ms));
+        }
+        if self.max_body_bytes < MIN_BODY_BYTES {
+            return invalid(format!("max_body_bytes must be at least {MIN_BODY_BYTES}, not {}", self.max_body_bytes));
+        }
+        if self.perspective.trim().is_empty() {
+            return invalid("perspective must not be empty".to_owned());
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    config.validate()?;
     let listener = quarry_core::grpc::bind(&config.grpc).await?;
     serve(config, listener, shutdown).await
 }
@@ -89,69 +132,89 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let timeout = Duration::from_millis(config.timeout_ms);
-    let resolver = DnsResolver::new(config.dns_resolver, timeout / 2).map_err(Error::Resolver)?;
-    let validator = Validator::new(&config, Arc::new(resolver));
-    let name = <VaServer<Validator> as NamedService>::NAME;
+    config.validate()?;
+    // Two attempts per query, A and AAAA in parallel: DNS takes at most half of a validation's time.
+    let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4).map_err(Error::Resolver)?;
+    let authority = ValidationAuthority::new(&config, Arc::new(resolver));
+    let name = <VaServer<ValidationAuthority> as NamedService>::NAME;
     let allowlist = ClientAllowlist::for_service(&config.grpc, name)?;
-    let service = VaServer::with_interceptor(validator, allowlist);
-    tracing::info!(addr = ?listener.local_addr().ok(), resolver = %config.dns_resolver, "va listening");
+    let service = VaServer::with_interceptor(authority, allowlist);
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        resolver = %config.dns_resolver,
+        http01_port = config.http01_port,
+        perspective = %config.perspective,
+        "va listening"
+    );
     quarry_core::grpc::serve(listener, &config.tls, tonic::service::Routes::new(service), &[name], shutdown).await?;
     Ok(())
 }
 
-/// Runs validations; cheap to clone into each request.
+/// Runs validations with one [`Validator`] per challenge type; the gRPC `VA` service.
 #[derive(Clone)]
-pub struct Validator {
-    resolver: Arc<dyn Resolver>,
-    http: HttpPolicy,
+pub struct ValidationAuthority {
+    validators: Arc<[Arc<dyn Validator>]>,
+    perspective: String,
     timeout: Duration,
 }
 
-impl Validator {
+impl ValidationAuthority {
+    /// The http-01 and dns-01 validators of `config`, looking names up through `resolver`.
     pub fn new(config: &Config, resolver: Arc<dyn Resolver>) -> Self {
-        let timeout = Duration::from_millis(config.timeout_ms);
         let http = HttpPolicy {
             port: config.http01_port,
             max_redirects: config.max_redirects,
             max_body_bytes: config.max_body_bytes,
-            connect_timeout: timeout / 2,
+            // An unreachable IPv6 address leaves the IPv4 addresses the other half.
+            connect_timeout: config.timeout() / 2,
             perspective: config.perspective.clone(),
         };
-        Self { resolver, http, timeout }
+        let validators: Vec<Arc<dyn Validator>> = vec![
+            Arc::new(Http01Validator::new(resolver.clone(), http)),
+            Arc::new(Dns01Validator::new(resolver, config.perspective.clone())),
+        ];
+        Self::with_validators(config.perspective.clone(), config.timeout(), validators)
     }
 
-    /// Validates one challenge, never past `deadline`; the records say what was tried.
+    /// An authority using exactly `validators` (the first one for each challenge type counts).
+    pub fn with_validators(
+        perspective: impl Into<String>,
+        timeout: Duration,
+        validators: Vec<Arc<dyn Validator>>,
+    ) -> Self {
+        Self { validators: validators.into(), perspective: perspective.into(), timeout }
+    }
+
+    /// This authority's perspective name.
+    pub fn perspective(&self) -> &str {
+        &self.perspective
+    }
+
+    /// Validates one challenge within the configured timeout and never past `deadline`; the records say what was
+    /// tried, the problem (`None` when it passed) why it failed.
     pub async fn validate(
         &self,
         identifier: &Identifier,
-        challenge: &str,
+        challenge_type: &str,
         token: &str,
         key_authorization: &str,
         deadline: Option<Instant>,
     ) -> (Vec<ValidationRecord>, Option<Problem>) {
         let mut records = Vec::new();
-        let budget = deadline.map_or(self.timeout, |d| d.saturating_duration_since(Instant::now()).min(self.timeout));
-        let work = async {
-            match ChallengeType::parse(challenge) {
-                Some(ChallengeType::Http01) => {
-                    http01::validate(&*self.resolver, &self.http, identifier, token, key_authorization, &mut records)
-                        .await
-                }
-                Some(ChallengeType::Dns01) => {
-                    dns01::validate(
-                        &*self.resolver,
-                        &self.http.perspective,
-                        identifier,
-                        key_authorization,
-                        &mut records,
-                    )
-                    .await
-                }
-                _ => Err(Problem::malformed(format!("challenge type {challenge:?} is not supported"))),
-            }
+        let validator = ChallengeType::parse(challenge_type)
+            .and_then(|kind| self.validators.iter().find(|v| v.challenge_type() == kind));
+        let Some(validator) = validator else {
+            let shown: String = challenge_type.chars().take(32).collect();
+            return (records, Some(Problem::malformed(format!("challenge type {shown:?} is not supported"))));
         };
-        let outcome = match tokio::time::timeout(budget, work).await {
+        let budget = match deadline {
+            Some(deadline) => {
+                deadline.saturating_duration_since(Instant::now()).saturating_sub(DEADLINE_MARGIN).min(self.timeout)
+            }
+            None => self.timeout,
+        };
+        let attempt = Attempt { identifier, token, key_authorization };
+        let outcome = match tokio::time::timeout(budget, validator.validate(attempt, &mut records)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Problem::new(ErrorKind::Connection, "validation timed out")),
         };
@@ -160,7 +223,7 @@ impl Validator {
 }
 
 #[tonic::async_trait]
-impl Va for Validator {
+impl Va for ValidationAuthority {
     async fn do_dcv(&self, request: Request<DcvRequest>) -> Result<Response<ValidationResult>, Status> {
         let deadline = quarry_core::grpc::incoming_deadline(&request);
         let dcv = request.into_inner();
@@ -169,22 +232,93 @@ impl Va for Validator {
             .as_ref()
             .ok_or_else(|| Problem::malformed("validation request without an identifier"))
             .and_then(Identifier::try_from)?;
+        let started = Instant::now();
         let (records, problem) = self
             .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
             .await;
         tracing::info!(
             authorization_id = dcv.authorization_id,
+            account_id = dcv.account_id,
             identifier = %identifier.value,
             challenge = %dcv.challenge_type,
             passed = problem.is_none(),
             problem = problem.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "validation finished"
         );
         Ok(Response::new(ValidationResult {
             records: quarry_proto::convert::records_to_pb(&records),
             problem: quarry_proto::convert::problem_to_pb(&problem),
-            perspective: self.http.perspective.clone(),
+            perspective: self.perspective.clone(),
             rir: String::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        version = 1
+        dns_resolver = "127.0.0.1:8053"
+        [grpc]
+        listen = "127.0.0.1:0"
+        [grpc.services."quarry.va.v1.VA"]
+        client_names = ["ra.quarry"]
+        [tls]
+        cert = "va.pem"
+        key = "va.key"
+        ca = "ca.pem"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        quarry_core::config::parse(text, "va.toml")
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_addresses() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.http01_port, 80);
+        assert_eq!(config.tls_alpn01_port, 443);
+        assert_eq!(config.perspective, "primary");
+        assert_eq!(config.timeout_ms, 10_000);
+        assert_eq!(config.max_redirects, 10);
+        assert_eq!(config.max_body_bytes, 128 * 1024);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let cases = [
+            "http01_port = 0",
+            "tls_alpn01_port = 0",
+            "timeout_ms = 0",
+            "timeout_ms = 3600000",
+            "max_body_bytes = 16",
+            "perspective = \" \"",
+            "unknown_setting = 1",
+            "http01_port = 70000",
+        ];
+        for case in cases {
+            let text = MINIMAL.replacen("version = 1", &format!("version = 1\n{case}"), 1);
+            let outcome = parse(&text).and_then(|config| config.validate());
+            assert!(outcome.is_err(), "{case} was accepted");
+        }
+        let no_port = MINIMAL.replace("127.0.0.1:8053", "127.0.0.1:0");
+        assert!(parse(&no_port).unwrap().validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_challenge_types_are_malformed_results() {
+        let authority = ValidationAuthority::with_validators("primary", Duration::from_secs(1), Vec::new());
+        for challenge in ["tls-alpn-01", "http-02", ""] {
+            let (records, problem) =
+                authority.validate(&Identifier::dns("example.com"), challenge, "t", "t.k", None).await;
+            let problem = problem.expect("a problem");
+            assert_eq!(problem.kind, ErrorKind::Malformed, "{challenge}");
+            assert!(problem.detail.contains("is not supported"), "{}", problem.detail);
+            assert!(records.is_empty());
+        }
     }
 }

@@ -4,50 +4,44 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::NetError;
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
 
 /// Why a lookup found nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
-    /// The name does not exist, or has no records of the type asked for.
+    /// The name does not exist (NXDOMAIN), or has no records of the type asked for.
     NotFound,
-    /// The resolver failed (SERVFAIL, timeout, refused...); the text says how.
+    /// The resolver failed; the text (`SERVFAIL`, `timeout`, ...) is fit for a problem detail.
     Failed(String),
 }
 
 /// The lookups domain validation makes.
 #[tonic::async_trait]
 pub trait Resolver: Send + Sync {
-    /// A and AAAA records of `name`.
+    /// A and AAAA records of `name`, CNAMEs followed; never empty when `Ok`.
     async fn lookup_ips(&self, name: &str) -> Result<Vec<IpAddr>, LookupError>;
-    /// TXT records of `name`, each record's strings joined.
+    /// TXT records of `name`, CNAMEs followed, each record's strings concatenated; never empty when `Ok`.
     async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, LookupError>;
-    /// The resolver addresses, for validation records.
+    /// The addresses of the servers asked, for validation records.
     fn addresses(&self) -> Vec<String>;
 }
 
-/// A stub resolver asking exactly one configured server (UDP, then TCP when truncated), caching nothing.
+/// A stub resolver asking exactly one configured server (UDP, then TCP when truncated): no system configuration,
+/// no hosts file, no search domains and no cache, so that every validation sees the DNS as it is now.
 pub struct DnsResolver {
     resolver: TokioResolver,
     server: SocketAddr,
 }
 
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
-}
-
-fn classify(err: NetError) -> LookupError {
-    if err.is_nx_domain() || err.is_no_records_found() {
-        LookupError::NotFound
-    } else {
-        LookupError::Failed(err.to_string())
-    }
-}
-
 impl DnsResolver {
-    pub fn new(server: SocketAddr, timeout: Duration) -> Result<Self, String> {
+    /// `query_timeout` bounds each query attempt (two attempts are made).
+    pub fn new(server: SocketAddr, query_timeout: Duration) -> Result<Self, String> {
         let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
             .into_iter()
             .map(|mut connection| {
@@ -61,14 +55,43 @@ impl DnsResolver {
         let mut options = ResolverOpts::default();
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         options.cache_size = 0;
-        options.timeout = timeout;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.timeout = query_timeout;
         options.attempts = 2;
+        // Names are always fully qualified; nothing is ever appended to them.
         options.ndots = 0;
         let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(options)
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self { resolver, server })
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
+fn classify(err: NetError) -> LookupError {
+    match err {
+        NetError::Dns(DnsError::NoRecordsFound(_)) => LookupError::NotFound,
+        NetError::Dns(DnsError::ResponseCode(code)) => LookupError::Failed(response_code_name(code)),
+        NetError::Timeout => LookupError::Failed("timeout".to_owned()),
+        other => {
+            tracing::debug!(error = %other, "dns lookup failed");
+            LookupError::Failed("networking error".to_owned())
+        }
+    }
+}
+
+/// The mnemonic operators know from dig, rather than the library's prose.
+fn response_code_name(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".to_owned(),
+        ResponseCode::Refused => "REFUSED".to_owned(),
+        ResponseCode::FormErr => "FORMERR".to_owned(),
+        ResponseCode::NotImp => "NOTIMP".to_owned(),
+        other => format!("rcode {}", u16::from(other)),
     }
 }
 
@@ -82,11 +105,12 @@ impl Resolver for DnsResolver {
 
     async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
         let lookup = self.resolver.txt_lookup(fqdn(name)).await.map_err(classify)?;
+        // The answer section also holds the CNAMEs followed; only TXT data counts.
         let values: Vec<String> = lookup
             .answers()
             .iter()
             .filter_map(|record| match &record.data {
-                hickory_resolver::proto::rr::RData::TXT(txt) => {
+                RData::TXT(txt) => {
                     Some(txt.txt_data.iter().map(|part| String::from_utf8_lossy(part).into_owned()).collect::<String>())
                 }
                 _ => None,
@@ -97,5 +121,29 @@ impl Resolver for DnsResolver {
 
     fn addresses(&self) -> Vec<String> {
         vec![self.server.to_string()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_fully_qualified_once() {
+        assert_eq!(fqdn("example.com"), "example.com.");
+        assert_eq!(fqdn("example.com."), "example.com.");
+    }
+
+    #[test]
+    fn failures_read_like_dig() {
+        assert_eq!(
+            classify(NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))),
+            LookupError::Failed("SERVFAIL".into())
+        );
+        assert_eq!(classify(NetError::Timeout), LookupError::Failed("timeout".into()));
+        assert_eq!(
+            classify(NetError::Msg("socket exploded: 0x1234".into())),
+            LookupError::Failed("networking error".into())
+        );
     }
 }
