@@ -4,6 +4,7 @@
 //! every other requested extension (must-staple, key usages, ...) is ignored, because the ca decides the
 //! certificate's extensions itself. Name policy (syntax, order match) is the ra's job, not this module's.
 
+use crate::identifier::Identifier;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -67,6 +68,21 @@ impl ParsedCsr {
     /// Every DNS-style name the CSR asks for: the SAN DNS names and the commonName.
     pub fn names(&self) -> BTreeSet<String> {
         self.dns_names.iter().cloned().chain(self.common_name.clone()).collect()
+    }
+
+    /// Every identifier the CSR asks for: SAN DNS names and IP addresses, and the commonName (an IP address when it
+    /// parses as one).
+    pub fn identifiers(&self) -> BTreeSet<Identifier> {
+        let common_name = self.common_name.iter().map(|cn| match cn.parse::<IpAddr>() {
+            Ok(ip) => Identifier::ip(ip),
+            Err(_) => Identifier::dns(cn.clone()),
+        });
+        self.dns_names
+            .iter()
+            .map(|name| Identifier::dns(name.clone()))
+            .chain(self.ip_addresses.iter().map(|ip| Identifier::ip(*ip)))
+            .chain(common_name)
+            .collect()
     }
 }
 

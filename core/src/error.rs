@@ -30,6 +30,7 @@ macro_rules! error_kinds {
 
 error_kinds! {
     AccountDoesNotExist => "accountDoesNotExist",
+    AlreadyReplaced => "alreadyReplaced",
     AlreadyRevoked => "alreadyRevoked",
     BadCsr => "badCSR",
     BadNonce => "badNonce",

@@ -91,6 +91,39 @@ impl Identifier {
     }
 }
 
+/// True for an address that can be reached on the public Internet: not loopback, private, link-local, shared,
+/// documentation, benchmarking, multicast or otherwise reserved (the IANA special-purpose registries).
+pub fn is_public_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            let reserved = a == 0
+                || a == 10
+                || a == 127
+                || a >= 224
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 169 && b == 254)
+                || (a == 172 && (16..32).contains(&b))
+                || (a == 192 && b == 168)
+                || (a == 192 && b == 0 && (c == 0 || c == 2))
+                || (a == 192 && b == 88 && c == 99)
+                || (a == 198 && (b == 18 || b == 19))
+                || (a == 198 && b == 51 && c == 100)
+                || (a == 203 && b == 0 && c == 113);
+            !reserved
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            // Only 2000::/3 is global unicast; inside it, carve out the special-purpose blocks.
+            let global = (s[0] & 0xe000) == 0x2000;
+            let special = (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8))
+                || s[0] == 0x2002
+                || (s[0] & 0xfff0) == 0x3ff0;
+            global && !special
+        }
+    }
+}
+
 fn check_dns_name(name: &str) -> Result<(), Problem> {
     let reject =
         |why: &str| Err(Problem::new(ErrorKind::RejectedIdentifier, format!("invalid DNS name {name:?}: {why}")));
@@ -167,6 +200,41 @@ mod tests {
         assert!(Identifier { kind: IdentifierType::Ip, value: "2001:db8::1".into() }.check_well_formed().is_ok());
         assert!(Identifier { kind: IdentifierType::Ip, value: "2001:DB8::1".into() }.check_well_formed().is_err());
         assert!(Identifier { kind: IdentifierType::Ip, value: "example.com".into() }.check_well_formed().is_err());
+    }
+
+    #[test]
+    fn public_unicast_addresses() {
+        let cases: &[(&str, bool)] = &[
+            ("64.112.117.1", true),
+            ("8.8.8.8", true),
+            ("127.0.0.1", false),
+            ("10.1.2.3", false),
+            ("100.64.0.1", false),
+            ("172.16.0.1", false),
+            ("172.32.0.1", true),
+            ("192.168.1.1", false),
+            ("169.254.1.1", false),
+            ("192.0.2.1", false),
+            ("198.18.0.1", false),
+            ("203.0.113.9", false),
+            ("224.0.0.1", false),
+            ("255.255.255.255", false),
+            ("0.1.2.3", false),
+            ("2606:4700::1", true),
+            ("::1", false),
+            ("::", false),
+            ("::ffff:8.8.8.8", false),
+            ("fe80::1", false),
+            ("fd00::1", false),
+            ("ff02::1", false),
+            ("2001:db8::1", false),
+            ("2001::1", false),
+            ("2002::1", false),
+            ("3fff::1", false),
+        ];
+        for (ip, public) in cases {
+            assert_eq!(is_public_unicast(ip.parse().unwrap()), *public, "{ip}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ enum Command {
     Va(ConfigArg),
     /// The nonce service.
     Nonce(ConfigArg),
-    /// The challenge test server: DNS and http-01 responders with a pebble-challtestsrv compatible API.
+    /// The challenge test server: DNS, http-01 and tls-alpn-01 responders with a pebble-challtestsrv compatible API.
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
@@ -61,7 +61,7 @@ macro_rules! run_service {
             Err(code) => return code,
         };
         quarry_core::telemetry::init($name, false);
-        let result = runtime().block_on($krate::run(config, shutdown()));
+        let result = runtime().block_on(drain_bounded($name, |stop| $krate::run(config, stop)));
         report($name, result)
     }};
 }
@@ -84,6 +84,56 @@ async fn shutdown() {
     tokio::select! {
         _ = quarry_core::shutdown::signal() => {}
         _ = parent_gone => tracing::info!("quarry dev is gone; stopping"),
+    }
+}
+
+/// How long a stopping service may take to finish requests in flight; a peer's idle keep-alive connection must
+/// not hold it up for ever.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a service until [`shutdown`], then lets it drain for at most [`DRAIN_GRACE`].
+async fn drain_bounded<F, E>(name: &str, service: impl FnOnce(stop_signal::Stop) -> F) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let (stop, stopped) = stop_signal::pair();
+    let service = service(stopped);
+    tokio::pin!(service);
+    tokio::select! {
+        result = &mut service => result,
+        () = shutdown() => {
+            stop.stop();
+            match tokio::time::timeout(DRAIN_GRACE, service).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(service = name, grace_secs = DRAIN_GRACE.as_secs(), "requests still in flight; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// A one-shot stop signal a service's `run` can await (it must be `Send + 'static`).
+mod stop_signal {
+    use tokio::sync::watch;
+
+    pub struct Trigger(watch::Sender<bool>);
+    pub type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+    pub fn pair() -> (Trigger, Stop) {
+        let (sender, mut receiver) = watch::channel(false);
+        let stopped = Box::pin(async move {
+            // A dropped trigger also means stop.
+            let _ = receiver.wait_for(|stop| *stop).await;
+        });
+        (Trigger(sender), stopped)
+    }
+
+    impl Trigger {
+        pub fn stop(self) {
+            let _ = self.0.send(true);
+        }
     }
 }
 

@@ -6,8 +6,10 @@ mod error;
 pub mod keypolicy;
 mod server;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
+use quarry_core::IdentifierType;
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, TlsFiles};
 use quarry_core::grpc::ClientAllowlist;
 use quarry_core::model::ChallengeType;
@@ -32,24 +34,17 @@ pub struct Config {
     pub sa: GrpcClientConfig,
     pub va: GrpcClientConfig,
     pub ca: GrpcClientConfig,
-    /// How long a new authorization may stay pending.
-    #[serde(default = "default_pending_lifetime")]
-    pub pending_authorization_lifetime_secs: i64,
-    /// How long a validated authorization stays valid (and reusable).
-    #[serde(default = "default_valid_lifetime")]
-    pub valid_authorization_lifetime_secs: i64,
-    /// How long an order lives at most.
-    #[serde(default = "default_order_lifetime")]
-    pub order_lifetime_secs: i64,
-    /// The most identifiers one order may hold.
-    #[serde(default = "default_max_names")]
-    pub max_names_per_order: usize,
-    /// The certificate profiles clients may ask for.
+    /// The validation profiles clients may ask for by name (draft-aaron-acme-profiles); the ca has a certificate
+    /// profile of the same name.
     #[serde(default = "default_profiles")]
-    pub profiles: Vec<String>,
+    pub profiles: BTreeMap<String, ValidationProfile>,
     /// The profile of orders that name none.
     #[serde(default = "default_profile")]
     pub default_profile: String,
+    /// Accept IP identifiers that are not public unicast addresses (loopback, private, link-local…): only for a
+    /// developer's machine, where every challenge responder is on loopback.
+    #[serde(default)]
+    pub allow_non_public_ip_identifiers: bool,
     /// The challenge types offered for non-wildcard names, in order.
     #[serde(default = "default_challenge_types")]
     pub challenge_types: Vec<String>,
@@ -61,20 +56,67 @@ pub struct Config {
     pub finalize_timeout_ms: u64,
 }
 
-fn default_pending_lifetime() -> i64 {
-    7 * 86_400
+/// What a profile decides in the ra: lifetimes, how many and which identifiers an order may hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationProfile {
+    /// How long a new authorization may stay pending (at most 29 days, as Boulder allows).
+    pub pending_authorization_lifetime_secs: i64,
+    /// How long a validated authorization stays valid and reusable (at most 89 days).
+    pub valid_authorization_lifetime_secs: i64,
+    /// How long an order lives at most.
+    pub order_lifetime_secs: i64,
+    /// The most identifiers one order may hold (at most 100).
+    pub max_names: usize,
+    /// The identifier types an order may hold.
+    #[serde(default = "default_identifier_types")]
+    pub identifier_types: Vec<IdentifierType>,
 }
-fn default_valid_lifetime() -> i64 {
-    30 * 86_400
+
+const DAY: i64 = 86_400;
+const MAX_PENDING_LIFETIME: i64 = 29 * DAY;
+const MAX_VALID_LIFETIME: i64 = 89 * DAY;
+const MAX_NAMES: usize = 100;
+
+impl ValidationProfile {
+    /// Let's Encrypt's `classic` profile: week-long orders, 30-day authorization reuse, 100 DNS names.
+    pub fn classic() -> Self {
+        Self {
+            pending_authorization_lifetime_secs: 7 * DAY,
+            valid_authorization_lifetime_secs: 30 * DAY,
+            order_lifetime_secs: 7 * DAY,
+            max_names: MAX_NAMES,
+            identifier_types: default_identifier_types(),
+        }
+    }
+
+    fn check(&self, name: &str) -> Result<(), Error> {
+        let invalid = |why: String| Err(Error::Invalid(format!("profile {name:?}: {why}")));
+        let lifetimes = [
+            ("pending_authorization_lifetime_secs", self.pending_authorization_lifetime_secs, MAX_PENDING_LIFETIME),
+            ("valid_authorization_lifetime_secs", self.valid_authorization_lifetime_secs, MAX_VALID_LIFETIME),
+            ("order_lifetime_secs", self.order_lifetime_secs, MAX_VALID_LIFETIME),
+        ];
+        for (field, value, max) in lifetimes {
+            if !(1..=max).contains(&value) {
+                return invalid(format!("{field} must be between 1 and {max}, not {value}"));
+            }
+        }
+        if !(1..=MAX_NAMES).contains(&self.max_names) {
+            return invalid(format!("max_names must be between 1 and {MAX_NAMES}, not {}", self.max_names));
+        }
+        if self.identifier_types.is_empty() {
+            return invalid("identifier_types must not be empty".to_owned());
+        }
+        Ok(())
+    }
 }
-fn default_order_lifetime() -> i64 {
-    7 * 86_400
+
+fn default_identifier_types() -> Vec<IdentifierType> {
+    vec![IdentifierType::Dns]
 }
-fn default_max_names() -> usize {
-    100
-}
-fn default_profiles() -> Vec<String> {
-    vec!["classic".to_owned()]
+fn default_profiles() -> BTreeMap<String, ValidationProfile> {
+    BTreeMap::from([("classic".to_owned(), ValidationProfile::classic())])
 }
 fn default_profile() -> String {
     "classic".to_owned()
@@ -87,6 +129,20 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl Config {
+    /// Checks what serde cannot: the profiles and the default profile.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.profiles.is_empty() {
+            return Err(Error::Invalid("profiles must not be empty".to_owned()));
+        }
+        for (name, profile) in &self.profiles {
+            profile.check(name)?;
+        }
+        if !self.profiles.contains_key(&self.default_profile) {
+            return Err(Error::Invalid(format!("default_profile {:?} is not in profiles", self.default_profile)));
+        }
+        self.challenge_types().map(|_| ())
+    }
+
     /// The configured challenge types, checked.
     fn challenge_types(&self) -> Result<Vec<ChallengeType>, Error> {
         self.challenge_types
@@ -110,9 +166,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    if !config.profiles.contains(&config.default_profile) {
-        return Err(Error::Invalid(format!("default_profile {:?} is not in profiles", config.default_profile)));
-    }
+    config.validate()?;
     let challenge_types = config.challenge_types()?;
     let registrar = Registrar::new(&config, challenge_types)?;
     let name = <RegistrationAuthorityServer<Registrar> as NamedService>::NAME;

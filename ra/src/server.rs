@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use quarry_core::clock::now;
 use quarry_core::grpc::{incoming_deadline, request_with_deadline};
+use quarry_core::identifier::is_public_unicast;
 use quarry_core::model::{Account, Authorization, AuthorizationStatus, ChallengeType, Order, OrderStatus};
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_jose::Jwk;
@@ -28,10 +29,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::keypolicy;
-use crate::{Config, Error};
+use crate::{Config, Error, ValidationProfile};
 
-/// How long a reused valid authorization must still be valid for.
-const REUSE_MARGIN_SECS: i64 = 86_400;
+/// A reused valid authorization must stay valid for an eighth of the order's lifetime, between one hour and one day
+/// (Boulder's rule), so that the order can still be finalized.
+fn reuse_margin(order_lifetime: i64) -> i64 {
+    (order_lifetime / 8).clamp(3_600, 86_400)
+}
 
 /// The service state; cheap to clone into background tasks.
 #[derive(Clone)]
@@ -44,12 +48,9 @@ struct Inner {
     sa_write: StorageAuthorityClient<Channel>,
     va: VaClient<Channel>,
     ca: CertificateAuthorityClient<Channel>,
-    pending_lifetime: i64,
-    valid_lifetime: i64,
-    order_lifetime: i64,
-    max_names: usize,
-    profiles: Vec<String>,
+    profiles: BTreeMap<String, ValidationProfile>,
     default_profile: String,
+    allow_non_public_ip: bool,
     challenge_types: Vec<ChallengeType>,
     validation_timeout: Duration,
     finalize_timeout: Duration,
@@ -66,12 +67,9 @@ impl Registrar {
                 sa_write: StorageAuthorityClient::new(sa),
                 va: VaClient::new(quarry_core::grpc::channel(&config.va, &config.tls)?),
                 ca: CertificateAuthorityClient::new(quarry_core::grpc::channel(&config.ca, &config.tls)?),
-                pending_lifetime: config.pending_authorization_lifetime_secs,
-                valid_lifetime: config.valid_authorization_lifetime_secs,
-                order_lifetime: config.order_lifetime_secs,
-                max_names: config.max_names_per_order,
                 profiles: config.profiles.clone(),
                 default_profile: config.default_profile.clone(),
+                allow_non_public_ip: config.allow_non_public_ip_identifiers,
                 challenge_types,
                 validation_timeout: Duration::from_millis(config.validation_timeout_ms),
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
@@ -138,20 +136,29 @@ impl Registrar {
         if req.not_before != 0 || req.not_after != 0 {
             return Err(Problem::malformed("NotBefore and NotAfter are not supported"));
         }
+        let profile_name = if req.profile.is_empty() { inner.default_profile.clone() } else { req.profile.clone() };
+        let profile = inner.profiles.get(&profile_name).ok_or_else(|| {
+            let offered: Vec<&String> = inner.profiles.keys().collect();
+            Problem::new(
+                ErrorKind::InvalidProfile,
+                format!("profile {profile_name:?} is not offered; choose one of {offered:?}"),
+            )
+        })?;
         let identifiers: BTreeSet<Identifier> =
             identifiers_from_pb(&req.identifiers)?.iter().map(Identifier::normalized).collect();
         let identifiers: Vec<Identifier> = identifiers.into_iter().collect();
         if identifiers.is_empty() {
             return Err(Problem::malformed("NewOrder request did not specify any identifiers"));
         }
-        if identifiers.len() > inner.max_names {
-            return Err(Problem::malformed(format!("order cannot contain more than {} identifiers", inner.max_names)));
+        if identifiers.len() > profile.max_names {
+            return Err(Problem::malformed(format!(
+                "order cannot contain more than {} identifiers (profile {profile_name:?})",
+                profile.max_names
+            )));
         }
-        check_identifiers(&identifiers)?;
-        let profile = if req.profile.is_empty() { inner.default_profile.clone() } else { req.profile.clone() };
-        if !inner.profiles.contains(&profile) {
-            return Err(Problem::new(ErrorKind::InvalidProfile, format!("profile {profile:?} is not offered")));
-        }
+        check_identifiers(&identifiers, profile, &profile_name, inner.allow_non_public_ip)?;
+        let profile_lifetimes = profile.clone();
+        let profile = profile_name;
 
         let wanted = || identifiers_to_pb(&identifiers);
         let reuse = sapb::GetOrderForNamesRequest {
@@ -159,17 +166,20 @@ impl Registrar {
             identifiers: wanted(),
             profile: profile.clone(),
         };
-        match inner.sa_read.clone().get_order_for_names(request_with_deadline(reuse, deadline)).await {
-            Ok(order) => return Order::try_from(order.get_ref()),
-            Err(status) if status.code() == tonic::Code::NotFound => {}
-            Err(status) => return Err(status.into()),
+        // A replacement order is always new, so that the replaced certificate is linked to exactly this order.
+        if req.replaces_serial.is_empty() {
+            match inner.sa_read.clone().get_order_for_names(request_with_deadline(reuse, deadline)).await {
+                Ok(order) => return Order::try_from(order.get_ref()),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(status.into()),
+            }
         }
 
         let now = now();
         let valid = sapb::GetValidAuthorizationsRequest {
             account_id: req.account_id,
             identifiers: wanted(),
-            valid_until: now + REUSE_MARGIN_SECS,
+            valid_until: now + reuse_margin(profile_lifetimes.order_lifetime_secs),
             profile: profile.clone(),
         };
         let valid = inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
@@ -181,19 +191,22 @@ impl Registrar {
         }
         let mut reused_ids = Vec::new();
         let mut new_authorizations = Vec::new();
-        let mut expires = now + inner.order_lifetime;
+        let mut expires = now + profile_lifetimes.order_lifetime_secs;
         for identifier in &identifiers {
             if let Some((id, authz_expires)) = reusable.get(&identifier.value) {
                 reused_ids.push(*id);
                 expires = expires.min(*authz_expires);
                 continue;
             }
-            let types: Vec<String> = if identifier.is_wildcard() {
-                vec![ChallengeType::Dns01.as_str().to_owned()]
-            } else {
-                inner.challenge_types.iter().map(|t| t.as_str().to_owned()).collect()
-            };
-            let authz_expires = now + inner.pending_lifetime;
+            let types = offered_challenges(identifier, &inner.challenge_types);
+            if types.is_empty() {
+                return Err(Problem::new(
+                    ErrorKind::UnsupportedIdentifier,
+                    format!("no enabled challenge type can validate {}", identifier.value),
+                ));
+            }
+            let types: Vec<String> = types.iter().map(|t| t.as_str().to_owned()).collect();
+            let authz_expires = now + profile_lifetimes.pending_authorization_lifetime_secs;
             expires = expires.min(authz_expires);
             new_authorizations.push(sapb::NewAuthorization {
                 identifier: Some(identifier.into()),
@@ -210,7 +223,7 @@ impl Registrar {
             new_authorizations,
             profile,
             replaces: req.replaces,
-            replaces_serial: String::new(),
+            replaces_serial: req.replaces_serial,
         };
         let order =
             inner.sa_write.clone().new_order_and_authorizations(request_with_deadline(create, deadline)).await?;
@@ -239,9 +252,12 @@ impl Registrar {
             .find(|c| c.index == req.challenge_index)
             .ok_or_else(|| Problem::malformed(format!("authorization has no challenge {}", req.challenge_index)))?
             .clone();
-        let enabled = self.inner.challenge_types.contains(&challenge.kind)
-            || (authz.wildcard && challenge.kind == ChallengeType::Dns01);
-        if !enabled {
+        let offered_for = if authz.wildcard {
+            Identifier::dns(format!("*.{}", authz.identifier.value))
+        } else {
+            authz.identifier.clone()
+        };
+        if !offered_challenges(&offered_for, &self.inner.challenge_types).contains(&challenge.kind) {
             return Err(Problem::malformed(format!("challenge type {} is not enabled", challenge.kind)));
         }
         let account = self.account(authz.account_id, deadline).await?;
@@ -300,7 +316,7 @@ impl Registrar {
         let outcome = sapb::FinalizeAuthorizationRequest {
             id: authz.id,
             status: if passed { "valid" } else { "invalid" }.to_owned(),
-            expires: if passed { attempted_at + inner.valid_lifetime } else { authz.expires },
+            expires: if passed { attempted_at + self.valid_lifetime(&authz.profile) } else { authz.expires },
             attempted: kind.as_str().to_owned(),
             attempted_at,
             validation_records: records,
@@ -319,6 +335,19 @@ impl Registrar {
         {
             tracing::error!(authorization_id = authz.id, %status, "cannot record the validation result");
         }
+    }
+
+    /// How long an authorization of `profile` stays valid once validated; a profile since removed from the
+    /// configuration falls back to the default profile's lifetime.
+    fn valid_lifetime(&self, profile: &str) -> i64 {
+        let inner = &self.inner;
+        inner
+            .profiles
+            .get(profile)
+            .or_else(|| inner.profiles.get(&inner.default_profile))
+            .map_or(ValidationProfile::classic().valid_authorization_lifetime_secs, |p| {
+                p.valid_authorization_lifetime_secs
+            })
     }
 
     async fn finalize_order(&self, req: FinalizeOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
@@ -348,7 +377,7 @@ impl Registrar {
         if blocked.get_ref().exists {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
         }
-        check_csr_names(&csr.names(), &order.identifiers)?;
+        check_csr_names(&csr.identifiers(), &order.identifiers)?;
         let authzs = inner
             .sa_read
             .clone()
@@ -417,6 +446,7 @@ impl RevocationTarget {
                 .iter()
                 .filter_map(|name| match name {
                     GeneralName::DNSName(dns) => Some(Identifier::dns(dns.to_ascii_lowercase())),
+                    GeneralName::IPAddress(octets) => ip_from_octets(octets).map(Identifier::ip),
                     _ => None,
                 })
                 .collect(),
@@ -510,6 +540,29 @@ impl Registrar {
     }
 }
 
+/// An iPAddress general name's 4 or 16 octets as an address.
+fn ip_from_octets(octets: &[u8]) -> Option<std::net::IpAddr> {
+    match octets.len() {
+        4 => <[u8; 4]>::try_from(octets).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(octets).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
+/// The challenge types offered for `identifier`, in configured order: only dns-01 for a wildcard (control of a
+/// whole zone), never dns-01 for an IP address (RFC 8738 §7: no DNS name to publish a record under).
+fn offered_challenges(identifier: &Identifier, enabled: &[ChallengeType]) -> Vec<ChallengeType> {
+    enabled
+        .iter()
+        .copied()
+        .filter(|kind| match identifier.kind {
+            IdentifierType::Ip => *kind != ChallengeType::Dns01,
+            IdentifierType::Dns if identifier.is_wildcard() => *kind == ChallengeType::Dns01,
+            IdentifierType::Dns => true,
+        })
+        .collect()
+}
+
 /// The subjectPublicKey bits of a DER SubjectPublicKeyInfo.
 fn subject_public_key(spki_der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer;
@@ -547,14 +600,26 @@ fn check_contact(contact: &str) -> Result<(), Problem> {
 }
 
 /// Identifier checks: one subproblem per offending identifier (RFC 8555 §6.7.1).
-fn check_identifiers(identifiers: &[Identifier]) -> Result<(), Problem> {
+fn check_identifiers(
+    identifiers: &[Identifier],
+    profile: &ValidationProfile,
+    profile_name: &str,
+    allow_non_public_ip: bool,
+) -> Result<(), Problem> {
     let mut subproblems = Vec::new();
     for identifier in identifiers {
-        let problem = match identifier.kind {
-            IdentifierType::Ip => {
-                Some(Problem::new(ErrorKind::UnsupportedIdentifier, "IP address identifiers are not supported yet"))
-            }
-            IdentifierType::Dns => identifier.check_well_formed().err(),
+        let problem = if !profile.identifier_types.contains(&identifier.kind) {
+            Some(Problem::new(
+                ErrorKind::RejectedIdentifier,
+                format!("profile {profile_name:?} does not permit {} identifiers", identifier.kind.as_str()),
+            ))
+        } else {
+            identifier.check_well_formed().err().or_else(|| match identifier.value.parse() {
+                Ok(ip) if identifier.kind == IdentifierType::Ip && !allow_non_public_ip && !is_public_unicast(ip) => {
+                    Some(Problem::new(ErrorKind::RejectedIdentifier, format!("{ip} is not a public unicast address")))
+                }
+                _ => None,
+            })
         };
         if let Some(problem) = problem {
             subproblems.push(SubProblem {
@@ -568,13 +633,16 @@ fn check_identifiers(identifiers: &[Identifier]) -> Result<(), Problem> {
 }
 
 /// The CSR must ask for exactly the order's identifiers.
-fn check_csr_names(csr_names: &BTreeSet<String>, identifiers: &[Identifier]) -> Result<(), Problem> {
-    let ordered: BTreeSet<String> = identifiers.iter().map(|i| i.value.to_ascii_lowercase()).collect();
-    if *csr_names == ordered {
+fn check_csr_names(csr_identifiers: &BTreeSet<Identifier>, identifiers: &[Identifier]) -> Result<(), Problem> {
+    let ordered: BTreeSet<Identifier> = identifiers.iter().map(Identifier::normalized).collect();
+    if *csr_identifiers == ordered {
         return Ok(());
     }
-    let missing: Vec<&String> = ordered.difference(csr_names).collect();
-    let extra: Vec<&String> = csr_names.difference(&ordered).collect();
+    let values = |set: std::collections::btree_set::Difference<'_, Identifier>| -> Vec<String> {
+        set.map(|i| i.value.clone()).collect()
+    };
+    let missing = values(ordered.difference(csr_identifiers));
+    let extra = values(csr_identifiers.difference(&ordered));
     Err(Problem::new(
         ErrorKind::BadCsr,
         format!("CSR does not specify same identifiers as Order (missing {missing:?}, not in order {extra:?})"),
@@ -693,23 +761,64 @@ mod tests {
 
     #[test]
     fn identifier_problems_name_each_identifier() {
+        let classic = ValidationProfile::classic();
         let ids =
             [Identifier::dns("ok.example.org"), Identifier::dns("bad..example.org"), Identifier::dns("-x.example.org")];
-        let problem = check_identifiers(&ids).unwrap_err();
+        let problem = check_identifiers(&ids, &classic, "classic", false).unwrap_err();
         assert_eq!(problem.kind, ErrorKind::RejectedIdentifier);
         assert_eq!(problem.subproblems.len(), 2);
         assert_eq!(problem.subproblems[0].identifier.as_ref().unwrap().value, "bad..example.org");
+    }
+
+    #[test]
+    fn ip_identifiers_follow_the_profile_and_the_address_policy() {
+        let public = Identifier { kind: IdentifierType::Ip, value: "64.112.117.1".into() };
+        let loopback = Identifier { kind: IdentifierType::Ip, value: "127.0.0.1".into() };
+        let classic = ValidationProfile::classic();
+        let problem = check_identifiers(std::slice::from_ref(&public), &classic, "classic", false).unwrap_err();
+        assert_eq!(problem.kind, ErrorKind::RejectedIdentifier);
+        assert!(problem.detail.contains("does not permit ip identifiers"), "{}", problem.detail);
+        let shortlived =
+            ValidationProfile { identifier_types: vec![IdentifierType::Dns, IdentifierType::Ip], ..classic };
+        assert!(check_identifiers(std::slice::from_ref(&public), &shortlived, "shortlived", false).is_ok());
+        let problem = check_identifiers(std::slice::from_ref(&loopback), &shortlived, "shortlived", false).unwrap_err();
+        assert!(problem.detail.contains("not a public unicast address"), "{}", problem.detail);
+        assert!(check_identifiers(&[loopback], &shortlived, "shortlived", true).is_ok());
+    }
+
+    #[test]
+    fn challenges_offered_by_identifier_kind() {
+        let all = [ChallengeType::Http01, ChallengeType::Dns01, ChallengeType::TlsAlpn01];
         let ip = Identifier { kind: IdentifierType::Ip, value: "192.0.2.1".into() };
-        assert_eq!(check_identifiers(&[ip]).unwrap_err().kind, ErrorKind::UnsupportedIdentifier);
+        assert_eq!(offered_challenges(&ip, &all), [ChallengeType::Http01, ChallengeType::TlsAlpn01]);
+        assert_eq!(offered_challenges(&Identifier::dns("*.example.org"), &all), [ChallengeType::Dns01]);
+        assert_eq!(offered_challenges(&Identifier::dns("example.org"), &all), all);
+        assert!(offered_challenges(&ip, &[ChallengeType::Dns01]).is_empty());
+    }
+
+    #[test]
+    fn reuse_margin_is_an_eighth_of_the_order_lifetime_within_bounds() {
+        assert_eq!(reuse_margin(7 * 86_400), 75_600);
+        assert_eq!(reuse_margin(14 * 86_400), 86_400);
+        assert_eq!(reuse_margin(8 * 3_600), 3_600);
+        assert_eq!(reuse_margin(24 * 3_600), 3 * 3_600);
     }
 
     #[test]
     fn csr_names_must_equal_the_order() {
-        let order = [Identifier::dns("a.example.org"), Identifier::dns("*.b.example.org")];
-        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let ip = Identifier { kind: IdentifierType::Ip, value: "192.0.2.1".into() };
+        let order = [Identifier::dns("a.example.org"), Identifier::dns("*.b.example.org"), ip.clone()];
+        let names = |list: &[&str]| {
+            let mut set: BTreeSet<Identifier> = list.iter().map(|s| Identifier::dns(*s)).collect();
+            set.insert(ip.clone());
+            set
+        };
         assert!(check_csr_names(&names(&["a.example.org", "*.b.example.org"]), &order).is_ok());
         let problem = check_csr_names(&names(&["a.example.org", "c.example.org"]), &order).unwrap_err();
         assert_eq!(problem.kind, ErrorKind::BadCsr);
         assert!(problem.detail.contains("*.b.example.org") && problem.detail.contains("c.example.org"));
+        let without_ip: BTreeSet<Identifier> =
+            [Identifier::dns("a.example.org"), Identifier::dns("*.b.example.org")].into();
+        assert!(check_csr_names(&without_ip, &order).unwrap_err().detail.contains("192.0.2.1"));
     }
 }

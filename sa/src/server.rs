@@ -105,6 +105,11 @@ impl StorageAuthorityReadOnly for Storage {
     async fn serial_exists(&self, request: Request<sapb::Serial>) -> Reply<sapb::Exists> {
         reply(self.store.serial_exists(&request.get_ref().serial).await.map(|exists| sapb::Exists { exists }))
     }
+
+    async fn replacement_order_exists(&self, request: Request<sapb::Serial>) -> Reply<sapb::Exists> {
+        let serial = &request.get_ref().serial;
+        reply(self.store.replacement_order_exists(serial).await.map(|exists| sapb::Exists { exists }))
+    }
 }
 
 #[tonic::async_trait]
@@ -169,6 +174,7 @@ impl StorageAuthority for Storage {
             new_authorizations,
             profile: req.profile,
             replaces: req.replaces,
+            replaces_serial: req.replaces_serial,
         };
         reply(self.store.new_order_and_authorizations(&order).await.map(|o| pb::Order::from(&o)))
     }

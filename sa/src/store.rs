@@ -19,7 +19,10 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::status::{OrderFacts, authorization_status, order_status};
 
 /// Schema migrations, applied in order at start-up; each runs once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "replacement_orders", include_str!("../migrations/sqlite/0002_replacement_orders.sql")),
+];
 
 /// A new pending authorization to create with an order.
 #[derive(Debug, Clone)]
@@ -39,7 +42,10 @@ pub struct NewOrder {
     pub reused_authorization_ids: Vec<i64>,
     pub new_authorizations: Vec<NewAuthorization>,
     pub profile: String,
+    /// The ARI CertID of the certificate this order replaces, as the client sent it.
     pub replaces: String,
+    /// That certificate's serial (hex), recorded so that it is replaced only once; empty when none.
+    pub replaces_serial: String,
 }
 
 /// The outcome of a validation to record.
@@ -409,8 +415,39 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        if !order.replaces_serial.is_empty() {
+            sqlx::query(
+                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES (?, ?, ?, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replaced = 0",
+            )
+            .bind(order.replaces_serial.to_ascii_lowercase())
+            .bind(order_id)
+            .bind(order.expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
         tx.commit().await.map_err(db_error)?;
         self.get_order(order_id).await
+    }
+
+    /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or
+    /// one that can still be finalized. An expired or invalid replacement order does not count.
+    pub async fn replacement_order_exists(&self, serial: &str) -> Result<bool, Problem> {
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as("SELECT order_id, order_expires, replaced FROM replacement_orders WHERE serial = ?")
+                .bind(serial.to_ascii_lowercase())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let Some((order_id, order_expires, replaced)) = row else { return Ok(false) };
+        if replaced != 0 {
+            return Ok(true);
+        }
+        if order_expires <= now() {
+            return Ok(false);
+        }
+        let order = self.get_order(order_id).await?;
+        Ok(order.status != quarry_core::model::OrderStatus::Invalid)
     }
 
     pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
@@ -494,7 +531,15 @@ impl Store {
         .await
         .map_err(db_error)?
         .rows_affected();
-        if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing")) }
+        if updated != 1 {
+            return Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing"));
+        }
+        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     // --- Serials and certificates ---

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use quarry_core::IdentifierType;
 use quarry_core::config::ConfigVersion;
 
 use crate::fakes::FakeVa;
@@ -37,13 +38,22 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         sa: pki.client_config("sa", sa),
         va: pki.client_config("va", va),
         ca: pki.client_config("ca", ca),
-        pending_authorization_lifetime_secs: 7 * 86_400,
-        valid_authorization_lifetime_secs: 30 * 86_400,
-        order_lifetime_secs: 7 * 86_400,
-        max_names_per_order: 100,
-        profiles: vec!["classic".into()],
+        profiles: BTreeMap::from([
+            ("classic".to_owned(), quarry_ra::ValidationProfile::classic()),
+            (
+                "shortlived".to_owned(),
+                quarry_ra::ValidationProfile {
+                    pending_authorization_lifetime_secs: 3_600,
+                    valid_authorization_lifetime_secs: 7 * 3_600,
+                    order_lifetime_secs: 8 * 3_600,
+                    max_names: 25,
+                    identifier_types: vec![IdentifierType::Dns, IdentifierType::Ip],
+                },
+            ),
+        ]),
         default_profile: "classic".into(),
-        challenge_types: vec!["http-01".into(), "dns-01".into()],
+        allow_non_public_ip_identifiers: true,
+        challenge_types: vec!["http-01".into(), "dns-01".into(), "tls-alpn-01".into()],
         validation_timeout_ms: 5_000,
         finalize_timeout_ms: 10_000,
     }
@@ -74,10 +84,16 @@ impl InProcessStack {
             sa: pki.client_config("sa", sa),
             serial_prefix: 1,
             issuers: vec![quarry_ca::IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
-            profiles: BTreeMap::from([(
-                "classic".to_owned(),
-                quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
-            )]),
+            profiles: BTreeMap::from([
+                (
+                    "classic".to_owned(),
+                    quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
+                ),
+                (
+                    "shortlived".to_owned(),
+                    quarry_ca::ProfileConfig { validity_secs: 160 * 3_600, include_common_name: false },
+                ),
+            ]),
             default_profile: "classic".into(),
         };
         let (listener, ca) = listen(ca_config.grpc.listen).await;
@@ -129,6 +145,10 @@ async fn start_wfe(pki: &TestPki, ra: SocketAddr, sa: SocketAddr, nonce: SocketA
         directory_meta: quarry_wfe::DirectoryMeta {
             terms_of_service: Some("https://quarry.example/terms".into()),
             website: Some("https://quarry.example".into()),
+            profiles: BTreeMap::from([
+                ("classic".to_owned(), "90-day certificates for DNS names".to_owned()),
+                ("shortlived".to_owned(), "160-hour certificates for DNS names and IP addresses".to_owned()),
+            ]),
             ..Default::default()
         },
     };

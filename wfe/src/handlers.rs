@@ -26,9 +26,10 @@ use serde_json::Value;
 use crate::post::{self, KeyMode, Verified};
 use crate::problem::ProblemResponse;
 use crate::render;
+use crate::renewal;
 use crate::state::Wfe;
 
-type Reply = Result<Response, ProblemResponse>;
+pub(crate) type Reply = Result<Response, ProblemResponse>;
 
 /// Every route of the wfe, with the common headers added to every response.
 pub fn router(wfe: Wfe) -> Router {
@@ -45,6 +46,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/cert/{serial}", any(certificate))
         .route("/acme/revoke-cert", any(revoke_certificate))
         .route("/acme/key-change", any(key_change))
+        .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
         .with_state(wfe)
@@ -74,7 +76,7 @@ async fn common_headers(State(wfe): State<Wfe>, request: Request, next: Next) ->
     response
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
@@ -87,12 +89,12 @@ fn with_location(mut response: Response, url: &str) -> Response {
     response
 }
 
-fn with_retry_after(mut response: Response, seconds: u64) -> Response {
+pub(crate) fn with_retry_after(mut response: Response, seconds: u64) -> Response {
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 
-fn method_not_allowed() -> ProblemResponse {
+pub(crate) fn method_not_allowed() -> ProblemResponse {
     ProblemResponse::with_status(Problem::malformed("Method not allowed"), StatusCode::METHOD_NOT_ALLOWED)
 }
 
@@ -255,9 +257,9 @@ fn edge_identifiers(payload: &[IdentifierPayload]) -> Result<Vec<Identifier>, Pr
             continue;
         };
         let identifier = Identifier { kind, value: requested.value.clone() };
-        let normalized = identifier.normalized();
-        match normalized.check_well_formed() {
-            Ok(()) => identifiers.push(normalized),
+        // Checked as sent: RFC 8738 asks for an IP address's canonical text, and DNS names may arrive in capitals.
+        match identifier.check_well_formed() {
+            Ok(()) => identifiers.push(identifier.normalized()),
             Err(problem) => subproblems.push(SubProblem {
                 kind: problem.kind,
                 detail: problem.detail,
@@ -277,11 +279,17 @@ async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: He
         return Err(Problem::malformed("NotBefore and NotAfter are not supported").into());
     }
     let identifiers = edge_identifiers(&payload.identifiers)?;
+    let replaces_serial = if payload.replaces.is_empty() {
+        String::new()
+    } else {
+        renewal::check_replaces(&wfe, &payload.replaces, account.id, &identifiers, deadline).await?
+    };
     let new = NewOrderRequest {
         account_id: account.id,
         identifiers: identifiers_to_pb(&identifiers),
         profile: payload.profile,
         replaces: payload.replaces,
+        replaces_serial,
         ..Default::default()
     };
     let order = wfe.ra().new_order(request_with_deadline(new, deadline)).await?;

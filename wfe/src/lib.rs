@@ -7,6 +7,7 @@ mod handlers;
 mod post;
 pub mod problem;
 mod render;
+mod renewal;
 mod state;
 
 use std::future::Future;

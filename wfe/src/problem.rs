@@ -39,6 +39,7 @@ fn type_and_status(kind: ErrorKind) -> (&'static str, StatusCode) {
     match kind {
         ErrorKind::NotFound => ("malformed", StatusCode::NOT_FOUND),
         ErrorKind::Duplicate | ErrorKind::Conflict => ("conflict", StatusCode::CONFLICT),
+        ErrorKind::AlreadyReplaced => (kind.as_str(), StatusCode::CONFLICT),
         ErrorKind::Timeout | ErrorKind::Unavailable => ("serverInternal", StatusCode::SERVICE_UNAVAILABLE),
         ErrorKind::ServerInternal => ("serverInternal", StatusCode::INTERNAL_SERVER_ERROR),
         ErrorKind::Unauthorized | ErrorKind::OrderNotReady => (kind.as_str(), StatusCode::FORBIDDEN),

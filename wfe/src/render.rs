@@ -61,6 +61,9 @@ pub fn order(urls: &Urls, order: &Order) -> Value {
         "authorizations": order.authorization_ids.iter().map(|id| urls.authorization(*id)).collect::<Vec<_>>(),
         "finalize": urls.finalize(order.id),
     });
+    if !order.replaces.is_empty() {
+        doc["replaces"] = json!(order.replaces);
+    }
     if !order.profile.is_empty() {
         doc["profile"] = json!(order.profile);
     }

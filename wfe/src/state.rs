@@ -33,9 +33,20 @@ struct Inner {
     nonces: Vec<(String, NonceServiceClient<Channel>)>,
     next_nonce_service: AtomicUsize,
     chains: Vec<Vec<Vec<u8>>>,
+    /// The subject key identifiers of the chains' issuers: what an ARI CertID may name.
+    issuer_key_ids: Vec<Vec<u8>>,
     directory: Value,
     request_timeout: Duration,
     retry_after: u64,
+}
+
+fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::*;
+    let (_, cert) = parse_x509_certificate(der).ok()?;
+    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+        _ => None,
+    })
 }
 
 fn load_chain(path: &std::path::Path) -> Result<Vec<Vec<u8>>, Error> {
@@ -98,15 +109,27 @@ impl Wfe {
             "newOrder": format!("{}/acme/new-order", urls.base),
             "revokeCert": format!("{}/acme/revoke-cert", urls.base),
             "keyChange": format!("{}/acme/key-change", urls.base),
+            "renewalInfo": format!("{}/acme/renewal-info", urls.base),
             "meta": meta,
         });
+        let chains: Vec<Vec<Vec<u8>>> = config.chains.iter().map(|p| load_chain(p)).collect::<Result<_, _>>()?;
+        let mut issuer_key_ids = Vec::new();
+        for (chain, path) in chains.iter().zip(&config.chains) {
+            let key_id = subject_key_id(&chain[0]).ok_or_else(|| {
+                Error::Config(format!("chain {}: the issuer has no subject key identifier", path.display()))
+            })?;
+            if !issuer_key_ids.contains(&key_id) {
+                issuer_key_ids.push(key_id);
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 ra: RegistrationAuthorityClient::new(quarry_core::grpc::channel(&config.ra, &config.tls)?),
                 sa: StorageAuthorityReadOnlyClient::new(quarry_core::grpc::channel(&config.sa, &config.tls)?),
                 nonces,
                 next_nonce_service: AtomicUsize::new(0),
-                chains: config.chains.iter().map(|p| load_chain(p)).collect::<Result<_, _>>()?,
+                chains,
+                issuer_key_ids,
                 directory,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 retry_after: config.retry_after_secs,
@@ -165,6 +188,10 @@ impl Wfe {
             .redeem(request_with_deadline(NonceMessage { nonce: nonce.to_owned() }, self.deadline()))
             .await?;
         Ok(reply.into_inner().valid)
+    }
+
+    pub fn issuer_key_ids(&self) -> &[Vec<u8>] {
+        &self.inner.issuer_key_ids
     }
 
     /// The configured chain whose first certificate issued `leaf`.

@@ -18,7 +18,7 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
-        Stack { inner: InProcessStack::start(false, |ra| ra.max_names_per_order = 3).await }
+        Stack { inner: InProcessStack::start(false, |ra| ra.profiles.values_mut().for_each(|p| p.max_names = 3)).await }
     }
 
     fn ra(&self, client: &str) -> RegistrationAuthorityClient<Channel> {

@@ -1,7 +1,7 @@
 //! Starts sa, ca, nonce, a fake va, ra and the wfe on loopback ports for one test.
 
 use quarry_jose::Algorithm;
-use quarry_testkit::client::{AcmeAccount, AcmeClient};
+use quarry_testkit::client::{AcmeAccount, AcmeClient, HttpResponse};
 use quarry_testkit::fakes::FakeVa;
 use quarry_testkit::stack::InProcessStack;
 use serde_json::{Value, json};
@@ -39,6 +39,11 @@ impl Stack {
         (response.header("location").expect("order location"), response.json())
     }
 
+    /// POSTs `payload` to new-order as is.
+    pub async fn new_order(&self, account: &AcmeAccount, payload: &Value) -> HttpResponse {
+        self.client.post(account, &self.client.url("newOrder"), Some(payload)).await.unwrap()
+    }
+
     /// Answers every challenge of the order (the fake va passes) and waits until the order is ready.
     pub async fn make_ready(&self, account: &AcmeAccount, order_url: &str, order: &Value) {
         for authz_url in order["authorizations"].as_array().unwrap() {
@@ -56,4 +61,28 @@ pub fn csr(names: &[&str]) -> String {
     let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
     quarry_jose::b64_encode(params.serialize_request(&key).unwrap().der())
+}
+
+/// Issues a certificate for `names` to `account`; returns its DER and its key (which a client can sign JWSs with).
+pub async fn issue(stack: &Stack, account: &AcmeAccount, names: &[&str]) -> (Vec<u8>, quarry_jose::SigningKey) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = quarry_jose::b64_encode(params.serialize_request(&key).unwrap().der());
+    let (order_url, order) = stack.order(account, names).await;
+    stack.make_ready(account, &order_url, &order).await;
+    let done =
+        stack.client.post(account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
+    let cert_url = done.json()["certificate"].as_str().unwrap().to_owned();
+    let pem = stack.client.post(account, &cert_url, None).await.unwrap().body;
+    let der = {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
+    };
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.serialize_der(),
+    )
+    .unwrap();
+    (der, quarry_jose::SigningKey::Ecdsa { alg: Algorithm::Es256, pair })
 }

@@ -3,4 +3,5 @@
 
 mod harness;
 mod jws_checks;
+mod profiles_and_renewal;
 mod resources;

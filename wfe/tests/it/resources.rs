@@ -4,7 +4,7 @@
 use quarry_jose::Algorithm;
 use serde_json::json;
 
-use crate::harness::{Stack, csr};
+use crate::harness::{Stack, csr, issue};
 
 #[tokio::test]
 async fn the_directory_lists_every_resource() {
@@ -16,7 +16,15 @@ async fn the_directory_lists_every_resource() {
         "newOrder": format!("{base}/acme/new-order"),
         "revokeCert": format!("{base}/acme/revoke-cert"),
         "keyChange": format!("{base}/acme/key-change"),
-        "meta": { "termsOfService": "https://quarry.example/terms", "website": "https://quarry.example" },
+        "renewalInfo": format!("{base}/acme/renewal-info"),
+        "meta": {
+            "termsOfService": "https://quarry.example/terms",
+            "website": "https://quarry.example",
+            "profiles": {
+                "classic": "90-day certificates for DNS names",
+                "shortlived": "160-hour certificates for DNS names and IP addresses",
+            },
+        },
     });
     assert_eq!(stack.client.directory(), &expected);
 }
@@ -90,7 +98,7 @@ async fn an_order_from_creation_to_certificate() {
     assert_eq!(authz["status"], "pending");
     let types: Vec<&str> =
         authz["challenges"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["http-01", "dns-01"]);
+    assert_eq!(types, ["http-01", "dns-01", "tls-alpn-01"]);
 
     stack.make_ready(&account, &order_url, &order).await;
     let authz = stack.client.post(&account, authz_url, None).await.unwrap().json();
@@ -278,34 +286,6 @@ async fn account_keys_roll_over() {
     account.key = new_key;
     let with_new_key = stack.client.post(&account, &account_url, None).await.unwrap();
     assert_eq!(with_new_key.status, 200);
-}
-
-/// Issues a certificate for `names` to `account`; returns its DER and its key (which a client can sign JWSs with).
-async fn issue(
-    stack: &Stack,
-    account: &quarry_testkit::client::AcmeAccount,
-    names: &[&str],
-) -> (Vec<u8>, quarry_jose::SigningKey) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = quarry_jose::b64_encode(params.serialize_request(&key).unwrap().der());
-    let (order_url, order) = stack.order(account, names).await;
-    stack.make_ready(account, &order_url, &order).await;
-    let done =
-        stack.client.post(account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
-    let cert_url = done.json()["certificate"].as_str().unwrap().to_owned();
-    let pem = stack.client.post(account, &cert_url, None).await.unwrap().body;
-    let der = {
-        use rustls_pki_types::{CertificateDer, pem::PemObject};
-        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
-    };
-    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &key.serialize_der(),
-    )
-    .unwrap();
-    (der, quarry_jose::SigningKey::Ecdsa { alg: Algorithm::Es256, pair })
 }
 
 #[tokio::test]
