@@ -53,6 +53,9 @@ pub struct ChalltestsrvArgs {
     /// http-01 responder address.
     #[arg(long, default_value = "127.0.0.1:5002")]
     http01_addr: SocketAddr,
+    /// tls-alpn-01 responder address.
+    #[arg(long, alias = "tlsalpn01", default_value = "127.0.0.1:5001")]
+    tlsalpn01_addr: SocketAddr,
     /// Management API address.
     #[arg(long, default_value = "127.0.0.1:8055")]
     management_addr: SocketAddr,
@@ -66,6 +69,7 @@ pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
     let config = challtestsrv::Config {
         dns_addr: Some(args.dns_addr),
         http01_addr: Some(args.http01_addr),
+        tlsalpn01_addr: Some(args.tlsalpn01_addr),
         management_addr: args.management_addr,
         default_ipv4: Some(args.default_ipv4),
         default_ipv6: None,
@@ -224,6 +228,8 @@ async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::Runn
     let config = challtestsrv::Config {
         dns_addr: Some(args.va_dns()),
         http01_addr: (!args.no_http01_responder).then(|| SocketAddr::from(([127, 0, 0, 1], args.va_http_port))),
+        // The va's tls-alpn-01 port is left to the client's own server, as before.
+        tlsalpn01_addr: None,
         management_addr: SocketAddr::from(([127, 0, 0, 1], 8055)),
         default_ipv4: Some(Ipv4Addr::LOCALHOST),
         default_ipv6: None,

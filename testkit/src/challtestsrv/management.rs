@@ -32,10 +32,15 @@ pub(crate) fn router(srv: ChallTestSrv) -> Router {
         .route("/clear-txt", post(clear_txt))
         .route("/add-http01", post(add_http01))
         .route("/del-http01", post(del_http01))
+        .route("/add-tlsalpn01", post(add_tlsalpn01))
+        .route("/del-tlsalpn01", post(del_tlsalpn01))
+        // The name pebble-challtestsrv's README gives; its server answers to `del-tlsalpn01`.
+        .route("/clear-tlsalpn01", post(del_tlsalpn01))
         .route("/add-redirect", post(add_redirect))
         .route("/del-redirect", post(del_redirect))
         .route("/http-request-history", post(http_request_history))
         .route("/dns-request-history", post(dns_request_history))
+        .route("/tlsalpn01-request-history", post(tlsalpn01_request_history))
         .route("/clear-request-history", post(clear_request_history))
         .with_state(srv)
 }
@@ -137,6 +142,13 @@ struct TxtRequest {
 #[serde(default)]
 struct Http01Request {
     token: String,
+    content: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TlsAlpn01Request {
+    host: String,
     content: String,
 }
 
@@ -301,6 +313,19 @@ async fn del_http01(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
     Ok(ok())
 }
 
+async fn add_tlsalpn01(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
+    let request: TlsAlpn01Request = parse(&body)?;
+    require("host", &request.host)?;
+    require("content", &request.content)?;
+    srv.add_tlsalpn01(&request.host, &request.content);
+    tracing::info!(host = %request.host, "challtestsrv: tls-alpn-01 key authorization added");
+    Ok(ok())
+}
+
+async fn del_tlsalpn01(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
+    clear_host(&body, "tls-alpn-01 key authorization", |host| srv.del_tlsalpn01(host))
+}
+
 async fn add_redirect(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
     let request: RedirectRequest = parse(&body)?;
     require("path", &request.path)?;
@@ -341,12 +366,19 @@ async fn dns_request_history(State(srv): State<ChallTestSrv>, body: Bytes) -> Re
     Ok(json(&srv.dns_request_history(&request.host)))
 }
 
+async fn tlsalpn01_request_history(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
+    let request: HostRequest = parse(&body)?;
+    require("host", &request.host)?;
+    Ok(json(&srv.tlsalpn01_request_history(&request.host)))
+}
+
 async fn clear_request_history(State(srv): State<ChallTestSrv>, body: Bytes) -> Reply {
     let request: ClearHistoryRequest = parse(&body)?;
     require("host", &request.host)?;
     let kind = match request.kind.as_str() {
         "http" => RequestKind::Http,
         "dns" => RequestKind::Dns,
+        "tlsalpn" => RequestKind::TlsAlpn,
         other => return Err(bad_request(format!("{other:?} event type unknown"))),
     };
     srv.clear_request_history(&request.host, kind);

@@ -1,4 +1,4 @@
-//! The challenge test server: a DNS server and an http-01 responder, programmed over pebble-challtestsrv's
+//! The challenge test server: a DNS server, an http-01 responder and a tls-alpn-01 responder, programmed over pebble-challtestsrv's
 //! management API or in-process through [`ChallTestSrv`].
 //!
 //! Quarry's va resolves through its DNS server in dev and tests, and ACME client test suites written for Pebble's
@@ -8,6 +8,7 @@ mod dns;
 mod http01;
 mod management;
 mod state;
+mod tlsalpn01;
 
 use std::future::Future;
 use std::io;
@@ -18,7 +19,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use state::{CaaPolicy, ChallTestSrv, DnsQuestion, DnsRequestEvent, HttpRequestEvent, RequestKind};
+pub use state::{
+    CaaPolicy, ChallTestSrv, DnsQuestion, DnsRequestEvent, HttpRequestEvent, RequestKind, TlsAlpnRequestEvent,
+};
+pub use tlsalpn01::ACME_TLS_ALPN;
 
 /// How long `shutdown` lets the HTTP servers finish requests in flight before cutting them off.
 const GRACE: Duration = Duration::from_secs(5);
@@ -30,6 +34,8 @@ pub struct Config {
     pub dns_addr: Option<SocketAddr>,
     /// `None` runs no http-01 responder (the subscriber's own server answers instead).
     pub http01_addr: Option<SocketAddr>,
+    /// `None` runs no tls-alpn-01 responder.
+    pub tlsalpn01_addr: Option<SocketAddr>,
     pub management_addr: SocketAddr,
     /// The A record of every name without one of its own.
     pub default_ipv4: Option<Ipv4Addr>,
@@ -39,11 +45,12 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// pebble-challtestsrv's ports, on loopback: DNS 8053, http-01 5002, management 8055.
+    /// pebble-challtestsrv's ports, on loopback: DNS 8053, http-01 5002, tls-alpn-01 5001, management 8055.
     fn default() -> Self {
         Self {
             dns_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 8053))),
             http01_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5002))),
+            tlsalpn01_addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 5001))),
             management_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8055)),
             default_ipv4: Some(Ipv4Addr::LOCALHOST),
             default_ipv6: None,
@@ -55,7 +62,13 @@ impl Config {
     /// Every server on a loopback port the OS picks: for tests running side by side.
     pub fn ephemeral() -> Self {
         let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        Self { dns_addr: Some(any_port), http01_addr: Some(any_port), management_addr: any_port, ..Self::default() }
+        Self {
+            dns_addr: Some(any_port),
+            http01_addr: Some(any_port),
+            tlsalpn01_addr: Some(any_port),
+            management_addr: any_port,
+            ..Self::default()
+        }
     }
 }
 
@@ -73,12 +86,14 @@ pub struct RunningServer {
     /// Where the DNS server actually listens (UDP and TCP), the OS's pick if port 0 was asked for.
     pub dns_addr: Option<SocketAddr>,
     pub http01_addr: Option<SocketAddr>,
+    /// Where the tls-alpn-01 responder actually listens.
+    pub tlsalpn01_addr: Option<SocketAddr>,
     pub management_addr: SocketAddr,
     /// The served state, for programming the server in-process.
     pub state: ChallTestSrv,
     /// The DNS servers, stopped by aborting: a UDP exchange has nothing to finish.
     dns_tasks: Vec<JoinHandle<()>>,
-    /// The HTTP servers, stopped gracefully through `stop`.
+    /// The HTTP servers and the tls-alpn-01 responder, stopped gracefully through `stop`.
     http_tasks: Vec<JoinHandle<()>>,
     /// Dropping the sender tells the HTTP servers to stop accepting and finish what they have.
     stop: Option<watch::Sender<()>>,
@@ -128,6 +143,10 @@ impl ChallTestSrv {
             Some(addr) => Some(bind_tcp("http-01", addr).await?),
             None => None,
         };
+        let tlsalpn01 = match config.tlsalpn01_addr {
+            Some(addr) => Some(bind_tcp("tls-alpn-01", addr).await?),
+            None => None,
+        };
         let management = bind_tcp("management", config.management_addr).await?;
 
         let local_addr = |what, listener: &TcpListener, asked| {
@@ -139,6 +158,10 @@ impl ChallTestSrv {
         };
         let http01_addr = match (&http01, config.http01_addr) {
             (Some(listener), Some(asked)) => Some(local_addr("http-01", listener, asked)?),
+            _ => None,
+        };
+        let tlsalpn01_addr = match (&tlsalpn01, config.tlsalpn01_addr) {
+            (Some(listener), Some(asked)) => Some(local_addr("tls-alpn-01", listener, asked)?),
             _ => None,
         };
         let management_addr = local_addr("management", &management, config.management_addr)?;
@@ -153,9 +176,21 @@ impl ChallTestSrv {
         if let Some(listener) = http01 {
             http_tasks.push(serve_http("http-01", listener, http01::router(state.clone()), stopped.clone()));
         }
+        if let Some(listener) = tlsalpn01 {
+            http_tasks.push(tokio::spawn(tlsalpn01::serve(listener, state.clone(), stopped.clone())));
+        }
         http_tasks.push(serve_http("management", management, management::router(state.clone()), stopped));
 
-        Ok(RunningServer { dns_addr, http01_addr, management_addr, state, dns_tasks, http_tasks, stop: Some(stop) })
+        Ok(RunningServer {
+            dns_addr,
+            http01_addr,
+            tlsalpn01_addr,
+            management_addr,
+            state,
+            dns_tasks,
+            http_tasks,
+            stop: Some(stop),
+        })
     }
 }
 
@@ -186,6 +221,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         dns = ?server.dns_addr,
         http01 = ?server.http01_addr,
+        tlsalpn01 = ?server.tlsalpn01_addr,
         management = %server.management_addr,
         default_ipv4 = ?server.state.default_ipv4(),
         default_ipv6 = ?server.state.default_ipv6(),

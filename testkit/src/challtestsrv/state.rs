@@ -1,13 +1,15 @@
-//! The challenge test server's programmable state: mock DNS data, http-01 responses and the request history.
+//! The challenge test server's programmable state: mock DNS data, http-01 responses, tls-alpn-01 key
+//! authorizations and the request history.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hickory_proto::rr::Name;
 use serde::{Deserialize, Serialize};
 
 use super::Error;
+use super::tlsalpn01::Subject;
 
 /// Events of one kind kept per host; the oldest go first, so a dev stack that runs for days stays bounded.
 const HISTORY_LIMIT: usize = 1000;
@@ -62,11 +64,24 @@ pub struct DnsQuestion {
     pub qclass: u16,
 }
 
+/// A ClientHello the tls-alpn-01 responder received; the field names are pebble-challtestsrv's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsAlpnRequestEvent {
+    /// The SNI value as sent (a reverse-DNS name for an IP address); empty without SNI.
+    #[serde(rename = "ServerName")]
+    pub server_name: String,
+    /// The ALPN protocols offered, in the client's order.
+    #[serde(rename = "SupportedProtos")]
+    pub supported_protos: Vec<String>,
+}
+
 /// Which request history `clear_request_history` empties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
     Http,
     Dns,
+    /// tls-alpn-01 ClientHellos (`tlsalpn` in the management API).
+    TlsAlpn,
 }
 
 /// The server's shared state: a cheap, cloneable handle used by the DNS server, the http-01 responder, the
@@ -91,13 +106,25 @@ pub(crate) struct State {
     pub(crate) txt: HashMap<String, Vec<String>>,
     pub(crate) http01: HashMap<String, String>,
     pub(crate) redirects: HashMap<String, String>,
+    /// Key authorizations by [`tls_key`].
+    pub(crate) tlsalpn01: HashMap<String, String>,
     http_history: HashMap<String, VecDeque<HttpRequestEvent>>,
     dns_history: HashMap<String, VecDeque<DnsRequestEvent>>,
+    tlsalpn_history: HashMap<String, VecDeque<TlsAlpnRequestEvent>>,
 }
 
 /// The key a host is stored under: lower case, no trailing dot, no surrounding blanks.
 pub(crate) fn host_key(host: &str) -> String {
     host.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The key a tls-alpn-01 host is stored under: an IP address in its canonical text form, else [`host_key`].
+fn tls_key(host: &str) -> String {
+    let trimmed = host.trim().trim_start_matches('[').trim_end_matches(']');
+    match trimmed.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host_key(host),
+    }
 }
 
 fn push_bounded<T>(history: &mut HashMap<String, VecDeque<T>>, key: String, event: T) {
@@ -256,6 +283,25 @@ impl ChallTestSrv {
         self.lock().redirects.remove(path);
     }
 
+    /// Answers tls-alpn-01 handshakes for `host` (a DNS name, or an IP address whose reverse-DNS name is the SNI)
+    /// with a certificate for `key_authorization`, replacing any earlier one.
+    pub fn add_tlsalpn01(&self, host: &str, key_authorization: &str) {
+        self.lock().tlsalpn01.insert(tls_key(host), key_authorization.to_owned());
+    }
+
+    /// Stops answering tls-alpn-01 handshakes for `host`.
+    pub fn del_tlsalpn01(&self, host: &str) {
+        self.lock().tlsalpn01.remove(&tls_key(host));
+    }
+
+    pub(crate) fn tlsalpn01_key_authorization(&self, subject: &Subject) -> Option<String> {
+        let key = match subject {
+            Subject::Dns(name) => host_key(name),
+            Subject::Ip(ip) => ip.to_string(),
+        };
+        self.lock().tlsalpn01.get(&key).cloned()
+    }
+
     /// The http-01 responder's requests whose Host header, without its port, is `host`; oldest first.
     pub fn http_request_history(&self, host: &str) -> Vec<HttpRequestEvent> {
         self.lock().http_history.get(&host_key(host)).map(|events| events.iter().cloned().collect()).unwrap_or_default()
@@ -264,6 +310,16 @@ impl ChallTestSrv {
     /// The DNS questions asked about `host`; oldest first.
     pub fn dns_request_history(&self, host: &str) -> Vec<DnsRequestEvent> {
         self.lock().dns_history.get(&host_key(host)).map(|events| events.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The tls-alpn-01 ClientHellos whose SNI is `host` as sent (an IP address's reverse-DNS name, not the
+    /// address); oldest first.
+    pub fn tlsalpn01_request_history(&self, host: &str) -> Vec<TlsAlpnRequestEvent> {
+        self.lock()
+            .tlsalpn_history
+            .get(&host_key(host))
+            .map(|events| events.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn clear_request_history(&self, host: &str, kind: RequestKind) {
@@ -276,7 +332,15 @@ impl ChallTestSrv {
             RequestKind::Dns => {
                 state.dns_history.remove(&key);
             }
+            RequestKind::TlsAlpn => {
+                state.tlsalpn_history.remove(&key);
+            }
         }
+    }
+
+    pub(crate) fn record_tlsalpn(&self, event: TlsAlpnRequestEvent) {
+        let key = host_key(&event.server_name);
+        push_bounded(&mut self.lock().tlsalpn_history, key, event);
     }
 
     pub(crate) fn record_http(&self, event: HttpRequestEvent) {
@@ -327,6 +391,22 @@ mod tests {
         assert_eq!(history[0].url, "/5");
         srv.clear_request_history("example.com", RequestKind::Http);
         assert!(srv.http_request_history("example.com").is_empty());
+    }
+
+    #[test]
+    fn tls_alpn_hosts_are_keyed_by_name_or_canonical_address() {
+        let srv = ChallTestSrv::default();
+        srv.add_tlsalpn01("Example.COM.", "a.b");
+        srv.add_tlsalpn01("2001:DB8:0::1", "c.d");
+        srv.add_tlsalpn01("[::1]", "e.f");
+        let dns = Subject::Dns("example.com".into());
+        assert_eq!(srv.tlsalpn01_key_authorization(&dns).as_deref(), Some("a.b"));
+        let v6 = Subject::Ip("2001:db8::1".parse().unwrap());
+        assert_eq!(srv.tlsalpn01_key_authorization(&v6).as_deref(), Some("c.d"));
+        let loopback = Subject::Ip("::1".parse().unwrap());
+        assert_eq!(srv.tlsalpn01_key_authorization(&loopback).as_deref(), Some("e.f"));
+        srv.del_tlsalpn01("example.com");
+        assert_eq!(srv.tlsalpn01_key_authorization(&dns), None);
     }
 
     #[test]

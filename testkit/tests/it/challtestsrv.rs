@@ -407,9 +407,9 @@ async fn management_api_refuses_bad_requests() {
 
 #[tokio::test]
 async fn servers_are_optional_and_shutdown_frees_the_ports() {
-    let config = Config { dns_addr: None, http01_addr: None, ..Config::ephemeral() };
+    let config = Config { dns_addr: None, http01_addr: None, tlsalpn01_addr: None, ..Config::ephemeral() };
     let server = ChallTestSrv::start(config).await.unwrap();
-    assert_eq!((server.dns_addr, server.http01_addr), (None, None));
+    assert_eq!((server.dns_addr, server.http01_addr, server.tlsalpn01_addr), (None, None, None));
     assert!(server.management_url().starts_with("http://127.0.0.1:"));
     server.shutdown().await;
 
@@ -422,6 +422,7 @@ async fn servers_are_optional_and_shutdown_frees_the_ports() {
     let again = Config {
         dns_addr: Some(dns),
         http01_addr: Some(http01),
+        tlsalpn01_addr: None,
         management_addr: management,
         default_ipv4: None,
         default_ipv6: None,
@@ -445,4 +446,112 @@ async fn run_serves_until_its_shutdown_future_resolves() {
     let config = Config { management_addr: taken.local_addr().unwrap(), ..Config::ephemeral() };
     let err = quarry_testkit::challtestsrv::run(config, async {}).await.unwrap_err();
     assert!(err.to_string().contains("management"), "{err}");
+}
+
+/// Accepts any certificate and handshake signature: these tests read the certificate the responder makes.
+#[derive(Debug)]
+struct AcceptAnything;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One handshake with the tls-alpn-01 responder: the negotiated protocol and the leaf certificate, or the error.
+async fn tls_alpn_hello(
+    server: &RunningServer,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<(Option<Vec<u8>>, Vec<u8>), String> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnything))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let handshake = async {
+        let stream = TcpStream::connect(server.tlsalpn01_addr.expect("tls-alpn-01")).await.expect("connect");
+        let tls = connector.connect(name, stream).await.map_err(|err| err.to_string())?;
+        let (_, connection) = tls.get_ref();
+        let leaf = connection.peer_certificates().and_then(|certs| certs.first()).expect("a certificate").to_vec();
+        Ok((connection.alpn_protocol().map(<[u8]>::to_vec), leaf))
+    };
+    tokio::time::timeout(STEP, handshake).await.expect("handshake timed out")
+}
+
+#[tokio::test]
+async fn tls_alpn01_responder_answers_registered_names_only() {
+    let server = start().await;
+    let key_authorization = "token.thumbprint";
+    manage_ok(&server, "/add-tlsalpn01", json!({"host": "alpn.example", "content": key_authorization})).await;
+    manage_ok(&server, "/add-tlsalpn01", json!({"host": "127.0.0.1", "content": key_authorization})).await;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes());
+    let extension_value = [&[0x04, 0x20][..], digest.as_ref()].concat();
+
+    for (sni, expected_san) in [("alpn.example", None), ("1.0.0.127.in-addr.arpa", Some([127u8, 0, 0, 1]))] {
+        let (alpn, leaf) = tls_alpn_hello(&server, sni, &[b"acme-tls/1"]).await.expect("handshake");
+        assert_eq!(alpn.as_deref(), Some(&b"acme-tls/1"[..]), "{sni}");
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).expect("a certificate");
+        let sans = cert.subject_alternative_name().unwrap().expect("subjectAltName").value.general_names.clone();
+        match expected_san {
+            None => assert_eq!(sans, [x509_parser::extensions::GeneralName::DNSName("alpn.example")]),
+            Some(ip) => assert_eq!(sans, [x509_parser::extensions::GeneralName::IPAddress(&ip[..])]),
+        }
+        let acme = cert.extensions().iter().find(|ext| ext.oid.to_id_string() == "1.3.6.1.5.5.7.1.31").expect("ext");
+        assert!(acme.critical, "{sni}");
+        assert_eq!(acme.value, extension_value.as_slice(), "{sni}");
+    }
+
+    // No acme-tls/1 offered, an unknown name, or a removed one: no certificate.
+    assert!(tls_alpn_hello(&server, "alpn.example", &[b"h2"]).await.is_err());
+    assert!(tls_alpn_hello(&server, "alpn.example", &[]).await.is_err());
+    assert!(tls_alpn_hello(&server, "unknown.example", &[b"acme-tls/1"]).await.is_err());
+    manage_ok(&server, "/del-tlsalpn01", json!({"host": "alpn.example"})).await;
+    assert!(tls_alpn_hello(&server, "alpn.example", &[b"acme-tls/1"]).await.is_err());
+    let (status, _) = manage(&server, "/add-tlsalpn01", json!({"host": "alpn.example"})).await;
+    assert_eq!(status, 400);
+
+    let (status, body) = manage(&server, "/tlsalpn01-request-history", json!({"host": "ALPN.example"})).await;
+    assert_eq!(status, 200);
+    let history: Value = serde_json::from_str(&body).unwrap();
+    let protocols: Vec<&Value> = history.as_array().unwrap().iter().map(|event| &event["SupportedProtos"]).collect();
+    assert_eq!(protocols, [&json!(["acme-tls/1"]), &json!(["h2"]), &json!([]), &json!(["acme-tls/1"])]);
+    assert!(history.as_array().unwrap().iter().all(|event| event["ServerName"] == "alpn.example"), "{history}");
+    manage_ok(&server, "/clear-request-history", json!({"host": "alpn.example", "type": "tlsalpn"})).await;
+    assert!(server.state.tlsalpn01_request_history("alpn.example").is_empty());
+    server.shutdown().await;
 }

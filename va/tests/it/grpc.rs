@@ -60,7 +60,7 @@ async fn failed_validations_are_results_and_bad_requests_are_errors() {
     let srv = challenge_server().await;
     let addr = started(&pki, &srv).await;
     let mut ra = VaClient::new(pki.channel("ra", "va", addr));
-    let cases = [("http-01", "missing", ErrorKind::Unauthorized), ("tls-alpn-01", "good", ErrorKind::Malformed)];
+    let cases = [("http-01", "missing", ErrorKind::Unauthorized), ("tls-alpn-02", "good", ErrorKind::Malformed)];
     for (challenge, token, kind) in cases {
         let result = ra.do_dcv(request(challenge, token)).await.expect("dcv").into_inner();
         let problem = result.problem.unwrap_or_else(|| panic!("{challenge}/{token} passed"));

@@ -1,9 +1,10 @@
-//! The va against the challenge test server on loopback: http-01 and dns-01 outcomes through real DNS and HTTP,
-//! and the gRPC service over mutual TLS.
+//! The va against the challenge test server on loopback: http-01, dns-01 and tls-alpn-01 outcomes through real DNS,
+//! HTTP and TLS, and the gRPC service over mutual TLS.
 
 mod dns01;
 mod grpc;
 mod http01;
+mod tlsalpn01;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
