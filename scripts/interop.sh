@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Interoperability: certbot (http-01, standalone) and lego (http-01, and dns-01 through the challenge test server)
-# each obtain a certificate from a freshly started `quarry dev`; every chain is verified against the issuing root.
-# Everything listens on 127.0.0.1 only.
+# Interoperability against a freshly started `quarry dev`: certbot (http-01 standalone: issue, renew, revoke) and
+# lego (http-01: issue, renew, revoke; tls-alpn-01; dns-01 wildcard through the challenge test server). Every chain
+# is verified against the issuing root, renewals must bring a new serial, and a revoked certificate's ACME Renewal
+# Information (RFC 9773) must say "renew now". Everything listens on 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 quarry=${QUARRY_BIN:-$root/target/debug/quarry}
 work=$(mktemp -d)
 http_port=5402
+tls_port=5401
+passed=0
 acme_addr=127.0.0.1:14000
 dev_pid=
 
@@ -21,7 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$quarry" dev --data-dir "$work/dev" --acme-addr "$acme_addr" --va-http-port "$http_port" --no-http01-responder \
+"$quarry" dev --data-dir "$work/dev" --acme-addr "$acme_addr" --va-http-port "$http_port" --va-tls-port "$tls_port" \
+  --no-http01-responder \
   >"$work/dev.out" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 120); do
@@ -50,18 +54,77 @@ check_chain() {
   echo "ok: chain for $* verifies against the issuing root"
 }
 
+serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
+
+# Fails unless the renewal information of the leaf in $1 suggests renewing at once (its window is in the past).
+check_renew_now() {
+  local cert_id end
+  cert_id=$(python3 - "$1" <<'PY'
+import base64, re, subprocess, sys
+text = subprocess.run(["openssl", "x509", "-in", sys.argv[1], "-noout", "-serial", "-ext", "authorityKeyIdentifier"],
+                      check=True, capture_output=True, text=True).stdout
+serial = bytes.fromhex(re.search(r"serial=([0-9A-Fa-f]+)", text).group(1))
+aki = bytes.fromhex(re.search(r"([0-9A-F]{2}(?::[0-9A-F]{2})+)", text.split("Authority Key Identifier", 1)[1]).group(1).replace(":", ""))
+b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")
+print(f"{b64(aki)}.{b64(serial)}")
+PY
+)
+  end=$(curl -fsS --cacert "$tls_ca" "$(jq -r .renewalInfo <(curl -fsS --cacert "$tls_ca" "$directory"))/$cert_id" |
+    jq -r .suggestedWindow.end)
+  [[ $(date -d "$end" +%s) -lt $(date +%s) ]] || { echo "renewal window of a revoked certificate ends $end" >&2; exit 1; }
+  echo "ok: renewal information says renew now ($cert_id)"
+}
+
 echo "==> certbot, http-01 (standalone on port $http_port)"
 REQUESTS_CA_BUNDLE=$tls_ca certbot certonly --non-interactive --agree-tos --register-unsafely-without-email \
   --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
   --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs" \
   --cert-name interop -d certbot.quarry-interop.org -d www.certbot.quarry-interop.org
 check_chain "$work/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
+passed=$((passed + 1))
+
+echo "==> certbot, forced renewal and revocation"
+first=$(serial_of "$work/certbot/config/live/interop/cert.pem")
+REQUESTS_CA_BUNDLE=$tls_ca certbot renew --non-interactive --force-renewal --cert-name interop \
+  --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
+  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs"
+renewed=$(serial_of "$work/certbot/config/live/interop/cert.pem")
+[[ $renewed != "$first" ]] || { echo "certbot renew kept serial $first" >&2; exit 1; }
+check_chain "$work/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
+cp "$work/certbot/config/live/interop/cert.pem" "$work/certbot-revoked.pem"
+REQUESTS_CA_BUNDLE=$tls_ca certbot revoke --non-interactive --server "$directory" --reason superseded \
+  --no-delete-after-revoke --cert-path "$work/certbot-revoked.pem" \
+  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs"
+check_renew_now "$work/certbot-revoked.pem"
+passed=$((passed + 1))
 
 echo "==> lego, http-01"
 LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
   --path "$work/lego" --http --http.port "127.0.0.1:$http_port" \
   -d lego-http.quarry-interop.org run
 check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
+passed=$((passed + 1))
+
+echo "==> lego, renewal and revocation"
+first=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
+LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
+  --path "$work/lego" --http --http.port "127.0.0.1:$http_port" \
+  -d lego-http.quarry-interop.org renew --days 90
+renewed=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
+[[ $renewed != "$first" ]] || { echo "lego renew kept serial $first" >&2; exit 1; }
+check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
+cp "$work/lego/certificates/lego-http.quarry-interop.org.crt" "$work/lego-revoked.pem"
+LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
+  --path "$work/lego" -d lego-http.quarry-interop.org revoke --reason 4 --keep
+check_renew_now "$work/lego-revoked.pem"
+passed=$((passed + 1))
+
+echo "==> lego, tls-alpn-01 (its own server on port $tls_port)"
+LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
+  --path "$work/lego" --tls --tls.port "127.0.0.1:$tls_port" \
+  -d lego-tls.quarry-interop.org run
+check_chain "$work/lego/certificates/lego-tls.quarry-interop.org.crt" lego-tls.quarry-interop.org
+passed=$((passed + 1))
 
 echo "==> lego, dns-01 with a wildcard (TXT records set through the challenge test server)"
 cat >"$work/set-txt.sh" <<SCRIPT
@@ -77,5 +140,6 @@ EXEC_PATH=$work/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 LEGO
   --email ops@quarry-interop.org --path "$work/lego" --dns exec --dns.resolvers "127.0.0.1:8053" --dns.disable-cp \
   -d '*.lego-dns.quarry-interop.org' -d lego-dns.quarry-interop.org run
 check_chain "$work/lego/certificates/_.lego-dns.quarry-interop.org.crt" '\*.lego-dns.quarry-interop.org' lego-dns.quarry-interop.org
+passed=$((passed + 1))
 
-echo "interop: 3 passed, 0 failed"
+echo "interop: $passed passed, 0 failed"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl), then runs formatting and lint checks, every Rust test
+# (Debian packages: certbot, lego, curl, jq, openssl, python3), then runs formatting and lint checks, every Rust test
 # (unit, per-service gRPC integration, full stack), and the interoperability tests with certbot and lego.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 need_packages=()
-for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl; do
+for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
 done
 if ((${#need_packages[@]})); then

@@ -116,9 +116,8 @@ pub fn is_public_unicast(ip: IpAddr) -> bool {
             let s = v6.segments();
             // Only 2000::/3 is global unicast; inside it, carve out the special-purpose blocks.
             let global = (s[0] & 0xe000) == 0x2000;
-            let special = (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8))
-                || s[0] == 0x2002
-                || (s[0] & 0xfff0) == 0x3ff0;
+            let special =
+                (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8)) || s[0] == 0x2002 || (s[0] & 0xfff0) == 0x3ff0;
             global && !special
         }
     }

@@ -82,6 +82,8 @@ pub struct Account {
     pub contact: Vec<String>,
     pub terms_of_service_agreed: bool,
     pub created_at: Timestamp,
+    /// The key identifier of the external account binding it was created with (RFC 8555 §7.3.4), or empty.
+    pub external_account_id: String,
 }
 
 /// What the va saw while validating: which addresses it resolved and used, and from where.

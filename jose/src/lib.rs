@@ -3,6 +3,10 @@
 //!
 //! Pure and synchronous: no I/O, no async, aws-lc-rs as the only crypto.
 
+mod eab;
+
+pub use eab::{EAB_ALGORITHMS, ExternalAccountBinding, sign_external_account_binding};
+
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaPublicKeyComponents, UnparsedPublicKey};
 use aws_lc_rs::{digest, rsa};

@@ -132,6 +132,7 @@ impl From<&Account> for pb::Account {
             contact: a.contact.clone(),
             terms_of_service_agreed: a.terms_of_service_agreed,
             created_at: a.created_at,
+            external_account_id: a.external_account_id.clone(),
             ..Default::default()
         }
     }
@@ -147,6 +148,7 @@ impl TryFrom<&pb::Account> for Account {
             contact: a.contact.clone(),
             terms_of_service_agreed: a.terms_of_service_agreed,
             created_at: a.created_at,
+            external_account_id: a.external_account_id.clone(),
         })
     }
 }

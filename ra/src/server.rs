@@ -110,6 +110,7 @@ impl Registrar {
             contact: account.contact,
             terms_of_service_agreed: account.terms_of_service_agreed,
             created_at: now(),
+            external_account_id: account.external_account_id,
             ..Default::default()
         };
         match self.inner.sa_write.clone().new_account(request_with_deadline(new.clone(), deadline)).await {

@@ -123,6 +123,7 @@ impl StorageAuthority for Storage {
             contact: req.contact,
             terms_of_service_agreed: req.terms_of_service_agreed,
             created_at: req.created_at,
+            external_account_id: req.external_account_id,
         };
         reply(self.store.new_account(&account).await.map(|a| pb::Account::from(&a)))
     }

@@ -22,6 +22,7 @@ use crate::status::{OrderFacts, authorization_status, order_status};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "replacement_orders", include_str!("../migrations/sqlite/0002_replacement_orders.sql")),
+    (3, "external_account_id", include_str!("../migrations/sqlite/0003_external_account_id.sql")),
 ];
 
 /// A new pending authorization to create with an order.
@@ -142,7 +143,7 @@ impl Store {
         let contact = serde_json::to_string(&account.contact).map_err(internal)?;
         let created_at = if account.created_at == 0 { now() } else { account.created_at };
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(jwk.canonical_json().into_bytes())
         .bind(jwk.key_hash().to_vec())
@@ -150,6 +151,7 @@ impl Store {
         .bind(contact)
         .bind(account.terms_of_service_agreed)
         .bind(created_at)
+        .bind(&account.external_account_id)
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;
@@ -205,7 +207,7 @@ impl Store {
     }
 
     pub async fn get_account(&self, id: i64) -> Result<Account, Problem> {
-        let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
+        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -217,7 +219,7 @@ impl Store {
 
     pub async fn get_account_by_key(&self, jwk: &[u8]) -> Result<Account, Problem> {
         let jwk = quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::malformed(e.to_string()))?;
-        let row = sqlx::query("SELECT * FROM accounts WHERE key_hash = ?")
+        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = ?")
             .bind(jwk.key_hash().to_vec())
             .fetch_optional(&self.pool)
             .await
@@ -723,6 +725,7 @@ fn account_from_row(row: &SqliteRow) -> Result<Account, Problem> {
         contact: serde_json::from_str(&contact).map_err(internal)?,
         terms_of_service_agreed: get(row, "terms_of_service_agreed")?,
         created_at: get(row, "created_at")?,
+        external_account_id: get(row, "external_account_id")?,
     })
 }
 

@@ -62,6 +62,15 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
 impl InProcessStack {
     /// Starts sa, ca, nonce, the fake va and the ra (after `configure_ra`), and the wfe when `with_wfe`.
     pub async fn start(with_wfe: bool, configure_ra: impl FnOnce(&mut quarry_ra::Config)) -> Self {
+        Self::start_configured(with_wfe, configure_ra, |_| {}).await
+    }
+
+    /// As [`InProcessStack::start`], with the wfe's configuration changed by `configure_wfe` first.
+    pub async fn start_configured(
+        with_wfe: bool,
+        configure_ra: impl FnOnce(&mut quarry_ra::Config),
+        configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
+    ) -> Self {
         let pki = TestPki::new();
         let db = tempfile::tempdir().expect("database directory");
         let sa_config = quarry_sa::Config {
@@ -116,15 +125,21 @@ impl InProcessStack {
         let (listener, ra) = listen(ra_config.grpc.listen).await;
         tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
 
-        let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, nonce).await) } else { None };
+        let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, nonce, configure_wfe).await) } else { None };
         Self { pki, sa, ca, nonce, ra, wfe, va, _db: db }
     }
 }
 
-async fn start_wfe(pki: &TestPki, ra: SocketAddr, sa: SocketAddr, nonce: SocketAddr) -> String {
+async fn start_wfe(
+    pki: &TestPki,
+    ra: SocketAddr,
+    sa: SocketAddr,
+    nonce: SocketAddr,
+    configure: impl FnOnce(&mut quarry_wfe::Config),
+) -> String {
     let (listener, wfe) = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let base = format!("http://{wfe}");
-    let config = quarry_wfe::Config {
+    let mut config = quarry_wfe::Config {
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),
@@ -151,7 +166,9 @@ async fn start_wfe(pki: &TestPki, ra: SocketAddr, sa: SocketAddr, nonce: SocketA
             ]),
             ..Default::default()
         },
+        external_account_binding: Default::default(),
     };
+    configure(&mut config);
     tokio::spawn(quarry_wfe::serve(config, listener, std::future::pending()));
     base
 }

@@ -23,6 +23,8 @@ use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
 use serde_json::Value;
 
+use quarry_jose::{ExternalAccountBinding, Jwk};
+
 use crate::post::{self, KeyMode, Verified};
 use crate::problem::ProblemResponse;
 use crate::render;
@@ -141,6 +143,8 @@ struct NewAccountPayload {
     terms_of_service_agreed: bool,
     #[serde(default)]
     only_return_existing: bool,
+    #[serde(default)]
+    external_account_binding: Option<Value>,
 }
 
 async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
@@ -158,16 +162,51 @@ async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: 
     if wfe.directory()["meta"].get("termsOfService").is_some() && !payload.terms_of_service_agreed {
         return Err(Problem::malformed("must agree to the terms of service (termsOfServiceAgreed: true)").into());
     }
+    let external_account_id = match &payload.external_account_binding {
+        Some(binding) => check_external_account_binding(&wfe, binding, &request.jwk)?,
+        None if wfe.eab_required() => {
+            return Err(Problem::new(
+                ErrorKind::ExternalAccountRequired,
+                "this CA requires an external account binding to create an account",
+            )
+            .into());
+        }
+        None => String::new(),
+    };
     let new = pb::Account {
         jwk: request.jwk.canonical_json().into_bytes(),
         contact: payload.contact,
         terms_of_service_agreed: payload.terms_of_service_agreed,
+        external_account_id,
         ..Default::default()
     };
     let created = wfe.ra().new_account(request_with_deadline(new, deadline)).await?;
     let created = Account::try_from(created.get_ref())?;
     let response = json_response(StatusCode::CREATED, &render::account(&created));
     Ok(with_location(response, &wfe.urls().account(created.id)))
+}
+
+/// RFC 8555 §7.3.4: the binding must be for this URL and this account key, MACed with a key this CA gave out.
+/// Returns the external account's key identifier.
+fn check_external_account_binding(wfe: &Wfe, binding: &Value, account_key: &Jwk) -> Result<String, Problem> {
+    let binding = ExternalAccountBinding::parse(binding).map_err(post::jose_problem)?;
+    let new_account_url = format!("{}/acme/new-acct", wfe.urls().base);
+    if binding.url != new_account_url {
+        return Err(Problem::malformed(format!(
+            "externalAccountBinding url {:?} is not {new_account_url:?}",
+            binding.url
+        )));
+    }
+    if binding.jwk != *account_key {
+        return Err(Problem::malformed("externalAccountBinding payload is not the account key of this request"));
+    }
+    let Some(key) = wfe.eab_key(&binding.kid) else {
+        return Err(Problem::unauthorized(format!("external account {:?} is not known to this CA", binding.kid)));
+    };
+    binding.verify(key).map_err(|_| {
+        Problem::unauthorized("externalAccountBinding MAC does not verify with the external account's key")
+    })?;
+    Ok(binding.kid)
 }
 
 async fn account(
@@ -526,8 +565,7 @@ async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: H
     if payload.account != wfe.urls().account(account.id) {
         return Err(Problem::unauthorized("key-change \"account\" does not name the signing account").into());
     }
-    let old_key =
-        quarry_jose::Jwk::from_json(&payload.old_key).map_err(|e| Problem::malformed(format!("oldKey: {e}")))?;
+    let old_key = Jwk::from_json(&payload.old_key).map_err(|e| Problem::malformed(format!("oldKey: {e}")))?;
     if old_key != request.jwk {
         return Err(Problem::unauthorized("key-change \"oldKey\" is not the account's current key").into());
     }

@@ -59,6 +59,21 @@ pub struct Config {
     /// The directory's `meta` object.
     #[serde(default)]
     pub directory_meta: DirectoryMeta,
+    /// External account binding (RFC 8555 §7.3.4).
+    #[serde(default)]
+    pub external_account_binding: ExternalAccountBindingConfig,
+}
+
+/// The MAC keys handed out for external account binding, and whether a new account must present one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAccountBindingConfig {
+    /// Refuse new accounts without a binding (`meta.externalAccountRequired`).
+    #[serde(default)]
+    pub required: bool,
+    /// Key identifier → MAC key (unpadded base64url, at least 16 bytes): secrets, set by an environment's overlay.
+    #[serde(default)]
+    pub keys: std::collections::BTreeMap<String, String>,
 }
 
 /// One nonce service instance.

@@ -48,7 +48,7 @@ impl Verified {
     }
 }
 
-fn jose_problem(err: JoseError) -> Problem {
+pub(crate) fn jose_problem(err: JoseError) -> Problem {
     match err {
         JoseError::BadSignatureAlgorithm(detail) => Problem::new(ErrorKind::BadSignatureAlgorithm, detail),
         JoseError::BadSignature => Problem::malformed("JWS verification error"),

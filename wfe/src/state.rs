@@ -1,6 +1,7 @@
 //! What every request handler shares: the gRPC clients, the nonce instances by prefix, the issuer chains and the
 //! directory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +17,10 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::render::Urls;
-use crate::{Config, Error};
+use crate::{Config, Error, ExternalAccountBindingConfig};
+
+/// 128 bits: a shorter MAC key could be guessed.
+const MIN_EAB_KEY_LEN: usize = 16;
 
 /// The nonce prefix length every instance uses.
 const NONCE_PREFIX_LEN: usize = 8;
@@ -35,9 +39,31 @@ struct Inner {
     chains: Vec<Vec<Vec<u8>>>,
     /// The subject key identifiers of the chains' issuers: what an ARI CertID may name.
     issuer_key_ids: Vec<Vec<u8>>,
+    eab_required: bool,
+    /// External account binding MAC keys by key identifier.
+    eab_keys: BTreeMap<String, Vec<u8>>,
     directory: Value,
     request_timeout: Duration,
     retry_after: u64,
+}
+
+/// The external account binding MAC keys, decoded and checked.
+fn eab_keys(eab: &ExternalAccountBindingConfig) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    if eab.required && eab.keys.is_empty() {
+        return Err(Error::Config("external_account_binding.required needs at least one key".into()));
+    }
+    let mut keys = BTreeMap::new();
+    for (kid, key) in &eab.keys {
+        let key = quarry_jose::b64_decode(key)
+            .map_err(|_| Error::Config(format!("external_account_binding key {kid:?} is not base64url")))?;
+        if key.len() < MIN_EAB_KEY_LEN {
+            return Err(Error::Config(format!(
+                "external_account_binding key {kid:?} is shorter than {MIN_EAB_KEY_LEN} bytes"
+            )));
+        }
+        keys.insert(kid.clone(), key);
+    }
+    Ok(keys)
 }
 
 fn subject_key_id(der: &[u8]) -> Option<Vec<u8>> {
@@ -63,6 +89,7 @@ fn load_chain(path: &std::path::Path) -> Result<Vec<Vec<u8>>, Error> {
 
 impl Wfe {
     pub fn new(config: &Config) -> Result<Self, Error> {
+        let eab_keys = eab_keys(&config.external_account_binding)?;
         let base = config.base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(Error::Config(format!("base_url {base:?} must be an http(s) URL")));
@@ -103,6 +130,10 @@ impl Wfe {
         if !m.profiles.is_empty() {
             meta["profiles"] = json!(m.profiles);
         }
+        let eab = &config.external_account_binding;
+        if eab.required {
+            meta["externalAccountRequired"] = json!(true);
+        }
         let directory = json!({
             "newNonce": format!("{}/acme/new-nonce", urls.base),
             "newAccount": format!("{}/acme/new-acct", urls.base),
@@ -130,6 +161,8 @@ impl Wfe {
                 next_nonce_service: AtomicUsize::new(0),
                 chains,
                 issuer_key_ids,
+                eab_required: eab.required,
+                eab_keys,
                 directory,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 retry_after: config.retry_after_secs,
@@ -188,6 +221,16 @@ impl Wfe {
             .redeem(request_with_deadline(NonceMessage { nonce: nonce.to_owned() }, self.deadline()))
             .await?;
         Ok(reply.into_inner().valid)
+    }
+
+    /// Whether new accounts need an external account binding.
+    pub fn eab_required(&self) -> bool {
+        self.inner.eab_required
+    }
+
+    /// The MAC key of the external account `kid`.
+    pub fn eab_key(&self, kid: &str) -> Option<&[u8]> {
+        self.inner.eab_keys.get(kid).map(Vec::as_slice)
     }
 
     pub fn issuer_key_ids(&self) -> &[Vec<u8>] {

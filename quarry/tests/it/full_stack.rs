@@ -51,6 +51,7 @@ impl Stack {
         let challtestsrv = ChallTestSrv::start(ChallConfig {
             dns_addr: loopback(0),
             http01_addr: loopback(0),
+            tlsalpn01_addr: None,
             management_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             default_ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
             default_ipv6: None,
@@ -343,9 +344,16 @@ async fn services_stop_when_quarry_dev_is_killed() {
     assert_eq!(services.len(), 6, "{services:?}");
     stack._process.kill().await.expect("SIGKILL quarry dev");
     let started = Instant::now();
-    let alive = || services.iter().filter(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists()).count();
-    while alive() > 0 {
-        assert!(started.elapsed() < Duration::from_secs(10), "{} services outlived quarry dev", alive());
+    // A zombie (state Z) has exited; whoever adopted it just has not reaped it yet.
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()).map(str::to_owned))
+            .is_some_and(|state| state != "Z" && state != "X")
+    };
+    let alive = || services.iter().filter(|(pid, _)| running(pid)).map(|(_, name)| name.clone()).collect::<Vec<_>>();
+    while !alive().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(15), "{:?} outlived quarry dev", alive());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -15,7 +15,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        let services = InProcessStack::start(true, |_| {}).await;
+        Self::start_with(|_| {}).await
+    }
+
+    /// A stack whose wfe configuration `configure` changed first.
+    pub async fn start_with(configure: impl FnOnce(&mut quarry_wfe::Config)) -> Stack {
+        let services = InProcessStack::start_configured(true, |_| {}, configure).await;
         let base = services.wfe.clone().expect("wfe started");
         let client = AcmeClient::new(&format!("{base}/directory"), None).await.expect("directory");
         Stack { client, va: services.va.clone(), base, _services: services }
