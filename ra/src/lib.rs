@@ -51,9 +51,13 @@ pub struct Config {
     /// The most a background validation may take.
     #[serde(default = "default_timeout_ms")]
     pub validation_timeout_ms: u64,
-    /// The most issuance may take when the caller sets no deadline.
+    /// The most issuance may take (in the background when `async_finalize`, else when the caller sets no deadline).
     #[serde(default = "default_timeout_ms")]
     pub finalize_timeout_ms: u64,
+    /// Answer finalize with the `processing` order at once and issue in the background (RFC 8555 §7.4: the client
+    /// polls the order, told when by `Retry-After`), instead of answering once the certificate exists.
+    #[serde(default)]
+    pub async_finalize: bool,
 }
 
 /// What a profile decides in the ra: lifetimes, how many and which identifiers an order may hold.

@@ -54,6 +54,7 @@ struct Inner {
     challenge_types: Vec<ChallengeType>,
     validation_timeout: Duration,
     finalize_timeout: Duration,
+    async_finalize: bool,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -73,6 +74,7 @@ impl Registrar {
                 challenge_types,
                 validation_timeout: Duration::from_millis(config.validation_timeout_ms),
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
+                async_finalize: config.async_finalize,
             }),
         })
     }
@@ -394,17 +396,32 @@ impl Registrar {
             .clone()
             .set_order_processing(request_with_deadline(sapb::OrderId { id: order.id }, deadline))
             .await?;
-        let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));
-        if let Err(problem) = self.issue(&order, req.csr, deadline).await {
-            // Past "processing" an order cannot go back to ready: it becomes invalid, and the client starts over.
-            let failed = sapb::SetOrderErrorRequest { id: order.id, error: problem_to_pb(&Some(problem.clone())) };
-            if let Err(status) = inner.sa_write.clone().set_order_error(request_with_deadline(failed, deadline)).await {
-                tracing::error!(order_id = order.id, %status, "cannot mark the failed order invalid");
-            }
-            tracing::warn!(order_id = order.id, %problem, "issuance failed");
-            return Err(problem);
+        if inner.async_finalize {
+            let registrar = self.clone();
+            let (order_id, csr) = (order.id, req.csr);
+            // Issuance outlives the client's request: it has its own timeout, not the request's deadline.
+            tokio::spawn(async move {
+                let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
+                let _ = registrar.issue_or_invalidate(&order, csr, deadline).await;
+            });
+            return self.order(order_id, deadline).await;
         }
+        let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));
+        self.issue_or_invalidate(&order, req.csr, deadline).await?;
         self.order(order.id, deadline).await
+    }
+
+    /// Issues, or marks the order invalid: past "processing" an order cannot go back to ready, and the client
+    /// starts over with a new order.
+    async fn issue_or_invalidate(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
+        let Err(problem) = self.issue(order, csr, deadline).await else { return Ok(()) };
+        let failed = sapb::SetOrderErrorRequest { id: order.id, error: problem_to_pb(&Some(problem.clone())) };
+        if let Err(status) = self.inner.sa_write.clone().set_order_error(request_with_deadline(failed, deadline)).await
+        {
+            tracing::error!(order_id = order.id, %status, "cannot mark the failed order invalid");
+        }
+        tracing::warn!(order_id = order.id, %problem, "issuance failed");
+        Err(problem)
     }
 
     async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {

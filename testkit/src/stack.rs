@@ -56,6 +56,7 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         challenge_types: vec!["http-01".into(), "dns-01".into(), "tls-alpn-01".into()],
         validation_timeout_ms: 5_000,
         finalize_timeout_ms: 10_000,
+        async_finalize: false,
     }
 }
 

@@ -46,6 +46,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/chall/{authz}/{index}", any(challenge))
         .route("/acme/finalize/{id}", any(finalize))
         .route("/acme/cert/{serial}", any(certificate))
+        .route("/acme/cert/{serial}/{alternate}", any(alternate_certificate))
         .route("/acme/revoke-cert", any(revoke_certificate))
         .route("/acme/key-change", any(key_change))
         .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
@@ -411,7 +412,12 @@ async fn authorization(
     let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
     check_owner(&request, authz.account_id, "authorization")?;
     let Some(request) = request.filter(|r| !r.is_post_as_get()) else {
-        return Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz)));
+        let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
+        // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
+        if authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing) {
+            return Ok(with_retry_after(response, wfe.retry_after()));
+        }
+        return Ok(response);
     };
     // RFC 8555 §7.5.2: the only change a client may ask for is deactivation.
     let update: Value = request.json()?;
@@ -497,8 +503,35 @@ async fn certificate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
+    certificate_chain(&wfe, &serial, 0, &method, &uri, &headers, &body).await
+}
+
+/// An alternate chain (RFC 8555 §7.4.2): `/acme/cert/{serial}/{n}`, n ≥ 1.
+async fn alternate_certificate(
+    State(wfe): State<Wfe>,
+    Path((serial, alternate)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let index = alternate.parse::<usize>().ok().filter(|n| *n >= 1);
+    let index = index.ok_or_else(|| Problem::not_found("certificate not found"))?;
+    certificate_chain(&wfe, &serial, index, &method, &uri, &headers, &body).await
+}
+
+/// The certificate `serial` followed by its `index`th chain, with `Link: rel="alternate"` to the other chains.
+async fn certificate_chain(
+    wfe: &Wfe,
+    serial: &str,
+    index: usize,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Reply {
     let deadline = wfe.deadline();
-    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let request = reader(wfe, method, uri, headers, body, deadline).await?;
     if !serial.bytes().all(|b| b.is_ascii_hexdigit()) || serial.is_empty() {
         return Err(Problem::not_found("certificate not found").into());
     }
@@ -512,12 +545,23 @@ async fn certificate(
     {
         return Err(Problem::unauthorized("this certificate belongs to another account").into());
     }
+    let chains = wfe.chains_for(&cert.der);
+    if index > 0 && index >= chains.len() {
+        return Err(Problem::not_found("no such alternate chain").into());
+    }
     let mut pem = pem_encode(&cert.der);
-    for issuer in wfe.chain_for(&cert.der).unwrap_or_default() {
+    for issuer in chains.get(index).copied().unwrap_or_default() {
         pem.push_str(&pem_encode(issuer));
     }
     let mut response = (StatusCode::OK, pem).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
+    let canonical = wfe.urls().certificate(&serial.to_ascii_lowercase());
+    for other in (0..chains.len()).filter(|n| *n != index) {
+        let url = if other == 0 { canonical.clone() } else { format!("{canonical}/{other}") };
+        if let Ok(link) = HeaderValue::from_str(&format!("<{url}>;rel=\"alternate\"")) {
+            response.headers_mut().append(header::LINK, link);
+        }
+    }
     Ok(response)
 }
 

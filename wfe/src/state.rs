@@ -237,13 +237,21 @@ impl Wfe {
         &self.inner.issuer_key_ids
     }
 
-    /// The configured chain whose first certificate issued `leaf`.
-    pub fn chain_for(&self, leaf: &[u8]) -> Option<&[Vec<u8>]> {
+    /// Every configured chain whose first certificate issued `leaf`, in configuration order: the first is the
+    /// default, the others are alternates (RFC 8555 §7.4.2).
+    pub fn chains_for(&self, leaf: &[u8]) -> Vec<&[Vec<u8>]> {
         use x509_parser::prelude::*;
-        let (_, leaf) = parse_x509_certificate(leaf).ok()?;
-        self.inner.chains.iter().find_map(|chain| {
-            let (_, issuer) = parse_x509_certificate(chain.first()?).ok()?;
-            (issuer.subject().as_raw() == leaf.issuer().as_raw()).then_some(chain.as_slice())
-        })
+        let Ok((_, leaf)) = parse_x509_certificate(leaf) else { return Vec::new() };
+        self.inner
+            .chains
+            .iter()
+            .filter(|chain| {
+                chain
+                    .first()
+                    .and_then(|issuer| parse_x509_certificate(issuer).ok())
+                    .is_some_and(|(_, issuer)| issuer.subject().as_raw() == leaf.issuer().as_raw())
+            })
+            .map(Vec::as_slice)
+            .collect()
     }
 }

@@ -20,7 +20,15 @@ impl Stack {
 
     /// A stack whose wfe configuration `configure` changed first.
     pub async fn start_with(configure: impl FnOnce(&mut quarry_wfe::Config)) -> Stack {
-        let services = InProcessStack::start_configured(true, |_| {}, configure).await;
+        Self::start_configured(|_| {}, configure).await
+    }
+
+    /// A stack whose ra and wfe configurations were changed first.
+    pub async fn start_configured(
+        configure_ra: impl FnOnce(&mut quarry_ra::Config),
+        configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
+    ) -> Stack {
+        let services = InProcessStack::start_configured(true, configure_ra, configure_wfe).await;
         let base = services.wfe.clone().expect("wfe started");
         let client = AcmeClient::new(&format!("{base}/directory"), None).await.expect("directory");
         Stack { client, va: services.va.clone(), base, _services: services }

@@ -319,3 +319,59 @@ async fn certificates_are_revoked_by_their_account_or_their_key() {
         .unwrap();
     assert_eq!(unknown.problem_type().as_deref(), Some("malformed"));
 }
+
+#[tokio::test]
+async fn asynchronous_finalization_answers_processing_and_the_order_is_polled() {
+    let stack = Stack::start_configured(|ra| ra.async_finalize = true, |_| {}).await;
+    let account = stack.account(Algorithm::Es256).await;
+    let (order_url, order) = stack.order(&account, &["async.example.org"]).await;
+    stack.make_ready(&account, &order_url, &order).await;
+    let csr = csr(&["async.example.org"]);
+    let answer =
+        stack.client.post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.header("location").as_deref(), Some(order_url.as_str()));
+    // Issuance in-process takes milliseconds, so the background task may already have finished.
+    let status = answer.json()["status"].as_str().unwrap().to_owned();
+    assert!(status == "processing" || status == "valid", "{status}");
+    if status == "processing" {
+        assert_eq!(answer.header("retry-after").as_deref(), Some("1"));
+    }
+    let done = stack.client.poll(&account, &order_url, 100, |o| o["status"] == "valid").await.expect("order valid");
+    let cert = stack.client.post(&account, done["certificate"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(cert.header("content-type").as_deref(), Some("application/pem-certificate-chain"));
+}
+
+#[tokio::test]
+async fn alternate_chains_are_linked_from_the_certificate() {
+    let stack = Stack::start_with(|wfe| {
+        // A second chain for the same issuer: the intermediate followed by the root.
+        let intermediate = wfe.chains[0].clone();
+        let mut pem = std::fs::read(&intermediate).unwrap();
+        pem.extend(std::fs::read(intermediate.with_file_name("root.pem")).unwrap());
+        let alternate = intermediate.with_file_name("intermediate-e1-with-root.pem");
+        std::fs::write(&alternate, pem).unwrap();
+        wfe.chains.push(alternate);
+    })
+    .await;
+    let account = stack.account(Algorithm::Es256).await;
+    let (der, _) = issue(&stack, &account, &["chains.example.org"]).await;
+    let serial: String = {
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let url = format!("{}/acme/cert/{serial}", stack.base);
+    let default = stack.client.post(&account, &url, None).await.unwrap();
+    assert_eq!(default.headers_all("link").iter().filter(|l| l.contains("rel=\"alternate\"")).count(), 1);
+    assert!(default.headers_all("link").contains(&format!("<{url}/1>;rel=\"alternate\"")));
+    let count = |body: &[u8]| String::from_utf8_lossy(body).matches("BEGIN CERTIFICATE").count();
+    assert_eq!(count(&default.body), 2);
+    let alternate = stack.client.post(&account, &format!("{url}/1"), None).await.unwrap();
+    assert_eq!(alternate.status, 200);
+    assert_eq!(count(&alternate.body), 3);
+    assert!(alternate.headers_all("link").contains(&format!("<{url}>;rel=\"alternate\"")));
+    for missing in ["2", "0", "x"] {
+        let response = stack.client.post(&account, &format!("{url}/{missing}"), None).await.unwrap();
+        assert_eq!(response.status, 404, "{missing}");
+    }
+}
