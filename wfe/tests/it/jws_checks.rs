@@ -47,6 +47,7 @@ async fn bad_requests_get_the_right_problem_and_change_nothing() {
             "malformed",
         ),
         ("not a JWS", "{}".to_owned(), None, 400, "malformed"),
+        ("oversized body", format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20)), None, 413, "malformed"),
         (
             "unsupported algorithm",
             with_header(&account, &new_order, &client.nonce().await.unwrap(), json!({"alg": "HS256"})),
