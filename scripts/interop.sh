@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$quarry" dev --data-dir "$work/dev" --acme-addr "$acme_addr" --va-http-port "$http_port" --va-tls-port "$tls_port" \
-  --no-http01-responder \
+  --no-http01-responder --no-tlsalpn01-responder \
   >"$work/dev.out" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 120); do

@@ -40,6 +40,10 @@ pub struct DevArgs {
     /// on the va's http-01 port, e.g. certbot --standalone).
     #[arg(long)]
     no_http01_responder: bool,
+    /// Do not run the challenge test server's tls-alpn-01 responder (use this when your own server answers on the
+    /// va's tls-alpn-01 port, e.g. lego --tls).
+    #[arg(long)]
+    no_tlsalpn01_responder: bool,
     /// The first of the loopback ports the services' gRPC servers use (six consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
@@ -228,8 +232,7 @@ async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::Runn
     let config = challtestsrv::Config {
         dns_addr: Some(args.va_dns()),
         http01_addr: (!args.no_http01_responder).then(|| SocketAddr::from(([127, 0, 0, 1], args.va_http_port))),
-        // The va's tls-alpn-01 port is left to the client's own server, as before.
-        tlsalpn01_addr: None,
+        tlsalpn01_addr: (!args.no_tlsalpn01_responder).then(|| SocketAddr::from(([127, 0, 0, 1], args.va_tls_port))),
         management_addr: SocketAddr::from(([127, 0, 0, 1], 8055)),
         default_ipv4: Some(Ipv4Addr::LOCALHOST),
         default_ipv6: None,

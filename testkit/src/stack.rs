@@ -15,13 +15,19 @@ pub struct InProcessStack {
     pub pki: TestPki,
     pub sa: SocketAddr,
     pub ca: SocketAddr,
+    /// The first nonce instance.
     pub nonce: SocketAddr,
+    /// Every nonce instance, by prefix ([`NONCE_PREFIXES`]).
+    pub nonces: Vec<(String, SocketAddr)>,
     pub ra: SocketAddr,
     /// The wfe's base URL (plain HTTP), when it was started.
     pub wfe: Option<String>,
     pub va: FakeVa,
     _db: tempfile::TempDir,
 }
+
+/// The prefixes of the two nonce instances the wfe uses.
+pub const NONCE_PREFIXES: [&str; 2] = ["testnonc", "testnon2"];
 
 async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind a loopback port");
@@ -109,15 +115,21 @@ impl InProcessStack {
         let (listener, ca) = listen(ca_config.grpc.listen).await;
         tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));
 
-        let nonce_config = quarry_nonce::Config {
-            version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[("quarry.nonce.v1.NonceService", &["wfe"])]),
-            tls: pki.tls("nonce"),
-            prefix: "testnonc".into(),
-            max_used: 1000,
-        };
-        let (listener, nonce) = listen(nonce_config.grpc.listen).await;
-        tokio::spawn(quarry_nonce::serve(nonce_config, listener, std::future::pending()));
+        // Two instances, as production runs several: the wfe must redeem each nonce where it was minted.
+        let mut nonces = Vec::new();
+        for prefix in NONCE_PREFIXES {
+            let nonce_config = quarry_nonce::Config {
+                version: ConfigVersion::CURRENT,
+                grpc: pki.server_config(&[("quarry.nonce.v1.NonceService", &["wfe"])]),
+                tls: pki.tls("nonce"),
+                prefix: prefix.to_owned(),
+                max_used: 1000,
+            };
+            let (listener, addr) = listen(nonce_config.grpc.listen).await;
+            tokio::spawn(quarry_nonce::serve(nonce_config, listener, std::future::pending()));
+            nonces.push((prefix.to_owned(), addr));
+        }
+        let nonce = nonces[0].1;
 
         let va = FakeVa::default();
         let va_addr = va.start(&pki).await;
@@ -126,8 +138,8 @@ impl InProcessStack {
         let (listener, ra) = listen(ra_config.grpc.listen).await;
         tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
 
-        let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, nonce, configure_wfe).await) } else { None };
-        Self { pki, sa, ca, nonce, ra, wfe, va, _db: db }
+        let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, &nonces, configure_wfe).await) } else { None };
+        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, _db: db }
     }
 }
 
@@ -135,7 +147,7 @@ async fn start_wfe(
     pki: &TestPki,
     ra: SocketAddr,
     sa: SocketAddr,
-    nonce: SocketAddr,
+    nonces: &[(String, SocketAddr)],
     configure: impl FnOnce(&mut quarry_wfe::Config),
 ) -> String {
     let (listener, wfe) = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await;
@@ -145,12 +157,15 @@ async fn start_wfe(
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),
         sa: pki.client_config("sa", sa),
-        nonce_services: vec![quarry_wfe::NonceServiceConfig {
-            prefix: "testnonc".into(),
-            address: format!("https://{nonce}"),
-            server_name: "nonce.quarry".into(),
-            timeout_ms: 5_000,
-        }],
+        nonce_services: nonces
+            .iter()
+            .map(|(prefix, addr)| quarry_wfe::NonceServiceConfig {
+                prefix: prefix.clone(),
+                address: format!("https://{addr}"),
+                server_name: "nonce.quarry".into(),
+                timeout_ms: 5_000,
+            })
+            .collect(),
         listen: wfe,
         https_cert: None,
         https_key: None,
@@ -161,11 +176,11 @@ async fn start_wfe(
         directory_meta: quarry_wfe::DirectoryMeta {
             terms_of_service: Some("https://quarry.example/terms".into()),
             website: Some("https://quarry.example".into()),
+            caa_identities: vec!["quarry.example".into()],
             profiles: BTreeMap::from([
                 ("classic".to_owned(), "90-day certificates for DNS names".to_owned()),
                 ("shortlived".to_owned(), "160-hour certificates for DNS names and IP addresses".to_owned()),
             ]),
-            ..Default::default()
         },
         external_account_binding: Default::default(),
     };

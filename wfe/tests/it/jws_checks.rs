@@ -144,6 +144,39 @@ async fn unknown_paths_and_methods() {
     assert_eq!((get_post_only.status, get_post_only.problem_type().as_deref()), (405, Some("malformed")));
 }
 
+#[tokio::test]
+async fn nonces_are_redeemed_by_the_instance_that_minted_them() {
+    let stack = Stack::start().await;
+    let client = &stack.client;
+    let account = stack.account(Algorithm::Es256).await;
+    let account_url = account.url.clone().unwrap();
+    let mut by_prefix = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let nonce = client.nonce().await.unwrap();
+        by_prefix.entry(nonce[..8].to_owned()).or_insert_with(Vec::new).push(nonce);
+    }
+    let prefixes: Vec<&String> = by_prefix.keys().collect();
+    assert_eq!(prefixes, quarry_testkit::stack::NONCE_PREFIXES.iter().rev().collect::<Vec<_>>());
+    let post_as_get = |nonce: &str| {
+        let body = account.sign(&account_url, nonce, None);
+        client.request(http::Method::POST, &account_url, Some("application/jose+json"), body.into_bytes())
+    };
+    // Each instance's nonce works once, wherever the previous one came from.
+    for nonces in by_prefix.values() {
+        let answer = post_as_get(&nonces[0]).await.unwrap();
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        let replayed = post_as_get(&nonces[0]).await.unwrap();
+        assert_eq!(replayed.problem_type().as_deref(), Some("badNonce"));
+    }
+    // A nonce minted by one instance, presented under the other's prefix, is refused by the other.
+    let (first, second) = (&by_prefix["testnonc"][1], &by_prefix["testnon2"][1]);
+    let forged = format!("{}{}", &first[..8], &second[8..]);
+    let refused = post_as_get(&forged).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("badNonce"));
+    let genuine = post_as_get(second).await.unwrap();
+    assert_eq!(genuine.status, 200, "the forged nonce did not use up the genuine one");
+}
+
 /// Flips a character of the signature.
 fn tamper(body: &str) -> String {
     let mut jws: Value = serde_json::from_str(body).unwrap();

@@ -20,6 +20,7 @@ async fn the_directory_lists_every_resource() {
         "meta": {
             "termsOfService": "https://quarry.example/terms",
             "website": "https://quarry.example",
+            "caaIdentities": ["quarry.example"],
             "profiles": {
                 "classic": "90-day certificates for DNS names",
                 "shortlived": "160-hour certificates for DNS names and IP addresses",
@@ -36,7 +37,7 @@ async fn new_nonce_answers_head_and_get_with_a_nonce() {
     for (method, status) in [(http::Method::HEAD, 200), (http::Method::GET, 204)] {
         let response = stack.client.request(method, &url, None, Vec::new()).await.unwrap();
         assert_eq!(response.status, status);
-        assert!(response.header("replay-nonce").unwrap().starts_with("testnonc"));
+        assert!(response.header("replay-nonce").unwrap().starts_with("testnon"));
         assert_eq!(response.header("cache-control").as_deref(), Some("no-store"));
         assert!(response.headers_all("link").iter().any(|l| l.ends_with("rel=\"index\"")));
     }
@@ -176,6 +177,53 @@ async fn a_processing_challenge_and_a_bad_order() {
     let challenge = stack.client.post(&account, challenge_url, None).await.unwrap().json();
     assert_eq!(challenge["status"], "invalid");
     assert_eq!(challenge["error"]["type"], "urn:ietf:params:acme:error:incorrectResponse");
+
+    // No retry (as Boulder): the authorization is invalid for good, and so is its order; a new order starts afresh.
+    stack.va.pass();
+    let retry = stack.client.post(&account, challenge_url, Some(&json!({}))).await.unwrap();
+    assert_eq!(retry.problem_type().as_deref(), Some("malformed"), "{}", String::from_utf8_lossy(&retry.body));
+    let authz = stack.client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
+    assert_eq!(authz["status"], "invalid");
+    let (_, fresh) = stack.order(&account, &["fail.example.org"]).await;
+    assert_eq!(fresh["status"], "pending");
+    assert_ne!(fresh["authorizations"][0], order["authorizations"][0]);
+}
+
+#[tokio::test]
+async fn orders_and_authorizations_expire() {
+    // Two-second lifetimes, so that expiry can be watched without a fake clock.
+    let stack = Stack::start_configured(
+        |ra| {
+            let classic = ra.profiles.get_mut("classic").unwrap();
+            classic.pending_authorization_lifetime_secs = 2;
+            classic.order_lifetime_secs = 2;
+        },
+        |_| {},
+    )
+    .await;
+    let account = stack.account(Algorithm::Es384).await;
+    let (order_url, order) = stack.order(&account, &["expiring.example.org"]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = stack.client.post(&account, &authz_url, None).await.unwrap().json();
+    let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
+    let expires =
+        time::OffsetDateTime::parse(order["expires"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let wait = (expires - time::OffsetDateTime::now_utc()).whole_milliseconds().clamp(0, 3_000) as u64 + 1_100;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+
+    let order = stack.client.post(&account, &order_url, None).await.unwrap().json();
+    assert_eq!(order["status"], "invalid");
+    let authz = stack.client.post(&account, &authz_url, None).await.unwrap().json();
+    assert_eq!(authz["status"], "expired");
+    let late = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
+    assert_eq!(late.problem_type().as_deref(), Some("malformed"));
+    let finalize = json!({"csr": csr(&["expiring.example.org"])});
+    let late = stack.client.post(&account, order["finalize"].as_str().unwrap(), Some(&finalize)).await.unwrap();
+    assert_eq!(late.problem_type().as_deref(), Some("orderNotReady"));
+    // The expired order is not reused.
+    let (new_url, _) = stack.order(&account, &["expiring.example.org"]).await;
+    assert_ne!(new_url, order_url);
 }
 
 #[tokio::test]
