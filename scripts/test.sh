@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl, python3), then runs formatting and lint checks, every Rust test
-# (unit, per-service gRPC integration, full stack), and the interoperability tests with certbot and lego.
+# (Debian packages: certbot, lego, curl, jq, openssl, python3, postgresql), starts a private PostgreSQL on
+# 127.0.0.1:5433 for the storage tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC
+# integration on SQLite and PostgreSQL, full stack), and the interoperability tests with certbot and lego.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,6 +31,12 @@ if grep -q '^ring v' <<<"$ring_users"; then
   echo "$ring_users" >&2
   exit 1
 fi
+
+echo "==> PostgreSQL for the storage tests (127.0.0.1:${QUARRY_TEST_POSTGRES_PORT:=5433})"
+pg_dir=$(mktemp -d /tmp/quarry-test-pg.XXXXXX)
+trap 'bash "$root/scripts/postgres.sh" stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
+QUARRY_TEST_POSTGRES_URL=$(bash "$root/scripts/postgres.sh" start "$pg_dir" "$QUARRY_TEST_POSTGRES_PORT")
+export QUARRY_TEST_POSTGRES_URL
 
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -44,6 +44,10 @@ pub struct DevArgs {
     /// va's tls-alpn-01 port, e.g. lego --tls).
     #[arg(long)]
     no_tlsalpn01_responder: bool,
+    /// The sa's database: `postgres://user@host:port/database` (which must exist) instead of SQLite in the data
+    /// directory.
+    #[arg(long)]
+    db: Option<String>,
     /// The first of the loopback ports the services' gRPC servers use (six consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
@@ -105,6 +109,10 @@ impl DevArgs {
     pub fn variables(&self, data_dir: &Path) -> BTreeMap<&'static str, String> {
         let mut vars = BTreeMap::from([
             ("data_dir", data_dir.display().to_string()),
+            (
+                "database_url",
+                self.db.clone().unwrap_or_else(|| format!("sqlite://{}/quarry.db?mode=rwc", data_dir.display())),
+            ),
             ("pki_dir", data_dir.join("pki").display().to_string()),
             ("acme_listen", self.acme_addr.to_string()),
             ("base_url", self.base_url()),

@@ -1,5 +1,5 @@
 //! The storage authority: the only database client. It serves a read-only gRPC service (for the wfe) and a
-//! read-write one (for the ra and the ca), over SQLite today.
+//! read-write one (for the ra and the ca), over SQLite or PostgreSQL.
 
 mod error;
 mod server;
@@ -29,11 +29,19 @@ pub struct Config {
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.
     pub tls: TlsFiles,
-    /// `sqlite:///path/to/quarry.db?mode=rwc`; the file and its directory are created when missing.
+    /// `sqlite:///path/to/quarry.db?mode=rwc` (the file and its directory are created when missing) or
+    /// `postgres://user@host:port/database` (the database must exist; the schema is migrated at start-up).
     pub database_url: String,
     /// Connections in the pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// The longest one statement may run (and one connection may be waited for), in milliseconds.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    5_000
 }
 
 fn default_max_connections() -> u32 {
@@ -53,7 +61,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     create_parent_dir(&config.database_url);
-    let store = Store::open(&config.database_url, config.max_connections).await?;
+    let settings = store::PoolSettings {
+        max_connections: config.max_connections,
+        statement_timeout: std::time::Duration::from_millis(config.statement_timeout_ms),
+    };
+    let store = Store::open(&config.database_url, settings).await?;
     let storage = Storage::new(store);
     let read_only = <StorageAuthorityReadOnlyServer<Storage> as NamedService>::NAME;
     let read_write = <StorageAuthorityServer<Storage> as NamedService>::NAME;
@@ -72,6 +84,9 @@ pub async fn serve(
 
 /// SQLite creates the database file but not its directory.
 fn create_parent_dir(url: &str) {
+    if !url.starts_with("sqlite:") {
+        return;
+    }
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if let Some(parent) = std::path::Path::new(path).parent()

@@ -1,8 +1,8 @@
-//! The SQLite store: every query the sa makes, with transactions where atomicity matters. PostgreSQL will be a
-//! second implementation of the same operations.
+//! The store: every query the sa makes, with transactions where atomicity matters, over SQLite or PostgreSQL
+//! (chosen by the database URL). One set of queries serves both: `$N` parameters (sqlx binds them by number on
+//! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::time::Duration;
 
 use quarry_core::clock::{Timestamp, now};
@@ -11,19 +11,61 @@ use quarry_core::model::{
     Order, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
 use crate::status::{OrderFacts, authorization_status, order_status};
 
-/// Schema migrations, applied in order at start-up; each runs once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+/// A schema migration: version, name, SQL.
+type Migration = (i64, &'static str, &'static str);
+
+/// SQLite's schema migrations, applied in order at start-up; each runs once.
+const SQLITE_MIGRATIONS: &[Migration] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "replacement_orders", include_str!("../migrations/sqlite/0002_replacement_orders.sql")),
     (3, "external_account_id", include_str!("../migrations/sqlite/0003_external_account_id.sql")),
 ];
+
+/// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, "replacement_orders", include_str!("../migrations/postgres/0002_replacement_orders.sql")),
+    (3, "external_account_id", include_str!("../migrations/postgres/0003_external_account_id.sql")),
+];
+
+/// The database engines the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `sqlite:` or `postgres:`/`postgresql:`.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    fn migrations(self) -> &'static [Migration] {
+        match self {
+            Self::Sqlite => SQLITE_MIGRATIONS,
+            Self::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
+/// How the store connects: pool size and the longest a statement may run.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+}
 
 /// A new pending authorization to create with an order.
 #[derive(Debug, Clone)]
@@ -64,7 +106,8 @@ pub struct ValidationOutcome {
 /// Access to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 fn internal(err: impl std::fmt::Display) -> Problem {
@@ -94,35 +137,60 @@ fn reversed_name(name: &str) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(max_connections.max(1)).connect_with(options).await?;
-        let store = Self { pool };
+    /// Opens the database at `url` (an SQLite file is created if missing) and brings its schema up to date.
+    pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            sqlx::Error::Configuration("the database URL must start with sqlite: or postgres://".into())
+        })?;
+        sqlx::any::install_default_drivers();
+        let timeout_ms = settings.statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let setup = match backend {
+                        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock.
+                        Backend::Sqlite => format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}"
+                        ),
+                        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+                    };
+                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
+                })
+            })
+            .connect(url)
+            .await?;
+        let store = Self { pool, backend };
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Which engine this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers (for health checks).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        self.pool.acquire().await?.ping().await
+    }
+
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
         .execute(&self.pool)
         .await?;
-        for (version, name, sql) in MIGRATIONS {
+        for (version, name, sql) in self.backend.migrations() {
             let mut tx = self.pool.begin().await?;
-            let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+            let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await?;
             if applied.is_none() {
                 sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                     .bind(version)
                     .bind(name)
                     .bind(now())
@@ -143,13 +211,13 @@ impl Store {
         let contact = serde_json::to_string(&account.contact).map_err(internal)?;
         let created_at = if account.created_at == 0 { now() } else { account.created_at };
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(jwk.canonical_json().into_bytes())
         .bind(jwk.key_hash().to_vec())
         .bind(account.status.as_str())
         .bind(contact)
-        .bind(account.terms_of_service_agreed)
+        .bind(i64::from(account.terms_of_service_agreed))
         .bind(created_at)
         .bind(&account.external_account_id)
         .fetch_one(&self.pool)
@@ -161,7 +229,7 @@ impl Store {
     /// Replaces the contacts of a valid account.
     pub async fn update_account_contact(&self, id: i64, contact: &[String]) -> Result<Account, Problem> {
         let contact = serde_json::to_string(contact).map_err(internal)?;
-        let updated = sqlx::query("UPDATE accounts SET contact = ? WHERE id = ? AND status = 'valid'")
+        let updated = sqlx::query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
             .bind(contact)
             .bind(id)
             .execute(&self.pool)
@@ -175,7 +243,7 @@ impl Store {
     pub async fn update_account_key(&self, id: i64, jwk: &[u8]) -> Result<Account, Problem> {
         let jwk =
             quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
-        let updated = sqlx::query("UPDATE accounts SET jwk = ?, key_hash = ? WHERE id = ? AND status = 'valid'")
+        let updated = sqlx::query("UPDATE accounts SET jwk = $1, key_hash = $2 WHERE id = $3 AND status = 'valid'")
             .bind(jwk.canonical_json().into_bytes())
             .bind(jwk.key_hash().to_vec())
             .bind(id)
@@ -188,7 +256,7 @@ impl Store {
 
     /// Deactivates a valid account for good (RFC 8555 §7.3.6).
     pub async fn deactivate_account(&self, id: i64) -> Result<Account, Problem> {
-        let updated = sqlx::query("UPDATE accounts SET status = 'deactivated' WHERE id = ? AND status = 'valid'")
+        let updated = sqlx::query("UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -207,7 +275,7 @@ impl Store {
     }
 
     pub async fn get_account(&self, id: i64) -> Result<Account, Problem> {
-        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE id = ?")
+        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -219,7 +287,7 @@ impl Store {
 
     pub async fn get_account_by_key(&self, jwk: &[u8]) -> Result<Account, Problem> {
         let jwk = quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::malformed(e.to_string()))?;
-        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = ?")
+        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = $1")
             .bind(jwk.key_hash().to_vec())
             .fetch_optional(&self.pool)
             .await
@@ -230,7 +298,7 @@ impl Store {
     // --- Authorizations ---
 
     pub async fn get_authorization(&self, id: i64) -> Result<Authorization, Problem> {
-        let row = sqlx::query("SELECT * FROM authorizations WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM authorizations WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -242,7 +310,7 @@ impl Store {
 
     pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
         let rows = sqlx::query(
-            "SELECT a.* FROM authorizations a JOIN order_authorizations oa ON oa.authorization_id = a.id WHERE oa.order_id = ? ORDER BY oa.position",
+            "SELECT a.* FROM authorizations a JOIN order_authorizations oa ON oa.authorization_id = a.id WHERE oa.order_id = $1 ORDER BY oa.position",
         )
         .bind(order_id)
         .fetch_all(&self.pool)
@@ -265,7 +333,7 @@ impl Store {
         let mut found = Vec::new();
         for identifier in identifiers {
             let row = sqlx::query(
-                "SELECT * FROM authorizations WHERE account_id = ? AND identifier_type = ? AND identifier_value = ? AND status = 'valid' AND expires > ? AND (? = '' OR profile = ?) ORDER BY expires DESC LIMIT 1",
+                "SELECT * FROM authorizations WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' AND expires > $4 AND ($5 = '' OR profile = $6) ORDER BY expires DESC LIMIT 1",
             )
             .bind(account_id)
             .bind(identifier.kind.as_str())
@@ -291,7 +359,7 @@ impl Store {
         attempted_at: Timestamp,
     ) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE authorizations SET attempted = ?, attempted_at = ? WHERE id = ? AND status = 'pending' AND attempted IS NULL AND expires > ?",
+            "UPDATE authorizations SET attempted = $1, attempted_at = $2 WHERE id = $3 AND status = 'pending' AND attempted IS NULL AND expires > $4",
         )
         .bind(attempted)
         .bind(attempted_at)
@@ -321,7 +389,7 @@ impl Store {
         let error = outcome.error.as_ref().map(serde_json::to_string).transpose().map_err(internal)?;
         let valid = outcome.status == AuthorizationStatus::Valid;
         let updated = sqlx::query(
-            "UPDATE authorizations SET status = ?, expires = CASE WHEN ? THEN ? ELSE expires END, attempted = ?, attempted_at = ?, validated_at = CASE WHEN ? THEN ? ELSE NULL END, validation_records = ?, validation_error = ? WHERE id = ? AND status = 'pending'",
+            "UPDATE authorizations SET status = $1, expires = CASE WHEN $2 THEN $3 ELSE expires END, attempted = $4, attempted_at = $5, validated_at = CASE WHEN $6 THEN $7 ELSE NULL END, validation_records = $8, validation_error = $9 WHERE id = $10 AND status = 'pending'",
         )
         .bind(outcome.status.as_str())
         .bind(valid)
@@ -343,7 +411,7 @@ impl Store {
     /// Deactivates a pending or valid, unexpired authorization (RFC 8555 §7.5.2).
     pub async fn deactivate_authorization(&self, id: i64) -> Result<Authorization, Problem> {
         let updated = sqlx::query(
-            "UPDATE authorizations SET status = 'deactivated' WHERE id = ? AND status IN ('pending', 'valid') AND expires > ?",
+            "UPDATE authorizations SET status = 'deactivated' WHERE id = $1 AND status IN ('pending', 'valid') AND expires > $2",
         )
         .bind(id)
         .bind(now())
@@ -372,7 +440,7 @@ impl Store {
         for authz in &order.new_authorizations {
             let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING id",
             )
             .bind(order.account_id)
             .bind(authz.identifier.kind.as_str())
@@ -389,7 +457,7 @@ impl Store {
         }
         let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
         let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(order.account_id)
         .bind(order.expires)
@@ -401,7 +469,7 @@ impl Store {
         .await
         .map_err(db_error)?;
         for (position, authz_id) in authorization_ids.iter().enumerate() {
-            sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES ($1, $2, $3)")
                 .bind(order_id)
                 .bind(authz_id)
                 .bind(position as i64)
@@ -409,7 +477,7 @@ impl Store {
                 .await
                 .map_err(db_error)?;
         }
-        sqlx::query("INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($1, $2, $3, $4)")
             .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
             .bind(order_id)
             .bind(order.account_id)
@@ -419,7 +487,7 @@ impl Store {
             .map_err(db_error)?;
         if !order.replaces_serial.is_empty() {
             sqlx::query(
-                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES (?, ?, ?, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replaced = 0",
+                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES ($1, $2, $3, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0",
             )
             .bind(order.replaces_serial.to_ascii_lowercase())
             .bind(order_id)
@@ -436,7 +504,7 @@ impl Store {
     /// one that can still be finalized. An expired or invalid replacement order does not count.
     pub async fn replacement_order_exists(&self, serial: &str) -> Result<bool, Problem> {
         let row: Option<(i64, i64, i64)> =
-            sqlx::query_as("SELECT order_id, order_expires, replaced FROM replacement_orders WHERE serial = ?")
+            sqlx::query_as("SELECT order_id, order_expires, replaced FROM replacement_orders WHERE serial = $1")
                 .bind(serial.to_ascii_lowercase())
                 .fetch_optional(&self.pool)
                 .await
@@ -453,7 +521,7 @@ impl Store {
     }
 
     pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
-        let row = sqlx::query("SELECT * FROM orders WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -471,7 +539,7 @@ impl Store {
         profile: &str,
     ) -> Result<Order, Problem> {
         let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = ? AND s.set_hash = ? AND s.expires > ? AND o.profile = ? ORDER BY s.order_id DESC LIMIT 5",
+            "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5",
         )
         .bind(account_id)
         .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
@@ -492,7 +560,7 @@ impl Store {
 
     /// Starts finalization: succeeds once per order, and only when the order is ready.
     pub async fn set_order_processing(&self, id: i64) -> Result<(), Problem> {
-        let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await.map_err(db_error)?;
+        let mut tx: Transaction<'_, Any> = self.pool.begin().await.map_err(db_error)?;
         let order = self.get_order(id).await?;
         if order.status != quarry_core::model::OrderStatus::Ready {
             return Err(Problem::new(
@@ -500,7 +568,7 @@ impl Store {
                 format!("order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
             ));
         }
-        let updated = sqlx::query("UPDATE orders SET began_processing = ? WHERE id = ? AND began_processing = 0")
+        let updated = sqlx::query("UPDATE orders SET began_processing = $1 WHERE id = $2 AND began_processing = 0")
             .bind(now().max(1))
             .bind(id)
             .execute(&mut *tx)
@@ -513,7 +581,7 @@ impl Store {
 
     pub async fn set_order_error(&self, id: i64, problem: &Problem) -> Result<(), Problem> {
         let error = serde_json::to_string(problem).map_err(internal)?;
-        let updated = sqlx::query("UPDATE orders SET error = ? WHERE id = ?")
+        let updated = sqlx::query("UPDATE orders SET error = $1 WHERE id = $2")
             .bind(error)
             .bind(id)
             .execute(&self.pool)
@@ -525,7 +593,7 @@ impl Store {
 
     pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE orders SET certificate_serial = ? WHERE id = ? AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
+            "UPDATE orders SET certificate_serial = $1 WHERE id = $2 AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
         )
         .bind(serial)
         .bind(id)
@@ -536,7 +604,7 @@ impl Store {
         if updated != 1 {
             return Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing"));
         }
-        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = ?")
+        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -553,7 +621,7 @@ impl Store {
         created: Timestamp,
         expires: Timestamp,
     ) -> Result<(), Problem> {
-        sqlx::query("INSERT INTO serials (serial, account_id, created, expires) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO serials (serial, account_id, created, expires) VALUES ($1, $2, $3, $4)")
             .bind(serial.to_ascii_lowercase())
             .bind(account_id)
             .bind(created)
@@ -565,7 +633,7 @@ impl Store {
     }
 
     pub async fn serial_exists(&self, serial: &str) -> Result<bool, Problem> {
-        let found: Option<String> = sqlx::query_scalar("SELECT serial FROM serials WHERE serial = ?")
+        let found: Option<String> = sqlx::query_scalar("SELECT serial FROM serials WHERE serial = $1")
             .bind(serial.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await
@@ -587,7 +655,7 @@ impl Store {
         }
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&facts.serial)
             .bind(account_id)
             .bind(&digest)
@@ -598,14 +666,16 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        sqlx::query("INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES (?, 'good', ?, ?)")
-            .bind(&facts.serial)
-            .bind(facts.not_after)
-            .bind(issuer_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query("INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES (?, ?, ?, ?)")
+        sqlx::query(
+            "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $2, $3)",
+        )
+        .bind(&facts.serial)
+        .bind(facts.not_after)
+        .bind(issuer_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query("INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES ($1, $2, $3, $4)")
             .bind(fqdn_set_hash(facts.names.iter().map(String::as_str)))
             .bind(&facts.serial)
             .bind(issued)
@@ -614,7 +684,7 @@ impl Store {
             .await
             .map_err(db_error)?;
         for name in &facts.names {
-            sqlx::query("INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES (?, ?, ?, 0)")
+            sqlx::query("INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES ($1, $2, $3, 0)")
                 .bind(reversed_name(name))
                 .bind(facts.not_before)
                 .bind(&facts.serial)
@@ -622,7 +692,7 @@ impl Store {
                 .await
                 .map_err(db_error)?;
         }
-        sqlx::query("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES ($1, $2, $3)")
             .bind(facts.key_hash)
             .bind(facts.not_after)
             .bind(&facts.serial)
@@ -634,7 +704,7 @@ impl Store {
     }
 
     pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {
-        let row = sqlx::query("SELECT * FROM certificates WHERE serial = ?")
+        let row = sqlx::query("SELECT * FROM certificates WHERE serial = $1")
             .bind(serial.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await
@@ -653,7 +723,7 @@ impl Store {
 
     /// (status, revoked_date, revoked_reason, not_after, issuer_id) of a certificate.
     pub async fn get_certificate_status(&self, serial: &str) -> Result<(String, i64, i64, i64, i64), Problem> {
-        let row = sqlx::query("SELECT * FROM certificate_status WHERE serial = ?")
+        let row = sqlx::query("SELECT * FROM certificate_status WHERE serial = $1")
             .bind(serial.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await
@@ -672,7 +742,7 @@ impl Store {
     pub async fn revoke_certificate(&self, serial: &str, reason: i64, date: Timestamp) -> Result<(), Problem> {
         let serial = serial.to_ascii_lowercase();
         let updated = sqlx::query(
-            "UPDATE certificate_status SET status = 'revoked', revoked_reason = ?, revoked_date = ? WHERE serial = ? AND status = 'good'",
+            "UPDATE certificate_status SET status = 'revoked', revoked_reason = $1, revoked_date = $2 WHERE serial = $3 AND status = 'good'",
         )
         .bind(reason)
         .bind(date)
@@ -690,7 +760,7 @@ impl Store {
 
     /// Blocks a key for future issuance; blocking it twice is harmless.
     pub async fn add_blocked_key(&self, key_hash: &[u8], source: &str, comment: &str) -> Result<(), Problem> {
-        sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES (?, ?, ?, ?) ON CONFLICT (key_hash) DO NOTHING")
+        sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES ($1, $2, $3, $4) ON CONFLICT (key_hash) DO NOTHING")
             .bind(key_hash)
             .bind(now())
             .bind(source)
@@ -702,7 +772,7 @@ impl Store {
     }
 
     pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = $1")
             .bind(key_hash)
             .fetch_optional(&self.pool)
             .await
@@ -711,11 +781,11 @@ impl Store {
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, column: &str) -> Result<T, Problem> {
+fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
     row.try_get(column).map_err(internal)
 }
 
-fn account_from_row(row: &SqliteRow) -> Result<Account, Problem> {
+fn account_from_row(row: &AnyRow) -> Result<Account, Problem> {
     let status: String = get(row, "status")?;
     let contact: String = get(row, "contact")?;
     Ok(Account {
@@ -723,13 +793,13 @@ fn account_from_row(row: &SqliteRow) -> Result<Account, Problem> {
         jwk: get(row, "jwk")?,
         status: AccountStatus::parse(&status).ok_or_else(|| internal(format!("bad account status {status}")))?,
         contact: serde_json::from_str(&contact).map_err(internal)?,
-        terms_of_service_agreed: get(row, "terms_of_service_agreed")?,
+        terms_of_service_agreed: get::<i64>(row, "terms_of_service_agreed")? != 0,
         created_at: get(row, "created_at")?,
         external_account_id: get(row, "external_account_id")?,
     })
 }
 
-fn authorization_from_row(row: &SqliteRow, now: Timestamp) -> Result<Authorization, Problem> {
+fn authorization_from_row(row: &AnyRow, now: Timestamp) -> Result<Authorization, Problem> {
     let stored: String = get(row, "status")?;
     let stored =
         AuthorizationStatus::parse(&stored).ok_or_else(|| internal(format!("bad authorization status {stored}")))?;
@@ -788,7 +858,7 @@ fn authorization_from_row(row: &SqliteRow, now: Timestamp) -> Result<Authorizati
     })
 }
 
-fn order_from_row(row: &SqliteRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
+fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
     let error: Option<String> = get(row, "error")?;
     let error: Option<Problem> = error.map(|e| serde_json::from_str(&e)).transpose().map_err(internal)?;
     let identifiers: String = get(row, "identifiers")?;

@@ -2,6 +2,7 @@
 
 pub mod challtestsrv;
 pub mod client;
+pub mod db;
 pub mod fakes;
 pub mod pki;
 pub mod stack;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use quarry_core::IdentifierType;
 use quarry_core::config::ConfigVersion;
 
+use crate::db::TestDatabase;
 use crate::fakes::FakeVa;
 use crate::pki::TestPki;
 
@@ -23,7 +24,7 @@ pub struct InProcessStack {
     /// The wfe's base URL (plain HTTP), when it was started.
     pub wfe: Option<String>,
     pub va: FakeVa,
-    _db: tempfile::TempDir,
+    _db: TestDatabase,
 }
 
 /// The prefixes of the two nonce instances the wfe uses.
@@ -79,7 +80,7 @@ impl InProcessStack {
         configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
     ) -> Self {
         let pki = TestPki::new();
-        let db = tempfile::tempdir().expect("database directory");
+        let db = TestDatabase::sqlite();
         let sa_config = quarry_sa::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
@@ -87,8 +88,9 @@ impl InProcessStack {
                 ("quarry.sa.v1.StorageAuthority", &["ra", "ca"]),
             ]),
             tls: pki.tls("sa"),
-            database_url: format!("sqlite://{}/quarry.db?mode=rwc", db.path().display()),
+            database_url: db.url.clone(),
             max_connections: 4,
+            statement_timeout_ms: 5_000,
         };
         let (listener, sa) = listen(sa_config.grpc.listen).await;
         tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));

@@ -46,6 +46,11 @@ fn free_port_range() -> u16 {
 
 impl Stack {
     async fn start() -> Stack {
+        Self::start_on(None).await
+    }
+
+    /// `quarry dev`, with its sa on the database `db` (SQLite in the data directory when `None`).
+    async fn start_on(db: Option<&str>) -> Stack {
         quarry_core::install_crypto_provider();
         let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         let challtestsrv = ChallTestSrv::start(ChallConfig {
@@ -60,8 +65,13 @@ impl Stack {
         .expect("start challenge test server");
         let dir = tempfile::tempdir().expect("temp dir");
         let acme_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-            .arg("dev")
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"));
+        if let Some(db) = db {
+            command.arg("dev").arg("--db").arg(db);
+        } else {
+            command.arg("dev");
+        }
+        let process = command
             .arg("--data-dir")
             .arg(dir.path().join("dev"))
             .arg("--acme-addr")
@@ -298,42 +308,59 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
-#[tokio::test]
-async fn rsa_and_eddsa_accounts_get_certificates_with_the_projects_own_client() {
+/// Registers an account with an `alg` key and obtains a certificate for `name` over http-01, with the project's client.
+async fn issue_with_own_client(stack: &Stack, alg: quarry_jose::Algorithm, name: &str) {
     use quarry_testkit::client::{AcmeAccount, AcmeClient};
     use serde_json::json;
-    let stack = Stack::start().await;
     let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory over HTTPS");
+    let mut account = AcmeAccount::generate(alg);
+    client.register(&mut account).await.expect("register");
+    let created = client
+        .post(&account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
+        .await
+        .expect("new order");
+    assert_eq!(created.status, 201, "{alg:?}");
+    let order_url = created.header("location").expect("order location");
+    let order = created.json();
+    let authz = client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
+    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
+    let token = challenge["token"].as_str().unwrap();
+    let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
+    stack.challtestsrv.state.add_http01(token, &key_authorization);
+    client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
+    client
+        .poll(&account, &order_url, 300, |o| o["status"] == "ready")
+        .await
+        .unwrap_or_else(|e| panic!("{alg:?}: {e}{}", logs(stack.dir.path())));
+    let csr = quarry_jose::b64_encode(&csr_for(&[name]));
+    let done = client.post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
+    assert_eq!(done.json()["status"], "valid", "{alg:?}");
+    let chain = client.post(&account, done.json()["certificate"].as_str().unwrap(), None).await.unwrap();
+    check_chain(&String::from_utf8_lossy(&chain.body), &stack.root_pem, &[name]);
+}
+
+#[tokio::test]
+async fn rsa_and_eddsa_accounts_get_certificates_with_the_projects_own_client() {
+    let stack = Stack::start().await;
     for (alg, name) in
         [(quarry_jose::Algorithm::Rs256, "rsa.quarry-test.org"), (quarry_jose::Algorithm::EdDsa, "ed.quarry-test.org")]
     {
-        let mut account = AcmeAccount::generate(alg);
-        client.register(&mut account).await.expect("register");
-        let created = client
-            .post(&account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
-            .await
-            .expect("new order");
-        assert_eq!(created.status, 201, "{alg:?}");
-        let order_url = created.header("location").expect("order location");
-        let order = created.json();
-        let authz = client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
-        let challenge =
-            authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
-        let token = challenge["token"].as_str().unwrap();
-        let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
-        stack.challtestsrv.state.add_http01(token, &key_authorization);
-        client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
-        client
-            .poll(&account, &order_url, 300, |o| o["status"] == "ready")
-            .await
-            .unwrap_or_else(|e| panic!("{alg:?}: {e}{}", logs(stack.dir.path())));
-        let csr = quarry_jose::b64_encode(&csr_for(&[name]));
-        let done =
-            client.post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
-        assert_eq!(done.json()["status"], "valid", "{alg:?}");
-        let chain = client.post(&account, done.json()["certificate"].as_str().unwrap(), None).await.unwrap();
-        check_chain(&String::from_utf8_lossy(&chain.body), &stack.root_pem, &[name]);
+        issue_with_own_client(&stack, alg, name).await;
     }
+}
+
+#[tokio::test]
+async fn the_whole_stack_runs_on_postgresql() {
+    let Some(db) = quarry_testkit::db::TestDatabase::postgres().await else {
+        eprintln!(
+            "{} is not set: skipping the PostgreSQL run (scripts/test.sh always sets it)",
+            quarry_testkit::db::POSTGRES_ENV
+        );
+        return;
+    };
+    let stack = Stack::start_on(Some(&db.url)).await;
+    issue_with_own_client(&stack, quarry_jose::Algorithm::Es256, "pg.quarry-test.org").await;
+    assert!(!stack.data_dir().join("quarry.db").exists(), "no SQLite database was created");
 }
 
 #[tokio::test]

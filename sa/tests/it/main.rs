@@ -1,4 +1,5 @@
-//! The sa as a real gRPC server over mutual TLS on loopback, with a SQLite database in a temporary directory.
+//! The sa as a real gRPC server over mutual TLS on loopback; every test runs against SQLite, and against PostgreSQL
+//! when the test command provides a server.
 
 use std::net::SocketAddr;
 
@@ -7,6 +8,7 @@ use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_proto::sa::*;
+use quarry_testkit::db::TestDatabase;
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -18,19 +20,28 @@ const DAY: i64 = 86_400;
 struct Sa {
     pki: TestPki,
     addr: SocketAddr,
-    _db: tempfile::TempDir,
+    _db: TestDatabase,
 }
 
 impl Sa {
-    async fn start() -> Sa {
+    /// One sa per backend.
+    async fn every_backend() -> Vec<Sa> {
+        let mut started = Vec::new();
+        for db in TestDatabase::every_backend().await {
+            started.push(Sa::start(db).await);
+        }
+        started
+    }
+
+    async fn start(db: TestDatabase) -> Sa {
         let pki = TestPki::new();
-        let db = tempfile::tempdir().unwrap();
         let config = quarry_sa::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca"]), (RW, &["ra", "ca"])]),
             tls: pki.tls("sa"),
-            database_url: format!("sqlite://{}/sub/quarry.db?mode=rwc", db.path().display()),
+            database_url: db.url.clone(),
             max_connections: 4,
+            statement_timeout_ms: 5_000,
         };
         let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -130,185 +141,196 @@ async fn validate(sa: &Sa, authz_id: i64, status: &str) {
 
 #[tokio::test]
 async fn accounts_are_unique_per_key() {
-    let sa = Sa::start().await;
-    let account = sa.account().await;
-    assert!(account.id > 0);
-    assert_eq!(account.status, "valid");
-    let again = sa.rw("ra").new_account(account.clone()).await.unwrap_err();
-    assert_eq!(problem_kind(&again), quarry_core::ErrorKind::Duplicate);
-    let found = sa.ro("wfe").get_account_by_key(AccountKey { jwk: account.jwk.clone() }).await.unwrap().into_inner();
-    assert_eq!(found.id, account.id);
-    let missing = sa.ro("wfe").get_account(AccountId { id: account.id + 100 }).await.unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound);
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        assert!(account.id > 0);
+        assert_eq!(account.status, "valid");
+        let again = sa.rw("ra").new_account(account.clone()).await.unwrap_err();
+        assert_eq!(problem_kind(&again), quarry_core::ErrorKind::Duplicate);
+        let found =
+            sa.ro("wfe").get_account_by_key(AccountKey { jwk: account.jwk.clone() }).await.unwrap().into_inner();
+        assert_eq!(found.id, account.id);
+        let missing = sa.ro("wfe").get_account(AccountId { id: account.id + 100 }).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+    }
 }
 
 #[tokio::test]
 async fn orders_derive_their_status_from_their_authorizations() {
-    let sa = Sa::start().await;
-    let account = sa.account().await;
-    let order = new_order(&sa, account.id, &["a.example.org", "*.b.example.org"], vec![]).await;
-    assert_eq!(order.status, "pending");
-    assert_eq!(order.authorization_ids.len(), 2);
-    let authzs =
-        sa.ro("ra").get_order_authorizations(OrderId { id: order.id }).await.unwrap().into_inner().authorizations;
-    let wildcard = authzs.iter().find(|a| a.wildcard).expect("wildcard authz");
-    assert_eq!(wildcard.identifier.as_ref().unwrap().value, "b.example.org");
-    assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let order = new_order(&sa, account.id, &["a.example.org", "*.b.example.org"], vec![]).await;
+        assert_eq!(order.status, "pending");
+        assert_eq!(order.authorization_ids.len(), 2);
+        let authzs =
+            sa.ro("ra").get_order_authorizations(OrderId { id: order.id }).await.unwrap().into_inner().authorizations;
+        let wildcard = authzs.iter().find(|a| a.wildcard).expect("wildcard authz");
+        assert_eq!(wildcard.identifier.as_ref().unwrap().value, "b.example.org");
+        assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
 
-    // The same set of names gives back the same order while it is pending.
-    let reused = sa
-        .ro("ra")
-        .get_order_for_names(GetOrderForNamesRequest {
-            account_id: account.id,
-            identifiers: vec![dns("*.b.example.org"), dns("A.example.org")],
-            profile: "classic".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reused.id, order.id);
+        // The same set of names gives back the same order while it is pending.
+        let reused = sa
+            .ro("ra")
+            .get_order_for_names(GetOrderForNamesRequest {
+                account_id: account.id,
+                identifiers: vec![dns("*.b.example.org"), dns("A.example.org")],
+                profile: "classic".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reused.id, order.id);
 
-    for id in &order.authorization_ids {
-        validate(&sa, *id, "valid").await;
+        for id in &order.authorization_ids {
+            validate(&sa, *id, "valid").await;
+        }
+        let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
+        assert_eq!(order.status, "ready");
+        let authz = sa
+            .ro("wfe")
+            .get_authorization(AuthorizationId { id: order.authorization_ids[0] })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(authz.status, "valid");
+        assert_eq!(authz.challenges.len(), 1, "a valid authorization shows only the challenge used");
+        assert_eq!(authz.challenges[0].status, "valid");
+
+        // Valid authorizations are reused for exactly the same identifier value only.
+        let valid = sa
+            .ro("ra")
+            .get_valid_authorizations(GetValidAuthorizationsRequest {
+                account_id: account.id,
+                identifiers: vec![dns("a.example.org"), dns("b.example.org"), dns("*.b.example.org")],
+                valid_until: quarry_core::clock::now() + DAY,
+                profile: "classic".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .authorizations;
+        assert_eq!(valid.len(), 2);
+
+        // Finalization is a fuse.
+        sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap();
+        let second = sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap_err();
+        assert_eq!(problem_kind(&second), quarry_core::ErrorKind::OrderNotReady);
+        let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
+        assert_eq!(order.status, "processing");
+        sa.rw("ca")
+            .set_order_error(SetOrderErrorRequest {
+                id: order.id,
+                error: Some(pb::Problem { kind: "serverInternal".into(), detail: "boom".into(), subproblems: vec![] }),
+            })
+            .await
+            .unwrap();
+        let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
+        assert_eq!(order.status, "invalid");
+        assert_eq!(order.error.unwrap().kind, "serverInternal");
     }
-    let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
-    assert_eq!(order.status, "ready");
-    let authz =
-        sa.ro("wfe").get_authorization(AuthorizationId { id: order.authorization_ids[0] }).await.unwrap().into_inner();
-    assert_eq!(authz.status, "valid");
-    assert_eq!(authz.challenges.len(), 1, "a valid authorization shows only the challenge used");
-    assert_eq!(authz.challenges[0].status, "valid");
-
-    // Valid authorizations are reused for exactly the same identifier value only.
-    let valid = sa
-        .ro("ra")
-        .get_valid_authorizations(GetValidAuthorizationsRequest {
-            account_id: account.id,
-            identifiers: vec![dns("a.example.org"), dns("b.example.org"), dns("*.b.example.org")],
-            valid_until: quarry_core::clock::now() + DAY,
-            profile: "classic".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .authorizations;
-    assert_eq!(valid.len(), 2);
-
-    // Finalization is a fuse.
-    sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap();
-    let second = sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap_err();
-    assert_eq!(problem_kind(&second), quarry_core::ErrorKind::OrderNotReady);
-    let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
-    assert_eq!(order.status, "processing");
-    sa.rw("ca")
-        .set_order_error(SetOrderErrorRequest {
-            id: order.id,
-            error: Some(pb::Problem { kind: "serverInternal".into(), detail: "boom".into(), subproblems: vec![] }),
-        })
-        .await
-        .unwrap();
-    let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
-    assert_eq!(order.status, "invalid");
-    assert_eq!(order.error.unwrap().kind, "serverInternal");
 }
 
 #[tokio::test]
 async fn a_failed_authorization_invalidates_its_order_and_cannot_be_validated_twice() {
-    let sa = Sa::start().await;
-    let account = sa.account().await;
-    let order = new_order(&sa, account.id, &["c.example.org"], vec![]).await;
-    let id = order.authorization_ids[0];
-    sa.rw("ra")
-        .set_authorization_processing(SetAuthorizationProcessingRequest {
-            id,
-            attempted: "http-01".into(),
-            attempted_at: 1,
-        })
-        .await
-        .unwrap();
-    let busy = sa
-        .rw("ra")
-        .set_authorization_processing(SetAuthorizationProcessingRequest {
-            id,
-            attempted: "dns-01".into(),
-            attempted_at: 1,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(problem_kind(&busy), quarry_core::ErrorKind::Conflict);
-    let authz = sa.ro("wfe").get_authorization(AuthorizationId { id }).await.unwrap().into_inner();
-    assert_eq!(authz.challenges.iter().find(|c| c.r#type == "http-01").unwrap().status, "processing");
-    sa.rw("ra")
-        .finalize_authorization(FinalizeAuthorizationRequest {
-            id,
-            status: "invalid".into(),
-            attempted: "http-01".into(),
-            attempted_at: 2,
-            validation_error: Some(pb::Problem {
-                kind: "unauthorized".into(),
-                detail: "404".into(),
-                subproblems: vec![],
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let again = sa
-        .rw("ra")
-        .finalize_authorization(FinalizeAuthorizationRequest { id, status: "valid".into(), ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(problem_kind(&again), quarry_core::ErrorKind::Malformed);
-    let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
-    assert_eq!(order.status, "invalid");
-    let authz = sa.ro("wfe").get_authorization(AuthorizationId { id }).await.unwrap().into_inner();
-    assert_eq!(authz.challenges[0].error.as_ref().unwrap().kind, "unauthorized");
-    let no_reuse = sa
-        .ro("ra")
-        .get_order_for_names(GetOrderForNamesRequest {
-            account_id: account.id,
-            identifiers: vec![dns("c.example.org")],
-            profile: "classic".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(no_reuse.code(), Code::NotFound);
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let order = new_order(&sa, account.id, &["c.example.org"], vec![]).await;
+        let id = order.authorization_ids[0];
+        sa.rw("ra")
+            .set_authorization_processing(SetAuthorizationProcessingRequest {
+                id,
+                attempted: "http-01".into(),
+                attempted_at: 1,
+            })
+            .await
+            .unwrap();
+        let busy = sa
+            .rw("ra")
+            .set_authorization_processing(SetAuthorizationProcessingRequest {
+                id,
+                attempted: "dns-01".into(),
+                attempted_at: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(problem_kind(&busy), quarry_core::ErrorKind::Conflict);
+        let authz = sa.ro("wfe").get_authorization(AuthorizationId { id }).await.unwrap().into_inner();
+        assert_eq!(authz.challenges.iter().find(|c| c.r#type == "http-01").unwrap().status, "processing");
+        sa.rw("ra")
+            .finalize_authorization(FinalizeAuthorizationRequest {
+                id,
+                status: "invalid".into(),
+                attempted: "http-01".into(),
+                attempted_at: 2,
+                validation_error: Some(pb::Problem {
+                    kind: "unauthorized".into(),
+                    detail: "404".into(),
+                    subproblems: vec![],
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let again = sa
+            .rw("ra")
+            .finalize_authorization(FinalizeAuthorizationRequest { id, status: "valid".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(problem_kind(&again), quarry_core::ErrorKind::Malformed);
+        let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
+        assert_eq!(order.status, "invalid");
+        let authz = sa.ro("wfe").get_authorization(AuthorizationId { id }).await.unwrap().into_inner();
+        assert_eq!(authz.challenges[0].error.as_ref().unwrap().kind, "unauthorized");
+        let no_reuse = sa
+            .ro("ra")
+            .get_order_for_names(GetOrderForNamesRequest {
+                account_id: account.id,
+                identifiers: vec![dns("c.example.org")],
+                profile: "classic".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(no_reuse.code(), Code::NotFound);
+    }
 }
 
 #[tokio::test]
 async fn certificates_need_a_reserved_serial() {
-    let sa = Sa::start().await;
-    let account = sa.account().await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["d.example.org".to_owned()]).unwrap();
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
-    let der = params.self_signed(&key).unwrap().der().to_vec();
-    let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
-    let unreserved = sa.rw("ca").add_certificate(add()).await.unwrap_err();
-    assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
-    let serial = || AddSerialRequest { account_id: account.id, serial: "01abcd".into(), created: 1, expires: 2 };
-    sa.rw("ca").add_serial(serial()).await.unwrap();
-    let duplicate = sa.rw("ca").add_serial(serial()).await.unwrap_err();
-    assert_eq!(problem_kind(&duplicate), quarry_core::ErrorKind::Duplicate);
-    sa.rw("ca").add_certificate(add()).await.unwrap();
-    let stored = sa.ro("wfe").get_certificate(Serial { serial: "01ABCD".into() }).await.unwrap().into_inner();
-    assert_eq!(stored.der, der);
-    assert_eq!(stored.issuer_id, 7);
-    let status = sa.ro("wfe").get_certificate_status(Serial { serial: "01abcd".into() }).await.unwrap().into_inner();
-    assert_eq!(status.status, "good");
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["d.example.org".to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
+        let unreserved = sa.rw("ca").add_certificate(add()).await.unwrap_err();
+        assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
+        let serial = || AddSerialRequest { account_id: account.id, serial: "01abcd".into(), created: 1, expires: 2 };
+        sa.rw("ca").add_serial(serial()).await.unwrap();
+        let duplicate = sa.rw("ca").add_serial(serial()).await.unwrap_err();
+        assert_eq!(problem_kind(&duplicate), quarry_core::ErrorKind::Duplicate);
+        sa.rw("ca").add_certificate(add()).await.unwrap();
+        let stored = sa.ro("wfe").get_certificate(Serial { serial: "01ABCD".into() }).await.unwrap().into_inner();
+        assert_eq!(stored.der, der);
+        assert_eq!(stored.issuer_id, 7);
+        let status =
+            sa.ro("wfe").get_certificate_status(Serial { serial: "01abcd".into() }).await.unwrap().into_inner();
+        assert_eq!(status.status, "good");
+    }
 }
 
 #[tokio::test]
 async fn the_wfe_reads_but_may_not_write() {
-    let sa = Sa::start().await;
-    let denied = sa
-        .rw("wfe")
-        .add_serial(AddSerialRequest { account_id: 1, serial: "01".into(), created: 1, expires: 2 })
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
-    let denied = sa.ro("intruder").get_account(AccountId { id: 1 }).await.unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied);
-    let exists = sa.ro("wfe").key_blocked(KeyHash { key_hash: vec![1; 32] }).await.unwrap().into_inner();
-    assert!(!exists.exists);
+    for sa in Sa::every_backend().await {
+        let denied = sa
+            .rw("wfe")
+            .add_serial(AddSerialRequest { account_id: 1, serial: "01".into(), created: 1, expires: 2 })
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let denied = sa.ro("intruder").get_account(AccountId { id: 1 }).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let exists = sa.ro("wfe").key_blocked(KeyHash { key_hash: vec![1; 32] }).await.unwrap().into_inner();
+        assert!(!exists.exists);
+    }
 }
