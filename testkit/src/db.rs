@@ -40,6 +40,18 @@ impl TestDatabase {
         Some(Self { url: format!("{server}/{name}"), _dir: None })
     }
 
+    /// The number of rows in `table`, read directly from the database (tests check what the services stored).
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url).await.expect("connect to the test database");
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count rows");
+        let _ = conn.close().await;
+        count
+    }
+
     /// SQLite, and PostgreSQL when available: every backend a suite should run against.
     pub async fn every_backend() -> Vec<Self> {
         let mut databases = vec![Self::sqlite()];

@@ -24,7 +24,8 @@ pub struct InProcessStack {
     /// The wfe's base URL (plain HTTP), when it was started.
     pub wfe: Option<String>,
     pub va: FakeVa,
-    _db: TestDatabase,
+    /// The sa's database.
+    pub db: TestDatabase,
 }
 
 /// The prefixes of the two nonce instances the wfe uses.
@@ -79,8 +80,17 @@ impl InProcessStack {
         configure_ra: impl FnOnce(&mut quarry_ra::Config),
         configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
     ) -> Self {
+        Self::start_on(TestDatabase::sqlite(), with_wfe, configure_ra, configure_wfe).await
+    }
+
+    /// As [`InProcessStack::start_configured`], with the sa on `db`.
+    pub async fn start_on(
+        db: TestDatabase,
+        with_wfe: bool,
+        configure_ra: impl FnOnce(&mut quarry_ra::Config),
+        configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
+    ) -> Self {
         let pki = TestPki::new();
-        let db = TestDatabase::sqlite();
         let sa_config = quarry_sa::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
@@ -141,7 +151,7 @@ impl InProcessStack {
         tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
 
         let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, &nonces, configure_wfe).await) } else { None };
-        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, _db: db }
+        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, db }
     }
 }
 

@@ -10,7 +10,7 @@ pub struct Stack {
     pub client: AcmeClient,
     pub va: FakeVa,
     pub base: String,
-    _services: InProcessStack,
+    pub services: InProcessStack,
 }
 
 impl Stack {
@@ -29,9 +29,18 @@ impl Stack {
         configure_wfe: impl FnOnce(&mut quarry_wfe::Config),
     ) -> Stack {
         let services = InProcessStack::start_configured(true, configure_ra, configure_wfe).await;
+        Self::around(services).await
+    }
+
+    /// A stack whose sa uses `db`.
+    pub async fn start_on(db: quarry_testkit::db::TestDatabase) -> Stack {
+        Self::around(InProcessStack::start_on(db, true, |_| {}, |_| {}).await).await
+    }
+
+    async fn around(services: InProcessStack) -> Stack {
         let base = services.wfe.clone().expect("wfe started");
         let client = AcmeClient::new(&format!("{base}/directory"), None).await.expect("directory");
-        Stack { client, va: services.va.clone(), base, _services: services }
+        Stack { client, va: services.va.clone(), base, services }
     }
 
     pub async fn account(&self, alg: Algorithm) -> AcmeAccount {
