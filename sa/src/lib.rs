@@ -35,6 +35,9 @@ pub struct Config {
     /// Connections in the pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.
+    #[serde(default)]
+    pub read_replica_url: Option<String>,
     /// The longest one statement may run (and one connection may be waited for), in milliseconds.
     #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
@@ -60,13 +63,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    create_parent_dir(&config.database_url);
     let settings = store::PoolSettings {
         max_connections: config.max_connections,
         statement_timeout: std::time::Duration::from_millis(config.statement_timeout_ms),
     };
     let store = Store::open(&config.database_url, settings).await?;
-    let storage = Storage::new(store);
+    let storage = match &config.read_replica_url {
+        Some(url) => Storage::with_replica(store, Store::open_replica(url, settings).await?),
+        None => Storage::new(store),
+    };
     let read_only = <StorageAuthorityReadOnlyServer<Storage> as NamedService>::NAME;
     let read_write = <StorageAuthorityServer<Storage> as NamedService>::NAME;
     let routes = tonic::service::Routes::new(StorageAuthorityReadOnlyServer::with_interceptor(
@@ -80,18 +85,4 @@ pub async fn serve(
     tracing::info!(addr = ?listener.local_addr().ok(), "sa listening");
     quarry_core::grpc::serve(listener, &config.tls, routes, &[read_only, read_write], shutdown).await?;
     Ok(())
-}
-
-/// SQLite creates the database file but not its directory.
-fn create_parent_dir(url: &str) {
-    if !url.starts_with("sqlite:") {
-        return;
-    }
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or_default();
-    if let Some(parent) = std::path::Path::new(path).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        let _ = std::fs::create_dir_all(parent);
-    }
 }

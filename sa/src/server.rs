@@ -1,7 +1,9 @@
 //! The two gRPC services of the sa, thin translations between prost messages and [`Store`] calls.
 
 use quarry_core::model::{Account, AccountStatus, AuthorizationStatus, ChallengeType};
-use quarry_core::{Identifier, Problem};
+use std::future::Future;
+
+use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::convert::{identifiers_from_pb, problem_from_pb, records_from_pb};
 use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnly;
@@ -11,15 +13,35 @@ use tonic::{Request, Response, Status};
 
 use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
 
-/// Both services share one store.
+/// Both services share one store; the read-only service may also read from a replica.
 #[derive(Clone)]
 pub struct Storage {
     store: Store,
+    replica: Option<Store>,
 }
 
 impl Storage {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, replica: None }
+    }
+
+    /// Reads of the read-only service go to `replica` first.
+    pub fn with_replica(store: Store, replica: Store) -> Self {
+        Self { store, replica: Some(replica) }
+    }
+
+    /// Runs a read on the replica when there is one; a row the replica lacks may just not have arrived yet
+    /// (replication lag), so a `notFound` is asked again of the primary.
+    async fn read<T, F, Fut>(&self, query: F) -> Result<T, Problem>
+    where
+        F: Fn(Store) -> Fut,
+        Fut: Future<Output = Result<T, Problem>>,
+    {
+        let Some(replica) = &self.replica else { return query(self.store.clone()).await };
+        match query(replica.clone()).await {
+            Err(problem) if problem.kind == ErrorKind::NotFound => query(self.store.clone()).await,
+            other => other,
+        }
     }
 }
 
@@ -36,34 +58,39 @@ fn authorizations(list: Vec<quarry_core::model::Authorization>) -> sapb::Authori
 #[tonic::async_trait]
 impl StorageAuthorityReadOnly for Storage {
     async fn get_account(&self, request: Request<sapb::AccountId>) -> Reply<pb::Account> {
-        reply(self.store.get_account(request.get_ref().id).await.map(|a| pb::Account::from(&a)))
+        let id = request.get_ref().id;
+        reply(self.read(|s| async move { s.get_account(id).await }).await.map(|a| pb::Account::from(&a)))
     }
 
     async fn get_account_by_key(&self, request: Request<sapb::AccountKey>) -> Reply<pb::Account> {
-        reply(self.store.get_account_by_key(&request.get_ref().jwk).await.map(|a| pb::Account::from(&a)))
+        let jwk = &request.get_ref().jwk;
+        reply(self.read(|s| async move { s.get_account_by_key(jwk).await }).await.map(|a| pb::Account::from(&a)))
     }
 
     async fn get_order(&self, request: Request<sapb::OrderId>) -> Reply<pb::Order> {
-        reply(self.store.get_order(request.get_ref().id).await.map(|o| pb::Order::from(&o)))
+        let id = request.get_ref().id;
+        reply(self.read(|s| async move { s.get_order(id).await }).await.map(|o| pb::Order::from(&o)))
     }
 
     async fn get_order_for_names(&self, request: Request<sapb::GetOrderForNamesRequest>) -> Reply<pb::Order> {
         let req = request.into_inner();
         let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let (identifiers, profile) = (&identifiers, &req.profile);
         reply(
-            self.store
-                .get_order_for_names(req.account_id, &identifiers, &req.profile)
+            self.read(|s| async move { s.get_order_for_names(req.account_id, identifiers, profile).await })
                 .await
                 .map(|o| pb::Order::from(&o)),
         )
     }
 
     async fn get_authorization(&self, request: Request<sapb::AuthorizationId>) -> Reply<pb::Authorization> {
-        reply(self.store.get_authorization(request.get_ref().id).await.map(|a| pb::Authorization::from(&a)))
+        let id = request.get_ref().id;
+        reply(self.read(|s| async move { s.get_authorization(id).await }).await.map(|a| pb::Authorization::from(&a)))
     }
 
     async fn get_order_authorizations(&self, request: Request<sapb::OrderId>) -> Reply<sapb::Authorizations> {
-        reply(self.store.get_order_authorizations(request.get_ref().id).await.map(authorizations))
+        let id = request.get_ref().id;
+        reply(self.read(|s| async move { s.get_order_authorizations(id).await }).await.map(authorizations))
     }
 
     async fn get_valid_authorizations(
@@ -72,32 +99,37 @@ impl StorageAuthorityReadOnly for Storage {
     ) -> Reply<sapb::Authorizations> {
         let req = request.into_inner();
         let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let (identifiers, profile) = (&identifiers, &req.profile);
         reply(
-            self.store
-                .get_valid_authorizations(req.account_id, &identifiers, req.valid_until, &req.profile)
-                .await
-                .map(authorizations),
+            self.read(|s| async move {
+                s.get_valid_authorizations(req.account_id, identifiers, req.valid_until, profile).await
+            })
+            .await
+            .map(authorizations),
         )
     }
 
     async fn get_certificate(&self, request: Request<sapb::Serial>) -> Reply<pb::Certificate> {
-        reply(self.store.get_certificate(&request.get_ref().serial).await.map(|c| pb::Certificate::from(&c)))
+        let serial = &request.get_ref().serial;
+        reply(self.read(|s| async move { s.get_certificate(serial).await }).await.map(|c| pb::Certificate::from(&c)))
     }
 
     async fn get_certificate_status(&self, request: Request<sapb::Serial>) -> Reply<pb::CertificateStatus> {
         let serial = request.into_inner().serial;
-        reply(self.store.get_certificate_status(&serial).await.map(
-            |(status, revoked_date, revoked_reason, not_after, issuer_id)| pb::CertificateStatus {
-                serial,
-                status,
-                revoked_date,
-                revoked_reason,
-                not_after,
-                issuer_id,
-            },
-        ))
+        let wanted = &serial;
+        let status = self.read(|s| async move { s.get_certificate_status(wanted).await }).await;
+        reply(status.map(|(status, revoked_date, revoked_reason, not_after, issuer_id)| pb::CertificateStatus {
+            serial,
+            status,
+            revoked_date,
+            revoked_reason,
+            not_after,
+            issuer_id,
+        }))
     }
 
+    // Security decisions (a blocked key, a replaced certificate) are read from the primary: a lagging replica
+    // must not let a blocked key through.
     async fn key_blocked(&self, request: Request<sapb::KeyHash>) -> Reply<sapb::Exists> {
         reply(self.store.key_blocked(&request.get_ref().key_hash).await.map(|exists| sapb::Exists { exists }))
     }

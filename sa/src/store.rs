@@ -124,6 +124,17 @@ fn db_error(err: sqlx::Error) -> Problem {
     internal(err)
 }
 
+/// SQLite creates the database file but not its directory.
+fn create_parent_dir(url: &str) {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
 /// SHA-256 over the sorted, lowercased, deduplicated identifier values: one key per set of names.
 pub fn fqdn_set_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
     let names: BTreeSet<String> = values.into_iter().map(str::to_ascii_lowercase).collect();
@@ -139,9 +150,23 @@ fn reversed_name(name: &str) -> String {
 impl Store {
     /// Opens the database at `url` (an SQLite file is created if missing) and brings its schema up to date.
     pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        let store = Self::connect(url, settings).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens a read replica: its schema is the primary's business, so nothing is migrated.
+    pub async fn open_replica(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        Self::connect(url, settings).await
+    }
+
+    async fn connect(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
         let backend = Backend::of_url(url).ok_or_else(|| {
             sqlx::Error::Configuration("the database URL must start with sqlite: or postgres://".into())
         })?;
+        if backend == Backend::Sqlite {
+            create_parent_dir(url);
+        }
         sqlx::any::install_default_drivers();
         let timeout_ms = settings.statement_timeout.as_millis().clamp(1, i32::MAX as u128);
         let pool = AnyPoolOptions::new()
@@ -161,9 +186,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        let store = Self { pool, backend };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool, backend })
     }
 
     /// Which engine this store talks to.

@@ -101,6 +101,7 @@ impl InProcessStack {
             database_url: db.url.clone(),
             max_connections: 4,
             statement_timeout_ms: 5_000,
+            read_replica_url: None,
         };
         let (listener, sa) = listen(sa_config.grpc.listen).await;
         tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));

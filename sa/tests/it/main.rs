@@ -34,8 +34,13 @@ impl Sa {
     }
 
     async fn start(db: TestDatabase) -> Sa {
+        Self::start_with_replica(db, None).await
+    }
+
+    async fn start_with_replica(db: TestDatabase, replica: Option<&TestDatabase>) -> Sa {
         let pki = TestPki::new();
         let config = quarry_sa::Config {
+            read_replica_url: replica.map(|r| r.url.clone()),
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca"]), (RW, &["ra", "ca"])]),
             tls: pki.tls("sa"),
@@ -332,5 +337,43 @@ async fn the_wfe_reads_but_may_not_write() {
         assert_eq!(denied.code(), Code::PermissionDenied);
         let exists = sa.ro("wfe").key_blocked(KeyHash { key_hash: vec![1; 32] }).await.unwrap().into_inner();
         assert!(!exists.exists);
+    }
+}
+
+#[tokio::test]
+async fn reads_go_to_the_replica_and_fall_back_to_the_primary() {
+    let mut pairs = vec![(TestDatabase::sqlite(), TestDatabase::sqlite())];
+    if let (Some(primary), Some(replica)) = (TestDatabase::postgres().await, TestDatabase::postgres().await) {
+        pairs.push((primary, replica));
+    }
+    for (primary, replica) in pairs {
+        // An account only the replica knows: answered from the replica, so reads do go there.
+        let settings =
+            quarry_sa::store::PoolSettings { max_connections: 1, statement_timeout: std::time::Duration::from_secs(5) };
+        let replica_store = quarry_sa::Store::open(&replica.url, settings).await.unwrap();
+        let replica_only = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).unwrap().jwk();
+        let stored = quarry_core::model::Account {
+            id: 0,
+            jwk: replica_only.canonical_json().into_bytes(),
+            status: quarry_core::model::AccountStatus::Valid,
+            contact: Vec::new(),
+            terms_of_service_agreed: true,
+            created_at: 0,
+            external_account_id: String::new(),
+        };
+        replica_store.new_account(&stored).await.unwrap();
+
+        let sa = Sa::start_with_replica(primary, Some(&replica)).await;
+        let by_key = |jwk: Vec<u8>| AccountKey { jwk };
+        let found = sa.ro("wfe").get_account_by_key(by_key(stored.jwk.clone())).await.unwrap().into_inner();
+        assert_eq!(found.jwk, stored.jwk, "{}", replica.url);
+        // A row written just now to the primary, not (yet) on the replica: the primary answers.
+        let written = sa.account().await;
+        let found = sa.ro("wfe").get_account_by_key(by_key(written.jwk.clone())).await.unwrap().into_inner();
+        assert_eq!(found.id, written.id, "{}", replica.url);
+        // Neither has it: still notFound.
+        let nobody = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).unwrap().jwk();
+        let missing = sa.ro("wfe").get_account_by_key(by_key(nobody.canonical_json().into_bytes())).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
     }
 }
