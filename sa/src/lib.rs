@@ -1,7 +1,9 @@
 //! The storage authority: the only database client. It serves a read-only gRPC service (for the wfe) and a
 //! read-write one (for the ra and the ca), over SQLite or PostgreSQL.
 
+mod controls;
 mod error;
+mod history;
 mod server;
 pub mod status;
 pub mod store;
@@ -16,7 +18,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
+pub use controls::RateLimitOverride;
 pub use error::Error;
+pub use history::{Precertificate, RevokedCertificate};
 pub use server::Storage;
 pub use store::Store;
 

@@ -24,6 +24,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "replacement_orders", include_str!("../migrations/sqlite/0002_replacement_orders.sql")),
     (3, "external_account_id", include_str!("../migrations/sqlite/0003_external_account_id.sql")),
+    (4, "history_and_controls", include_str!("../migrations/sqlite/0004_history_and_controls.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -31,6 +32,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "replacement_orders", include_str!("../migrations/postgres/0002_replacement_orders.sql")),
     (3, "external_account_id", include_str!("../migrations/postgres/0003_external_account_id.sql")),
+    (4, "history_and_controls", include_str!("../migrations/postgres/0004_history_and_controls.sql")),
 ];
 
 /// The database engines the store speaks.
@@ -106,22 +108,44 @@ pub struct ValidationOutcome {
 /// Access to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
+    crl_shards: i64,
 }
 
-fn internal(err: impl std::fmt::Display) -> Problem {
+/// CRL shards per issuer unless configured otherwise (Boulder's production value).
+pub const DEFAULT_CRL_SHARDS: i64 = 128;
+
+pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
     tracing::error!(%err, "database error");
     Problem::internal("a database error occurred")
 }
 
-fn db_error(err: sqlx::Error) -> Problem {
-    if let sqlx::Error::Database(db) = &err
-        && db.is_unique_violation()
-    {
-        return Problem::new(ErrorKind::Duplicate, "the record already exists");
+/// A database error as a typed kind: a caller can act on `duplicate`, `notFound` or `unavailable`; the text of the
+/// driver's error goes to the log only.
+pub(crate) fn db_error(err: sqlx::Error) -> Problem {
+    use sqlx::error::ErrorKind as DbKind;
+    match &err {
+        sqlx::Error::Database(db) => match db.kind() {
+            DbKind::UniqueViolation => Problem::new(ErrorKind::Duplicate, "the record already exists"),
+            DbKind::ForeignKeyViolation => Problem::not_found("a record it refers to does not exist"),
+            DbKind::NotNullViolation | DbKind::CheckViolation => {
+                tracing::error!(%err, "database constraint violated");
+                Problem::malformed("the record breaks a constraint of the schema")
+            }
+            // PostgreSQL's query_canceled: the statement timeout fired.
+            _ if db.code().as_deref() == Some("57014") => {
+                tracing::warn!(%err, "statement timed out");
+                Problem::new(ErrorKind::Timeout, "the database took too long")
+            }
+            _ => internal(err),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(%err, "database unavailable");
+            Problem::new(ErrorKind::Unavailable, "the database is unavailable")
+        }
+        _ => internal(err),
     }
-    internal(err)
 }
 
 /// SQLite creates the database file but not its directory.
@@ -143,7 +167,7 @@ pub fn fqdn_set_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
 }
 
 /// `www.example.com` → `com.example.www`, so names under one domain sort together.
-fn reversed_name(name: &str) -> String {
+pub(crate) fn reversed_name(name: &str) -> String {
     name.split('.').rev().collect::<Vec<_>>().join(".")
 }
 
@@ -186,7 +210,21 @@ impl Store {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, crl_shards: DEFAULT_CRL_SHARDS })
+    }
+
+    /// Revoked certificates are filed under `shards` CRL shards per issuer.
+    pub fn with_crl_shards(mut self, shards: i64) -> Self {
+        self.crl_shards = shards.max(1);
+        self
+    }
+
+    /// The CRL shard of `serial` (hex): its last eight bytes modulo the shard count, so that revocations spread
+    /// evenly (serials are random).
+    pub fn crl_shard(&self, serial: &str) -> i64 {
+        let tail = &serial[serial.len().saturating_sub(16)..];
+        let value = u64::from_str_radix(tail, 16).unwrap_or_default();
+        (value % self.crl_shards as u64) as i64
     }
 
     /// Which engine this store talks to.
@@ -614,13 +652,16 @@ impl Store {
         if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("order {id} not found"))) }
     }
 
+    /// Records the certificate of a processing order and, in the same transaction, that the certificate it
+    /// replaces (RFC 9773) is now replaced.
     pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         let updated = sqlx::query(
             "UPDATE orders SET certificate_serial = $1 WHERE id = $2 AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
         )
         .bind(serial)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?
         .rows_affected();
@@ -629,10 +670,10 @@ impl Store {
         }
         sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        Ok(())
+        tx.commit().await.map_err(db_error)
     }
 
     // --- Serials and certificates ---
@@ -761,22 +802,43 @@ impl Store {
         ))
     }
 
-    /// Marks a good certificate revoked; a second revocation is `alreadyRevoked`.
+    /// Marks a good certificate revoked and files it under its issuer's CRL shard, in one transaction; a second
+    /// revocation is `alreadyRevoked`.
     pub async fn revoke_certificate(&self, serial: &str, reason: i64, date: Timestamp) -> Result<(), Problem> {
         let serial = serial.to_ascii_lowercase();
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         let updated = sqlx::query(
             "UPDATE certificate_status SET status = 'revoked', revoked_reason = $1, revoked_date = $2 WHERE serial = $3 AND status = 'good'",
         )
         .bind(reason)
         .bind(date)
         .bind(&serial)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?
         .rows_affected();
         if updated == 1 {
-            return Ok(());
+            let (issuer_id, not_after): (i64, i64) =
+                sqlx::query_as("SELECT issuer_id, not_after FROM certificate_status WHERE serial = $1")
+                    .bind(&serial)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            sqlx::query(
+                "INSERT INTO revoked_certificates (issuer_id, shard_idx, serial, revoked_date, revoked_reason, not_after_hour) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(issuer_id)
+            .bind(self.crl_shard(&serial))
+            .bind(&serial)
+            .bind(date)
+            .bind(reason)
+            .bind(not_after - not_after.rem_euclid(3_600))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            return tx.commit().await.map_err(db_error);
         }
+        drop(tx);
         let (status, ..) = self.get_certificate_status(&serial).await?;
         Err(Problem::new(ErrorKind::AlreadyRevoked, format!("certificate {serial} is already {status}")))
     }
@@ -804,7 +866,7 @@ impl Store {
     }
 }
 
-fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
+pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
     row.try_get(column).map_err(internal)
 }
 

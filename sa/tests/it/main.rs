@@ -13,6 +13,8 @@ use quarry_testkit::pki::TestPki;
 use tonic::Code;
 use tonic::transport::Channel;
 
+mod store;
+
 const RO: &str = "quarry.sa.v1.StorageAuthorityReadOnly";
 const RW: &str = "quarry.sa.v1.StorageAuthority";
 const DAY: i64 = 86_400;

@@ -1,0 +1,190 @@
+//! Issuance history the CA's policies read: FQDN-set and per-domain issuance in a window (renewal detection and
+//! rate limits), precertificates, revoked certificates by CRL shard, and CRL shard leases.
+
+use quarry_core::clock::Timestamp;
+use quarry_core::{Identifier, Problem};
+
+use crate::store::{Store, db_error, fqdn_set_hash, get, reversed_name};
+
+/// One entry of a CRL shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    pub serial: String,
+    pub revoked_date: Timestamp,
+    pub revoked_reason: i64,
+}
+
+/// A precertificate (or its linting copy) stored before the real one is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precertificate {
+    pub serial: String,
+    pub account_id: i64,
+    pub der: Vec<u8>,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
+    pub issuer_id: i64,
+}
+
+impl Store {
+    /// When certificates for exactly this set of identifiers were issued since `since`, newest first.
+    pub async fn fqdn_set_issuance_times(
+        &self,
+        identifiers: &[Identifier],
+        since: Timestamp,
+    ) -> Result<Vec<Timestamp>, Problem> {
+        sqlx::query_scalar("SELECT issued FROM fqdn_sets WHERE set_hash = $1 AND issued > $2 ORDER BY issued DESC")
+            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    /// How many certificates named `domain` or a name under it, with a notBefore after `since`.
+    pub async fn certificates_for_domain(&self, domain: &str, since: Timestamp) -> Result<i64, Problem> {
+        let reversed = reversed_name(&domain.to_ascii_lowercase());
+        // Names under the domain sort between "com.example." and "com.example/" ('/' follows '.'): a range the
+        // (reversed_name, not_before) index answers on both engines, where LIKE would not use it on SQLite.
+        sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT serial) FROM issued_names WHERE (reversed_name = $1 OR (reversed_name >= $2 AND reversed_name < $3)) AND not_before > $4",
+        )
+        .bind(&reversed)
+        .bind(format!("{reversed}."))
+        .bind(format!("{reversed}/"))
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    /// Stores a precertificate; a serial is stored once.
+    pub async fn add_precertificate(&self, precertificate: &Precertificate) -> Result<(), Problem> {
+        sqlx::query(
+            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(precertificate.serial.to_ascii_lowercase())
+        .bind(precertificate.account_id)
+        .bind(&precertificate.der)
+        .bind(precertificate.issued)
+        .bind(precertificate.expires)
+        .bind(precertificate.issuer_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn get_precertificate(&self, serial: &str) -> Result<Precertificate, Problem> {
+        let row = sqlx::query(
+            "SELECT serial, account_id, der, issued, expires, issuer_id FROM precertificates WHERE serial = $1",
+        )
+        .bind(serial.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Problem::not_found(format!("precertificate {serial} not found")))?;
+        Ok(Precertificate {
+            serial: get(&row, "serial")?,
+            account_id: get(&row, "account_id")?,
+            der: get(&row, "der")?,
+            issued: get(&row, "issued")?,
+            expires: get(&row, "expires")?,
+            issuer_id: get(&row, "issuer_id")?,
+        })
+    }
+
+    /// The revoked certificates of one CRL shard that have not expired before `expires_after` (hour granularity).
+    pub async fn revoked_certificates(
+        &self,
+        issuer_id: i64,
+        shard: i64,
+        expires_after: Timestamp,
+    ) -> Result<Vec<RevokedCertificate>, Problem> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3 ORDER BY serial",
+        )
+        .bind(issuer_id)
+        .bind(shard)
+        .bind(expires_after - expires_after.rem_euclid(3_600))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(RevokedCertificate {
+                    serial: get(row, "serial")?,
+                    revoked_date: get(row, "revoked_date")?,
+                    revoked_reason: get(row, "revoked_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Leases the CRL shard of `issuer_id` updated longest ago among those not leased at `now`, until
+    /// `leased_until`; `None` when every shard is leased. Two updaters never hold one shard.
+    pub async fn lease_crl_shard(
+        &self,
+        issuer_id: i64,
+        shard_count: i64,
+        now: Timestamp,
+        leased_until: Timestamp,
+    ) -> Result<Option<i64>, Problem> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        for idx in 0..shard_count {
+            sqlx::query(
+                "INSERT INTO crl_shards (issuer_id, idx) VALUES ($1, $2) ON CONFLICT (issuer_id, idx) DO NOTHING",
+            )
+            .bind(issuer_id)
+            .bind(idx)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        let candidate: Option<i64> = sqlx::query_scalar(
+            "SELECT idx FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 ORDER BY this_update, idx LIMIT 1",
+        )
+        .bind(issuer_id)
+        .bind(shard_count)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let Some(idx) = candidate else { return Ok(None) };
+        // The lease condition is checked again in the UPDATE: a racing updater that leased it first wins.
+        let leased = sqlx::query(
+            "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4",
+        )
+        .bind(leased_until)
+        .bind(issuer_id)
+        .bind(idx)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        Ok((leased == 1).then_some(idx))
+    }
+
+    /// Records a shard's new CRL and releases its lease.
+    pub async fn update_crl_shard(
+        &self,
+        issuer_id: i64,
+        idx: i64,
+        this_update: Timestamp,
+        next_update: Timestamp,
+    ) -> Result<(), Problem> {
+        let updated = sqlx::query(
+            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0 WHERE issuer_id = $3 AND idx = $4",
+        )
+        .bind(this_update)
+        .bind(next_update)
+        .bind(issuer_id)
+        .bind(idx)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("CRL shard {issuer_id}/{idx} not found"))) }
+    }
+}

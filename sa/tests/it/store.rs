@@ -1,0 +1,251 @@
+//! The `Store` conformance suite: the same cases against every backend (SQLite always, PostgreSQL when the test
+//! command provides it), through the store's own API. Errors must come out as typed kinds.
+
+use std::time::Duration;
+
+use quarry_core::clock::now;
+use quarry_core::model::{Account, AccountStatus, ChallengeType};
+use quarry_core::{ErrorKind, Identifier};
+use quarry_sa::store::{NewAuthorization, NewOrder, PoolSettings};
+use quarry_sa::{Precertificate, RateLimitOverride, Store};
+use quarry_testkit::db::TestDatabase;
+
+const DAY: i64 = 86_400;
+
+/// Each backend's store, with the database kept alive beside it.
+async fn stores() -> Vec<(Store, TestDatabase)> {
+    let settings = PoolSettings { max_connections: 4, statement_timeout: Duration::from_secs(5) };
+    let mut stores = Vec::new();
+    for db in TestDatabase::every_backend().await {
+        let store = Store::open(&db.url, settings).await.expect("open the store").with_crl_shards(4);
+        stores.push((store, db));
+    }
+    stores
+}
+
+async fn account(store: &Store) -> Account {
+    let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).unwrap().jwk();
+    let new = Account {
+        id: 0,
+        jwk: key.canonical_json().into_bytes(),
+        status: AccountStatus::Valid,
+        contact: Vec::new(),
+        terms_of_service_agreed: true,
+        created_at: now(),
+        external_account_id: String::new(),
+    };
+    store.new_account(&new).await.unwrap()
+}
+
+fn order_for(account_id: i64, names: &[&str]) -> NewOrder {
+    NewOrder {
+        account_id,
+        identifiers: names.iter().map(|n| Identifier::dns(*n)).collect(),
+        expires: now() + 7 * DAY,
+        reused_authorization_ids: Vec::new(),
+        new_authorizations: names
+            .iter()
+            .map(|n| NewAuthorization {
+                identifier: Identifier::dns(*n),
+                challenge_types: vec![ChallengeType::Http01],
+                token: format!("token-{n}"),
+                expires: now() + 7 * DAY,
+            })
+            .collect(),
+        profile: "classic".into(),
+        replaces: String::new(),
+        replaces_serial: String::new(),
+    }
+}
+
+/// A certificate for `names` with `serial`, valid from `not_before` for 90 days.
+fn certificate(names: &[&str], serial: &[u8], not_before: i64) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+    params.not_after = params.not_before + time::Duration::days(90);
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+/// Reserves `serial` and stores a certificate for `names` under it; returns the hex serial.
+async fn issue(store: &Store, account_id: i64, names: &[&str], serial: &[u8], not_before: i64) -> String {
+    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    store.add_serial(account_id, &hex, now(), now() + 90 * DAY).await.unwrap();
+    store.add_certificate(account_id, &certificate(names, serial, not_before), not_before, 7).await.unwrap()
+}
+
+#[tokio::test]
+async fn constraint_violations_are_typed() {
+    for (store, db) in stores().await {
+        let first = account(&store).await;
+        let mut again = first.clone();
+        again.id = 0;
+        assert_eq!(store.new_account(&again).await.unwrap_err().kind, ErrorKind::Duplicate, "{}", db.url);
+        store.add_serial(first.id, "01aa", now(), now() + DAY).await.unwrap();
+        let twice = store.add_serial(first.id, "01AA", now(), now() + DAY).await.unwrap_err();
+        assert_eq!(twice.kind, ErrorKind::Duplicate, "{}", db.url);
+        // An order of an account that does not exist breaks a foreign key: notFound, not a driver message.
+        let orphan = store.new_order_and_authorizations(&order_for(999_999, &["orphan.example.org"])).await;
+        let orphan = orphan.unwrap_err();
+        assert_eq!(orphan.kind, ErrorKind::NotFound, "{}: {}", db.url, orphan.detail);
+        assert!(!orphan.detail.to_lowercase().contains("foreign"), "{}", orphan.detail);
+        // Nothing of the failed order was kept.
+        assert_eq!(db.count("authorizations").await, 0, "{}", db.url);
+    }
+}
+
+#[tokio::test]
+async fn fuses_let_one_caller_through() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let order = store.new_order_and_authorizations(&order_for(owner.id, &["fuse.example.org"])).await.unwrap();
+        let authz = order.authorization_ids[0];
+        store.set_authorization_processing(authz, "http-01", now()).await.unwrap();
+        let second = store.set_authorization_processing(authz, "http-01", now()).await.unwrap_err();
+        assert_eq!(second.kind, ErrorKind::Conflict, "{}", db.url);
+        let ready = quarry_sa::store::ValidationOutcome {
+            id: authz,
+            status: quarry_core::model::AuthorizationStatus::Valid,
+            expires: now() + 30 * DAY,
+            attempted: "http-01".into(),
+            attempted_at: now(),
+            records: Vec::new(),
+            error: None,
+        };
+        store.finalize_authorization(&ready).await.unwrap();
+        // An authorization is finalized only while pending.
+        let late = store.finalize_authorization(&ready).await;
+        assert!(late.is_err(), "{}", db.url);
+        store.set_order_processing(order.id).await.unwrap();
+        let twice = store.set_order_processing(order.id).await.unwrap_err();
+        assert_eq!(twice.kind, ErrorKind::OrderNotReady, "{}", db.url);
+    }
+}
+
+#[tokio::test]
+async fn issuance_history_by_name_set_and_domain() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let t = now() - 10 * DAY;
+        issue(&store, owner.id, &["example.com", "www.example.com"], &[0x01, 0x01], t).await;
+        issue(&store, owner.id, &["www.example.com", "example.com"], &[0x01, 0x02], t + DAY).await;
+        issue(&store, owner.id, &["api.example.com"], &[0x01, 0x03], t + 2 * DAY).await;
+        issue(&store, owner.id, &["notexample.com"], &[0x01, 0x04], t + 2 * DAY).await;
+        issue(&store, owner.id, &["example.com.evil.org"], &[0x01, 0x05], t + 2 * DAY).await;
+
+        let set = [Identifier::dns("www.example.com"), Identifier::dns("example.com")];
+        let times = store.fqdn_set_issuance_times(&set, t - 1).await.unwrap();
+        assert_eq!(times, [t + DAY, t], "{}", db.url);
+        assert_eq!(store.fqdn_set_issuance_times(&set, t).await.unwrap(), [t + DAY], "{}", db.url);
+        assert_eq!(store.certificates_for_domain("example.com", t - 1).await.unwrap(), 3, "{}", db.url);
+        assert_eq!(store.certificates_for_domain("example.com", t + DAY).await.unwrap(), 1, "{}", db.url);
+        assert_eq!(store.certificates_for_domain("EXAMPLE.com", t - 1).await.unwrap(), 3, "{}", db.url);
+        assert_eq!(store.certificates_for_domain("evil.org", t - 1).await.unwrap(), 1, "{}", db.url);
+    }
+}
+
+#[tokio::test]
+async fn revoked_certificates_are_filed_by_issuer_and_shard() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let t = now() - DAY;
+        let mut by_shard = std::collections::BTreeMap::<i64, Vec<String>>::new();
+        for last in 0u8..8 {
+            let serial = issue(&store, owner.id, &["revoked.example.org"], &[0x02, last], t).await;
+            store.revoke_certificate(&serial, 1, now()).await.unwrap();
+            by_shard.entry(store.crl_shard(&serial)).or_default().push(serial);
+        }
+        let kept = issue(&store, owner.id, &["kept.example.org"], &[0x03, 0x00], t).await;
+        assert_eq!(by_shard.len(), 4, "eight consecutive serials spread over the four shards");
+        for (shard, serials) in &by_shard {
+            let listed = store.revoked_certificates(7, *shard, now()).await.unwrap();
+            let listed: Vec<String> = listed.iter().map(|r| r.serial.clone()).collect();
+            assert_eq!(&listed, serials, "{}", db.url);
+            assert!(!listed.contains(&kept));
+            // Another issuer's shard is empty, and expired entries drop out.
+            assert!(store.revoked_certificates(8, *shard, now()).await.unwrap().is_empty());
+            assert!(store.revoked_certificates(7, *shard, now() + 100 * DAY).await.unwrap().is_empty());
+        }
+        let again = store.revoke_certificate(&by_shard[&0][0], 4, now()).await.unwrap_err();
+        assert_eq!(again.kind, ErrorKind::AlreadyRevoked, "{}", db.url);
+    }
+}
+
+#[tokio::test]
+async fn crl_shards_are_leased_to_one_updater_at_a_time() {
+    for (store, db) in stores().await {
+        let t = now();
+        let first = store.lease_crl_shard(7, 2, t, t + 60).await.unwrap();
+        let second = store.lease_crl_shard(7, 2, t, t + 60).await.unwrap();
+        assert_eq!((first, second), (Some(0), Some(1)), "{}", db.url);
+        assert_eq!(store.lease_crl_shard(7, 2, t, t + 60).await.unwrap(), None, "every shard is leased");
+        store.update_crl_shard(7, 0, t, t + 3_600).await.unwrap();
+        // Shard 0 is released but was updated just now; shard 1's lease lapses later and it is older.
+        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120).await.unwrap(), Some(1), "{}", db.url);
+        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120).await.unwrap(), Some(0), "{}", db.url);
+        assert_eq!(store.update_crl_shard(9, 0, t, t).await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+}
+
+#[tokio::test]
+async fn precertificates_are_stored_once() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let precertificate = Precertificate {
+            serial: "04AB".into(),
+            account_id: owner.id,
+            der: certificate(&["pre.example.org"], &[0x04, 0xab], now()),
+            issued: now(),
+            expires: now() + 90 * DAY,
+            issuer_id: 7,
+        };
+        store.add_precertificate(&precertificate).await.unwrap();
+        let stored = store.get_precertificate("04ab").await.unwrap();
+        assert_eq!((stored.serial.as_str(), &stored.der), ("04ab", &precertificate.der), "{}", db.url);
+        assert_eq!(store.add_precertificate(&precertificate).await.unwrap_err().kind, ErrorKind::Duplicate);
+        assert_eq!(store.get_precertificate("ffff").await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+}
+
+#[tokio::test]
+async fn identifiers_pause_and_unpause() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let names = [Identifier::dns("a.example.org"), Identifier::dns("b.example.org")];
+        store.pause_identifiers(owner.id, &names[..1], now()).await.unwrap();
+        assert_eq!(store.paused_identifiers(owner.id, &names).await.unwrap(), &names[..1], "{}", db.url);
+        assert!(store.paused_identifiers(owner.id + 1, &names).await.unwrap().is_empty(), "per account");
+        store.pause_identifiers(owner.id, &names, now()).await.unwrap();
+        assert_eq!(store.account_paused_identifiers(owner.id).await.unwrap(), names);
+        assert_eq!(store.unpause_account(owner.id, now()).await.unwrap(), 2, "{}", db.url);
+        assert!(store.paused_identifiers(owner.id, &names).await.unwrap().is_empty());
+        store.pause_identifiers(owner.id, &names[1..], now()).await.unwrap();
+        assert_eq!(store.account_paused_identifiers(owner.id).await.unwrap(), &names[1..], "paused again");
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_overrides_are_set_replaced_and_disabled() {
+    for (store, db) in stores().await {
+        let mut o = RateLimitOverride {
+            limit_name: "CertificatesPerDomain".into(),
+            bucket_key: "example.org".into(),
+            count: 500,
+            period_secs: 7 * DAY,
+            burst: 500,
+            comment: "hosting provider".into(),
+            enabled: true,
+        };
+        store.set_rate_limit_override(&o, now()).await.unwrap();
+        assert_eq!(store.rate_limit_override("CertificatesPerDomain", "example.org").await.unwrap(), Some(o.clone()));
+        o.count = 1_000;
+        store.set_rate_limit_override(&o, now()).await.unwrap();
+        let stored = store.rate_limit_override("CertificatesPerDomain", "example.org").await.unwrap().unwrap();
+        assert_eq!(stored.count, 1_000, "{}", db.url);
+        store.disable_rate_limit_override("CertificatesPerDomain", "example.org", now()).await.unwrap();
+        assert_eq!(store.rate_limit_override("CertificatesPerDomain", "example.org").await.unwrap(), None);
+        let unknown = store.disable_rate_limit_override("NewOrdersPerAccount", "1", now()).await.unwrap_err();
+        assert_eq!(unknown.kind, ErrorKind::NotFound);
+    }
+}
