@@ -4,6 +4,7 @@
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, Problem};
 
+use crate::queries;
 use crate::store::{Store, db_error, fqdn_set_hash, get, reversed_name};
 
 /// One entry of a CRL shard.
@@ -32,7 +33,7 @@ impl Store {
         identifiers: &[Identifier],
         since: Timestamp,
     ) -> Result<Vec<Timestamp>, Problem> {
-        sqlx::query_scalar("SELECT issued FROM fqdn_sets WHERE set_hash = $1 AND issued > $2 ORDER BY issued DESC")
+        sqlx::query_scalar(queries::FQDN_SET_TIMES)
             .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
             .bind(since)
             .fetch_all(&self.pool)
@@ -45,16 +46,14 @@ impl Store {
         let reversed = reversed_name(&domain.to_ascii_lowercase());
         // Names under the domain sort between "com.example." and "com.example/" ('/' follows '.'): a range the
         // (reversed_name, not_before) index answers on both engines, where LIKE would not use it on SQLite.
-        sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT serial) FROM issued_names WHERE (reversed_name = $1 OR (reversed_name >= $2 AND reversed_name < $3)) AND not_before > $4",
-        )
-        .bind(&reversed)
-        .bind(format!("{reversed}."))
-        .bind(format!("{reversed}/"))
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)
+        sqlx::query_scalar(queries::CERTIFICATES_FOR_DOMAIN)
+            .bind(&reversed)
+            .bind(format!("{reversed}."))
+            .bind(format!("{reversed}/"))
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
     }
 
     /// Stores a precertificate; a serial is stored once.
@@ -100,15 +99,13 @@ impl Store {
         shard: i64,
         expires_after: Timestamp,
     ) -> Result<Vec<RevokedCertificate>, Problem> {
-        let rows = sqlx::query(
-            "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3 ORDER BY serial",
-        )
-        .bind(issuer_id)
-        .bind(shard)
-        .bind(expires_after - expires_after.rem_euclid(3_600))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let rows = sqlx::query(queries::REVOKED_BY_SHARD)
+            .bind(issuer_id)
+            .bind(shard)
+            .bind(expires_after - expires_after.rem_euclid(3_600))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         rows.iter()
             .map(|row| {
                 Ok(RevokedCertificate {

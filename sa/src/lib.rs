@@ -4,6 +4,7 @@
 mod controls;
 mod error;
 mod history;
+pub mod queries;
 mod server;
 pub mod status;
 pub mod store;

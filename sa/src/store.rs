@@ -14,6 +14,7 @@ use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
 
+use crate::queries;
 use crate::status::{OrderFacts, authorization_status, order_status};
 
 /// A schema migration: version, name, SQL.
@@ -348,7 +349,7 @@ impl Store {
 
     pub async fn get_account_by_key(&self, jwk: &[u8]) -> Result<Account, Problem> {
         let jwk = quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::malformed(e.to_string()))?;
-        let row = sqlx::query("SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = $1")
+        let row = sqlx::query(queries::ACCOUNT_BY_KEY)
             .bind(jwk.key_hash().to_vec())
             .fetch_optional(&self.pool)
             .await
@@ -393,18 +394,16 @@ impl Store {
         let now = now();
         let mut found = Vec::new();
         for identifier in identifiers {
-            let row = sqlx::query(
-                "SELECT * FROM authorizations WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' AND expires > $4 AND ($5 = '' OR profile = $6) ORDER BY expires DESC LIMIT 1",
-            )
-            .bind(account_id)
-            .bind(identifier.kind.as_str())
-            .bind(&identifier.value)
-            .bind(valid_until.max(now))
-            .bind(profile)
-            .bind(profile)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+            let row = sqlx::query(queries::VALID_AUTHORIZATION)
+                .bind(account_id)
+                .bind(identifier.kind.as_str())
+                .bind(&identifier.value)
+                .bind(valid_until.max(now))
+                .bind(profile)
+                .bind(profile)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
             if let Some(row) = row {
                 found.push(authorization_from_row(&row, now)?);
             }
@@ -599,16 +598,14 @@ impl Store {
         identifiers: &[Identifier],
         profile: &str,
     ) -> Result<Order, Problem> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5",
-        )
-        .bind(account_id)
-        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-        .bind(now())
-        .bind(profile)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let ids: Vec<i64> = sqlx::query_scalar(queries::ORDER_REUSE)
+            .bind(account_id)
+            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+            .bind(now())
+            .bind(profile)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         for id in ids {
             let order = self.get_order(id).await?;
             if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
@@ -768,7 +765,7 @@ impl Store {
     }
 
     pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {
-        let row = sqlx::query("SELECT * FROM certificates WHERE serial = $1")
+        let row = sqlx::query(queries::CERTIFICATE_BY_SERIAL)
             .bind(serial.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await

@@ -1,0 +1,23 @@
+//! The SQL of the hot queries, shared by the store and the query benchmark (which shows their plans).
+
+/// The account of a key (new-account, every JWS with a jwk).
+pub const ACCOUNT_BY_KEY: &str = "SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = $1";
+
+/// The newest valid authorization of an account for one identifier (authorization reuse).
+pub const VALID_AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' AND expires > $4 AND ($5 = '' OR profile = $6) ORDER BY expires DESC LIMIT 1";
+
+/// Candidate orders of an account for one set of names (order reuse).
+pub const ORDER_REUSE: &str = "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5";
+
+/// Issuance times of one exact set of names (renewal detection, CertificatesPerFQDNSet).
+pub const FQDN_SET_TIMES: &str =
+    "SELECT issued FROM fqdn_sets WHERE set_hash = $1 AND issued > $2 ORDER BY issued DESC";
+
+/// Certificates naming a domain or a name under it (CertificatesPerDomain).
+pub const CERTIFICATES_FOR_DOMAIN: &str = "SELECT COUNT(DISTINCT serial) FROM issued_names WHERE (reversed_name = $1 OR (reversed_name >= $2 AND reversed_name < $3)) AND not_before > $4";
+
+/// The entries of one CRL shard.
+pub const REVOKED_BY_SHARD: &str = "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3 ORDER BY serial";
+
+/// A certificate by serial (download, revocation, ARI).
+pub const CERTIFICATE_BY_SERIAL: &str = "SELECT * FROM certificates WHERE serial = $1";
