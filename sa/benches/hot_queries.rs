@@ -69,6 +69,9 @@ fn reversed(name: &str) -> String {
     name.split('.').rev().collect::<Vec<_>>().join(".")
 }
 
+/// A table, its columns, and the rows to insert.
+type TableRows = (&'static str, &'static [&'static str], Vec<Vec<Value>>);
+
 /// Values of one row, bound in order.
 enum Value {
     Int(i64),
@@ -110,7 +113,7 @@ async fn fill(conn: &mut AnyConnection, from: i64, to: i64, now: i64) {
     let mut step = from;
     while step < to {
         let end = (step + 10 * BATCH).min(to);
-        let mut tables: Vec<(&str, &[&str], Vec<Vec<Value>>)> = vec![
+        let mut tables: Vec<TableRows> = vec![
             ("accounts", &["id", "jwk", "key_hash", "status", "contact", "created_at"], Vec::new()),
             (
                 "authorizations",
