@@ -92,7 +92,8 @@ impl Store {
         })
     }
 
-    /// The revoked certificates of one CRL shard that have not expired before `expires_after` (hour granularity).
+    /// The revoked certificates of one CRL shard that have not expired before `expires_after` (hour granularity),
+    /// by serial.
     pub async fn revoked_certificates(
         &self,
         issuer_id: i64,
@@ -106,7 +107,8 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        rows.iter()
+        let mut revoked = rows
+            .iter()
             .map(|row| {
                 Ok(RevokedCertificate {
                     serial: get(row, "serial")?,
@@ -114,7 +116,10 @@ impl Store {
                     revoked_reason: get(row, "revoked_reason")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, Problem>>()?;
+        // Sorted here rather than by the database, so that the query reads the covering index and nothing else.
+        revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
+        Ok(revoked)
     }
 
     /// Leases the CRL shard of `issuer_id` updated longest ago among those not leased at `now`, until

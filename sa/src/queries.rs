@@ -17,7 +17,7 @@ pub const FQDN_SET_TIMES: &str =
 pub const CERTIFICATES_FOR_DOMAIN: &str = "SELECT COUNT(DISTINCT serial) FROM issued_names WHERE (reversed_name = $1 OR (reversed_name >= $2 AND reversed_name < $3)) AND not_before > $4";
 
 /// The entries of one CRL shard.
-pub const REVOKED_BY_SHARD: &str = "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3 ORDER BY serial";
+pub const REVOKED_BY_SHARD: &str = "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3";
 
 /// A certificate by serial (download, revocation, ARI).
 pub const CERTIFICATE_BY_SERIAL: &str = "SELECT * FROM certificates WHERE serial = $1";

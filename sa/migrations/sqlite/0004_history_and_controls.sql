@@ -20,7 +20,9 @@ CREATE TABLE revoked_certificates (
     -- notAfter truncated to the hour, as Boulder keys it: a CRL lists entries whose hour has not passed.
     not_after_hour INTEGER NOT NULL
 );
-CREATE INDEX revoked_certificates_shard ON revoked_certificates (issuer_id, shard_idx, not_after_hour);
+-- Covering: a CRL shard is read from the index alone.
+CREATE INDEX revoked_certificates_shard
+    ON revoked_certificates (issuer_id, shard_idx, not_after_hour, serial, revoked_date, revoked_reason);
 
 CREATE TABLE crl_shards (
     issuer_id INTEGER NOT NULL,
