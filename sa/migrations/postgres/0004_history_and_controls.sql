@@ -54,3 +54,7 @@ CREATE TABLE rate_limit_overrides (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (limit_name, bucket_key)
 );
+
+-- Per-domain issuance counts read the names' index alone (the serial is counted too).
+DROP INDEX issued_names_name;
+CREATE INDEX issued_names_name ON issued_names (reversed_name, not_before, serial);
