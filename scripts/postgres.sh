@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts (or stops) a private PostgreSQL cluster for the tests: data, socket and log under DIR, listening on
 # 127.0.0.1:PORT only, trust authentication for the `postgres` user. Installs PostgreSQL from Debian when missing.
-#   scripts/postgres.sh start DIR PORT   prints the administrative URL
+#   scripts/postgres.sh start DIR PORT   prints the administrative URL (the next free port if PORT is taken)
 #   scripts/postgres.sh stop DIR
 set -euo pipefail
 action=$1 dir=$2 port=${3:-5433}
@@ -17,6 +17,10 @@ case $action in
       DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >/dev/null
     fi
     bin=$(bin_dir)
+    for _ in $(seq 1 20); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+      port=$((port + 1))
+    done
     mkdir -p "$dir"
     chown postgres "$dir" 2>/dev/null || true
     if [[ ! -d $dir/data ]]; then
