@@ -287,7 +287,15 @@ impl Registrar {
                 });
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
-            Err(status) => return Err(status.into()),
+            Err(status) => {
+                // A validation started by a racing POST may have finished since the authorization was read: a
+                // now-valid authorization is the answer, as it would have been a moment later.
+                let current = self.authorization(authz.id, deadline).await?;
+                if current.status == AuthorizationStatus::Valid {
+                    return Ok(current);
+                }
+                return Err(status.into());
+            }
         }
         self.authorization(authz.id, deadline).await
     }

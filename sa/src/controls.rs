@@ -28,7 +28,7 @@ impl Store {
         identifiers: &[Identifier],
         at: Timestamp,
     ) -> Result<(), Problem> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         for identifier in identifiers {
             sqlx::query(
                 "INSERT INTO paused_identifiers (account_id, identifier_type, identifier_value, paused_at, unpaused_at) VALUES ($1, $2, $3, $4, 0) ON CONFLICT (account_id, identifier_type, identifier_value) DO UPDATE SET paused_at = excluded.paused_at, unpaused_at = 0",

@@ -131,7 +131,7 @@ impl Store {
         now: Timestamp,
         leased_until: Timestamp,
     ) -> Result<Option<i64>, Problem> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         for idx in 0..shard_count {
             sqlx::query(
                 "INSERT INTO crl_shards (issuer_id, idx) VALUES ($1, $2) ON CONFLICT (issuer_id, idx) DO NOTHING",

@@ -134,6 +134,11 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
                 tracing::error!(%err, "database constraint violated");
                 Problem::malformed("the record breaks a constraint of the schema")
             }
+            // SQLite's SQLITE_BUSY (and its snapshot variant): the write lock stayed taken past the busy timeout.
+            _ if matches!(db.code().as_deref(), Some("5" | "517")) => {
+                tracing::warn!(%err, "database busy");
+                Problem::new(ErrorKind::Unavailable, "the database is busy")
+            }
             // PostgreSQL's query_canceled: the statement timeout fired.
             _ if db.code().as_deref() == Some("57014") => {
                 tracing::warn!(%err, "statement timed out");
@@ -196,7 +201,8 @@ impl Store {
         let timeout_ms = settings.statement_timeout.as_millis().clamp(1, i32::MAX as u128);
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)))
+            // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
+            .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)) * 2)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     let setup = match backend {
@@ -226,6 +232,17 @@ impl Store {
         let tail = &serial[serial.len().saturating_sub(16)..];
         let value = u64::from_str_radix(tail, 16).unwrap_or_default();
         (value % self.crl_shards as u64) as i64
+    }
+
+    /// Starts a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write lock at once: a deferred
+    /// transaction that reads and then writes fails with SQLITE_BUSY, without waiting, when another writer got in
+    /// between (WAL snapshot rules); PostgreSQL's row locks need nothing of the kind.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, Problem> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        self.pool.begin_with(begin).await.map_err(db_error)
     }
 
     /// Which engine this store talks to.
@@ -495,7 +512,7 @@ impl Store {
     /// Creates the new authorizations, the order and its links in one transaction.
     pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<Order, Problem> {
         let created = now();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         let mut authorization_ids = order.reused_authorization_ids.clone();
         for authz in &order.new_authorizations {
             let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
@@ -618,7 +635,8 @@ impl Store {
 
     /// Starts finalization: succeeds once per order, and only when the order is ready.
     pub async fn set_order_processing(&self, id: i64) -> Result<(), Problem> {
-        let mut tx: Transaction<'_, Any> = self.pool.begin().await.map_err(db_error)?;
+        // The fuse is the conditional UPDATE alone: no transaction is held open while the order is read, so that
+        // racing callers never wait on each other for a pooled connection.
         let order = self.get_order(id).await?;
         if order.status != quarry_core::model::OrderStatus::Ready {
             return Err(Problem::new(
@@ -629,11 +647,10 @@ impl Store {
         let updated = sqlx::query("UPDATE orders SET began_processing = $1 WHERE id = $2 AND began_processing = 0")
             .bind(now().max(1))
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .map_err(db_error)?
             .rows_affected();
-        tx.commit().await.map_err(db_error)?;
         if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing")) }
     }
 
@@ -652,7 +669,7 @@ impl Store {
     /// Records the certificate of a processing order and, in the same transaction, that the certificate it
     /// replaces (RFC 9773) is now replaced.
     pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE orders SET certificate_serial = $1 WHERE id = $2 AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
         )
@@ -715,7 +732,7 @@ impl Store {
             return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
         }
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&facts.serial)
             .bind(account_id)
@@ -803,7 +820,7 @@ impl Store {
     /// revocation is `alreadyRevoked`.
     pub async fn revoke_certificate(&self, serial: &str, reason: i64, date: Timestamp) -> Result<(), Problem> {
         let serial = serial.to_ascii_lowercase();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE certificate_status SET status = 'revoked', revoked_reason = $1, revoked_date = $2 WHERE serial = $3 AND status = 'good'",
         )

@@ -29,7 +29,13 @@ async fn parallel_finalize_issues_exactly_one_certificate() {
                 issued += 1;
                 assert_eq!(answer.json()["status"], "valid");
             } else {
-                assert_eq!(answer.problem_type().as_deref(), Some("orderNotReady"), "{}", answer.status);
+                let body = String::from_utf8_lossy(&answer.body);
+                assert_eq!(
+                    answer.problem_type().as_deref(),
+                    Some("orderNotReady"),
+                    "{}: {body}",
+                    stack.services.db.url
+                );
             }
         }
         assert_eq!(issued, 1, "{}", stack.services.db.url);
