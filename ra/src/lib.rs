@@ -54,6 +54,13 @@ pub struct Config {
     /// The most issuance may take (in the background when `async_finalize`, else when the caller sets no deadline).
     #[serde(default = "default_timeout_ms")]
     pub finalize_timeout_ms: u64,
+    /// The URL of an account is this prefix followed by its id (the wfe's `{base_url}/acme/acct/`): CAA
+    /// `accounturi` parameters (RFC 8657) are compared with it.
+    pub account_uri_prefix: String,
+    /// At finalize, CAA is checked again for every authorization validated longer ago than this (the Baseline
+    /// Requirements allow 8 hours; Boulder uses 7).
+    #[serde(default = "default_caa_recheck_after_secs")]
+    pub caa_recheck_after_secs: i64,
     /// Answer finalize with the `processing` order at once and issue in the background (RFC 8555 §7.4: the client
     /// polls the order, told when by `Retry-After`), instead of answering once the certificate exists.
     #[serde(default)]
@@ -127,6 +134,9 @@ fn default_profile() -> String {
 }
 fn default_challenge_types() -> Vec<String> {
     vec!["http-01".to_owned(), "dns-01".to_owned()]
+}
+fn default_caa_recheck_after_secs() -> i64 {
+    7 * 3_600
 }
 fn default_timeout_ms() -> u64 {
     60_000

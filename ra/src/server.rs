@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use quarry_core::clock::now;
 use quarry_core::grpc::{incoming_deadline, request_with_deadline};
 use quarry_core::identifier::is_public_unicast;
-use quarry_core::model::{Account, Authorization, AuthorizationStatus, ChallengeType, Order, OrderStatus};
+use quarry_core::model::{
+    Account, Authorization, AuthorizationStatus, ChallengeStatus, ChallengeType, Order, OrderStatus,
+};
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_jose::Jwk;
 use quarry_proto::ca::IssueCertificateRequest;
@@ -23,8 +25,8 @@ use quarry_proto::ra::{
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_proto::sa::{self as sapb};
-use quarry_proto::va::DcvRequest;
 use quarry_proto::va::va_client::VaClient;
+use quarry_proto::va::{CaaRequest, DcvRequest};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -55,6 +57,8 @@ struct Inner {
     validation_timeout: Duration,
     finalize_timeout: Duration,
     async_finalize: bool,
+    account_uri_prefix: String,
+    caa_recheck_after: i64,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -75,6 +79,8 @@ impl Registrar {
                 validation_timeout: Duration::from_millis(config.validation_timeout_ms),
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 async_finalize: config.async_finalize,
+                account_uri_prefix: config.account_uri_prefix.clone(),
+                caa_recheck_after: config.caa_recheck_after_secs,
             }),
         })
     }
@@ -312,7 +318,8 @@ impl Registrar {
             account_id: authz.account_id,
         };
         let deadline = Instant::now() + inner.validation_timeout;
-        let (records, problem) = match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await {
+        let (records, mut problem) = match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await
+        {
             Ok(result) => {
                 let result = result.into_inner();
                 (result.records, result.problem)
@@ -322,6 +329,12 @@ impl Registrar {
                 (Vec::new(), Some(pb::Problem::from(&Problem::internal("validation could not be performed"))))
             }
         };
+        // Control is proven; CAA must also allow this CA to issue (RFC 8659), checked right after.
+        if problem.is_none()
+            && let Err(caa) = self.check_caa(&authz, kind, Some(deadline)).await
+        {
+            problem = Some(pb::Problem::from(&caa));
+        }
         let passed = problem.is_none();
         let attempted_at = now();
         let outcome = sapb::FinalizeAuthorizationRequest {
@@ -345,6 +358,32 @@ impl Registrar {
             inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, Some(deadline))).await
         {
             tracing::error!(authorization_id = authz.id, %status, "cannot record the validation result");
+        }
+    }
+
+    /// Asks the va whether CAA lets this CA issue for `authz`'s identifier, validated by `method`.
+    async fn check_caa(
+        &self,
+        authz: &Authorization,
+        method: ChallengeType,
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        let request = CaaRequest {
+            identifier: Some((&authz.identifier).into()),
+            wildcard: authz.wildcard,
+            validation_method: method.as_str().to_owned(),
+            account_uri: format!("{}{}", self.inner.account_uri_prefix, authz.account_id),
+            authorization_id: authz.id,
+            account_id: authz.account_id,
+        };
+        let result =
+            self.inner.va.clone().do_caa(request_with_deadline(request, deadline)).await.map_err(|status| {
+                tracing::error!(authorization_id = authz.id, %status, "va CAA call failed");
+                Problem::internal("CAA could not be checked")
+            })?;
+        match &result.get_ref().problem {
+            None => Ok(()),
+            Some(problem) => Err(Problem::from(problem)),
         }
     }
 
@@ -397,6 +436,17 @@ impl Registrar {
         let all_valid = authzs.get_ref().authorizations.iter().all(|a| a.status == AuthorizationStatus::Valid.as_str());
         if !all_valid || authzs.get_ref().authorizations.is_empty() {
             return Err(Problem::new(ErrorKind::OrderNotReady, "not every authorization of the order is valid"));
+        }
+        // CAA answers age: an authorization validated long ago (reused, or a slow client) is checked again.
+        let stale_before = now() - inner.caa_recheck_after;
+        for authz in &authzs.get_ref().authorizations {
+            let authz = Authorization::try_from(authz)?;
+            let Some(challenge) = authz.challenges.iter().find(|c| c.status == ChallengeStatus::Valid) else {
+                continue;
+            };
+            if challenge.validated <= stale_before {
+                self.check_caa(&authz, challenge.kind, deadline).await?;
+            }
         }
 
         inner

@@ -1,4 +1,4 @@
-//! In-process fakes of peer services, for per-service tests: a va whose verdict the test decides.
+//! In-process fakes of peer services, for per-service tests: a va whose verdicts (DCV and CAA) the test decides.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use quarry_core::Problem;
 use quarry_proto::va::va_server::{Va, VaServer};
-use quarry_proto::va::{DcvRequest, ValidationResult};
+use quarry_proto::va::{CaaRequest, DcvRequest, ValidationResult};
 use tonic::{Request, Response, Status};
 
 use crate::pki::TestPki;
@@ -16,6 +16,8 @@ use crate::pki::TestPki;
 pub struct FakeVa {
     verdict: Arc<Mutex<Option<Problem>>>,
     calls: Arc<AtomicUsize>,
+    caa_verdict: Arc<Mutex<Option<Problem>>>,
+    caa_requests: Arc<Mutex<Vec<CaaRequest>>>,
 }
 
 impl FakeVa {
@@ -44,6 +46,16 @@ impl FakeVa {
         *self.verdict.lock().expect("verdict lock") = Some(problem);
     }
 
+    /// Every CAA check from now on fails with `problem` (`None`: passes, the default).
+    pub fn caa(&self, problem: Option<Problem>) {
+        *self.caa_verdict.lock().expect("verdict lock") = problem;
+    }
+
+    /// The CAA checks asked for so far.
+    pub fn caa_requests(&self) -> Vec<CaaRequest> {
+        self.caa_requests.lock().expect("requests lock").clone()
+    }
+
     /// How many validations were asked for.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -62,6 +74,17 @@ impl Va for FakeVa {
                 perspective: "fake".into(),
                 ..Default::default()
             }],
+            problem: problem.as_ref().map(quarry_proto::core::Problem::from),
+            perspective: "fake".into(),
+            rir: String::new(),
+        }))
+    }
+
+    async fn do_caa(&self, request: Request<CaaRequest>) -> Result<Response<ValidationResult>, Status> {
+        self.caa_requests.lock().map_err(|_| Status::internal("requests lock"))?.push(request.get_ref().clone());
+        let problem = self.caa_verdict.lock().map_err(|_| Status::internal("verdict lock"))?.clone();
+        Ok(Response::new(ValidationResult {
+            records: Vec::new(),
             problem: problem.as_ref().map(quarry_proto::core::Problem::from),
             perspective: "fake".into(),
             rir: String::new(),

@@ -28,6 +28,9 @@ pub struct InProcessStack {
     pub db: TestDatabase,
 }
 
+/// The ra's account URL prefix in tests (the wfe's base URL is only known once it listens).
+pub const ACCOUNT_URI_PREFIX: &str = "https://quarry.test/acme/acct/";
+
 /// The prefixes of the two nonce instances the wfe uses.
 pub const NONCE_PREFIXES: [&str; 2] = ["testnonc", "testnon2"];
 
@@ -65,6 +68,8 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         validation_timeout_ms: 5_000,
         finalize_timeout_ms: 10_000,
         async_finalize: false,
+        account_uri_prefix: ACCOUNT_URI_PREFIX.into(),
+        caa_recheck_after_secs: 7 * 3_600,
     }
 }
 

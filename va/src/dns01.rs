@@ -83,6 +83,9 @@ mod tests {
         async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, LookupError> {
             self.0.clone()
         }
+        async fn lookup_caa(&self, _: &str) -> Result<Vec<crate::caa::CaaRecord>, LookupError> {
+            Err(LookupError::NotFound)
+        }
         fn addresses(&self) -> Vec<String> {
             vec!["fixed".to_owned()]
         }

@@ -2,6 +2,7 @@
 //! (RFC 8737; RFC 8738 for IP addresses), against a configured DNS resolver and configurable ports. It answers the
 //! ra's `DoDCV`; a failed validation is a result, not an RPC error.
 
+pub mod caa;
 mod dns01;
 mod error;
 mod http01;
@@ -19,7 +20,7 @@ use quarry_core::grpc::ClientAllowlist;
 use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::va::va_server::{Va, VaServer};
-use quarry_proto::va::{DcvRequest, ValidationResult};
+use quarry_proto::va::{CaaRequest, DcvRequest, ValidationResult};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -60,6 +61,10 @@ pub struct Config {
     /// The most redirects http-01 follows.
     #[serde(default = "default_max_redirects")]
     pub max_redirects: usize,
+    /// The domains that identify this CA in CAA `issue`/`issuewild` records (RFC 8659), e.g. `letsencrypt.org`;
+    /// without them every CAA record set denies issuance.
+    #[serde(default)]
+    pub caa_identities: Vec<String>,
     /// The largest http-01 response body accepted, in bytes; a larger one fails validation.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -113,6 +118,9 @@ impl Config {
         if self.perspective.trim().is_empty() {
             return invalid("perspective must not be empty".to_owned());
         }
+        if self.caa_identities.is_empty() || self.caa_identities.iter().any(|id| id.trim().is_empty()) {
+            return invalid("caa_identities must name this CA's CAA domains (e.g. [\"letsencrypt.org\"])".to_owned());
+        }
         Ok(())
     }
 
@@ -159,6 +167,15 @@ pub struct ValidationAuthority {
     validators: Arc<[Arc<dyn Validator>]>,
     perspective: String,
     timeout: Duration,
+    /// `None` answers every CAA check with an internal error (an authority built for DCV tests only).
+    caa: Option<CaaLookup>,
+}
+
+/// Where CAA records are looked up, and the CA's identities in them.
+#[derive(Clone)]
+struct CaaLookup {
+    resolver: Arc<dyn Resolver>,
+    identities: Arc<[String]>,
 }
 
 impl ValidationAuthority {
@@ -181,9 +198,49 @@ impl ValidationAuthority {
         let validators: Vec<Arc<dyn Validator>> = vec![
             Arc::new(Http01Validator::new(resolver.clone(), http)),
             Arc::new(Tlsalpn01Validator::new(resolver.clone(), tls)),
-            Arc::new(Dns01Validator::new(resolver, config.perspective.clone())),
+            Arc::new(Dns01Validator::new(resolver.clone(), config.perspective.clone())),
         ];
         Self::with_validators(config.perspective.clone(), config.timeout(), validators)
+            .with_caa(resolver, config.caa_identities.clone())
+    }
+
+    /// CAA checks look records up through `resolver` and accept `identities` as this CA's.
+    pub fn with_caa(mut self, resolver: Arc<dyn Resolver>, identities: Vec<String>) -> Self {
+        self.caa = Some(CaaLookup { resolver, identities: identities.into() });
+        self
+    }
+
+    /// Checks CAA for `identifier` (without `*.`) within the configured timeout and never past `deadline`. IP
+    /// identifiers have no CAA (RFC 8738 §9): they always pass.
+    pub async fn check_caa(
+        &self,
+        identifier: &Identifier,
+        wildcard: bool,
+        validation_method: &str,
+        account_uri: &str,
+        deadline: Option<Instant>,
+    ) -> Option<Problem> {
+        if identifier.kind == quarry_core::IdentifierType::Ip {
+            return None;
+        }
+        let Some(CaaLookup { resolver, identities }) = &self.caa else {
+            return Some(Problem::internal("this validation authority does not check CAA"));
+        };
+        let check = caa::CaaCheck { name: &identifier.value, wildcard, validation_method, account_uri };
+        match tokio::time::timeout(self.budget(deadline), caa::check(resolver.as_ref(), check, identities)).await {
+            Ok(outcome) => outcome.err(),
+            Err(_) => Some(Problem::new(ErrorKind::Dns, "CAA lookups timed out")),
+        }
+    }
+
+    /// The time one check may take: the configured timeout, less when the caller's deadline is nearer.
+    fn budget(&self, deadline: Option<Instant>) -> Duration {
+        match deadline {
+            Some(deadline) => {
+                deadline.saturating_duration_since(Instant::now()).saturating_sub(DEADLINE_MARGIN).min(self.timeout)
+            }
+            None => self.timeout,
+        }
     }
 
     /// An authority using exactly `validators` (the first one for each challenge type counts).
@@ -192,7 +249,7 @@ impl ValidationAuthority {
         timeout: Duration,
         validators: Vec<Arc<dyn Validator>>,
     ) -> Self {
-        Self { validators: validators.into(), perspective: perspective.into(), timeout }
+        Self { validators: validators.into(), perspective: perspective.into(), timeout, caa: None }
     }
 
     /// This authority's perspective name.
@@ -217,12 +274,7 @@ impl ValidationAuthority {
             let shown: String = challenge_type.chars().take(32).collect();
             return (records, Some(Problem::malformed(format!("challenge type {shown:?} is not supported"))));
         };
-        let budget = match deadline {
-            Some(deadline) => {
-                deadline.saturating_duration_since(Instant::now()).saturating_sub(DEADLINE_MARGIN).min(self.timeout)
-            }
-            None => self.timeout,
-        };
+        let budget = self.budget(deadline);
         let attempt = Attempt { identifier, token, key_authorization };
         let outcome = match tokio::time::timeout(budget, validator.validate(attempt, &mut records)).await {
             Ok(outcome) => outcome,
@@ -263,6 +315,32 @@ impl Va for ValidationAuthority {
             rir: String::new(),
         }))
     }
+    async fn do_caa(&self, request: Request<CaaRequest>) -> Result<Response<ValidationResult>, Status> {
+        let deadline = quarry_core::grpc::incoming_deadline(&request);
+        let req = request.into_inner();
+        let identifier = req
+            .identifier
+            .as_ref()
+            .ok_or_else(|| Problem::malformed("CAA request without an identifier"))
+            .and_then(Identifier::try_from)?;
+        let problem =
+            self.check_caa(&identifier, req.wildcard, &req.validation_method, &req.account_uri, deadline).await;
+        tracing::info!(
+            authorization_id = req.authorization_id,
+            account_id = req.account_id,
+            identifier = %identifier.value,
+            wildcard = req.wildcard,
+            passed = problem.is_none(),
+            problem = problem.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            "CAA checked"
+        );
+        Ok(Response::new(ValidationResult {
+            records: Vec::new(),
+            problem: quarry_proto::convert::problem_to_pb(&problem),
+            perspective: self.perspective.clone(),
+            rir: String::new(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +350,7 @@ mod tests {
     const MINIMAL: &str = r#"
         version = 1
         dns_resolver = "127.0.0.1:8053"
+        caa_identities = ["quarry.test"]
         [grpc]
         listen = "127.0.0.1:0"
         [grpc.services."quarry.va.v1.VA"]

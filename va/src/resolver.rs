@@ -10,7 +10,9 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+use crate::caa::CaaRecord;
 
 /// Why a lookup found nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub trait Resolver: Send + Sync {
     async fn lookup_ips(&self, name: &str) -> Result<Vec<IpAddr>, LookupError>;
     /// TXT records of `name`, CNAMEs followed, each record's strings concatenated; never empty when `Ok`.
     async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, LookupError>;
+    /// CAA records of `name` (CNAMEs followed by the server); empty or `NotFound` when it has none.
+    async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError>;
     /// The addresses of the servers asked, for validation records.
     fn addresses(&self) -> Vec<String>;
 }
@@ -117,6 +121,22 @@ impl Resolver for DnsResolver {
             })
             .collect();
         if values.is_empty() { Err(LookupError::NotFound) } else { Ok(values) }
+    }
+
+    async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
+        let lookup = self.resolver.lookup(fqdn(name), RecordType::CAA).await.map_err(classify)?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::CAA(caa) => Some(CaaRecord {
+                    critical: caa.issuer_critical,
+                    tag: caa.tag.to_string(),
+                    value: String::from_utf8_lossy(&caa.value).into_owned(),
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     fn addresses(&self) -> Vec<String> {

@@ -384,3 +384,33 @@ async fn services_stop_when_quarry_dev_is_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_va_checks_caa_against_the_challenge_servers_dns() {
+    use quarry_testkit::challtestsrv::CaaPolicy;
+    use quarry_testkit::client::{AcmeAccount, AcmeClient};
+    use serde_json::json;
+    let stack = Stack::start().await;
+    let issue = |value: &str| CaaPolicy { flags: 0, tag: "issue".into(), value: value.into() };
+    stack.challtestsrv.state.add_caa("denied.quarry-test.org", [issue("other-ca.example")]).unwrap();
+    stack.challtestsrv.state.add_caa("allowed.quarry-test.org", [issue("quarry.test")]).unwrap();
+    issue_with_own_client(&stack, quarry_jose::Algorithm::Es256, "allowed.quarry-test.org").await;
+
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory");
+    let mut account = AcmeAccount::generate(quarry_jose::Algorithm::Es256);
+    client.register(&mut account).await.expect("register");
+    let identifiers = json!({"identifiers": [{"type": "dns", "value": "denied.quarry-test.org"}]});
+    let created = client.post(&account, &client.url("newOrder"), Some(&identifiers)).await.unwrap();
+    let order_url = created.header("location").expect("order location");
+    let authz_url = created.json()["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = client.post(&account, &authz_url, None).await.unwrap().json();
+    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap().clone();
+    let key_authorization = quarry_jose::key_authorization(challenge["token"].as_str().unwrap(), &account.key.jwk());
+    stack.challtestsrv.state.add_http01(challenge["token"].as_str().unwrap(), &key_authorization);
+    client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.unwrap();
+    client.poll(&account, &order_url, 300, |o| o["status"] == "invalid").await.expect("order invalid");
+    let authz = client.post(&account, &authz_url, None).await.unwrap().json();
+    let error = &authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap()["error"];
+    assert_eq!(error["type"], "urn:ietf:params:acme:error:caa", "{authz}");
+    assert!(error["detail"].as_str().unwrap().contains("denied.quarry-test.org"), "{error}");
+}

@@ -1,6 +1,7 @@
 //! The va against the challenge test server on loopback: http-01, dns-01 and tls-alpn-01 outcomes through real DNS,
 //! HTTP and TLS, and the gRPC service over mutual TLS.
 
+mod caa;
 mod dns01;
 mod grpc;
 mod http01;
@@ -40,8 +41,12 @@ fn config(pki: &TestPki, srv: &RunningServer) -> Config {
         timeout_ms: 5_000,
         max_redirects: MAX_REDIRECTS,
         max_body_bytes: 1024,
+        caa_identities: vec![CA_IDENTITY.into()],
     }
 }
+
+/// This CA's identity in CAA records.
+const CA_IDENTITY: &str = "quarry.test";
 
 fn authority(config: &Config) -> ValidationAuthority {
     let resolver = DnsResolver::new(config.dns_resolver, Duration::from_secs(1)).expect("resolver");

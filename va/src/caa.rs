@@ -1,0 +1,233 @@
+//! CAA (RFC 8659, with RFC 8657's `accounturi` and `validationmethods`): may this CA issue for a name? The record set
+//! that counts is the first non-empty one climbing from the name towards the root; no set at all allows issuance.
+
+use quarry_core::{ErrorKind, Problem};
+
+use crate::resolver::{LookupError, Resolver};
+
+/// One CAA resource record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaaRecord {
+    /// The issuer-critical flag: an unknown tag marked critical forbids issuance.
+    pub critical: bool,
+    pub tag: String,
+    pub value: String,
+}
+
+/// What is being checked: the name (without `*.`), whether the certificate is for its wildcard, and how and for whom
+/// it was validated.
+#[derive(Debug, Clone, Copy)]
+pub struct CaaCheck<'a> {
+    pub name: &'a str,
+    pub wildcard: bool,
+    /// The challenge type that proved control (`http-01`, `dns-01`, `tls-alpn-01`).
+    pub validation_method: &'a str,
+    /// The ACME account URL of the subscriber.
+    pub account_uri: &'a str,
+}
+
+/// The tags RFC 8659 defines; any other tag marked critical stops issuance.
+const KNOWN_TAGS: &[&str] = &["issue", "issuewild", "iodef", "contactemail", "contactphone"];
+
+/// Finds the relevant record set (climbing the tree; the resolver follows CNAMEs) and decides.
+pub async fn check(resolver: &dyn Resolver, check: CaaCheck<'_>, identities: &[String]) -> Result<(), Problem> {
+    let name = check.name.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    for start in 0..labels.len() {
+        let candidate = labels[start..].join(".");
+        match resolver.lookup_caa(&candidate).await {
+            Ok(records) if !records.is_empty() => return decide(&records, check, identities, &candidate),
+            Ok(_) | Err(LookupError::NotFound) => continue,
+            Err(LookupError::Failed(why)) => {
+                return Err(Problem::new(
+                    ErrorKind::Dns,
+                    format!("CAA lookup for {candidate} failed: {why}; issuance cannot proceed without an answer"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The decision for one record set found at `owner`.
+pub fn decide(records: &[CaaRecord], check: CaaCheck<'_>, identities: &[String], owner: &str) -> Result<(), Problem> {
+    let deny = |why: String| Err(Problem::new(ErrorKind::Caa, format!("CAA record for {owner} {why}")));
+    if let Some(unknown) =
+        records.iter().find(|r| r.critical && !KNOWN_TAGS.contains(&r.tag.to_ascii_lowercase().as_str()))
+    {
+        return deny(format!("has an unknown critical tag {:?}", unknown.tag));
+    }
+    let tagged = |tag: &str| records.iter().filter(move |r| r.tag.eq_ignore_ascii_case(tag)).collect::<Vec<_>>();
+    let issue = tagged("issue");
+    let issuewild = tagged("issuewild");
+    // RFC 8659 §4.3: for a wildcard, issuewild records take precedence when there are any.
+    let relevant = if check.wildcard && !issuewild.is_empty() { issuewild } else { issue };
+    if relevant.is_empty() {
+        // Only iodef or other tags: nothing restricts issuance.
+        return Ok(());
+    }
+    for record in &relevant {
+        let Some(value) = IssueValue::parse(&record.value) else { continue };
+        let Some(domain) = &value.issuer else { continue };
+        if !identities.iter().any(|id| id.eq_ignore_ascii_case(domain)) {
+            continue;
+        }
+        if let Some(uri) = value.parameter("accounturi")
+            && uri != check.account_uri
+        {
+            continue;
+        }
+        if let Some(methods) = value.parameter("validationmethods")
+            && !methods.split(',').any(|m| m.trim() == check.validation_method)
+        {
+            continue;
+        }
+        return Ok(());
+    }
+    let what = if check.wildcard { "wildcard issuance" } else { "issuance" };
+    deny(format!(
+        "prevents {what} by this CA (identities {identities:?}, account {}, method {})",
+        check.account_uri, check.validation_method
+    ))
+}
+
+/// An `issue`/`issuewild` value: an optional issuer domain and `key=value` parameters (RFC 8659 §4.2).
+#[derive(Debug, PartialEq, Eq)]
+struct IssueValue {
+    issuer: Option<String>,
+    parameters: Vec<(String, String)>,
+}
+
+impl IssueValue {
+    /// `None` for a value that does not parse, which matches no CA.
+    fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.split(';');
+        let issuer = parts.next().unwrap_or_default().trim();
+        if !issuer.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            return None;
+        }
+        let mut parameters = Vec::new();
+        for part in parts {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (key, value) = part.split_once('=')?;
+            let (key, value) = (key.trim(), value.trim());
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) || value.contains(char::is_whitespace)
+            {
+                return None;
+            }
+            parameters.push((key.to_ascii_lowercase(), value.to_owned()));
+        }
+        Some(Self { issuer: (!issuer.is_empty()).then(|| issuer.to_ascii_lowercase()), parameters })
+    }
+
+    fn parameter(&self, key: &str) -> Option<&str> {
+        self.parameters.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "https://ca.example/acme/acct/7";
+
+    fn record(tag: &str, value: &str) -> CaaRecord {
+        CaaRecord { critical: false, tag: tag.into(), value: value.into() }
+    }
+
+    fn verdict(records: &[CaaRecord], wildcard: bool, method: &str) -> Option<ErrorKind> {
+        let check = CaaCheck { name: "example.org", wildcard, validation_method: method, account_uri: ACCOUNT };
+        decide(records, check, &["quarry.test".to_owned()], "example.org").err().map(|p| p.kind)
+    }
+
+    #[test]
+    fn decisions() {
+        let caa = Some(ErrorKind::Caa);
+        let critical = CaaRecord { critical: true, tag: "tbs".into(), value: "x".into() };
+        let cases: Vec<(&str, Vec<CaaRecord>, bool, &str, Option<ErrorKind>)> = vec![
+            ("issue for us", vec![record("issue", "quarry.test")], false, "http-01", None),
+            ("issue, case-insensitive", vec![record("ISSUE", "Quarry.Test")], false, "http-01", None),
+            ("issue for another CA", vec![record("issue", "other.example")], false, "http-01", caa),
+            ("empty issue forbids all", vec![record("issue", ";")], false, "http-01", caa),
+            (
+                "one of several",
+                vec![record("issue", "other.example"), record("issue", "quarry.test")],
+                false,
+                "dns-01",
+                None,
+            ),
+            ("iodef only", vec![record("iodef", "mailto:a@example.org")], false, "http-01", None),
+            ("unknown critical tag", vec![record("issue", "quarry.test"), critical.clone()], false, "http-01", caa),
+            (
+                "unknown non-critical tag",
+                vec![record("issue", "quarry.test"), record("tbs", "x")],
+                false,
+                "http-01",
+                None,
+            ),
+            (
+                "issuewild for wildcards",
+                vec![record("issue", "other.example"), record("issuewild", "quarry.test")],
+                true,
+                "dns-01",
+                None,
+            ),
+            (
+                "issuewild denies wildcards",
+                vec![record("issue", "quarry.test"), record("issuewild", ";")],
+                true,
+                "dns-01",
+                caa,
+            ),
+            (
+                "issuewild ignored for plain names",
+                vec![record("issue", "quarry.test"), record("issuewild", ";")],
+                false,
+                "dns-01",
+                None,
+            ),
+            ("issue covers wildcards without issuewild", vec![record("issue", "quarry.test")], true, "dns-01", None),
+            (
+                "accounturi matches",
+                vec![record("issue", &format!("quarry.test; accounturi={ACCOUNT}"))],
+                false,
+                "http-01",
+                None,
+            ),
+            (
+                "accounturi differs",
+                vec![record("issue", "quarry.test; accounturi=https://ca.example/acme/acct/8")],
+                false,
+                "http-01",
+                caa,
+            ),
+            (
+                "validationmethods allows",
+                vec![record("issue", "quarry.test; validationmethods=dns-01,http-01")],
+                false,
+                "http-01",
+                None,
+            ),
+            (
+                "validationmethods forbids",
+                vec![record("issue", "quarry.test; validationmethods=dns-01")],
+                false,
+                "http-01",
+                caa,
+            ),
+            (
+                "garbled value matches nothing",
+                vec![record("issue", "quarry.test; key with space=1")],
+                false,
+                "http-01",
+                caa,
+            ),
+        ];
+        for (what, records, wildcard, method, expected) in cases {
+            assert_eq!(verdict(&records, wildcard, method), expected, "{what}");
+        }
+    }
+}
