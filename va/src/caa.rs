@@ -147,7 +147,9 @@ mod tests {
     fn decisions() {
         let caa = Some(ErrorKind::Caa);
         let critical = CaaRecord { critical: true, tag: "tbs".into(), value: "x".into() };
-        let cases: Vec<(&str, Vec<CaaRecord>, bool, &str, Option<ErrorKind>)> = vec![
+        // (what, records, wildcard, validation method, expected problem kind)
+        type Case<'a> = (&'a str, Vec<CaaRecord>, bool, &'a str, Option<ErrorKind>);
+        let cases: Vec<Case<'_>> = vec![
             ("issue for us", vec![record("issue", "quarry.test")], false, "http-01", None),
             ("issue, case-insensitive", vec![record("ISSUE", "Quarry.Test")], false, "http-01", None),
             ("issue for another CA", vec![record("issue", "other.example")], false, "http-01", caa),
