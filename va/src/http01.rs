@@ -16,7 +16,8 @@ use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::resolver::{LookupError, Resolver};
+use crate::addresses::AddressPolicy;
+use crate::resolver::Resolver;
 use crate::validator::{Attempt, Validator};
 
 /// What a fetch may do; the va's configuration supplies it.
@@ -30,6 +31,7 @@ pub struct HttpPolicy {
     /// How long one address may take to accept the connection before the next is tried.
     pub connect_timeout: Duration,
     pub perspective: String,
+    pub addresses: AddressPolicy,
 }
 
 /// How much of a response body a problem detail quotes.
@@ -149,10 +151,13 @@ impl Http01Validator {
     async fn fetch(&self, target: &Target, url: &str, record: &mut ValidationRecord) -> Result<Hop, Problem> {
         let addresses = match target.host.parse::<IpAddr>() {
             // An IP identifier, or a redirect of one to an IP address: nothing to resolve.
-            Ok(ip) => vec![ip],
+            Ok(ip) => {
+                self.policy.addresses.check(ip)?;
+                vec![ip]
+            }
             Err(_) => {
-                let ips = self.resolve(&target.host).await?;
-                record.addresses_resolved = ips.iter().map(IpAddr::to_string).collect();
+                let (ips, resolved) = self.policy.addresses.resolve(self.resolver.as_ref(), &target.host).await?;
+                record.addresses_resolved = resolved.iter().map(IpAddr::to_string).collect();
                 ips
             }
         };
@@ -174,18 +179,6 @@ impl Http01Validator {
             }
         }
         Err(Problem::new(ErrorKind::Connection, failures.join("; ")))
-    }
-
-    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, Problem> {
-        match self.resolver.lookup_ips(host).await {
-            Ok(ips) if !ips.is_empty() => Ok(ips),
-            Ok(_) | Err(LookupError::NotFound) => {
-                Err(Problem::new(ErrorKind::Dns, format!("no valid A or AAAA records for {host}")))
-            }
-            Err(LookupError::Failed(why)) => {
-                Err(Problem::new(ErrorKind::Dns, format!("DNS problem: {why} looking up A and AAAA for {host}")))
-            }
-        }
     }
 
     async fn request(&self, stream: TcpStream, ip: IpAddr, target: &Target, url: &str) -> Result<Hop, Problem> {

@@ -2,6 +2,7 @@
 //! (RFC 8737; RFC 8738 for IP addresses), against a configured DNS resolver and configurable ports. It answers the
 //! ra's `DoDCV`; a failed validation is a result, not an RPC error.
 
+mod addresses;
 pub mod caa;
 mod dns01;
 mod error;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+pub use addresses::AddressPolicy;
 pub use dns01::Dns01Validator;
 pub use error::Error;
 pub use http01::{Http01Validator, HttpPolicy};
@@ -65,6 +67,10 @@ pub struct Config {
     /// without them every CAA record set denies issuance.
     #[serde(default)]
     pub caa_identities: Vec<String>,
+    /// Validate against private, loopback, link-local and other reserved addresses: only on a developer's machine,
+    /// where every responder is on loopback (the dev overlay sets it; staging and production must not).
+    #[serde(default)]
+    pub allow_non_public_addresses: bool,
     /// The largest http-01 response body accepted, in bytes; a larger one fails validation.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -188,12 +194,14 @@ impl ValidationAuthority {
             // An unreachable IPv6 address leaves the IPv4 addresses the other half.
             connect_timeout: config.timeout() / 2,
             perspective: config.perspective.clone(),
+            addresses: AddressPolicy { allow_non_public: config.allow_non_public_addresses },
         };
         let tls = TlsAlpnPolicy {
             port: config.tls_alpn01_port,
             // As for http-01: an unreachable IPv6 address leaves the IPv4 addresses the other half.
             connect_timeout: config.timeout() / 2,
             perspective: config.perspective.clone(),
+            addresses: AddressPolicy { allow_non_public: config.allow_non_public_addresses },
         };
         let validators: Vec<Arc<dyn Validator>> = vec![
             Arc::new(Http01Validator::new(resolver.clone(), http)),

@@ -21,7 +21,8 @@ use tokio_rustls::TlsConnector;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::resolver::{LookupError, Resolver};
+use crate::addresses::AddressPolicy;
+use crate::resolver::Resolver;
 use crate::validator::{Attempt, Validator};
 
 /// The only protocol the va offers (RFC 8737 §6.2).
@@ -39,6 +40,7 @@ pub struct TlsAlpnPolicy {
     /// How long one address may take to accept the connection, and then to complete the handshake.
     pub connect_timeout: Duration,
     pub perspective: String,
+    pub addresses: AddressPolicy,
 }
 
 /// Performs the tls-alpn-01 handshake against the identifier's addresses (or the IP identifier itself).
@@ -187,6 +189,7 @@ impl Validator for Tlsalpn01Validator {
                     Problem::malformed(format!("{:?} is not an IP address", shorten(&identifier.value)))
                 })?;
                 records.push(self.record(identifier));
+                self.policy.addresses.check(ip)?;
                 (reverse_dns_name(ip), Expected::Ip(ip), vec![ip])
             }
             IdentifierType::Dns => {
@@ -195,9 +198,9 @@ impl Validator for Tlsalpn01Validator {
                     resolver_addresses: self.resolver.addresses(),
                     ..self.record(identifier)
                 });
-                let ips = self.resolve(&identifier.value).await?;
+                let (ips, resolved) = self.policy.addresses.resolve(self.resolver.as_ref(), &identifier.value).await?;
                 let last = records.len() - 1;
-                records[last].addresses_resolved = ips.iter().map(IpAddr::to_string).collect();
+                records[last].addresses_resolved = resolved.iter().map(IpAddr::to_string).collect();
                 (identifier.value.to_ascii_lowercase(), Expected::Dns(identifier.value.to_ascii_lowercase()), ips)
             }
         };
@@ -226,18 +229,6 @@ impl Tlsalpn01Validator {
             port: self.policy.port.to_string(),
             perspective: self.policy.perspective.clone(),
             ..Default::default()
-        }
-    }
-
-    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, Problem> {
-        match self.resolver.lookup_ips(host).await {
-            Ok(ips) if !ips.is_empty() => Ok(ips),
-            Ok(_) | Err(LookupError::NotFound) => {
-                Err(Problem::new(ErrorKind::Dns, format!("no valid A or AAAA records for {host}")))
-            }
-            Err(LookupError::Failed(why)) => {
-                Err(Problem::new(ErrorKind::Dns, format!("DNS problem: {why} looking up A and AAAA for {host}")))
-            }
         }
     }
 

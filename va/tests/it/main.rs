@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use quarry_core::config::ConfigVersion;
 use quarry_core::model::ValidationRecord;
-use quarry_core::{ErrorKind, Problem};
+use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_testkit::challtestsrv::{ChallTestSrv, Config as ChallConfig, RunningServer};
 use quarry_testkit::pki::TestPki;
 use quarry_va::resolver::DnsResolver;
@@ -42,6 +42,8 @@ fn config(pki: &TestPki, srv: &RunningServer) -> Config {
         max_redirects: MAX_REDIRECTS,
         max_body_bytes: 1024,
         caa_identities: vec![CA_IDENTITY.into()],
+        // Every responder of these tests is on loopback.
+        allow_non_public_addresses: true,
     }
 }
 
@@ -87,4 +89,34 @@ async fn silent_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
+}
+
+#[tokio::test]
+async fn the_address_policy_refuses_reserved_addresses_unless_allowed() {
+    let pki = TestPki::new();
+    let srv = challenge_server().await;
+    let strict = Config { allow_non_public_addresses: false, ..config(&pki, &srv) };
+    let va = authority(&strict);
+    srv.state.add_http01("token123", KEY_AUTHORIZATION);
+    let loopback = Identifier::ip("127.0.0.1".parse().unwrap());
+    let cases = [
+        (
+            "a name resolving to loopback",
+            Identifier::dns("local.example.org"),
+            "http-01",
+            ErrorKind::Dns,
+            "resolves only to addresses",
+        ),
+        ("a loopback IP identifier", loopback.clone(), "http-01", ErrorKind::Connection, "is not a public address"),
+        ("tls-alpn-01 to loopback", loopback, "tls-alpn-01", ErrorKind::Connection, "is not a public address"),
+    ];
+    for (what, identifier, challenge, kind, detail) in cases {
+        let (_, problem) = va.validate(&identifier, challenge, "token123", KEY_AUTHORIZATION, None).await;
+        check(what, Expect::Fail(kind, detail), &[], &problem);
+    }
+    // The same validation passes where the environment allows loopback.
+    let relaxed = authority(&config(&pki, &srv));
+    let (_, problem) =
+        relaxed.validate(&Identifier::dns("local.example.org"), "http-01", "token123", KEY_AUTHORIZATION, None).await;
+    assert!(problem.is_none(), "{problem:?}");
 }
