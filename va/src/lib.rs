@@ -7,6 +7,8 @@ pub mod caa;
 mod dns01;
 mod error;
 mod http01;
+pub mod quorum;
+mod remote;
 pub mod resolver;
 mod tlsalpn01;
 mod validator;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::config::{ConfigError, ConfigVersion, GrpcServerConfig, TlsFiles};
-use quarry_core::grpc::ClientAllowlist;
+use quarry_core::grpc::{ClientAllowlist, request_with_deadline};
 use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::va::va_server::{Va, VaServer};
@@ -31,6 +33,7 @@ pub use addresses::AddressPolicy;
 pub use dns01::Dns01Validator;
 pub use error::Error;
 pub use http01::{Http01Validator, HttpPolicy};
+pub use remote::{RemoteConfig, RemoteVa};
 pub use tlsalpn01::{TlsAlpnPolicy, Tlsalpn01Validator, reverse_dns_name};
 pub use validator::{Attempt, Validator};
 
@@ -57,6 +60,13 @@ pub struct Config {
     /// This va's name in validation records and results.
     #[serde(default = "default_perspective")]
     pub perspective: String,
+    /// The regional Internet registry this va runs in; a remote va echoes it so the primary can count RIRs.
+    #[serde(default)]
+    pub rir: String,
+    /// Remote perspectives (multi-perspective validation): a validation that passes here passes only if the quorum
+    /// of them agrees. None, or at least two (one can never satisfy the rule of two RIRs).
+    #[serde(default)]
+    pub remotes: Vec<RemoteConfig>,
     /// The most one validation may take, in milliseconds (less when the caller's deadline is nearer).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -124,6 +134,14 @@ impl Config {
         if self.perspective.trim().is_empty() {
             return invalid("perspective must not be empty".to_owned());
         }
+        if self.remotes.len() == 1 {
+            return invalid(
+                "remotes: one remote perspective can never pass the quorum; configure none or two or more".to_owned(),
+            );
+        }
+        if let Some(remote) = self.remotes.iter().find(|r| r.perspective.trim().is_empty() || r.rir.trim().is_empty()) {
+            return invalid(format!("remotes: {} needs a perspective and an RIR", remote.grpc.address));
+        }
         if self.caa_identities.is_empty() || self.caa_identities.iter().any(|id| id.trim().is_empty()) {
             return invalid("caa_identities must name this CA's CAA domains (e.g. [\"letsencrypt.org\"])".to_owned());
         }
@@ -151,7 +169,9 @@ pub async fn serve(
     config.validate()?;
     // Two attempts per query, A and AAAA in parallel: DNS takes at most half of a validation's time.
     let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4).map_err(Error::Resolver)?;
-    let authority = ValidationAuthority::new(&config, Arc::new(resolver));
+    let remotes =
+        config.remotes.iter().map(|remote| RemoteVa::connect(remote, &config.tls)).collect::<Result<Vec<_>, _>>()?;
+    let authority = ValidationAuthority::new(&config, Arc::new(resolver)).with_remotes(remotes);
     let name = <VaServer<ValidationAuthority> as NamedService>::NAME;
     let allowlist = ClientAllowlist::for_service(&config.grpc, name)?;
     let service = VaServer::with_interceptor(authority, allowlist);
@@ -175,6 +195,8 @@ pub struct ValidationAuthority {
     timeout: Duration,
     /// `None` answers every CAA check with an internal error (an authority built for DCV tests only).
     caa: Option<CaaLookup>,
+    rir: String,
+    remotes: Arc<[RemoteVa]>,
 }
 
 /// Where CAA records are looked up, and the CA's identities in them.
@@ -208,8 +230,16 @@ impl ValidationAuthority {
             Arc::new(Tlsalpn01Validator::new(resolver.clone(), tls)),
             Arc::new(Dns01Validator::new(resolver.clone(), config.perspective.clone())),
         ];
-        Self::with_validators(config.perspective.clone(), config.timeout(), validators)
-            .with_caa(resolver, config.caa_identities.clone())
+        let mut authority = Self::with_validators(config.perspective.clone(), config.timeout(), validators)
+            .with_caa(resolver, config.caa_identities.clone());
+        authority.rir = config.rir.clone();
+        authority
+    }
+
+    /// A primary: what passes here must also pass the quorum of `remotes`.
+    pub fn with_remotes(mut self, remotes: Vec<RemoteVa>) -> Self {
+        self.remotes = remotes.into();
+        self
     }
 
     /// CAA checks look records up through `resolver` and accept `identities` as this CA's.
@@ -257,7 +287,14 @@ impl ValidationAuthority {
         timeout: Duration,
         validators: Vec<Arc<dyn Validator>>,
     ) -> Self {
-        Self { validators: validators.into(), perspective: perspective.into(), timeout, caa: None }
+        Self {
+            validators: validators.into(),
+            perspective: perspective.into(),
+            timeout,
+            caa: None,
+            rir: String::new(),
+            remotes: Arc::new([]),
+        }
     }
 
     /// This authority's perspective name.
@@ -303,9 +340,17 @@ impl Va for ValidationAuthority {
             .ok_or_else(|| Problem::malformed("validation request without an identifier"))
             .and_then(Identifier::try_from)?;
         let started = Instant::now();
-        let (records, problem) = self
+        let (records, mut problem) = self
             .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
             .await;
+        // Remote perspectives are asked only once this one has passed, as Boulder does.
+        if problem.is_none() && !self.remotes.is_empty() {
+            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
+                let request = request_with_deadline(dcv.clone(), deadline);
+                async move { client.do_dcv(request).await }
+            })
+            .await;
+        }
         tracing::info!(
             authorization_id = dcv.authorization_id,
             account_id = dcv.account_id,
@@ -320,7 +365,7 @@ impl Va for ValidationAuthority {
             records: quarry_proto::convert::records_to_pb(&records),
             problem: quarry_proto::convert::problem_to_pb(&problem),
             perspective: self.perspective.clone(),
-            rir: String::new(),
+            rir: self.rir.clone(),
         }))
     }
     async fn do_caa(&self, request: Request<CaaRequest>) -> Result<Response<ValidationResult>, Status> {
@@ -331,8 +376,15 @@ impl Va for ValidationAuthority {
             .as_ref()
             .ok_or_else(|| Problem::malformed("CAA request without an identifier"))
             .and_then(Identifier::try_from)?;
-        let problem =
+        let mut problem =
             self.check_caa(&identifier, req.wildcard, &req.validation_method, &req.account_uri, deadline).await;
+        if problem.is_none() && !self.remotes.is_empty() {
+            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
+                let request = request_with_deadline(req.clone(), deadline);
+                async move { client.do_caa(request).await }
+            })
+            .await;
+        }
         tracing::info!(
             authorization_id = req.authorization_id,
             account_id = req.account_id,
@@ -346,7 +398,7 @@ impl Va for ValidationAuthority {
             records: Vec::new(),
             problem: quarry_proto::convert::problem_to_pb(&problem),
             perspective: self.perspective.clone(),
-            rir: String::new(),
+            rir: self.rir.clone(),
         }))
     }
 }

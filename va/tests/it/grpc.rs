@@ -44,7 +44,7 @@ async fn the_ra_may_call_and_others_may_not() {
     let result = ra.do_dcv(request("http-01", "good")).await.expect("dcv").into_inner();
     assert!(result.problem.is_none(), "{:?}", result.problem);
     assert_eq!(result.perspective, "primary");
-    assert_eq!(result.rir, "");
+    assert_eq!(result.rir, "ARIN", "the configured RIR is echoed");
     assert_eq!(result.records.len(), 1);
     assert_eq!(result.records[0].address_used, "127.0.0.1");
     for client in ["wfe", "intruder"] {

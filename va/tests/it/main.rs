@@ -5,6 +5,7 @@ mod caa;
 mod dns01;
 mod grpc;
 mod http01;
+mod mpic;
 mod tlsalpn01;
 
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ fn config(pki: &TestPki, srv: &RunningServer) -> Config {
         http01_port: srv.http01_addr.expect("http01").port(),
         tls_alpn01_port: 443,
         perspective: "primary".into(),
+        rir: "ARIN".into(),
+        remotes: Vec::new(),
         timeout_ms: 5_000,
         max_redirects: MAX_REDIRECTS,
         max_body_bytes: 1024,

@@ -1,0 +1,143 @@
+//! Multi-perspective validation: a primary va and remote vas, each a gRPC server over mutual TLS with its own
+//! resolver and challenge server, so that perspectives really see different answers and the quorum decides.
+
+use std::net::SocketAddr;
+
+use quarry_core::{ErrorKind, Identifier};
+use quarry_proto::va::va_client::VaClient;
+use quarry_proto::va::{CaaRequest, DcvRequest};
+use quarry_testkit::challtestsrv::{CaaPolicy, RunningServer};
+use quarry_testkit::pki::TestPki;
+use quarry_va::{Config, RemoteConfig};
+
+use crate::{KEY_AUTHORIZATION, SERVICE, challenge_server, config};
+
+async fn serve(config: Config) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(quarry_va::serve(config, listener, std::future::pending()));
+    addr
+}
+
+/// A remote va named `perspective` in `rir`, validating against `srv`; only the primary ("va") may call it.
+async fn remote(pki: &TestPki, srv: &RunningServer, perspective: &str, rir: &str) -> RemoteConfig {
+    let config = Config {
+        grpc: pki.server_config(&[(SERVICE, &["va"])]),
+        perspective: perspective.into(),
+        rir: rir.into(),
+        ..config(pki, srv)
+    };
+    let addr = serve(config).await;
+    RemoteConfig { grpc: pki.client_config("va", addr), perspective: perspective.into(), rir: rir.into() }
+}
+
+/// A primary validating against `srv`, with `remotes`; returns a client as the ra.
+async fn primary(
+    pki: &TestPki,
+    srv: &RunningServer,
+    remotes: Vec<RemoteConfig>,
+) -> VaClient<tonic::transport::Channel> {
+    let addr = serve(Config { remotes, ..config(pki, srv) }).await;
+    VaClient::new(pki.channel("ra", "va", addr))
+}
+
+fn dcv(token: &str) -> DcvRequest {
+    DcvRequest {
+        identifier: Some((&Identifier::dns("mpic.example.org")).into()),
+        challenge_type: "http-01".into(),
+        token: token.into(),
+        expected_key_authorization: KEY_AUTHORIZATION.into(),
+        authorization_id: 1,
+        account_id: 1,
+    }
+}
+
+/// The problem of a validation through `client`, if any.
+async fn outcome(client: &mut VaClient<tonic::transport::Channel>, token: &str) -> Option<quarry_core::Problem> {
+    let result = client.do_dcv(dcv(token)).await.expect("an answer").into_inner();
+    assert_eq!(result.perspective, "primary");
+    result.problem.as_ref().map(quarry_core::Problem::from)
+}
+
+#[tokio::test]
+async fn the_quorum_of_remote_perspectives_decides() {
+    let pki = TestPki::new();
+    // Two views of the world: `seen` answers the challenge, `unseen` does not.
+    let seen = challenge_server().await;
+    seen.state.add_http01("token", KEY_AUTHORIZATION);
+    let unseen = challenge_server().await;
+
+    let a = remote(&pki, &seen, "remote-a", "RIPE").await;
+    let b = remote(&pki, &seen, "remote-b", "APNIC").await;
+    let c = remote(&pki, &seen, "remote-c", "ARIN").await;
+    let c_blind = remote(&pki, &unseen, "remote-c", "ARIN").await;
+    let b_blind = remote(&pki, &unseen, "remote-b", "APNIC").await;
+
+    let mut all_agree = primary(&pki, &seen, vec![a.clone(), b.clone(), c.clone()]).await;
+    assert_eq!(outcome(&mut all_agree, "token").await, None);
+
+    // One of three may fail.
+    let mut one_blind = primary(&pki, &seen, vec![a.clone(), b.clone(), c_blind.clone()]).await;
+    assert_eq!(outcome(&mut one_blind, "token").await, None);
+
+    // Two of three may not: the remote's problem reaches the client, marked as secondary.
+    let mut two_blind = primary(&pki, &seen, vec![a.clone(), b_blind, c_blind]).await;
+    let problem = outcome(&mut two_blind, "token").await.expect("the quorum fails");
+    assert_eq!(problem.kind, ErrorKind::Unauthorized, "{problem:?}");
+    assert!(problem.detail.starts_with("During secondary validation: "), "{}", problem.detail);
+
+    // Successes from one RIR are not enough.
+    let same_rir = [
+        remote(&pki, &seen, "remote-x", "ARIN").await,
+        remote(&pki, &seen, "remote-y", "ARIN").await,
+        remote(&pki, &seen, "remote-z", "ARIN").await,
+    ];
+    let mut one_rir = primary(&pki, &seen, same_rir.to_vec()).await;
+    let problem = outcome(&mut one_rir, "token").await.expect("one RIR fails");
+    assert!(problem.detail.contains("fewer than two RIRs"), "{}", problem.detail);
+
+    // A remote answering under another name counts as a failure.
+    let impostor = RemoteConfig { perspective: "remote-q".into(), ..a.clone() };
+    let mut mismatched = primary(&pki, &seen, vec![impostor, b.clone()]).await;
+    let problem = outcome(&mut mismatched, "token").await.expect("a mismatched perspective fails");
+    assert!(problem.detail.contains("answered as remote-a"), "{}", problem.detail);
+}
+
+#[tokio::test]
+async fn remotes_are_asked_only_after_the_primary_passes() {
+    let pki = TestPki::new();
+    let primary_view = challenge_server().await;
+    let remote_view = challenge_server().await;
+    remote_view.state.add_http01("token", KEY_AUTHORIZATION);
+    let remotes = vec![
+        remote(&pki, &remote_view, "remote-a", "RIPE").await,
+        remote(&pki, &remote_view, "remote-b", "APNIC").await,
+    ];
+    let mut client = primary(&pki, &primary_view, remotes).await;
+    let problem = outcome(&mut client, "token").await.expect("the primary fails");
+    assert!(!problem.detail.contains("secondary"), "{}", problem.detail);
+    assert!(remote_view.state.http_request_history("mpic.example.org").is_empty(), "no remote was asked");
+}
+
+#[tokio::test]
+async fn caa_is_checked_from_every_perspective() {
+    let pki = TestPki::new();
+    let allowing = challenge_server().await;
+    let denying = challenge_server().await;
+    let issue = |value: &str| CaaPolicy { flags: 0, tag: "issue".into(), value: value.into() };
+    allowing.state.add_caa("mpic.example.org", [issue(crate::CA_IDENTITY)]).unwrap();
+    denying.state.add_caa("mpic.example.org", [issue("other-ca.example")]).unwrap();
+    let remotes =
+        vec![remote(&pki, &allowing, "remote-a", "RIPE").await, remote(&pki, &denying, "remote-b", "APNIC").await];
+    let mut client = primary(&pki, &allowing, remotes).await;
+    let request = CaaRequest {
+        identifier: Some((&Identifier::dns("mpic.example.org")).into()),
+        validation_method: "http-01".into(),
+        account_uri: "https://ca.quarry.test/acme/acct/1".into(),
+        ..Default::default()
+    };
+    let result = client.do_caa(request).await.unwrap().into_inner();
+    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("a remote saw a denying CAA set"));
+    assert_eq!(problem.kind, ErrorKind::Caa);
+    assert!(problem.detail.starts_with("During secondary validation: CAA record for"), "{}", problem.detail);
+}
