@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use crate::env;
 
 /// The internal certificate names of the stack's services, plus the operator's.
-const PKI_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin"];
+const PKI_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "admin"];
 /// How long a service may take to accept connections after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,7 +48,7 @@ pub struct DevArgs {
     /// directory.
     #[arg(long)]
     db: Option<String>,
-    /// The first of the loopback ports the services' gRPC servers use (six consecutive ports).
+    /// The first of the loopback ports the services' gRPC servers use (eight consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
 }
@@ -125,6 +125,8 @@ impl DevArgs {
                 "nonce" => "nonce_addr",
                 "sa" => "sa_addr",
                 "va" => "va_addr",
+                "va-remote-a" => "va_remote_a_addr",
+                "va-remote-b" => "va_remote_b_addr",
                 "ca" => "ca_addr",
                 "ra" => "ra_addr",
                 _ => continue,
@@ -180,7 +182,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::fs::write(&config_path, env::render(service, env::DEV, &vars)?)?;
         let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
         let child = Command::new(&exe)
-            .arg(service)
+            .arg(env::subcommand(service))
             .arg("--config")
             .arg(&config_path)
             .env(crate::SUPERVISED_ENV, "1")

@@ -6,13 +6,20 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 
 /// The services of the stack, in start order (peers before their callers).
-pub const SERVICES: &[&str] = &["nonce", "sa", "va", "ca", "ra", "wfe"];
+pub const SERVICES: &[&str] = &["nonce", "sa", "va-remote-a", "va-remote-b", "va", "ca", "ra", "wfe"];
+
+/// The `quarry` subcommand that runs `service`: remote perspectives are the va.
+pub fn subcommand(service: &str) -> &str {
+    if service.starts_with("va-remote-") { "va" } else { service }
+}
 
 macro_rules! env_files {
     ($env:literal) => {
         &[
             ("nonce", include_str!(concat!("../../deploy/env/", $env, "/nonce.toml"))),
             ("sa", include_str!(concat!("../../deploy/env/", $env, "/sa.toml"))),
+            ("va-remote-a", include_str!(concat!("../../deploy/env/", $env, "/va-remote-a.toml"))),
+            ("va-remote-b", include_str!(concat!("../../deploy/env/", $env, "/va-remote-b.toml"))),
             ("va", include_str!(concat!("../../deploy/env/", $env, "/va.toml"))),
             ("ca", include_str!(concat!("../../deploy/env/", $env, "/ca.toml"))),
             ("ra", include_str!(concat!("../../deploy/env/", $env, "/ra.toml"))),
@@ -67,7 +74,7 @@ mod tests {
         let vars = dev_vars();
         for service in SERVICES {
             let text = render(service, DEV, &vars).unwrap();
-            let result = match *service {
+            let result = match subcommand(service) {
                 "nonce" => quarry_core::config::parse::<quarry_nonce::Config>(&text, service).map(drop),
                 "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, service).map(drop),
                 "va" => quarry_core::config::parse::<quarry_va::Config>(&text, service).map(drop),

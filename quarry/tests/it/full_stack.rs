@@ -29,19 +29,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The first of six consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
+/// The first of eight consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
 /// below the kernel's ephemeral range, so concurrent stacks in this process never pick overlapping ports.
 fn free_port_range() -> u16 {
     static NEXT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let process_base = 10_000 + (std::process::id() % 500) as u16 * 36;
-    for _ in 0..6 {
-        let base = process_base + NEXT_BLOCK.fetch_add(6, std::sync::atomic::Ordering::SeqCst);
-        let all_free = (base..base + 6).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    let process_base = 10_000 + (std::process::id() % 250) as u16 * 88;
+    for _ in 0..11 {
+        let base = process_base + NEXT_BLOCK.fetch_add(8, std::sync::atomic::Ordering::SeqCst);
+        let all_free = (base..base + 8).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no six consecutive free ports found in this process's block");
+    panic!("no eight consecutive free ports found in this process's block");
 }
 
 impl Stack {
@@ -271,7 +271,8 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let pid = stack._process.id().expect("dev pid");
     let mut services: Vec<String> = children(pid).into_iter().map(|(_, service)| service).collect();
     services.sort();
-    assert_eq!(services, ["ca", "nonce", "ra", "sa", "va", "wfe"]);
+    // The primary va and two remote perspectives: the same `quarry va`, three processes.
+    assert_eq!(services, ["ca", "nonce", "ra", "sa", "va", "va", "va", "wfe"]);
 
     // The deployed configuration lets the wfe read from the sa but not write to it.
     let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("sa config");
@@ -368,7 +369,7 @@ async fn services_stop_when_quarry_dev_is_killed() {
     let mut stack = Stack::start().await;
     let pid = stack._process.id().expect("dev pid");
     let services = children(pid);
-    assert_eq!(services.len(), 6, "{services:?}");
+    assert_eq!(services.len(), 8, "{services:?}");
     stack._process.kill().await.expect("SIGKILL quarry dev");
     let started = Instant::now();
     // A zombie (state Z) has exited; whoever adopted it just has not reaped it yet.
