@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// The DNS resolver the va uses; when given, no challenge test server is started.
     #[arg(long)]
     va_dns: Option<SocketAddr>,
+    /// The DNS resolvers of the two remote perspectives, in order (default: the primary's); giving them their own
+    /// lets a test make perspectives see different answers.
+    #[arg(long, num_args = 2, value_names = ["REMOTE_A", "REMOTE_B"])]
+    va_remote_dns: Option<Vec<SocketAddr>>,
     /// The port the va connects to for http-01.
     #[arg(long, default_value_t = 5002)]
     va_http_port: u16,
@@ -105,6 +109,10 @@ impl DevArgs {
         self.va_dns.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8053)))
     }
 
+    fn remote_dns(&self, index: usize) -> SocketAddr {
+        self.va_remote_dns.as_ref().and_then(|all| all.get(index).copied()).unwrap_or_else(|| self.va_dns())
+    }
+
     /// The values substituted into the environment's `${name}` placeholders.
     pub fn variables(&self, data_dir: &Path) -> BTreeMap<&'static str, String> {
         let mut vars = BTreeMap::from([
@@ -117,6 +125,8 @@ impl DevArgs {
             ("acme_listen", self.acme_addr.to_string()),
             ("base_url", self.base_url()),
             ("va_dns", self.va_dns().to_string()),
+            ("va_remote_a_dns", self.remote_dns(0).to_string()),
+            ("va_remote_b_dns", self.remote_dns(1).to_string()),
             ("va_http_port", self.va_http_port.to_string()),
             ("va_tls_port", self.va_tls_port.to_string()),
         ]);

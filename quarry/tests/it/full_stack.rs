@@ -51,6 +51,11 @@ impl Stack {
 
     /// `quarry dev`, with its sa on the database `db` (SQLite in the data directory when `None`).
     async fn start_on(db: Option<&str>) -> Stack {
+        Self::start_with(db, None).await
+    }
+
+    /// `quarry dev` on `db`, with the remote perspective `remote-b` resolving through `remote_b_dns` when given.
+    async fn start_with(db: Option<&str>, remote_b_dns: Option<SocketAddr>) -> Stack {
         quarry_core::install_crypto_provider();
         let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         let challtestsrv = ChallTestSrv::start(ChallConfig {
@@ -66,10 +71,13 @@ impl Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let acme_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"));
+        command.arg("dev");
         if let Some(db) = db {
-            command.arg("dev").arg("--db").arg(db);
-        } else {
-            command.arg("dev");
+            command.arg("--db").arg(db);
+        }
+        if let Some(remote_b_dns) = remote_b_dns {
+            let primary_dns = challtestsrv.dns_addr.expect("dns").to_string();
+            command.arg("--va-remote-dns").arg(primary_dns).arg(remote_b_dns.to_string());
         }
         let process = command
             .arg("--data-dir")
@@ -414,4 +422,45 @@ async fn the_va_checks_caa_against_the_challenge_servers_dns() {
     let error = &authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap()["error"];
     assert_eq!(error["type"], "urn:ietf:params:acme:error:caa", "{authz}");
     assert!(error["detail"].as_str().unwrap().contains("denied.quarry-test.org"), "{error}");
+}
+
+#[tokio::test]
+async fn a_remote_perspective_that_sees_other_dns_answers_fails_the_quorum() {
+    use quarry_testkit::client::{AcmeAccount, AcmeClient};
+    use serde_json::json;
+    // remote-b resolves through its own challenge server, where one name points at an address nothing listens on.
+    let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    let remote_view = ChallTestSrv::start(ChallConfig {
+        dns_addr: loopback(0),
+        http01_addr: None,
+        tlsalpn01_addr: None,
+        management_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        default_ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+        default_ipv6: None,
+    })
+    .await
+    .expect("remote-b's challenge server");
+    remote_view.state.add_a("split.quarry-test.org", [std::net::Ipv4Addr::new(127, 0, 0, 2)]);
+    let stack = Stack::start_with(None, remote_view.dns_addr).await;
+    // Names remote-b sees like everyone else still validate.
+    issue_with_own_client(&stack, quarry_jose::Algorithm::Es256, "same.quarry-test.org").await;
+
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory");
+    let mut account = AcmeAccount::generate(quarry_jose::Algorithm::Es256);
+    client.register(&mut account).await.expect("register");
+    let identifiers = json!({"identifiers": [{"type": "dns", "value": "split.quarry-test.org"}]});
+    let created = client.post(&account, &client.url("newOrder"), Some(&identifiers)).await.unwrap();
+    let order_url = created.header("location").expect("order location");
+    let authz_url = created.json()["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = client.post(&account, &authz_url, None).await.unwrap().json();
+    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap().clone();
+    let token = challenge["token"].as_str().unwrap();
+    stack.challtestsrv.state.add_http01(token, &quarry_jose::key_authorization(token, &account.key.jwk()));
+    client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.unwrap();
+    client.poll(&account, &order_url, 300, |o| o["status"] == "invalid").await.expect("order invalid");
+    let authz = client.post(&account, &authz_url, None).await.unwrap().json();
+    let error = &authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap()["error"];
+    let detail = error["detail"].as_str().unwrap();
+    assert!(detail.starts_with("During secondary validation: "), "{error}");
+    assert!(detail.contains("127.0.0.2"), "{error}");
 }
