@@ -18,13 +18,16 @@ use tokio::task::JoinHandle;
 
 use crate::addresses::AddressPolicy;
 use crate::resolver::Resolver;
+use crate::tlsalpn01::permissive_client_config;
 use crate::validator::{Attempt, Validator};
 
 /// What a fetch may do; the va's configuration supplies it.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
-    /// The port every request goes to, redirects included.
+    /// The port every plain-HTTP request goes to, redirects included.
     pub port: u16,
+    /// The only port an https redirect may go to (443 on the Internet).
+    pub https_port: u16,
     pub max_redirects: usize,
     /// A larger response body fails validation.
     pub max_body_bytes: usize,
@@ -44,11 +47,17 @@ const USER_AGENT: &str = "quarry-va";
 pub struct Http01Validator {
     resolver: Arc<dyn Resolver>,
     policy: HttpPolicy,
+    tls: tokio_rustls::TlsConnector,
 }
 
 impl Http01Validator {
     pub fn new(resolver: Arc<dyn Resolver>, policy: HttpPolicy) -> Self {
-        Self { resolver, policy }
+        let tls = permissive_client_config(vec![b"http/1.1".to_vec()]);
+        Self { resolver, policy, tls: tokio_rustls::TlsConnector::from(Arc::new(tls)) }
+    }
+
+    fn port(&self, target: &Target) -> u16 {
+        if target.https { self.policy.https_port } else { self.policy.port }
     }
 }
 
@@ -63,14 +72,14 @@ impl Validator for Http01Validator {
         if identifier.is_wildcard() {
             return Err(Problem::malformed("http-01 cannot validate a wildcard identifier; use dns-01"));
         }
-        let mut target = Target { host: identifier.value.clone(), path: challenge_path(attempt.token) };
+        let mut target = Target { https: false, host: identifier.value.clone(), path: challenge_path(attempt.token) };
         for _ in 0..=self.policy.max_redirects {
-            let url = target.url(self.policy.port);
+            let url = target.url(self.port(&target));
             let record = push(
                 records,
                 ValidationRecord {
                     hostname: target.host.clone(),
-                    port: self.policy.port.to_string(),
+                    port: self.port(&target).to_string(),
                     url: url.clone(),
                     resolver_addresses: self.resolver.addresses(),
                     perspective: self.policy.perspective.clone(),
@@ -79,7 +88,7 @@ impl Validator for Http01Validator {
             );
             match self.fetch(&target, &url, record).await? {
                 Hop::Body(body) => return compare(&url, &body, attempt.key_authorization),
-                Hop::Redirect(location) => target = follow(identifier, &target, &url, &location, self.policy.port)?,
+                Hop::Redirect(location) => target = follow(identifier, &target, &url, &location, &self.policy)?,
             }
         }
         Err(Problem::new(
@@ -110,6 +119,8 @@ fn challenge_url(identifier: &Identifier, token: &str, port: u16) -> String {
 /// Where the next request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
+    /// https rather than http.
+    https: bool,
     /// A DNS name, or an IP address without brackets.
     host: String,
     /// Origin-form: path and query.
@@ -118,7 +129,8 @@ struct Target {
 
 impl Target {
     fn url(&self, port: u16) -> String {
-        format!("http://{}{}", authority(&self.host, port), self.path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", authority_for(&self.host, port, self.https), self.path)
     }
 }
 
@@ -127,13 +139,19 @@ enum Hop {
     Redirect(String),
 }
 
-/// The Host header value: no port when it is HTTP's default, brackets around IPv6 literals.
-fn authority(host: &str, port: u16) -> String {
+/// The Host header value: no port when it is the scheme's default, brackets around IPv6 literals.
+fn authority_for(host: &str, port: u16, https: bool) -> String {
     let host = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => host.to_owned(),
     };
-    if port == 80 { host } else { format!("{host}:{port}") }
+    let default = if https { 443 } else { 80 };
+    if port == default { host } else { format!("{host}:{port}") }
+}
+
+/// The Host header value of a plain-HTTP request.
+fn authority(host: &str, port: u16) -> String {
+    authority_for(host, port, false)
 }
 
 /// Stops the connection task however the request ends, including when the whole validation is abandoned.
@@ -166,11 +184,28 @@ impl Http01Validator {
         let mut failures = Vec::new();
         for ip in ordered {
             record.addresses_tried.push(ip.to_string());
-            let addr = SocketAddr::new(ip, self.policy.port);
+            let addr = SocketAddr::new(ip, self.port(target));
             match tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     record.address_used = ip.to_string();
-                    return self.request(stream, ip, target, url).await;
+                    if !target.https {
+                        return self.request(stream, ip, target, url).await;
+                    }
+                    let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| {
+                        Problem::new(ErrorKind::Connection, format!("Fetching {url}: not a valid TLS server name"))
+                    })?;
+                    let handshake = tokio::time::timeout(self.policy.connect_timeout, self.tls.connect(name, stream));
+                    return match handshake.await {
+                        Ok(Ok(tls)) => self.request(tls, ip, target, url).await,
+                        Ok(Err(err)) => Err(Problem::new(
+                            ErrorKind::Tls,
+                            format!("{ip}: Fetching {url}: TLS handshake failed: {}", tls_error(&err)),
+                        )),
+                        Err(_) => Err(Problem::new(
+                            ErrorKind::Connection,
+                            format!("{ip}: Fetching {url}: Timeout during TLS handshake"),
+                        )),
+                    };
                 }
                 Ok(Err(err)) => failures.push(format!("{ip}: Fetching {url}: {}", connect_error(&err))),
                 Err(_) => {
@@ -181,7 +216,10 @@ impl Http01Validator {
         Err(Problem::new(ErrorKind::Connection, failures.join("; ")))
     }
 
-    async fn request(&self, stream: TcpStream, ip: IpAddr, target: &Target, url: &str) -> Result<Hop, Problem> {
+    async fn request<S>(&self, stream: S, ip: IpAddr, target: &Target, url: &str) -> Result<Hop, Problem>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let failed = |what: &str| Problem::new(ErrorKind::Connection, format!("{ip}: Fetching {url}: {what}"));
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEADER_BUFFER)
@@ -193,7 +231,7 @@ impl Http01Validator {
             let _ = connection.await;
         }));
         let request = http::Request::get(target.path.as_str())
-            .header(http::header::HOST, authority(&target.host, self.policy.port))
+            .header(http::header::HOST, authority_for(&target.host, self.port(target), target.https))
             .header(http::header::USER_AGENT, USER_AGENT)
             .header(http::header::ACCEPT, "*/*")
             .body(Empty::<Bytes>::new())
@@ -247,19 +285,36 @@ fn http_error(err: &hyper::Error) -> String {
     }
 }
 
-/// Resolves a Location header against the current target; only plain HTTP on the validation port is followed.
-fn follow(identifier: &Identifier, current: &Target, url: &str, location: &str, port: u16) -> Result<Target, Problem> {
+/// Why a TLS handshake failed, in words rather than the library's debug output.
+fn tls_error(err: &std::io::Error) -> String {
+    match err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => format!("the server sent the alert {alert:?}"),
+        Some(rustls::Error::NoApplicationProtocol) => "no common application protocol".to_owned(),
+        Some(_) => "the handshake was refused".to_owned(),
+        None => connect_error(err).to_owned(),
+    }
+}
+
+/// Resolves a Location header against the current target: http on the validation port, or https on the https
+/// port, as Boulder follows them.
+fn follow(
+    identifier: &Identifier,
+    current: &Target,
+    url: &str,
+    location: &str,
+    policy: &HttpPolicy,
+) -> Result<Target, Problem> {
     let refuse = |why: String| Err(Problem::new(ErrorKind::Connection, format!("Fetching {url}: {why}")));
     if location.starts_with('/') && !location.starts_with("//") {
-        return Ok(Target { host: current.host.clone(), path: location.to_owned() });
+        return Ok(Target { https: current.https, host: current.host.clone(), path: location.to_owned() });
     }
     let shown: String = location.chars().take(QUOTE_LEN).collect();
     let Ok(uri) = location.parse::<http::Uri>() else { return refuse(format!("invalid redirect target {shown:?}")) };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return refuse(format!("redirect to {shown:?}: redirects to https are not supported yet")),
-        _ => return refuse(format!("redirect to {shown:?}: only http redirects are followed")),
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return refuse(format!("redirect to {shown:?}: only http and https redirects are followed")),
+    };
     let Some(host) = uri.host() else { return refuse(format!("redirect to {shown:?} has no host")) };
     let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
     if host.is_empty() {
@@ -268,12 +323,13 @@ fn follow(identifier: &Identifier, current: &Target, url: &str, location: &str, 
     if host.parse::<IpAddr>().is_ok() && identifier.kind == IdentifierType::Dns {
         return refuse(format!("redirect to {shown:?}: redirects to IP addresses are not followed for DNS names"));
     }
-    let target_port = uri.port_u16().unwrap_or(80);
-    if target_port != port {
-        return refuse(format!("redirect to {shown:?}: port {target_port} is not allowed, only port {port}"));
+    let (allowed, default) = if https { (policy.https_port, 443) } else { (policy.port, 80) };
+    let target_port = uri.port_u16().unwrap_or(default);
+    if target_port != allowed {
+        return refuse(format!("redirect to {shown:?}: port {target_port} is not allowed, only port {allowed}"));
     }
     let path = uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned());
-    Ok(Target { host, path })
+    Ok(Target { https, host, path })
 }
 
 fn compare(url: &str, body: &[u8], expected: &str) -> Result<(), Problem> {
@@ -296,6 +352,18 @@ fn compare(url: &str, body: &[u8], expected: &str) -> Result<(), Problem> {
 mod tests {
     use super::*;
 
+    fn policy(port: u16, https_port: u16) -> HttpPolicy {
+        HttpPolicy {
+            port,
+            https_port,
+            max_redirects: 10,
+            max_body_bytes: 1024,
+            connect_timeout: Duration::from_secs(1),
+            perspective: "primary".into(),
+            addresses: AddressPolicy::default(),
+        }
+    }
+
     #[test]
     fn redirects_are_resolved_against_the_policy() {
         type Case = (&'static str, Result<(&'static str, &'static str), ErrorKind>);
@@ -305,17 +373,22 @@ mod tests {
             ("http://b.example.:5002", Ok(("b.example", "/"))),
             ("http://b.example/x", Err(ErrorKind::Connection)),
             ("https://b.example:5002/x", Err(ErrorKind::Connection)),
+            ("https://b.example:5001/x", Ok(("b.example", "/x"))),
+            ("https://b.example/x", Err(ErrorKind::Connection)),
             ("ftp://b.example:5002/x", Err(ErrorKind::Connection)),
             ("//b.example:5002/x", Err(ErrorKind::Connection)),
             ("http://192.0.2.1:5002/x", Err(ErrorKind::Connection)),
             ("not a url", Err(ErrorKind::Connection)),
         ];
-        let current = Target { host: "a.example".into(), path: "/p".into() };
+        let current = Target { https: false, host: "a.example".into(), path: "/p".into() };
+        let policy = policy(5002, 5001);
         for (location, expected) in cases {
-            let got = follow(&Identifier::dns("a.example"), &current, "http://a.example/p", location, 5002);
+            let got = follow(&Identifier::dns("a.example"), &current, "http://a.example/p", location, &policy);
             match expected {
                 Ok((host, path)) => {
-                    assert_eq!(got.unwrap(), Target { host: host.to_string(), path: path.to_string() }, "{location}")
+                    let got = got.unwrap();
+                    assert_eq!((got.host.as_str(), got.path.as_str()), (*host, *path), "{location}");
+                    assert_eq!(got.https, location.starts_with("https"), "{location}");
                 }
                 Err(kind) => assert_eq!(got.unwrap_err().kind, *kind, "{location}"),
             }
@@ -325,10 +398,13 @@ mod tests {
     #[test]
     fn ip_identifiers_may_redirect_to_ip_addresses() {
         let identifier = Identifier::ip("192.0.2.1".parse().unwrap());
-        let current = Target { host: "192.0.2.1".into(), path: "/p".into() };
-        let target = follow(&identifier, &current, "http://192.0.2.1/p", "http://[2001:db8::1]/q", 80).unwrap();
-        assert_eq!(target, Target { host: "2001:db8::1".into(), path: "/q".into() });
+        let current = Target { https: false, host: "192.0.2.1".into(), path: "/p".into() };
+        let policy = policy(80, 443);
+        let target = follow(&identifier, &current, "http://192.0.2.1/p", "http://[2001:db8::1]/q", &policy).unwrap();
+        assert_eq!(target, Target { https: false, host: "2001:db8::1".into(), path: "/q".into() });
         assert_eq!(target.url(80), "http://[2001:db8::1]/q");
+        let secure = follow(&identifier, &current, "http://192.0.2.1/p", "https://192.0.2.1/r", &policy).unwrap();
+        assert_eq!(secure.url(443), "https://192.0.2.1/r");
     }
 
     #[test]

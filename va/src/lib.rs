@@ -54,6 +54,9 @@ pub struct Config {
     /// The port http-01 connects to, redirects included (80 on the Internet).
     #[serde(default = "default_http01_port")]
     pub http01_port: u16,
+    /// The only port an http-01 redirect to https may go to (443 on the Internet).
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
     /// The port tls-alpn-01 connects to (443 on the Internet).
     #[serde(default = "default_tls_alpn01_port")]
     pub tls_alpn01_port: u16,
@@ -88,6 +91,9 @@ pub struct Config {
 
 fn default_http01_port() -> u16 {
     80
+}
+fn default_https_port() -> u16 {
+    443
 }
 fn default_tls_alpn01_port() -> u16 {
     443
@@ -211,6 +217,7 @@ impl ValidationAuthority {
     pub fn new(config: &Config, resolver: Arc<dyn Resolver>) -> Self {
         let http = HttpPolicy {
             port: config.http01_port,
+            https_port: config.https_port,
             max_redirects: config.max_redirects,
             max_body_bytes: config.max_body_bytes,
             // An unreachable IPv6 address leaves the IPv4 addresses the other half.

@@ -58,6 +58,12 @@ impl Tlsalpn01Validator {
 
 /// TLS 1.2 and 1.3 over aws-lc-rs, `acme-tls/1` only, no resumption: every validation is a fresh handshake.
 fn client_config() -> ClientConfig {
+    permissive_client_config(vec![ACME_TLS_ALPN.to_vec()])
+}
+
+/// A client that accepts any certificate (still checking the handshake signature) offering `alpn`: for tls-alpn-01,
+/// and for http-01 redirects to https, where the certificate proves nothing either (Boulder does not check it).
+pub(crate) fn permissive_client_config(alpn: Vec<Vec<u8>>) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(AnyCertificate { algorithms: provider.signature_verification_algorithms });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -67,7 +73,7 @@ fn client_config() -> ClientConfig {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    config.alpn_protocols = alpn;
     config.resumption = rustls::client::Resumption::disabled();
     config
 }

@@ -51,7 +51,7 @@ async fn http01_outcomes() {
         dns("a.example.org", "hop", Expect::Pass, 2),
         dns("a.example.org", "hophost", Expect::Pass, 2),
         dns("a.example.org", "otherport", Expect::Fail(ErrorKind::Connection, "is not allowed, only port"), 1),
-        dns("a.example.org", "tohttps", Expect::Fail(ErrorKind::Connection, "https are not supported yet"), 1),
+        dns("a.example.org", "tohttps", Expect::Fail(ErrorKind::Connection, "is not allowed, only port 443"), 1),
         dns("a.example.org", "loop", Expect::Fail(ErrorKind::Connection, "Too many redirects"), MAX_REDIRECTS + 1),
         dns("broken.example.org", "good", Expect::Fail(ErrorKind::Dns, "SERVFAIL"), 1),
         dns("dual.example.org", "good", Expect::Pass, 1),
@@ -165,4 +165,66 @@ async fn a_server_that_never_answers_times_the_validation_out() {
     // The record of the request cut short still says where it went.
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].address_used, "127.0.0.1");
+}
+
+/// An HTTPS server with a self-signed certificate that answers every request with `body` (what a redirect to https
+/// reaches); serves until the test's runtime ends.
+async fn https_server(body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.example.org".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                // One request, read up to the end of its headers (bounded by the buffer's growth below).
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+                    match tls.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let response =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn redirects_to_https_are_followed_on_the_https_port_only() {
+    let pki = TestPki::new();
+    let srv = challenge_server().await;
+    let https_port = https_server(KEY_AUTHORIZATION).await;
+    let config = crate::Config { https_port, ..config(&pki, &srv) };
+    let va = authority(&config);
+    srv.state.add_redirect(&format!("{PREFIX}secure"), &format!("https://a.example.org:{https_port}/elsewhere"));
+    srv.state.add_redirect(&format!("{PREFIX}wrongport"), &format!("https://a.example.org:{}/x", https_port + 1));
+    let identifier = Identifier::dns("a.example.org");
+    let (records, problem) = va.validate(&identifier, "http-01", "secure", KEY_AUTHORIZATION, None).await;
+    check("https redirect", Expect::Pass, &records, &problem);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].url, format!("https://a.example.org:{https_port}/elsewhere"));
+    assert_eq!(records[1].port, https_port.to_string());
+    let (records, problem) = va.validate(&identifier, "http-01", "wrongport", KEY_AUTHORIZATION, None).await;
+    check("https on another port", Expect::Fail(ErrorKind::Connection, "is not allowed"), &records, &problem);
 }

@@ -37,6 +37,7 @@ fn config(pki: &TestPki, srv: &RunningServer) -> Config {
         tls: pki.tls("va"),
         dns_resolver: srv.dns_addr.expect("dns"),
         http01_port: srv.http01_addr.expect("http01").port(),
+        https_port: 443,
         tls_alpn01_port: 443,
         perspective: "primary".into(),
         rir: "ARIN".into(),
