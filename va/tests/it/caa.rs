@@ -39,6 +39,8 @@ async fn caa_outcomes() {
         )
         .unwrap();
     state.set_servfail("broken.example.org");
+    // RFC 8659 §3: the CAA lookup follows a CNAME to the records of its target.
+    state.set_cname("alias.example.org", "denied.example.org").unwrap();
 
     let cases: &[(&str, bool, &str, &str, Option<ErrorKind>)] = &[
         ("no-caa.example.org", false, "http-01", ACCOUNT, None),
@@ -54,6 +56,7 @@ async fn caa_outcomes() {
         ("method.example.org", false, "http-01", ACCOUNT, Some(ErrorKind::Caa)),
         ("critical.example.org", false, "http-01", ACCOUNT, Some(ErrorKind::Caa)),
         ("broken.example.org", false, "http-01", ACCOUNT, Some(ErrorKind::Dns)),
+        ("alias.example.org", false, "http-01", ACCOUNT, Some(ErrorKind::Caa)),
     ];
     for (name, wildcard, method, account, expected) in cases {
         let problem = va.check_caa(&Identifier::dns(*name), *wildcard, method, account, None).await;
