@@ -414,7 +414,7 @@ impl Registrar {
         }
         let csr = quarry_core::csr::parse_csr(&req.csr)
             .map_err(|e| Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {e}")))?;
-        keypolicy::check_certificate_key(&csr.key)?;
+        keypolicy::check_certificate_key(&csr.key, &csr.spki_der)?;
         let account = self.account(order.account_id, deadline).await?;
         let account_key =
             Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
