@@ -252,6 +252,39 @@ impl Jwk {
             Self::Rsa { n, e } => der_sequence(&[der_unsigned_integer(n), der_unsigned_integer(e)].concat()),
         }
     }
+
+    /// The key as a DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7), byte for byte what a CSR or certificate holds for
+    /// it, so that blocked-key hashes (SHA-256 of the SPKI) match whichever form a key arrives in.
+    pub fn spki_der(&self) -> Vec<u8> {
+        // AlgorithmIdentifier encodings: id-ecPublicKey with the curve, rsaEncryption with NULL, id-Ed25519.
+        const P256: &[u8] = &[
+            0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+            0x03, 0x01, 0x07,
+        ];
+        const P384: &[u8] = &[
+            0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22,
+        ];
+        const RSA: &[u8] = &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00];
+        const ED25519: &[u8] = &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+        let algorithm = match self {
+            Self::Ec { crv: EcCurve::P256, .. } => P256,
+            Self::Ec { crv: EcCurve::P384, .. } => P384,
+            Self::Rsa { .. } => RSA,
+            Self::Okp { .. } => ED25519,
+        };
+        let key = self.subject_public_key();
+        // A BIT STRING with no unused bits.
+        let bits = [vec![0x03], der_length(key.len() + 1), vec![0x00], key].concat();
+        der_sequence(&[algorithm, bits.as_slice()].concat())
+    }
+
+    /// SHA-256 of [`Jwk::spki_der`]: the key's identity in blocked-key lists.
+    pub fn spki_hash(&self) -> [u8; 32] {
+        let digest = digest::digest(&digest::SHA256, &self.spki_der());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        hash
+    }
 }
 
 fn der_length(len: usize) -> Vec<u8> {
@@ -506,6 +539,22 @@ pub fn sign_flattened(key: &SigningKey, protected_header: &Value, payload: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spki_encodings_match_the_crypto_librarys() {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        for alg in [Algorithm::Es256, Algorithm::Es384, Algorithm::Rs256, Algorithm::EdDsa] {
+            let key = SigningKey::generate(alg).unwrap();
+            let expected: PublicKeyX509Der<'static> = match &key {
+                SigningKey::Ecdsa { pair, .. } => pair.public_key().as_der().unwrap(),
+                SigningKey::Rsa(pair) => pair.public_key().as_der().unwrap(),
+                SigningKey::Ed25519(pair) => pair.public_key().as_der().unwrap(),
+            };
+            assert_eq!(key.jwk().spki_der(), expected.as_ref(), "{alg:?}");
+            let hash = digest::digest(&digest::SHA256, expected.as_ref());
+            assert_eq!(key.jwk().spki_hash().as_slice(), hash.as_ref(), "{alg:?}");
+        }
+    }
     use serde_json::json;
 
     const ALL: [Algorithm; 4] = [Algorithm::Es256, Algorithm::Es384, Algorithm::Rs256, Algorithm::EdDsa];

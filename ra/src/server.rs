@@ -109,6 +109,7 @@ impl Registrar {
     async fn new_account(&self, account: pb::Account, deadline: Option<Instant>) -> Result<pb::Account, Problem> {
         let jwk = Jwk::from_slice(&account.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
         keypolicy::check_account_key(&jwk)?;
+        self.check_key_not_blocked(&jwk, deadline).await?;
         for contact in &account.contact {
             check_contact(contact)?;
         }
@@ -138,6 +139,16 @@ impl Registrar {
             }
             Err(status) => Err(status.into()),
         }
+    }
+
+    /// A key blocked in the sa (compromised, reported) may not become an account key either.
+    async fn check_key_not_blocked(&self, jwk: &Jwk, deadline: Option<Instant>) -> Result<(), Problem> {
+        let hash = sapb::KeyHash { key_hash: jwk.spki_hash().to_vec() };
+        let blocked = self.inner.sa_read.clone().key_blocked(request_with_deadline(hash, deadline)).await?;
+        if blocked.get_ref().exists {
+            return Err(Problem::new(ErrorKind::BadPublicKey, "the account key is blocked"));
+        }
+        Ok(())
     }
 
     async fn new_order(&self, req: NewOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
@@ -750,6 +761,7 @@ impl RegistrationAuthority for Registrar {
         let req = request.into_inner();
         let jwk = Jwk::from_slice(&req.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
         keypolicy::check_account_key(&jwk)?;
+        self.check_key_not_blocked(&jwk, deadline).await?;
         let update = sapb::UpdateAccountKeyRequest { id: req.account_id, jwk: jwk.canonical_json().into_bytes() };
         let account = self.inner.sa_write.clone().update_account_key(request_with_deadline(update, deadline)).await?;
         tracing::info!(account_id = req.account_id, "account key rolled over");

@@ -360,6 +360,10 @@ async fn certificates_are_revoked_by_their_account_or_their_key() {
     let body = json!({"certificate": quarry_jose::b64_encode(&der)});
     let revoked = stack.client.post(&by_key, &url, Some(&body)).await.unwrap();
     assert_eq!(revoked.status, 200, "{}", String::from_utf8_lossy(&revoked.body));
+    // The compromised key is blocked: it cannot become an account key either.
+    let new_account = json!({"termsOfServiceAgreed": true});
+    let refused = stack.client.post(&by_key, &stack.client.url("newAccount"), Some(&new_account)).await.unwrap();
+    assert_eq!(refused.problem_type().as_deref(), Some("badPublicKey"), "{}", String::from_utf8_lossy(&refused.body));
     let unknown = stack
         .client
         .post(&account, &url, Some(&json!({"certificate": quarry_jose::b64_encode(b"nope")})))
