@@ -194,6 +194,10 @@ pub struct IssueRequest {
     pub validity: Duration,
     /// Whether to copy the first DNS name that fits into the subject commonName.
     pub include_common_name: bool,
+    /// The CRL distribution point (the URL of the certificate's CRL shard).
+    pub crl_url: Option<String>,
+    /// The Authority Information Access caIssuers URL (where the issuer's certificate is).
+    pub issuer_url: Option<String>,
 }
 
 impl IssueRequest {
@@ -261,10 +265,33 @@ pub fn issue_certificate(issuer: &Issuer, req: &IssueRequest) -> Result<Vec<u8>,
     };
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    if let Some(url) = &req.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![url.clone()] }];
+    }
+    if let Some(url) = &req.issuer_url {
+        params.custom_extensions.push(authority_info_access(url)?);
+    }
 
     let der = params.signed_by(&subject_key, &issuer.signer)?.der().to_vec();
     self_check(issuer, req, &der, not_before, not_after)?;
     Ok(der)
+}
+
+/// id-pe-authorityInfoAccess with one caIssuers URI (RFC 5280 §4.2.2.1), DER-encoded by hand: rcgen has no field
+/// for it.
+fn authority_info_access(url: &str) -> Result<rcgen::CustomExtension, Error> {
+    if !url.is_ascii() || url.len() > 1_000 {
+        return Err(Error::Request(format!("issuer URL {url:?} is not a short ASCII URI")));
+    }
+    let der_len =
+        |len: usize| -> Vec<u8> { if len < 0x80 { vec![len as u8] } else { vec![0x82, (len >> 8) as u8, len as u8] } };
+    // AccessDescription ::= SEQUENCE { id-ad-caIssuers, [6] IA5String uniformResourceIdentifier }
+    let ca_issuers_oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+    let uri = [vec![0x86], der_len(url.len()), url.as_bytes().to_vec()].concat();
+    let description_body = [ca_issuers_oid.to_vec(), uri].concat();
+    let description = [vec![0x30], der_len(description_body.len()), description_body].concat();
+    let value = [vec![0x30], der_len(description.len()), description].concat();
+    Ok(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], value))
 }
 
 fn check_serial(serial: &[u8]) -> Result<(), Error> {

@@ -42,6 +42,9 @@ pub struct Config {
     /// Certificate profiles by name.
     #[serde(default = "default_profiles")]
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// CRL shards per issuer; must equal the sa's `crl_shards`.
+    #[serde(default = "default_crl_shards")]
+    pub crl_shards: i64,
     /// The profile used when a request names none; must be one of `profiles`.
     #[serde(default = "default_profile_name")]
     pub default_profile: String,
@@ -55,6 +58,11 @@ pub struct IssuerConfig {
     pub cert: PathBuf,
     /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1).
     pub key: PathBuf,
+    /// Where this issuer's certificate can be downloaded: the Authority Information Access caIssuers URL of every
+    /// certificate it signs.
+    pub issuer_url: String,
+    /// Every certificate's CRL distribution point is this prefix followed by its shard and `.crl`.
+    pub crl_url_prefix: String,
 }
 
 /// What a certificate profile changes in the certificates issued under it.
@@ -66,6 +74,10 @@ pub struct ProfileConfig {
     /// Whether the subject carries a commonName (the first name that fits in 64 characters).
     #[serde(default = "default_true")]
     pub include_common_name: bool,
+}
+
+fn default_crl_shards() -> i64 {
+    quarry_core::crl::DEFAULT_SHARDS
 }
 
 fn default_serial_prefix() -> u8 {

@@ -41,6 +41,9 @@ struct Profile {
 pub(crate) struct CaService {
     issuer: Arc<Issuer>,
     issuer_id: i64,
+    issuer_url: String,
+    crl_url_prefix: String,
+    crl_shards: i64,
     serial_prefix: u8,
     profiles: BTreeMap<String, Profile>,
     default_profile: String,
@@ -65,6 +68,15 @@ impl CaService {
             return Err(invalid("issuers is empty: configure at least one [[issuers]] cert and key".into()));
         }
         let issuer = Arc::new(issuers.swap_remove(0));
+        let signing = &config.issuers[0];
+        for (field, url) in [("issuer_url", &signing.issuer_url), ("crl_url_prefix", &signing.crl_url_prefix)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!("issuers[0].{field} {url:?} must be an http(s) URL")));
+            }
+        }
+        if config.crl_shards < 1 {
+            return Err(invalid(format!("crl_shards must be at least 1, not {}", config.crl_shards)));
+        }
 
         let mut profiles = BTreeMap::new();
         for (name, profile) in &config.profiles {
@@ -97,6 +109,9 @@ impl CaService {
         Ok(Self {
             issuer,
             issuer_id,
+            issuer_url: signing.issuer_url.clone(),
+            crl_url_prefix: signing.crl_url_prefix.clone(),
+            crl_shards: config.crl_shards,
             serial_prefix: config.serial_prefix,
             profiles,
             default_profile: config.default_profile.clone(),
@@ -136,6 +151,8 @@ impl CaService {
             not_before: now,
             validity: profile.validity,
             include_common_name: profile.include_common_name,
+            crl_url: None,
+            issuer_url: Some(self.issuer_url.clone()),
         };
         // Checked before a serial is reserved, so that a misconfiguration does not fill the serials table.
         let (_, not_after) = issue_request.validity_window().map_err(|e| internal("validity window", &e))?;
@@ -147,6 +164,9 @@ impl CaService {
         let serial = self.reserve_serial(request.account_id, now, not_after, deadline).await?;
         let serial_hex = hex::encode(serial);
         issue_request.serial = serial.to_vec();
+        // The shard is fixed now, in the certificate, so that the sa files its revocation under the same one.
+        let shard = quarry_core::crl::shard(&serial_hex, self.crl_shards);
+        issue_request.crl_url = Some(format!("{}{shard}.crl", self.crl_url_prefix));
         let der = self.sign(issue_request).await.inspect_err(|_| {
             warn!(serial = serial_hex, order_id = request.order_id, "serial reserved but no certificate signed");
         })?;

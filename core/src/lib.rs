@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod grpc;

@@ -43,11 +43,17 @@ pub struct Config {
     /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.
     #[serde(default)]
     pub read_replica_url: Option<String>,
+    /// CRL shards per issuer; must equal the ca's `crl_shards`.
+    #[serde(default = "default_crl_shards")]
+    pub crl_shards: i64,
     /// The longest one statement may run (and one connection may be waited for), in milliseconds.
     #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
 }
 
+fn default_crl_shards() -> i64 {
+    quarry_core::crl::DEFAULT_SHARDS
+}
 fn default_statement_timeout_ms() -> u64 {
     5_000
 }
@@ -72,7 +78,7 @@ pub async fn serve(
         max_connections: config.max_connections,
         statement_timeout: std::time::Duration::from_millis(config.statement_timeout_ms),
     };
-    let store = Store::open(&config.database_url, settings).await?;
+    let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
     let storage = match &config.read_replica_url {
         Some(url) => Storage::with_replica(store, Store::open_replica(url, settings).await?),
         None => Storage::new(store),

@@ -114,9 +114,6 @@ pub struct Store {
     crl_shards: i64,
 }
 
-/// CRL shards per issuer unless configured otherwise (Boulder's production value).
-pub const DEFAULT_CRL_SHARDS: i64 = 128;
-
 pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
     tracing::error!(%err, "database error");
     Problem::internal("a database error occurred")
@@ -217,7 +214,7 @@ impl Store {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool, backend, crl_shards: DEFAULT_CRL_SHARDS })
+        Ok(Self { pool, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
     }
 
     /// Revoked certificates are filed under `shards` CRL shards per issuer.
@@ -226,12 +223,9 @@ impl Store {
         self
     }
 
-    /// The CRL shard of `serial` (hex): its last eight bytes modulo the shard count, so that revocations spread
-    /// evenly (serials are random).
+    /// The CRL shard of `serial` (hex), as the ca computed it for the certificate's CRL distribution point.
     pub fn crl_shard(&self, serial: &str) -> i64 {
-        let tail = &serial[serial.len().saturating_sub(16)..];
-        let value = u64::from_str_radix(tail, 16).unwrap_or_default();
-        (value % self.crl_shards as u64) as i64
+        quarry_core::crl::shard(serial, self.crl_shards)
     }
 
     /// Starts a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write lock at once: a deferred

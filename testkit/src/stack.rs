@@ -28,6 +28,11 @@ pub struct InProcessStack {
     pub db: TestDatabase,
 }
 
+/// The issuer's AIA caIssuers URL in tests.
+pub const ISSUER_URL: &str = "http://i.quarry.test/e1.der";
+/// The CRL distribution point prefix in tests: a certificate in shard 7 points at `…/7.crl`.
+pub const CRL_URL_PREFIX: &str = "http://c.quarry.test/e1/";
+
 /// The ra's account URL prefix in tests (the wfe's base URL is only known once it listens).
 pub const ACCOUNT_URI_PREFIX: &str = "https://quarry.test/acme/acct/";
 
@@ -107,6 +112,7 @@ impl InProcessStack {
             max_connections: 4,
             statement_timeout_ms: 5_000,
             read_replica_url: None,
+            crl_shards: quarry_core::crl::DEFAULT_SHARDS,
         };
         let (listener, sa) = listen(sa_config.grpc.listen).await;
         tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));
@@ -117,7 +123,13 @@ impl InProcessStack {
             tls: pki.tls("ca"),
             sa: pki.client_config("sa", sa),
             serial_prefix: 1,
-            issuers: vec![quarry_ca::IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
+            issuers: vec![quarry_ca::IssuerConfig {
+                cert: pki.issuer_cert(),
+                key: pki.issuer_key(),
+                issuer_url: ISSUER_URL.into(),
+                crl_url_prefix: CRL_URL_PREFIX.into(),
+            }],
+            crl_shards: quarry_core::crl::DEFAULT_SHARDS,
             profiles: BTreeMap::from([
                 (
                     "classic".to_owned(),

@@ -43,6 +43,8 @@ fn request(csr: ParsedCsr, serial: &[u8]) -> IssueRequest {
         not_before: OffsetDateTime::now_utc(),
         validity: NINETY_DAYS,
         include_common_name: true,
+        crl_url: None,
+        issuer_url: None,
     }
 }
 

@@ -48,6 +48,8 @@ fn optional_settings_have_defaults() {
         [[issuers]]
         cert = "i.pem"
         key = "i.key.pem"
+        issuer_url = "http://i.quarry.test/e1.der"
+        crl_url_prefix = "http://c.quarry.test/e1/"
     "#;
     let config: Config = quarry_core::config::parse(text, "minimal").expect("minimal config");
     assert_eq!(config.serial_prefix, 1);
@@ -75,7 +77,10 @@ async fn bad_settings_stop_start_up() {
         (
             "leaf as issuer",
             "not a ca",
-            Box::new(|c, p| c.issuers[0] = quarry_ca::IssuerConfig { cert: p.tls("ra").cert, key: p.tls("ra").key }),
+            Box::new(|c, p| {
+                c.issuers[0] =
+                    quarry_ca::IssuerConfig { cert: p.tls("ra").cert, key: p.tls("ra").key, ..c.issuers[0].clone() }
+            }),
         ),
         ("missing issuer file", "missing.pem", Box::new(|c, p| c.issuers[0].cert = p.dir().join("missing.pem"))),
     ];

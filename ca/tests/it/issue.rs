@@ -86,6 +86,38 @@ async fn issues_a_p256_certificate_and_records_it_in_the_sa() {
     let validity = cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
     assert_eq!(validity, time::Duration::days(90) - time::Duration::SECOND);
 
+    // The CRL distribution point names the certificate's shard, computed as the sa files revocations; the AIA
+    // caIssuers URL says where the issuer's certificate is.
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let mut crl_urls = Vec::new();
+    let mut issuer_urls = Vec::new();
+    for extension in cert.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => {
+                for point in points.iter() {
+                    if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                        crl_urls.extend(names.iter().filter_map(|n| match n {
+                            GeneralName::URI(uri) => Some(uri.to_string()),
+                            _ => None,
+                        }));
+                    }
+                }
+            }
+            ParsedExtension::AuthorityInfoAccess(aia) => {
+                issuer_urls.extend(aia.accessdescs.iter().filter_map(|d| match &d.access_location {
+                    GeneralName::URI(uri) if d.access_method.to_id_string() == "1.3.6.1.5.5.7.48.2" => {
+                        Some(uri.to_string())
+                    }
+                    _ => None,
+                }));
+            }
+            _ => {}
+        }
+    }
+    let shard = quarry_core::crl::shard(&response.serial, quarry_core::crl::DEFAULT_SHARDS);
+    assert_eq!(crl_urls, [format!("{}{shard}.crl", quarry_testkit::stack::CRL_URL_PREFIX)]);
+    assert_eq!(issuer_urls, [quarry_testkit::stack::ISSUER_URL]);
+
     let root = read_cert(&stack.pki.root_cert());
     for name in ["www.example.com", "example.com"] {
         verify_chain(&root, &response.chain, &response.der, name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -253,7 +285,11 @@ async fn an_rsa_issuer_signs_too() {
     let stack = Stack::start_with(|config| {
         let root_dir = config.issuers[0].cert.parent().expect("webpki dir").to_owned();
         write_rsa_intermediate(&root_dir, &cert_path, &key_path);
-        config.issuers = vec![quarry_ca::IssuerConfig { cert: cert_path.clone(), key: key_path.clone() }];
+        config.issuers = vec![quarry_ca::IssuerConfig {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+            ..config.issuers[0].clone()
+        }];
     })
     .await;
     let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");

@@ -29,7 +29,13 @@ pub fn config(pki: &TestPki, sa_addr: SocketAddr) -> Config {
         tls: pki.tls("ca"),
         sa: pki.client_config("sa", sa_addr),
         serial_prefix: SERIAL_PREFIX,
-        issuers: vec![IssuerConfig { cert: pki.issuer_cert(), key: pki.issuer_key() }],
+        issuers: vec![IssuerConfig {
+            cert: pki.issuer_cert(),
+            key: pki.issuer_key(),
+            issuer_url: quarry_testkit::stack::ISSUER_URL.into(),
+            crl_url_prefix: quarry_testkit::stack::CRL_URL_PREFIX.into(),
+        }],
+        crl_shards: quarry_core::crl::DEFAULT_SHARDS,
         profiles: [
             ("classic".to_owned(), quarry_ca::ProfileConfig { validity_secs: 7_776_000, include_common_name: true }),
             (

@@ -49,6 +49,7 @@ impl Sa {
             database_url: db.url.clone(),
             max_connections: 4,
             statement_timeout_ms: 5_000,
+            crl_shards: 128,
         };
         let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
