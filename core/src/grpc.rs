@@ -69,6 +69,22 @@ pub async fn serve(
     Ok(())
 }
 
+/// Asks a peer's gRPC health service whether `service` is serving; the error says why not, for a health page.
+pub async fn check_health(channel: Channel, service: &str, deadline: Option<Instant>) -> Result<(), String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let request = request_with_deadline(HealthCheckRequest { service: service.to_owned() }, deadline);
+    match HealthClient::new(channel).check(request).await {
+        Ok(reply)
+            if reply.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err("not serving".to_owned()),
+        Err(status) => Err(format!("unreachable ({:?})", status.code())),
+    }
+}
+
 /// Lets through only calls whose client certificate names one of the allowed clients of a service.
 #[derive(Debug, Clone)]
 pub struct ClientAllowlist {

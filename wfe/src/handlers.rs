@@ -37,6 +37,7 @@ pub(crate) type Reply = Result<Response, ProblemResponse>;
 pub fn router(wfe: Wfe) -> Router {
     Router::new()
         .route("/directory", get(directory))
+        .route("/healthz", get(healthz))
         .route("/acme/new-nonce", any(new_nonce))
         .route("/acme/new-acct", any(new_account))
         .route("/acme/acct/{id}", any(account))
@@ -103,6 +104,18 @@ pub(crate) fn method_not_allowed() -> ProblemResponse {
 
 async fn not_found() -> ProblemResponse {
     Problem::not_found("no such resource").into()
+}
+
+/// `GET /healthz`: 200 when the ra and the sa answer their health checks, 503 naming what does not.
+async fn healthz(State(wfe): State<Wfe>) -> Response {
+    let peers = wfe.peers_health().await;
+    let healthy = peers.iter().all(|(_, health)| health.is_ok());
+    let mut body = serde_json::json!({ "status": if healthy { "ok" } else { "unavailable" } });
+    for (peer, health) in peers {
+        body[peer] = serde_json::json!(health.err().unwrap_or_else(|| "ok".to_owned()));
+    }
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, &body)
 }
 
 async fn directory(State(wfe): State<Wfe>) -> Response {

@@ -19,6 +19,9 @@ use tonic::transport::Channel;
 use crate::render::Urls;
 use crate::{Config, Error, ExternalAccountBindingConfig};
 
+/// A health check answers within this, so that load balancers are not kept waiting.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// 128 bits: a shorter MAC key could be guessed.
 const MIN_EAB_KEY_LEN: usize = 16;
 
@@ -34,6 +37,9 @@ struct Inner {
     urls: Urls,
     ra: RegistrationAuthorityClient<Channel>,
     sa: StorageAuthorityReadOnlyClient<Channel>,
+    /// The same channels, for health checks.
+    ra_channel: Channel,
+    sa_channel: Channel,
     nonces: Vec<(String, NonceServiceClient<Channel>)>,
     next_nonce_service: AtomicUsize,
     chains: Vec<Vec<Vec<u8>>>,
@@ -153,10 +159,14 @@ impl Wfe {
                 issuer_key_ids.push(key_id);
             }
         }
+        let ra_channel = quarry_core::grpc::channel(&config.ra, &config.tls)?;
+        let sa_channel = quarry_core::grpc::channel(&config.sa, &config.tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                ra: RegistrationAuthorityClient::new(quarry_core::grpc::channel(&config.ra, &config.tls)?),
-                sa: StorageAuthorityReadOnlyClient::new(quarry_core::grpc::channel(&config.sa, &config.tls)?),
+                ra: RegistrationAuthorityClient::new(ra_channel.clone()),
+                sa: StorageAuthorityReadOnlyClient::new(sa_channel.clone()),
+                ra_channel,
+                sa_channel,
                 nonces,
                 next_nonce_service: AtomicUsize::new(0),
                 chains,
@@ -185,6 +195,17 @@ impl Wfe {
 
     pub fn ra(&self) -> RegistrationAuthorityClient<Channel> {
         self.inner.ra.clone()
+    }
+
+    /// Whether the ra and the sa's read-only service answer their health checks, each with why not.
+    pub async fn peers_health(&self) -> [(&'static str, Result<(), String>); 2] {
+        use quarry_core::grpc::check_health;
+        let deadline = Some(Instant::now() + HEALTH_TIMEOUT);
+        let (ra, sa) = tokio::join!(
+            check_health(self.inner.ra_channel.clone(), "quarry.ra.v1.RegistrationAuthority", deadline),
+            check_health(self.inner.sa_channel.clone(), "quarry.sa.v1.StorageAuthorityReadOnly", deadline),
+        );
+        [("ra", ra), ("sa", sa)]
     }
 
     pub fn sa(&self) -> StorageAuthorityReadOnlyClient<Channel> {

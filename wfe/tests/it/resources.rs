@@ -427,3 +427,22 @@ async fn alternate_chains_are_linked_from_the_certificate() {
         assert_eq!(response.status, 404, "{missing}");
     }
 }
+
+#[tokio::test]
+async fn healthz_reports_the_peers() {
+    let stack = Stack::start().await;
+    let url = format!("{}/healthz", stack.base);
+    let healthy = stack.client.request(http::Method::GET, &url, None, Vec::new()).await.unwrap();
+    assert_eq!(healthy.status, 200);
+    assert_eq!(healthy.json(), json!({"status": "ok", "ra": "ok", "sa": "ok"}));
+
+    // A wfe whose ra is gone says so, and which.
+    let broken = Stack::start_with(|wfe| wfe.ra.address = "https://127.0.0.1:1".into()).await;
+    let url = format!("{}/healthz", broken.base);
+    let unhealthy = broken.client.request(http::Method::GET, &url, None, Vec::new()).await.unwrap();
+    assert_eq!(unhealthy.status, 503);
+    let body = unhealthy.json();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["sa"], "ok");
+    assert!(body["ra"].as_str().unwrap().starts_with("unreachable"), "{body}");
+}
