@@ -217,13 +217,8 @@ fn requested_alt_names(csr: &X509CertificationRequest<'_>) -> Result<AltNames, C
                 }
             }
             GeneralName::IPAddress(octets) => {
-                let ip = if let Ok(v4) = <[u8; 4]>::try_from(*octets) {
-                    IpAddr::from(v4)
-                } else if let Ok(v6) = <[u8; 16]>::try_from(*octets) {
-                    IpAddr::from(v6)
-                } else {
-                    return Err(malformed("subjectAltName iPAddress is neither 4 nor 16 octets"));
-                };
+                let ip = crate::certificate::ip_from_octets(octets)
+                    .ok_or_else(|| malformed("subjectAltName iPAddress is neither 4 nor 16 octets"))?;
                 if !ip_addresses.contains(&ip) {
                     ip_addresses.push(ip);
                 }

@@ -526,22 +526,9 @@ impl RevocationTarget {
         use x509_parser::prelude::*;
         let (_, cert) =
             parse_x509_certificate(der).map_err(|_| Problem::malformed("the certificate does not parse"))?;
-        let names = match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(dns) => Some(Identifier::dns(dns.to_ascii_lowercase())),
-                    GeneralName::IPAddress(octets) => ip_from_octets(octets).map(Identifier::ip),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
         Ok(Self {
             serial: cert.raw_serial_as_string().replace(':', ""),
-            names,
+            names: quarry_core::certificate::identifiers(&cert),
             spki_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw).as_ref().to_vec(),
         })
     }
@@ -624,15 +611,6 @@ impl Registrar {
         };
         self.inner.sa_write.clone().add_blocked_key(request_with_deadline(block, deadline)).await?;
         self.revoke(&target.serial, KEY_COMPROMISE, deadline).await
-    }
-}
-
-/// An iPAddress general name's 4 or 16 octets as an address.
-fn ip_from_octets(octets: &[u8]) -> Option<std::net::IpAddr> {
-    match octets.len() {
-        4 => <[u8; 4]>::try_from(octets).ok().map(std::net::IpAddr::from),
-        16 => <[u8; 16]>::try_from(octets).ok().map(std::net::IpAddr::from),
-        _ => None,
     }
 }
 

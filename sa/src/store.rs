@@ -1002,19 +1002,7 @@ impl CertificateFacts {
         use x509_parser::prelude::*;
         let (_, cert) =
             parse_x509_certificate(der).map_err(|_| Problem::malformed("certificate DER does not parse"))?;
-        let names = match cert.subject_alternative_name() {
-            Ok(Some(san)) => san
-                .value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
-                    GeneralName::IPAddress(bytes) => ip_from_bytes(bytes),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let names = quarry_core::certificate::identifiers(&cert).into_iter().map(|id| id.value).collect();
         let spki = cert.public_key().raw;
         Ok(Self {
             serial: hex::encode(cert.raw_serial()),
@@ -1023,13 +1011,5 @@ impl CertificateFacts {
             names,
             key_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki).as_ref().to_vec(),
         })
-    }
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<String> {
-    match bytes.len() {
-        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?).to_string()),
-        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?).to_string()),
-        _ => None,
     }
 }

@@ -150,7 +150,9 @@ pub async fn check_replaces(
     if cert.account_id != account_id {
         return Err(Problem::unauthorized("replaces: the certificate being replaced belongs to another account").into());
     }
-    let names = certificate_identifiers(&cert.der)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der)
+        .map_err(|_| Problem::internal("a stored certificate does not parse"))?;
+    let names = quarry_core::certificate::identifiers(&parsed);
     if !identifiers.iter().any(|id| names.iter().any(|name| covers(name, id))) {
         return Err(
             Problem::malformed("replaces: no identifier of this order is in the certificate being replaced").into()
@@ -171,27 +173,6 @@ fn covers(name: &Identifier, id: &Identifier) -> bool {
         (Some(base), Some((_, rest))) if !id.is_wildcard() => base == rest,
         _ => false,
     }
-}
-
-fn certificate_identifiers(der: &[u8]) -> Result<Vec<Identifier>, Problem> {
-    use x509_parser::prelude::*;
-    let (_, cert) =
-        parse_x509_certificate(der).map_err(|_| Problem::internal("a stored certificate does not parse"))?;
-    let Ok(Some(san)) = cert.subject_alternative_name() else { return Ok(Vec::new()) };
-    Ok(san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some(Identifier::dns(dns.to_ascii_lowercase())),
-            GeneralName::IPAddress(octets) => match octets.len() {
-                4 => <[u8; 4]>::try_from(*octets).ok().map(|o| Identifier::ip(o.into())),
-                16 => <[u8; 16]>::try_from(*octets).ok().map(|o| Identifier::ip(o.into())),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect())
 }
 
 #[cfg(test)]
