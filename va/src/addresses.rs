@@ -1,4 +1,4 @@
-//! Where validation may connect: a name's addresses, and the address policy that keeps the CA from validating
+//! Where validation may connect: a name's addresses, why a connection failed, and the address policy that keeps the CA from validating
 //! against private, loopback, link-local and other reserved addresses (allowed only on a developer's machine).
 
 use std::net::IpAddr;
@@ -53,6 +53,18 @@ impl AddressPolicy {
             ));
         }
         Ok((permitted, resolved))
+    }
+}
+
+/// Why connecting to an address failed, in the words operators know.
+pub(crate) fn connect_error(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => "Connection refused",
+        std::io::ErrorKind::ConnectionReset => "Connection reset by peer",
+        std::io::ErrorKind::TimedOut => "Timeout during connect (likely firewall problem)",
+        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "Network unreachable",
+        std::io::ErrorKind::AddrNotAvailable => "Address not available",
+        _ => "Connection failed",
     }
 }
 

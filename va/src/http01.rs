@@ -16,7 +16,7 @@ use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::addresses::AddressPolicy;
+use crate::addresses::{AddressPolicy, connect_error};
 use crate::resolver::Resolver;
 use crate::tlsalpn01::permissive_client_config;
 use crate::validator::{Attempt, Validator};
@@ -259,17 +259,6 @@ impl Http01Validator {
             )),
             Err(_) => Err(failed("Connection closed while reading the response body")),
         }
-    }
-}
-
-fn connect_error(err: &std::io::Error) -> &'static str {
-    match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "Connection refused",
-        std::io::ErrorKind::ConnectionReset => "Connection reset by peer",
-        std::io::ErrorKind::TimedOut => "Timeout during connect (likely firewall problem)",
-        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "Network unreachable",
-        std::io::ErrorKind::AddrNotAvailable => "Address not available",
-        _ => "Connection failed",
     }
 }
 

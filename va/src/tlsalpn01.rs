@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::addresses::AddressPolicy;
+use crate::addresses::{AddressPolicy, connect_error};
 use crate::resolver::Resolver;
 use crate::validator::{Attempt, Validator};
 
@@ -410,17 +410,6 @@ pub fn reverse_dns_name(ip: IpAddr) -> String {
 
 fn shorten(text: &str) -> String {
     text.chars().take(100).collect()
-}
-
-fn connect_error(err: &std::io::Error) -> &'static str {
-    match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => "Connection refused",
-        std::io::ErrorKind::ConnectionReset => "Connection reset by peer",
-        std::io::ErrorKind::TimedOut => "Timeout during connect (likely firewall problem)",
-        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => "Network unreachable",
-        std::io::ErrorKind::AddrNotAvailable => "Address not available",
-        _ => "Connection failed",
-    }
 }
 
 #[cfg(test)]
