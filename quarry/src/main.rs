@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Exit status for a configuration the program cannot use (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -92,17 +93,17 @@ async fn shutdown() {
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs a service until [`shutdown`], then lets it drain for at most [`DRAIN_GRACE`].
-async fn drain_bounded<F, E>(name: &str, service: impl FnOnce(stop_signal::Stop) -> F) -> Result<(), E>
+async fn drain_bounded<F, E>(name: &str, service: impl FnOnce(WaitForCancellationFutureOwned) -> F) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
 {
-    let (stop, stopped) = stop_signal::pair();
-    let service = service(stopped);
+    let stop = CancellationToken::new();
+    let service = service(stop.clone().cancelled_owned());
     tokio::pin!(service);
     tokio::select! {
         result = &mut service => result,
         () = shutdown() => {
-            stop.stop();
+            stop.cancel();
             match tokio::time::timeout(DRAIN_GRACE, service).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -110,29 +111,6 @@ where
                     Ok(())
                 }
             }
-        }
-    }
-}
-
-/// A one-shot stop signal a service's `run` can await (it must be `Send + 'static`).
-mod stop_signal {
-    use tokio::sync::watch;
-
-    pub struct Trigger(watch::Sender<bool>);
-    pub type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-    pub fn pair() -> (Trigger, Stop) {
-        let (sender, mut receiver) = watch::channel(false);
-        let stopped = Box::pin(async move {
-            // A dropped trigger also means stop.
-            let _ = receiver.wait_for(|stop| *stop).await;
-        });
-        (Trigger(sender), stopped)
-    }
-
-    impl Trigger {
-        pub fn stop(self) {
-            let _ = self.0.send(true);
         }
     }
 }
