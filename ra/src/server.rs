@@ -177,14 +177,12 @@ impl Registrar {
             )));
         }
         check_identifiers(&identifiers, profile, &profile_name, inner.allow_non_public_ip)?;
-        let profile_lifetimes = profile.clone();
-        let profile = profile_name;
 
         let wanted = || identifiers_to_pb(&identifiers);
         let reuse = sapb::GetOrderForNamesRequest {
             account_id: req.account_id,
             identifiers: wanted(),
-            profile: profile.clone(),
+            profile: profile_name.clone(),
         };
         // A replacement order is always new, so that the replaced certificate is linked to exactly this order.
         if req.replaces_serial.is_empty() {
@@ -199,8 +197,8 @@ impl Registrar {
         let valid = sapb::GetValidAuthorizationsRequest {
             account_id: req.account_id,
             identifiers: wanted(),
-            valid_until: now + reuse_margin(profile_lifetimes.order_lifetime_secs),
-            profile: profile.clone(),
+            valid_until: now + reuse_margin(profile.order_lifetime_secs),
+            profile: profile_name.clone(),
         };
         let valid = inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
         let mut reusable: BTreeMap<String, (i64, i64)> = BTreeMap::new();
@@ -211,7 +209,7 @@ impl Registrar {
         }
         let mut reused_ids = Vec::new();
         let mut new_authorizations = Vec::new();
-        let mut expires = now + profile_lifetimes.order_lifetime_secs;
+        let mut expires = now + profile.order_lifetime_secs;
         for identifier in &identifiers {
             if let Some((id, authz_expires)) = reusable.get(&identifier.value) {
                 reused_ids.push(*id);
@@ -226,7 +224,7 @@ impl Registrar {
                 ));
             }
             let types: Vec<String> = types.iter().map(|t| t.as_str().to_owned()).collect();
-            let authz_expires = now + profile_lifetimes.pending_authorization_lifetime_secs;
+            let authz_expires = now + profile.pending_authorization_lifetime_secs;
             expires = expires.min(authz_expires);
             new_authorizations.push(sapb::NewAuthorization {
                 identifier: Some(identifier.into()),
@@ -241,7 +239,7 @@ impl Registrar {
             expires,
             reused_authorization_ids: reused_ids,
             new_authorizations,
-            profile,
+            profile: profile_name,
             replaces: req.replaces,
             replaces_serial: req.replaces_serial,
         };
