@@ -56,6 +56,12 @@ check_chain() {
 
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 
+# lego against the stack, with its account and certificates under $work/lego.
+run_lego() {
+  LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
+    --path "$work/lego" "$@"
+}
+
 # Fails unless the renewal information of the leaf in $1 suggests renewing at once (its window is in the past).
 check_renew_now() {
   local cert_id end
@@ -99,29 +105,25 @@ check_renew_now "$work/certbot-revoked.pem"
 passed=$((passed + 1))
 
 echo "==> lego, http-01"
-LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
-  --path "$work/lego" --http --http.port "127.0.0.1:$http_port" \
+run_lego --http --http.port "127.0.0.1:$http_port" \
   -d lego-http.quarry-interop.org run
 check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
 passed=$((passed + 1))
 
 echo "==> lego, renewal and revocation"
 first=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
-LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
-  --path "$work/lego" --http --http.port "127.0.0.1:$http_port" \
+run_lego --http --http.port "127.0.0.1:$http_port" \
   -d lego-http.quarry-interop.org renew --days 90 --no-random-sleep
 renewed=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
 [[ $renewed != "$first" ]] || { echo "lego renew kept serial $first" >&2; exit 1; }
 check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
 cp "$work/lego/certificates/lego-http.quarry-interop.org.crt" "$work/lego-revoked.pem"
-LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
-  --path "$work/lego" -d lego-http.quarry-interop.org revoke --reason 4 --keep
+run_lego -d lego-http.quarry-interop.org revoke --reason 4 --keep
 check_renew_now "$work/lego-revoked.pem"
 passed=$((passed + 1))
 
 echo "==> lego, tls-alpn-01 (its own server on port $tls_port)"
-LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
-  --path "$work/lego" --tls --tls.port "127.0.0.1:$tls_port" \
+run_lego --tls --tls.port "127.0.0.1:$tls_port" \
   -d lego-tls.quarry-interop.org run
 check_chain "$work/lego/certificates/lego-tls.quarry-interop.org.crt" lego-tls.quarry-interop.org
 passed=$((passed + 1))
@@ -136,8 +138,8 @@ case "\$1" in
 esac
 SCRIPT
 chmod +x "$work/set-txt.sh"
-EXEC_PATH=$work/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos \
-  --email ops@quarry-interop.org --path "$work/lego" --dns exec --dns.resolvers "127.0.0.1:8053" --dns.disable-cp \
+EXEC_PATH=$work/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 \
+  run_lego --dns exec --dns.resolvers "127.0.0.1:8053" --dns.disable-cp \
   -d '*.lego-dns.quarry-interop.org' -d lego-dns.quarry-interop.org run
 check_chain "$work/lego/certificates/_.lego-dns.quarry-interop.org.crt" '\*.lego-dns.quarry-interop.org' lego-dns.quarry-interop.org
 passed=$((passed + 1))
