@@ -7,6 +7,8 @@ pub mod clock;
 pub mod config;
 pub mod crl;
 pub mod csr;
+pub mod ct;
+pub mod der;
 pub mod error;
 pub mod grpc;
 pub mod identifier;

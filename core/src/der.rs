@@ -1,0 +1,293 @@
+//! The few DER operations X.509 libraries do not offer: walking a TBSCertificate's extensions, replacing or removing
+//! one, and wrapping a signed TBS into a Certificate.
+//!
+//! Certificate Transparency needs exactly these: a log strips the poison extension from a precertificate, the ca
+//! swaps it for the SCT list, and a verifier strips the SCT list again; each side must reproduce the same bytes.
+
+use std::fmt;
+
+/// A DER structure Quarry did not expect; the detail says where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerError(pub &'static str);
+
+impl fmt::Display for DerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed DER: {}", self.0)
+    }
+}
+
+impl std::error::Error for DerError {}
+
+pub const TAG_SEQUENCE: u8 = 0x30;
+pub const TAG_OCTET_STRING: u8 = 0x04;
+pub const TAG_BIT_STRING: u8 = 0x03;
+pub const TAG_OID: u8 = 0x06;
+pub const TAG_BOOLEAN: u8 = 0x01;
+/// `[3] EXPLICIT Extensions` in a TBSCertificate.
+const TAG_EXTENSIONS: u8 = 0xa3;
+
+/// One tag-length-value element: its tag, its content, and the whole encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
+    pub encoded: &'a [u8],
+}
+
+/// Reads the element at the start of `input` and returns it with what follows it. Only single-byte tags and
+/// definite lengths: DER allows nothing else for the types certificates use.
+pub fn read(input: &[u8]) -> Result<(Element<'_>, &[u8]), DerError> {
+    let (&tag, rest) = input.split_first().ok_or(DerError("empty input where an element was expected"))?;
+    if tag & 0x1f == 0x1f {
+        return Err(DerError("multi-byte tags are not supported"));
+    }
+    let (&first, rest) = rest.split_first().ok_or(DerError("missing length"))?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return Err(DerError("unsupported or truncated length"));
+        }
+        let len = rest[..count].iter().fold(0usize, |len, &byte| (len << 8) | usize::from(byte));
+        if len < 0x80 || rest[0] == 0 {
+            return Err(DerError("length not minimally encoded"));
+        }
+        (len, &rest[count..])
+    };
+    if rest.len() < len {
+        return Err(DerError("content shorter than its length"));
+    }
+    let header_len = input.len() - rest.len();
+    let element = Element { tag, content: &rest[..len], encoded: &input[..header_len + len] };
+    Ok((element, &rest[len..]))
+}
+
+/// Reads the whole of `input` as one element of type `tag`.
+pub fn read_exact(input: &[u8], tag: u8) -> Result<Element<'_>, DerError> {
+    let (element, rest) = read(input)?;
+    if element.tag != tag {
+        return Err(DerError("unexpected tag"));
+    }
+    if !rest.is_empty() {
+        return Err(DerError("trailing data"));
+    }
+    Ok(element)
+}
+
+/// The elements of a constructed element's content, in order.
+pub fn children(mut content: &[u8]) -> Result<Vec<Element<'_>>, DerError> {
+    let mut out = Vec::new();
+    while !content.is_empty() {
+        let (element, rest) = read(content)?;
+        out.push(element);
+        content = rest;
+    }
+    Ok(out)
+}
+
+/// Encodes `content` under `tag`.
+pub fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// Encodes a dotted OID's arcs (the first two combined, as X.690 requires).
+pub fn encode_oid(arcs: &[u64]) -> Vec<u8> {
+    let mut content = Vec::new();
+    let mut push_arc = |mut arc: u64| {
+        let mut base128 = vec![(arc & 0x7f) as u8];
+        arc >>= 7;
+        while arc > 0 {
+            base128.push(0x80 | (arc & 0x7f) as u8);
+            arc >>= 7;
+        }
+        content.extend(base128.iter().rev());
+    };
+    push_arc(arcs[0] * 40 + arcs[1]);
+    arcs[2..].iter().for_each(|&arc| push_arc(arc));
+    encode(TAG_OID, &content)
+}
+
+/// An `Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }`.
+pub fn encode_extension(oid: &[u64], critical: bool, value: &[u8]) -> Vec<u8> {
+    let mut content = encode_oid(oid);
+    if critical {
+        content.extend_from_slice(&[TAG_BOOLEAN, 1, 0xff]);
+    }
+    content.extend(encode(TAG_OCTET_STRING, value));
+    encode(TAG_SEQUENCE, &content)
+}
+
+/// The extnID of an encoded Extension, as its encoded OID element.
+fn extension_oid<'a>(extension: &Element<'a>) -> Result<&'a [u8], DerError> {
+    let (oid, _) = read(extension.content)?;
+    if oid.tag != TAG_OID {
+        return Err(DerError("extension without an OID"));
+    }
+    Ok(oid.encoded)
+}
+
+/// The extnValue of the extension `oid` in a TBSCertificate, if present.
+pub fn extension_value<'a>(tbs: &'a [u8], oid: &[u64]) -> Result<Option<&'a [u8]>, DerError> {
+    let wanted = encode_oid(oid);
+    let tbs = read_exact(tbs, TAG_SEQUENCE)?;
+    let Some(extensions) = children(tbs.content)?.into_iter().find(|e| e.tag == TAG_EXTENSIONS) else {
+        return Ok(None);
+    };
+    let list = read_exact(extensions.content, TAG_SEQUENCE)?;
+    for extension in children(list.content)? {
+        if extension_oid(&extension)? == wanted.as_slice() {
+            let value = children(extension.content)?.pop().ok_or(DerError("extension without a value"))?;
+            if value.tag != TAG_OCTET_STRING {
+                return Err(DerError("extnValue is not an OCTET STRING"));
+            }
+            return Ok(Some(value.content));
+        }
+    }
+    Ok(None)
+}
+
+/// Rewrites a TBSCertificate with the extension `oid` replaced by `replacement` (an encoded Extension) in the same
+/// position, or removed when `replacement` is `None`. Fails when the TBS has no such extension, so that a caller
+/// never signs a certificate that silently lacks the change it asked for.
+pub fn replace_extension(tbs: &[u8], oid: &[u64], replacement: Option<&[u8]>) -> Result<Vec<u8>, DerError> {
+    let wanted = encode_oid(oid);
+    let tbs = read_exact(tbs, TAG_SEQUENCE)?;
+    let mut fields = Vec::with_capacity(tbs.content.len());
+    let mut found = false;
+    for field in children(tbs.content)? {
+        if field.tag != TAG_EXTENSIONS {
+            fields.extend_from_slice(field.encoded);
+            continue;
+        }
+        let list = read_exact(field.content, TAG_SEQUENCE)?;
+        let mut extensions = Vec::with_capacity(list.content.len());
+        for extension in children(list.content)? {
+            if extension_oid(&extension)? == wanted.as_slice() {
+                if found {
+                    return Err(DerError("the extension appears twice"));
+                }
+                found = true;
+                extensions.extend_from_slice(replacement.unwrap_or_default());
+            } else {
+                extensions.extend_from_slice(extension.encoded);
+            }
+        }
+        fields.extend(encode(TAG_EXTENSIONS, &encode(TAG_SEQUENCE, &extensions)));
+    }
+    if !found {
+        return Err(DerError("the extension to replace is missing"));
+    }
+    Ok(encode(TAG_SEQUENCE, &fields))
+}
+
+/// The parts of a signed Certificate: TBSCertificate, signatureAlgorithm and the signature's bytes.
+pub struct SignedParts<'a> {
+    pub tbs: &'a [u8],
+    pub signature_algorithm: &'a [u8],
+    pub signature: &'a [u8],
+}
+
+/// Splits a Certificate (or CertificateList: same shape) into its parts.
+pub fn split_signed(der: &[u8]) -> Result<SignedParts<'_>, DerError> {
+    let outer = read_exact(der, TAG_SEQUENCE)?;
+    let parts = children(outer.content)?;
+    let [tbs, algorithm, signature] = parts.as_slice() else {
+        return Err(DerError("a signed structure has three parts"));
+    };
+    if tbs.tag != TAG_SEQUENCE || algorithm.tag != TAG_SEQUENCE || signature.tag != TAG_BIT_STRING {
+        return Err(DerError("unexpected signed structure"));
+    }
+    let (&unused_bits, bits) = signature.content.split_first().ok_or(DerError("empty signature"))?;
+    if unused_bits != 0 {
+        return Err(DerError("signature is not a whole number of bytes"));
+    }
+    Ok(SignedParts { tbs: tbs.encoded, signature_algorithm: algorithm.encoded, signature: bits })
+}
+
+/// `SEQUENCE { tbs, signatureAlgorithm, BIT STRING signature }`.
+pub fn assemble_signed(tbs: &[u8], signature_algorithm: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(signature);
+    let mut content = Vec::with_capacity(tbs.len() + signature_algorithm.len() + bits.len() + 8);
+    content.extend_from_slice(tbs);
+    content.extend_from_slice(signature_algorithm);
+    content.extend(encode(TAG_BIT_STRING, &bits));
+    encode(TAG_SEQUENCE, &content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_round_trip_in_short_and_long_form() {
+        for len in [0usize, 1, 127, 128, 255, 256, 65_535, 65_536] {
+            let content = vec![0xab; len];
+            let encoded = encode(TAG_OCTET_STRING, &content);
+            let element = read_exact(&encoded, TAG_OCTET_STRING).expect("reads back");
+            assert_eq!(element.content.len(), len);
+            assert_eq!(element.encoded, encoded.as_slice());
+        }
+    }
+
+    #[test]
+    fn rejects_non_minimal_and_truncated_lengths() {
+        assert!(read(&[0x04, 0x81, 0x05, 1, 2, 3, 4, 5]).is_err(), "long form for a short length");
+        assert!(read(&[0x04, 0x05, 1, 2]).is_err(), "truncated");
+        assert!(read(&[]).is_err());
+    }
+
+    #[test]
+    fn oids_encode_like_x690() {
+        // 1.3.6.1.4.1.11129.2.4.3, the CT poison, as every certificate encodes it.
+        assert_eq!(
+            encode_oid(&[1, 3, 6, 1, 4, 1, 11129, 2, 4, 3]),
+            [0x06, 0x0a, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xd6, 0x79, 0x02, 0x04, 0x03]
+        );
+    }
+
+    fn certificate_with_extension(oid: &[u64], value: &[u8]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).expect("params");
+        params.custom_extensions.push(rcgen::CustomExtension::from_oid_content(oid, value.to_vec()));
+        params.self_signed(&key).expect("signs").der().to_vec()
+    }
+
+    #[test]
+    fn replacing_then_removing_an_extension_matches_a_tbs_built_without_it() {
+        let poison = [1, 3, 6, 1, 4, 1, 11129, 2, 4, 3];
+        let other = [1, 3, 6, 1, 4, 1, 11129, 2, 4, 2];
+        let der = certificate_with_extension(&poison, &[0x05, 0x00]);
+        let tbs = split_signed(&der).expect("splits").tbs;
+        assert_eq!(extension_value(tbs, &poison).expect("walks"), Some([0x05, 0x00].as_slice()));
+
+        let swapped = replace_extension(tbs, &poison, Some(&encode_extension(&other, false, b"scts"))).expect("swaps");
+        assert_eq!(extension_value(&swapped, &poison).expect("walks"), None);
+        assert_eq!(extension_value(&swapped, &other).expect("walks"), Some(b"scts".as_slice()));
+        let stripped_precert = replace_extension(tbs, &poison, None).expect("strips");
+        let stripped_final = replace_extension(&swapped, &other, None).expect("strips");
+        assert_eq!(stripped_precert, stripped_final);
+        assert!(replace_extension(&stripped_final, &other, None).is_err(), "a missing extension is an error");
+    }
+
+    #[test]
+    fn split_and_assemble_round_trip() {
+        let der = certificate_with_extension(&[1, 2, 3, 4], &[0x05, 0x00]);
+        let parts = split_signed(&der).expect("splits");
+        assert_eq!(assemble_signed(parts.tbs, parts.signature_algorithm, parts.signature), der);
+    }
+}
