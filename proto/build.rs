@@ -1,7 +1,7 @@
 //! Generates the gRPC code from `proto/quarry/*.proto` with protox, so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["core", "sa", "ra", "ca", "va", "nonce"].map(|name| format!("proto/quarry/{name}.proto"));
+    let files = ["core", "sa", "ra", "ca", "va", "nonce", "publisher"].map(|name| format!("proto/quarry/{name}.proto"));
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -1,4 +1,4 @@
-//! The dev PKI behind `quarry dev`: an issuing root and intermediate, the internal mTLS CA with one certificate per
+//! The dev PKI behind `quarry dev`: an issuing root with an ECDSA and an RSA intermediate, the internal mTLS CA with one certificate per
 //! service, and the wfe's HTTPS certificate, generated once and then reused.
 //!
 //! Reuse matters: a restarted dev stack must keep its root, or every ACME client that trusted it would break.
@@ -33,9 +33,12 @@ const INTERNAL_CA_NAME: &str = "internal-ca";
 pub struct DevPki {
     /// The issuing root, to hand to ACME clients as their trust anchor.
     pub root_pem: PathBuf,
-    /// The issuing intermediate the ca signs with, and its key.
+    /// The ECDSA issuing intermediate (E1) the ca signs with, and its key.
     pub intermediate_pem: PathBuf,
     pub intermediate_key: PathBuf,
+    /// The RSA issuing intermediate (R1), for RSA subscriber keys.
+    pub rsa_intermediate_pem: PathBuf,
+    pub rsa_intermediate_key: PathBuf,
     /// The CA every internal gRPC peer trusts.
     pub internal_ca_pem: PathBuf,
     /// The CA of the wfe's HTTPS certificate, and that certificate with its key.
@@ -54,6 +57,8 @@ impl DevPki {
             root_pem: webpki.join("root.pem"),
             intermediate_pem: webpki.join("intermediate-e1.pem"),
             intermediate_key: webpki.join("intermediate-e1.key.pem"),
+            rsa_intermediate_pem: webpki.join("intermediate-r1.pem"),
+            rsa_intermediate_key: webpki.join("intermediate-r1.key.pem"),
             internal_ca_pem: internal.join(format!("{INTERNAL_CA_NAME}.pem")),
             https_ca_pem: https.join("ca.pem"),
             https_cert: https.join("wfe.pem"),
@@ -85,6 +90,8 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
     let root = ensure(&root_files, &Spec::root(), None, now)?;
     let intermediate_files = Files { cert: pki.intermediate_pem.clone(), key: pki.intermediate_key.clone() };
     ensure(&intermediate_files, &Spec::intermediate(), Some(&root), now)?;
+    let rsa_files = Files { cert: pki.rsa_intermediate_pem.clone(), key: pki.rsa_intermediate_key.clone() };
+    ensure(&rsa_files, &Spec::rsa_intermediate(), Some(&root), now)?;
 
     let internal_ca_files =
         Files { cert: pki.internal_ca_pem.clone(), key: pki.internal_dir.join(format!("{INTERNAL_CA_NAME}.key.pem")) };
@@ -161,6 +168,12 @@ impl Spec {
 
     fn intermediate() -> Self {
         Self::ca(Some("Quarry"), "(DEV) Quarry Intermediate E1", 5, 0)
+    }
+
+    fn rsa_intermediate() -> Self {
+        let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry Intermediate R1", 5, 0);
+        spec.key_algorithm = &rcgen::PKCS_RSA_SHA256;
+        spec
     }
 
     /// Constrained to `.quarry`, so a leaked dev internal CA cannot vouch for real hosts.

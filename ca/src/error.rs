@@ -36,6 +36,8 @@ pub enum Error {
     PastIssuerExpiry { not_after: OffsetDateTime, issuer_not_after: OffsetDateTime },
     #[error("issued certificate failed its self-check: {0}")]
     SelfCheck(String),
+    #[error("certificate failed a lint: {0}")]
+    Lint(String),
     #[error("invalid service name {0:?}: expected a lowercase dns label other than \"internal-ca\"")]
     ServiceName(String),
     #[error(transparent)]

@@ -15,7 +15,9 @@ pub mod ceremony;
 mod error;
 mod files;
 pub mod issuance;
+pub mod lint;
 mod service;
+pub mod signer;
 
 pub use error::Error;
 
@@ -34,10 +36,13 @@ pub struct Config {
     pub tls: TlsFiles,
     /// The sa's read-write service, where serials are reserved and certificates stored.
     pub sa: GrpcClientConfig,
+    /// The publisher, which gets the SCTs every certificate embeds from Certificate Transparency logs.
+    pub publisher: GrpcClientConfig,
     /// First byte of every serial (0x01–0x7f), so that serials of different CA instances never collide.
     #[serde(default = "default_serial_prefix")]
     pub serial_prefix: u8,
-    /// Issuing certificates with their keys; the first one signs (the rest are loaded and checked, for later use).
+    /// Issuing certificates with their keys. A certificate is signed by an active issuer that serves its profile,
+    /// of the CSR key's kind (ECDSA or RSA) when there is one, chosen at random among those.
     pub issuers: Vec<IssuerConfig>,
     /// Certificate profiles by name.
     #[serde(default = "default_profiles")]
@@ -63,9 +68,15 @@ pub struct IssuerConfig {
     pub issuer_url: String,
     /// Every certificate's CRL distribution point is this prefix followed by its shard and `.crl`.
     pub crl_url_prefix: String,
+    /// Whether it signs new certificates; an inactive issuer is kept for its CRLs until its certificates expire.
+    #[serde(default = "default_true")]
+    pub active: bool,
+    /// The profiles it serves; empty means all of them.
+    #[serde(default)]
+    pub profiles: Vec<String>,
 }
 
-/// What a certificate profile changes in the certificates issued under it.
+/// What a certificate profile changes in the certificates issued under it (Boulder's `certProfiles`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
@@ -74,6 +85,45 @@ pub struct ProfileConfig {
     /// Whether the subject carries a commonName (the first name that fits in 64 characters).
     #[serde(default = "default_true")]
     pub include_common_name: bool,
+    /// Leave keyEncipherment out of RSA certificates' key usage.
+    #[serde(default)]
+    pub omit_key_encipherment: bool,
+    /// Leave clientAuth out of the extended key usage.
+    #[serde(default)]
+    pub omit_client_auth: bool,
+    /// Leave out the subjectKeyIdentifier.
+    #[serde(default)]
+    pub omit_subject_key_id: bool,
+}
+
+impl ProfileConfig {
+    /// Let's Encrypt's `classic`: 90 days, commonName, keyEncipherment for RSA, clientAuth, SKID.
+    pub fn classic() -> Self {
+        Self {
+            validity_secs: 90 * 86_400,
+            include_common_name: true,
+            omit_key_encipherment: false,
+            omit_client_auth: false,
+            omit_subject_key_id: false,
+        }
+    }
+
+    /// Let's Encrypt's `tlsserver`: 45 days, and none of the legacy parts (commonName, keyEncipherment, clientAuth,
+    /// SKID).
+    pub fn tlsserver() -> Self {
+        Self {
+            validity_secs: 45 * 86_400,
+            include_common_name: false,
+            omit_key_encipherment: true,
+            omit_client_auth: true,
+            omit_subject_key_id: true,
+        }
+    }
+
+    /// Let's Encrypt's `shortlived`: `tlsserver` for 160 hours.
+    pub fn shortlived() -> Self {
+        Self { validity_secs: 160 * 3_600, ..Self::tlsserver() }
+    }
 }
 
 fn default_crl_shards() -> i64 {
@@ -94,10 +144,7 @@ fn default_true() -> bool {
 
 /// Let's Encrypt's classic profile: 90 days, with a commonName.
 fn default_profiles() -> BTreeMap<String, ProfileConfig> {
-    BTreeMap::from([(
-        DEFAULT_PROFILE.to_owned(),
-        ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
-    )])
+    BTreeMap::from([(DEFAULT_PROFILE.to_owned(), ProfileConfig::classic())])
 }
 
 /// Binds `config.grpc.listen` and serves until `shutdown` completes.

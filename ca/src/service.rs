@@ -1,5 +1,6 @@
-//! The `quarry.ca.v1.CertificateAuthority` gRPC service: reserve a random serial in the sa, sign, store the
-//! certificate in the sa, answer with it and its chain.
+//! The `quarry.ca.v1.CertificateAuthority` gRPC service, in Boulder's order: choose an issuer, reserve a random
+//! serial in the sa, store the linted linting copy, sign the precertificate, get SCTs through the publisher, sign
+//! the final certificate, store it, answer with it and its chain.
 //!
 //! Which names may be certified was decided by the ra; the ca still refuses a CSR whose signature or key is bad,
 //! since it is the last component before a signature exists.
@@ -16,6 +17,8 @@ use quarry_core::grpc::{ClientAllowlist, incoming_deadline, request_with_deadlin
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
 use quarry_proto::ca::{IssueCertificateRequest, IssueCertificateResponse};
+use quarry_proto::publisher::SubmitRequest;
+use quarry_proto::publisher::publisher_client::PublisherClient;
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest};
 use time::{Duration, OffsetDateTime};
@@ -23,60 +26,103 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
-use crate::issuance::{IssueRequest, Issuer, KeyAlgorithm, issue_certificate, issuer_id, random_serial};
+use crate::issuance::{
+    CertProfile, IssueRequest, Issuer, KeyAlgorithm, issuer_id, prepare_precertificate, random_serial,
+    sign_final_certificate, sign_precertificate,
+};
 use crate::{Config, Error};
 
 /// How many random serials to try before giving up; a collision of 136-bit random values means a broken RNG,
 /// so more than a couple of retries would only hide it.
 const SERIAL_ATTEMPTS: usize = 3;
 
-/// A profile with its settings checked and converted.
-#[derive(Debug, Clone, Copy)]
-struct Profile {
-    validity: Duration,
-    include_common_name: bool,
-}
+/// How long the background submission of a final certificate to CT logs may take.
+const FINAL_SUBMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The service's state: the signing issuer, the profiles, and a client of the sa.
-pub(crate) struct CaService {
+/// One loaded issuer with what the configuration says about it.
+struct ConfiguredIssuer {
     issuer: Arc<Issuer>,
-    issuer_id: i64,
+    id: i64,
     issuer_url: String,
     crl_url_prefix: String,
+    active: bool,
+    /// Empty: every profile.
+    profiles: Vec<String>,
+}
+
+impl ConfiguredIssuer {
+    fn serves(&self, profile: &str) -> bool {
+        self.active && (self.profiles.is_empty() || self.profiles.iter().any(|p| p == profile))
+    }
+
+    fn is_rsa(&self) -> bool {
+        self.issuer.key_algorithm() == KeyAlgorithm::Rsa
+    }
+}
+
+/// The service's state: the issuers, the profiles, and clients of the sa and the publisher.
+pub(crate) struct CaService {
+    issuers: Vec<ConfiguredIssuer>,
     crl_shards: i64,
     serial_prefix: u8,
-    profiles: BTreeMap<String, Profile>,
+    profiles: BTreeMap<String, CertProfile>,
     default_profile: String,
     sa: StorageAuthorityClient<Channel>,
+    publisher: PublisherClient<Channel>,
 }
 
 fn invalid(message: String) -> Error {
     Error::Config(ConfigError::Invalid(message))
 }
 
+fn load_issuers(config: &Config) -> Result<Vec<ConfiguredIssuer>, Error> {
+    let mut issuers = Vec::with_capacity(config.issuers.len());
+    for (index, issuer_config) in config.issuers.iter().enumerate() {
+        for (field, url) in
+            [("issuer_url", &issuer_config.issuer_url), ("crl_url_prefix", &issuer_config.crl_url_prefix)]
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!("issuers[{index}].{field} {url:?} must be an http(s) URL")));
+            }
+        }
+        if let Some(unknown) = issuer_config.profiles.iter().find(|p| !config.profiles.contains_key(*p)) {
+            return Err(invalid(format!("issuers[{index}].profiles names unknown profile {unknown:?}")));
+        }
+        let issuer = Issuer::from_pem_files(&issuer_config.cert, &issuer_config.key)?;
+        let id = issuer_id(&issuer);
+        if issuers.iter().any(|other: &ConfiguredIssuer| other.id == id) {
+            return Err(invalid(format!("issuers[{index}] has the same subject as an earlier issuer")));
+        }
+        info!(
+            issuer = issuer.subject(),
+            issuer_id = id,
+            key = %issuer.key_algorithm(),
+            not_after = %issuer.not_after(),
+            active = issuer_config.active,
+            "loaded issuer"
+        );
+        issuers.push(ConfiguredIssuer {
+            issuer: Arc::new(issuer),
+            id,
+            issuer_url: issuer_config.issuer_url.clone(),
+            crl_url_prefix: issuer_config.crl_url_prefix.clone(),
+            active: issuer_config.active,
+            profiles: issuer_config.profiles.clone(),
+        });
+    }
+    Ok(issuers)
+}
+
 impl CaService {
     /// Checks the configuration and loads the issuers; anything wrong is a start-up error.
-    fn new(config: &Config, sa: Channel) -> Result<Self, Error> {
+    fn new(config: &Config, sa: Channel, publisher: Channel) -> Result<Self, Error> {
         if !(0x01..=0x7f).contains(&config.serial_prefix) {
             return Err(invalid(format!("serial_prefix {:#04x} is outside 0x01..=0x7f", config.serial_prefix)));
-        }
-        let mut issuers = Vec::with_capacity(config.issuers.len());
-        for issuer in &config.issuers {
-            issuers.push(Issuer::from_pem_files(&issuer.cert, &issuer.key)?);
-        }
-        if issuers.is_empty() {
-            return Err(invalid("issuers is empty: configure at least one [[issuers]] cert and key".into()));
-        }
-        let issuer = Arc::new(issuers.swap_remove(0));
-        let signing = &config.issuers[0];
-        for (field, url) in [("issuer_url", &signing.issuer_url), ("crl_url_prefix", &signing.crl_url_prefix)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(format!("issuers[0].{field} {url:?} must be an http(s) URL")));
-            }
         }
         if config.crl_shards < 1 {
             return Err(invalid(format!("crl_shards must be at least 1, not {}", config.crl_shards)));
         }
+        let issuers = load_issuers(config)?;
 
         let mut profiles = BTreeMap::new();
         for (name, profile) in &config.profiles {
@@ -85,38 +131,56 @@ impl CaService {
                 .filter(|secs| *secs > 0)
                 .map(Duration::seconds)
                 .ok_or_else(|| invalid(format!("profiles.{name}.validity_secs must be positive and fit an i64")))?;
-            if OffsetDateTime::now_utc() + validity > issuer.not_after() {
-                warn!(
-                    profile = name,
-                    issuer = issuer.subject(),
-                    "issuer expires before a certificate of this profile would"
-                );
+            let serving: Vec<&ConfiguredIssuer> = issuers.iter().filter(|i| i.serves(name)).collect();
+            if serving.is_empty() {
+                return Err(invalid(format!("no active issuer serves profile {name:?}")));
             }
-            profiles.insert(name.clone(), Profile { validity, include_common_name: profile.include_common_name });
+            for issuer in serving {
+                if OffsetDateTime::now_utc() + validity > issuer.issuer.not_after() {
+                    warn!(
+                        profile = name,
+                        issuer = issuer.issuer.subject(),
+                        "issuer expires before a certificate of this profile would"
+                    );
+                }
+            }
+            profiles.insert(
+                name.clone(),
+                CertProfile {
+                    validity,
+                    include_common_name: profile.include_common_name,
+                    key_encipherment: !profile.omit_key_encipherment,
+                    client_auth: !profile.omit_client_auth,
+                    subject_key_id: !profile.omit_subject_key_id,
+                },
+            );
         }
         if !profiles.contains_key(&config.default_profile) {
             return Err(invalid(format!("default_profile {:?} is not in profiles", config.default_profile)));
         }
-
-        let issuer_id = issuer_id(&issuer);
-        info!(
-            issuer = issuer.subject(),
-            issuer_id,
-            key = %issuer.key_algorithm(),
-            not_after = %issuer.not_after(),
-            "loaded issuer"
-        );
         Ok(Self {
-            issuer,
-            issuer_id,
-            issuer_url: signing.issuer_url.clone(),
-            crl_url_prefix: signing.crl_url_prefix.clone(),
+            issuers,
             crl_shards: config.crl_shards,
             serial_prefix: config.serial_prefix,
             profiles,
             default_profile: config.default_profile.clone(),
             sa: StorageAuthorityClient::new(sa),
+            publisher: PublisherClient::new(publisher),
         })
+    }
+
+    /// An active issuer serving `profile` that outlives `not_after`: of the key's kind (ECDSA or RSA) when there is
+    /// one, else of the other kind; at random among equals, so that load and risk spread over the intermediates.
+    fn choose_issuer(&self, profile: &str, key: &CsrKey, not_after: OffsetDateTime) -> Option<&ConfiguredIssuer> {
+        let eligible: Vec<&ConfiguredIssuer> =
+            self.issuers.iter().filter(|i| i.serves(profile) && i.issuer.not_after() >= not_after).collect();
+        let wants_rsa = matches!(key, CsrKey::Rsa { .. });
+        let same_kind: Vec<&ConfiguredIssuer> = eligible.iter().copied().filter(|i| i.is_rsa() == wants_rsa).collect();
+        let pool = if same_kind.is_empty() { eligible } else { same_kind };
+        let mut random = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut random).ok()?;
+        let index = u32::from_be_bytes(random) as usize % pool.len().max(1);
+        pool.get(index).copied()
     }
 
     async fn issue(
@@ -125,7 +189,7 @@ impl CaService {
         deadline: Option<Instant>,
     ) -> Result<IssueCertificateResponse, Problem> {
         let profile_name = if request.profile.is_empty() { &self.default_profile } else { &request.profile };
-        let profile = self.profiles.get(profile_name).ok_or_else(|| {
+        let profile = *self.profiles.get(profile_name).ok_or_else(|| {
             Problem::new(ErrorKind::InvalidProfile, format!("unknown certificate profile {profile_name:?}"))
         })?;
         let csr = parse_csr(&request.csr).map_err(|e| Problem::new(ErrorKind::BadCsr, e.to_string()))?;
@@ -149,33 +213,64 @@ impl CaService {
             ip_addresses,
             serial: Vec::new(),
             not_before: now,
-            validity: profile.validity,
-            include_common_name: profile.include_common_name,
-            crl_url: None,
-            issuer_url: Some(self.issuer_url.clone()),
+            profile,
+            crl_url: String::new(),
+            issuer_url: String::new(),
         };
         // Checked before a serial is reserved, so that a misconfiguration does not fill the serials table.
         let (_, not_after) = issue_request.validity_window().map_err(|e| internal("validity window", &e))?;
-        if not_after > self.issuer.not_after() {
-            error!(profile = profile_name, issuer_not_after = %self.issuer.not_after(), %not_after, "issuer expires too soon");
+        let Some(chosen) = self.choose_issuer(profile_name, &issue_request.csr.key, not_after) else {
+            error!(profile = profile_name, %not_after, "no active issuer serves this profile past the certificate's notAfter");
             return Err(Problem::internal("certificate issuance is currently unavailable"));
-        }
+        };
+        issue_request.issuer_url.clone_from(&chosen.issuer_url);
 
         let serial = self.reserve_serial(request.account_id, now, not_after, deadline).await?;
         let serial_hex = hex::encode(serial);
         issue_request.serial = serial.to_vec();
         // The shard is fixed now, in the certificate, so that the sa files its revocation under the same one.
         let shard = quarry_core::crl::shard(&serial_hex, self.crl_shards);
-        issue_request.crl_url = Some(format!("{}{shard}.crl", self.crl_url_prefix));
-        let der = self.sign(issue_request).await.inspect_err(|_| {
-            warn!(serial = serial_hex, order_id = request.order_id, "serial reserved but no certificate signed");
+        issue_request.crl_url = format!("{}{shard}.crl", chosen.crl_url_prefix);
+        let unsigned = |e: &Problem| warn!(serial = serial_hex, order_id = request.order_id, %e, "serial reserved but no certificate signed");
+
+        let prepared = on_signing_thread(&chosen.issuer, move |issuer| prepare_precertificate(issuer, &issue_request))
+            .await
+            .inspect_err(unsigned)?;
+        // From here on the serial is revocable, whatever fails next.
+        let linting_copy = AddCertificateRequest {
+            account_id: request.account_id,
+            der: prepared.linting_copy.clone(),
+            issued: now.unix_timestamp(),
+            issuer_id: chosen.id,
+        };
+        self.sa.clone().add_precertificate(request_with_deadline(linting_copy, deadline)).await.map_err(|status| {
+            let problem = Problem::from(status);
+            unsigned(&problem);
+            problem
         })?;
+        let precertificate =
+            on_signing_thread(&chosen.issuer, move |issuer| sign_precertificate(issuer, &prepared)).await?;
+
+        let chain = vec![precertificate.clone(), chosen.issuer.certificate_der().to_vec()];
+        let scts = match self.publisher.clone().get_scts(request_with_deadline(SubmitRequest { chain }, deadline)).await
+        {
+            Ok(scts) => scts.into_inner().scts,
+            Err(status) => {
+                error!(serial = serial_hex, order_id = request.order_id, %status, "no SCTs for the precertificate");
+                return Err(Problem::internal(
+                    "could not obtain the Certificate Transparency SCTs the certificate needs",
+                ));
+            }
+        };
+        let der =
+            on_signing_thread(&chosen.issuer, move |issuer| sign_final_certificate(issuer, &precertificate, &scts))
+                .await?;
 
         let store = AddCertificateRequest {
             account_id: request.account_id,
             der: der.clone(),
             issued: now.unix_timestamp(),
-            issuer_id: self.issuer_id,
+            issuer_id: chosen.id,
         };
         if let Err(status) = self.sa.clone().add_certificate(request_with_deadline(store, deadline)).await {
             // The signed certificate exists only in this process now; the log line is its only trace.
@@ -187,9 +282,24 @@ impl CaService {
             account_id = request.account_id,
             order_id = request.order_id,
             profile = profile_name,
+            issuer = chosen.issuer.subject(),
             "issued certificate"
         );
-        Ok(IssueCertificateResponse { der, chain: vec![self.issuer.certificate_der().to_vec()], serial: serial_hex })
+        self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
+        Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
+    }
+
+    /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
+    fn submit_final(&self, chain: Vec<Vec<u8>>) {
+        let mut publisher = self.publisher.clone();
+        tokio::spawn(async move {
+            let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
+            if let Err(status) =
+                publisher.submit_final_certificate(request_with_deadline(SubmitRequest { chain }, deadline)).await
+            {
+                warn!(%status, "final certificate not handed to the publisher");
+            }
+        });
     }
 
     /// Draws random serials until the sa accepts one as new.
@@ -222,23 +332,25 @@ impl CaService {
         error!(attempts = SERIAL_ATTEMPTS, "every random serial was already taken");
         Err(Problem::internal("could not reserve a serial"))
     }
+}
 
-    /// Signs on a blocking thread when the issuer key is RSA (milliseconds of CPU), inline otherwise (microseconds).
-    async fn sign(&self, request: IssueRequest) -> Result<Vec<u8>, Problem> {
-        let result = if self.issuer.key_algorithm() == KeyAlgorithm::Rsa {
-            let issuer = Arc::clone(&self.issuer);
-            tokio::task::spawn_blocking(move || issue_certificate(&issuer, &request))
-                .await
-                .map_err(|e| internal("signing task", &e))?
-        } else {
-            issue_certificate(&self.issuer, &request)
-        };
-        result.map_err(|e| match e {
-            // Our own descriptions of what in the CSR cannot be certified: safe and useful to the subscriber.
-            Error::Request(_) | Error::UnsupportedKey(_) => Problem::new(ErrorKind::BadCsr, e.to_string()),
-            other => internal("signing", &other),
-        })
-    }
+/// Runs a step that signs with `issuer` on a blocking thread when its signatures are slow (RSA, an HSM), inline
+/// otherwise (an ECDSA file key signs in microseconds).
+async fn on_signing_thread<T: Send + 'static>(
+    issuer: &Arc<Issuer>,
+    step: impl FnOnce(&Issuer) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Problem> {
+    let result = if issuer.signs_slowly() {
+        let issuer = Arc::clone(issuer);
+        tokio::task::spawn_blocking(move || step(&issuer)).await.map_err(|e| internal("signing task", &e))?
+    } else {
+        step(issuer)
+    };
+    result.map_err(|e| match e {
+        // Our own descriptions of what in the CSR cannot be certified: safe and useful to the subscriber.
+        Error::Request(_) | Error::UnsupportedKey(_) => Problem::new(ErrorKind::BadCsr, e.to_string()),
+        other => internal("signing", &other),
+    })
 }
 
 /// Logs an internal failure in full and returns a problem that reveals nothing of it.
@@ -286,7 +398,8 @@ pub(crate) async fn serve(
     let name = <CertificateAuthorityServer<CaService> as tonic::server::NamedService>::NAME;
     let allowlist = ClientAllowlist::for_service(&config.grpc, name)?;
     let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
-    let service = CaService::new(&config, sa)?;
+    let publisher = quarry_core::grpc::channel(&config.publisher, &config.tls)?;
+    let service = CaService::new(&config, sa, publisher)?;
     let routes = tonic::service::Routes::new(CertificateAuthorityServer::with_interceptor(service, allowlist));
     info!(addr = ?listener.local_addr().ok(), "ca listening");
     quarry_core::grpc::serve(listener, &config.tls, routes, &[name], shutdown).await?;

@@ -37,6 +37,11 @@ pub mod quarry {
             tonic::include_proto!("quarry.nonce.v1");
         }
     }
+    pub mod publisher {
+        pub mod v1 {
+            tonic::include_proto!("quarry.publisher.v1");
+        }
+    }
 }
 
 /// The certificate authority's service.
@@ -45,6 +50,8 @@ pub use quarry::ca::v1 as ca;
 pub use quarry::core::v1 as core;
 /// The nonce service.
 pub use quarry::nonce::v1 as nonce;
+/// The Certificate Transparency publisher.
+pub use quarry::publisher::v1 as publisher;
 /// The registration authority's service.
 pub use quarry::ra::v1 as ra;
 /// The storage authority's read-only and read-write services.

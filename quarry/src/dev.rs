@@ -15,7 +15,10 @@ use tokio::process::{Child, Command};
 use crate::env;
 
 /// The internal certificate names of the stack's services, plus the operator's.
-const PKI_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "admin"];
+const PKI_NAMES: &[&str] =
+    &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "admin"];
+/// The dev stack's two Certificate Transparency logs, of distinct operators, as the SCT policy needs.
+const CT_LOGS: [&str; 2] = ["ct-log-a", "ct-log-b"];
 /// How long a service may take to accept connections after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -52,7 +55,7 @@ pub struct DevArgs {
     /// directory.
     #[arg(long)]
     db: Option<String>,
-    /// The first of the loopback ports the services' gRPC servers use (eight consecutive ports).
+    /// The first of the loopback ports the services' gRPC servers use (nine consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
 }
@@ -113,8 +116,9 @@ impl DevArgs {
         self.va_remote_dns.as_ref().and_then(|all| all.get(index).copied()).unwrap_or_else(|| self.va_dns())
     }
 
-    /// The values substituted into the environment's `${name}` placeholders.
-    pub fn variables(&self, data_dir: &Path) -> BTreeMap<&'static str, String> {
+    /// The values substituted into the environment's `${name}` placeholders; `ct_logs` are the (URL, base64 public
+    /// key) of the two CT logs.
+    pub fn variables(&self, data_dir: &Path, ct_logs: &[(String, String); 2]) -> BTreeMap<&'static str, String> {
         let mut vars = BTreeMap::from([
             ("data_dir", data_dir.display().to_string()),
             (
@@ -129,6 +133,10 @@ impl DevArgs {
             ("va_remote_b_dns", self.remote_dns(1).to_string()),
             ("va_http_port", self.va_http_port.to_string()),
             ("va_tls_port", self.va_tls_port.to_string()),
+            ("ct_log_a_url", ct_logs[0].0.clone()),
+            ("ct_log_a_key", ct_logs[0].1.clone()),
+            ("ct_log_b_url", ct_logs[1].0.clone()),
+            ("ct_log_b_key", ct_logs[1].1.clone()),
         ]);
         for service in env::SERVICES {
             let key: &'static str = match *service {
@@ -139,6 +147,7 @@ impl DevArgs {
                 "va-remote-b" => "va_remote_b_addr",
                 "ca" => "ca_addr",
                 "ra" => "ra_addr",
+                "publisher" => "publisher_addr",
                 _ => continue,
             };
             vars.insert(key, format!("127.0.0.1:{}", self.grpc_port(service)));
@@ -184,7 +193,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let logs_dir = data_dir.join("logs");
     std::fs::create_dir_all(&config_dir)?;
     std::fs::create_dir_all(&logs_dir)?;
-    let vars = args.variables(&data_dir);
+    let (ct_logs, stop_ct_logs) = start_ct_logs(&data_dir.join("pki/ct")).await?;
+    let vars = args.variables(&data_dir, &ct_logs);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
     for service in env::SERVICES {
@@ -245,7 +255,49 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(srv) = challtestsrv {
         srv.shutdown().await;
     }
+    stop_ct_logs.cancel();
     outcome
+}
+
+/// Starts the dev stack's fake CT logs on ephemeral loopback ports, each with a key kept in `dir` (so that SCTs in
+/// certificates issued before a restart still verify); returns their (URL, base64 public key).
+async fn start_ct_logs(dir: &Path) -> anyhow::Result<([(String, String); 2], tokio_util::sync::CancellationToken)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut logs = Vec::new();
+    for name in CT_LOGS {
+        let key_path = dir.join(format!("{name}.key.pem"));
+        let key = if key_path.exists() {
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)
+                .with_context(|| format!("read {}", key_path.display()))?
+        } else {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            write_private(&key_path, &key.serialize_pem())?;
+            key
+        };
+        let log = quarry_testkit::ctlog::FakeCtLog::with_key(key);
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        let key = log.public_key_base64();
+        tokio::spawn(log.serve(listener, stop.clone().cancelled_owned()));
+        logs.push((url, key));
+    }
+    let logs: [(String, String); 2] = logs.try_into().map_err(|_| anyhow::anyhow!("two CT logs"))?;
+    Ok((logs, stop))
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(pem.as_bytes())?;
+    Ok(())
 }
 
 async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::RunningServer> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 
 /// The services of the stack, in start order (peers before their callers).
-pub const SERVICES: &[&str] = &["nonce", "sa", "va-remote-a", "va-remote-b", "va", "ca", "ra", "wfe"];
+pub const SERVICES: &[&str] = &["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "ra", "wfe"];
 
 /// The `quarry` subcommand that runs `service`: remote perspectives are the va.
 pub fn subcommand(service: &str) -> &str {
@@ -21,6 +21,7 @@ macro_rules! env_files {
             ("va-remote-a", include_str!(concat!("../../deploy/env/", $env, "/va-remote-a.toml"))),
             ("va-remote-b", include_str!(concat!("../../deploy/env/", $env, "/va-remote-b.toml"))),
             ("va", include_str!(concat!("../../deploy/env/", $env, "/va.toml"))),
+            ("publisher", include_str!(concat!("../../deploy/env/", $env, "/publisher.toml"))),
             ("ca", include_str!(concat!("../../deploy/env/", $env, "/ca.toml"))),
             ("ra", include_str!(concat!("../../deploy/env/", $env, "/ra.toml"))),
             ("wfe", include_str!(concat!("../../deploy/env/", $env, "/wfe.toml"))),
@@ -66,7 +67,12 @@ mod tests {
     use super::*;
 
     fn dev_vars() -> BTreeMap<&'static str, String> {
-        crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"))
+        let log = quarry_testkit::ctlog::FakeCtLog::new();
+        let logs = [
+            ("http://127.0.0.1:1/".to_owned(), log.public_key_base64()),
+            ("http://127.0.0.1:2/".to_owned(), log.public_key_base64()),
+        ];
+        crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs)
     }
 
     #[test]
@@ -79,6 +85,7 @@ mod tests {
                 "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, service).map(drop),
                 "va" => quarry_core::config::parse::<quarry_va::Config>(&text, service).map(drop),
                 "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, service).map(drop),
+                "publisher" => quarry_core::config::parse::<quarry_publisher::Config>(&text, service).map(drop),
                 "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, service).map(drop),
                 "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, service).map(drop),
                 other => panic!("unknown service {other}"),

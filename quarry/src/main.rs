@@ -34,6 +34,8 @@ enum Command {
     Va(ConfigArg),
     /// The nonce service.
     Nonce(ConfigArg),
+    /// The Certificate Transparency publisher.
+    Publisher(ConfigArg),
     /// The challenge test server: DNS, http-01 and tls-alpn-01 responders with a pebble-challtestsrv compatible API.
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
         Command::Ca(arg) => run_service!("ca", quarry_ca, arg),
         Command::Va(arg) => run_service!("va", quarry_va, arg),
         Command::Nonce(arg) => run_service!("nonce", quarry_nonce, arg),
+        Command::Publisher(arg) => run_service!("publisher", quarry_publisher, arg),
         Command::Challtestsrv(args) => {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))

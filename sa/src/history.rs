@@ -15,7 +15,7 @@ pub struct RevokedCertificate {
     pub revoked_reason: i64,
 }
 
-/// A precertificate (or its linting copy) stored before the real one is signed.
+/// A precertificate (the ca's linting copy of it) stored before the real one is signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Precertificate {
     pub serial: String,
@@ -54,23 +54,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)
-    }
-
-    /// Stores a precertificate; a serial is stored once.
-    pub async fn add_precertificate(&self, precertificate: &Precertificate) -> Result<(), Problem> {
-        sqlx::query(
-            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(precertificate.serial.to_ascii_lowercase())
-        .bind(precertificate.account_id)
-        .bind(&precertificate.der)
-        .bind(precertificate.issued)
-        .bind(precertificate.expires)
-        .bind(precertificate.issuer_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(())
     }
 
     pub async fn get_precertificate(&self, serial: &str) -> Result<Precertificate, Problem> {

@@ -275,6 +275,16 @@ impl StorageAuthority for Storage {
         reply(self.store.add_blocked_key(&req.key_hash, &req.source, &req.comment).await.map(|()| pb::Empty {}))
     }
 
+    async fn add_precertificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(
+            self.store
+                .add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id)
+                .await
+                .map(|_| pb::Empty {}),
+        )
+    }
+
     async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(

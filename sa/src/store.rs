@@ -714,7 +714,9 @@ impl Store {
     }
 
     /// Stores an issued certificate and everything derived from it, in one transaction.
-    pub async fn add_certificate(
+    /// Stores a precertificate (the ca's linting copy) with everything issuance records: its status (so it can be
+    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved.
+    pub async fn add_precertificate(
         &self,
         account_id: i64,
         der: &[u8],
@@ -725,19 +727,19 @@ impl Store {
         if !self.serial_exists(&facts.serial).await? {
             return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
         }
-        let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&facts.serial)
-            .bind(account_id)
-            .bind(&digest)
-            .bind(der)
-            .bind(issued)
-            .bind(facts.not_after)
-            .bind(issuer_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&facts.serial)
+        .bind(account_id)
+        .bind(der)
+        .bind(issued)
+        .bind(facts.not_after)
+        .bind(issuer_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         sqlx::query(
             "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $2, $3)",
         )
@@ -772,6 +774,40 @@ impl Store {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
+        Ok(facts.serial)
+    }
+
+    /// Stores the final certificate of a stored precertificate: same serial, same issuer.
+    pub async fn add_certificate(
+        &self,
+        account_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+    ) -> Result<String, Problem> {
+        let facts = CertificateFacts::parse(der)?;
+        let precertificate = self.get_precertificate(&facts.serial).await.map_err(|problem| match problem.kind {
+            ErrorKind::NotFound => Problem::malformed(format!("serial {} has no precertificate", facts.serial)),
+            _ => problem,
+        })?;
+        if precertificate.issuer_id != issuer_id || precertificate.account_id != account_id {
+            return Err(Problem::malformed(format!(
+                "serial {}'s precertificate has another issuer or account",
+                facts.serial
+            )));
+        }
+        let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&facts.serial)
+            .bind(account_id)
+            .bind(&digest)
+            .bind(der)
+            .bind(issued)
+            .bind(facts.not_after)
+            .bind(issuer_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(facts.serial)
     }
 

@@ -2,6 +2,7 @@
 
 pub mod challtestsrv;
 pub mod client;
+pub mod ctlog;
 pub mod db;
 pub mod fakes;
 pub mod pki;

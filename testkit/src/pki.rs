@@ -8,7 +8,7 @@ use quarry_ca::ceremony::{DevPki, ensure_dev_pki};
 use quarry_core::config::{GrpcClientConfig, GrpcServerConfig, ServiceAccess, TlsFiles};
 
 /// Every name `TestPki` issues an internal certificate for; "intruder" is on no allowlist.
-pub const SERVICE_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin", "intruder"];
+pub const SERVICE_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "publisher", "admin", "intruder"];
 
 /// Certificates and keys in a temporary directory, removed when dropped.
 pub struct TestPki {
@@ -78,6 +78,29 @@ impl TestPki {
 
     pub fn issuer_key(&self) -> PathBuf {
         self.dev.intermediate_key.clone()
+    }
+
+    pub fn rsa_issuer_cert(&self) -> PathBuf {
+        self.dev.rsa_intermediate_pem.clone()
+    }
+
+    pub fn rsa_issuer_key(&self) -> PathBuf {
+        self.dev.rsa_intermediate_key.clone()
+    }
+
+    /// The ca's issuers in tests: the ECDSA and the RSA intermediate, both active for every profile.
+    pub fn issuers(&self) -> Vec<quarry_ca::IssuerConfig> {
+        [(self.issuer_cert(), self.issuer_key(), "e1"), (self.rsa_issuer_cert(), self.rsa_issuer_key(), "r1")]
+            .into_iter()
+            .map(|(cert, key, name)| quarry_ca::IssuerConfig {
+                cert,
+                key,
+                issuer_url: format!("http://i.quarry.test/{name}.der"),
+                crl_url_prefix: format!("http://c.quarry.test/{name}/"),
+                active: true,
+                profiles: Vec::new(),
+            })
+            .collect()
     }
 
     pub fn root_cert(&self) -> PathBuf {

@@ -1,5 +1,6 @@
 //! The services of the CA started in-process on loopback ports, over mutual TLS, for per-service tests:
-//! a real sa (SQLite in a temporary directory), ca, nonce and ra, a [`FakeVa`], and optionally the wfe.
+//! a real sa (SQLite in a temporary directory), ca, publisher with two fake CT logs, nonce and ra, a [`FakeVa`],
+//! and optionally the wfe.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use quarry_core::IdentifierType;
 use quarry_core::config::ConfigVersion;
 
+use crate::ctlog::{FakeCtLog, TestPublisher};
 use crate::db::TestDatabase;
 use crate::fakes::FakeVa;
 use crate::pki::TestPki;
@@ -24,13 +26,15 @@ pub struct InProcessStack {
     /// The wfe's base URL (plain HTTP), when it was started.
     pub wfe: Option<String>,
     pub va: FakeVa,
+    /// The publisher's two CT logs.
+    pub ct_logs: Vec<FakeCtLog>,
     /// The sa's database.
     pub db: TestDatabase,
 }
 
-/// The issuer's AIA caIssuers URL in tests.
+/// The ECDSA issuer's AIA caIssuers URL in tests (see [`TestPki::issuers`]).
 pub const ISSUER_URL: &str = "http://i.quarry.test/e1.der";
-/// The CRL distribution point prefix in tests: a certificate in shard 7 points at `…/7.crl`.
+/// The ECDSA issuer's CRL distribution point prefix in tests: a certificate in shard 7 points at `…/7.crl`.
 pub const CRL_URL_PREFIX: &str = "http://c.quarry.test/e1/";
 
 /// The ra's account URL prefix in tests (the wfe's base URL is only known once it listens).
@@ -117,28 +121,19 @@ impl InProcessStack {
         let (listener, sa) = listen(sa_config.grpc.listen).await;
         tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));
 
+        let publisher = TestPublisher::start(&pki).await;
         let ca_config = quarry_ca::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[("quarry.ca.v1.CertificateAuthority", &["ra"])]),
             tls: pki.tls("ca"),
             sa: pki.client_config("sa", sa),
+            publisher: pki.client_config("publisher", publisher.addr),
             serial_prefix: 1,
-            issuers: vec![quarry_ca::IssuerConfig {
-                cert: pki.issuer_cert(),
-                key: pki.issuer_key(),
-                issuer_url: ISSUER_URL.into(),
-                crl_url_prefix: CRL_URL_PREFIX.into(),
-            }],
+            issuers: pki.issuers(),
             crl_shards: quarry_core::crl::DEFAULT_SHARDS,
             profiles: BTreeMap::from([
-                (
-                    "classic".to_owned(),
-                    quarry_ca::ProfileConfig { validity_secs: 90 * 86_400, include_common_name: true },
-                ),
-                (
-                    "shortlived".to_owned(),
-                    quarry_ca::ProfileConfig { validity_secs: 160 * 3_600, include_common_name: false },
-                ),
+                ("classic".to_owned(), quarry_ca::ProfileConfig::classic()),
+                ("shortlived".to_owned(), quarry_ca::ProfileConfig::shortlived()),
             ]),
             default_profile: "classic".into(),
         };
@@ -169,7 +164,7 @@ impl InProcessStack {
         tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
 
         let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, &nonces, configure_wfe).await) } else { None };
-        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, db }
+        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, ct_logs: publisher.logs, db }
     }
 }
 
@@ -200,7 +195,7 @@ async fn start_wfe(
         https_cert: None,
         https_key: None,
         base_url: base.clone(),
-        chains: vec![pki.issuer_cert()],
+        chains: vec![pki.issuer_cert(), pki.rsa_issuer_cert()],
         request_timeout_ms: 10_000,
         retry_after_secs: 1,
         directory_meta: quarry_wfe::DirectoryMeta {

@@ -37,6 +37,8 @@ fn generates_the_whole_layout() {
         "webpki/intermediate-e1.key.pem",
         "internal/internal-ca.pem",
         "internal/internal-ca.key.pem",
+        "webpki/intermediate-r1.pem",
+        "webpki/intermediate-r1.key.pem",
         "https/ca.pem",
         "https/ca.key.pem",
         "https/wfe.pem",
@@ -186,7 +188,15 @@ fn a_lost_parent_reissues_its_children_and_nothing_else() {
         .filter(|(path, contents)| after.get(*path) != Some(*contents))
         .filter_map(|(path, _)| path.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    assert_eq!(changed, ["intermediate-e1.key.pem", "intermediate-e1.pem", "root.key.pem", "root.pem"]);
+    let reissued = [
+        "intermediate-e1.key.pem",
+        "intermediate-e1.pem",
+        "intermediate-r1.key.pem",
+        "intermediate-r1.pem",
+        "root.key.pem",
+        "root.pem",
+    ];
+    assert_eq!(changed, reissued);
     let root = cert_der(&pki.root_pem);
     let intermediate = cert_der(&pki.intermediate_pem);
     parse(&intermediate).verify_signature(Some(parse(&root).public_key())).expect("new intermediate under new root");

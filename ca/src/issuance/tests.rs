@@ -41,10 +41,9 @@ fn request(csr: ParsedCsr, serial: &[u8]) -> IssueRequest {
         csr,
         serial: serial.to_vec(),
         not_before: OffsetDateTime::now_utc(),
-        validity: NINETY_DAYS,
-        include_common_name: true,
-        crl_url: None,
-        issuer_url: None,
+        profile: CertProfile::CLASSIC,
+        crl_url: "http://c.quarry.test/e1/7.crl".into(),
+        issuer_url: "http://i.quarry.test/e1.der".into(),
     }
 }
 
@@ -136,11 +135,13 @@ fn issues_for_p256_p384_and_rsa_keys() {
 }
 
 #[test]
-fn ed25519_keys_are_certified_too() {
+fn ed25519_keys_fail_the_lints() {
     let f = fixture();
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
-    let der = issue_certificate(&f.issuer, &request(csr_for(&key, &["ed.example"]), &[0x01, 0x02])).expect("issued");
-    assert_eq!(dns_sans(&parse(&der)), ["ed.example"]);
+    // The ra refuses such keys first; the lint is the ca's own line of defence.
+    let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+    let req = request(csr_for(&ed25519, &["ed.example"]), &random_serial(1).expect("serial"));
+    let err = issue_certificate(&f.issuer, &req).expect_err("ed25519");
+    assert!(matches!(err, Error::Lint(_)), "{err}");
 }
 
 #[test]
@@ -173,7 +174,7 @@ fn common_name_is_the_first_name_that_fits() {
     for (names, include, want) in cases {
         let key = KeyPair::generate().expect("key");
         let mut req = request(csr_for(&key, names), &[0x33; 18]);
-        req.include_common_name = include;
+        req.profile.include_common_name = include;
         let der = issue_certificate(&f.issuer, &req).expect("issued");
         let cert = parse(&der);
         assert_eq!(common_name(&cert).as_deref(), want, "{names:?} include={include}");
@@ -185,7 +186,7 @@ fn common_name_is_the_first_name_that_fits() {
 fn names_are_deduplicated() {
     let f = fixture();
     let key = KeyPair::generate().expect("key");
-    let mut req = request(csr_for(&key, &["a.example"]), &[0x10]);
+    let mut req = request(csr_for(&key, &["a.example"]), &random_serial(0x10).expect("serial"));
     req.dns_names = vec!["a.example".into(), "b.example".into(), "a.example".into()];
     let der = issue_certificate(&f.issuer, &req).expect("issued");
     assert_eq!(dns_sans(&parse(&der)), ["a.example", "b.example"]);
@@ -195,8 +196,8 @@ fn names_are_deduplicated() {
 fn refuses_to_outlive_the_issuer() {
     let f = fixture();
     let key = KeyPair::generate().expect("key");
-    let mut req = request(csr_for(&key, &["a.example"]), &[0x10]);
-    req.validity = Duration::days(6 * 365);
+    let mut req = request(csr_for(&key, &["a.example"]), &random_serial(0x10).expect("serial"));
+    req.profile.validity = Duration::days(6 * 365);
     let err = issue_certificate(&f.issuer, &req).expect_err("past the issuer's notAfter");
     match err {
         Error::PastIssuerExpiry { not_after, issuer_not_after } => {
@@ -207,7 +208,7 @@ fn refuses_to_outlive_the_issuer() {
     }
     // Ending exactly at the issuer's notAfter is still allowed.
     let (not_before, _) = req.validity_window().expect("window");
-    req.validity = f.issuer.not_after() - not_before + Duration::SECOND;
+    req.profile.validity = f.issuer.not_after() - not_before + Duration::SECOND;
     issue_certificate(&f.issuer, &req).expect("ends with the issuer");
 }
 
@@ -215,7 +216,7 @@ fn refuses_to_outlive_the_issuer() {
 fn refuses_bad_requests() {
     let f = fixture();
     let key = KeyPair::generate().expect("key");
-    let base = request(csr_for(&key, &["a.example"]), &[0x10]);
+    let base = request(csr_for(&key, &["a.example"]), &random_serial(0x10).expect("serial"));
     let mut cases: Vec<(&str, IssueRequest)> = Vec::new();
     for (label, serial) in
         [("empty serial", vec![]), ("leading zero", vec![0x00, 0x01]), ("negative", vec![0x80]), ("long", vec![1; 21])]
@@ -234,7 +235,7 @@ fn refuses_bad_requests() {
     req.dns_names = vec!["bücher.example".into()];
     cases.push(("non-ascii name", req));
     let mut req = base.clone();
-    req.validity = Duration::ZERO;
+    req.profile.validity = Duration::ZERO;
     cases.push(("zero validity", req));
 
     for (label, req) in cases {
@@ -244,29 +245,118 @@ fn refuses_bad_requests() {
 }
 
 #[test]
-fn self_check_catches_a_certificate_that_differs_from_the_request() {
+fn the_linting_copy_must_say_what_was_asked() {
     let f = fixture();
     let key = KeyPair::generate().expect("key");
-    let req = request(csr_for(&key, &["a.example"]), &[0x10, 0x20]);
-    let der = issue_certificate(&f.issuer, &req).expect("issued");
+    let req = request(csr_for(&key, &["a.example"]), &random_serial(0x10).expect("serial"));
+    let prepared = prepare_precertificate(&f.issuer, &req).expect("prepared");
+    let copy = parse(&prepared.linting_copy);
     let (not_before, not_after) = req.validity_window().expect("window");
-    self_check(&f.issuer, &req, &der, not_before, not_after).expect("consistent");
+    check_matches_request(&f.issuer, &req, &copy, not_before, not_after).expect("consistent");
 
     let mut other_serial = req.clone();
-    other_serial.serial = vec![0x10, 0x21];
-    assert!(matches!(self_check(&f.issuer, &other_serial, &der, not_before, not_after), Err(Error::SelfCheck(_))));
-
+    other_serial.serial[1] ^= 1;
+    assert!(matches!(
+        check_matches_request(&f.issuer, &other_serial, &copy, not_before, not_after),
+        Err(Error::SelfCheck(_))
+    ));
     let mut other_key = req.clone();
     other_key.csr = csr_for(&KeyPair::generate().expect("key"), &["a.example"]);
-    assert!(matches!(self_check(&f.issuer, &other_key, &der, not_before, not_after), Err(Error::SelfCheck(_))));
-
-    let mut tampered = der.clone();
-    let at = tampered.windows(9).position(|w| w == b"a.example").expect("name in der");
-    tampered[at] = b'b';
-    assert!(matches!(self_check(&f.issuer, &req, &tampered, not_before, not_after), Err(Error::SelfCheck(_))));
-
+    assert!(matches!(
+        check_matches_request(&f.issuer, &other_key, &copy, not_before, not_after),
+        Err(Error::SelfCheck(_))
+    ));
     let root = Issuer::from_pem_files(&f.pki.root_pem, &f.pki.root_pem.with_file_name("root.key.pem")).expect("root");
-    assert!(matches!(self_check(&root, &req, &der, not_before, not_after), Err(Error::SelfCheck(_))));
+    assert!(matches!(check_matches_request(&root, &req, &copy, not_before, not_after), Err(Error::SelfCheck(_))));
+}
+
+#[test]
+fn precertificate_and_final_certificate_share_their_tbs() {
+    let f = fixture();
+    let key = KeyPair::generate().expect("key");
+    let req = request(csr_for(&key, &["a.example", "b.example"]), &random_serial(0x10).expect("serial"));
+    let prepared = prepare_precertificate(&f.issuer, &req).expect("prepared");
+    // The linting copy is signed by a throwaway key, not the issuer, but its TBS is the precertificate's.
+    let issuer_cert = parse(f.issuer.certificate_der());
+    assert!(parse(&prepared.linting_copy).verify_signature(Some(issuer_cert.public_key())).is_err());
+    let precertificate = sign_precertificate(&f.issuer, &prepared).expect("precertificate");
+    assert_eq!(der::split_signed(&precertificate).unwrap().tbs, der::split_signed(&prepared.linting_copy).unwrap().tbs);
+    let precert = parse(&precertificate);
+    precert.verify_signature(Some(issuer_cert.public_key())).expect("signed by the issuer");
+    let poison =
+        precert.extensions().iter().find(|e| e.oid.to_id_string() == "1.3.6.1.4.1.11129.2.4.3").expect("poison");
+    assert!(poison.critical);
+
+    let scts = vec![b"first sct".to_vec(), b"second sct".to_vec()];
+    let final_der = sign_final_certificate(&f.issuer, &precertificate, &scts).expect("final");
+    let final_cert = parse(&final_der);
+    final_cert.verify_signature(Some(issuer_cert.public_key())).expect("signed by the issuer");
+    assert!(!ct::is_precertificate(&final_der).unwrap());
+    let embedded = der::extension_value(der::split_signed(&final_der).unwrap().tbs, ct::SCT_LIST_OID).unwrap().unwrap();
+    assert_eq!(der::read_exact(embedded, der::TAG_OCTET_STRING).unwrap().content, ct::encode_sct_list(&scts));
+    let (final_entry, _) = ct::LogEntry::of_final_certificate(&final_der, f.issuer.spki_der()).unwrap();
+    let (precert_entry, _) = ct::LogEntry::of_precertificate(&precertificate, f.issuer.spki_der()).unwrap();
+    assert_eq!(final_entry, precert_entry, "RFC 6962 §3.1");
+
+    // Without SCTs the poison just goes.
+    let bare = sign_final_certificate(&f.issuer, &precertificate, &[]).expect("final without SCTs");
+    assert_eq!(der::split_signed(&bare).unwrap().tbs, precert_entry.as_slice());
+
+    // Only a precertificate of this issuer, intact, is turned into a certificate.
+    let mut tampered = precertificate.clone();
+    let at = tampered.windows(9).position(|w| w == b"a.example").expect("name in der");
+    tampered[at] = b'c';
+    assert!(matches!(sign_final_certificate(&f.issuer, &tampered, &scts), Err(Error::Request(_))));
+    let root = Issuer::from_pem_files(&f.pki.root_pem, &f.pki.root_pem.with_file_name("root.key.pem")).expect("root");
+    assert!(matches!(sign_final_certificate(&root, &precertificate, &scts), Err(Error::Request(_))));
+}
+
+#[test]
+fn profiles_shape_the_certificate() {
+    let f = fixture();
+    let tlsserver = CertProfile {
+        validity: Duration::days(45),
+        include_common_name: false,
+        key_encipherment: false,
+        client_auth: false,
+        subject_key_id: false,
+    };
+    for (label, profile, rsa_key_encipherment) in
+        [("classic", CertProfile::CLASSIC, true), ("tlsserver", tlsserver, false)]
+    {
+        let mut req = request(csr_for(&rsa_2048(), &["a.example"]), &random_serial(0x10).expect("serial"));
+        req.profile = profile;
+        let der = issue_certificate(&f.issuer, &req).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let cert = parse(&der);
+        let has = |oid: &str| cert.extensions().iter().any(|e| e.oid.to_id_string() == oid);
+        assert_eq!(common_name(&cert).is_some(), profile.include_common_name, "{label}");
+        assert_eq!(has("2.5.29.14"), profile.subject_key_id, "{label}: SKID");
+        let bc = cert.basic_constraints().expect("bc").expect("bc present in every profile");
+        assert!(bc.critical && !bc.value.ca, "{label}");
+        let ku = cert.key_usage().expect("ku").expect("ku").value;
+        assert_eq!(ku.key_encipherment(), rsa_key_encipherment, "{label}");
+        let eku = cert.extended_key_usage().expect("eku").expect("eku").value;
+        assert_eq!((eku.server_auth, eku.client_auth), (true, profile.client_auth), "{label}");
+        let validity = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp() + 1;
+        assert_eq!(validity, profile.validity.whole_seconds(), "{label}");
+        for oid in ["2.5.29.31", "1.3.6.1.5.5.7.1.1", "2.5.29.32"] {
+            assert!(has(oid), "{label}: {oid} in every certificate");
+        }
+    }
+}
+
+#[test]
+fn an_rsa_issuer_signs_with_sha256_with_rsa() {
+    let f = fixture();
+    let issuer = Issuer::from_pem_files(&f.pki.rsa_intermediate_pem, &f.pki.rsa_intermediate_key).expect("rsa issuer");
+    assert_eq!(issuer.key_algorithm(), KeyAlgorithm::Rsa);
+    assert!(issuer.signs_slowly());
+    let req = request(csr_for(&rsa_2048(), &["a.example"]), &random_serial(0x10).expect("serial"));
+    let der = issue_certificate(&issuer, &req).expect("issued");
+    let cert = parse(&der);
+    assert_eq!(cert.signature_algorithm.algorithm, x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA);
+    let root = cert_der(&f.pki.root_pem);
+    verify_server(&root, &[issuer.certificate_der()], &der, "a.example").expect("validates under the root");
 }
 
 #[test]
@@ -313,7 +403,9 @@ fn issuer_loading_refuses_wrong_keys_and_leaf_certificates() {
 fn signature_algorithm_follows_the_issuer_key() {
     let f = fixture();
     let key = KeyPair::generate().expect("key");
-    let der = issue_certificate(&f.issuer, &request(csr_for(&key, &["a.example"]), &[0x10])).expect("issued");
+    let der =
+        issue_certificate(&f.issuer, &request(csr_for(&key, &["a.example"]), &random_serial(0x10).expect("serial")))
+            .expect("issued");
     assert_eq!(f.issuer.key_algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(parse(&der).signature_algorithm.algorithm, x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA384);
 }

@@ -18,15 +18,15 @@ fn the_deploy_files_make_a_valid_config() {
         text.replace("${pki_dir}", "/tmp/pki")
             .replace("${ca_addr}", "127.0.0.1:9093")
             .replace("${sa_addr}", "127.0.0.1:9095")
+            .replace("${publisher_addr}", "127.0.0.1:9096")
     };
     let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
     let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
     quarry_core::config::merge(&mut base, &overlay);
     let config: Config = quarry_core::config::parse(&base.to_string(), "base+dev").expect("valid ca config");
-    assert_eq!(
-        config.profiles["classic"],
-        quarry_ca::ProfileConfig { validity_secs: 7_776_000, include_common_name: true }
-    );
+    assert_eq!(config.profiles["classic"], quarry_ca::ProfileConfig::classic());
+    assert_eq!(config.profiles["tlsserver"], quarry_ca::ProfileConfig::tlsserver());
+    assert_eq!(config.profiles["shortlived"], quarry_ca::ProfileConfig::shortlived());
     assert_eq!(config.default_profile, "classic");
     assert!(!config.issuers.is_empty());
     assert!(config.grpc.services.contains_key(crate::ca_service_name()));
@@ -45,6 +45,9 @@ fn optional_settings_have_defaults() {
         [sa]
         address = "https://127.0.0.1:1"
         server_name = "sa.quarry"
+        [publisher]
+        address = "https://127.0.0.1:2"
+        server_name = "publisher.quarry"
         [[issuers]]
         cert = "i.pem"
         key = "i.key.pem"
@@ -70,7 +73,7 @@ async fn bad_settings_stop_start_up() {
         ("missing allowlist", "grpc.services", Box::new(|c, _| c.grpc.services.clear())),
         ("zero serial prefix", "serial_prefix", Box::new(|c, _| c.serial_prefix = 0)),
         ("high serial prefix", "serial_prefix", Box::new(|c, _| c.serial_prefix = 0x80)),
-        ("no issuers", "issuers", Box::new(|c, _| c.issuers.clear())),
+        ("no issuers", "no active issuer", Box::new(|c, _| c.issuers.clear())),
         ("unknown default profile", "default_profile", Box::new(|c, _| c.default_profile = "nope".into())),
         ("zero validity", "validity_secs", Box::new(|c, _| c.profiles.values_mut().for_each(|p| p.validity_secs = 0))),
         ("key of another certificate", "does not match", Box::new(|c, p| c.issuers[0].key = p.tls("ra").key)),
@@ -83,9 +86,16 @@ async fn bad_settings_stop_start_up() {
             }),
         ),
         ("missing issuer file", "missing.pem", Box::new(|c, p| c.issuers[0].cert = p.dir().join("missing.pem"))),
+        ("unknown issuer profile", "unknown profile", Box::new(|c, _| c.issuers[0].profiles = vec!["nope".into()])),
+        (
+            "no active issuer",
+            "no active issuer serves profile",
+            Box::new(|c, _| c.issuers.iter_mut().for_each(|i| i.active = false)),
+        ),
+        ("same issuer twice", "same subject", Box::new(|c, _| c.issuers[1] = c.issuers[0].clone())),
     ];
     for (label, expected, adjust) in cases {
-        let mut config = config(&pki, sa_addr);
+        let mut config = config(&pki, sa_addr, sa_addr);
         adjust(&mut config, &pki);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let result =

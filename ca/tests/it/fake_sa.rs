@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 pub struct Recorded {
     pub serial_attempts: Vec<AddSerialRequest>,
     pub serials: Vec<AddSerialRequest>,
+    pub precertificates: Vec<AddCertificateRequest>,
     pub certificates: Vec<AddCertificateRequest>,
 }
 
@@ -56,6 +57,11 @@ impl StorageAuthority for Handle {
             return Err(Problem::new(ErrorKind::Duplicate, "serial already exists").into());
         }
         self.0.recorded().serials.push(request);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn add_precertificate(&self, request: Request<AddCertificateRequest>) -> Result<Response<Empty>, Status> {
+        self.0.recorded().precertificates.push(request.into_inner());
         Ok(Response::new(Empty {}))
     }
 

@@ -129,6 +129,7 @@ async fn issues_a_p256_certificate_and_records_it_in_the_sa() {
     assert_eq!((reserved.account_id, reserved.serial.as_str()), (ACCOUNT_ID, response.serial.as_str()));
     assert!((before..=unix_now()).contains(&reserved.created));
     assert_eq!(reserved.expires, cert.validity().not_after.timestamp());
+    assert_eq!(recorded.precertificates.len(), 1);
     assert_eq!(recorded.certificates.len(), 1);
     let stored = &recorded.certificates[0];
     assert_eq!(stored.account_id, ACCOUNT_ID);
@@ -140,11 +141,13 @@ async fn issues_a_p256_certificate_and_records_it_in_the_sa() {
 #[tokio::test]
 async fn profiles_choose_validity_and_common_name() {
     let stack = Stack::start().await;
-    for (profile, days, has_cn) in [("", 90, true), ("classic", 90, true), ("shortlived", 6, false)] {
+    for (profile, hours, has_cn) in
+        [("", 90 * 24, true), ("classic", 90 * 24, true), ("tlsserver", 45 * 24, false), ("shortlived", 160, false)]
+    {
         let response = issue(&stack, request(p256_csr(&["a.example"]), profile)).await.expect(profile);
         let cert = parse(&response.der);
         let validity = cert.validity().not_after.to_datetime() - cert.validity().not_before.to_datetime();
-        assert_eq!(validity, time::Duration::days(days) - time::Duration::SECOND, "{profile:?}");
+        assert_eq!(validity, time::Duration::hours(hours) - time::Duration::SECOND, "{profile:?}");
         assert_eq!(cert.subject().iter_common_name().next().is_some(), has_cn, "{profile:?}");
     }
 }
@@ -279,42 +282,79 @@ async fn rsa_csrs_get_key_encipherment() {
 }
 
 #[tokio::test]
-async fn an_rsa_issuer_signs_too() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert_path, key_path) = (dir.path().join("rsa-intermediate.pem"), dir.path().join("rsa-intermediate.key.pem"));
-    let stack = Stack::start_with(|config| {
-        let root_dir = config.issuers[0].cert.parent().expect("webpki dir").to_owned();
-        write_rsa_intermediate(&root_dir, &cert_path, &key_path);
-        config.issuers = vec![quarry_ca::IssuerConfig {
-            cert: cert_path.clone(),
-            key: key_path.clone(),
-            ..config.issuers[0].clone()
-        }];
-    })
-    .await;
-    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");
-    let cert = parse(&response.der);
-    assert_eq!(cert.signature_algorithm.algorithm, x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA);
-    verify_chain(&read_cert(&stack.pki.root_cert()), &response.chain, &response.der, "a.example").expect("chains");
+async fn the_csr_key_type_picks_the_intermediate() {
+    let stack = Stack::start().await;
+    let ecdsa = Issuer::from_pem_files(&stack.pki.issuer_cert(), &stack.pki.issuer_key()).expect("E1");
+    let rsa = Issuer::from_pem_files(&stack.pki.rsa_issuer_cert(), &stack.pki.rsa_issuer_key()).expect("R1");
+    let rsa_key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
+    let root = read_cert(&stack.pki.root_cert());
+    for (label, csr, issuer, signature) in [
+        ("p256", p256_csr(&["a.example"]), &ecdsa, x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA384),
+        ("rsa", csr(&rsa_key, &["a.example"]), &rsa, x509_parser::oid_registry::OID_PKCS1_SHA256WITHRSA),
+    ] {
+        let response = issue(&stack, request(csr, "classic")).await.unwrap_or_else(|p| panic!("{label}: {p}"));
+        assert_eq!(response.chain, vec![issuer.certificate_der().to_vec()], "{label}");
+        let cert = parse(&response.der);
+        assert_eq!(cert.issuer().as_raw(), issuer.subject_der(), "{label}");
+        assert_eq!(cert.signature_algorithm.algorithm, signature, "{label}");
+        verify_chain(&root, &response.chain, &response.der, "a.example").unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(stack.sa.0.recorded().certificates.last().expect("stored").issuer_id, issuer_id(issuer));
+    }
 }
 
-/// An RSA-2048 intermediate under the test PKI's root, written as PEM files.
-fn write_rsa_intermediate(webpki_dir: &std::path::Path, cert_path: &std::path::Path, key_path: &std::path::Path) {
-    let root_der = read_cert(&webpki_dir.join("root.pem"));
-    let root_key = KeyPair::from_pem(&std::fs::read_to_string(webpki_dir.join("root.key.pem")).expect("root key"))
-        .expect("root key parses");
-    let root = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(root_der), root_key).expect("root issuer");
-    let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "(TEST) Quarry Intermediate R1");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(365);
-    params.use_authority_key_identifier_extension = true;
-    let cert = params.signed_by(&key, &root).expect("sign rsa intermediate");
-    std::fs::write(cert_path, cert.pem()).expect("write cert");
-    std::fs::write(key_path, key.serialize_pem()).expect("write key");
+#[tokio::test]
+async fn an_inactive_issuer_signs_nothing() {
+    let stack = Stack::start_with(|config| config.issuers[0].active = false).await;
+    let rsa = Issuer::from_pem_files(&stack.pki.rsa_issuer_cert(), &stack.pki.rsa_issuer_key()).expect("R1");
+    // With E1 inactive an ECDSA key falls back to the RSA intermediate.
+    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");
+    assert_eq!(response.chain, vec![rsa.certificate_der().to_vec()]);
+}
+
+#[tokio::test]
+async fn every_certificate_embeds_verifying_scts_from_both_operators() {
+    let stack = Stack::start().await;
+    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");
+    let issuer_spki = parse(&response.chain[0]).public_key().raw.to_vec();
+    let scts = quarry_core::ct::embedded_scts(&response.der).expect("sct list parses");
+    assert_eq!(scts.len(), 2);
+    let (tbs, issuer_key_hash) =
+        quarry_core::ct::LogEntry::of_final_certificate(&response.der, &issuer_spki).expect("entry");
+    let entry = quarry_core::ct::LogEntry::Precert { issuer_key_hash, tbs: &tbs };
+    for log in &stack.publisher.logs {
+        let key = log.log_key();
+        let sct = scts.iter().find(|sct| sct.log_id == key.log_id()).expect("an SCT from each log");
+        key.verify(sct, &entry).expect("the SCT verifies against the log's key");
+        let precertificates = log.precertificates();
+        assert_eq!(precertificates.len(), 1);
+        assert!(quarry_core::ct::is_precertificate(&precertificates[0]).expect("parses"));
+    }
+
+    // The precertificate's linting copy was stored before the certificate, under the same serial.
+    {
+        let recorded = stack.sa.0.recorded();
+        assert_eq!(recorded.precertificates.len(), 1);
+        let copy = parse(&recorded.precertificates[0].der);
+        assert_eq!(hex::encode(copy.raw_serial()), response.serial);
+        assert_eq!(recorded.precertificates[0].issuer_id, recorded.certificates[0].issuer_id);
+    }
+
+    // The final certificate reaches the logs in the background (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.publisher.logs.iter().any(|log| log.certificates().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "final certificate never submitted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.publisher.logs[0].certificates(), vec![response.der.clone()]);
+}
+
+#[tokio::test]
+async fn without_enough_scts_nothing_is_issued_but_the_serial_stays_revocable() {
+    let stack = Stack::start().await;
+    stack.publisher.logs[1].set_failing(true);
+    let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("one operator only");
+    assert_eq!(problem.kind, ErrorKind::ServerInternal);
+    assert!(problem.detail.contains("Certificate Transparency"), "{}", problem.detail);
+    let recorded = stack.sa.0.recorded();
+    assert_eq!((recorded.precertificates.len(), recorded.certificates.len()), (1, 0));
 }

@@ -1,5 +1,5 @@
 //! Integration tests of the ca: the service runs as a real gRPC server over mutual TLS on loopback, called through
-//! its generated client, with the sa played by a recording fake.
+//! its generated client, with the sa played by a recording fake and a real publisher in front of two fake CT logs.
 
 mod config;
 mod fake_sa;
@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use quarry_ca::{Config, IssuerConfig};
+use quarry_ca::{Config, ProfileConfig};
 use quarry_core::config::ConfigVersion;
 use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
+use quarry_testkit::ctlog::TestPublisher;
 use quarry_testkit::pki::TestPki;
 use tonic::transport::Channel;
 
@@ -21,27 +22,22 @@ pub fn ca_service_name() -> &'static str {
     quarry_proto::ca::certificate_authority_server::SERVICE_NAME
 }
 
-/// A ca configuration for `pki`, allowing the "ra" certificate, with the sa at `sa_addr`.
-pub fn config(pki: &TestPki, sa_addr: SocketAddr) -> Config {
+/// A ca configuration for `pki`, allowing the "ra" certificate, with the sa at `sa_addr` and the publisher at
+/// `publisher_addr`; the ECDSA and RSA issuers both active.
+pub fn config(pki: &TestPki, sa_addr: SocketAddr, publisher_addr: SocketAddr) -> Config {
     Config {
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(ca_service_name(), &["ra"])]),
         tls: pki.tls("ca"),
         sa: pki.client_config("sa", sa_addr),
+        publisher: pki.client_config("publisher", publisher_addr),
         serial_prefix: SERIAL_PREFIX,
-        issuers: vec![IssuerConfig {
-            cert: pki.issuer_cert(),
-            key: pki.issuer_key(),
-            issuer_url: quarry_testkit::stack::ISSUER_URL.into(),
-            crl_url_prefix: quarry_testkit::stack::CRL_URL_PREFIX.into(),
-        }],
+        issuers: pki.issuers(),
         crl_shards: quarry_core::crl::DEFAULT_SHARDS,
         profiles: [
-            ("classic".to_owned(), quarry_ca::ProfileConfig { validity_secs: 7_776_000, include_common_name: true }),
-            (
-                "shortlived".to_owned(),
-                quarry_ca::ProfileConfig { validity_secs: 6 * 86_400, include_common_name: false },
-            ),
+            ("classic".to_owned(), ProfileConfig::classic()),
+            ("tlsserver".to_owned(), ProfileConfig::tlsserver()),
+            ("shortlived".to_owned(), ProfileConfig::shortlived()),
         ]
         .into(),
         default_profile: "classic".to_owned(),
@@ -52,6 +48,7 @@ pub fn config(pki: &TestPki, sa_addr: SocketAddr) -> Config {
 pub struct Stack {
     pub pki: Arc<TestPki>,
     pub sa: fake_sa::Handle,
+    pub publisher: TestPublisher,
     pub addr: SocketAddr,
     _stop_ca: tokio::sync::oneshot::Sender<()>,
     _stop_sa: tokio::sync::oneshot::Sender<()>,
@@ -67,7 +64,8 @@ impl Stack {
         let pki = Arc::new(TestPki::new());
         let sa = fake_sa::Handle::default();
         let (sa_addr, stop_sa) = fake_sa::start(&pki, sa.clone()).await;
-        let mut config = config(&pki, sa_addr);
+        let publisher = TestPublisher::start(&pki).await;
+        let mut config = config(&pki, sa_addr, publisher.addr);
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.expect("bind ca");
         let addr = listener.local_addr().expect("ca address");
@@ -80,7 +78,7 @@ impl Stack {
                 panic!("ca failed: {e}");
             }
         });
-        Self { pki, sa, addr, _stop_ca: stop_ca, _stop_sa: stop_sa }
+        Self { pki, sa, publisher, addr, _stop_ca: stop_ca, _stop_sa: stop_sa }
     }
 
     /// A client of the ca presenting `client`'s internal certificate.

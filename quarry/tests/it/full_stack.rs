@@ -29,19 +29,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The first of eight consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
+/// The first of ten consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
 /// below the kernel's ephemeral range, so concurrent stacks in this process never pick overlapping ports.
 fn free_port_range() -> u16 {
     static NEXT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let process_base = 10_000 + (std::process::id() % 250) as u16 * 88;
+    let process_base = 10_000 + (std::process::id() % 250) as u16 * 110;
     for _ in 0..11 {
-        let base = process_base + NEXT_BLOCK.fetch_add(8, std::sync::atomic::Ordering::SeqCst);
-        let all_free = (base..base + 8).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        let base = process_base + NEXT_BLOCK.fetch_add(10, std::sync::atomic::Ordering::SeqCst);
+        let all_free = (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no eight consecutive free ports found in this process's block");
+    panic!("no ten consecutive free ports found in this process's block");
 }
 
 impl Stack {
@@ -226,16 +226,16 @@ fn retry() -> RetryPolicy {
     RetryPolicy::new().timeout(Duration::from_secs(30))
 }
 
-#[tokio::test]
-async fn instant_acme_gets_a_certificate_for_several_names_via_http01() {
-    let stack = Stack::start().await;
-    let account = stack.instant_acme_account().await;
-    let names = ["a.quarry-test.org", "b.quarry-test.org", "www.quarry-test.org"];
+/// Orders `names`, answers http-01 through the challenge server, finalizes with `csr` and returns the PEM chain.
+async fn issue_via_http01(stack: &Stack, account: &Account, names: &[&str], csr: &[u8]) -> String {
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.to_string())).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await.expect("new order");
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.expect("authorization");
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
         assert_eq!(authz.status, AuthorizationStatus::Pending);
         let mut challenge = authz.challenge(ChallengeType::Http01).expect("http-01 offered");
         let key_authorization = challenge.key_authorization();
@@ -245,9 +245,55 @@ async fn instant_acme_gets_a_certificate_for_several_names_via_http01() {
     let status =
         order.poll_ready(&retry()).await.unwrap_or_else(|e| panic!("poll ready: {e}{}", logs(stack.dir.path())));
     assert_eq!(status, OrderStatus::Ready);
-    order.finalize_csr(&csr_for(&names)).await.expect("finalize");
-    let chain = order.poll_certificate(&retry()).await.expect("certificate");
+    order.finalize_csr(csr).await.expect("finalize");
+    order.poll_certificate(&retry()).await.expect("certificate")
+}
+
+#[tokio::test]
+async fn instant_acme_gets_a_certificate_for_several_names_via_http01() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["a.quarry-test.org", "b.quarry-test.org", "www.quarry-test.org"];
+    let chain = issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
     check_chain(&chain, &stack.root_pem, &names);
+}
+
+#[tokio::test]
+async fn each_key_type_gets_its_intermediate_and_scts_from_both_dev_logs() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["keys.quarry-test.org"];
+    let log_keys: Vec<quarry_core::ct::LogKey> = ["ct-log-a", "ct-log-b"]
+        .iter()
+        .map(|log| {
+            let pem = std::fs::read_to_string(stack.data_dir().join(format!("pki/ct/{log}.key.pem"))).expect("key");
+            let spki = rcgen::PublicKeyData::subject_public_key_info(&rcgen::KeyPair::from_pem(&pem).expect("pem"));
+            quarry_core::ct::LogKey::from_spki(&spki).expect("log key")
+        })
+        .collect();
+    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
+    let p256 = rcgen::KeyPair::generate().expect("p256");
+    for (key, intermediate_name) in [(p256, "(DEV) Quarry Intermediate E1"), (rsa, "(DEV) Quarry Intermediate R1")] {
+        let mut params = rcgen::CertificateParams::new(vec![names[0].to_owned()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+        let chain = issue_via_http01(&stack, &account, &names, &csr).await;
+        check_chain(&chain, &stack.root_pem, &names);
+        let certs = pem_blocks(&chain);
+        let (_, intermediate) = parse_x509_certificate(&certs[1]).expect("intermediate");
+        let common_name = intermediate.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+        assert_eq!(common_name, Some(intermediate_name));
+
+        let scts = quarry_core::ct::embedded_scts(&certs[0]).expect("SCT list");
+        assert_eq!(scts.len(), 2, "{intermediate_name}");
+        let (tbs, issuer_key_hash) =
+            quarry_core::ct::LogEntry::of_final_certificate(&certs[0], intermediate.public_key().raw).expect("entry");
+        let entry = quarry_core::ct::LogEntry::Precert { issuer_key_hash, tbs: &tbs };
+        for log in &log_keys {
+            let sct = scts.iter().find(|sct| sct.log_id == log.log_id()).expect("an SCT from each dev log");
+            log.verify(sct, &entry).unwrap_or_else(|e| panic!("{intermediate_name}: {e}"));
+        }
+    }
 }
 
 #[tokio::test]
@@ -280,7 +326,7 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let mut services: Vec<String> = children(pid).into_iter().map(|(_, service)| service).collect();
     services.sort();
     // The primary va and two remote perspectives: the same `quarry va`, three processes.
-    assert_eq!(services, ["ca", "nonce", "ra", "sa", "va", "va", "va", "wfe"]);
+    assert_eq!(services, ["ca", "nonce", "publisher", "ra", "sa", "va", "va", "va", "wfe"]);
 
     // The deployed configuration lets the wfe read from the sa but not write to it.
     let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("sa config");
@@ -377,7 +423,7 @@ async fn services_stop_when_quarry_dev_is_killed() {
     let mut stack = Stack::start().await;
     let pid = stack._process.id().expect("dev pid");
     let services = children(pid);
-    assert_eq!(services.len(), 8, "{services:?}");
+    assert_eq!(services.len(), 9, "{services:?}");
     stack._process.kill().await.expect("SIGKILL quarry dev");
     let started = Instant::now();
     // A zombie (state Z) has exited; whoever adopted it just has not reaped it yet.

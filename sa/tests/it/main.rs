@@ -311,12 +311,15 @@ async fn certificates_need_a_reserved_serial() {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
         let der = params.self_signed(&key).unwrap().der().to_vec();
         let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
-        let unreserved = sa.rw("ca").add_certificate(add()).await.unwrap_err();
+        let unreserved = sa.rw("ca").add_precertificate(add()).await.unwrap_err();
         assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
         let serial = || AddSerialRequest { account_id: account.id, serial: "01abcd".into(), created: 1, expires: 2 };
         sa.rw("ca").add_serial(serial()).await.unwrap();
         let duplicate = sa.rw("ca").add_serial(serial()).await.unwrap_err();
         assert_eq!(problem_kind(&duplicate), quarry_core::ErrorKind::Duplicate);
+        let no_precertificate = sa.rw("ca").add_certificate(add()).await.unwrap_err();
+        assert_eq!(problem_kind(&no_precertificate), quarry_core::ErrorKind::Malformed);
+        sa.rw("ca").add_precertificate(add()).await.unwrap();
         sa.rw("ca").add_certificate(add()).await.unwrap();
         let stored = sa.ro("wfe").get_certificate(Serial { serial: "01ABCD".into() }).await.unwrap().into_inner();
         assert_eq!(stored.der, der);

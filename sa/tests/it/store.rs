@@ -7,7 +7,7 @@ use quarry_core::clock::now;
 use quarry_core::model::{Account, AccountStatus, ChallengeType};
 use quarry_core::{ErrorKind, Identifier};
 use quarry_sa::store::{NewAuthorization, NewOrder, PoolSettings};
-use quarry_sa::{Precertificate, RateLimitOverride, Store};
+use quarry_sa::{RateLimitOverride, Store};
 use quarry_testkit::db::TestDatabase;
 
 const DAY: i64 = 86_400;
@@ -72,7 +72,9 @@ fn certificate(names: &[&str], serial: &[u8], not_before: i64) -> Vec<u8> {
 async fn issue(store: &Store, account_id: i64, names: &[&str], serial: &[u8], not_before: i64) -> String {
     let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
     store.add_serial(account_id, &hex, now(), now() + 90 * DAY).await.unwrap();
-    store.add_certificate(account_id, &certificate(names, serial, not_before), not_before, 7).await.unwrap()
+    let der = certificate(names, serial, not_before);
+    store.add_precertificate(account_id, &der, not_before, 7).await.unwrap();
+    store.add_certificate(account_id, &der, not_before, 7).await.unwrap()
 }
 
 #[tokio::test]
@@ -189,22 +191,30 @@ async fn crl_shards_are_leased_to_one_updater_at_a_time() {
 }
 
 #[tokio::test]
-async fn precertificates_are_stored_once() {
+async fn precertificates_are_stored_once_and_precede_their_certificate() {
     for (store, db) in stores().await {
         let owner = account(&store).await;
-        let precertificate = Precertificate {
-            serial: "04AB".into(),
-            account_id: owner.id,
-            der: certificate(&["pre.example.org"], &[0x04, 0xab], now()),
-            issued: now(),
-            expires: now() + 90 * DAY,
-            issuer_id: 7,
-        };
-        store.add_precertificate(&precertificate).await.unwrap();
-        let stored = store.get_precertificate("04ab").await.unwrap();
-        assert_eq!((stored.serial.as_str(), &stored.der), ("04ab", &precertificate.der), "{}", db.url);
-        assert_eq!(store.add_precertificate(&precertificate).await.unwrap_err().kind, ErrorKind::Duplicate);
+        let der = certificate(&["pre.example.org"], &[0x04, 0xab], now());
+        assert_eq!(store.add_precertificate(owner.id, &der, now(), 7).await.unwrap_err().kind, ErrorKind::Malformed);
+        store.add_serial(owner.id, "04ab", now(), now() + 90 * DAY).await.unwrap();
+        assert_eq!(
+            store.add_certificate(owner.id, &der, now(), 7).await.unwrap_err().kind,
+            ErrorKind::Malformed,
+            "no precertificate yet"
+        );
+        store.add_precertificate(owner.id, &der, now(), 7).await.unwrap();
+        let stored = store.get_precertificate("04AB").await.unwrap();
+        assert_eq!((stored.serial.as_str(), &stored.der, stored.issuer_id), ("04ab", &der, 7), "{}", db.url);
+        assert_eq!(store.add_precertificate(owner.id, &der, now(), 7).await.unwrap_err().kind, ErrorKind::Duplicate);
         assert_eq!(store.get_precertificate("ffff").await.unwrap_err().kind, ErrorKind::NotFound);
+        // Revocable from the precertificate on, before any final certificate exists.
+        assert_eq!(store.get_certificate_status("04ab").await.unwrap().0, "good");
+        assert_eq!(
+            store.add_certificate(owner.id, &der, now(), 8).await.unwrap_err().kind,
+            ErrorKind::Malformed,
+            "another issuer"
+        );
+        store.add_certificate(owner.id, &der, now(), 7).await.unwrap();
     }
 }
 
