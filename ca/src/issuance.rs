@@ -85,6 +85,8 @@ pub struct Issuer {
     subject_der: Vec<u8>,
     subject: String,
     spki_der: Vec<u8>,
+    /// The subjectKeyIdentifier: the authorityKeyIdentifier of everything it signs.
+    key_id: Vec<u8>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     key_algorithm: KeyAlgorithm,
@@ -129,10 +131,14 @@ impl Issuer {
             return Err("its key usage does not allow certificate and CRL signing".into());
         }
         // The authority key identifier of what it signs is copied from here, never derived from a key.
-        let has_key_id = cert.extensions().iter().any(|e| e.oid.to_id_string() == "2.5.29.14");
-        if !has_key_id {
-            return Err("has no subjectKeyIdentifier".into());
-        }
+        let key_id = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
+            .ok_or("has no subjectKeyIdentifier")?;
         let spki_der = signer.subject_public_key_info();
         if spki_der != cert.public_key().raw {
             return Err("the private key does not match the certificate".into());
@@ -153,6 +159,7 @@ impl Issuer {
             subject_der,
             subject,
             spki_der,
+            key_id,
             not_before,
             not_after,
             key_algorithm,
@@ -198,11 +205,26 @@ impl Issuer {
         self.signer.is_slow()
     }
 
+    /// The issuer's subjectKeyIdentifier.
+    pub fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
+    /// The rcgen issuer that signs with the throwaway key, for building what the real key then signs.
+    pub(crate) fn lint_signer(&self) -> &rcgen::Issuer<'static, KeyPair> {
+        &self.lint_signer
+    }
+
+    /// Signs `tbs` (a TBSCertificate or TBSCertList) with the real key and wraps it with `signature_algorithm`.
+    pub(crate) fn sign_message(&self, tbs: &[u8], signature_algorithm: &[u8]) -> Result<Vec<u8>, Error> {
+        let signature = self.signer.sign(tbs)?;
+        Ok(der::assemble_signed(tbs, signature_algorithm, &signature))
+    }
+
     /// Signs `tbs` with the real key and checks the signature with the certificate's public key before anything
     /// else sees it.
     fn sign_checked(&self, tbs: &[u8], signature_algorithm: &[u8]) -> Result<Vec<u8>, Error> {
-        let signature = self.signer.sign(tbs)?;
-        let der = der::assemble_signed(tbs, signature_algorithm, &signature);
+        let der = self.sign_message(tbs, signature_algorithm)?;
         let (_, cert) =
             X509Certificate::from_der(&der).map_err(|e| Error::SelfCheck(format!("signed certificate: {e}")))?;
         let (_, issuer) = X509Certificate::from_der(&self.certificate_der)
@@ -213,11 +235,9 @@ impl Issuer {
     }
 }
 
-/// A stable identifier of an issuer, stored with each certificate: the first 7 bytes of the SHA-256 of the issuer
-/// certificate's subject DER, big-endian (always positive, since 56 bits fit an i64 with room to spare).
+/// The issuer's id (see [`quarry_core::certificate::issuer_id`]).
 pub fn issuer_id(issuer: &Issuer) -> i64 {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, issuer.subject_der());
-    digest.as_ref()[..7].iter().fold(0i64, |id, &byte| (id << 8) | i64::from(byte))
+    quarry_core::certificate::issuer_id(issuer.subject_der())
 }
 
 /// A serial of a `prefix` byte (0x01–0x7f, which keeps the INTEGER positive and its encoding 18 bytes long)

@@ -12,6 +12,8 @@ use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, Tls
 use serde::Deserialize;
 
 pub mod ceremony;
+pub mod crl;
+mod crl_service;
 mod error;
 mod files;
 pub mod issuance;
@@ -53,6 +55,9 @@ pub struct Config {
     /// The profile used when a request names none; must be one of `profiles`.
     #[serde(default = "default_profile_name")]
     pub default_profile: String,
+    /// How long each CRL is valid (nextUpdate − thisUpdate), in seconds; at most ten days.
+    #[serde(default = "default_crl_validity_secs")]
+    pub crl_validity_secs: u64,
 }
 
 /// One issuing intermediate.
@@ -128,6 +133,11 @@ impl ProfileConfig {
 
 fn default_crl_shards() -> i64 {
     quarry_core::crl::DEFAULT_SHARDS
+}
+
+/// Boulder's CRL validity: nine days, a day inside the Baseline Requirements' ten.
+fn default_crl_validity_secs() -> u64 {
+    9 * 86_400
 }
 
 fn default_serial_prefix() -> u8 {

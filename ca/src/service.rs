@@ -40,11 +40,11 @@ const SERIAL_ATTEMPTS: usize = 3;
 const FINAL_SUBMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One loaded issuer with what the configuration says about it.
-struct ConfiguredIssuer {
-    issuer: Arc<Issuer>,
-    id: i64,
+pub(crate) struct ConfiguredIssuer {
+    pub(crate) issuer: Arc<Issuer>,
+    pub(crate) id: i64,
     issuer_url: String,
-    crl_url_prefix: String,
+    pub(crate) crl_url_prefix: String,
     active: bool,
     /// Empty: every profile.
     profiles: Vec<String>,
@@ -62,7 +62,7 @@ impl ConfiguredIssuer {
 
 /// The service's state: the issuers, the profiles, and clients of the sa and the publisher.
 pub(crate) struct CaService {
-    issuers: Vec<ConfiguredIssuer>,
+    issuers: Arc<Vec<ConfiguredIssuer>>,
     crl_shards: i64,
     serial_prefix: u8,
     profiles: BTreeMap<String, CertProfile>,
@@ -122,7 +122,7 @@ impl CaService {
         if config.crl_shards < 1 {
             return Err(invalid(format!("crl_shards must be at least 1, not {}", config.crl_shards)));
         }
-        let issuers = load_issuers(config)?;
+        let issuers = Arc::new(load_issuers(config)?);
 
         let mut profiles = BTreeMap::new();
         for (name, profile) in &config.profiles {
@@ -336,7 +336,7 @@ impl CaService {
 
 /// Runs a step that signs with `issuer` on a blocking thread when its signatures are slow (RSA, an HSM), inline
 /// otherwise (an ECDSA file key signs in microseconds).
-async fn on_signing_thread<T: Send + 'static>(
+pub(crate) async fn on_signing_thread<T: Send + 'static>(
     issuer: &Arc<Issuer>,
     step: impl FnOnce(&Issuer) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Problem> {
@@ -395,14 +395,18 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let name = <CertificateAuthorityServer<CaService> as tonic::server::NamedService>::NAME;
-    let allowlist = ClientAllowlist::for_service(&config.grpc, name)?;
+    let ca_name = <CertificateAuthorityServer<CaService> as tonic::server::NamedService>::NAME;
+    let crl_name = crate::crl_service::SERVICE_NAME;
+    let ca_allowlist = ClientAllowlist::for_service(&config.grpc, ca_name)?;
+    let crl_allowlist = ClientAllowlist::for_service(&config.grpc, crl_name)?;
     let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
     let publisher = quarry_core::grpc::channel(&config.publisher, &config.tls)?;
     let service = CaService::new(&config, sa, publisher)?;
-    let routes = tonic::service::Routes::new(CertificateAuthorityServer::with_interceptor(service, allowlist));
+    let crl_service = crate::crl_service::CrlService::new(Arc::clone(&service.issuers), config.crl_validity_secs)?;
+    let routes = tonic::service::Routes::new(CertificateAuthorityServer::with_interceptor(service, ca_allowlist))
+        .add_service(crl_service.into_server(crl_allowlist));
     info!(addr = ?listener.local_addr().ok(), "ca listening");
-    quarry_core::grpc::serve(listener, &config.tls, routes, &[name], shutdown).await?;
+    quarry_core::grpc::serve(listener, &config.tls, routes, &[ca_name, crl_name], shutdown).await?;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! What the services read out of an issued certificate: the identifiers it certifies.
+//! What the services read out of an issued certificate: the identifiers it certifies, and its issuer's id.
 
 use std::net::IpAddr;
 
@@ -6,6 +6,13 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use crate::identifier::Identifier;
+
+/// The stable identifier of an issuer, stored with each certificate and keying its CRL shards: the first 7 bytes of
+/// the SHA-256 of the issuer certificate's subject Name DER, big-endian (always positive: 56 bits fit an i64).
+pub fn issuer_id(issuer_subject_der: &[u8]) -> i64 {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, issuer_subject_der);
+    digest.as_ref()[..7].iter().fold(0i64, |id, &byte| (id << 8) | i64::from(byte))
+}
 
 /// An iPAddress general name's 4 or 16 octets as an address; `None` for any other length.
 pub fn ip_from_octets(octets: &[u8]) -> Option<IpAddr> {

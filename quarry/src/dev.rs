@@ -16,7 +16,7 @@ use crate::env;
 
 /// The internal certificate names of the stack's services, plus the operator's.
 const PKI_NAMES: &[&str] =
-    &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "admin"];
+    &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "crl-updater", "admin"];
 /// The dev stack's two Certificate Transparency logs, of distinct operators, as the SCT policy needs.
 const CT_LOGS: [&str; 2] = ["ct-log-a", "ct-log-b"];
 /// How long a service may take to accept connections after it was started.
@@ -30,6 +30,9 @@ pub struct DevArgs {
     /// Where the ACME server (HTTPS) listens.
     #[arg(long, default_value = "127.0.0.1:14000")]
     acme_addr: SocketAddr,
+    /// Where the wfe serves the CRLs (plain HTTP), the address in every certificate's CRL distribution point.
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    crl_addr: SocketAddr,
     /// The DNS resolver the va uses; when given, no challenge test server is started.
     #[arg(long)]
     va_dns: Option<SocketAddr>,
@@ -55,7 +58,7 @@ pub struct DevArgs {
     /// directory.
     #[arg(long)]
     db: Option<String>,
-    /// The first of the loopback ports the services' gRPC servers use (nine consecutive ports).
+    /// The first of the loopback ports the services' gRPC servers use (ten consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
 }
@@ -127,6 +130,7 @@ impl DevArgs {
             ),
             ("pki_dir", data_dir.join("pki").display().to_string()),
             ("acme_listen", self.acme_addr.to_string()),
+            ("crl_listen", self.crl_addr.to_string()),
             ("base_url", self.base_url()),
             ("va_dns", self.va_dns().to_string()),
             ("va_remote_a_dns", self.remote_dns(0).to_string()),
@@ -175,6 +179,8 @@ struct StackInfo {
     root_pem: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     challtestsrv_url: Option<String>,
+    /// Where CRL shards are served: `<crl_base_url><issuer>/<shard>.crl`.
+    crl_base_url: String,
     logs_dir: PathBuf,
 }
 
@@ -216,6 +222,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     for service in env::SERVICES {
         let addr = match *service {
+            // A client of the sa and the ca only: nothing to wait for.
+            "crl-updater" => continue,
             "wfe" => args.acme_addr,
             other => SocketAddr::from(([127, 0, 0, 1], args.grpc_port(other))),
         };
@@ -227,6 +235,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tls_ca_pem: pki.https_ca_pem.clone(),
         root_pem: pki.root_pem.clone(),
         challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
+        crl_base_url: format!("http://{}/", args.crl_addr),
         logs_dir: logs_dir.clone(),
     };
     std::fs::write(data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;

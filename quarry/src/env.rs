@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 
 /// The services of the stack, in start order (peers before their callers).
-pub const SERVICES: &[&str] = &["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "ra", "wfe"];
+pub const SERVICES: &[&str] =
+    &["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "crl-updater", "ra", "wfe"];
 
 /// The `quarry` subcommand that runs `service`: remote perspectives are the va.
 pub fn subcommand(service: &str) -> &str {
@@ -23,6 +24,7 @@ macro_rules! env_files {
             ("va", include_str!(concat!("../../deploy/env/", $env, "/va.toml"))),
             ("publisher", include_str!(concat!("../../deploy/env/", $env, "/publisher.toml"))),
             ("ca", include_str!(concat!("../../deploy/env/", $env, "/ca.toml"))),
+            ("crl-updater", include_str!(concat!("../../deploy/env/", $env, "/crl-updater.toml"))),
             ("ra", include_str!(concat!("../../deploy/env/", $env, "/ra.toml"))),
             ("wfe", include_str!(concat!("../../deploy/env/", $env, "/wfe.toml"))),
         ]
@@ -86,6 +88,7 @@ mod tests {
                 "va" => quarry_core::config::parse::<quarry_va::Config>(&text, service).map(drop),
                 "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, service).map(drop),
                 "publisher" => quarry_core::config::parse::<quarry_publisher::Config>(&text, service).map(drop),
+                "crl-updater" => quarry_core::config::parse::<quarry_crl_updater::Config>(&text, service).map(drop),
                 "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, service).map(drop),
                 "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, service).map(drop),
                 other => panic!("unknown service {other}"),

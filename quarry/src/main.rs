@@ -36,6 +36,8 @@ enum Command {
     Nonce(ConfigArg),
     /// The Certificate Transparency publisher.
     Publisher(ConfigArg),
+    /// The CRL updater: keeps every CRL shard signed and stored.
+    CrlUpdater(ConfigArg),
     /// The challenge test server: DNS, http-01 and tls-alpn-01 responders with a pebble-challtestsrv compatible API.
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
@@ -69,6 +71,9 @@ macro_rules! run_service {
     }};
 }
 
+/// The process id of the parent at start-up.
+static SUPERVISOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 /// Set by `quarry dev` on the services it starts, so that they stop when it goes away, however it went.
 const SUPERVISED_ENV: &str = "QUARRY_SUPERVISED";
 
@@ -78,7 +83,9 @@ async fn shutdown() {
     if std::env::var_os(SUPERVISED_ENV).is_none() {
         return quarry_core::shutdown::signal().await;
     }
-    let parent = std::os::unix::process::parent_id();
+    // Read when the process started: a service slow to start (key generation) must not take the init process it
+    // was reparented to for its supervisor.
+    let parent = *SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
     let parent_gone = async {
         while std::os::unix::process::parent_id() == parent {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -132,6 +139,7 @@ fn report<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCod
 }
 
 fn main() -> ExitCode {
+    SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
     quarry_core::install_crypto_provider();
     match Cli::parse().command {
         Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
@@ -141,6 +149,7 @@ fn main() -> ExitCode {
         Command::Va(arg) => run_service!("va", quarry_va, arg),
         Command::Nonce(arg) => run_service!("nonce", quarry_nonce, arg),
         Command::Publisher(arg) => run_service!("publisher", quarry_publisher, arg),
+        Command::CrlUpdater(arg) => run_service!("crl-updater", quarry_crl_updater, arg),
         Command::Challtestsrv(args) => {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))

@@ -105,17 +105,26 @@ impl Store {
         Ok(revoked)
     }
 
-    /// Leases the CRL shard of `issuer_id` updated longest ago among those not leased at `now`, until
-    /// `leased_until`; `None` when every shard is leased. Two updaters never hold one shard.
+    /// Leases the CRL shard of `issuer_id` updated longest ago among those not leased at `now` and last updated
+    /// before `updated_before`, until `leased_until`; `None` when there is none. Two updaters never hold one shard,
+    /// and updaters that start a pass at the same moment update each shard once between them.
     pub async fn lease_crl_shard(
         &self,
         issuer_id: i64,
         shard_count: i64,
         now: Timestamp,
         leased_until: Timestamp,
+        updated_before: Timestamp,
     ) -> Result<Option<i64>, Problem> {
         let mut tx = self.begin_write().await?;
-        for idx in 0..shard_count {
+        let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM crl_shards WHERE issuer_id = $1 AND idx < $2")
+            .bind(issuer_id)
+            .bind(shard_count)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        // Shard rows are made once per issuer, on its first lease.
+        for idx in (known < shard_count).then_some(0..shard_count).into_iter().flatten() {
             sqlx::query(
                 "INSERT INTO crl_shards (issuer_id, idx) VALUES ($1, $2) ON CONFLICT (issuer_id, idx) DO NOTHING",
             )
@@ -126,11 +135,12 @@ impl Store {
             .map_err(db_error)?;
         }
         let candidate: Option<i64> = sqlx::query_scalar(
-            "SELECT idx FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 ORDER BY this_update, idx LIMIT 1",
+            "SELECT idx FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 AND this_update < $4 ORDER BY this_update, idx LIMIT 1",
         )
         .bind(issuer_id)
         .bind(shard_count)
         .bind(now)
+        .bind(updated_before)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -158,12 +168,14 @@ impl Store {
         idx: i64,
         this_update: Timestamp,
         next_update: Timestamp,
+        der: &[u8],
     ) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0 WHERE issuer_id = $3 AND idx = $4",
+            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0, der = $3 WHERE issuer_id = $4 AND idx = $5",
         )
         .bind(this_update)
         .bind(next_update)
+        .bind(der)
         .bind(issuer_id)
         .bind(idx)
         .execute(&self.pool)
@@ -172,4 +184,30 @@ impl Store {
         .rows_affected();
         if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("CRL shard {issuer_id}/{idx} not found"))) }
     }
+
+    /// The latest CRL of a shard with its thisUpdate and nextUpdate.
+    pub async fn get_crl(&self, issuer_id: i64, idx: i64) -> Result<StoredCrl, Problem> {
+        let row = sqlx::query(
+            "SELECT der, this_update, next_update FROM crl_shards WHERE issuer_id = $1 AND idx = $2 AND der IS NOT NULL",
+        )
+        .bind(issuer_id)
+        .bind(idx)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Problem::not_found(format!("no CRL for shard {issuer_id}/{idx} yet")))?;
+        Ok(StoredCrl {
+            der: get(&row, "der")?,
+            this_update: get(&row, "this_update")?,
+            next_update: get(&row, "next_update")?,
+        })
+    }
+}
+
+/// A shard's latest signed CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCrl {
+    pub der: Vec<u8>,
+    pub this_update: Timestamp,
+    pub next_update: Timestamp,
 }

@@ -142,6 +142,35 @@ impl StorageAuthorityReadOnly for Storage {
         let serial = &request.get_ref().serial;
         reply(self.store.replacement_order_exists(serial).await.map(|exists| sapb::Exists { exists }))
     }
+
+    type GetRevokedCertificatesStream =
+        futures::stream::Iter<std::vec::IntoIter<Result<sapb::RevokedCertificate, Status>>>;
+
+    /// Read from the primary: a revocation that the replica has not seen yet must not miss its CRL update.
+    async fn get_revoked_certificates(
+        &self,
+        request: Request<sapb::GetRevokedCertificatesRequest>,
+    ) -> Reply<Self::GetRevokedCertificatesStream> {
+        let req = request.into_inner();
+        let revoked = self.store.revoked_certificates(req.issuer_id, req.shard, req.expires_after).await?;
+        let entries: Vec<Result<sapb::RevokedCertificate, Status>> = revoked
+            .into_iter()
+            .map(|r| {
+                Ok(sapb::RevokedCertificate {
+                    serial: r.serial,
+                    revoked_date: r.revoked_date,
+                    reason: r.revoked_reason,
+                })
+            })
+            .collect();
+        Ok(Response::new(futures::stream::iter(entries)))
+    }
+
+    async fn get_crl(&self, request: Request<sapb::CrlShard>) -> Reply<sapb::Crl> {
+        let req = request.into_inner();
+        let crl = self.read(|store| async move { store.get_crl(req.issuer_id, req.shard).await }).await;
+        reply(crl.map(|crl| sapb::Crl { der: crl.der, this_update: crl.this_update, next_update: crl.next_update }))
+    }
 }
 
 #[tonic::async_trait]
@@ -268,6 +297,26 @@ impl StorageAuthority for Storage {
     async fn revoke_certificate(&self, request: Request<sapb::RevokeCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(self.store.revoke_certificate(&req.serial, req.reason, req.date).await.map(|()| pb::Empty {}))
+    }
+
+    async fn lease_crl_shard(
+        &self,
+        request: Request<sapb::LeaseCrlShardRequest>,
+    ) -> Reply<sapb::LeaseCrlShardResponse> {
+        let req = request.into_inner();
+        if req.shard_count < 1 {
+            return Err(Problem::malformed("shard_count must be at least 1").into());
+        }
+        let now = quarry_core::clock::now();
+        let leased =
+            self.store.lease_crl_shard(req.issuer_id, req.shard_count, now, req.until, req.updated_before).await;
+        reply(leased.map(|shard| sapb::LeaseCrlShardResponse { leased: shard.is_some(), shard: shard.unwrap_or(0) }))
+    }
+
+    async fn update_crl_shard(&self, request: Request<sapb::UpdateCrlShardRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        let updated = self.store.update_crl_shard(req.issuer_id, req.shard, req.this_update, req.next_update, &req.der);
+        reply(updated.await.map(|()| pb::Empty {}))
     }
 
     async fn add_blocked_key(&self, request: Request<sapb::AddBlockedKeyRequest>) -> Reply<pb::Empty> {

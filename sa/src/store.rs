@@ -26,6 +26,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (2, "replacement_orders", include_str!("../migrations/sqlite/0002_replacement_orders.sql")),
     (3, "external_account_id", include_str!("../migrations/sqlite/0003_external_account_id.sql")),
     (4, "history_and_controls", include_str!("../migrations/sqlite/0004_history_and_controls.sql")),
+    (5, "crl_storage", include_str!("../migrations/sqlite/0005_crl_storage.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -34,6 +35,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (2, "replacement_orders", include_str!("../migrations/postgres/0002_replacement_orders.sql")),
     (3, "external_account_id", include_str!("../migrations/postgres/0003_external_account_id.sql")),
     (4, "history_and_controls", include_str!("../migrations/postgres/0004_history_and_controls.sql")),
+    (5, "crl_storage", include_str!("../migrations/postgres/0005_crl_storage.sql")),
 ];
 
 /// The database engines the store speaks.

@@ -8,7 +8,8 @@ use quarry_ca::ceremony::{DevPki, ensure_dev_pki};
 use quarry_core::config::{GrpcClientConfig, GrpcServerConfig, ServiceAccess, TlsFiles};
 
 /// Every name `TestPki` issues an internal certificate for; "intruder" is on no allowlist.
-pub const SERVICE_NAMES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "publisher", "admin", "intruder"];
+pub const SERVICE_NAMES: &[&str] =
+    &["wfe", "ra", "sa", "ca", "va", "nonce", "publisher", "crl-updater", "admin", "intruder"];
 
 /// Certificates and keys in a temporary directory, removed when dropped.
 pub struct TestPki {

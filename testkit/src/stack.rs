@@ -108,8 +108,8 @@ impl InProcessStack {
         let sa_config = quarry_sa::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
-                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca"]),
-                ("quarry.sa.v1.StorageAuthority", &["ra", "ca"]),
+                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca", "crl-updater"]),
+                ("quarry.sa.v1.StorageAuthority", &["ra", "ca", "crl-updater"]),
             ]),
             tls: pki.tls("sa"),
             database_url: db.url.clone(),
@@ -124,13 +124,17 @@ impl InProcessStack {
         let publisher = TestPublisher::start(&pki).await;
         let ca_config = quarry_ca::Config {
             version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[("quarry.ca.v1.CertificateAuthority", &["ra"])]),
+            grpc: pki.server_config(&[
+                ("quarry.ca.v1.CertificateAuthority", &["ra"]),
+                ("quarry.ca.v1.CrlGenerator", &["crl-updater"]),
+            ]),
             tls: pki.tls("ca"),
             sa: pki.client_config("sa", sa),
             publisher: pki.client_config("publisher", publisher.addr),
             serial_prefix: 1,
             issuers: pki.issuers(),
             crl_shards: quarry_core::crl::DEFAULT_SHARDS,
+            crl_validity_secs: 9 * 86_400,
             profiles: BTreeMap::from([
                 ("classic".to_owned(), quarry_ca::ProfileConfig::classic()),
                 ("shortlived".to_owned(), quarry_ca::ProfileConfig::shortlived()),
@@ -208,6 +212,7 @@ async fn start_wfe(
             ]),
         },
         external_account_binding: Default::default(),
+        crl: None,
     };
     configure(&mut config);
     tokio::spawn(quarry_wfe::serve(config, listener, std::future::pending()));

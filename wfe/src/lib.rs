@@ -2,6 +2,7 @@
 //! nonces, forwards to the ra and the sa's read-only service over gRPC, and renders RFC 8555 resources and
 //! problem documents.
 
+mod crl;
 mod error;
 mod handlers;
 mod post;
@@ -21,6 +22,7 @@ use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+pub use crl::CrlConfig;
 pub use error::Error;
 
 /// The wfe's configuration.
@@ -62,6 +64,9 @@ pub struct Config {
     /// External account binding (RFC 8555 §7.3.4).
     #[serde(default)]
     pub external_account_binding: ExternalAccountBindingConfig,
+    /// The CRL distribution points, served over plain HTTP on their own address.
+    #[serde(default)]
+    pub crl: Option<CrlConfig>,
 }
 
 /// The MAC keys handed out for external account binding, and whether a new account must present one.
@@ -127,6 +132,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let state = state::Wfe::new(&config)?;
+    if let Some(crl) = &config.crl {
+        let crl_router = crl::router(crl, state.sa())?;
+        let crl_listener =
+            TcpListener::bind(crl.listen).await.map_err(|source| Error::Bind { addr: crl.listen, source })?;
+        tracing::info!(addr = ?crl_listener.local_addr().ok(), "CRLs served");
+        // It stops with the process; a CRL download needs no draining.
+        tokio::spawn(async move { axum::serve(crl_listener, crl_router).await });
+    }
     let router = handlers::router(state);
     tracing::info!(addr = ?listener.local_addr().ok(), base_url = %config.base_url, "wfe listening");
     match (&config.https_cert, &config.https_key) {

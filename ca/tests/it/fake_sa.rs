@@ -73,6 +73,20 @@ impl StorageAuthority for Handle {
         Ok(Response::new(Empty {}))
     }
 
+    async fn lease_crl_shard(
+        &self,
+        _: Request<quarry_proto::sa::LeaseCrlShardRequest>,
+    ) -> Result<Response<quarry_proto::sa::LeaseCrlShardResponse>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn update_crl_shard(
+        &self,
+        _: Request<quarry_proto::sa::UpdateCrlShardRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn new_account(&self, _: Request<Account>) -> Result<Response<Account>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

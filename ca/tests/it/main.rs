@@ -18,6 +18,9 @@ use tonic::transport::Channel;
 
 pub const SERIAL_PREFIX: u8 = 0x2a;
 
+/// The ca's second service, which the crl-updater calls.
+pub const CRL_GENERATOR: &str = quarry_proto::ca::crl_generator_server::SERVICE_NAME;
+
 pub fn ca_service_name() -> &'static str {
     quarry_proto::ca::certificate_authority_server::SERVICE_NAME
 }
@@ -27,13 +30,14 @@ pub fn ca_service_name() -> &'static str {
 pub fn config(pki: &TestPki, sa_addr: SocketAddr, publisher_addr: SocketAddr) -> Config {
     Config {
         version: ConfigVersion::CURRENT,
-        grpc: pki.server_config(&[(ca_service_name(), &["ra"])]),
+        grpc: pki.server_config(&[(ca_service_name(), &["ra"]), (CRL_GENERATOR, &["crl-updater"])]),
         tls: pki.tls("ca"),
         sa: pki.client_config("sa", sa_addr),
         publisher: pki.client_config("publisher", publisher_addr),
         serial_prefix: SERIAL_PREFIX,
         issuers: pki.issuers(),
         crl_shards: quarry_core::crl::DEFAULT_SHARDS,
+        crl_validity_secs: 9 * 86_400,
         profiles: [
             ("classic".to_owned(), ProfileConfig::classic()),
             ("tlsserver".to_owned(), ProfileConfig::tlsserver()),

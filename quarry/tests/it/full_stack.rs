@@ -90,6 +90,8 @@ impl Stack {
             .arg(challtestsrv.http01_addr.expect("http01").port().to_string())
             .arg("--grpc-base-port")
             .arg(free_port_range().to_string())
+            .arg("--crl-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -326,7 +328,7 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let mut services: Vec<String> = children(pid).into_iter().map(|(_, service)| service).collect();
     services.sort();
     // The primary va and two remote perspectives: the same `quarry va`, three processes.
-    assert_eq!(services, ["ca", "nonce", "publisher", "ra", "sa", "va", "va", "va", "wfe"]);
+    assert_eq!(services, ["ca", "crl-updater", "nonce", "publisher", "ra", "sa", "va", "va", "va", "wfe"]);
 
     // The deployed configuration lets the wfe read from the sa but not write to it.
     let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("sa config");
@@ -423,7 +425,7 @@ async fn services_stop_when_quarry_dev_is_killed() {
     let mut stack = Stack::start().await;
     let pid = stack._process.id().expect("dev pid");
     let services = children(pid);
-    assert_eq!(services.len(), 9, "{services:?}");
+    assert_eq!(services.len(), 10, "{services:?}");
     stack._process.kill().await.expect("SIGKILL quarry dev");
     let started = Instant::now();
     // A zombie (state Z) has exited; whoever adopted it just has not reaped it yet.
@@ -435,7 +437,12 @@ async fn services_stop_when_quarry_dev_is_killed() {
     };
     let alive = || services.iter().filter(|(pid, _)| running(pid)).map(|(_, name)| name.clone()).collect::<Vec<_>>();
     while !alive().is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(15), "{:?} outlived quarry dev", alive());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?} outlived quarry dev{}",
+            alive(),
+            logs(stack.dir.path())
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -509,4 +516,93 @@ async fn a_remote_perspective_that_sees_other_dns_answers_fails_the_quorum() {
     let detail = error["detail"].as_str().unwrap();
     assert!(detail.starts_with("During secondary validation: "), "{error}");
     assert!(detail.contains("127.0.0.2"), "{error}");
+}
+
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`); returns the status and body.
+async fn http_get(url: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("path"));
+    let mut stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("headers end");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).expect("status");
+    (status, response[split + 4..].to_vec())
+}
+
+/// The certificate's CRL distribution point URL.
+fn crl_url(cert: &X509Certificate<'_>) -> String {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => points.iter().find_map(|p| match &p.distribution_point {
+                Some(DistributionPointName::FullName(names)) => names.iter().find_map(|n| match n {
+                    GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .expect("a CRL distribution point")
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_appears_in_the_crl_at_its_distribution_point() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["crl.quarry-test.org"];
+    let chain = issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+    let certs = pem_blocks(&chain);
+    let (_, leaf) = parse_x509_certificate(&certs[0]).expect("leaf");
+    let serial = leaf.raw_serial().to_vec();
+    let url = crl_url(&leaf);
+    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with(".crl"), "{url}");
+
+    let leaf_der = rustls_pki_types::CertificateDer::from(certs[0].clone());
+    let revocation = instant_acme::RevocationRequest {
+        certificate: &leaf_der,
+        reason: Some(instant_acme::RevocationReason::KeyCompromise),
+    };
+    account.revoke(&revocation).await.expect("revoked");
+
+    // The dev crl-updater signs every shard every 10 s; three periods is plenty (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let crl = loop {
+        let (status, body) = http_get(&url).await;
+        if status == 200 {
+            let (_, crl) = CertificateRevocationList::from_der(&body).expect("a DER CRL");
+            if crl.iter_revoked_certificates().any(|r| r.raw_serial() == serial.as_slice()) {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the serial never reached {url} (last status {status}){}",
+            logs(stack.dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // OpenSSL accepts the CRL as signed by the intermediate that issued the certificate.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("shard.crl"), &crl).expect("write CRL");
+    let intermediate_pem = chain.split_inclusive("-----END CERTIFICATE-----").nth(1).expect("intermediate").trim();
+    std::fs::write(dir.path().join("issuer.pem"), format!("{intermediate_pem}\n")).expect("write issuer");
+    let output = std::process::Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-in"])
+        .arg(dir.path().join("shard.crl"))
+        .arg("-CAfile")
+        .arg(dir.path().join("issuer.pem"))
+        .output()
+        .expect("run openssl");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.contains("verify OK"), "openssl: {said}");
 }

@@ -178,15 +178,20 @@ async fn revoked_certificates_are_filed_by_issuer_and_shard() {
 async fn crl_shards_are_leased_to_one_updater_at_a_time() {
     for (store, db) in stores().await {
         let t = now();
-        let first = store.lease_crl_shard(7, 2, t, t + 60).await.unwrap();
-        let second = store.lease_crl_shard(7, 2, t, t + 60).await.unwrap();
+        let first = store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap();
+        let second = store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap();
         assert_eq!((first, second), (Some(0), Some(1)), "{}", db.url);
-        assert_eq!(store.lease_crl_shard(7, 2, t, t + 60).await.unwrap(), None, "every shard is leased");
-        store.update_crl_shard(7, 0, t, t + 3_600).await.unwrap();
-        // Shard 0 is released but was updated just now; shard 1's lease lapses later and it is older.
-        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120).await.unwrap(), Some(1), "{}", db.url);
-        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120).await.unwrap(), Some(0), "{}", db.url);
-        assert_eq!(store.update_crl_shard(9, 0, t, t).await.unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap(), None, "every shard is leased");
+        assert_eq!(store.get_crl(7, 0).await.unwrap_err().kind, ErrorKind::NotFound, "no CRL before the first update");
+        store.update_crl_shard(7, 0, t, t + 3_600, b"crl der").await.unwrap();
+        let stored = store.get_crl(7, 0).await.unwrap();
+        assert_eq!((stored.der.as_slice(), stored.this_update, stored.next_update), (&b"crl der"[..], t, t + 3_600));
+        // Shard 0 is released, but a pass that began at t has updated it already.
+        assert_eq!(store.lease_crl_shard(7, 2, t + 1, t + 120, t).await.unwrap(), None, "{}", db.url);
+        // Later, shard 1's lease has lapsed and it is the older; then shard 0 is due again.
+        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120, t + 61).await.unwrap(), Some(1), "{}", db.url);
+        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120, t + 61).await.unwrap(), Some(0), "{}", db.url);
+        assert_eq!(store.update_crl_shard(9, 0, t, t, b"").await.unwrap_err().kind, ErrorKind::NotFound);
     }
 }
 

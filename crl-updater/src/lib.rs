@@ -1,0 +1,54 @@
+//! Quarry's crl-updater: keeps every CRL shard of every issuer fresh. Each pass leases shards from the sa (so that
+//! several updaters never sign the same shard at once), reads the shard's revoked certificates, has the ca sign the
+//! CRL over a stream, checks it, and stores it in the sa, from where the wfe serves it at the URL the certificates
+//! name.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
+use serde::Deserialize;
+
+mod error;
+pub mod updater;
+
+pub use error::Error;
+
+/// The crl-updater's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Configuration format version; must be 1.
+    pub version: ConfigVersion,
+    /// This service's mTLS certificate and key, and the internal CA.
+    pub tls: TlsFiles,
+    /// The sa (its read-only and read-write services share one address).
+    pub sa: GrpcClientConfig,
+    /// The ca's CRL generator.
+    pub ca: GrpcClientConfig,
+    /// The issuers whose shards are kept; each certificate, PEM.
+    pub issuers: Vec<PathBuf>,
+    /// Shards per issuer; must equal the sa's and the ca's `crl_shards`.
+    #[serde(default = "default_shards")]
+    pub shards: i64,
+    /// How often every shard is signed anew, in seconds. A revocation appears in its CRL within one period.
+    pub update_period_secs: u64,
+    /// How long a leased shard stays reserved for this updater, in seconds; a crashed updater's leases lapse.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_shards() -> i64 {
+    quarry_core::crl::DEFAULT_SHARDS
+}
+
+fn default_lease_secs() -> u64 {
+    600
+}
+
+/// Runs update passes until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let updater = updater::Updater::new(&config)?;
+    updater.run(shutdown).await;
+    Ok(())
+}

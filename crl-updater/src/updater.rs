@@ -1,0 +1,204 @@
+//! One update pass and the loop around it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use quarry_core::Problem;
+use quarry_core::grpc::request_with_deadline;
+use quarry_proto::ca::crl_generator_client::CrlGeneratorClient;
+use quarry_proto::ca::generate_crl_request::Payload;
+use quarry_proto::ca::{CrlEntry, CrlMetadata, GenerateCrlRequest};
+use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::sa::{GetRevokedCertificatesRequest, LeaseCrlShardRequest, UpdateCrlShardRequest};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use crate::{Config, Error};
+
+/// How long one shard's update (read, sign, store) may take.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An issuer whose CRLs are kept: its certificate, to check what the ca signs.
+struct IssuerCert {
+    id: i64,
+    der: Vec<u8>,
+    subject: String,
+}
+
+/// How many shards of one issuer are updated at once: enough to overlap the round trips, few enough not to crowd
+/// the sa's writes.
+const CONCURRENT_SHARDS: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Updated,
+    NothingDue,
+    Failed,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub updated: usize,
+    pub failed: usize,
+}
+
+pub struct Updater {
+    issuers: Vec<IssuerCert>,
+    sa_read: StorageAuthorityReadOnlyClient<Channel>,
+    sa_write: StorageAuthorityClient<Channel>,
+    ca: CrlGeneratorClient<Channel>,
+    shards: i64,
+    period: Duration,
+    lease: Duration,
+}
+
+impl Updater {
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let invalid = |message: String| Error::Config(quarry_core::config::ConfigError::Invalid(message));
+        if config.shards < 1 {
+            return Err(invalid(format!("shards must be at least 1, not {}", config.shards)));
+        }
+        if config.update_period_secs == 0 || config.lease_secs == 0 {
+            return Err(invalid("update_period_secs and lease_secs must be positive".into()));
+        }
+        if config.issuers.is_empty() {
+            return Err(invalid("issuers is empty".into()));
+        }
+        let mut issuers = Vec::with_capacity(config.issuers.len());
+        for path in &config.issuers {
+            let bad = |detail: String| Error::Issuer { path: path.clone(), detail };
+            let der = CertificateDer::from_pem_file(path).map_err(|e| bad(e.to_string()))?.to_vec();
+            let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+            let id = quarry_core::certificate::issuer_id(cert.subject().as_raw());
+            let subject = cert.subject().to_string();
+            issuers.push(IssuerCert { id, der, subject });
+        }
+        let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
+        let ca = quarry_core::grpc::channel(&config.ca, &config.tls)?;
+        Ok(Self {
+            issuers,
+            sa_read: StorageAuthorityReadOnlyClient::new(sa.clone()),
+            sa_write: StorageAuthorityClient::new(sa),
+            ca: CrlGeneratorClient::new(ca),
+            shards: config.shards,
+            period: Duration::from_secs(config.update_period_secs),
+            lease: Duration::from_secs(config.lease_secs),
+        })
+    }
+
+    /// Runs a pass every period until `shutdown`; a pass under way when it comes is left to its leases.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        loop {
+            let started = Instant::now();
+            let report = tokio::select! {
+                report = self.pass() => report,
+                () = &mut shutdown => return,
+            };
+            info!(
+                updated = report.updated,
+                failed = report.failed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "CRL pass done"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(self.period.saturating_sub(started.elapsed())) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// Updates every shard of every issuer not updated since the pass began and not held by another updater, a few
+    /// at a time; at most `shards` leases per issuer, so a pass always ends.
+    pub async fn pass(&self) -> PassReport {
+        let mut report = PassReport::default();
+        let pass_start = quarry_core::clock::now();
+        for issuer in &self.issuers {
+            let outcomes: Vec<Outcome> = futures::stream::iter(0..self.shards)
+                .map(|_| self.lease_and_update(issuer, pass_start))
+                .buffer_unordered(CONCURRENT_SHARDS)
+                .collect()
+                .await;
+            report.updated += outcomes.iter().filter(|o| **o == Outcome::Updated).count();
+            report.failed += outcomes.iter().filter(|o| **o == Outcome::Failed).count();
+        }
+        report
+    }
+
+    async fn lease_and_update(&self, issuer: &IssuerCert, pass_start: i64) -> Outcome {
+        let until = quarry_core::clock::now() + self.lease.as_secs() as i64;
+        let lease =
+            LeaseCrlShardRequest { issuer_id: issuer.id, shard_count: self.shards, until, updated_before: pass_start };
+        let shard = match self.sa_write.clone().lease_crl_shard(lease).await {
+            Ok(answer) if answer.get_ref().leased => answer.get_ref().shard,
+            Ok(_) => return Outcome::NothingDue,
+            Err(status) => {
+                warn!(issuer = issuer.subject, %status, "leasing a CRL shard failed");
+                return Outcome::Failed;
+            }
+        };
+        match self.update_shard(issuer, shard).await {
+            Ok(()) => Outcome::Updated,
+            Err(problem) => {
+                // The lease lapses by itself; the shard is retried on a later pass.
+                warn!(issuer = issuer.subject, shard, %problem, "CRL shard update failed");
+                Outcome::Failed
+            }
+        }
+    }
+
+    async fn update_shard(&self, issuer: &IssuerCert, shard: i64) -> Result<(), Problem> {
+        let deadline = Some(Instant::now() + SHARD_TIMEOUT);
+        let this_update = quarry_core::clock::now();
+        let query = GetRevokedCertificatesRequest { issuer_id: issuer.id, shard, expires_after: this_update };
+        let mut revoked =
+            self.sa_read.clone().get_revoked_certificates(request_with_deadline(query, deadline)).await?.into_inner();
+        let mut messages = vec![GenerateCrlRequest {
+            payload: Some(Payload::Metadata(CrlMetadata { issuer_id: issuer.id, shard, this_update })),
+        }];
+        while let Some(entry) = revoked.next().await {
+            let entry = entry?;
+            messages.push(GenerateCrlRequest {
+                payload: Some(Payload::Entry(CrlEntry {
+                    serial: entry.serial,
+                    reason: entry.reason,
+                    revoked_at: entry.revoked_date,
+                })),
+            });
+        }
+        let entries = messages.len() - 1;
+        let stream = futures::stream::iter(messages);
+        let mut chunks = self.ca.clone().generate_crl(request_with_deadline(stream, deadline)).await?.into_inner();
+        let mut der = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            der.extend_from_slice(&chunk?.chunk);
+        }
+        let next_update = check_crl(&der, &issuer.der, this_update, entries)?;
+        let store = UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der };
+        self.sa_write.clone().update_crl_shard(request_with_deadline(store, deadline)).await?;
+        Ok(())
+    }
+}
+
+/// Checks that `der` is a CRL signed by `issuer` for `this_update` with `entries` entries; returns its nextUpdate.
+fn check_crl(der: &[u8], issuer: &[u8], this_update: i64, entries: usize) -> Result<i64, Problem> {
+    let bad = |detail: &str| Problem::internal(format!("the ca's CRL {detail}"));
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|_| bad("does not parse"))?;
+    let (_, issuer) = X509Certificate::from_der(issuer).map_err(|_| bad("issuer does not parse"))?;
+    if !rest.is_empty() || crl.issuer().as_raw() != issuer.subject().as_raw() {
+        return Err(bad("names another issuer"));
+    }
+    crl.verify_signature(issuer.public_key()).map_err(|_| bad("signature does not verify"))?;
+    if crl.last_update().timestamp() != this_update || crl.iter_revoked_certificates().count() != entries {
+        return Err(bad("differs from what was asked"));
+    }
+    crl.next_update().map(|t| t.timestamp()).ok_or_else(|| bad("has no nextUpdate"))
+}

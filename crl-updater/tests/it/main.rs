@@ -1,0 +1,123 @@
+//! The crl-updater against a real sa and ca (in-process, over mutual TLS): a revoked certificate appears in its
+//! shard's CRL after one pass, every shard gets a CRL the issuer signed, and concurrent updaters share the work.
+
+use std::time::Instant;
+
+use quarry_crl_updater::Config;
+use quarry_crl_updater::updater::{PassReport, Updater};
+use quarry_proto::ca::IssueCertificateRequest;
+use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
+use quarry_proto::core as pb;
+use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::sa::{CrlShard, RevokeCertificateRequest};
+use quarry_testkit::stack::InProcessStack;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+/// As the in-process sa and ca are configured: the updater's count must match theirs.
+const SHARDS: i64 = quarry_core::crl::DEFAULT_SHARDS;
+
+fn updater_config(stack: &InProcessStack) -> Config {
+    Config {
+        version: quarry_core::config::ConfigVersion::CURRENT,
+        tls: stack.pki.tls("crl-updater"),
+        sa: stack.pki.client_config("sa", stack.sa),
+        ca: stack.pki.client_config("ca", stack.ca),
+        issuers: vec![stack.pki.issuer_cert(), stack.pki.rsa_issuer_cert()],
+        shards: SHARDS,
+        update_period_secs: 1,
+        lease_secs: 60,
+    }
+}
+
+/// Issues a certificate through the ca (as the ra would) and returns (DER, hex serial).
+async fn issue(stack: &InProcessStack) -> (Vec<u8>, String) {
+    let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("account key");
+    let account =
+        pb::Account { jwk: key.jwk().to_json().to_string().into_bytes(), status: "valid".into(), ..Default::default() };
+    let sa = stack.pki.channel("ra", "sa", stack.sa);
+    let account = StorageAuthorityClient::new(sa).new_account(account).await.expect("account").into_inner();
+    let cert_key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["crl.example.org".to_owned()]).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&cert_key).expect("csr").der().to_vec();
+    let request = IssueCertificateRequest { csr, account_id: account.id, order_id: 1, profile: "classic".into() };
+    let ca = stack.pki.channel("ra", "ca", stack.ca);
+    let issued = CertificateAuthorityClient::new(ca).issue_certificate(request).await.expect("issued").into_inner();
+    (issued.der, issued.serial)
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_in_its_shards_crl_after_one_pass() {
+    let stack = InProcessStack::start(false, |_| {}).await;
+    let (der, serial) = issue(&stack).await;
+    let revoke = RevokeCertificateRequest { serial: serial.clone(), reason: 1, date: quarry_core::clock::now() };
+    StorageAuthorityClient::new(stack.pki.channel("ra", "sa", stack.sa)).revoke_certificate(revoke).await.unwrap();
+
+    let updater = Updater::new(&updater_config(&stack)).expect("updater");
+    let started = Instant::now();
+    let report = updater.pass().await;
+    eprintln!("one pass over {} shards took {:?}", 2 * SHARDS, started.elapsed());
+    assert_eq!(report, PassReport { updated: 2 * SHARDS as usize, failed: 0 });
+
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).expect("certificate");
+    let issuer_der = rustls_pem(&std::fs::read(stack.pki.issuer_cert()).expect("issuer pem"));
+    let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issuer_der).expect("issuer");
+    let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
+    let shard = quarry_core::crl::shard(&serial, SHARDS);
+    let sa_read = StorageAuthorityReadOnlyClient::new(stack.pki.channel("wfe", "sa", stack.sa));
+    for index in 0..SHARDS {
+        let stored =
+            sa_read.clone().get_crl(CrlShard { issuer_id, shard: index }).await.expect("every shard has a CRL");
+        let stored = stored.into_inner();
+        let (_, crl) = CertificateRevocationList::from_der(&stored.der).expect("CRL parses");
+        crl.verify_signature(issuer.public_key()).expect("signed by the issuer");
+        assert_eq!(stored.next_update - stored.this_update, 9 * 86_400);
+        let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+        if index == shard {
+            assert_eq!(serials, std::slice::from_ref(&serial));
+            let entry = crl.iter_revoked_certificates().next().expect("entry");
+            assert_eq!(entry.reason_code().map(|(_, reason)| reason.0), Some(1), "keyCompromise");
+            // The CRL names the URL the certificate points at.
+            let url = format!("http://c.quarry.test/e1/{shard}.crl");
+            assert!(cert.extensions().iter().any(|e| e.value.windows(url.len()).any(|w| w == url.as_bytes())));
+            assert!(crl.extensions().iter().any(|e| e.value.windows(url.len()).any(|w| w == url.as_bytes())));
+        } else {
+            assert!(serials.is_empty(), "shard {index}: {serials:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_updaters_update_each_shard_once_per_pass() {
+    let stack = InProcessStack::start(false, |_| {}).await;
+    let a = Updater::new(&updater_config(&stack)).expect("updater a");
+    let b = Updater::new(&updater_config(&stack)).expect("updater b");
+    let (first, second) = tokio::join!(a.pass(), b.pass());
+    assert_eq!(first.failed + second.failed, 0);
+    assert_eq!(first.updated + second.updated, 2 * SHARDS as usize, "{first:?} {second:?}");
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up() {
+    let stack = InProcessStack::start(false, |_| {}).await;
+    type Adjust = fn(&mut Config);
+    let cases: [(&str, Adjust); 4] = [
+        ("zero shards", |c| c.shards = 0),
+        ("zero period", |c| c.update_period_secs = 0),
+        ("no issuers", |c| c.issuers.clear()),
+        ("missing issuer", |c| c.issuers[0] = "/nonexistent.pem".into()),
+    ];
+    for (label, adjust) in cases {
+        let mut config = updater_config(&stack);
+        adjust(&mut config);
+        assert!(Updater::new(&config).is_err(), "{label}");
+    }
+}
+
+fn rustls_pem(pem: &[u8]) -> Vec<u8> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem).expect("pem").to_vec()
+}

@@ -1,0 +1,75 @@
+//! The CRL distribution points: a plain-HTTP listener (the Baseline Requirements ask for `http` CRL URLs) serving
+//! each shard's latest CRL from the sa at `/{issuer}/{shard}.crl`, the URL its certificates name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use quarry_proto::sa::CrlShard;
+use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use crate::Error;
+
+/// Where the CRLs are served, and under which name each issuer's shards are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// The plain-HTTP address; the CA's `crl_url_prefix` of an issuer is `http://<this>/<name>/`.
+    pub listen: SocketAddr,
+    /// Path name → the issuer's certificate (PEM).
+    pub issuers: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Clone)]
+struct CrlState {
+    sa: StorageAuthorityReadOnlyClient<Channel>,
+    issuer_ids: BTreeMap<String, i64>,
+}
+
+/// Loads the issuers and returns the router that serves their shards.
+pub(crate) fn router(config: &CrlConfig, sa: StorageAuthorityReadOnlyClient<Channel>) -> Result<axum::Router, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let mut issuer_ids = BTreeMap::new();
+    for (name, path) in &config.issuers {
+        let bad = |detail: String| Error::Config(format!("crl.issuers.{name} {}: {detail}", path.display()));
+        let der = CertificateDer::from_pem_file(path).map_err(|e| bad(e.to_string()))?;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        issuer_ids.insert(name.clone(), quarry_core::certificate::issuer_id(cert.subject().as_raw()));
+    }
+    Ok(axum::Router::new().route("/{issuer}/{file}", axum::routing::get(shard)).with_state(CrlState { sa, issuer_ids }))
+}
+
+async fn shard(State(state): State<CrlState>, Path((issuer, file)): Path<(String, String)>) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
+    let Some(&issuer_id) = state.issuer_ids.get(&issuer) else { return not_found() };
+    let Some(shard) = file.strip_suffix(".crl").and_then(|n| n.parse::<i64>().ok()).filter(|n| *n >= 0) else {
+        return not_found();
+    };
+    match state.sa.clone().get_crl(CrlShard { issuer_id, shard }).await {
+        Ok(crl) => {
+            let crl = crl.into_inner();
+            // Caches may keep it a while, never past the moment a newer one is due.
+            let max_age = (crl.next_update - quarry_core::clock::now()).clamp(0, 300);
+            (
+                [
+                    (header::CONTENT_TYPE, "application/pkix-crl".to_owned()),
+                    (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
+                ],
+                crl.der,
+            )
+                .into_response()
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => not_found(),
+        Err(status) => {
+            tracing::warn!(issuer_id, shard, %status, "reading a CRL from the sa failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "the CRL cannot be read right now\n").into_response()
+        }
+    }
+}
