@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl, python3, postgresql), starts a private PostgreSQL on
+# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, postgresql; pkilint from PyPI in a
+# virtual environment under ~/.cache/quarry), starts a private PostgreSQL on
 # 127.0.0.1:5433 for the storage tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC
 # integration on SQLite and PostgreSQL, full stack), and the interoperability tests with certbot and lego.
 set -euo pipefail
@@ -11,12 +12,24 @@ need_packages=()
 for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
 done
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_packages+=(python3-venv)
 if ((${#need_packages[@]})); then
   echo "==> installing ${need_packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_packages[@]}" >/dev/null
 fi
+
+# pkilint lints every certificate, precertificate and CRL the ca tests sign; pinned, so findings do not change under us.
+pkilint_version=0.13.3
+pkilint_env="${XDG_CACHE_HOME:-$HOME/.cache}/quarry/pkilint-$pkilint_version"
+if [[ ! -x "$pkilint_env/bin/lint_cabf_serverauth_cert" ]]; then
+  echo "==> installing pkilint $pkilint_version into $pkilint_env"
+  rm -rf "$pkilint_env"
+  python3 -m venv "$pkilint_env"
+  "$pkilint_env/bin/pip" install --quiet "pkilint==$pkilint_version"
+fi
+export QUARRY_PKILINT="$pkilint_env/bin"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

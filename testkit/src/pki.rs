@@ -96,8 +96,8 @@ impl TestPki {
             .map(|(cert, key, name)| quarry_ca::IssuerConfig {
                 cert,
                 key,
-                issuer_url: format!("http://i.quarry.test/{name}.der"),
-                crl_url_prefix: format!("http://c.quarry.test/{name}/"),
+                issuer_url: format!("http://i.quarry.example.com/{name}.der"),
+                crl_url_prefix: format!("http://c.quarry.example.com/{name}/"),
                 active: true,
                 profiles: Vec::new(),
             })

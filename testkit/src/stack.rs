@@ -33,9 +33,9 @@ pub struct InProcessStack {
 }
 
 /// The ECDSA issuer's AIA caIssuers URL in tests (see [`TestPki::issuers`]).
-pub const ISSUER_URL: &str = "http://i.quarry.test/e1.der";
+pub const ISSUER_URL: &str = "http://i.quarry.example.com/e1.der";
 /// The ECDSA issuer's CRL distribution point prefix in tests: a certificate in shard 7 points at `…/7.crl`.
-pub const CRL_URL_PREFIX: &str = "http://c.quarry.test/e1/";
+pub const CRL_URL_PREFIX: &str = "http://c.quarry.example.com/e1/";
 
 /// The ra's account URL prefix in tests (the wfe's base URL is only known once it listens).
 pub const ACCOUNT_URI_PREFIX: &str = "https://quarry.test/acme/acct/";

@@ -42,8 +42,8 @@ fn request(csr: ParsedCsr, serial: &[u8]) -> IssueRequest {
         serial: serial.to_vec(),
         not_before: OffsetDateTime::now_utc(),
         profile: CertProfile::CLASSIC,
-        crl_url: "http://c.quarry.test/e1/7.crl".into(),
-        issuer_url: "http://i.quarry.test/e1.der".into(),
+        crl_url: "http://c.quarry.example.com/e1/7.crl".into(),
+        issuer_url: "http://i.quarry.example.com/e1.der".into(),
     }
 }
 

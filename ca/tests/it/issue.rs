@@ -18,7 +18,7 @@ use crate::{SERIAL_PREFIX, Stack, read_cert};
 const ACCOUNT_ID: i64 = 7;
 const ORDER_ID: i64 = 9;
 
-fn csr(key: &KeyPair, names: &[&str]) -> Vec<u8> {
+pub(crate) fn csr(key: &KeyPair, names: &[&str]) -> Vec<u8> {
     csr_with_common_name(key, None, names)
 }
 
@@ -36,7 +36,7 @@ fn p256_csr(names: &[&str]) -> Vec<u8> {
     csr(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p256"), names)
 }
 
-fn request(csr: Vec<u8>, profile: &str) -> IssueCertificateRequest {
+pub(crate) fn request(csr: Vec<u8>, profile: &str) -> IssueCertificateRequest {
     IssueCertificateRequest { csr, account_id: ACCOUNT_ID, order_id: ORDER_ID, profile: profile.to_owned() }
 }
 

@@ -4,6 +4,7 @@
 mod config;
 mod fake_sa;
 mod issue;
+mod pkilint;
 
 use std::net::SocketAddr;
 use std::path::Path;

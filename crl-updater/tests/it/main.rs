@@ -80,7 +80,7 @@ async fn a_revoked_certificate_is_in_its_shards_crl_after_one_pass() {
             let entry = crl.iter_revoked_certificates().next().expect("entry");
             assert_eq!(entry.reason_code().map(|(_, reason)| reason.0), Some(1), "keyCompromise");
             // The CRL names the URL the certificate points at.
-            let url = format!("http://c.quarry.test/e1/{shard}.crl");
+            let url = format!("http://c.quarry.example.com/e1/{shard}.crl");
             assert!(cert.extensions().iter().any(|e| e.value.windows(url.len()).any(|w| w == url.as_bytes())));
             assert!(crl.extensions().iter().any(|e| e.value.windows(url.len()).any(|w| w == url.as_bytes())));
         } else {
