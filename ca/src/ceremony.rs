@@ -301,5 +301,7 @@ fn load_if_current(files: &Files, parent: Option<&Certified>, now: OffsetDateTim
     Ok(Some(Certified { der, key }))
 }
 
+pub mod hierarchy;
+
 #[cfg(test)]
 mod tests;

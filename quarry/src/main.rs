@@ -42,6 +42,46 @@ enum Command {
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
+    /// Makes an environment's issuing hierarchy (root and intermediates) and the PKI sections that point at it.
+    Ceremony(CeremonyArgs),
+}
+
+#[derive(clap::Args)]
+struct CeremonyArgs {
+    /// The ceremony file (see deploy/ceremony/quarry.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Which of the file's environments to make.
+    #[arg(long)]
+    environment: String,
+    /// Where the PEMs and the `pki/` sections go; must not hold a hierarchy already.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the deployment will find the PEMs (e.g. a mounted secret); the PKI sections name files there.
+    #[arg(long)]
+    install_dir: Option<PathBuf>,
+}
+
+fn ceremony(args: &CeremonyArgs) -> Result<(), String> {
+    let config: quarry_ca::ceremony::hierarchy::CeremonyConfig =
+        quarry_core::config::load(&args.config).map_err(|e| e.to_string())?;
+    let output = quarry_ca::ceremony::hierarchy::run_ceremony(
+        &config,
+        &args.environment,
+        &args.out,
+        args.install_dir.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("root:          {}", output.root_pem.display());
+    for (name, cert, _) in &output.intermediates {
+        println!("intermediate:  {name} {}", cert.display());
+    }
+    println!(
+        "PKI sections:  {} (ca.toml, wfe.toml, crl-updater.toml for the {} overlay)",
+        output.pki_dir.display(),
+        args.environment
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -153,6 +193,10 @@ fn main() -> ExitCode {
         Command::Challtestsrv(args) => {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
+        }
+        Command::Ceremony(args) => {
+            quarry_core::telemetry::init("ceremony", false);
+            report("ceremony", ceremony(&args))
         }
         Command::Dev(args) => {
             quarry_core::telemetry::init("dev", false);

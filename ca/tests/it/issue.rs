@@ -51,7 +51,7 @@ fn parse(der: &[u8]) -> X509Certificate<'_> {
 }
 
 /// Validates like a TLS client that trusts only the dev root.
-fn verify_chain(root: &[u8], chain: &[Vec<u8>], leaf: &[u8], name: &str) -> Result<(), rustls::Error> {
+pub(crate) fn verify_chain(root: &[u8], chain: &[Vec<u8>], leaf: &[u8], name: &str) -> Result<(), rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(root.to_vec())).expect("root");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -1,6 +1,7 @@
 //! Integration tests of the ca: the service runs as a real gRPC server over mutual TLS on loopback, called through
 //! its generated client, with the sa played by a recording fake and a real publisher in front of two fake CT logs.
 
+mod ceremony;
 mod config;
 mod fake_sa;
 mod issue;

@@ -35,7 +35,7 @@ const CLASSIC_WARNINGS: &[&str] = &[
 ];
 
 /// Runs a pkilint command on `der`; returns its findings of WARNING and above as "code (SEVERITY): detail" lines.
-fn lint(command: &str, args: &[&str], der: &[u8]) -> Vec<String> {
+pub(crate) fn lint(command: &str, args: &[&str], der: &[u8]) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("document.der");
     std::fs::write(&file, der).expect("write document");
