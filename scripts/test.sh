@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, postgresql; pkilint from PyPI in a
+# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, postgresql; pkilint from PyPI in a
 # virtual environment under ~/.cache/quarry), starts a private PostgreSQL on
 # 127.0.0.1:5433 for the storage tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC
 # integration on SQLite and PostgreSQL, full stack), and the interoperability tests with certbot and lego.
@@ -13,6 +13,7 @@ for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl python3:py
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_packages+=(python3-venv)
+[[ -e /usr/lib/softhsm/libsofthsm2.so ]] || need_packages+=(softhsm2)
 if ((${#need_packages[@]})); then
   echo "==> installing ${need_packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
@@ -50,6 +51,13 @@ pg_dir=$(mktemp -d /tmp/quarry-test-pg.XXXXXX)
 trap 'bash "$root/scripts/postgres.sh" stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
 QUARRY_TEST_POSTGRES_URL=$(bash "$root/scripts/postgres.sh" start "$pg_dir" "$QUARRY_TEST_POSTGRES_PORT")
 export QUARRY_TEST_POSTGRES_URL
+
+echo "==> SoftHSM token directory for the ca's PKCS#11 tests"
+softhsm_dir=$(mktemp -d /tmp/quarry-test-softhsm.XXXXXX)
+mkdir -p "$softhsm_dir/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$softhsm_dir/tokens" >"$softhsm_dir/softhsm2.conf"
+export SOFTHSM2_CONF="$softhsm_dir/softhsm2.conf"
+trap 'bash "$root/scripts/postgres.sh" stop "$pg_dir"; rm -rf "$pg_dir" "$softhsm_dir"' EXIT
 
 echo "==> cargo test"
 cargo test --workspace --locked

@@ -38,6 +38,8 @@ pub enum Error {
     SelfCheck(String),
     #[error("certificate failed a lint: {0}")]
     Lint(String),
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
     #[error("invalid service name {0:?}: expected a lowercase dns label other than \"internal-ca\"")]
     ServiceName(String),
     #[error(transparent)]

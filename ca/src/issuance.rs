@@ -115,6 +115,13 @@ impl Issuer {
             .map_err(|detail| Error::Certificate { path: cert.to_owned(), detail })
     }
 
+    /// Loads an issuer from a certificate PEM and its key on a PKCS#11 token.
+    pub fn from_token(cert: &Path, token: &crate::pkcs11::Pkcs11Config) -> Result<Self, Error> {
+        let certificate_der = files::read_certificate(cert)?;
+        let key = crate::pkcs11::Pkcs11Key::open(token)?;
+        Self::new(certificate_der, Box::new(key)).map_err(|detail| Error::Certificate { path: cert.to_owned(), detail })
+    }
+
     /// Refuses a certificate that cannot sign certificates or that does not belong to the signer's key.
     pub fn new(certificate_der: Vec<u8>, signer: Box<dyn Signer>) -> Result<Self, String> {
         let (rest, cert) = X509Certificate::from_der(&certificate_der).map_err(|e| format!("does not parse: {e}"))?;

@@ -18,6 +18,7 @@ mod error;
 mod files;
 pub mod issuance;
 pub mod lint;
+pub mod pkcs11;
 mod service;
 pub mod signer;
 
@@ -66,8 +67,12 @@ pub struct Config {
 pub struct IssuerConfig {
     /// The intermediate certificate, PEM.
     pub cert: PathBuf,
-    /// Its private key, PEM (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
+    /// Its private key in a PEM file (PKCS#8, SEC1 or PKCS#1); or else `pkcs11`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Its private key on a PKCS#11 token.
+    #[serde(default)]
+    pub pkcs11: Option<pkcs11::Pkcs11Config>,
     /// Where this issuer's certificate can be downloaded: the Authority Information Access caIssuers URL of every
     /// certificate it signs.
     pub issuer_url: String,

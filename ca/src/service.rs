@@ -88,7 +88,11 @@ fn load_issuers(config: &Config) -> Result<Vec<ConfiguredIssuer>, Error> {
         if let Some(unknown) = issuer_config.profiles.iter().find(|p| !config.profiles.contains_key(*p)) {
             return Err(invalid(format!("issuers[{index}].profiles names unknown profile {unknown:?}")));
         }
-        let issuer = Issuer::from_pem_files(&issuer_config.cert, &issuer_config.key)?;
+        let issuer = match (&issuer_config.key, &issuer_config.pkcs11) {
+            (Some(key), None) => Issuer::from_pem_files(&issuer_config.cert, key)?,
+            (None, Some(token)) => Issuer::from_token(&issuer_config.cert, token)?,
+            _ => return Err(invalid(format!("issuers[{index}] needs exactly one of key and pkcs11"))),
+        };
         let id = issuer_id(&issuer);
         if issuers.iter().any(|other: &ConfiguredIssuer| other.id == id) {
             return Err(invalid(format!("issuers[{index}] has the same subject as an earlier issuer")));

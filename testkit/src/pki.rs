@@ -95,7 +95,8 @@ impl TestPki {
             .into_iter()
             .map(|(cert, key, name)| quarry_ca::IssuerConfig {
                 cert,
-                key,
+                key: Some(key),
+                pkcs11: None,
                 issuer_url: format!("http://i.quarry.example.com/{name}.der"),
                 crl_url_prefix: format!("http://c.quarry.example.com/{name}/"),
                 active: true,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::issuance::{BACKDATE, authority_info_access, certificate_policies, random_serial};
+use crate::pkcs11::{Pkcs11Config, Pkcs11Key, TokenKeyKind};
 use crate::{Error, files};
 
 /// The serial prefix of hierarchy certificates; kept apart from subscriber certificates' prefixes by convention.
@@ -63,16 +64,102 @@ pub struct EnvironmentSpec {
     pub issuer_url_base: String,
     /// CRLs are published at `<crl_url_base><name>/<shard>.crl` (the root's at `<crl_url_base>root.crl`).
     pub crl_url_base: String,
-    /// Reuse this root (certificate and key PEM) instead of generating one.
+    /// Reuse this root instead of generating one.
     #[serde(default)]
     pub existing_root: Option<ExistingRoot>,
+    /// Generate the keys on this PKCS#11 token (labelled `<environment>-root`, `<environment>-<name>`) instead of
+    /// in PEM files.
+    #[serde(default)]
+    pub pkcs11: Option<CeremonyToken>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExistingRoot {
     pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Its key in a PEM file; without it, the key labelled `<environment>-root` on the environment's token.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// The token a ceremony generates keys on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeremonyToken {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+}
+
+impl CeremonyToken {
+    fn key(&self, key_label: String) -> Pkcs11Config {
+        Pkcs11Config {
+            module: self.module.clone(),
+            token_label: self.token_label.clone(),
+            pin_file: self.pin_file.clone(),
+            key_label,
+        }
+    }
+}
+
+/// A hierarchy key, in a file or on a token; rcgen signs with either.
+enum HierarchyKey {
+    File(KeyPair),
+    Token(Pkcs11Key),
+}
+
+impl rcgen::PublicKeyData for HierarchyKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            Self::File(key) => key.der_bytes(),
+            Self::Token(key) => key.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::File(key) => rcgen::PublicKeyData::algorithm(key),
+            Self::Token(key) => rcgen::PublicKeyData::algorithm(key),
+        }
+    }
+}
+
+impl rcgen::SigningKey for HierarchyKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Self::File(key) => rcgen::SigningKey::sign(key, msg),
+            Self::Token(key) => rcgen::SigningKey::sign(key, msg),
+        }
+    }
+}
+
+/// Where a generated key went: a file, or a token.
+enum KeyPlace {
+    File(PathBuf),
+    Token(Pkcs11Config),
+}
+
+/// Generates a key on `token` labelled `label`, or without a token into the PEM file `path`.
+fn generate_key(
+    spec: KeySpec,
+    token: Option<&CeremonyToken>,
+    label: String,
+    path: &Path,
+) -> Result<(HierarchyKey, KeyPlace), Error> {
+    let Some(token) = token else {
+        let key = spec.generate()?;
+        write_new(path, &key.serialize_pem(), true)?;
+        return Ok((HierarchyKey::File(key), KeyPlace::File(path.to_owned())));
+    };
+    let config = token.key(label);
+    let kind = match spec {
+        KeySpec::EcdsaP256 => TokenKeyKind::EcdsaP256,
+        KeySpec::EcdsaP384 => TokenKeyKind::EcdsaP384,
+        KeySpec::Rsa2048 => TokenKeyKind::Rsa { bits: 2048 },
+        KeySpec::Rsa3072 => TokenKeyKind::Rsa { bits: 3072 },
+        KeySpec::Rsa4096 => TokenKeyKind::Rsa { bits: 4096 },
+    };
+    Ok((HierarchyKey::Token(Pkcs11Key::generate(&config, kind)?), KeyPlace::Token(config)))
 }
 
 /// The key types a hierarchy may use.
@@ -106,7 +193,7 @@ impl KeySpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CeremonyOutput {
     pub root_pem: PathBuf,
-    /// Each intermediate's (name, certificate, key).
+    /// Each intermediate's name, certificate and key file (empty when the key is on a token).
     pub intermediates: Vec<(String, PathBuf, PathBuf)>,
     /// The PKI sections for the environment's overlay: `ca.toml`, `wfe.toml`, `crl-updater.toml`.
     pub pki_dir: PathBuf,
@@ -150,14 +237,20 @@ pub fn run_ceremony(
     let now = OffsetDateTime::now_utc();
     let organization = format!("{}{}", env.name_prefix, config.root.organization);
 
+    let token = env.pkcs11.as_ref();
     let (root_der, root_key, root_pem) = match &env.existing_root {
         Some(existing) => {
             let der = files::read_certificate(&existing.cert)?;
-            let key = files::read_key(&existing.key)?;
+            let key = match (&existing.key, token) {
+                (Some(path), _) => HierarchyKey::File(files::read_key(path)?),
+                (None, Some(token)) => HierarchyKey::Token(Pkcs11Key::open(&token.key(format!("{environment}-root")))?),
+                (None, None) => return Err(invalid("existing_root needs a key file, or a token in pkcs11".into())),
+            };
             (der, key, existing.cert.clone())
         }
         None => {
-            let key = config.root.key.generate()?;
+            let (key, _) =
+                generate_key(config.root.key, token, format!("{environment}-root"), &out.join("root.key.pem"))?;
             let mut params = ca_params(
                 &organization,
                 &format!("{}{}", env.name_prefix, config.root.common_name),
@@ -170,7 +263,6 @@ pub fn run_ceremony(
             params.use_authority_key_identifier_extension = true;
             let cert = params.self_signed(&key)?;
             let path = out.join("root.pem");
-            write_new(&out.join("root.key.pem"), &key.serialize_pem(), true)?;
             write_new(&path, &cert.pem(), false)?;
             (cert.der().to_vec(), key, path)
         }
@@ -178,8 +270,10 @@ pub fn run_ceremony(
     let root_issuer = rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(root_der.as_slice()), root_key)?;
 
     let mut intermediates = Vec::new();
+    let mut places = Vec::new();
     for spec in &config.intermediates {
-        let key = spec.key.generate()?;
+        let key_path = out.join(format!("{}.key.pem", spec.name));
+        let (key, place) = generate_key(spec.key, token, format!("{environment}-{}", spec.name), &key_path)?;
         let common_name = format!("{}{}", env.name_prefix, spec.common_name);
         let mut params = ca_params(&organization, &common_name, now, spec.validity_days)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -190,27 +284,32 @@ pub fn run_ceremony(
         params.custom_extensions.push(authority_info_access(&format!("{}root.der", env.issuer_url_base))?);
         params.custom_extensions.push(certificate_policies());
         let cert = params.signed_by(&key, &root_issuer)?;
-        let (cert_path, key_path) =
-            (out.join(format!("{}.pem", spec.name)), out.join(format!("{}.key.pem", spec.name)));
-        write_new(&key_path, &key.serialize_pem(), true)?;
+        let cert_path = out.join(format!("{}.pem", spec.name));
         write_new(&cert_path, &cert.pem(), false)?;
         tracing::info!(subject = common_name, path = %cert_path.display(), "generated intermediate");
-        intermediates.push((spec.name.clone(), cert_path, key_path));
+        let key_file = if matches!(place, KeyPlace::File(_)) { key_path } else { PathBuf::new() };
+        intermediates.push((spec.name.clone(), cert_path, key_file));
+        places.push(place);
     }
 
     let pki_dir = out.join("pki");
     std::fs::create_dir_all(&pki_dir).map_err(|source| Error::Io { path: pki_dir.clone(), source })?;
-    let installed: Vec<(String, PathBuf, PathBuf)> = intermediates
+    let installed = |path: &Path| match (install_dir, path.file_name()) {
+        (Some(dir), Some(file)) => dir.join(file),
+        _ => path.to_owned(),
+    };
+    let sections: Vec<(String, PathBuf, KeyPlace)> = intermediates
         .iter()
-        .map(|(name, cert, key)| {
-            let place = |path: &Path| match (install_dir, path.file_name()) {
-                (Some(dir), Some(file)) => dir.join(file),
-                _ => path.to_owned(),
+        .zip(places)
+        .map(|((name, cert, _), place)| {
+            let place = match place {
+                KeyPlace::File(path) => KeyPlace::File(installed(&path)),
+                token => token,
             };
-            (name.clone(), place(cert), place(key))
+            (name.clone(), installed(cert), place)
         })
         .collect();
-    write_pki_sections(&pki_dir, environment, env, &installed)?;
+    write_pki_sections(&pki_dir, environment, env, &sections)?;
     Ok(CeremonyOutput { root_pem, intermediates, pki_dir })
 }
 
@@ -250,7 +349,7 @@ fn write_pki_sections(
     dir: &Path,
     environment: &str,
     env: &EnvironmentSpec,
-    intermediates: &[(String, PathBuf, PathBuf)],
+    intermediates: &[(String, PathBuf, KeyPlace)],
 ) -> Result<(), Error> {
     let header = format!("# The {environment} hierarchy's PKI section, written by `quarry ceremony`.\n");
     let quote = |path: &Path| toml::Value::String(path.display().to_string()).to_string();
@@ -260,12 +359,26 @@ fn write_pki_sections(
     for (name, cert, key) in intermediates {
         let _ = write!(
             ca,
-            "\n[[issuers]]\ncert = {}\nkey = {}\nissuer_url = \"{}{name}.der\"\ncrl_url_prefix = \"{}{name}/\"\n",
+            "\n[[issuers]]\ncert = {}\nissuer_url = \"{}{name}.der\"\ncrl_url_prefix = \"{}{name}/\"\n",
             quote(cert),
-            quote(key),
             env.issuer_url_base,
             env.crl_url_base
         );
+        match key {
+            KeyPlace::File(path) => {
+                let _ = writeln!(ca, "key = {}", quote(path));
+            }
+            KeyPlace::Token(token) => {
+                let _ = write!(
+                    ca,
+                    "[issuers.pkcs11]\nmodule = {}\ntoken_label = {}\npin_file = {}\nkey_label = {}\n",
+                    quote(&token.module),
+                    toml::Value::String(token.token_label.clone()),
+                    quote(&token.pin_file),
+                    toml::Value::String(token.key_label.clone())
+                );
+            }
+        }
         chains.push(quote(cert));
         let _ = writeln!(crl_issuers, "{name} = {}", quote(cert));
     }

@@ -76,13 +76,16 @@ async fn bad_settings_stop_start_up() {
         ("no issuers", "no active issuer", Box::new(|c, _| c.issuers.clear())),
         ("unknown default profile", "default_profile", Box::new(|c, _| c.default_profile = "nope".into())),
         ("zero validity", "validity_secs", Box::new(|c, _| c.profiles.values_mut().for_each(|p| p.validity_secs = 0))),
-        ("key of another certificate", "does not match", Box::new(|c, p| c.issuers[0].key = p.tls("ra").key)),
+        ("key of another certificate", "does not match", Box::new(|c, p| c.issuers[0].key = Some(p.tls("ra").key))),
         (
             "leaf as issuer",
             "not a ca",
             Box::new(|c, p| {
-                c.issuers[0] =
-                    quarry_ca::IssuerConfig { cert: p.tls("ra").cert, key: p.tls("ra").key, ..c.issuers[0].clone() }
+                c.issuers[0] = quarry_ca::IssuerConfig {
+                    cert: p.tls("ra").cert,
+                    key: Some(p.tls("ra").key),
+                    ..c.issuers[0].clone()
+                }
             }),
         ),
         ("missing issuer file", "missing.pem", Box::new(|c, p| c.issuers[0].cert = p.dir().join("missing.pem"))),
