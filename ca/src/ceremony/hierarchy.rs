@@ -14,6 +14,8 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 use crate::issuance::{BACKDATE, authority_info_access, certificate_policies, random_serial};
 use crate::pkcs11::{Pkcs11Config, Pkcs11Key, TokenKeyKind};
@@ -246,6 +248,14 @@ pub fn run_ceremony(
                 (None, Some(token)) => HierarchyKey::Token(Pkcs11Key::open(&token.key(format!("{environment}-root")))?),
                 (None, None) => return Err(invalid("existing_root needs a key file, or a token in pkcs11".into())),
             };
+            let (_, cert) = X509Certificate::from_der(&der)
+                .map_err(|e| Error::Certificate { path: existing.cert.clone(), detail: e.to_string() })?;
+            if rcgen::PublicKeyData::subject_public_key_info(&key) != cert.public_key().raw {
+                return Err(Error::Certificate {
+                    path: existing.cert.clone(),
+                    detail: "the existing root's key does not match it".into(),
+                });
+            }
             (der, key, existing.cert.clone())
         }
         None => {
@@ -262,6 +272,7 @@ pub fn run_ceremony(
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             params.use_authority_key_identifier_extension = true;
             let cert = params.self_signed(&key)?;
+            verify_signed_by(cert.der(), cert.der())?;
             let path = out.join("root.pem");
             write_new(&path, &cert.pem(), false)?;
             (cert.der().to_vec(), key, path)
@@ -284,6 +295,7 @@ pub fn run_ceremony(
         params.custom_extensions.push(authority_info_access(&format!("{}root.der", env.issuer_url_base))?);
         params.custom_extensions.push(certificate_policies());
         let cert = params.signed_by(&key, &root_issuer)?;
+        verify_signed_by(cert.der(), &root_der)?;
         let cert_path = out.join(format!("{}.pem", spec.name));
         write_new(&cert_path, &cert.pem(), false)?;
         tracing::info!(subject = common_name, path = %cert_path.display(), "generated intermediate");
@@ -334,6 +346,19 @@ fn ca_params(
     params.not_after = params.not_before + Duration::days(validity_days);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(params)
+}
+
+/// Checks `der`'s signature with `issuer`'s public key: a token's (or a library's) bad signature never reaches a
+/// file.
+fn verify_signed_by(der: &[u8], issuer: &[u8]) -> Result<(), Error> {
+    let parse = |der| {
+        X509Certificate::from_der(der)
+            .map(|(_, cert)| cert)
+            .map_err(|e| Error::SelfCheck(format!("hierarchy certificate: {e}")))
+    };
+    let (cert, issuer) = (parse(der)?, parse(issuer)?);
+    cert.verify_signature(Some(issuer.public_key()))
+        .map_err(|_| Error::SelfCheck("a hierarchy certificate's signature does not verify".into()))
 }
 
 /// Writes a file that must not exist yet.

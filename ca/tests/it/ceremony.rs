@@ -152,6 +152,15 @@ fn an_existing_root_is_reused_and_nothing_is_overwritten() {
     let section = std::fs::read_to_string(second.pki_dir.join("ca.toml")).expect("ca section");
     assert!(section.contains("cert = \"/etc/quarry/pki/e1.pem\""), "{section}");
 
+    let mut mismatched = ceremony_file();
+    mismatched.environments.get_mut("staging").expect("staging").existing_root =
+        Some(quarry_ca::ceremony::hierarchy::ExistingRoot {
+            cert: first.root_pem.clone(),
+            key: Some(first.intermediates[0].2.clone()),
+        });
+    let err = run_ceremony(&mismatched, "staging", &dir.path().join("third"), None).expect_err("another key");
+    assert!(err.to_string().contains("does not match"), "{err}");
+
     let again = run_ceremony(&ceremony_file(), "staging", &dir.path().join("first"), None).expect_err("overwrite");
     assert!(again.to_string().contains("never overwrites"), "{again}");
     let unknown = run_ceremony(&ceremony_file(), "qa", &dir.path().join("qa"), None).expect_err("unknown env");

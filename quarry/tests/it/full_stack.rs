@@ -230,8 +230,23 @@ fn retry() -> RetryPolicy {
 
 /// Orders `names`, answers http-01 through the challenge server, finalizes with `csr` and returns the PEM chain.
 async fn issue_via_http01(stack: &Stack, account: &Account, names: &[&str], csr: &[u8]) -> String {
+    issue_with_profile(stack, account, names, csr, None).await
+}
+
+/// As [`issue_via_http01`], ordering under `profile` when given.
+async fn issue_with_profile(
+    stack: &Stack,
+    account: &Account,
+    names: &[&str],
+    csr: &[u8],
+    profile: Option<&str>,
+) -> String {
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.to_string())).collect();
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.expect("new order");
+    let new_order = match profile {
+        Some(profile) => NewOrder::new(&identifiers).profile(profile),
+        None => NewOrder::new(&identifiers),
+    };
+    let mut order = account.new_order(&new_order).await.expect("new order");
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.expect("authorization");
@@ -605,4 +620,39 @@ async fn a_revoked_certificate_appears_in_the_crl_at_its_distribution_point() {
         .expect("run openssl");
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.contains("verify OK"), "openssl: {said}");
+}
+
+#[tokio::test]
+async fn every_profile_issues_what_it_promises() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["profiles.quarry-test.org"];
+    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("rsa");
+    let mut params = rcgen::CertificateParams::new(vec![names[0].to_owned()]).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&rsa).expect("csr").der().to_vec();
+    // (profile, validity in hours, commonName, SKID, keyEncipherment, clientAuth), as Let's Encrypt defines them.
+    let promises = [
+        ("classic", 90 * 24, true, true, true, true),
+        ("tlsserver", 45 * 24, false, false, false, false),
+        ("shortlived", 160, false, false, false, false),
+    ];
+    for (profile, hours, common_name, skid, key_encipherment, client_auth) in promises {
+        let chain = issue_with_profile(&stack, &account, &names, &csr, Some(profile)).await;
+        let certs = pem_blocks(&chain);
+        let (_, leaf) = parse_x509_certificate(&certs[0]).expect("leaf");
+        let validity = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp() + 1;
+        assert_eq!(validity, hours * 3_600, "{profile}");
+        assert_eq!(leaf.subject().iter_common_name().next().is_some(), common_name, "{profile}");
+        let has_skid =
+            leaf.extensions().iter().any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_)));
+        assert_eq!(has_skid, skid, "{profile}");
+        let usage = leaf.key_usage().expect("ku").expect("ku present").value;
+        assert!(usage.digital_signature(), "{profile}");
+        assert_eq!(usage.key_encipherment(), key_encipherment, "{profile}");
+        let eku = leaf.extended_key_usage().expect("eku").expect("eku present").value;
+        assert_eq!((eku.server_auth, eku.client_auth), (true, client_auth), "{profile}");
+        let constraints = leaf.basic_constraints().expect("bc").expect("bc present");
+        assert!(constraints.critical && !constraints.value.ca, "{profile}");
+    }
 }

@@ -446,3 +446,34 @@ async fn healthz_reports_the_peers() {
     assert_eq!(body["sa"], "ok");
     assert!(body["ra"].as_str().unwrap().starts_with("unreachable"), "{body}");
 }
+
+#[tokio::test]
+async fn an_issuance_failure_after_processing_invalidates_the_order() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es256).await;
+    let names = ["no-scts.example.org"];
+    let (order_url, order) = stack.order(&account, &names).await;
+    stack.make_ready(&account, &order_url, &order).await;
+    // Both CT logs down: the precertificate gets no SCTs, so no certificate can be finished.
+    for log in &stack.services.ct_logs {
+        log.set_failing(true);
+    }
+    let failed = stack
+        .client
+        .post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr(&names)})))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, 500, "{}", String::from_utf8_lossy(&failed.body));
+    assert_eq!(failed.problem_type().as_deref(), Some("serverInternal"));
+    let order = stack.client.post(&account, &order_url, None).await.unwrap().json();
+    assert_eq!(order["status"], "invalid", "past processing an order cannot go back to ready");
+    assert_eq!(order["error"]["type"], "urn:ietf:params:acme:error:serverInternal");
+    assert!(order.get("certificate").is_none());
+
+    // With the logs back, a new order for the same names is issued.
+    for log in &stack.services.ct_logs {
+        log.set_failing(false);
+    }
+    let (der, _) = issue(&stack, &account, &names).await;
+    assert_eq!(quarry_core::ct::embedded_scts(&der).expect("SCT list").len(), 2);
+}
