@@ -243,6 +243,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("ACME directory:        {}", info.directory_url);
     println!("Trust for HTTPS (PEM): {}", info.tls_ca_pem.display());
     println!("Issuing root (PEM):    {}", info.root_pem.display());
+    println!("CRLs:                  {}{{e1,r1}}/<shard>.crl", info.crl_base_url);
     if let Some(url) = &info.challtestsrv_url {
         println!("Challenge test server: {url} (DNS on {})", args.va_dns());
     }

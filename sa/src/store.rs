@@ -715,7 +715,6 @@ impl Store {
         Ok(found.is_some())
     }
 
-    /// Stores an issued certificate and everything derived from it, in one transaction.
     /// Stores a precertificate (the ca's linting copy) with everything issuance records: its status (so it can be
     /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved.
     pub async fn add_precertificate(

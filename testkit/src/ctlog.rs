@@ -24,6 +24,7 @@ struct Submissions {
     precertificates: Vec<Vec<u8>>,
     certificates: Vec<Vec<u8>>,
     failing: bool,
+    delay: std::time::Duration,
 }
 
 /// A fake CT log; clones share the key and the record of submissions.
@@ -68,6 +69,15 @@ impl FakeCtLog {
     /// When set, every submission is answered 503, as a log that is down.
     pub fn set_failing(&self, failing: bool) {
         self.lock().failing = failing;
+    }
+
+    /// Every answer waits this long first, as a log that is slow.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.lock().delay = delay;
+    }
+
+    fn delay(&self) -> std::time::Duration {
+        self.lock().delay
     }
 
     pub fn precertificates(&self) -> Vec<Vec<u8>> {
@@ -163,6 +173,7 @@ async fn add_pre_chain(
     State(log): State<FakeCtLog>,
     Json(body): Json<AddChain>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    tokio::time::sleep(log.delay()).await;
     log.answer(&decode_chain(&body)?, true).map(Json)
 }
 
@@ -170,6 +181,7 @@ async fn add_chain(
     State(log): State<FakeCtLog>,
     Json(body): Json<AddChain>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    tokio::time::sleep(log.delay()).await;
     log.answer(&decode_chain(&body)?, false).map(Json)
 }
 
