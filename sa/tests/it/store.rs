@@ -212,8 +212,12 @@ async fn precertificates_are_stored_once_and_precede_their_certificate() {
         assert_eq!((stored.serial.as_str(), &stored.der, stored.issuer_id), ("04ab", &der, 7), "{}", db.url);
         assert_eq!(store.add_precertificate(owner.id, &der, now(), 7).await.unwrap_err().kind, ErrorKind::Duplicate);
         assert_eq!(store.get_precertificate("ffff").await.unwrap_err().kind, ErrorKind::NotFound);
-        // Revocable from the precertificate on, before any final certificate exists.
+        // Revocable from the precertificate on, before any final certificate exists: the serial reaches its shard.
         assert_eq!(store.get_certificate_status("04ab").await.unwrap().0, "good");
+        store.revoke_certificate("04ab", 1, now()).await.unwrap();
+        let shard = quarry_core::crl::shard("04ab", 4);
+        let listed = store.revoked_certificates(7, shard, now()).await.unwrap();
+        assert_eq!(listed.iter().map(|r| r.serial.as_str()).collect::<Vec<_>>(), ["04ab"], "{}", db.url);
         assert_eq!(
             store.add_certificate(owner.id, &der, now(), 8).await.unwrap_err().kind,
             ErrorKind::Malformed,
