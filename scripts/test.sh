@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, postgresql; pkilint from PyPI in a
+# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, redis-server, postgresql;
+# pkilint from PyPI in a
 # virtual environment under ~/.cache/quarry), starts a private PostgreSQL on
 # 127.0.0.1:5433 for the storage tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC
 # integration on SQLite and PostgreSQL, full stack), and the interoperability tests with certbot and lego.
@@ -14,6 +15,7 @@ for pair in certbot:certbot lego:lego curl:curl jq:jq openssl:openssl python3:py
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_packages+=(python3-venv)
 [[ -e /usr/lib/softhsm/libsofthsm2.so ]] || need_packages+=(softhsm2)
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 if ((${#need_packages[@]})); then
   echo "==> installing ${need_packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
@@ -57,7 +59,24 @@ softhsm_dir=$(mktemp -d /tmp/quarry-test-softhsm.XXXXXX)
 mkdir -p "$softhsm_dir/tokens"
 printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$softhsm_dir/tokens" >"$softhsm_dir/softhsm2.conf"
 export SOFTHSM2_CONF="$softhsm_dir/softhsm2.conf"
-trap 'bash "$root/scripts/postgres.sh" stop "$pg_dir"; rm -rf "$pg_dir" "$softhsm_dir"' EXIT
+
+# The first free port from 6380 on: a Redis left running elsewhere must not be reused, nor block this one.
+redis_port=${QUARRY_TEST_REDIS_PORT:-6380}
+while (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; do redis_port=$((redis_port + 1)); done
+QUARRY_TEST_REDIS_PORT=$redis_port
+echo "==> Redis for the rate-limit tests (127.0.0.1:$QUARRY_TEST_REDIS_PORT)"
+redis_dir=$(mktemp -d /tmp/quarry-test-redis.XXXXXX)
+redis-server --daemonize yes --bind 127.0.0.1 --port "$QUARRY_TEST_REDIS_PORT" --save '' --appendonly no \
+  --dir "$redis_dir" --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log"
+for _ in $(seq 50); do redis-cli -p "$QUARRY_TEST_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$QUARRY_TEST_REDIS_PORT" ping >/dev/null
+export QUARRY_TEST_REDIS_URL="redis://127.0.0.1:$QUARRY_TEST_REDIS_PORT/"
+stop_services() {
+  bash "$root/scripts/postgres.sh" stop "$pg_dir"
+  if [[ -f "$redis_dir/redis.pid" ]]; then kill "$(cat "$redis_dir/redis.pid")" 2>/dev/null || true; fi
+  rm -rf "$pg_dir" "$softhsm_dir" "$redis_dir"
+}
+trap stop_services EXIT
 
 echo "==> cargo test"
 cargo test --workspace --locked

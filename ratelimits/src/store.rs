@@ -1,0 +1,214 @@
+//! Where the TATs live: in this process (the embedded default) or in Redis (shared by every replica). Both apply
+//! a batch atomically — every bucket is decided, and the TATs are written only if all of them fit — so parallel
+//! requests never admit more than a limit allows, and both decide with the same integer arithmetic.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use redis::aio::ConnectionManager;
+
+use crate::gcra::{self, Micros, Rate};
+
+/// Idle keys outlive their TAT by this much in Redis, then expire.
+const IDLE_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// The in-memory store sweeps out TATs already in the past once it holds this many buckets.
+const SWEEP_AT: usize = 100_000;
+
+/// One bucket in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub key: String,
+    pub rate: Rate,
+    pub cost: u64,
+}
+
+/// A store that could not answer; the limiter fails open on it.
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit store: {0}")]
+pub struct StoreError(pub String);
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The two stores, with the same semantics.
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// The TAT each op's bucket had before this batch (`None`: unused), after writing the new TATs when `spend`
+    /// is set and every op fits.
+    pub async fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Result<Vec<Option<Micros>>, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.batch(now, ops, spend)),
+            Self::Redis(store) => store.batch(now, ops, spend).await,
+        }
+    }
+
+    /// Gives the ops' cost back.
+    pub async fn refund(&self, now: Micros, ops: &[Op]) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => {
+                store.refund(now, ops);
+                Ok(())
+            }
+            Self::Redis(store) => store.refund(now, ops).await,
+        }
+    }
+
+    /// Forgets the buckets: they are full again.
+    pub async fn reset(&self, keys: &[String]) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => {
+                store.reset(keys);
+                Ok(())
+            }
+            Self::Redis(store) => store.reset(keys).await,
+        }
+    }
+}
+
+/// TATs in this process, behind one mutex held for a batch (microseconds).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tats: Mutex<HashMap<String, Micros>>,
+}
+
+impl MemoryStore {
+    fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Vec<Option<Micros>> {
+        let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
+        if tats.len() >= SWEEP_AT {
+            tats.retain(|_, tat| *tat > now);
+        }
+        let before: Vec<Option<Micros>> = ops.iter().map(|op| tats.get(&op.key).copied()).collect();
+        let decisions: Vec<gcra::Decision> =
+            ops.iter().zip(&before).map(|(op, tat)| gcra::decide(op.rate, *tat, now, op.cost)).collect();
+        if spend && decisions.iter().all(|d| d.allowed) {
+            for (op, decision) in ops.iter().zip(&decisions) {
+                tats.insert(op.key.clone(), decision.new_tat);
+            }
+        }
+        before
+    }
+
+    fn refund(&self, now: Micros, ops: &[Op]) {
+        let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
+        for op in ops {
+            if let Some(tat) = gcra::refund(op.rate, tats.get(&op.key).copied(), now, op.cost) {
+                tats.insert(op.key.clone(), tat);
+            }
+        }
+    }
+
+    fn reset(&self, keys: &[String]) {
+        let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            tats.remove(key);
+        }
+    }
+}
+
+/// The GCRA of `gcra::decide`, in Lua, over all keys at once: Redis runs a script atomically.
+/// KEYS: buckets. ARGV: now, spend (1/0), key prefix, then interval, burst offset and cost per key.
+/// Returns the TAT each key had before (-1: none).
+const BATCH_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local spend = ARGV[2] == '1'
+local before = {}
+local new_tats = {}
+local all_allowed = true
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[1 + i * 3])
+  local burst_offset = tonumber(ARGV[2 + i * 3])
+  local cost = tonumber(ARGV[3 + i * 3])
+  local stored = redis.call('GET', key)
+  local tat = now
+  if stored then
+    before[i] = stored
+    tat = math.max(tonumber(stored), now)
+  else
+    before[i] = '-1'
+  end
+  local new_tat = tat + interval * cost
+  new_tats[i] = new_tat
+  if new_tat - burst_offset > now then
+    all_allowed = false
+  end
+end
+if spend and all_allowed then
+  for i, key in ipairs(KEYS) do
+    redis.call('SET', key, string.format('%d', new_tats[i]), 'PX', math.floor((new_tats[i] - now) / 1000) + tonumber(ARGV[3]))
+  end
+end
+return before
+";
+
+/// Refund: each key's TAT goes back by interval × cost, never before now. ARGV: now, grace, then interval and cost.
+const REFUND_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  if stored then
+    local tat = math.max(tonumber(stored) - tonumber(ARGV[1 + i * 2]) * tonumber(ARGV[2 + i * 2]), now)
+    redis.call('SET', key, string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + tonumber(ARGV[2]))
+  end
+end
+return 0
+";
+
+/// TATs in Redis, shared by every replica; keys expire when idle.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    batch: redis::Script,
+    refund: redis::Script,
+}
+
+impl RedisStore {
+    /// Connects (and reconnects when needed) to `url`, e.g. `redis://127.0.0.1:6379/`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new(client).await?;
+        Ok(Self { connection, batch: redis::Script::new(BATCH_SCRIPT), refund: redis::Script::new(REFUND_SCRIPT) })
+    }
+
+    async fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Result<Vec<Option<Micros>>, StoreError> {
+        let mut invocation = self.batch.prepare_invoke();
+        invocation.arg(now).arg(i32::from(spend)).arg(IDLE_GRACE_MS);
+        for op in ops {
+            invocation.key(&op.key).arg(op.rate.emission_interval).arg(op.rate.burst_offset).arg(op.cost);
+        }
+        let before: Vec<String> = invocation.invoke_async(&mut self.connection.clone()).await?;
+        before
+            .iter()
+            .map(|tat| match tat.parse::<i64>() {
+                Ok(-1) => Ok(None),
+                Ok(tat) => Ok(Some(tat)),
+                Err(_) => Err(StoreError(format!("a stored TAT is not a number: {tat:?}"))),
+            })
+            .collect()
+    }
+
+    async fn refund(&self, now: Micros, ops: &[Op]) -> Result<(), StoreError> {
+        let mut invocation = self.refund.prepare_invoke();
+        invocation.arg(now).arg(IDLE_GRACE_MS);
+        for op in ops {
+            invocation.key(&op.key).arg(op.rate.emission_interval).arg(op.cost);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.connection.clone()).await?;
+        Ok(())
+    }
+
+    async fn reset(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut self.connection.clone()).await?;
+        Ok(())
+    }
+}
