@@ -94,11 +94,19 @@ pub struct Problem {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subproblems: Vec<SubProblem>,
+    /// When the client may try again, in seconds (a `rateLimited` problem's `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Problem {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), subproblems: Vec::new() }
+        Self { kind, detail: detail.into(), subproblems: Vec::new(), retry_after_secs: None }
+    }
+
+    /// A `rateLimited` problem the client may retry after `retry_after_secs`.
+    pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self { retry_after_secs: Some(retry_after_secs), ..Self::new(ErrorKind::RateLimited, detail) }
     }
 
     pub fn with_subproblems(mut self, subproblems: Vec<SubProblem>) -> Self {

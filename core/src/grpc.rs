@@ -20,6 +20,22 @@ use crate::error::{ErrorKind, Problem, SubProblem};
 const ERROR_KIND_KEY: &str = "quarry-error-kind";
 /// Binary metadata key carrying JSON subproblems.
 const SUBPROBLEMS_KEY: &str = "quarry-subproblems-bin";
+/// Metadata key carrying a problem's `Retry-After` seconds.
+const RETRY_AFTER_KEY: &str = "quarry-retry-after";
+/// Metadata key carrying the ACME client's IP address, from the wfe (for the per-IP rate limits).
+const CLIENT_IP_KEY: &str = "quarry-client-ip";
+
+/// Tells the callee which IP address the ACME client connected from.
+pub fn set_client_ip<T>(request: &mut Request<T>, ip: std::net::IpAddr) {
+    if let Ok(value) = MetadataValue::try_from(ip.to_string()) {
+        request.metadata_mut().insert(CLIENT_IP_KEY, value);
+    }
+}
+
+/// The ACME client's IP address, as the wfe passed it.
+pub fn client_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
+    request.metadata().get(CLIENT_IP_KEY)?.to_str().ok()?.parse().ok()
+}
 
 /// Failures to set up or run a gRPC server or client.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +230,9 @@ impl From<Problem> for Status {
         {
             status.metadata_mut().insert_bin(SUBPROBLEMS_KEY, BinaryMetadataValue::from_bytes(&json));
         }
+        if let Some(seconds) = problem.retry_after_secs {
+            status.metadata_mut().insert(RETRY_AFTER_KEY, MetadataValue::from(seconds));
+        }
         status
     }
 }
@@ -231,7 +250,9 @@ impl From<Status> for Problem {
                     .and_then(|v| v.to_bytes().ok())
                     .and_then(|bytes| serde_json::from_slice::<Vec<SubProblem>>(&bytes).ok())
                     .unwrap_or_default();
-                Problem::new(kind, status.message()).with_subproblems(subproblems)
+                let retry_after_secs =
+                    status.metadata().get(RETRY_AFTER_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                Problem { retry_after_secs, ..Problem::new(kind, status.message()).with_subproblems(subproblems) }
             }
             None => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "peer failed without a problem");
@@ -262,6 +283,8 @@ mod tests {
         let status = Status::from(problem.clone());
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(Problem::from(status), problem);
+        let limited = Problem::rate_limited("too many new orders", 36);
+        assert_eq!(Problem::from(Status::from(limited.clone())), limited);
     }
 
     #[test]

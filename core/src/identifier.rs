@@ -123,6 +123,14 @@ pub fn is_public_unicast(ip: IpAddr) -> bool {
     }
 }
 
+/// The registered domain (eTLD+1, by the public suffix list compiled in) of a DNS name, lowercase; a wildcard
+/// counts as its base name. `None` for a name that is itself a public suffix, or not a name.
+pub fn registered_domain(name: &str) -> Option<String> {
+    let name = name.strip_prefix("*.").unwrap_or(name).trim_end_matches('.').to_ascii_lowercase();
+    let domain = psl::domain(name.as_bytes())?;
+    std::str::from_utf8(domain.as_bytes()).ok().map(str::to_owned)
+}
+
 fn check_dns_name(name: &str) -> Result<(), Problem> {
     let reject =
         |why: &str| Err(Problem::new(ErrorKind::RejectedIdentifier, format!("invalid DNS name {name:?}: {why}")));
@@ -233,6 +241,21 @@ mod tests {
         ];
         for (ip, public) in cases {
             assert_eq!(is_public_unicast(ip.parse().unwrap()), *public, "{ip}");
+        }
+    }
+
+    #[test]
+    fn registered_domains_follow_the_public_suffix_list() {
+        let cases = [
+            ("www.example.com", Some("example.com")),
+            ("*.a.b.example.co.uk", Some("example.co.uk")),
+            ("Example.COM", Some("example.com")),
+            ("co.uk", None),
+            ("com", None),
+            ("foo.github.io", Some("foo.github.io")),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(registered_domain(name).as_deref(), expected, "{name}");
         }
     }
 

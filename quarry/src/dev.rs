@@ -58,6 +58,13 @@ pub struct DevArgs {
     /// directory.
     #[arg(long)]
     db: Option<String>,
+    /// The rate-limit file the ra enforces (default: the permissive dev limits), e.g.
+    /// `deploy/env/production/ratelimits.toml` to see production's limits at work.
+    #[arg(long)]
+    ratelimits: Option<PathBuf>,
+    /// Keep the rate-limit buckets in this Redis (`redis://127.0.0.1:6379/`) instead of the ra's memory.
+    #[arg(long)]
+    redis: Option<String>,
     /// The first of the loopback ports the services' gRPC servers use (ten consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
@@ -131,6 +138,13 @@ impl DevArgs {
             ("pki_dir", data_dir.join("pki").display().to_string()),
             ("acme_listen", self.acme_addr.to_string()),
             ("crl_listen", self.crl_addr.to_string()),
+            (
+                "ratelimits_file",
+                self.ratelimits.as_ref().map_or_else(
+                    || data_dir.join("config/ratelimits.toml").display().to_string(),
+                    |path| path.display().to_string(),
+                ),
+            ),
             ("base_url", self.base_url()),
             ("va_dns", self.va_dns().to_string()),
             ("va_remote_a_dns", self.remote_dns(0).to_string()),
@@ -203,9 +217,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let vars = args.variables(&data_dir, &ct_logs);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
+    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
+    if let Some(path) = &args.ratelimits {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let file: quarry_ratelimits::LimitsFile =
+            toml::from_str(&text).with_context(|| format!("{} is not a limits file", path.display()))?;
+        quarry_ratelimits::Limits::from_file(&file).with_context(|| format!("{}", path.display()))?;
+    }
     for service in env::SERVICES {
         let config_path = config_dir.join(format!("{service}.toml"));
-        std::fs::write(&config_path, env::render(service, env::DEV, &vars)?)?;
+        let mut rendered = env::render(service, env::DEV, &vars)?;
+        if let (true, Some(url)) = (*service == "ra", &args.redis) {
+            rendered = with_redis(&rendered, url)?;
+        }
+        std::fs::write(&config_path, rendered)?;
         let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
         let child = Command::new(&exe)
             .arg(env::subcommand(service))
@@ -294,6 +319,17 @@ async fn start_ct_logs(dir: &Path) -> anyhow::Result<([(String, String); 2], tok
     }
     let logs: [(String, String); 2] = logs.try_into().map_err(|_| anyhow::anyhow!("two CT logs"))?;
     Ok((logs, stop))
+}
+
+/// The ra's rendered configuration with its rate-limit buckets in the Redis at `url`.
+fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
+    let mut table: toml::Table = toml::from_str(rendered)?;
+    let limits = table
+        .get_mut("rate_limits")
+        .and_then(toml::Value::as_table_mut)
+        .context("the ra's configuration has no [rate_limits]")?;
+    limits.insert("redis_url".into(), toml::Value::String(url.to_owned()));
+    Ok(table.to_string())
 }
 
 /// Writes a private key readable by its owner only.

@@ -33,6 +33,9 @@ macro_rules! env_files {
 
 /// Every service's configuration shared by all environments.
 const BASE: &[(&str, &str)] = env_files!("base");
+/// The permissive rate limits of `quarry dev`.
+pub const DEV_RATELIMITS: &str = include_str!("../../deploy/env/dev/ratelimits.toml");
+
 /// The developer overlay that `quarry dev` uses.
 pub const DEV: &[(&str, &str)] = env_files!("dev");
 

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod keypolicy;
+pub mod limits;
 mod server;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ pub struct Config {
     /// Requirements allow 8 hours; Boulder uses 7).
     #[serde(default = "default_caa_recheck_after_secs")]
     pub caa_recheck_after_secs: i64,
+    /// The rate limits: the environment's limits file and the store.
+    pub rate_limits: limits::RateLimitsConfig,
     /// Answer finalize with the `processing` order at once and issue in the background (RFC 8555 §7.4: the client
     /// polls the order, told when by `Retry-After`), instead of answering once the certificate exists.
     #[serde(default)]
@@ -182,7 +185,8 @@ pub async fn serve(
 ) -> Result<(), Error> {
     config.validate()?;
     let challenge_types = config.challenge_types()?;
-    let registrar = Registrar::new(&config, challenge_types)?;
+    let rate_limits = limits::RateLimits::open(&config.rate_limits).await?;
+    let registrar = Registrar::new(&config, challenge_types, rate_limits)?;
     let name = <RegistrationAuthorityServer<Registrar> as NamedService>::NAME;
     let service =
         RegistrationAuthorityServer::with_interceptor(registrar, ClientAllowlist::for_service(&config.grpc, name)?);

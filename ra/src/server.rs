@@ -31,7 +31,11 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::keypolicy;
+use crate::limits::{Exemption, RateLimits};
 use crate::{Config, Error, ValidationProfile};
+
+/// An order for exactly the identifiers of a certificate issued this recently is a renewal (Boulder's 120 days).
+const RENEWAL_WINDOW_SECS: i64 = 120 * 86_400;
 
 /// A reused valid authorization must stay valid for an eighth of the order's lifetime, between one hour and one day
 /// (Boulder's rule), so that the order can still be finalized.
@@ -59,12 +63,13 @@ struct Inner {
     async_finalize: bool,
     account_uri_prefix: String,
     caa_recheck_after: i64,
+    limits: RateLimits,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 impl Registrar {
-    pub fn new(config: &Config, challenge_types: Vec<ChallengeType>) -> Result<Self, Error> {
+    pub fn new(config: &Config, challenge_types: Vec<ChallengeType>, limits: RateLimits) -> Result<Self, Error> {
         let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -81,6 +86,7 @@ impl Registrar {
                 async_finalize: config.async_finalize,
                 account_uri_prefix: config.account_uri_prefix.clone(),
                 caa_recheck_after: config.caa_recheck_after_secs,
+                limits,
             }),
         })
     }
@@ -106,13 +112,34 @@ impl Registrar {
         Order::try_from(reply.get_ref())
     }
 
-    async fn new_account(&self, account: pb::Account, deadline: Option<Instant>) -> Result<pb::Account, Problem> {
+    async fn new_account(
+        &self,
+        account: pb::Account,
+        client_ip: Option<std::net::IpAddr>,
+        deadline: Option<Instant>,
+    ) -> Result<pb::Account, Problem> {
         let jwk = Jwk::from_slice(&account.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
         keypolicy::check_account_key(&jwk)?;
         self.check_key_not_blocked(&jwk, deadline).await?;
         for contact in &account.contact {
             check_contact(contact)?;
         }
+        let spent = self.inner.limits.new_account(client_ip).await?;
+        let created = self.create_account(jwk, account, deadline).await;
+        if !matches!(&created, Ok((_, true))) {
+            // No account came of it: the registration is not counted.
+            self.inner.limits.refund(&spent).await;
+        }
+        created.map(|(account, _)| account)
+    }
+
+    /// Stores a new account; (the account, whether it is new) — a racing request may have registered the key.
+    async fn create_account(
+        &self,
+        jwk: Jwk,
+        account: pb::Account,
+        deadline: Option<Instant>,
+    ) -> Result<(pb::Account, bool), Problem> {
         let new = pb::Account {
             jwk: jwk.canonical_json().into_bytes(),
             status: "valid".into(),
@@ -125,7 +152,7 @@ impl Registrar {
         match self.inner.sa_write.clone().new_account(request_with_deadline(new.clone(), deadline)).await {
             Ok(created) => {
                 tracing::info!(account_id = created.get_ref().id, "account created");
-                Ok(created.into_inner())
+                Ok((created.into_inner(), true))
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Duplicate => {
                 // Another request registered the same key first: that account is the answer.
@@ -135,7 +162,7 @@ impl Registrar {
                     .clone()
                     .get_account_by_key(request_with_deadline(sapb::AccountKey { jwk: new.jwk }, deadline))
                     .await?;
-                Ok(existing.into_inner())
+                Ok((existing.into_inner(), false))
             }
             Err(status) => Err(status.into()),
         }
@@ -193,6 +220,45 @@ impl Registrar {
             }
         }
 
+        let exemption = if req.replacement_in_window && !req.replaces_serial.is_empty() {
+            Exemption::Replacement
+        } else if self.is_renewal(&identifiers, deadline).await? {
+            Exemption::Renewal
+        } else {
+            Exemption::None
+        };
+        let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
+        let spent = inner.limits.new_order(req.account_id, &limited, exemption).await?;
+        let created = self.create_order(req, &identifiers, profile, profile_name, deadline).await;
+        if created.is_err() {
+            inner.limits.refund(&spent).await;
+        }
+        created
+    }
+
+    /// Whether a certificate for exactly `identifiers` was issued within the renewal window: such an order is a
+    /// renewal, exempt from the new-order and per-domain limits.
+    async fn is_renewal(&self, identifiers: &[Identifier], deadline: Option<Instant>) -> Result<bool, Problem> {
+        let request = sapb::FqdnSetIssuanceTimesRequest {
+            identifiers: identifiers_to_pb(identifiers),
+            since: now() - RENEWAL_WINDOW_SECS,
+        };
+        let times =
+            self.inner.sa_read.clone().fqdn_set_issuance_times(request_with_deadline(request, deadline)).await?;
+        Ok(!times.get_ref().issued.is_empty())
+    }
+
+    /// Creates the order and its new authorizations, reusing the account's valid ones.
+    async fn create_order(
+        &self,
+        req: NewOrderRequest,
+        identifiers: &[Identifier],
+        profile: &ValidationProfile,
+        profile_name: String,
+        deadline: Option<Instant>,
+    ) -> Result<Order, Problem> {
+        let inner = &self.inner;
+        let wanted = || identifiers_to_pb(identifiers);
         let now = now();
         let valid = sapb::GetValidAuthorizationsRequest {
             account_id: req.account_id,
@@ -210,7 +276,7 @@ impl Registrar {
         let mut reused_ids = Vec::new();
         let mut new_authorizations = Vec::new();
         let mut expires = now + profile.order_lifetime_secs;
-        for identifier in &identifiers {
+        for identifier in identifiers {
             if let Some((id, authz_expires)) = reusable.get(&identifier.value) {
                 reused_ids.push(*id);
                 expires = expires.min(*authz_expires);
@@ -345,6 +411,9 @@ impl Registrar {
             problem = Some(pb::Problem::from(&caa));
         }
         let passed = problem.is_none();
+        if !passed {
+            inner.limits.failed_validation(authz.account_id, &authz.identifier).await;
+        }
         let attempted_at = now();
         let outcome = sapb::FinalizeAuthorizationRequest {
             id: authz.id,
@@ -492,6 +561,8 @@ impl Registrar {
     }
 
     async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
+        // Asked before this certificate joins the history it looks at.
+        let renewal = self.is_renewal(&order.identifiers, deadline).await?;
         let issue = IssueCertificateRequest {
             csr,
             account_id: order.account_id,
@@ -502,6 +573,8 @@ impl Registrar {
             self.inner.ca.clone().issue_certificate(request_with_deadline(issue, deadline)).await?.into_inner();
         let finalize = sapb::FinalizeOrderRequest { id: order.id, certificate_serial: issued.serial.clone() };
         self.inner.sa_write.clone().finalize_order(request_with_deadline(finalize, deadline)).await?;
+        let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
+        self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(order_id = order.id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
         Ok(())
     }
@@ -716,7 +789,8 @@ fn check_csr_names(csr_identifiers: &BTreeSet<Identifier>, identifiers: &[Identi
 impl RegistrationAuthority for Registrar {
     async fn new_account(&self, request: Request<pb::Account>) -> Reply<pb::Account> {
         let deadline = incoming_deadline(&request);
-        Ok(Response::new(self.new_account(request.into_inner(), deadline).await?))
+        let client_ip = quarry_core::grpc::client_ip(&request);
+        Ok(Response::new(self.new_account(request.into_inner(), client_ip, deadline).await?))
     }
 
     async fn update_account_contact(&self, request: Request<UpdateAccountContactRequest>) -> Reply<pb::Account> {

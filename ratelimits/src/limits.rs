@@ -223,7 +223,15 @@ impl Limits {
 
     /// The rate of `bucket`: its override, else its limit's default; `None` for an override-only limit without one.
     pub fn rate(&self, bucket: &Bucket) -> Option<Rate> {
-        self.overrides.get(bucket).or_else(|| self.defaults.get(&bucket.limit)).copied()
+        if let Some(rate) = self.overrides.get(bucket) {
+            return Some(*rate);
+        }
+        if bucket.limit == LimitName::CertificatesPerDomainPerAccount {
+            // `account:domain` buckets take the account's override.
+            let account = bucket.id.split(':').next()?;
+            return self.overrides.get(&Bucket { limit: bucket.limit, id: account.to_owned() }).copied();
+        }
+        self.defaults.get(&bucket.limit).copied()
     }
 
     /// Whether the account has a CertificatesPerDomainPerAccount override (its certificates then count per account

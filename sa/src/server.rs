@@ -166,6 +166,21 @@ impl StorageAuthorityReadOnly for Storage {
         Ok(Response::new(futures::stream::iter(entries)))
     }
 
+    async fn fqdn_set_issuance_times(
+        &self,
+        request: Request<sapb::FqdnSetIssuanceTimesRequest>,
+    ) -> Reply<sapb::IssuanceTimes> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let times = self
+            .read(|store| {
+                let identifiers = identifiers.clone();
+                async move { store.fqdn_set_issuance_times(&identifiers, req.since).await }
+            })
+            .await;
+        reply(times.map(|issued| sapb::IssuanceTimes { issued }))
+    }
+
     async fn get_crl(&self, request: Request<sapb::CrlShard>) -> Reply<sapb::Crl> {
         let req = request.into_inner();
         let crl = self.read(|store| async move { store.get_crl(req.issuer_id, req.shard).await }).await;

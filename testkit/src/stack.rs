@@ -40,6 +40,9 @@ pub const CRL_URL_PREFIX: &str = "http://c.quarry.example.com/e1/";
 /// The ra's account URL prefix in tests (the wfe's base URL is only known once it listens).
 pub const ACCOUNT_URI_PREFIX: &str = "https://quarry.test/acme/acct/";
 
+/// The permissive limits of `quarry dev`, which tests start from (a test may point the ra at its own file).
+pub const DEV_LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/env/dev/ratelimits.toml");
+
 /// The prefixes of the two nonce instances the wfe uses.
 pub const NONCE_PREFIXES: [&str; 2] = ["testnonc", "testnon2"];
 
@@ -79,6 +82,7 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         async_finalize: false,
         account_uri_prefix: ACCOUNT_URI_PREFIX.into(),
         caa_recheck_after_secs: 7 * 3_600,
+        rate_limits: quarry_ra::limits::RateLimitsConfig { limits_file: DEV_LIMITS.into(), redis_url: None },
     }
 }
 

@@ -1,14 +1,15 @@
 //! The ACME endpoints (Boulder's paths), and the headers every response carries.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::{Extension, Router};
 use quarry_core::grpc::request_with_deadline;
 use quarry_core::model::{Account, Authorization, ChallengeStatus, Order, OrderStatus};
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
@@ -161,7 +162,14 @@ struct NewAccountPayload {
     external_account_binding: Option<Value>,
 }
 
-async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
+async fn new_account(
+    State(wfe): State<Wfe>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
     let deadline = wfe.deadline();
     let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Jwk, deadline).await?;
     let payload: NewAccountPayload = request.json()?;
@@ -194,7 +202,11 @@ async fn new_account(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: 
         external_account_id,
         ..Default::default()
     };
-    let created = wfe.ra().new_account(request_with_deadline(new, deadline)).await?;
+    let mut new = request_with_deadline(new, deadline);
+    if let Some(Extension(ConnectInfo(peer))) = client {
+        quarry_core::grpc::set_client_ip(&mut new, peer.ip());
+    }
+    let created = wfe.ra().new_account(new).await?;
     let created = Account::try_from(created.get_ref())?;
     let response = json_response(StatusCode::CREATED, &render::account(&created));
     Ok(with_location(response, &wfe.urls().account(created.id)))
@@ -332,8 +344,8 @@ async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: He
         return Err(Problem::malformed("NotBefore and NotAfter are not supported").into());
     }
     let identifiers = edge_identifiers(&payload.identifiers)?;
-    let replaces_serial = if payload.replaces.is_empty() {
-        String::new()
+    let (replaces_serial, replacement_in_window) = if payload.replaces.is_empty() {
+        (String::new(), false)
     } else {
         renewal::check_replaces(&wfe, &payload.replaces, account.id, &identifiers, deadline).await?
     };
@@ -343,6 +355,7 @@ async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: He
         profile: payload.profile,
         replaces: payload.replaces,
         replaces_serial,
+        replacement_in_window,
         ..Default::default()
     };
     let order = wfe.ra().new_order(request_with_deadline(new, deadline)).await?;

@@ -149,7 +149,10 @@ pub async fn serve(
             Ok(())
         }
         (None, None) => {
-            axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)?;
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(Error::Serve)?;
             Ok(())
         }
         _ => Err(Error::Config("https_cert and https_key must be set together".into())),
@@ -191,7 +194,8 @@ async fn serve_tls(
             },
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers learn the client's address the same way on both paths (the per-IP rate limits need it).
+        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         tokio::spawn(async move {
             let Ok(stream) = acceptor.accept(stream).await else {
                 tracing::debug!(%peer, "TLS handshake failed");

@@ -85,6 +85,10 @@ impl IntoResponse for ProblemResponse {
         let body = problem_json(&self.problem, Some(status)).to_string();
         let mut response = (status, body).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        // RFC 8555 §6.6: a rate-limited client learns when to come back.
+        if let Some(seconds) = self.problem.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

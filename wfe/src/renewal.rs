@@ -117,15 +117,16 @@ fn jittered(seconds: u64) -> u64 {
     seconds - fifth + fifth * 2 * u64::from(byte[0]) / 255
 }
 
-/// Checks a new order's `replaces` (RFC 9773 §5) and returns the replaced certificate's serial: the certificate
-/// must exist, belong to `account_id`, share an identifier with the order, and have no replacement yet.
+/// Checks a new order's `replaces` (RFC 9773 §5) and returns the replaced certificate's serial and whether its
+/// renewal window has begun (such a replacement is exempt from rate limits): the certificate must exist, belong to
+/// `account_id`, share an identifier with the order, and have no replacement yet.
 pub async fn check_replaces(
     wfe: &Wfe,
     replaces: &str,
     account_id: i64,
     identifiers: &[Identifier],
     deadline: Option<Instant>,
-) -> Result<String, ProblemResponse> {
+) -> Result<(String, bool), ProblemResponse> {
     let serial = parse_cert_id(replaces, wfe.issuer_key_ids())
         .map_err(|p| Problem::new(p.kind, format!("replaces: {}", p.detail)))?;
     let exists =
@@ -158,7 +159,8 @@ pub async fn check_replaces(
             Problem::malformed("replaces: no identifier of this order is in the certificate being replaced").into()
         );
     }
-    Ok(serial)
+    let in_window = window(wfe, &serial, deadline).await?.start <= now();
+    Ok((serial, in_window))
 }
 
 /// Whether a certificate name `name` covers the order identifier `id` (a wildcard name covers one more label).

@@ -56,6 +56,11 @@ impl Stack {
 
     /// `quarry dev` on `db`, with the remote perspective `remote-b` resolving through `remote_b_dns` when given.
     async fn start_with(db: Option<&str>, remote_b_dns: Option<SocketAddr>) -> Stack {
+        Self::start_with_args(db, remote_b_dns, &[]).await
+    }
+
+    /// As [`Stack::start_with`], with more `quarry dev` arguments.
+    async fn start_with_args(db: Option<&str>, remote_b_dns: Option<SocketAddr>, extra: &[String]) -> Stack {
         quarry_core::install_crypto_provider();
         let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         let challtestsrv = ChallTestSrv::start(ChallConfig {
@@ -92,6 +97,7 @@ impl Stack {
             .arg(free_port_range().to_string())
             .arg("--crl-addr")
             .arg(format!("127.0.0.1:{}", free_port()))
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -654,5 +660,39 @@ async fn every_profile_issues_what_it_promises() {
         assert_eq!((eku.server_auth, eku.client_auth), (true, client_auth), "{profile}");
         let constraints = leaf.basic_constraints().expect("bc").expect("bc present");
         assert!(constraints.critical && !constraints.value.ca, "{profile}");
+    }
+}
+
+#[tokio::test]
+async fn quarry_dev_runs_with_productions_limits_in_memory_and_in_redis() {
+    use quarry_testkit::client::{AcmeAccount, AcmeClient};
+    let production = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env/production/ratelimits.toml");
+    let mut runs = vec![vec!["--ratelimits".to_owned(), production.display().to_string()]];
+    if let Ok(url) = std::env::var("QUARRY_TEST_REDIS_URL") {
+        runs.push(vec!["--ratelimits".to_owned(), production.display().to_string(), "--redis".to_owned(), url]);
+    }
+    for args in runs {
+        let stack = Stack::start_with_args(None, None, &args).await;
+        let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory");
+        // Production allows 10 accounts per IP address every 3 hours. (A Redis shared with earlier runs may hold
+        // some of this address's budget already, so count the accounts until the first refusal.)
+        let terms = serde_json::json!({ "termsOfServiceAgreed": true });
+        let mut created = 0;
+        let refused = loop {
+            let account = AcmeAccount::generate(quarry_jose::Algorithm::Es256);
+            let response = client.post(&account, &client.url("newAccount"), Some(&terms)).await.expect("answered");
+            if response.status != 201 {
+                break response;
+            }
+            created += 1;
+            assert!(created <= 10, "{args:?}: more than production's 10 accounts per IP address");
+        };
+        assert_eq!(refused.status, 429, "{args:?}: {}", String::from_utf8_lossy(&refused.body));
+        assert_eq!(refused.problem_type().as_deref(), Some("rateLimited"));
+        let retry_after: u64 = refused.header("retry-after").expect("Retry-After").parse().expect("seconds");
+        assert!(
+            (1..=1_080).contains(&retry_after),
+            "{args:?}: one account comes back every 18 minutes, not {retry_after} s"
+        );
     }
 }

@@ -215,3 +215,24 @@ async fn a_store_that_fails_lets_requests_through_and_is_counted() {
 fn cut_switch() -> Arc<tokio::sync::Notify> {
     Arc::new(tokio::sync::Notify::new())
 }
+
+#[test]
+fn the_environment_files_are_valid_and_production_is_lets_encrypts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env");
+    for env in ["dev", "staging", "production"] {
+        let text = std::fs::read_to_string(dir.join(env).join("ratelimits.toml")).expect("limits file");
+        let file: LimitsFile = toml::from_str(&text).unwrap_or_else(|e| panic!("{env}: {e}"));
+        Limits::from_file(&file).unwrap_or_else(|e| panic!("{env}: {e}"));
+    }
+    let text = std::fs::read_to_string(dir.join("production/ratelimits.toml")).expect("production");
+    let file: LimitsFile = toml::from_str(&text).expect("parses");
+    let value = |name: &str| {
+        let v = file.limits[name];
+        (v.count, v.period_secs, v.burst)
+    };
+    assert_eq!(value("NewRegistrationsPerIPAddress"), (10, 3 * 3_600, 10));
+    assert_eq!(value("NewOrdersPerAccount"), (300, 3 * 3_600, 300));
+    assert_eq!(value("CertificatesPerDomain"), (50, 7 * 86_400, 50));
+    assert_eq!(value("CertificatesPerFQDNSet"), (5, 7 * 86_400, 5));
+    assert_eq!(value("FailedAuthorizationsPerDomainPerAccount"), (5, 3_600, 5));
+}

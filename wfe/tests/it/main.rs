@@ -7,4 +7,5 @@ mod external_accounts;
 mod harness;
 mod jws_checks;
 mod profiles_and_renewal;
+mod rate_limits;
 mod resources;

@@ -96,7 +96,7 @@ async fn a_shortlived_certificate_for_ip_addresses() {
 }
 
 /// The ARI CertID of a certificate (RFC 9773 §4.1).
-fn cert_id(der: &[u8]) -> String {
+pub(crate) fn cert_id(der: &[u8]) -> String {
     use x509_parser::extensions::ParsedExtension;
     let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
     let aki = cert
