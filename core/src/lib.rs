@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod identifier;
 pub mod model;
+pub mod policy;
 pub mod shutdown;
 pub mod telemetry;
 

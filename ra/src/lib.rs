@@ -62,6 +62,9 @@ pub struct Config {
     /// Requirements allow 8 hours; Boulder uses 7).
     #[serde(default = "default_caa_recheck_after_secs")]
     pub caa_recheck_after_secs: i64,
+    /// Names refused whatever the validation (the same in every environment).
+    #[serde(default)]
+    pub blocklists: quarry_core::policy::Blocklists,
     /// The rate limits: the environment's limits file and the store.
     pub rate_limits: limits::RateLimitsConfig,
     /// Answer finalize with the `processing` order at once and issue in the background (RFC 8555 §7.4: the client

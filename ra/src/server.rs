@@ -30,6 +30,8 @@ use quarry_proto::va::{CaaRequest, DcvRequest};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use quarry_core::policy::IdentifierPolicy;
+
 use crate::keypolicy;
 use crate::limits::{Exemption, RateLimits};
 use crate::{Config, Error, ValidationProfile};
@@ -64,6 +66,7 @@ struct Inner {
     account_uri_prefix: String,
     caa_recheck_after: i64,
     limits: RateLimits,
+    policy: IdentifierPolicy,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -87,6 +90,7 @@ impl Registrar {
                 account_uri_prefix: config.account_uri_prefix.clone(),
                 caa_recheck_after: config.caa_recheck_after_secs,
                 limits,
+                policy: IdentifierPolicy::new(&config.blocklists),
             }),
         })
     }
@@ -203,7 +207,7 @@ impl Registrar {
                 profile.max_names
             )));
         }
-        check_identifiers(&identifiers, profile, &profile_name, inner.allow_non_public_ip)?;
+        check_identifiers(&identifiers, profile, &profile_name, inner.allow_non_public_ip, &inner.policy)?;
 
         let wanted = || identifiers_to_pb(&identifiers);
         let reuse = sapb::GetOrderForNamesRequest {
@@ -741,6 +745,7 @@ fn check_identifiers(
     profile: &ValidationProfile,
     profile_name: &str,
     allow_non_public_ip: bool,
+    policy: &IdentifierPolicy,
 ) -> Result<(), Problem> {
     let mut subproblems = Vec::new();
     for identifier in identifiers {
@@ -750,11 +755,18 @@ fn check_identifiers(
                 format!("profile {profile_name:?} does not permit {} identifiers", identifier.kind.as_str()),
             ))
         } else {
-            identifier.check_well_formed().err().or_else(|| match identifier.value.parse() {
-                Ok(ip) if identifier.kind == IdentifierType::Ip && !allow_non_public_ip && !is_public_unicast(ip) => {
-                    Some(Problem::new(ErrorKind::RejectedIdentifier, format!("{ip} is not a public unicast address")))
+            identifier.check_well_formed().and_then(|()| policy.check(identifier)).err().or_else(|| {
+                match identifier.value.parse() {
+                    Ok(ip)
+                        if identifier.kind == IdentifierType::Ip && !allow_non_public_ip && !is_public_unicast(ip) =>
+                    {
+                        Some(Problem::new(
+                            ErrorKind::RejectedIdentifier,
+                            format!("{ip} is not a public unicast address"),
+                        ))
+                    }
+                    _ => None,
                 }
-                _ => None,
             })
         };
         if let Some(problem) = problem {
@@ -902,7 +914,7 @@ mod tests {
         let classic = ValidationProfile::classic();
         let ids =
             [Identifier::dns("ok.example.org"), Identifier::dns("bad..example.org"), Identifier::dns("-x.example.org")];
-        let problem = check_identifiers(&ids, &classic, "classic", false).unwrap_err();
+        let problem = check_identifiers(&ids, &classic, "classic", false, &IdentifierPolicy::default()).unwrap_err();
         assert_eq!(problem.kind, ErrorKind::RejectedIdentifier);
         assert_eq!(problem.subproblems.len(), 2);
         assert_eq!(problem.subproblems[0].identifier.as_ref().unwrap().value, "bad..example.org");
@@ -913,15 +925,33 @@ mod tests {
         let public = Identifier { kind: IdentifierType::Ip, value: "64.112.117.1".into() };
         let loopback = Identifier { kind: IdentifierType::Ip, value: "127.0.0.1".into() };
         let classic = ValidationProfile::classic();
-        let problem = check_identifiers(std::slice::from_ref(&public), &classic, "classic", false).unwrap_err();
+        let problem =
+            check_identifiers(std::slice::from_ref(&public), &classic, "classic", false, &IdentifierPolicy::default())
+                .unwrap_err();
         assert_eq!(problem.kind, ErrorKind::RejectedIdentifier);
         assert!(problem.detail.contains("does not permit ip identifiers"), "{}", problem.detail);
         let shortlived =
             ValidationProfile { identifier_types: vec![IdentifierType::Dns, IdentifierType::Ip], ..classic };
-        assert!(check_identifiers(std::slice::from_ref(&public), &shortlived, "shortlived", false).is_ok());
-        let problem = check_identifiers(std::slice::from_ref(&loopback), &shortlived, "shortlived", false).unwrap_err();
+        assert!(
+            check_identifiers(
+                std::slice::from_ref(&public),
+                &shortlived,
+                "shortlived",
+                false,
+                &IdentifierPolicy::default()
+            )
+            .is_ok()
+        );
+        let problem = check_identifiers(
+            std::slice::from_ref(&loopback),
+            &shortlived,
+            "shortlived",
+            false,
+            &IdentifierPolicy::default(),
+        )
+        .unwrap_err();
         assert!(problem.detail.contains("not a public unicast address"), "{}", problem.detail);
-        assert!(check_identifiers(&[loopback], &shortlived, "shortlived", true).is_ok());
+        assert!(check_identifiers(&[loopback], &shortlived, "shortlived", true, &IdentifierPolicy::default()).is_ok());
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         async_finalize: false,
         account_uri_prefix: ACCOUNT_URI_PREFIX.into(),
         caa_recheck_after_secs: 7 * 3_600,
+        blocklists: Default::default(),
         rate_limits: quarry_ra::limits::RateLimitsConfig { limits_file: DEV_LIMITS.into(), redis_url: None },
     }
 }

@@ -323,7 +323,9 @@ fn edge_identifiers(payload: &[IdentifierPayload]) -> Result<Vec<Identifier>, Pr
         };
         let identifier = Identifier { kind, value: requested.value.clone() };
         // Checked as sent: RFC 8738 asks for an IP address's canonical text, and DNS names may arrive in capitals.
-        match identifier.check_well_formed() {
+        let checked =
+            identifier.check_well_formed().and_then(|()| quarry_core::policy::check_fixed(&identifier.normalized()));
+        match checked {
             Ok(()) => identifiers.push(identifier.normalized()),
             Err(problem) => subproblems.push(SubProblem {
                 kind: problem.kind,

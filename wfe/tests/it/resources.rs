@@ -477,3 +477,35 @@ async fn an_issuance_failure_after_processing_invalidates_the_order() {
     let (der, _) = issue(&stack, &account, &names).await;
     assert_eq!(quarry_core::ct::embedded_scts(&der).expect("SCT list").len(), 2);
 }
+
+#[tokio::test]
+async fn the_identifier_policy_refuses_suffixes_reserved_names_and_blocklisted_names() {
+    let stack = Stack::start_configured(
+        |ra| {
+            ra.blocklists.high_risk = vec!["bank.example.com".into()];
+            ra.blocklists.exact = vec!["exact.example.net".into()];
+        },
+        |_| {},
+    )
+    .await;
+    let account = stack.account(Algorithm::Es256).await;
+    let order = |names: &[&str]| {
+        let identifiers: Vec<serde_json::Value> = names.iter().map(|n| json!({"type": "dns", "value": n})).collect();
+        json!({ "identifiers": identifiers })
+    };
+    // Refused at the edge, one subproblem each: a public suffix, a wildcard on one, reserved names, a bad A-label.
+    let refused =
+        stack.new_order(&account, &order(&["co.uk", "*.com", "printer.local", "db.test", "xn--zz.com"])).await;
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.problem_type().as_deref(), Some("rejectedIdentifier"));
+    assert_eq!(refused.json()["subproblems"].as_array().map(Vec::len), Some(5));
+    // Refused by the ra's blocklists, the names under a high-risk name too; the same names elsewhere are fine.
+    for blocked in ["bank.example.com", "login.bank.example.com", "*.bank.example.com", "exact.example.net"] {
+        let refused = stack.new_order(&account, &order(&[blocked])).await;
+        assert_eq!(refused.problem_type().as_deref(), Some("rejectedIdentifier"), "{blocked}");
+        assert!(refused.json()["detail"].as_str().unwrap_or_default().contains("policy forbids"), "{blocked}");
+    }
+    for allowed in ["sub.exact.example.net", "bank.example.org"] {
+        assert_eq!(stack.new_order(&account, &order(&[allowed])).await.status, 201, "{allowed}");
+    }
+}
