@@ -218,6 +218,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
     std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
+    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, &vars)?;
+    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
     if let Some(path) = &args.ratelimits {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let file: quarry_ratelimits::LimitsFile =

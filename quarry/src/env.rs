@@ -47,22 +47,27 @@ fn file<'a>(files: &[(&str, &'a str)], service: &str) -> anyhow::Result<&'a str>
         .with_context(|| format!("no {service} config"))
 }
 
+/// The operator's `quarry admin` configuration for `quarry dev`.
+pub const DEV_ADMIN: &str = include_str!("../../deploy/env/dev/admin.toml");
+
+/// `text` with every `${name}` of `vars` filled in, parsed; an unset placeholder is an error naming `origin`.
+pub fn substitute(origin: String, text: &str, vars: &BTreeMap<&str, String>) -> anyhow::Result<toml::Table> {
+    let mut text = text.to_owned();
+    for (name, value) in vars {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    if let Some(start) = text.find("${") {
+        let rest = &text[start..];
+        bail!("{origin}: unset variable {}", &rest[..rest.find('}').map_or(rest.len(), |end| end + 1)]);
+    }
+    toml::from_str(&text).with_context(|| origin)
+}
+
 /// Substitutes every `${name}` of `vars` into the base and overlay files of `service`, then merges the overlay
 /// over the base. Substitution comes first so that placeholders may stand for numbers, not only strings.
 pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, String>) -> anyhow::Result<String> {
-    let substitute = |origin: String, text: &str| -> anyhow::Result<toml::Table> {
-        let mut text = text.to_owned();
-        for (name, value) in vars {
-            text = text.replace(&format!("${{{name}}}"), value);
-        }
-        if let Some(start) = text.find("${") {
-            let rest = &text[start..];
-            bail!("{origin}: unset variable {}", &rest[..rest.find('}').map_or(rest.len(), |end| end + 1)]);
-        }
-        toml::from_str(&text).with_context(|| origin)
-    };
-    let mut merged = substitute(format!("base/{service}.toml"), file(BASE, service)?)?;
-    let layer = substitute(format!("overlay {service}.toml"), file(overlay, service)?)?;
+    let mut merged = substitute(format!("base/{service}.toml"), file(BASE, service)?, vars)?;
+    let layer = substitute(format!("overlay {service}.toml"), file(overlay, service)?, vars)?;
     quarry_core::config::merge(&mut merged, &layer);
     Ok(merged.to_string())
 }

@@ -1,6 +1,7 @@
 //! `quarry`: the one binary of the CA. Each service is a subcommand (`quarry sa --config sa.toml`), and
 //! `quarry dev` runs the whole split stack on one machine, every service its own process.
 
+mod admin;
 mod dev;
 mod env;
 
@@ -42,6 +43,8 @@ enum Command {
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
+    /// The operator's commands (unpausing accounts), through the sa with the admin identity.
+    Admin(admin::AdminArgs),
     /// Makes an environment's issuing hierarchy (root and intermediates) and the PKI sections that point at it.
     Ceremony(CeremonyArgs),
 }
@@ -193,6 +196,10 @@ fn main() -> ExitCode {
         Command::Challtestsrv(args) => {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
+        }
+        Command::Admin(args) => {
+            quarry_core::telemetry::init("admin", false);
+            report("admin", runtime().block_on(admin::run(args)))
         }
         Command::Ceremony(args) => {
             quarry_core::telemetry::init("ceremony", false);

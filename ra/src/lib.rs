@@ -190,6 +190,7 @@ pub async fn serve(
     let challenge_types = config.challenge_types()?;
     let rate_limits = limits::RateLimits::open(&config.rate_limits).await?;
     let registrar = Registrar::new(&config, challenge_types, rate_limits)?;
+    registrar.refresh_overrides(std::time::Duration::from_secs(config.rate_limits.overrides_refresh_secs.max(1)));
     let name = <RegistrationAuthorityServer<Registrar> as NamedService>::NAME;
     let service =
         RegistrationAuthorityServer::with_interceptor(registrar, ClientAllowlist::for_service(&config.grpc, name)?);

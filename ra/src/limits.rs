@@ -12,7 +12,8 @@ use quarry_core::identifier::registered_domain;
 use quarry_core::{Identifier, IdentifierType, Problem};
 use quarry_ratelimits::limits::ip_domain_bucket_id;
 use quarry_ratelimits::{
-    Bucket, Denial, Limiter, Limits, LimitsFile, MemoryStore, RedisStore, Store, Transaction, Verdict, now_micros,
+    Bucket, Denial, Limiter, Limits, LimitsFile, MemoryStore, OverrideEntry, RedisStore, Store, Transaction, Verdict,
+    now_micros,
 };
 use serde::Deserialize;
 
@@ -27,6 +28,13 @@ pub struct RateLimitsConfig {
     /// Redis shared by every ra replica, e.g. `redis://127.0.0.1:6379/`; without it, buckets live in this process.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// How often the overrides in the sa's table are read again, in seconds.
+    #[serde(default = "default_overrides_refresh_secs")]
+    pub overrides_refresh_secs: u64,
+}
+
+fn default_overrides_refresh_secs() -> u64 {
+    300
 }
 
 /// How an order is exempt (RFC 9773 replacements in their window from everything; renewals of the same identifier
@@ -104,11 +112,26 @@ impl RateLimits {
         }
     }
 
-    /// Spends a failed validation of `identifier` by the account.
-    pub async fn failed_validation(&self, account_id: i64, identifier: &Identifier) {
+    /// Spends a failed validation of `identifier` by the account; true when the account has now failed for it so
+    /// many times in a row that it is to be paused for it.
+    pub async fn failed_validation(&self, account_id: i64, identifier: &Identifier) -> bool {
         let spend = [Transaction::one(Bucket::failed_authorizations(account_id, &identifier.value))];
         if let Verdict::Denied(denial) = self.limiter.spend(now_micros(), &spend).await {
             tracing::info!(detail = denial.detail(), "failed validations past the limit");
+        }
+        let pausing = [Transaction::one(Bucket::failed_authorizations_for_pausing(account_id, &identifier.value))];
+        matches!(self.limiter.spend(now_micros(), &pausing).await, Verdict::Denied(_))
+    }
+
+    /// A validation passed: the account's run of failures for the identifier is over.
+    pub async fn succeeded_validation(&self, account_id: i64, identifier: &Identifier) {
+        self.limiter.reset(&[Bucket::failed_authorizations_for_pausing(account_id, &identifier.value)]).await;
+    }
+
+    /// Replaces the overrides read from the sa's table.
+    pub fn set_sa_overrides(&self, overrides: &[OverrideEntry]) {
+        if let Err(error) = self.limiter.set_extra_overrides(overrides) {
+            tracing::warn!(%error, "the sa's rate-limit overrides are not usable; keeping the file's");
         }
     }
 

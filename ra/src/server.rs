@@ -224,6 +224,8 @@ impl Registrar {
             }
         }
 
+        let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
+        self.check_not_paused(req.account_id, &limited, deadline).await?;
         let exemption = if req.replacement_in_window && !req.replaces_serial.is_empty() {
             Exemption::Replacement
         } else if self.is_renewal(&identifiers, deadline).await? {
@@ -231,13 +233,84 @@ impl Registrar {
         } else {
             Exemption::None
         };
-        let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
         let spent = inner.limits.new_order(req.account_id, &limited, exemption).await?;
         let created = self.create_order(req, &identifiers, profile, profile_name, deadline).await;
         if created.is_err() {
             inner.limits.refund(&spent).await;
         }
         created
+    }
+
+    /// Refuses an order naming an identifier the account is paused for, saying how to get unpaused.
+    async fn check_not_paused(
+        &self,
+        account_id: i64,
+        identifiers: &[Identifier],
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        let request = sapb::PausedIdentifiersRequest { account_id, identifiers: identifiers_to_pb(identifiers) };
+        let paused =
+            self.inner.sa_read.clone().check_identifiers_paused(request_with_deadline(request, deadline)).await?;
+        let paused: Vec<&str> = paused.get_ref().identifiers.iter().map(|i| i.value.as_str()).collect();
+        if paused.is_empty() {
+            return Ok(());
+        }
+        Err(Problem::new(
+            ErrorKind::RateLimited,
+            format!(
+                "account {account_id} is paused for {} after failing validation for it too many times in a row; fix \
+                 the client's validation setup, then ask the CA's operators to unpause the account \
+                 (quarry admin unpause --account {account_id})",
+                paused.join(", ")
+            ),
+        ))
+    }
+
+    /// Pauses the account for `identifier`; a failure to record it is logged (the next failure tries again).
+    async fn pause(&self, account_id: i64, identifier: &Identifier) {
+        let request = sapb::PausedIdentifiersRequest {
+            account_id,
+            identifiers: identifiers_to_pb(std::slice::from_ref(identifier)),
+        };
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        match self.inner.sa_write.clone().pause_identifiers(request_with_deadline(request, deadline)).await {
+            Ok(_) => tracing::warn!(account_id, identifier = %identifier.value, "account paused for the identifier"),
+            Err(status) => tracing::error!(account_id, %status, "cannot pause the account"),
+        }
+    }
+
+    /// Reads the sa's rate-limit overrides now and then every `period`, for as long as the ra runs.
+    pub fn refresh_overrides(&self, period: Duration) {
+        let registrar = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                ticks.tick().await;
+                let deadline = Some(Instant::now() + Duration::from_secs(10));
+                let request = request_with_deadline(pb::Empty {}, deadline);
+                match registrar.inner.sa_read.clone().get_enabled_rate_limit_overrides(request).await {
+                    Ok(list) => {
+                        let entries: Vec<quarry_ratelimits::OverrideEntry> = list
+                            .into_inner()
+                            .overrides
+                            .into_iter()
+                            .filter_map(|o| {
+                                Some(quarry_ratelimits::OverrideEntry {
+                                    limit: o.limit,
+                                    bucket: o.bucket,
+                                    count: u64::try_from(o.count).ok()?,
+                                    period_secs: u64::try_from(o.period_secs).ok()?,
+                                    burst: u64::try_from(o.burst).ok()?,
+                                    comment: o.comment,
+                                })
+                            })
+                            .collect();
+                        registrar.inner.limits.set_sa_overrides(&entries);
+                    }
+                    Err(status) => tracing::warn!(%status, "cannot read the sa's rate-limit overrides"),
+                }
+            }
+        });
     }
 
     /// Whether a certificate for exactly `identifiers` was issued within the renewal window: such an order is a
@@ -415,8 +488,10 @@ impl Registrar {
             problem = Some(pb::Problem::from(&caa));
         }
         let passed = problem.is_none();
-        if !passed {
-            inner.limits.failed_validation(authz.account_id, &authz.identifier).await;
+        if passed {
+            inner.limits.succeeded_validation(authz.account_id, &authz.identifier).await;
+        } else if inner.limits.failed_validation(authz.account_id, &authz.identifier).await {
+            self.pause(authz.account_id, &authz.identifier).await;
         }
         let attempted_at = now();
         let outcome = sapb::FinalizeAuthorizationRequest {

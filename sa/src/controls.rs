@@ -147,6 +147,29 @@ impl Store {
         .transpose()
     }
 
+    /// Every enabled override.
+    pub async fn enabled_rate_limit_overrides(&self) -> Result<Vec<RateLimitOverride>, Problem> {
+        let rows = sqlx::query(
+            "SELECT limit_name, bucket_key, count, period_secs, burst, comment, enabled FROM rate_limit_overrides WHERE enabled = 1 ORDER BY limit_name, bucket_key",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(RateLimitOverride {
+                    limit_name: get(row, "limit_name")?,
+                    bucket_key: get(row, "bucket_key")?,
+                    count: get(row, "count")?,
+                    period_secs: get(row, "period_secs")?,
+                    burst: get(row, "burst")?,
+                    comment: get(row, "comment")?,
+                    enabled: get::<i64>(row, "enabled")? != 0,
+                })
+            })
+            .collect()
+    }
+
     /// Disables an override (kept for the record); `notFound` when there is none.
     pub async fn disable_rate_limit_override(
         &self,

@@ -4,7 +4,7 @@ use quarry_core::model::{Account, AccountStatus, AuthorizationStatus, ChallengeT
 use std::future::Future;
 
 use quarry_core::{ErrorKind, Identifier, Problem};
-use quarry_proto::convert::{identifiers_from_pb, problem_from_pb, records_from_pb};
+use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_from_pb, records_from_pb};
 use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnly;
 use quarry_proto::sa::storage_authority_server::StorageAuthority;
@@ -166,6 +166,39 @@ impl StorageAuthorityReadOnly for Storage {
         Ok(Response::new(futures::stream::iter(entries)))
     }
 
+    async fn check_identifiers_paused(
+        &self,
+        request: Request<sapb::PausedIdentifiersRequest>,
+    ) -> Reply<sapb::Identifiers> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        // From the primary: an account paused a moment ago must not slip through a lagging replica.
+        let paused = self.store.paused_identifiers(req.account_id, &identifiers).await;
+        reply(paused.map(|paused| sapb::Identifiers { identifiers: identifiers_to_pb(&paused) }))
+    }
+
+    async fn get_paused_identifiers(&self, request: Request<sapb::AccountId>) -> Reply<sapb::Identifiers> {
+        let paused = self.store.account_paused_identifiers(request.get_ref().id).await;
+        reply(paused.map(|paused| sapb::Identifiers { identifiers: identifiers_to_pb(&paused) }))
+    }
+
+    async fn get_enabled_rate_limit_overrides(&self, _: Request<pb::Empty>) -> Reply<sapb::RateLimitOverrides> {
+        let overrides = self.store.enabled_rate_limit_overrides().await.map(|list| sapb::RateLimitOverrides {
+            overrides: list
+                .into_iter()
+                .map(|o| sapb::RateLimitOverride {
+                    limit: o.limit_name,
+                    bucket: o.bucket_key,
+                    count: o.count,
+                    period_secs: o.period_secs,
+                    burst: o.burst,
+                    comment: o.comment,
+                })
+                .collect(),
+        });
+        reply(overrides)
+    }
+
     async fn fqdn_set_issuance_times(
         &self,
         request: Request<sapb::FqdnSetIssuanceTimesRequest>,
@@ -312,6 +345,18 @@ impl StorageAuthority for Storage {
     async fn revoke_certificate(&self, request: Request<sapb::RevokeCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(self.store.revoke_certificate(&req.serial, req.reason, req.date).await.map(|()| pb::Empty {}))
+    }
+
+    async fn pause_identifiers(&self, request: Request<sapb::PausedIdentifiersRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let paused = self.store.pause_identifiers(req.account_id, &identifiers, quarry_core::clock::now()).await;
+        reply(paused.map(|()| pb::Empty {}))
+    }
+
+    async fn unpause_account(&self, request: Request<sapb::AccountId>) -> Reply<sapb::Count> {
+        let unpaused = self.store.unpause_account(request.get_ref().id, quarry_core::clock::now()).await;
+        reply(unpaused.map(|count| sapb::Count { count: i64::try_from(count).unwrap_or(i64::MAX) }))
     }
 
     async fn lease_crl_shard(

@@ -83,7 +83,11 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         account_uri_prefix: ACCOUNT_URI_PREFIX.into(),
         caa_recheck_after_secs: 7 * 3_600,
         blocklists: Default::default(),
-        rate_limits: quarry_ra::limits::RateLimitsConfig { limits_file: DEV_LIMITS.into(), redis_url: None },
+        rate_limits: quarry_ra::limits::RateLimitsConfig {
+            limits_file: DEV_LIMITS.into(),
+            redis_url: None,
+            overrides_refresh_secs: 300,
+        },
     }
 }
 
@@ -113,8 +117,8 @@ impl InProcessStack {
         let sa_config = quarry_sa::Config {
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
-                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca", "crl-updater"]),
-                ("quarry.sa.v1.StorageAuthority", &["ra", "ca", "crl-updater"]),
+                ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca", "crl-updater", "admin"]),
+                ("quarry.sa.v1.StorageAuthority", &["ra", "ca", "crl-updater", "admin"]),
             ]),
             tls: pki.tls("sa"),
             database_url: db.url.clone(),

@@ -73,6 +73,20 @@ impl StorageAuthority for Handle {
         Ok(Response::new(Empty {}))
     }
 
+    async fn pause_identifiers(
+        &self,
+        _: Request<quarry_proto::sa::PausedIdentifiersRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn unpause_account(
+        &self,
+        _: Request<quarry_proto::sa::AccountId>,
+    ) -> Result<Response<quarry_proto::sa::Count>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn lease_crl_shard(
         &self,
         _: Request<quarry_proto::sa::LeaseCrlShardRequest>,

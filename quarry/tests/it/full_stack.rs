@@ -696,3 +696,54 @@ async fn quarry_dev_runs_with_productions_limits_in_memory_and_in_redis() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_paused_account_is_refused_until_quarry_admin_unpauses_it() {
+    // The dev limits, but an account is paused for a name after its second failed validation in a row.
+    let dev = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env/dev/ratelimits.toml"))
+        .expect("dev limits");
+    let mut limits: toml::Table = toml::from_str(&dev).expect("toml");
+    limits["limits"]["FailedAuthorizationsForPausingPerDomainPerAccount"] =
+        toml::from_str::<toml::Value>("count = 1\nperiod_secs = 86400\nburst = 1").expect("value");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pausing.toml");
+    std::fs::write(&file, limits.to_string()).expect("write");
+    let stack = Stack::start_with_args(None, None, &["--ratelimits".to_owned(), file.display().to_string()]).await;
+    let account = stack.instant_acme_account().await;
+    let name = "zombie.quarry-test.org";
+    let identifiers = [Identifier::Dns(name.to_owned())];
+    // Two orders whose http-01 challenge nobody answers.
+    for _ in 0..2 {
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await.expect("new order");
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.expect("authorization");
+            authz.challenge(ChallengeType::Http01).expect("http-01").set_ready().await.expect("ready");
+        }
+        let status = order.poll_ready(&retry()).await;
+        assert!(matches!(status, Ok(OrderStatus::Invalid) | Err(_)), "{status:?}");
+    }
+    let refused = account.new_order(&NewOrder::new(&identifiers)).await.err().expect("paused").to_string();
+    assert!(refused.contains("paused") && refused.contains("quarry admin unpause"), "{refused}");
+
+    let id = account.id().rsplit('/').next().expect("account id").to_owned();
+    let admin = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("admin")
+            .arg("--config")
+            .arg(stack.data_dir().join("config/admin.toml"))
+            .args(args)
+            .output()
+            .expect("run quarry admin");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed = admin(&["paused", "--account", &id]);
+    assert!(listed.contains(name), "{listed}");
+    let dry = admin(&["unpause", "--account", &id]);
+    assert!(dry.contains("would unpause") && dry.contains(name), "{dry}");
+    assert!(account.new_order(&NewOrder::new(&identifiers)).await.is_err(), "a dry run changes nothing");
+    let done = admin(&["unpause", "--account", &id, "--execute"]);
+    assert!(done.contains("unpaused account") && done.contains("for 1 identifiers"), "{done}");
+    account.new_order(&NewOrder::new(&identifiers)).await.expect("unpaused: orders are taken again");
+}

@@ -34,7 +34,15 @@ impl Stack {
 
     /// A stack whose sa uses `db`.
     pub async fn start_on(db: quarry_testkit::db::TestDatabase) -> Stack {
-        Self::around(InProcessStack::start_on(db, true, |_| {}, |_| {}).await).await
+        Self::start_on_configured(db, |_| {}).await
+    }
+
+    /// A stack whose sa uses `db` and whose ra configuration was changed first.
+    pub async fn start_on_configured(
+        db: quarry_testkit::db::TestDatabase,
+        configure_ra: impl FnOnce(&mut quarry_ra::Config),
+    ) -> Stack {
+        Self::around(InProcessStack::start_on(db, true, configure_ra, |_| {}).await).await
     }
 
     async fn around(services: InProcessStack) -> Stack {

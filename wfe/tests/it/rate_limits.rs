@@ -129,3 +129,95 @@ async fn failed_validations_per_identifier() {
     let (order_url, order) = stack.order(&account, &["steady.example.org"]).await;
     stack.make_ready(&account, &order_url, &order).await;
 }
+
+/// Orders `name`, fails its validation (the fake va says so) and waits until the order is invalid.
+async fn fail_once(stack: &Stack, account: &quarry_testkit::client::AcmeAccount, name: &str) {
+    let (order_url, order) = stack.order(account, &[name]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = stack.client.post(account, &authz_url, None).await.unwrap().json();
+    let challenge = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
+    stack.client.post(account, &challenge, Some(&json!({}))).await.unwrap();
+    stack.client.poll(account, &order_url, 100, |o| o["status"] == "invalid").await.expect("order invalid");
+}
+
+#[tokio::test]
+async fn an_account_that_keeps_failing_is_paused_until_unpaused() {
+    let (stack, _dir) = stack_with_tight("FailedAuthorizationsForPausingPerDomainPerAccount", 2).await;
+    let account = stack.account(Algorithm::Es256).await;
+    stack.va.fail(Problem::new(quarry_core::ErrorKind::Unauthorized, "wrong key authorization"));
+    for _ in 0..3 {
+        fail_once(&stack, &account, "zombie.example.org").await;
+    }
+    let order = json!({"identifiers": [{"type": "dns", "value": "zombie.example.org"}]});
+    let refused = stack.new_order(&account, &order).await;
+    assert_eq!(refused.status, 429, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.problem_type().as_deref(), Some("rateLimited"));
+    let detail = refused.json()["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("paused for zombie.example.org") && detail.contains("unpause"), "{detail}");
+    // Other identifiers are not paused.
+    stack.order(&account, &["alive.example.org"]).await;
+
+    // The operator unpauses (through the sa, as `quarry admin unpause` does).
+    let services = &stack.services;
+    let mut sa = quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(services.pki.channel(
+        "admin",
+        "sa",
+        services.sa,
+    ));
+    let id = account.url.as_deref().and_then(|u| u.rsplit('/').next()).and_then(|id| id.parse().ok()).expect("id");
+    let unpaused = sa.unpause_account(quarry_proto::sa::AccountId { id }).await.expect("unpaused").into_inner();
+    assert_eq!(unpaused.count, 1);
+    stack.va.pass();
+    assert_eq!(stack.new_order(&account, &order).await.status, 201);
+}
+
+#[tokio::test]
+async fn overrides_in_the_sa_are_read_by_the_ra() {
+    let db = quarry_testkit::db::TestDatabase::sqlite();
+    let settings =
+        quarry_sa::store::PoolSettings { max_connections: 2, statement_timeout: std::time::Duration::from_secs(5) };
+    let store = quarry_sa::Store::open(&db.url, settings).await.expect("store");
+    // The first account of a fresh database is number 1: raise its new-order limit from 1 to 3.
+    let raised = quarry_sa::RateLimitOverride {
+        limit_name: "NewOrdersPerAccount".into(),
+        bucket_key: "1".into(),
+        count: 3,
+        period_secs: 86_400,
+        burst: 3,
+        comment: "a hosting provider".into(),
+        enabled: true,
+    };
+    store.set_rate_limit_override(&raised, 0).await.expect("override");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = limits_file(dir.path(), "NewOrdersPerAccount", 1);
+    let stack = Stack::start_on_configured(db, move |ra| ra.rate_limits.limits_file = file).await;
+    let first = stack.account(Algorithm::Es256).await;
+    assert!(first.url.as_deref().is_some_and(|u| u.ends_with("/1")), "{:?}", first.url);
+    // The ra reads the overrides as it starts; give it a moment (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut created = 0;
+    for n in 0..3 {
+        loop {
+            let order = json!({"identifiers": [{"type": "dns", "value": format!("o{n}.example.org")}]});
+            let response = stack.new_order(&first, &order).await;
+            if response.status == 201 {
+                created += 1;
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the override never applied: {}",
+                String::from_utf8_lossy(&response.body)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(created, 3);
+    let fourth = stack.new_order(&first, &json!({"identifiers": [{"type": "dns", "value": "o3.example.org"}]})).await;
+    assert_limited(&fourth, "NewOrdersPerAccount");
+    // Another account still has the file's limit of 1.
+    let second = stack.account(Algorithm::Es256).await;
+    stack.order(&second, &["p0.example.org"]).await;
+    let refused = stack.new_order(&second, &json!({"identifiers": [{"type": "dns", "value": "p1.example.org"}]})).await;
+    assert_limited(&refused, "NewOrdersPerAccount");
+}
