@@ -747,3 +747,59 @@ async fn a_paused_account_is_refused_until_quarry_admin_unpauses_it() {
     assert!(done.contains("unpaused account") && done.contains("for 1 identifiers"), "{done}");
     account.new_order(&NewOrder::new(&identifiers)).await.expect("unpaused: orders are taken again");
 }
+
+/// The dev limits with the named limits changed to `burst` per week (burst the same), in a file under `dir`.
+fn limits_with(dir: &Path, changes: &[(&str, u64)]) -> PathBuf {
+    let dev = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env/dev/ratelimits.toml"))
+        .expect("dev limits");
+    let mut limits: toml::Table = toml::from_str(&dev).expect("toml");
+    for (name, burst) in changes {
+        limits["limits"][*name] =
+            toml::from_str::<toml::Value>(&format!("count = {burst}\nperiod_secs = 604800\nburst = {burst}"))
+                .expect("value");
+    }
+    let file = dir.join("limits.toml");
+    std::fs::write(&file, limits.to_string()).expect("write");
+    file
+}
+
+#[tokio::test]
+async fn renewals_and_ari_replacements_are_exempt_as_boulder_exempts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = limits_with(dir.path(), &[("CertificatesPerDomain", 1), ("CertificatesPerFQDNSet", 2)]);
+    let stack = Stack::start_with_args(None, None, &["--ratelimits".to_owned(), file.display().to_string()]).await;
+    let account = stack.instant_acme_account().await;
+    let names = ["www.renew.quarry-test.org"];
+    issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+
+    // Another name under the same registered domain: its one certificate this week is spent.
+    let other = [Identifier::Dns("api.renew.quarry-test.org".to_owned())];
+    let refused = account.new_order(&NewOrder::new(&other)).await.err().expect("per-domain limit").to_string();
+    assert!(refused.contains("CertificatesPerDomain"), "{refused}");
+
+    // A renewal (exactly the same names) is exempt from the per-domain limit...
+    let chain = issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+    // ...but not from the per-identifier-set limit, now spent.
+    let same = [Identifier::Dns(names[0].to_owned())];
+    let refused = account.new_order(&NewOrder::new(&same)).await.err().expect("identifier-set limit").to_string();
+    assert!(refused.contains("CertificatesPerFQDNSet"), "{refused}");
+
+    // An ARI replacement inside its window is exempt from every limit: revoked, the certificate's window is now.
+    let leaf = rustls_pki_types::CertificateDer::from(pem_blocks(&chain).remove(0));
+    let revocation = instant_acme::RevocationRequest { certificate: &leaf, reason: None };
+    account.revoke(&revocation).await.expect("revoked");
+    let (_, parsed) = parse_x509_certificate(&leaf).expect("leaf");
+    let key_id = parsed
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => None,
+        })
+        .expect("authority key identifier");
+    let replaces = instant_acme::CertificateIdentifier::new(
+        rustls_pki_types::Der::from(key_id),
+        rustls_pki_types::Der::from(parsed.raw_serial().to_vec()),
+    );
+    account.new_order(&NewOrder::new(&same).replaces(replaces)).await.expect("the replacement is exempt");
+}
