@@ -700,14 +700,8 @@ async fn quarry_dev_runs_with_productions_limits_in_memory_and_in_redis() {
 #[tokio::test]
 async fn a_paused_account_is_refused_until_quarry_admin_unpauses_it() {
     // The dev limits, but an account is paused for a name after its second failed validation in a row.
-    let dev = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env/dev/ratelimits.toml"))
-        .expect("dev limits");
-    let mut limits: toml::Table = toml::from_str(&dev).expect("toml");
-    limits["limits"]["FailedAuthorizationsForPausingPerDomainPerAccount"] =
-        toml::from_str::<toml::Value>("count = 1\nperiod_secs = 86400\nburst = 1").expect("value");
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("pausing.toml");
-    std::fs::write(&file, limits.to_string()).expect("write");
+    let file = limits_with(dir.path(), &[("FailedAuthorizationsForPausingPerDomainPerAccount", 1)]);
     let stack = Stack::start_with_args(None, None, &["--ratelimits".to_owned(), file.display().to_string()]).await;
     let account = stack.instant_acme_account().await;
     let name = "zombie.quarry-test.org";
