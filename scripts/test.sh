@@ -81,6 +81,9 @@ trap stop_services EXIT
 echo "==> cargo test"
 cargo test --workspace --locked
 
-echo "==> interoperability: certbot and lego against quarry dev"
 cargo build --locked -p quarry
+echo "==> staging and production differ only in addresses/secrets, PKI and rate limits"
+"$root/target/debug/quarry" env check staging production
+
+echo "==> interoperability: certbot and lego against quarry dev"
 QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"

@@ -105,6 +105,43 @@ mod tests {
         }
     }
 
+    /// Staging's and production's configurations, with their secrets filled in, are valid typed configurations:
+    /// a typo in an overlay fails here, not at deployment.
+    #[test]
+    fn staging_and_production_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env");
+        let secrets = BTreeMap::from([
+            ("database_url", "postgres://quarry@db.example.com/quarry".to_owned()),
+            ("redis_url", "redis://redis.example.com:6379/".to_owned()),
+            // The base va's remotes are replaced by each overlay's.
+            ("va_remote_a_addr", "unused:1".to_owned()),
+            ("va_remote_b_addr", "unused:2".to_owned()),
+        ]);
+        for env in ["staging", "production"] {
+            for service in SERVICES {
+                let read =
+                    |sub: &str| std::fs::read_to_string(dir.join(sub).join(format!("{service}.toml"))).expect("file");
+                let mut merged = substitute(format!("base/{service}.toml"), &read("base"), &secrets).expect("base");
+                let overlay = substitute(format!("{env}/{service}.toml"), &read(env), &secrets).expect("overlay");
+                quarry_core::config::merge(&mut merged, &overlay);
+                let text = merged.to_string();
+                let origin = format!("{env}/{service}");
+                let result = match subcommand(service) {
+                    "nonce" => quarry_core::config::parse::<quarry_nonce::Config>(&text, &origin).map(drop),
+                    "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, &origin).map(drop),
+                    "va" => quarry_core::config::parse::<quarry_va::Config>(&text, &origin).map(drop),
+                    "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, &origin).map(drop),
+                    "publisher" => quarry_core::config::parse::<quarry_publisher::Config>(&text, &origin).map(drop),
+                    "crl-updater" => quarry_core::config::parse::<quarry_crl_updater::Config>(&text, &origin).map(drop),
+                    "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, &origin).map(drop),
+                    "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, &origin).map(drop),
+                    other => panic!("unknown service {other}"),
+                };
+                result.unwrap_or_else(|e| panic!("{origin}: {e}\n{text}"));
+            }
+        }
+    }
+
     #[test]
     fn unset_variables_are_reported() {
         let err = render("sa", DEV, &BTreeMap::new()).unwrap_err().to_string();

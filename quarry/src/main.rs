@@ -4,6 +4,7 @@
 mod admin;
 mod dev;
 mod env;
+mod envcheck;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,10 +44,44 @@ enum Command {
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
+    /// Environment tools: `env check A B` proves two environments differ only where they may.
+    Env(EnvArgs),
     /// The operator's commands (unpausing accounts), through the sa with the admin identity.
     Admin(admin::AdminArgs),
     /// Makes an environment's issuing hierarchy (root and intermediates) and the PKI sections that point at it.
     Ceremony(CeremonyArgs),
+}
+
+#[derive(clap::Args)]
+struct EnvArgs {
+    #[command(subcommand)]
+    command: EnvCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum EnvCommand {
+    /// Lists every key two environments differ in; fails when one lies outside addresses/secrets, PKI and rate limits.
+    Check {
+        a: String,
+        b: String,
+        /// The configuration tree: `base/` and one directory per environment.
+        #[arg(long, default_value = "deploy/env")]
+        dir: PathBuf,
+    },
+}
+
+fn env_check(args: &EnvArgs) -> ExitCode {
+    let EnvCommand::Check { a, b, dir } = &args.command;
+    match envcheck::check(dir, a, b) {
+        Ok(report) => {
+            println!("{a} vs {b}:\n{report}");
+            if report.passes() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(err) => {
+            eprintln!("quarry env check: {err:#}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -197,6 +232,7 @@ fn main() -> ExitCode {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
         }
+        Command::Env(args) => env_check(&args),
         Command::Admin(args) => {
             quarry_core::telemetry::init("admin", false);
             report("admin", runtime().block_on(admin::run(args)))
