@@ -76,6 +76,22 @@ pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, Str
 mod tests {
     use super::*;
 
+    /// Parses `text` as the typed configuration of `service`.
+    fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
+        use quarry_core::config::parse;
+        match subcommand(service) {
+            "nonce" => parse::<quarry_nonce::Config>(text, origin).map(drop),
+            "sa" => parse::<quarry_sa::Config>(text, origin).map(drop),
+            "va" => parse::<quarry_va::Config>(text, origin).map(drop),
+            "ca" => parse::<quarry_ca::Config>(text, origin).map(drop),
+            "publisher" => parse::<quarry_publisher::Config>(text, origin).map(drop),
+            "crl-updater" => parse::<quarry_crl_updater::Config>(text, origin).map(drop),
+            "ra" => parse::<quarry_ra::Config>(text, origin).map(drop),
+            "wfe" => parse::<quarry_wfe::Config>(text, origin).map(drop),
+            other => panic!("unknown service {other}"),
+        }
+    }
+
     fn dev_vars() -> BTreeMap<&'static str, String> {
         let log = quarry_testkit::ctlog::FakeCtLog::new();
         let logs = [
@@ -90,17 +106,7 @@ mod tests {
         let vars = dev_vars();
         for service in SERVICES {
             let text = render(service, DEV, &vars).unwrap();
-            let result = match subcommand(service) {
-                "nonce" => quarry_core::config::parse::<quarry_nonce::Config>(&text, service).map(drop),
-                "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, service).map(drop),
-                "va" => quarry_core::config::parse::<quarry_va::Config>(&text, service).map(drop),
-                "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, service).map(drop),
-                "publisher" => quarry_core::config::parse::<quarry_publisher::Config>(&text, service).map(drop),
-                "crl-updater" => quarry_core::config::parse::<quarry_crl_updater::Config>(&text, service).map(drop),
-                "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, service).map(drop),
-                "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, service).map(drop),
-                other => panic!("unknown service {other}"),
-            };
+            let result = parse_as(service, &text, service);
             result.unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
         }
     }
@@ -126,17 +132,7 @@ mod tests {
                 quarry_core::config::merge(&mut merged, &overlay);
                 let text = merged.to_string();
                 let origin = format!("{env}/{service}");
-                let result = match subcommand(service) {
-                    "nonce" => quarry_core::config::parse::<quarry_nonce::Config>(&text, &origin).map(drop),
-                    "sa" => quarry_core::config::parse::<quarry_sa::Config>(&text, &origin).map(drop),
-                    "va" => quarry_core::config::parse::<quarry_va::Config>(&text, &origin).map(drop),
-                    "ca" => quarry_core::config::parse::<quarry_ca::Config>(&text, &origin).map(drop),
-                    "publisher" => quarry_core::config::parse::<quarry_publisher::Config>(&text, &origin).map(drop),
-                    "crl-updater" => quarry_core::config::parse::<quarry_crl_updater::Config>(&text, &origin).map(drop),
-                    "ra" => quarry_core::config::parse::<quarry_ra::Config>(&text, &origin).map(drop),
-                    "wfe" => quarry_core::config::parse::<quarry_wfe::Config>(&text, &origin).map(drop),
-                    other => panic!("unknown service {other}"),
-                };
+                let result = parse_as(service, &text, &origin);
                 result.unwrap_or_else(|e| panic!("{origin}: {e}\n{text}"));
             }
         }
