@@ -123,6 +123,14 @@ pub fn is_public_unicast(ip: IpAddr) -> bool {
     }
 }
 
+/// The SHA-256 of an identifier set — its values lowercased, deduplicated, sorted and joined by commas — so that one
+/// set has one hash whatever the order or case it arrives in (the sa's FQDN sets, the ra's rate-limit buckets).
+pub fn fqdn_set_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let names: std::collections::BTreeSet<String> = values.into_iter().map(str::to_ascii_lowercase).collect();
+    let joined = names.into_iter().collect::<Vec<_>>().join(",");
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, joined.as_bytes()).as_ref().to_vec()
+}
+
 /// The registered domain (eTLD+1, by the public suffix list compiled in) of a DNS name, lowercase; a wildcard
 /// counts as its base name. `None` for a name that is itself a public suffix, or not a name.
 pub fn registered_domain(name: &str) -> Option<String> {

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use quarry_core::identifier::registered_domain;
+use quarry_core::identifier::{fqdn_set_hash, registered_domain};
 use quarry_core::{Identifier, IdentifierType, Problem};
 use quarry_ratelimits::limits::ip_domain_bucket_id;
 use quarry_ratelimits::{
@@ -180,11 +180,7 @@ impl RateLimits {
     }
 }
 
-/// The identifier set's bucket id: the hex SHA-256 of its sorted, comma-joined values.
+/// The identifier set's bucket id: its hash (the sa's FQDN-set hash), hex.
 fn fqdn_set_id(identifiers: &[Identifier]) -> String {
-    let mut values: Vec<&str> = identifiers.iter().map(|id| id.value.as_str()).collect();
-    values.sort_unstable();
-    values.dedup();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, values.join(",").as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(fqdn_set_hash(identifiers.iter().map(|id| id.value.as_str())))
 }

@@ -2,7 +2,6 @@
 //! (chosen by the database URL). One set of queries serves both: `$N` parameters (sqlx binds them by number on
 //! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use quarry_core::clock::{Timestamp, now};
@@ -164,12 +163,7 @@ fn create_parent_dir(url: &str) {
     }
 }
 
-/// SHA-256 over the sorted, lowercased, deduplicated identifier values: one key per set of names.
-pub fn fqdn_set_hash<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
-    let names: BTreeSet<String> = values.into_iter().map(str::to_ascii_lowercase).collect();
-    let joined = names.into_iter().collect::<Vec<_>>().join(",");
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, joined.as_bytes()).as_ref().to_vec()
-}
+pub use quarry_core::identifier::fqdn_set_hash;
 
 /// `www.example.com` → `com.example.www`, so names under one domain sort together.
 pub(crate) fn reversed_name(name: &str) -> String {
