@@ -215,18 +215,8 @@ impl Pkcs11Key {
             return Err(Error::Pkcs11("the token's ECDSA signature has an odd length".into()));
         }
         let (r, s) = raw.split_at(raw.len() / 2);
-        Ok(der::encode(der::TAG_SEQUENCE, &[der_integer(r), der_integer(s)].concat()))
+        Ok(der::encode(der::TAG_SEQUENCE, &[der::encode_unsigned_integer(r), der::encode_unsigned_integer(s)].concat()))
     }
-}
-
-/// A big-endian unsigned number as a DER INTEGER.
-fn der_integer(bytes: &[u8]) -> Vec<u8> {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len().saturating_sub(1));
-    let mut content = bytes[start..].to_vec();
-    if content.is_empty() || content[0] & 0x80 != 0 {
-        content.insert(0, 0);
-    }
-    der::encode(0x02, &content)
 }
 
 fn attribute_bytes(session: &Session, key: ObjectHandle, wanted: AttributeType) -> Result<Vec<u8>, Error> {
@@ -264,7 +254,10 @@ fn ec_public_key(session: &Session, key: ObjectHandle) -> Result<(&'static Signa
 fn rsa_public_key(session: &Session, key: ObjectHandle) -> Result<(&'static SignatureAlgorithm, Vec<u8>), Error> {
     let modulus = attribute_bytes(session, key, AttributeType::Modulus)?;
     let exponent = attribute_bytes(session, key, AttributeType::PublicExponent)?;
-    let rsa_public_key = der::encode(der::TAG_SEQUENCE, &[der_integer(&modulus), der_integer(&exponent)].concat());
+    let rsa_public_key = der::encode(
+        der::TAG_SEQUENCE,
+        &[der::encode_unsigned_integer(&modulus), der::encode_unsigned_integer(&exponent)].concat(),
+    );
     let algorithm_id =
         der::encode(der::TAG_SEQUENCE, &[der::encode_oid(&[1, 2, 840, 113549, 1, 1, 1]), vec![0x05, 0x00]].concat());
     let bits = der::encode(der::TAG_BIT_STRING, &[&[0u8][..], &rsa_public_key].concat());

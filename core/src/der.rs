@@ -23,6 +23,7 @@ pub const TAG_OCTET_STRING: u8 = 0x04;
 pub const TAG_BIT_STRING: u8 = 0x03;
 pub const TAG_OID: u8 = 0x06;
 pub const TAG_BOOLEAN: u8 = 0x01;
+pub const TAG_INTEGER: u8 = 0x02;
 /// `[3] EXPLICIT Extensions` in a TBSCertificate.
 const TAG_EXTENSIONS: u8 = 0xa3;
 
@@ -101,6 +102,22 @@ pub fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(content);
     out
+}
+
+/// The content of the DER INTEGER of the unsigned big-endian number `bytes`: without leading zero bytes, with one
+/// added when the high bit is set (so the INTEGER stays positive); zero is a single zero byte.
+pub fn unsigned_integer_content(bytes: &[u8]) -> Vec<u8> {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    let mut content = bytes[start..].to_vec();
+    if content.first().is_none_or(|first| first & 0x80 != 0) {
+        content.insert(0, 0);
+    }
+    content
+}
+
+/// The DER INTEGER of the unsigned big-endian number `bytes`.
+pub fn encode_unsigned_integer(bytes: &[u8]) -> Vec<u8> {
+    encode(TAG_INTEGER, &unsigned_integer_content(bytes))
 }
 
 /// Encodes a dotted OID's arcs (the first two combined, as X.690 requires).
@@ -249,6 +266,17 @@ mod tests {
         assert!(read(&[0x04, 0x81, 0x05, 1, 2, 3, 4, 5]).is_err(), "long form for a short length");
         assert!(read(&[0x04, 0x05, 1, 2]).is_err(), "truncated");
         assert!(read(&[]).is_err());
+    }
+
+    #[test]
+    fn unsigned_integers_are_minimal_and_positive() {
+        let content = |value: u128| unsigned_integer_content(&value.to_be_bytes());
+        assert_eq!(content(0), [0]);
+        assert_eq!(content(0x7f), [0x7f]);
+        assert_eq!(content(0x80), [0, 0x80]);
+        assert_eq!(content(0x0102), [1, 2]);
+        assert_eq!(encode_unsigned_integer(&[0, 0, 0xff]), [TAG_INTEGER, 2, 0, 0xff]);
+        assert_eq!(encode_unsigned_integer(&[]), [TAG_INTEGER, 1, 0]);
     }
 
     #[test]
