@@ -1,5 +1,6 @@
-//! The dev PKI behind `quarry dev`: an issuing root with an ECDSA and an RSA intermediate, the internal mTLS CA with one certificate per
-//! service, and the wfe's HTTPS certificate, generated once and then reused.
+//! The dev PKI behind `quarry dev`: an issuing root with an ECDSA and an RSA intermediate, the internal mTLS CA with
+//! one certificate per service, the wfe's HTTPS certificate and the fake CT logs' keys, generated once and then
+//! reused.
 //!
 //! Reuse matters: a restarted dev stack must keep its root, or every ACME client that trusted it would break.
 //! Something is generated again only when it is missing, close to expiry, or no longer signed by its parent.
@@ -45,6 +46,9 @@ pub struct DevPki {
     pub https_ca_pem: PathBuf,
     pub https_cert: PathBuf,
     pub https_key: PathBuf,
+    /// The keys (P-256) of the two fake Certificate Transparency logs `quarry dev` runs: kept, so that the SCTs in
+    /// certificates issued before a restart still verify.
+    pub ct_log_keys: [PathBuf; 2],
     internal_dir: PathBuf,
 }
 
@@ -63,6 +67,7 @@ impl DevPki {
             https_ca_pem: https.join("ca.pem"),
             https_cert: https.join("wfe.pem"),
             https_key: https.join("wfe.key.pem"),
+            ct_log_keys: ["a", "b"].map(|log| dir.join(format!("ct/ct-log-{log}.key.pem"))),
             internal_dir: internal,
         }
     }
@@ -80,7 +85,7 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
         check_service_name(service)?;
     }
     let pki = DevPki::at(dir);
-    for sub in ["webpki", "internal", "https"] {
+    for sub in ["webpki", "internal", "https", "ct"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
     }
@@ -105,6 +110,13 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
     let https_ca = ensure(&https_ca_files, &Spec::https_ca(), None, now)?;
     let https_files = Files { cert: pki.https_cert.clone(), key: pki.https_key.clone() };
     ensure(&https_files, &Spec::https_server()?, Some(&https_ca), now)?;
+
+    for path in &pki.ct_log_keys {
+        if !path.exists() {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            files::write_atomically(path, &key.serialize_pem(), true)?;
+        }
+    }
 
     Ok(pki)
 }

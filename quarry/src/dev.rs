@@ -17,8 +17,7 @@ use crate::env;
 /// The internal certificate names of the stack's services, plus the operator's.
 const PKI_NAMES: &[&str] =
     &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "crl-updater", "admin"];
-/// The dev stack's two Certificate Transparency logs, of distinct operators, as the SCT policy needs.
-const CT_LOGS: [&str; 2] = ["ct-log-a", "ct-log-b"];
+
 /// How long a service may take to accept connections after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -213,7 +212,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let logs_dir = data_dir.join("logs");
     std::fs::create_dir_all(&config_dir)?;
     std::fs::create_dir_all(&logs_dir)?;
-    let (ct_logs, stop_ct_logs) = start_ct_logs(&data_dir.join("pki/ct")).await?;
+    let (ct_logs, stop_ct_logs) = start_ct_logs(&pki.ct_log_keys).await?;
     let vars = args.variables(&data_dir, &ct_logs);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
@@ -296,22 +295,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Starts the dev stack's fake CT logs on ephemeral loopback ports, each with a key kept in `dir` (so that SCTs in
-/// certificates issued before a restart still verify); returns their (URL, base64 public key).
-async fn start_ct_logs(dir: &Path) -> anyhow::Result<([(String, String); 2], tokio_util::sync::CancellationToken)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+/// Starts the dev stack's two fake CT logs (of distinct operators, as the SCT policy needs) on ephemeral loopback
+/// ports with the dev PKI's log keys; returns their (URL, base64 public key).
+async fn start_ct_logs(
+    keys: &[PathBuf; 2],
+) -> anyhow::Result<([(String, String); 2], tokio_util::sync::CancellationToken)> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut logs = Vec::new();
-    for name in CT_LOGS {
-        let key_path = dir.join(format!("{name}.key.pem"));
-        let key = if key_path.exists() {
-            rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)
-                .with_context(|| format!("read {}", key_path.display()))?
-        } else {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            write_private(&key_path, &key.serialize_pem())?;
-            key
-        };
+    for key_path in keys {
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_path)?)
+            .with_context(|| format!("read {}", key_path.display()))?;
         let log = quarry_testkit::ctlog::FakeCtLog::with_key(key);
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let url = format!("http://{}/", listener.local_addr()?);
@@ -332,20 +325,6 @@ fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
         .context("the ra's configuration has no [rate_limits]")?;
     limits.insert("redis_url".into(), toml::Value::String(url.to_owned()));
     Ok(table.to_string())
-}
-
-/// Writes a private key readable by its owner only.
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    file.write_all(pem.as_bytes())?;
-    Ok(())
 }
 
 async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::RunningServer> {

@@ -10,7 +10,7 @@ const SERVICES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin"];
 /// Every file under `dir` with its contents, to tell what a run changed.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
-    for sub in ["webpki", "internal", "https"] {
+    for sub in ["webpki", "internal", "https", "ct"] {
         for entry in std::fs::read_dir(dir.join(sub)).expect("read dir") {
             let path = entry.expect("dir entry").path();
             out.insert(path.clone(), std::fs::read(&path).expect("read file"));
@@ -43,6 +43,8 @@ fn generates_the_whole_layout() {
         "https/ca.key.pem",
         "https/wfe.pem",
         "https/wfe.key.pem",
+        "ct/ct-log-a.key.pem",
+        "ct/ct-log-b.key.pem",
     ]
     .iter()
     .map(|p| d.join(p))
