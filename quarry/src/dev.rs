@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use crate::env;
 
 /// The internal certificate names of the stack's services, plus the operator's.
-const PKI_NAMES: &[&str] =
+pub const PKI_NAMES: &[&str] =
     &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "crl-updater", "admin"];
 
 /// How long a service may take to accept connections after it was started.
@@ -83,19 +83,31 @@ pub struct ChalltestsrvArgs {
     /// Management API address.
     #[arg(long, default_value = "127.0.0.1:8055")]
     management_addr: SocketAddr,
-    /// The IPv4 address every name resolves to unless set otherwise.
+    /// The IPv4 address every name resolves to unless set otherwise, or a host name to resolve at start (a
+    /// container's own service name, so that validations reach its responders).
     #[arg(long, default_value = "127.0.0.1")]
-    default_ipv4: Ipv4Addr,
+    default_ipv4: String,
 }
 
 /// Runs the challenge test server alone until Ctrl-C.
 pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
+    let default_ipv4 = match args.default_ipv4.parse::<Ipv4Addr>() {
+        Ok(ip) => ip,
+        Err(_) => tokio::net::lookup_host((args.default_ipv4.as_str(), 0))
+            .await
+            .with_context(|| format!("resolve {}", args.default_ipv4))?
+            .find_map(|addr| match addr.ip() {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .with_context(|| format!("{} has no IPv4 address", args.default_ipv4))?,
+    };
     let config = challtestsrv::Config {
         dns_addr: Some(args.dns_addr),
         http01_addr: Some(args.http01_addr),
         tlsalpn01_addr: Some(args.tlsalpn01_addr),
         management_addr: args.management_addr,
-        default_ipv4: Some(args.default_ipv4),
+        default_ipv4: Some(default_ipv4),
         default_ipv6: None,
     };
     challtestsrv::run(config, quarry_core::shutdown::signal()).await?;
@@ -104,8 +116,7 @@ pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
 
 impl DevArgs {
     fn grpc_port(&self, service: &str) -> u16 {
-        let offset = env::SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u16;
-        self.grpc_base_port + offset
+        env::grpc_port(self.grpc_base_port, service)
     }
 
     fn base_url(&self) -> String {
@@ -137,6 +148,7 @@ impl DevArgs {
             ("pki_dir", data_dir.join("pki").display().to_string()),
             ("acme_listen", self.acme_addr.to_string()),
             ("crl_listen", self.crl_addr.to_string()),
+            ("crl_authority", self.crl_addr.to_string()),
             (
                 "ratelimits_file",
                 self.ratelimits.as_ref().map_or_else(
@@ -155,20 +167,7 @@ impl DevArgs {
             ("ct_log_b_url", ct_logs[1].0.clone()),
             ("ct_log_b_key", ct_logs[1].1.clone()),
         ]);
-        for service in env::SERVICES {
-            let key: &'static str = match *service {
-                "nonce" => "nonce_addr",
-                "sa" => "sa_addr",
-                "va" => "va_addr",
-                "va-remote-a" => "va_remote_a_addr",
-                "va-remote-b" => "va_remote_b_addr",
-                "ca" => "ca_addr",
-                "ra" => "ra_addr",
-                "publisher" => "publisher_addr",
-                _ => continue,
-            };
-            vars.insert(key, format!("127.0.0.1:{}", self.grpc_port(service)));
-        }
+        env::add_grpc_addresses(&mut vars, self.grpc_base_port, Ipv4Addr::LOCALHOST.into(), |_| "127.0.0.1".into());
         vars
     }
 
@@ -186,15 +185,17 @@ impl DevArgs {
 
 /// What `quarry dev` tells scripts about the running stack (`<data-dir>/stack.json`).
 #[derive(serde::Serialize)]
-struct StackInfo {
-    directory_url: String,
-    tls_ca_pem: PathBuf,
-    root_pem: PathBuf,
+pub struct StackInfo {
+    pub directory_url: String,
+    pub tls_ca_pem: PathBuf,
+    pub root_pem: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
-    challtestsrv_url: Option<String>,
+    pub challtestsrv_url: Option<String>,
     /// Where CRL shards are served: `<crl_base_url><issuer>/<shard>.crl`.
-    crl_base_url: String,
-    logs_dir: PathBuf,
+    pub crl_base_url: String,
+    /// Where each service's log is (`quarry dev`; a container stack's logs are the containers').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs_dir: Option<PathBuf>,
 }
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C or until a service dies.
@@ -262,7 +263,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         root_pem: pki.root_pem.clone(),
         challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
         crl_base_url: format!("http://{}/", args.crl_addr),
-        logs_dir: logs_dir.clone(),
+        logs_dir: Some(logs_dir.clone()),
     };
     std::fs::write(data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
     println!("Quarry is running; every service is its own process (logs in {}).", logs_dir.display());
@@ -317,7 +318,7 @@ async fn start_ct_logs(
 }
 
 /// The ra's rendered configuration with its rate-limit buckets in the Redis at `url`.
-fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
+pub fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
     let mut table: toml::Table = toml::from_str(rendered)?;
     let limits = table
         .get_mut("rate_limits")

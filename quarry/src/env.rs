@@ -14,6 +14,38 @@ pub fn subcommand(service: &str) -> &str {
     if service.starts_with("va-remote-") { "va" } else { service }
 }
 
+/// The stack's gRPC servers: each one's service, the placeholder its peers dial it by and the one it listens on.
+const GRPC_SERVERS: &[(&str, &str, &str)] = &[
+    ("nonce", "nonce_addr", "nonce_listen"),
+    ("sa", "sa_addr", "sa_listen"),
+    ("va-remote-a", "va_remote_a_addr", "va_remote_a_listen"),
+    ("va-remote-b", "va_remote_b_addr", "va_remote_b_listen"),
+    ("va", "va_addr", "va_listen"),
+    ("publisher", "publisher_addr", "publisher_listen"),
+    ("ca", "ca_addr", "ca_listen"),
+    ("ra", "ra_addr", "ra_listen"),
+];
+
+/// The gRPC port of `service` in a stack whose ports start at `base_port` (one per service, in `SERVICES` order).
+pub fn grpc_port(base_port: u16, service: &str) -> u16 {
+    base_port + SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u16
+}
+
+/// Adds every gRPC server's listen and dial placeholders: each listens on `listen_ip` and is dialled at
+/// `dial_host(service)`, on its port from `base_port`.
+pub fn add_grpc_addresses(
+    vars: &mut BTreeMap<&'static str, String>,
+    base_port: u16,
+    listen_ip: std::net::IpAddr,
+    dial_host: impl Fn(&str) -> String,
+) {
+    for (service, addr_key, listen_key) in GRPC_SERVERS {
+        let port = grpc_port(base_port, service);
+        vars.insert(addr_key, format!("{}:{port}", dial_host(service)));
+        vars.insert(listen_key, std::net::SocketAddr::new(listen_ip, port).to_string());
+    }
+}
+
 macro_rules! env_files {
     ($env:literal) => {
         &[
@@ -73,24 +105,25 @@ pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, Str
 }
 
 #[cfg(test)]
+/// Parses `text` as the typed configuration of `service`.
+pub(crate) fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
+    use quarry_core::config::parse;
+    match subcommand(service) {
+        "nonce" => parse::<quarry_nonce::Config>(text, origin).map(drop),
+        "sa" => parse::<quarry_sa::Config>(text, origin).map(drop),
+        "va" => parse::<quarry_va::Config>(text, origin).map(drop),
+        "ca" => parse::<quarry_ca::Config>(text, origin).map(drop),
+        "publisher" => parse::<quarry_publisher::Config>(text, origin).map(drop),
+        "crl-updater" => parse::<quarry_crl_updater::Config>(text, origin).map(drop),
+        "ra" => parse::<quarry_ra::Config>(text, origin).map(drop),
+        "wfe" => parse::<quarry_wfe::Config>(text, origin).map(drop),
+        other => panic!("unknown service {other}"),
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Parses `text` as the typed configuration of `service`.
-    fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
-        use quarry_core::config::parse;
-        match subcommand(service) {
-            "nonce" => parse::<quarry_nonce::Config>(text, origin).map(drop),
-            "sa" => parse::<quarry_sa::Config>(text, origin).map(drop),
-            "va" => parse::<quarry_va::Config>(text, origin).map(drop),
-            "ca" => parse::<quarry_ca::Config>(text, origin).map(drop),
-            "publisher" => parse::<quarry_publisher::Config>(text, origin).map(drop),
-            "crl-updater" => parse::<quarry_crl_updater::Config>(text, origin).map(drop),
-            "ra" => parse::<quarry_ra::Config>(text, origin).map(drop),
-            "wfe" => parse::<quarry_wfe::Config>(text, origin).map(drop),
-            other => panic!("unknown service {other}"),
-        }
-    }
 
     fn dev_vars() -> BTreeMap<&'static str, String> {
         let log = quarry_testkit::ctlog::FakeCtLog::new();

@@ -2,9 +2,11 @@
 //! `quarry dev` runs the whole split stack on one machine, every service its own process.
 
 mod admin;
+mod compose;
 mod dev;
 mod env;
 mod envcheck;
+mod health;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,12 @@ enum Command {
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
+    /// Prepares the container stack's data volume: dev PKI and every service's configuration.
+    ComposeInit(compose::ComposeInitArgs),
+    /// A fake Certificate Transparency log that signs real SCTs (the dev and container stacks' logs).
+    FakeCtLog(compose::FakeCtLogArgs),
+    /// Exits 0 when a running service says it is ready (container health checks, Kubernetes probes).
+    Health(health::HealthArgs),
     /// Environment tools: `env check A B` proves two environments differ only where they may.
     Env(EnvArgs),
     /// The operator's commands (unpausing accounts), through the sa with the admin identity.
@@ -124,14 +132,16 @@ fn ceremony(args: &CeremonyArgs) -> Result<(), String> {
 
 #[derive(clap::Args)]
 struct ConfigArg {
-    /// The service's TOML configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    /// The service's TOML configuration; given again, each file is layered over the ones before (e.g.
+    /// `--config base/sa.toml --config staging/sa.toml`), and `${name}` placeholders are filled from the
+    /// environment variable `QUARRY_<NAME>`.
+    #[arg(long, required = true)]
+    config: Vec<PathBuf>,
 }
 
 /// Loads a service's configuration or explains, naming the file and key, why it cannot.
 fn load<T: serde::de::DeserializeOwned>(arg: &ConfigArg) -> Result<T, ExitCode> {
-    quarry_core::config::load(&arg.config).map_err(|err| {
+    quarry_core::config::load_layers(&arg.config, quarry_core::config::placeholder_from_env).map_err(|err| {
         eprintln!("quarry: {err}");
         ExitCode::from(EX_USAGE)
     })
@@ -245,5 +255,20 @@ fn main() -> ExitCode {
             quarry_core::telemetry::init("dev", false);
             report("dev", runtime().block_on(dev::run(args)))
         }
+        Command::ComposeInit(args) => {
+            quarry_core::telemetry::init("compose-init", false);
+            report("compose-init", runtime().block_on(compose::init(args)))
+        }
+        Command::FakeCtLog(args) => {
+            quarry_core::telemetry::init("fake-ct-log", false);
+            report("fake-ct-log", runtime().block_on(compose::run_fake_ct_log(args)))
+        }
+        Command::Health(args) => match runtime().block_on(health::check(&args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("quarry health: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,0 +1,198 @@
+//! The container stack's own commands: `quarry compose-init` prepares the shared data volume (dev PKI and every
+//! service's configuration, rendered from the same embedded `base` + `dev` environment as `quarry dev`, with the
+//! stack's addressing), and `quarry fake-ct-log` runs one of the dev CT logs as its own container.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::{dev, env};
+
+/// The stack's ports, the same whichever network it runs on (and the same as `quarry dev`'s defaults).
+const GRPC_BASE_PORT: u16 = 9301;
+const ACME_PORT: u16 = 14000;
+const CRL_PORT: u16 = 4002;
+const CT_LOG_PORTS: [u16; 2] = [4600, 4601];
+const DNS_PORT: u16 = 8053;
+const CHALLTESTSRV_MANAGEMENT_PORT: u16 = 8055;
+const HTTP01_PORT: u16 = 5002;
+const TLSALPN01_PORT: u16 = 5001;
+
+/// How the stack's containers reach each other.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// Containers on the compose network, each reached by its service name; servers listen on every address.
+    Bridge,
+    /// Every container on the host's network: servers listen on, and peers dial, 127.0.0.1.
+    Host,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ComposeInitArgs {
+    /// The shared data volume: the dev PKI (kept across runs), `config/` and `stack.json` go here.
+    #[arg(long, default_value = "/data")]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Network::Bridge)]
+    network: Network,
+    /// The sa's database (it must exist; the sa applies its migrations).
+    #[arg(long)]
+    database_url: String,
+    /// The Redis that keeps the ra's rate-limit buckets.
+    #[arg(long)]
+    redis_url: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FakeCtLogArgs {
+    /// The log's P-256 signing key (PEM); `quarry compose-init` makes two in `pki/ct/`.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:4600")]
+    listen: SocketAddr,
+}
+
+/// Runs a fake RFC 6962 log until Ctrl-C or SIGTERM.
+pub async fn run_fake_ct_log(args: FakeCtLogArgs) -> anyhow::Result<()> {
+    let log = quarry_testkit::ctlog::FakeCtLog::with_key(read_log_key(&args.key)?);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+    println!("fake CT log on http://{} (key {})", args.listen, log.public_key_base64());
+    log.serve(listener, quarry_core::shutdown::signal()).await?;
+    Ok(())
+}
+
+fn read_log_key(path: &Path) -> anyhow::Result<rcgen::KeyPair> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    rcgen::KeyPair::from_pem(&pem).with_context(|| format!("{} is not a PEM private key", path.display()))
+}
+
+impl ComposeInitArgs {
+    /// The host its peers dial `service` at.
+    fn host_of(&self, service: &str) -> String {
+        match self.network {
+            Network::Bridge => service.to_owned(),
+            Network::Host => Ipv4Addr::LOCALHOST.to_string(),
+        }
+    }
+
+    fn listen_ip(&self) -> IpAddr {
+        match self.network {
+            Network::Bridge => Ipv4Addr::UNSPECIFIED.into(),
+            Network::Host => Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    /// The placeholders of the `dev` environment, filled for this stack; `log_keys` are the CT logs' public keys.
+    async fn variables(&self, log_keys: [String; 2]) -> anyhow::Result<BTreeMap<&'static str, String>> {
+        let data_dir = self.data_dir.display().to_string();
+        let listen = |port| SocketAddr::new(self.listen_ip(), port).to_string();
+        // The va takes its resolver as an address, so the challenge server's name is resolved here, once; compose
+        // starts this after the challenge server.
+        let dns = tokio::net::lookup_host((self.host_of("challtestsrv"), DNS_PORT))
+            .await
+            .context("resolve the challenge test server")?
+            .find(SocketAddr::is_ipv4)
+            .context("the challenge test server has no IPv4 address")?
+            .to_string();
+        let [log_a_key, log_b_key] = log_keys;
+        let mut vars = BTreeMap::from([
+            ("data_dir", data_dir.clone()),
+            ("pki_dir", format!("{data_dir}/pki")),
+            ("database_url", self.database_url.clone()),
+            ("ratelimits_file", format!("{data_dir}/config/ratelimits.toml")),
+            ("acme_listen", listen(ACME_PORT)),
+            // Both are published on the host's loopback, where the developer's ACME clients run.
+            ("base_url", format!("https://localhost:{ACME_PORT}")),
+            ("crl_listen", listen(CRL_PORT)),
+            ("crl_authority", format!("localhost:{CRL_PORT}")),
+            ("va_dns", dns.clone()),
+            ("va_remote_a_dns", dns.clone()),
+            ("va_remote_b_dns", dns),
+            ("va_http_port", HTTP01_PORT.to_string()),
+            ("va_tls_port", TLSALPN01_PORT.to_string()),
+            ("ct_log_a_url", format!("http://{}:{}/", self.host_of("ct-log-a"), CT_LOG_PORTS[0])),
+            ("ct_log_a_key", log_a_key),
+            ("ct_log_b_url", format!("http://{}:{}/", self.host_of("ct-log-b"), CT_LOG_PORTS[1])),
+            ("ct_log_b_key", log_b_key),
+        ]);
+        env::add_grpc_addresses(&mut vars, GRPC_BASE_PORT, self.listen_ip(), |service| self.host_of(service));
+        Ok(vars)
+    }
+}
+
+/// Makes (or keeps) the dev PKI in the data volume and writes every service's configuration and `stack.json`.
+pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
+    let pki = quarry_ca::ceremony::ensure_dev_pki(&args.data_dir.join("pki"), dev::PKI_NAMES).context("dev PKI")?;
+    let log_keys = [&pki.ct_log_keys[0], &pki.ct_log_keys[1]]
+        .map(|path| read_log_key(path).map(|key| quarry_testkit::ctlog::FakeCtLog::with_key(key).public_key_base64()));
+    let [a, b] = log_keys;
+    let vars = args.variables([a?, b?]).await?;
+
+    let config_dir = args.data_dir.join("config");
+    std::fs::create_dir_all(&config_dir).with_context(|| format!("create {}", config_dir.display()))?;
+    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
+    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, &vars)?;
+    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
+    for service in env::SERVICES {
+        let mut rendered = env::render(service, env::DEV, &vars)?;
+        if *service == "ra" {
+            rendered = dev::with_redis(&rendered, &args.redis_url)?;
+        }
+        std::fs::write(config_dir.join(format!("{service}.toml")), rendered)?;
+    }
+
+    let info = dev::StackInfo {
+        directory_url: format!("{}/directory", vars["base_url"]),
+        tls_ca_pem: pki.https_ca_pem.clone(),
+        root_pem: pki.root_pem.clone(),
+        challtestsrv_url: Some(format!("http://localhost:{CHALLTESTSRV_MANAGEMENT_PORT}")),
+        crl_base_url: format!("http://{}/", vars["crl_authority"]),
+        logs_dir: None,
+    };
+    std::fs::write(args.data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
+    println!("configurations for the {:?} network written to {}", args.network, config_dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the host's network every service listens on, and is dialled at, 127.0.0.1, and every configuration the
+    /// init writes is a valid typed configuration of its service.
+    #[tokio::test]
+    async fn host_network_init_writes_valid_loopback_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ComposeInitArgs {
+            data_dir: dir.path().to_owned(),
+            network: Network::Host,
+            database_url: "postgres://quarry@127.0.0.1:15432/quarry".into(),
+            redis_url: "redis://127.0.0.1:16379/".into(),
+        };
+        init(args).await.unwrap();
+        for service in env::SERVICES {
+            let text = std::fs::read_to_string(dir.path().join(format!("config/{service}.toml"))).unwrap();
+            env::parse_as(service, &text, service).unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
+            assert!(!text.contains("0.0.0.0"), "{service} listens beyond loopback:\n{text}");
+        }
+        let ra = std::fs::read_to_string(dir.path().join("config/ra.toml")).unwrap();
+        assert!(ra.contains("redis://127.0.0.1:16379/") && ra.contains("https://127.0.0.1:9302"), "{ra}");
+        let stack: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("stack.json")).unwrap()).unwrap();
+        assert_eq!(stack["directory_url"], "https://localhost:14000/directory");
+        assert!(dir.path().join("pki/ct/ct-log-a.key.pem").exists());
+    }
+
+    #[test]
+    fn bridge_network_peers_are_dialled_by_service_name() {
+        let args = ComposeInitArgs {
+            data_dir: "/data".into(),
+            network: Network::Bridge,
+            database_url: String::new(),
+            redis_url: String::new(),
+        };
+        assert_eq!(args.host_of("va-remote-a"), "va-remote-a");
+        assert!(args.listen_ip().is_unspecified());
+    }
+}
