@@ -39,6 +39,15 @@ if [[ ! -x "$pkilint_env/bin/lint_cabf_serverauth_cert" ]]; then
 fi
 export QUARRY_PKILINT="$pkilint_env/bin"
 
+# Helm's engine (helm-python-sdk) and Kubernetes' schemas (kubernetes-validate) check the chart without a cluster.
+helm_tools_env="${XDG_CACHE_HOME:-$HOME/.cache}/quarry/helm-tools-0.2.2-1.37.0"
+if [[ ! -x "$helm_tools_env/bin/kubernetes-validate" ]]; then
+  echo "==> installing helm-python-sdk and kubernetes-validate into $helm_tools_env"
+  rm -rf "$helm_tools_env"
+  python3 -m venv "$helm_tools_env"
+  "$helm_tools_env/bin/pip" install --quiet helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml==6.0.3
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -89,6 +98,10 @@ cargo test --workspace --locked
 cargo build --locked -p quarry
 echo "==> staging and production differ only in addresses/secrets, PKI and rate limits"
 "$root/target/debug/quarry" env check staging production
+
+echo "==> the Helm chart: lint, render and validate both environments; staging = production outside allowed fields"
+PATH="$helm_tools_env/bin:$PATH" "$helm_tools_env/bin/python" "$root/scripts/helm-check.py" "$root/deploy/helm/quarry" \
+  2> >(grep -v 'found symbolic link' >&2)
 
 echo "==> interoperability: certbot and lego against quarry dev"
 QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"

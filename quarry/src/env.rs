@@ -152,17 +152,14 @@ mod tests {
         let secrets = BTreeMap::from([
             ("database_url", "postgres://quarry@db.example.com/quarry".to_owned()),
             ("redis_url", "redis://redis.example.com:6379/".to_owned()),
-            // The base va's remotes are replaced by each overlay's.
-            ("va_remote_a_addr", "unused:1".to_owned()),
-            ("va_remote_b_addr", "unused:2".to_owned()),
         ]);
         for env in ["staging", "production"] {
             for service in SERVICES {
-                let read =
-                    |sub: &str| std::fs::read_to_string(dir.join(sub).join(format!("{service}.toml"))).expect("file");
-                let mut merged = substitute(format!("base/{service}.toml"), &read("base"), &secrets).expect("base");
-                let overlay = substitute(format!("{env}/{service}.toml"), &read(env), &secrets).expect("overlay");
-                quarry_core::config::merge(&mut merged, &overlay);
+                // Exactly as a deployed service loads them: both files, secrets from its environment.
+                let files =
+                    [dir.join("base").join(format!("{service}.toml")), dir.join(env).join(format!("{service}.toml"))];
+                let lookup = |name: &str| secrets.get(name).cloned();
+                let merged: toml::Table = quarry_core::config::load_layers(&files, lookup).expect("layers");
                 let text = merged.to_string();
                 let origin = format!("{env}/{service}");
                 let result = parse_as(service, &text, &origin);

@@ -42,6 +42,8 @@ enum Command {
     Publisher(ConfigArg),
     /// The CRL updater: keeps every CRL shard signed and stored.
     CrlUpdater(ConfigArg),
+    /// Brings the sa's database schema up to date and exits (a deployment's migration step).
+    Migrate(ConfigArg),
     /// The challenge test server: DNS, http-01 and tls-alpn-01 responders with a pebble-challtestsrv compatible API.
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
@@ -238,6 +240,14 @@ fn main() -> ExitCode {
         Command::Nonce(arg) => run_service!("nonce", quarry_nonce, arg),
         Command::Publisher(arg) => run_service!("publisher", quarry_publisher, arg),
         Command::CrlUpdater(arg) => run_service!("crl-updater", quarry_crl_updater, arg),
+        Command::Migrate(arg) => {
+            let config: quarry_sa::Config = match load(&arg) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            quarry_core::telemetry::init("migrate", false);
+            report("migrate", runtime().block_on(quarry_sa::migrate(&config)))
+        }
         Command::Challtestsrv(args) => {
             quarry_core::telemetry::init("challtestsrv", false);
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))

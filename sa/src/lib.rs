@@ -62,6 +62,20 @@ fn default_max_connections() -> u32 {
     8
 }
 
+fn pool_settings(config: &Config) -> store::PoolSettings {
+    store::PoolSettings {
+        max_connections: config.max_connections,
+        statement_timeout: std::time::Duration::from_millis(config.statement_timeout_ms),
+    }
+}
+
+/// Brings the database's schema up to date and returns: a deployment's migration step (the Helm chart's Job), so
+/// that a new release's schema is in place before its first sa starts. The sa also migrates at start-up.
+pub async fn migrate(config: &Config) -> Result<(), Error> {
+    Store::open(&config.database_url, pool_settings(config)).await?;
+    Ok(())
+}
+
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let listener = quarry_core::grpc::bind(&config.grpc).await?;
@@ -74,10 +88,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let settings = store::PoolSettings {
-        max_connections: config.max_connections,
-        statement_timeout: std::time::Duration::from_millis(config.statement_timeout_ms),
-    };
+    let settings = pool_settings(&config);
     let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
     let storage = match &config.read_replica_url {
         Some(url) => Storage::with_replica(store, Store::open_replica(url, settings).await?),

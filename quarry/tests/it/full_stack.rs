@@ -384,6 +384,35 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let missing =
         read_only.get_account(quarry_proto::sa::AccountId { id: 999_999 }).await.expect_err("no such account");
     assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // `quarry health`, the containers' and pods' probe, says every service is ready, over its own identity.
+    let config = |service: &str| stack.data_dir().join(format!("config/{service}.toml"));
+    let quarry = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_quarry")).args(args).output().expect("run quarry")
+    };
+    for service in ["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "ra"] {
+        let out = quarry(&["health".as_ref(), service.as_ref(), "--config".as_ref(), config(service).as_os_str()]);
+        assert!(out.status.success(), "{service}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = quarry(&[
+        "health".as_ref(),
+        "wfe".as_ref(),
+        "--config".as_ref(),
+        config("wfe").as_os_str(),
+        "--https-ca".as_ref(),
+        stack.tls_ca_pem.as_os_str(),
+    ]);
+    assert!(out.status.success(), "wfe: {}", String::from_utf8_lossy(&out.stderr));
+    // A service that is not there is not healthy, and the probe says where it looked.
+    let gone = stack.dir.path().join("gone.toml");
+    let port = free_port();
+    std::fs::write(&gone, rendered.replace(&sa_config.grpc.listen.to_string(), &format!("127.0.0.1:{port}"))).unwrap();
+    let out = quarry(&["health".as_ref(), "sa".as_ref(), "--config".as_ref(), gone.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")), "{out:?}");
+    // The deployment's migration step is idempotent: on the running sa's database it has nothing to do.
+    let out = quarry(&["migrate".as_ref(), "--config".as_ref(), config("sa").as_os_str()]);
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Registers an account with an `alg` key and obtains a certificate for `name` over http-01, with the project's client.
