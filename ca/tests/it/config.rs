@@ -17,6 +17,7 @@ fn the_deploy_files_make_a_valid_config() {
     let fill = |text: String| {
         text.replace("${pki_dir}", "/tmp/pki")
             .replace("${ca_addr}", "127.0.0.1:9093")
+            .replace("${ca_listen}", "127.0.0.1:9093")
             .replace("${sa_addr}", "127.0.0.1:9095")
             .replace("${publisher_addr}", "127.0.0.1:9096")
     };

@@ -23,7 +23,7 @@ const MINIMAL: &str = r#"
 
 #[test]
 fn the_deploy_files_make_a_valid_config() {
-    let fill = |text: String| text.replace("${pki_dir}", "/tmp/pki").replace("${nonce_addr}", "127.0.0.1:9094");
+    let fill = |text: String| text.replace("${pki_dir}", "/tmp/pki").replace("${nonce_listen}", "127.0.0.1:9094");
     let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
     let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
     quarry_core::config::merge(&mut base, &overlay);
