@@ -53,8 +53,9 @@ trap cleanup EXIT
 
 if ! docker image inspect "$base_image" >/dev/null 2>&1; then
   echo "==> Debian base image (debootstrap)"
-  mirror=$(sed -n 's/^URIs: *//p; s/^deb \(http[^ ]*\) bookworm .*/\1/p' /etc/apt/sources.list.d/*.sources \
-    /etc/apt/sources.list 2>/dev/null | grep -v security | head -1)
+  # The machine's own Debian mirror (deb822 or one-line sources), whichever files exist.
+  mirror=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    sed -n 's/^URIs: *//p; s/^deb \(http[^ ]*\) bookworm .*/\1/p' | grep -v security | head -1 || true)
   debootstrap --variant=minbase bookworm "$work/base" "${mirror:-http://deb.debian.org/debian}" \
     >"$cache/debootstrap.log" 2>&1 || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
   tar -C "$work/base" -c . | docker import - "$base_image" >/dev/null

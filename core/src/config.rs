@@ -29,9 +29,9 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 /// Reads the TOML files `paths` in order, each layered over the ones before (a base, then an environment's overlay),
 /// fills every `${name}` in a string value with `lookup(name)`, and parses the result into `T`.
 ///
-/// This is how a deployment runs the environment files of `deploy/env` unchanged: secrets stay placeholders in the
-/// files and arrive in the process environment. Placeholders are filled after merging, so a base placeholder that an
-/// overlay replaces needs no value; one still present without a value is an error naming it.
+/// This is how a deployment runs the environment files of `deploy/env` unchanged: secrets stay placeholders naming
+/// the files they are mounted as ([`placeholder_value`]). Placeholders are filled after merging, so a base
+/// placeholder that an overlay replaces needs no value; one still present without a value is an error naming it.
 pub fn load_layers<T: DeserializeOwned>(
     paths: &[PathBuf],
     lookup: impl Fn(&str) -> Option<String>,
@@ -74,10 +74,17 @@ fn fill_placeholders(value: &mut toml::Value, lookup: &impl Fn(&str) -> Option<S
     }
 }
 
-/// The value of the process environment variable `QUARRY_<NAME>` for the placeholder `${name}`
-/// (`${database_url}` ← `QUARRY_DATABASE_URL`).
-pub fn placeholder_from_env(name: &str) -> Option<String> {
-    std::env::var(format!("QUARRY_{}", name.to_ascii_uppercase())).ok()
+/// A deployed service's value for the placeholder `${name}`: `${file:PATH}` is the content of the file PATH without
+/// its final line break (a mounted secret: secrets are files, never inline), and `${name}` is the environment
+/// variable `QUARRY_<NAME>` (`${database_url}` ← `QUARRY_DATABASE_URL`).
+pub fn placeholder_value(name: &str) -> Option<String> {
+    match name.strip_prefix("file:") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).ok()?;
+            Some(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
+        }
+        None => std::env::var(format!("QUARRY_{}", name.to_ascii_uppercase())).ok(),
+    }
 }
 
 /// Parses TOML text into `T`; `origin` names the source in error messages.
@@ -225,5 +232,15 @@ mod tests {
         let lookup = |name: &str| (name == "unused_after_merge").then(|| "${x}".to_owned());
         let err = load_layers::<Example>(&[base], lookup).unwrap_err().to_string();
         assert!(!err.contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn file_placeholders_read_the_mounted_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "postgres://quarry:s3cret@db/quarry\n").unwrap();
+        let value = placeholder_value(&format!("file:{}", secret.display()));
+        assert_eq!(value.as_deref(), Some("postgres://quarry:s3cret@db/quarry"));
+        assert_eq!(placeholder_value(&format!("file:{}", dir.path().join("missing").display())), None);
     }
 }

@@ -150,8 +150,8 @@ mod tests {
     fn staging_and_production_configs_parse() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env");
         let secrets = BTreeMap::from([
-            ("database_url", "postgres://quarry@db.example.com/quarry".to_owned()),
-            ("redis_url", "redis://redis.example.com:6379/".to_owned()),
+            ("file:/etc/quarry/secrets/database/url", "postgres://quarry@db.example.com/quarry".to_owned()),
+            ("file:/etc/quarry/secrets/redis/url", "redis://redis.example.com:6379/".to_owned()),
         ]);
         for env in ["staging", "production"] {
             for service in SERVICES {

@@ -42,8 +42,7 @@ struct GrpcListen {
 
 /// Checks the service once; the error says what is wrong.
 pub async fn check(args: &HealthArgs) -> anyhow::Result<()> {
-    let config: ProbeConfig =
-        quarry_core::config::load_layers(&args.config, quarry_core::config::placeholder_from_env)?;
+    let config: ProbeConfig = quarry_core::config::load_layers(&args.config, quarry_core::config::placeholder_value)?;
     if let Some(grpc) = &config.grpc {
         let client = GrpcClientConfig {
             address: format!("https://{}", reachable(grpc.listen)),

@@ -135,15 +135,15 @@ fn ceremony(args: &CeremonyArgs) -> Result<(), String> {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// The service's TOML configuration; given again, each file is layered over the ones before (e.g.
-    /// `--config base/sa.toml --config staging/sa.toml`), and `${name}` placeholders are filled from the
-    /// environment variable `QUARRY_<NAME>`.
+    /// `--config base/sa.toml --config staging/sa.toml`); `${file:PATH}` placeholders are filled with the file's
+    /// content (a mounted secret), `${name}` ones with the environment variable `QUARRY_<NAME>`.
     #[arg(long, required = true)]
     config: Vec<PathBuf>,
 }
 
 /// Loads a service's configuration or explains, naming the file and key, why it cannot.
 fn load<T: serde::de::DeserializeOwned>(arg: &ConfigArg) -> Result<T, ExitCode> {
-    quarry_core::config::load_layers(&arg.config, quarry_core::config::placeholder_from_env).map_err(|err| {
+    quarry_core::config::load_layers(&arg.config, quarry_core::config::placeholder_value).map_err(|err| {
         eprintln!("quarry: {err}");
         ExitCode::from(EX_USAGE)
     })
