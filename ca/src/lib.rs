@@ -33,6 +33,9 @@ pub const DEFAULT_PROFILE: &str = "classic";
 pub struct Config {
     /// Configuration format version; must be 1.
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// Listen address and the client names allowed to call `quarry.ca.v1.CertificateAuthority`.
     pub grpc: GrpcServerConfig,
     /// This service's mTLS certificate and key, and the internal CA.

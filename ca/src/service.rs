@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use quarry_core::config::ConfigError;
 use quarry_core::csr::{CsrKey, ParsedCsr, parse_csr};
+use quarry_core::grpc::Channel;
 use quarry_core::grpc::{ClientAllowlist, incoming_deadline, request_with_deadline};
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
@@ -22,8 +23,8 @@ use quarry_proto::publisher::publisher_client::PublisherClient;
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest};
 use time::{Duration, OffsetDateTime};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use tracing::{error, info, warn};
 
 use crate::issuance::{
@@ -296,14 +297,17 @@ impl CaService {
     /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
     fn submit_final(&self, chain: Vec<Vec<u8>>) {
         let mut publisher = self.publisher.clone();
-        tokio::spawn(async move {
-            let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
-            if let Err(status) =
-                publisher.submit_final_certificate(request_with_deadline(SubmitRequest { chain }, deadline)).await
-            {
-                warn!(%status, "final certificate not handed to the publisher");
+        tokio::spawn(
+            async move {
+                let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
+                if let Err(status) =
+                    publisher.submit_final_certificate(request_with_deadline(SubmitRequest { chain }, deadline)).await
+                {
+                    warn!(%status, "final certificate not handed to the publisher");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Draws random serials until the sa accepts one as new.

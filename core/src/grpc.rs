@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Status};
 
 use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
@@ -35,6 +36,21 @@ pub fn set_client_ip<T>(request: &mut Request<T>, ip: std::net::IpAddr) {
 /// The ACME client's IP address, as the wfe passed it.
 pub fn client_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
     request.metadata().get(CLIENT_IP_KEY)?.to_str().ok()?.parse().ok()
+}
+
+/// A channel to a peer service that carries the caller's trace context in every request, so that one ACME
+/// request is one trace across every service.
+pub type Channel = InterceptedService<tonic::transport::Channel, TraceContext>;
+
+/// Puts the current span's W3C trace context into each outgoing request's metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContext;
+
+impl Interceptor for TraceContext {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        crate::telemetry::inject_into(request.metadata_mut());
+        Ok(request)
+    }
 }
 
 /// Failures to set up or run a gRPC server or client.
@@ -78,6 +94,12 @@ pub async fn serve(
     }
     let routes = routes.add_service(health);
     Server::builder()
+        // One span per call, continuing the caller's trace.
+        .trace_fn(|request| {
+            let span = tracing::info_span!("grpc", rpc = %request.uri().path());
+            crate::telemetry::continue_trace(&span, request.headers());
+            span
+        })
         .tls_config(tls_config)?
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
@@ -168,7 +190,7 @@ pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, Grp
         .tls_config(tls_config)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_millis(config.timeout_ms));
-    Ok(endpoint.connect_lazy())
+    Ok(InterceptedService::new(endpoint.connect_lazy(), TraceContext))
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.

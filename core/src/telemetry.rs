@@ -1,12 +1,116 @@
-//! Logging set-up shared by every service: human-readable or JSON lines on stderr, filtered by `RUST_LOG`.
+//! Logging and tracing shared by every service: human-readable or JSON lines on stderr, filtered by `RUST_LOG`;
+//! OpenTelemetry spans exported over OTLP/gRPC when an endpoint is configured; and the W3C trace-context carriers
+//! that put every hop of one ACME request (wfe → ra → sa/va/ca → remote vas/publisher) into one trace.
 
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
 
-/// Installs the global tracing subscriber; `service` names the process in every line.
-pub fn init(service: &str, json: bool) {
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How long spans wait to be exported in a batch: short, so that a trace is complete in the viewer within a second
+/// or two of the request.
+const EXPORT_DELAY: Duration = Duration::from_millis(500);
+
+/// A service's `[telemetry]` section.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// JSON log lines instead of human-readable ones.
+    #[serde(default)]
+    pub json_logs: bool,
+    /// Where spans go over OTLP/gRPC (`http://jaeger:4317`); without one, spans are only logged, never exported.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Keeps the span exporter of [`init`]; [`Telemetry::shutdown`] exports what is left.
+#[must_use = "dropping it without shutdown loses the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still waiting, then stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The batch exporter's flush blocks until its thread has exported.
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber (logs, and spans to OTLP when configured) for the process running `service`.
+///
+/// Call it inside the Tokio runtime: the OTLP exporter's gRPC channel runs on it. Several services may share one
+/// test process: only the first installation wins.
+pub fn init(service: &str, config: &TelemetryConfig) -> Telemetry {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = config.otlp_endpoint.as_deref().and_then(|endpoint| match exporter(service, endpoint) {
+        Ok(provider) => Some(provider),
+        Err(err) => {
+            eprintln!("{service}: no span export to {endpoint}: {err}");
+            None
+        }
+    });
+    let spans = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("quarry")));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // Several services may share one test process: only the first installation wins.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
-    tracing::debug!(service, "telemetry initialised");
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = if config.json_logs { lines.json().boxed() } else { lines.boxed() };
+    let installed = tracing_subscriber::registry().with(filter).with(lines).with(spans).try_init().is_ok();
+    if installed {
+        tracing::debug!(service, export = config.otlp_endpoint.as_deref(), "telemetry initialised");
+    }
+    Telemetry { provider: provider.filter(|_| installed) }
+}
+
+fn exporter(service: &str, endpoint: &str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default().with_scheduled_delay(EXPORT_DELAY).build();
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
+}
+
+/// Writes the current span's trace context (`traceparent`) into outgoing gRPC metadata.
+pub fn inject_into(metadata: &mut tonic::metadata::MetadataMap) {
+    struct Carrier<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl Injector for Carrier<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value),
+            ) {
+                self.0.insert(key, value);
+            }
+        }
+    }
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut Carrier(metadata));
+}
+
+/// Makes `span` a child of the trace context the caller sent in `headers`, if any.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    struct Carrier<'a>(&'a http::HeaderMap);
+    impl Extractor for Carrier<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|value| value.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+    let parent = TraceContextPropagator::new().extract(&Carrier(headers));
+    // Without a span exporter there is no trace to continue: nothing to do, nothing to report.
+    let _ = span.set_parent(parent);
+}
+
+/// Logs only, never span export: the command-line tools' set-up.
+pub fn init_logs(tool: &str) {
+    let _logs_only = init(tool, &TelemetryConfig::default());
 }

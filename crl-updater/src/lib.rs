@@ -20,6 +20,9 @@ pub use error::Error;
 pub struct Config {
     /// Configuration format version; must be 1.
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// This service's mTLS certificate and key, and the internal CA.
     pub tls: TlsFiles,
     /// The sa (its read-only and read-write services share one address).

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use quarry_core::Problem;
+use quarry_core::grpc::Channel;
 use quarry_core::grpc::request_with_deadline;
 use quarry_proto::ca::crl_generator_client::CrlGeneratorClient;
 use quarry_proto::ca::generate_crl_request::Payload;
@@ -14,7 +15,6 @@ use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOn
 use quarry_proto::sa::{GetRevokedCertificatesRequest, LeaseCrlShardRequest, UpdateCrlShardRequest};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;

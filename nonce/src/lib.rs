@@ -27,6 +27,9 @@ pub const SERVICE_NAME: &str = quarry_proto::nonce::nonce_service_server::SERVIC
 pub struct Config {
     /// Configuration format version; must be 1.
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// Listen address and the client names allowed to call `quarry.nonce.v1.NonceService` (the wfe).
     pub grpc: GrpcServerConfig,
     /// This service's mTLS certificate and key, and the internal CA.

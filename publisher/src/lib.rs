@@ -26,6 +26,9 @@ pub const SERVICE_NAME: &str = quarry_proto::publisher::publisher_server::SERVIC
 pub struct Config {
     /// Configuration format version; must be 1.
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// Listen address and the client names allowed to call `quarry.publisher.v1.Publisher` (the ca).
     pub grpc: GrpcServerConfig,
     /// This service's mTLS certificate and key, and the internal CA.

@@ -42,6 +42,9 @@ pub struct ComposeInitArgs {
     /// The Redis that keeps the ra's rate-limit buckets.
     #[arg(long)]
     redis_url: String,
+    /// Where every service exports its spans (OTLP/gRPC), e.g. the stack's Jaeger.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,6 +142,9 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         if *service == "ra" {
             rendered = dev::with_redis(&rendered, &args.redis_url)?;
         }
+        if let Some(endpoint) = &args.otlp_endpoint {
+            rendered = dev::with_otlp_endpoint(&rendered, endpoint)?;
+        }
         std::fs::write(config_dir.join(format!("{service}.toml")), rendered)?;
     }
 
@@ -169,6 +175,7 @@ mod tests {
             network: Network::Host,
             database_url: "postgres://quarry@127.0.0.1:15432/quarry".into(),
             redis_url: "redis://127.0.0.1:16379/".into(),
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
         };
         init(args).await.unwrap();
         for service in env::SERVICES {
@@ -178,6 +185,7 @@ mod tests {
         }
         let ra = std::fs::read_to_string(dir.path().join("config/ra.toml")).unwrap();
         assert!(ra.contains("redis://127.0.0.1:16379/") && ra.contains("https://127.0.0.1:9302"), "{ra}");
+        assert!(ra.contains("otlp_endpoint = \"http://127.0.0.1:4317\""), "{ra}");
         let stack: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("stack.json")).unwrap()).unwrap();
         assert_eq!(stack["directory_url"], "https://localhost:14000/directory");
@@ -191,6 +199,7 @@ mod tests {
             network: Network::Bridge,
             database_url: String::new(),
             redis_url: String::new(),
+            otlp_endpoint: None,
         };
         assert_eq!(args.host_of("va-remote-a"), "va-remote-a");
         assert!(args.listen_ip().is_unspecified());

@@ -64,6 +64,9 @@ pub struct DevArgs {
     /// Keep the rate-limit buckets in this Redis (`redis://127.0.0.1:6379/`) instead of the ra's memory.
     #[arg(long)]
     redis: Option<String>,
+    /// Export every service's spans over OTLP/gRPC to this collector (e.g. Jaeger's `http://127.0.0.1:4317`).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// The first of the loopback ports the services' gRPC servers use (ten consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
@@ -232,6 +235,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         if let (true, Some(url)) = (*service == "ra", &args.redis) {
             rendered = with_redis(&rendered, url)?;
         }
+        if let Some(endpoint) = &args.otlp_endpoint {
+            rendered = with_otlp_endpoint(&rendered, endpoint)?;
+        }
         std::fs::write(&config_path, rendered)?;
         let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
         let child = Command::new(&exe)
@@ -325,6 +331,15 @@ pub fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
         .and_then(toml::Value::as_table_mut)
         .context("the ra's configuration has no [rate_limits]")?;
     limits.insert("redis_url".into(), toml::Value::String(url.to_owned()));
+    Ok(table.to_string())
+}
+
+/// A rendered configuration that exports its spans to the OTLP collector at `endpoint`.
+pub fn with_otlp_endpoint(rendered: &str, endpoint: &str) -> anyhow::Result<String> {
+    let mut table: toml::Table = toml::from_str(rendered)?;
+    let telemetry = table.entry("telemetry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let telemetry = telemetry.as_table_mut().context("[telemetry] is not a table")?;
+    telemetry.insert("otlp_endpoint".into(), toml::Value::String(endpoint.to_owned()));
     Ok(table.to_string())
 }
 

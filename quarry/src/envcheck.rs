@@ -26,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "*.ca.address",
             "*.publisher.address",
             "*.dns_resolver",
+            "*.telemetry.otlp_endpoint",
             "va.remotes[*].address",
             "nonce.prefix",
             "sa.database_url",

@@ -155,8 +155,12 @@ macro_rules! run_service {
             Ok(config) => config,
             Err(code) => return code,
         };
-        quarry_core::telemetry::init($name, false);
-        let result = runtime().block_on(drain_bounded($name, |stop| $krate::run(config, stop)));
+        let result = runtime().block_on(async {
+            let telemetry = quarry_core::telemetry::init($name, &config.telemetry);
+            let result = drain_bounded($name, |stop| $krate::run(config, stop)).await;
+            telemetry.shutdown().await;
+            result
+        });
         report($name, result)
     }};
 }
@@ -245,32 +249,32 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            quarry_core::telemetry::init("migrate", false);
+            quarry_core::telemetry::init_logs("migrate");
             report("migrate", runtime().block_on(quarry_sa::migrate(&config)))
         }
         Command::Challtestsrv(args) => {
-            quarry_core::telemetry::init("challtestsrv", false);
+            quarry_core::telemetry::init_logs("challtestsrv");
             report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
         }
         Command::Env(args) => env_check(&args),
         Command::Admin(args) => {
-            quarry_core::telemetry::init("admin", false);
+            quarry_core::telemetry::init_logs("admin");
             report("admin", runtime().block_on(admin::run(args)))
         }
         Command::Ceremony(args) => {
-            quarry_core::telemetry::init("ceremony", false);
+            quarry_core::telemetry::init_logs("ceremony");
             report("ceremony", ceremony(&args))
         }
         Command::Dev(args) => {
-            quarry_core::telemetry::init("dev", false);
+            quarry_core::telemetry::init_logs("dev");
             report("dev", runtime().block_on(dev::run(args)))
         }
         Command::ComposeInit(args) => {
-            quarry_core::telemetry::init("compose-init", false);
+            quarry_core::telemetry::init_logs("compose-init");
             report("compose-init", runtime().block_on(compose::init(args)))
         }
         Command::FakeCtLog(args) => {
-            quarry_core::telemetry::init("fake-ct-log", false);
+            quarry_core::telemetry::init_logs("fake-ct-log");
             report("fake-ct-log", runtime().block_on(compose::run_fake_ct_log(args)))
         }
         Command::Health(args) => match runtime().block_on(health::check(&args)) {

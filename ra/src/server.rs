@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::clock::now;
+use quarry_core::grpc::Channel;
 use quarry_core::grpc::{incoming_deadline, request_with_deadline};
 use quarry_core::identifier::is_public_unicast;
 use quarry_core::model::{
@@ -27,8 +28,8 @@ use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOn
 use quarry_proto::sa::{self as sapb};
 use quarry_proto::va::va_client::VaClient;
 use quarry_proto::va::{CaaRequest, DcvRequest};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use quarry_core::policy::IdentifierPolicy;
 
@@ -440,9 +441,11 @@ impl Registrar {
                 let registrar = self.clone();
                 let authz = authz.clone();
                 // The validation outlives the client's request: it has its own timeout, not the request's deadline.
-                tokio::spawn(async move {
-                    registrar.validate_in_background(authz, challenge.kind, key_authorization).await
-                });
+                // Still part of the challenge request's trace.
+                tokio::spawn(
+                    async move { registrar.validate_in_background(authz, challenge.kind, key_authorization).await }
+                        .in_current_span(),
+                );
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
             Err(status) => {
@@ -615,10 +618,13 @@ impl Registrar {
             let registrar = self.clone();
             let (order_id, csr) = (order.id, req.csr);
             // Issuance outlives the client's request: it has its own timeout, not the request's deadline.
-            tokio::spawn(async move {
-                let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
-                let _ = registrar.issue_or_invalidate(&order, csr, deadline).await;
-            });
+            tokio::spawn(
+                async move {
+                    let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
+                    let _ = registrar.issue_or_invalidate(&order, csr, deadline).await;
+                }
+                .in_current_span(),
+            );
             return self.order(order_id, deadline).await;
         }
         let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));

@@ -30,6 +30,9 @@ pub use store::Store;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// Listen address and per-service client allowlists.
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.

@@ -208,6 +208,7 @@ impl TestPublisher {
             });
         }
         let config = quarry_publisher::Config {
+            telemetry: Default::default(),
             version: quarry_core::config::ConfigVersion::CURRENT,
             grpc: pki.server_config(&[(quarry_publisher::SERVICE_NAME, &["ca"])]),
             tls: pki.tls("publisher"),

@@ -5,5 +5,6 @@ pub mod client;
 pub mod ctlog;
 pub mod db;
 pub mod fakes;
+pub mod otlp;
 pub mod pki;
 pub mod stack;

@@ -69,7 +69,7 @@ impl TestPki {
     }
 
     /// A channel to `server` at `addr` presenting `client`'s certificate.
-    pub fn channel(&self, client: &str, server: &str, addr: SocketAddr) -> tonic::transport::Channel {
+    pub fn channel(&self, client: &str, server: &str, addr: SocketAddr) -> quarry_core::grpc::Channel {
         quarry_core::grpc::channel(&self.client_config(server, addr), &self.tls(client)).expect("build test channel")
     }
 

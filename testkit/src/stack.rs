@@ -55,6 +55,7 @@ async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
 /// The ra settings tests start from; `configure_ra` may change them.
 fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> quarry_ra::Config {
     quarry_ra::Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[("quarry.ra.v1.RegistrationAuthority", &["wfe"])]),
         tls: pki.tls("ra"),
@@ -115,6 +116,7 @@ impl InProcessStack {
     ) -> Self {
         let pki = TestPki::new();
         let sa_config = quarry_sa::Config {
+            telemetry: Default::default(),
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
                 ("quarry.sa.v1.StorageAuthorityReadOnly", &["wfe", "ra", "ca", "crl-updater", "admin"]),
@@ -132,6 +134,7 @@ impl InProcessStack {
 
         let publisher = TestPublisher::start(&pki).await;
         let ca_config = quarry_ca::Config {
+            telemetry: Default::default(),
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
                 ("quarry.ca.v1.CertificateAuthority", &["ra"]),
@@ -157,6 +160,7 @@ impl InProcessStack {
         let mut nonces = Vec::new();
         for prefix in NONCE_PREFIXES {
             let nonce_config = quarry_nonce::Config {
+                telemetry: Default::default(),
                 version: ConfigVersion::CURRENT,
                 grpc: pki.server_config(&[("quarry.nonce.v1.NonceService", &["wfe"])]),
                 tls: pki.tls("nonce"),
@@ -191,6 +195,7 @@ async fn start_wfe(
     let (listener, wfe) = listen(SocketAddr::from(([127, 0, 0, 1], 0))).await;
     let base = format!("http://{wfe}");
     let mut config = quarry_wfe::Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),

@@ -45,6 +45,9 @@ use resolver::{DnsResolver, Resolver};
 pub struct Config {
     /// Configuration format version; must be 1.
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// Listen address and client allowlist (the ra calls `quarry.va.v1.VA`).
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.

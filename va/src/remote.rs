@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use quarry_core::config::{GrpcClientConfig, TlsFiles};
+use quarry_core::grpc::Channel;
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::va::ValidationResult;
 use quarry_proto::va::va_client::VaClient;
 use serde::Deserialize;
-use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use crate::Error;

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use quarry_core::grpc::Channel;
 use quarry_proto::sa::CrlShard;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use serde::Deserialize;
-use tonic::transport::Channel;
 
 use crate::Error;
 

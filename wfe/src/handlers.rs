@@ -54,7 +54,26 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
+        .layer(middleware::from_fn(request_span))
         .with_state(wfe)
+}
+
+/// One span per ACME request: the root of the trace that every service the request reaches continues.
+async fn request_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "acme",
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty,
+    );
+    async move {
+        let response = next.run(request).await;
+        tracing::Span::current().record("status", response.status().as_u16());
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 /// `Replay-Nonce` on every response (RFC 8555 §6.5), `Link: rel="index"` on all but the directory (§7.1),

@@ -30,6 +30,9 @@ pub use error::Error;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: ConfigVersion,
+    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
+    #[serde(default)]
+    pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// This service's mutual-TLS identity for its gRPC calls, and the internal CA.
     pub tls: TlsFiles,
     /// The ra.

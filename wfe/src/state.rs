@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use quarry_core::config::GrpcClientConfig;
+use quarry_core::grpc::Channel;
 use quarry_core::grpc::request_with_deadline;
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::nonce::NonceMessage;
@@ -14,7 +15,6 @@ use quarry_proto::nonce::nonce_service_client::NonceServiceClient;
 use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::render::Urls;
 use crate::{Config, Error, ExternalAccountBindingConfig};

@@ -80,6 +80,7 @@ async fn a_token_hierarchy_issues_certificates_and_crls() {
     let (sa_addr, _stop_sa) = fake_sa::start(&pki, sa.clone()).await;
     let publisher = TestPublisher::start(&pki).await;
     let config = Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[
             (quarry_proto::ca::certificate_authority_server::SERVICE_NAME, &["ra"]),

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use quarry_ca::{Config, ProfileConfig};
 use quarry_core::config::ConfigVersion;
+use quarry_core::grpc::Channel;
 use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
 use quarry_testkit::ctlog::TestPublisher;
 use quarry_testkit::pki::TestPki;
-use tonic::transport::Channel;
 
 pub const SERIAL_PREFIX: u8 = 0x2a;
 
@@ -31,6 +31,7 @@ pub fn ca_service_name() -> &'static str {
 /// `publisher_addr`; the ECDSA and RSA issuers both active.
 pub fn config(pki: &TestPki, sa_addr: SocketAddr, publisher_addr: SocketAddr) -> Config {
     Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(ca_service_name(), &["ra"]), (CRL_GENERATOR, &["crl-updater"])]),
         tls: pki.tls("ca"),

@@ -20,6 +20,7 @@ const SHARDS: i64 = quarry_core::crl::DEFAULT_SHARDS;
 
 fn updater_config(stack: &InProcessStack) -> Config {
     Config {
+        telemetry: Default::default(),
         version: quarry_core::config::ConfigVersion::CURRENT,
         tls: stack.pki.tls("crl-updater"),
         sa: stack.pki.client_config("sa", stack.sa),

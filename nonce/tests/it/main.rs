@@ -7,16 +7,17 @@ mod grpc;
 use std::net::SocketAddr;
 
 use quarry_core::config::ConfigVersion;
+use quarry_core::grpc::Channel;
 use quarry_nonce::Config;
 use quarry_proto::nonce::nonce_service_client::NonceServiceClient;
 use quarry_testkit::pki::TestPki;
-use tonic::transport::Channel;
 
 pub const PREFIX: &str = "it-nonce";
 
 /// A configuration for `pki` that allows the wfe only, as in the full stack.
 pub fn config(pki: &TestPki) -> Config {
     Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(quarry_nonce::SERVICE_NAME, &["wfe"])]),
         tls: pki.tls("nonce"),

@@ -11,8 +11,8 @@ use quarry_testkit::ctlog::FakeCtLog;
 use quarry_testkit::pki::TestPki;
 use std::net::SocketAddr;
 
+use quarry_core::grpc::Channel;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// A log, and what the publisher is told its key is (a lying log: another log's key).
 struct TestLog {
@@ -38,6 +38,7 @@ async fn start_at(pki: &TestPki, logs: &[TestLog], timeout_ms: u64) -> (Publishe
         });
     }
     let config = Config {
+        telemetry: Default::default(),
         version: quarry_core::config::ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(quarry_publisher::SERVICE_NAME, &["ca"])]),
         tls: pki.tls("publisher"),
@@ -177,6 +178,7 @@ fn start_up_refuses_a_policy_the_logs_cannot_meet() {
     ];
     for (label, logs, min_operators) in cases {
         let config = Config {
+            telemetry: Default::default(),
             version: quarry_core::config::ConfigVersion::CURRENT,
             grpc: pki.server_config(&[(quarry_publisher::SERVICE_NAME, &["ca"])]),
             tls: pki.tls("publisher"),

@@ -826,3 +826,47 @@ async fn renewals_and_ari_replacements_are_exempt_as_boulder_exempts_them() {
     );
     account.new_order(&NewOrder::new(&same).replaces(replaces)).await.expect("the replacement is exempt");
 }
+
+/// Every service exports its spans to a collector: the challenge request is one trace through the wfe, the ra, the
+/// primary va and both remote perspectives and the sa; the finalize request one trace through the wfe, the ra, the
+/// ca, the sa and the publisher.
+#[tokio::test]
+async fn one_acme_request_is_one_trace_across_every_service() {
+    let receiver = quarry_testkit::otlp::OtlpReceiver::start().await;
+    let stack = Stack::start_with_args(None, None, &["--otlp-endpoint".into(), receiver.endpoint.clone()]).await;
+    let account = stack.instant_acme_account().await;
+    let names = ["traced.quarry-test.org"];
+    issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+
+    // The trace of the wfe span whose path starts with `prefix`, with the services of its spans and their count.
+    let trace_of = |prefix: &str| {
+        let spans = receiver.spans();
+        let root =
+            spans.iter().find(|s| s.service == "wfe" && s.attribute("path").is_some_and(|p| p.starts_with(prefix)))?;
+        let mut services: Vec<String> =
+            spans.iter().filter(|s| s.trace_id == root.trace_id).map(|s| s.service.clone()).collect();
+        services.sort();
+        Some(services)
+    };
+    let covers = |services: &[String], wanted: &[&str]| wanted.iter().all(|w| services.iter().any(|s| s == w));
+    let started = Instant::now();
+    let (challenge, finalize) = loop {
+        let challenge = trace_of("/acme/chall/").unwrap_or_default();
+        let finalize = trace_of("/acme/finalize/").unwrap_or_default();
+        let vas = challenge.iter().filter(|s| *s == "va").count();
+        if covers(&challenge, &["wfe", "ra", "sa"])
+            && vas >= 3
+            && covers(&finalize, &["wfe", "ra", "ca", "sa", "publisher"])
+        {
+            break (challenge, finalize);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "traces incomplete: challenge {challenge:?}, finalize {finalize:?}; {} spans in all",
+            receiver.spans().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!challenge.iter().any(|s| s == "ca"), "the challenge trace reached the ca: {challenge:?}");
+    assert!(!finalize.iter().any(|s| s == "va"), "the finalize trace reached the va: {finalize:?}");
+}

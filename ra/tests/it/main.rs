@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use quarry_core::grpc::Channel;
 use quarry_core::{ErrorKind, Problem};
 use quarry_jose::{Algorithm, SigningKey};
 use quarry_proto::core as pb;
@@ -10,7 +11,6 @@ use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient
 use quarry_proto::ra::*;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_testkit::stack::InProcessStack;
-use tonic::transport::Channel;
 
 struct Stack {
     inner: InProcessStack,

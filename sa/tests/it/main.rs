@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use quarry_core::config::ConfigVersion;
+use quarry_core::grpc::Channel;
 use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
@@ -11,7 +12,6 @@ use quarry_proto::sa::*;
 use quarry_testkit::db::TestDatabase;
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
-use tonic::transport::Channel;
 
 mod store;
 
@@ -42,6 +42,7 @@ impl Sa {
     async fn start_with_replica(db: TestDatabase, replica: Option<&TestDatabase>) -> Sa {
         let pki = TestPki::new();
         let config = quarry_sa::Config {
+            telemetry: Default::default(),
             read_replica_url: replica.map(|r| r.url.clone()),
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca"]), (RW, &["ra", "ca"])]),

@@ -32,6 +32,7 @@ async fn challenge_server() -> RunningServer {
 /// A va pointed at `srv` for DNS and http-01.
 fn config(pki: &TestPki, srv: &RunningServer) -> Config {
     Config {
+        telemetry: Default::default(),
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(SERVICE, &["ra"])]),
         tls: pki.tls("va"),

@@ -22,6 +22,7 @@ async fn serve(config: Config) -> SocketAddr {
 /// A remote va named `perspective` in `rir`, validating against `srv`; only the primary ("va") may call it.
 async fn remote(pki: &TestPki, srv: &RunningServer, perspective: &str, rir: &str) -> RemoteConfig {
     let config = Config {
+        telemetry: Default::default(),
         grpc: pki.server_config(&[(SERVICE, &["va"])]),
         perspective: perspective.into(),
         rir: rir.into(),
@@ -36,7 +37,7 @@ async fn primary(
     pki: &TestPki,
     srv: &RunningServer,
     remotes: Vec<RemoteConfig>,
-) -> VaClient<tonic::transport::Channel> {
+) -> VaClient<quarry_core::grpc::Channel> {
     let addr = serve(Config { remotes, ..config(pki, srv) }).await;
     VaClient::new(pki.channel("ra", "va", addr))
 }
@@ -53,7 +54,7 @@ fn dcv(token: &str) -> DcvRequest {
 }
 
 /// The problem of a validation through `client`, if any.
-async fn outcome(client: &mut VaClient<tonic::transport::Channel>, token: &str) -> Option<quarry_core::Problem> {
+async fn outcome(client: &mut VaClient<quarry_core::grpc::Channel>, token: &str) -> Option<quarry_core::Problem> {
     let result = client.do_dcv(dcv(token)).await.expect("an answer").into_inner();
     assert_eq!(result.perspective, "primary");
     result.problem.as_ref().map(quarry_core::Problem::from)
