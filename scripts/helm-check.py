@@ -121,6 +121,7 @@ def check_network_policies(chart_dir, values, objects, environment):
             peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
             for rule in policy["spec"].get("ingress") or []
             for peer in rule.get("from") or []
+            if "podSelector" in peer
         }
         if admitted != allowlisted:
             findings.append(f"NetworkPolicy quarry-{service} admits {sorted(admitted)}, allowlists say {sorted(allowlisted)}")

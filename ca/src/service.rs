@@ -290,6 +290,12 @@ impl CaService {
             issuer = chosen.issuer.subject(),
             "issued certificate"
         );
+        metrics::counter!(
+            "quarry_certificates_issued_total",
+            "profile" => profile_name.clone(),
+            "issuer" => chosen.issuer.subject().to_owned(),
+        )
+        .increment(1);
         self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
         Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
     }

@@ -94,6 +94,7 @@ pub async fn serve(
     }
     let routes = routes.add_service(health);
     Server::builder()
+        .layer(tower::layer::layer_fn(Measured))
         // One span per call, continuing the caller's trace.
         .trace_fn(|request| {
             let span = tracing::info_span!("grpc", rpc = %request.uri().path());
@@ -105,6 +106,51 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// A gRPC server's calls, counted by method and status code and timed until the response headers
+/// (`quarry_grpc_server_requests_total`, `quarry_grpc_server_duration_seconds`).
+#[derive(Debug, Clone)]
+struct Measured<S>(S);
+
+impl<S, B, R> tower::Service<http::Request<B>> for Measured<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let rpc = request.uri().path().to_owned();
+        let started = Instant::now();
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // A failed unary call is a trailers-only response: its status is in the headers. Otherwise it succeeded
+            // as far as the headers tell.
+            let code = match &response {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
+                    .map_or(Code::Ok, Code::from_i32),
+                Err(_) => Code::Unavailable,
+            };
+            metrics::counter!("quarry_grpc_server_requests_total", "rpc" => rpc.clone(), "code" => format!("{code:?}"))
+                .increment(1);
+            metrics::histogram!("quarry_grpc_server_duration_seconds", "rpc" => rpc)
+                .record(started.elapsed().as_secs_f64());
+            response
+        })
+    }
 }
 
 /// Asks a peer's gRPC health service whether `service` is serving; the error says why not, for a health page.

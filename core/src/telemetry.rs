@@ -1,6 +1,7 @@
-//! Logging and tracing shared by every service: human-readable or JSON lines on stderr, filtered by `RUST_LOG`;
-//! OpenTelemetry spans exported over OTLP/gRPC when an endpoint is configured; and the W3C trace-context carriers
-//! that put every hop of one ACME request (wfe → ra → sa/va/ca → remote vas/publisher) into one trace.
+//! Logging, tracing and metrics shared by every service: human-readable or JSON lines on stderr, filtered by
+//! `RUST_LOG`; OpenTelemetry spans exported over OTLP/gRPC when an endpoint is configured; the W3C trace-context
+//! carriers that put every hop of one ACME request (wfe → ra → sa/va/ca → remote vas/publisher) into one trace; and
+//! Prometheus metrics on a separate debug listener.
 
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub struct TelemetryConfig {
     pub json_logs: bool,
     /// Where spans go over OTLP/gRPC (`http://jaeger:4317`); without one, spans are only logged, never exported.
     pub otlp_endpoint: Option<String>,
+    /// Where `GET /metrics` (Prometheus text format) is served, apart from the service's own listeners.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsListener { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
 }
 
 /// Keeps the span exporter of [`init`]; [`Telemetry::shutdown`] exports what is left.
@@ -48,7 +61,51 @@ impl Telemetry {
 ///
 /// Call it inside the Tokio runtime: the OTLP exporter's gRPC channel runs on it. Several services may share one
 /// test process: only the first installation wins.
-pub fn init(service: &str, config: &TelemetryConfig) -> Telemetry {
+pub fn init(service: &str, config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    if let Some(addr) = config.metrics_listen {
+        serve_metrics(addr)?;
+    }
+    Ok(init_tracing(service, config))
+}
+
+/// Latency buckets (seconds) of every histogram: from a cached read to a slow validation.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Installs the process's Prometheus recorder and serves it on `addr` (`GET /metrics`).
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), TelemetryError> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| TelemetryError::MetricsListener { addr, source })?;
+    // Only the first recorder of a process counts (tests run several services in one).
+    if metrics::set_global_recorder(recorder).is_err() {
+        return Ok(());
+    }
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(())
+}
+
+fn init_tracing(service: &str, config: &TelemetryConfig) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = config.otlp_endpoint.as_deref().and_then(|endpoint| match exporter(service, endpoint) {
         Ok(provider) => Some(provider),
@@ -112,5 +169,5 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 
 /// Logs only, never span export: the command-line tools' set-up.
 pub fn init_logs(tool: &str) {
-    let _logs_only = init(tool, &TelemetryConfig::default());
+    let _logs_only = init_tracing(tool, &TelemetryConfig::default());
 }

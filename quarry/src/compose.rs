@@ -143,7 +143,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
             rendered = dev::with_redis(&rendered, &args.redis_url)?;
         }
         if let Some(endpoint) = &args.otlp_endpoint {
-            rendered = dev::with_otlp_endpoint(&rendered, endpoint)?;
+            rendered = dev::with_telemetry(&rendered, "otlp_endpoint", endpoint.clone())?;
         }
         std::fs::write(config_dir.join(format!("{service}.toml")), rendered)?;
     }

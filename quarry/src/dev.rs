@@ -67,6 +67,10 @@ pub struct DevArgs {
     /// Export every service's spans over OTLP/gRPC to this collector (e.g. Jaeger's `http://127.0.0.1:4317`).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Serve every service's Prometheus metrics (`GET /metrics`) on ten consecutive loopback ports from this one,
+    /// in the order nonce, sa, va-remote-a, va-remote-b, va, publisher, ca, crl-updater, ra, wfe.
+    #[arg(long)]
+    metrics_base_port: Option<u16>,
     /// The first of the loopback ports the services' gRPC servers use (ten consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
@@ -236,7 +240,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             rendered = with_redis(&rendered, url)?;
         }
         if let Some(endpoint) = &args.otlp_endpoint {
-            rendered = with_otlp_endpoint(&rendered, endpoint)?;
+            rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.clone())?;
+        }
+        if let Some(base) = args.metrics_base_port {
+            let port = env::grpc_port(base, service);
+            rendered = with_telemetry(&rendered, "metrics_listen", format!("127.0.0.1:{port}"))?;
         }
         std::fs::write(&config_path, rendered)?;
         let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
@@ -334,12 +342,12 @@ pub fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
     Ok(table.to_string())
 }
 
-/// A rendered configuration that exports its spans to the OTLP collector at `endpoint`.
-pub fn with_otlp_endpoint(rendered: &str, endpoint: &str) -> anyhow::Result<String> {
+/// A rendered configuration with `[telemetry] key = value` set.
+pub fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
     let mut table: toml::Table = toml::from_str(rendered)?;
     let telemetry = table.entry("telemetry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let telemetry = telemetry.as_table_mut().context("[telemetry] is not a table")?;
-    telemetry.insert("otlp_endpoint".into(), toml::Value::String(endpoint.to_owned()));
+    telemetry.insert(key.into(), toml::Value::String(value));
     Ok(table.to_string())
 }
 

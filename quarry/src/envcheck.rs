@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "*.publisher.address",
             "*.dns_resolver",
             "*.telemetry.otlp_endpoint",
+            "*.telemetry.metrics_listen",
             "va.remotes[*].address",
             "nonce.prefix",
             "sa.database_url",

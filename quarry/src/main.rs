@@ -156,10 +156,10 @@ macro_rules! run_service {
             Err(code) => return code,
         };
         let result = runtime().block_on(async {
-            let telemetry = quarry_core::telemetry::init($name, &config.telemetry);
+            let telemetry = quarry_core::telemetry::init($name, &config.telemetry).map_err(|e| e.to_string())?;
             let result = drain_bounded($name, |stop| $krate::run(config, stop)).await;
             telemetry.shutdown().await;
-            result
+            result.map_err(|e| e.to_string())
         });
         report($name, result)
     }};

@@ -75,6 +75,12 @@ impl Limiter {
         Ok(())
     }
 
+    /// One more failure of the bucket store, counted here and in `quarry_ratelimit_store_errors_total`.
+    fn count_store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("quarry_ratelimit_store_errors_total").increment(1);
+    }
+
     /// How often the store failed and requests went through unchecked.
     pub fn store_errors(&self) -> u64 {
         self.store_errors.load(Ordering::Relaxed)
@@ -112,7 +118,7 @@ impl Limiter {
         let before = match self.store.batch(now, &plain, spend).await {
             Ok(before) => before,
             Err(error) => {
-                self.store_errors.fetch_add(1, Ordering::Relaxed);
+                self.count_store_error();
                 tracing::warn!(%error, "rate-limit store failed; the request goes through unchecked");
                 return Verdict::Allowed;
             }
@@ -122,6 +128,13 @@ impl Limiter {
             .zip(&before)
             .filter_map(|((op, transaction), tat)| {
                 let decision = gcra::decide(op.rate, *tat, now, op.cost);
+                metrics::counter!(
+                    "quarry_ratelimit_decisions_total",
+                    "limit" => transaction.bucket.limit.as_str(),
+                    "action" => if spend { "spend" } else { "check" },
+                    "decision" => if decision.allowed { "allowed" } else { "denied" },
+                )
+                .increment(1);
                 (!decision.allowed).then(|| Denial {
                     limit: transaction.bucket.limit,
                     bucket_id: transaction.bucket.id.clone(),
@@ -137,7 +150,7 @@ impl Limiter {
     pub async fn refund(&self, now: Micros, transactions: &[Transaction]) {
         let ops: Vec<Op> = self.ops(transactions).into_iter().map(|(op, _)| op).collect();
         if let Err(error) = self.store.refund(now, &ops).await {
-            self.store_errors.fetch_add(1, Ordering::Relaxed);
+            self.count_store_error();
             tracing::warn!(%error, "rate-limit refund failed");
         }
     }
@@ -146,7 +159,7 @@ impl Limiter {
     pub async fn reset(&self, buckets: &[Bucket]) {
         let keys: Vec<String> = buckets.iter().map(Bucket::key).collect();
         if let Err(error) = self.store.reset(&keys).await {
-            self.store_errors.fetch_add(1, Ordering::Relaxed);
+            self.count_store_error();
             tracing::warn!(%error, "rate-limit reset failed");
         }
     }

@@ -93,6 +93,14 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let settings = pool_settings(&config);
     let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
+    let gauges = store.clone();
+    let pool_gauges = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            gauges.record_pool_gauges();
+        }
+    });
     let storage = match &config.read_replica_url {
         Some(url) => Storage::with_replica(store, Store::open_replica(url, settings).await?),
         None => Storage::new(store),
@@ -108,6 +116,8 @@ pub async fn serve(
         ClientAllowlist::for_service(&config.grpc, read_write)?,
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), "sa listening");
-    quarry_core::grpc::serve(listener, &config.tls, routes, &[read_only, read_write], shutdown).await?;
+    let served = quarry_core::grpc::serve(listener, &config.tls, routes, &[read_only, read_write], shutdown).await;
+    pool_gauges.abort();
+    served?;
     Ok(())
 }

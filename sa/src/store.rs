@@ -241,6 +241,14 @@ impl Store {
     }
 
     /// Checks that the database answers (for health checks).
+    /// Sets the connection-pool gauges (`quarry_db_pool_connections{state=idle|in_use}`).
+    pub fn record_pool_gauges(&self) {
+        let size = self.pool.size() as f64;
+        let idle = self.pool.num_idle() as f64;
+        metrics::gauge!("quarry_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("quarry_db_pool_connections", "state" => "in_use").set((size - idle).max(0.0));
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         self.pool.acquire().await?.ping().await
     }

@@ -331,10 +331,23 @@ impl ValidationAuthority {
         };
         let budget = self.budget(deadline);
         let attempt = Attempt { identifier, token, key_authorization };
+        let started = Instant::now();
         let outcome = match tokio::time::timeout(budget, validator.validate(attempt, &mut records)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Problem::new(ErrorKind::Connection, "validation timed out")),
         };
+        // This perspective's own outcome (the primary's quorum with the remotes is the ra's business).
+        let challenge = validator.challenge_type().as_str();
+        let result = outcome.as_ref().err().map_or("valid", |problem| problem.kind.as_str());
+        metrics::counter!(
+            "quarry_validations_total",
+            "challenge" => challenge,
+            "perspective" => self.perspective.clone(),
+            "result" => result,
+        )
+        .increment(1);
+        metrics::histogram!("quarry_validation_duration_seconds", "challenge" => challenge, "perspective" => self.perspective.clone())
+            .record(started.elapsed().as_secs_f64());
         (records, outcome.err())
     }
 }

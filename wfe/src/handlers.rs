@@ -54,26 +54,64 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
-        .layer(middleware::from_fn(request_span))
+        .layer(middleware::from_fn(observe_request))
         .with_state(wfe)
 }
 
-/// One span per ACME request: the root of the trace that every service the request reaches continues.
-async fn request_span(request: Request, next: Next) -> Response {
+/// One span per ACME request — the root of the trace that every service the request reaches continues — and the
+/// request metrics: `quarry_acme_requests_total` by endpoint, method, status and problem type, and
+/// `quarry_acme_request_duration_seconds` by endpoint.
+async fn observe_request(request: Request, next: Next) -> Response {
     use tracing::Instrument;
+    let endpoint = endpoint_of(request.uri().path());
+    let method = request.method().to_string();
     let span = tracing::info_span!(
         "acme",
-        method = %request.method(),
+        method = %method,
         path = %request.uri().path(),
         status = tracing::field::Empty,
     );
-    async move {
+    let started = Instant::now();
+    let response = async move {
         let response = next.run(request).await;
         tracing::Span::current().record("status", response.status().as_u16());
         response
     }
     .instrument(span)
-    .await
+    .await;
+    let problem = response.extensions().get::<crate::problem::ProblemType>().map_or("", |problem| problem.0);
+    metrics::counter!(
+        "quarry_acme_requests_total",
+        "endpoint" => endpoint,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+        "problem" => problem,
+    )
+    .increment(1);
+    metrics::histogram!("quarry_acme_request_duration_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The route a path belongs to, without its identifiers (bounded label values).
+fn endpoint_of(path: &str) -> &'static str {
+    const ROUTES: &[(&str, &str)] = &[
+        ("/directory", "directory"),
+        ("/healthz", "healthz"),
+        ("/acme/new-nonce", "new-nonce"),
+        ("/acme/new-acct", "new-account"),
+        ("/acme/acct/", "account"),
+        ("/acme/new-order", "new-order"),
+        ("/acme/order/", "order"),
+        ("/acme/authz/", "authorization"),
+        ("/acme/chall/", "challenge"),
+        ("/acme/finalize/", "finalize"),
+        ("/acme/cert/", "certificate"),
+        ("/acme/revoke-cert", "revoke-certificate"),
+        ("/acme/key-change", "key-change"),
+        ("/acme/renewal-info/", "renewal-info"),
+    ];
+    ROUTES.iter().find(|(prefix, _)| path.starts_with(prefix)).map_or("other", |(_, name)| name)
 }
 
 /// `Replay-Nonce` on every response (RFC 8555 §6.5), `Link: rel="index"` on all but the directory (§7.1),

@@ -76,6 +76,10 @@ pub fn problem_json(problem: &Problem, status: Option<StatusCode>) -> Value {
     doc
 }
 
+/// The ACME problem type (`badNonce`, `rateLimited`…) a response carries, for the request metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProblemType(pub &'static str);
+
 impl IntoResponse for ProblemResponse {
     fn into_response(self) -> Response {
         let status = self.status.unwrap_or(type_and_status(self.problem.kind).1);
@@ -84,6 +88,7 @@ impl IntoResponse for ProblemResponse {
         }
         let body = problem_json(&self.problem, Some(status)).to_string();
         let mut response = (status, body).into_response();
+        response.extensions_mut().insert(ProblemType(type_and_status(self.problem.kind).0));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         // RFC 8555 §6.6: a rate-limited client learns when to come back.
         if let Some(seconds) = self.problem.retry_after_secs {

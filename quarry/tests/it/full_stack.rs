@@ -870,3 +870,60 @@ async fn one_acme_request_is_one_trace_across_every_service() {
     assert!(!challenge.iter().any(|s| s == "ca"), "the challenge trace reached the ca: {challenge:?}");
     assert!(!finalize.iter().any(|s| s == "va"), "the finalize trace reached the va: {finalize:?}");
 }
+
+/// The sum of the samples of `name` in Prometheus text whose labels include every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            let matches =
+                series_name == name && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Every service serves Prometheus metrics on its own debug port, and they move as a certificate is issued:
+/// ACME requests by endpoint, validations by challenge and perspective, issuance by profile, gRPC calls by method
+/// and code, rate-limit decisions, and the database pool.
+#[tokio::test]
+async fn every_service_serves_metrics_that_move_with_issuance() {
+    let metrics_base = free_port_range();
+    let stack = Stack::start_with_args(None, None, &["--metrics-base-port".into(), metrics_base.to_string()]).await;
+    let scrape = |index: u16| async move {
+        let (status, body) = http_get(&format!("http://127.0.0.1:{}/metrics", metrics_base + index)).await;
+        assert_eq!(status, 200);
+        String::from_utf8(body).expect("text")
+    };
+    // Indexes in `quarry dev`'s order: nonce, sa, va-remote-a, va-remote-b, va, publisher, ca, crl-updater, ra, wfe.
+    let (sa, remote_a, va, ca, ra, wfe) = (1, 2, 4, 6, 8, 9);
+    assert_eq!(metric(&scrape(ca).await, "quarry_certificates_issued_total", &[]), 0.0);
+
+    let account = stack.instant_acme_account().await;
+    let names = ["metered.quarry-test.org"];
+    issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+
+    let wfe_text = scrape(wfe).await;
+    let finalized = [("endpoint", "finalize"), ("method", "POST"), ("status", "200")];
+    assert_eq!(metric(&wfe_text, "quarry_acme_requests_total", &finalized), 1.0, "{wfe_text}");
+    assert!(metric(&wfe_text, "quarry_acme_request_duration_seconds_count", &[("endpoint", "new-order")]) >= 1.0);
+    let issued = [("profile", "classic")];
+    assert_eq!(metric(&scrape(ca).await, "quarry_certificates_issued_total", &issued), 1.0);
+    let valid = [("challenge", "http-01"), ("result", "valid")];
+    assert_eq!(
+        metric(&scrape(va).await, "quarry_validations_total", &[("perspective", "primary"), valid[0], valid[1]]),
+        1.0
+    );
+    assert_eq!(
+        metric(&scrape(remote_a).await, "quarry_validations_total", &[("perspective", "remote-a"), valid[0], valid[1]]),
+        1.0
+    );
+    let sa_text = scrape(sa).await;
+    let stored = [("rpc", "/quarry.sa.v1.StorageAuthority/AddCertificate"), ("code", "Ok")];
+    assert_eq!(metric(&sa_text, "quarry_grpc_server_requests_total", &stored), 1.0, "{sa_text}");
+    assert!(sa_text.contains("quarry_db_pool_connections{state=\"idle\"}"), "{sa_text}");
+    let spent = [("limit", "NewOrdersPerAccount"), ("action", "spend"), ("decision", "allowed")];
+    assert_eq!(metric(&scrape(ra).await, "quarry_ratelimit_decisions_total", &spent), 1.0);
+}
