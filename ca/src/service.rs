@@ -283,6 +283,8 @@ impl CaService {
             return Err(Problem::from(status));
         }
         info!(
+            target: "audit",
+            event = "certificate-signed",
             serial = serial_hex,
             account_id = request.account_id,
             order_id = request.order_id,

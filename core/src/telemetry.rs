@@ -116,7 +116,9 @@ fn init_tracing(service: &str, config: &TelemetryConfig) -> Telemetry {
     });
     let spans = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("quarry")));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in log files or a log pipeline.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
     let lines = if config.json_logs { lines.json().boxed() } else { lines.boxed() };
     let installed = tracing_subscriber::registry().with(filter).with(lines).with(spans).try_init().is_ok();
     if installed {

@@ -156,7 +156,7 @@ impl Registrar {
         };
         match self.inner.sa_write.clone().new_account(request_with_deadline(new.clone(), deadline)).await {
             Ok(created) => {
-                tracing::info!(account_id = created.get_ref().id, "account created");
+                tracing::info!(target: "audit", event = "account-created", account_id = created.get_ref().id, "account created");
                 Ok((created.into_inner(), true))
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Duplicate => {
@@ -390,7 +390,14 @@ impl Registrar {
         let order =
             inner.sa_write.clone().new_order_and_authorizations(request_with_deadline(create, deadline)).await?;
         let order = Order::try_from(order.get_ref())?;
-        tracing::info!(order_id = order.id, account_id = order.account_id, names = identifiers.len(), "order created");
+        tracing::info!(
+            target: "audit",
+            event = "order-created",
+            order_id = order.id,
+            account_id = order.account_id,
+            names = ?identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(),
+            "order created"
+        );
         Ok(order)
     }
 
@@ -507,11 +514,14 @@ impl Registrar {
             validation_error: problem.clone(),
         };
         tracing::info!(
+            target: "audit",
+            event = "validation-result",
             authorization_id = authz.id,
             identifier = %authz.identifier.value,
             challenge = kind.as_str(),
             passed,
             problem = problem.as_ref().map(|p| p.detail.as_str()).unwrap_or_default(),
+            records = ?outcome.validation_records,
             "validation result"
         );
         if let Err(status) =
@@ -660,7 +670,7 @@ impl Registrar {
         self.inner.sa_write.clone().finalize_order(request_with_deadline(finalize, deadline)).await?;
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
-        tracing::info!(order_id = order.id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
+        tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
         Ok(())
     }
 }
@@ -715,7 +725,7 @@ impl Registrar {
     async fn revoke(&self, serial: &str, reason: i64, deadline: Option<Instant>) -> Result<(), Problem> {
         let revoke = sapb::RevokeCertificateRequest { serial: serial.to_owned(), reason, date: now() };
         self.inner.sa_write.clone().revoke_certificate(request_with_deadline(revoke, deadline)).await?;
-        tracing::info!(serial, reason, "certificate revoked");
+        tracing::info!(target: "audit", event = "certificate-revoked", serial, reason, "certificate revoked");
         Ok(())
     }
 
@@ -895,7 +905,7 @@ impl RegistrationAuthority for Registrar {
         let update = sapb::UpdateAccountContactRequest { id: req.account_id, contact: req.contact };
         let account =
             self.inner.sa_write.clone().update_account_contact(request_with_deadline(update, deadline)).await?;
-        tracing::info!(account_id = req.account_id, "account contacts updated");
+        tracing::info!(target: "audit", event = "account-updated", account_id = req.account_id, "account contacts updated");
         Ok(account)
     }
 
@@ -907,7 +917,7 @@ impl RegistrationAuthority for Registrar {
         self.check_key_not_blocked(&jwk, deadline).await?;
         let update = sapb::UpdateAccountKeyRequest { id: req.account_id, jwk: jwk.canonical_json().into_bytes() };
         let account = self.inner.sa_write.clone().update_account_key(request_with_deadline(update, deadline)).await?;
-        tracing::info!(account_id = req.account_id, "account key rolled over");
+        tracing::info!(target: "audit", event = "account-key-changed", account_id = req.account_id, "account key rolled over");
         Ok(account)
     }
 
@@ -920,7 +930,7 @@ impl RegistrationAuthority for Registrar {
             .clone()
             .deactivate_account(request_with_deadline(sapb::AccountId { id }, deadline))
             .await?;
-        tracing::info!(account_id = id, "account deactivated");
+        tracing::info!(target: "audit", event = "account-deactivated", account_id = id, "account deactivated");
         Ok(account)
     }
 
@@ -948,7 +958,7 @@ impl RegistrationAuthority for Registrar {
         }
         let id = sapb::AuthorizationId { id: authz.id };
         let authz = self.inner.sa_write.clone().deactivate_authorization(request_with_deadline(id, deadline)).await?;
-        tracing::info!(authorization_id = req.authorization_id, "authorization deactivated");
+        tracing::info!(target: "audit", event = "authorization-deactivated", authorization_id = req.authorization_id, "authorization deactivated");
         Ok(authz)
     }
 

@@ -655,6 +655,24 @@ async fn a_revoked_certificate_appears_in_the_crl_at_its_distribution_point() {
         .expect("run openssl");
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.contains("verify OK"), "openssl: {said}");
+
+    // The audit trail: one line per security-relevant event, with what an investigation needs, and no key material.
+    let read_log = |service: &str| {
+        std::fs::read_to_string(stack.data_dir().join(format!("logs/{service}.log"))).expect("service log")
+    };
+    let ra_log = read_log("ra");
+    let audit: Vec<&str> = ra_log.lines().filter(|line| line.contains(" audit: ")).collect();
+    let event = |name: &str| audit.iter().find(|line| line.contains(&format!("event=\"{name}\""))).copied();
+    assert!(event("account-created").is_some(), "{ra_log}");
+    assert!(event("order-created").is_some_and(|line| line.contains("crl.quarry-test.org")), "{ra_log}");
+    let validation = event("validation-result").expect("validation audited");
+    assert!(validation.contains("passed=true") && validation.contains("records="), "{validation}");
+    assert!(event("certificate-issued").is_some_and(|line| line.contains("crl.quarry-test.org")), "{ra_log}");
+    assert!(event("certificate-revoked").is_some_and(|line| line.contains("reason=")), "{ra_log}");
+    assert!(read_log("ca").contains("event=\"certificate-signed\""));
+    for service in ["wfe", "ra", "sa", "ca", "va"] {
+        assert!(!read_log(service).contains("PRIVATE KEY"), "{service} logged key material");
+    }
 }
 
 #[tokio::test]
