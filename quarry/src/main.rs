@@ -150,14 +150,17 @@ fn load<T: serde::de::DeserializeOwned>(arg: &ConfigArg) -> Result<T, ExitCode> 
 }
 
 macro_rules! run_service {
-    ($name:literal, $krate:ident, $arg:expr) => {{
+    ($name:literal, $krate:ident, $arg:expr) => {
+        run_service!($name, $krate, $arg, DRAIN_GRACE)
+    };
+    ($name:literal, $krate:ident, $arg:expr, $grace:expr) => {{
         let config: $krate::Config = match load(&$arg) {
             Ok(config) => config,
             Err(code) => return code,
         };
         let result = runtime().block_on(async {
             let telemetry = quarry_core::telemetry::init($name, &config.telemetry).map_err(|e| e.to_string())?;
-            let result = drain_bounded($name, |stop| $krate::run(config, stop)).await;
+            let result = drain_bounded($name, $grace, |stop| $krate::run(config, stop)).await;
             telemetry.shutdown().await;
             result.map_err(|e| e.to_string())
         });
@@ -195,8 +198,12 @@ async fn shutdown() {
 /// not hold it up for ever.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs a service until [`shutdown`], then lets it drain for at most [`DRAIN_GRACE`].
-async fn drain_bounded<F, E>(name: &str, service: impl FnOnce(WaitForCancellationFutureOwned) -> F) -> Result<(), E>
+/// Runs a service until [`shutdown`], then lets it drain for at most `grace`.
+async fn drain_bounded<F, E>(
+    name: &str,
+    grace: std::time::Duration,
+    service: impl FnOnce(WaitForCancellationFutureOwned) -> F,
+) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
 {
@@ -207,10 +214,10 @@ where
         result = &mut service => result,
         () = shutdown() => {
             stop.cancel();
-            match tokio::time::timeout(DRAIN_GRACE, service).await {
+            match tokio::time::timeout(grace, service).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tracing::warn!(service = name, grace_secs = DRAIN_GRACE.as_secs(), "requests still in flight; stopping anyway");
+                    tracing::warn!(service = name, grace_secs = grace.as_secs(), "requests still in flight; stopping anyway");
                     Ok(())
                 }
             }
@@ -237,7 +244,8 @@ fn main() -> ExitCode {
     quarry_core::install_crypto_provider();
     match Cli::parse().command {
         Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
-        Command::Ra(arg) => run_service!("ra", quarry_ra, arg),
+        // The ra bounds its own drain (background validations and finalizations included); this is a backstop.
+        Command::Ra(arg) => run_service!("ra", quarry_ra, arg, quarry_ra::SHUTDOWN_GRACE + DRAIN_GRACE * 2),
         Command::Sa(arg) => run_service!("sa", quarry_sa, arg),
         Command::Ca(arg) => run_service!("ca", quarry_ca, arg),
         Command::Va(arg) => run_service!("va", quarry_va, arg),

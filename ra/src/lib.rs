@@ -195,9 +195,38 @@ pub async fn serve(
     let registrar = Registrar::new(&config, challenge_types, rate_limits)?;
     registrar.refresh_overrides(std::time::Duration::from_secs(config.rate_limits.overrides_refresh_secs.max(1)));
     let name = <RegistrationAuthorityServer<Registrar> as NamedService>::NAME;
-    let service =
-        RegistrationAuthorityServer::with_interceptor(registrar, ClientAllowlist::for_service(&config.grpc, name)?);
+    let service = RegistrationAuthorityServer::with_interceptor(
+        registrar.clone(),
+        ClientAllowlist::for_service(&config.grpc, name)?,
+    );
     tracing::info!(addr = ?listener.local_addr().ok(), "ra listening");
-    quarry_core::grpc::serve(listener, &config.tls, tonic::service::Routes::new(service), &[name], shutdown).await?;
+    // On shutdown the server stops accepting, calls in flight get the grace period to finish, and so do the
+    // validations and finalizations running in the background, which are recorded as failed past it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+    let drained = {
+        let (stop, registrar) = (stop.clone(), registrar.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            registrar.drain_background(SHUTDOWN_GRACE).await;
+        })
+    };
+    let routes = tonic::service::Routes::new(service);
+    let names = [name];
+    let server = quarry_core::grpc::serve(listener, &config.tls, routes, &names, stop.clone().cancelled_owned());
+    let served = tokio::select! {
+        served = server => served,
+        // An idle peer connection must not hold the ra up past the grace period.
+        () = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => Ok(()),
+    };
+    served?;
+    let _ = drained.await;
     Ok(())
 }
+
+/// How long, once told to stop, the ra lets calls in flight and background validations and finalizations finish.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);

@@ -28,6 +28,8 @@ use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOn
 use quarry_proto::sa::{self as sapb};
 use quarry_proto::va::va_client::VaClient;
 use quarry_proto::va::{CaaRequest, DcvRequest};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -68,9 +70,16 @@ struct Inner {
     caa_recheck_after: i64,
     limits: RateLimits,
     policy: IdentifierPolicy,
+    /// Validations and finalizations that outlive the request that started them.
+    background: TaskTracker,
+    /// Fired when the grace period for stopping is over: the tasks still running record their failure and end.
+    abandon: CancellationToken,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// How long an abandoned validation or finalization may take to record its failure.
+const ABANDON_RECORD_TIME: Duration = Duration::from_secs(5);
 
 impl Registrar {
     pub fn new(config: &Config, challenge_types: Vec<ChallengeType>, limits: RateLimits) -> Result<Self, Error> {
@@ -92,6 +101,8 @@ impl Registrar {
                 caa_recheck_after: config.caa_recheck_after_secs,
                 limits,
                 policy: IdentifierPolicy::new(&config.blocklists),
+                background: TaskTracker::new(),
+                abandon: CancellationToken::new(),
             }),
         })
     }
@@ -448,10 +459,16 @@ impl Registrar {
                 let registrar = self.clone();
                 let authz = authz.clone();
                 // The validation outlives the client's request: it has its own timeout, not the request's deadline.
-                // Still part of the challenge request's trace.
-                tokio::spawn(
-                    async move { registrar.validate_in_background(authz, challenge.kind, key_authorization).await }
-                        .in_current_span(),
+                // Still part of the challenge request's trace; recorded as failed if the ra must stop first.
+                let abandon = self.inner.abandon.clone();
+                self.inner.background.spawn(
+                    async move {
+                        tokio::select! {
+                            () = registrar.validate_in_background(authz.clone(), challenge.kind, key_authorization) => {}
+                            () = abandon.cancelled() => registrar.abandon_validation(&authz, challenge.kind).await,
+                        }
+                    }
+                    .in_current_span(),
                 );
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
@@ -628,10 +645,17 @@ impl Registrar {
             let registrar = self.clone();
             let (order_id, csr) = (order.id, req.csr);
             // Issuance outlives the client's request: it has its own timeout, not the request's deadline.
-            tokio::spawn(
+            let abandon = self.inner.abandon.clone();
+            self.inner.background.spawn(
                 async move {
                     let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
-                    let _ = registrar.issue_or_invalidate(&order, csr, deadline).await;
+                    tokio::select! {
+                        _ = registrar.issue_or_invalidate(&order, csr, deadline) => {}
+                        () = abandon.cancelled() => {
+                            let stopped = Problem::internal("the CA stopped before this order was issued; order again");
+                            registrar.fail_order(&order, &stopped, deadline).await;
+                        }
+                    }
                 }
                 .in_current_span(),
             );
@@ -646,13 +670,64 @@ impl Registrar {
     /// starts over with a new order.
     async fn issue_or_invalidate(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
         let Err(problem) = self.issue(order, csr, deadline).await else { return Ok(()) };
+        self.fail_order(order, &problem, deadline).await;
+        Err(problem)
+    }
+
+    /// Marks `order` invalid with `problem`.
+    async fn fail_order(&self, order: &Order, problem: &Problem, deadline: Option<Instant>) {
         let failed = sapb::SetOrderErrorRequest { id: order.id, error: problem_to_pb(&Some(problem.clone())) };
         if let Err(status) = self.inner.sa_write.clone().set_order_error(request_with_deadline(failed, deadline)).await
         {
             tracing::error!(order_id = order.id, %status, "cannot mark the failed order invalid");
         }
         tracing::warn!(order_id = order.id, %problem, "issuance failed");
-        Err(problem)
+    }
+
+    /// Records a validation the ra had to stop before it finished as failed, so that the client learns it (and may
+    /// try again with a new authorization) instead of waiting on a challenge that never ends.
+    async fn abandon_validation(&self, authz: &Authorization, kind: ChallengeType) {
+        let problem = Problem::internal("the CA stopped before this validation finished; try again");
+        let outcome = sapb::FinalizeAuthorizationRequest {
+            id: authz.id,
+            status: "invalid".to_owned(),
+            expires: authz.expires,
+            attempted: kind.as_str().to_owned(),
+            attempted_at: now(),
+            validation_records: Vec::new(),
+            validation_error: Some(pb::Problem::from(&problem)),
+        };
+        tracing::info!(
+            target: "audit",
+            event = "validation-result",
+            authorization_id = authz.id,
+            identifier = %authz.identifier.value,
+            challenge = kind.as_str(),
+            passed = false,
+            problem = problem.detail.as_str(),
+            "validation abandoned at shutdown"
+        );
+        let deadline = Some(Instant::now() + ABANDON_RECORD_TIME);
+        if let Err(status) =
+            self.inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, deadline)).await
+        {
+            tracing::error!(authorization_id = authz.id, %status, "cannot record the abandoned validation");
+        }
+    }
+
+    /// At shutdown: lets validations and finalizations in flight run for `grace`, then makes those still running
+    /// record their failure (for at most a few seconds more).
+    pub async fn drain_background(&self, grace: Duration) {
+        let background = &self.inner.background;
+        background.close();
+        if tokio::time::timeout(grace, background.wait()).await.is_err() {
+            tracing::warn!(
+                tasks = background.len(),
+                "stopping: validations and finalizations still running are recorded as failed"
+            );
+            self.inner.abandon.cancel();
+            let _ = tokio::time::timeout(ABANDON_RECORD_TIME, background.wait()).await;
+        }
     }
 
     async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {

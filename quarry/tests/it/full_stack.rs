@@ -945,3 +945,54 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     let spent = [("limit", "NewOrdersPerAccount"), ("action", "spend"), ("decision", "allowed")];
     assert_eq!(metric(&scrape(ra).await, "quarry_ratelimit_decisions_total", &spent), 1.0);
 }
+
+/// SIGTERM while a validation is pending: the ra stops taking calls but lets the validation finish and records its
+/// outcome before it exits, so that the authorization is never left pending for ever.
+#[tokio::test]
+async fn a_validation_in_flight_when_the_ra_is_stopped_is_recorded() {
+    let stack = Stack::start().await;
+    // The name resolves to 127.0.0.2, where a server accepts the va's http-01 connection and never answers.
+    let http_port = stack.challtestsrv.http01_addr.expect("http01").port();
+    let silent = tokio::net::TcpListener::bind(("127.0.0.2", http_port)).await.expect("bind 127.0.0.2");
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let name = "stalled.quarry-test.org";
+    stack.challtestsrv.state.add_a(name, [std::net::Ipv4Addr::new(127, 0, 0, 2)]);
+
+    let account = stack.instant_acme_account().await;
+    let mut order = account.new_order(&NewOrder::new(&[Identifier::Dns(name.into())])).await.expect("new order");
+    let mut authorizations = order.authorizations();
+    let mut authz = authorizations.next().await.expect("one authorization").expect("authorization");
+    let mut challenge = authz.challenge(ChallengeType::Http01).expect("http-01 offered");
+    challenge.set_ready().await.expect("challenge ready");
+
+    let dev = stack._process.id().expect("dev pid");
+    let (ra, _) = children(dev).into_iter().find(|(_, service)| service == "ra").expect("ra process");
+    let sent = std::process::Command::new("kill").args(["-TERM", &ra.to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let started = Instant::now();
+    while Path::new(&format!("/proc/{ra}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{ra}/stat")).unwrap_or_default().contains(") Z")
+    {
+        assert!(started.elapsed() < Duration::from_secs(40), "the ra did not stop{}", logs(stack.dir.path()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    held.abort();
+
+    let db = stack.data_dir().join("quarry.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await.expect("open db");
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, validation_error FROM authorizations WHERE identifier_value = ?")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .expect("the authorization");
+    assert_eq!(status, "invalid", "{}", logs(stack.dir.path()));
+    assert!(error.is_some_and(|e| !e.is_empty()), "the failure says why");
+    let ra_log = std::fs::read_to_string(stack.data_dir().join("logs/ra.log")).expect("ra log");
+    assert!(ra_log.contains("event=\"validation-result\""), "{ra_log}");
+}
