@@ -1,13 +1,16 @@
-//! `quarry admin`: the operator's commands, through the sa's gRPC services with the admin mTLS identity. What
-//! changes something only says what it would do unless given `--execute`.
+//! `quarry admin`: the operator's commands, through the sa's gRPC services with the admin mTLS identity — paused
+//! accounts, revocation by serial, blocked keys, rate-limit overrides. What changes something only says what it
+//! would do unless given `--execute`.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
-use quarry_proto::sa::AccountId;
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::sa::{
+    AccountId, AddBlockedKeyRequest, KeyHash, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest, Serial,
+};
 use serde::Deserialize;
 
 /// Where the operator's tools connect, as whom.
@@ -47,28 +50,231 @@ enum AdminCommand {
         #[arg(long)]
         execute: bool,
     },
+    /// Revokes a certificate by serial; `keyCompromise` also blocks its key for every future request.
+    Revoke {
+        /// The serial, in hex.
+        #[arg(long)]
+        serial: String,
+        /// unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn.
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Blocks a key: no account, certificate request or revocation may use it any more.
+    BlockKey {
+        /// The SHA-256 of the key's SubjectPublicKeyInfo, in hex.
+        #[arg(long, conflicts_with = "pem", required_unless_present = "pem")]
+        spki_sha256: Option<String>,
+        /// A PEM file holding the key: a PUBLIC KEY or a CERTIFICATE.
+        #[arg(long)]
+        pem: Option<PathBuf>,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Lists the enabled rate-limit overrides kept in the database.
+    Overrides,
+    /// Adds (or replaces) an override: `count` per `period_secs` with bursts of `burst` for one bucket.
+    OverrideAdd {
+        /// The limit, e.g. CertificatesPerDomain.
+        #[arg(long)]
+        limit: String,
+        /// The bucket: a registered domain, an account id, an IP address… as the limit keys it.
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        count: i64,
+        #[arg(long)]
+        period_secs: i64,
+        #[arg(long)]
+        burst: i64,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Disables an override (it stays in the database, for the record).
+    OverrideDisable {
+        #[arg(long)]
+        limit: String,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        execute: bool,
+    },
+}
+
+/// RFC 5280 reason codes a CA may revoke a subscriber's certificate for.
+const REASONS: &[(&str, i64)] = &[
+    ("unspecified", 0),
+    ("keyCompromise", 1),
+    ("affiliationChanged", 3),
+    ("superseded", 4),
+    ("cessationOfOperation", 5),
+    ("privilegeWithdrawn", 9),
+];
+const KEY_COMPROMISE: i64 = 1;
+
+/// What the sa said, as its problem's detail rather than a gRPC status dump.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    let problem = quarry_core::Problem::from(status);
+    anyhow::anyhow!("{}", problem.detail)
+}
+
+fn dry_run(execute: bool) {
+    if !execute {
+        println!("(dry run: add --execute to do it)");
+    }
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let config: AdminConfig = quarry_core::config::load(&args.config).context("admin configuration")?;
     let channel = quarry_core::grpc::channel(&config.sa, &config.tls)?;
     let mut read = StorageAuthorityReadOnlyClient::new(channel.clone());
-    let (AdminCommand::Paused { account } | AdminCommand::Unpause { account, .. }) = args.command;
-    let paused = read.get_paused_identifiers(AccountId { id: account }).await?.into_inner().identifiers;
-    let names: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
+    let mut write = StorageAuthorityClient::new(channel);
     match args.command {
-        AdminCommand::Paused { .. } => {
-            println!("account {account} is paused for {} identifiers: {}", names.len(), names.join(" "));
+        AdminCommand::Paused { account } | AdminCommand::Unpause { account, execute: false } => {
+            let paused =
+                read.get_paused_identifiers(AccountId { id: account }).await.map_err(refused)?.into_inner().identifiers;
+            let names: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
+            let verb = if matches!(args.command, AdminCommand::Paused { .. }) { "is paused" } else { "would unpause" };
+            println!("account {account} {verb} for {} identifiers: {}", names.len(), names.join(" "));
+            dry_run(matches!(args.command, AdminCommand::Paused { .. }));
         }
-        AdminCommand::Unpause { execute: false, .. } => {
-            println!("would unpause account {account} for {} identifiers: {}", names.len(), names.join(" "));
-            println!("(dry run: add --execute to unpause)");
-        }
-        AdminCommand::Unpause { execute: true, .. } => {
-            let mut write = StorageAuthorityClient::new(channel);
-            let count = write.unpause_account(AccountId { id: account }).await?.into_inner().count;
+        AdminCommand::Unpause { account, execute: true } => {
+            let count = write.unpause_account(AccountId { id: account }).await.map_err(refused)?.into_inner().count;
             println!("unpaused account {account} for {count} identifiers");
+        }
+        AdminCommand::Revoke { serial, reason, execute } => {
+            let code = REASONS.iter().find(|(name, _)| *name == reason).map(|(_, code)| *code).with_context(|| {
+                let names: Vec<&str> = REASONS.iter().map(|(name, _)| *name).collect();
+                format!("unknown reason {reason:?}; one of {}", names.join(", "))
+            })?;
+            let serial = serial.to_ascii_lowercase().replace(':', "");
+            let status =
+                read.get_certificate_status(Serial { serial: serial.clone() }).await.map_err(refused)?.into_inner();
+            if status.status == "revoked" {
+                bail!("{serial} is already revoked (reason {})", status.revoked_reason);
+            }
+            let key_hash = if code == KEY_COMPROMISE {
+                let certificate =
+                    read.get_certificate(Serial { serial: serial.clone() }).await.map_err(refused)?.into_inner();
+                Some(spki_hash_of_certificate(&certificate.der)?)
+            } else {
+                None
+            };
+            println!(
+                "{} {serial} (now {}) for {reason}",
+                if execute { "revoking" } else { "would revoke" },
+                status.status
+            );
+            if let Some(hash) = &key_hash {
+                println!("and block its key (SPKI SHA-256 {})", hex::encode(hash));
+            }
+            if execute {
+                let date = quarry_core::clock::now();
+                write
+                    .revoke_certificate(RevokeCertificateRequest { serial: serial.clone(), reason: code, date })
+                    .await?;
+                if let Some(key_hash) = key_hash {
+                    let comment = format!("key of {serial}, revoked for keyCompromise");
+                    write
+                        .add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment })
+                        .await
+                        .map_err(refused)?;
+                }
+                println!("revoked {serial}");
+            }
+            dry_run(execute);
+        }
+        AdminCommand::BlockKey { spki_sha256, pem, comment, execute } => {
+            let key_hash = match (spki_sha256, pem) {
+                (Some(digest), _) => {
+                    hex::decode(digest.trim()).ok().filter(|h| h.len() == 32).context("a SHA-256 is 64 hex digits")?
+                }
+                (None, Some(path)) => spki_hash_of_pem(&path)?,
+                (None, None) => bail!("give --spki-sha256 or --pem"),
+            };
+            let blocked =
+                read.key_blocked(KeyHash { key_hash: key_hash.clone() }).await.map_err(refused)?.into_inner().exists;
+            if blocked {
+                println!("key {} is already blocked", hex::encode(&key_hash));
+                return Ok(());
+            }
+            println!("{} key {}", if execute { "blocking" } else { "would block" }, hex::encode(&key_hash));
+            if execute {
+                write
+                    .add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment })
+                    .await
+                    .map_err(refused)?;
+                println!("blocked");
+            }
+            dry_run(execute);
+        }
+        AdminCommand::Overrides => {
+            let overrides = read
+                .get_enabled_rate_limit_overrides(quarry_proto::core::Empty {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            println!("{} enabled overrides", overrides.overrides.len());
+            for o in overrides.overrides {
+                println!(
+                    "{} {}: {} per {} s, burst {}{}",
+                    o.limit,
+                    o.bucket,
+                    o.count,
+                    o.period_secs,
+                    o.burst,
+                    if o.comment.is_empty() { String::new() } else { format!(" ({})", o.comment) }
+                );
+            }
+        }
+        AdminCommand::OverrideAdd { limit, bucket, count, period_secs, burst, comment, execute } => {
+            let name =
+                quarry_ratelimits::LimitName::parse(&limit).with_context(|| format!("unknown limit {limit:?}"))?;
+            if count <= 0 || period_secs <= 0 || burst <= 0 {
+                bail!("count, period_secs and burst must be positive");
+            }
+            println!(
+                "{} {name} for {bucket}: {count} per {period_secs} s, burst {burst}",
+                if execute { "setting" } else { "would set" }
+            );
+            if execute {
+                let entry = RateLimitOverride { limit, bucket, count, period_secs, burst, comment };
+                write.add_rate_limit_override(entry).await.map_err(refused)?;
+                println!("set; the ras apply it at their next overrides refresh");
+            }
+            dry_run(execute);
+        }
+        AdminCommand::OverrideDisable { limit, bucket, execute } => {
+            println!("{} the override of {limit} for {bucket}", if execute { "disabling" } else { "would disable" });
+            if execute {
+                write.disable_rate_limit_override(RateLimitOverrideKey { limit, bucket }).await.map_err(refused)?;
+                println!("disabled");
+            }
+            dry_run(execute);
         }
     }
     Ok(())
+}
+
+fn spki_hash_of_certificate(der: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use x509_parser::prelude::FromDer;
+    let (_, certificate) =
+        x509_parser::certificate::X509Certificate::from_der(der).context("the stored certificate does not parse")?;
+    Ok(quarry_core::ct::key_hash(certificate.public_key().raw).to_vec())
+}
+
+fn spki_hash_of_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).with_context(|| format!("{} is not PEM", path.display()))?;
+    match pem.label.as_str() {
+        "PUBLIC KEY" => Ok(quarry_core::ct::key_hash(&pem.contents).to_vec()),
+        "CERTIFICATE" => spki_hash_of_certificate(&pem.contents),
+        other => bail!("{}: a {other} is not a PUBLIC KEY or a CERTIFICATE", path.display()),
+    }
 }

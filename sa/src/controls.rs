@@ -170,7 +170,7 @@ impl Store {
             .collect()
     }
 
-    /// Disables an override (kept for the record); `notFound` when there is none.
+    /// Disables an override (kept for the record); `notFound` when no enabled one exists.
     pub async fn disable_rate_limit_override(
         &self,
         limit_name: &str,
@@ -178,7 +178,7 @@ impl Store {
         at: Timestamp,
     ) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE rate_limit_overrides SET enabled = 0, updated_at = $1 WHERE limit_name = $2 AND bucket_key = $3",
+            "UPDATE rate_limit_overrides SET enabled = 0, updated_at = $1 WHERE limit_name = $2 AND bucket_key = $3 AND enabled = 1",
         )
         .bind(at)
         .bind(limit_name)
@@ -190,7 +190,7 @@ impl Store {
         if updated == 1 {
             Ok(())
         } else {
-            Err(Problem::not_found(format!("no override of {limit_name} for {bucket_key}")))
+            Err(Problem::not_found(format!("no enabled override of {limit_name} for {bucket_key}")))
         }
     }
 }

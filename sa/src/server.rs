@@ -354,6 +354,26 @@ impl StorageAuthority for Storage {
         reply(paused.map(|()| pb::Empty {}))
     }
 
+    async fn add_rate_limit_override(&self, request: Request<sapb::RateLimitOverride>) -> Reply<pb::Empty> {
+        let o = request.into_inner();
+        let entry = crate::RateLimitOverride {
+            limit_name: o.limit,
+            bucket_key: o.bucket,
+            count: o.count,
+            period_secs: o.period_secs,
+            burst: o.burst,
+            comment: o.comment,
+            enabled: true,
+        };
+        reply(self.store.set_rate_limit_override(&entry, quarry_core::clock::now()).await.map(|()| pb::Empty {}))
+    }
+
+    async fn disable_rate_limit_override(&self, request: Request<sapb::RateLimitOverrideKey>) -> Reply<pb::Empty> {
+        let key = request.get_ref();
+        let disabled = self.store.disable_rate_limit_override(&key.limit, &key.bucket, quarry_core::clock::now()).await;
+        reply(disabled.map(|()| pb::Empty {}))
+    }
+
     async fn unpause_account(&self, request: Request<sapb::AccountId>) -> Reply<sapb::Count> {
         let unpaused = self.store.unpause_account(request.get_ref().id, quarry_core::clock::now()).await;
         reply(unpaused.map(|count| sapb::Count { count: i64::try_from(count).unwrap_or(i64::MAX) }))

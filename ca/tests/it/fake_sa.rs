@@ -94,6 +94,20 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn add_rate_limit_override(
+        &self,
+        _: Request<quarry_proto::sa::RateLimitOverride>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn disable_rate_limit_override(
+        &self,
+        _: Request<quarry_proto::sa::RateLimitOverrideKey>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn update_crl_shard(
         &self,
         _: Request<quarry_proto::sa::UpdateCrlShardRequest>,

@@ -996,3 +996,90 @@ async fn a_validation_in_flight_when_the_ra_is_stopped_is_recorded() {
     let ra_log = std::fs::read_to_string(stack.data_dir().join("logs/ra.log")).expect("ra log");
     assert!(ra_log.contains("event=\"validation-result\""), "{ra_log}");
 }
+
+/// The operator revokes by serial (keyCompromise blocks the key too), blocks keys and manages rate-limit overrides
+/// with `quarry admin`, and nothing changes without `--execute`.
+#[tokio::test]
+async fn quarry_admin_revokes_blocks_keys_and_manages_overrides() {
+    let stack = Stack::start().await;
+    let account = stack.instant_acme_account().await;
+    let names = ["admin.quarry-test.org"];
+    let chain = issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+    let leaf_der = pem_blocks(&chain).into_iter().next().expect("leaf");
+    let (_, leaf) = X509Certificate::from_der(&leaf_der).expect("leaf parses");
+    let serial = hex::encode(leaf.raw_serial());
+    let leaf_pem = stack.dir.path().join("leaf.pem");
+    std::fs::write(&leaf_pem, chain.split_inclusive("-----END CERTIFICATE-----").next().expect("leaf pem")).unwrap();
+
+    let admin = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("admin")
+            .arg("--config")
+            .arg(stack.data_dir().join("config/admin.toml"))
+            .args(args)
+            .output()
+            .expect("run quarry admin");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+
+    let (ok, said) = admin(&["revoke", "--serial", &serial, "--reason", "stolen"]);
+    assert!(!ok && said.contains("unknown reason") && said.contains("keyCompromise"), "{said}");
+    let (ok, said) = admin(&["revoke", "--serial", &serial, "--reason", "keyCompromise"]);
+    assert!(
+        ok && said.contains("would revoke") && said.contains("now good") && said.contains("block its key"),
+        "{said}"
+    );
+    let (ok, said) = admin(&["block-key", "--pem", leaf_pem.to_str().unwrap()]);
+    assert!(ok && said.contains("would block"), "a dry run blocked the key: {said}");
+    let (ok, said) = admin(&["revoke", "--serial", &serial, "--reason", "keyCompromise", "--execute"]);
+    assert!(ok && said.contains("revoked"), "{said}");
+    let (ok, said) = admin(&["revoke", "--serial", &serial, "--reason", "superseded"]);
+    assert!(!ok && said.contains("already revoked (reason 1)"), "{said}");
+    let (ok, said) = admin(&["block-key", "--pem", leaf_pem.to_str().unwrap()]);
+    assert!(ok && said.contains("already blocked"), "keyCompromise blocks the key: {said}");
+
+    let rsa =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap_or_else(|_| rcgen::KeyPair::generate().unwrap());
+    let public_pem = stack.dir.path().join("public.pem");
+    std::fs::write(&public_pem, rsa.public_key_pem()).unwrap();
+    let (ok, said) = admin(&["block-key", "--pem", public_pem.to_str().unwrap(), "--comment", "test", "--execute"]);
+    assert!(ok && said.contains("blocked"), "{said}");
+    let (ok, said) = admin(&["block-key", "--pem", public_pem.to_str().unwrap()]);
+    assert!(ok && said.contains("already blocked"), "{said}");
+
+    let add = ["override-add", "--limit", "CertificatesPerDomain", "--bucket", "quarry-test.org"];
+    let rate = ["--count", "500", "--period-secs", "604800", "--burst", "500", "--comment", "big customer"];
+    let (ok, said) = admin(&[&add[..], &rate[..]].concat());
+    assert!(ok && said.contains("would set"), "{said}");
+    let (ok, said) = admin(&["overrides"]);
+    assert!(ok && said.contains("0 enabled overrides"), "a dry run added an override: {said}");
+    let (ok, said) = admin(&[&add[..], &rate[..], &["--execute"]].concat());
+    assert!(ok && said.contains("set;"), "{said}");
+    let (_, said) = admin(&["overrides"]);
+    assert!(
+        said.contains("CertificatesPerDomain quarry-test.org: 500 per 604800 s, burst 500 (big customer)"),
+        "{said}"
+    );
+    let disable = ["override-disable", "--limit", "CertificatesPerDomain", "--bucket", "quarry-test.org", "--execute"];
+    let (ok, said) = admin(&disable);
+    assert!(ok && said.contains("disabled"), "{said}");
+    let (_, said) = admin(&["overrides"]);
+    assert!(said.contains("0 enabled overrides"), "{said}");
+    let (ok, said) = admin(&disable);
+    assert!(!ok && said.contains("no enabled override of CertificatesPerDomain"), "{said}");
+    let (ok, said) = admin(&[
+        "override-add",
+        "--limit",
+        "Nonsense",
+        "--bucket",
+        "x",
+        "--count",
+        "1",
+        "--period-secs",
+        "1",
+        "--burst",
+        "1",
+    ]);
+    assert!(!ok && said.contains("unknown limit"), "{said}");
+}
