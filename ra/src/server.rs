@@ -530,20 +530,29 @@ impl Registrar {
             validation_records: records,
             validation_error: problem.clone(),
         };
+        self.record_validation(authz, outcome, Some(deadline)).await;
+    }
+
+    /// Stores a validation's outcome, after its audit line.
+    async fn record_validation(
+        &self,
+        authz: Authorization,
+        outcome: sapb::FinalizeAuthorizationRequest,
+        deadline: Option<Instant>,
+    ) {
         tracing::info!(
             target: "audit",
             event = "validation-result",
             authorization_id = authz.id,
             identifier = %authz.identifier.value,
-            challenge = kind.as_str(),
-            passed,
-            problem = problem.as_ref().map(|p| p.detail.as_str()).unwrap_or_default(),
+            challenge = outcome.attempted.as_str(),
+            passed = outcome.status == "valid",
+            problem = outcome.validation_error.as_ref().map(|p| p.detail.as_str()).unwrap_or_default(),
             records = ?outcome.validation_records,
             "validation result"
         );
-        if let Err(status) =
-            inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, Some(deadline))).await
-        {
+        let stored = self.inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, deadline)).await;
+        if let Err(status) = stored {
             tracing::error!(authorization_id = authz.id, %status, "cannot record the validation result");
         }
     }
@@ -697,22 +706,7 @@ impl Registrar {
             validation_records: Vec::new(),
             validation_error: Some(pb::Problem::from(&problem)),
         };
-        tracing::info!(
-            target: "audit",
-            event = "validation-result",
-            authorization_id = authz.id,
-            identifier = %authz.identifier.value,
-            challenge = kind.as_str(),
-            passed = false,
-            problem = problem.detail.as_str(),
-            "validation abandoned at shutdown"
-        );
-        let deadline = Some(Instant::now() + ABANDON_RECORD_TIME);
-        if let Err(status) =
-            self.inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, deadline)).await
-        {
-            tracing::error!(authorization_id = authz.id, %status, "cannot record the abandoned validation");
-        }
+        self.record_validation(authz.clone(), outcome, Some(Instant::now() + ABANDON_RECORD_TIME)).await;
     }
 
     /// At shutdown: lets validations and finalizations in flight run for `grace`, then makes those still running

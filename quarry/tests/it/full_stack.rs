@@ -769,15 +769,9 @@ async fn a_paused_account_is_refused_until_quarry_admin_unpauses_it() {
 
     let id = account.id().rsplit('/').next().expect("account id").to_owned();
     let admin = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-            .arg("admin")
-            .arg("--config")
-            .arg(stack.data_dir().join("config/admin.toml"))
-            .args(args)
-            .output()
-            .expect("run quarry admin");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let (ok, said) = quarry_admin(&stack, args);
+        assert!(ok, "{said}");
+        said
     };
     let listed = admin(&["paused", "--account", &id]);
     assert!(listed.contains(name), "{listed}");
@@ -887,6 +881,19 @@ async fn one_acme_request_is_one_trace_across_every_service() {
     };
     assert!(!challenge.iter().any(|s| s == "ca"), "the challenge trace reached the ca: {challenge:?}");
     assert!(!finalize.iter().any(|s| s == "va"), "the finalize trace reached the va: {finalize:?}");
+}
+
+/// Runs `quarry admin` against the stack: whether it succeeded, and what it printed (stdout, then stderr).
+fn quarry_admin(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("admin")
+        .arg("--config")
+        .arg(stack.data_dir().join("config/admin.toml"))
+        .args(args)
+        .output()
+        .expect("run quarry admin");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
 }
 
 /// The sum of the samples of `name` in Prometheus text whose labels include every one of `labels`.
@@ -1011,17 +1018,7 @@ async fn quarry_admin_revokes_blocks_keys_and_manages_overrides() {
     let leaf_pem = stack.dir.path().join("leaf.pem");
     std::fs::write(&leaf_pem, chain.split_inclusive("-----END CERTIFICATE-----").next().expect("leaf pem")).unwrap();
 
-    let admin = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-            .arg("admin")
-            .arg("--config")
-            .arg(stack.data_dir().join("config/admin.toml"))
-            .args(args)
-            .output()
-            .expect("run quarry admin");
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        (output.status.success(), text)
-    };
+    let admin = |args: &[&str]| quarry_admin(&stack, args);
 
     let (ok, said) = admin(&["revoke", "--serial", &serial, "--reason", "stolen"]);
     assert!(!ok && said.contains("unknown reason") && said.contains("keyCompromise"), "{said}");
