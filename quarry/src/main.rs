@@ -7,6 +7,7 @@ mod dev;
 mod env;
 mod envcheck;
 mod health;
+mod probe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     FakeCtLog(compose::FakeCtLogArgs),
     /// Exits 0 when a running service says it is ready (container health checks, Kubernetes probes).
     Health(health::HealthArgs),
+    /// Proves an environment end to end: issues and revokes a certificate, timing every step.
+    Probe(probe::ProbeArgs),
     /// Environment tools: `env check A B` proves two environments differ only where they may.
     Env(EnvArgs),
     /// The operator's commands (unpausing accounts), through the sa with the admin identity.
@@ -285,6 +288,14 @@ fn main() -> ExitCode {
             quarry_core::telemetry::init_logs("fake-ct-log");
             report("fake-ct-log", runtime().block_on(compose::run_fake_ct_log(args)))
         }
+        Command::Probe(args) => match runtime().block_on(probe::run(args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("quarry probe: {err:#}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
         Command::Health(args) => match runtime().block_on(health::check(&args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -1080,3 +1080,41 @@ async fn quarry_admin_revokes_blocks_keys_and_manages_overrides() {
     ]);
     assert!(!ok && said.contains("unknown limit"), "{said}");
 }
+
+/// `quarry probe --stack` issues and revokes a certificate against a running stack, timing every step, and fails,
+/// naming the step, when the environment does not issue.
+#[tokio::test]
+async fn quarry_probe_proves_a_running_stack_by_issuance() {
+    let stack = Stack::start().await;
+    let metrics = stack.dir.path().join("probe.prom");
+    // Run without blocking this test's runtime: the challenge test server the probe programs runs on it.
+    let probe = async |extra: &[&str]| {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .arg("probe")
+            .arg("--stack")
+            .arg(stack.data_dir().join("stack.json"))
+            .arg("--challtestsrv")
+            .arg(format!("http://{}", stack.challtestsrv.management_addr))
+            .arg("--metrics-file")
+            .arg(&metrics)
+            .args(extra)
+            .output()
+            .await
+            .expect("run quarry probe");
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code(), said, std::fs::read_to_string(&metrics).unwrap_or_default())
+    };
+
+    let (code, said, prometheus) = probe(&[]).await;
+    assert_eq!(code, Some(0), "{said}{}", logs(stack.dir.path()));
+    for step in ["directory", "new-account", "new-order", "validation", "finalize", "download", "chain", "revoke"] {
+        assert!(said.lines().any(|line| line.starts_with(step) && line.ends_with("ok")), "{step}: {said}");
+        assert!(prometheus.contains(&format!("quarry_probe_step_success{{step=\"{step}\"}} 1")), "{prometheus}");
+    }
+    assert!(said.contains("PASSED") && prometheus.contains("quarry_probe_success 1"), "{said}");
+
+    let (code, said, prometheus) = probe(&["--name", "probe.invalid"]).await;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("new-order") && said.contains("rejectedIdentifier") && said.contains("FAILED"), "{said}");
+    assert!(prometheus.contains("quarry_probe_success 0"), "{prometheus}");
+}
