@@ -86,14 +86,58 @@ pub async fn serve(
     service_names: &[&str],
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError> {
+    serve_checked(listener, tls, routes, service_names, None::<fn() -> std::future::Ready<bool>>, shutdown).await
+}
+
+/// How often a server with a readiness check asks it.
+const READINESS_PERIOD: Duration = Duration::from_secs(5);
+
+/// As [`serve`], with the health service following `ready` (asked at start and every few seconds): while it says
+/// no, the server and each of its services report NOT_SERVING, so that probes and load balancers take it out.
+pub async fn serve_checked<C, F>(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    routes: Routes,
+    service_names: &[&str],
+    ready: Option<C>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GrpcError>
+where
+    C: Fn() -> F + Send + 'static,
+    F: Future<Output = bool> + Send,
+{
     let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
     let tls_config = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&tls.ca)?));
     let (reporter, health) = tonic_health::server::health_reporter();
-    for name in service_names {
-        reporter.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+    let names: Vec<String> =
+        std::iter::once(String::new()).chain(service_names.iter().map(|n| (*n).to_owned())).collect();
+    for name in &names {
+        reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
+    let readiness = ready.map(|ready| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(READINESS_PERIOD);
+            let mut was_ready = true;
+            loop {
+                ticks.tick().await;
+                let is_ready = ready().await;
+                if is_ready != was_ready {
+                    tracing::warn!(ready = is_ready, "readiness changed");
+                    let status = if is_ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    for name in &names {
+                        reporter.set_service_status(name, status).await;
+                    }
+                    was_ready = is_ready;
+                }
+            }
+        })
+    });
     let routes = routes.add_service(health);
-    Server::builder()
+    let served = Server::builder()
         .layer(tower::layer::layer_fn(Measured))
         // One span per call, continuing the caller's trace.
         .trace_fn(|request| {
@@ -104,7 +148,11 @@ pub async fn serve(
         .tls_config(tls_config)?
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
+        .await;
+    if let Some(readiness) = readiness {
+        readiness.abort();
+    }
+    served?;
     Ok(())
 }
 

@@ -94,6 +94,7 @@ pub async fn serve(
     let settings = pool_settings(&config);
     let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
     let gauges = store.clone();
+    let database = store.clone();
     let pool_gauges = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
@@ -116,7 +117,15 @@ pub async fn serve(
         ClientAllowlist::for_service(&config.grpc, read_write)?,
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), "sa listening");
-    let served = quarry_core::grpc::serve(listener, &config.tls, routes, &[read_only, read_write], shutdown).await;
+    // Ready while the database answers.
+    let ready = move || {
+        let database = database.clone();
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(3), database.ping()).await.is_ok_and(|r| r.is_ok())
+        }
+    };
+    let names = [read_only, read_write];
+    let served = quarry_core::grpc::serve_checked(listener, &config.tls, routes, &names, Some(ready), shutdown).await;
     pool_gauges.abort();
     served?;
     Ok(())

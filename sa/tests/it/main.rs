@@ -384,3 +384,38 @@ async fn reads_go_to_the_replica_and_fall_back_to_the_primary() {
         assert_eq!(missing.code(), Code::NotFound);
     }
 }
+
+/// The health service follows the database: when PostgreSQL loses the sa's database, the sa reports NOT_SERVING,
+/// so that probes and load balancers take it out instead of sending it calls that can only fail.
+#[tokio::test]
+async fn health_follows_the_database() {
+    let Some(db) = TestDatabase::postgres().await else { return };
+    let url = db.url.clone();
+    let sa = Sa::start(db).await;
+    let channel = sa.pki.channel("wfe", "sa", sa.addr);
+    let deadline = || Some(std::time::Instant::now() + std::time::Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    while quarry_core::grpc::check_health(channel.clone(), "", deadline()).await.is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the sa never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let (_, name) = url.rsplit_once('/').expect("database URL");
+    let admin = std::env::var(quarry_testkit::db::POSTGRES_ENV).expect("the admin URL");
+    let mut conn = <sqlx::postgres::PgConnection as sqlx::Connection>::connect(&admin).await.expect("admin connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await
+        .expect("drop the sa's database");
+
+    let dropped = std::time::Instant::now();
+    loop {
+        match quarry_core::grpc::check_health(channel.clone(), "", deadline()).await {
+            Err(why) if why == "not serving" => break,
+            _ => {
+                assert!(dropped.elapsed() < std::time::Duration::from_secs(30), "still serving without its database");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
