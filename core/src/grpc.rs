@@ -40,7 +40,7 @@ pub fn client_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
 
 /// A channel to a peer service that carries the caller's trace context in every request, so that one ACME
 /// request is one trace across every service.
-pub type Channel = InterceptedService<tonic::transport::Channel, TraceContext>;
+pub type Channel = InterceptedService<Measured<tonic::transport::Channel>, TraceContext>;
 
 /// Puts the current span's W3C trace context into each outgoing request's metadata.
 #[derive(Debug, Clone, Copy, Default)]
@@ -138,7 +138,7 @@ where
     });
     let routes = routes.add_service(health);
     let served = Server::builder()
-        .layer(tower::layer::layer_fn(Measured))
+        .layer(tower::layer::layer_fn(|inner| Measured { inner, side: Side::Server }))
         // One span per call, continuing the caller's trace.
         .trace_fn(|request| {
             let span = tracing::info_span!("grpc", rpc = %request.uri().path());
@@ -156,10 +156,21 @@ where
     Ok(())
 }
 
-/// A gRPC server's calls, counted by method and status code and timed until the response headers
-/// (`quarry_grpc_server_requests_total`, `quarry_grpc_server_duration_seconds`).
+/// Which end of a call [`Measured`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// gRPC calls counted by method and status code and timed until the response headers:
+/// `quarry_grpc_server_requests_total` / `quarry_grpc_server_duration_seconds` on every server, and the
+/// `quarry_grpc_client_…` pair on every channel to a peer.
 #[derive(Debug, Clone)]
-struct Measured<S>(S);
+pub struct Measured<S> {
+    inner: S,
+    side: Side,
+}
 
 impl<S, B, R> tower::Service<http::Request<B>> for Measured<S>
 where
@@ -173,13 +184,14 @@ where
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let rpc = request.uri().path().to_owned();
+        let side = self.side;
         let started = Instant::now();
-        let response = self.0.call(request);
+        let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
             // A failed unary call is a trailers-only response: its status is in the headers. Otherwise it succeeded
@@ -192,10 +204,20 @@ where
                     .map_or(Code::Ok, Code::from_i32),
                 Err(_) => Code::Unavailable,
             };
-            metrics::counter!("quarry_grpc_server_requests_total", "rpc" => rpc.clone(), "code" => format!("{code:?}"))
-                .increment(1);
-            metrics::histogram!("quarry_grpc_server_duration_seconds", "rpc" => rpc)
-                .record(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            let code = format!("{code:?}");
+            match side {
+                Side::Server => {
+                    metrics::counter!("quarry_grpc_server_requests_total", "rpc" => rpc.clone(), "code" => code)
+                        .increment(1);
+                    metrics::histogram!("quarry_grpc_server_duration_seconds", "rpc" => rpc).record(seconds);
+                }
+                Side::Client => {
+                    metrics::counter!("quarry_grpc_client_requests_total", "rpc" => rpc.clone(), "code" => code)
+                        .increment(1);
+                    metrics::histogram!("quarry_grpc_client_duration_seconds", "rpc" => rpc).record(seconds);
+                }
+            }
             response
         })
     }
@@ -284,7 +306,8 @@ pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, Grp
         .tls_config(tls_config)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_millis(config.timeout_ms));
-    Ok(InterceptedService::new(endpoint.connect_lazy(), TraceContext))
+    let measured = Measured { inner: endpoint.connect_lazy(), side: Side::Client };
+    Ok(InterceptedService::new(measured, TraceContext))
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.

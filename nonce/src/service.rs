@@ -33,7 +33,10 @@ impl NonceService for Nonces {
     async fn nonce(&self, _request: Request<Empty>) -> Result<Response<NonceMessage>, Status> {
         let minted = self.source().mint();
         match minted {
-            Ok(nonce) => Ok(Response::new(NonceMessage { nonce })),
+            Ok(nonce) => {
+                metrics::counter!("quarry_nonces_minted_total").increment(1);
+                Ok(Response::new(NonceMessage { nonce }))
+            }
             Err(err) => {
                 error!(%err, "minting a nonce failed");
                 Err(Problem::internal("could not create a nonce").into())
@@ -42,10 +45,17 @@ impl NonceService for Nonces {
     }
 
     async fn redeem(&self, request: Request<NonceMessage>) -> Result<Response<RedeemResponse>, Status> {
-        let redeemed = self.source().try_redeem(&request.get_ref().nonce);
+        let (redeemed, remembered) = {
+            let mut source = self.source();
+            let redeemed = source.try_redeem(&request.get_ref().nonce);
+            (redeemed, source.remembered())
+        };
         if let Err(refusal) = redeemed {
             debug!(reason = refusal.as_str(), "nonce refused");
         }
+        let result = redeemed.as_ref().map_or_else(|refusal| refusal.as_str(), |()| "valid");
+        metrics::counter!("quarry_nonce_redemptions_total", "result" => result).increment(1);
+        metrics::gauge!("quarry_nonce_remembered_redemptions").set(remembered as f64);
         Ok(Response::new(RedeemResponse { valid: redeemed.is_ok() }))
     }
 }

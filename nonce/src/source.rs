@@ -103,6 +103,11 @@ impl std::fmt::Debug for NonceSource {
 }
 
 impl NonceSource {
+    /// How many redeemed counters are remembered now (at most `max_used`).
+    pub fn remembered(&self) -> usize {
+        self.used.len()
+    }
+
     /// A source with a fresh random key; `prefix` must pass [`check_prefix`] and `max_used` must be at least 1.
     pub fn new(prefix: &str, max_used: usize) -> Result<Self, Error> {
         check_prefix(prefix).map_err(|reason| Error::Setting { key: "prefix", reason })?;

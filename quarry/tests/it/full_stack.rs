@@ -949,6 +949,11 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     let stored = [("rpc", "/quarry.sa.v1.StorageAuthority/AddCertificate"), ("code", "Ok")];
     assert_eq!(metric(&sa_text, "quarry_grpc_server_requests_total", &stored), 1.0, "{sa_text}");
     assert!(sa_text.contains("quarry_db_pool_connections{state=\"idle\"}"), "{sa_text}");
+    let called = [("rpc", "/quarry.ra.v1.RegistrationAuthority/NewOrder"), ("code", "Ok")];
+    assert_eq!(metric(&wfe_text, "quarry_grpc_client_requests_total", &called), 1.0, "{wfe_text}");
+    let nonce_text = scrape(0).await;
+    assert!(metric(&nonce_text, "quarry_nonces_minted_total", &[]) >= 5.0, "{nonce_text}");
+    assert!(metric(&nonce_text, "quarry_nonce_redemptions_total", &[("result", "valid")]) >= 5.0, "{nonce_text}");
     let spent = [("limit", "NewOrdersPerAccount"), ("action", "spend"), ("decision", "allowed")];
     assert_eq!(metric(&scrape(ra).await, "quarry_ratelimit_decisions_total", &spent), 1.0);
 }
