@@ -7,6 +7,7 @@ mod dev;
 mod env;
 mod envcheck;
 mod health;
+mod loadgen;
 mod probe;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ enum Command {
     Health(health::HealthArgs),
     /// Proves an environment end to end: issues and revokes a certificate, timing every step.
     Probe(probe::ProbeArgs),
+    /// Concurrent ACME clients issuing certificates, with latencies and the servers' CPU per certificate.
+    Loadgen(loadgen::LoadgenArgs),
     /// Environment tools: `env check A B` proves two environments differ only where they may.
     Env(EnvArgs),
     /// The operator's commands (unpausing accounts), through the sa with the admin identity.
@@ -288,6 +291,14 @@ fn main() -> ExitCode {
             quarry_core::telemetry::init_logs("fake-ct-log");
             report("fake-ct-log", runtime().block_on(compose::run_fake_ct_log(args)))
         }
+        Command::Loadgen(args) => match runtime().block_on(loadgen::run(args)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("quarry loadgen: {err:#}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
         Command::Probe(args) => match runtime().block_on(probe::run(args)) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,

@@ -1123,3 +1123,33 @@ async fn quarry_probe_proves_a_running_stack_by_issuance() {
     assert!(said.contains("new-order") && said.contains("rejectedIdentifier") && said.contains("FAILED"), "{said}");
     assert!(prometheus.contains("quarry_probe_success 0"), "{prometheus}");
 }
+
+/// `quarry loadgen` drives concurrent clients through whole orders and reports latencies and the servers' CPU per
+/// certificate, read from /proc.
+#[tokio::test]
+async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
+    let stack = Stack::start().await;
+    let report = stack.dir.path().join("load.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("loadgen")
+        .arg("--stack")
+        .arg(stack.data_dir().join("stack.json"))
+        .arg("--challtestsrv")
+        .arg(format!("http://{}", stack.challtestsrv.management_addr))
+        .args(["--clients", "2", "--orders", "4", "--duration-secs", "60", "--json"])
+        .arg(&report)
+        .output()
+        .await
+        .expect("run quarry loadgen");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{said}{}", logs(stack.dir.path()));
+    assert!(said.contains("4 certificates") && said.contains("0 failed orders"), "{said}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["certificates"], 4);
+    assert_eq!(report["steps"]["order"]["count"], 4, "{report}");
+    let processes = report["processes"].as_array().expect("processes");
+    for service in ["quarry wfe", "quarry ra", "quarry sa", "quarry ca"] {
+        assert!(processes.iter().any(|p| p["name"] == service && p["peak_rss_kib"].as_u64() > Some(0)), "{report}");
+    }
+    assert!(report["server_cpu_ms_per_cert"].as_f64() > Some(0.0), "{report}");
+}

@@ -1,0 +1,576 @@
+//! `quarry loadgen`: K concurrent ACME clients, each looping new-order → http-01 → finalize → download over kept-alive
+//! connections, for a duration or a number of certificates. It reports certificates per second, latency percentiles
+//! per step and per order, errors by problem type, and — read from `/proc` — the CPU time and peak memory of every
+//! server process (and its own) per certificate, so that CAs are compared by what a certificate costs them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// How long an authorization or order may take to settle before the order counts as failed.
+const SETTLE_TIME: Duration = Duration::from_secs(30);
+/// The steps of one order, in order.
+const STEPS: [&str; 5] = ["new-order", "validation", "finalize", "download", "order"];
+
+#[derive(clap::Args, Debug)]
+pub struct LoadgenArgs {
+    /// The ACME directory URL.
+    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
+    directory_url: Option<String>,
+    /// A running `quarry dev`'s stack file (directory and HTTPS trust anchor).
+    #[arg(long)]
+    stack: Option<PathBuf>,
+    /// The CA certificate(s) to trust for the server's HTTPS (PEM).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Concurrent clients, each with its own account.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Stop after this long.
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// Stop after this many certificates in all (or the duration, whichever comes first).
+    #[arg(long)]
+    orders: Option<usize>,
+    /// Answer http-01 here (the CA must validate against this address's port, e.g. `quarry dev
+    /// --no-http01-responder` with 127.0.0.1:5002).
+    #[arg(long, default_value = "127.0.0.1:5002", conflicts_with = "challtestsrv")]
+    http01_listen: SocketAddr,
+    /// Instead: have the CA's challenge test server answer (its management API URL).
+    #[arg(long)]
+    challtestsrv: Option<String>,
+    /// Names are `c<client>-o<n>-<run>.<domain>`; the CA must resolve them to the responder.
+    #[arg(long, default_value = "loadgen.quarry-test.org")]
+    domain: String,
+    /// Server processes to measure: those whose program name is one of these.
+    #[arg(long, value_delimiter = ',', default_value = "quarry,pebble")]
+    processes: Vec<String>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
+struct Session {
+    http: HttpsClient,
+    directory: Value,
+    key: quarry_jose::SigningKey,
+    account_url: Option<String>,
+    nonce: Option<String>,
+}
+
+struct Reply {
+    status: u16,
+    location: Option<String>,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The problem type's last part (`badNonce`…), or the status code.
+    fn problem(&self) -> String {
+        self.json()["type"]
+            .as_str()
+            .map(|t| t.rsplit(':').next().unwrap_or(t).to_owned())
+            .unwrap_or_else(|| format!("http-{}", self.status))
+    }
+}
+
+/// A failed order, by what failed.
+#[derive(Debug)]
+struct Failure(String);
+
+impl Session {
+    fn new(http: HttpsClient, directory: Value) -> Self {
+        let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
+        Self { http, directory, key, account_url: None, nonce: None }
+    }
+
+    fn url(&self, name: &str) -> String {
+        self.directory[name].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A signed POST, with the nonce the last answer carried; retried once on `badNonce`.
+    async fn post(&mut self, url: &str, payload: Option<&Value>) -> anyhow::Result<Reply> {
+        for _ in 0..2 {
+            let nonce = match self.nonce.take() {
+                Some(nonce) => nonce,
+                None => {
+                    self.send(http::Method::HEAD, &self.url("newNonce"), None).await?;
+                    self.nonce.take().context("newNonce gave no nonce")?
+                }
+            };
+            let mut header = json!({ "alg": self.key.algorithm().as_str(), "nonce": nonce, "url": url });
+            match &self.account_url {
+                Some(kid) => header["kid"] = json!(kid),
+                None => header["jwk"] = self.key.jwk().to_json(),
+            }
+            let payload = payload.map(|p| p.to_string().into_bytes());
+            let body = quarry_jose::sign_flattened(&self.key, &header, payload.as_deref());
+            let reply = self.send(http::Method::POST, url, Some(body)).await?;
+            if reply.status == 400 && reply.problem() == "badNonce" {
+                continue;
+            }
+            return Ok(reply);
+        }
+        bail!("{url}: badNonce twice")
+    }
+
+    /// One request on a pooled connection; the answer's nonce is kept for the next POST.
+    async fn send(&mut self, method: http::Method, url: &str, body: Option<String>) -> anyhow::Result<Reply> {
+        let mut request = http::Request::builder().method(method).uri(url);
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/jose+json");
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = self.http.request(request).await.with_context(|| url.to_owned())?;
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let location = header("location");
+        if let Some(nonce) = header("replay-nonce") {
+            self.nonce = Some(nonce);
+        }
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply { status, location, body })
+    }
+
+    /// POST-as-GET `url` until its status is no longer one of `waiting`.
+    async fn settle(&mut self, url: &str, waiting: &[&str]) -> Result<Value, Failure> {
+        let started = Instant::now();
+        loop {
+            let reply = self.post(url, None).await.map_err(|e| Failure(format!("transport: {e}")))?;
+            let resource = reply.json();
+            if !waiting.iter().any(|w| resource["status"] == *w) {
+                return Ok(resource);
+            }
+            if started.elapsed() > SETTLE_TIME {
+                return Err(Failure("timeout".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What answers http-01: the load generator's own responder (tokens it serves), or the CA's challenge test server.
+#[derive(Clone)]
+enum Responder {
+    Own(Arc<Mutex<HashMap<String, String>>>),
+    ChallTestSrv { url: String, http: Box<Client<HttpConnector, Full<Bytes>>> },
+}
+
+impl Responder {
+    async fn answer(&self, token: &str, key_authorization: &str) -> Result<(), Failure> {
+        match self {
+            Responder::Own(tokens) => {
+                tokens
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(token.to_owned(), key_authorization.to_owned());
+                Ok(())
+            }
+            Responder::ChallTestSrv { url, http } => {
+                let body = json!({ "token": token, "content": key_authorization }).to_string();
+                let request = http::Request::post(format!("{url}/add-http01"))
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| Failure(format!("challenge server: {e}")))?;
+                let response = http.request(request).await.map_err(|e| Failure(format!("challenge server: {e}")))?;
+                if !response.status().is_success() {
+                    return Err(Failure(format!("challenge server: {}", response.status())));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn forget(&self, token: &str) {
+        if let Responder::Own(tokens) = self {
+            tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(token);
+        }
+    }
+}
+
+/// Serves the tokens of `tokens` at `/.well-known/acme-challenge/{token}` on `listen`.
+async fn serve_http01(listen: SocketAddr, tokens: Arc<Mutex<HashMap<String, String>>>) -> anyhow::Result<()> {
+    use axum::extract::{Path, State};
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("bind {listen} for http-01"))?;
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                |State(tokens): State<Arc<Mutex<HashMap<String, String>>>>, Path(token): Path<String>| async move {
+                    let answer = tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&token).cloned();
+                    answer.ok_or(http::StatusCode::NOT_FOUND)
+                },
+            ),
+        )
+        .with_state(tokens);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(())
+}
+
+/// Latencies of every step, and failures by kind, of one client or all.
+#[derive(Default)]
+struct Tally {
+    latencies: BTreeMap<&'static str, Vec<Duration>>,
+    failures: BTreeMap<String, usize>,
+    certificates: usize,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        for (step, mut samples) in other.latencies {
+            self.latencies.entry(step).or_default().append(&mut samples);
+        }
+        for (kind, count) in other.failures {
+            *self.failures.entry(kind).or_default() += count;
+        }
+        self.certificates += other.certificates;
+    }
+}
+
+/// Certificates left to issue, shared by every client.
+struct Budget {
+    deadline: Instant,
+    remaining: Mutex<Option<usize>>,
+}
+
+impl Budget {
+    fn take(&self) -> bool {
+        if Instant::now() >= self.deadline {
+            return false;
+        }
+        let mut remaining = self.remaining.lock().unwrap_or_else(PoisonError::into_inner);
+        match remaining.as_mut() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+        }
+    }
+}
+
+/// One client: an account, then orders until the budget is spent.
+async fn client_loop(
+    mut session: Session,
+    index: usize,
+    run: u64,
+    domain: String,
+    responder: Responder,
+    budget: Arc<Budget>,
+) -> Tally {
+    let mut tally = Tally::default();
+    match session.post(&session.url("newAccount"), Some(&json!({ "termsOfServiceAgreed": true }))).await {
+        Ok(reply) if reply.status == 201 || reply.status == 200 => session.account_url = reply.location,
+        Ok(reply) => {
+            *tally.failures.entry(format!("new-account: {}", reply.problem())).or_default() += 1;
+            return tally;
+        }
+        Err(err) => {
+            *tally.failures.entry(format!("new-account: transport: {err}")).or_default() += 1;
+            return tally;
+        }
+    }
+    let key = rcgen::KeyPair::generate().expect("generate a certificate key");
+    let mut n = 0;
+    while budget.take() {
+        n += 1;
+        let name = format!("c{index}-o{n}-{run:x}.{domain}");
+        let started = Instant::now();
+        match one_order(&mut session, &name, &key, &responder, &mut tally).await {
+            Ok(()) => {
+                tally.certificates += 1;
+                tally.latencies.entry("order").or_default().push(started.elapsed());
+            }
+            Err(Failure(kind)) => *tally.failures.entry(kind).or_default() += 1,
+        }
+    }
+    tally
+}
+
+async fn one_order(
+    session: &mut Session,
+    name: &str,
+    key: &rcgen::KeyPair,
+    responder: &Responder,
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    fn transport(step: &'static str) -> impl Fn(anyhow::Error) -> Failure {
+        move |e| Failure(format!("{step}: transport: {e}"))
+    }
+    let mut timed = Instant::now();
+    let identifiers = json!({ "identifiers": [{ "type": "dns", "value": name }] });
+    let order = session.post(&session.url("newOrder"), Some(&identifiers)).await.map_err(transport("new-order"))?;
+    if order.status != 201 {
+        return Err(Failure(format!("new-order: {}", order.problem())));
+    }
+    let order_url = order.location.clone().ok_or_else(|| Failure("new-order: no Location".into()))?;
+    let order = order.json();
+    tally.latencies.entry("new-order").or_default().push(timed.elapsed());
+
+    timed = Instant::now();
+    let authz_url = order["authorizations"][0].as_str().unwrap_or_default().to_owned();
+    let authz = session.post(&authz_url, None).await.map_err(transport("validation"))?.json();
+    let challenge = authz["challenges"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == "http-01"))
+        .ok_or_else(|| Failure("validation: no http-01".into()))?;
+    let token = challenge["token"].as_str().unwrap_or_default().to_owned();
+    let key_authorization = quarry_jose::key_authorization(&token, &session.key.jwk());
+    responder.answer(&token, &key_authorization).await?;
+    let challenge_url = challenge["url"].as_str().unwrap_or_default().to_owned();
+    let answered = session.post(&challenge_url, Some(&json!({}))).await.map_err(transport("validation"))?;
+    if answered.status != 200 {
+        responder.forget(&token);
+        return Err(Failure(format!("validation: {}", answered.problem())));
+    }
+    let authz = session.settle(&authz_url, &["pending"]).await;
+    responder.forget(&token);
+    let authz = authz?;
+    if authz["status"] != "valid" {
+        let problem = authz["challenges"][0]["error"]["type"]
+            .as_str()
+            .unwrap_or("invalid")
+            .rsplit(':')
+            .next()
+            .unwrap_or("invalid");
+        return Err(Failure(format!("validation: {problem}")));
+    }
+    tally.latencies.entry("validation").or_default().push(timed.elapsed());
+
+    timed = Instant::now();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| Failure(format!("csr: {e}")))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(key).map_err(|e| Failure(format!("csr: {e}")))?;
+    let finalize_url = order["finalize"].as_str().unwrap_or_default().to_owned();
+    let finalized = session
+        .post(&finalize_url, Some(&json!({ "csr": quarry_jose::b64_encode(csr.der()) })))
+        .await
+        .map_err(transport("finalize"))?;
+    if finalized.status != 200 {
+        return Err(Failure(format!("finalize: {}", finalized.problem())));
+    }
+    let mut order = finalized.json();
+    if order["status"] == "processing" {
+        order = session.settle(&order_url, &["processing"]).await?;
+    }
+    if order["status"] != "valid" {
+        return Err(Failure(format!("finalize: order {}", order["status"])));
+    }
+    tally.latencies.entry("finalize").or_default().push(timed.elapsed());
+
+    timed = Instant::now();
+    let certificate_url = order["certificate"].as_str().unwrap_or_default().to_owned();
+    let chain = session.post(&certificate_url, None).await.map_err(transport("download"))?;
+    if chain.status != 200 || !chain.body.starts_with(b"-----BEGIN CERTIFICATE-----") {
+        return Err(Failure(format!("download: {}", chain.problem())));
+    }
+    tally.latencies.entry("download").or_default().push(timed.elapsed());
+    Ok(())
+}
+
+/// CPU time (user + system) and peak resident memory of one process, from `/proc`.
+#[derive(Debug, Clone)]
+struct ProcessUsage {
+    pid: u32,
+    name: String,
+    cpu: Duration,
+    peak_rss_kib: u64,
+}
+
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn usage_of(pid: u32, ticks: u64) -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name's closing parenthesis.
+    let cpu_ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())?;
+    let name = match args.get(1) {
+        Some(sub) if !sub.starts_with('-') => format!("{program} {sub}"),
+        _ => program,
+    };
+    let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
+    Some(ProcessUsage { pid, name, cpu, peak_rss_kib })
+}
+
+/// Every process whose program name is one of `programs`, except this one.
+fn server_processes(programs: &[String], ticks: u64) -> Vec<ProcessUsage> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found: Vec<ProcessUsage> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| usage_of(pid, ticks))
+        .filter(|usage| programs.iter().any(|p| usage.name == *p || usage.name.starts_with(&format!("{p} "))))
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
+    found
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the load and prints the report; `Ok(false)` when no certificate was issued.
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
+    let (directory_url, tls_ca) = match &args.stack {
+        Some(path) => {
+            let stack: Value = serde_json::from_str(
+                &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+            )?;
+            let field = |k: &str| stack[k].as_str().map(str::to_owned);
+            (
+                field("directory_url").context("the stack file has no directory_url")?,
+                args.tls_ca.clone().or_else(|| field("tls_ca_pem").map(PathBuf::from)),
+            )
+        }
+        None => (args.directory_url.clone().context("a directory URL or --stack")?, args.tls_ca.clone()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = &tls_ca {
+        use rustls_pki_types::pem::PemObject;
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(path).with_context(|| format!("read {}", path.display()))?
+        {
+            roots.add(cert?)?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    let http: HttpsClient =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.clients * 2).build(connector);
+    let directory = {
+        let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
+        let response = http.request(request).await.with_context(|| format!("GET {directory_url}"))?;
+        let body = response.into_body().collect().await?.to_bytes();
+        serde_json::from_slice::<Value>(&body).context("the directory is not JSON")?
+    };
+    let responder = match &args.challtestsrv {
+        Some(url) => Responder::ChallTestSrv {
+            url: url.trim_end_matches('/').to_owned(),
+            http: Box::new(Client::builder(TokioExecutor::new()).build_http()),
+        },
+        None => {
+            let tokens = Arc::new(Mutex::new(HashMap::new()));
+            serve_http01(args.http01_listen, tokens.clone()).await?;
+            Responder::Own(tokens)
+        }
+    };
+
+    let ticks = clock_ticks_per_second();
+    let before = server_processes(&args.processes, ticks);
+    let me_before = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let budget = Arc::new(Budget {
+        deadline: Instant::now() + Duration::from_secs(args.duration_secs),
+        remaining: Mutex::new(args.orders),
+    });
+    let started = Instant::now();
+    let clients: Vec<_> = (0..args.clients.max(1))
+        .map(|index| {
+            let session = Session::new(http.clone(), directory.clone());
+            tokio::spawn(client_loop(session, index, run, args.domain.clone(), responder.clone(), budget.clone()))
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for client in clients {
+        tally.merge(client.await.map_err(|e| anyhow!("a client panicked: {e}"))?);
+    }
+    let elapsed = started.elapsed();
+    let after = server_processes(&args.processes, ticks);
+    let me_after = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
+
+    let failures: usize = tally.failures.values().sum();
+    let rate = tally.certificates as f64 / elapsed.as_secs_f64();
+    println!(
+        "{} clients, {:.1} s: {} certificates ({rate:.2}/s), {failures} failed orders",
+        args.clients,
+        elapsed.as_secs_f64(),
+        tally.certificates
+    );
+    println!("{:<12} {:>9} {:>9} {:>9} {:>9}", "step (ms)", "p50", "p90", "p99", "max");
+    let mut steps = serde_json::Map::new();
+    for step in STEPS {
+        let mut samples = tally.latencies.remove(step).unwrap_or_default();
+        samples.sort();
+        let [p50, p90, p99] = [50.0, 90.0, 99.0].map(|p| percentile(&samples, p));
+        let max = samples.last().copied().unwrap_or_default();
+        println!("{step:<12} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", ms(p50), ms(p90), ms(p99), ms(max));
+        steps.insert(step.into(), json!({ "p50_ms": ms(p50), "p90_ms": ms(p90), "p99_ms": ms(p99), "max_ms": ms(max), "count": samples.len() }));
+    }
+    for (kind, count) in &tally.failures {
+        println!("failed: {count} × {kind}");
+    }
+    let per_cert = |cpu: Duration| if tally.certificates == 0 { 0.0 } else { ms(cpu) / tally.certificates as f64 };
+    println!("{:<24} {:>12} {:>14}", "process", "CPU ms/cert", "peak RSS MiB");
+    let mut total = Duration::ZERO;
+    let mut processes = Vec::new();
+    for usage in &after {
+        let spent = before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu));
+        total += spent;
+        println!("{:<24} {:>12.2} {:>14.1}", usage.name, per_cert(spent), usage.peak_rss_kib as f64 / 1024.0);
+        processes.push(json!({ "name": usage.name, "pid": usage.pid, "cpu_ms_per_cert": per_cert(spent), "peak_rss_kib": usage.peak_rss_kib }));
+    }
+    println!("{:<24} {:>12.2}", "all server processes", per_cert(total));
+    let own = me_after.saturating_sub(me_before);
+    println!("{:<24} {:>12.2}", "loadgen itself", per_cert(own));
+    if let Some(path) = &args.json {
+        let report = json!({
+            "clients": args.clients,
+            "seconds": elapsed.as_secs_f64(),
+            "certificates": tally.certificates,
+            "certificates_per_second": rate,
+            "failures": tally.failures,
+            "steps": steps,
+            "processes": processes,
+            "server_cpu_ms_per_cert": per_cert(total),
+            "loadgen_cpu_ms_per_cert": per_cert(own),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(tally.certificates > 0)
+}
