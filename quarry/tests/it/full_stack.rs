@@ -29,13 +29,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// The first of ten consecutive free ports for the services' gRPC servers. Ranges come from a per-process block
-/// below the kernel's ephemeral range, so concurrent stacks in this process never pick overlapping ports.
+/// The first of ten consecutive free ports for a stack. Ranges come from a per-process block of 250 ports below the
+/// kernel's ephemeral range (which starts at 32768), so concurrent stacks in this process never pick overlapping
+/// ports and no outgoing connection takes one; blocks are reused round-robin once earlier stacks have stopped.
 fn free_port_range() -> u16 {
     static NEXT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let process_base = 10_000 + (std::process::id() % 250) as u16 * 110;
-    for _ in 0..11 {
-        let base = process_base + NEXT_BLOCK.fetch_add(10, std::sync::atomic::Ordering::SeqCst);
+    let process_base = 10_000 + (std::process::id() % 90) as u16 * 250;
+    for _ in 0..25 {
+        let base = process_base + NEXT_BLOCK.fetch_add(10, std::sync::atomic::Ordering::SeqCst) % 250;
         let all_free = (base..base + 10).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {
             return base;
@@ -74,7 +75,11 @@ impl Stack {
         .await
         .expect("start challenge test server");
         let dir = tempfile::tempdir().expect("temp dir");
-        let acme_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Every port of the stack from this process's own block: an ephemeral port found free can be taken by any
+        // outgoing connection before the service binds it. The gRPC servers use eight of the ten; the wfe's ACME
+        // and CRL listeners take the other two (the offsets of the wfe and the crl-updater, which serve no gRPC).
+        let ports = free_port_range();
+        let acme_addr = SocketAddr::from(([127, 0, 0, 1], ports + 9));
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"));
         command.arg("dev");
         if let Some(db) = db {
@@ -94,9 +99,9 @@ impl Stack {
             .arg("--va-http-port")
             .arg(challtestsrv.http01_addr.expect("http01").port().to_string())
             .arg("--grpc-base-port")
-            .arg(free_port_range().to_string())
+            .arg(ports.to_string())
             .arg("--crl-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", ports + 7))
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
