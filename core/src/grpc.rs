@@ -204,20 +204,12 @@ where
                     .map_or(Code::Ok, Code::from_i32),
                 Err(_) => Code::Unavailable,
             };
-            let seconds = started.elapsed().as_secs_f64();
-            let code = format!("{code:?}");
-            match side {
-                Side::Server => {
-                    metrics::counter!("quarry_grpc_server_requests_total", "rpc" => rpc.clone(), "code" => code)
-                        .increment(1);
-                    metrics::histogram!("quarry_grpc_server_duration_seconds", "rpc" => rpc).record(seconds);
-                }
-                Side::Client => {
-                    metrics::counter!("quarry_grpc_client_requests_total", "rpc" => rpc.clone(), "code" => code)
-                        .increment(1);
-                    metrics::histogram!("quarry_grpc_client_duration_seconds", "rpc" => rpc).record(seconds);
-                }
-            }
+            let (requests, duration) = match side {
+                Side::Server => ("quarry_grpc_server_requests_total", "quarry_grpc_server_duration_seconds"),
+                Side::Client => ("quarry_grpc_client_requests_total", "quarry_grpc_client_duration_seconds"),
+            };
+            metrics::counter!(requests, "rpc" => rpc.clone(), "code" => format!("{code:?}")).increment(1);
+            metrics::histogram!(duration, "rpc" => rpc).record(started.elapsed().as_secs_f64());
             response
         })
     }

@@ -133,20 +133,12 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
     let vars = args.variables([a?, b?]).await?;
 
     let config_dir = args.data_dir.join("config");
-    std::fs::create_dir_all(&config_dir).with_context(|| format!("create {}", config_dir.display()))?;
-    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
-    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, &vars)?;
-    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
-    for service in env::SERVICES {
-        let mut rendered = env::render(service, env::DEV, &vars)?;
-        if *service == "ra" {
-            rendered = dev::with_redis(&rendered, &args.redis_url)?;
-        }
-        if let Some(endpoint) = &args.otlp_endpoint {
-            rendered = dev::with_telemetry(&rendered, "otlp_endpoint", endpoint.clone())?;
-        }
-        std::fs::write(config_dir.join(format!("{service}.toml")), rendered)?;
-    }
+    let extras = dev::Extras {
+        redis_url: Some(&args.redis_url),
+        otlp_endpoint: args.otlp_endpoint.as_deref(),
+        metrics_base_port: None,
+    };
+    dev::write_configs(&config_dir, &vars, &extras)?;
 
     let info = dev::StackInfo {
         directory_url: format!("{}/directory", vars["base_url"]),

@@ -191,7 +191,7 @@ impl DevArgs {
 }
 
 /// What `quarry dev` tells scripts about the running stack (`<data-dir>/stack.json`).
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct StackInfo {
     pub directory_url: String,
     pub tls_ca_pem: PathBuf,
@@ -203,6 +203,53 @@ pub struct StackInfo {
     /// Where each service's log is (`quarry dev`; a container stack's logs are the containers').
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs_dir: Option<PathBuf>,
+}
+
+/// Which ACME server a client tool (`quarry probe`, `quarry loadgen`) talks to: a directory URL, or the stack file
+/// of a running `quarry dev`.
+#[derive(clap::Args, Debug)]
+pub struct AcmeTarget {
+    /// The ACME directory URL.
+    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
+    directory_url: Option<String>,
+    /// A running `quarry dev`'s stack file: its directory, trust anchors and challenge test server.
+    #[arg(long)]
+    stack: Option<PathBuf>,
+    /// The CA certificate(s) to trust for the server's HTTPS (PEM); default: the stack file's.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+}
+
+/// An [`AcmeTarget`] with the stack file read: what is known of the server.
+pub struct Target {
+    pub directory_url: String,
+    pub tls_ca: Option<PathBuf>,
+    /// The issuing root, when a stack file says.
+    pub root: Option<PathBuf>,
+    /// The stack's challenge test server, when it runs one.
+    pub challtestsrv: Option<String>,
+}
+
+impl AcmeTarget {
+    pub fn resolve(&self) -> anyhow::Result<Target> {
+        let Some(path) = &self.stack else {
+            return Ok(Target {
+                directory_url: self.directory_url.clone().context("a directory URL or --stack")?,
+                tls_ca: self.tls_ca.clone(),
+                root: None,
+                challtestsrv: None,
+            });
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let stack: StackInfo =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a stack file", path.display()))?;
+        Ok(Target {
+            directory_url: stack.directory_url,
+            tls_ca: self.tls_ca.clone().or(Some(stack.tls_ca_pem)),
+            root: Some(stack.root_pem),
+            challtestsrv: stack.challtestsrv_url,
+        })
+    }
 }
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C or until a service dies.
@@ -218,35 +265,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let config_dir = data_dir.join("config");
     let logs_dir = data_dir.join("logs");
-    std::fs::create_dir_all(&config_dir)?;
     std::fs::create_dir_all(&logs_dir)?;
     let (ct_logs, stop_ct_logs) = start_ct_logs(&pki.ct_log_keys).await?;
     let vars = args.variables(&data_dir, &ct_logs);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
-    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
-    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, &vars)?;
-    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
     if let Some(path) = &args.ratelimits {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let file: quarry_ratelimits::LimitsFile =
             toml::from_str(&text).with_context(|| format!("{} is not a limits file", path.display()))?;
         quarry_ratelimits::Limits::from_file(&file).with_context(|| format!("{}", path.display()))?;
     }
-    for service in env::SERVICES {
-        let config_path = config_dir.join(format!("{service}.toml"));
-        let mut rendered = env::render(service, env::DEV, &vars)?;
-        if let (true, Some(url)) = (*service == "ra", &args.redis) {
-            rendered = with_redis(&rendered, url)?;
-        }
-        if let Some(endpoint) = &args.otlp_endpoint {
-            rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.clone())?;
-        }
-        if let Some(base) = args.metrics_base_port {
-            let port = env::grpc_port(base, service);
-            rendered = with_telemetry(&rendered, "metrics_listen", format!("127.0.0.1:{port}"))?;
-        }
-        std::fs::write(&config_path, rendered)?;
+    let extras = Extras {
+        redis_url: args.redis.as_deref(),
+        otlp_endpoint: args.otlp_endpoint.as_deref(),
+        metrics_base_port: args.metrics_base_port,
+    };
+    for (service, config_path) in write_configs(&config_dir, &vars, &extras)? {
         let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
         let child = Command::new(&exe)
             .arg(env::subcommand(service))
@@ -258,7 +293,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {service}"))?;
-        children.push((*service, child));
+        children.push((service, child));
     }
 
     for service in env::SERVICES {
@@ -331,8 +366,49 @@ async fn start_ct_logs(
     Ok((logs, stop))
 }
 
+/// What a stack adds to the rendered `dev` files.
+pub struct Extras<'a> {
+    /// Keep the ra's rate-limit buckets in this Redis.
+    pub redis_url: Option<&'a str>,
+    /// Export every service's spans here (OTLP/gRPC).
+    pub otlp_endpoint: Option<&'a str>,
+    /// Serve every service's metrics on loopback ports from this one, in start order.
+    pub metrics_base_port: Option<u16>,
+}
+
+/// Writes `ratelimits.toml`, `admin.toml` and every service's configuration, rendered from the embedded base + dev
+/// files with `vars` and `extras`, into `config_dir`; returns each service's configuration file, in start order.
+pub fn write_configs(
+    config_dir: &Path,
+    vars: &BTreeMap<&'static str, String>,
+    extras: &Extras<'_>,
+) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    std::fs::create_dir_all(config_dir).with_context(|| format!("create {}", config_dir.display()))?;
+    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
+    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, vars)?;
+    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
+    let mut written = Vec::new();
+    for service in env::SERVICES {
+        let mut rendered = env::render(service, env::DEV, vars)?;
+        if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
+            rendered = with_redis(&rendered, url)?;
+        }
+        if let Some(endpoint) = extras.otlp_endpoint {
+            rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
+        }
+        if let Some(base) = extras.metrics_base_port {
+            let port = env::grpc_port(base, service);
+            rendered = with_telemetry(&rendered, "metrics_listen", format!("127.0.0.1:{port}"))?;
+        }
+        let path = config_dir.join(format!("{service}.toml"));
+        std::fs::write(&path, rendered)?;
+        written.push((*service, path));
+    }
+    Ok(written)
+}
+
 /// The ra's rendered configuration with its rate-limit buckets in the Redis at `url`.
-pub fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
+fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
     let mut table: toml::Table = toml::from_str(rendered)?;
     let limits = table
         .get_mut("rate_limits")
@@ -343,7 +419,7 @@ pub fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
 }
 
 /// A rendered configuration with `[telemetry] key = value` set.
-pub fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
+fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
     let mut table: toml::Table = toml::from_str(rendered)?;
     let telemetry = table.entry("telemetry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let telemetry = telemetry.as_table_mut().context("[telemetry] is not a table")?;

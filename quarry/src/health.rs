@@ -4,12 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use quarry_core::config::{GrpcClientConfig, TlsFiles};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long one health check may take, connection included.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,22 +69,14 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 
 /// `GET /healthz` over HTTPS, trusting `ca`; succeeds on status 200.
 async fn healthz(addr: SocketAddr, ca: &std::path::Path) -> anyhow::Result<()> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))? {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let answer = String::from_utf8_lossy(&answer);
-    let status_line = answer.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        bail!("wfe at {addr}: {status_line}: {}", answer.split("\r\n\r\n").nth(1).unwrap_or_default());
+    use http_body_util::BodyExt;
+    let client = quarry_publisher::log::http_client(Some(ca))?;
+    let request = http::Request::get(format!("https://{addr}/healthz")).body(Default::default())?;
+    let response = client.request(request).await.with_context(|| format!("GET https://{addr}/healthz"))?;
+    let status = response.status();
+    if status != http::StatusCode::OK {
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        bail!("wfe at {addr}: {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(())
 }

@@ -24,15 +24,8 @@ const STEPS: [&str; 5] = ["new-order", "validation", "finalize", "download", "or
 
 #[derive(clap::Args, Debug)]
 pub struct LoadgenArgs {
-    /// The ACME directory URL.
-    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
-    directory_url: Option<String>,
-    /// A running `quarry dev`'s stack file (directory and HTTPS trust anchor).
-    #[arg(long)]
-    stack: Option<PathBuf>,
-    /// The CA certificate(s) to trust for the server's HTTPS (PEM).
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    target: crate::dev::AcmeTarget,
     /// Concurrent clients, each with its own account.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -60,11 +53,9 @@ pub struct LoadgenArgs {
     json: Option<PathBuf>,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
 struct Session {
-    http: HttpsClient,
+    http: quarry_publisher::log::HttpClient,
     directory: Value,
     key: quarry_jose::SigningKey,
     account_url: Option<String>,
@@ -96,7 +87,7 @@ impl Reply {
 struct Failure(String);
 
 impl Session {
-    fn new(http: HttpsClient, directory: Value) -> Self {
+    fn new(http: quarry_publisher::log::HttpClient, directory: Value) -> Self {
         let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
         Self { http, directory, key, account_url: None, nonce: None }
     }
@@ -455,33 +446,11 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the load and prints the report; `Ok(false)` when no certificate was issued.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
-    let (directory_url, tls_ca) = match &args.stack {
-        Some(path) => {
-            let stack: Value = serde_json::from_str(
-                &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
-            )?;
-            let field = |k: &str| stack[k].as_str().map(str::to_owned);
-            (
-                field("directory_url").context("the stack file has no directory_url")?,
-                args.tls_ca.clone().or_else(|| field("tls_ca_pem").map(PathBuf::from)),
-            )
-        }
-        None => (args.directory_url.clone().context("a directory URL or --stack")?, args.tls_ca.clone()),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &tls_ca {
-        use rustls_pki_types::pem::PemObject;
-        for cert in
-            rustls_pki_types::CertificateDer::pem_file_iter(path).with_context(|| format!("read {}", path.display()))?
-        {
-            roots.add(cert?)?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-    let http: HttpsClient =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.clients * 2).build(connector);
+    let target = args.target.resolve()?;
+    let (directory_url, tls_ca) = (target.directory_url, target.tls_ca);
+    // The publisher's client for CT logs is the one needed here too: pooled keep-alive connections, HTTPS trusting
+    // the system's roots and the given CA, plain HTTP accepted.
+    let http = quarry_publisher::log::http_client(tls_ca.as_deref())?;
     let directory = {
         let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
         let response = http.request(request).await.with_context(|| format!("GET {directory_url}"))?;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use quarry_testkit::client::{AcmeAccount, AcmeClient, HttpResponse};
+
+use crate::dev::Target;
 use serde_json::{Value, json};
 
 /// How long a polled resource (authorization, order) may take to settle.
@@ -17,15 +19,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
-    /// The ACME directory URL.
-    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
-    directory_url: Option<String>,
-    /// A running `quarry dev`'s stack file: its directory, trust anchors and challenge test server.
-    #[arg(long)]
-    stack: Option<PathBuf>,
-    /// The CA certificate(s) to trust for the server's HTTPS (PEM).
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    target: crate::dev::AcmeTarget,
     /// The issuing root (PEM); when given, the certificate's chain must lead to it.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -44,33 +39,13 @@ pub struct ProbeArgs {
     metrics_file: Option<PathBuf>,
 }
 
-/// Where the probe gets its facts from: the arguments, or a stack file.
-struct Target {
-    directory_url: String,
-    tls_ca: Option<PathBuf>,
-    root: Option<PathBuf>,
-    challtestsrv: Option<String>,
-}
-
 impl ProbeArgs {
+    /// The server, with this command's own settings over the stack file's.
     fn target(&self) -> anyhow::Result<Target> {
-        let Some(path) = &self.stack else {
-            return Ok(Target {
-                directory_url: self.directory_url.clone().context("a directory URL or --stack")?,
-                tls_ca: self.tls_ca.clone(),
-                root: self.root.clone(),
-                challtestsrv: self.challtestsrv.clone(),
-            });
-        };
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let stack: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        let field = |key: &str| stack[key].as_str().map(str::to_owned);
-        Ok(Target {
-            directory_url: field("directory_url").context("the stack file has no directory_url")?,
-            tls_ca: self.tls_ca.clone().or_else(|| field("tls_ca_pem").map(PathBuf::from)),
-            root: self.root.clone().or_else(|| field("root_pem").map(PathBuf::from)),
-            challtestsrv: self.challtestsrv.clone().or_else(|| field("challtestsrv_url")),
-        })
+        let mut target = self.target.resolve()?;
+        target.root = self.root.clone().or(target.root);
+        target.challtestsrv = self.challtestsrv.clone().or(target.challtestsrv);
+        Ok(target)
     }
 }
 
