@@ -11,8 +11,7 @@ use std::path::Path;
 
 use quarry_core::csr::{CsrKey, ParsedCsr};
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -22,7 +21,7 @@ use x509_parser::prelude::FromDer;
 use quarry_core::{ct, der};
 
 use crate::lint::{self, DOMAIN_VALIDATED_POLICY, LintContext};
-use crate::signer::{FileSigner, Signer, throwaway_key_like};
+use crate::signer::{FileSigner, LintKey, Signer, throwaway_key_like};
 use crate::{Error, files};
 
 /// How far notBefore is set in the past, so that clients with a slow clock accept a fresh certificate.
@@ -93,7 +92,7 @@ pub struct Issuer {
     signer: Box<dyn Signer>,
     /// rcgen signs with this throwaway key; the issuer's name and key identifier come from the certificate, so the
     /// TBS it produces is the one the real key signs.
-    lint_signer: rcgen::Issuer<'static, KeyPair>,
+    lint_signer: rcgen::Issuer<'static, LintKey>,
 }
 
 impl fmt::Debug for Issuer {
@@ -218,7 +217,7 @@ impl Issuer {
     }
 
     /// The rcgen issuer that signs with the throwaway key, for building what the real key then signs.
-    pub(crate) fn lint_signer(&self) -> &rcgen::Issuer<'static, KeyPair> {
+    pub(crate) fn lint_signer(&self) -> &rcgen::Issuer<'static, LintKey> {
         &self.lint_signer
     }
 

@@ -59,8 +59,33 @@ impl Signer for FileSigner {
     }
 }
 
-/// A fresh key of the same kind as `algorithm`'s, for signing the linting copy of a certificate: it yields the same
-/// AlgorithmIdentifier, so the copy's TBS is byte for byte what the real key then signs.
-pub(crate) fn throwaway_key_like(algorithm: &'static SignatureAlgorithm) -> Result<KeyPair, Error> {
-    Ok(KeyPair::generate_for(algorithm)?)
+/// What "signs" linting copies (of certificates and CRLs): the public half of a fresh key of the same kind as
+/// `algorithm`'s, so the copy's AlgorithmIdentifier and TBS are byte for byte what the real key then signs, and a
+/// signature of the right form and size made once at start. A linting copy is parsed and checked, never verified
+/// (nothing may trust it), and signing each one for real was a fifth of the ca's CPU per certificate.
+pub(crate) struct LintKey {
+    key: KeyPair,
+    placeholder_signature: Vec<u8>,
+}
+
+impl PublicKeyData for LintKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.key.der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.key.algorithm()
+    }
+}
+
+impl SigningKey for LintKey {
+    fn sign(&self, _msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(self.placeholder_signature.clone())
+    }
+}
+
+pub(crate) fn throwaway_key_like(algorithm: &'static SignatureAlgorithm) -> Result<LintKey, Error> {
+    let key = KeyPair::generate_for(algorithm)?;
+    let placeholder_signature = key.sign(b"quarry linting copy")?;
+    Ok(LintKey { key, placeholder_signature })
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -236,7 +236,13 @@ pub async fn check_health(channel: Channel, service: &str, deadline: Option<Inst
 pub struct ClientAllowlist {
     service: Arc<str>,
     allowed: Arc<BTreeSet<String>>,
+    /// Client certificates already let through: parsing the certificate on every call was a visible share of a
+    /// service's CPU, and a service has a handful of peers.
+    admitted: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// More admitted certificates than a service has peers (and their renewals) clear the list.
+const ADMITTED_CERTIFICATES: usize = 64;
 
 impl ClientAllowlist {
     /// The allowlist configured for `service`; a service absent from the configuration cannot be served,
@@ -247,7 +253,11 @@ impl ClientAllowlist {
                 "grpc.services.\"{service}\" is missing: list the client names allowed to call it"
             ))
         })?;
-        Ok(Self { service: service.into(), allowed: Arc::new(access.client_names.iter().cloned().collect()) })
+        Ok(Self {
+            service: service.into(),
+            allowed: Arc::new(access.client_names.iter().cloned().collect()),
+            admitted: Arc::default(),
+        })
     }
 
     /// Whether a client presenting these certificate names may call the service.
@@ -259,8 +269,20 @@ impl ClientAllowlist {
 impl Interceptor for ClientAllowlist {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let names = certs.first().map(|leaf| certificate_dns_names(leaf)).unwrap_or_default();
+        let Some(leaf) = certs.first() else {
+            return Err(Status::unauthenticated("a client certificate is required"));
+        };
+        let mut admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        if admitted.iter().any(|der| der.as_slice() == leaf.as_ref()) {
+            return Ok(request);
+        }
+        let names = certificate_dns_names(leaf);
         if self.allows(names.iter().map(String::as_str)) {
+            if admitted.len() >= ADMITTED_CERTIFICATES {
+                admitted.clear();
+            }
+            admitted.push(leaf.to_vec());
+            drop(admitted);
             Ok(request)
         } else {
             tracing::warn!(service = %self.service, clients = ?names, "refused a client not on the allowlist");

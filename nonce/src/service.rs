@@ -9,12 +9,15 @@ use quarry_core::Problem;
 use quarry_core::grpc::ClientAllowlist;
 use quarry_proto::core::Empty;
 use quarry_proto::nonce::nonce_service_server::{NonceService, NonceServiceServer};
-use quarry_proto::nonce::{NonceMessage, RedeemResponse};
+use quarry_proto::nonce::{NonceBatchRequest, NonceBatchResponse, NonceMessage, RedeemResponse};
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info};
 
 use crate::source::NonceSource;
 use crate::{Config, Error, SERVICE_NAME};
+
+/// The most nonces one `NonceBatch` call mints.
+pub const MAX_BATCH: u32 = 256;
 
 pub(crate) struct Nonces {
     source: Mutex<NonceSource>,
@@ -40,6 +43,24 @@ impl NonceService for Nonces {
             Err(err) => {
                 error!(%err, "minting a nonce failed");
                 Err(Problem::internal("could not create a nonce").into())
+            }
+        }
+    }
+
+    async fn nonce_batch(&self, request: Request<NonceBatchRequest>) -> Result<Response<NonceBatchResponse>, Status> {
+        let count = request.get_ref().count.clamp(1, MAX_BATCH);
+        let minted: Result<Vec<String>, _> = {
+            let mut source = self.source();
+            (0..count).map(|_| source.mint()).collect()
+        };
+        match minted {
+            Ok(nonces) => {
+                metrics::counter!("quarry_nonces_minted_total").increment(nonces.len() as u64);
+                Ok(Response::new(NonceBatchResponse { nonces }))
+            }
+            Err(err) => {
+                error!(%err, "minting nonces failed");
+                Err(Problem::internal("could not create nonces").into())
             }
         }
     }

@@ -19,6 +19,10 @@ use serde_json::{Value, json};
 
 /// How long an authorization or order may take to settle before the order counts as failed.
 const SETTLE_TIME: Duration = Duration::from_secs(30);
+/// A CA that has not answered one request in this long counts as stalled (the order fails as `transport`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients still running this long after the end of the run are stopped and counted as stalled.
+const WIND_DOWN: Duration = Duration::from_secs(60);
 /// The steps of one order, in order.
 const STEPS: [&str; 5] = ["new-order", "validation", "finalize", "download", "order"];
 
@@ -51,6 +55,10 @@ pub struct LoadgenArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// First measure the servers idle for this long, to report their CPU per certificate net of what they spend
+    /// anyway (timers, CRL updates).
+    #[arg(long, default_value_t = 0)]
+    idle_secs: u64,
 }
 
 /// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
@@ -60,6 +68,8 @@ struct Session {
     key: quarry_jose::SigningKey,
     account_url: Option<String>,
     nonce: Option<String>,
+    /// HTTP requests sent (polls and nonce fetches included), so that CAs are compared per request as well.
+    requests: usize,
 }
 
 struct Reply {
@@ -89,7 +99,7 @@ struct Failure(String);
 impl Session {
     fn new(http: quarry_publisher::log::HttpClient, directory: Value) -> Self {
         let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
-        Self { http, directory, key, account_url: None, nonce: None }
+        Self { http, directory, key, account_url: None, nonce: None, requests: 0 }
     }
 
     fn url(&self, name: &str) -> String {
@@ -129,15 +139,23 @@ impl Session {
             request = request.header(http::header::CONTENT_TYPE, "application/jose+json");
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = self.http.request(request).await.with_context(|| url.to_owned())?;
-        let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let location = header("location");
-        if let Some(nonce) = header("replay-nonce") {
-            self.nonce = Some(nonce);
+        self.requests += 1;
+        let exchange = async {
+            let response = self.http.request(request).await?;
+            let status = response.status().as_u16();
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let (location, nonce) = (header("location"), header("replay-nonce"));
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((Reply { status, location, body }, nonce))
+        };
+        let (reply, nonce) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
+            .with_context(|| url.to_owned())?;
+        if nonce.is_some() {
+            self.nonce = nonce;
         }
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, location, body })
+        Ok(reply)
     }
 
     /// POST-as-GET `url` until its status is no longer one of `waiting`.
@@ -220,6 +238,7 @@ struct Tally {
     latencies: BTreeMap<&'static str, Vec<Duration>>,
     failures: BTreeMap<String, usize>,
     certificates: usize,
+    requests: usize,
 }
 
 impl Tally {
@@ -231,6 +250,7 @@ impl Tally {
             *self.failures.entry(kind).or_default() += count;
         }
         self.certificates += other.certificates;
+        self.requests += other.requests;
     }
 }
 
@@ -292,6 +312,7 @@ async fn client_loop(
             Err(Failure(kind)) => *tally.failures.entry(kind).or_default() += 1,
         }
     }
+    tally.requests = session.requests;
     tally
 }
 
@@ -408,13 +429,27 @@ fn usage_of(pid: u32, ticks: u64) -> Option<ProcessUsage> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<String> =
         cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())?;
+    // PostgreSQL's backends rewrite their argv into one string ("postgres: user database host state").
+    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a))?;
+    if let Some(title) = program.strip_prefix("postgres: ") {
+        let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
+        return Some(ProcessUsage { pid, name: format!("postgres {title}"), cpu, peak_rss_kib });
+    }
+    let program = program.to_owned();
     let name = match args.get(1) {
         Some(sub) if !sub.starts_with('-') => format!("{program} {sub}"),
         _ => program,
     };
     let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
     Some(ProcessUsage { pid, name, cpu, peak_rss_kib })
+}
+
+/// The CPU time the processes of `before` spent until `after` (a process new in `after` counts whole).
+fn cpu_spent(before: &[ProcessUsage], after: &[ProcessUsage]) -> Duration {
+    after
+        .iter()
+        .map(|usage| before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu)))
+        .sum()
 }
 
 /// Every process whose program name is one of `programs`, except this one.
@@ -470,6 +505,14 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     };
 
     let ticks = clock_ticks_per_second();
+    let idle_cpu_ms_per_sec = if args.idle_secs > 0 {
+        let start = server_processes(&args.processes, ticks);
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+        let end = server_processes(&args.processes, ticks);
+        Some(ms(cpu_spent(&start, &end)) / args.idle_secs as f64)
+    } else {
+        None
+    };
     let before = server_processes(&args.processes, ticks);
     let me_before = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -485,8 +528,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
         })
         .collect();
     let mut tally = Tally::default();
-    for client in clients {
-        tally.merge(client.await.map_err(|e| anyhow!("a client panicked: {e}"))?);
+    let give_up = tokio::time::Instant::from_std(budget.deadline) + WIND_DOWN;
+    for mut client in clients {
+        match tokio::time::timeout_at(give_up, &mut client).await {
+            Ok(joined) => tally.merge(joined.map_err(|e| anyhow!("a client panicked: {e}"))?),
+            Err(_) => {
+                client.abort();
+                *tally.failures.entry("client stalled".into()).or_default() += 1;
+            }
+        }
     }
     let elapsed = started.elapsed();
     let after = server_processes(&args.processes, ticks);
@@ -524,8 +574,18 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
         processes.push(json!({ "name": usage.name, "pid": usage.pid, "cpu_ms_per_cert": per_cert(spent), "peak_rss_kib": usage.peak_rss_kib }));
     }
     println!("{:<24} {:>12.2}", "all server processes", per_cert(total));
+    let net_of_idle = idle_cpu_ms_per_sec.map(|idle| {
+        let busy = ms(total) - idle * elapsed.as_secs_f64();
+        if tally.certificates == 0 { 0.0 } else { busy.max(0.0) / tally.certificates as f64 }
+    });
+    if let (Some(idle), Some(net)) = (idle_cpu_ms_per_sec, net_of_idle) {
+        println!("{:<24} {:>12.2}   (idle: {idle:.1} ms CPU per second)", "  net of idle", net);
+    }
     let own = me_after.saturating_sub(me_before);
     println!("{:<24} {:>12.2}", "loadgen itself", per_cert(own));
+    let requests_per_certificate =
+        if tally.certificates == 0 { 0.0 } else { tally.requests as f64 / tally.certificates as f64 };
+    println!("{:<24} {:>12.1}", "requests per certificate", requests_per_certificate);
     if let Some(path) = &args.json {
         let report = json!({
             "clients": args.clients,
@@ -537,6 +597,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
             "processes": processes,
             "server_cpu_ms_per_cert": per_cert(total),
             "loadgen_cpu_ms_per_cert": per_cert(own),
+            "requests_per_certificate": requests_per_certificate,
+            "idle_cpu_ms_per_sec": idle_cpu_ms_per_sec,
+            "server_cpu_ms_per_cert_net_of_idle": net_of_idle,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

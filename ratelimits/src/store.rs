@@ -12,7 +12,9 @@ use crate::gcra::{self, Micros, Rate};
 /// Idle keys outlive their TAT by this much in Redis, then expire.
 const IDLE_GRACE_MS: i64 = 10 * 60 * 1000;
 
-/// The in-memory store sweeps out TATs already in the past once it holds this many buckets.
+/// The in-memory store sweeps out TATs already in the past once it holds this many buckets, and after a sweep
+/// again only once it has twice as many as the sweep left: with more live buckets than this (a 3-hour window holds
+/// every account of 3 hours), sweeping at every batch made each request scan them all.
 const SWEEP_AT: usize = 100_000;
 
 /// One bucket in a batch.
@@ -76,15 +78,42 @@ impl Store {
 /// TATs in this process, behind one mutex held for a batch (microseconds).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tats: Mutex<HashMap<String, Micros>>,
+    tats: Mutex<Tats>,
+}
+
+#[derive(Debug, Default)]
+struct Tats {
+    by_key: HashMap<String, Micros>,
+    /// Sweep when `by_key` reaches this size (0: [`SWEEP_AT`]).
+    sweep_at: usize,
+}
+
+impl std::ops::Deref for Tats {
+    type Target = HashMap<String, Micros>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_key
+    }
+}
+
+impl std::ops::DerefMut for Tats {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_key
+    }
+}
+
+impl Tats {
+    fn sweep_if_due(&mut self, now: Micros) {
+        if self.by_key.len() >= self.sweep_at.max(SWEEP_AT) {
+            self.by_key.retain(|_, tat| *tat > now);
+            self.sweep_at = (self.by_key.len() * 2).max(SWEEP_AT);
+        }
+    }
 }
 
 impl MemoryStore {
     fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Vec<Option<Micros>> {
         let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
-        if tats.len() >= SWEEP_AT {
-            tats.retain(|_, tat| *tat > now);
-        }
+        tats.sweep_if_due(now);
         let before: Vec<Option<Micros>> = ops.iter().map(|op| tats.get(&op.key).copied()).collect();
         let decisions: Vec<gcra::Decision> =
             ops.iter().zip(&before).map(|(op, tat)| gcra::decide(op.rate, *tat, now, op.cost)).collect();
@@ -210,5 +239,30 @@ impl RedisStore {
         }
         let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut self.connection.clone()).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_drop_past_tats_and_back_off_while_buckets_are_live() {
+        let now = 1_000_000;
+        let mut tats = Tats::default();
+        for i in 0..SWEEP_AT {
+            // Every tenth bucket's TAT is already in the past.
+            let tat = if i % 10 == 0 { now - 1 } else { now + 1 };
+            tats.insert(format!("bucket-{i}"), tat);
+        }
+        tats.sweep_if_due(now);
+        let live = SWEEP_AT - SWEEP_AT / 10;
+        assert_eq!(tats.len(), live);
+        assert_eq!(tats.sweep_at, (live * 2).max(SWEEP_AT));
+        // Still live everywhere: the next sweep waits for twice as many, instead of scanning at every batch.
+        tats.insert("one-more".into(), now + 1);
+        tats.sweep_if_due(now);
+        assert_eq!(tats.len(), live + 1);
+        assert_eq!(tats.sweep_at, live * 2);
     }
 }

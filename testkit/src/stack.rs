@@ -196,6 +196,7 @@ async fn start_wfe(
     let base = format!("http://{wfe}");
     let mut config = quarry_wfe::Config {
         telemetry: Default::default(),
+        account_cache: Default::default(),
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),

@@ -2,6 +2,7 @@
 //! nonces, forwards to the ra and the sa's read-only service over gRPC, and renders RFC 8555 resources and
 //! problem documents.
 
+pub mod accounts;
 mod crl;
 mod error;
 mod handlers;
@@ -70,6 +71,9 @@ pub struct Config {
     /// The CRL distribution points, served over plain HTTP on their own address.
     #[serde(default)]
     pub crl: Option<CrlConfig>,
+    /// How long accounts read from the sa are reused (`[account_cache]`).
+    #[serde(default)]
+    pub account_cache: accounts::AccountCacheConfig,
 }
 
 /// The MAC keys handed out for external account binding, and whether a new account must present one.

@@ -123,13 +123,25 @@ async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Res
     let id: i64 = kid.strip_prefix(&prefix).and_then(|id| id.parse().ok()).ok_or_else(|| {
         Problem::new(ErrorKind::AccountDoesNotExist, format!("key ID {kid:?} is not an account URL of this server"))
     })?;
-    let reply = wfe.sa().get_account(quarry_core::grpc::request_with_deadline(AccountId { id }, deadline)).await;
-    let account = match reply {
-        Ok(reply) => Account::try_from(reply.get_ref())?,
-        Err(status) if status.code() == tonic::Code::NotFound => {
-            return Err(Problem::new(ErrorKind::AccountDoesNotExist, format!("account {kid:?} does not exist")).into());
+    let account = match wfe.accounts().get(id) {
+        Some(account) => account,
+        None => {
+            let reply =
+                wfe.sa().get_account(quarry_core::grpc::request_with_deadline(AccountId { id }, deadline)).await;
+            let account = match reply {
+                Ok(reply) => Account::try_from(reply.get_ref())?,
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    return Err(Problem::new(
+                        ErrorKind::AccountDoesNotExist,
+                        format!("account {kid:?} does not exist"),
+                    )
+                    .into());
+                }
+                Err(status) => return Err(status.into()),
+            };
+            wfe.accounts().insert(&account);
+            account
         }
-        Err(status) => return Err(status.into()),
     };
     if account.status != AccountStatus::Valid {
         return Err(

@@ -1,6 +1,7 @@
 //! Tests of issuance against the dev hierarchy: contents, chain validation, and the refusals.
 
 use quarry_core::csr::parse_csr;
+use rcgen::KeyPair;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use super::*;

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use quarry_proto::core::Empty;
-use quarry_proto::nonce::NonceMessage;
+use quarry_proto::nonce::{NonceBatchRequest, NonceMessage};
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
 
@@ -34,6 +34,26 @@ async fn the_wfe_mints_nonces_that_redeem_once() {
     for nonce in &minted {
         assert!(!wfe.redeem(message(nonce)).await.expect("second redeem").into_inner().valid, "{nonce}");
     }
+}
+
+#[tokio::test]
+async fn batches_are_distinct_fresh_nonces_and_capped() {
+    let pki = TestPki::new();
+    let nonce_service = Running::start(config(&pki)).await;
+    let mut wfe = nonce_service.client(&pki, "wfe");
+
+    let batch = wfe.nonce_batch(NonceBatchRequest { count: 16 }).await.expect("batch").into_inner().nonces;
+    assert_eq!(batch.len(), 16);
+    assert_eq!(batch.iter().collect::<HashSet<_>>().len(), 16, "nonces repeat");
+    for nonce in &batch {
+        assert!(nonce.starts_with(PREFIX), "{nonce}");
+        assert!(wfe.redeem(message(nonce)).await.expect("redeem").into_inner().valid, "{nonce}");
+        assert!(!wfe.redeem(message(nonce)).await.expect("second redeem").into_inner().valid, "{nonce}");
+    }
+    let huge = wfe.nonce_batch(NonceBatchRequest { count: 100_000 }).await.expect("batch").into_inner().nonces;
+    assert_eq!(huge.len(), 256, "one call mints at most 256");
+    let none = wfe.nonce_batch(NonceBatchRequest { count: 0 }).await.expect("batch").into_inner().nonces;
+    assert_eq!(none.len(), 1, "a count of 0 still gives one nonce");
 }
 
 #[tokio::test]

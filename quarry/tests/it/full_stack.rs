@@ -1157,4 +1157,7 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
         assert!(processes.iter().any(|p| p["name"] == service && p["peak_rss_kib"].as_u64() > Some(0)), "{report}");
     }
     assert!(report["server_cpu_ms_per_cert"].as_f64() > Some(0.0), "{report}");
+    // At least: new-account and a nonce per client; per order new-order, the authorization, the challenge, a poll,
+    // finalize and the download.
+    assert!(report["requests_per_certificate"].as_f64() >= Some(6.0), "{report}");
 }

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Turns the JSON reports of one scripts/bench.sh run into BENCHMARKS.md (printed on stdout).
+
+usage: bench-report.py WORK_DIR "1 4 16 64" DURATION_SECONDS
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections import defaultdict
+
+TARGETS = [
+    ("quarry-sqlite", "Quarry, SQLite"),
+    ("quarry-postgres", "Quarry, PostgreSQL"),
+    ("pebble", "Pebble 2.4 (Debian)"),
+]
+# Test fixtures that `quarry dev` hosts in its supervising process (the challenge DNS server, two fake CT logs):
+# shown, but not counted as the CA's CPU, as Pebble's challenge test server is not.
+FIXTURES = {"quarry dev"}
+
+
+def service_of(name):
+    """Groups PostgreSQL's backends under one name."""
+    return "postgres" if name.startswith("postgres") else name
+
+
+def load(work, target, clients):
+    path = os.path.join(work, f"{target}-{clients}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def split_cpu(report):
+    server, fixtures = 0.0, 0.0
+    per_service = defaultdict(float)
+    for process in report["processes"]:
+        if process["name"] in FIXTURES:
+            fixtures += process["cpu_ms_per_cert"]
+        else:
+            server += process["cpu_ms_per_cert"]
+            per_service[service_of(process["name"])] += process["cpu_ms_per_cert"]
+    return server, fixtures, per_service
+
+
+def peak_rss(report):
+    peaks = defaultdict(int)
+    for process in report["processes"]:
+        if process["name"] not in FIXTURES:
+            name = service_of(process["name"])
+            peaks[name] = max(peaks[name], process["peak_rss_kib"])
+    return peaks
+
+
+def main():
+    work, clients, duration = sys.argv[1], sys.argv[2].split(), sys.argv[3]
+    cpu_model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = []
+    w = out.append
+    w("# Benchmarks\n")
+    w(
+        "Written by `scripts/bench.sh` (do not edit by hand): Quarry (`quarry dev`, every service its own process, "
+        "release build) on SQLite and on PostgreSQL, and Pebble (Debian's package, `PEBBLE_VA_NOSLEEP=1`, "
+        "`PEBBLE_WFE_NONCEREJECT=0`), one after another in one run, each loaded by `quarry loadgen` for "
+        f"{duration} s per client count: every client has its own account and loops new-order → http-01 (answered "
+        "by the load generator) → finalize → download, polling every 20 ms while an authorization or order is "
+        "pending or processing.\n"
+    )
+    w(f"Machine: {os.cpu_count()} cores, {cpu_model}, {platform.system()} {platform.release()}; commit {commit}.\n")
+    w(
+        "*Server CPU* is user + system time of every server process (from `/proc`) over the run, divided by the "
+        "certificates issued; for Quarry on PostgreSQL it includes the database's processes (SQLite runs inside the "
+        "sa). It leaves out the fixtures `quarry dev` hosts in its own process (challenge DNS server, two fake CT "
+        "logs), shown apart, as Pebble's challenge test server is. PostgreSQL runs with `fsync=off` (test "
+        "cluster); SQLite in WAL mode with `synchronous=NORMAL`.\n"
+    )
+
+    w("## Throughput, latency and CPU per certificate\n")
+    w(
+        "| CA | clients | certs/s | failed orders | order p50 ms | order p99 ms | server CPU ms/cert | "
+        "fixtures CPU ms/cert | largest peak RSS MiB | requests/cert | loadgen CPU ms/cert |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    summary = {}
+    for target, label in TARGETS:
+        for c in clients:
+            report = load(work, target, c)
+            if report is None:
+                continue
+            server, fixtures, _ = split_cpu(report)
+            peaks = peak_rss(report)
+            largest = max(peaks.items(), key=lambda kv: kv[1]) if peaks else ("-", 0)
+            failures = sum(report["failures"].values())
+            order = report["steps"]["order"]
+            summary[(target, c)] = (report, server)
+            w(
+                f"| {label} | {c} | {report['certificates_per_second']:.1f} | {failures} | {order['p50_ms']:.0f} | "
+                f"{order['p99_ms']:.0f} | {server:.1f} | {fixtures:.1f} | {largest[1] / 1024:.1f} ({largest[0]}) | "
+                f"{report.get('requests_per_certificate', 0):.1f} | {report['loadgen_cpu_ms_per_cert']:.2f} |"
+            )
+    w("")
+
+    w("## Against the goals\n")
+    w("| clients | Quarry SQLite CPU ms/cert | Pebble CPU ms/cert | ratio (goal ≤ 0.33) |")
+    w("|---:|---:|---:|---:|")
+    for c in clients:
+        quarry, pebble = summary.get(("quarry-sqlite", c)), summary.get(("pebble", c))
+        if quarry and pebble and pebble[1] > 0 and pebble[0]["certificates"] > 0:
+            w(f"| {c} | {quarry[1]:.1f} | {pebble[1]:.1f} | {quarry[1] / pebble[1]:.2f} |")
+        elif quarry:
+            w(f"| {c} | {quarry[1]:.1f} | no certificates | – |")
+    w("")
+    for target, label in TARGETS[:2]:
+        four, many = summary.get((target, "4")), summary.get((target, "64"))
+        sixteen = summary.get((target, "16"))
+        if four and many:
+            w(
+                f"- {label}: throughput at 64 clients {many[0]['certificates_per_second']:.1f}/s vs "
+                f"{four[0]['certificates_per_second']:.1f}/s at 4 (goal ≥)."
+            )
+        if sixteen:
+            order = sixteen[0]["steps"]["order"]
+            w(
+                f"- {label}: at 16 clients order p99 {order['p99_ms']:.0f} ms = "
+                f"{order['p99_ms'] / max(order['p50_ms'], 1e-9):.2f} × p50 (goal ≤ 2)."
+            )
+    w("")
+
+    w("## Server CPU per certificate by process (ms)\n")
+    services = sorted(
+        {
+            name
+            for (target, _), (report, _) in summary.items()
+            for name in split_cpu(report)[2]
+        }
+    )
+    w("| CA | clients | " + " | ".join(services) + " |")
+    w("|---|---:|" + "---:|" * len(services))
+    for target, label in TARGETS:
+        for c in clients:
+            if (target, c) not in summary:
+                continue
+            per = split_cpu(summary[(target, c)][0])[2]
+            w(f"| {label} | {c} | " + " | ".join(f"{per[s]:.2f}" if s in per else "" for s in services) + " |")
+    w("")
+
+    w("## Latency per step at 16 clients (ms, p50 / p99)\n")
+    steps = ["new-order", "validation", "finalize", "download", "order"]
+    w("| CA | " + " | ".join(steps) + " |")
+    w("|---|" + "---:|" * len(steps))
+    for target, label in TARGETS:
+        if (target, "16") in summary:
+            s = summary[(target, "16")][0]["steps"]
+            w(f"| {label} | " + " | ".join(f"{s[k]['p50_ms']:.0f} / {s[k]['p99_ms']:.0f}" for k in steps) + " |")
+    w("")
+
+    w("## Idle resident memory after start (MiB, goal ≤ 30 per service)\n")
+    idle = defaultdict(dict)
+    with open(os.path.join(work, "idle.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                idle[row["target"]][row["name"]] = row["rss_kib"]
+    w("| CA | process | RSS MiB |")
+    w("|---|---|---:|")
+    for target, label in TARGETS:
+        for name, rss in sorted(idle.get(target, {}).items()):
+            w(f"| {label} | {name} | {rss / 1024:.1f} |")
+    w("")
+
+    failures = [
+        (target, c, summary[(target, c)][0]["failures"])
+        for target, _ in TARGETS
+        for c in clients
+        if (target, c) in summary and summary[(target, c)][0]["failures"]
+    ]
+    if failures:
+        w("## Failed orders by problem type\n")
+        for target, c, kinds in failures:
+            w(f"- {target} at {c} clients: " + ", ".join(f"{n} × {k}" for k, n in sorted(kinds.items())))
+        w("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

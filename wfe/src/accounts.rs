@@ -1,0 +1,116 @@
+//! A short-lived cache of accounts by ID, so that a client's run of requests signed with `kid` costs the sa one
+//! lookup rather than one per request (accounts were the sa's most frequent read).
+//!
+//! An entry lives `ttl`: a change made through another wfe instance (deactivation, key roll-over) is seen here at
+//! most that late; changes made through this instance drop the entry at once.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use quarry_core::model::Account;
+use serde::Deserialize;
+
+/// `[account_cache]` in the wfe's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountCacheConfig {
+    /// How long an account read from the sa is trusted; 0 turns the cache off.
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// At most this many accounts are kept.
+    #[serde(default = "default_size")]
+    pub size: usize,
+}
+
+impl Default for AccountCacheConfig {
+    fn default() -> Self {
+        Self { ttl_ms: default_ttl_ms(), size: default_size() }
+    }
+}
+
+fn default_ttl_ms() -> u64 {
+    5_000
+}
+fn default_size() -> usize {
+    10_000
+}
+
+pub struct AccountCache {
+    ttl: Duration,
+    size: usize,
+    entries: Mutex<HashMap<i64, (Instant, Account)>>,
+}
+
+impl AccountCache {
+    pub fn new(config: &AccountCacheConfig) -> Self {
+        Self { ttl: Duration::from_millis(config.ttl_ms), size: config.size, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// The account, if it was read from the sa less than `ttl` ago.
+    pub fn get(&self, id: i64) -> Option<Account> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(&id).filter(|(read_at, _)| read_at.elapsed() < self.ttl).map(|(_, account)| account.clone())
+    }
+
+    pub fn insert(&self, account: &Account) {
+        if self.ttl.is_zero() || self.size == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.size {
+            entries.retain(|_, (read_at, _)| read_at.elapsed() < self.ttl);
+            // Still full of live entries: start over rather than track recency; a miss costs one sa read.
+            if entries.len() >= self.size {
+                entries.clear();
+            }
+        }
+        entries.insert(account.id, (Instant::now(), account.clone()));
+    }
+
+    /// Forgets `id` (this instance changed the account).
+    pub fn forget(&self, id: i64) {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quarry_core::model::AccountStatus;
+
+    fn account(id: i64) -> Account {
+        Account {
+            id,
+            jwk: b"{}".to_vec(),
+            status: AccountStatus::Valid,
+            contact: Vec::new(),
+            terms_of_service_agreed: true,
+            created_at: 0,
+            external_account_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn entries_expire_are_forgotten_and_stay_bounded() {
+        let cache = AccountCache::new(&AccountCacheConfig { ttl_ms: 60_000, size: 2 });
+        cache.insert(&account(1));
+        assert_eq!(cache.get(1).map(|a| a.id), Some(1));
+        cache.forget(1);
+        assert!(cache.get(1).is_none());
+        for id in 1..=5 {
+            cache.insert(&account(id));
+        }
+        assert!(cache.entries.lock().unwrap().len() <= 2);
+        assert_eq!(cache.get(5).map(|a| a.id), Some(5));
+
+        let expired = AccountCache::new(&AccountCacheConfig { ttl_ms: 1, size: 10 });
+        expired.insert(&account(7));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(expired.get(7).is_none());
+
+        let off = AccountCache::new(&AccountCacheConfig { ttl_ms: 0, size: 10 });
+        off.insert(&account(8));
+        assert!(off.get(8).is_none());
+    }
+}
