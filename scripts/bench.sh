@@ -34,6 +34,7 @@ if [[ -z ${QUARRY_BIN:-} ]]; then
 fi
 
 work=$(mktemp -d /tmp/quarry-bench.XXXX)
+chmod 755 "$work" # PostgreSQL, run as its own user, keeps its cluster in here
 server_pid=
 pg_dir=
 cleanup() {
@@ -72,7 +73,8 @@ run_loads() {
   local target=$1; shift
   for c in $clients; do
     echo "bench: $target, $c clients, ${duration} s" >&2
-    "$QUARRY_BIN" loadgen "$@" --clients "$c" --duration-secs "$duration" --json "$work/$target-$c.json" \
+    "$QUARRY_BIN" loadgen "$@" --clients "$c" --duration-secs "$duration" --idle-secs 10 \
+      --json "$work/$target-$c.json" \
       >"$work/$target-$c.txt" 2>&1 || echo "bench: $target at $c clients issued nothing; see $work/$target-$c.txt" >&2
     tail -n 20 "$work/$target-$c.txt" >&2
   done

@@ -310,6 +310,12 @@ fn precertificate_and_final_certificate_share_their_tbs() {
     assert!(matches!(sign_final_certificate(&f.issuer, &tampered, &scts), Err(Error::Request(_))));
     let root = Issuer::from_pem_files(&f.pki.root_pem, &f.pki.root_pem.with_file_name("root.key.pem")).expect("root");
     assert!(matches!(sign_final_certificate(&root, &precertificate, &scts), Err(Error::Request(_))));
+
+    // Another ca replica (the same issuer, none of this one's memory) verifies the precertificate instead.
+    let replica = Issuer::from_pem_files(&f.pki.intermediate_pem, &f.pki.intermediate_key).expect("issuer");
+    let from_replica = sign_final_certificate(&replica, &precertificate, &scts).expect("final");
+    assert_eq!(der::split_signed(&from_replica).unwrap().tbs, der::split_signed(&final_der).unwrap().tbs);
+    assert!(matches!(sign_final_certificate(&replica, &tampered, &scts), Err(Error::Request(_))));
 }
 
 #[test]
