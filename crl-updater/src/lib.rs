@@ -34,8 +34,12 @@ pub struct Config {
     /// Shards per issuer; must equal the sa's and the ca's `crl_shards`.
     #[serde(default = "default_shards")]
     pub shards: i64,
-    /// How often every shard is signed anew, in seconds. A revocation appears in its CRL within one period.
+    /// How often shards are looked at, in seconds: a revocation appears in its shard's CRL within one period.
     pub update_period_secs: u64,
+    /// A shard without new revocations is signed anew once its CRL is this old, in seconds (0: every period). Keep
+    /// it well under the CRLs' validity (the ca's, nine days by default).
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: u64,
     /// How long a leased shard stays reserved for this updater, in seconds; a crashed updater's leases lapse.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
@@ -47,6 +51,10 @@ fn default_shards() -> i64 {
 
 fn default_lease_secs() -> u64 {
     600
+}
+
+fn default_max_age_secs() -> u64 {
+    6 * 3_600
 }
 
 /// Runs update passes until `shutdown` completes.

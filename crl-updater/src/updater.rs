@@ -1,6 +1,7 @@
 //! One update pass and the loop around it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -58,6 +59,7 @@ pub struct Updater {
     shards: i64,
     period: Duration,
     lease: Duration,
+    max_age: Duration,
 }
 
 impl Updater {
@@ -91,6 +93,7 @@ impl Updater {
             shards: config.shards,
             period: Duration::from_secs(config.update_period_secs),
             lease: Duration::from_secs(config.lease_secs),
+            max_age: Duration::from_secs(config.max_age_secs),
         })
     }
 
@@ -116,36 +119,52 @@ impl Updater {
         }
     }
 
-    /// Updates every shard of every issuer not updated since the pass began and not held by another updater, a few
-    /// at a time; at most `shards` leases per issuer, so a pass always ends.
+    /// Updates every due shard of every issuer — with revocations its CRL lacks, or a CRL older than `max_age` —
+    /// not updated since the pass began and not held by another updater, a few at a time; each worker stops at the
+    /// first "nothing due", and at most `shards` leases are asked per issuer, so a pass always ends.
     pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
         let pass_start = quarry_core::clock::now();
+        // Every shard is due when max_age is 0 (`stale_before` 0 means no limit to the sa, hence the +1).
+        let stale_before = pass_start + 1 - self.max_age.as_secs() as i64;
         for issuer in &self.issuers {
-            let outcomes: Vec<Outcome> = futures::stream::iter(0..self.shards)
-                .map(|_| self.lease_and_update(issuer, pass_start))
-                .buffer_unordered(CONCURRENT_SHARDS)
-                .collect()
-                .await;
+            let asked = AtomicI64::new(0);
+            let worker = || async {
+                let mut outcomes = Vec::new();
+                while asked.fetch_add(1, Ordering::Relaxed) < self.shards {
+                    match self.lease_and_update(issuer, pass_start, stale_before).await {
+                        Outcome::NothingDue => break,
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+                outcomes
+            };
+            let outcomes: Vec<Outcome> =
+                futures::future::join_all((0..CONCURRENT_SHARDS).map(|_| worker())).await.concat();
             report.updated += outcomes.iter().filter(|o| **o == Outcome::Updated).count();
             report.failed += outcomes.iter().filter(|o| **o == Outcome::Failed).count();
         }
         report
     }
 
-    async fn lease_and_update(&self, issuer: &IssuerCert, pass_start: i64) -> Outcome {
+    async fn lease_and_update(&self, issuer: &IssuerCert, pass_start: i64, stale_before: i64) -> Outcome {
         let until = quarry_core::clock::now() + self.lease.as_secs() as i64;
-        let lease =
-            LeaseCrlShardRequest { issuer_id: issuer.id, shard_count: self.shards, until, updated_before: pass_start };
-        let shard = match self.sa_write.clone().lease_crl_shard(lease).await {
-            Ok(answer) if answer.get_ref().leased => answer.get_ref().shard,
+        let lease = LeaseCrlShardRequest {
+            issuer_id: issuer.id,
+            shard_count: self.shards,
+            until,
+            updated_before: pass_start,
+            stale_before,
+        };
+        let (shard, revocations_pending) = match self.sa_write.clone().lease_crl_shard(lease).await {
+            Ok(answer) if answer.get_ref().leased => (answer.get_ref().shard, answer.get_ref().revocations_pending),
             Ok(_) => return Outcome::NothingDue,
             Err(status) => {
                 warn!(issuer = issuer.subject, %status, "leasing a CRL shard failed");
                 return Outcome::Failed;
             }
         };
-        match self.update_shard(issuer, shard).await {
+        match self.update_shard(issuer, shard, revocations_pending).await {
             Ok(()) => Outcome::Updated,
             Err(problem) => {
                 // The lease lapses by itself; the shard is retried on a later pass.
@@ -155,7 +174,7 @@ impl Updater {
         }
     }
 
-    async fn update_shard(&self, issuer: &IssuerCert, shard: i64) -> Result<(), Problem> {
+    async fn update_shard(&self, issuer: &IssuerCert, shard: i64, revocations_seen: i64) -> Result<(), Problem> {
         let deadline = Some(Instant::now() + SHARD_TIMEOUT);
         let this_update = quarry_core::clock::now();
         let query = GetRevokedCertificatesRequest { issuer_id: issuer.id, shard, expires_after: this_update };
@@ -182,7 +201,8 @@ impl Updater {
             der.extend_from_slice(&chunk?.chunk);
         }
         let next_update = check_crl(&der, &issuer.der, this_update, entries)?;
-        let store = UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der };
+        let store =
+            UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der, revocations_seen };
         self.sa_write.clone().update_crl_shard(request_with_deadline(store, deadline)).await?;
         Ok(())
     }

@@ -105,9 +105,10 @@ impl Store {
         Ok(revoked)
     }
 
-    /// Leases the CRL shard of `issuer_id` updated longest ago among those not leased at `now` and last updated
-    /// before `updated_before`, until `leased_until`; `None` when there is none. Two updaters never hold one shard,
-    /// and updaters that start a pass at the same moment update each shard once between them.
+    /// Leases the CRL shard of `issuer_id` updated longest ago among those due — not leased at `now`, last updated
+    /// before `updated_before`, and either with revocations its CRL lacks or last signed before `stale_before` —
+    /// until `leased_until`; `None` when there is none. Two updaters never hold one shard, and updaters that start a
+    /// pass at the same moment update each shard once between them.
     pub async fn lease_crl_shard(
         &self,
         issuer_id: i64,
@@ -115,7 +116,8 @@ impl Store {
         now: Timestamp,
         leased_until: Timestamp,
         updated_before: Timestamp,
-    ) -> Result<Option<i64>, Problem> {
+        stale_before: Timestamp,
+    ) -> Result<Option<ShardLease>, Problem> {
         let mut tx = self.begin_write().await?;
         let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM crl_shards WHERE issuer_id = $1 AND idx < $2")
             .bind(issuer_id)
@@ -134,17 +136,18 @@ impl Store {
             .await
             .map_err(db_error)?;
         }
-        let candidate: Option<i64> = sqlx::query_scalar(
-            "SELECT idx FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 AND this_update < $4 ORDER BY this_update, idx LIMIT 1",
+        let candidate: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT idx, revocations_pending FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 AND this_update < $4 AND (this_update < $5 OR revocations_pending > 0) ORDER BY this_update, idx LIMIT 1",
         )
         .bind(issuer_id)
         .bind(shard_count)
         .bind(now)
         .bind(updated_before)
+        .bind(stale_before)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        let Some(idx) = candidate else { return Ok(None) };
+        let Some((idx, revocations_pending)) = candidate else { return Ok(None) };
         // The lease condition is checked again in the UPDATE: a racing updater that leased it first wins.
         let leased = sqlx::query(
             "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4",
@@ -158,10 +161,11 @@ impl Store {
         .map_err(db_error)?
         .rows_affected();
         tx.commit().await.map_err(db_error)?;
-        Ok((leased == 1).then_some(idx))
+        Ok((leased == 1).then_some(ShardLease { idx, revocations_pending }))
     }
 
-    /// Records a shard's new CRL and releases its lease.
+    /// Records a shard's new CRL and releases its lease; `revocations_seen` is the count its lease reported, all of
+    /// which the CRL holds (revocations filed since still count).
     pub async fn update_crl_shard(
         &self,
         issuer_id: i64,
@@ -169,13 +173,15 @@ impl Store {
         this_update: Timestamp,
         next_update: Timestamp,
         der: &[u8],
+        revocations_seen: i64,
     ) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0, der = $3 WHERE issuer_id = $4 AND idx = $5",
+            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0, der = $3, revocations_pending = CASE WHEN revocations_pending > $4 THEN revocations_pending - $4 ELSE 0 END WHERE issuer_id = $5 AND idx = $6",
         )
         .bind(this_update)
         .bind(next_update)
         .bind(der)
+        .bind(revocations_seen.max(0))
         .bind(issuer_id)
         .bind(idx)
         .execute(&self.pool)
@@ -205,6 +211,13 @@ impl Store {
 }
 
 /// A shard's latest signed CRL.
+/// A leased CRL shard, and how many revocations were filed under it since its CRL was last signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLease {
+    pub idx: i64,
+    pub revocations_pending: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCrl {
     pub der: Vec<u8>,

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 
 pub use controls::RateLimitOverride;
 pub use error::Error;
-pub use history::{Precertificate, RevokedCertificate, StoredCrl};
+pub use history::{Precertificate, RevokedCertificate, ShardLease, StoredCrl};
 pub use server::Storage;
 pub use store::Store;
 

@@ -388,14 +388,28 @@ impl StorageAuthority for Storage {
             return Err(Problem::malformed("shard_count must be at least 1").into());
         }
         let now = quarry_core::clock::now();
-        let leased =
-            self.store.lease_crl_shard(req.issuer_id, req.shard_count, now, req.until, req.updated_before).await;
-        reply(leased.map(|shard| sapb::LeaseCrlShardResponse { leased: shard.is_some(), shard: shard.unwrap_or(0) }))
+        let stale_before = if req.stale_before == 0 { i64::MAX } else { req.stale_before };
+        let leased = self
+            .store
+            .lease_crl_shard(req.issuer_id, req.shard_count, now, req.until, req.updated_before, stale_before)
+            .await;
+        reply(leased.map(|lease| sapb::LeaseCrlShardResponse {
+            leased: lease.is_some(),
+            shard: lease.map_or(0, |l| l.idx),
+            revocations_pending: lease.map_or(0, |l| l.revocations_pending),
+        }))
     }
 
     async fn update_crl_shard(&self, request: Request<sapb::UpdateCrlShardRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
-        let updated = self.store.update_crl_shard(req.issuer_id, req.shard, req.this_update, req.next_update, &req.der);
+        let updated = self.store.update_crl_shard(
+            req.issuer_id,
+            req.shard,
+            req.this_update,
+            req.next_update,
+            &req.der,
+            req.revocations_seen,
+        );
         reply(updated.await.map(|()| pb::Empty {}))
     }
 

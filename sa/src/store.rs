@@ -26,6 +26,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (3, "external_account_id", include_str!("../migrations/sqlite/0003_external_account_id.sql")),
     (4, "history_and_controls", include_str!("../migrations/sqlite/0004_history_and_controls.sql")),
     (5, "crl_storage", include_str!("../migrations/sqlite/0005_crl_storage.sql")),
+    (6, "crl_changes", include_str!("../migrations/sqlite/0006_crl_changes.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -35,6 +36,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (3, "external_account_id", include_str!("../migrations/postgres/0003_external_account_id.sql")),
     (4, "history_and_controls", include_str!("../migrations/postgres/0004_history_and_controls.sql")),
     (5, "crl_storage", include_str!("../migrations/postgres/0005_crl_storage.sql")),
+    (6, "crl_changes", include_str!("../migrations/postgres/0006_crl_changes.sql")),
 ];
 
 /// The database engines the store speaks.
@@ -890,6 +892,15 @@ impl Store {
             .bind(date)
             .bind(reason)
             .bind(not_after - not_after.rem_euclid(3_600))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            // The shard's CRL is now out of date (a shard without a row yet has never been signed: due anyway).
+            sqlx::query(
+                "UPDATE crl_shards SET revocations_pending = revocations_pending + 1 WHERE issuer_id = $1 AND idx = $2",
+            )
+            .bind(issuer_id)
+            .bind(self.crl_shard(&serial))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

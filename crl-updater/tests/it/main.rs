@@ -29,6 +29,7 @@ fn updater_config(stack: &InProcessStack) -> Config {
         shards: SHARDS,
         update_period_secs: 1,
         lease_secs: 60,
+        max_age_secs: 3_600,
     }
 }
 
@@ -88,6 +89,39 @@ async fn a_revoked_certificate_is_in_its_shards_crl_after_one_pass() {
             assert!(serials.is_empty(), "shard {index}: {serials:?}");
         }
     }
+}
+
+/// A pass re-signs only shards with revocations their CRL lacks (or whose CRL is older than `max_age_secs`).
+#[tokio::test]
+async fn later_passes_re_sign_only_changed_or_stale_shards() {
+    let stack = InProcessStack::start(false, |_| {}).await;
+    let (_, serial) = issue(&stack).await;
+    let updater = Updater::new(&updater_config(&stack)).expect("updater");
+    assert_eq!(updater.pass().await, PassReport { updated: 2 * SHARDS as usize, failed: 0 }, "first: every shard");
+    // A pass skips shards it has updated since it began (whole seconds): let the clock move on.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(updater.pass().await, PassReport { updated: 0, failed: 0 }, "nothing changed");
+
+    let revoke = RevokeCertificateRequest { serial: serial.clone(), reason: 1, date: quarry_core::clock::now() };
+    StorageAuthorityClient::new(stack.pki.channel("ra", "sa", stack.sa)).revoke_certificate(revoke).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(updater.pass().await, PassReport { updated: 1, failed: 0 }, "the revoked certificate's shard");
+    let shard = quarry_core::crl::shard(&serial, SHARDS);
+    let issuer_der = rustls_pem(&std::fs::read(stack.pki.issuer_cert()).expect("issuer pem"));
+    let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issuer_der).expect("issuer");
+    let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
+    let sa_read = StorageAuthorityReadOnlyClient::new(stack.pki.channel("wfe", "sa", stack.sa));
+    let stored = sa_read.clone().get_crl(CrlShard { issuer_id, shard }).await.expect("CRL").into_inner();
+    let (_, crl) = CertificateRevocationList::from_der(&stored.der).expect("CRL parses");
+    let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+    assert_eq!(serials, [serial]);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(updater.pass().await, PassReport { updated: 0, failed: 0 }, "the revocation is in its CRL now");
+
+    // With max_age_secs 0 every pass signs every shard anew.
+    let eager = Updater::new(&Config { max_age_secs: 0, ..updater_config(&stack) }).expect("updater");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(eager.pass().await, PassReport { updated: 2 * SHARDS as usize, failed: 0 });
 }
 
 #[tokio::test]

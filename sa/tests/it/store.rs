@@ -7,7 +7,7 @@ use quarry_core::clock::now;
 use quarry_core::model::{Account, AccountStatus, ChallengeType};
 use quarry_core::{ErrorKind, Identifier};
 use quarry_sa::store::{NewAuthorization, NewOrder, PoolSettings};
-use quarry_sa::{RateLimitOverride, Store};
+use quarry_sa::{RateLimitOverride, ShardLease, Store};
 use quarry_testkit::db::TestDatabase;
 
 const DAY: i64 = 86_400;
@@ -178,20 +178,43 @@ async fn revoked_certificates_are_filed_by_issuer_and_shard() {
 async fn crl_shards_are_leased_to_one_updater_at_a_time() {
     for (store, db) in stores().await {
         let t = now();
-        let first = store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap();
-        let second = store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap();
+        // Staleness aside (every shard old enough): the lease's shard index.
+        let lease = |now, until, updated_before| {
+            let store = &store;
+            async move {
+                store.lease_crl_shard(7, 2, now, until, updated_before, i64::MAX).await.unwrap().map(|lease| lease.idx)
+            }
+        };
+        let first = lease(t, t + 60, t).await;
+        let second = lease(t, t + 60, t).await;
         assert_eq!((first, second), (Some(0), Some(1)), "{}", db.url);
-        assert_eq!(store.lease_crl_shard(7, 2, t, t + 60, t).await.unwrap(), None, "every shard is leased");
+        assert_eq!(lease(t, t + 60, t).await, None, "every shard is leased");
         assert_eq!(store.get_crl(7, 0).await.unwrap_err().kind, ErrorKind::NotFound, "no CRL before the first update");
-        store.update_crl_shard(7, 0, t, t + 3_600, b"crl der").await.unwrap();
+        store.update_crl_shard(7, 0, t, t + 3_600, b"crl der", 0).await.unwrap();
         let stored = store.get_crl(7, 0).await.unwrap();
         assert_eq!((stored.der.as_slice(), stored.this_update, stored.next_update), (&b"crl der"[..], t, t + 3_600));
         // Shard 0 is released, but a pass that began at t has updated it already.
-        assert_eq!(store.lease_crl_shard(7, 2, t + 1, t + 120, t).await.unwrap(), None, "{}", db.url);
+        assert_eq!(lease(t + 1, t + 120, t).await, None, "{}", db.url);
         // Later, shard 1's lease has lapsed and it is the older; then shard 0 is due again.
-        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120, t + 61).await.unwrap(), Some(1), "{}", db.url);
-        assert_eq!(store.lease_crl_shard(7, 2, t + 61, t + 120, t + 61).await.unwrap(), Some(0), "{}", db.url);
-        assert_eq!(store.update_crl_shard(9, 0, t, t, b"").await.unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(lease(t + 61, t + 120, t + 61).await, Some(1), "{}", db.url);
+        assert_eq!(lease(t + 61, t + 120, t + 61).await, Some(0), "{}", db.url);
+        assert_eq!(store.update_crl_shard(9, 0, t, t, b"", 0).await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+}
+
+#[tokio::test]
+async fn unchanged_crl_shards_are_due_only_when_stale() {
+    for (store, db) in stores().await {
+        let t = now();
+        for idx in [0, 1] {
+            let leased = store.lease_crl_shard(8, 2, t, t + 60, t, i64::MAX).await.unwrap();
+            assert_eq!(leased, Some(ShardLease { idx, revocations_pending: 0 }), "{}", db.url);
+            store.update_crl_shard(8, idx, t, t + 3_600, b"crl der", 0).await.unwrap();
+        }
+        // Nothing revoked since: signed at t, not stale before t.
+        assert_eq!(store.lease_crl_shard(8, 2, t + 10, t + 70, t + 10, t).await.unwrap(), None, "{}", db.url);
+        let stale = store.lease_crl_shard(8, 2, t + 10, t + 70, t + 10, t + 1).await.unwrap();
+        assert_eq!(stale.map(|lease| lease.idx), Some(0), "{}", db.url);
     }
 }
 
