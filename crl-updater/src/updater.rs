@@ -23,6 +23,9 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::{Config, Error};
 
+/// The longest `max_age_secs` accepted: under the CRLs' nine days of validity, with room for failed passes.
+const MAX_AGE_LIMIT: Duration = Duration::from_secs(7 * 86_400);
+
 /// How long one shard's update (read, sign, store) may take.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,6 +73,12 @@ impl Updater {
         }
         if config.update_period_secs == 0 || config.lease_secs == 0 {
             return Err(invalid("update_period_secs and lease_secs must be positive".into()));
+        }
+        if config.max_age_secs > MAX_AGE_LIMIT.as_secs() {
+            return Err(invalid(format!(
+                "max_age_secs must be at most {} (a week): CRLs must be signed anew well before they expire",
+                MAX_AGE_LIMIT.as_secs()
+            )));
         }
         if config.issuers.is_empty() {
             return Err(invalid("issuers is empty".into()));

@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 const SETTLE_TIME: Duration = Duration::from_secs(30);
 /// A CA that has not answered one request in this long counts as stalled (the order fails as `transport`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients still running this long after the end of the run are stopped and counted as stalled.
-const WIND_DOWN: Duration = Duration::from_secs(60);
+/// Clients still running this long after the end of the run are stopped and counted as stalled: longer than an
+/// order that settles twice at the limit with every other request at its own.
+const WIND_DOWN: Duration = Duration::from_secs(2 * SETTLE_TIME.as_secs() + 8 * REQUEST_TIMEOUT.as_secs());
 /// The steps of one order, in order.
 const STEPS: [&str; 5] = ["new-order", "validation", "finalize", "download", "order"];
 
@@ -197,7 +198,10 @@ impl Responder {
                 let request = http::Request::post(format!("{url}/add-http01"))
                     .body(Full::new(Bytes::from(body)))
                     .map_err(|e| Failure(format!("challenge server: {e}")))?;
-                let response = http.request(request).await.map_err(|e| Failure(format!("challenge server: {e}")))?;
+                let response = tokio::time::timeout(REQUEST_TIMEOUT, http.request(request))
+                    .await
+                    .map_err(|_| Failure("challenge server: no answer".into()))?
+                    .map_err(|e| Failure(format!("challenge server: {e}")))?;
                 if !response.status().is_success() {
                     return Err(Failure(format!("challenge server: {}", response.status())));
                 }
@@ -488,8 +492,12 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let http = quarry_publisher::log::http_client(tls_ca.as_deref())?;
     let directory = {
         let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
-        let response = http.request(request).await.with_context(|| format!("GET {directory_url}"))?;
-        let body = response.into_body().collect().await?.to_bytes();
+        let fetch = async { anyhow::Ok(http.request(request).await?.into_body().collect().await?.to_bytes()) };
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, fetch)
+            .await
+            .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
+            .and_then(|fetched| fetched)
+            .with_context(|| format!("GET {directory_url}"))?;
         serde_json::from_slice::<Value>(&body).context("the directory is not JSON")?
     };
     let responder = match &args.challtestsrv {

@@ -2,10 +2,13 @@
 //! rate limits), precertificates, revoked certificates by CRL shard, and CRL shard leases.
 
 use quarry_core::clock::Timestamp;
-use quarry_core::{Identifier, Problem};
+use quarry_core::{ErrorKind, Identifier, Problem};
 
 use crate::queries;
 use crate::store::{Store, db_error, fqdn_set_hash, get, reversed_name};
+
+/// How many due shards one `lease_crl_shard` call tries when other updaters keep winning them.
+const LEASE_ATTEMPTS: usize = 8;
 
 /// One entry of a CRL shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,32 +139,40 @@ impl Store {
             .await
             .map_err(db_error)?;
         }
-        let candidate: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT idx, revocations_pending FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 AND this_update < $4 AND (this_update < $5 OR revocations_pending > 0) ORDER BY this_update, idx LIMIT 1",
-        )
-        .bind(issuer_id)
-        .bind(shard_count)
-        .bind(now)
-        .bind(updated_before)
-        .bind(stale_before)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let Some((idx, revocations_pending)) = candidate else { return Ok(None) };
-        // The lease condition is checked again in the UPDATE: a racing updater that leased it first wins.
-        let leased = sqlx::query(
-            "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4",
-        )
-        .bind(leased_until)
-        .bind(issuer_id)
-        .bind(idx)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
+        // Concurrent updaters pick the same oldest shard (PostgreSQL's reads do not lock): the loser of the UPDATE
+        // below looks again, so that it goes on to the next due shard instead of ending its pass early.
+        for _ in 0..LEASE_ATTEMPTS {
+            let candidate: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT idx, revocations_pending FROM crl_shards WHERE issuer_id = $1 AND idx < $2 AND leased_until <= $3 AND this_update < $4 AND (this_update < $5 OR revocations_pending > 0) ORDER BY this_update, idx LIMIT 1",
+            )
+            .bind(issuer_id)
+            .bind(shard_count)
+            .bind(now)
+            .bind(updated_before)
+            .bind(stale_before)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let Some((idx, revocations_pending)) = candidate else { break };
+            // The lease condition is checked again in the UPDATE: a racing updater that leased it first wins.
+            let leased = sqlx::query(
+                "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4",
+            )
+            .bind(leased_until)
+            .bind(issuer_id)
+            .bind(idx)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            if leased == 1 {
+                tx.commit().await.map_err(db_error)?;
+                return Ok(Some(ShardLease { idx, revocations_pending }));
+            }
+        }
         tx.commit().await.map_err(db_error)?;
-        Ok((leased == 1).then_some(ShardLease { idx, revocations_pending }))
+        Ok(None)
     }
 
     /// Records a shard's new CRL and releases its lease; `revocations_seen` is the count its lease reported, all of
@@ -175,8 +186,10 @@ impl Store {
         der: &[u8],
         revocations_seen: i64,
     ) -> Result<(), Problem> {
+        // Only a newer CRL replaces the stored one: an updater whose lease lapsed while it worked must not put back an
+        // older CRL (nor take away revocations it did not see) after another updater stored a newer one.
         let updated = sqlx::query(
-            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0, der = $3, revocations_pending = CASE WHEN revocations_pending > $4 THEN revocations_pending - $4 ELSE 0 END WHERE issuer_id = $5 AND idx = $6",
+            "UPDATE crl_shards SET this_update = $1, next_update = $2, leased_until = 0, der = $3, revocations_pending = CASE WHEN revocations_pending > $4 THEN revocations_pending - $4 ELSE 0 END WHERE issuer_id = $5 AND idx = $6 AND this_update < $1",
         )
         .bind(this_update)
         .bind(next_update)
@@ -188,7 +201,22 @@ impl Store {
         .await
         .map_err(db_error)?
         .rows_affected();
-        if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("CRL shard {issuer_id}/{idx} not found"))) }
+        if updated == 1 {
+            return Ok(());
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT idx FROM crl_shards WHERE issuer_id = $1 AND idx = $2")
+            .bind(issuer_id)
+            .bind(idx)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match exists {
+            Some(_) => Err(Problem::new(
+                ErrorKind::Conflict,
+                format!("CRL shard {issuer_id}/{idx} already has a CRL as new as this one"),
+            )),
+            None => Err(Problem::not_found(format!("CRL shard {issuer_id}/{idx} not found"))),
+        }
     }
 
     /// The latest CRL of a shard with its thisUpdate and nextUpdate.

@@ -2,9 +2,11 @@
 //! lookup rather than one per request (accounts were the sa's most frequent read).
 //!
 //! An entry lives `ttl`: a change made through another wfe instance (deactivation, key roll-over) is seen here at
-//! most that late; changes made through this instance drop the entry at once.
+//! most that late (plus the sa's replica lag, when its reads come from a replica); changes made through this instance
+//! drop the entry at once, and an sa read that began before such a change is not cached.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,11 +42,39 @@ pub struct AccountCache {
     ttl: Duration,
     size: usize,
     entries: Mutex<HashMap<i64, (Instant, Account)>>,
+    /// Counts `forget`s: a read that saw another value when it began may predate a change, and is not kept.
+    changes: AtomicU64,
+}
+
+/// Taken before reading an account from the sa, handed back to [`AccountCache::insert`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReadStarted(u64);
+
+/// Forgets an account when dropped: after a change, whichever way the handler leaves.
+pub struct ForgetOnDrop<'a> {
+    cache: &'a AccountCache,
+    id: i64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.forget(self.id);
+    }
 }
 
 impl AccountCache {
     pub fn new(config: &AccountCacheConfig) -> Self {
-        Self { ttl: Duration::from_millis(config.ttl_ms), size: config.size, entries: Mutex::new(HashMap::new()) }
+        Self {
+            ttl: Duration::from_millis(config.ttl_ms),
+            size: config.size,
+            entries: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// Call before reading an account from the sa.
+    pub fn read_started(&self) -> ReadStarted {
+        ReadStarted(self.changes.load(Ordering::Acquire))
     }
 
     /// The account, if it was read from the sa less than `ttl` ago.
@@ -53,11 +83,16 @@ impl AccountCache {
         entries.get(&id).filter(|(read_at, _)| read_at.elapsed() < self.ttl).map(|(_, account)| account.clone())
     }
 
-    pub fn insert(&self, account: &Account) {
+    /// Keeps `account` as read from the sa, unless an account changed through this wfe since the read began.
+    pub fn insert(&self, account: &Account, read: ReadStarted) {
         if self.ttl.is_zero() || self.size == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock that `forget` takes too, so that no change slips in between.
+        if self.changes.load(Ordering::Acquire) != read.0 {
+            return;
+        }
         if entries.len() >= self.size {
             entries.retain(|_, (read_at, _)| read_at.elapsed() < self.ttl);
             // Still full of live entries: start over rather than track recency; a miss costs one sa read.
@@ -68,9 +103,17 @@ impl AccountCache {
         entries.insert(account.id, (Instant::now(), account.clone()));
     }
 
-    /// Forgets `id` (this instance changed the account).
+    /// Forgets `id` (this instance changed the account), and any read of it under way.
     pub fn forget(&self, id: i64) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        entries.remove(&id);
+    }
+
+    /// Forgets `id` now and again when the guard is dropped: for a handler about to change the account.
+    pub fn changing(&self, id: i64) -> ForgetOnDrop<'_> {
+        self.forget(id);
+        ForgetOnDrop { cache: self, id }
     }
 }
 
@@ -94,23 +137,41 @@ mod tests {
     #[test]
     fn entries_expire_are_forgotten_and_stay_bounded() {
         let cache = AccountCache::new(&AccountCacheConfig { ttl_ms: 60_000, size: 2 });
-        cache.insert(&account(1));
+        cache.insert(&account(1), cache.read_started());
         assert_eq!(cache.get(1).map(|a| a.id), Some(1));
         cache.forget(1);
         assert!(cache.get(1).is_none());
         for id in 1..=5 {
-            cache.insert(&account(id));
+            cache.insert(&account(id), cache.read_started());
         }
         assert!(cache.entries.lock().unwrap().len() <= 2);
         assert_eq!(cache.get(5).map(|a| a.id), Some(5));
 
         let expired = AccountCache::new(&AccountCacheConfig { ttl_ms: 1, size: 10 });
-        expired.insert(&account(7));
+        expired.insert(&account(7), expired.read_started());
         std::thread::sleep(Duration::from_millis(5));
         assert!(expired.get(7).is_none());
 
         let off = AccountCache::new(&AccountCacheConfig { ttl_ms: 0, size: 10 });
-        off.insert(&account(8));
+        off.insert(&account(8), off.read_started());
         assert!(off.get(8).is_none());
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_change_is_not_kept() {
+        let cache = AccountCache::new(&AccountCacheConfig::default());
+        let read = cache.read_started();
+        {
+            let _change = cache.changing(3);
+            // The stale read lands while the change is under way, or after it: either way it is dropped.
+            cache.insert(&account(3), read);
+            assert!(cache.get(3).is_none());
+        }
+        cache.insert(&account(3), read);
+        assert!(cache.get(3).is_none());
+        cache.insert(&account(3), cache.read_started());
+        assert_eq!(cache.get(3).map(|a| a.id), Some(3));
+        drop(cache.changing(3));
+        assert!(cache.get(3).is_none(), "the guard forgets on drop");
     }
 }

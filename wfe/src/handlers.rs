@@ -308,8 +308,8 @@ async fn account(
     }
     let mut account = account.clone();
     if !request.is_post_as_get() {
-        // Whatever happens below, the next request reads the account anew.
-        wfe.accounts().forget(account.id);
+        // Whatever happens below, however the handler leaves, the next request reads the account anew.
+        let _change = wfe.accounts().changing(account.id);
         let update: AccountUpdate = request.json()?;
         if let Some(contact) = update.contact {
             let change = UpdateAccountContactRequest { account_id: account.id, contact };
@@ -330,8 +330,6 @@ async fn account(
                 .into());
             }
         }
-        // A request of the same account may have cached it again while the change was under way.
-        wfe.accounts().forget(account.id);
     }
     Ok(with_location(json_response(StatusCode::OK, &render::account(&account)), &wfe.urls().account(account.id)))
 }
@@ -711,10 +709,9 @@ async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: H
         return Ok(with_location(conflict.into_response(), &wfe.urls().account(holder.id)));
     }
     let update = UpdateAccountKeyRequest { account_id: account.id, jwk: new_key.canonical_json().into_bytes() };
-    wfe.accounts().forget(account.id);
-    let updated = wfe.ra().update_account_key(request_with_deadline(update, deadline)).await;
-    wfe.accounts().forget(account.id);
-    let updated = Account::try_from(updated?.get_ref())?;
+    let _change = wfe.accounts().changing(account.id);
+    let updated = wfe.ra().update_account_key(request_with_deadline(update, deadline)).await?;
+    let updated = Account::try_from(updated.get_ref())?;
     Ok(with_location(json_response(StatusCode::OK, &render::account(&updated)), &wfe.urls().account(updated.id)))
 }
 

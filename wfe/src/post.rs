@@ -126,6 +126,7 @@ async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Res
     let account = match wfe.accounts().get(id) {
         Some(account) => account,
         None => {
+            let read = wfe.accounts().read_started();
             let reply =
                 wfe.sa().get_account(quarry_core::grpc::request_with_deadline(AccountId { id }, deadline)).await;
             let account = match reply {
@@ -139,7 +140,7 @@ async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Res
                 }
                 Err(status) => return Err(status.into()),
             };
-            wfe.accounts().insert(&account);
+            wfe.accounts().insert(&account, read);
             account
         }
     };

@@ -269,7 +269,10 @@ impl Wfe {
                     at_hand.extend(minted.into_iter().take(room).map(|n| (now, n)));
                     return Ok(nonce);
                 }
-                Err(status) => last = status.into(),
+                Err(status) => {
+                    self.forget_nonces_of(&services[(first + offset) % services.len()].0);
+                    last = status.into();
+                }
             }
         }
         Err(last)
@@ -283,11 +286,19 @@ impl Wfe {
             .clone()
             .redeem(request_with_deadline(NonceMessage { nonce: nonce.to_owned() }, self.deadline()))
             .await
-            .inspect_err(|_| {
-                // The instance may be gone with the nonces it minted: hand out none of them.
-                self.nonces_at_hand().retain(|(_, kept)| !kept.starts_with(prefix));
-            })?;
-        Ok(reply.into_inner().valid)
+            .inspect_err(|_| self.forget_nonces_of(prefix))?;
+        let valid = reply.into_inner().valid;
+        if !valid {
+            // A replay, or a nonce of an instance that has restarted since (its earlier nonces no longer redeem, and
+            // those at hand would meet the same fate): a fresh batch costs one call.
+            self.forget_nonces_of(prefix);
+        }
+        Ok(valid)
+    }
+
+    /// Drops the nonces at hand that the instance with `prefix` minted.
+    fn forget_nonces_of(&self, prefix: &str) {
+        self.nonces_at_hand().retain(|(_, kept)| !kept.starts_with(prefix));
     }
 
     /// Whether new accounts need an external account binding.

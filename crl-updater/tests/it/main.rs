@@ -138,9 +138,10 @@ async fn concurrent_updaters_update_each_shard_once_per_pass() {
 async fn bad_settings_stop_start_up() {
     let stack = InProcessStack::start(false, |_| {}).await;
     type Adjust = fn(&mut Config);
-    let cases: [(&str, Adjust); 4] = [
+    let cases: [(&str, Adjust); 5] = [
         ("zero shards", |c| c.shards = 0),
         ("zero period", |c| c.update_period_secs = 0),
+        ("a max age longer than a week", |c| c.max_age_secs = 8 * 86_400),
         ("no issuers", |c| c.issuers.clear()),
         ("missing issuer", |c| c.issuers[0] = "/nonexistent.pem".into()),
     ];

@@ -1141,7 +1141,7 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
         .arg(stack.data_dir().join("stack.json"))
         .arg("--challtestsrv")
         .arg(format!("http://{}", stack.challtestsrv.management_addr))
-        .args(["--clients", "2", "--orders", "4", "--duration-secs", "60", "--json"])
+        .args(["--clients", "2", "--orders", "4", "--duration-secs", "60", "--idle-secs", "1", "--json"])
         .arg(&report)
         .output()
         .await
@@ -1160,4 +1160,7 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
     // At least: new-account and a nonce per client; per order new-order, the authorization, the challenge, a poll,
     // finalize and the download.
     assert!(report["requests_per_certificate"].as_f64() >= Some(6.0), "{report}");
+    assert!(report["idle_cpu_ms_per_sec"].as_f64().is_some_and(|idle| idle >= 0.0), "{report}");
+    let net = report["server_cpu_ms_per_cert_net_of_idle"].as_f64().expect("net of idle");
+    assert!(net <= report["server_cpu_ms_per_cert"].as_f64().unwrap(), "{report}");
 }

@@ -193,6 +193,10 @@ async fn crl_shards_are_leased_to_one_updater_at_a_time() {
         store.update_crl_shard(7, 0, t, t + 3_600, b"crl der", 0).await.unwrap();
         let stored = store.get_crl(7, 0).await.unwrap();
         assert_eq!((stored.der.as_slice(), stored.this_update, stored.next_update), (&b"crl der"[..], t, t + 3_600));
+        // An updater whose lease lapsed cannot put back an older CRL.
+        let older = store.update_crl_shard(7, 0, t - 5, t + 3_000, b"older der", 0).await.unwrap_err();
+        assert_eq!(older.kind, ErrorKind::Conflict, "{}", db.url);
+        assert_eq!(store.get_crl(7, 0).await.unwrap().der, b"crl der");
         // Shard 0 is released, but a pass that began at t has updated it already.
         assert_eq!(lease(t + 1, t + 120, t).await, None, "{}", db.url);
         // Later, shard 1's lease has lapsed and it is the older; then shard 0 is due again.
