@@ -29,16 +29,17 @@ impl Nonces {
         // No source method panics halfway through an update, so a poisoned lock still guards a consistent state.
         self.source.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-#[tonic::async_trait]
-impl NonceService for Nonces {
-    async fn nonce(&self, _request: Request<Empty>) -> Result<Response<NonceMessage>, Status> {
-        let minted = self.source().mint();
+    /// `count` fresh nonces (at least one), counted in the metrics.
+    fn mint(&self, count: u32) -> Result<Vec<String>, Status> {
+        let minted: Result<Vec<String>, _> = {
+            let mut source = self.source();
+            (0..count.max(1)).map(|_| source.mint()).collect()
+        };
         match minted {
-            Ok(nonce) => {
-                metrics::counter!("quarry_nonces_minted_total").increment(1);
-                Ok(Response::new(NonceMessage { nonce }))
+            Ok(nonces) => {
+                metrics::counter!("quarry_nonces_minted_total").increment(nonces.len() as u64);
+                Ok(nonces)
             }
             Err(err) => {
                 error!(%err, "minting a nonce failed");
@@ -46,23 +47,18 @@ impl NonceService for Nonces {
             }
         }
     }
+}
+
+#[tonic::async_trait]
+impl NonceService for Nonces {
+    async fn nonce(&self, _request: Request<Empty>) -> Result<Response<NonceMessage>, Status> {
+        let nonce = self.mint(1)?.pop().unwrap_or_default();
+        Ok(Response::new(NonceMessage { nonce }))
+    }
 
     async fn nonce_batch(&self, request: Request<NonceBatchRequest>) -> Result<Response<NonceBatchResponse>, Status> {
-        let count = request.get_ref().count.clamp(1, MAX_BATCH);
-        let minted: Result<Vec<String>, _> = {
-            let mut source = self.source();
-            (0..count).map(|_| source.mint()).collect()
-        };
-        match minted {
-            Ok(nonces) => {
-                metrics::counter!("quarry_nonces_minted_total").increment(nonces.len() as u64);
-                Ok(Response::new(NonceBatchResponse { nonces }))
-            }
-            Err(err) => {
-                error!(%err, "minting nonces failed");
-                Err(Problem::internal("could not create nonces").into())
-            }
-        }
+        let nonces = self.mint(request.get_ref().count.clamp(1, MAX_BATCH))?;
+        Ok(Response::new(NonceBatchResponse { nonces }))
     }
 
     async fn redeem(&self, request: Request<NonceMessage>) -> Result<Response<RedeemResponse>, Status> {

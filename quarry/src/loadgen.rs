@@ -149,10 +149,7 @@ impl Session {
             let body = response.into_body().collect().await?.to_bytes();
             anyhow::Ok((Reply { status, location, body }, nonce))
         };
-        let (reply, nonce) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
-            .with_context(|| url.to_owned())?;
+        let (reply, nonce) = bounded(exchange).await.with_context(|| url.to_owned())?;
         if nonce.is_some() {
             self.nonce = nonce;
         }
@@ -433,27 +430,32 @@ fn usage_of(pid: u32, ticks: u64) -> Option<ProcessUsage> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<String> =
         cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    // PostgreSQL's backends rewrite their argv into one string ("postgres: user database host state").
     let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a))?;
-    if let Some(title) = program.strip_prefix("postgres: ") {
-        let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
-        return Some(ProcessUsage { pid, name: format!("postgres {title}"), cpu, peak_rss_kib });
-    }
-    let program = program.to_owned();
-    let name = match args.get(1) {
-        Some(sub) if !sub.starts_with('-') => format!("{program} {sub}"),
-        _ => program,
+    let name = match (program.strip_prefix("postgres: "), args.get(1)) {
+        // PostgreSQL's backends rewrite their argv into one string ("postgres: user database host state").
+        (Some(title), _) => format!("postgres {title}"),
+        (None, Some(sub)) if !sub.starts_with('-') => format!("{program} {sub}"),
+        (None, _) => program.to_owned(),
     };
     let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
     Some(ProcessUsage { pid, name, cpu, peak_rss_kib })
 }
 
-/// The CPU time the processes of `before` spent until `after` (a process new in `after` counts whole).
+/// The CPU time `usage`'s process spent since `before` was read (all of it when the process is new).
+fn spent_since(before: &[ProcessUsage], usage: &ProcessUsage) -> Duration {
+    before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu))
+}
+
+/// The CPU time the processes of `before` spent until `after`.
 fn cpu_spent(before: &[ProcessUsage], after: &[ProcessUsage]) -> Duration {
-    after
-        .iter()
-        .map(|usage| before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu)))
-        .sum()
+    after.iter().map(|usage| spent_since(before, usage)).sum()
+}
+
+/// `exchange`, or an error once it has taken longer than [`REQUEST_TIMEOUT`].
+async fn bounded<T>(exchange: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
 }
 
 /// Every process whose program name is one of `programs`, except this one.
@@ -493,11 +495,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let directory = {
         let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
         let fetch = async { anyhow::Ok(http.request(request).await?.into_body().collect().await?.to_bytes()) };
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, fetch)
-            .await
-            .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))
-            .and_then(|fetched| fetched)
-            .with_context(|| format!("GET {directory_url}"))?;
+        let body = bounded(fetch).await.with_context(|| format!("GET {directory_url}"))?;
         serde_json::from_slice::<Value>(&body).context("the directory is not JSON")?
     };
     let responder = match &args.challtestsrv {
@@ -576,7 +574,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let mut total = Duration::ZERO;
     let mut processes = Vec::new();
     for usage in &after {
-        let spent = before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu));
+        let spent = spent_since(&before, usage);
         total += spent;
         println!("{:<24} {:>12.2} {:>14.1}", usage.name, per_cert(spent), usage.peak_rss_kib as f64 / 1024.0);
         processes.push(json!({ "name": usage.name, "pid": usage.pid, "cpu_ms_per_cert": per_cert(spent), "peak_rss_kib": usage.peak_rss_kib }));

@@ -88,19 +88,6 @@ struct Tats {
     sweep_at: usize,
 }
 
-impl std::ops::Deref for Tats {
-    type Target = HashMap<String, Micros>;
-    fn deref(&self) -> &Self::Target {
-        &self.by_key
-    }
-}
-
-impl std::ops::DerefMut for Tats {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.by_key
-    }
-}
-
 impl Tats {
     fn sweep_if_due(&mut self, now: Micros) {
         if self.by_key.len() >= self.sweep_at.max(SWEEP_AT) {
@@ -114,12 +101,12 @@ impl MemoryStore {
     fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Vec<Option<Micros>> {
         let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
         tats.sweep_if_due(now);
-        let before: Vec<Option<Micros>> = ops.iter().map(|op| tats.get(&op.key).copied()).collect();
+        let before: Vec<Option<Micros>> = ops.iter().map(|op| tats.by_key.get(&op.key).copied()).collect();
         let decisions: Vec<gcra::Decision> =
             ops.iter().zip(&before).map(|(op, tat)| gcra::decide(op.rate, *tat, now, op.cost)).collect();
         if spend && decisions.iter().all(|d| d.allowed) {
             for (op, decision) in ops.iter().zip(&decisions) {
-                tats.insert(op.key.clone(), decision.new_tat);
+                tats.by_key.insert(op.key.clone(), decision.new_tat);
             }
         }
         before
@@ -128,8 +115,8 @@ impl MemoryStore {
     fn refund(&self, now: Micros, ops: &[Op]) {
         let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
         for op in ops {
-            if let Some(tat) = gcra::refund(op.rate, tats.get(&op.key).copied(), now, op.cost) {
-                tats.insert(op.key.clone(), tat);
+            if let Some(tat) = gcra::refund(op.rate, tats.by_key.get(&op.key).copied(), now, op.cost) {
+                tats.by_key.insert(op.key.clone(), tat);
             }
         }
     }
@@ -137,7 +124,7 @@ impl MemoryStore {
     fn reset(&self, keys: &[String]) {
         let mut tats = self.tats.lock().unwrap_or_else(PoisonError::into_inner);
         for key in keys {
-            tats.remove(key);
+            tats.by_key.remove(key);
         }
     }
 }
@@ -253,16 +240,16 @@ mod tests {
         for i in 0..SWEEP_AT {
             // Every tenth bucket's TAT is already in the past.
             let tat = if i % 10 == 0 { now - 1 } else { now + 1 };
-            tats.insert(format!("bucket-{i}"), tat);
+            tats.by_key.insert(format!("bucket-{i}"), tat);
         }
         tats.sweep_if_due(now);
         let live = SWEEP_AT - SWEEP_AT / 10;
-        assert_eq!(tats.len(), live);
+        assert_eq!(tats.by_key.len(), live);
         assert_eq!(tats.sweep_at, (live * 2).max(SWEEP_AT));
         // Still live everywhere: the next sweep waits for twice as many, instead of scanning at every batch.
-        tats.insert("one-more".into(), now + 1);
+        tats.by_key.insert("one-more".into(), now + 1);
         tats.sweep_if_due(now);
-        assert_eq!(tats.len(), live + 1);
+        assert_eq!(tats.by_key.len(), live + 1);
         assert_eq!(tats.sweep_at, live * 2);
     }
 }

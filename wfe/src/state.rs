@@ -257,7 +257,7 @@ impl Wfe {
         let mut last = Problem::new(ErrorKind::Unavailable, "no nonce service answered");
         // Try each instance once, so that one being down does not stop the wfe from handing out nonces.
         for offset in 0..services.len() {
-            let (_, client) = &services[(first + offset) % services.len()];
+            let (prefix, client) = &services[(first + offset) % services.len()];
             let request = request_with_deadline(NonceBatchRequest { count: NONCE_BATCH }, self.deadline());
             match client.clone().nonce_batch(request).await {
                 Ok(reply) => {
@@ -270,7 +270,7 @@ impl Wfe {
                     return Ok(nonce);
                 }
                 Err(status) => {
-                    self.forget_nonces_of(&services[(first + offset) % services.len()].0);
+                    self.forget_nonces_of(prefix);
                     last = status.into();
                 }
             }
