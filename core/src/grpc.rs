@@ -147,7 +147,9 @@ where
         })
         .tls_config(tls_config)?
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // Small request/response exchanges: Nagle's algorithm would hold a reply's last segment for the peer's
+        // delayed ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     if let Some(readiness) = readiness {
         readiness.abort();

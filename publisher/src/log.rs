@@ -39,8 +39,15 @@ pub fn http_client(extra_roots: Option<&Path>) -> Result<HttpClient, Error> {
         }
     }
     let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    // A submission is one small request awaiting its answer: no Nagle delay.
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

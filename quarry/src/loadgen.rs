@@ -501,7 +501,11 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let responder = match &args.challtestsrv {
         Some(url) => Responder::ChallTestSrv {
             url: url.trim_end_matches('/').to_owned(),
-            http: Box::new(Client::builder(TokioExecutor::new()).build_http()),
+            http: Box::new(Client::builder(TokioExecutor::new()).build({
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http
+            })),
         },
         None => {
             let tokens = Arc::new(Mutex::new(HashMap::new()));

@@ -128,6 +128,41 @@ impl Registrar {
         Order::try_from(reply.get_ref())
     }
 
+    /// The wfe's copy of the account when it sent one (it read it, or verified the request with it, just before),
+    /// else the sa's: a round trip saved per validation and per finalization.
+    async fn account_from(
+        &self,
+        sent: Option<&pb::Account>,
+        id: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Account, Problem> {
+        match sent {
+            Some(account) if account.id == id => Account::try_from(account),
+            _ => self.account(id, deadline).await,
+        }
+    }
+
+    /// The wfe's copy of the authorization when it sent one, else the sa's.
+    async fn authorization_from(
+        &self,
+        sent: Option<&pb::Authorization>,
+        id: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Authorization, Problem> {
+        match sent {
+            Some(authz) if authz.id == id => Authorization::try_from(authz),
+            _ => self.authorization(id, deadline).await,
+        }
+    }
+
+    /// The wfe's copy of the order when it sent one, else the sa's.
+    async fn order_from(&self, sent: Option<&pb::Order>, id: i64, deadline: Option<Instant>) -> Result<Order, Problem> {
+        match sent {
+            Some(order) if order.id == id => Order::try_from(order),
+            _ => self.order(id, deadline).await,
+        }
+    }
+
     async fn new_account(
         &self,
         account: pb::Account,
@@ -417,7 +452,7 @@ impl Registrar {
         req: PerformValidationRequest,
         deadline: Option<Instant>,
     ) -> Result<Authorization, Problem> {
-        let authz = self.authorization(req.authorization_id, deadline).await?;
+        let authz = self.authorization_from(req.authorization.as_ref(), req.authorization_id, deadline).await?;
         if authz.account_id != req.account_id {
             return Err(Problem::unauthorized("this authorization belongs to another account"));
         }
@@ -440,7 +475,7 @@ impl Registrar {
         if !offered_challenges(&offered_for, &self.inner.challenge_types).contains(&challenge.kind) {
             return Err(Problem::malformed(format!("challenge type {} is not enabled", challenge.kind)));
         }
-        let account = self.account(authz.account_id, deadline).await?;
+        let account = self.account_from(req.account.as_ref(), authz.account_id, deadline).await?;
         let jwk = Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
         let key_authorization = quarry_jose::key_authorization(&challenge.token, &jwk);
         let processing = sapb::SetAuthorizationProcessingRequest {
@@ -457,7 +492,7 @@ impl Registrar {
         {
             Ok(_) => {
                 let registrar = self.clone();
-                let authz = authz.clone();
+                let started = processing_started(&authz, challenge.kind);
                 // The validation outlives the client's request: it has its own timeout, not the request's deadline.
                 // Still part of the challenge request's trace; recorded as failed if the ra must stop first.
                 let abandon = self.inner.abandon.clone();
@@ -470,6 +505,8 @@ impl Registrar {
                     }
                     .in_current_span(),
                 );
+                // The sa's conditional update succeeded, so its state is known without reading it back.
+                return Ok(started);
             }
             Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
             Err(status) => {
@@ -495,21 +532,26 @@ impl Registrar {
             expected_key_authorization: key_authorization,
             authorization_id: authz.id,
             account_id: authz.account_id,
+            // Once control is proven, CAA must also allow this CA to issue (RFC 8659): the va checks it in the
+            // same call.
+            caa: Some(self.caa_request(&authz, kind)),
         };
         let deadline = Instant::now() + inner.validation_timeout;
-        let (records, mut problem) = match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await
-        {
-            Ok(result) => {
-                let result = result.into_inner();
-                (result.records, result.problem)
-            }
-            Err(status) => {
-                tracing::error!(authorization_id = authz.id, %status, "va call failed");
-                (Vec::new(), Some(pb::Problem::from(&Problem::internal("validation could not be performed"))))
-            }
-        };
-        // Control is proven; CAA must also allow this CA to issue (RFC 8659), checked right after.
+        let (records, mut problem, caa_checked) =
+            match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await {
+                Ok(result) => {
+                    let result = result.into_inner();
+                    (result.records, result.problem, result.caa_checked)
+                }
+                Err(status) => {
+                    tracing::error!(authorization_id = authz.id, %status, "va call failed");
+                    let problem = Problem::internal("validation could not be performed");
+                    (Vec::new(), Some(pb::Problem::from(&problem)), false)
+                }
+            };
+        // An older va ignores the CAA part of the request: then CAA is asked for on its own.
         if problem.is_none()
+            && !caa_checked
             && let Err(caa) = self.check_caa(&authz, kind, Some(deadline)).await
         {
             problem = Some(pb::Problem::from(&caa));
@@ -564,14 +606,7 @@ impl Registrar {
         method: ChallengeType,
         deadline: Option<Instant>,
     ) -> Result<(), Problem> {
-        let request = CaaRequest {
-            identifier: Some((&authz.identifier).into()),
-            wildcard: authz.wildcard,
-            validation_method: method.as_str().to_owned(),
-            account_uri: format!("{}{}", self.inner.account_uri_prefix, authz.account_id),
-            authorization_id: authz.id,
-            account_id: authz.account_id,
-        };
+        let request = self.caa_request(authz, method);
         let result =
             self.inner.va.clone().do_caa(request_with_deadline(request, deadline)).await.map_err(|status| {
                 tracing::error!(authorization_id = authz.id, %status, "va CAA call failed");
@@ -580,6 +615,18 @@ impl Registrar {
         match &result.get_ref().problem {
             None => Ok(()),
             Some(problem) => Err(Problem::from(problem)),
+        }
+    }
+
+    /// The CAA question for `authz`'s identifier, validated by `method`.
+    fn caa_request(&self, authz: &Authorization, method: ChallengeType) -> CaaRequest {
+        CaaRequest {
+            identifier: Some((&authz.identifier).into()),
+            wildcard: authz.wildcard,
+            validation_method: method.as_str().to_owned(),
+            account_uri: format!("{}{}", self.inner.account_uri_prefix, authz.account_id),
+            authorization_id: authz.id,
+            account_id: authz.account_id,
         }
     }
 
@@ -598,7 +645,7 @@ impl Registrar {
 
     async fn finalize_order(&self, req: FinalizeOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
         let inner = &self.inner;
-        let order = self.order(req.order_id, deadline).await?;
+        let order = self.order_from(req.order.as_ref(), req.order_id, deadline).await?;
         if order.account_id != req.account_id {
             return Err(Problem::unauthorized("this order belongs to another account"));
         }
@@ -611,7 +658,7 @@ impl Registrar {
         let csr = quarry_core::csr::parse_csr(&req.csr)
             .map_err(|e| Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {e}")))?;
         keypolicy::check_certificate_key(&csr.key, &csr.spki_der)?;
-        let account = self.account(order.account_id, deadline).await?;
+        let account = self.account_from(req.account.as_ref(), order.account_id, deadline).await?;
         let account_key =
             Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
         if subject_public_key(&csr.spki_der).as_deref() == Some(account_key.subject_public_key().as_slice()) {
@@ -652,7 +699,10 @@ impl Registrar {
             .await?;
         if inner.async_finalize {
             let registrar = self.clone();
-            let (order_id, csr) = (order.id, req.csr);
+            // The sa's conditional update succeeded: the order is processing, without reading it back (the sa
+            // stamps `began_processing` by its own clock, which this one approximates; no client sees it).
+            let processing = Order { status: OrderStatus::Processing, began_processing: now().max(1), ..order.clone() };
+            let csr = req.csr;
             // Issuance outlives the client's request: it has its own timeout, not the request's deadline.
             let abandon = self.inner.abandon.clone();
             self.inner.background.spawn(
@@ -668,17 +718,27 @@ impl Registrar {
                 }
                 .in_current_span(),
             );
-            return self.order(order_id, deadline).await;
+            return Ok(processing);
         }
         let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));
-        self.issue_or_invalidate(&order, req.csr, deadline).await?;
-        self.order(order.id, deadline).await
+        let began_processing = now().max(1);
+        let serial = self.issue_or_invalidate(&order, req.csr, deadline).await?;
+        // The sa recorded the certificate, so the order is valid: no need to read it back.
+        Ok(Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order })
     }
 
-    /// Issues, or marks the order invalid: past "processing" an order cannot go back to ready, and the client
-    /// starts over with a new order.
-    async fn issue_or_invalidate(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
-        let Err(problem) = self.issue(order, csr, deadline).await else { return Ok(()) };
+    /// Issues (giving the certificate's serial), or marks the order invalid: past "processing" an order cannot go
+    /// back to ready, and the client starts over with a new order.
+    async fn issue_or_invalidate(
+        &self,
+        order: &Order,
+        csr: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<String, Problem> {
+        let problem = match self.issue(order, csr, deadline).await {
+            Ok(serial) => return Ok(serial),
+            Err(problem) => problem,
+        };
         self.fail_order(order, &problem, deadline).await;
         Err(problem)
     }
@@ -724,7 +784,7 @@ impl Registrar {
         }
     }
 
-    async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<(), Problem> {
+    async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<String, Problem> {
         // Asked before this certificate joins the history it looks at.
         let renewal = self.is_renewal(&order.identifiers, deadline).await?;
         let issue = IssueCertificateRequest {
@@ -740,7 +800,7 @@ impl Registrar {
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
-        Ok(())
+        Ok(issued.serial)
     }
 }
 
@@ -851,6 +911,15 @@ impl Registrar {
 
 /// The challenge types offered for `identifier`, in configured order: only dns-01 for a wildcard (control of a
 /// whole zone), never dns-01 for an IP address (RFC 8738 §7: no DNS name to publish a record under).
+/// The authorization as the sa shows it once a validation by `kind` has begun: that challenge is processing.
+fn processing_started(authz: &Authorization, kind: ChallengeType) -> Authorization {
+    let mut started = authz.clone();
+    for challenge in started.challenges.iter_mut().filter(|c| c.kind == kind) {
+        challenge.status = ChallengeStatus::Processing;
+    }
+    started
+}
+
 fn offered_challenges(identifier: &Identifier, enabled: &[ChallengeType]) -> Vec<ChallengeType> {
     enabled
         .iter()

@@ -1,7 +1,7 @@
 //! In-process fakes of peer services, for per-service tests: a va whose verdicts (DCV and CAA) the test decides.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quarry_core::Problem;
@@ -18,6 +18,10 @@ pub struct FakeVa {
     calls: Arc<AtomicUsize>,
     caa_verdict: Arc<Mutex<Option<Problem>>>,
     caa_requests: Arc<Mutex<Vec<CaaRequest>>>,
+    /// While true, validations wait (so that a test sees an authorization processing).
+    held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Answer as a va older than the CAA part of `DoDCV`: ignore it, and do not say CAA was checked.
+    older: Arc<AtomicBool>,
 }
 
 impl FakeVa {
@@ -46,6 +50,16 @@ impl FakeVa {
         *self.verdict.lock().expect("verdict lock") = Some(problem);
     }
 
+    /// While `held`, validations wait before answering; releasing lets the waiting ones answer.
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+
+    /// From now on, answer as a va that predates CAA in `DoDCV` (`true`) or as a current one.
+    pub fn answer_as_older_va(&self, older: bool) {
+        self.older.store(older, Ordering::SeqCst);
+    }
+
     /// Every CAA check from now on fails with `problem` (`None`: passes, the default).
     pub fn caa(&self, problem: Option<Problem>) {
         *self.caa_verdict.lock().expect("verdict lock") = problem;
@@ -66,8 +80,16 @@ impl FakeVa {
 impl Va for FakeVa {
     async fn do_dcv(&self, request: Request<DcvRequest>) -> Result<Response<ValidationResult>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let problem = self.verdict.lock().map_err(|_| Status::internal("verdict lock"))?.clone();
+        // The ra's own validation timeout bounds the wait.
+        let _ = self.held.subscribe().wait_for(|held| !held).await;
+        let mut problem = self.verdict.lock().map_err(|_| Status::internal("verdict lock"))?.clone();
         let hostname = request.get_ref().identifier.as_ref().map(|i| i.value.clone()).unwrap_or_default();
+        let caa = request.get_ref().caa.clone().filter(|_| !self.older.load(Ordering::SeqCst));
+        if problem.is_none()
+            && let Some(caa) = &caa
+        {
+            problem = self.check_caa(caa)?;
+        }
         Ok(Response::new(ValidationResult {
             records: vec![quarry_proto::core::ValidationRecord {
                 hostname,
@@ -77,17 +99,26 @@ impl Va for FakeVa {
             problem: problem.as_ref().map(quarry_proto::core::Problem::from),
             perspective: "fake".into(),
             rir: String::new(),
+            caa_checked: caa.is_some(),
         }))
     }
 
     async fn do_caa(&self, request: Request<CaaRequest>) -> Result<Response<ValidationResult>, Status> {
-        self.caa_requests.lock().map_err(|_| Status::internal("requests lock"))?.push(request.get_ref().clone());
-        let problem = self.caa_verdict.lock().map_err(|_| Status::internal("verdict lock"))?.clone();
+        let problem = self.check_caa(request.get_ref())?;
         Ok(Response::new(ValidationResult {
             records: Vec::new(),
             problem: problem.as_ref().map(quarry_proto::core::Problem::from),
             perspective: "fake".into(),
             rir: String::new(),
+            caa_checked: true,
         }))
+    }
+}
+
+impl FakeVa {
+    /// Records a CAA check (asked alone or with a validation) and gives the test's verdict.
+    fn check_caa(&self, request: &CaaRequest) -> Result<Option<Problem>, Status> {
+        self.caa_requests.lock().map_err(|_| Status::internal("requests lock"))?.push(request.clone());
+        Ok(self.caa_verdict.lock().map_err(|_| Status::internal("verdict lock"))?.clone())
     }
 }

@@ -366,9 +366,16 @@ impl Va for ValidationAuthority {
         let (records, mut problem) = self
             .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
             .await;
+        // CAA in the same call, once control is proven (as Boulder's PerformValidation did): one round trip to every
+        // perspective instead of two.
+        if problem.is_none()
+            && let Some(caa) = &dcv.caa
+        {
+            problem = self.caa_problem(caa, deadline).await?;
+        }
         // Remote perspectives are asked only once this one has passed, as Boulder does.
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
+            problem = remote::corroborate(&self.remotes, deadline, dcv.caa.is_some(), |mut client, deadline| {
                 let request = request_with_deadline(dcv.clone(), deadline);
                 async move { client.do_dcv(request).await }
             })
@@ -379,6 +386,7 @@ impl Va for ValidationAuthority {
             account_id = dcv.account_id,
             identifier = %identifier.value,
             challenge = %dcv.challenge_type,
+            caa = dcv.caa.is_some(),
             passed = problem.is_none(),
             problem = problem.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -389,20 +397,16 @@ impl Va for ValidationAuthority {
             problem: quarry_proto::convert::problem_to_pb(&problem),
             perspective: self.perspective.clone(),
             rir: self.rir.clone(),
+            caa_checked: dcv.caa.is_some(),
         }))
     }
+
     async fn do_caa(&self, request: Request<CaaRequest>) -> Result<Response<ValidationResult>, Status> {
         let deadline = quarry_core::grpc::incoming_deadline(&request);
         let req = request.into_inner();
-        let identifier = req
-            .identifier
-            .as_ref()
-            .ok_or_else(|| Problem::malformed("CAA request without an identifier"))
-            .and_then(Identifier::try_from)?;
-        let mut problem =
-            self.check_caa(&identifier, req.wildcard, &req.validation_method, &req.account_uri, deadline).await;
+        let mut problem = self.caa_problem(&req, deadline).await?;
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
+            problem = remote::corroborate(&self.remotes, deadline, false, |mut client, deadline| {
                 let request = request_with_deadline(req.clone(), deadline);
                 async move { client.do_caa(request).await }
             })
@@ -411,7 +415,7 @@ impl Va for ValidationAuthority {
         tracing::info!(
             authorization_id = req.authorization_id,
             account_id = req.account_id,
-            identifier = %identifier.value,
+            identifier = req.identifier.as_ref().map(|i| i.value.as_str()).unwrap_or_default(),
             wildcard = req.wildcard,
             passed = problem.is_none(),
             problem = problem.as_ref().map(|p| p.to_string()).unwrap_or_default(),
@@ -422,7 +426,20 @@ impl Va for ValidationAuthority {
             problem: quarry_proto::convert::problem_to_pb(&problem),
             perspective: self.perspective.clone(),
             rir: self.rir.clone(),
+            caa_checked: true,
         }))
+    }
+}
+
+impl ValidationAuthority {
+    /// This perspective's CAA verdict on `req`; a request without an identifier is refused.
+    async fn caa_problem(&self, req: &CaaRequest, deadline: Option<Instant>) -> Result<Option<Problem>, Problem> {
+        let identifier = req
+            .identifier
+            .as_ref()
+            .ok_or_else(|| Problem::malformed("CAA request without an identifier"))
+            .and_then(Identifier::try_from)?;
+        Ok(self.check_caa(&identifier, req.wildcard, &req.validation_method, &req.account_uri, deadline).await)
     }
 }
 

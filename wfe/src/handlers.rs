@@ -549,7 +549,13 @@ async fn challenge(
     // RFC 8555 §7.5.1: the client signals readiness with an empty JSON object.
     let _: Value = request.json()?;
     let account = request.account()?;
-    let start = PerformValidationRequest { authorization_id: authz.id, challenge_index: index, account_id: account.id };
+    let start = PerformValidationRequest {
+        authorization_id: authz.id,
+        challenge_index: index,
+        account_id: account.id,
+        authorization: Some((&authz).into()),
+        account: Some(account.into()),
+    };
     let authz = wfe.ra().perform_validation(request_with_deadline(start, deadline)).await?;
     challenge_response(&wfe, &Authorization::try_from(authz.get_ref())?, index)
 }
@@ -569,15 +575,21 @@ async fn finalize(
 ) -> Reply {
     let deadline = wfe.deadline();
     let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
-    let account_id = request.account()?.id;
+    let account = request.account()?;
     let order = load_order(&wfe, parse_id(&id, "order")?, deadline).await?;
-    if order.account_id != account_id {
+    if order.account_id != account.id {
         return Err(Problem::not_found("order not found").into());
     }
     let payload: FinalizePayload = request.json()?;
     let csr = quarry_jose::b64_decode(&payload.csr)
         .map_err(|_| Problem::new(ErrorKind::BadCsr, "CSR is not valid base64url"))?;
-    let finalize = FinalizeOrderRequest { order_id: order.id, account_id, csr };
+    let finalize = FinalizeOrderRequest {
+        order_id: order.id,
+        account_id: account.id,
+        csr,
+        order: Some((&order).into()),
+        account: Some(account.into()),
+    };
     let order = wfe.ra().finalize_order(request_with_deadline(finalize, deadline)).await?;
     Ok(order_response(&wfe, &Order::try_from(order.get_ref())?))
 }

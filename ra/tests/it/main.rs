@@ -50,14 +50,19 @@ impl Stack {
         self.sa().get_authorization(quarry_proto::sa::AuthorizationId { id }).await.unwrap().into_inner()
     }
 
+    async fn stored_order(&self, id: i64) -> pb::Order {
+        self.sa().get_order(quarry_proto::sa::OrderId { id }).await.unwrap().into_inner()
+    }
+
     async fn order_status(&self, id: i64) -> String {
-        self.sa().get_order(quarry_proto::sa::OrderId { id }).await.unwrap().into_inner().status
+        self.stored_order(id).await.status
     }
 
     /// Starts validation of every authorization of the order and waits (bounded) until none is pending.
     async fn validate_all(&self, order: &pb::Order, account_id: i64) {
         for id in &order.authorization_ids {
-            let request = PerformValidationRequest { authorization_id: *id, challenge_index: 0, account_id };
+            let request =
+                PerformValidationRequest { authorization_id: *id, challenge_index: 0, account_id, ..Default::default() };
             self.ra("wfe").perform_validation(request).await.unwrap();
         }
         let started = Instant::now();
@@ -82,7 +87,7 @@ fn csr(names: &[&str]) -> Vec<u8> {
 }
 
 async fn finalize(stack: &Stack, order: &pb::Order, account_id: i64, csr: Vec<u8>) -> Result<pb::Order, Problem> {
-    let request = FinalizeOrderRequest { order_id: order.id, account_id, csr };
+    let request = FinalizeOrderRequest { order_id: order.id, account_id, csr, ..Default::default() };
     stack.ra("wfe").finalize_order(request).await.map(|r| r.into_inner()).map_err(Problem::from)
 }
 
@@ -164,6 +169,21 @@ async fn a_failed_validation_invalidates_the_order() {
     assert_eq!(stack.inner.va.calls(), 1);
 }
 
+/// A va older than CAA in `DoDCV` ignores it: the ra notices from the answer and asks `DoCAA` itself.
+#[tokio::test]
+async fn caa_is_asked_apart_from_a_va_that_ignores_it_in_the_validation() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let order = stack.order(account.id, &["older.example.org"]).await.unwrap();
+    stack.inner.va.answer_as_older_va(true);
+    stack.inner.va.caa(Some(Problem::new(ErrorKind::Caa, "CAA record for older.example.org prevents issuance")));
+    stack.validate_all(&order, account.id).await;
+    let authz = stack.authorization(order.authorization_ids[0]).await;
+    assert_eq!(authz.status, "invalid");
+    assert_eq!(authz.challenges[0].error.as_ref().unwrap().kind, "caa");
+    assert_eq!(stack.inner.va.caa_requests().len(), 1, "asked once, apart");
+}
+
 #[tokio::test]
 async fn finalization_checks_the_csr_then_issues() {
     let stack = Stack::start().await;
@@ -190,6 +210,59 @@ async fn finalization_checks_the_csr_then_issues() {
     assert!(!done.certificate_serial.is_empty());
     let again = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
     assert_eq!(again.kind, ErrorKind::OrderNotReady);
+}
+
+/// The wfe sends the authorization, order and account it has just read: the ra uses them instead of reading them
+/// again, and answers with exactly what the sa then shows, without reading it back.
+#[tokio::test]
+async fn the_wfes_copies_spare_reads_and_answer_as_the_sa_would() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let order = stack.order(account.id, &["copies.example.org"]).await.unwrap();
+    let id = order.authorization_ids[0];
+    let pending = stack.authorization(id).await;
+    stack.inner.va.hold(true);
+    let start = |authorization: pb::Authorization, account_id: i64| PerformValidationRequest {
+        authorization_id: id,
+        challenge_index: 0,
+        account_id,
+        authorization: Some(authorization),
+        account: Some(account.clone()),
+    };
+    let (other, _) = stack.account().await;
+    let stranger = stack.ra("wfe").perform_validation(start(pending.clone(), other.id)).await.unwrap_err();
+    assert_eq!(Problem::from(stranger).kind, ErrorKind::Unauthorized, "the copy's owner is checked");
+    let started = stack.ra("wfe").perform_validation(start(pending.clone(), account.id)).await.unwrap().into_inner();
+    assert_eq!(started.challenges[0].status, "processing");
+    assert_eq!(started, stack.authorization(id).await, "the answer is what the sa shows");
+    // A second POST meets the validation under way: the ra's conditional update fails, and it reads the sa.
+    let again = stack.ra("wfe").perform_validation(start(pending, account.id)).await.unwrap().into_inner();
+    assert_eq!(again, started);
+    stack.inner.va.hold(false);
+    let begun = Instant::now();
+    while stack.authorization(id).await.status == "pending" {
+        assert!(begun.elapsed() < Duration::from_secs(10), "validation did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.inner.va.calls(), 1);
+    assert_eq!(stack.inner.va.caa_requests().len(), 1, "CAA asked for in the same call");
+
+    let ready = stack.stored_order(order.id).await;
+    assert_eq!(ready.status, "ready");
+    let finalize = FinalizeOrderRequest {
+        order_id: order.id,
+        account_id: account.id,
+        csr: csr(&["copies.example.org"]),
+        order: Some(ready),
+        account: Some(account.clone()),
+    };
+    let mut done = stack.ra("wfe").finalize_order(finalize).await.unwrap().into_inner();
+    assert_eq!(done.status, "valid");
+    let stored = stack.stored_order(order.id).await;
+    // The sa stamps the start of processing by its own clock; the ra's answer approximates it.
+    assert!((done.began_processing - stored.began_processing).abs() <= 1, "{done:?}");
+    done.began_processing = stored.began_processing;
+    assert_eq!(done, stored, "the answer is what the sa shows");
 }
 
 #[tokio::test]

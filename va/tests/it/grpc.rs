@@ -27,6 +27,7 @@ fn request(challenge_type: &str, token: &str) -> DcvRequest {
         expected_key_authorization: KEY_AUTHORIZATION.into(),
         authorization_id: 1,
         account_id: 1,
+        caa: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn dcv(token: &str) -> DcvRequest {
         expected_key_authorization: KEY_AUTHORIZATION.into(),
         authorization_id: 1,
         account_id: 1,
+        caa: None,
     }
 }
 
@@ -131,14 +132,62 @@ async fn caa_is_checked_from_every_perspective() {
     let remotes =
         vec![remote(&pki, &allowing, "remote-a", "RIPE").await, remote(&pki, &denying, "remote-b", "APNIC").await];
     let mut client = primary(&pki, &allowing, remotes).await;
-    let request = CaaRequest {
+    let result = client.do_caa(caa()).await.unwrap().into_inner();
+    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("a remote saw a denying CAA set"));
+    assert_eq!(problem.kind, ErrorKind::Caa);
+    assert!(problem.detail.starts_with("During secondary validation: CAA record for"), "{}", problem.detail);
+}
+
+fn caa() -> CaaRequest {
+    CaaRequest {
         identifier: Some((&Identifier::dns("mpic.example.org")).into()),
         validation_method: "http-01".into(),
         account_uri: "https://ca.quarry.test/acme/acct/1".into(),
         ..Default::default()
+    }
+}
+
+/// A validation may carry its CAA check: every perspective checks both in one call, and a perspective passes only
+/// if both pass.
+#[tokio::test]
+async fn caa_rides_along_with_the_validation_at_every_perspective() {
+    let pki = TestPki::new();
+    let issue = |value: &str| CaaPolicy { flags: 0, tag: "issue".into(), value: value.into() };
+    let view = |caa_value: &'static str| async move {
+        let srv = challenge_server().await;
+        srv.state.add_http01("token", KEY_AUTHORIZATION);
+        srv.state.add_caa("mpic.example.org", [issue(caa_value)]).unwrap();
+        srv
     };
-    let result = client.do_caa(request).await.unwrap().into_inner();
-    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("a remote saw a denying CAA set"));
+    let allowing = view(crate::CA_IDENTITY).await;
+    let denying = view("other-ca.example").await;
+    let with_caa = DcvRequest { caa: Some(caa()), ..dcv("token") };
+
+    let agreeing =
+        vec![remote(&pki, &allowing, "remote-a", "RIPE").await, remote(&pki, &allowing, "remote-b", "APNIC").await];
+    let mut client = primary(&pki, &allowing, agreeing.clone()).await;
+    let result = client.do_dcv(with_caa.clone()).await.unwrap().into_inner();
+    assert_eq!(result.problem, None);
+    assert!(result.caa_checked, "the answer says CAA was checked");
+    let without = client.do_dcv(dcv("token")).await.unwrap().into_inner();
+    assert!(!without.caa_checked, "nothing said about CAA when it was not asked for");
+
+    // A remote that proves control but sees a denying CAA set fails the quorum of two.
+    let split =
+        vec![remote(&pki, &allowing, "remote-a", "RIPE").await, remote(&pki, &denying, "remote-b", "APNIC").await];
+    let mut client = primary(&pki, &allowing, split).await;
+    let result = client.do_dcv(with_caa.clone()).await.unwrap().into_inner();
+    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("a remote's CAA denies"));
     assert_eq!(problem.kind, ErrorKind::Caa);
     assert!(problem.detail.starts_with("During secondary validation: CAA record for"), "{}", problem.detail);
+
+    // The primary's own denial ends it before any remote is asked.
+    let mut client = primary(&pki, &denying, agreeing).await;
+    let asked_before = allowing.state.http_request_history("mpic.example.org").len();
+    let result = client.do_dcv(with_caa).await.unwrap().into_inner();
+    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("the primary's CAA denies"));
+    assert_eq!(problem.kind, ErrorKind::Caa);
+    assert!(!problem.detail.contains("secondary"), "{}", problem.detail);
+    let asked_after = allowing.state.http_request_history("mpic.example.org").len();
+    assert_eq!(asked_after, asked_before, "no remote was asked");
 }
