@@ -17,11 +17,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
 use serde::Deserialize;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use crl::CrlConfig;

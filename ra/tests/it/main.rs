@@ -61,8 +61,12 @@ impl Stack {
     /// Starts validation of every authorization of the order and waits (bounded) until none is pending.
     async fn validate_all(&self, order: &pb::Order, account_id: i64) {
         for id in &order.authorization_ids {
-            let request =
-                PerformValidationRequest { authorization_id: *id, challenge_index: 0, account_id, ..Default::default() };
+            let request = PerformValidationRequest {
+                authorization_id: *id,
+                challenge_index: 0,
+                account_id,
+                ..Default::default()
+            };
             self.ra("wfe").perform_validation(request).await.unwrap();
         }
         let started = Instant::now();
