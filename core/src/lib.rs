@@ -15,6 +15,7 @@ pub mod identifier;
 pub mod model;
 pub mod policy;
 pub mod shutdown;
+pub mod tcp;
 pub mod telemetry;
 
 pub use error::{ErrorKind, Problem, SubProblem};

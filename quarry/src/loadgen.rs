@@ -3,6 +3,7 @@
 //! per step and per order, errors by problem type, and — read from `/proc` — the CPU time and peak memory of every
 //! server process (and its own) per certificate, so that CAs are compared by what a certificate costs them.
 
+use axum::serve::ListenerExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -229,7 +230,7 @@ async fn serve_http01(listen: SocketAddr, tokens: Arc<Mutex<HashMap<String, Stri
             ),
         )
         .with_state(tokens);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move { axum::serve(listener.tap_io(quarry_core::tcp::no_delay), app).await });
     Ok(())
 }
 

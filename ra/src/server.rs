@@ -453,6 +453,8 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<Authorization, Problem> {
         let authz = self.authorization_from(req.authorization.as_ref(), req.authorization_id, deadline).await?;
+        // With the wfe's copy both sides of this check come from the wfe, which the ra trusts (as Boulder's does);
+        // it still catches a wfe that asks for another account's authorization.
         if authz.account_id != req.account_id {
             return Err(Problem::unauthorized("this authorization belongs to another account"));
         }
@@ -909,8 +911,6 @@ impl Registrar {
     }
 }
 
-/// The challenge types offered for `identifier`, in configured order: only dns-01 for a wildcard (control of a
-/// whole zone), never dns-01 for an IP address (RFC 8738 §7: no DNS name to publish a record under).
 /// The authorization as the sa shows it once a validation by `kind` has begun: that challenge is processing.
 fn processing_started(authz: &Authorization, kind: ChallengeType) -> Authorization {
     let mut started = authz.clone();
@@ -920,6 +920,8 @@ fn processing_started(authz: &Authorization, kind: ChallengeType) -> Authorizati
     started
 }
 
+/// The challenge types offered for `identifier`, in configured order: only dns-01 for a wildcard (control of a
+/// whole zone), never dns-01 for an IP address (RFC 8738 §7: no DNS name to publish a record under).
 fn offered_challenges(identifier: &Identifier, enabled: &[ChallengeType]) -> Vec<ChallengeType> {
     enabled
         .iter()

@@ -116,8 +116,8 @@ impl AcmeClient {
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await.context("connect")?;
-        // Small requests awaiting their answers: no Nagle delay (as every HTTP client library does).
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let mut stream = stream;
+        quarry_core::tcp::no_delay(&mut stream);
         let mut request = http::Request::builder()
             .method(method)
             .uri(uri.path_and_query().map_or("/", |p| p.as_str()))

@@ -22,13 +22,25 @@ pub struct FakeVa {
     held: Arc<tokio::sync::watch::Sender<bool>>,
     /// Answer as a va older than the CAA part of `DoDCV`: ignore it, and do not say CAA was checked.
     older: Arc<AtomicBool>,
+    /// The perspective and RIR it answers as, once started as a remote perspective.
+    remote: Arc<std::sync::OnceLock<(String, String)>>,
 }
 
 impl FakeVa {
     /// Serves the fake on 127.0.0.1:0, callable by the "ra" certificate; returns its address.
     pub async fn start(&self, pki: &TestPki) -> SocketAddr {
+        self.serve(pki, "ra").await
+    }
+
+    /// Serves the fake as a remote perspective named `perspective` in `rir`, callable by the primary ("va").
+    pub async fn start_as_remote(&self, pki: &TestPki, perspective: &str, rir: &str) -> SocketAddr {
+        self.remote.set((perspective.to_owned(), rir.to_owned())).expect("started as a remote once");
+        self.serve(pki, "va").await
+    }
+
+    async fn serve(&self, pki: &TestPki, caller: &str) -> SocketAddr {
         let name = "quarry.va.v1.VA";
-        let grpc = pki.server_config(&[(name, &["ra"])]);
+        let grpc = pki.server_config(&[(name, &[caller])]);
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.expect("bind fake va");
         let addr = listener.local_addr().expect("fake va address");
         let allowlist = quarry_core::grpc::ClientAllowlist::for_service(&grpc, name).expect("allowlist");
@@ -93,12 +105,12 @@ impl Va for FakeVa {
         Ok(Response::new(ValidationResult {
             records: vec![quarry_proto::core::ValidationRecord {
                 hostname,
-                perspective: "fake".into(),
+                perspective: self.perspective(),
                 ..Default::default()
             }],
             problem: problem.as_ref().map(quarry_proto::core::Problem::from),
-            perspective: "fake".into(),
-            rir: String::new(),
+            perspective: self.perspective(),
+            rir: self.rir(),
             caa_checked: caa.is_some(),
         }))
     }
@@ -108,14 +120,22 @@ impl Va for FakeVa {
         Ok(Response::new(ValidationResult {
             records: Vec::new(),
             problem: problem.as_ref().map(quarry_proto::core::Problem::from),
-            perspective: "fake".into(),
-            rir: String::new(),
+            perspective: self.perspective(),
+            rir: self.rir(),
             caa_checked: true,
         }))
     }
 }
 
 impl FakeVa {
+    fn perspective(&self) -> String {
+        self.remote.get().map_or_else(|| "fake".to_owned(), |(perspective, _)| perspective.clone())
+    }
+
+    fn rir(&self) -> String {
+        self.remote.get().map(|(_, rir)| rir.clone()).unwrap_or_default()
+    }
+
     /// Records a CAA check (asked alone or with a validation) and gives the test's verdict.
     fn check_caa(&self, request: &CaaRequest) -> Result<Option<Problem>, Status> {
         self.caa_requests.lock().map_err(|_| Status::internal("requests lock"))?.push(request.clone());

@@ -188,8 +188,8 @@ impl Http01Validator {
             match tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     record.address_used = ip.to_string();
-                    // One small request awaiting its answer: no Nagle delay.
-                    let _ = stream.set_nodelay(true);
+                    let mut stream = stream;
+                    quarry_core::tcp::no_delay(&mut stream);
                     if !target.https {
                         return self.request(stream, ip, target, url).await;
                     }

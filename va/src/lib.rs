@@ -362,12 +362,17 @@ impl Va for ValidationAuthority {
             .as_ref()
             .ok_or_else(|| Problem::malformed("validation request without an identifier"))
             .and_then(Identifier::try_from)?;
+        if let Some(caa) = &dcv.caa
+            && caa.identifier != dcv.identifier
+        {
+            return Err(Problem::malformed("the CAA check names another identifier than the validation").into());
+        }
         let started = Instant::now();
         let (records, mut problem) = self
             .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
             .await;
-        // CAA in the same call, once control is proven (as Boulder's PerformValidation did): one round trip to every
-        // perspective instead of two.
+        // CAA in the same call, once control is proven (as Boulder's PerformValidation did before multi-perspective
+        // validation split them): one round trip to every perspective instead of two.
         if problem.is_none()
             && let Some(caa) = &dcv.caa
         {
@@ -375,9 +380,19 @@ impl Va for ValidationAuthority {
         }
         // Remote perspectives are asked only once this one has passed, as Boulder does.
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, dcv.caa.is_some(), |mut client, deadline| {
+            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
                 let request = request_with_deadline(dcv.clone(), deadline);
-                async move { client.do_dcv(request).await }
+                let caa = dcv.caa.clone();
+                async move {
+                    let reply = client.do_dcv(request).await?;
+                    match caa {
+                        // A remote older than CAA in DoDCV passed without checking it: it is asked apart.
+                        Some(caa) if reply.get_ref().problem.is_none() && !reply.get_ref().caa_checked => {
+                            client.do_caa(request_with_deadline(caa, deadline)).await
+                        }
+                        _ => Ok(reply),
+                    }
+                }
             })
             .await;
         }
@@ -406,7 +421,7 @@ impl Va for ValidationAuthority {
         let req = request.into_inner();
         let mut problem = self.caa_problem(&req, deadline).await?;
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, false, |mut client, deadline| {
+            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
                 let request = request_with_deadline(req.clone(), deadline);
                 async move { client.do_caa(request).await }
             })

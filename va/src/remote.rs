@@ -45,9 +45,9 @@ impl RemoteVa {
         })
     }
 
-    /// The remote's answer as the quorum counts it: an RPC failure, an answer from a perspective other than the
-    /// one configured, or one that left out a CAA check it was asked for (an older va), is a failure.
-    fn outcome(&self, reply: Result<Response<ValidationResult>, Status>, needs_caa: bool) -> RemoteOutcome {
+    /// The remote's answer as the quorum counts it: an RPC failure, or an answer from a perspective other than the
+    /// one configured, is a failure.
+    fn outcome(&self, reply: Result<Response<ValidationResult>, Status>) -> RemoteOutcome {
         let problem = match reply {
             Err(status) => {
                 tracing::warn!(perspective = %self.perspective, %status, "remote va call failed");
@@ -63,15 +63,8 @@ impl RemoteVa {
                             self.perspective, self.rir, result.perspective, result.rir
                         ),
                     ))
-                } else if let Some(problem) = &result.problem {
-                    Some(Problem::from(problem))
-                } else if needs_caa && !result.caa_checked {
-                    Some(Problem::new(
-                        ErrorKind::ServerInternal,
-                        format!("remote perspective {} did not check CAA (it is older than this va)", self.perspective),
-                    ))
                 } else {
-                    None
+                    result.problem.as_ref().map(Problem::from)
                 }
             }
         };
@@ -80,14 +73,8 @@ impl RemoteVa {
 }
 
 /// Asks every remote with `call` in parallel; `None` when the quorum passes, the problem to report otherwise.
-/// `needs_caa`: each remote must also have checked CAA. Answers still outstanding once the verdict is certain are
-/// abandoned.
-pub async fn corroborate<F, Fut>(
-    remotes: &[RemoteVa],
-    deadline: Option<Instant>,
-    needs_caa: bool,
-    call: F,
-) -> Option<Problem>
+/// Answers still outstanding once the verdict is certain are abandoned.
+pub async fn corroborate<F, Fut>(remotes: &[RemoteVa], deadline: Option<Instant>, call: F) -> Option<Problem>
 where
     F: Fn(VaClient<Channel>, Option<Instant>) -> Fut,
     Fut: Future<Output = Result<Response<ValidationResult>, Status>>,
@@ -97,7 +84,7 @@ where
         .iter()
         .map(|remote| {
             let reply = call(remote.client.clone(), deadline);
-            async move { remote.outcome(reply.await, needs_caa) }
+            async move { remote.outcome(reply.await) }
         })
         .collect();
     while let Some(outcome) = pending.next().await {

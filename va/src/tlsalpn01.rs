@@ -253,7 +253,7 @@ impl Tlsalpn01Validator {
         for ip in ordered {
             record.addresses_tried.push(ip.to_string());
             let addr = SocketAddr::new(ip, self.policy.port);
-            let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) => {
                     failures.push(format!("{addr}: {}", connect_error(&err)));
@@ -264,6 +264,7 @@ impl Tlsalpn01Validator {
                     continue;
                 }
             };
+            quarry_core::tcp::no_delay(&mut stream);
             record.address_used = ip.to_string();
             let tls_failed = |why: String| {
                 Problem::new(

@@ -146,7 +146,7 @@ pub async fn serve(
             TcpListener::bind(crl.listen).await.map_err(|source| Error::Bind { addr: crl.listen, source })?;
         tracing::info!(addr = ?crl_listener.local_addr().ok(), "CRLs served");
         // It stops with the process; a CRL download needs no draining.
-        tokio::spawn(async move { axum::serve(crl_listener.tap_io(no_delay), crl_router).await });
+        tokio::spawn(async move { axum::serve(crl_listener.tap_io(quarry_core::tcp::no_delay), crl_router).await });
     }
     let router = handlers::router(state);
     tracing::info!(addr = ?listener.local_addr().ok(), base_url = %config.base_url, "wfe listening");
@@ -157,10 +157,13 @@ pub async fn serve(
             Ok(())
         }
         (None, None) => {
-            axum::serve(listener.tap_io(no_delay), router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(Error::Serve)?;
+            axum::serve(
+                listener.tap_io(quarry_core::tcp::no_delay),
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Serve)?;
             Ok(())
         }
         _ => Err(Error::Config("https_cert and https_key must be set together".into())),
@@ -183,11 +186,6 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_r
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Replies are small and end a client's turn: waiting for its delayed ACK (Nagle's algorithm) only adds latency.
-fn no_delay(stream: &mut tokio::net::TcpStream) {
-    let _ = stream.set_nodelay(true);
-}
-
 async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -208,7 +206,7 @@ async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let mut stream = stream;
-        no_delay(&mut stream);
+        quarry_core::tcp::no_delay(&mut stream);
         // Handlers learn the client's address the same way on both paths (the per-IP rate limits need it).
         let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
         tokio::spawn(async move {

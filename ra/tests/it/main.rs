@@ -269,6 +269,29 @@ async fn the_wfes_copies_spare_reads_and_answer_as_the_sa_would() {
     assert_eq!(done, stored, "the answer is what the sa shows");
 }
 
+/// A copy whose id is not the one asked for is ignored: the ra reads the authorization asked for.
+#[tokio::test]
+async fn a_copy_of_another_authorization_is_ignored() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let first = stack.order(account.id, &["first.example.org"]).await.unwrap();
+    let second = stack.order(account.id, &["second.example.org"]).await.unwrap();
+    let (first_id, second_id) = (first.authorization_ids[0], second.authorization_ids[0]);
+    stack.inner.va.hold(true);
+    let request = PerformValidationRequest {
+        authorization_id: second_id,
+        challenge_index: 0,
+        account_id: account.id,
+        authorization: Some(stack.authorization(first_id).await),
+        account: Some(account.clone()),
+    };
+    let started = stack.ra("wfe").perform_validation(request).await.unwrap().into_inner();
+    assert_eq!(started.id, second_id);
+    assert_eq!(started.identifier.unwrap().value, "second.example.org");
+    assert_eq!(stack.authorization(first_id).await.challenges[0].status, "pending", "the first is untouched");
+    stack.inner.va.hold(false);
+}
+
 #[tokio::test]
 async fn only_the_wfe_may_call() {
     let stack = Stack::start().await;

@@ -10,6 +10,7 @@ mod management;
 mod state;
 mod tlsalpn01;
 
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -209,7 +210,9 @@ fn serve_http(
             // Resolves when the sender is dropped, which is the only thing ever done with it.
             let _ = stopped.changed().await;
         };
-        if let Err(err) = axum::serve(listener, router).with_graceful_shutdown(signal).await {
+        if let Err(err) =
+            axum::serve(listener.tap_io(quarry_core::tcp::no_delay), router).with_graceful_shutdown(signal).await
+        {
             tracing::error!(error = %err, "challtestsrv: the {what} server failed");
         }
     })

@@ -7,6 +7,7 @@ use quarry_core::{ErrorKind, Identifier};
 use quarry_proto::va::va_client::VaClient;
 use quarry_proto::va::{CaaRequest, DcvRequest};
 use quarry_testkit::challtestsrv::{CaaPolicy, RunningServer};
+use quarry_testkit::fakes::FakeVa;
 use quarry_testkit::pki::TestPki;
 use quarry_va::{Config, RemoteConfig};
 
@@ -190,4 +191,45 @@ async fn caa_rides_along_with_the_validation_at_every_perspective() {
     assert!(!problem.detail.contains("secondary"), "{}", problem.detail);
     let asked_after = allowing.state.http_request_history("mpic.example.org").len();
     assert_eq!(asked_after, asked_before, "no remote was asked");
+}
+
+/// A remote older than CAA in `DoDCV` passes the validation without checking CAA: the primary asks it `DoCAA` apart
+/// and counts that answer.
+#[tokio::test]
+async fn a_remote_too_old_for_caa_in_the_validation_is_asked_apart() {
+    let pki = TestPki::new();
+    let allowing = challenge_server().await;
+    allowing.state.add_http01("token", KEY_AUTHORIZATION);
+    let issue = CaaPolicy { flags: 0, tag: "issue".into(), value: crate::CA_IDENTITY.into() };
+    allowing.state.add_caa("mpic.example.org", [issue]).unwrap();
+    let older = FakeVa::default();
+    older.answer_as_older_va(true);
+    let older_addr = older.start_as_remote(&pki, "remote-b", "APNIC").await;
+    let remotes = vec![
+        remote(&pki, &allowing, "remote-a", "RIPE").await,
+        RemoteConfig { grpc: pki.client_config("va", older_addr), perspective: "remote-b".into(), rir: "APNIC".into() },
+    ];
+    let mut client = primary(&pki, &allowing, remotes).await;
+    let with_caa = DcvRequest { caa: Some(caa()), ..dcv("token") };
+
+    let result = client.do_dcv(with_caa.clone()).await.unwrap().into_inner();
+    assert_eq!(result.problem, None);
+    assert_eq!(older.caa_requests().len(), 1, "the older remote was asked DoCAA apart");
+
+    older.caa(Some(quarry_core::Problem::new(ErrorKind::Caa, "CAA record for mpic.example.org prevents issuance")));
+    let result = client.do_dcv(with_caa).await.unwrap().into_inner();
+    let problem = quarry_core::Problem::from(result.problem.as_ref().expect("the older remote's CAA denies"));
+    assert_eq!(problem.kind, ErrorKind::Caa);
+    assert!(problem.detail.starts_with("During secondary validation: "), "{}", problem.detail);
+}
+
+/// The CAA part must name the identifier being validated.
+#[tokio::test]
+async fn a_caa_check_for_another_identifier_is_refused() {
+    let pki = TestPki::new();
+    let srv = challenge_server().await;
+    let mut client = primary(&pki, &srv, Vec::new()).await;
+    let other = CaaRequest { identifier: Some((&Identifier::dns("other.example.org")).into()), ..caa() };
+    let status = client.do_dcv(DcvRequest { caa: Some(other), ..dcv("token") }).await.unwrap_err();
+    assert_eq!(quarry_core::Problem::from(status).kind, ErrorKind::Malformed);
 }
