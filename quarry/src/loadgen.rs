@@ -13,9 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 /// How long an authorization or order may take to settle before the order counts as failed.
@@ -178,7 +175,7 @@ impl Session {
 #[derive(Clone)]
 enum Responder {
     Own(Arc<Mutex<HashMap<String, String>>>),
-    ChallTestSrv { url: String, http: Box<Client<HttpConnector, Full<Bytes>>> },
+    ChallTestSrv { url: String, http: Box<quarry_publisher::log::HttpClient> },
 }
 
 impl Responder {
@@ -502,11 +499,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let responder = match &args.challtestsrv {
         Some(url) => Responder::ChallTestSrv {
             url: url.trim_end_matches('/').to_owned(),
-            http: Box::new(Client::builder(TokioExecutor::new()).build({
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                http
-            })),
+            // The ACME client's pool serves plain HTTP too.
+            http: Box::new(http.clone()),
         },
         None => {
             let tokens = Arc::new(Mutex::new(HashMap::new()));

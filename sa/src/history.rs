@@ -238,7 +238,6 @@ impl Store {
     }
 }
 
-/// A shard's latest signed CRL.
 /// A leased CRL shard, and how many revocations were filed under it since its CRL was last signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardLease {
@@ -246,6 +245,7 @@ pub struct ShardLease {
     pub revocations_pending: i64,
 }
 
+/// A shard's latest signed CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCrl {
     pub der: Vec<u8>,

@@ -115,8 +115,8 @@ impl AcmeClient {
         let host = uri.host().ok_or_else(|| anyhow!("URL without host"))?.to_owned();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await.context("connect")?;
-        let mut stream = stream;
+        let mut stream =
+            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await.context("connect")?;
         quarry_core::tcp::no_delay(&mut stream);
         let mut request = http::Request::builder()
             .method(method)

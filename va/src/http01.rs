@@ -186,9 +186,8 @@ impl Http01Validator {
             record.addresses_tried.push(ip.to_string());
             let addr = SocketAddr::new(ip, self.port(target));
             match tokio::time::timeout(self.policy.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(mut stream)) => {
                     record.address_used = ip.to_string();
-                    let mut stream = stream;
                     quarry_core::tcp::no_delay(&mut stream);
                     if !target.https {
                         return self.request(stream, ip, target, url).await;

@@ -194,7 +194,7 @@ async fn serve_tls(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -205,7 +205,6 @@ async fn serve_tls(
             },
         };
         let acceptor = acceptor.clone();
-        let mut stream = stream;
         quarry_core::tcp::no_delay(&mut stream);
         // Handlers learn the client's address the same way on both paths (the per-IP rate limits need it).
         let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
