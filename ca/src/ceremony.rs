@@ -49,6 +49,8 @@ pub struct DevPki {
     /// The keys (P-256) of the two fake Certificate Transparency logs `quarry dev` runs: kept, so that the SCTs in
     /// certificates issued before a restart still verify.
     pub ct_log_keys: [PathBuf; 2],
+    /// The secret the nonce replicas and the wfe derive nonce prefixes from (base64url text).
+    pub nonce_prefix_key: PathBuf,
     internal_dir: PathBuf,
 }
 
@@ -68,6 +70,7 @@ impl DevPki {
             https_cert: https.join("wfe.pem"),
             https_key: https.join("wfe.key.pem"),
             ct_log_keys: ["a", "b"].map(|log| dir.join(format!("ct/ct-log-{log}.key.pem"))),
+            nonce_prefix_key: internal.join("nonce-prefix.key"),
             internal_dir: internal,
         }
     }
@@ -116,6 +119,12 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             files::write_atomically(path, &key.serialize_pem(), true)?;
         }
+    }
+    if !pki.nonce_prefix_key.exists() {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| Error::Random)?;
+        let text = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key);
+        files::write_atomically(&pki.nonce_prefix_key, &text, true)?;
     }
 
     Ok(pki)

@@ -13,14 +13,12 @@ use std::time::Instant;
 
 use quarry_core::config::ConfigError;
 use quarry_core::csr::{CsrKey, ParsedCsr, parse_csr};
-use quarry_core::grpc::Channel;
-use quarry_core::grpc::{ClientAllowlist, incoming_deadline, request_with_deadline};
+use quarry_core::grpc::{ClientAllowlist, incoming_deadline};
+use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
 use quarry_proto::ca::{IssueCertificateRequest, IssueCertificateResponse};
-use quarry_proto::publisher::SubmitRequest;
-use quarry_proto::publisher::publisher_client::PublisherClient;
-use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
+use quarry_proto::client::{PublisherClient, SaClient};
 use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest};
 use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
@@ -68,8 +66,8 @@ pub(crate) struct CaService {
     serial_prefix: u8,
     profiles: BTreeMap<String, CertProfile>,
     default_profile: String,
-    sa: StorageAuthorityClient<Channel>,
-    publisher: PublisherClient<Channel>,
+    sa: SaClient,
+    publisher: PublisherClient,
 }
 
 fn invalid(message: String) -> Error {
@@ -120,7 +118,7 @@ fn load_issuers(config: &Config) -> Result<Vec<ConfiguredIssuer>, Error> {
 
 impl CaService {
     /// Checks the configuration and loads the issuers; anything wrong is a start-up error.
-    fn new(config: &Config, sa: Channel, publisher: Channel) -> Result<Self, Error> {
+    fn new(config: &Config, sa: SaClient, publisher: PublisherClient) -> Result<Self, Error> {
         if !(0x01..=0x7f).contains(&config.serial_prefix) {
             return Err(invalid(format!("serial_prefix {:#04x} is outside 0x01..=0x7f", config.serial_prefix)));
         }
@@ -169,8 +167,8 @@ impl CaService {
             serial_prefix: config.serial_prefix,
             profiles,
             default_profile: config.default_profile.clone(),
-            sa: StorageAuthorityClient::new(sa),
-            publisher: PublisherClient::new(publisher),
+            sa,
+            publisher,
         })
     }
 
@@ -248,20 +246,15 @@ impl CaService {
             issued: now.unix_timestamp(),
             issuer_id: chosen.id,
         };
-        self.sa.clone().add_precertificate(request_with_deadline(linting_copy, deadline)).await.map_err(|status| {
-            let problem = Problem::from(status);
-            unsigned(&problem);
-            problem
-        })?;
+        self.sa.add_precertificate(linting_copy, deadline).await.inspect_err(unsigned)?;
         let precertificate =
             on_signing_thread(&chosen.issuer, move |issuer| sign_precertificate(issuer, &prepared)).await?;
 
         let chain = vec![precertificate.clone(), chosen.issuer.certificate_der().to_vec()];
-        let scts = match self.publisher.clone().get_scts(request_with_deadline(SubmitRequest { chain }, deadline)).await
-        {
-            Ok(scts) => scts.into_inner().scts,
-            Err(status) => {
-                error!(serial = serial_hex, order_id = request.order_id, %status, "no SCTs for the precertificate");
+        let scts = match self.publisher.get_scts(chain, deadline).await {
+            Ok(scts) => scts,
+            Err(problem) => {
+                error!(serial = serial_hex, order_id = request.order_id, %problem, "no SCTs for the precertificate");
                 return Err(Problem::internal(
                     "could not obtain the Certificate Transparency SCTs the certificate needs",
                 ));
@@ -277,10 +270,10 @@ impl CaService {
             issued: now.unix_timestamp(),
             issuer_id: chosen.id,
         };
-        if let Err(status) = self.sa.clone().add_certificate(request_with_deadline(store, deadline)).await {
+        if let Err(problem) = self.sa.add_certificate(store, deadline).await {
             // The signed certificate exists only in this process now; the log line is its only trace.
-            error!(serial = serial_hex, order_id = request.order_id, code = ?status.code(), "storing a signed certificate failed");
-            return Err(Problem::from(status));
+            error!(serial = serial_hex, order_id = request.order_id, %problem, "storing a signed certificate failed");
+            return Err(problem);
         }
         info!(
             target: "audit",
@@ -304,14 +297,12 @@ impl CaService {
 
     /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
     fn submit_final(&self, chain: Vec<Vec<u8>>) {
-        let mut publisher = self.publisher.clone();
+        let publisher = self.publisher.clone();
         tokio::spawn(
             async move {
                 let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
-                if let Err(status) =
-                    publisher.submit_final_certificate(request_with_deadline(SubmitRequest { chain }, deadline)).await
-                {
-                    warn!(%status, "final certificate not handed to the publisher");
+                if let Err(problem) = publisher.submit_final_certificate(chain, deadline).await {
+                    warn!(%problem, "final certificate not handed to the publisher");
                 }
             }
             .in_current_span(),
@@ -334,10 +325,9 @@ impl CaService {
                 created: now.unix_timestamp(),
                 expires: not_after.unix_timestamp(),
             };
-            match self.sa.clone().add_serial(request_with_deadline(reservation, deadline)).await {
-                Ok(_) => return Ok(serial),
-                Err(status) => {
-                    let problem = Problem::from(status);
+            match self.sa.add_serial(reservation, deadline).await {
+                Ok(()) => return Ok(serial),
+                Err(problem) => {
                     if problem.kind != ErrorKind::Duplicate {
                         return Err(problem);
                     }
@@ -415,8 +405,8 @@ pub(crate) async fn serve(
     let crl_name = crate::crl_service::SERVICE_NAME;
     let ca_allowlist = ClientAllowlist::for_service(&config.grpc, ca_name)?;
     let crl_allowlist = ClientAllowlist::for_service(&config.grpc, crl_name)?;
-    let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
-    let publisher = quarry_core::grpc::channel(&config.publisher, &config.tls)?;
+    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
+    let publisher = PublisherClient::new(Peer::new(&config.publisher, &config.tls)?);
     let service = CaService::new(&config, sa, publisher)?;
     let crl_service = crate::crl_service::CrlService::new(Arc::clone(&service.issuers), config.crl_validity_secs)?;
     let routes = tonic::service::Routes::new(CertificateAuthorityServer::with_interceptor(service, ca_allowlist))

@@ -158,13 +158,44 @@ pub struct ServiceAccess {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcClientConfig {
-    /// `https://host:port`.
-    pub address: String,
+    /// Where its replicas are: `https://HOST:PORT` (an IP address is one replica; a DNS name, every address it
+    /// resolves to), `srv://NAME` (every target of NAME's SRV records), or a list of these.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
     /// The DNS name the peer's certificate must carry.
     pub server_name: String,
     /// The default deadline of a call when the caller has none.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The DNS server that resolves the address's names, instead of the system's resolver.
+    #[serde(default)]
+    pub dns_resolver: Option<SocketAddr>,
+}
+
+impl GrpcClientConfig {
+    /// A peer at one address, with the default timeout.
+    pub fn at(address: impl Into<String>, server_name: impl Into<String>) -> Self {
+        Self {
+            address: vec![address.into()],
+            server_name: server_name.into(),
+            timeout_ms: default_timeout_ms(),
+            dns_resolver: None,
+        }
+    }
+}
+
+/// A string, or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 fn default_timeout_ms() -> u64 {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,7 @@ pub enum GrpcError {
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
@@ -311,19 +312,47 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// A lazily connecting mutual-TLS channel to a peer: services may start in any order.
-pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, GrpcError> {
-    let tls_config = ClientTlsConfig::new()
+/// The mutual-TLS settings of a client of the peer whose certificate carries `server_name`.
+pub(crate) fn client_tls(server_name: &str, tls: &TlsFiles) -> Result<ClientTlsConfig, GrpcError> {
+    Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
         .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-        .domain_name(config.server_name.clone());
-    let endpoint = Endpoint::from_shared(config.address.clone())
-        .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {:?}: {e}", config.address)))?
-        .tls_config(tls_config)?
+        .domain_name(server_name.to_owned()))
+}
+
+/// Idle connections are pinged this often, so that a replica gone without a word (its node lost) is noticed.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered this long closes the connection.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lazily connecting channel to the replica at `addr`: services may start in any order.
+pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTlsConfig, timeout: Duration) -> Result<Channel, GrpcError> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {addr}: {e}")))?
+        .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_millis(config.timeout_ms));
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .timeout(timeout);
     let measured = Measured { inner: endpoint.connect_lazy(), side: Side::Client };
     Ok(InterceptedService::new(measured, TraceContext))
+}
+
+/// A lazily connecting mutual-TLS channel to one replica, named by an IP address (a health probe of one process, a
+/// test); services reach their peers through a [`crate::peer::Peer`].
+pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, GrpcError> {
+    let target = crate::discovery::Target::parse(&config.address)?;
+    let addr = match target.fixed().as_deref() {
+        Some([addr]) => *addr,
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "{:?}: one replica's address (https://IP:PORT) is needed here",
+                config.address
+            ))
+            .into());
+        }
+    };
+    replica_channel(addr, client_tls(&config.server_name, tls)?, Duration::from_millis(config.timeout_ms))
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.
@@ -392,12 +421,16 @@ impl From<Problem> for Status {
     }
 }
 
+/// The problem kind a peer's status carries, when the peer answered with a problem (rather than failing without one).
+pub fn problem_kind(status: &Status) -> Option<ErrorKind> {
+    status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::parse)
+}
+
 impl From<Status> for Problem {
     /// Recovers the peer's problem; a status without one (a transport failure, a peer bug) becomes a generic
     /// problem whose detail never echoes the transport's own message to a client.
     fn from(status: Status) -> Self {
-        let kind = status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::parse);
-        match kind {
+        match problem_kind(&status) {
             Some(kind) => {
                 let subproblems = status
                     .metadata()

@@ -6,13 +6,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use quarry_core::Problem;
-use quarry_core::grpc::Channel;
-use quarry_core::grpc::request_with_deadline;
-use quarry_proto::ca::crl_generator_client::CrlGeneratorClient;
+use quarry_core::peer::Peer;
 use quarry_proto::ca::generate_crl_request::Payload;
 use quarry_proto::ca::{CrlEntry, CrlMetadata, GenerateCrlRequest};
-use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
-use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::client::{CaClient, SaClient};
 use quarry_proto::sa::{GetRevokedCertificatesRequest, LeaseCrlShardRequest, UpdateCrlShardRequest};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -56,9 +53,8 @@ pub struct PassReport {
 
 pub struct Updater {
     issuers: Vec<IssuerCert>,
-    sa_read: StorageAuthorityReadOnlyClient<Channel>,
-    sa_write: StorageAuthorityClient<Channel>,
-    ca: CrlGeneratorClient<Channel>,
+    sa: SaClient,
+    ca: CaClient,
     shards: i64,
     period: Duration,
     lease: Duration,
@@ -92,13 +88,10 @@ impl Updater {
             let subject = cert.subject().to_string();
             issuers.push(IssuerCert { id, der, subject });
         }
-        let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
-        let ca = quarry_core::grpc::channel(&config.ca, &config.tls)?;
         Ok(Self {
             issuers,
-            sa_read: StorageAuthorityReadOnlyClient::new(sa.clone()),
-            sa_write: StorageAuthorityClient::new(sa),
-            ca: CrlGeneratorClient::new(ca),
+            sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
+            ca: CaClient::new(Peer::new(&config.ca, &config.tls)?),
             shards: config.shards,
             period: Duration::from_secs(config.update_period_secs),
             lease: Duration::from_secs(config.lease_secs),
@@ -165,11 +158,11 @@ impl Updater {
             updated_before: pass_start,
             stale_before,
         };
-        let (shard, revocations_pending) = match self.sa_write.clone().lease_crl_shard(lease).await {
-            Ok(answer) if answer.get_ref().leased => (answer.get_ref().shard, answer.get_ref().revocations_pending),
+        let (shard, revocations_pending) = match self.sa.lease_crl_shard(lease, None).await {
+            Ok(answer) if answer.leased => (answer.shard, answer.revocations_pending),
             Ok(_) => return Outcome::NothingDue,
-            Err(status) => {
-                warn!(issuer = issuer.subject, %status, "leasing a CRL shard failed");
+            Err(problem) => {
+                warn!(issuer = issuer.subject, %problem, "leasing a CRL shard failed");
                 return Outcome::Failed;
             }
         };
@@ -187,8 +180,7 @@ impl Updater {
         let deadline = Some(Instant::now() + SHARD_TIMEOUT);
         let this_update = quarry_core::clock::now();
         let query = GetRevokedCertificatesRequest { issuer_id: issuer.id, shard, expires_after: this_update };
-        let mut revoked =
-            self.sa_read.clone().get_revoked_certificates(request_with_deadline(query, deadline)).await?.into_inner();
+        let mut revoked = self.sa.get_revoked_certificates(query, deadline).await?;
         let mut messages = vec![GenerateCrlRequest {
             payload: Some(Payload::Metadata(CrlMetadata { issuer_id: issuer.id, shard, this_update })),
         }];
@@ -203,16 +195,11 @@ impl Updater {
             });
         }
         let entries = messages.len() - 1;
-        let stream = futures::stream::iter(messages);
-        let mut chunks = self.ca.clone().generate_crl(request_with_deadline(stream, deadline)).await?.into_inner();
-        let mut der = Vec::new();
-        while let Some(chunk) = chunks.next().await {
-            der.extend_from_slice(&chunk?.chunk);
-        }
+        let der = self.ca.generate_crl(messages, deadline).await?;
         let next_update = check_crl(&der, &issuer.der, this_update, entries)?;
         let store =
             UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der, revocations_seen };
-        self.sa_write.clone().update_crl_shard(request_with_deadline(store, deadline)).await?;
+        self.sa.update_crl_shard(store, deadline).await?;
         Ok(())
     }
 }

@@ -18,7 +18,8 @@ fn round_trip(c: &mut Criterion) {
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(quarry_nonce::SERVICE_NAME, &["wfe"])]),
         tls: pki.tls("nonce"),
-        prefix: "benchgrp".to_owned(),
+        prefix_key: "the benchmark's nonce prefix key".to_owned(),
+        advertise: None,
         max_used: 1024,
     };
     let mut client = runtime.block_on(async {

@@ -1,12 +1,16 @@
 //! Quarry's nonce service: mints and redeems the anti-replay nonces every ACME POST carries (RFC 8555 §6.5).
 //!
 //! `source` is the pure mint/redeem logic; `service` serves one source as `quarry.nonce.v1.NonceService`. Each
-//! nonce starts with this instance's prefix so that the wfe can send a redeem to the instance that minted it.
+//! nonce starts with this replica's prefix, derived from the address the wfe reaches it at with a key every replica
+//! and every wfe share ([`quarry_proto::client::nonce_prefix`]), so that a wfe sends each redeem to the replica that
+//! minted the nonce and two replicas never share a prefix.
 
 use std::future::Future;
 
+use std::net::SocketAddr;
+
 use quarry_core::config::{ConfigVersion, GrpcServerConfig, TlsFiles};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 mod error;
 mod service;
@@ -34,9 +38,13 @@ pub struct Config {
     pub grpc: GrpcServerConfig,
     /// This service's mTLS certificate and key, and the internal CA.
     pub tls: TlsFiles,
-    /// Eight base64url characters naming this instance; every nonce it mints starts with them. Required.
-    #[serde(deserialize_with = "deserialize_prefix")]
-    pub prefix: String,
+    /// The secret this replica's prefix is derived from, with its address (the same in every nonce replica and
+    /// every wfe; at least 16 bytes): a mounted secret.
+    pub prefix_key: String,
+    /// The address the wfe reaches this replica at (its pod's address and port), from which its prefix is derived;
+    /// default: the listen address, which must then not be the unspecified address.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
     /// How many redeemed nonces are remembered (at least 1); bounds memory. Beyond it the oldest are forgotten and
     /// every nonce minted before them, redeemed or not, is refused.
     #[serde(default = "default_max_used")]
@@ -47,12 +55,8 @@ fn default_max_used() -> usize {
     DEFAULT_MAX_USED
 }
 
-/// Refuses a bad prefix when the file is read, so that the error points at the line.
-fn deserialize_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    let prefix = String::deserialize(deserializer)?;
-    check_prefix(&prefix).map_err(|reason| serde::de::Error::custom(format!("invalid prefix: {reason}")))?;
-    Ok(prefix)
-}
+/// The shortest prefix key: shorter could be guessed, and prefixes forged.
+pub const MIN_PREFIX_KEY_LEN: usize = 16;
 
 /// Binds `config.grpc.listen` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {

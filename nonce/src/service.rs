@@ -82,11 +82,42 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let source = NonceSource::new(&config.prefix, config.max_used)?;
+    if config.prefix_key.len() < crate::MIN_PREFIX_KEY_LEN {
+        return Err(Error::Setting {
+            key: "prefix_key",
+            reason: format!("must be at least {} bytes", crate::MIN_PREFIX_KEY_LEN),
+        });
+    }
+    let advertised = match config.advertise {
+        Some(addr) => addr,
+        None => {
+            let listen =
+                listener.local_addr().map_err(|e| Error::Setting { key: "grpc.listen", reason: e.to_string() })?;
+            if listen.ip().is_unspecified() { own_address(listen.port()).await.unwrap_or(listen) } else { listen }
+        }
+    };
+    if advertised.ip().is_unspecified() || advertised.port() == 0 {
+        return Err(Error::Setting {
+            key: "advertise",
+            reason: format!(
+                "{advertised} is not an address the wfe can reach this replica at; set advertise (e.g. \"${{pod_ip}}:9301\")"
+            ),
+        });
+    }
+    let prefix = quarry_proto::client::nonce_prefix(config.prefix_key.as_bytes(), advertised);
+    let source = NonceSource::new(&prefix, config.max_used)?;
     let allowlist = ClientAllowlist::for_service(&config.grpc, SERVICE_NAME)?;
     let service = NonceServiceServer::with_interceptor(Nonces { source: Mutex::new(source) }, allowlist);
-    info!(addr = ?listener.local_addr().ok(), prefix = %config.prefix, max_used = config.max_used, "nonce listening");
+    info!(addr = ?listener.local_addr().ok(), %advertised, %prefix, max_used = config.max_used, "nonce listening");
     quarry_core::grpc::serve(listener, &config.tls, tonic::service::Routes::new(service), &[SERVICE_NAME], shutdown)
         .await?;
     Ok(())
+}
+
+/// The address this host's name resolves to (a container's or a pod's own address, which their runtimes list in
+/// `/etc/hosts`), on `port`: what peers reach a replica listening on every address at, when not told.
+async fn own_address(port: u16) -> Option<std::net::SocketAddr> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let found = tokio::net::lookup_host((hostname.trim(), port)).await.ok()?;
+    found.into_iter().find(|addr| !addr.ip().is_loopback())
 }

@@ -1,11 +1,11 @@
 //! Quarry's wire format: the generated gRPC code of every service and the conversions between its
 //! messages and `quarry_core` domain types. Business logic never handles these prost types directly.
 
-#![allow(clippy::all, unused_qualifications)]
-
+pub mod client;
 pub mod convert;
 
 /// The generated code, nested as the protobuf packages are (`quarry.<service>.v1`).
+#[allow(clippy::all, unused_qualifications)]
 pub mod quarry {
     pub mod core {
         pub mod v1 {

@@ -6,11 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
-use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
-use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
-use quarry_proto::sa::{
-    AccountId, AddBlockedKeyRequest, KeyHash, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest, Serial,
-};
+use quarry_core::peer::Peer;
+use quarry_proto::client::SaClient;
+use quarry_proto::sa::{AddBlockedKeyRequest, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest};
 use serde::Deserialize;
 
 /// Where the operator's tools connect, as whom.
@@ -119,8 +117,7 @@ const REASONS: &[(&str, i64)] = &[
 const KEY_COMPROMISE: i64 = 1;
 
 /// What the sa said, as its problem's detail rather than a gRPC status dump.
-fn refused(status: tonic::Status) -> anyhow::Error {
-    let problem = quarry_core::Problem::from(status);
+fn refused(problem: quarry_core::Problem) -> anyhow::Error {
     anyhow::anyhow!("{}", problem.detail)
 }
 
@@ -132,20 +129,17 @@ fn dry_run(execute: bool) {
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let config: AdminConfig = quarry_core::config::load(&args.config).context("admin configuration")?;
-    let channel = quarry_core::grpc::channel(&config.sa, &config.tls)?;
-    let mut read = StorageAuthorityReadOnlyClient::new(channel.clone());
-    let mut write = StorageAuthorityClient::new(channel);
+    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
     match args.command {
         AdminCommand::Paused { account } | AdminCommand::Unpause { account, execute: false } => {
-            let paused =
-                read.get_paused_identifiers(AccountId { id: account }).await.map_err(refused)?.into_inner().identifiers;
+            let paused = sa.get_paused_identifiers(account, None).await.map_err(refused)?;
             let names: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
             let verb = if matches!(args.command, AdminCommand::Paused { .. }) { "is paused" } else { "would unpause" };
             println!("account {account} {verb} for {} identifiers: {}", names.len(), names.join(" "));
             dry_run(matches!(args.command, AdminCommand::Paused { .. }));
         }
         AdminCommand::Unpause { account, execute: true } => {
-            let count = write.unpause_account(AccountId { id: account }).await.map_err(refused)?.into_inner().count;
+            let count = sa.unpause_account(account, None).await.map_err(refused)?;
             println!("unpaused account {account} for {count} identifiers");
         }
         AdminCommand::Revoke { serial, reason, execute } => {
@@ -154,14 +148,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 format!("unknown reason {reason:?}; one of {}", names.join(", "))
             })?;
             let serial = serial.to_ascii_lowercase().replace(':', "");
-            let status =
-                read.get_certificate_status(Serial { serial: serial.clone() }).await.map_err(refused)?.into_inner();
+            let status = sa.get_certificate_status(&serial, None).await.map_err(refused)?;
             if status.status == "revoked" {
                 bail!("{serial} is already revoked (reason {})", status.revoked_reason);
             }
             let key_hash = if code == KEY_COMPROMISE {
-                let certificate =
-                    read.get_certificate(Serial { serial: serial.clone() }).await.map_err(refused)?.into_inner();
+                let certificate = sa.get_certificate(&serial, None).await.map_err(refused)?;
                 Some(spki_hash_of_certificate(&certificate.der)?)
             } else {
                 None
@@ -176,13 +168,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             if execute {
                 let date = quarry_core::clock::now();
-                write
-                    .revoke_certificate(RevokeCertificateRequest { serial: serial.clone(), reason: code, date })
-                    .await?;
+                sa.revoke_certificate(RevokeCertificateRequest { serial: serial.clone(), reason: code, date }, None)
+                    .await
+                    .map_err(refused)?;
                 if let Some(key_hash) = key_hash {
                     let comment = format!("key of {serial}, revoked for keyCompromise");
-                    write
-                        .add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment })
+                    sa.add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment }, None)
                         .await
                         .map_err(refused)?;
                 }
@@ -198,16 +189,13 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 (None, Some(path)) => spki_hash_of_pem(&path)?,
                 (None, None) => bail!("give --spki-sha256 or --pem"),
             };
-            let blocked =
-                read.key_blocked(KeyHash { key_hash: key_hash.clone() }).await.map_err(refused)?.into_inner().exists;
-            if blocked {
+            if sa.key_blocked(key_hash.clone(), None).await.map_err(refused)? {
                 println!("key {} is already blocked", hex::encode(&key_hash));
                 return Ok(());
             }
             println!("{} key {}", if execute { "blocking" } else { "would block" }, hex::encode(&key_hash));
             if execute {
-                write
-                    .add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment })
+                sa.add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment }, None)
                     .await
                     .map_err(refused)?;
                 println!("blocked");
@@ -215,13 +203,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             dry_run(execute);
         }
         AdminCommand::Overrides => {
-            let overrides = read
-                .get_enabled_rate_limit_overrides(quarry_proto::core::Empty {})
-                .await
-                .map_err(refused)?
-                .into_inner();
-            println!("{} enabled overrides", overrides.overrides.len());
-            for o in overrides.overrides {
+            let overrides = sa.get_enabled_rate_limit_overrides(None).await.map_err(refused)?;
+            println!("{} enabled overrides", overrides.len());
+            for o in overrides {
                 println!(
                     "{} {}: {} per {} s, burst {}{}",
                     o.limit,
@@ -245,7 +229,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             );
             if execute {
                 let entry = RateLimitOverride { limit, bucket, count, period_secs, burst, comment };
-                write.add_rate_limit_override(entry).await.map_err(refused)?;
+                sa.add_rate_limit_override(entry, None).await.map_err(refused)?;
                 println!("set; the ras apply it at their next overrides refresh");
             }
             dry_run(execute);
@@ -253,7 +237,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::OverrideDisable { limit, bucket, execute } => {
             println!("{} the override of {limit} for {bucket}", if execute { "disabling" } else { "would disable" });
             if execute {
-                write.disable_rate_limit_override(RateLimitOverrideKey { limit, bucket }).await.map_err(refused)?;
+                sa.disable_rate_limit_override(RateLimitOverrideKey { limit, bucket }, None).await.map_err(refused)?;
                 println!("disabled");
             }
             dry_run(execute);

@@ -130,7 +130,8 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
     let log_keys = [&pki.ct_log_keys[0], &pki.ct_log_keys[1]]
         .map(|path| read_log_key(path).map(|key| quarry_testkit::ctlog::FakeCtLog::with_key(key).public_key_base64()));
     let [a, b] = log_keys;
-    let vars = args.variables([a?, b?]).await?;
+    let mut vars = args.variables([a?, b?]).await?;
+    vars.insert("nonce_prefix_key", dev::read_secret(&pki.nonce_prefix_key)?);
 
     let config_dir = args.data_dir.join("config");
     let extras = dev::Extras {

@@ -267,7 +267,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let logs_dir = data_dir.join("logs");
     std::fs::create_dir_all(&logs_dir)?;
     let (ct_logs, stop_ct_logs) = start_ct_logs(&pki.ct_log_keys).await?;
-    let vars = args.variables(&data_dir, &ct_logs);
+    let mut vars = args.variables(&data_dir, &ct_logs);
+    vars.insert("nonce_prefix_key", read_secret(&pki.nonce_prefix_key)?);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
     let mut children = Vec::new();
     if let Some(path) = &args.ratelimits {
@@ -370,6 +371,11 @@ async fn start_ct_logs(
     }
     let logs: [(String, String); 2] = logs.try_into().map_err(|_| anyhow::anyhow!("two CT logs"))?;
     Ok((logs, stop))
+}
+
+/// A secret file of the dev PKI, without surrounding whitespace.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?.trim().to_owned())
 }
 
 /// What a stack adds to the rendered `dev` files.

@@ -131,7 +131,10 @@ mod tests {
             ("http://127.0.0.1:1/".to_owned(), log.public_key_base64()),
             ("http://127.0.0.1:2/".to_owned(), log.public_key_base64()),
         ];
-        crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs)
+        let mut vars =
+            crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs);
+        vars.insert("nonce_prefix_key", "a dev stack's nonce prefix key".to_owned());
+        vars
     }
 
     #[test]
@@ -152,6 +155,8 @@ mod tests {
         let secrets = BTreeMap::from([
             ("file:/etc/quarry/secrets/database/url", "postgres://quarry@db.example.com/quarry".to_owned()),
             ("file:/etc/quarry/secrets/redis/url", "redis://redis.example.com:6379/".to_owned()),
+            ("file:/etc/quarry/secrets/nonce/prefix-key", "a production nonce prefix key".to_owned()),
+            ("pod_ip", "10.1.2.3".to_owned()),
         ]);
         for env in ["staging", "production"] {
             for service in SERVICES {

@@ -43,15 +43,14 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<()> {
     let config: ProbeConfig = quarry_core::config::load_layers(&args.config, quarry_core::config::placeholder_value)?;
     if let Some(grpc) = &config.grpc {
         let client = GrpcClientConfig {
-            address: format!("https://{}", reachable(grpc.listen)),
-            server_name: format!("{}.quarry", args.service),
             timeout_ms: TIMEOUT.as_millis() as u64,
+            ..GrpcClientConfig::at(format!("https://{}", reachable(grpc.listen)), format!("{}.quarry", args.service))
         };
         let channel = quarry_core::grpc::channel(&client, &config.tls)?;
         // The empty name is the server as a whole, which tonic's health service reports.
         return quarry_core::grpc::check_health(channel, "", Some(Instant::now() + TIMEOUT))
             .await
-            .map_err(|why| anyhow::anyhow!("{} at {}: {why}", args.service, client.address));
+            .map_err(|why| anyhow::anyhow!("{} at {}: {why}", args.service, client.address[0]));
     }
     let listen = config.listen.context("the configuration has neither [grpc] listen nor an HTTPS listen")?;
     let ca = args.https_ca.as_ref().context("--https-ca is needed to check the wfe")?;

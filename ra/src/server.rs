@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::clock::now;
-use quarry_core::grpc::Channel;
-use quarry_core::grpc::{incoming_deadline, request_with_deadline};
+use quarry_core::grpc::incoming_deadline;
 use quarry_core::identifier::is_public_unicast;
 use quarry_core::model::{
     Account, Authorization, AuthorizationStatus, ChallengeStatus, ChallengeType, Order, OrderStatus,
 };
+use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_jose::Jwk;
 use quarry_proto::ca::IssueCertificateRequest;
-use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;
-use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_to_pb};
+use quarry_proto::client::{CaClient, SaClient, VaClient};
+use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb};
 use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
 use quarry_proto::ra::{
@@ -23,10 +23,7 @@ use quarry_proto::ra::{
     PerformValidationRequest, RevokeCertByApplicantRequest, RevokeCertByKeyRequest, UpdateAccountContactRequest,
     UpdateAccountKeyRequest,
 };
-use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
-use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_proto::sa::{self as sapb};
-use quarry_proto::va::va_client::VaClient;
 use quarry_proto::va::{CaaRequest, DcvRequest};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,10 +52,9 @@ pub struct Registrar {
 }
 
 struct Inner {
-    sa_read: StorageAuthorityReadOnlyClient<Channel>,
-    sa_write: StorageAuthorityClient<Channel>,
-    va: VaClient<Channel>,
-    ca: CertificateAuthorityClient<Channel>,
+    sa: SaClient,
+    va: VaClient,
+    ca: CaClient,
     profiles: BTreeMap<String, ValidationProfile>,
     default_profile: String,
     allow_non_public_ip: bool,
@@ -83,13 +79,11 @@ const ABANDON_RECORD_TIME: Duration = Duration::from_secs(5);
 
 impl Registrar {
     pub fn new(config: &Config, challenge_types: Vec<ChallengeType>, limits: RateLimits) -> Result<Self, Error> {
-        let sa = quarry_core::grpc::channel(&config.sa, &config.tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                sa_read: StorageAuthorityReadOnlyClient::new(sa.clone()),
-                sa_write: StorageAuthorityClient::new(sa),
-                va: VaClient::new(quarry_core::grpc::channel(&config.va, &config.tls)?),
-                ca: CertificateAuthorityClient::new(quarry_core::grpc::channel(&config.ca, &config.tls)?),
+                sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
+                va: VaClient::new(Peer::new(&config.va, &config.tls)?),
+                ca: CaClient::new(Peer::new(&config.ca, &config.tls)?),
                 profiles: config.profiles.clone(),
                 default_profile: config.default_profile.clone(),
                 allow_non_public_ip: config.allow_non_public_ip_identifiers,
@@ -108,24 +102,15 @@ impl Registrar {
     }
 
     async fn account(&self, id: i64, deadline: Option<Instant>) -> Result<Account, Problem> {
-        let reply =
-            self.inner.sa_read.clone().get_account(request_with_deadline(sapb::AccountId { id }, deadline)).await?;
-        Account::try_from(reply.get_ref())
+        self.inner.sa.get_account(id, deadline).await
     }
 
     async fn authorization(&self, id: i64, deadline: Option<Instant>) -> Result<Authorization, Problem> {
-        let reply = self
-            .inner
-            .sa_read
-            .clone()
-            .get_authorization(request_with_deadline(sapb::AuthorizationId { id }, deadline))
-            .await?;
-        Authorization::try_from(reply.get_ref())
+        self.inner.sa.get_authorization(id, deadline).await
     }
 
     async fn order(&self, id: i64, deadline: Option<Instant>) -> Result<Order, Problem> {
-        let reply = self.inner.sa_read.clone().get_order(request_with_deadline(sapb::OrderId { id }, deadline)).await?;
-        Order::try_from(reply.get_ref())
+        self.inner.sa.get_order(id, deadline).await
     }
 
     /// The wfe's copy of the account when it sent one (it read it, or verified the request with it, just before),
@@ -200,30 +185,23 @@ impl Registrar {
             external_account_id: account.external_account_id,
             ..Default::default()
         };
-        match self.inner.sa_write.clone().new_account(request_with_deadline(new.clone(), deadline)).await {
+        match self.inner.sa.new_account(new.clone(), deadline).await {
             Ok(created) => {
-                tracing::info!(target: "audit", event = "account-created", account_id = created.get_ref().id, "account created");
-                Ok((created.into_inner(), true))
+                tracing::info!(target: "audit", event = "account-created", account_id = created.id, "account created");
+                Ok((created, true))
             }
-            Err(status) if Problem::from(status.clone()).kind == ErrorKind::Duplicate => {
+            Err(problem) if problem.kind == ErrorKind::Duplicate => {
                 // Another request registered the same key first: that account is the answer.
-                let existing = self
-                    .inner
-                    .sa_read
-                    .clone()
-                    .get_account_by_key(request_with_deadline(sapb::AccountKey { jwk: new.jwk }, deadline))
-                    .await?;
-                Ok((existing.into_inner(), false))
+                let existing = self.inner.sa.get_account_by_key(new.jwk, deadline).await?;
+                Ok((pb::Account::from(&existing), false))
             }
-            Err(status) => Err(status.into()),
+            Err(problem) => Err(problem),
         }
     }
 
     /// A key blocked in the sa (compromised, reported) may not become an account key either.
     async fn check_key_not_blocked(&self, jwk: &Jwk, deadline: Option<Instant>) -> Result<(), Problem> {
-        let hash = sapb::KeyHash { key_hash: jwk.spki_hash().to_vec() };
-        let blocked = self.inner.sa_read.clone().key_blocked(request_with_deadline(hash, deadline)).await?;
-        if blocked.get_ref().exists {
+        if self.inner.sa.key_blocked(jwk.spki_hash().to_vec(), deadline).await? {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the account key is blocked"));
         }
         Ok(())
@@ -264,10 +242,10 @@ impl Registrar {
         };
         // A replacement order is always new, so that the replaced certificate is linked to exactly this order.
         if req.replaces_serial.is_empty() {
-            match inner.sa_read.clone().get_order_for_names(request_with_deadline(reuse, deadline)).await {
-                Ok(order) => return Order::try_from(order.get_ref()),
-                Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => return Err(status.into()),
+            match inner.sa.get_order_for_names(reuse, deadline).await {
+                Ok(order) => return Ok(order),
+                Err(problem) if problem.kind == ErrorKind::NotFound => {}
+                Err(problem) => return Err(problem),
             }
         }
 
@@ -296,9 +274,8 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<(), Problem> {
         let request = sapb::PausedIdentifiersRequest { account_id, identifiers: identifiers_to_pb(identifiers) };
-        let paused =
-            self.inner.sa_read.clone().check_identifiers_paused(request_with_deadline(request, deadline)).await?;
-        let paused: Vec<&str> = paused.get_ref().identifiers.iter().map(|i| i.value.as_str()).collect();
+        let paused = self.inner.sa.check_identifiers_paused(request, deadline).await?;
+        let paused: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
         if paused.is_empty() {
             return Ok(());
         }
@@ -320,9 +297,9 @@ impl Registrar {
             identifiers: identifiers_to_pb(std::slice::from_ref(identifier)),
         };
         let deadline = Some(Instant::now() + Duration::from_secs(10));
-        match self.inner.sa_write.clone().pause_identifiers(request_with_deadline(request, deadline)).await {
-            Ok(_) => tracing::warn!(account_id, identifier = %identifier.value, "account paused for the identifier"),
-            Err(status) => tracing::error!(account_id, %status, "cannot pause the account"),
+        match self.inner.sa.pause_identifiers(request, deadline).await {
+            Ok(()) => tracing::warn!(account_id, identifier = %identifier.value, "account paused for the identifier"),
+            Err(problem) => tracing::error!(account_id, %problem, "cannot pause the account"),
         }
     }
 
@@ -334,12 +311,9 @@ impl Registrar {
             loop {
                 ticks.tick().await;
                 let deadline = Some(Instant::now() + Duration::from_secs(10));
-                let request = request_with_deadline(pb::Empty {}, deadline);
-                match registrar.inner.sa_read.clone().get_enabled_rate_limit_overrides(request).await {
+                match registrar.inner.sa.get_enabled_rate_limit_overrides(deadline).await {
                     Ok(list) => {
                         let entries: Vec<quarry_ratelimits::OverrideEntry> = list
-                            .into_inner()
-                            .overrides
                             .into_iter()
                             .filter_map(|o| {
                                 Some(quarry_ratelimits::OverrideEntry {
@@ -354,7 +328,7 @@ impl Registrar {
                             .collect();
                         registrar.inner.limits.set_sa_overrides(&entries);
                     }
-                    Err(status) => tracing::warn!(%status, "cannot read the sa's rate-limit overrides"),
+                    Err(problem) => tracing::warn!(%problem, "cannot read the sa's rate-limit overrides"),
                 }
             }
         });
@@ -367,9 +341,7 @@ impl Registrar {
             identifiers: identifiers_to_pb(identifiers),
             since: now() - RENEWAL_WINDOW_SECS,
         };
-        let times =
-            self.inner.sa_read.clone().fqdn_set_issuance_times(request_with_deadline(request, deadline)).await?;
-        Ok(!times.get_ref().issued.is_empty())
+        Ok(!self.inner.sa.fqdn_set_issuance_times(request, deadline).await?.is_empty())
     }
 
     /// Creates the order and its new authorizations, reusing the account's valid ones.
@@ -390,10 +362,9 @@ impl Registrar {
             valid_until: now + reuse_margin(profile.order_lifetime_secs),
             profile: profile_name.clone(),
         };
-        let valid = inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
+        let valid = inner.sa.get_valid_authorizations(valid, deadline).await?;
         let mut reusable: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for authz in &valid.get_ref().authorizations {
-            let authz = Authorization::try_from(authz)?;
+        for authz in valid {
             let value = if authz.wildcard { format!("*.{}", authz.identifier.value) } else { authz.identifier.value };
             reusable.insert(value, (authz.id, authz.expires));
         }
@@ -433,9 +404,7 @@ impl Registrar {
             replaces: req.replaces,
             replaces_serial: req.replaces_serial,
         };
-        let order =
-            inner.sa_write.clone().new_order_and_authorizations(request_with_deadline(create, deadline)).await?;
-        let order = Order::try_from(order.get_ref())?;
+        let order = inner.sa.new_order_and_authorizations(create, deadline).await?;
         tracing::info!(
             target: "audit",
             event = "order-created",
@@ -485,14 +454,8 @@ impl Registrar {
             attempted: challenge.kind.as_str().to_owned(),
             attempted_at: now(),
         };
-        match self
-            .inner
-            .sa_write
-            .clone()
-            .set_authorization_processing(request_with_deadline(processing, deadline))
-            .await
-        {
-            Ok(_) => {
+        match self.inner.sa.set_authorization_processing(processing, deadline).await {
+            Ok(()) => {
                 let registrar = self.clone();
                 let started = processing_started(&authz, challenge.kind);
                 // The validation outlives the client's request: it has its own timeout, not the request's deadline.
@@ -510,15 +473,15 @@ impl Registrar {
                 // The sa's conditional update succeeded, so its state is known without reading it back.
                 return Ok(started);
             }
-            Err(status) if Problem::from(status.clone()).kind == ErrorKind::Conflict => {}
-            Err(status) => {
+            Err(problem) if problem.kind == ErrorKind::Conflict => {}
+            Err(problem) => {
                 // A validation started by a racing POST may have finished since the authorization was read: a
                 // now-valid authorization is the answer, as it would have been a moment later.
                 let current = self.authorization(authz.id, deadline).await?;
                 if current.status == AuthorizationStatus::Valid {
                     return Ok(current);
                 }
-                return Err(status.into());
+                return Err(problem);
             }
         }
         self.authorization(authz.id, deadline).await
@@ -539,18 +502,14 @@ impl Registrar {
             caa: Some(self.caa_request(&authz, kind)),
         };
         let deadline = Instant::now() + inner.validation_timeout;
-        let (records, mut problem, caa_checked) =
-            match inner.va.clone().do_dcv(request_with_deadline(request, Some(deadline))).await {
-                Ok(result) => {
-                    let result = result.into_inner();
-                    (result.records, result.problem, result.caa_checked)
-                }
-                Err(status) => {
-                    tracing::error!(authorization_id = authz.id, %status, "va call failed");
-                    let problem = Problem::internal("validation could not be performed");
-                    (Vec::new(), Some(pb::Problem::from(&problem)), false)
-                }
-            };
+        let (records, mut problem, caa_checked) = match inner.va.do_dcv(request, Some(deadline)).await {
+            Ok(result) => (result.records, result.problem, result.caa_checked),
+            Err(failure) => {
+                tracing::error!(authorization_id = authz.id, %failure, "va call failed");
+                let problem = Problem::internal("validation could not be performed");
+                (Vec::new(), Some(pb::Problem::from(&problem)), false)
+            }
+        };
         // An older va ignores the CAA part of the request: then CAA is asked for on its own.
         if problem.is_none()
             && !caa_checked
@@ -595,9 +554,8 @@ impl Registrar {
             records = ?outcome.validation_records,
             "validation result"
         );
-        let stored = self.inner.sa_write.clone().finalize_authorization(request_with_deadline(outcome, deadline)).await;
-        if let Err(status) = stored {
-            tracing::error!(authorization_id = authz.id, %status, "cannot record the validation result");
+        if let Err(problem) = self.inner.sa.finalize_authorization(outcome, deadline).await {
+            tracing::error!(authorization_id = authz.id, %problem, "cannot record the validation result");
         }
     }
 
@@ -609,12 +567,11 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<(), Problem> {
         let request = self.caa_request(authz, method);
-        let result =
-            self.inner.va.clone().do_caa(request_with_deadline(request, deadline)).await.map_err(|status| {
-                tracing::error!(authorization_id = authz.id, %status, "va CAA call failed");
-                Problem::internal("CAA could not be checked")
-            })?;
-        match &result.get_ref().problem {
+        let result = self.inner.va.do_caa(request, deadline).await.map_err(|failure| {
+            tracing::error!(authorization_id = authz.id, %failure, "va CAA call failed");
+            Problem::internal("CAA could not be checked")
+        })?;
+        match &result.problem {
             None => Ok(()),
             Some(problem) => Err(Problem::from(problem)),
         }
@@ -667,38 +624,27 @@ impl Registrar {
             return Err(Problem::new(ErrorKind::BadCsr, "certificate public key must be different than account key"));
         }
         let key_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.spki_der).as_ref().to_vec();
-        let blocked =
-            inner.sa_read.clone().key_blocked(request_with_deadline(sapb::KeyHash { key_hash }, deadline)).await?;
-        if blocked.get_ref().exists {
+        if inner.sa.key_blocked(key_hash, deadline).await? {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
         }
         check_csr_names(&csr.identifiers(), &order.identifiers)?;
-        let authzs = inner
-            .sa_read
-            .clone()
-            .get_order_authorizations(request_with_deadline(sapb::OrderId { id: order.id }, deadline))
-            .await?;
-        let all_valid = authzs.get_ref().authorizations.iter().all(|a| a.status == AuthorizationStatus::Valid.as_str());
-        if !all_valid || authzs.get_ref().authorizations.is_empty() {
+        let authzs = inner.sa.get_order_authorizations(order.id, deadline).await?;
+        let all_valid = authzs.iter().all(|a| a.status == AuthorizationStatus::Valid);
+        if !all_valid || authzs.is_empty() {
             return Err(Problem::new(ErrorKind::OrderNotReady, "not every authorization of the order is valid"));
         }
         // CAA answers age: an authorization validated long ago (reused, or a slow client) is checked again.
         let stale_before = now() - inner.caa_recheck_after;
-        for authz in &authzs.get_ref().authorizations {
-            let authz = Authorization::try_from(authz)?;
+        for authz in &authzs {
             let Some(challenge) = authz.challenges.iter().find(|c| c.status == ChallengeStatus::Valid) else {
                 continue;
             };
             if challenge.validated <= stale_before {
-                self.check_caa(&authz, challenge.kind, deadline).await?;
+                self.check_caa(authz, challenge.kind, deadline).await?;
             }
         }
 
-        inner
-            .sa_write
-            .clone()
-            .set_order_processing(request_with_deadline(sapb::OrderId { id: order.id }, deadline))
-            .await?;
+        inner.sa.set_order_processing(order.id, deadline).await?;
         if inner.async_finalize {
             let registrar = self.clone();
             // The sa's conditional update succeeded: the order is processing, without reading it back (the sa
@@ -747,10 +693,8 @@ impl Registrar {
 
     /// Marks `order` invalid with `problem`.
     async fn fail_order(&self, order: &Order, problem: &Problem, deadline: Option<Instant>) {
-        let failed = sapb::SetOrderErrorRequest { id: order.id, error: problem_to_pb(&Some(problem.clone())) };
-        if let Err(status) = self.inner.sa_write.clone().set_order_error(request_with_deadline(failed, deadline)).await
-        {
-            tracing::error!(order_id = order.id, %status, "cannot mark the failed order invalid");
+        if let Err(failure) = self.inner.sa.set_order_error(order.id, problem, deadline).await {
+            tracing::error!(order_id = order.id, %failure, "cannot mark the failed order invalid");
         }
         tracing::warn!(order_id = order.id, %problem, "issuance failed");
     }
@@ -795,10 +739,8 @@ impl Registrar {
             order_id: order.id,
             profile: order.profile.clone(),
         };
-        let issued =
-            self.inner.ca.clone().issue_certificate(request_with_deadline(issue, deadline)).await?.into_inner();
-        let finalize = sapb::FinalizeOrderRequest { id: order.id, certificate_serial: issued.serial.clone() };
-        self.inner.sa_write.clone().finalize_order(request_with_deadline(finalize, deadline)).await?;
+        let issued = self.inner.ca.issue_certificate(issue, deadline).await?;
+        self.inner.sa.finalize_order(order.id, &issued.serial, deadline).await?;
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
@@ -839,13 +781,12 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<(RevocationTarget, i64), Problem> {
         let target = RevocationTarget::parse(der)?;
-        let serial = sapb::Serial { serial: target.serial.clone() };
-        let stored = match self.inner.sa_read.clone().get_certificate(request_with_deadline(serial, deadline)).await {
-            Ok(stored) => stored.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => {
+        let stored = match self.inner.sa.get_certificate(&target.serial, deadline).await {
+            Ok(stored) => stored,
+            Err(problem) if problem.kind == ErrorKind::NotFound => {
                 return Err(Problem::not_found("no such certificate was issued here"));
             }
-            Err(status) => return Err(status.into()),
+            Err(problem) => return Err(problem),
         };
         if stored.der != der {
             return Err(Problem::not_found("no such certificate was issued here"));
@@ -855,7 +796,7 @@ impl Registrar {
 
     async fn revoke(&self, serial: &str, reason: i64, deadline: Option<Instant>) -> Result<(), Problem> {
         let revoke = sapb::RevokeCertificateRequest { serial: serial.to_owned(), reason, date: now() };
-        self.inner.sa_write.clone().revoke_certificate(request_with_deadline(revoke, deadline)).await?;
+        self.inner.sa.revoke_certificate(revoke, deadline).await?;
         tracing::info!(target: "audit", event = "certificate-revoked", serial, reason, "certificate revoked");
         Ok(())
     }
@@ -882,12 +823,9 @@ impl Registrar {
             valid_until: now(),
             profile: String::new(),
         };
-        let valid = self.inner.sa_read.clone().get_valid_authorizations(request_with_deadline(valid, deadline)).await?;
+        let valid = self.inner.sa.get_valid_authorizations(valid, deadline).await?;
         let covered: BTreeSet<String> = valid
-            .get_ref()
-            .authorizations
-            .iter()
-            .filter_map(|a| Authorization::try_from(a).ok())
+            .into_iter()
             .map(|a| if a.wildcard { format!("*.{}", a.identifier.value) } else { a.identifier.value })
             .collect();
         if target.names.is_empty() || !target.names.iter().all(|name| covered.contains(&name.value)) {
@@ -906,7 +844,7 @@ impl Registrar {
             source: "revocation".into(),
             comment: format!("key compromise reported for serial {}", target.serial),
         };
-        self.inner.sa_write.clone().add_blocked_key(request_with_deadline(block, deadline)).await?;
+        self.inner.sa.add_blocked_key(block, deadline).await?;
         self.revoke(&target.serial, KEY_COMPROMISE, deadline).await
     }
 }
@@ -1043,10 +981,9 @@ impl RegistrationAuthority for Registrar {
             check_contact(contact)?;
         }
         let update = sapb::UpdateAccountContactRequest { id: req.account_id, contact: req.contact };
-        let account =
-            self.inner.sa_write.clone().update_account_contact(request_with_deadline(update, deadline)).await?;
+        let account = self.inner.sa.update_account_contact(update, deadline).await?;
         tracing::info!(target: "audit", event = "account-updated", account_id = req.account_id, "account contacts updated");
-        Ok(account)
+        Ok(Response::new(account))
     }
 
     async fn update_account_key(&self, request: Request<UpdateAccountKeyRequest>) -> Reply<pb::Account> {
@@ -1056,22 +993,17 @@ impl RegistrationAuthority for Registrar {
         keypolicy::check_account_key(&jwk)?;
         self.check_key_not_blocked(&jwk, deadline).await?;
         let update = sapb::UpdateAccountKeyRequest { id: req.account_id, jwk: jwk.canonical_json().into_bytes() };
-        let account = self.inner.sa_write.clone().update_account_key(request_with_deadline(update, deadline)).await?;
+        let account = self.inner.sa.update_account_key(update, deadline).await?;
         tracing::info!(target: "audit", event = "account-key-changed", account_id = req.account_id, "account key rolled over");
-        Ok(account)
+        Ok(Response::new(account))
     }
 
     async fn deactivate_account(&self, request: Request<DeactivateAccountRequest>) -> Reply<pb::Account> {
         let deadline = incoming_deadline(&request);
         let id = request.get_ref().account_id;
-        let account = self
-            .inner
-            .sa_write
-            .clone()
-            .deactivate_account(request_with_deadline(sapb::AccountId { id }, deadline))
-            .await?;
+        let account = self.inner.sa.deactivate_account(id, deadline).await?;
         tracing::info!(target: "audit", event = "account-deactivated", account_id = id, "account deactivated");
-        Ok(account)
+        Ok(Response::new(account))
     }
 
     async fn new_order(&self, request: Request<NewOrderRequest>) -> Reply<pb::Order> {
@@ -1096,10 +1028,9 @@ impl RegistrationAuthority for Registrar {
         if authz.account_id != req.account_id {
             return Err(Problem::unauthorized("this authorization belongs to another account").into());
         }
-        let id = sapb::AuthorizationId { id: authz.id };
-        let authz = self.inner.sa_write.clone().deactivate_authorization(request_with_deadline(id, deadline)).await?;
+        let authz = self.inner.sa.deactivate_authorization(authz.id, deadline).await?;
         tracing::info!(target: "audit", event = "authorization-deactivated", authorization_id = req.authorization_id, "authorization deactivated");
-        Ok(authz)
+        Ok(Response::new(authz))
     }
 
     async fn revoke_cert_by_applicant(&self, request: Request<RevokeCertByApplicantRequest>) -> Reply<pb::Empty> {

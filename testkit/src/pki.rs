@@ -61,11 +61,7 @@ impl TestPki {
 
     /// How to reach `service` listening at `addr`.
     pub fn client_config(&self, service: &str, addr: SocketAddr) -> GrpcClientConfig {
-        GrpcClientConfig {
-            address: format!("https://{addr}"),
-            server_name: format!("{service}.quarry"),
-            timeout_ms: 10_000,
-        }
+        GrpcClientConfig::at(format!("https://{addr}"), format!("{service}.quarry"))
     }
 
     /// A channel to `server` at `addr` presenting `client`'s certificate.

@@ -18,9 +18,9 @@ pub struct InProcessStack {
     pub pki: TestPki,
     pub sa: SocketAddr,
     pub ca: SocketAddr,
-    /// The first nonce instance.
+    /// The first nonce replica.
     pub nonce: SocketAddr,
-    /// Every nonce instance, by prefix ([`NONCE_PREFIXES`]).
+    /// Every nonce replica, with its prefix (derived from its address with [`NONCE_PREFIX_KEY`]).
     pub nonces: Vec<(String, SocketAddr)>,
     pub ra: SocketAddr,
     /// The wfe's base URL (plain HTTP), when it was started.
@@ -43,8 +43,11 @@ pub const ACCOUNT_URI_PREFIX: &str = "https://quarry.test/acme/acct/";
 /// The permissive limits of `quarry dev`, which tests start from (a test may point the ra at its own file).
 pub const DEV_LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/env/dev/ratelimits.toml");
 
-/// The prefixes of the two nonce instances the wfe uses.
-pub const NONCE_PREFIXES: [&str; 2] = ["testnonc", "testnon2"];
+/// The key the test nonce replicas and the wfe derive replica prefixes from.
+pub const NONCE_PREFIX_KEY: &str = "the test stack's nonce prefix key";
+
+/// How many nonce replicas the stack runs.
+const NONCE_REPLICAS: usize = 2;
 
 async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind a loopback port");
@@ -156,20 +159,21 @@ impl InProcessStack {
         let (listener, ca) = listen(ca_config.grpc.listen).await;
         tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));
 
-        // Two instances, as production runs several: the wfe must redeem each nonce where it was minted.
+        // Two replicas, as production runs several: the wfe must redeem each nonce where it was minted.
         let mut nonces = Vec::new();
-        for prefix in NONCE_PREFIXES {
+        for _ in 0..NONCE_REPLICAS {
             let nonce_config = quarry_nonce::Config {
                 telemetry: Default::default(),
                 version: ConfigVersion::CURRENT,
                 grpc: pki.server_config(&[("quarry.nonce.v1.NonceService", &["wfe"])]),
                 tls: pki.tls("nonce"),
-                prefix: prefix.to_owned(),
+                prefix_key: NONCE_PREFIX_KEY.into(),
+                advertise: None,
                 max_used: 1000,
             };
             let (listener, addr) = listen(nonce_config.grpc.listen).await;
             tokio::spawn(quarry_nonce::serve(nonce_config, listener, std::future::pending()));
-            nonces.push((prefix.to_owned(), addr));
+            nonces.push((quarry_proto::client::nonce_prefix(NONCE_PREFIX_KEY.as_bytes(), addr), addr));
         }
         let nonce = nonces[0].1;
 
@@ -201,15 +205,11 @@ async fn start_wfe(
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),
         sa: pki.client_config("sa", sa),
-        nonce_services: nonces
-            .iter()
-            .map(|(prefix, addr)| quarry_wfe::NonceServiceConfig {
-                prefix: prefix.clone(),
-                address: format!("https://{addr}"),
-                server_name: "nonce.quarry".into(),
-                timeout_ms: 5_000,
-            })
-            .collect(),
+        nonce: quarry_core::config::GrpcClientConfig {
+            address: nonces.iter().map(|(_, addr)| format!("https://{addr}")).collect(),
+            ..pki.client_config("nonce", nonces[0].1)
+        },
+        nonce_prefix_key: NONCE_PREFIX_KEY.into(),
         listen: wfe,
         https_cert: None,
         https_key: None,

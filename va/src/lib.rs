@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::config::{ConfigError, ConfigVersion, GrpcServerConfig, TlsFiles};
-use quarry_core::grpc::{ClientAllowlist, request_with_deadline};
+use quarry_core::grpc::ClientAllowlist;
 use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::va::va_server::{Va, VaServer};
@@ -149,7 +149,7 @@ impl Config {
             );
         }
         if let Some(remote) = self.remotes.iter().find(|r| r.perspective.trim().is_empty() || r.rir.trim().is_empty()) {
-            return invalid(format!("remotes: {} needs a perspective and an RIR", remote.grpc.address));
+            return invalid(format!("remotes: {:?} needs a perspective and an RIR", remote.grpc.address));
         }
         if self.caa_identities.is_empty() || self.caa_identities.iter().any(|id| id.trim().is_empty()) {
             return invalid("caa_identities must name this CA's CAA domains (e.g. [\"letsencrypt.org\"])".to_owned());
@@ -380,15 +380,15 @@ impl Va for ValidationAuthority {
         }
         // Remote perspectives are asked only once this one has passed, as Boulder does.
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
-                let request = request_with_deadline(dcv.clone(), deadline);
+            problem = remote::corroborate(&self.remotes, deadline, |client, deadline| {
+                let request = dcv.clone();
                 let caa = dcv.caa.clone();
                 async move {
-                    let reply = client.do_dcv(request).await?;
+                    let reply = client.do_dcv(request, deadline).await?;
                     match caa {
                         // A remote older than CAA in DoDCV passed without checking it: it is asked apart.
-                        Some(caa) if reply.get_ref().problem.is_none() && !reply.get_ref().caa_checked => {
-                            client.do_caa(request_with_deadline(caa, deadline)).await
+                        Some(caa) if reply.problem.is_none() && !reply.caa_checked => {
+                            client.do_caa(caa, deadline).await
                         }
                         _ => Ok(reply),
                     }
@@ -421,9 +421,9 @@ impl Va for ValidationAuthority {
         let req = request.into_inner();
         let mut problem = self.caa_problem(&req, deadline).await?;
         if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, |mut client, deadline| {
-                let request = request_with_deadline(req.clone(), deadline);
-                async move { client.do_caa(request).await }
+            problem = remote::corroborate(&self.remotes, deadline, |client, deadline| {
+                let request = req.clone();
+                async move { client.do_caa(request, deadline).await }
             })
             .await;
         }

@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use quarry_core::config::{GrpcClientConfig, TlsFiles};
-use quarry_core::grpc::Channel;
+use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Problem};
+use quarry_proto::client::VaClient;
 use quarry_proto::va::ValidationResult;
-use quarry_proto::va::va_client::VaClient;
 use serde::Deserialize;
-use tonic::{Response, Status};
 
 use crate::Error;
 use crate::quorum::{RemoteOutcome, Tally, Verdict};
@@ -31,7 +30,7 @@ pub struct RemoteConfig {
 /// A remote va client and what it must say it is.
 #[derive(Clone)]
 pub struct RemoteVa {
-    client: VaClient<Channel>,
+    client: VaClient,
     perspective: String,
     rir: String,
 }
@@ -39,7 +38,7 @@ pub struct RemoteVa {
 impl RemoteVa {
     pub fn connect(config: &RemoteConfig, tls: &TlsFiles) -> Result<Self, Error> {
         Ok(Self {
-            client: VaClient::new(quarry_core::grpc::channel(&config.grpc, tls)?),
+            client: VaClient::new(Peer::new(&config.grpc, tls)?),
             perspective: config.perspective.clone(),
             rir: config.rir.clone(),
         })
@@ -47,14 +46,13 @@ impl RemoteVa {
 
     /// The remote's answer as the quorum counts it: an RPC failure, or an answer from a perspective other than the
     /// one configured, is a failure.
-    fn outcome(&self, reply: Result<Response<ValidationResult>, Status>) -> RemoteOutcome {
+    fn outcome(&self, reply: Result<ValidationResult, Problem>) -> RemoteOutcome {
         let problem = match reply {
-            Err(status) => {
-                tracing::warn!(perspective = %self.perspective, %status, "remote va call failed");
+            Err(failure) => {
+                tracing::warn!(perspective = %self.perspective, %failure, "remote va call failed");
                 Some(Problem::new(ErrorKind::ServerInternal, format!("remote perspective {} failed", self.perspective)))
             }
-            Ok(reply) => {
-                let result = reply.into_inner();
+            Ok(result) => {
                 if result.perspective != self.perspective || result.rir != self.rir {
                     Some(Problem::new(
                         ErrorKind::ServerInternal,
@@ -76,8 +74,8 @@ impl RemoteVa {
 /// Answers still outstanding once the verdict is certain are abandoned.
 pub async fn corroborate<F, Fut>(remotes: &[RemoteVa], deadline: Option<Instant>, call: F) -> Option<Problem>
 where
-    F: Fn(VaClient<Channel>, Option<Instant>) -> Fut,
-    Fut: Future<Output = Result<Response<ValidationResult>, Status>>,
+    F: Fn(VaClient, Option<Instant>) -> Fut,
+    Fut: Future<Output = Result<ValidationResult, Problem>>,
 {
     let mut tally = Tally::new(remotes.iter().map(|r| r.rir.clone()));
     let mut pending: FuturesUnordered<_> = remotes

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quarry_core::grpc::Channel;
+use quarry_core::ErrorKind;
+use quarry_proto::client::SaClient;
 use quarry_proto::sa::CrlShard;
-use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use serde::Deserialize;
 
 use crate::Error;
@@ -27,12 +27,12 @@ pub struct CrlConfig {
 
 #[derive(Clone)]
 struct CrlState {
-    sa: StorageAuthorityReadOnlyClient<Channel>,
+    sa: SaClient,
     issuer_ids: BTreeMap<String, i64>,
 }
 
 /// Loads the issuers and returns the router that serves their shards.
-pub(crate) fn router(config: &CrlConfig, sa: StorageAuthorityReadOnlyClient<Channel>) -> Result<axum::Router, Error> {
+pub(crate) fn router(config: &CrlConfig, sa: SaClient) -> Result<axum::Router, Error> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
@@ -52,9 +52,8 @@ async fn shard(State(state): State<CrlState>, Path((issuer, file)): Path<(String
     let Some(shard) = file.strip_suffix(".crl").and_then(|n| n.parse::<i64>().ok()).filter(|n| *n >= 0) else {
         return not_found();
     };
-    match state.sa.clone().get_crl(CrlShard { issuer_id, shard }).await {
+    match state.sa.get_crl(CrlShard { issuer_id, shard }, None).await {
         Ok(crl) => {
-            let crl = crl.into_inner();
             // Caches may keep it a while, never past the moment a newer one is due.
             let max_age = (crl.next_update - quarry_core::clock::now()).clamp(0, 300);
             (
@@ -66,9 +65,9 @@ async fn shard(State(state): State<CrlState>, Path((issuer, file)): Path<(String
             )
                 .into_response()
         }
-        Err(status) if status.code() == tonic::Code::NotFound => not_found(),
-        Err(status) => {
-            tracing::warn!(issuer_id, shard, %status, "reading a CRL from the sa failed");
+        Err(problem) if problem.kind == ErrorKind::NotFound => not_found(),
+        Err(problem) => {
+            tracing::warn!(issuer_id, shard, %problem, "reading a CRL from the sa failed");
             (StatusCode::SERVICE_UNAVAILABLE, "the CRL cannot be read right now\n").into_response()
         }
     }

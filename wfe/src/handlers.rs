@@ -10,17 +10,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Extension, Router};
-use quarry_core::grpc::request_with_deadline;
 use quarry_core::model::{Account, Authorization, ChallengeStatus, Order, OrderStatus};
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::core as pb;
 use quarry_proto::ra::{
-    DeactivateAccountRequest, DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest,
-    PerformValidationRequest, RevokeCertByApplicantRequest, RevokeCertByKeyRequest, UpdateAccountContactRequest,
-    UpdateAccountKeyRequest,
+    DeactivateAuthorizationRequest, FinalizeOrderRequest, NewOrderRequest, PerformValidationRequest,
+    RevokeCertByApplicantRequest, UpdateAccountContactRequest, UpdateAccountKeyRequest,
 };
-use quarry_proto::sa::{AuthorizationId, OrderId, Serial};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -121,13 +118,15 @@ async fn common_headers(State(wfe): State<Wfe>, request: Request, next: Next) ->
     let is_post = request.method() == Method::POST;
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    match wfe.new_nonce().await {
-        Ok(nonce) => {
-            if let Ok(value) = HeaderValue::from_str(&nonce) {
-                headers.insert("replay-nonce", value);
+    if !headers.contains_key(REPLAY_NONCE) {
+        match wfe.new_nonce().await {
+            Ok(nonce) => {
+                if let Ok(value) = HeaderValue::from_str(&nonce) {
+                    headers.insert(REPLAY_NONCE, value);
+                }
             }
+            Err(problem) => tracing::warn!(%problem, "no nonce for a response"),
         }
-        Err(problem) => tracing::warn!(%problem, "no nonce for a response"),
     }
     if !is_directory && let Ok(link) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", wfe.urls().directory())) {
         headers.append(header::LINK, link);
@@ -180,15 +179,24 @@ async fn directory(State(wfe): State<Wfe>) -> Response {
     json_response(StatusCode::OK, wfe.directory())
 }
 
-async fn new_nonce(method: Method) -> Reply {
+/// `new-nonce` (RFC 8555 §7.2): a nonce or nothing. Without a nonce to give it answers 503 with a problem document
+/// (and `Retry-After`), never a success without `Replay-Nonce`.
+async fn new_nonce(State(wfe): State<Wfe>, method: Method) -> Reply {
     let mut response = match method {
         Method::HEAD => StatusCode::OK.into_response(),
         Method::GET => StatusCode::NO_CONTENT.into_response(),
         _ => return Err(method_not_allowed()),
     };
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let nonce = wfe.new_nonce().await.map_err(|problem| Problem { retry_after_secs: Some(1), ..problem })?;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&nonce) {
+        headers.insert(REPLAY_NONCE, value);
+    }
     Ok(response)
 }
+
+const REPLAY_NONCE: &str = "replay-nonce";
 
 /// Runs the POST checks for this request, refusing other methods.
 async fn verified(
@@ -259,12 +267,9 @@ async fn new_account(
         external_account_id,
         ..Default::default()
     };
-    let mut new = request_with_deadline(new, deadline);
-    if let Some(Extension(ConnectInfo(peer))) = client {
-        quarry_core::grpc::set_client_ip(&mut new, peer.ip());
-    }
-    let created = wfe.ra().new_account(new).await?;
-    let created = Account::try_from(created.get_ref())?;
+    let client_ip = client.map(|Extension(ConnectInfo(peer))| peer.ip());
+    let created = wfe.ra().new_account(new, client_ip, deadline).await?;
+    let created = Account::try_from(&created)?;
     let response = json_response(StatusCode::CREATED, &render::account(&created));
     Ok(with_location(response, &wfe.urls().account(created.id)))
 }
@@ -313,15 +318,14 @@ async fn account(
         let update: AccountUpdate = request.json()?;
         if let Some(contact) = update.contact {
             let change = UpdateAccountContactRequest { account_id: account.id, contact };
-            let updated = wfe.ra().update_account_contact(request_with_deadline(change, deadline)).await?;
-            account = Account::try_from(updated.get_ref())?;
+            let updated = wfe.ra().update_account_contact(change, deadline).await?;
+            account = Account::try_from(&updated)?;
         }
         match update.status.as_deref() {
             None => {}
             Some("deactivated") => {
-                let deactivate = DeactivateAccountRequest { account_id: account.id };
-                let updated = wfe.ra().deactivate_account(request_with_deadline(deactivate, deadline)).await?;
-                account = Account::try_from(updated.get_ref())?;
+                let updated = wfe.ra().deactivate_account(account.id, deadline).await?;
+                account = Account::try_from(&updated)?;
             }
             Some(other) => {
                 return Err(Problem::malformed(format!(
@@ -419,8 +423,8 @@ async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: He
         replacement_in_window,
         ..Default::default()
     };
-    let order = wfe.ra().new_order(request_with_deadline(new, deadline)).await?;
-    let order = Order::try_from(order.get_ref())?;
+    let order = wfe.ra().new_order(new, deadline).await?;
+    let order = Order::try_from(&order)?;
     Ok(with_location(
         json_response(StatusCode::CREATED, &render::order(wfe.urls(), &order)),
         &wfe.urls().order(order.id),
@@ -448,13 +452,11 @@ fn parse_id(id: &str, what: &str) -> Result<i64, Problem> {
 }
 
 async fn load_order(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Order, ProblemResponse> {
-    let order = wfe.sa().get_order(request_with_deadline(OrderId { id }, deadline)).await?;
-    Ok(Order::try_from(order.get_ref())?)
+    Ok(wfe.sa().get_order(id, deadline).await?)
 }
 
 async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Authorization, ProblemResponse> {
-    let authz = wfe.sa().get_authorization(request_with_deadline(AuthorizationId { id }, deadline)).await?;
-    Ok(Authorization::try_from(authz.get_ref())?)
+    Ok(wfe.sa().get_authorization(id, deadline).await?)
 }
 
 /// Another account's resource is reported as absent, as Boulder does.
@@ -512,8 +514,8 @@ async fn authorization(
         return Err(Problem::malformed("an authorization update must be {\"status\": \"deactivated\"}").into());
     }
     let deactivate = DeactivateAuthorizationRequest { authorization_id: authz.id, account_id: request.account()?.id };
-    let authz = wfe.ra().deactivate_authorization(request_with_deadline(deactivate, deadline)).await?;
-    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &Authorization::try_from(authz.get_ref())?)))
+    let authz = wfe.ra().deactivate_authorization(deactivate, deadline).await?;
+    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &Authorization::try_from(&authz)?)))
 }
 
 fn challenge_response(wfe: &Wfe, authz: &Authorization, index: i64) -> Reply {
@@ -556,8 +558,8 @@ async fn challenge(
         authorization: Some((&authz).into()),
         account: Some(account.into()),
     };
-    let authz = wfe.ra().perform_validation(request_with_deadline(start, deadline)).await?;
-    challenge_response(&wfe, &Authorization::try_from(authz.get_ref())?, index)
+    let authz = wfe.ra().perform_validation(start, deadline).await?;
+    challenge_response(&wfe, &Authorization::try_from(&authz)?, index)
 }
 
 #[derive(Deserialize)]
@@ -590,8 +592,8 @@ async fn finalize(
         order: Some((&order).into()),
         account: Some(account.into()),
     };
-    let order = wfe.ra().finalize_order(request_with_deadline(finalize, deadline)).await?;
-    Ok(order_response(&wfe, &Order::try_from(order.get_ref())?))
+    let order = wfe.ra().finalize_order(finalize, deadline).await?;
+    Ok(order_response(&wfe, &Order::try_from(&order)?))
 }
 
 async fn certificate(
@@ -634,11 +636,7 @@ async fn certificate_chain(
     if !serial.bytes().all(|b| b.is_ascii_hexdigit()) || serial.is_empty() {
         return Err(Problem::not_found("certificate not found").into());
     }
-    let cert = wfe
-        .sa()
-        .get_certificate(request_with_deadline(Serial { serial: serial.to_ascii_lowercase() }, deadline))
-        .await?;
-    let cert = cert.into_inner();
+    let cert = wfe.sa().get_certificate(&serial.to_ascii_lowercase(), deadline).await?;
     if let Some(request) = &request
         && request.account()?.id != cert.account_id
     {
@@ -722,8 +720,8 @@ async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: H
     }
     let update = UpdateAccountKeyRequest { account_id: account.id, jwk: new_key.canonical_json().into_bytes() };
     let _change = wfe.accounts().changing(account.id);
-    let updated = wfe.ra().update_account_key(request_with_deadline(update, deadline)).await?;
-    let updated = Account::try_from(updated.get_ref())?;
+    let updated = wfe.ra().update_account_key(update, deadline).await?;
+    let updated = Account::try_from(&updated)?;
     Ok(with_location(json_response(StatusCode::OK, &render::account(&updated)), &wfe.urls().account(updated.id)))
 }
 
@@ -751,7 +749,7 @@ async fn revoke_certificate(
         Some(account) => {
             let revoke =
                 RevokeCertByApplicantRequest { der, reason: payload.reason.unwrap_or(0), account_id: account.id };
-            wfe.ra().revoke_cert_by_applicant(request_with_deadline(revoke, deadline)).await?;
+            wfe.ra().revoke_cert_by_applicant(revoke, deadline).await?;
         }
         None => {
             if certificate_key(&der) != Some(request.jwk.subject_public_key()) {
@@ -763,7 +761,7 @@ async fn revoke_certificate(
             if payload.reason.is_some_and(|reason| ![0, 1, 4, 5].contains(&reason)) {
                 return Err(Problem::new(ErrorKind::BadRevocationReason, "reason code not allowed").into());
             }
-            wfe.ra().revoke_cert_by_key(request_with_deadline(RevokeCertByKeyRequest { der }, deadline)).await?;
+            wfe.ra().revoke_cert_by_key(der, deadline).await?;
         }
     }
     Ok(StatusCode::OK.into_response())

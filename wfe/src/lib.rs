@@ -41,8 +41,12 @@ pub struct Config {
     pub ra: GrpcClientConfig,
     /// The sa (its read-only service).
     pub sa: GrpcClientConfig,
-    /// Nonce service instances, each named by the prefix of the nonces it mints.
-    pub nonce_services: Vec<NonceServiceConfig>,
+    /// The nonce service's replicas. Every nonce starts with the prefix of the replica that minted it, derived from
+    /// the replica's address with `nonce_prefix_key`, and is redeemed there.
+    pub nonce: GrpcClientConfig,
+    /// The secret from which the nonce replicas and every wfe derive each replica's prefix (the same in all of them;
+    /// at least 16 bytes): a mounted secret.
+    pub nonce_prefix_key: String,
     /// Where ACME clients connect.
     pub listen: SocketAddr,
     /// The wfe's HTTPS certificate chain (PEM); without it the wfe serves plain HTTP.
@@ -89,18 +93,6 @@ pub struct ExternalAccountBindingConfig {
     pub keys: std::collections::BTreeMap<String, String>,
 }
 
-/// One nonce service instance.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NonceServiceConfig {
-    /// The eight-character prefix of every nonce this instance mints.
-    pub prefix: String,
-    pub address: String,
-    pub server_name: String,
-    #[serde(default = "default_nonce_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
 /// The directory's `meta` (RFC 8555 §7.1.1, and profiles from draft-aaron-acme-profiles).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,9 +114,6 @@ fn default_request_timeout_ms() -> u64 {
 fn default_retry_after() -> u64 {
     3
 }
-fn default_nonce_timeout_ms() -> u64 {
-    5_000
-}
 
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
@@ -141,7 +130,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let state = state::Wfe::new(&config)?;
     if let Some(crl) = &config.crl {
-        let crl_router = crl::router(crl, state.sa())?;
+        let crl_router = crl::router(crl, state.sa().clone())?;
         let crl_listener =
             TcpListener::bind(crl.listen).await.map_err(|source| Error::Bind { addr: crl.listen, source })?;
         tracing::info!(addr = ?crl_listener.local_addr().ok(), "CRLs served");

@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use quarry_core::model::{Account, AccountStatus};
 use quarry_core::{ErrorKind, Problem};
 use quarry_jose::{JoseError, Jwk, Jws, KeyRef};
-use quarry_proto::sa::{AccountId, AccountKey};
 
 use crate::problem::ProblemResponse;
 use crate::state::Wfe;
@@ -110,7 +109,7 @@ pub async fn verify(
         }
     };
     jws.verify(&jwk).map_err(jose_problem)?;
-    if !wfe.redeem_nonce(&nonce).await? {
+    if !wfe.redeem_nonce(&nonce).await {
         return Err(
             Problem::new(ErrorKind::BadNonce, format!("JWS has an invalid anti-replay nonce: {nonce:?}")).into()
         );
@@ -127,18 +126,16 @@ async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Res
         Some(account) => account,
         None => {
             let read = wfe.accounts().read_started();
-            let reply =
-                wfe.sa().get_account(quarry_core::grpc::request_with_deadline(AccountId { id }, deadline)).await;
-            let account = match reply {
-                Ok(reply) => Account::try_from(reply.get_ref())?,
-                Err(status) if status.code() == tonic::Code::NotFound => {
+            let account = match wfe.sa().get_account(id, deadline).await {
+                Ok(account) => account,
+                Err(problem) if problem.kind == ErrorKind::NotFound => {
                     return Err(Problem::new(
                         ErrorKind::AccountDoesNotExist,
                         format!("account {kid:?} does not exist"),
                     )
                     .into());
                 }
-                Err(status) => return Err(status.into()),
+                Err(problem) => return Err(problem.into()),
             };
             wfe.accounts().insert(&account, read);
             account
@@ -158,10 +155,9 @@ pub async fn account_for_key(
     jwk: &Jwk,
     deadline: Option<Instant>,
 ) -> Result<Option<Account>, ProblemResponse> {
-    let key = AccountKey { jwk: jwk.canonical_json().into_bytes() };
-    match wfe.sa().get_account_by_key(quarry_core::grpc::request_with_deadline(key, deadline)).await {
-        Ok(reply) => Ok(Some(Account::try_from(reply.get_ref())?)),
-        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-        Err(status) => Err(status.into()),
+    match wfe.sa().get_account_by_key(jwk.canonical_json().into_bytes(), deadline).await {
+        Ok(account) => Ok(Some(account)),
+        Err(problem) if problem.kind == ErrorKind::NotFound => Ok(None),
+        Err(problem) => Err(problem.into()),
     }
 }

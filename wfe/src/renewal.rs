@@ -5,9 +5,7 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use quarry_core::clock::now;
-use quarry_core::grpc::request_with_deadline;
 use quarry_core::{ErrorKind, Identifier, Problem};
-use quarry_proto::sa::Serial;
 use serde_json::json;
 
 use crate::handlers::{Reply, json_response, method_not_allowed, with_retry_after};
@@ -75,20 +73,17 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The suggested window of the certificate `serial`: at once when it is revoked.
 async fn window(wfe: &Wfe, serial: &str, deadline: Option<Instant>) -> Result<Window, Problem> {
-    let status =
-        wfe.sa().get_certificate_status(request_with_deadline(Serial { serial: serial.to_owned() }, deadline)).await;
-    let status = match status {
-        Ok(status) => status.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => {
+    let status = match wfe.sa().get_certificate_status(serial, deadline).await {
+        Ok(status) => status,
+        Err(problem) if problem.kind == ErrorKind::NotFound => {
             return Err(Problem::not_found("no certificate with this CertID was issued here"));
         }
-        Err(status) => return Err(status.into()),
+        Err(problem) => return Err(problem),
     };
     if status.status == "revoked" {
         return Ok(Window::immediate(now()));
     }
-    let cert = wfe.sa().get_certificate(request_with_deadline(Serial { serial: serial.to_owned() }, deadline)).await?;
-    let der = cert.into_inner().der;
+    let der = wfe.sa().get_certificate(serial, deadline).await?.der;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der)
         .map_err(|_| Problem::internal("a stored certificate does not parse"))?;
     let validity = parsed.validity();
@@ -129,24 +124,21 @@ pub async fn check_replaces(
 ) -> Result<(String, bool), ProblemResponse> {
     let serial = parse_cert_id(replaces, wfe.issuer_key_ids())
         .map_err(|p| Problem::new(p.kind, format!("replaces: {}", p.detail)))?;
-    let exists =
-        wfe.sa().replacement_order_exists(request_with_deadline(Serial { serial: serial.clone() }, deadline)).await?;
-    if exists.into_inner().exists {
+    if wfe.sa().replacement_order_exists(&serial, deadline).await? {
         return Err(Problem::new(
             ErrorKind::AlreadyReplaced,
             format!("the certificate with serial {serial} already has a replacement order"),
         )
         .into());
     }
-    let cert = match wfe.sa().get_certificate(request_with_deadline(Serial { serial: serial.clone() }, deadline)).await
-    {
-        Ok(cert) => cert.into_inner(),
-        Err(status) if status.code() == tonic::Code::NotFound => {
+    let cert = match wfe.sa().get_certificate(&serial, deadline).await {
+        Ok(cert) => cert,
+        Err(problem) if problem.kind == ErrorKind::NotFound => {
             return Err(
                 Problem::not_found(format!("replaces: no certificate with serial {serial} was issued here")).into()
             );
         }
-        Err(status) => return Err(status.into()),
+        Err(problem) => return Err(problem.into()),
     };
     if cert.account_id != account_id {
         return Err(Problem::unauthorized("replaces: the certificate being replaced belongs to another account").into());

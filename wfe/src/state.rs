@@ -2,18 +2,12 @@
 //! directory.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use quarry_core::config::GrpcClientConfig;
-use quarry_core::grpc::Channel;
-use quarry_core::grpc::request_with_deadline;
+use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Problem};
-use quarry_proto::nonce::nonce_service_client::NonceServiceClient;
-use quarry_proto::nonce::{NonceBatchRequest, NonceMessage};
-use quarry_proto::ra::registration_authority_client::RegistrationAuthorityClient;
-use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
+use quarry_proto::client::{NonceClient, PREFIX_LEN, RaClient, SaClient};
 use serde_json::{Value, json};
 
 use crate::accounts::AccountCache;
@@ -26,8 +20,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// 128 bits: a shorter MAC key could be guessed.
 const MIN_EAB_KEY_LEN: usize = 16;
 
-/// The nonce prefix length every instance uses.
-const NONCE_PREFIX_LEN: usize = 8;
+/// The shortest nonce prefix key: shorter could be guessed.
+const MIN_NONCE_PREFIX_KEY_LEN: usize = 16;
 
 /// Nonces are minted this many at a time and handed out one per reply: asking the nonce service once per reply was
 /// a sixth of the gRPC calls behind each certificate.
@@ -35,6 +29,8 @@ const NONCE_BATCH: u32 = 16;
 /// A nonce kept at hand longer than this is dropped rather than handed out, so that after a nonce service restarts
 /// (its earlier nonces no longer redeem) clients meet at most a few seconds of `badNonce`.
 const NONCE_SHELF_LIFE: Duration = Duration::from_secs(10);
+/// How long a nonce call may take: every reply carries a nonce, so a stuck nonce replica must not hold replies up.
+const NONCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent refills can overfill; beyond this the extra nonces are dropped.
 const MAX_NONCES_AT_HAND: usize = 4 * NONCE_BATCH as usize;
 
@@ -45,13 +41,9 @@ pub struct Wfe {
 
 struct Inner {
     urls: Urls,
-    ra: RegistrationAuthorityClient<Channel>,
-    sa: StorageAuthorityReadOnlyClient<Channel>,
-    /// The same channels, for health checks.
-    ra_channel: Channel,
-    sa_channel: Channel,
-    nonces: Vec<(String, NonceServiceClient<Channel>)>,
-    next_nonce_service: AtomicUsize,
+    ra: RaClient,
+    sa: SaClient,
+    nonces: NonceClient,
     /// Minted nonces not yet handed out, oldest first, with when they were minted.
     nonces_at_hand: Mutex<VecDeque<(Instant, String)>>,
     chains: Vec<Vec<Vec<u8>>>,
@@ -113,27 +105,10 @@ impl Wfe {
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(Error::Config(format!("base_url {base:?} must be an http(s) URL")));
         }
-        if config.nonce_services.is_empty() {
-            return Err(Error::Config("nonce_services must list at least one nonce service".into()));
+        if config.nonce_prefix_key.len() < MIN_NONCE_PREFIX_KEY_LEN {
+            return Err(Error::Config(format!("nonce_prefix_key must be at least {MIN_NONCE_PREFIX_KEY_LEN} bytes")));
         }
-        let mut nonces = Vec::new();
-        for service in &config.nonce_services {
-            if service.prefix.len() != NONCE_PREFIX_LEN {
-                return Err(Error::Config(format!(
-                    "nonce prefix {:?} must be {NONCE_PREFIX_LEN} characters",
-                    service.prefix
-                )));
-            }
-            let client = GrpcClientConfig {
-                address: service.address.clone(),
-                server_name: service.server_name.clone(),
-                timeout_ms: service.timeout_ms,
-            };
-            nonces.push((
-                service.prefix.clone(),
-                NonceServiceClient::new(quarry_core::grpc::channel(&client, &config.tls)?),
-            ));
-        }
+        let nonces = NonceClient::new(Peer::new(&config.nonce, &config.tls)?, config.nonce_prefix_key.as_bytes());
         let urls = Urls { base };
         let mut meta = json!({});
         let m = &config.directory_meta;
@@ -172,16 +147,11 @@ impl Wfe {
                 issuer_key_ids.push(key_id);
             }
         }
-        let ra_channel = quarry_core::grpc::channel(&config.ra, &config.tls)?;
-        let sa_channel = quarry_core::grpc::channel(&config.sa, &config.tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                ra: RegistrationAuthorityClient::new(ra_channel.clone()),
-                sa: StorageAuthorityReadOnlyClient::new(sa_channel.clone()),
-                ra_channel,
-                sa_channel,
+                ra: RaClient::new(Peer::new(&config.ra, &config.tls)?),
+                sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
                 nonces,
-                next_nonce_service: AtomicUsize::new(0),
                 nonces_at_hand: Mutex::default(),
                 chains,
                 issuer_key_ids,
@@ -208,19 +178,20 @@ impl Wfe {
         self.inner.retry_after
     }
 
-    pub fn ra(&self) -> RegistrationAuthorityClient<Channel> {
-        self.inner.ra.clone()
+    pub fn ra(&self) -> &RaClient {
+        &self.inner.ra
     }
 
-    /// Whether the ra and the sa's read-only service answer their health checks, each with why not.
-    pub async fn peers_health(&self) -> [(&'static str, Result<(), String>); 2] {
-        use quarry_core::grpc::check_health;
+    /// Whether some replica of the ra, of the sa's read-only service and of the nonce service answers its health
+    /// check, each with why not.
+    pub async fn peers_health(&self) -> [(&'static str, Result<(), String>); 3] {
         let deadline = Some(Instant::now() + HEALTH_TIMEOUT);
-        let (ra, sa) = tokio::join!(
-            check_health(self.inner.ra_channel.clone(), "quarry.ra.v1.RegistrationAuthority", deadline),
-            check_health(self.inner.sa_channel.clone(), "quarry.sa.v1.StorageAuthorityReadOnly", deadline),
+        let (ra, sa, nonce) = tokio::join!(
+            self.inner.ra.peer().check_health("quarry.ra.v1.RegistrationAuthority", deadline),
+            self.inner.sa.peer().check_health("quarry.sa.v1.StorageAuthorityReadOnly", deadline),
+            self.inner.nonces.peer().check_health("quarry.nonce.v1.NonceService", deadline),
         );
-        [("ra", ra), ("sa", sa)]
+        [("ra", ra), ("sa", sa), ("nonce", nonce)]
     }
 
     /// Accounts recently read from the sa.
@@ -228,8 +199,8 @@ impl Wfe {
         &self.inner.accounts
     }
 
-    pub fn sa(&self) -> StorageAuthorityReadOnlyClient<Channel> {
-        self.inner.sa.clone()
+    pub fn sa(&self) -> &SaClient {
+        &self.inner.sa
     }
 
     /// The deadline of a request starting now.
@@ -242,7 +213,8 @@ impl Wfe {
         self.inner.nonces_at_hand.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A fresh nonce: one at hand, else a new batch from the next instance in turn.
+    /// A fresh nonce: one at hand, else a new batch from a nonce replica (another one when the first fails);
+    /// `unavailable` when none answers.
     pub async fn new_nonce(&self) -> Result<String, Problem> {
         {
             let mut at_hand = self.nonces_at_hand();
@@ -252,48 +224,45 @@ impl Wfe {
                 }
             }
         }
-        let services = &self.inner.nonces;
-        let first = self.inner.next_nonce_service.fetch_add(1, Ordering::Relaxed);
-        let mut last = Problem::new(ErrorKind::Unavailable, "no nonce service answered");
-        // Try each instance once, so that one being down does not stop the wfe from handing out nonces.
-        for offset in 0..services.len() {
-            let (prefix, client) = &services[(first + offset) % services.len()];
-            let request = request_with_deadline(NonceBatchRequest { count: NONCE_BATCH }, self.deadline());
-            match client.clone().nonce_batch(request).await {
-                Ok(reply) => {
-                    let mut minted = reply.into_inner().nonces;
-                    let Some(nonce) = minted.pop() else { continue };
-                    let now = Instant::now();
-                    let mut at_hand = self.nonces_at_hand();
-                    let room = MAX_NONCES_AT_HAND.saturating_sub(at_hand.len());
-                    at_hand.extend(minted.into_iter().take(room).map(|n| (now, n)));
-                    return Ok(nonce);
-                }
-                Err(status) => {
-                    self.forget_nonces_of(prefix);
-                    last = status.into();
-                }
-            }
-        }
-        Err(last)
+        let mut minted =
+            self.inner.nonces.nonce_batch(NONCE_BATCH, self.nonce_deadline()).await.map_err(|problem| {
+                tracing::warn!(%problem, "no nonce replica answered");
+                Problem::new(ErrorKind::Unavailable, "no anti-replay nonce can be issued now; try again shortly")
+            })?;
+        let nonce = minted
+            .pop()
+            .ok_or_else(|| Problem::new(ErrorKind::Unavailable, "the nonce service returned no nonce; try again"))?;
+        let now = Instant::now();
+        let mut at_hand = self.nonces_at_hand();
+        let room = MAX_NONCES_AT_HAND.saturating_sub(at_hand.len());
+        at_hand.extend(minted.into_iter().take(room).map(|n| (now, n)));
+        Ok(nonce)
     }
 
-    /// Redeems a nonce at the instance that minted it; an unknown prefix is refused without asking anyone.
-    pub async fn redeem_nonce(&self, nonce: &str) -> Result<bool, Problem> {
-        let Some(prefix) = nonce.get(..NONCE_PREFIX_LEN) else { return Ok(false) };
-        let Some((_, client)) = self.inner.nonces.iter().find(|(p, _)| p == prefix) else { return Ok(false) };
-        let reply = client
-            .clone()
-            .redeem(request_with_deadline(NonceMessage { nonce: nonce.to_owned() }, self.deadline()))
-            .await
-            .inspect_err(|_| self.forget_nonces_of(prefix))?;
-        let valid = reply.into_inner().valid;
-        if !valid {
-            // A replay, or a nonce of an instance that has restarted since (its earlier nonces no longer redeem, and
-            // those at hand would meet the same fate): a fresh batch costs one call.
-            self.forget_nonces_of(prefix);
+    /// Nonce calls get a short deadline of their own: every reply waits on one.
+    fn nonce_deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + NONCE_TIMEOUT.min(self.inner.request_timeout))
+    }
+
+    /// Redeems a nonce at the replica that minted it. A nonce no known replica minted (a replica since gone), a
+    /// replay, or one whose replica cannot be asked is not valid: the client gets `badNonce` and retries with a
+    /// fresh nonce, as RFC 8555 §6.5 has it.
+    pub async fn redeem_nonce(&self, nonce: &str) -> bool {
+        let prefix = nonce.get(..PREFIX_LEN).unwrap_or_default();
+        match self.inner.nonces.redeem(nonce, self.nonce_deadline()).await {
+            Ok(true) => true,
+            Ok(false) => {
+                // A replay, or a nonce of a replica that has restarted since (its earlier nonces no longer redeem,
+                // and those at hand would meet the same fate): a fresh batch costs one call.
+                self.forget_nonces_of(prefix);
+                false
+            }
+            Err(problem) => {
+                tracing::warn!(%problem, "the nonce's replica could not redeem it");
+                self.forget_nonces_of(prefix);
+                false
+            }
         }
-        Ok(valid)
     }
 
     /// Drops the nonces at hand that the instance with `prefix` minted.

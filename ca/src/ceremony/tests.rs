@@ -45,6 +45,7 @@ fn generates_the_whole_layout() {
         "https/wfe.key.pem",
         "ct/ct-log-a.key.pem",
         "ct/ct-log-b.key.pem",
+        "internal/nonce-prefix.key",
     ]
     .iter()
     .map(|p| d.join(p))
@@ -75,7 +76,7 @@ fn private_keys_are_owner_only() {
     ensure_dev_pki(dir.path(), &["ra"]).expect("dev pki");
     for (path, _) in snapshot(dir.path()) {
         let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
-        let is_key = path.to_string_lossy().ends_with(".key.pem");
+        let is_key = path.to_string_lossy().ends_with(".key.pem") || path.to_string_lossy().ends_with(".key");
         assert_eq!(mode == 0o600, is_key, "{} has mode {mode:o}", path.display());
     }
 }

@@ -255,17 +255,23 @@ async fn duplicate_serials_are_retried_a_bounded_number_of_times() {
 #[tokio::test]
 async fn sa_failures_reach_the_caller_as_their_kind() {
     let stack = Stack::start().await;
+    // Storing the signed certificate is idempotent: a passing failure is retried, so the certificate is not lost.
     stack.sa.0.storage_failures.store(1, Ordering::SeqCst);
+    let issued = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("retried store");
+    assert_eq!(stack.sa.0.recorded().certificates.len(), 1);
+    assert_eq!(stack.sa.0.recorded().serials.last().map(|s| s.serial.clone()), Some(issued.serial));
+    // A lasting one reaches the caller as its kind.
+    stack.sa.0.storage_failures.store(100, Ordering::SeqCst);
     let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("storage fails");
     assert_eq!(problem.kind, ErrorKind::Unavailable);
-    assert_eq!(stack.sa.0.recorded().serials.len(), 1);
-    assert!(stack.sa.0.recorded().certificates.is_empty());
+    assert_eq!(stack.sa.0.recorded().serials.len(), 2);
+    assert_eq!(stack.sa.0.recorded().certificates.len(), 1);
 }
 
 #[tokio::test]
 async fn an_unreachable_sa_is_unavailable() {
     // Port 9 (discard) on loopback: nothing listens there in a test environment.
-    let stack = Stack::start_with(|config| config.sa.address = "https://127.0.0.1:9".into()).await;
+    let stack = Stack::start_with(|config| config.sa.address = vec!["https://127.0.0.1:9".into()]).await;
     let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("no sa");
     assert!(matches!(problem.kind, ErrorKind::Unavailable | ErrorKind::Timeout), "{problem}");
 }

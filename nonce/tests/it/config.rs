@@ -12,7 +12,7 @@ fn deploy_file(env: &str) -> String {
 
 const MINIMAL: &str = r#"
     version = 1
-    prefix = "abcd-_09"
+    prefix_key = "sixteen bytes or more"
     [grpc]
     listen = "127.0.0.1:0"
     [tls]
@@ -23,30 +23,33 @@ const MINIMAL: &str = r#"
 
 #[test]
 fn the_deploy_files_make_a_valid_config() {
-    let fill = |text: String| text.replace("${pki_dir}", "/tmp/pki").replace("${nonce_listen}", "127.0.0.1:9094");
+    let fill = |text: String| {
+        text.replace("${pki_dir}", "/tmp/pki")
+            .replace("${nonce_listen}", "127.0.0.1:9094")
+            .replace("${nonce_prefix_key}", "the dev stack's nonce prefix key")
+    };
     let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
     let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
     quarry_core::config::merge(&mut base, &overlay);
     let config: Config = quarry_core::config::parse(&base.to_string(), "base+dev").expect("valid nonce config");
     assert_eq!(config.grpc.services[quarry_nonce::SERVICE_NAME].client_names, ["wfe.quarry"]);
     assert_eq!(config.max_used, quarry_nonce::DEFAULT_MAX_USED);
-    assert!(quarry_nonce::check_prefix(&config.prefix).is_ok());
+    assert!(config.prefix_key.len() >= quarry_nonce::MIN_PREFIX_KEY_LEN);
 }
 
 #[test]
 fn optional_settings_have_defaults() {
     let config: Config = quarry_core::config::parse(MINIMAL, "minimal").expect("minimal config");
-    assert_eq!(config.prefix, "abcd-_09");
+    assert_eq!(config.prefix_key, "sixteen bytes or more");
+    assert_eq!(config.advertise, None);
     assert_eq!(config.max_used, 65_536);
 }
 
 #[test]
 fn bad_files_are_refused_naming_the_key() {
     let cases = [
-        ("short prefix", MINIMAL.replace("abcd-_09", "abc"), "prefix"),
-        ("padded prefix", MINIMAL.replace("abcd-_09", "abcdefg="), "prefix"),
-        ("non-ascii prefix", MINIMAL.replace("abcd-_09", "abcdefgé"), "prefix"),
-        ("missing prefix", MINIMAL.replace("prefix = \"abcd-_09\"", ""), "prefix"),
+        ("missing prefix key", MINIMAL.replace("prefix_key = \"sixteen bytes or more\"", ""), "prefix_key"),
+        ("bad advertise", MINIMAL.replace("version = 1", "version = 1\nadvertise = \"nonce:1\""), "advertise"),
         ("negative max_used", MINIMAL.replace("version = 1", "version = 1\nmax_used = -1"), "max_used"),
         ("typo", MINIMAL.replace("version = 1", "version = 1\nmax_usd = 5"), "max_usd"),
     ];
@@ -60,8 +63,9 @@ fn bad_files_are_refused_naming_the_key() {
 async fn bad_settings_stop_start_up() {
     let pki = TestPki::new();
     type Adjust = fn(&mut Config);
-    let cases: [(&str, &str, Adjust); 4] = [
-        ("bad prefix", "invalid prefix", |c| c.prefix = "seven77".into()),
+    let cases: [(&str, &str, Adjust); 5] = [
+        ("short prefix key", "invalid prefix_key", |c| c.prefix_key = "fifteen bytes!!".into()),
+        ("unspecified advertise", "invalid advertise", |c| c.advertise = Some("0.0.0.0:9301".parse().expect("addr"))),
         ("zero max_used", "invalid max_used", |c| c.max_used = 0),
         ("missing allowlist", "grpc.services", |c| c.grpc.services.clear()),
         ("missing certificate", "missing.pem", |c| c.tls.cert = c.tls.cert.with_file_name("missing.pem")),

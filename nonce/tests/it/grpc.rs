@@ -7,7 +7,7 @@ use quarry_proto::nonce::{NonceBatchRequest, NonceMessage};
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
 
-use crate::{PREFIX, Running, config};
+use crate::{Running, config};
 
 fn message(nonce: &str) -> NonceMessage {
     NonceMessage { nonce: nonce.to_owned() }
@@ -22,7 +22,7 @@ async fn the_wfe_mints_nonces_that_redeem_once() {
     let mut minted = Vec::new();
     for _ in 0..5 {
         let nonce = wfe.nonce(Empty {}).await.expect("nonce").into_inner().nonce;
-        assert!(nonce.starts_with(PREFIX), "{nonce}");
+        assert!(nonce.starts_with(&nonce_service.prefix), "{nonce}");
         assert_eq!(nonce.len(), quarry_nonce::NONCE_LEN, "{nonce}");
         minted.push(nonce);
     }
@@ -46,7 +46,7 @@ async fn batches_are_distinct_fresh_nonces_and_capped() {
     assert_eq!(batch.len(), 16);
     assert_eq!(batch.iter().collect::<HashSet<_>>().len(), 16, "nonces repeat");
     for nonce in &batch {
-        assert!(nonce.starts_with(PREFIX), "{nonce}");
+        assert!(nonce.starts_with(&nonce_service.prefix), "{nonce}");
         assert!(wfe.redeem(message(nonce)).await.expect("redeem").into_inner().valid, "{nonce}");
         assert!(!wfe.redeem(message(nonce)).await.expect("second redeem").into_inner().valid, "{nonce}");
     }
@@ -69,10 +69,10 @@ async fn invalid_nonces_are_answers_not_errors() {
 
     let cases = [
         ("empty", String::new()),
-        ("garbage", format!("{PREFIX}garbage")),
+        ("garbage", format!("{}garbage", nonce_service.prefix)),
         ("foreign prefix", format!("otherpfx{}", &valid[quarry_nonce::PREFIX_LEN..])),
         ("tampered", tampered),
-        ("oversized", format!("{PREFIX}{}", "A".repeat(64 * 1024))),
+        ("oversized", format!("{}{}", nonce_service.prefix, "A".repeat(64 * 1024))),
     ];
     for (name, nonce) in cases {
         let answer = wfe.redeem(message(&nonce)).await.unwrap_or_else(|e| panic!("{name}: {e}")).into_inner();
@@ -141,4 +141,27 @@ async fn clients_off_the_allowlist_are_refused() {
     // A refused redeem must not have used the nonce up.
     let mut wfe = nonce_service.client(&pki, "wfe");
     assert!(wfe.redeem(message(&valid)).await.expect("redeem").into_inner().valid);
+}
+
+/// Each replica's prefix comes from the address the wfe reaches it at: two replicas never share one, and a replica
+/// told its advertised address (a pod's) uses that rather than its listen address.
+#[tokio::test]
+async fn replicas_derive_distinct_prefixes_from_their_addresses() {
+    let pki = TestPki::new();
+    let first = Running::start(config(&pki)).await;
+    let second = Running::start(config(&pki)).await;
+    let advertised = Running::start(quarry_nonce::Config {
+        advertise: Some("127.0.0.9:9301".parse().expect("address")),
+        ..config(&pki)
+    })
+    .await;
+    let prefixes = [&first.prefix, &second.prefix, &advertised.prefix];
+    assert_eq!(prefixes.iter().collect::<HashSet<_>>().len(), 3, "{prefixes:?}");
+    for running in [&first, &second, &advertised] {
+        let nonce = running.client(&pki, "wfe").nonce(Empty {}).await.expect("nonce").into_inner().nonce;
+        assert!(nonce.starts_with(&running.prefix), "{nonce} from {}", running.addr);
+    }
+    // A nonce minted by one replica is refused by another (the wfe routes it back by its prefix).
+    let nonce = first.client(&pki, "wfe").nonce(Empty {}).await.expect("nonce").into_inner().nonce;
+    assert!(!second.client(&pki, "wfe").redeem(message(&nonce)).await.expect("redeem").into_inner().valid);
 }

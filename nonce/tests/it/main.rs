@@ -3,6 +3,7 @@
 
 mod config;
 mod grpc;
+mod replicas;
 
 use std::net::SocketAddr;
 
@@ -12,7 +13,8 @@ use quarry_nonce::Config;
 use quarry_proto::nonce::nonce_service_client::NonceServiceClient;
 use quarry_testkit::pki::TestPki;
 
-pub const PREFIX: &str = "it-nonce";
+/// The key the tests' replicas derive their prefixes from.
+pub const PREFIX_KEY: &str = "the nonce tests' prefix key";
 
 /// A configuration for `pki` that allows the wfe only, as in the full stack.
 pub fn config(pki: &TestPki) -> Config {
@@ -21,7 +23,8 @@ pub fn config(pki: &TestPki) -> Config {
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(quarry_nonce::SERVICE_NAME, &["wfe"])]),
         tls: pki.tls("nonce"),
-        prefix: PREFIX.to_owned(),
+        prefix_key: PREFIX_KEY.to_owned(),
+        advertise: None,
         max_used: 64,
     }
 }
@@ -29,6 +32,8 @@ pub fn config(pki: &TestPki) -> Config {
 /// A running nonce service; it stops when this is dropped.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The prefix of its nonces: derived from the address the wfe reaches it at.
+    pub prefix: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -36,6 +41,7 @@ impl Running {
     pub async fn start(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.expect("bind nonce");
         let addr = listener.local_addr().expect("nonce address");
+        let prefix = quarry_proto::client::nonce_prefix(PREFIX_KEY.as_bytes(), config.advertise.unwrap_or(addr));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let shutdown = async {
@@ -45,7 +51,7 @@ impl Running {
                 panic!("nonce service failed: {e}");
             }
         });
-        Self { addr, _stop: stop }
+        Self { addr, prefix, _stop: stop }
     }
 
     /// A client presenting `client`'s internal certificate.

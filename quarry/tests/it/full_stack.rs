@@ -365,11 +365,7 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
         key: pki.join("internal/wfe.key.pem"),
         ca: pki.join("internal/internal-ca.pem"),
     };
-    let client = quarry_core::config::GrpcClientConfig {
-        address: format!("https://{}", sa_config.grpc.listen),
-        server_name: "sa.quarry".into(),
-        timeout_ms: 5_000,
-    };
+    let client = quarry_core::config::GrpcClientConfig::at(format!("https://{}", sa_config.grpc.listen), "sa.quarry");
     let channel = quarry_core::grpc::channel(&client, &wfe_tls).expect("channel");
     let mut read_write = quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(channel.clone());
     let refused = read_write

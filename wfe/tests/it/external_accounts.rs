@@ -78,6 +78,7 @@ fn toml_config(eab: &str) -> Result<quarry_wfe::Config, quarry_core::config::Con
         version = 1
         listen = "127.0.0.1:0"
         base_url = "http://127.0.0.1"
+        nonce_prefix_key = "sixteen bytes or more"
         [tls]
         cert = "/nonexistent/wfe.pem"
         key = "/nonexistent/wfe.key.pem"
@@ -88,8 +89,7 @@ fn toml_config(eab: &str) -> Result<quarry_wfe::Config, quarry_core::config::Con
         [sa]
         address = "https://127.0.0.1:1"
         server_name = "sa.quarry"
-        [[nonce_services]]
-        prefix = "testnonc"
+        [nonce]
         address = "https://127.0.0.1:1"
         server_name = "nonce.quarry"
         [external_account_binding]

@@ -37,7 +37,8 @@ async fn new_nonce_answers_head_and_get_with_a_nonce() {
     for (method, status) in [(http::Method::HEAD, 200), (http::Method::GET, 204)] {
         let response = stack.client.request(method, &url, None, Vec::new()).await.unwrap();
         assert_eq!(response.status, status);
-        assert!(response.header("replay-nonce").unwrap().starts_with("testnon"));
+        let nonce = response.header("replay-nonce").unwrap();
+        assert!(stack.services.nonces.iter().any(|(prefix, _)| nonce.starts_with(prefix.as_str())), "{nonce}");
         assert_eq!(response.header("cache-control").as_deref(), Some("no-store"));
         assert!(response.headers_all("link").iter().any(|l| l.ends_with("rel=\"index\"")));
     }
@@ -425,23 +426,55 @@ async fn alternate_chains_are_linked_from_the_certificate() {
     }
 }
 
+/// With no nonce replica to mint one, new-nonce is a 503 problem document with `Retry-After`, never a success without
+/// `Replay-Nonce`; a nonce whose replica is gone is `badNonce`, which clients retry.
+#[tokio::test]
+async fn without_nonce_replicas_new_nonce_is_unavailable_and_their_nonces_are_bad() {
+    let stack = Stack::start().await;
+    let nonce = stack.client.nonce().await.unwrap();
+    // The same wfe configuration, but every nonce replica gone (their ports closed).
+    let gone =
+        Stack::start_with(|wfe| wfe.nonce.address = vec!["https://127.0.0.1:1".into(), "https://127.0.0.1:2".into()])
+            .await;
+    let url = gone.client.url("newNonce");
+    for method in [http::Method::HEAD, http::Method::GET] {
+        let response = gone.client.request(method.clone(), &url, None, Vec::new()).await.unwrap();
+        assert_eq!(response.status, 503, "{method}");
+        assert!(response.header("replay-nonce").is_none(), "{method}");
+        assert_eq!(response.header("retry-after").as_deref(), Some("1"), "{method}");
+        if method == http::Method::GET {
+            assert_eq!(response.problem_type().as_deref(), Some("serverInternal"));
+        }
+    }
+    // A nonce of the first stack's replicas means nothing to this wfe: badNonce, not a server error.
+    let new_account = gone.client.url("newAccount");
+    let unregistered = quarry_testkit::client::AcmeAccount::generate(Algorithm::Es256);
+    let body = unregistered.sign(&new_account, &nonce, Some(&json!({"termsOfServiceAgreed": true})));
+    let answer = gone
+        .client
+        .request(http::Method::POST, &new_account, Some("application/jose+json"), body.into_bytes())
+        .await
+        .unwrap();
+    assert_eq!((answer.status, answer.problem_type().as_deref()), (400, Some("badNonce")));
+}
+
 #[tokio::test]
 async fn healthz_reports_the_peers() {
     let stack = Stack::start().await;
     let url = format!("{}/healthz", stack.base);
     let healthy = stack.client.request(http::Method::GET, &url, None, Vec::new()).await.unwrap();
     assert_eq!(healthy.status, 200);
-    assert_eq!(healthy.json(), json!({"status": "ok", "ra": "ok", "sa": "ok"}));
+    assert_eq!(healthy.json(), json!({"status": "ok", "ra": "ok", "sa": "ok", "nonce": "ok"}));
 
     // A wfe whose ra is gone says so, and which.
-    let broken = Stack::start_with(|wfe| wfe.ra.address = "https://127.0.0.1:1".into()).await;
+    let broken = Stack::start_with(|wfe| wfe.ra.address = vec!["https://127.0.0.1:1".into()]).await;
     let url = format!("{}/healthz", broken.base);
     let unhealthy = broken.client.request(http::Method::GET, &url, None, Vec::new()).await.unwrap();
     assert_eq!(unhealthy.status, 503);
     let body = unhealthy.json();
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["sa"], "ok");
-    assert!(body["ra"].as_str().unwrap().starts_with("unreachable"), "{body}");
+    assert!(body["ra"].as_str().unwrap().contains("unreachable"), "{body}");
 }
 
 #[tokio::test]

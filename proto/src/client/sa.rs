@@ -1,0 +1,486 @@
+//! The storage authority's client: its read-only and read-write services, on the same replicas.
+
+use std::time::Instant;
+
+use quarry_core::Problem;
+use quarry_core::model::{Account, Authorization, Order};
+use quarry_core::peer::Peer;
+use tonic::codec::Streaming;
+
+use crate::client::rpc;
+use crate::core as pb;
+use crate::sa::storage_authority_client::StorageAuthorityClient as Rw;
+use crate::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient as Ro;
+use crate::sa::*;
+
+/// The sa, through every replica.
+#[derive(Clone, Debug)]
+pub struct SaClient {
+    peer: Peer,
+}
+
+type Deadline = Option<Instant>;
+
+impl SaClient {
+    pub fn new(peer: Peer) -> Self {
+        Self { peer }
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    // --- Reads ---
+
+    pub async fn get_account(&self, id: i64, deadline: Deadline) -> Result<Account, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_account,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetAccount",
+            AccountId { id },
+            deadline
+        )?;
+        Account::try_from(&reply)
+    }
+
+    /// The account of a JSON JWK (canonical form); `notFound` when the key has none.
+    pub async fn get_account_by_key(&self, jwk: Vec<u8>, deadline: Deadline) -> Result<Account, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_account_by_key,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetAccountByKey",
+            AccountKey { jwk },
+            deadline
+        )?;
+        Account::try_from(&reply)
+    }
+
+    pub async fn get_order(&self, id: i64, deadline: Deadline) -> Result<Order, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_order,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetOrder",
+            OrderId { id },
+            deadline
+        )?;
+        Order::try_from(&reply)
+    }
+
+    /// The newest pending or ready order of the account for exactly these identifiers; `notFound` when none.
+    pub async fn get_order_for_names(
+        &self,
+        request: GetOrderForNamesRequest,
+        deadline: Deadline,
+    ) -> Result<Order, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_order_for_names,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetOrderForNames",
+            request,
+            deadline
+        )?;
+        Order::try_from(&reply)
+    }
+
+    pub async fn get_authorization(&self, id: i64, deadline: Deadline) -> Result<Authorization, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_authorization,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetAuthorization",
+            AuthorizationId { id },
+            deadline
+        )?;
+        Authorization::try_from(&reply)
+    }
+
+    pub async fn get_order_authorizations(&self, id: i64, deadline: Deadline) -> Result<Vec<Authorization>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_order_authorizations,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetOrderAuthorizations",
+            OrderId { id },
+            deadline
+        )?;
+        reply.authorizations.iter().map(Authorization::try_from).collect()
+    }
+
+    pub async fn get_valid_authorizations(
+        &self,
+        request: GetValidAuthorizationsRequest,
+        deadline: Deadline,
+    ) -> Result<Vec<Authorization>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_valid_authorizations,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetValidAuthorizations",
+            request,
+            deadline
+        )?;
+        reply.authorizations.iter().map(Authorization::try_from).collect()
+    }
+
+    pub async fn get_certificate(&self, serial: &str, deadline: Deadline) -> Result<pb::Certificate, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        rpc!(self.peer, Ro, get_certificate, "/quarry.sa.v1.StorageAuthorityReadOnly/GetCertificate", serial, deadline)
+    }
+
+    pub async fn get_certificate_status(
+        &self,
+        serial: &str,
+        deadline: Deadline,
+    ) -> Result<pb::CertificateStatus, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        rpc!(
+            self.peer,
+            Ro,
+            get_certificate_status,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetCertificateStatus",
+            serial,
+            deadline
+        )
+    }
+
+    /// Whether the key with this SPKI hash is blocked.
+    pub async fn key_blocked(&self, key_hash: Vec<u8>, deadline: Deadline) -> Result<bool, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            key_blocked,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/KeyBlocked",
+            KeyHash { key_hash },
+            deadline
+        )?;
+        Ok(reply.exists)
+    }
+
+    pub async fn serial_exists(&self, serial: &str, deadline: Deadline) -> Result<bool, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            serial_exists,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/SerialExists",
+            serial,
+            deadline
+        )?;
+        Ok(reply.exists)
+    }
+
+    pub async fn replacement_order_exists(&self, serial: &str, deadline: Deadline) -> Result<bool, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            replacement_order_exists,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/ReplacementOrderExists",
+            serial,
+            deadline
+        )?;
+        Ok(reply.exists)
+    }
+
+    pub async fn get_revoked_certificates(
+        &self,
+        request: GetRevokedCertificatesRequest,
+        deadline: Deadline,
+    ) -> Result<Streaming<RevokedCertificate>, Problem> {
+        rpc!(
+            self.peer,
+            Ro,
+            get_revoked_certificates,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetRevokedCertificates",
+            request,
+            deadline
+        )
+    }
+
+    pub async fn get_crl(&self, shard: CrlShard, deadline: Deadline) -> Result<Crl, Problem> {
+        rpc!(self.peer, Ro, get_crl, "/quarry.sa.v1.StorageAuthorityReadOnly/GetCrl", shard, deadline)
+    }
+
+    /// Which of the identifiers are paused for the account.
+    pub async fn check_identifiers_paused(
+        &self,
+        request: PausedIdentifiersRequest,
+        deadline: Deadline,
+    ) -> Result<Vec<pb::Identifier>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            check_identifiers_paused,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/CheckIdentifiersPaused",
+            request,
+            deadline
+        )?;
+        Ok(reply.identifiers)
+    }
+
+    pub async fn get_paused_identifiers(
+        &self,
+        account_id: i64,
+        deadline: Deadline,
+    ) -> Result<Vec<pb::Identifier>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_paused_identifiers,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetPausedIdentifiers",
+            AccountId { id: account_id },
+            deadline
+        )?;
+        Ok(reply.identifiers)
+    }
+
+    pub async fn get_enabled_rate_limit_overrides(
+        &self,
+        deadline: Deadline,
+    ) -> Result<Vec<RateLimitOverride>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_enabled_rate_limit_overrides,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetEnabledRateLimitOverrides",
+            pb::Empty {},
+            deadline
+        )?;
+        Ok(reply.overrides)
+    }
+
+    /// When certificates for exactly these identifiers were issued since `since`, newest first.
+    pub async fn fqdn_set_issuance_times(
+        &self,
+        request: FqdnSetIssuanceTimesRequest,
+        deadline: Deadline,
+    ) -> Result<Vec<i64>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            fqdn_set_issuance_times,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/FqdnSetIssuanceTimes",
+            request,
+            deadline
+        )?;
+        Ok(reply.issued)
+    }
+
+    // --- Writes ---
+
+    pub async fn new_account(&self, account: pb::Account, deadline: Deadline) -> Result<pb::Account, Problem> {
+        rpc!(self.peer, Rw, new_account, "/quarry.sa.v1.StorageAuthority/NewAccount", account, deadline)
+    }
+
+    pub async fn update_account_contact(
+        &self,
+        request: UpdateAccountContactRequest,
+        deadline: Deadline,
+    ) -> Result<pb::Account, Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            update_account_contact,
+            "/quarry.sa.v1.StorageAuthority/UpdateAccountContact",
+            request,
+            deadline
+        )
+    }
+
+    pub async fn deactivate_account(&self, id: i64, deadline: Deadline) -> Result<pb::Account, Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            deactivate_account,
+            "/quarry.sa.v1.StorageAuthority/DeactivateAccount",
+            AccountId { id },
+            deadline
+        )
+    }
+
+    pub async fn update_account_key(
+        &self,
+        request: UpdateAccountKeyRequest,
+        deadline: Deadline,
+    ) -> Result<pb::Account, Problem> {
+        rpc!(self.peer, Rw, update_account_key, "/quarry.sa.v1.StorageAuthority/UpdateAccountKey", request, deadline)
+    }
+
+    pub async fn new_order_and_authorizations(
+        &self,
+        request: NewOrderAndAuthorizationsRequest,
+        deadline: Deadline,
+    ) -> Result<Order, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            new_order_and_authorizations,
+            "/quarry.sa.v1.StorageAuthority/NewOrderAndAuthorizations",
+            request,
+            deadline
+        )?;
+        Order::try_from(&reply)
+    }
+
+    pub async fn set_authorization_processing(
+        &self,
+        request: SetAuthorizationProcessingRequest,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            set_authorization_processing,
+            "/quarry.sa.v1.StorageAuthority/SetAuthorizationProcessing",
+            request,
+            deadline
+        )
+        .map(drop)
+    }
+
+    pub async fn finalize_authorization(
+        &self,
+        request: FinalizeAuthorizationRequest,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            finalize_authorization,
+            "/quarry.sa.v1.StorageAuthority/FinalizeAuthorization",
+            request,
+            deadline
+        )
+        .map(drop)
+    }
+
+    pub async fn deactivate_authorization(&self, id: i64, deadline: Deadline) -> Result<pb::Authorization, Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            deactivate_authorization,
+            "/quarry.sa.v1.StorageAuthority/DeactivateAuthorization",
+            AuthorizationId { id },
+            deadline
+        )
+    }
+
+    pub async fn set_order_processing(&self, id: i64, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            set_order_processing,
+            "/quarry.sa.v1.StorageAuthority/SetOrderProcessing",
+            OrderId { id },
+            deadline
+        )
+        .map(drop)
+    }
+
+    pub async fn set_order_error(&self, id: i64, error: &Problem, deadline: Deadline) -> Result<(), Problem> {
+        let request = SetOrderErrorRequest { id, error: Some(pb::Problem::from(error)) };
+        rpc!(self.peer, Rw, set_order_error, "/quarry.sa.v1.StorageAuthority/SetOrderError", request, deadline)
+            .map(drop)
+    }
+
+    /// Records the certificate of a processing order.
+    pub async fn finalize_order(&self, id: i64, serial: &str, deadline: Deadline) -> Result<(), Problem> {
+        let request = FinalizeOrderRequest { id, certificate_serial: serial.to_owned() };
+        rpc!(self.peer, Rw, finalize_order, "/quarry.sa.v1.StorageAuthority/FinalizeOrder", request, deadline).map(drop)
+    }
+
+    pub async fn add_serial(&self, request: AddSerialRequest, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, add_serial, "/quarry.sa.v1.StorageAuthority/AddSerial", request, deadline).map(drop)
+    }
+
+    pub async fn add_precertificate(&self, request: AddCertificateRequest, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, add_precertificate, "/quarry.sa.v1.StorageAuthority/AddPrecertificate", request, deadline)
+            .map(drop)
+    }
+
+    pub async fn add_certificate(&self, request: AddCertificateRequest, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, add_certificate, "/quarry.sa.v1.StorageAuthority/AddCertificate", request, deadline)
+            .map(drop)
+    }
+
+    pub async fn revoke_certificate(
+        &self,
+        request: RevokeCertificateRequest,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, revoke_certificate, "/quarry.sa.v1.StorageAuthority/RevokeCertificate", request, deadline)
+            .map(drop)
+    }
+
+    pub async fn add_blocked_key(&self, request: AddBlockedKeyRequest, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, add_blocked_key, "/quarry.sa.v1.StorageAuthority/AddBlockedKey", request, deadline)
+            .map(drop)
+    }
+
+    pub async fn lease_crl_shard(
+        &self,
+        request: LeaseCrlShardRequest,
+        deadline: Deadline,
+    ) -> Result<LeaseCrlShardResponse, Problem> {
+        rpc!(self.peer, Rw, lease_crl_shard, "/quarry.sa.v1.StorageAuthority/LeaseCrlShard", request, deadline)
+    }
+
+    pub async fn pause_identifiers(
+        &self,
+        request: PausedIdentifiersRequest,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, pause_identifiers, "/quarry.sa.v1.StorageAuthority/PauseIdentifiers", request, deadline)
+            .map(drop)
+    }
+
+    /// Unpauses everything paused for the account; how many identifiers were.
+    pub async fn unpause_account(&self, account_id: i64, deadline: Deadline) -> Result<i64, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            unpause_account,
+            "/quarry.sa.v1.StorageAuthority/UnpauseAccount",
+            AccountId { id: account_id },
+            deadline
+        )?;
+        Ok(reply.count)
+    }
+
+    pub async fn update_crl_shard(&self, request: UpdateCrlShardRequest, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(self.peer, Rw, update_crl_shard, "/quarry.sa.v1.StorageAuthority/UpdateCrlShard", request, deadline)
+            .map(drop)
+    }
+
+    pub async fn add_rate_limit_override(&self, request: RateLimitOverride, deadline: Deadline) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            add_rate_limit_override,
+            "/quarry.sa.v1.StorageAuthority/AddRateLimitOverride",
+            request,
+            deadline
+        )
+        .map(drop)
+    }
+
+    pub async fn disable_rate_limit_override(
+        &self,
+        request: RateLimitOverrideKey,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            disable_rate_limit_override,
+            "/quarry.sa.v1.StorageAuthority/DisableRateLimitOverride",
+            request,
+            deadline
+        )
+        .map(drop)
+    }
+}
