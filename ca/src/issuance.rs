@@ -382,6 +382,32 @@ pub fn prepare_precertificate(issuer: &Issuer, req: &IssueRequest) -> Result<Pre
     Ok(Prepared { linting_copy, tbs, signature_algorithm })
 }
 
+impl Prepared {
+    /// The precertificate of a linting copy stored earlier (by this issuer, for an issuance a crash interrupted),
+    /// linted again before anything is signed; `max_validity_secs` is the longest validity any profile allows.
+    pub fn from_linting_copy(issuer: &Issuer, linting_copy: &[u8], max_validity_secs: i64) -> Result<Self, Error> {
+        let (rest, cert) =
+            X509Certificate::from_der(linting_copy).map_err(|e| Error::Request(format!("linting copy: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::Request("trailing data after the linting copy".into()));
+        }
+        if cert.issuer().as_raw() != issuer.subject_der.as_slice() {
+            return Err(Error::Request("the linting copy names another issuer".into()));
+        }
+        if ct::is_precertificate(linting_copy).ok() != Some(true) {
+            return Err(Error::Request("the linting copy is not a precertificate".into()));
+        }
+        let context = LintContext { max_validity_secs, issuer_not_after: issuer.not_after.unix_timestamp() };
+        lint::check(&cert, &context)?;
+        let parts = der::split_signed(linting_copy).map_err(|e| Error::Request(format!("linting copy: {e}")))?;
+        Ok(Self {
+            linting_copy: linting_copy.to_vec(),
+            tbs: parts.tbs.to_vec(),
+            signature_algorithm: parts.signature_algorithm.to_vec(),
+        })
+    }
+}
+
 /// Signs the precertificate whose linting copy passed: the same TBS, now with the issuer's key.
 pub fn sign_precertificate(issuer: &Issuer, prepared: &Prepared) -> Result<Vec<u8>, Error> {
     let der = issuer.sign_checked(&prepared.tbs, &prepared.signature_algorithm)?;

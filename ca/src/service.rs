@@ -17,7 +17,7 @@ use quarry_core::grpc::{ClientAllowlist, incoming_deadline};
 use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
-use quarry_proto::ca::{IssueCertificateRequest, IssueCertificateResponse};
+use quarry_proto::ca::{IssueCertificateForPrecertificateRequest, IssueCertificateRequest, IssueCertificateResponse};
 use quarry_proto::client::{PublisherClient, SaClient};
 use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest};
 use time::{Duration, OffsetDateTime};
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use tracing::{error, info, warn};
 
 use crate::issuance::{
-    CertProfile, IssueRequest, Issuer, KeyAlgorithm, issuer_id, prepare_precertificate, random_serial,
+    CertProfile, IssueRequest, Issuer, KeyAlgorithm, Prepared, issuer_id, prepare_precertificate, random_serial,
     sign_final_certificate, sign_precertificate,
 };
 use crate::{Config, Error};
@@ -228,7 +228,7 @@ impl CaService {
         };
         issue_request.issuer_url.clone_from(&chosen.issuer_url);
 
-        let serial = self.reserve_serial(request.account_id, now, not_after, deadline).await?;
+        let serial = self.reserve_serial(request.account_id, request.order_id, now, not_after, deadline).await?;
         let serial_hex = hex::encode(serial);
         issue_request.serial = serial.to_vec();
         // The shard is fixed now, in the certificate, so that the sa files its revocation under the same one.
@@ -247,6 +247,22 @@ impl CaService {
             issuer_id: chosen.id,
         };
         self.sa.add_precertificate(linting_copy, deadline).await.inspect_err(unsigned)?;
+        quarry_core::fault::point("ca.after_precertificate_stored");
+        let issued = Issued { account_id: request.account_id, order_id: request.order_id, serial: serial_hex, at: now };
+        self.finish(chosen, prepared, issued, profile_name, deadline).await
+    }
+
+    /// Issuance from the stored linting copy on: signs the precertificate, gets its SCTs, signs the final
+    /// certificate and stores it.
+    async fn finish(
+        &self,
+        chosen: &ConfiguredIssuer,
+        prepared: Prepared,
+        issued: Issued,
+        profile_name: &str,
+        deadline: Option<Instant>,
+    ) -> Result<IssueCertificateResponse, Problem> {
+        let Issued { account_id, order_id, serial: serial_hex, at } = issued;
         let precertificate =
             on_signing_thread(&chosen.issuer, move |issuer| sign_precertificate(issuer, &prepared)).await?;
 
@@ -254,7 +270,7 @@ impl CaService {
         let scts = match self.publisher.get_scts(chain, deadline).await {
             Ok(scts) => scts,
             Err(problem) => {
-                error!(serial = serial_hex, order_id = request.order_id, %problem, "no SCTs for the precertificate");
+                error!(serial = serial_hex, order_id, %problem, "no SCTs for the precertificate");
                 return Err(Problem::internal(
                     "could not obtain the Certificate Transparency SCTs the certificate needs",
                 ));
@@ -263,36 +279,73 @@ impl CaService {
         let der =
             on_signing_thread(&chosen.issuer, move |issuer| sign_final_certificate(issuer, &precertificate, &scts))
                 .await?;
+        // Before it is stored: an audit trail that shows a final certificate signed but never stored is a lost one.
+        info!(target: "audit", event = "final-signed", serial = serial_hex, order_id, "final certificate signed");
+        quarry_core::fault::point("ca.after_final_signed");
 
-        let store = AddCertificateRequest {
-            account_id: request.account_id,
-            der: der.clone(),
-            issued: now.unix_timestamp(),
-            issuer_id: chosen.id,
-        };
+        let store =
+            AddCertificateRequest { account_id, der: der.clone(), issued: at.unix_timestamp(), issuer_id: chosen.id };
         if let Err(problem) = self.sa.add_certificate(store, deadline).await {
             // The signed certificate exists only in this process now; the log line is its only trace.
-            error!(serial = serial_hex, order_id = request.order_id, %problem, "storing a signed certificate failed");
+            error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");
             return Err(problem);
         }
         info!(
             target: "audit",
             event = "certificate-signed",
             serial = serial_hex,
-            account_id = request.account_id,
-            order_id = request.order_id,
+            account_id,
+            order_id,
             profile = profile_name,
             issuer = chosen.issuer.subject(),
             "issued certificate"
         );
         metrics::counter!(
             "quarry_certificates_issued_total",
-            "profile" => profile_name.clone(),
+            "profile" => profile_name.to_owned(),
             "issuer" => chosen.issuer.subject().to_owned(),
         )
         .increment(1);
         self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
         Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
+    }
+
+    /// Finishes an issuance a crash interrupted once its linting copy was stored: the same TBS is signed as the
+    /// precertificate (its SCTs are over the TBS, so a second signature of it changes nothing a log or a client
+    /// sees), then the final certificate. A final certificate stored already is the answer.
+    async fn issue_for_precertificate(
+        &self,
+        request: IssueCertificateForPrecertificateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<IssueCertificateResponse, Problem> {
+        let serial = request.serial.to_ascii_lowercase();
+        match self.sa.get_certificate(&serial, deadline).await {
+            Ok(stored) => {
+                let issuer = self.issuers.iter().find(|i| i.id == stored.issuer_id);
+                let chain = issuer.map(|i| vec![i.issuer.certificate_der().to_vec()]).unwrap_or_default();
+                return Ok(IssueCertificateResponse { der: stored.der, chain, serial });
+            }
+            Err(problem) if problem.kind == ErrorKind::NotFound => {}
+            Err(problem) => return Err(problem),
+        }
+        let linting_copy = self.sa.get_precertificate(&serial, deadline).await?;
+        let Some(chosen) = self.issuers.iter().find(|i| i.id == linting_copy.issuer_id) else {
+            error!(serial, issuer_id = linting_copy.issuer_id, "the precertificate's issuer is not loaded here");
+            return Err(Problem::internal("certificate issuance is currently unavailable"));
+        };
+        let max_validity = self.profiles.values().map(|p| p.validity.whole_seconds()).max().unwrap_or_default();
+        let der = linting_copy.der;
+        let prepared =
+            on_signing_thread(&chosen.issuer, move |issuer| Prepared::from_linting_copy(issuer, &der, max_validity))
+                .await?;
+        info!(serial, order_id = request.order_id, "finishing an interrupted issuance from its precertificate");
+        let issued = Issued {
+            account_id: linting_copy.account_id,
+            order_id: request.order_id,
+            serial,
+            at: OffsetDateTime::from_unix_timestamp(linting_copy.issued).unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        };
+        self.finish(chosen, prepared, issued, "recovered", deadline).await
     }
 
     /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
@@ -309,10 +362,11 @@ impl CaService {
         );
     }
 
-    /// Draws random serials until the sa accepts one as new.
+    /// Draws random serials until the sa accepts one as new, reserved for `order_id`.
     async fn reserve_serial(
         &self,
         account_id: i64,
+        order_id: i64,
         now: OffsetDateTime,
         not_after: OffsetDateTime,
         deadline: Option<Instant>,
@@ -321,6 +375,7 @@ impl CaService {
             let serial = random_serial(self.serial_prefix).map_err(|e| internal("serial generation", &e))?;
             let reservation = AddSerialRequest {
                 account_id,
+                order_id,
                 serial: hex::encode(serial),
                 created: now.unix_timestamp(),
                 expires: not_after.unix_timestamp(),
@@ -394,6 +449,22 @@ impl CertificateAuthority for CaService {
         let deadline = incoming_deadline(&request);
         self.issue(request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
     }
+
+    async fn issue_certificate_for_precertificate(
+        &self,
+        request: Request<IssueCertificateForPrecertificateRequest>,
+    ) -> Result<Response<IssueCertificateResponse>, Status> {
+        let deadline = incoming_deadline(&request);
+        self.issue_for_precertificate(request.into_inner(), deadline).await.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Who and what a certificate is issued for, and when.
+struct Issued {
+    account_id: i64,
+    order_id: i64,
+    serial: String,
+    at: OffsetDateTime,
 }
 
 pub(crate) async fn serve(

@@ -159,7 +159,8 @@ pub struct ServiceAccess {
 #[serde(deny_unknown_fields)]
 pub struct GrpcClientConfig {
     /// Where its replicas are: `https://HOST:PORT` (an IP address is one replica; a DNS name, every address it
-    /// resolves to), `srv://NAME` (every target of NAME's SRV records), or a list of these.
+    /// resolves to), `srv://NAME` (every target of NAME's SRV records), or several of these (a list, or one string
+    /// with commas between them).
     #[serde(deserialize_with = "one_or_many")]
     pub address: Vec<String>,
     /// The DNS name the peer's certificate must carry.
@@ -184,7 +185,7 @@ impl GrpcClientConfig {
     }
 }
 
-/// A string, or a list of strings.
+/// A string, or a list of strings; a string may hold several, separated by commas.
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -192,10 +193,16 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
         One(String),
         Many(Vec<String>),
     }
-    Ok(match OneOrMany::deserialize(deserializer)? {
+    let all = match OneOrMany::deserialize(deserializer)? {
         OneOrMany::One(one) => vec![one],
         OneOrMany::Many(many) => many,
-    })
+    };
+    Ok(all
+        .iter()
+        .flat_map(|entry| entry.split(','))
+        .map(|entry| entry.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect())
 }
 
 fn default_timeout_ms() -> u64 {
@@ -263,6 +270,31 @@ mod tests {
         let lookup = |name: &str| (name == "unused_after_merge").then(|| "${x}".to_owned());
         let err = load_layers::<Example>(&[base], lookup).unwrap_err().to_string();
         assert!(!err.contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn a_peer_address_is_one_url_several_or_a_list() {
+        #[derive(Debug, Deserialize)]
+        struct Peer {
+            sa: GrpcClientConfig,
+        }
+        let cases = [
+            ("address = \"https://sa.quarry:9302\"", vec!["https://sa.quarry:9302"]),
+            (
+                "address = \"https://127.0.0.1:1, https://127.0.0.2:1\"",
+                vec!["https://127.0.0.1:1", "https://127.0.0.2:1"],
+            ),
+            (
+                "address = [\"https://127.0.0.1:1\", \"srv://sa.quarry\"]",
+                vec!["https://127.0.0.1:1", "srv://sa.quarry"],
+            ),
+        ];
+        for (line, expected) in cases {
+            let text = format!("[sa]\n{line}\nserver_name = \"sa.quarry\"\n");
+            let peer: Peer = parse(&text, "peer.toml").unwrap();
+            assert_eq!(peer.sa.address, expected, "{line}");
+            assert_eq!(peer.sa.timeout_ms, 10_000);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod ct;
 pub mod der;
 pub mod discovery;
 pub mod error;
+pub mod fault;
 pub mod grpc;
 pub mod identifier;
 pub mod model;

@@ -119,7 +119,7 @@ impl ComposeInitArgs {
             ("ct_log_b_url", format!("http://{}:{}/", self.host_of("ct-log-b"), CT_LOG_PORTS[1])),
             ("ct_log_b_key", log_b_key),
         ]);
-        env::add_grpc_addresses(&mut vars, GRPC_BASE_PORT, self.listen_ip(), |service| self.host_of(service));
+        env::add_grpc_addresses(&mut vars, GRPC_BASE_PORT, 1, |_| self.listen_ip(), |service, _| self.host_of(service));
         Ok(vars)
     }
 }
@@ -139,7 +139,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: None,
     };
-    dev::write_configs(&config_dir, &vars, &extras)?;
+    dev::write_configs(&config_dir, &vars, &extras, &dev::Layout::single())?;
 
     let info = dev::StackInfo {
         directory_url: format!("{}/directory", vars["base_url"]),
@@ -148,6 +148,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         challtestsrv_url: Some(format!("http://localhost:{CHALLTESTSRV_MANAGEMENT_PORT}")),
         crl_base_url: format!("http://{}/", vars["crl_authority"]),
         logs_dir: None,
+        replicas: Vec::new(),
     };
     std::fs::write(args.data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
     println!("configurations for the {:?} network written to {}", args.network, config_dir.display());

@@ -14,16 +14,17 @@ pub fn subcommand(service: &str) -> &str {
     if service.starts_with("va-remote-") { "va" } else { service }
 }
 
-/// The stack's gRPC servers: each one's service, the placeholder its peers dial it by and the one it listens on.
+/// The stack's gRPC servers: each one's service, the placeholder its peers dial it by (the URLs of every replica,
+/// separated by commas) and the one it listens on.
 const GRPC_SERVERS: &[(&str, &str, &str)] = &[
-    ("nonce", "nonce_addr", "nonce_listen"),
-    ("sa", "sa_addr", "sa_listen"),
-    ("va-remote-a", "va_remote_a_addr", "va_remote_a_listen"),
-    ("va-remote-b", "va_remote_b_addr", "va_remote_b_listen"),
-    ("va", "va_addr", "va_listen"),
-    ("publisher", "publisher_addr", "publisher_listen"),
-    ("ca", "ca_addr", "ca_listen"),
-    ("ra", "ra_addr", "ra_listen"),
+    ("nonce", "nonce_addresses", "nonce_listen"),
+    ("sa", "sa_addresses", "sa_listen"),
+    ("va-remote-a", "va_remote_a_addresses", "va_remote_a_listen"),
+    ("va-remote-b", "va_remote_b_addresses", "va_remote_b_listen"),
+    ("va", "va_addresses", "va_listen"),
+    ("publisher", "publisher_addresses", "publisher_listen"),
+    ("ca", "ca_addresses", "ca_listen"),
+    ("ra", "ra_addresses", "ra_listen"),
 ];
 
 /// The gRPC port of `service` in a stack whose ports start at `base_port` (one per service, in `SERVICES` order).
@@ -31,18 +32,42 @@ pub fn grpc_port(base_port: u16, service: &str) -> u16 {
     base_port + SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u16
 }
 
-/// Adds every gRPC server's listen and dial placeholders: each listens on `listen_ip` and is dialled at
-/// `dial_host(service)`, on its port from `base_port`.
+/// The placeholder `service` listens on (its gRPC listen address), if it serves gRPC.
+pub fn listen_placeholder(service: &str) -> Option<&'static str> {
+    GRPC_SERVERS.iter().find(|(name, ..)| *name == service).map(|(_, _, listen)| *listen)
+}
+
+/// How many processes of `service` a stack of `replicas` runs: every service is replicated but the crl-updater,
+/// whose leases let several share the work but which needs no second for availability (DESIGN: replication).
+pub fn replicas_of(service: &str, replicas: usize) -> usize {
+    if service == "crl-updater" { 1 } else { replicas.max(1) }
+}
+
+/// The process name of replica `index` of `service`: the service's own for the first, `<service>-<n>` after it.
+pub fn replica_name(service: &str, index: usize) -> String {
+    if index == 0 { service.to_owned() } else { format!("{service}-{}", index + 1) }
+}
+
+/// The URLs of `hosts`, each on `port`, separated by commas: the value of an `…_addresses` placeholder.
+pub fn address_list(hosts: impl IntoIterator<Item = String>, port: u16) -> String {
+    hosts.into_iter().map(|host| format!("https://{host}:{port}")).collect::<Vec<_>>().join(",")
+}
+
+/// Adds every gRPC server's dial and listen placeholders for `replicas` replicas of each: replica `i` listens on
+/// `listen_ip(i)` and is dialled at `dial_host(service, i)`, on its service's port from `base_port`. The listen
+/// placeholder is the first replica's; each other replica's configuration is rendered with its own.
 pub fn add_grpc_addresses(
     vars: &mut BTreeMap<&'static str, String>,
     base_port: u16,
-    listen_ip: std::net::IpAddr,
-    dial_host: impl Fn(&str) -> String,
+    replicas: usize,
+    listen_ip: impl Fn(usize) -> std::net::IpAddr,
+    dial_host: impl Fn(&str, usize) -> String,
 ) {
-    for (service, addr_key, listen_key) in GRPC_SERVERS {
+    for (service, addresses_key, listen_key) in GRPC_SERVERS {
         let port = grpc_port(base_port, service);
-        vars.insert(addr_key, format!("{}:{port}", dial_host(service)));
-        vars.insert(listen_key, std::net::SocketAddr::new(listen_ip, port).to_string());
+        let hosts = (0..replicas_of(service, replicas)).map(|index| dial_host(service, index));
+        vars.insert(addresses_key, address_list(hosts, port));
+        vars.insert(listen_key, std::net::SocketAddr::new(listen_ip(0), port).to_string());
     }
 }
 

@@ -58,6 +58,10 @@ pub struct LoadgenArgs {
     /// anyway (timers, CRL updates).
     #[arg(long, default_value_t = 0)]
     idle_secs: u64,
+    /// Retry a failed order (any failure: a 5xx, an invalid order, a broken connection) up to this many times, as
+    /// real clients do (and `badNonce` up to three times instead of once): for runs where replicas are killed.
+    #[arg(long, default_value_t = 0)]
+    retries: usize,
 }
 
 /// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
@@ -69,6 +73,10 @@ struct Session {
     nonce: Option<String>,
     /// HTTP requests sent (polls and nonce fetches included), so that CAs are compared per request as well.
     requests: usize,
+    /// How often a POST is sent again after `badNonce`.
+    nonce_retries: usize,
+    /// Error answers that were not RFC 8555 problem documents (status, content type, the start of the body).
+    not_problems: Vec<String>,
 }
 
 struct Reply {
@@ -98,16 +106,25 @@ struct Failure(String);
 impl Session {
     fn new(http: quarry_publisher::log::HttpClient, directory: Value) -> Self {
         let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
-        Self { http, directory, key, account_url: None, nonce: None, requests: 0 }
+        Self {
+            http,
+            directory,
+            key,
+            account_url: None,
+            nonce: None,
+            requests: 0,
+            nonce_retries: 1,
+            not_problems: Vec::new(),
+        }
     }
 
     fn url(&self, name: &str) -> String {
         self.directory[name].as_str().unwrap_or_default().to_owned()
     }
 
-    /// A signed POST, with the nonce the last answer carried; retried once on `badNonce`.
+    /// A signed POST, with the nonce the last answer carried; retried on `badNonce` (once, or three times).
     async fn post(&mut self, url: &str, payload: Option<&Value>) -> anyhow::Result<Reply> {
-        for _ in 0..2 {
+        for _ in 0..=self.nonce_retries {
             let nonce = match self.nonce.take() {
                 Some(nonce) => nonce,
                 None => {
@@ -128,7 +145,7 @@ impl Session {
             }
             return Ok(reply);
         }
-        bail!("{url}: badNonce twice")
+        bail!("{url}: badNonce every time")
     }
 
     /// One request on a pooled connection; the answer's nonce is kept for the next POST.
@@ -143,11 +160,15 @@ impl Session {
             let response = self.http.request(request).await?;
             let status = response.status().as_u16();
             let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let (location, nonce) = (header("location"), header("replay-nonce"));
+            let (location, nonce, content_type) = (header("location"), header("replay-nonce"), header("content-type"));
             let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((Reply { status, location, body }, nonce))
+            anyhow::Ok((Reply { status, location, body }, nonce, content_type))
         };
-        let (reply, nonce) = bounded(exchange).await.with_context(|| url.to_owned())?;
+        let (reply, nonce, content_type) = bounded(exchange).await.with_context(|| url.to_owned())?;
+        if reply.status >= 400 && !is_problem_document(content_type.as_deref(), &reply.body) {
+            let start = String::from_utf8_lossy(&reply.body[..reply.body.len().min(80)]).into_owned();
+            self.not_problems.push(format!("{} {url}: {content_type:?} {start:?}", reply.status));
+        }
         if nonce.is_some() {
             self.nonce = nonce;
         }
@@ -169,6 +190,15 @@ impl Session {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Whether an error answer is an RFC 8555 problem document: `application/problem+json` with an ACME error type.
+fn is_problem_document(content_type: Option<&str>, body: &[u8]) -> bool {
+    let typed = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|doc| doc["type"].as_str().map(|t| t.starts_with("urn:ietf:params:acme:error:")))
+        .unwrap_or(false);
+    content_type.is_some_and(|t| t.starts_with("application/problem+json")) && typed
 }
 
 /// What answers http-01: the load generator's own responder (tokens it serves), or the CA's challenge test server.
@@ -238,6 +268,10 @@ struct Tally {
     failures: BTreeMap<String, usize>,
     certificates: usize,
     requests: usize,
+    /// Orders begun (each counts once, however often it was retried), and retries made.
+    orders: usize,
+    retries: usize,
+    not_problems: Vec<String>,
 }
 
 impl Tally {
@@ -250,6 +284,9 @@ impl Tally {
         }
         self.certificates += other.certificates;
         self.requests += other.requests;
+        self.orders += other.orders;
+        self.retries += other.retries;
+        self.not_problems.extend(other.not_problems);
     }
 }
 
@@ -276,7 +313,10 @@ impl Budget {
     }
 }
 
-/// One client: an account, then orders until the budget is spent.
+/// How long a client waits before retrying a failed order or account: a replica being replaced gets a moment.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// One client: an account, then orders until the budget is spent; each failure retried up to `retries` times.
 async fn client_loop(
     mut session: Session,
     index: usize,
@@ -284,34 +324,51 @@ async fn client_loop(
     domain: String,
     responder: Responder,
     budget: Arc<Budget>,
+    retries: usize,
 ) -> Tally {
     let mut tally = Tally::default();
-    match session.post(&session.url("newAccount"), Some(&json!({ "termsOfServiceAgreed": true }))).await {
-        Ok(reply) if reply.status == 201 || reply.status == 200 => session.account_url = reply.location,
-        Ok(reply) => {
-            *tally.failures.entry(format!("new-account: {}", reply.problem())).or_default() += 1;
+    session.nonce_retries = if retries > 0 { 3 } else { 1 };
+    for attempt in 0..=retries {
+        match session.post(&session.url("newAccount"), Some(&json!({ "termsOfServiceAgreed": true }))).await {
+            Ok(reply) if reply.status == 201 || reply.status == 200 => {
+                session.account_url = reply.location;
+                break;
+            }
+            Ok(reply) => *tally.failures.entry(format!("new-account: {}", reply.problem())).or_default() += 1,
+            Err(err) => *tally.failures.entry(format!("new-account: transport: {err}")).or_default() += 1,
+        }
+        if attempt == retries {
+            tally.not_problems = std::mem::take(&mut session.not_problems);
             return tally;
         }
-        Err(err) => {
-            *tally.failures.entry(format!("new-account: transport: {err}")).or_default() += 1;
-            return tally;
-        }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
     let key = rcgen::KeyPair::generate().expect("generate a certificate key");
     let mut n = 0;
     while budget.take() {
         n += 1;
-        let name = format!("c{index}-o{n}-{run:x}.{domain}");
-        let started = Instant::now();
-        match one_order(&mut session, &name, &key, &responder, &mut tally).await {
-            Ok(()) => {
-                tally.certificates += 1;
-                tally.latencies.entry("order").or_default().push(started.elapsed());
+        tally.orders += 1;
+        for attempt in 0..=retries {
+            // Each attempt a name of its own: an order the CA failed stays failed.
+            let name = format!("c{index}-o{n}-a{attempt}-{run:x}.{domain}");
+            let started = Instant::now();
+            match one_order(&mut session, &name, &key, &responder, &mut tally).await {
+                Ok(()) => {
+                    tally.certificates += 1;
+                    tally.latencies.entry("order").or_default().push(started.elapsed());
+                    break;
+                }
+                Err(Failure(kind)) => *tally.failures.entry(kind).or_default() += 1,
             }
-            Err(Failure(kind)) => *tally.failures.entry(kind).or_default() += 1,
+            if attempt < retries {
+                tally.retries += 1;
+                session.nonce = None;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
         }
     }
     tally.requests = session.requests;
+    tally.not_problems = std::mem::take(&mut session.not_problems);
     tally
 }
 
@@ -529,7 +586,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let clients: Vec<_> = (0..args.clients.max(1))
         .map(|index| {
             let session = Session::new(http.clone(), directory.clone());
-            tokio::spawn(client_loop(session, index, run, args.domain.clone(), responder.clone(), budget.clone()))
+            let (domain, responder, budget) = (args.domain.clone(), responder.clone(), budget.clone());
+            tokio::spawn(client_loop(session, index, run, domain, responder, budget, args.retries))
         })
         .collect();
     let mut tally = Tally::default();
@@ -568,6 +626,12 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     for (kind, count) in &tally.failures {
         println!("failed: {count} × {kind}");
     }
+    if args.retries > 0 {
+        println!("orders: {} begun, {} completed, {} retries", tally.orders, tally.certificates, tally.retries);
+    }
+    for answer in &tally.not_problems {
+        println!("not a problem document: {answer}");
+    }
     let per_cert = |cpu: Duration| if tally.certificates == 0 { 0.0 } else { ms(cpu) / tally.certificates as f64 };
     println!("{:<24} {:>12} {:>14}", "process", "CPU ms/cert", "peak RSS MiB");
     let mut total = Duration::ZERO;
@@ -605,6 +669,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
             "requests_per_certificate": requests_per_certificate,
             "idle_cpu_ms_per_sec": idle_cpu_ms_per_sec,
             "server_cpu_ms_per_cert_net_of_idle": net_of_idle,
+            "orders_begun": tally.orders,
+            "retries": tally.retries,
+            "not_problem_documents": tally.not_problems,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("write {}", path.display()))?;

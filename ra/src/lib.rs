@@ -5,6 +5,7 @@
 mod error;
 pub mod keypolicy;
 pub mod limits;
+mod recovery;
 mod server;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
 pub use error::Error;
+pub use recovery::{SWEEP_PERIOD, SweepReport};
 pub use server::Registrar;
 
 /// The ra's configuration.
@@ -177,6 +179,16 @@ impl Config {
     }
 }
 
+impl Registrar {
+    /// The ra's state from its configuration, checked, with its rate-limit store opened.
+    pub async fn open(config: &Config) -> Result<Self, Error> {
+        config.validate()?;
+        let challenge_types = config.challenge_types()?;
+        let rate_limits = limits::RateLimits::open(&config.rate_limits).await?;
+        Registrar::new(config, challenge_types, rate_limits)
+    }
+}
+
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let listener = quarry_core::grpc::bind(&config.grpc).await?;
@@ -189,10 +201,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    config.validate()?;
-    let challenge_types = config.challenge_types()?;
-    let rate_limits = limits::RateLimits::open(&config.rate_limits).await?;
-    let registrar = Registrar::new(&config, challenge_types, rate_limits)?;
+    let registrar = Registrar::open(&config).await?;
     registrar.refresh_overrides(std::time::Duration::from_secs(config.rate_limits.overrides_refresh_secs.max(1)));
     let name = <RegistrationAuthorityServer<Registrar> as NamedService>::NAME;
     let service = RegistrationAuthorityServer::with_interceptor(
@@ -208,6 +217,7 @@ pub async fn serve(
         shutdown.await;
         signal.cancel();
     });
+    registrar.keep_sweeping(SWEEP_PERIOD, stop.clone());
     let drained = {
         let (stop, registrar) = (stop.clone(), registrar.clone());
         tokio::spawn(async move {

@@ -48,34 +48,41 @@ fn reuse_margin(order_lifetime: i64) -> i64 {
 /// The service state; cheap to clone into background tasks.
 #[derive(Clone)]
 pub struct Registrar {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    sa: SaClient,
-    va: VaClient,
-    ca: CaClient,
-    profiles: BTreeMap<String, ValidationProfile>,
-    default_profile: String,
-    allow_non_public_ip: bool,
-    challenge_types: Vec<ChallengeType>,
-    validation_timeout: Duration,
-    finalize_timeout: Duration,
-    async_finalize: bool,
-    account_uri_prefix: String,
-    caa_recheck_after: i64,
-    limits: RateLimits,
-    policy: IdentifierPolicy,
+pub(crate) struct Inner {
+    pub(crate) sa: SaClient,
+    pub(crate) va: VaClient,
+    pub(crate) ca: CaClient,
+    pub(crate) profiles: BTreeMap<String, ValidationProfile>,
+    pub(crate) default_profile: String,
+    pub(crate) allow_non_public_ip: bool,
+    pub(crate) challenge_types: Vec<ChallengeType>,
+    pub(crate) validation_timeout: Duration,
+    pub(crate) finalize_timeout: Duration,
+    pub(crate) async_finalize: bool,
+    pub(crate) account_uri_prefix: String,
+    pub(crate) caa_recheck_after: i64,
+    pub(crate) limits: RateLimits,
+    pub(crate) policy: IdentifierPolicy,
     /// Validations and finalizations that outlive the request that started them.
-    background: TaskTracker,
+    pub(crate) background: TaskTracker,
     /// Fired when the grace period for stopping is over: the tasks still running record their failure and end.
-    abandon: CancellationToken,
+    pub(crate) abandon: CancellationToken,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
 /// How long an abandoned validation or finalization may take to record its failure.
 const ABANDON_RECORD_TIME: Duration = Duration::from_secs(5);
+
+/// How long past its timeout a validation's outcome is offered to the sa before the sweeper may take it over.
+pub(crate) const RECORD_GRACE: Duration = Duration::from_secs(30);
+/// One attempt at recording a validation's outcome.
+const RECORD_ATTEMPT: Duration = Duration::from_secs(5);
+/// Between attempts.
+const RECORD_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl Registrar {
     pub fn new(config: &Config, challenge_types: Vec<ChallengeType>, limits: RateLimits) -> Result<Self, Error> {
@@ -456,20 +463,8 @@ impl Registrar {
         };
         match self.inner.sa.set_authorization_processing(processing, deadline).await {
             Ok(()) => {
-                let registrar = self.clone();
                 let started = processing_started(&authz, challenge.kind);
-                // The validation outlives the client's request: it has its own timeout, not the request's deadline.
-                // Still part of the challenge request's trace; recorded as failed if the ra must stop first.
-                let abandon = self.inner.abandon.clone();
-                self.inner.background.spawn(
-                    async move {
-                        tokio::select! {
-                            () = registrar.validate_in_background(authz.clone(), challenge.kind, key_authorization) => {}
-                            () = abandon.cancelled() => registrar.abandon_validation(&authz, challenge.kind).await,
-                        }
-                    }
-                    .in_current_span(),
-                );
+                self.spawn_validation(authz, challenge.kind, key_authorization);
                 // The sa's conditional update succeeded, so its state is known without reading it back.
                 return Ok(started);
             }
@@ -487,7 +482,25 @@ impl Registrar {
         self.authorization(authz.id, deadline).await
     }
 
+    /// Runs a validation whose start the sa recorded. It outlives the client's request: it has its own timeout, not
+    /// the request's deadline; it stays part of the challenge request's trace, and is recorded as failed if the ra
+    /// must stop first.
+    pub(crate) fn spawn_validation(&self, authz: Authorization, kind: ChallengeType, key_authorization: String) {
+        let registrar = self.clone();
+        let abandon = self.inner.abandon.clone();
+        self.inner.background.spawn(
+            async move {
+                tokio::select! {
+                    () = registrar.validate_in_background(authz.clone(), kind, key_authorization) => {}
+                    () = abandon.cancelled() => registrar.abandon_validation(&authz, kind).await,
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     async fn validate_in_background(&self, authz: Authorization, kind: ChallengeType, key_authorization: String) {
+        quarry_core::fault::point("ra.validation_dispatched");
         let inner = &self.inner;
         let token = authz.challenges.iter().find(|c| c.kind == kind).map(|c| c.token.clone()).unwrap_or_default();
         let request = DcvRequest {
@@ -533,16 +546,14 @@ impl Registrar {
             validation_records: records,
             validation_error: problem.clone(),
         };
-        self.record_validation(authz, outcome, Some(deadline)).await;
+        quarry_core::fault::point("ra.validation_before_record");
+        self.record_validation(authz, outcome).await;
     }
 
-    /// Stores a validation's outcome, after its audit line.
-    async fn record_validation(
-        &self,
-        authz: Authorization,
-        outcome: sapb::FinalizeAuthorizationRequest,
-        deadline: Option<Instant>,
-    ) {
+    /// Stores a validation's outcome, after its audit line. The sa may be down for a moment (a replica restarting,
+    /// a database fail-over): the outcome is offered again until [`RECORD_GRACE`] is nearly over, and only then
+    /// left for the sweeper, which takes over validations unrecorded past their deadline.
+    pub(crate) async fn record_validation(&self, authz: Authorization, outcome: sapb::FinalizeAuthorizationRequest) {
         tracing::info!(
             target: "audit",
             event = "validation-result",
@@ -554,8 +565,24 @@ impl Registrar {
             records = ?outcome.validation_records,
             "validation result"
         );
-        if let Err(problem) = self.inner.sa.finalize_authorization(outcome, deadline).await {
-            tracing::error!(authorization_id = authz.id, %problem, "cannot record the validation result");
+        let give_up = Instant::now() + RECORD_GRACE.saturating_sub(RECORD_ATTEMPT);
+        loop {
+            let attempt = Some(Instant::now() + RECORD_ATTEMPT);
+            let failure = match self.inner.sa.finalize_authorization(outcome.clone(), attempt).await {
+                Ok(()) => return,
+                // No longer pending: a sweeper recorded it, or it expired. Nothing to add.
+                Err(problem) if problem.kind == ErrorKind::Malformed => {
+                    tracing::warn!(authorization_id = authz.id, %problem, "the validation result came too late");
+                    return;
+                }
+                Err(problem) => problem,
+            };
+            if Instant::now() >= give_up {
+                tracing::error!(authorization_id = authz.id, %failure, "cannot record the validation result");
+                return;
+            }
+            tracing::warn!(authorization_id = authz.id, %failure, "recording the validation result failed; retrying");
+            tokio::time::sleep(RECORD_RETRY_PAUSE).await;
         }
     }
 
@@ -687,32 +714,39 @@ impl Registrar {
             Ok(serial) => return Ok(serial),
             Err(problem) => problem,
         };
-        self.fail_order(order, &problem, deadline).await;
-        Err(problem)
+        match self.fail_order(order, &problem, deadline).await {
+            Some(serial) => Ok(serial),
+            None => Err(problem),
+        }
     }
 
-    /// Marks `order` invalid with `problem`.
-    async fn fail_order(&self, order: &Order, problem: &Problem, deadline: Option<Instant>) {
-        if let Err(failure) = self.inner.sa.set_order_error(order.id, problem, deadline).await {
-            tracing::error!(order_id = order.id, %failure, "cannot mark the failed order invalid");
+    /// Marks `order` invalid with `problem` — unless its certificate was stored meanwhile (the ca finished after
+    /// this ra stopped waiting for it): then the order is valid, and that certificate's serial is returned.
+    async fn fail_order(&self, order: &Order, problem: &Problem, deadline: Option<Instant>) -> Option<String> {
+        // The caller's deadline may be what ran out: recording the failure gets a moment of its own.
+        let deadline = deadline
+            .filter(|d| *d > Instant::now() + ABANDON_RECORD_TIME)
+            .or_else(|| Some(Instant::now() + ABANDON_RECORD_TIME));
+        match self.inner.sa.set_order_error(order.id, problem, deadline).await {
+            Ok(()) => {}
+            Err(conflict) if conflict.kind == ErrorKind::Conflict => {
+                let stored = self.order(order.id, deadline).await.ok().map(|o| o.certificate_serial);
+                if let Some(serial) = stored.filter(|serial| !serial.is_empty()) {
+                    tracing::info!(order_id = order.id, serial, "the certificate was stored after all");
+                    return Some(serial);
+                }
+            }
+            Err(failure) => tracing::error!(order_id = order.id, %failure, "cannot mark the failed order invalid"),
         }
         tracing::warn!(order_id = order.id, %problem, "issuance failed");
+        None
     }
 
     /// Records a validation the ra had to stop before it finished as failed, so that the client learns it (and may
     /// try again with a new authorization) instead of waiting on a challenge that never ends.
     async fn abandon_validation(&self, authz: &Authorization, kind: ChallengeType) {
         let problem = Problem::internal("the CA stopped before this validation finished; try again");
-        let outcome = sapb::FinalizeAuthorizationRequest {
-            id: authz.id,
-            status: "invalid".to_owned(),
-            expires: authz.expires,
-            attempted: kind.as_str().to_owned(),
-            attempted_at: now(),
-            validation_records: Vec::new(),
-            validation_error: Some(pb::Problem::from(&problem)),
-        };
-        self.record_validation(authz.clone(), outcome, Some(Instant::now() + ABANDON_RECORD_TIME)).await;
+        self.record_validation(authz.clone(), crate::recovery::failed_validation(authz, kind.as_str(), &problem)).await;
     }
 
     /// At shutdown: lets validations and finalizations in flight run for `grace`, then makes those still running
@@ -733,6 +767,7 @@ impl Registrar {
     async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<String, Problem> {
         // Asked before this certificate joins the history it looks at.
         let renewal = self.is_renewal(&order.identifiers, deadline).await?;
+        quarry_core::fault::point("ra.finalize_before_issue");
         let issue = IssueCertificateRequest {
             csr,
             account_id: order.account_id,
@@ -740,6 +775,7 @@ impl Registrar {
             profile: order.profile.clone(),
         };
         let issued = self.inner.ca.issue_certificate(issue, deadline).await?;
+        quarry_core::fault::point("ra.finalize_after_issue");
         self.inner.sa.finalize_order(order.id, &issued.serial, deadline).await?;
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;

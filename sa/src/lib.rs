@@ -5,9 +5,12 @@ mod controls;
 mod error;
 mod history;
 pub mod queries;
+mod recovery;
 mod server;
 pub mod status;
 pub mod store;
+
+pub use recovery::StuckItem;
 
 use std::future::Future;
 

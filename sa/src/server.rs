@@ -219,6 +219,31 @@ impl StorageAuthorityReadOnly for Storage {
         let crl = self.read(|store| async move { store.get_crl(req.issuer_id, req.shard).await }).await;
         reply(crl.map(|crl| sapb::Crl { der: crl.der, this_update: crl.this_update, next_update: crl.next_update }))
     }
+
+    async fn get_precertificate(&self, request: Request<sapb::Serial>) -> Reply<pb::Certificate> {
+        let precertificate = self.store.get_precertificate(&request.get_ref().serial).await;
+        reply(precertificate.map(|p| pb::Certificate {
+            serial: p.serial,
+            account_id: p.account_id,
+            der: p.der,
+            issued: p.issued,
+            expires: p.expires,
+            issuer_id: p.issuer_id,
+            ..Default::default()
+        }))
+    }
+
+    /// From the primary: a replica's lag would show work as stuck that has just finished.
+    async fn get_stuck_work(&self, request: Request<sapb::StuckWorkRequest>) -> Reply<sapb::StuckWork> {
+        let req = request.into_inner();
+        let limit = req.limit.clamp(1, 1_000);
+        let items = |list: Vec<crate::StuckItem>| {
+            list.into_iter().map(|item| sapb::StuckItem { id: item.id, since: item.since }).collect()
+        };
+        let authorizations = self.store.stuck_authorizations(req.authorizations_before, limit).await?;
+        let orders = self.store.stuck_orders(req.orders_before, limit).await?;
+        reply(Ok(sapb::StuckWork { authorizations: items(authorizations), orders: items(orders) }))
+    }
 }
 
 #[tonic::async_trait]
@@ -339,7 +364,8 @@ impl StorageAuthority for Storage {
 
     async fn add_serial(&self, request: Request<sapb::AddSerialRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
-        reply(self.store.add_serial(req.account_id, &req.serial, req.created, req.expires).await.map(|()| pb::Empty {}))
+        let added = self.store.add_serial(req.account_id, req.order_id, &req.serial, req.created, req.expires).await;
+        reply(added.map(|()| pb::Empty {}))
     }
 
     async fn revoke_certificate(&self, request: Request<sapb::RevokeCertificateRequest>) -> Reply<pb::Empty> {
@@ -426,6 +452,27 @@ impl StorageAuthority for Storage {
                 .await
                 .map(|_| pb::Empty {}),
         )
+    }
+
+    async fn claim_stuck_authorization(
+        &self,
+        request: Request<sapb::ClaimStuckRequest>,
+    ) -> Reply<sapb::ClaimedAuthorization> {
+        let req = request.into_inner();
+        let claimed = self.store.claim_stuck_authorization(req.id, req.since).await;
+        reply(claimed.map(|recoveries| sapb::ClaimedAuthorization {
+            claimed: recoveries.is_some(),
+            recoveries: recoveries.unwrap_or_default(),
+        }))
+    }
+
+    async fn claim_stuck_order(&self, request: Request<sapb::ClaimStuckRequest>) -> Reply<sapb::ClaimedOrder> {
+        let req = request.into_inner();
+        let claimed = self.store.claim_stuck_order(req.id, req.since).await;
+        reply(claimed.map(|serial| sapb::ClaimedOrder {
+            claimed: serial.is_some(),
+            precertificate_serial: serial.flatten().unwrap_or_default(),
+        }))
     }
 
     async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {

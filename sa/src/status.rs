@@ -21,14 +21,16 @@ pub struct OrderFacts<'a> {
     pub authorizations: &'a [AuthorizationStatus],
 }
 
-/// RFC 8555 §7.1.6, decided in Boulder's order: errors and expiry first, then the authorizations, then issuance.
+/// RFC 8555 §7.1.6, decided in Boulder's order — errors and expiry first, then the authorizations, then issuance —
+/// except that an order with its certificate is valid first of all.
 pub fn order_status(facts: &OrderFacts<'_>, now: Timestamp) -> OrderStatus {
     use AuthorizationStatus as A;
-    if facts.has_error {
-        return OrderStatus::Invalid;
-    }
+    // A stored certificate makes its order valid whatever else was recorded: it is the subscriber's.
     if facts.has_certificate {
         return OrderStatus::Valid;
+    }
+    if facts.has_error {
+        return OrderStatus::Invalid;
     }
     if facts.expires <= now {
         return OrderStatus::Invalid;
@@ -60,6 +62,7 @@ mod tests {
             (false, 2_000, true, false, &[A::Valid], OrderStatus::Processing),
             (false, 2_000, true, true, &[A::Valid], OrderStatus::Valid),
             (true, 2_000, true, false, &[A::Valid], OrderStatus::Invalid),
+            (true, 2_000, true, true, &[A::Valid], OrderStatus::Valid),
             (false, 500, false, false, &[A::Valid], OrderStatus::Invalid),
             (false, 2_000, false, false, &[A::Valid, A::Invalid], OrderStatus::Invalid),
             (false, 2_000, false, false, &[A::Pending, A::Deactivated], OrderStatus::Invalid),

@@ -27,6 +27,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (4, "history_and_controls", include_str!("../migrations/sqlite/0004_history_and_controls.sql")),
     (5, "crl_storage", include_str!("../migrations/sqlite/0005_crl_storage.sql")),
     (6, "crl_changes", include_str!("../migrations/sqlite/0006_crl_changes.sql")),
+    (7, "recovery", include_str!("../migrations/sqlite/0007_recovery.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -37,7 +38,11 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (4, "history_and_controls", include_str!("../migrations/postgres/0004_history_and_controls.sql")),
     (5, "crl_storage", include_str!("../migrations/postgres/0005_crl_storage.sql")),
     (6, "crl_changes", include_str!("../migrations/postgres/0006_crl_changes.sql")),
+    (7, "recovery", include_str!("../migrations/postgres/0007_recovery.sql")),
 ];
+
+/// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7161302)";
 
 /// The database engines the store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,14 +270,24 @@ impl Store {
         self.pool.acquire().await?.ping().await
     }
 
+    /// Applies every migration not yet applied. Replicas of the sa start together: each migration runs in a
+    /// transaction that first takes the database's write lock (SQLite) or an advisory lock (PostgreSQL), so the
+    /// second replica waits, then finds it applied.
     async fn migrate(&self) -> Result<(), sqlx::Error> {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await?;
         for (version, name, sql) in self.backend.migrations() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;
+                    tx
+                }
+            };
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
             let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -467,7 +482,8 @@ impl Store {
         }
     }
 
-    /// Records a validation's outcome, only if the authorization is still pending.
+    /// Records a validation's outcome, only if the authorization is still pending; the same outcome recorded again
+    /// (a retry after a lost answer) is accepted.
     pub async fn finalize_authorization(&self, outcome: &ValidationOutcome) -> Result<(), Problem> {
         if !matches!(outcome.status, AuthorizationStatus::Valid | AuthorizationStatus::Invalid) {
             return Err(Problem::malformed("an authorization can only be finalized as valid or invalid"));
@@ -492,7 +508,25 @@ impl Store {
         .await
         .map_err(db_error)?
         .rows_affected();
-        if updated == 1 { Ok(()) } else { Err(Problem::malformed("authorization is not pending")) }
+        if updated == 1 {
+            return Ok(());
+        }
+        let recorded: Option<(String, Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT status, attempted, attempted_at FROM authorizations WHERE id = $1")
+                .bind(outcome.id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        match recorded {
+            Some((status, attempted, attempted_at))
+                if status == outcome.status.as_str()
+                    && attempted.as_deref() == Some(outcome.attempted.as_str())
+                    && attempted_at == Some(outcome.attempted_at) =>
+            {
+                Ok(())
+            }
+            _ => Err(Problem::malformed("authorization is not pending")),
+        }
     }
 
     /// Deactivates a pending or valid, unexpired authorization (RFC 8555 §7.5.2).
@@ -664,20 +698,33 @@ impl Store {
         if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing")) }
     }
 
+    /// Marks an order failed — unless its certificate was stored meanwhile (the ca finished after its caller gave
+    /// up): then the order is valid and this is a `conflict`.
     pub async fn set_order_error(&self, id: i64, problem: &Problem) -> Result<(), Problem> {
         let error = serde_json::to_string(problem).map_err(internal)?;
-        let updated = sqlx::query("UPDATE orders SET error = $1 WHERE id = $2")
+        let updated = sqlx::query("UPDATE orders SET error = $1 WHERE id = $2 AND certificate_serial = ''")
             .bind(error)
             .bind(id)
             .execute(&self.pool)
             .await
             .map_err(db_error)?
             .rows_affected();
-        if updated == 1 { Ok(()) } else { Err(Problem::not_found(format!("order {id} not found"))) }
+        if updated == 1 {
+            return Ok(());
+        }
+        let serial: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match serial {
+            Some(serial) => Err(Problem::new(ErrorKind::Conflict, format!("order {id} has its certificate {serial}"))),
+            None => Err(Problem::not_found(format!("order {id} not found"))),
+        }
     }
 
     /// Records the certificate of a processing order and, in the same transaction, that the certificate it
-    /// replaces (RFC 9773) is now replaced.
+    /// replaces (RFC 9773) is now replaced. Recording the same certificate again is accepted.
     pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
@@ -690,6 +737,16 @@ impl Store {
         .map_err(db_error)?
         .rows_affected();
         if updated != 1 {
+            // Recorded already (storing the certificate links its order; or a retry after a lost answer): done.
+            drop(tx);
+            let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+            if recorded.is_some_and(|recorded| recorded == serial) {
+                return Ok(());
+            }
             return Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing"));
         }
         sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
@@ -702,16 +759,19 @@ impl Store {
 
     // --- Serials and certificates ---
 
+    /// Reserves a serial for a certificate of `order_id` (0: of no order).
     pub async fn add_serial(
         &self,
         account_id: i64,
+        order_id: i64,
         serial: &str,
         created: Timestamp,
         expires: Timestamp,
     ) -> Result<(), Problem> {
-        sqlx::query("INSERT INTO serials (serial, account_id, created, expires) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, $3, $4, $5)")
             .bind(serial.to_ascii_lowercase())
             .bind(account_id)
+            .bind(order_id)
             .bind(created)
             .bind(expires)
             .execute(&self.pool)
@@ -730,7 +790,8 @@ impl Store {
     }
 
     /// Stores a precertificate (the ca's linting copy) with everything issuance records: its status (so it can be
-    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved.
+    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved;
+    /// the same precertificate stored again (a retry after a lost answer) is accepted.
     pub async fn add_precertificate(
         &self,
         account_id: i64,
@@ -739,6 +800,12 @@ impl Store {
         issuer_id: i64,
     ) -> Result<String, Problem> {
         let facts = CertificateFacts::parse(der)?;
+        match self.get_precertificate(&facts.serial).await {
+            Ok(stored) if stored.der == der => return Ok(facts.serial),
+            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
+            Err(problem) if problem.kind == ErrorKind::NotFound => {}
+            Err(problem) => return Err(problem),
+        }
         if !self.serial_exists(&facts.serial).await? {
             return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
         }
@@ -792,7 +859,10 @@ impl Store {
         Ok(facts.serial)
     }
 
-    /// Stores the final certificate of a stored precertificate: same serial, same issuer.
+    /// Stores the final certificate of a stored precertificate (same serial, same issuer) and, in the same
+    /// transaction, makes the order it was issued for valid (RFC 9773: its replaced certificate is now replaced):
+    /// so an order whose caller crashed, or gave up, after the ca finished is not left behind. The same
+    /// certificate stored again (a retry after a lost answer) is accepted.
     pub async fn add_certificate(
         &self,
         account_id: i64,
@@ -811,7 +881,14 @@ impl Store {
                 facts.serial
             )));
         }
+        match self.get_certificate(&facts.serial).await {
+            Ok(stored) if stored.der == der => return Ok(facts.serial),
+            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
+            Err(problem) if problem.kind == ErrorKind::NotFound => {}
+            Err(problem) => return Err(problem),
+        }
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&facts.serial)
             .bind(account_id)
@@ -820,9 +897,31 @@ impl Store {
             .bind(issued)
             .bind(facts.not_after)
             .bind(issuer_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        let order_id: Option<i64> = sqlx::query_scalar("SELECT order_id FROM serials WHERE serial = $1")
+            .bind(&facts.serial)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(order_id) = order_id.filter(|id| *id != 0) {
+            // A failure recorded meanwhile (the ra gave up waiting) is superseded by the certificate.
+            sqlx::query(
+                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0",
+            )
+            .bind(&facts.serial)
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
         Ok(facts.serial)
     }
 

@@ -23,6 +23,8 @@ pub struct InProcessStack {
     /// Every nonce replica, with its prefix (derived from its address with [`NONCE_PREFIX_KEY`]).
     pub nonces: Vec<(String, SocketAddr)>,
     pub ra: SocketAddr,
+    /// The ra's configuration, for a test that runs another replica beside it.
+    pub ra_config: quarry_ra::Config,
     /// The wfe's base URL (plain HTTP), when it was started.
     pub wfe: Option<String>,
     pub va: FakeVa,
@@ -182,10 +184,10 @@ impl InProcessStack {
         let mut ra_config = ra_config(&pki, sa, va_addr, ca);
         configure_ra(&mut ra_config);
         let (listener, ra) = listen(ra_config.grpc.listen).await;
-        tokio::spawn(quarry_ra::serve(ra_config, listener, std::future::pending()));
+        tokio::spawn(quarry_ra::serve(ra_config.clone(), listener, std::future::pending()));
 
         let wfe = if with_wfe { Some(start_wfe(&pki, ra, sa, &nonces, configure_wfe).await) } else { None };
-        Self { pki, sa, ca, nonce, nonces, ra, wfe, va, ct_logs: publisher.logs, db }
+        Self { pki, sa, ca, nonce, nonces, ra, ra_config, wfe, va, ct_logs: publisher.logs, db }
     }
 }
 

@@ -16,10 +16,9 @@ fn deploy_file(env: &str) -> String {
 fn the_deploy_files_make_a_valid_config() {
     let fill = |text: String| {
         text.replace("${pki_dir}", "/tmp/pki")
-            .replace("${ca_addr}", "127.0.0.1:9093")
             .replace("${ca_listen}", "127.0.0.1:9093")
-            .replace("${sa_addr}", "127.0.0.1:9095")
-            .replace("${publisher_addr}", "127.0.0.1:9096")
+            .replace("${sa_addresses}", "https://127.0.0.1:9095,https://127.0.0.2:9095")
+            .replace("${publisher_addresses}", "https://127.0.0.1:9096")
     };
     let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
     let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");

@@ -179,6 +179,20 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn claim_stuck_authorization(
+        &self,
+        _: Request<quarry_proto::sa::ClaimStuckRequest>,
+    ) -> Result<Response<quarry_proto::sa::ClaimedAuthorization>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn claim_stuck_order(
+        &self,
+        _: Request<quarry_proto::sa::ClaimStuckRequest>,
+    ) -> Result<Response<quarry_proto::sa::ClaimedOrder>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn set_order_processing(&self, _: Request<OrderId>) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

@@ -32,6 +32,24 @@ impl CaClient {
         rpc!(self.peer, Ca, issue_certificate, "/quarry.ca.v1.CertificateAuthority/IssueCertificate", request, deadline)
     }
 
+    /// Finishes an issuance a crash interrupted after its precertificate (serial `serial`) was stored.
+    pub async fn issue_certificate_for_precertificate(
+        &self,
+        serial: &str,
+        order_id: i64,
+        deadline: Deadline,
+    ) -> Result<IssueCertificateResponse, Problem> {
+        let request = IssueCertificateForPrecertificateRequest { serial: serial.to_owned(), order_id };
+        rpc!(
+            self.peer,
+            Ca,
+            issue_certificate_for_precertificate,
+            "/quarry.ca.v1.CertificateAuthority/IssueCertificateForPrecertificate",
+            request,
+            deadline
+        )
+    }
+
     /// Has a CRL signed: `messages` are the metadata, then every entry; the answer is the DER CRL.
     pub async fn generate_crl(
         &self,

@@ -270,6 +270,24 @@ impl SaClient {
         Ok(reply.issued)
     }
 
+    /// A stored precertificate (its linting copy) by serial.
+    pub async fn get_precertificate(&self, serial: &str, deadline: Deadline) -> Result<pb::Certificate, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        rpc!(
+            self.peer,
+            Ro,
+            get_precertificate,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetPrecertificate",
+            serial,
+            deadline
+        )
+    }
+
+    /// Validations begun and orders processing longer ago than the deadlines: work a crash may have interrupted.
+    pub async fn get_stuck_work(&self, request: StuckWorkRequest, deadline: Deadline) -> Result<StuckWork, Problem> {
+        rpc!(self.peer, Ro, get_stuck_work, "/quarry.sa.v1.StorageAuthorityReadOnly/GetStuckWork", request, deadline)
+    }
+
     // --- Writes ---
 
     pub async fn new_account(&self, account: pb::Account, deadline: Deadline) -> Result<pb::Account, Problem> {
@@ -466,6 +484,39 @@ impl SaClient {
             deadline
         )
         .map(drop)
+    }
+
+    /// Takes a stuck validation over: `None` when another caller did first; else how often it was taken over before.
+    pub async fn claim_stuck_authorization(&self, item: StuckItem, deadline: Deadline) -> Result<Option<i64>, Problem> {
+        let request = ClaimStuckRequest { id: item.id, since: item.since };
+        let claimed = rpc!(
+            self.peer,
+            Rw,
+            claim_stuck_authorization,
+            "/quarry.sa.v1.StorageAuthority/ClaimStuckAuthorization",
+            request,
+            deadline
+        )?;
+        Ok(claimed.claimed.then_some(claimed.recoveries))
+    }
+
+    /// Takes a stuck order over: `None` when another caller did first; else the serial of its precertificate, if
+    /// one was stored.
+    pub async fn claim_stuck_order(
+        &self,
+        item: StuckItem,
+        deadline: Deadline,
+    ) -> Result<Option<Option<String>>, Problem> {
+        let request = ClaimStuckRequest { id: item.id, since: item.since };
+        let claimed = rpc!(
+            self.peer,
+            Rw,
+            claim_stuck_order,
+            "/quarry.sa.v1.StorageAuthority/ClaimStuckOrder",
+            request,
+            deadline
+        )?;
+        Ok(claimed.claimed.then(|| Some(claimed.precertificate_serial).filter(|serial| !serial.is_empty())))
     }
 
     pub async fn disable_rate_limit_override(

@@ -15,10 +15,10 @@ use x509_parser::prelude::*;
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A running `quarry dev` with its own challenge test server, removed when dropped.
-struct Stack {
-    _process: tokio::process::Child,
-    dir: tempfile::TempDir,
-    challtestsrv: RunningServer,
+pub(crate) struct Stack {
+    pub(crate) _process: tokio::process::Child,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) challtestsrv: RunningServer,
     directory_url: String,
     tls_ca_pem: PathBuf,
     root_pem: PathBuf,
@@ -32,7 +32,7 @@ fn free_port() -> u16 {
 /// The first of ten consecutive free ports for a stack. Ranges come from a per-process block of 250 ports below the
 /// kernel's ephemeral range (which starts at 32768), so concurrent stacks in this process never pick overlapping
 /// ports and no outgoing connection takes one; blocks are reused round-robin once earlier stacks have stopped.
-fn free_port_range() -> u16 {
+pub(crate) fn free_port_range() -> u16 {
     static NEXT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let process_base = 10_000 + (std::process::id() % 90) as u16 * 250;
     for _ in 0..25 {
@@ -61,7 +61,7 @@ impl Stack {
     }
 
     /// As [`Stack::start_with`], with more `quarry dev` arguments.
-    async fn start_with_args(db: Option<&str>, remote_b_dns: Option<SocketAddr>, extra: &[String]) -> Stack {
+    pub(crate) async fn start_with_args(db: Option<&str>, remote_b_dns: Option<SocketAddr>, extra: &[String]) -> Stack {
         quarry_core::install_crypto_provider();
         let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         let challtestsrv = ChallTestSrv::start(ChallConfig {
@@ -130,7 +130,7 @@ impl Stack {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("dev")
     }
 
@@ -173,7 +173,7 @@ fn children(parent: u32) -> Vec<(u32, String)> {
 }
 
 /// Every service log, for a failure message.
-fn logs(dir: &Path) -> String {
+pub(crate) fn logs(dir: &Path) -> String {
     let logs_dir = dir.join("dev/logs");
     let mut out = String::new();
     for entry in std::fs::read_dir(&logs_dir).into_iter().flatten().flatten() {
@@ -369,7 +369,13 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let channel = quarry_core::grpc::channel(&client, &wfe_tls).expect("channel");
     let mut read_write = quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(channel.clone());
     let refused = read_write
-        .add_serial(quarry_proto::sa::AddSerialRequest { account_id: 1, serial: "01".into(), created: 0, expires: 0 })
+        .add_serial(quarry_proto::sa::AddSerialRequest {
+            account_id: 1,
+            serial: "01".into(),
+            created: 0,
+            expires: 0,
+            order_id: 0,
+        })
         .await
         .expect_err("the wfe may not write");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
@@ -570,7 +576,7 @@ async fn a_remote_perspective_that_sees_other_dns_answers_fails_the_quorum() {
 }
 
 /// A plain HTTP/1.1 GET of `url` (`http://host:port/path`); returns the status and body.
-async fn http_get(url: &str) -> (u16, Vec<u8>) {
+pub(crate) async fn http_get(url: &str) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = rest.split_at(rest.find('/').expect("path"));
@@ -898,7 +904,7 @@ fn quarry_admin(stack: &Stack, args: &[&str]) -> (bool, String) {
 }
 
 /// The sum of the samples of `name` in Prometheus text whose labels include every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {

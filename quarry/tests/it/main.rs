@@ -1,4 +1,5 @@
 //! Whole-project tests of the `quarry` binary: the full stack as separate processes, and tidiness rules.
 
+mod chaos;
 mod full_stack;
 mod tidy;

@@ -12,6 +12,8 @@ use quarry_proto::ra::*;
 use quarry_proto::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient;
 use quarry_testkit::stack::InProcessStack;
 
+mod recovery;
+
 struct Stack {
     inner: InProcessStack,
 }
@@ -56,6 +58,14 @@ impl Stack {
 
     async fn order_status(&self, id: i64) -> String {
         self.stored_order(id).await.status
+    }
+
+    /// Starts the validation of one authorization (its first challenge).
+    async fn validate_started(&self, authorization_id: i64, account_id: i64) {
+        let request =
+            PerformValidationRequest { authorization_id, challenge_index: 0, account_id, ..Default::default() };
+        let started = self.ra("wfe").perform_validation(request).await.unwrap().into_inner();
+        assert_eq!(started.challenges[0].status, "processing");
     }
 
     /// Starts validation of every authorization of the order and waits (bounded) until none is pending.

@@ -314,7 +314,13 @@ async fn certificates_need_a_reserved_serial() {
         let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
         let unreserved = sa.rw("ca").add_precertificate(add()).await.unwrap_err();
         assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
-        let serial = || AddSerialRequest { account_id: account.id, serial: "01abcd".into(), created: 1, expires: 2 };
+        let serial = || AddSerialRequest {
+            account_id: account.id,
+            serial: "01abcd".into(),
+            created: 1,
+            expires: 2,
+            order_id: 0,
+        };
         sa.rw("ca").add_serial(serial()).await.unwrap();
         let duplicate = sa.rw("ca").add_serial(serial()).await.unwrap_err();
         assert_eq!(problem_kind(&duplicate), quarry_core::ErrorKind::Duplicate);
@@ -336,7 +342,7 @@ async fn the_wfe_reads_but_may_not_write() {
     for sa in Sa::every_backend().await {
         let denied = sa
             .rw("wfe")
-            .add_serial(AddSerialRequest { account_id: 1, serial: "01".into(), created: 1, expires: 2 })
+            .add_serial(AddSerialRequest { account_id: 1, serial: "01".into(), created: 1, expires: 2, order_id: 0 })
             .await
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);

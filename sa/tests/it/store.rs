@@ -71,7 +71,7 @@ fn certificate(names: &[&str], serial: &[u8], not_before: i64) -> Vec<u8> {
 /// Reserves `serial` and stores a certificate for `names` under it; returns the hex serial.
 async fn issue(store: &Store, account_id: i64, names: &[&str], serial: &[u8], not_before: i64) -> String {
     let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
-    store.add_serial(account_id, &hex, now(), now() + 90 * DAY).await.unwrap();
+    store.add_serial(account_id, 0, &hex, now(), now() + 90 * DAY).await.unwrap();
     let der = certificate(names, serial, not_before);
     store.add_precertificate(account_id, &der, not_before, 7).await.unwrap();
     store.add_certificate(account_id, &der, not_before, 7).await.unwrap()
@@ -84,8 +84,8 @@ async fn constraint_violations_are_typed() {
         let mut again = first.clone();
         again.id = 0;
         assert_eq!(store.new_account(&again).await.unwrap_err().kind, ErrorKind::Duplicate, "{}", db.url);
-        store.add_serial(first.id, "01aa", now(), now() + DAY).await.unwrap();
-        let twice = store.add_serial(first.id, "01AA", now(), now() + DAY).await.unwrap_err();
+        store.add_serial(first.id, 0, "01aa", now(), now() + DAY).await.unwrap();
+        let twice = store.add_serial(first.id, 0, "01AA", now(), now() + DAY).await.unwrap_err();
         assert_eq!(twice.kind, ErrorKind::Duplicate, "{}", db.url);
         // An order of an account that does not exist breaks a foreign key: notFound, not a driver message.
         let orphan = store.new_order_and_authorizations(&order_for(999_999, &["orphan.example.org"])).await;
@@ -116,8 +116,11 @@ async fn fuses_let_one_caller_through() {
             error: None,
         };
         store.finalize_authorization(&ready).await.unwrap();
-        // An authorization is finalized only while pending.
-        let late = store.finalize_authorization(&ready).await;
+        // An authorization is finalized only while pending (the same outcome again is a retry, and accepted).
+        store.finalize_authorization(&ready).await.unwrap();
+        let other =
+            quarry_sa::store::ValidationOutcome { status: quarry_core::model::AuthorizationStatus::Invalid, ..ready };
+        let late = store.finalize_authorization(&other).await;
         assert!(late.is_err(), "{}", db.url);
         store.set_order_processing(order.id).await.unwrap();
         let twice = store.set_order_processing(order.id).await.unwrap_err();
@@ -228,7 +231,7 @@ async fn precertificates_are_stored_once_and_precede_their_certificate() {
         let owner = account(&store).await;
         let der = certificate(&["pre.example.org"], &[0x04, 0xab], now());
         assert_eq!(store.add_precertificate(owner.id, &der, now(), 7).await.unwrap_err().kind, ErrorKind::Malformed);
-        store.add_serial(owner.id, "04ab", now(), now() + 90 * DAY).await.unwrap();
+        store.add_serial(owner.id, 0, "04ab", now(), now() + 90 * DAY).await.unwrap();
         assert_eq!(
             store.add_certificate(owner.id, &der, now(), 7).await.unwrap_err().kind,
             ErrorKind::Malformed,
@@ -237,7 +240,9 @@ async fn precertificates_are_stored_once_and_precede_their_certificate() {
         store.add_precertificate(owner.id, &der, now(), 7).await.unwrap();
         let stored = store.get_precertificate("04AB").await.unwrap();
         assert_eq!((stored.serial.as_str(), &stored.der, stored.issuer_id), ("04ab", &der, 7), "{}", db.url);
-        assert_eq!(store.add_precertificate(owner.id, &der, now(), 7).await.unwrap_err().kind, ErrorKind::Duplicate);
+        store.add_precertificate(owner.id, &der, now(), 7).await.expect("the same one again: a retry");
+        let other = certificate(&["pre.example.org"], &[0x04, 0xab], now());
+        assert_eq!(store.add_precertificate(owner.id, &other, now(), 7).await.unwrap_err().kind, ErrorKind::Duplicate);
         assert_eq!(store.get_precertificate("ffff").await.unwrap_err().kind, ErrorKind::NotFound);
         // Revocable from the precertificate on, before any final certificate exists: the serial reaches its shard.
         assert_eq!(store.get_certificate_status("04ab").await.unwrap().0, "good");
@@ -293,5 +298,99 @@ async fn rate_limit_overrides_are_set_replaced_and_disabled() {
         assert_eq!(store.rate_limit_override("CertificatesPerDomain", "example.org").await.unwrap(), None);
         let unknown = store.disable_rate_limit_override("NewOrdersPerAccount", "1", now()).await.unwrap_err();
         assert_eq!(unknown.kind, ErrorKind::NotFound);
+    }
+}
+
+/// What a crashed ra or ca leaves behind can be found and taken over by exactly one sweeper, and every write a
+/// retry repeats is accepted the second time.
+#[tokio::test]
+async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
+    use quarry_core::model::{AuthorizationStatus, OrderStatus};
+    use quarry_sa::store::ValidationOutcome;
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        // A validation begun long ago and never recorded.
+        let order = store.new_order_and_authorizations(&order_for(owner.id, &["stuck.example.org"])).await.unwrap();
+        let authz_id = order.authorization_ids[0];
+        store.set_authorization_processing(authz_id, "http-01", now() - 600).await.unwrap();
+        let stuck = store.stuck_authorizations(now() - 300, 10).await.unwrap();
+        assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [authz_id], "{}", db.url);
+        assert!(store.stuck_authorizations(now() - 900, 10).await.unwrap().is_empty(), "{}", db.url);
+        let since = stuck[0].since;
+        assert_eq!(store.claim_stuck_authorization(authz_id, since).await.unwrap(), Some(0), "{}", db.url);
+        assert_eq!(store.claim_stuck_authorization(authz_id, since).await.unwrap(), None, "one claim wins");
+        assert!(store.stuck_authorizations(now() - 300, 10).await.unwrap().is_empty(), "its deadline restarted");
+        let again = store.stuck_authorizations(now() + 1, 10).await.unwrap()[0];
+        assert_eq!(store.claim_stuck_authorization(authz_id, again.since).await.unwrap(), Some(1), "{}", db.url);
+
+        // Its outcome recorded twice (a retry after a lost answer) is accepted; another outcome is not.
+        let outcome = ValidationOutcome {
+            id: authz_id,
+            status: AuthorizationStatus::Valid,
+            expires: now() + DAY,
+            attempted: "http-01".into(),
+            attempted_at: now(),
+            records: Vec::new(),
+            error: None,
+        };
+        store.finalize_authorization(&outcome).await.unwrap();
+        store.finalize_authorization(&outcome).await.unwrap();
+        let other = ValidationOutcome { status: AuthorizationStatus::Invalid, ..outcome };
+        assert_eq!(store.finalize_authorization(&other).await.unwrap_err().kind, ErrorKind::Malformed);
+
+        // An order processing since long ago, with a precertificate reserved for it: its claim finds it.
+        store.set_order_processing(order.id).await.unwrap();
+        let stuck = store.stuck_orders(now() + 1, 10).await.unwrap();
+        assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [order.id], "{}", db.url);
+        assert!(store.stuck_orders(now() - 300, 10).await.unwrap().is_empty(), "{}", db.url);
+        let claimed = store.claim_stuck_order(order.id, stuck[0].since).await.unwrap();
+        assert_eq!(claimed, Some(None), "no precertificate yet: {}", db.url);
+        assert_eq!(store.claim_stuck_order(order.id, stuck[0].since).await.unwrap(), None, "one claim wins");
+        store.add_serial(owner.id, order.id, "05ab", now(), now() + 90 * DAY).await.unwrap();
+        let der = certificate(&["stuck.example.org"], &[0x05, 0xab], now());
+        store.add_precertificate(owner.id, &der, now(), 7).await.unwrap();
+        store.add_precertificate(owner.id, &der, now(), 7).await.expect("the same precertificate again");
+        let other_der = certificate(&["stuck.example.org"], &[0x05, 0xab], now());
+        assert_eq!(
+            store.add_precertificate(owner.id, &other_der, now(), 7).await.unwrap_err().kind,
+            ErrorKind::Duplicate
+        );
+        let since = store.stuck_orders(now() + 2, 10).await.unwrap()[0].since;
+        assert_eq!(
+            store.claim_stuck_order(order.id, since).await.unwrap(),
+            Some(Some("05ab".to_owned())),
+            "{}",
+            db.url
+        );
+
+        // The ra gave up (an error recorded), then the ca's certificate arrives: it makes the order valid.
+        store.set_order_error(order.id, &quarry_core::Problem::internal("gave up")).await.unwrap();
+        assert_eq!(store.get_order(order.id).await.unwrap().status, OrderStatus::Invalid);
+        store.add_certificate(owner.id, &der, now(), 7).await.unwrap();
+        store.add_certificate(owner.id, &der, now(), 7).await.expect("the same certificate again");
+        let valid = store.get_order(order.id).await.unwrap();
+        assert_eq!((valid.status, valid.certificate_serial.as_str()), (OrderStatus::Valid, "05ab"), "{}", db.url);
+        assert!(valid.error.is_none(), "{}", db.url);
+        store.finalize_order(order.id, "05ab").await.expect("recording it again is accepted");
+        let late = store.set_order_error(order.id, &quarry_core::Problem::internal("too late")).await.unwrap_err();
+        assert_eq!(late.kind, ErrorKind::Conflict, "{}", db.url);
+        assert!(store.stuck_orders(now() + 5, 10).await.unwrap().is_empty(), "{}", db.url);
+    }
+}
+
+/// Replicas of the sa start together on one fresh database: their migrations take turns, and both start.
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let settings = PoolSettings { max_connections: 4, statement_timeout: Duration::from_secs(5) };
+    for db in TestDatabase::every_backend().await {
+        let (a, b, c) = tokio::join!(
+            Store::open(&db.url, settings),
+            Store::open(&db.url, settings),
+            Store::open(&db.url, settings)
+        );
+        for opened in [a, b, c] {
+            opened.unwrap_or_else(|e| panic!("{}: {e}", db.url));
+        }
+        assert_eq!(db.count("schema_migrations").await, 7, "{}", db.url);
     }
 }

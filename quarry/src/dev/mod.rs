@@ -1,25 +1,35 @@
 //! `quarry dev`: the whole split CA on one machine. It makes a dev PKI on first run, renders each service's
-//! configuration from the embedded `base` + `dev` environment, starts every service as its own process, and runs
-//! the challenge test server as the va's DNS resolver unless told to use another.
+//! configuration from the embedded `base` + `dev` environment, starts every replica of every service as its own
+//! process under a supervisor, and runs the challenge test server as the va's DNS resolver unless told to use
+//! another. With `--replicas N`, replica `i` of a service listens on 127.0.0.(1 + i) and its peers find every replica
+//! through the same client-side discovery and balancing as in Kubernetes (a static list here, a headless Service's
+//! DNS name there); a load balancer stands in front of the wfes.
+
+mod balancer;
+mod supervisor;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use futures::future::select_all;
+use anyhow::Context;
 use quarry_testkit::challtestsrv;
-use tokio::process::{Child, Command};
 
 use crate::env;
+use supervisor::{Health, HealthChecker, ReplicaSpec, Supervisor};
+
+pub use supervisor::ReplicaInfo;
 
 /// The internal certificate names of the stack's services, plus the operator's.
 pub const PKI_NAMES: &[&str] =
     &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "crl-updater", "admin"];
 
-/// How long a service may take to accept connections after it was started.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the whole stack may take to become ready after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most replicas of a service: each takes a loopback address of its own.
+const MAX_REPLICAS: usize = 8;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
@@ -74,6 +84,10 @@ pub struct DevArgs {
     /// The first of the loopback ports the services' gRPC servers use (ten consecutive ports).
     #[arg(long, default_value_t = 9301)]
     grpc_base_port: u16,
+    /// How many processes of each replicable service to run (every one but the crl-updater): replica `i` listens
+    /// on 127.0.0.(1 + i), and a load balancer on the ACME and CRL addresses spreads connections over the wfes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
+    replicas: u8,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,8 +118,8 @@ pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("resolve {}", args.default_ipv4))?
             .find_map(|addr| match addr.ip() {
-                std::net::IpAddr::V4(ip) => Some(ip),
-                std::net::IpAddr::V6(_) => None,
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
             })
             .with_context(|| format!("{} has no IPv4 address", args.default_ipv4))?,
     };
@@ -121,9 +135,48 @@ pub async fn run_challtestsrv(args: ChalltestsrvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The loopback address of replica `index` of a service.
+pub fn replica_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + index as u8)
+}
+
 impl DevArgs {
-    fn grpc_port(&self, service: &str) -> u16 {
-        env::grpc_port(self.grpc_base_port, service)
+    fn replicas(&self) -> usize {
+        usize::from(self.replicas)
+    }
+
+    /// Where replica `index` of the wfe serves ACME and CRLs: the configured addresses themselves for a lone wfe;
+    /// behind the load balancer (which takes those), 127.0.0.(2 + index) on the same ports.
+    fn wfe_addrs(&self, index: usize) -> (SocketAddr, SocketAddr) {
+        if self.replicas() == 1 {
+            return (self.acme_addr, self.crl_addr);
+        }
+        let ip = IpAddr::V4(replica_ip(index + 1));
+        (SocketAddr::new(ip, self.acme_addr.port()), SocketAddr::new(ip, self.crl_addr.port()))
+    }
+
+    /// Sets the placeholders replica `index` of `service` differs in: where it listens.
+    fn replica_vars(&self, service: &str, index: usize, vars: &mut BTreeMap<&'static str, String>) {
+        if service == "wfe" {
+            let (acme, crl) = self.wfe_addrs(index);
+            vars.insert("acme_listen", acme.to_string());
+            vars.insert("crl_listen", crl.to_string());
+        } else if let Some(listen) = env::listen_placeholder(service) {
+            let port = env::grpc_port(self.grpc_base_port, service);
+            vars.insert(listen, SocketAddr::new(replica_ip(index).into(), port).to_string());
+        }
+    }
+
+    /// How the supervisor learns that replica `index` of `service` is ready.
+    fn health(&self, service: &str, index: usize) -> Health {
+        match service {
+            "wfe" => Health::Https { addr: self.wfe_addrs(index).0 },
+            "crl-updater" => Health::Running,
+            other => Health::Grpc {
+                addr: SocketAddr::new(replica_ip(index).into(), env::grpc_port(self.grpc_base_port, other)),
+                server_name: format!("{other}.quarry"),
+            },
+        }
     }
 
     fn base_url(&self) -> String {
@@ -174,7 +227,13 @@ impl DevArgs {
             ("ct_log_b_url", ct_logs[1].0.clone()),
             ("ct_log_b_key", ct_logs[1].1.clone()),
         ]);
-        env::add_grpc_addresses(&mut vars, self.grpc_base_port, Ipv4Addr::LOCALHOST.into(), |_| "127.0.0.1".into());
+        env::add_grpc_addresses(
+            &mut vars,
+            self.grpc_base_port,
+            self.replicas(),
+            |index| replica_ip(index).into(),
+            |_, index| replica_ip(index).to_string(),
+        );
         vars
     }
 
@@ -203,6 +262,10 @@ pub struct StackInfo {
     /// Where each service's log is (`quarry dev`; a container stack's logs are the containers').
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs_dir: Option<PathBuf>,
+    /// Every process of the stack (`quarry dev`): its replica name, service, address, process id and log. Kept
+    /// up to date as the supervisor restarts replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaInfo>,
 }
 
 /// Which ACME server a client tool (`quarry probe`, `quarry loadgen`) talks to: a directory URL, or the stack file
@@ -252,7 +315,7 @@ impl AcmeTarget {
     }
 }
 
-/// Starts the stack, prints where it is, and runs until Ctrl-C or until a service dies.
+/// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -270,7 +333,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut vars = args.variables(&data_dir, &ct_logs);
     vars.insert("nonce_prefix_key", read_secret(&pki.nonce_prefix_key)?);
     let exe = std::env::current_exe().context("locate the quarry binary")?;
-    let mut children = Vec::new();
     if let Some(path) = &args.ratelimits {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let file: quarry_ratelimits::LimitsFile =
@@ -282,47 +344,54 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: args.metrics_base_port,
     };
-    for (service, config_path) in write_configs(&config_dir, &vars, &extras)? {
-        let log = std::fs::File::create(logs_dir.join(format!("{service}.log")))?;
-        let mut command = Command::new(&exe);
-        // Ten services share this host's cores: one runtime worker each (unless the caller chose otherwise) spares
-        // the cross-thread wake-ups that cost about a sixth of the CPU per certificate with a worker per core.
-        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-            command.env("TOKIO_WORKER_THREADS", "1");
-        }
-        let child = command
-            .arg(env::subcommand(service))
-            .arg("--config")
-            .arg(&config_path)
-            .env(crate::SUPERVISED_ENV, "1")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start {service}"))?;
-        children.push((service, child));
-    }
+    let layout = Layout {
+        replicas: args.replicas(),
+        replica_vars: &|service, index, vars| args.replica_vars(service, index, vars),
+    };
+    let specs = write_configs(&config_dir, &vars, &extras, &layout)?
+        .into_iter()
+        .map(|written| ReplicaSpec {
+            health: args.health(written.service, written.index),
+            subcommand: env::subcommand(written.service),
+            service: written.service,
+            name: written.name,
+            config: written.path,
+        })
+        .collect();
 
-    for service in env::SERVICES {
-        let addr = match *service {
-            // A client of the sa and the ca only: nothing to wait for.
-            "crl-updater" => continue,
-            "wfe" => args.acme_addr,
-            other => SocketAddr::from(([127, 0, 0, 1], args.grpc_port(other))),
+    let stop_balancers = tokio_util::sync::CancellationToken::new();
+    if args.replicas() > 1 {
+        let wfes = |pick: fn((SocketAddr, SocketAddr)) -> SocketAddr| -> Vec<SocketAddr> {
+            (0..args.replicas()).map(|index| pick(args.wfe_addrs(index))).collect()
         };
-        wait_for_port(service, addr, &mut children, &logs_dir).await?;
+        for (front, backends) in [(args.acme_addr, wfes(|(acme, _)| acme)), (args.crl_addr, wfes(|(_, crl)| crl))] {
+            let listener = tokio::net::TcpListener::bind(front).await.with_context(|| format!("bind {front}"))?;
+            tokio::spawn(balancer::serve(listener, backends, stop_balancers.clone()));
+        }
+    }
+    let supervisor = Supervisor::start(specs, &exe, &logs_dir)?;
+    let (admin_cert, admin_key) = pki.service_cert("admin");
+    let admin_tls = quarry_core::config::TlsFiles { cert: admin_cert, key: admin_key, ca: pki.internal_ca_pem.clone() };
+    let checker = HealthChecker::new(admin_tls, &pki.https_ca_pem)?;
+    let ready = supervisor.wait_ready(&checker, START_TIMEOUT).await;
+    if let Err(err) = ready {
+        supervisor.stop().await;
+        return Err(err);
     }
 
-    let info = StackInfo {
+    let mut info = StackInfo {
         directory_url: format!("{}/directory", args.base_url()),
         tls_ca_pem: pki.https_ca_pem.clone(),
         root_pem: pki.root_pem.clone(),
         challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
         crl_base_url: format!("http://{}/", args.crl_addr),
         logs_dir: Some(logs_dir.clone()),
+        replicas: supervisor.replicas(),
     };
-    std::fs::write(data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
-    println!("Quarry is running; every service is its own process (logs in {}).", logs_dir.display());
+    let stack_file = data_dir.join("stack.json");
+    write_stack_file(&stack_file, &info)?;
+    let replicas = if args.replicas() > 1 { format!(" ({} replicas of each)", args.replicas()) } else { String::new() };
+    println!("Quarry is running; every service is its own process{replicas} (logs in {}).", logs_dir.display());
     println!("ACME directory:        {}", info.directory_url);
     println!("Trust for HTTPS (PEM): {}", info.tls_ca_pem.display());
     println!("Issuing root (PEM):    {}", info.root_pem.display());
@@ -330,26 +399,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(url) = &info.challtestsrv_url {
         println!("Challenge test server: {url} (DNS on {})", args.va_dns());
     }
-    println!("Stack facts as JSON:   {}", data_dir.join("stack.json").display());
-    println!("Press Ctrl-C to stop.");
+    println!("Stack facts as JSON:   {}", stack_file.display());
+    println!("A service that exits is restarted; press Ctrl-C to stop.");
 
-    let outcome = tokio::select! {
-        _ = quarry_core::shutdown::signal() => Ok(()),
-        (service, status) = first_exit(&mut children) => Err(anyhow::anyhow!(
-            "{service} exited ({status}); see {}", logs_dir.join(format!("{service}.log")).display()
-        )),
+    // The stack file follows restarts (their process ids) until Ctrl-C.
+    let mut changes = supervisor.changes();
+    let outcome = loop {
+        tokio::select! {
+            _ = quarry_core::shutdown::signal() => break Ok(()),
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                info.replicas = supervisor.replicas();
+                if let Err(err) = write_stack_file(&stack_file, &info) {
+                    break Err(err);
+                }
+            }
+        }
     };
-    for (_, child) in &mut children {
-        let _ = child.start_kill();
-    }
-    for (_, child) in &mut children {
-        let _ = child.wait().await;
-    }
+    supervisor.stop().await;
+    stop_balancers.cancel();
     if let Some(srv) = challtestsrv {
         srv.shutdown().await;
     }
     stop_ct_logs.cancel();
     outcome
+}
+
+/// Writes the stack file whole (through a temporary file), so that a reader never sees half of it.
+fn write_stack_file(path: &Path, info: &StackInfo) -> anyhow::Result<()> {
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_string_pretty(info)? + "\n")?;
+    std::fs::rename(&partial, path)?;
+    Ok(())
 }
 
 /// Starts the dev stack's two fake CT logs (of distinct operators, as the SCT policy needs) on ephemeral loopback
@@ -388,33 +471,65 @@ pub struct Extras<'a> {
     pub metrics_base_port: Option<u16>,
 }
 
-/// Writes `ratelimits.toml`, `admin.toml` and every service's configuration, rendered from the embedded base + dev
-/// files with `vars` and `extras`, into `config_dir`; returns each service's configuration file, in start order.
+/// Sets the placeholders replica `index` of `service` differs in.
+pub type ReplicaVars<'a> = &'a dyn Fn(&str, usize, &mut BTreeMap<&'static str, String>);
+
+/// How many replicas a stack runs, and what each replica's configuration differs in (its listen addresses).
+pub struct Layout<'a> {
+    pub replicas: usize,
+    pub replica_vars: ReplicaVars<'a>,
+}
+
+impl Layout<'_> {
+    /// One process of each service, rendered as the variables say.
+    pub fn single() -> Layout<'static> {
+        Layout { replicas: 1, replica_vars: &|_, _, _| {} }
+    }
+}
+
+/// One replica's configuration file.
+pub struct WrittenConfig {
+    pub service: &'static str,
+    pub index: usize,
+    /// `sa`, `sa-2`…
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Writes `ratelimits.toml`, `admin.toml` and the configuration of every replica of every service, rendered from
+/// the embedded base + dev files with `vars` (each replica's own as `layout` says) and `extras`, into
+/// `config_dir`; returns them in start order (peers before their callers).
 pub fn write_configs(
     config_dir: &Path,
     vars: &BTreeMap<&'static str, String>,
     extras: &Extras<'_>,
-) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    layout: &Layout<'_>,
+) -> anyhow::Result<Vec<WrittenConfig>> {
     std::fs::create_dir_all(config_dir).with_context(|| format!("create {}", config_dir.display()))?;
     std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
     let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, vars)?;
     std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
     let mut written = Vec::new();
     for service in env::SERVICES {
-        let mut rendered = env::render(service, env::DEV, vars)?;
-        if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
-            rendered = with_redis(&rendered, url)?;
+        for index in 0..env::replicas_of(service, layout.replicas) {
+            let mut vars = vars.clone();
+            (layout.replica_vars)(service, index, &mut vars);
+            let mut rendered = env::render(service, env::DEV, &vars)?;
+            if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
+                rendered = with_redis(&rendered, url)?;
+            }
+            if let Some(endpoint) = extras.otlp_endpoint {
+                rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
+            }
+            if let Some(base) = extras.metrics_base_port {
+                let addr = SocketAddr::new(replica_ip(index).into(), env::grpc_port(base, service));
+                rendered = with_telemetry(&rendered, "metrics_listen", addr.to_string())?;
+            }
+            let name = env::replica_name(service, index);
+            let path = config_dir.join(format!("{name}.toml"));
+            std::fs::write(&path, rendered)?;
+            written.push(WrittenConfig { service, index, name, path });
         }
-        if let Some(endpoint) = extras.otlp_endpoint {
-            rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
-        }
-        if let Some(base) = extras.metrics_base_port {
-            let port = env::grpc_port(base, service);
-            rendered = with_telemetry(&rendered, "metrics_listen", format!("127.0.0.1:{port}"))?;
-        }
-        let path = config_dir.join(format!("{service}.toml"));
-        std::fs::write(&path, rendered)?;
-        written.push((*service, path));
     }
     Ok(written)
 }
@@ -449,44 +564,4 @@ async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::Runn
         default_ipv6: None,
     };
     challtestsrv::ChallTestSrv::start(config).await.context("start the challenge test server (ports 8053, 8055)")
-}
-
-/// Waits until `addr` accepts TCP connections, failing early if any service has already exited.
-async fn wait_for_port(
-    service: &str,
-    addr: SocketAddr,
-    children: &mut [(&'static str, Child)],
-    logs_dir: &Path,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < START_TIMEOUT {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        for (name, child) in children.iter_mut() {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "{name} exited during start-up ({status}); see {}",
-                    logs_dir.join(format!("{name}.log")).display()
-                );
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{service} did not listen on {addr} within {START_TIMEOUT:?}; see {}",
-        logs_dir.join(format!("{service}.log")).display()
-    )
-}
-
-/// Completes when the first child process exits.
-async fn first_exit(children: &mut [(&'static str, Child)]) -> (&'static str, std::process::ExitStatus) {
-    let waits = children.iter_mut().map(|(name, child)| {
-        Box::pin(async move {
-            let status = child.wait().await;
-            (*name, status)
-        })
-    });
-    let ((name, status), _, _) = select_all(waits).await;
-    (name, status.unwrap_or_else(|_| std::process::ExitStatus::default()))
 }

@@ -1,0 +1,309 @@
+//! The chaos test: `quarry dev --replicas 2` under load from `quarry loadgen` with the retries real clients make,
+//! while one replica of every service after another is killed with SIGKILL (sa and ca included), then checked:
+//! nearly every order completed, every error a client saw was a problem document, no certificate signed without a
+//! stored record, and nothing left mid-way once the sweepers' deadlines have passed. On PostgreSQL the database is
+//! also restarted during the load, and the rate limits' Redis stopped (they fail open, counted).
+//!
+//! Kept short here (`.ci/run`); `QUARRY_CHAOS_SECS` makes the load run longer (docs/replication.md).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::full_stack::{Stack, free_port_range, http_get, logs, metric};
+
+/// The services in the order their replicas are killed.
+const VICTIMS: [&str; 10] =
+    ["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "ra", "wfe", "crl-updater"];
+/// Between two kills.
+const KILL_EVERY: Duration = Duration::from_millis(2_500);
+/// How long the sweepers may take, after the load, to leave nothing mid-way: the longest deadline (a timeout of
+/// 60 s plus 30 s to record the outcome), a sweep period, and margin.
+const RECOVERY_TIME: Duration = Duration::from_secs(120);
+
+/// How long the load runs.
+fn load_time() -> Duration {
+    let secs = std::env::var("QUARRY_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(35);
+    Duration::from_secs(secs)
+}
+
+/// What one chaos run measured, for its assertions and the closing note.
+#[derive(Debug)]
+struct ChaosReport {
+    begun: u64,
+    completed: u64,
+    retries: u64,
+    not_problems: Vec<String>,
+    kills: usize,
+}
+
+/// A replica's current process id, from the stack file `quarry dev` keeps up to date.
+fn pid_of(stack_file: &Path, name: &str) -> Option<u32> {
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stack_file).ok()?).ok()?;
+    info["replicas"].as_array()?.iter().find(|r| r["name"] == name)?["pid"].as_u64().map(|pid| pid as u32)
+}
+
+fn sigkill(pid: u32) {
+    let status = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+/// A PostgreSQL cluster of this test's own (it is restarted under load), started with `scripts/postgres.sh`.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh")
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port_range();
+        let out = std::process::Command::new("bash")
+            .arg(Self::script())
+            .args(["start".as_ref(), dir.path().as_os_str(), port.to_string().as_ref()])
+            .output()
+            .expect("run postgres.sh");
+        assert!(out.status.success(), "postgres.sh: {}", String::from_utf8_lossy(&out.stderr));
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let port = url.rsplit(':').next().and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).expect("port");
+        Self { dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, action: &str) {
+        let mut command = std::process::Command::new("bash");
+        command.arg(Self::script()).arg(action).arg(self.dir.path());
+        if action == "start" {
+            command.arg(self.port.to_string());
+        }
+        let out = command.output().expect("run postgres.sh");
+        assert!(out.status.success(), "postgres.sh {action}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash").arg(Self::script()).arg("stop").arg(self.dir.path()).output();
+    }
+}
+
+/// A Redis of this test's own (it is stopped under load).
+struct PrivateRedis {
+    process: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = free_port_range();
+        let process = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        Self { process, port }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Rows left mid-way: authorizations being validated and orders processing, neither expired.
+async fn unfinished(db_url: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(db_url).await.expect("connect to the stack's database");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let validations: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM authorizations WHERE status = 'pending' AND attempted IS NOT NULL AND expires > $1",
+    )
+    .bind(now)
+    .fetch_one(&mut db)
+    .await
+    .expect("count validations");
+    let orders: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orders WHERE began_processing != 0 AND certificate_serial = '' AND error IS NULL AND expires > $1",
+    )
+    .bind(now)
+    .fetch_one(&mut db)
+    .await
+    .expect("count orders");
+    (validations, orders)
+}
+
+/// Serials whose final certificate a ca logged as signed (before storing it) but the database does not hold.
+async fn signed_but_not_stored(db_url: &str, logs_dir: &Path) -> Vec<String> {
+    use sqlx::Connection;
+    let mut signed = Vec::new();
+    for entry in std::fs::read_dir(logs_dir).expect("logs").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name == "ca.log" || name.starts_with("ca-")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+            if line.contains("final-signed")
+                && let Some(serial) = line.split("serial=").nth(1).and_then(|rest| rest.split_whitespace().next())
+            {
+                signed.push(serial.trim_matches('"').to_owned());
+            }
+        }
+    }
+    assert!(!signed.is_empty(), "the cas logged no signed certificate");
+    let mut db = sqlx::AnyConnection::connect(db_url).await.expect("connect");
+    let mut missing = Vec::new();
+    for serial in signed {
+        let stored: Option<String> = sqlx::query_scalar("SELECT serial FROM certificates WHERE serial = $1")
+            .bind(&serial)
+            .fetch_optional(&mut db)
+            .await
+            .expect("look the serial up");
+        if stored.is_none() {
+            missing.push(serial);
+        }
+    }
+    missing
+}
+
+/// Runs the load, the kills and the checks against a stack on `db` (SQLite when `None`).
+async fn chaos(postgres: Option<&PrivatePostgres>, redis: Option<&PrivateRedis>) -> ChaosReport {
+    let metrics_base = free_port_range();
+    let mut args =
+        vec!["--replicas".to_owned(), "2".to_owned(), "--metrics-base-port".into(), metrics_base.to_string()];
+    if let Some(redis) = redis {
+        args.extend(["--redis".to_owned(), format!("redis://127.0.0.1:{}/", redis.port)]);
+    }
+    let db_url = postgres.map(PrivatePostgres::url);
+    let stack = Stack::start_with_args(db_url.as_deref(), None, &args).await;
+    let db_url = db_url.unwrap_or_else(|| format!("sqlite://{}?mode=ro", stack.data_dir().join("quarry.db").display()));
+    let stack_file = stack.data_dir().join("stack.json");
+    let report_file = stack.dir.path().join("loadgen.json");
+    let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("loadgen")
+        .arg("--stack")
+        .arg(&stack_file)
+        .arg("--challtestsrv")
+        .arg(format!("http://{}", stack.challtestsrv.management_addr))
+        .args(["--clients", "4", "--retries", "3", "--processes", "none"])
+        .arg("--duration-secs")
+        .arg(load_time().as_secs().to_string())
+        .arg("--json")
+        .arg(&report_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start quarry loadgen");
+
+    // Kill one replica of each service in turn, while the load runs; the database and Redis get theirs too.
+    let started = Instant::now();
+    let mut kills = 0;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (round, victim) in VICTIMS.iter().enumerate() {
+        let name = if round % 2 == 0 || *victim == "crl-updater" { victim.to_string() } else { format!("{victim}-2") };
+        let pid =
+            pid_of(&stack_file, &name).unwrap_or_else(|| panic!("{name} is not running{}", logs(stack.dir.path())));
+        sigkill(pid);
+        kills += 1;
+        if round == 3
+            && let Some(postgres) = postgres
+        {
+            postgres.run("stop");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            postgres.run("start");
+        }
+        tokio::time::sleep(KILL_EVERY).await;
+    }
+    assert!(started.elapsed() < load_time() + Duration::from_secs(5), "the kills outlasted the load");
+    let mut redis_stopped = false;
+    if let Some(redis) = redis {
+        let _ = std::process::Command::new("kill").arg("-9").arg(redis.process.id().to_string()).status();
+        redis_stopped = true;
+    }
+
+    let output = tokio::time::timeout(load_time() + Duration::from_secs(120), load.wait_with_output())
+        .await
+        .expect("loadgen finished in time")
+        .expect("loadgen ran");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!("{printed}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).expect("loadgen report")).expect("json report");
+    let count = |key: &str| report[key].as_u64().unwrap_or_default();
+
+    if redis_stopped {
+        // The ras carried on without their rate-limit store, counting every check they could not make.
+        let mut errors = 0.0;
+        for index in 0..2u8 {
+            let port = metrics_base + 8;
+            let (status, body) = http_get(&format!("http://127.0.0.{}:{port}/metrics", index + 1)).await;
+            assert_eq!(status, 200);
+            errors += metric(&String::from_utf8_lossy(&body), "quarry_ratelimit_store_errors_total", &[]);
+        }
+        assert!(errors > 0.0, "no rate-limit store error was counted after Redis stopped");
+    }
+
+    // Nothing stays mid-way once the sweepers' deadlines have passed.
+    let recovering = Instant::now();
+    loop {
+        let (validations, orders) = unfinished(&db_url).await;
+        if validations == 0 && orders == 0 {
+            break;
+        }
+        assert!(
+            recovering.elapsed() < RECOVERY_TIME,
+            "{validations} validations and {orders} orders still mid-way{}",
+            logs(stack.dir.path())
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let missing = signed_but_not_stored(&db_url, &stack.data_dir().join("logs")).await;
+    assert!(missing.is_empty(), "certificates signed but not stored: {missing:?}");
+
+    ChaosReport {
+        begun: count("orders_begun"),
+        completed: count("certificates"),
+        retries: count("retries"),
+        not_problems: report["not_problem_documents"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        kills,
+    }
+}
+
+fn check(report: &ChaosReport) {
+    eprintln!(
+        "chaos: {} orders begun, {} completed, {} retries, {} replicas killed",
+        report.begun, report.completed, report.retries, report.kills
+    );
+    assert!(report.begun > 20, "too little load to judge: {report:?}");
+    assert!(report.completed * 100 >= report.begun * 99, "fewer than 99 % of orders completed: {report:?}");
+    assert!(report.not_problems.is_empty(), "errors that were not problem documents: {report:?}");
+    assert_eq!(report.kills, VICTIMS.len());
+}
+
+#[tokio::test]
+async fn killing_any_replica_under_load_loses_nothing_on_sqlite() {
+    check(&chaos(None, None).await);
+}
+
+#[tokio::test]
+async fn killing_any_replica_and_restarting_postgresql_under_load_loses_nothing() {
+    if std::env::var_os(quarry_testkit::db::POSTGRES_ENV).is_none() {
+        eprintln!("{} is not set: no PostgreSQL here (scripts/test.sh installs it)", quarry_testkit::db::POSTGRES_ENV);
+        return;
+    }
+    let postgres = PrivatePostgres::start();
+    let redis = std::process::Command::new("redis-server").arg("--version").output().is_ok().then(PrivateRedis::start);
+    check(&chaos(Some(&postgres), redis.as_ref()).await);
+}
