@@ -67,8 +67,20 @@ pub(crate) struct CaService {
     profiles: BTreeMap<String, CertProfile>,
     default_profile: String,
     sa: SaClient,
+    finisher: Finisher,
+}
+
+/// What finishes an issuance once its precertificate is about to be signed: a task of its own, so that a caller
+/// that goes away (its deadline passed, its process died) cannot stop a signed certificate from being stored.
+#[derive(Clone)]
+struct Finisher {
+    issuers: Arc<Vec<ConfiguredIssuer>>,
+    sa: SaClient,
     publisher: PublisherClient,
 }
+
+/// Once signing begins, storing what is signed gets at least this long, whatever the caller's deadline.
+const FINISH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn invalid(message: String) -> Error {
     Error::Config(ConfigError::Invalid(message))
@@ -162,13 +174,13 @@ impl CaService {
             return Err(invalid(format!("default_profile {:?} is not in profiles", config.default_profile)));
         }
         Ok(Self {
+            finisher: Finisher { issuers: Arc::clone(&issuers), sa: sa.clone(), publisher },
             issuers,
             crl_shards: config.crl_shards,
             serial_prefix: config.serial_prefix,
             profiles,
             default_profile: config.default_profile.clone(),
             sa,
-            publisher,
         })
     }
 
@@ -249,12 +261,11 @@ impl CaService {
         self.sa.add_precertificate(linting_copy, deadline).await.inspect_err(unsigned)?;
         quarry_core::fault::point("ca.after_precertificate_stored");
         let issued = Issued { account_id: request.account_id, order_id: request.order_id, serial: serial_hex, at: now };
-        self.finish(chosen, prepared, issued, profile_name, deadline).await
+        self.finish_detached(chosen, prepared, issued, profile_name, deadline).await
     }
 
-    /// Issuance from the stored linting copy on: signs the precertificate, gets its SCTs, signs the final
-    /// certificate and stores it.
-    async fn finish(
+    /// Runs [`Finisher::finish`] as a task of its own, with at least [`FINISH_AT_LEAST`] to complete.
+    async fn finish_detached(
         &self,
         chosen: &ConfiguredIssuer,
         prepared: Prepared,
@@ -262,52 +273,11 @@ impl CaService {
         profile_name: &str,
         deadline: Option<Instant>,
     ) -> Result<IssueCertificateResponse, Problem> {
-        let Issued { account_id, order_id, serial: serial_hex, at } = issued;
-        let precertificate =
-            on_signing_thread(&chosen.issuer, move |issuer| sign_precertificate(issuer, &prepared)).await?;
-
-        let chain = vec![precertificate.clone(), chosen.issuer.certificate_der().to_vec()];
-        let scts = match self.publisher.get_scts(chain, deadline).await {
-            Ok(scts) => scts,
-            Err(problem) => {
-                error!(serial = serial_hex, order_id, %problem, "no SCTs for the precertificate");
-                return Err(Problem::internal(
-                    "could not obtain the Certificate Transparency SCTs the certificate needs",
-                ));
-            }
-        };
-        let der =
-            on_signing_thread(&chosen.issuer, move |issuer| sign_final_certificate(issuer, &precertificate, &scts))
-                .await?;
-        // Before it is stored: an audit trail that shows a final certificate signed but never stored is a lost one.
-        info!(target: "audit", event = "final-signed", serial = serial_hex, order_id, "final certificate signed");
-        quarry_core::fault::point("ca.after_final_signed");
-
-        let store =
-            AddCertificateRequest { account_id, der: der.clone(), issued: at.unix_timestamp(), issuer_id: chosen.id };
-        if let Err(problem) = self.sa.add_certificate(store, deadline).await {
-            // The signed certificate exists only in this process now; the log line is its only trace.
-            error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");
-            return Err(problem);
-        }
-        info!(
-            target: "audit",
-            event = "certificate-signed",
-            serial = serial_hex,
-            account_id,
-            order_id,
-            profile = profile_name,
-            issuer = chosen.issuer.subject(),
-            "issued certificate"
-        );
-        metrics::counter!(
-            "quarry_certificates_issued_total",
-            "profile" => profile_name.to_owned(),
-            "issuer" => chosen.issuer.subject().to_owned(),
-        )
-        .increment(1);
-        self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
-        Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
+        let index = self.issuers.iter().position(|i| std::ptr::eq(i, chosen)).unwrap_or_default();
+        let floor = Instant::now() + FINISH_AT_LEAST;
+        let deadline = Some(deadline.map_or(floor, |deadline| deadline.max(floor)));
+        let finishing = self.finisher.clone().finish(index, prepared, issued, profile_name.to_owned(), deadline);
+        tokio::spawn(finishing.in_current_span()).await.map_err(|e| internal("finishing task", &e))?
     }
 
     /// Finishes an issuance a crash interrupted once its linting copy was stored: the same TBS is signed as the
@@ -345,21 +315,7 @@ impl CaService {
             serial,
             at: OffsetDateTime::from_unix_timestamp(linting_copy.issued).unwrap_or_else(|_| OffsetDateTime::now_utc()),
         };
-        self.finish(chosen, prepared, issued, "recovered", deadline).await
-    }
-
-    /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
-    fn submit_final(&self, chain: Vec<Vec<u8>>) {
-        let publisher = self.publisher.clone();
-        tokio::spawn(
-            async move {
-                let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
-                if let Err(problem) = publisher.submit_final_certificate(chain, deadline).await {
-                    warn!(%problem, "final certificate not handed to the publisher");
-                }
-            }
-            .in_current_span(),
-        );
+        self.finish_detached(chosen, prepared, issued, "recovered", deadline).await
     }
 
     /// Draws random serials until the sa accepts one as new, reserved for `order_id`.
@@ -392,6 +348,92 @@ impl CaService {
         }
         error!(attempts = SERIAL_ATTEMPTS, "every random serial was already taken");
         Err(Problem::internal("could not reserve a serial"))
+    }
+}
+
+impl Finisher {
+    /// Issuance from the stored linting copy on: signs the precertificate with issuer `index`, gets its SCTs, signs
+    /// the final certificate and stores it.
+    async fn finish(
+        self,
+        index: usize,
+        prepared: Prepared,
+        issued: Issued,
+        profile_name: String,
+        deadline: Option<Instant>,
+    ) -> Result<IssueCertificateResponse, Problem> {
+        let chosen = &self.issuers[index];
+        let Issued { account_id, order_id, serial: serial_hex, at } = issued;
+        let precertificate =
+            on_signing_thread(&chosen.issuer, move |issuer| sign_precertificate(issuer, &prepared)).await?;
+
+        let chain = vec![precertificate.clone(), chosen.issuer.certificate_der().to_vec()];
+        let scts = match self.publisher.get_scts(chain, deadline).await {
+            Ok(scts) => scts,
+            Err(problem) => {
+                error!(serial = serial_hex, order_id, %problem, "no SCTs for the precertificate");
+                return Err(Problem::internal(
+                    "could not obtain the Certificate Transparency SCTs the certificate needs",
+                ));
+            }
+        };
+        let der =
+            on_signing_thread(&chosen.issuer, move |issuer| sign_final_certificate(issuer, &precertificate, &scts))
+                .await?;
+        // Before it is stored, the whole certificate: should this process die before the sa has it, the audit trail
+        // still holds it (`quarry admin adopt-orphans` stores it from there, as Boulder's orphan finder does).
+        info!(
+            target: "audit",
+            event = "final-signed",
+            serial = serial_hex,
+            order_id,
+            account_id,
+            issuer_id = chosen.id,
+            issued = at.unix_timestamp(),
+            der = %base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der),
+            "final certificate signed"
+        );
+        quarry_core::fault::point("ca.after_final_signed");
+
+        let store =
+            AddCertificateRequest { account_id, der: der.clone(), issued: at.unix_timestamp(), issuer_id: chosen.id };
+        if let Err(problem) = self.sa.add_certificate(store, deadline).await {
+            // The signed certificate exists only in this process now; the log line is its only trace.
+            error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");
+            return Err(problem);
+        }
+        info!(
+            target: "audit",
+            event = "certificate-signed",
+            serial = serial_hex,
+            account_id,
+            order_id,
+            profile = profile_name,
+            issuer = chosen.issuer.subject(),
+            "issued certificate"
+        );
+        metrics::counter!(
+            "quarry_certificates_issued_total",
+            "profile" => profile_name.to_owned(),
+            "issuer" => chosen.issuer.subject().to_owned(),
+        )
+        .increment(1);
+        self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
+        Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
+    }
+
+    /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
+    fn submit_final(&self, chain: Vec<Vec<u8>>) {
+        let publisher = self.publisher.clone();
+        tokio::spawn(
+            async move {
+                let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
+                if let Err(problem) = publisher.submit_final_certificate(chain, deadline).await {
+                    warn!(%problem, "final certificate not handed to the publisher");
+                }
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -325,15 +325,16 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// A ping unanswered this long closes the connection.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A lazily connecting channel to the replica at `addr`: services may start in any order.
-pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTlsConfig, timeout: Duration) -> Result<Channel, GrpcError> {
+/// A lazily connecting channel to the replica at `addr`: services may start in any order. It sets no timeout of
+/// its own: each call carries its deadline (`grpc-timeout`), which the caller also enforces ([`crate::peer`]), so a
+/// validation may take the minute it is given.
+pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Result<Channel, GrpcError> {
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {addr}: {e}")))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .timeout(timeout);
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     let measured = Measured { inner: endpoint.connect_lazy(), side: Side::Client };
     Ok(InterceptedService::new(measured, TraceContext))
 }
@@ -352,7 +353,7 @@ pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, Grp
             .into());
         }
     };
-    replica_channel(addr, client_tls(&config.server_name, tls)?, Duration::from_millis(config.timeout_ms))
+    replica_channel(addr, client_tls(&config.server_name, tls)?)
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.

@@ -261,7 +261,7 @@ impl Peer {
                 tokio::time::sleep(pause).await;
             }
             let request = crate::grpc::request_with_deadline(message.clone(), Some(deadline));
-            let status = match call(replica.channel.clone(), request).await {
+            let status = match within(deadline, call(replica.channel.clone(), request)).await {
                 Ok(response) => {
                     replica.succeeded();
                     return Ok(response.into_inner());
@@ -301,7 +301,8 @@ impl Peer {
             return Err(Status::unavailable(format!("{addr} is no longer a replica of {}", self.inner.name)));
         };
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.inner.timeout);
-        match call(replica.channel.clone(), crate::grpc::request_with_deadline(message, Some(deadline))).await {
+        let request = crate::grpc::request_with_deadline(message, Some(deadline));
+        match within(deadline, call(replica.channel.clone(), request)).await {
             Ok(response) => {
                 replica.succeeded();
                 Ok(response.into_inner())
@@ -365,7 +366,7 @@ impl Inner {
                 Some(known) => replicas.push(Arc::clone(known)),
                 None => replicas.push(Arc::new(Replica {
                     addr: *addr,
-                    channel: crate::grpc::replica_channel(*addr, self.tls.clone(), self.timeout)?,
+                    channel: crate::grpc::replica_channel(*addr, self.tls.clone())?,
                     health: Mutex::default(),
                 })),
             }
@@ -375,6 +376,17 @@ impl Inner {
         *self.replicas.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(replicas);
         Ok(())
     }
+}
+
+/// `call`, or `deadline_exceeded` once `deadline` has passed: the peer is told the deadline too, but a peer that
+/// hangs must not hold the caller longer.
+async fn within<R>(
+    deadline: Instant,
+    call: impl Future<Output = Result<Response<R>, Status>>,
+) -> Result<Response<R>, Status> {
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call's deadline passed")))
 }
 
 /// Looks the target up now, then every [`REFRESH`] or when a failure asks, until the peer is dropped. A failed or

@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
 use quarry_core::peer::Peer;
 use quarry_proto::client::SaClient;
-use quarry_proto::sa::{AddBlockedKeyRequest, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest};
+use quarry_proto::sa::{
+    AddBlockedKeyRequest, AddCertificateRequest, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest,
+};
 use serde::Deserialize;
 
 /// Where the operator's tools connect, as whom.
@@ -91,6 +93,15 @@ enum AdminCommand {
         burst: i64,
         #[arg(long, default_value = "")]
         comment: String,
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Stores the final certificates a ca logged as signed (its `final-signed` audit lines) that the database lacks:
+    /// a ca that died between signing and storing one leaves it only there.
+    AdoptOrphans {
+        /// The ca's log files (every replica's), human or JSON lines.
+        #[arg(long = "log", required = true)]
+        logs: Vec<PathBuf>,
         #[arg(long)]
         execute: bool,
     },
@@ -232,6 +243,30 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 sa.add_rate_limit_override(entry, None).await.map_err(refused)?;
                 println!("set; the ras apply it at their next overrides refresh");
             }
+            dry_run(execute);
+        }
+        AdminCommand::AdoptOrphans { logs, execute } => {
+            let signed = crate::orphans::signed_in(&logs)?;
+            let mut orphans = 0;
+            for orphan in &signed {
+                match sa.get_certificate(&orphan.serial, None).await {
+                    Ok(_) => continue,
+                    Err(problem) if problem.kind == quarry_core::ErrorKind::NotFound => {}
+                    Err(problem) => return Err(refused(problem)),
+                }
+                orphans += 1;
+                println!("{} {}", if execute { "adopting" } else { "would adopt" }, orphan.serial);
+                if execute {
+                    let store = AddCertificateRequest {
+                        account_id: orphan.account_id,
+                        der: orphan.der.clone(),
+                        issued: orphan.issued,
+                        issuer_id: orphan.issuer_id,
+                    };
+                    sa.add_certificate(store, None).await.map_err(refused)?;
+                }
+            }
+            println!("{} signed in the logs, {orphans} not stored", signed.len());
             dry_run(execute);
         }
         AdminCommand::OverrideDisable { limit, bucket, execute } => {

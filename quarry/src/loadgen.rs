@@ -58,8 +58,9 @@ pub struct LoadgenArgs {
     /// anyway (timers, CRL updates).
     #[arg(long, default_value_t = 0)]
     idle_secs: u64,
-    /// Retry a failed order (any failure: a 5xx, an invalid order, a broken connection) up to this many times, as
-    /// real clients do (and `badNonce` up to three times instead of once): for runs where replicas are killed.
+    /// Retry a failed order (any failure: a 5xx, an invalid order, a broken connection) up to this many times, half
+    /// a second after the first failure and twice as long after each next, as real clients do (and `badNonce` up to
+    /// three times instead of once): for runs where replicas are killed.
     #[arg(long, default_value_t = 0)]
     retries: usize,
 }
@@ -313,8 +314,14 @@ impl Budget {
     }
 }
 
-/// How long a client waits before retrying a failed order or account: a replica being replaced gets a moment.
+/// How long a client waits before its first retry of a failed order or account (a replica being replaced gets a
+/// moment), twice as long before each further one, as clients back off.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// The pause before retry number `attempt` (0 for the first).
+fn retry_pause(attempt: usize) -> Duration {
+    RETRY_PAUSE * (1 << attempt.min(6)) as u32
+}
 
 /// One client: an account, then orders until the budget is spent; each failure retried up to `retries` times.
 async fn client_loop(
@@ -341,7 +348,7 @@ async fn client_loop(
             tally.not_problems = std::mem::take(&mut session.not_problems);
             return tally;
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        tokio::time::sleep(retry_pause(attempt)).await;
     }
     let key = rcgen::KeyPair::generate().expect("generate a certificate key");
     let mut n = 0;
@@ -363,7 +370,7 @@ async fn client_loop(
             if attempt < retries {
                 tally.retries += 1;
                 session.nonce = None;
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(retry_pause(attempt)).await;
             }
         }
     }

@@ -8,6 +8,7 @@ mod env;
 mod envcheck;
 mod health;
 mod loadgen;
+mod orphans;
 mod probe;
 
 use std::path::PathBuf;

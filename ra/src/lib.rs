@@ -217,12 +217,18 @@ pub async fn serve(
         shutdown.await;
         signal.cancel();
     });
+    // Alive before any work is taken: a heartbeat lapsing later tells the other replicas to take this one's over.
+    if let Err(problem) = registrar.heartbeat().await {
+        tracing::warn!(%problem, "first heartbeat not recorded");
+    }
+    registrar.keep_beating(stop.clone());
     registrar.keep_sweeping(SWEEP_PERIOD, stop.clone());
     let drained = {
         let (stop, registrar) = (stop.clone(), registrar.clone());
         tokio::spawn(async move {
             stop.cancelled().await;
             registrar.drain_background(SHUTDOWN_GRACE).await;
+            registrar.farewell().await;
         })
     };
     let routes = tonic::service::Routes::new(service);

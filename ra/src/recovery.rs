@@ -21,7 +21,13 @@ use tokio_util::sync::CancellationToken;
 use crate::server::{RECORD_GRACE, Registrar};
 
 /// How often each replica looks for stuck work.
-pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(5);
+/// How often each replica says it is alive…
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// …and for how long each time: a replica silent this long is taken for dead, and its work over.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+/// Work younger than this is never taken for orphaned: its owner may not have had its first heartbeat recorded.
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(5);
 /// Past its timeout, how long an issuance may take to record its outcome before it is taken over.
 const FINALIZE_GRACE: Duration = Duration::from_secs(30);
 /// At most this many stuck rows of each kind per sweep; the next sweep takes the rest.
@@ -48,6 +54,38 @@ enum Recovered {
 }
 
 impl Registrar {
+    /// Records this replica as alive now; the first heartbeat, before it takes any work.
+    pub async fn heartbeat(&self) -> Result<(), Problem> {
+        let inner = &self.inner;
+        let ttl = HEARTBEAT_TTL.as_secs() as i64;
+        inner.sa.heartbeat(&inner.instance, ttl, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await
+    }
+
+    /// Says this replica is gone, as it stops: whatever it leaves unfinished is taken over at once.
+    pub async fn farewell(&self) {
+        let inner = &self.inner;
+        if let Err(problem) = inner.sa.heartbeat(&inner.instance, 0, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await {
+            tracing::warn!(%problem, "cannot say this replica is gone; its heartbeat will lapse instead");
+        }
+    }
+
+    /// Sends a heartbeat every few seconds until `stop`.
+    pub fn keep_beating(&self, stop: CancellationToken) {
+        let registrar = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(HEARTBEAT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                if let Err(problem) = registrar.heartbeat().await {
+                    tracing::warn!(%problem, "heartbeat not recorded");
+                }
+            }
+        });
+    }
+
     /// Sweeps every `period` until `stop`.
     pub fn keep_sweeping(&self, period: Duration, stop: CancellationToken) {
         let registrar = self.clone();
@@ -75,7 +113,7 @@ impl Registrar {
     }
 
     /// A sweep taking over validations begun more than `validation_age` ago and orders processing for more than
-    /// `order_age`.
+    /// `order_age`, and whatever a replica whose heartbeat has lapsed began.
     pub async fn sweep_older_than(&self, validation_age: Duration, order_age: Duration) -> SweepReport {
         let inner = &self.inner;
         let now = now();
@@ -83,6 +121,7 @@ impl Registrar {
             authorizations_before: now - validation_age.as_secs() as i64,
             orders_before: now - order_age.as_secs() as i64,
             limit: SWEEP_BATCH,
+            orphaned_before: now - ORPHAN_MIN_AGE.as_secs() as i64,
         };
         let mut report = SweepReport::default();
         let work = match inner.sa.get_stuck_work(request, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await {
@@ -115,7 +154,8 @@ impl Registrar {
     async fn recover_validation(&self, item: StuckItem) -> Result<Option<Recovered>, Problem> {
         let sa = &self.inner.sa;
         let deadline = Some(Instant::now() + SWEEP_CALL_TIMEOUT);
-        let Some(recoveries) = sa.claim_stuck_authorization(item, deadline).await? else { return Ok(None) };
+        let claimed = sa.claim_stuck_authorization(item, &self.inner.instance, deadline).await?;
+        let Some(recoveries) = claimed else { return Ok(None) };
         let authz = sa.get_authorization(item.id, deadline).await?;
         let attempted = authz.challenges.iter().find(|c| c.status == ChallengeStatus::Processing).cloned();
         let Some(challenge) = attempted else {
@@ -144,7 +184,8 @@ impl Registrar {
     async fn recover_order(&self, item: StuckItem) -> Result<Option<Recovered>, Problem> {
         let inner = &self.inner;
         let deadline = Some(Instant::now() + SWEEP_CALL_TIMEOUT);
-        let Some(precertificate) = inner.sa.claim_stuck_order(item, deadline).await? else { return Ok(None) };
+        let claimed = inner.sa.claim_stuck_order(item, &inner.instance, deadline).await?;
+        let Some(precertificate) = claimed else { return Ok(None) };
         let Some(serial) = precertificate else {
             let problem = Problem::internal(
                 "issuance was interrupted before a certificate was signed; finalize a new order for these names",

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) background: TaskTracker,
     /// Fired when the grace period for stopping is over: the tasks still running record their failure and end.
     pub(crate) abandon: CancellationToken,
+    /// This replica's name in its heartbeats and in the work it owns (random, new at every start).
+    pub(crate) instance: String,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -104,6 +106,7 @@ impl Registrar {
                 policy: IdentifierPolicy::new(&config.blocklists),
                 background: TaskTracker::new(),
                 abandon: CancellationToken::new(),
+                instance: random_instance()?,
             }),
         })
     }
@@ -460,6 +463,7 @@ impl Registrar {
             id: authz.id,
             attempted: challenge.kind.as_str().to_owned(),
             attempted_at: now(),
+            owner: self.inner.instance.clone(),
         };
         match self.inner.sa.set_authorization_processing(processing, deadline).await {
             Ok(()) => {
@@ -671,7 +675,7 @@ impl Registrar {
             }
         }
 
-        inner.sa.set_order_processing(order.id, deadline).await?;
+        inner.sa.set_order_processing(order.id, &inner.instance, deadline).await?;
         if inner.async_finalize {
             let registrar = self.clone();
             // The sa's conditional update succeeded: the order is processing, without reading it back (the sa
@@ -913,6 +917,13 @@ fn subject_public_key(spki_der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::FromDer;
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
     Some(spki.subject_public_key.data.to_vec())
+}
+
+/// A replica's name for its heartbeats: 64 random bits, hex.
+fn random_instance() -> Result<String, Error> {
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::Invalid("the random number generator failed".into()))?;
+    Ok(hex::encode(bytes))
 }
 
 /// 32 random bytes, base64url: a challenge token (RFC 8555 §8.1 asks for at least 128 bits).

@@ -10,7 +10,7 @@ mod server;
 pub mod status;
 pub mod store;
 
-pub use recovery::StuckItem;
+pub use recovery::{StuckItem, StuckSince};
 
 use std::future::Future;
 

@@ -240,8 +240,9 @@ impl StorageAuthorityReadOnly for Storage {
         let items = |list: Vec<crate::StuckItem>| {
             list.into_iter().map(|item| sapb::StuckItem { id: item.id, since: item.since }).collect()
         };
-        let authorizations = self.store.stuck_authorizations(req.authorizations_before, limit).await?;
-        let orders = self.store.stuck_orders(req.orders_before, limit).await?;
+        let since = |before| crate::StuckSince { before, orphaned_before: req.orphaned_before };
+        let authorizations = self.store.stuck_authorizations(since(req.authorizations_before), limit).await?;
+        let orders = self.store.stuck_orders(since(req.orders_before), limit).await?;
         reply(Ok(sapb::StuckWork { authorizations: items(authorizations), orders: items(orders) }))
     }
 }
@@ -321,7 +322,7 @@ impl StorageAuthority for Storage {
         let req = request.into_inner();
         reply(
             self.store
-                .set_authorization_processing(req.id, &req.attempted, req.attempted_at)
+                .set_authorization_processing(req.id, &req.attempted, req.attempted_at, &req.owner)
                 .await
                 .map(|()| pb::Empty {}),
         )
@@ -347,8 +348,17 @@ impl StorageAuthority for Storage {
         reply(self.store.deactivate_authorization(request.get_ref().id).await.map(|a| pb::Authorization::from(&a)))
     }
 
-    async fn set_order_processing(&self, request: Request<sapb::OrderId>) -> Reply<pb::Empty> {
-        reply(self.store.set_order_processing(request.get_ref().id).await.map(|()| pb::Empty {}))
+    async fn set_order_processing(&self, request: Request<sapb::SetOrderProcessingRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        reply(self.store.set_order_processing(req.id, &req.owner).await.map(|()| pb::Empty {}))
+    }
+
+    async fn heartbeat(&self, request: Request<sapb::HeartbeatRequest>) -> Reply<pb::Empty> {
+        let req = request.into_inner();
+        if req.instance.is_empty() || req.instance.len() > 64 {
+            return Err(Problem::malformed("a heartbeat names its instance in at most 64 characters").into());
+        }
+        reply(self.store.heartbeat(&req.instance, req.ttl_secs.min(3_600)).await.map(|()| pb::Empty {}))
     }
 
     async fn set_order_error(&self, request: Request<sapb::SetOrderErrorRequest>) -> Reply<pb::Empty> {
@@ -459,7 +469,7 @@ impl StorageAuthority for Storage {
         request: Request<sapb::ClaimStuckRequest>,
     ) -> Reply<sapb::ClaimedAuthorization> {
         let req = request.into_inner();
-        let claimed = self.store.claim_stuck_authorization(req.id, req.since).await;
+        let claimed = self.store.claim_stuck_authorization(req.id, req.since, &req.owner).await;
         reply(claimed.map(|recoveries| sapb::ClaimedAuthorization {
             claimed: recoveries.is_some(),
             recoveries: recoveries.unwrap_or_default(),
@@ -468,7 +478,7 @@ impl StorageAuthority for Storage {
 
     async fn claim_stuck_order(&self, request: Request<sapb::ClaimStuckRequest>) -> Reply<sapb::ClaimedOrder> {
         let req = request.into_inner();
-        let claimed = self.store.claim_stuck_order(req.id, req.since).await;
+        let claimed = self.store.claim_stuck_order(req.id, req.since, &req.owner).await;
         reply(claimed.map(|serial| sapb::ClaimedOrder {
             claimed: serial.is_some(),
             precertificate_serial: serial.flatten().unwrap_or_default(),

@@ -453,20 +453,23 @@ impl Store {
         Ok(found)
     }
 
-    /// Marks a pending authorization as being validated: a fuse against two validations at once.
+    /// Marks a pending authorization as being validated by `owner` (an ra replica): a fuse against two
+    /// validations at once.
     pub async fn set_authorization_processing(
         &self,
         id: i64,
         attempted: &str,
         attempted_at: Timestamp,
+        owner: &str,
     ) -> Result<(), Problem> {
         let updated = sqlx::query(
-            "UPDATE authorizations SET attempted = $1, attempted_at = $2 WHERE id = $3 AND status = 'pending' AND attempted IS NULL AND expires > $4",
+            "UPDATE authorizations SET attempted = $1, attempted_at = $2, attempted_by = $5 WHERE id = $3 AND status = 'pending' AND attempted IS NULL AND expires > $4",
         )
         .bind(attempted)
         .bind(attempted_at)
         .bind(id)
         .bind(now())
+        .bind(owner)
         .execute(&self.pool)
         .await
         .map_err(db_error)?
@@ -677,8 +680,8 @@ impl Store {
         Err(Problem::not_found("no reusable order"))
     }
 
-    /// Starts finalization: succeeds once per order, and only when the order is ready.
-    pub async fn set_order_processing(&self, id: i64) -> Result<(), Problem> {
+    /// Starts finalization by `owner` (an ra replica): succeeds once per order, and only when the order is ready.
+    pub async fn set_order_processing(&self, id: i64, owner: &str) -> Result<(), Problem> {
         // The fuse is the conditional UPDATE alone: no transaction is held open while the order is read, so that
         // racing callers never wait on each other for a pooled connection.
         let order = self.get_order(id).await?;
@@ -688,13 +691,16 @@ impl Store {
                 format!("order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
             ));
         }
-        let updated = sqlx::query("UPDATE orders SET began_processing = $1 WHERE id = $2 AND began_processing = 0")
-            .bind(now().max(1))
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
+        let updated = sqlx::query(
+            "UPDATE orders SET began_processing = $1, processing_by = $3 WHERE id = $2 AND began_processing = 0",
+        )
+        .bind(now().max(1))
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
         if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing")) }
     }
 

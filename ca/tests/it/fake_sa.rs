@@ -11,7 +11,7 @@ use quarry_proto::core::{Account, Empty, Order};
 use quarry_proto::sa::storage_authority_server::{StorageAuthority, StorageAuthorityServer};
 use quarry_proto::sa::{
     AddCertificateRequest, AddSerialRequest, FinalizeAuthorizationRequest, FinalizeOrderRequest,
-    NewOrderAndAuthorizationsRequest, OrderId, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
+    NewOrderAndAuthorizationsRequest, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
 };
 use quarry_testkit::pki::TestPki;
 use tonic::{Request, Response, Status};
@@ -193,7 +193,14 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
-    async fn set_order_processing(&self, _: Request<OrderId>) -> Result<Response<Empty>, Status> {
+    async fn set_order_processing(
+        &self,
+        _: Request<quarry_proto::sa::SetOrderProcessingRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn heartbeat(&self, _: Request<quarry_proto::sa::HeartbeatRequest>) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }
 

@@ -387,16 +387,24 @@ impl SaClient {
         )
     }
 
-    pub async fn set_order_processing(&self, id: i64, deadline: Deadline) -> Result<(), Problem> {
+    /// Starts finalization by `owner` (an ra replica's heartbeat instance).
+    pub async fn set_order_processing(&self, id: i64, owner: &str, deadline: Deadline) -> Result<(), Problem> {
+        let request = SetOrderProcessingRequest { id, owner: owner.to_owned() };
         rpc!(
             self.peer,
             Rw,
             set_order_processing,
             "/quarry.sa.v1.StorageAuthority/SetOrderProcessing",
-            OrderId { id },
+            request,
             deadline
         )
         .map(drop)
+    }
+
+    /// Says that ra replica `instance` is alive for `ttl_secs` more; 0 says it is gone.
+    pub async fn heartbeat(&self, instance: &str, ttl_secs: i64, deadline: Deadline) -> Result<(), Problem> {
+        let request = HeartbeatRequest { instance: instance.to_owned(), ttl_secs };
+        rpc!(self.peer, Rw, heartbeat, "/quarry.sa.v1.StorageAuthority/Heartbeat", request, deadline).map(drop)
     }
 
     pub async fn set_order_error(&self, id: i64, error: &Problem, deadline: Deadline) -> Result<(), Problem> {
@@ -486,9 +494,15 @@ impl SaClient {
         .map(drop)
     }
 
-    /// Takes a stuck validation over: `None` when another caller did first; else how often it was taken over before.
-    pub async fn claim_stuck_authorization(&self, item: StuckItem, deadline: Deadline) -> Result<Option<i64>, Problem> {
-        let request = ClaimStuckRequest { id: item.id, since: item.since };
+    /// Takes a stuck validation over for `owner`: `None` when another caller did first; else how often it was taken
+    /// over before.
+    pub async fn claim_stuck_authorization(
+        &self,
+        item: StuckItem,
+        owner: &str,
+        deadline: Deadline,
+    ) -> Result<Option<i64>, Problem> {
+        let request = ClaimStuckRequest { id: item.id, since: item.since, owner: owner.to_owned() };
         let claimed = rpc!(
             self.peer,
             Rw,
@@ -500,14 +514,15 @@ impl SaClient {
         Ok(claimed.claimed.then_some(claimed.recoveries))
     }
 
-    /// Takes a stuck order over: `None` when another caller did first; else the serial of its precertificate, if
-    /// one was stored.
+    /// Takes a stuck order over for `owner`: `None` when another caller did first; else the serial of its
+    /// precertificate, if one was stored.
     pub async fn claim_stuck_order(
         &self,
         item: StuckItem,
+        owner: &str,
         deadline: Deadline,
     ) -> Result<Option<Option<String>>, Problem> {
-        let request = ClaimStuckRequest { id: item.id, since: item.since };
+        let request = ClaimStuckRequest { id: item.id, since: item.since, owner: owner.to_owned() };
         let claimed = rpc!(
             self.peer,
             Rw,

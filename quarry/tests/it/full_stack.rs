@@ -19,8 +19,8 @@ pub(crate) struct Stack {
     pub(crate) _process: tokio::process::Child,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) challtestsrv: RunningServer,
-    directory_url: String,
-    tls_ca_pem: PathBuf,
+    pub(crate) directory_url: String,
+    pub(crate) tls_ca_pem: PathBuf,
     root_pem: PathBuf,
 }
 
@@ -62,6 +62,16 @@ impl Stack {
 
     /// As [`Stack::start_with`], with more `quarry dev` arguments.
     pub(crate) async fn start_with_args(db: Option<&str>, remote_b_dns: Option<SocketAddr>, extra: &[String]) -> Stack {
+        Self::start_with_env(db, remote_b_dns, extra, &[]).await
+    }
+
+    /// As [`Stack::start_with_args`], with `env` in the environment of `quarry dev` and every service it starts.
+    pub(crate) async fn start_with_env(
+        db: Option<&str>,
+        remote_b_dns: Option<SocketAddr>,
+        extra: &[String],
+        env: &[(&str, String)],
+    ) -> Stack {
         quarry_core::install_crypto_provider();
         let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
         let challtestsrv = ChallTestSrv::start(ChallConfig {
@@ -103,6 +113,7 @@ impl Stack {
             .arg("--crl-addr")
             .arg(format!("127.0.0.1:{}", ports + 7))
             .args(extra)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -188,7 +199,7 @@ pub(crate) fn logs(dir: &Path) -> String {
     out
 }
 
-fn csr_for(names: &[&str]) -> Vec<u8> {
+pub(crate) fn csr_for(names: &[&str]) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use quarry_ca::issuance::{CertProfile, IssueRequest, Issuer, issuer_id, prepare_precertificate, random_serial};
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
-use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest, OrderId};
+use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest, SetOrderProcessingRequest};
 use quarry_ra::{Registrar, SweepReport};
+
+use quarry_testkit::stack::InProcessStack;
 
 use crate::{Stack, csr};
 
@@ -73,7 +75,11 @@ async fn an_order_left_processing_is_finished_from_its_precertificate_or_failed(
     let names = ["recovered.example.org"];
     let order = stack.order(account.id, &names).await.unwrap();
     stack.validate_all(&order, account.id).await;
-    as_ca.clone().set_order_processing(OrderId { id: order.id }).await.unwrap();
+    as_ca
+        .clone()
+        .set_order_processing(SetOrderProcessingRequest { id: order.id, owner: "ra-dead".into() })
+        .await
+        .unwrap();
     let issuer = Issuer::from_pem_files(&stack.inner.pki.issuer_cert(), &stack.inner.pki.issuer_key()).unwrap();
     let serial = random_serial(1).unwrap();
     let request = IssueRequest {
@@ -104,7 +110,11 @@ async fn an_order_left_processing_is_finished_from_its_precertificate_or_failed(
     // An order whose ra died before the ca was asked.
     let early = stack.order(account.id, &["early.example.org"]).await.unwrap();
     stack.validate_all(&early, account.id).await;
-    as_ca.clone().set_order_processing(OrderId { id: early.id }).await.unwrap();
+    as_ca
+        .clone()
+        .set_order_processing(SetOrderProcessingRequest { id: early.id, owner: "ra-dead".into() })
+        .await
+        .unwrap();
 
     let report = sweeper.sweep_older_than(Duration::from_secs(3600), NOW).await;
     assert_eq!(report, SweepReport { orders_completed: 1, orders_failed: 1, ..SweepReport::default() });
@@ -122,4 +132,38 @@ async fn an_order_left_processing_is_finished_from_its_precertificate_or_failed(
     assert_eq!(failed.status, "invalid");
     assert!(failed.error.unwrap().detail.contains("before a certificate was signed"));
     assert_eq!(sweeper.sweep_older_than(NOW, NOW).await, SweepReport::default(), "nothing left");
+}
+
+/// A replica that is gone (its heartbeat removed, as at its stop, or lapsed, as after a crash) has its validation
+/// taken over by the next sweep of another — here the stack's own ra — long before the deadline.
+#[tokio::test]
+async fn the_validation_of_a_replica_that_is_gone_is_taken_over_at_once() {
+    use quarry_proto::ra::PerformValidationRequest;
+    use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
+    // Validations may take longer than the few seconds after which a gone replica's work counts as orphaned.
+    let stack = Stack { inner: InProcessStack::start(false, |ra| ra.validation_timeout_ms = 30_000).await };
+    let (account, _) = stack.account().await;
+    let dying = sweeper(&stack).await;
+    dying.heartbeat().await.unwrap();
+    stack.inner.va.hold(true);
+    let order = stack.order(account.id, &["orphaned.example.org"]).await.unwrap();
+    let id = order.authorization_ids[0];
+    let request = PerformValidationRequest {
+        authorization_id: id,
+        challenge_index: 0,
+        account_id: account.id,
+        ..Default::default()
+    };
+    RegistrationAuthority::perform_validation(&dying, tonic::Request::new(request)).await.unwrap();
+    // Its owner alive, the validation is left alone (its deadline is far).
+    tokio::time::sleep(quarry_ra::SWEEP_PERIOD * 2).await;
+    assert_eq!(stack.inner.va.calls(), 1);
+    dying.farewell().await;
+    let gone = Instant::now();
+    while stack.inner.va.calls() < 2 {
+        assert!(gone.elapsed() < Duration::from_secs(15), "nobody took the validation over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.inner.va.hold(false);
+    wait_for_status(&stack, id, "valid").await;
 }

@@ -127,6 +127,7 @@ async fn validate(sa: &Sa, authz_id: i64, status: &str) {
             id: authz_id,
             attempted: "http-01".into(),
             attempted_at: now,
+            owner: "ra-test".into(),
         })
         .await
         .unwrap();
@@ -221,8 +222,15 @@ async fn orders_derive_their_status_from_their_authorizations() {
         assert_eq!(valid.len(), 2);
 
         // Finalization is a fuse.
-        sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap();
-        let second = sa.rw("ra").set_order_processing(OrderId { id: order.id }).await.unwrap_err();
+        sa.rw("ra")
+            .set_order_processing(SetOrderProcessingRequest { id: order.id, owner: "ra-test".into() })
+            .await
+            .unwrap();
+        let second = sa
+            .rw("ra")
+            .set_order_processing(SetOrderProcessingRequest { id: order.id, owner: "ra-test".into() })
+            .await
+            .unwrap_err();
         assert_eq!(problem_kind(&second), quarry_core::ErrorKind::OrderNotReady);
         let order = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
         assert_eq!(order.status, "processing");
@@ -250,6 +258,7 @@ async fn a_failed_authorization_invalidates_its_order_and_cannot_be_validated_tw
                 id,
                 attempted: "http-01".into(),
                 attempted_at: 1,
+                owner: "ra-test".into(),
             })
             .await
             .unwrap();
@@ -259,6 +268,7 @@ async fn a_failed_authorization_invalidates_its_order_and_cannot_be_validated_tw
                 id,
                 attempted: "dns-01".into(),
                 attempted_at: 1,
+                owner: "ra-test".into(),
             })
             .await
             .unwrap_err();

@@ -103,8 +103,8 @@ async fn fuses_let_one_caller_through() {
         let owner = account(&store).await;
         let order = store.new_order_and_authorizations(&order_for(owner.id, &["fuse.example.org"])).await.unwrap();
         let authz = order.authorization_ids[0];
-        store.set_authorization_processing(authz, "http-01", now()).await.unwrap();
-        let second = store.set_authorization_processing(authz, "http-01", now()).await.unwrap_err();
+        store.set_authorization_processing(authz, "http-01", now(), "ra-test").await.unwrap();
+        let second = store.set_authorization_processing(authz, "http-01", now(), "ra-test").await.unwrap_err();
         assert_eq!(second.kind, ErrorKind::Conflict, "{}", db.url);
         let ready = quarry_sa::store::ValidationOutcome {
             id: authz,
@@ -122,8 +122,8 @@ async fn fuses_let_one_caller_through() {
             quarry_sa::store::ValidationOutcome { status: quarry_core::model::AuthorizationStatus::Invalid, ..ready };
         let late = store.finalize_authorization(&other).await;
         assert!(late.is_err(), "{}", db.url);
-        store.set_order_processing(order.id).await.unwrap();
-        let twice = store.set_order_processing(order.id).await.unwrap_err();
+        store.set_order_processing(order.id, "ra-test").await.unwrap();
+        let twice = store.set_order_processing(order.id, "ra-test").await.unwrap_err();
         assert_eq!(twice.kind, ErrorKind::OrderNotReady, "{}", db.url);
     }
 }
@@ -301,6 +301,11 @@ async fn rate_limit_overrides_are_set_replaced_and_disabled() {
     }
 }
 
+/// Stuck past a deadline, whoever owns it.
+fn deadline(before: i64) -> quarry_sa::StuckSince {
+    quarry_sa::StuckSince { before, orphaned_before: 0 }
+}
+
 /// What a crashed ra or ca leaves behind can be found and taken over by exactly one sweeper, and every write a
 /// retry repeats is accepted the second time.
 #[tokio::test]
@@ -312,16 +317,33 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
         // A validation begun long ago and never recorded.
         let order = store.new_order_and_authorizations(&order_for(owner.id, &["stuck.example.org"])).await.unwrap();
         let authz_id = order.authorization_ids[0];
-        store.set_authorization_processing(authz_id, "http-01", now() - 600).await.unwrap();
-        let stuck = store.stuck_authorizations(now() - 300, 10).await.unwrap();
+        store.set_authorization_processing(authz_id, "http-01", now() - 600, "ra-gone").await.unwrap();
+        let stuck = store.stuck_authorizations(deadline(now() - 300), 10).await.unwrap();
         assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [authz_id], "{}", db.url);
-        assert!(store.stuck_authorizations(now() - 900, 10).await.unwrap().is_empty(), "{}", db.url);
+        assert!(store.stuck_authorizations(deadline(now() - 900), 10).await.unwrap().is_empty(), "{}", db.url);
         let since = stuck[0].since;
-        assert_eq!(store.claim_stuck_authorization(authz_id, since).await.unwrap(), Some(0), "{}", db.url);
-        assert_eq!(store.claim_stuck_authorization(authz_id, since).await.unwrap(), None, "one claim wins");
-        assert!(store.stuck_authorizations(now() - 300, 10).await.unwrap().is_empty(), "its deadline restarted");
-        let again = store.stuck_authorizations(now() + 1, 10).await.unwrap()[0];
-        assert_eq!(store.claim_stuck_authorization(authz_id, again.since).await.unwrap(), Some(1), "{}", db.url);
+        assert_eq!(
+            store.claim_stuck_authorization(authz_id, since, "ra-sweeper").await.unwrap(),
+            Some(0),
+            "{}",
+            db.url
+        );
+        assert_eq!(
+            store.claim_stuck_authorization(authz_id, since, "ra-sweeper").await.unwrap(),
+            None,
+            "one claim wins"
+        );
+        assert!(
+            store.stuck_authorizations(deadline(now() - 300), 10).await.unwrap().is_empty(),
+            "its deadline restarted"
+        );
+        let again = store.stuck_authorizations(deadline(now() + 1), 10).await.unwrap()[0];
+        assert_eq!(
+            store.claim_stuck_authorization(authz_id, again.since, "ra-sweeper").await.unwrap(),
+            Some(1),
+            "{}",
+            db.url
+        );
 
         // Its outcome recorded twice (a retry after a lost answer) is accepted; another outcome is not.
         let outcome = ValidationOutcome {
@@ -339,13 +361,17 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
         assert_eq!(store.finalize_authorization(&other).await.unwrap_err().kind, ErrorKind::Malformed);
 
         // An order processing since long ago, with a precertificate reserved for it: its claim finds it.
-        store.set_order_processing(order.id).await.unwrap();
-        let stuck = store.stuck_orders(now() + 1, 10).await.unwrap();
+        store.set_order_processing(order.id, "ra-test").await.unwrap();
+        let stuck = store.stuck_orders(deadline(now() + 1), 10).await.unwrap();
         assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [order.id], "{}", db.url);
-        assert!(store.stuck_orders(now() - 300, 10).await.unwrap().is_empty(), "{}", db.url);
-        let claimed = store.claim_stuck_order(order.id, stuck[0].since).await.unwrap();
+        assert!(store.stuck_orders(deadline(now() - 300), 10).await.unwrap().is_empty(), "{}", db.url);
+        let claimed = store.claim_stuck_order(order.id, stuck[0].since, "ra-sweeper").await.unwrap();
         assert_eq!(claimed, Some(None), "no precertificate yet: {}", db.url);
-        assert_eq!(store.claim_stuck_order(order.id, stuck[0].since).await.unwrap(), None, "one claim wins");
+        assert_eq!(
+            store.claim_stuck_order(order.id, stuck[0].since, "ra-sweeper").await.unwrap(),
+            None,
+            "one claim wins"
+        );
         store.add_serial(owner.id, order.id, "05ab", now(), now() + 90 * DAY).await.unwrap();
         let der = certificate(&["stuck.example.org"], &[0x05, 0xab], now());
         store.add_precertificate(owner.id, &der, now(), 7).await.unwrap();
@@ -355,9 +381,9 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
             store.add_precertificate(owner.id, &other_der, now(), 7).await.unwrap_err().kind,
             ErrorKind::Duplicate
         );
-        let since = store.stuck_orders(now() + 2, 10).await.unwrap()[0].since;
+        let since = store.stuck_orders(deadline(now() + 2), 10).await.unwrap()[0].since;
         assert_eq!(
-            store.claim_stuck_order(order.id, since).await.unwrap(),
+            store.claim_stuck_order(order.id, since, "ra-sweeper").await.unwrap(),
             Some(Some("05ab".to_owned())),
             "{}",
             db.url
@@ -374,7 +400,7 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
         store.finalize_order(order.id, "05ab").await.expect("recording it again is accepted");
         let late = store.set_order_error(order.id, &quarry_core::Problem::internal("too late")).await.unwrap_err();
         assert_eq!(late.kind, ErrorKind::Conflict, "{}", db.url);
-        assert!(store.stuck_orders(now() + 5, 10).await.unwrap().is_empty(), "{}", db.url);
+        assert!(store.stuck_orders(deadline(now() + 5), 10).await.unwrap().is_empty(), "{}", db.url);
     }
 }
 
@@ -392,5 +418,50 @@ async fn replicas_starting_together_migrate_once() {
             opened.unwrap_or_else(|e| panic!("{}: {e}", db.url));
         }
         assert_eq!(db.count("schema_migrations").await, 7, "{}", db.url);
+    }
+}
+
+/// Work whose ra replica stopped sending heartbeats is stuck at once, however young; a live replica's is not.
+#[tokio::test]
+async fn the_work_of_a_replica_whose_heartbeat_lapsed_is_orphaned() {
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let order = store.new_order_and_authorizations(&order_for(owner.id, &["orphan.example.org"])).await.unwrap();
+        let authz_id = order.authorization_ids[0];
+        store.heartbeat("ra-alive", 15).await.unwrap();
+        store.heartbeat("ra-dying", 15).await.unwrap();
+        store.set_authorization_processing(authz_id, "http-01", now() - 10, "ra-dying").await.unwrap();
+        let orphaned = quarry_sa::StuckSince { before: now() - 3600, orphaned_before: now() - 5 };
+        assert!(store.stuck_authorizations(orphaned, 10).await.unwrap().is_empty(), "its owner is alive: {}", db.url);
+        store.heartbeat("ra-dying", 0).await.unwrap();
+        let stuck = store.stuck_authorizations(orphaned, 10).await.unwrap();
+        assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [authz_id], "{}", db.url);
+        let too_young = quarry_sa::StuckSince { before: now() - 3600, orphaned_before: now() - 60 };
+        assert!(store.stuck_authorizations(too_young, 10).await.unwrap().is_empty(), "{}", db.url);
+        // Claimed by the live replica, it is that one's now: not orphaned while it beats.
+        assert_eq!(store.claim_stuck_authorization(authz_id, stuck[0].since, "ra-alive").await.unwrap(), Some(0));
+        let later = quarry_sa::StuckSince { before: now() - 3600, orphaned_before: now() + 5 };
+        assert!(store.stuck_authorizations(later, 10).await.unwrap().is_empty(), "{}", db.url);
+
+        // The same for an order processing.
+        let order = store.new_order_and_authorizations(&order_for(owner.id, &["orphan2.example.org"])).await.unwrap();
+        store.set_authorization_processing(order.authorization_ids[0], "http-01", now(), "ra-alive").await.unwrap();
+        store
+            .finalize_authorization(&quarry_sa::store::ValidationOutcome {
+                id: order.authorization_ids[0],
+                status: quarry_core::model::AuthorizationStatus::Valid,
+                expires: now() + DAY,
+                attempted: "http-01".into(),
+                attempted_at: now(),
+                records: Vec::new(),
+                error: None,
+            })
+            .await
+            .unwrap();
+        store.set_order_processing(order.id, "ra-gone").await.unwrap();
+        let stuck = store.stuck_orders(later, 10).await.unwrap();
+        assert_eq!(stuck.iter().map(|s| s.id).collect::<Vec<_>>(), [order.id], "never beat: {}", db.url);
+        assert_eq!(store.claim_stuck_order(order.id, stuck[0].since, "ra-alive").await.unwrap(), Some(None));
+        assert!(store.stuck_orders(later, 10).await.unwrap().is_empty(), "{}", db.url);
     }
 }
