@@ -2,8 +2,10 @@
 # The container stack, really run: starts a Docker engine when none answers (no bridge, no iptables: nothing but
 # the host's network), builds the images locally (a Debian base from debootstrap, the Quarry image from the host's
 # binary, PostgreSQL and Redis from Debian's packages), brings deploy/compose up on the host's loopback
-# (host-network.yml), waits for every health check, obtains a certificate with certbot and verifies it, fetches a
-# CRL, and takes the stack down. When the engine cannot start, this fails and says why.
+# (host-network.yml) — two containers of every replicated service, the load balancer in front of the wfes — waits
+# for every health check, obtains a certificate with certbot and verifies it, fetches a CRL, stops one container of
+# each of the ra, the sa and the wfe and obtains another, and takes the stack down. When the engine cannot start,
+# this fails and says why.
 #
 #   scripts/compose-test.sh          (QUARRY_BIN: the binary to put in the image, default target/debug/quarry)
 set -euo pipefail
@@ -70,15 +72,17 @@ echo "==> the stack, on 127.0.0.1 (every container on the host's network)"
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 # `up` waits for each service's health check before starting the services that depend on it; the trace viewer's
 # image comes from a registry, so it is not started here.
-timeout 300 "${compose[@]}" up -d --no-build wfe crl-updater
-for _ in $(seq 60); do
-  [[ $(docker inspect -f '{{.State.Health.Status}}' "${project}_wfe_1") == healthy ]] && break
-  sleep 1
+replicated=(nonce sa va-remote-a va-remote-b va publisher ca ra wfe)
+services=(lb crl-updater)
+for service in "${replicated[@]}"; do services+=("$service" "$service-2"); done
+timeout 300 "${compose[@]}" up -d --no-build "${services[@]}"
+healthy() { [[ $(docker inspect -f '{{.State.Health.Status}}' "${project}_$1_1" 2>/dev/null) == healthy ]]; }
+for service in "${replicated[@]}"; do
+  for replica in "$service" "$service-2"; do
+    for _ in $(seq 60); do healthy "$replica" && break; sleep 1; done
+    healthy "$replica" || { echo "compose-test: $replica did not become healthy" >&2; exit 1; }
+  done
 done
-[[ $(docker inspect -f '{{.State.Health.Status}}' "${project}_wfe_1") == healthy ]] || {
-  echo "compose-test: the wfe did not become healthy" >&2
-  exit 1
-}
 bridges=$(docker network ls --filter driver=bridge --format '{{.Name}}')
 [[ -z $bridges ]] || { echo "compose-test: bridge networks exist: $bridges" >&2; exit 1; }
 
@@ -108,4 +112,16 @@ openssl crl -inform DER -in "$work/shard.crl" -noout -CAfile "$live/chain.pem" -
   echo "compose-test: no verifiable CRL at $crl_url" >&2
   exit 1
 }
+echo "==> one container of the ra, the sa and the wfe stopped: the other replicas carry on"
+"${compose[@]}" stop ra sa wfe >/dev/null 2>&1
+REQUESTS_CA_BUNDLE=$work/tls-ca.pem timeout 180 certbot certonly --non-interactive --agree-tos \
+  --register-unsafely-without-email --server https://localhost:14000/directory \
+  --standalone --http-01-address 127.0.0.1 --http-01-port 5002 \
+  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs" \
+  --cert-name replicas -d replicas.quarry-interop.org >"$work/certbot.out" 2>&1 || {
+  cat "$work/certbot.out" "$work/certbot/logs/letsencrypt.log" >&2
+  exit 1
+}
+openssl verify -CAfile "$work/root.pem" -untrusted "$work/certbot/config/live/replicas/chain.pem" \
+  "$work/certbot/config/live/replicas/cert.pem"
 echo "compose-test: passed (certificate $(openssl x509 -in "$live/cert.pem" -noout -serial), CRL $crl_url)"

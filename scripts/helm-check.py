@@ -4,9 +4,13 @@
 - `helm lint --strict` passes for every environment's values;
 - the chart renders for values-staging.yaml and values-production.yaml, and every manifest validates against the
   Kubernetes 1.33 schemas;
-- an environment's values file sets only addresses, and the rendered staging and production manifests differ only in
-  allowed fields (namespace, the external host, the overlay's configuration — which `quarry env check` checks — and
-  the configuration checksum); a deliberately drifting render (a replica count changed) must fail that comparison;
+- an environment's values file sets only addresses and replica counts (`scale`, at least 2 for a replicated service,
+  never the crl-updater's), and the rendered staging and production manifests differ only in allowed fields
+  (namespace, the external host, the overlay's configuration — which `quarry env check` checks —, the configuration
+  checksum, and replica counts of 2 or more); a deliberately drifting render (a service down to one replica) must
+  fail that comparison;
+- every replicated service runs at least two replicas with a PodDisruptionBudget, rolls out one new pod before an
+  old one goes, and keeps serving a moment after it is told to stop (preStop);
 - the NetworkPolicies mirror the gRPC allowlists of deploy/env/base, and each service's egress matches the peers its
   merged configuration addresses.
 
@@ -25,8 +29,10 @@ import yaml
 
 KUBE_VERSION = "1.33.0"
 ENVIRONMENTS = ("staging", "production")
-# The only keys an environment's values file may set (dotted paths).
+# The only keys an environment's values file may set (dotted paths), besides `scale.<service>`.
 ALLOWED_VALUES = {"environment", "namespace", "wfe.externalHost", "wfe.loadBalancerSourceRanges"}
+# The one service that runs alone (its leases let several share the work, but none is needed for availability).
+SINGLE = {"crl-updater"}
 
 
 def flatten(value, prefix=""):
@@ -79,8 +85,38 @@ def compare(a, b):
     for key in sorted(set(a) & set(b)):
         fa, fb = flatten(a[key]), flatten(b[key])
         for path in sorted(set(fa) | set(fb)):
-            if fa.get(path) != fb.get(path) and not allowed_difference(*key, path):
-                findings.append(f"{key[0]}/{key[1]}: {path}: {fa.get(path)!r} ≠ {fb.get(path)!r}")
+            if fa.get(path) == fb.get(path) or allowed_difference(*key, path):
+                continue
+            # Capacity may differ, as long as both run the replicated topology.
+            scaled = key[0] == "Deployment" and path == "spec.replicas"
+            if scaled and min(fa.get(path) or 0, fb.get(path) or 0) >= 2:
+                continue
+            findings.append(f"{key[0]}/{key[1]}: {path}: {fa.get(path)!r} ≠ {fb.get(path)!r}")
+    return findings
+
+
+def check_replication(objects, environment):
+    """Every replicated service: two replicas or more, a disruption budget, surge-first rollouts and a preStop pause."""
+    findings = []
+    for (kind, name), obj in objects.items():
+        if kind != "Deployment":
+            continue
+        service = name.removeprefix("quarry-")
+        spec = obj["spec"]
+        if service in SINGLE:
+            if spec["replicas"] != 1:
+                findings.append(f"{environment}: {name} runs {spec['replicas']} replicas, not 1")
+            continue
+        if spec["replicas"] < 2:
+            findings.append(f"{environment}: {name} runs {spec['replicas']} replica: a replicated service runs 2 or more")
+        if ("PodDisruptionBudget", name) not in objects:
+            findings.append(f"{environment}: {name} has no PodDisruptionBudget")
+        rolling = spec.get("strategy", {}).get("rollingUpdate", {})
+        if rolling.get("maxUnavailable") != 0:
+            findings.append(f"{environment}: {name} may take a pod down before its replacement is ready")
+        container = spec["template"]["spec"]["containers"][0]
+        if not container.get("lifecycle", {}).get("preStop") or "readinessProbe" not in container:
+            findings.append(f"{environment}: {name} stops without a readiness probe and a preStop pause")
     return findings
 
 
@@ -161,9 +197,14 @@ def main():
     renders = {}
     for environment in ENVIRONMENTS:
         values = yaml.safe_load((chart_dir / f"values-{environment}.yaml").read_text())
-        extra = values_keys(values) - ALLOWED_VALUES
+        extra = {key for key in values_keys(values) - ALLOWED_VALUES if not key.startswith("scale.")}
         if extra:
-            findings.append(f"values-{environment}.yaml sets {sorted(extra)}: only {sorted(ALLOWED_VALUES)} may differ")
+            findings.append(f"values-{environment}.yaml sets {sorted(extra)}: only {sorted(ALLOWED_VALUES)} and "
+                            "scale.<service> may differ")
+        for service, replicas in (values.get("scale") or {}).items():
+            if service not in defaults["services"] or service in SINGLE or not isinstance(replicas, int) or replicas < 2:
+                findings.append(f"values-{environment}.yaml: scale.{service}: {replicas!r}: only a replicated "
+                                "service may be scaled, to 2 replicas or more")
         lint = helm_python.lint(str(chart_dir), values, strict=True, kube_version=f"v{KUBE_VERSION}")
         findings += [f"helm lint ({environment}): {error}" for error in lint.get("errors") or []]
         findings += [
@@ -184,18 +225,20 @@ def main():
             findings.append(f"{environment}: manifests do not validate:\n{validation.stdout}{validation.stderr}")
         merged_values = merge(yaml.safe_load(yaml.safe_dump(defaults)), values)
         findings += [f"{environment}: {f}" for f in check_network_policies(chart_dir, merged_values, objects, environment)]
+        findings += check_replication(objects, environment)
         kinds = sorted({kind for kind, _ in objects})
         print(f"{environment}: {len(objects)} objects ({', '.join(kinds)}) render and validate")
 
     differences = compare(renders["staging"], renders["production"])
     findings += [f"staging vs production: {d}" for d in differences]
 
-    # The comparison must catch drift: production with one more ra replica is not staging's topology.
+    # The comparison must catch drift: production with a lone ra is not staging's topology.
     production = yaml.safe_load((chart_dir / "values-production.yaml").read_text())
-    drifted = merge(production, {"services": {"ra": {"replicas": 5}}})
-    drift = compare(renders["staging"], render(chart, drifted, drifted["namespace"]))
+    drifted = merge(production, {"services": {"ra": {"replicas": 1}}})
+    drifted_objects = render(chart, drifted, drifted["namespace"])
+    drift = compare(renders["staging"], drifted_objects) + check_replication(drifted_objects, "drifted")
     if not any("Deployment/quarry-ra: spec.replicas" in d for d in drift):
-        findings.append(f"a drifting production (ra replicas 5) was not caught: {drift}")
+        findings.append(f"a drifting production (a lone ra) was not caught: {drift}")
 
     if findings:
         print("helm-check: FAILED", file=sys.stderr)

@@ -2,7 +2,9 @@
 # Interoperability against a freshly started `quarry dev`: certbot (http-01 standalone: issue, renew, revoke) and
 # lego (http-01: issue, renew, revoke; tls-alpn-01; dns-01 wildcard through the challenge test server). Every chain
 # is verified against the issuing root, renewals must bring a new serial, and a revoked certificate's ACME Renewal
-# Information (RFC 9773) must say "renew now". Everything listens on 127.0.0.1 only.
+# Information (RFC 9773) must say "renew now". Then the replicated stack (`quarry dev --replicas 2`): certbot and
+# lego again, lego once more right after one process each of the wfe, nonce, ra, sa, ca and va was killed. Everything
+# listens on loopback only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 quarry=${QUARRY_BIN:-$root/target/debug/quarry}
@@ -24,21 +26,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$quarry" dev --data-dir "$work/dev" --acme-addr "$acme_addr" --va-http-port "$http_port" --va-tls-port "$tls_port" \
-  --no-http01-responder --no-tlsalpn01-responder \
-  >"$work/dev.out" 2>&1 &
-dev_pid=$!
-for _ in $(seq 1 120); do
-  [[ -s $work/dev/stack.json ]] && break
-  kill -0 "$dev_pid" 2>/dev/null || { echo "quarry dev exited" >&2; exit 1; }
-  sleep 0.5
-done
-[[ -s $work/dev/stack.json ]] || { echo "quarry dev did not start within 60 s" >&2; exit 1; }
-directory=$(jq -r .directory_url "$work/dev/stack.json")
-tls_ca=$(jq -r .tls_ca_pem "$work/dev/stack.json")
-root_pem=$(jq -r .root_pem "$work/dev/stack.json")
-challtestsrv=$(jq -r .challtestsrv_url "$work/dev/stack.json")
-echo "quarry dev is up: $directory"
+# Starts `quarry dev` in $work/$1 with the other arguments, and waits until it says it is ready.
+start_dev() {
+  local dir=$work/$1; shift
+  "$quarry" dev --data-dir "$dir" --acme-addr "$acme_addr" --va-http-port "$http_port" --va-tls-port "$tls_port" \
+    --no-http01-responder --no-tlsalpn01-responder "$@" \
+    >"$work/dev.out" 2>&1 &
+  dev_pid=$!
+  for _ in $(seq 1 180); do
+    [[ -s $dir/stack.json ]] && break
+    kill -0 "$dev_pid" 2>/dev/null || { echo "quarry dev exited" >&2; exit 1; }
+    sleep 0.5
+  done
+  [[ -s $dir/stack.json ]] || { echo "quarry dev did not start within 90 s" >&2; exit 1; }
+  stack=$dir/stack.json
+  directory=$(jq -r .directory_url "$stack")
+  tls_ca=$(jq -r .tls_ca_pem "$stack")
+  root_pem=$(jq -r .root_pem "$stack")
+  challtestsrv=$(jq -r .challtestsrv_url "$stack")
+  echo "quarry dev is up: $directory ($*)"
+}
+
+stop_dev() {
+  kill "$dev_pid" 2>/dev/null || true
+  wait "$dev_pid" 2>/dev/null || true
+  dev_pid=
+}
+
+start_dev dev
 
 # Checks that a PEM chain file holds a leaf for the expected names that chains to the issuing root.
 check_chain() {
@@ -142,6 +157,29 @@ EXEC_PATH=$work/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 \
   run_lego --dns exec --dns.resolvers "127.0.0.1:8053" --dns.disable-cp \
   -d '*.lego-dns.quarry-interop.org' -d lego-dns.quarry-interop.org run
 check_chain "$work/lego/certificates/_.lego-dns.quarry-interop.org.crt" '\*.lego-dns.quarry-interop.org' lego-dns.quarry-interop.org
+passed=$((passed + 1))
+
+stop_dev
+start_dev dev-replicated --replicas 2
+[[ $(jq '.replicas | length' "$stack") == 19 ]] || { echo "not 19 processes: $(jq -c '.replicas' "$stack")" >&2; exit 1; }
+
+echo "==> replicated: certbot, http-01"
+REQUESTS_CA_BUNDLE=$tls_ca certbot certonly --non-interactive --agree-tos --register-unsafely-without-email \
+  --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
+  --config-dir "$work/certbot2/config" --work-dir "$work/certbot2/work" --logs-dir "$work/certbot2/logs" \
+  --cert-name replicated -d replicated.quarry-interop.org
+check_chain "$work/certbot2/config/live/replicated/fullchain.pem" replicated.quarry-interop.org
+passed=$((passed + 1))
+
+echo "==> replicated: lego, right after one process each of the wfe, nonce, ra, sa, ca and va was killed"
+rm -rf "$work/lego"
+run_lego --http --http.port "127.0.0.1:$http_port" -d lego-before.quarry-interop.org run >/dev/null
+for name in wfe nonce-2 ra sa-2 ca va-2; do
+  kill -9 "$(jq -r --arg name "$name" '.replicas[] | select(.name == $name) | .pid' "$stack")"
+done
+run_lego --http --http.port "127.0.0.1:$http_port" -d lego-replicated.quarry-interop.org run
+check_chain "$work/lego/certificates/lego-replicated.quarry-interop.org.crt" lego-replicated.quarry-interop.org
+grep -q "ra exited" "$work/dev.out" || { echo "quarry dev did not notice the ra exit" >&2; exit 1; }
 passed=$((passed + 1))
 
 echo "interop: $passed passed, 0 failed"

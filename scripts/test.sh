@@ -95,7 +95,8 @@ trap stop_services EXIT
 echo "==> cargo test"
 cargo test --workspace --locked
 
-cargo build --locked -p quarry
+# The tests built target/debug/quarry (with fault points compiled in, inert unless a test arms them): the checks
+# below use that binary rather than rebuilding the workspace without them.
 echo "==> staging and production differ only in addresses/secrets, PKI and rate limits"
 "$root/target/debug/quarry" env check staging production
 

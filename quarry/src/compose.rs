@@ -45,6 +45,10 @@ pub struct ComposeInitArgs {
     /// Where every service exports its spans (OTLP/gRPC), e.g. the stack's Jaeger.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// How many containers of each replicable service the compose file runs (`<service>`, `<service>-2`…); each
+    /// gets its own configuration, and every peer's address lists them all.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,28 +75,39 @@ fn read_log_key(path: &Path) -> anyhow::Result<rcgen::KeyPair> {
 }
 
 impl ComposeInitArgs {
-    /// The host its peers dial `service` at.
-    fn host_of(&self, service: &str) -> String {
+    /// The host its peers dial replica `index` of `service` at: its container's name on the compose network, its
+    /// loopback address on the host's.
+    fn host_of(&self, service: &str, index: usize) -> String {
         match self.network {
-            Network::Bridge => service.to_owned(),
-            Network::Host => Ipv4Addr::LOCALHOST.to_string(),
+            Network::Bridge => env::replica_name(service, index),
+            Network::Host => dev::replica_ip(index).to_string(),
         }
     }
 
-    fn listen_ip(&self) -> IpAddr {
+    fn listen_ip(&self, index: usize) -> IpAddr {
         match self.network {
             Network::Bridge => Ipv4Addr::UNSPECIFIED.into(),
-            Network::Host => Ipv4Addr::LOCALHOST.into(),
+            Network::Host => dev::replica_ip(index).into(),
+        }
+    }
+
+    /// Where each replica listens on the host's network (the same as `quarry dev`'s defaults).
+    fn loopback(&self) -> dev::LoopbackLayout {
+        dev::LoopbackLayout {
+            replicas: self.replicas,
+            grpc_base_port: GRPC_BASE_PORT,
+            acme: SocketAddr::from((Ipv4Addr::LOCALHOST, ACME_PORT)),
+            crl: SocketAddr::from((Ipv4Addr::LOCALHOST, CRL_PORT)),
         }
     }
 
     /// The placeholders of the `dev` environment, filled for this stack; `log_keys` are the CT logs' public keys.
     async fn variables(&self, log_keys: [String; 2]) -> anyhow::Result<BTreeMap<&'static str, String>> {
         let data_dir = self.data_dir.display().to_string();
-        let listen = |port| SocketAddr::new(self.listen_ip(), port).to_string();
+        let listen = |port| SocketAddr::new(self.listen_ip(0), port).to_string();
         // The va takes its resolver as an address, so the challenge server's name is resolved here, once; compose
         // starts this after the challenge server.
-        let dns = tokio::net::lookup_host((self.host_of("challtestsrv"), DNS_PORT))
+        let dns = tokio::net::lookup_host((self.host_of("challtestsrv", 0), DNS_PORT))
             .await
             .context("resolve the challenge test server")?
             .find(SocketAddr::is_ipv4)
@@ -114,12 +129,18 @@ impl ComposeInitArgs {
             ("va_remote_b_dns", dns),
             ("va_http_port", HTTP01_PORT.to_string()),
             ("va_tls_port", TLSALPN01_PORT.to_string()),
-            ("ct_log_a_url", format!("http://{}:{}/", self.host_of("ct-log-a"), CT_LOG_PORTS[0])),
+            ("ct_log_a_url", format!("http://{}:{}/", self.host_of("ct-log-a", 0), CT_LOG_PORTS[0])),
             ("ct_log_a_key", log_a_key),
-            ("ct_log_b_url", format!("http://{}:{}/", self.host_of("ct-log-b"), CT_LOG_PORTS[1])),
+            ("ct_log_b_url", format!("http://{}:{}/", self.host_of("ct-log-b", 0), CT_LOG_PORTS[1])),
             ("ct_log_b_key", log_b_key),
         ]);
-        env::add_grpc_addresses(&mut vars, GRPC_BASE_PORT, 1, |_| self.listen_ip(), |service, _| self.host_of(service));
+        env::add_grpc_addresses(
+            &mut vars,
+            GRPC_BASE_PORT,
+            self.replicas,
+            |index| self.listen_ip(index),
+            |service, index| self.host_of(service, index),
+        );
         Ok(vars)
     }
 }
@@ -139,7 +160,14 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: None,
     };
-    dev::write_configs(&config_dir, &vars, &extras, &dev::Layout::single())?;
+    let loopback = args.loopback();
+    let replica_vars = |service: &str, index: usize, vars: &mut BTreeMap<&'static str, String>| match args.network {
+        // Each container listens on every address of its own; only the names peers dial differ.
+        Network::Bridge => {}
+        Network::Host => loopback.replica_vars(service, index, vars),
+    };
+    let layout = dev::Layout { replicas: args.replicas, replica_vars: &replica_vars };
+    dev::write_configs(&config_dir, &vars, &extras, &layout)?;
 
     let info = dev::StackInfo {
         directory_url: format!("{}/directory", vars["base_url"]),
@@ -159,8 +187,8 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// On the host's network every service listens on, and is dialled at, 127.0.0.1, and every configuration the
-    /// init writes is a valid typed configuration of its service.
+    /// On the host's network every replica listens on, and is dialled at, a loopback address of its own, and every
+    /// configuration the init writes is a valid typed configuration of its service.
     #[tokio::test]
     async fn host_network_init_writes_valid_loopback_configs() {
         let dir = tempfile::tempdir().unwrap();
@@ -170,15 +198,25 @@ mod tests {
             database_url: "postgres://quarry@127.0.0.1:15432/quarry".into(),
             redis_url: "redis://127.0.0.1:16379/".into(),
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            replicas: 2,
         };
         init(args).await.unwrap();
         for service in env::SERVICES {
-            let text = std::fs::read_to_string(dir.path().join(format!("config/{service}.toml"))).unwrap();
-            env::parse_as(service, &text, service).unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
-            assert!(!text.contains("0.0.0.0"), "{service} listens beyond loopback:\n{text}");
+            for index in 0..env::replicas_of(service, 2) {
+                let name = env::replica_name(service, index);
+                let text = std::fs::read_to_string(dir.path().join(format!("config/{name}.toml"))).unwrap();
+                env::parse_as(service, &text, &name).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+                assert!(!text.contains("0.0.0.0"), "{name} listens beyond loopback:\n{text}");
+            }
         }
+        assert!(!dir.path().join("config/crl-updater-2.toml").exists(), "one crl-updater");
         let ra = std::fs::read_to_string(dir.path().join("config/ra.toml")).unwrap();
-        assert!(ra.contains("redis://127.0.0.1:16379/") && ra.contains("https://127.0.0.1:9302"), "{ra}");
+        assert!(ra.contains("redis://127.0.0.1:16379/"), "{ra}");
+        assert!(ra.contains("https://127.0.0.1:9302,https://127.0.0.2:9302"), "both sa replicas: {ra}");
+        let ra_2 = std::fs::read_to_string(dir.path().join("config/ra-2.toml")).unwrap();
+        assert!(ra_2.contains("listen = \"127.0.0.2:9309\""), "{ra_2}");
+        let wfe_2 = std::fs::read_to_string(dir.path().join("config/wfe-2.toml")).unwrap();
+        assert!(wfe_2.contains("listen = \"127.0.0.3:14000\""), "behind the load balancer: {wfe_2}");
         assert!(ra.contains("otlp_endpoint = \"http://127.0.0.1:4317\""), "{ra}");
         let stack: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("stack.json")).unwrap()).unwrap();
@@ -194,8 +232,10 @@ mod tests {
             database_url: String::new(),
             redis_url: String::new(),
             otlp_endpoint: None,
+            replicas: 2,
         };
-        assert_eq!(args.host_of("va-remote-a"), "va-remote-a");
-        assert!(args.listen_ip().is_unspecified());
+        assert_eq!(args.host_of("va-remote-a", 0), "va-remote-a");
+        assert_eq!(args.host_of("va-remote-a", 1), "va-remote-a-2");
+        assert!(args.listen_ip(1).is_unspecified());
     }
 }

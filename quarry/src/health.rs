@@ -31,6 +31,8 @@ struct ProbeConfig {
     grpc: Option<GrpcListen>,
     /// The wfe's HTTPS listener.
     listen: Option<SocketAddr>,
+    /// The wfe's public URL: its certificate's name.
+    base_url: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -54,7 +56,16 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<()> {
     }
     let listen = config.listen.context("the configuration has neither [grpc] listen nor an HTTPS listen")?;
     let ca = args.https_ca.as_ref().context("--https-ca is needed to check the wfe")?;
-    tokio::time::timeout(TIMEOUT, healthz(reachable(listen), ca)).await.context("no answer in time")?
+    let name = config.base_url.as_deref().and_then(host_of).context("the wfe's configuration has no base_url")?;
+    let addr = reachable(listen);
+    let status = tokio::time::timeout(TIMEOUT, wfe_healthz(&tls_connector(ca)?, addr, &name))
+        .await
+        .context("no answer in time")?
+        .with_context(|| format!("wfe at {addr}"))?;
+    if status != 200 {
+        bail!("wfe at {addr}: /healthz answered {status}");
+    }
+    Ok(())
 }
 
 /// Where a server listening on `listen` is reached from its own host: the unspecified address means loopback.
@@ -66,16 +77,53 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `GET /healthz` over HTTPS, trusting `ca`; succeeds on status 200.
-async fn healthz(addr: SocketAddr, ca: &std::path::Path) -> anyhow::Result<()> {
-    use http_body_util::BodyExt;
-    let client = quarry_publisher::log::http_client(Some(ca))?;
-    let request = http::Request::get(format!("https://{addr}/healthz")).body(Default::default())?;
-    let response = client.request(request).await.with_context(|| format!("GET https://{addr}/healthz"))?;
-    let status = response.status();
-    if status != http::StatusCode::OK {
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        bail!("wfe at {addr}: {status}: {}", String::from_utf8_lossy(&body));
+/// The host name of an `https://` URL.
+fn host_of(url: &str) -> Option<String> {
+    let authority = url.strip_prefix("https://")?.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    Some(host.to_owned())
+}
+
+/// TLS to a wfe whose HTTPS certificate `ca` issued.
+pub fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))? {
+        roots.add(cert?)?;
     }
-    Ok(())
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+}
+
+/// The status of `GET /healthz` at the wfe replica at `addr`, over HTTP/1.1 and TLS, its certificate checked as
+/// `name` (the name clients reach it by, whatever address this replica has: a pod's, a loopback alias).
+pub async fn wfe_healthz(tls: &tokio_rustls::TlsConnector, addr: SocketAddr, name: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).map_err(std::io::Error::other)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut stream = tls.connect(server_name, tcp).await?;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    // "HTTP/1.1 200"
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wfes_name_is_its_base_urls_host() {
+        assert_eq!(super::host_of("https://localhost:14000").as_deref(), Some("localhost"));
+        assert_eq!(super::host_of("https://acme.example.com/").as_deref(), Some("acme.example.com"));
+        assert_eq!(super::host_of("https://[::1]:14000").as_deref(), Some("::1"));
+        assert_eq!(super::host_of("http://plain.example"), None);
+    }
 }

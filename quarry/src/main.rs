@@ -2,6 +2,7 @@
 //! `quarry dev` runs the whole split stack on one machine, every service its own process.
 
 mod admin;
+mod balancer;
 mod compose;
 mod dev;
 mod env;
@@ -55,6 +56,9 @@ enum Command {
     ComposeInit(compose::ComposeInitArgs),
     /// A fake Certificate Transparency log that signs real SCTs (the dev and container stacks' logs).
     FakeCtLog(compose::FakeCtLogArgs),
+    /// A TCP load balancer over replicas: connections in turn, a replica that refuses them skipped (the compose
+    /// stack's, in front of its wfes).
+    Balance(balancer::BalanceArgs),
     /// Exits 0 when a running service says it is ready (container health checks, Kubernetes probes).
     Health(health::HealthArgs),
     /// Proves an environment end to end: issues and revokes a certificate, timing every step.
@@ -287,6 +291,10 @@ fn main() -> ExitCode {
         Command::ComposeInit(args) => {
             quarry_core::telemetry::init_logs("compose-init");
             report("compose-init", runtime().block_on(compose::init(args)))
+        }
+        Command::Balance(args) => {
+            quarry_core::telemetry::init_logs("balance");
+            report("balance", runtime().block_on(balancer::run(args)))
         }
         Command::FakeCtLog(args) => {
             quarry_core::telemetry::init_logs("fake-ct-log");

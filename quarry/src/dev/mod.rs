@@ -5,7 +5,6 @@
 //! through the same client-side discovery and balancing as in Kubernetes (a static list here, a headless Service's
 //! DNS name there); a load balancer stands in front of the wfes.
 
-mod balancer;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -140,23 +139,40 @@ pub fn replica_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 1 + index as u8)
 }
 
-impl DevArgs {
-    fn replicas(&self) -> usize {
-        usize::from(self.replicas)
-    }
+/// Where the replicas of a stack on one host listen (`quarry dev`, the compose stack on the host's network): replica
+/// `i` of a service on 127.0.0.(1 + i) at its service's port; with several wfes, a load balancer takes the ACME and
+/// CRL addresses and wfe `i` listens on 127.0.0.(2 + i) at their ports.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopbackLayout {
+    pub replicas: usize,
+    pub grpc_base_port: u16,
+    pub acme: SocketAddr,
+    pub crl: SocketAddr,
+}
 
-    /// Where replica `index` of the wfe serves ACME and CRLs: the configured addresses themselves for a lone wfe;
-    /// behind the load balancer (which takes those), 127.0.0.(2 + index) on the same ports.
-    fn wfe_addrs(&self, index: usize) -> (SocketAddr, SocketAddr) {
-        if self.replicas() == 1 {
-            return (self.acme_addr, self.crl_addr);
+impl LoopbackLayout {
+    /// Where replica `index` of the wfe serves ACME and CRLs.
+    pub fn wfe_addrs(&self, index: usize) -> (SocketAddr, SocketAddr) {
+        if self.replicas == 1 {
+            return (self.acme, self.crl);
         }
         let ip = IpAddr::V4(replica_ip(index + 1));
-        (SocketAddr::new(ip, self.acme_addr.port()), SocketAddr::new(ip, self.crl_addr.port()))
+        (SocketAddr::new(ip, self.acme.port()), SocketAddr::new(ip, self.crl.port()))
+    }
+
+    /// The wfes' ACME and CRL addresses, for the load balancer in front of them (none for a lone wfe).
+    pub fn balanced(&self) -> Vec<(SocketAddr, Vec<String>)> {
+        if self.replicas == 1 {
+            return Vec::new();
+        }
+        let wfes = |pick: fn((SocketAddr, SocketAddr)) -> SocketAddr| -> Vec<String> {
+            (0..self.replicas).map(|index| pick(self.wfe_addrs(index)).to_string()).collect()
+        };
+        vec![(self.acme, wfes(|(acme, _)| acme)), (self.crl, wfes(|(_, crl)| crl))]
     }
 
     /// Sets the placeholders replica `index` of `service` differs in: where it listens.
-    fn replica_vars(&self, service: &str, index: usize, vars: &mut BTreeMap<&'static str, String>) {
+    pub fn replica_vars(&self, service: &str, index: usize, vars: &mut BTreeMap<&'static str, String>) {
         if service == "wfe" {
             let (acme, crl) = self.wfe_addrs(index);
             vars.insert("acme_listen", acme.to_string());
@@ -167,7 +183,7 @@ impl DevArgs {
         }
     }
 
-    /// How the supervisor learns that replica `index` of `service` is ready.
+    /// How a supervisor learns that replica `index` of `service` is ready.
     fn health(&self, service: &str, index: usize) -> Health {
         match service {
             "wfe" => Health::Https { addr: self.wfe_addrs(index).0 },
@@ -176,6 +192,22 @@ impl DevArgs {
                 addr: SocketAddr::new(replica_ip(index).into(), env::grpc_port(self.grpc_base_port, other)),
                 server_name: format!("{other}.quarry"),
             },
+        }
+    }
+}
+
+impl DevArgs {
+    fn replicas(&self) -> usize {
+        usize::from(self.replicas)
+    }
+
+    /// Where each replica listens.
+    fn layout(&self) -> LoopbackLayout {
+        LoopbackLayout {
+            replicas: self.replicas(),
+            grpc_base_port: self.grpc_base_port,
+            acme: self.acme_addr,
+            crl: self.crl_addr,
         }
     }
 
@@ -344,14 +376,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: args.metrics_base_port,
     };
+    let loopback = args.layout();
     let layout = Layout {
         replicas: args.replicas(),
-        replica_vars: &|service, index, vars| args.replica_vars(service, index, vars),
+        replica_vars: &|service, index, vars| loopback.replica_vars(service, index, vars),
     };
     let specs = write_configs(&config_dir, &vars, &extras, &layout)?
         .into_iter()
         .map(|written| ReplicaSpec {
-            health: args.health(written.service, written.index),
+            health: loopback.health(written.service, written.index),
             subcommand: env::subcommand(written.service),
             service: written.service,
             name: written.name,
@@ -360,14 +393,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
 
     let stop_balancers = tokio_util::sync::CancellationToken::new();
-    if args.replicas() > 1 {
-        let wfes = |pick: fn((SocketAddr, SocketAddr)) -> SocketAddr| -> Vec<SocketAddr> {
-            (0..args.replicas()).map(|index| pick(args.wfe_addrs(index))).collect()
-        };
-        for (front, backends) in [(args.acme_addr, wfes(|(acme, _)| acme)), (args.crl_addr, wfes(|(_, crl)| crl))] {
-            let listener = tokio::net::TcpListener::bind(front).await.with_context(|| format!("bind {front}"))?;
-            tokio::spawn(balancer::serve(listener, backends, stop_balancers.clone()));
-        }
+    for (front, backends) in loopback.balanced() {
+        let listener = tokio::net::TcpListener::bind(front).await.with_context(|| format!("bind {front}"))?;
+        tokio::spawn(crate::balancer::serve(listener, backends, stop_balancers.clone()));
     }
     let supervisor = Supervisor::start(specs, &exe, &logs_dir)?;
     let (admin_cert, admin_key) = pki.service_cert("admin");
@@ -478,13 +506,6 @@ pub type ReplicaVars<'a> = &'a dyn Fn(&str, usize, &mut BTreeMap<&'static str, S
 pub struct Layout<'a> {
     pub replicas: usize,
     pub replica_vars: ReplicaVars<'a>,
-}
-
-impl Layout<'_> {
-    /// One process of each service, rendered as the variables say.
-    pub fn single() -> Layout<'static> {
-        Layout { replicas: 1, replica_vars: &|_, _, _| {} }
-    }
 }
 
 /// One replica's configuration file.

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -248,14 +246,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl HealthChecker {
     pub fn new(tls: quarry_core::config::TlsFiles, https_ca: &Path) -> anyhow::Result<Self> {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(https_ca).with_context(|| format!("read {}", https_ca.display()))? {
-            roots.add(cert?)?;
-        }
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        Ok(Self { tls, https: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+        Ok(Self { tls, https: crate::health::tls_connector(https_ca)? })
     }
 
     pub async fn check(&self, health: &Health) -> Result<(), String> {
@@ -266,29 +257,15 @@ impl HealthChecker {
                 let channel = quarry_core::grpc::channel(&client, &self.tls).map_err(|e| e.to_string())?;
                 quarry_core::grpc::check_health(channel, "", Some(Instant::now() + CHECK_TIMEOUT)).await
             }
-            Health::Https { addr } => match tokio::time::timeout(CHECK_TIMEOUT, self.healthz(*addr)).await {
-                Ok(Ok(200)) => Ok(()),
-                Ok(Ok(status)) => Err(format!("/healthz answered {status}")),
-                Ok(Err(err)) => Err(format!("unreachable ({err})")),
-                Err(_) => Err("no answer in time".to_owned()),
-            },
+            Health::Https { addr } => {
+                let check = crate::health::wfe_healthz(&self.https, *addr, WFE_NAME);
+                match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                    Ok(Ok(200)) => Ok(()),
+                    Ok(Ok(status)) => Err(format!("/healthz answered {status}")),
+                    Ok(Err(err)) => Err(format!("unreachable ({err})")),
+                    Err(_) => Err("no answer in time".to_owned()),
+                }
+            }
         }
-    }
-
-    /// The status of `GET /healthz` at the wfe replica at `addr` (HTTP/1.1 over TLS, checked as [`WFE_NAME`]).
-    async fn healthz(&self, addr: SocketAddr) -> std::io::Result<u16> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let name = rustls_pki_types::ServerName::try_from(WFE_NAME).map_err(std::io::Error::other)?;
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        let mut tls = self.https.connect(name, tcp).await?;
-        let request = format!("GET /healthz HTTP/1.1\r\nHost: {WFE_NAME}\r\nConnection: close\r\n\r\n");
-        tls.write_all(request.as_bytes()).await?;
-        let mut head = [0u8; 12];
-        tls.read_exact(&mut head).await?;
-        // "HTTP/1.1 200"
-        std::str::from_utf8(&head[9..12])
-            .ok()
-            .and_then(|status| status.parse().ok())
-            .ok_or_else(|| std::io::Error::other("not an HTTP response"))
     }
 }

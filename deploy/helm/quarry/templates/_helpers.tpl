@@ -49,3 +49,9 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The replica count of service `.name` (spec `.svc`): values.yaml's, or the environment's `scale` for it. */}}
+{{- define "quarry.replicas" -}}
+{{- $scaled := index (.root.Values.scale | default dict) .name -}}
+{{- if $scaled -}}{{ $scaled }}{{- else -}}{{ .svc.replicas }}{{- end -}}
+{{- end }}

@@ -1,6 +1,8 @@
-//! The load balancer in front of the wfe replicas of `quarry dev --replicas N`, as a cloud load balancer stands in
-//! front of a Kubernetes Service: each TCP connection (TLS passes through untouched) goes to the next replica in
-//! turn, and a replica that refuses connections is skipped, so a killed wfe costs clients at most a reconnect.
+//! The load balancer in front of the wfe replicas of `quarry dev --replicas N` and of the compose stack (`quarry
+//! balance`), as a cloud load balancer stands in front of a Kubernetes Service: each TCP connection (TLS passes
+//! through untouched) goes to the next replica in turn, and a replica that refuses connections is skipped, so a
+//! killed wfe costs clients at most a reconnect. A backend may be named (`wfe-2:14000`): it is looked up per
+//! connection, as containers come and go.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +17,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// After an accept error (out of file descriptors…), wait before accepting again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Forwards every connection `listener` accepts to one of `backends` until `stop`.
-pub async fn serve(listener: TcpListener, backends: Vec<SocketAddr>, stop: CancellationToken) {
-    let backends: Arc<[SocketAddr]> = backends.into();
+#[derive(clap::Args, Debug)]
+pub struct BalanceArgs {
+    /// Where clients connect (repeatable); each listener balances over every backend on its own port.
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
+    /// A replica, as HOST (the listener's port) or HOST:PORT (repeatable).
+    #[arg(long, required = true)]
+    backend: Vec<String>,
+}
+
+/// Runs `quarry balance` until Ctrl-C or SIGTERM.
+pub async fn run(args: BalanceArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let stop = CancellationToken::new();
+    for listen in &args.listen {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+        let backends = args
+            .backend
+            .iter()
+            .map(|backend| if backend.contains(':') { backend.clone() } else { format!("{backend}:{}", listen.port()) })
+            .collect();
+        println!("balancing {listen} over {backends:?}");
+        tokio::spawn(serve(listener, backends, stop.clone()));
+    }
+    quarry_core::shutdown::signal().await;
+    stop.cancel();
+    Ok(())
+}
+
+/// Forwards every connection `listener` accepts to one of `backends` (`HOST:PORT`) until `stop`.
+pub async fn serve(listener: TcpListener, backends: Vec<String>, stop: CancellationToken) {
+    let backends: Arc<[String]> = backends.into();
     let next = Arc::new(AtomicUsize::new(0));
     loop {
         let (mut client, peer) = tokio::select! {
@@ -45,10 +76,10 @@ pub async fn serve(listener: TcpListener, backends: Vec<SocketAddr>, stop: Cance
 }
 
 /// A connection to the next backend in turn that accepts one.
-async fn connect(backends: &[SocketAddr], next: &AtomicUsize) -> Option<TcpStream> {
+async fn connect(backends: &[String], next: &AtomicUsize) -> Option<TcpStream> {
     let first = next.fetch_add(1, Ordering::Relaxed);
     for offset in 0..backends.len() {
-        let backend = backends[(first + offset) % backends.len()];
+        let backend = backends[(first + offset) % backends.len()].as_str();
         if let Ok(Ok(stream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
             return Some(stream);
         }
@@ -80,7 +111,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(listener, vec![a, dead, b], stop.clone()));
+        tokio::spawn(serve(listener, [a, dead, b].map(|addr| addr.to_string()).to_vec(), stop.clone()));
         let mut seen = Vec::new();
         for _ in 0..6 {
             let mut stream = TcpStream::connect(front).await.unwrap();
