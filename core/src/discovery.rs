@@ -101,21 +101,7 @@ impl Discovery {
     pub fn new(server: Option<SocketAddr>) -> Result<Self, ConfigError> {
         let invalid = |e: hickory_resolver::net::NetError| ConfigError::Invalid(format!("DNS resolver: {e}"));
         let mut builder = match server {
-            Some(server) => {
-                let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                    .into_iter()
-                    .map(|mut connection| {
-                        connection.port = server.port();
-                        connection
-                    })
-                    .collect();
-                let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
-                name_server.connections = connections;
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![name_server]),
-                    TokioRuntimeProvider::default(),
-                )
-            }
+            Some(server) => TokioResolver::builder_with_config(one_server(server), TokioRuntimeProvider::default()),
             None => TokioResolver::builder_tokio().map_err(invalid)?,
         };
         let options: &mut ResolverOpts = builder.options_mut();
@@ -156,6 +142,20 @@ impl Discovery {
         }
         Ok(found.into_iter().collect())
     }
+}
+
+/// A resolver configuration that asks `server` alone, over UDP and then TCP, on its port.
+pub fn one_server(server: SocketAddr) -> ResolverConfig {
+    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+        .into_iter()
+        .map(|mut connection| {
+            connection.port = server.port();
+            connection
+        })
+        .collect();
+    let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
+    name_server.connections = connections;
+    ResolverConfig::from_name_servers(vec![name_server])
 }
 
 #[cfg(test)]

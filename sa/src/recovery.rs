@@ -26,31 +26,34 @@ pub struct StuckSince {
 impl Store {
     /// Pending, unexpired authorizations whose validation is stuck, oldest first.
     pub async fn stuck_authorizations(&self, since: StuckSince, limit: i64) -> Result<Vec<StuckItem>, Problem> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        self.stuck(
             "SELECT id, attempted_at FROM authorizations a WHERE status = 'pending' AND attempted IS NOT NULL AND expires > $1 AND (attempted_at <= $2 OR (attempted_at <= $3 AND NOT EXISTS (SELECT 1 FROM ra_heartbeats h WHERE h.instance = a.attempted_by AND h.alive_until > $1))) ORDER BY attempted_at LIMIT $4",
+            since,
+            limit,
         )
-        .bind(now())
-        .bind(since.before)
-        .bind(since.orphaned_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
-        Ok(rows.into_iter().map(|(id, since)| StuckItem { id, since }).collect())
     }
 
     /// Unexpired orders stuck processing, with neither a certificate nor an error, oldest first.
     pub async fn stuck_orders(&self, since: StuckSince, limit: i64) -> Result<Vec<StuckItem>, Problem> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        self.stuck(
             "SELECT id, began_processing FROM orders o WHERE began_processing != 0 AND certificate_serial = '' AND error IS NULL AND expires > $1 AND (began_processing <= $2 OR (began_processing <= $3 AND NOT EXISTS (SELECT 1 FROM ra_heartbeats h WHERE h.instance = o.processing_by AND h.alive_until > $1))) ORDER BY began_processing LIMIT $4",
+            since,
+            limit,
         )
-        .bind(now())
-        .bind(since.before)
-        .bind(since.orphaned_before)
-        .bind(limit)
-        .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+    }
+
+    /// The (id, since) rows `query` finds, binding now, `since`'s two bounds and `limit` as $1 to $4.
+    async fn stuck(&self, query: &'static str, since: StuckSince, limit: i64) -> Result<Vec<StuckItem>, Problem> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(query)
+            .bind(now())
+            .bind(since.before)
+            .bind(since.orphaned_before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(rows.into_iter().map(|(id, since)| StuckItem { id, since }).collect())
     }
 

@@ -4,9 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -46,16 +44,7 @@ pub struct DnsResolver {
 impl DnsResolver {
     /// `query_timeout` bounds each query attempt (two attempts are made).
     pub fn new(server: SocketAddr, query_timeout: Duration) -> Result<Self, String> {
-        let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-            .into_iter()
-            .map(|mut connection| {
-                connection.port = server.port();
-                connection
-            })
-            .collect();
-        let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
-        name_server.connections = connections;
-        let config = ResolverConfig::from_name_servers(vec![name_server]);
+        let config = quarry_core::discovery::one_server(server);
         let mut options = ResolverOpts::default();
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         options.cache_size = 0;

@@ -157,3 +157,37 @@ fn rustls_pem(pem: &[u8]) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem).expect("pem").to_vec()
 }
+
+/// An updater that dies holding a lease leaves its shard to the others once the lease lapses: nothing else is
+/// needed to recover from the crash.
+#[tokio::test]
+async fn a_shard_leased_by_an_updater_that_died_is_signed_once_its_lease_lapses() {
+    use quarry_proto::sa::LeaseCrlShardRequest;
+    let stack = InProcessStack::start(false, |_| {}).await;
+    let issuer_der = rustls_pem(&std::fs::read(stack.pki.issuer_cert()).expect("issuer pem"));
+    let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issuer_der).expect("issuer");
+    let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
+    // The dead updater's lease: two seconds, never released.
+    let now = quarry_core::clock::now();
+    let lease = LeaseCrlShardRequest {
+        issuer_id,
+        shard_count: SHARDS,
+        until: now + 2,
+        updated_before: now + 1,
+        stale_before: 0,
+    };
+    let mut sa = StorageAuthorityClient::new(stack.pki.channel("crl-updater", "sa", stack.sa));
+    let held = sa.lease_crl_shard(lease).await.expect("lease").into_inner();
+    assert!(held.leased);
+
+    let updater = Updater::new(&updater_config(&stack)).expect("updater");
+    assert_eq!(
+        updater.pass().await,
+        PassReport { updated: 2 * SHARDS as usize - 1, failed: 0 },
+        "all but the held one"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    assert_eq!(updater.pass().await, PassReport { updated: 1, failed: 0 }, "the lapsed lease's shard");
+    let sa_read = StorageAuthorityReadOnlyClient::new(stack.pki.channel("wfe", "sa", stack.sa));
+    sa_read.clone().get_crl(CrlShard { issuer_id, shard: held.shard }).await.expect("its CRL");
+}

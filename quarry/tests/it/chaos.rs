@@ -126,20 +126,15 @@ pub(crate) async fn unfinished(db_url: &str) -> (i64, i64) {
     sqlx::any::install_default_drivers();
     let mut db = sqlx::AnyConnection::connect(db_url).await.expect("connect to the stack's database");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let validations: i64 = sqlx::query_scalar(
+    let mut counts = Vec::new();
+    for query in [
         "SELECT COUNT(*) FROM authorizations WHERE status = 'pending' AND attempted IS NOT NULL AND expires > $1",
-    )
-    .bind(now)
-    .fetch_one(&mut db)
-    .await
-    .expect("count validations");
-    let orders: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM orders WHERE began_processing != 0 AND certificate_serial = '' AND error IS NULL AND expires > $1",
-    )
-    .bind(now)
-    .fetch_one(&mut db)
-    .await
-    .expect("count orders");
+    ] {
+        let count: i64 = sqlx::query_scalar(query).bind(now).fetch_one(&mut db).await.expect("count rows left mid-way");
+        counts.push(count);
+    }
+    let (validations, orders) = (counts[0], counts[1]);
     (validations, orders)
 }
 
