@@ -13,10 +13,12 @@ from collections import defaultdict
 TARGETS = [
     ("quarry-sqlite", "Quarry, SQLite"),
     ("quarry-postgres", "Quarry, PostgreSQL"),
+    ("quarry-replicas", "Quarry, SQLite, --replicas 2"),
     ("pebble", "Pebble 2.4 (Debian)"),
 ]
-# Test fixtures that `quarry dev` hosts in its supervising process (the challenge DNS server, two fake CT logs):
-# shown, but not counted as the CA's CPU, as Pebble's challenge test server is not.
+# Test fixtures that `quarry dev` hosts in its supervising process (the challenge DNS server, two fake CT logs, and
+# with --replicas the load balancer in front of the wfes): shown, but not counted as the CA's CPU, as Pebble's
+# challenge test server is not.
 FIXTURES = {"quarry dev"}
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark: Quarry (`quarry dev` on SQLite, then on PostgreSQL) and Pebble (Debian's package, its
 # random validation sleeps and nonce rejection off) each take `quarry loadgen` at 1, 4, 16 and 64 clients, one after
-# another in one run on loopback, and the results become BENCHMARKS.md.
+# another in one run on loopback, and the results become BENCHMARKS.md. `--only quarry-replicas` adds (or runs alone)
+# `quarry dev --replicas 2` on SQLite.
 #   scripts/bench.sh [--clients "1 4 16 64"] [--duration SECONDS] [--out BENCHMARKS.md] [--only quarry-sqlite,...]
 # Builds the release binary first (or uses $QUARRY_BIN); installs pebble and PostgreSQL from Debian when missing.
 # Not part of the test command: it takes about (targets × client counts × duration) plus a release build.
@@ -132,6 +133,9 @@ EOF
 for target in ${only//,/ }; do
   case $target in
     quarry-sqlite) run_quarry quarry-sqlite ;;
+    # The replicated topology on the same host: two processes of each service (on 2 cores they cannot add
+    # throughput; what they cost is the point), the load balancer in quarry dev's own process.
+    quarry-replicas) run_quarry quarry-replicas --replicas 2 ;;
     quarry-postgres)
       pg_dir=$work/postgres
       url=$(bash scripts/postgres.sh start "$pg_dir" 5490)

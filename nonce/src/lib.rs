@@ -41,9 +41,10 @@ pub struct Config {
     /// The secret this replica's prefix is derived from, with its address (the same in every nonce replica and
     /// every wfe; at least 16 bytes): a mounted secret.
     pub prefix_key: String,
-    /// The address the wfe reaches this replica at (its pod's address and port), from which its prefix is derived;
-    /// default: the listen address, which must then not be the unspecified address.
-    #[serde(default)]
+    /// The address the wfe reaches this replica at (its pod's address and port, e.g. `"${pod_ip}:9301"`; an IPv6
+    /// address may go without brackets), from which its prefix is derived; default: the listen address, or the host
+    /// name's address when it listens on every address.
+    #[serde(default, deserialize_with = "deserialize_advertise")]
     pub advertise: Option<SocketAddr>,
     /// How many redeemed nonces are remembered (at least 1); bounds memory. Beyond it the oldest are forgotten and
     /// every nonce minted before them, redeemed or not, is refused.
@@ -53,6 +54,16 @@ pub struct Config {
 
 fn default_max_used() -> usize {
     DEFAULT_MAX_USED
+}
+
+/// `IP:PORT`, with or without brackets around an IPv6 address (a pod's address is filled in without them).
+fn deserialize_advertise<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(deserializer)? else { return Ok(None) };
+    let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+        let (ip, port) = text.rsplit_once(':')?;
+        Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+    });
+    parsed.map(Some).ok_or_else(|| serde::de::Error::custom(format!("advertise {text:?} is not IP:PORT")))
 }
 
 /// The shortest prefix key: shorter could be guessed, and prefixes forged.

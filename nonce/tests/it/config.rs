@@ -38,6 +38,17 @@ fn the_deploy_files_make_a_valid_config() {
 }
 
 #[test]
+fn a_pods_ipv6_address_is_advertised_without_brackets() {
+    for (advertise, expected) in
+        [("10.1.2.3:9301", "10.1.2.3:9301"), ("fd00::7:9301", "[fd00::7]:9301"), ("[fd00::7]:9301", "[fd00::7]:9301")]
+    {
+        let text = MINIMAL.replace("version = 1", &format!("version = 1\nadvertise = \"{advertise}\""));
+        let config: Config = quarry_core::config::parse(&text, advertise).expect(advertise);
+        assert_eq!(config.advertise.map(|a| a.to_string()).as_deref(), Some(expected));
+    }
+}
+
+#[test]
 fn optional_settings_have_defaults() {
     let config: Config = quarry_core::config::parse(MINIMAL, "minimal").expect("minimal config");
     assert_eq!(config.prefix_key, "sixteen bytes or more");

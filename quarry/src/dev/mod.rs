@@ -24,9 +24,6 @@ pub use supervisor::ReplicaInfo;
 pub const PKI_NAMES: &[&str] =
     &["wfe", "ra", "sa", "ca", "va", "va-remote-a", "va-remote-b", "nonce", "publisher", "crl-updater", "admin"];
 
-/// How long the whole stack may take to become ready after it was started.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The most replicas of a service: each takes a loopback address of its own.
 const MAX_REPLICAS: usize = 8;
 
@@ -87,6 +84,10 @@ pub struct DevArgs {
     /// on 127.0.0.(1 + i), and a load balancer on the ACME and CRL addresses spreads connections over the wfes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_REPLICAS as i64))]
     replicas: u8,
+    /// How long every process may take to answer its health check as ready; past it, `quarry dev` stops everything
+    /// and says which one is not, and why.
+    #[arg(long, default_value_t = 60)]
+    start_timeout_secs: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -401,7 +402,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (admin_cert, admin_key) = pki.service_cert("admin");
     let admin_tls = quarry_core::config::TlsFiles { cert: admin_cert, key: admin_key, ca: pki.internal_ca_pem.clone() };
     let checker = HealthChecker::new(admin_tls, &pki.https_ca_pem)?;
-    let ready = supervisor.wait_ready(&checker, START_TIMEOUT).await;
+    let ready = supervisor.wait_ready(&checker, Duration::from_secs(args.start_timeout_secs)).await;
     if let Err(err) = ready {
         supervisor.stop().await;
         return Err(err);

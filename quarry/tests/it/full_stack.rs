@@ -488,6 +488,31 @@ async fn the_whole_stack_runs_on_postgresql() {
     assert!(!stack.data_dir().join("quarry.db").exists(), "no SQLite database was created");
 }
 
+/// Readiness is each service's own health check, not an open port: an sa whose database is unreachable keeps
+/// `quarry dev` from saying it runs, and it stops, naming the sa and its log.
+#[tokio::test]
+async fn quarry_dev_is_not_ready_while_a_service_is_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = free_port_range();
+    let closed = free_port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--db", &format!("postgres://quarry@127.0.0.1:{closed}/quarry"), "--start-timeout-secs", "8"])
+        .args(["--grpc-base-port", &ports.to_string(), "--va-dns", "127.0.0.1:9"])
+        .args(["--acme-addr", &format!("127.0.0.1:{}", ports + 9), "--crl-addr", &format!("127.0.0.1:{}", ports + 7)])
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), out).await.expect("quarry dev gave up in time").expect("ran");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sa is not ready") && stderr.contains("sa.log"), "{stderr}");
+    assert!(!dir.path().join("stack.json").exists(), "a stack that is not ready has no stack file");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Quarry is running"));
+}
+
 #[tokio::test]
 async fn services_stop_when_quarry_dev_is_killed() {
     let mut stack = Stack::start().await;
