@@ -62,7 +62,14 @@ impl RateLimits {
             .map_err(|e| Error::Invalid(format!("rate limits file {}: {e}", config.limits_file.display())))?;
         let limits = Limits::from_file(&file).map_err(|e| Error::Invalid(e.to_string()))?;
         let store = match &config.redis_url {
-            Some(url) => Store::Redis(RedisStore::connect(url).await.map_err(|e| Error::Invalid(e.to_string()))?),
+            Some(url) => {
+                let store = RedisStore::connect(url).map_err(|e| Error::Invalid(e.to_string()))?;
+                // A replica restarting while Redis is down still starts; its checks fail open until Redis is back.
+                if let Err(e) = store.ping().await {
+                    tracing::warn!(error = %e, "the rate-limit store does not answer yet; limits fail open until it does");
+                }
+                Store::Redis(store)
+            }
             None => Store::Memory(MemoryStore::default()),
         };
         Ok(Self { limiter: Limiter::new(limits, store) })

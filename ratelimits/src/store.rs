@@ -3,11 +3,21 @@
 //! requests never admit more than a limit allows, and both decide with the same integer arithmetic.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::gcra::{self, Micros, Rate};
+
+/// One call to Redis may take this long before the limiter goes on without it. A script over a batch's few keys
+/// takes microseconds; this only bounds a Redis that hangs or a network that drops packets.
+const REDIS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// After a failed call, calls skip Redis for this long, doubling at each further failure up to `MAX_COOL_OFF`:
+/// with Redis down, every request would otherwise wait out a connection attempt of its own.
+const MIN_COOL_OFF: Duration = Duration::from_millis(500);
+const MAX_COOL_OFF: Duration = Duration::from_secs(5);
 
 /// Idle keys outlive their TAT by this much in Redis, then expire.
 const IDLE_GRACE_MS: i64 = 10 * 60 * 1000;
@@ -183,14 +193,79 @@ pub struct RedisStore {
     connection: ConnectionManager,
     batch: redis::Script,
     refund: redis::Script,
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+/// Whether Redis is being skipped after failures, and for how long the next failure will skip it.
+#[derive(Debug)]
+struct Breaker {
+    open_until: Option<Instant>,
+    cool_off: Duration,
+}
+
+impl Breaker {
+    fn closed() -> Self {
+        Self { open_until: None, cool_off: MIN_COOL_OFF }
+    }
+
+    /// An error when Redis is being skipped at `now`.
+    fn admit(&self, now: Instant) -> Result<(), StoreError> {
+        match self.open_until {
+            Some(until) if now < until => Err(StoreError(format!(
+                "Redis failed; not trying it again for another {} ms",
+                until.duration_since(now).as_millis()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&mut self, now: Instant, succeeded: bool) {
+        if succeeded {
+            *self = Self::closed();
+        } else {
+            self.open_until = Some(now + self.cool_off);
+            self.cool_off = (self.cool_off * 2).min(MAX_COOL_OFF);
+        }
+    }
 }
 
 impl RedisStore {
-    /// Connects (and reconnects when needed) to `url`, e.g. `redis://127.0.0.1:6379/`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// Reconnects when needed to `url`, e.g. `redis://127.0.0.1:6379/`. Redis need not be up yet: a replica that
+    /// restarts while Redis is down starts, and its limiter fails open until Redis answers. Only a URL that
+    /// cannot be parsed is an error.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
-        Ok(Self { connection, batch: redis::Script::new(BATCH_SCRIPT), refund: redis::Script::new(REFUND_SCRIPT) })
+        // One quick retry inside the manager; the breaker spaces out the rest.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_connection_timeout(Some(REDIS_DEADLINE))
+            .set_response_timeout(Some(REDIS_DEADLINE));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            batch: redis::Script::new(BATCH_SCRIPT),
+            refund: redis::Script::new(REFUND_SCRIPT),
+            breaker: Arc::new(Mutex::new(Breaker::closed())),
+        })
+    }
+
+    /// Whether Redis answers a PING now (for start-up logs: the store works without it).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        self.guarded(async move { redis::cmd("PING").query_async::<String>(&mut connection).await }).await.map(drop)
+    }
+
+    /// Runs one call unless the breaker is open, within the deadline, and records how it went.
+    async fn guarded<T>(&self, call: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, StoreError> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now())?;
+        let outcome = match tokio::time::timeout(REDIS_DEADLINE, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(StoreError::from(e)),
+            Err(_) => Err(StoreError(format!("Redis did not answer in {} ms", REDIS_DEADLINE.as_millis()))),
+        };
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).record(Instant::now(), outcome.is_ok());
+        outcome
     }
 
     async fn batch(&self, now: Micros, ops: &[Op], spend: bool) -> Result<Vec<Option<Micros>>, StoreError> {
@@ -199,7 +274,8 @@ impl RedisStore {
         for op in ops {
             invocation.key(&op.key).arg(op.rate.emission_interval).arg(op.rate.burst_offset).arg(op.cost);
         }
-        let before: Vec<String> = invocation.invoke_async(&mut self.connection.clone()).await?;
+        let mut connection = self.connection.clone();
+        let before: Vec<String> = self.guarded(async move { invocation.invoke_async(&mut connection).await }).await?;
         before
             .iter()
             .map(|tat| match tat.parse::<i64>() {
@@ -216,7 +292,8 @@ impl RedisStore {
         for op in ops {
             invocation.key(&op.key).arg(op.rate.emission_interval).arg(op.cost);
         }
-        let _: i64 = invocation.invoke_async(&mut self.connection.clone()).await?;
+        let mut connection = self.connection.clone();
+        let _: i64 = self.guarded(async move { invocation.invoke_async(&mut connection).await }).await?;
         Ok(())
     }
 
@@ -224,7 +301,9 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut self.connection.clone()).await?;
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("DEL").arg(keys).clone();
+        let _: i64 = self.guarded(async move { command.query_async(&mut connection).await }).await?;
         Ok(())
     }
 }

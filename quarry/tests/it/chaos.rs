@@ -2,9 +2,10 @@
 //! while one replica of every service after another is killed with SIGKILL (sa and ca included), then checked:
 //! nearly every order completed, every error a client saw was a problem document, no certificate signed without a
 //! stored record, and nothing left mid-way once the sweepers' deadlines have passed. On PostgreSQL the database is
-//! also restarted during the load, and the rate limits' Redis stopped (they fail open, counted).
+//! also restarted during the load, and the rate limits' Redis killed and later started again (the limits fail open
+//! while it is away, counted, without slowing requests down, and use it again once it is back).
 //!
-//! Kept short here (`.ci/run`); `QUARRY_CHAOS_SECS` makes the load run longer (docs/replication.md).
+//! Kept short here (`.ci/run`); `QUARRY_CHAOS_SECS` makes the load run longer (README, "Replicas and crashes").
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -95,28 +96,49 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// A Redis of this test's own (it is stopped under load).
+/// A Redis of this test's own (it is killed under load, then started again on the same port, empty).
 struct PrivateRedis {
-    process: std::process::Child,
+    process: std::sync::Mutex<std::process::Child>,
     port: u16,
 }
 
 impl PrivateRedis {
     fn start() -> Self {
         let port = free_port_range();
-        let process = std::process::Command::new("redis-server")
+        Self { process: std::sync::Mutex::new(Self::spawn(port)), port }
+    }
+
+    fn spawn(port: u16) -> std::process::Child {
+        std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        Self { process, port }
+            .expect("start redis-server")
+    }
+
+    fn kill(&self) {
+        let mut process = self.process.lock().unwrap();
+        let _ = process.kill();
+        let _ = process.wait();
+    }
+
+    fn restart(&self) {
+        *self.process.lock().unwrap() = Self::spawn(self.port);
+    }
+
+    /// How many keys it holds (the rate limits' buckets), through `redis-cli`.
+    fn keys(&self) -> u64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "DBSIZE"])
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("DBSIZE: {out:?}"))
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        self.kill();
     }
 }
 
@@ -207,14 +229,17 @@ async fn chaos(postgres: Option<&PrivatePostgres>, redis: Option<&PrivateRedis>)
             tokio::time::sleep(Duration::from_secs(1)).await;
             postgres.run("start");
         }
+        // Redis dies for a third of the kills, and comes back empty.
+        if let Some(redis) = redis {
+            match round {
+                4 => redis.kill(),
+                7 => redis.restart(),
+                _ => {}
+            }
+        }
         tokio::time::sleep(KILL_EVERY).await;
     }
     assert!(started.elapsed() < load_time() + Duration::from_secs(5), "the kills outlasted the load");
-    let mut redis_stopped = false;
-    if let Some(redis) = redis {
-        let _ = std::process::Command::new("kill").arg("-9").arg(redis.process.id().to_string()).status();
-        redis_stopped = true;
-    }
 
     let output = tokio::time::timeout(load_time() + Duration::from_secs(120), load.wait_with_output())
         .await
@@ -226,8 +251,9 @@ async fn chaos(postgres: Option<&PrivatePostgres>, redis: Option<&PrivateRedis>)
         serde_json::from_str(&std::fs::read_to_string(&report_file).expect("loadgen report")).expect("json report");
     let count = |key: &str| report[key].as_u64().unwrap_or_default();
 
-    if redis_stopped {
-        // The ras carried on without their rate-limit store, counting every check they could not make.
+    if let Some(redis) = redis {
+        // The ras carried on without their rate-limit store, counting every check they could not make, and used
+        // it again once it was back.
         let mut errors = 0.0;
         for index in 0..2u8 {
             let port = metrics_base + 8;
@@ -236,6 +262,7 @@ async fn chaos(postgres: Option<&PrivatePostgres>, redis: Option<&PrivateRedis>)
             errors += metric(&String::from_utf8_lossy(&body), "quarry_ratelimit_store_errors_total", &[]);
         }
         assert!(errors > 0.0, "no rate-limit store error was counted after Redis stopped");
+        assert!(redis.keys() > 0, "no bucket was written to Redis after it came back");
     }
 
     // Nothing stays mid-way once the sweepers' deadlines have passed.

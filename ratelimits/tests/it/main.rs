@@ -49,7 +49,7 @@ fn random_bytes(bytes: &mut [u8]) {
 async fn stores() -> Vec<(&'static str, Store)> {
     let mut stores = vec![("memory", Store::Memory(MemoryStore::default()))];
     if let Ok(url) = std::env::var("QUARRY_TEST_REDIS_URL") {
-        stores.push(("redis", Store::Redis(RedisStore::connect(&url).await.expect("connect to the test Redis"))));
+        stores.push(("redis", Store::Redis(RedisStore::connect(&url).expect("connect to the test Redis"))));
     }
     stores
 }
@@ -175,27 +175,8 @@ async fn a_store_that_fails_lets_requests_through_and_is_counted() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let proxy = listener.local_addr().expect("addr");
     let cut = cut_switch();
-    let cut_for_task = cut.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = cut_for_task.notified() => return,
-                accepted = listener.accept() => {
-                    let Ok((mut inbound, _)) = accepted else { return };
-                    let target = target.clone();
-                    let cut = cut_for_task.clone();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            () = cut.notified() => {}
-                        }
-                    });
-                }
-            }
-        }
-    });
-    let store = RedisStore::connect(&format!("redis://{proxy}/")).await.expect("connect through the proxy");
+    tokio::spawn(forward(listener, target.clone(), cut.clone()));
+    let store = RedisStore::connect(&format!("redis://{proxy}/")).expect("connect through the proxy");
     let limiter = Limiter::new(Limits::from_file(&limits_file("")).expect("limits"), Store::Redis(store));
     let bucket = Bucket::new_orders_per_account(i64::try_from(unique()).expect("fits"));
     let full = [Transaction { bucket: bucket.clone(), cost: BURST }];
@@ -203,12 +184,55 @@ async fn a_store_that_fails_lets_requests_through_and_is_counted() {
     assert!(matches!(limiter.spend(0, &[Transaction::one(bucket.clone())]).await, Verdict::Denied(_)));
     cut.notify_waiters();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let through =
-        tokio::time::timeout(std::time::Duration::from_secs(20), limiter.spend(0, &[Transaction::one(bucket)]))
-            .await
-            .expect("a failing store answers in bounded time");
-    assert_eq!(through, Verdict::Allowed, "fail open");
-    assert!(limiter.store_errors() >= 1);
+    // Each check alone used to wait out the connection manager's whole reconnect backoff (about 6 s); after the
+    // first failure they skip Redis, so twenty of them answer well within the bound.
+    let checks = async {
+        let mut verdicts = Vec::new();
+        for _ in 0..20 {
+            verdicts.push(limiter.spend(0, &[Transaction::one(bucket.clone())]).await);
+        }
+        verdicts
+    };
+    let verdicts = tokio::time::timeout(std::time::Duration::from_secs(20), checks)
+        .await
+        .expect("a failing store answers in bounded time");
+    assert!(verdicts.iter().all(|v| *v == Verdict::Allowed), "fail open: {verdicts:?}");
+    assert_eq!(limiter.store_errors(), 20);
+
+    // Redis back behind the same address: the limiter uses it again once the cool-off is over, and the bucket it
+    // filled before the cut still denies (the checks that failed open wrote nothing).
+    let listener = tokio::net::TcpListener::bind(proxy).await.expect("bind the proxy's address again");
+    tokio::spawn(forward(listener, target, cut_switch()));
+    let mut denied = false;
+    for _ in 0..100 {
+        if matches!(limiter.spend(0, &[Transaction::one(bucket.clone())]).await, Verdict::Denied(_)) {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(denied, "the limiter never used Redis again after it came back");
+}
+
+/// Forwards every connection `listener` accepts to `target` until `cut` is notified, which also cuts them.
+async fn forward(listener: tokio::net::TcpListener, target: String, cut: Arc<tokio::sync::Notify>) {
+    loop {
+        tokio::select! {
+            () = cut.notified() => return,
+            accepted = listener.accept() => {
+                let Ok((mut inbound, _)) = accepted else { return };
+                let target = target.clone();
+                let cut = cut.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// Cuts every proxied connection and stops accepting when notified.
