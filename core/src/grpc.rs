@@ -370,14 +370,19 @@ pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Reques
 /// The deadline an incoming request carries in its `grpc-timeout` header, if any.
 pub fn incoming_deadline<T>(request: &Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    parse_grpc_timeout(value).map(|timeout| Instant::now() + timeout)
+    // A deadline too far to represent is no deadline (a hostile peer's header must not panic the service).
+    parse_grpc_timeout(value).and_then(|timeout| Instant::now().checked_add(timeout))
 }
 
+/// A `grpc-timeout` value: at most eight ASCII digits and a unit (the gRPC HTTP/2 spec), anything else ignored.
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 {
+    if !(2..=9).contains(&value.len()) || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
@@ -490,5 +495,21 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("m"), None);
+        // More than eight digits, a sign, or non-ASCII: ignored, as the gRPC spec allows no such value.
+        for hostile in ["123456789S", "+5S", "-5S", "5\u{0663}S", " 5S"] {
+            assert_eq!(parse_grpc_timeout(hostile), None, "{hostile:?}");
+        }
+        assert_eq!(parse_grpc_timeout("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+    }
+
+    #[test]
+    fn a_hostile_grpc_timeout_header_does_not_panic() {
+        for value in ["18446744073709551615H", "99999999H", "99999999999999999999S"] {
+            let mut request = Request::new(());
+            request.metadata_mut().insert("grpc-timeout", value.parse().unwrap());
+            // The overflowing sum used to panic the service; now the deadline is either far away or absent.
+            let deadline = incoming_deadline(&request);
+            assert!(deadline.is_none_or(|d| d > Instant::now()), "{value}");
+        }
     }
 }

@@ -155,9 +155,10 @@ pub(crate) fn with_retry_after(mut response: Response, seconds: u64) -> Response
     response
 }
 
-pub(crate) fn method_not_allowed() -> ProblemResponse {
-    ProblemResponse::with_status(Problem::malformed("Method not allowed"), StatusCode::METHOD_NOT_ALLOWED)
-}
+/// Methods of the resources only POST (and POST-as-GET) reaches (RFC 8555 §6.3).
+pub(crate) const POST_ONLY: &str = "POST";
+/// Methods of the resources read without authentication: the directory, new-nonce, certificates, renewal info.
+pub(crate) const GET_OR_POST: &str = "GET, HEAD, POST";
 
 async fn not_found() -> ProblemResponse {
     Problem::not_found("no such resource").into()
@@ -185,7 +186,7 @@ async fn new_nonce(State(wfe): State<Wfe>, method: Method) -> Reply {
     let mut response = match method {
         Method::HEAD => StatusCode::OK.into_response(),
         Method::GET => StatusCode::NO_CONTENT.into_response(),
-        _ => return Err(method_not_allowed()),
+        _ => return Err(ProblemResponse::method_not_allowed("GET, HEAD")),
     };
     let nonce = wfe.new_nonce().await.map_err(|problem| Problem { retry_after_secs: Some(1), ..problem })?;
     let headers = response.headers_mut();
@@ -209,7 +210,7 @@ async fn verified(
     deadline: Option<Instant>,
 ) -> Result<Verified, ProblemResponse> {
     if method != Method::POST {
-        return Err(method_not_allowed());
+        return Err(ProblemResponse::method_not_allowed(POST_ONLY));
     }
     post::verify(wfe, headers, uri.path(), body, mode, deadline).await
 }
@@ -431,8 +432,8 @@ async fn new_order(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: He
     ))
 }
 
-/// The account of a POST-as-GET, or none for a plain GET (allowed for resources, as Boulder allows it).
-async fn reader(
+/// The account of a POST-as-GET of a certificate, or none for a plain GET (certificates are public).
+async fn certificate_reader(
     wfe: &Wfe,
     method: &Method,
     uri: &Uri,
@@ -443,7 +444,7 @@ async fn reader(
     match *method {
         Method::GET | Method::HEAD => Ok(None),
         Method::POST => Ok(Some(post::verify(wfe, headers, uri.path(), body, KeyMode::Kid, deadline).await?)),
-        _ => Err(method_not_allowed()),
+        _ => Err(ProblemResponse::method_not_allowed(GET_OR_POST)),
     }
 }
 
@@ -460,11 +461,11 @@ async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Re
 }
 
 /// Another account's resource is reported as absent, as Boulder does.
-fn check_owner(request: &Option<Verified>, owner: i64, what: &str) -> Result<(), Problem> {
-    match request {
-        Some(request) if request.account()?.id != owner => Err(Problem::not_found(format!("{what} not found"))),
-        _ => Ok(()),
+fn check_owner(request: &Verified, owner: i64, what: &str) -> Result<(), Problem> {
+    if request.account()?.id != owner {
+        return Err(Problem::not_found(format!("{what} not found")));
     }
+    Ok(())
 }
 
 fn order_response(wfe: &Wfe, order: &Order) -> Response {
@@ -482,7 +483,9 @@ async fn order(
     body: Bytes,
 ) -> Reply {
     let deadline = wfe.deadline();
-    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    // Orders, authorizations and challenges are read with POST-as-GET only (RFC 8555 §6.3): their ids are
+    // sequential, and a plain GET would let anyone list every subscriber's names.
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
     let order = load_order(&wfe, parse_id(&id, "order")?, deadline).await?;
     check_owner(&request, order.account_id, "order")?;
     Ok(order_response(&wfe, &order))
@@ -497,17 +500,17 @@ async fn authorization(
     body: Bytes,
 ) -> Reply {
     let deadline = wfe.deadline();
-    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
     let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
     check_owner(&request, authz.account_id, "authorization")?;
-    let Some(request) = request.filter(|r| !r.is_post_as_get()) else {
+    if request.is_post_as_get() {
         let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
         // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
         if authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing) {
             return Ok(with_retry_after(response, wfe.retry_after()));
         }
         return Ok(response);
-    };
+    }
     // RFC 8555 §7.5.2: the only change a client may ask for is deactivation.
     let update: Value = request.json()?;
     if update.get("status").and_then(Value::as_str) != Some("deactivated") {
@@ -540,14 +543,14 @@ async fn challenge(
     body: Bytes,
 ) -> Reply {
     let deadline = wfe.deadline();
-    let request = reader(&wfe, &method, &uri, &headers, &body, deadline).await?;
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
     let authz_id = parse_id(&authz_id, "challenge")?;
     let index = parse_id(&index, "challenge")?;
     let authz = load_authorization(&wfe, authz_id, deadline).await?;
     check_owner(&request, authz.account_id, "challenge")?;
-    let Some(request) = request.filter(|r| !r.is_post_as_get()) else {
+    if request.is_post_as_get() {
         return challenge_response(&wfe, &authz, index);
-    };
+    }
     // RFC 8555 §7.5.1: the client signals readiness with an empty JSON object.
     let _: Value = request.json()?;
     let account = request.account()?;
@@ -632,7 +635,7 @@ async fn certificate_chain(
     body: &Bytes,
 ) -> Reply {
     let deadline = wfe.deadline();
-    let request = reader(wfe, method, uri, headers, body, deadline).await?;
+    let request = certificate_reader(wfe, method, uri, headers, body, deadline).await?;
     if !serial.bytes().all(|b| b.is_ascii_hexdigit()) || serial.is_empty() {
         return Err(Problem::not_found("certificate not found").into());
     }

@@ -14,17 +14,28 @@ const NAMESPACE: &str = "urn:ietf:params:acme:error:";
 pub struct ProblemResponse {
     pub problem: Problem,
     pub status: Option<StatusCode>,
+    /// The methods the resource does allow, for a 405 (RFC 9110 §15.5.6 requires `Allow` there).
+    pub allow: Option<&'static str>,
 }
 
 impl ProblemResponse {
     pub fn with_status(problem: Problem, status: StatusCode) -> Self {
-        Self { problem, status: Some(status) }
+        Self { problem, status: Some(status), allow: None }
+    }
+
+    /// 405 for a method the resource does not take; `allow` lists the ones it does.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            problem: Problem::malformed(format!("Method not allowed; use {allow}")),
+            status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            allow: Some(allow),
+        }
     }
 }
 
 impl From<Problem> for ProblemResponse {
     fn from(problem: Problem) -> Self {
-        Self { problem, status: None }
+        Self { problem, status: None, allow: None }
     }
 }
 
@@ -93,6 +104,9 @@ impl IntoResponse for ProblemResponse {
         // RFC 8555 §6.6: a rate-limited client learns when to come back.
         if let Some(seconds) = self.problem.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(allow) = self.allow {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

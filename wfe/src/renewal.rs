@@ -8,7 +8,7 @@ use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use serde_json::json;
 
-use crate::handlers::{Reply, json_response, method_not_allowed, with_retry_after};
+use crate::handlers::{Reply, json_response, with_retry_after};
 use crate::problem::ProblemResponse;
 use crate::render::timestamp;
 use crate::state::Wfe;
@@ -93,7 +93,7 @@ async fn window(wfe: &Wfe, serial: &str, deadline: Option<Instant>) -> Result<Wi
 /// `GET /acme/renewal-info/{certID}`: unauthenticated, answered with the window and a jittered `Retry-After`.
 pub async fn renewal_info(State(wfe): State<Wfe>, method: Method, Path(cert_id): Path<String>) -> Reply {
     if method != Method::GET && method != Method::HEAD {
-        return Err(method_not_allowed());
+        return Err(ProblemResponse::method_not_allowed("GET, HEAD"));
     }
     let deadline = wfe.deadline();
     let serial = parse_cert_id(&cert_id, wfe.issuer_key_ids())?;

@@ -261,6 +261,39 @@ async fn accounts_update_their_contacts_and_deactivate() {
     assert_eq!((order.status, order.problem_type().as_deref()), (403, Some("unauthorized")));
 }
 
+/// RFC 8555 §6.3: orders, authorizations and challenges are read with POST-as-GET only. Their ids are sequential;
+/// a plain GET used to answer 200 with the resource, so anyone could list every subscriber's names.
+#[tokio::test]
+async fn orders_authorizations_and_challenges_refuse_a_plain_get() {
+    let stack = Stack::start().await;
+    let account = stack.account(Algorithm::Es256).await;
+    let (order_url, order) = stack.order(&account, &["private.example.org"]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = stack.client.post(&account, &authz_url, None).await.unwrap().json();
+    let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
+    for url in [&order_url, &authz_url, &challenge_url] {
+        for method in [http::Method::GET, http::Method::HEAD] {
+            let plain = stack.client.request(method.clone(), url, None, Vec::new()).await.unwrap();
+            assert_eq!(plain.status, 405, "{method} {url}");
+            assert_eq!(plain.header("allow").as_deref(), Some("POST"), "{method} {url}");
+            if method == http::Method::GET {
+                assert_eq!(plain.problem_type().as_deref(), Some("malformed"), "{url}");
+                assert!(!String::from_utf8_lossy(&plain.body).contains("private.example.org"), "{url}");
+            }
+        }
+        assert_eq!(stack.client.post(&account, url, None).await.unwrap().status, 200, "{url}");
+    }
+    // Certificates stay public (RFC 8555 §7.4.2 lets a CA serve them by GET).
+    stack.make_ready(&account, &order_url, &order).await;
+    let finalize = order["finalize"].as_str().unwrap();
+    let done = stack.client.post(&account, finalize, Some(&json!({"csr": csr(&["private.example.org"])}))).await;
+    let cert_url = done.unwrap().json()["certificate"].as_str().unwrap().to_owned();
+    let cert = stack.client.request(http::Method::GET, &cert_url, None, Vec::new()).await.unwrap();
+    assert_eq!(cert.status, 200);
+    let put = stack.client.request(http::Method::PUT, &cert_url, None, Vec::new()).await.unwrap();
+    assert_eq!((put.status, put.header("allow").as_deref()), (405, Some("GET, HEAD, POST")));
+}
+
 #[tokio::test]
 async fn authorizations_can_be_deactivated_by_their_account_only() {
     let stack = Stack::start().await;
