@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
-use quarry_core::csr::{CsrKey, ParsedCsr};
+use quarry_core::csr::ParsedCsr;
+use quarry_jose::Jwk;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
@@ -509,7 +510,7 @@ fn certificate_params(
     }
     params.key_usages = match req.csr.key {
         // RSA key exchange in TLS 1.2 needs keyEncipherment; ECDSA keys only ever sign.
-        CsrKey::Rsa { .. } if profile.key_encipherment => {
+        Jwk::Rsa { .. } if profile.key_encipherment => {
             vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
         }
         _ => vec![KeyUsagePurpose::DigitalSignature],

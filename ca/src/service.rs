@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quarry_core::config::ConfigError;
-use quarry_core::csr::{CsrKey, ParsedCsr, parse_csr};
+use quarry_core::csr::{ParsedCsr, parse_csr};
 use quarry_core::grpc::{ClientAllowlist, incoming_deadline};
 use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Identifier, Problem};
+use quarry_jose::Jwk;
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
 use quarry_proto::ca::{IssueCertificateForPrecertificateRequest, IssueCertificateRequest, IssueCertificateResponse};
 use quarry_proto::client::{PublisherClient, SaClient};
@@ -186,10 +187,10 @@ impl CaService {
 
     /// An active issuer serving `profile` that outlives `not_after`: of the key's kind (ECDSA or RSA) when there is
     /// one, else of the other kind; at random among equals, so that load and risk spread over the intermediates.
-    fn choose_issuer(&self, profile: &str, key: &CsrKey, not_after: OffsetDateTime) -> Option<&ConfiguredIssuer> {
+    fn choose_issuer(&self, profile: &str, key: &Jwk, not_after: OffsetDateTime) -> Option<&ConfiguredIssuer> {
         let eligible: Vec<&ConfiguredIssuer> =
             self.issuers.iter().filter(|i| i.serves(profile) && i.issuer.not_after() >= not_after).collect();
-        let wants_rsa = matches!(key, CsrKey::Rsa { .. });
+        let wants_rsa = matches!(key, Jwk::Rsa { .. });
         let same_kind: Vec<&ConfiguredIssuer> = eligible.iter().copied().filter(|i| i.is_rsa() == wants_rsa).collect();
         let pool = if same_kind.is_empty() { eligible } else { same_kind };
         let mut random = [0u8; 4];
@@ -208,9 +209,6 @@ impl CaService {
             Problem::new(ErrorKind::InvalidProfile, format!("unknown certificate profile {profile_name:?}"))
         })?;
         let csr = parse_csr(&request.csr).map_err(|e| Problem::new(ErrorKind::BadCsr, e.to_string()))?;
-        if let CsrKey::Other(algorithm) = &csr.key {
-            return Err(Problem::new(ErrorKind::BadCsr, format!("csr public key type {algorithm} is not supported")));
-        }
         let (dns_names, ip_addresses) = certificate_names(&csr);
         if dns_names.is_empty() && ip_addresses.is_empty() {
             return Err(Problem::new(ErrorKind::BadCsr, "csr names no identifier"));
@@ -540,7 +538,7 @@ mod tests {
             common_name: common_name.map(str::to_owned),
             dns_names: dns.iter().map(|n| (*n).to_owned()).collect(),
             ip_addresses: ips.iter().map(|ip| ip.parse().expect("ip")).collect(),
-            key: CsrKey::EcdsaP256,
+            key: quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("a key").jwk(),
         }
     }
 

@@ -8,20 +8,17 @@ use crate::identifier::Identifier;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
+use quarry_jose::{EcCurve, JoseError, Jwk};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
-use x509_parser::error::X509Error;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
-    OID_X509_EXT_SUBJECT_ALT_NAME,
+    OID_PKCS1_SHA256WITHRSA, OID_PKCS1_SHA384WITHRSA, OID_PKCS1_SHA512WITHRSA, OID_SIG_ECDSA_WITH_SHA256,
+    OID_SIG_ECDSA_WITH_SHA384, OID_SIG_ECDSA_WITH_SHA512, OID_X509_EXT_SUBJECT_ALT_NAME,
 };
 use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
-use x509_parser::x509::SubjectPublicKeyInfo;
-
-/// The RSA moduli aws-lc-rs verifies PKCS#1 and PSS signatures for; outside this range a CSR cannot be checked.
-const RSA_VERIFIABLE_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+use x509_parser::x509::AlgorithmIdentifier;
 
 /// Why a CSR was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,22 +27,12 @@ pub enum CsrError {
     Malformed(String),
     #[error("csr signature does not verify with its public key")]
     BadSignature,
+    /// Signed with an algorithm Quarry does not accept (SHA-1, PSS) or one that does not suit the key.
+    #[error("csr signature algorithm: {0}")]
+    BadSignatureAlgorithm(String),
+    /// A key Quarry does not accept: `badPublicKey`.
     #[error("unsupported csr key: {0}")]
     UnsupportedKey(String),
-}
-
-/// The kind of public key a CSR carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CsrKey {
-    EcdsaP256,
-    EcdsaP384,
-    Rsa {
-        modulus_bits: usize,
-        exponent: u64,
-    },
-    Ed25519,
-    /// A key whose signature verified but which is none of the above; key policy decides what to do with it.
-    Other(String),
 }
 
 /// A CSR whose self-signature has been verified.
@@ -53,7 +40,8 @@ pub enum CsrKey {
 pub struct ParsedCsr {
     /// The whole CSR as received.
     pub der: Vec<u8>,
-    /// The SubjectPublicKeyInfo, exactly as encoded in the CSR.
+    /// The key's canonical SubjectPublicKeyInfo (`Jwk::spki_der`), which the certificate carries: not necessarily
+    /// the CSR's bytes (a compressed EC point is re-encoded uncompressed).
     pub spki_der: Vec<u8>,
     /// The subject's first commonName, lowercased (ACME clients put a DNS name there).
     pub common_name: Option<String>,
@@ -61,7 +49,8 @@ pub struct ParsedCsr {
     pub dns_names: Vec<String>,
     /// subjectAltName IP addresses without duplicates, in request order.
     pub ip_addresses: Vec<IpAddr>,
-    pub key: CsrKey,
+    /// The key, canonical: compare and hash keys through it.
+    pub key: Jwk,
 }
 
 impl ParsedCsr {
@@ -97,19 +86,13 @@ pub fn parse_csr(der: &[u8]) -> Result<ParsedCsr, CsrError> {
         return Err(malformed("csr version is not 1"));
     }
 
-    // The key is classified before the signature is checked so that a key aws-lc-rs cannot verify with is reported
-    // as unsupported rather than as a bad signature.
-    let key = classify_key(&info.subject_pki)?;
-    match csr.verify_signature() {
-        Ok(()) => {}
-        Err(X509Error::SignatureUnsupportedAlgorithm) => {
-            return Err(CsrError::UnsupportedKey(format!(
-                "signature algorithm {} with this key",
-                csr.signature_algorithm.algorithm
-            )));
-        }
-        Err(_) => return Err(CsrError::BadSignature),
-    }
+    // The key is parsed (and refused when Quarry does not accept it) before the signature is checked, so that such
+    // a key is reported as unsupported rather than as a bad signature.
+    let key = Jwk::from_spki_der(info.subject_pki.raw).map_err(|e| match e {
+        JoseError::BadPublicKey(detail) => CsrError::UnsupportedKey(detail),
+        other => malformed(&other.to_string()),
+    })?;
+    verify_signature(&key, &csr.signature_algorithm, info.raw, &csr.signature_value.data)?;
 
     let common_name = match info.subject.iter_common_name().next() {
         None => None,
@@ -117,61 +100,60 @@ pub fn parse_csr(der: &[u8]) -> Result<ParsedCsr, CsrError> {
     };
     let (dns_names, ip_addresses) = requested_alt_names(&csr)?;
 
-    Ok(ParsedCsr {
-        der: der.to_vec(),
-        spki_der: info.subject_pki.raw.to_vec(),
-        common_name,
-        dns_names,
-        ip_addresses,
-        key,
-    })
+    Ok(ParsedCsr { der: der.to_vec(), spki_der: key.spki_der(), common_name, dns_names, ip_addresses, key })
 }
 
 fn malformed(detail: &str) -> CsrError {
     CsrError::Malformed(detail.to_owned())
 }
 
-fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<CsrKey, CsrError> {
-    let algorithm = &spki.algorithm.algorithm;
-    if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .ok_or_else(|| malformed("ec public key without a named curve"))?;
-        return if curve == OID_EC_P256 {
-            Ok(CsrKey::EcdsaP256)
-        } else if curve == OID_NIST_EC_P384 {
-            Ok(CsrKey::EcdsaP384)
-        } else {
-            Err(CsrError::UnsupportedKey(format!("ec curve {curve}")))
-        };
-    }
-    if *algorithm == OID_PKCS1_RSAENCRYPTION {
-        let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
-            return Err(malformed("rsa public key does not parse"));
-        };
-        let modulus_bits = integer_bits(rsa.modulus);
-        let exponent = rsa.try_exponent().map_err(|_| malformed("rsa public exponent is out of range"))?;
-        if !RSA_VERIFIABLE_BITS.contains(&modulus_bits) {
-            return Err(CsrError::UnsupportedKey(format!("rsa modulus of {modulus_bits} bits")));
+/// Verifies the CSR's self-signature with its (canonical) key, under an algorithm that suits the key: PKCS#1 v1.5
+/// with SHA-256/384/512 for RSA, ECDSA with SHA-256/384/512 for EC — as Let's Encrypt. SHA-1 and anything else are
+/// refused before any verification.
+fn verify_signature(
+    key: &Jwk,
+    algorithm: &AlgorithmIdentifier<'_>,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<(), CsrError> {
+    let oid = &algorithm.algorithm;
+    let refused = || CsrError::BadSignatureAlgorithm(format!("{oid} is not accepted with a {} key", key.kind()));
+    // RFC 4055 §5: the RSA algorithms take NULL parameters (or, leniently, none); RFC 5758 §3.2: ECDSA takes none.
+    let null_or_absent = algorithm.parameters.as_ref().is_none_or(|p| p.tag() == x509_parser::asn1_rs::Tag::Null);
+    let absent = algorithm.parameters.is_none();
+    let verified = match key {
+        Jwk::Rsa { n, e } => {
+            let algorithm = if *oid == OID_PKCS1_SHA256WITHRSA {
+                &signature::RSA_PKCS1_2048_8192_SHA256
+            } else if *oid == OID_PKCS1_SHA384WITHRSA {
+                &signature::RSA_PKCS1_2048_8192_SHA384
+            } else if *oid == OID_PKCS1_SHA512WITHRSA {
+                &signature::RSA_PKCS1_2048_8192_SHA512
+            } else {
+                return Err(refused());
+            };
+            if !null_or_absent {
+                return Err(malformed("signature algorithm parameters must be NULL"));
+            }
+            RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }.verify(algorithm, signed, signature)
         }
-        return Ok(CsrKey::Rsa { modulus_bits, exponent });
-    }
-    if *algorithm == OID_SIG_ED25519 {
-        return Ok(CsrKey::Ed25519);
-    }
-    Ok(CsrKey::Other(algorithm.to_id_string()))
-}
-
-/// Bit length of an unsigned big-endian integer that may carry DER's leading zero octets.
-fn integer_bits(be: &[u8]) -> usize {
-    let significant = be.iter().position(|&b| b != 0).map_or(&[][..], |i| &be[i..]);
-    match significant.first() {
-        None => 0,
-        Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
-    }
+        Jwk::Ec { crv, .. } => {
+            let algorithm: &'static dyn VerificationAlgorithm = match (crv, oid) {
+                (EcCurve::P256, o) if *o == OID_SIG_ECDSA_WITH_SHA256 => &signature::ECDSA_P256_SHA256_ASN1,
+                (EcCurve::P256, o) if *o == OID_SIG_ECDSA_WITH_SHA384 => &signature::ECDSA_P256_SHA384_ASN1,
+                (EcCurve::P256, o) if *o == OID_SIG_ECDSA_WITH_SHA512 => &signature::ECDSA_P256_SHA512_ASN1,
+                (EcCurve::P384, o) if *o == OID_SIG_ECDSA_WITH_SHA256 => &signature::ECDSA_P384_SHA256_ASN1,
+                (EcCurve::P384, o) if *o == OID_SIG_ECDSA_WITH_SHA384 => &signature::ECDSA_P384_SHA384_ASN1,
+                (EcCurve::P384, o) if *o == OID_SIG_ECDSA_WITH_SHA512 => &signature::ECDSA_P384_SHA512_ASN1,
+                _ => return Err(refused()),
+            };
+            if !absent {
+                return Err(malformed("ECDSA signature algorithms take no parameters"));
+            }
+            UnparsedPublicKey::new(algorithm, key.subject_public_key()).verify(signed, signature)
+        }
+    };
+    verified.map_err(|_| CsrError::BadSignature)
 }
 
 type AltNames = (Vec<String>, Vec<IpAddr>);
@@ -279,7 +261,7 @@ mod tests {
             p.subject_alt_names = vec![dns("Example.com"), dns("www.example.com"), dns("EXAMPLE.com")];
         });
         let csr = parse_csr(&der).expect("valid csr");
-        assert_eq!(csr.key, CsrKey::EcdsaP256);
+        assert!(matches!(csr.key, Jwk::Ec { crv: EcCurve::P256, .. }));
         assert_eq!(csr.dns_names, vec!["example.com", "www.example.com"]);
         assert_eq!(csr.common_name.as_deref(), Some("www.example.com"));
         assert_eq!(csr.names(), BTreeSet::from(["example.com".to_owned(), "www.example.com".to_owned()]));
@@ -293,7 +275,7 @@ mod tests {
             p.distinguished_name.push(DnType::CommonName, "only-cn.example");
         });
         let csr = parse_csr(&der).expect("valid csr");
-        assert_eq!(csr.key, CsrKey::EcdsaP384);
+        assert!(matches!(csr.key, Jwk::Ec { crv: EcCurve::P384, .. }));
         assert!(csr.dns_names.is_empty());
         assert_eq!(csr.names(), BTreeSet::from(["only-cn.example".to_owned()]));
     }
@@ -308,7 +290,7 @@ mod tests {
 
     #[test]
     fn ip_addresses_are_extracted_and_deduplicated() {
-        let der = csr_der(&rcgen::PKCS_ED25519, |p| {
+        let der = csr_der(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
             p.subject_alt_names = vec![
                 SanType::IpAddress("192.0.2.1".parse().expect("ip")),
                 SanType::IpAddress("2001:db8::1".parse().expect("ip")),
@@ -317,20 +299,20 @@ mod tests {
             ];
         });
         let csr = parse_csr(&der).expect("valid csr");
-        assert_eq!(csr.key, CsrKey::Ed25519);
         let expected: Vec<IpAddr> = vec!["192.0.2.1".parse().expect("ip"), "2001:db8::1".parse().expect("ip")];
         assert_eq!(csr.ip_addresses, expected);
         assert_eq!(csr.dns_names, vec!["mixed.example"]);
     }
 
     #[test]
-    fn rsa_key_size_and_exponent_are_reported() {
+    fn rsa_keys_are_parsed() {
         let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa generation");
         let pkcs8 = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&rsa).expect("pkcs8");
         let key = KeyPair::try_from(pkcs8.as_ref()).expect("rcgen accepts the rsa key");
         let der = csr_der_with_key(&key, |p| p.subject_alt_names = vec![dns("rsa.example")]);
         let csr = parse_csr(&der).expect("valid csr");
-        assert_eq!(csr.key, CsrKey::Rsa { modulus_bits: 2048, exponent: 65537 });
+        assert_eq!(csr.key.rsa_modulus().map(<[u8]>::len), Some(256));
+        assert_eq!(csr.key.algorithm(), quarry_jose::Algorithm::Rs256);
     }
 
     #[test]
@@ -391,10 +373,44 @@ mod tests {
     }
 
     #[test]
-    fn integer_bits_ignores_leading_zero_octets() {
-        assert_eq!(integer_bits(&[0x00, 0x80, 0x00]), 16);
-        assert_eq!(integer_bits(&[0x01, 0xff]), 9);
-        assert_eq!(integer_bits(&[0x00]), 0);
-        assert_eq!(integer_bits(&[]), 0);
+    fn keys_quarry_does_not_accept_are_unsupported() {
+        for alg in [&rcgen::PKCS_ED25519, &rcgen::PKCS_ECDSA_P521_SHA512] {
+            let der = csr_der(alg, |p| p.subject_alt_names = vec![dns("a.example")]);
+            assert!(matches!(parse_csr(&der), Err(CsrError::UnsupportedKey(_))), "{alg:?}");
+        }
+    }
+
+    /// Found accepted by the attack run: a CSR signed with sha1WithRSAEncryption (ecdsa-with-SHA1 was refused).
+    #[test]
+    fn sha1_signatures_are_refused() {
+        let der = include_bytes!("../testdata/sha1-rsa.csr.der");
+        let err = parse_csr(der).expect_err("a SHA-1 signature");
+        assert!(
+            matches!(&err, CsrError::BadSignatureAlgorithm(detail) if detail.contains("1.2.840.113549.1.1.5")),
+            "{err}"
+        );
+    }
+
+    /// Found by the attack run: the same EC key, compressed, was taken for another key. It parses to the one
+    /// canonical key, and the certificate will carry the uncompressed encoding.
+    #[test]
+    fn a_compressed_key_is_the_uncompressed_key() {
+        let csr = parse_csr(include_bytes!("../testdata/compressed-p256.csr.der")).expect("a valid csr");
+        let uncompressed = include_bytes!("../testdata/compressed-p256.spki.der");
+        assert_eq!(csr.spki_der, uncompressed);
+        assert_eq!(csr.key, Jwk::from_spki_der(uncompressed).unwrap());
+        assert_eq!(csr.dns_names, ["compressed.example"]);
+    }
+
+    #[test]
+    fn the_signature_algorithm_must_suit_the_key() {
+        // An ECDSA CSR relabelled ecdsa-with-SHA224 (1.2.840.10045.4.3.1, an OID of the same length, not accepted):
+        // refused by its algorithm before any verification.
+        let der = csr_der(&rcgen::PKCS_ECDSA_P256_SHA256, |p| p.subject_alt_names = vec![dns("a.example")]);
+        let ecdsa_with_sha256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let at = der.windows(10).rposition(|w| w == ecdsa_with_sha256).expect("signature algorithm");
+        let mut relabelled = der.clone();
+        relabelled[at + 9] = 0x01;
+        assert!(matches!(parse_csr(&relabelled), Err(CsrError::BadSignatureAlgorithm(_))));
     }
 }

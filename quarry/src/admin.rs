@@ -281,18 +281,26 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The canonical key hash (`Jwk::key_hash`) of a certificate's key: what blocked keys are looked up by.
 fn spki_hash_of_certificate(der: &[u8]) -> anyhow::Result<Vec<u8>> {
     use x509_parser::prelude::FromDer;
     let (_, certificate) =
-        x509_parser::certificate::X509Certificate::from_der(der).context("the stored certificate does not parse")?;
-    Ok(quarry_core::ct::key_hash(certificate.public_key().raw).to_vec())
+        x509_parser::certificate::X509Certificate::from_der(der).context("the certificate does not parse")?;
+    spki_hash(certificate.public_key().raw)
+}
+
+/// The canonical key hash of a SubjectPublicKeyInfo, in whatever encoding it comes (a compressed point, say). A key
+/// Quarry does not accept need not be blocked: no account or certificate can use it.
+fn spki_hash(spki: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let key = quarry_jose::Jwk::from_spki_der(spki).map_err(|e| anyhow::anyhow!("the key: {e}"))?;
+    Ok(key.key_hash().to_vec())
 }
 
 fn spki_hash_of_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&text).with_context(|| format!("{} is not PEM", path.display()))?;
     match pem.label.as_str() {
-        "PUBLIC KEY" => Ok(quarry_core::ct::key_hash(&pem.contents).to_vec()),
+        "PUBLIC KEY" => spki_hash(&pem.contents),
         "CERTIFICATE" => spki_hash_of_certificate(&pem.contents),
         other => bail!("{}: a {other} is not a PUBLIC KEY or a CERTIFICATE", path.display()),
     }

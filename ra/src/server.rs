@@ -165,7 +165,7 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<pb::Account, Problem> {
         let jwk = Jwk::from_slice(&account.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
-        keypolicy::check_account_key(&jwk)?;
+        keypolicy::check_key(&jwk)?;
         self.check_key_not_blocked(&jwk, deadline).await?;
         check_contacts(&account.contact)?;
         let spent = self.inner.limits.new_account(client_ip).await?;
@@ -209,7 +209,7 @@ impl Registrar {
 
     /// A key blocked in the sa (compromised, reported) may not become an account key either.
     async fn check_key_not_blocked(&self, jwk: &Jwk, deadline: Option<Instant>) -> Result<(), Problem> {
-        if self.inner.sa.key_blocked(jwk.spki_hash().to_vec(), deadline).await? {
+        if self.inner.sa.key_blocked(jwk.key_hash().to_vec(), deadline).await? {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the account key is blocked"));
         }
         Ok(())
@@ -643,17 +643,19 @@ impl Registrar {
                 format!("Order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
             ));
         }
-        let csr = quarry_core::csr::parse_csr(&req.csr)
-            .map_err(|e| Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {e}")))?;
-        keypolicy::check_certificate_key(&csr.key, &csr.spki_der)?;
+        let csr = quarry_core::csr::parse_csr(&req.csr).map_err(|e| match e {
+            quarry_core::csr::CsrError::UnsupportedKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
+            other => Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {other}")),
+        })?;
+        keypolicy::check_key(&csr.key)?;
         let account = self.account_from(req.account.as_ref(), order.account_id, deadline).await?;
         let account_key =
             Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
-        if subject_public_key(&csr.spki_der).as_deref() == Some(account_key.subject_public_key().as_slice()) {
+        // Both keys are canonical, so a CSR carrying the account key in another encoding is still caught.
+        if csr.key == account_key {
             return Err(Problem::new(ErrorKind::BadCsr, "certificate public key must be different than account key"));
         }
-        let key_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.spki_der).as_ref().to_vec();
-        if inner.sa.key_blocked(key_hash, deadline).await? {
+        if inner.sa.key_blocked(csr.key.key_hash().to_vec(), deadline).await? {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
         }
         check_csr_names(&csr.identifiers(), &order.identifiers)?;
@@ -806,7 +808,10 @@ impl RevocationTarget {
         Ok(Self {
             serial: cert.raw_serial_as_string().replace(':', ""),
             names: quarry_core::certificate::identifiers(&cert),
-            spki_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw).as_ref().to_vec(),
+            spki_hash: Jwk::from_spki_der(cert.public_key().raw)
+                .map_err(|e| Problem::malformed(format!("the certificate's public key: {e}")))?
+                .key_hash()
+                .to_vec(),
         })
     }
 }
@@ -910,13 +915,6 @@ fn offered_challenges(identifier: &Identifier, enabled: &[ChallengeType]) -> Vec
         .collect()
 }
 
-/// The subjectPublicKey bits of a DER SubjectPublicKeyInfo.
-fn subject_public_key(spki_der: &[u8]) -> Option<Vec<u8>> {
-    use x509_parser::prelude::FromDer;
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der).ok()?;
-    Some(spki.subject_public_key.data.to_vec())
-}
-
 /// A replica's name for its heartbeats: 64 random bits, hex.
 fn random_instance() -> Result<String, Error> {
     let mut bytes = [0u8; 8];
@@ -931,7 +929,6 @@ fn random_token() -> Result<String, Problem> {
     Ok(quarry_jose::b64_encode(&bytes))
 }
 
-/// RFC 8555 §7.3: a contact is a `mailto:` URL with one address and no header fields.
 /// At most this many contacts per account, as Let's Encrypt allows.
 const MAX_CONTACTS: usize = 10;
 /// The longest address SMTP can carry (RFC 5321 §4.5.3.1.3: a 256-octet path, less its angle brackets).
@@ -1069,7 +1066,7 @@ impl RegistrationAuthority for Registrar {
         let deadline = incoming_deadline(&request);
         let req = request.into_inner();
         let jwk = Jwk::from_slice(&req.jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
-        keypolicy::check_account_key(&jwk)?;
+        keypolicy::check_key(&jwk)?;
         self.check_key_not_blocked(&jwk, deadline).await?;
         let update = sapb::UpdateAccountKeyRequest { id: req.account_id, jwk: jwk.canonical_json().into_bytes() };
         let account = self.inner.sa.update_account_key(update, deadline).await?;

@@ -1,10 +1,51 @@
 //! The SQL of the hot queries, shared by the store and the query benchmark (which shows their plans).
+//!
+//! No query reads `*`: a statement prepared on a connection whose schema is older than the database's (another
+//! connection, or another sa replica in a rolling update, has just added a column) is re-prepared by SQLite with
+//! more columns than sqlx recorded, and reading it panicked the sa. Named columns mean the same thing on every
+//! schema a replica may meet.
+
+macro_rules! authorization_columns {
+    () => {
+        "id, account_id, identifier_type, identifier_value, status, expires, challenge_types, token, attempted, \
+         attempted_at, validated_at, validation_error, validation_records, profile, created, recoveries, attempted_by"
+    };
+}
+
+macro_rules! order_columns {
+    () => {
+        "id, account_id, expires, error, certificate_serial, began_processing, created, profile, replaces, \
+         not_before, not_after, identifiers, processing_by"
+    };
+}
+
+/// An authorization by id.
+pub const AUTHORIZATION_BY_ID: &str =
+    concat!("SELECT ", authorization_columns!(), " FROM authorizations WHERE id = $1");
+
+/// An order's authorizations, in the order's order.
+pub const ORDER_AUTHORIZATIONS: &str = concat!(
+    "SELECT ",
+    authorization_columns!(),
+    " FROM authorizations JOIN order_authorizations ON authorization_id = id WHERE order_id = $1 ORDER BY position"
+);
+
+/// An order by id.
+pub const ORDER_BY_ID: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+
+/// A certificate's revocation status by serial.
+pub const CERTIFICATE_STATUS_BY_SERIAL: &str =
+    "SELECT status, revoked_date, revoked_reason, not_after, issuer_id FROM certificate_status WHERE serial = $1";
 
 /// The account of a key (new-account, every JWS with a jwk).
 pub const ACCOUNT_BY_KEY: &str = "SELECT id, jwk, status, contact, terms_of_service_agreed, created_at, external_account_id FROM accounts WHERE key_hash = $1";
 
 /// The newest valid authorization of an account for one identifier (authorization reuse).
-pub const VALID_AUTHORIZATION: &str = "SELECT * FROM authorizations WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' AND expires > $4 AND ($5 = '' OR profile = $6) ORDER BY expires DESC LIMIT 1";
+pub const VALID_AUTHORIZATION: &str = concat!(
+    "SELECT ",
+    authorization_columns!(),
+    " FROM authorizations WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND status = 'valid' AND expires > $4 AND ($5 = '' OR profile = $6) ORDER BY expires DESC LIMIT 1"
+);
 
 /// Candidate orders of an account for one set of names (order reuse).
 pub const ORDER_REUSE: &str = "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5";
@@ -20,4 +61,5 @@ pub const CERTIFICATES_FOR_DOMAIN: &str = "SELECT COUNT(DISTINCT serial) FROM is
 pub const REVOKED_BY_SHARD: &str = "SELECT serial, revoked_date, revoked_reason FROM revoked_certificates WHERE issuer_id = $1 AND shard_idx = $2 AND not_after_hour >= $3";
 
 /// A certificate by serial (download, revocation, ARI).
-pub const CERTIFICATE_BY_SERIAL: &str = "SELECT * FROM certificates WHERE serial = $1";
+pub const CERTIFICATE_BY_SERIAL: &str =
+    "SELECT serial, account_id, digest, der, issued, expires, issuer_id FROM certificates WHERE serial = $1";

@@ -318,7 +318,7 @@ impl Store {
             "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(jwk.canonical_json().into_bytes())
-        .bind(jwk.key_hash().to_vec())
+        .bind(jwk.thumbprint_sha256().to_vec())
         .bind(account.status.as_str())
         .bind(contact)
         .bind(i64::from(account.terms_of_service_agreed))
@@ -349,7 +349,7 @@ impl Store {
             quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
         let updated = sqlx::query("UPDATE accounts SET jwk = $1, key_hash = $2 WHERE id = $3 AND status = 'valid'")
             .bind(jwk.canonical_json().into_bytes())
-            .bind(jwk.key_hash().to_vec())
+            .bind(jwk.thumbprint_sha256().to_vec())
             .bind(id)
             .execute(&self.pool)
             .await
@@ -392,7 +392,7 @@ impl Store {
     pub async fn get_account_by_key(&self, jwk: &[u8]) -> Result<Account, Problem> {
         let jwk = quarry_jose::Jwk::from_slice(jwk).map_err(|e| Problem::malformed(e.to_string()))?;
         let row = sqlx::query(queries::ACCOUNT_BY_KEY)
-            .bind(jwk.key_hash().to_vec())
+            .bind(jwk.thumbprint_sha256().to_vec())
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -402,24 +402,16 @@ impl Store {
     // --- Authorizations ---
 
     pub async fn get_authorization(&self, id: i64) -> Result<Authorization, Problem> {
-        let row = sqlx::query("SELECT * FROM authorizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let row =
+            sqlx::query(queries::AUTHORIZATION_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_error)?;
         row.map(|r| authorization_from_row(&r, now()))
             .transpose()?
             .ok_or_else(|| Problem::not_found(format!("authorization {id} not found")))
     }
 
     pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
-        let rows = sqlx::query(
-            "SELECT a.* FROM authorizations a JOIN order_authorizations oa ON oa.authorization_id = a.id WHERE oa.order_id = $1 ORDER BY oa.position",
-        )
-        .bind(order_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let rows =
+            sqlx::query(queries::ORDER_AUTHORIZATIONS).bind(order_id).fetch_all(&self.pool).await.map_err(db_error)?;
         let now = now();
         rows.iter().map(|r| authorization_from_row(r, now)).collect()
     }
@@ -645,11 +637,7 @@ impl Store {
     }
 
     pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
-        let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_error)?;
         let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
         let authorizations = self.get_order_authorizations(id).await?;
         order_from_row(&row, &authorizations, now())
@@ -951,7 +939,7 @@ impl Store {
 
     /// (status, revoked_date, revoked_reason, not_after, issuer_id) of a certificate.
     pub async fn get_certificate_status(&self, serial: &str) -> Result<(String, i64, i64, i64, i64), Problem> {
-        let row = sqlx::query("SELECT * FROM certificate_status WHERE serial = $1")
+        let row = sqlx::query(queries::CERTIFICATE_STATUS_BY_SERIAL)
             .bind(serial.to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await
@@ -1168,13 +1156,15 @@ impl CertificateFacts {
         let (_, cert) =
             parse_x509_certificate(der).map_err(|_| Problem::malformed("certificate DER does not parse"))?;
         let names = quarry_core::certificate::identifiers(&cert).into_iter().map(|id| id.value).collect();
-        let spki = cert.public_key().raw;
+        // The key→serial index is keyed by the canonical key hash, whatever encoding the certificate carries.
+        let key = quarry_jose::Jwk::from_spki_der(cert.public_key().raw)
+            .map_err(|e| Problem::malformed(format!("certificate public key: {e}")))?;
         Ok(Self {
             serial: hex::encode(cert.raw_serial()),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             names,
-            key_hash: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki).as_ref().to_vec(),
+            key_hash: key.key_hash().to_vec(),
         })
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod challtestsrv;
 pub mod client;
+pub mod csr;
 pub mod ctlog;
 pub mod db;
 pub mod fakes;

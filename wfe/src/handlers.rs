@@ -755,7 +755,7 @@ async fn revoke_certificate(
             wfe.ra().revoke_cert_by_applicant(revoke, deadline).await?;
         }
         None => {
-            if certificate_key(&der) != Some(request.jwk.subject_public_key()) {
+            if certificate_key(&der).as_ref() != Some(&request.jwk) {
                 return Err(Problem::unauthorized(
                     "the JWS is signed neither by an account nor by the certificate's key",
                 )
@@ -770,8 +770,8 @@ async fn revoke_certificate(
     Ok(StatusCode::OK.into_response())
 }
 
-/// The subjectPublicKey bits of a DER certificate.
-fn certificate_key(der: &[u8]) -> Option<Vec<u8>> {
+/// The (canonical) key of a DER certificate, compared with the JWS's key whatever encoding either arrived in.
+fn certificate_key(der: &[u8]) -> Option<Jwk> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.public_key().subject_public_key.data.to_vec())
+    Jwk::from_spki_der(cert.public_key().raw).ok()
 }

@@ -51,7 +51,7 @@ pub(crate) fn jose_problem(err: JoseError) -> Problem {
     match err {
         JoseError::BadSignatureAlgorithm(detail) => Problem::new(ErrorKind::BadSignatureAlgorithm, detail),
         JoseError::BadSignature => Problem::malformed("JWS verification error"),
-        JoseError::UnsupportedKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
+        JoseError::BadPublicKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
         other => Problem::malformed(other.to_string()),
     }
 }
