@@ -10,6 +10,7 @@ use quarry_core::peer::Peer;
 use quarry_proto::client::SaClient;
 use quarry_proto::sa::{
     AddBlockedKeyRequest, AddCertificateRequest, RateLimitOverride, RateLimitOverrideKey, RevokeCertificateRequest,
+    RevokeForKeyCompromiseRequest,
 };
 use serde::Deserialize;
 
@@ -160,7 +161,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             })?;
             let serial = serial.to_ascii_lowercase().replace(':', "");
             let status = sa.get_certificate_status(&serial, None).await.map_err(refused)?;
-            if status.status == "revoked" {
+            // A certificate revoked for another reason may still be declared compromised: its reason is raised.
+            let upgrade = code == KEY_COMPROMISE && status.revoked_reason != KEY_COMPROMISE;
+            if status.status == "revoked" && !upgrade {
                 bail!("{serial} is already revoked (reason {})", status.revoked_reason);
             }
             let key_hash = if code == KEY_COMPROMISE {
@@ -176,17 +179,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             );
             if let Some(hash) = &key_hash {
                 println!("and block its key (SPKI SHA-256 {})", hex::encode(hash));
+                println!("{BAD_KEY_REVOKER_NOTE}");
             }
             if execute {
                 let date = quarry_core::clock::now();
-                sa.revoke_certificate(RevokeCertificateRequest { serial: serial.clone(), reason: code, date }, None)
-                    .await
-                    .map_err(refused)?;
                 if let Some(key_hash) = key_hash {
+                    // Blocked first: from then on no certificate can be issued for the key.
                     let comment = format!("key of {serial}, revoked for keyCompromise");
                     sa.add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment }, None)
                         .await
                         .map_err(refused)?;
+                    let request = RevokeForKeyCompromiseRequest { serial: serial.clone(), date };
+                    sa.revoke_for_key_compromise(request, None).await.map_err(refused)?;
+                } else {
+                    let request = RevokeCertificateRequest { serial: serial.clone(), reason: code, date };
+                    sa.revoke_certificate(request, None).await.map_err(refused)?;
                 }
                 println!("revoked {serial}");
             }
@@ -205,6 +212,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("{} key {}", if execute { "blocking" } else { "would block" }, hex::encode(&key_hash));
+            println!("{BAD_KEY_REVOKER_NOTE}");
             if execute {
                 sa.add_blocked_key(AddBlockedKeyRequest { key_hash, source: "admin".into(), comment }, None)
                     .await
@@ -280,6 +288,10 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What happens to a blocked key's other certificates, said wherever the operator blocks one.
+const BAD_KEY_REVOKER_NOTE: &str = "every other unexpired certificate with this key is revoked for keyCompromise by the ra's bad-key revoker \
+     (within about 10 s; metric quarry_bad_key_certificates_revoked_total)";
 
 /// The canonical key hash (`Jwk::key_hash`) of a certificate's key: what blocked keys are looked up by.
 fn spki_hash_of_certificate(der: &[u8]) -> anyhow::Result<Vec<u8>> {

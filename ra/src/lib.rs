@@ -2,6 +2,7 @@
 //! valid authorizations, dispatches validation to the va in the background, and drives finalization through the
 //! ca; everything it decides is stored through the sa.
 
+mod badkeys;
 mod error;
 pub mod keypolicy;
 pub mod limits;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
+pub use badkeys::{BAD_KEY_PERIOD, BadKeyReport};
 pub use error::Error;
 pub use recovery::{SWEEP_PERIOD, SweepReport};
 pub use server::Registrar;
@@ -223,6 +225,7 @@ pub async fn serve(
     }
     registrar.keep_beating(stop.clone());
     registrar.keep_sweeping(SWEEP_PERIOD, stop.clone());
+    registrar.keep_revoking_bad_keys(BAD_KEY_PERIOD, stop.clone());
     let drained = {
         let (stop, registrar) = (stop.clone(), registrar.clone());
         tokio::spawn(async move {

@@ -23,6 +23,7 @@ use quarry_proto::ra::{
     PerformValidationRequest, RevokeCertByApplicantRequest, RevokeCertByKeyRequest, UpdateAccountContactRequest,
     UpdateAccountKeyRequest,
 };
+use quarry_proto::sa::revoke_for_key_compromise_response::Outcome;
 use quarry_proto::sa::{self as sapb};
 use quarry_proto::va::{CaaRequest, DcvRequest};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) abandon: CancellationToken,
     /// This replica's name in its heartbeats and in the work it owns (random, new at every start).
     pub(crate) instance: String,
+    /// Wakes the bad-key revoker when a key was just blocked here.
+    pub(crate) bad_key_blocked: tokio::sync::Notify,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -107,6 +110,7 @@ impl Registrar {
                 background: TaskTracker::new(),
                 abandon: CancellationToken::new(),
                 instance: random_instance()?,
+                bad_key_blocked: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -888,7 +892,27 @@ impl Registrar {
             comment: format!("key compromise reported for serial {}", target.serial),
         };
         self.inner.sa.add_blocked_key(block, deadline).await?;
-        self.revoke(&target.serial, KEY_COMPROMISE, deadline).await
+        // Every other certificate with this key, whoever holds it, is the bad-key revoker's to revoke.
+        self.inner.bad_key_blocked.notify_one();
+        // Revoked already for another reason: the reason becomes keyCompromise (Boulder); for that reason: refused.
+        let request = sapb::RevokeForKeyCompromiseRequest { serial: target.serial.clone(), date: now() };
+        match self.inner.sa.revoke_for_key_compromise(request, deadline).await? {
+            Outcome::Already => Err(Problem::new(
+                ErrorKind::AlreadyRevoked,
+                format!("certificate {} is already revoked for key compromise", target.serial),
+            )),
+            outcome => {
+                tracing::info!(
+                    target: "audit",
+                    event = "certificate-revoked",
+                    serial = target.serial,
+                    reason = KEY_COMPROMISE,
+                    upgraded = outcome == Outcome::Upgraded,
+                    "certificate revoked by its key"
+                );
+                Ok(())
+            }
+        }
     }
 }
 

@@ -454,6 +454,41 @@ impl StorageAuthority for Storage {
         reply(self.store.add_blocked_key(&req.key_hash, &req.source, &req.comment).await.map(|()| pb::Empty {}))
     }
 
+    async fn revoke_for_key_compromise(
+        &self,
+        request: Request<sapb::RevokeForKeyCompromiseRequest>,
+    ) -> Reply<sapb::RevokeForKeyCompromiseResponse> {
+        use crate::store::KeyCompromise;
+        use sapb::revoke_for_key_compromise_response::Outcome;
+        let req = request.into_inner();
+        reply(self.store.revoke_for_key_compromise(&req.serial, req.date).await.map(|outcome| {
+            let outcome = match outcome {
+                KeyCompromise::Revoked => Outcome::Revoked,
+                KeyCompromise::Upgraded => Outcome::Upgraded,
+                KeyCompromise::Already => Outcome::Already,
+            };
+            sapb::RevokeForKeyCompromiseResponse { outcome: outcome.into() }
+        }))
+    }
+
+    async fn get_unchecked_blocked_keys(
+        &self,
+        request: Request<sapb::UncheckedBlockedKeysRequest>,
+    ) -> Reply<sapb::KeyHashes> {
+        let limit = request.get_ref().limit;
+        reply(self.store.unchecked_blocked_keys(limit).await.map(|key_hashes| sapb::KeyHashes { key_hashes }))
+    }
+
+    async fn get_serials_by_key(&self, request: Request<sapb::SerialsByKeyRequest>) -> Reply<sapb::Serials> {
+        let req = request.get_ref();
+        reply(self.store.serials_by_key(&req.key_hash, req.now).await.map(|serials| sapb::Serials { serials }))
+    }
+
+    async fn mark_blocked_key_checked(&self, request: Request<sapb::MarkBlockedKeyCheckedRequest>) -> Reply<pb::Empty> {
+        let req = request.get_ref();
+        reply(self.store.mark_blocked_key_checked(&req.key_hash, req.added_before).await.map(|()| pb::Empty {}))
+    }
+
     async fn add_precertificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(

@@ -28,6 +28,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (5, "crl_storage", include_str!("../migrations/sqlite/0005_crl_storage.sql")),
     (6, "crl_changes", include_str!("../migrations/sqlite/0006_crl_changes.sql")),
     (7, "recovery", include_str!("../migrations/sqlite/0007_recovery.sql")),
+    (8, "bad_keys", include_str!("../migrations/sqlite/0008_bad_keys.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -39,6 +40,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (5, "crl_storage", include_str!("../migrations/postgres/0005_crl_storage.sql")),
     (6, "crl_changes", include_str!("../migrations/postgres/0006_crl_changes.sql")),
     (7, "recovery", include_str!("../migrations/postgres/0007_recovery.sql")),
+    (8, "bad_keys", include_str!("../migrations/postgres/0008_bad_keys.sql")),
 ];
 
 /// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.
@@ -1004,6 +1006,84 @@ impl Store {
         Err(Problem::new(ErrorKind::AlreadyRevoked, format!("certificate {serial} is already {status}")))
     }
 
+    /// Revokes a certificate for key compromise: a good one now, at `date`; one revoked for another reason has its
+    /// reason raised to keyCompromise, keeping its date (as Boulder does: the revocation happened then, and CRL
+    /// consumers learn that the key is compromised).
+    pub async fn revoke_for_key_compromise(&self, serial: &str, date: Timestamp) -> Result<KeyCompromise, Problem> {
+        match self.revoke_certificate(serial, KEY_COMPROMISE, date).await {
+            Ok(()) => return Ok(KeyCompromise::Revoked),
+            Err(problem) if problem.kind == ErrorKind::AlreadyRevoked => {}
+            Err(problem) => return Err(problem),
+        }
+        let serial = serial.to_ascii_lowercase();
+        let mut tx = self.begin_write().await?;
+        let upgraded = sqlx::query(
+            "UPDATE certificate_status SET revoked_reason = $1 WHERE serial = $2 AND status = 'revoked' AND revoked_reason != $1",
+        )
+        .bind(KEY_COMPROMISE)
+        .bind(&serial)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if upgraded == 0 {
+            return Ok(KeyCompromise::Already);
+        }
+        let issuer_id: i64 = sqlx::query_scalar("SELECT issuer_id FROM certificate_status WHERE serial = $1")
+            .bind(&serial)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("UPDATE revoked_certificates SET revoked_reason = $1 WHERE serial = $2")
+            .bind(KEY_COMPROMISE)
+            .bind(&serial)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(
+            "UPDATE crl_shards SET revocations_pending = revocations_pending + 1 WHERE issuer_id = $1 AND idx = $2",
+        )
+        .bind(issuer_id)
+        .bind(self.crl_shard(&serial))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(KeyCompromise::Upgraded)
+    }
+
+    /// Blocked keys whose certificates have not all been revoked yet, oldest first.
+    pub async fn unchecked_blocked_keys(&self, limit: i64) -> Result<Vec<Vec<u8>>, Problem> {
+        sqlx::query_scalar("SELECT key_hash FROM blocked_keys WHERE certificates_checked = 0 ORDER BY added LIMIT $1")
+            .bind(limit.clamp(1, 1_000))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    /// The serials of the certificates (and precertificates) with this key that expire after `now`.
+    pub async fn serials_by_key(&self, key_hash: &[u8], now: Timestamp) -> Result<Vec<String>, Problem> {
+        sqlx::query_scalar(
+            "SELECT serial FROM key_hash_to_serial WHERE key_hash = $1 AND cert_not_after > $2 ORDER BY serial",
+        )
+        .bind(key_hash)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    /// Records that every certificate of a blocked key has been revoked, if it was blocked before `added_before`.
+    pub async fn mark_blocked_key_checked(&self, key_hash: &[u8], added_before: Timestamp) -> Result<(), Problem> {
+        sqlx::query("UPDATE blocked_keys SET certificates_checked = 1 WHERE key_hash = $1 AND added < $2")
+            .bind(key_hash)
+            .bind(added_before)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Blocks a key for future issuance; blocking it twice is harmless.
     pub async fn add_blocked_key(&self, key_hash: &[u8], source: &str, comment: &str) -> Result<(), Problem> {
         sqlx::query("INSERT INTO blocked_keys (key_hash, added, source, comment) VALUES ($1, $2, $3, $4) ON CONFLICT (key_hash) DO NOTHING")
@@ -1139,6 +1219,20 @@ fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp
         not_before: get(row, "not_before")?,
         not_after: get(row, "not_after")?,
     })
+}
+
+/// RFC 5280's keyCompromise reason code.
+const KEY_COMPROMISE: i64 = 1;
+
+/// What [`Store::revoke_for_key_compromise`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCompromise {
+    /// It was good and is now revoked.
+    Revoked,
+    /// It was revoked for another reason, now for key compromise.
+    Upgraded,
+    /// It was revoked for key compromise already.
+    Already,
 }
 
 /// What the sa records about a certificate, read from its DER.

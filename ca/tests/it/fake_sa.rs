@@ -87,6 +87,34 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn revoke_for_key_compromise(
+        &self,
+        _: Request<quarry_proto::sa::RevokeForKeyCompromiseRequest>,
+    ) -> Result<Response<quarry_proto::sa::RevokeForKeyCompromiseResponse>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn get_unchecked_blocked_keys(
+        &self,
+        _: Request<quarry_proto::sa::UncheckedBlockedKeysRequest>,
+    ) -> Result<Response<quarry_proto::sa::KeyHashes>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn get_serials_by_key(
+        &self,
+        _: Request<quarry_proto::sa::SerialsByKeyRequest>,
+    ) -> Result<Response<quarry_proto::sa::Serials>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
+    async fn mark_blocked_key_checked(
+        &self,
+        _: Request<quarry_proto::sa::MarkBlockedKeyCheckedRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn lease_crl_shard(
         &self,
         _: Request<quarry_proto::sa::LeaseCrlShardRequest>,

@@ -447,6 +447,66 @@ impl SaClient {
             .map(drop)
     }
 
+    pub async fn revoke_for_key_compromise(
+        &self,
+        request: RevokeForKeyCompromiseRequest,
+        deadline: Deadline,
+    ) -> Result<revoke_for_key_compromise_response::Outcome, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            revoke_for_key_compromise,
+            "/quarry.sa.v1.StorageAuthority/RevokeForKeyCompromise",
+            request,
+            deadline
+        )?;
+        Ok(reply.outcome())
+    }
+
+    pub async fn get_unchecked_blocked_keys(&self, limit: i64, deadline: Deadline) -> Result<Vec<Vec<u8>>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            get_unchecked_blocked_keys,
+            "/quarry.sa.v1.StorageAuthority/GetUncheckedBlockedKeys",
+            UncheckedBlockedKeysRequest { limit },
+            deadline
+        )?;
+        Ok(reply.key_hashes)
+    }
+
+    pub async fn get_serials_by_key(
+        &self,
+        request: SerialsByKeyRequest,
+        deadline: Deadline,
+    ) -> Result<Vec<String>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            get_serials_by_key,
+            "/quarry.sa.v1.StorageAuthority/GetSerialsByKey",
+            request,
+            deadline
+        )?;
+        Ok(reply.serials)
+    }
+
+    pub async fn mark_blocked_key_checked(
+        &self,
+        request: MarkBlockedKeyCheckedRequest,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        rpc!(
+            self.peer,
+            Rw,
+            mark_blocked_key_checked,
+            "/quarry.sa.v1.StorageAuthority/MarkBlockedKeyChecked",
+            request,
+            deadline
+        )
+        .map(drop)
+    }
+
     pub async fn lease_crl_shard(
         &self,
         request: LeaseCrlShardRequest,

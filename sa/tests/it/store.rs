@@ -60,19 +60,25 @@ fn order_for(account_id: i64, names: &[&str]) -> NewOrder {
 
 /// A certificate for `names` with `serial`, valid from `not_before` for 90 days.
 fn certificate(names: &[&str], serial: &[u8], not_before: i64) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
+    certificate_with_key(names, serial, not_before, &rcgen::KeyPair::generate().unwrap())
+}
+
+fn certificate_with_key(names: &[&str], serial: &[u8], not_before: i64, key: &rcgen::KeyPair) -> Vec<u8> {
     let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
     params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
     params.not_after = params.not_before + time::Duration::days(90);
-    params.self_signed(&key).unwrap().der().to_vec()
+    params.self_signed(key).unwrap().der().to_vec()
 }
 
 /// Reserves `serial` and stores a certificate for `names` under it; returns the hex serial.
 async fn issue(store: &Store, account_id: i64, names: &[&str], serial: &[u8], not_before: i64) -> String {
+    issue_der(store, account_id, serial, certificate(names, serial, not_before), not_before).await
+}
+
+async fn issue_der(store: &Store, account_id: i64, serial: &[u8], der: Vec<u8>, not_before: i64) -> String {
     let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
     store.add_serial(account_id, 0, &hex, now(), now() + 90 * DAY).await.unwrap();
-    let der = certificate(names, serial, not_before);
     store.add_precertificate(account_id, &der, not_before, 7).await.unwrap();
     store.add_certificate(account_id, &der, not_before, 7).await.unwrap()
 }
@@ -174,6 +180,52 @@ async fn revoked_certificates_are_filed_by_issuer_and_shard() {
         }
         let again = store.revoke_certificate(&by_shard[&0][0], 4, now()).await.unwrap_err();
         assert_eq!(again.kind, ErrorKind::AlreadyRevoked, "{}", db.url);
+    }
+}
+
+/// The bad-key revoker's view: a blocked key's unexpired certificates across accounts, revoked (or their reason
+/// raised) for key compromise once each, and the key checked off only once its issuance grace has passed.
+#[tokio::test]
+async fn a_blocked_keys_certificates_are_found_and_revoked_for_key_compromise() {
+    for (store, db) in stores().await {
+        let (first, second) = (account(&store).await, account(&store).await);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let key_hash = quarry_jose::Jwk::from_spki_der(&rcgen::PublicKeyData::subject_public_key_info(&key))
+            .unwrap()
+            .key_hash()
+            .to_vec();
+        let t = now() - DAY;
+        let der = |serial: &[u8], not_before| certificate_with_key(&["bad.example.org"], serial, not_before, &key);
+        let superseded = issue_der(&store, first.id, &[0x05, 0x01], der(&[0x05, 0x01], t), t).await;
+        let held = issue_der(&store, second.id, &[0x05, 0x02], der(&[0x05, 0x02], t), t).await;
+        let expired =
+            issue_der(&store, second.id, &[0x05, 0x03], der(&[0x05, 0x03], t - 100 * DAY), t - 100 * DAY).await;
+        let other_key = issue(&store, second.id, &["bad.example.org"], &[0x05, 0x04], t).await;
+        store.revoke_certificate(&superseded, 4, t + 60).await.unwrap();
+
+        assert!(store.unchecked_blocked_keys(10).await.unwrap().is_empty(), "{}", db.url);
+        store.add_blocked_key(&key_hash, "test", "compromised").await.unwrap();
+        assert_eq!(store.unchecked_blocked_keys(10).await.unwrap(), std::slice::from_ref(&key_hash), "{}", db.url);
+        let serials = store.serials_by_key(&key_hash, now()).await.unwrap();
+        assert_eq!(serials, [superseded.clone(), held.clone()], "{}: not {expired}, not {other_key}", db.url);
+
+        use quarry_sa::store::KeyCompromise;
+        assert_eq!(store.revoke_for_key_compromise(&superseded, now()).await.unwrap(), KeyCompromise::Upgraded);
+        assert_eq!(store.revoke_for_key_compromise(&held, now()).await.unwrap(), KeyCompromise::Revoked);
+        assert_eq!(store.revoke_for_key_compromise(&held, now()).await.unwrap(), KeyCompromise::Already);
+        let mut on_crls = Vec::new();
+        for shard in 0..4 {
+            let listed = store.revoked_certificates(7, shard, now()).await.unwrap();
+            on_crls.extend(listed.into_iter().map(|r| (r.serial, r.revoked_reason, r.revoked_date == t + 60)));
+        }
+        assert!(on_crls.contains(&(superseded, 1, true)), "{}: the upgrade keeps its date: {on_crls:?}", db.url);
+        assert!(on_crls.iter().any(|(serial, reason, _)| serial == &held && *reason == 1), "{on_crls:?}");
+
+        // Blocked just now: a check before its grace has passed leaves it listed.
+        store.mark_blocked_key_checked(&key_hash, now() - 300).await.unwrap();
+        assert_eq!(store.unchecked_blocked_keys(10).await.unwrap().len(), 1, "{}", db.url);
+        store.mark_blocked_key_checked(&key_hash, now() + 1).await.unwrap();
+        assert!(store.unchecked_blocked_keys(10).await.unwrap().is_empty(), "{}", db.url);
     }
 }
 

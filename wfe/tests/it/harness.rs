@@ -84,6 +84,22 @@ impl Stack {
         }
         self.client.poll(account, order_url, 100, |o| o["status"] == "ready").await.expect("order ready");
     }
+
+    /// Orders `names`, makes the order ready and finalizes it with the CSR `csr` (DER); returns the answer.
+    pub async fn finalize(&self, account: &AcmeAccount, names: &[&str], csr: &[u8]) -> HttpResponse {
+        let (order_url, order) = self.order(account, names).await;
+        self.make_ready(account, &order_url, &order).await;
+        let payload = json!({"csr": quarry_jose::b64_encode(csr)});
+        self.client.post(account, order["finalize"].as_str().unwrap(), Some(&payload)).await.unwrap()
+    }
+
+    /// The leaf (DER) of the certificate a finalized order links to.
+    pub async fn certificate(&self, account: &AcmeAccount, finalized: &HttpResponse) -> Vec<u8> {
+        let url = finalized.json()["certificate"].as_str().expect("a finalized order").to_owned();
+        let pem = self.client.post(account, &url, None).await.unwrap().body;
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
+    }
 }
 
 pub fn csr(names: &[&str]) -> String {
@@ -95,24 +111,20 @@ pub fn csr(names: &[&str]) -> String {
 
 /// Issues a certificate for `names` to `account`; returns its DER and its key (which a client can sign JWSs with).
 pub async fn issue(stack: &Stack, account: &AcmeAccount, names: &[&str]) -> (Vec<u8>, quarry_jose::SigningKey) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = quarry_jose::b64_encode(params.serialize_request(&key).unwrap().der());
-    let (order_url, order) = stack.order(account, names).await;
-    stack.make_ready(account, &order_url, &order).await;
-    let done =
-        stack.client.post(account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
-    let cert_url = done.json()["certificate"].as_str().unwrap().to_owned();
-    let pem = stack.client.post(account, &cert_url, None).await.unwrap().body;
-    let der = {
-        use rustls_pki_types::{CertificateDer, pem::PemObject};
-        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
-    };
-    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &key.serialize_der(),
-    )
-    .unwrap();
-    (der, quarry_jose::SigningKey::Ecdsa { alg: Algorithm::Es256, pair })
+    let key = quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap();
+    let der = issue_for_key(stack, account, names, &key, false).await;
+    (der, key)
+}
+
+/// Issues a certificate for `names` and `key` (its point `compressed` in the CSR) to `account`; returns its DER.
+pub async fn issue_for_key(
+    stack: &Stack,
+    account: &AcmeAccount,
+    names: &[&str],
+    key: &quarry_jose::SigningKey,
+    compressed: bool,
+) -> Vec<u8> {
+    let done = stack.finalize(account, names, &quarry_testkit::csr::csr_with_key(key, names, compressed)).await;
+    assert_eq!(done.json()["status"], "valid", "{}", String::from_utf8_lossy(&done.body));
+    stack.certificate(account, &done).await
 }

@@ -1,10 +1,13 @@
 //! The ACME resources as a client sees them: directory, nonces, accounts, orders, authorizations, challenges,
 //! finalization and certificate download.
 
+use std::time::Duration;
+
 use quarry_jose::Algorithm;
 use serde_json::json;
 
-use crate::harness::{Stack, csr, issue};
+use crate::harness::{Stack, csr, issue, issue_for_key};
+use quarry_testkit::csr::csr_with_key;
 
 #[tokio::test]
 async fn the_directory_lists_every_resource() {
@@ -211,7 +214,7 @@ async fn orders_and_authorizations_expire() {
         time::OffsetDateTime::parse(order["expires"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
             .unwrap();
     let wait = (expires - time::OffsetDateTime::now_utc()).whole_milliseconds().clamp(0, 3_000) as u64 + 1_100;
-    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
 
     let order = stack.client.post(&account, &order_url, None).await.unwrap().json();
     assert_eq!(order["status"], "invalid");
@@ -410,31 +413,15 @@ async fn certificates_are_revoked_by_their_account_or_their_key() {
 /// account's own key compressed was issued, and a key blocked after a key-compromise revocation was issued again.
 #[tokio::test]
 async fn a_key_in_another_encoding_is_the_same_key() {
-    use quarry_testkit::csr::csr_with_key;
     let stack = Stack::start().await;
     let account = stack.account(Algorithm::Es256).await;
-    let finalize = |names: &'static [&'static str], csr: Vec<u8>| {
-        let (stack, account) = (&stack, &account);
-        async move {
-            let (order_url, order) = stack.order(account, names).await;
-            stack.make_ready(account, &order_url, &order).await;
-            let payload = json!({"csr": quarry_jose::b64_encode(&csr)});
-            stack.client.post(account, order["finalize"].as_str().unwrap(), Some(&payload)).await.unwrap()
-        }
-    };
-
-    let own_key = finalize(&["own.example.org"], csr_with_key(&account.key, &["own.example.org"], true)).await;
+    let own_csr = csr_with_key(&account.key, &["own.example.org"], true);
+    let own_key = stack.finalize(&account, &["own.example.org"], &own_csr).await;
     assert_eq!(own_key.problem_type().as_deref(), Some("badCSR"), "{}", String::from_utf8_lossy(&own_key.body));
 
     // A certificate for a compressed key carries it canonically, uncompressed.
     let cert_key = quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap();
-    let done = finalize(&["first.example.org"], csr_with_key(&cert_key, &["first.example.org"], true)).await;
-    assert_eq!(done.json()["status"], "valid", "{}", String::from_utf8_lossy(&done.body));
-    let pem = stack.client.post(&account, done.json()["certificate"].as_str().unwrap(), None).await.unwrap().body;
-    let der = {
-        use rustls_pki_types::{CertificateDer, pem::PemObject};
-        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
-    };
+    let der = issue_for_key(&stack, &account, &["first.example.org"], &cert_key, true).await;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     assert_eq!(cert.public_key().raw, cert_key.jwk().spki_der().as_slice());
 
@@ -444,10 +431,63 @@ async fn a_key_in_another_encoding_is_the_same_key() {
     let revoked = stack.client.post(&by_key, &stack.client.url("revokeCert"), Some(&body)).await.unwrap();
     assert_eq!(revoked.status, 200, "{}", String::from_utf8_lossy(&revoked.body));
     for compressed in [false, true] {
-        let again = finalize(&["again.example.org"], csr_with_key(&by_key.key, &["again.example.org"], compressed));
-        let again = again.await;
+        let csr = csr_with_key(&by_key.key, &["again.example.org"], compressed);
+        let again = stack.finalize(&account, &["again.example.org"], &csr).await;
         assert_eq!(again.problem_type().as_deref(), Some("badPublicKey"), "compressed: {compressed}");
     }
+}
+
+/// Waits (at most `seconds`) for the certificate `der` to be revoked; returns its reason code.
+async fn revoked_within(store: &quarry_sa::Store, der: &[u8], seconds: u64) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let serial: String = cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
+    let serial = serial.trim_start_matches("00").to_owned();
+    for _ in 0..seconds * 5 {
+        let (status, _, reason, _, _) = store.get_certificate_status(&serial).await.unwrap();
+        if status == "revoked" {
+            return Some(reason);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Finding 5 of the security review: a key-compromise revocation signed by the certificate's key revoked that one
+/// certificate, and another account's certificate for the same key stayed valid. Now the bad-key revoker revokes
+/// every unexpired certificate of the key, whoever holds it, in either encoding; and a key an operator blocks loses
+/// its certificates the same way.
+#[tokio::test]
+async fn a_compromised_key_loses_every_certificate_whoever_holds_it() {
+    let stack = Stack::start().await;
+    let settings = quarry_sa::store::PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
+    let store = quarry_sa::Store::open(&stack.services.db.url, settings).await.unwrap();
+    let (first, second) = (stack.account(Algorithm::Es256).await, stack.account(Algorithm::Es256).await);
+    let shared = quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap();
+    let firsts = issue_for_key(&stack, &first, &["one.example.org"], &shared, false).await;
+    let seconds = issue_for_key(&stack, &second, &["two.example.org"], &shared, true).await;
+    let (unrelated, other_key) = issue(&stack, &second, &["three.example.org"]).await;
+    // Revoked earlier by its holder as superseded: compromise raises its reason.
+    let superseded = issue_for_key(&stack, &second, &["four.example.org"], &shared, false).await;
+    let body = json!({"certificate": quarry_jose::b64_encode(&superseded), "reason": 4});
+    let answer = stack.client.post(&second, &stack.client.url("revokeCert"), Some(&body)).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+
+    let by_key = quarry_testkit::client::AcmeAccount { key: shared, url: None };
+    let body = json!({"certificate": quarry_jose::b64_encode(&firsts), "reason": 1});
+    let answer = stack.client.post(&by_key, &stack.client.url("revokeCert"), Some(&body)).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(revoked_within(&store, &firsts, 1).await, Some(1));
+    assert_eq!(revoked_within(&store, &seconds, 20).await, Some(1), "the other account's certificate");
+    assert_eq!(revoked_within(&store, &superseded, 20).await, Some(1), "superseded, then compromised");
+    assert_eq!(revoked_within(&store, &unrelated, 0).await, None, "another key's certificate stays good");
+    let again = stack.client.post(&by_key, &stack.client.url("revokeCert"), Some(&body)).await.unwrap();
+    assert_eq!(again.problem_type().as_deref(), Some("alreadyRevoked"));
+
+    // An operator's block (`quarry admin block-key` writes it to the sa): the next pass revokes the key's certificates.
+    let hash = other_key.jwk().key_hash();
+    store.add_blocked_key(&hash, "admin", "reported compromised").await.unwrap();
+    let limit = quarry_ra::BAD_KEY_PERIOD.as_secs() + 15;
+    assert_eq!(revoked_within(&store, &unrelated, limit).await, Some(1), "within a pass of the operator's block");
 }
 
 #[tokio::test]
