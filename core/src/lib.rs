@@ -3,6 +3,7 @@
 //! Nothing here knows about HTTP, ACME problem documents or the database: those belong to the wfe and the sa.
 
 pub mod certificate;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod crl;
@@ -13,6 +14,7 @@ pub mod discovery;
 pub mod error;
 pub mod fault;
 pub mod grpc;
+pub mod http_server;
 pub mod identifier;
 pub mod model;
 pub mod peer;

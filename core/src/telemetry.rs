@@ -101,7 +101,8 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), TelemetryError> {
             async move { handle.render() }
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let limits = crate::http_server::ListenerConfig::default();
+    tokio::spawn(crate::http_server::serve("metrics", listener, None, app, limits, std::future::pending()));
     Ok(())
 }
 

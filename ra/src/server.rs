@@ -885,18 +885,20 @@ impl Registrar {
 
     async fn revoke_by_key(&self, req: RevokeCertByKeyRequest, deadline: Option<Instant>) -> Result<(), Problem> {
         let (target, _) = self.issued_certificate(&req.der, deadline).await?;
-        // The key is blocked even if the certificate turns out to be revoked already.
+        // Revoked first, so that the bad-key revoker woken below cannot take this one and leave its requester an
+        // `alreadyRevoked`; revoked already for another reason: the reason becomes keyCompromise (Boulder).
+        let request = sapb::RevokeForKeyCompromiseRequest { serial: target.serial.clone(), date: now() };
+        let revoked = self.inner.sa.revoke_for_key_compromise(request, deadline).await;
+        // The key is blocked whatever the revocation's outcome, and every other certificate with it, whoever holds
+        // it, is the bad-key revoker's to revoke.
         let block = sapb::AddBlockedKeyRequest {
             key_hash: target.spki_hash.clone(),
             source: "revocation".into(),
             comment: format!("key compromise reported for serial {}", target.serial),
         };
         self.inner.sa.add_blocked_key(block, deadline).await?;
-        // Every other certificate with this key, whoever holds it, is the bad-key revoker's to revoke.
         self.inner.bad_key_blocked.notify_one();
-        // Revoked already for another reason: the reason becomes keyCompromise (Boulder); for that reason: refused.
-        let request = sapb::RevokeForKeyCompromiseRequest { serial: target.serial.clone(), date: now() };
-        match self.inner.sa.revoke_for_key_compromise(request, deadline).await? {
+        match revoked? {
             Outcome::Already => Err(Problem::new(
                 ErrorKind::AlreadyRevoked,
                 format!("certificate {} is already revoked for key compromise", target.serial),

@@ -2,7 +2,6 @@
 //! stack: it keeps no Merkle tree, but every SCT it returns is signed with its ECDSA P-256 key over exactly the entry
 //! RFC 6962 defines, so the publisher and any TLS client can verify it.
 
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -103,7 +102,9 @@ impl FakeCtLog {
             .route("/ct/v1/add-pre-chain", post(add_pre_chain))
             .route("/ct/v1/add-chain", post(add_chain))
             .with_state(self);
-        axum::serve(listener.tap_io(quarry_core::tcp::no_delay), app).with_graceful_shutdown(shutdown).await
+        let limits = quarry_core::http_server::ListenerConfig { max_body_bytes: 1 << 20, ..Default::default() };
+        quarry_core::http_server::serve("ct-log", listener, None, app, limits, shutdown).await;
+        Ok(())
     }
 
     /// Binds a loopback port and serves in the background for the rest of the test; returns the log's base URL.

@@ -213,6 +213,7 @@ async fn start_wfe(
         },
         nonce_prefix_key: NONCE_PREFIX_KEY.into(),
         listen: wfe,
+        listener: Default::default(),
         https_cert: None,
         https_key: None,
         base_url: base.clone(),

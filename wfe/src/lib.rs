@@ -17,10 +17,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
+use quarry_core::http_server::{self, ListenerConfig};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -49,6 +47,9 @@ pub struct Config {
     pub nonce_prefix_key: String,
     /// Where ACME clients connect.
     pub listen: SocketAddr,
+    /// That listener's bounds (timeouts, connection caps, body size) and trusted proxies (`[listener]`).
+    #[serde(default)]
+    pub listener: ListenerConfig,
     /// The wfe's HTTPS certificate chain (PEM); without it the wfe serves plain HTTP.
     #[serde(default)]
     pub https_cert: Option<PathBuf>,
@@ -135,31 +136,27 @@ pub async fn serve(
             TcpListener::bind(crl.listen).await.map_err(|source| Error::Bind { addr: crl.listen, source })?;
         tracing::info!(addr = ?crl_listener.local_addr().ok(), "CRLs served");
         // It stops with the process; a CRL download needs no draining.
-        tokio::spawn(async move { axum::serve(crl_listener.tap_io(quarry_core::tcp::no_delay), crl_router).await });
+        tokio::spawn(http_server::serve(
+            "crl",
+            crl_listener,
+            None,
+            crl_router,
+            config.listener.clone(),
+            std::future::pending(),
+        ));
     }
     let router = handlers::router(state);
     tracing::info!(addr = ?listener.local_addr().ok(), base_url = %config.base_url, "wfe listening");
-    match (&config.https_cert, &config.https_key) {
-        (Some(cert), Some(key)) => {
-            let acceptor = tls_acceptor(cert, key)?;
-            serve_tls(listener, acceptor, router, shutdown).await;
-            Ok(())
-        }
-        (None, None) => {
-            axum::serve(
-                listener.tap_io(quarry_core::tcp::no_delay),
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Error::Serve)?;
-            Ok(())
-        }
-        _ => Err(Error::Config("https_cert and https_key must be set together".into())),
-    }
+    let tls = match (&config.https_cert, &config.https_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        (None, None) => None,
+        _ => return Err(Error::Config("https_cert and https_key must be set together".into())),
+    };
+    http_server::serve("acme", listener, tls, router, config.listener, shutdown).await;
+    Ok(())
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, Error> {
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -172,40 +169,5 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_r
         .with_single_cert(certs, key)
         .map_err(|e| Error::Config(format!("HTTPS certificate and key: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
-}
-
-async fn serve_tls(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        quarry_core::tcp::no_delay(&mut stream);
-        // Handlers learn the client's address the same way on both paths (the per-IP rate limits need it).
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer))));
-        tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(stream).await else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
-            };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
-    }
+    Ok(Arc::new(server))
 }

@@ -145,7 +145,7 @@ impl Stack {
         self.dir.path().join("dev")
     }
 
-    async fn instant_acme_account(&self) -> Account {
+    pub(crate) async fn instant_acme_account(&self) -> Account {
         let (account, _) = Account::builder_with_root(&self.tls_ca_pem)
             .expect("client trusting the dev HTTPS CA")
             .create(
@@ -164,7 +164,7 @@ impl Stack {
 }
 
 /// The (pid, service) of every child process of `parent`, read from /proc.
-fn children(parent: u32) -> Vec<(u32, String)> {
+pub(crate) fn children(parent: u32) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -251,7 +251,7 @@ fn retry() -> RetryPolicy {
 }
 
 /// Orders `names`, answers http-01 through the challenge server, finalizes with `csr` and returns the PEM chain.
-async fn issue_via_http01(stack: &Stack, account: &Account, names: &[&str], csr: &[u8]) -> String {
+pub(crate) async fn issue_via_http01(stack: &Stack, account: &Account, names: &[&str], csr: &[u8]) -> String {
     issue_with_profile(stack, account, names, csr, None).await
 }
 

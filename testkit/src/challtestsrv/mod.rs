@@ -10,7 +10,6 @@ mod management;
 mod state;
 mod tlsalpn01;
 
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -210,11 +209,8 @@ fn serve_http(
             // Resolves when the sender is dropped, which is the only thing ever done with it.
             let _ = stopped.changed().await;
         };
-        if let Err(err) =
-            axum::serve(listener.tap_io(quarry_core::tcp::no_delay), router).with_graceful_shutdown(signal).await
-        {
-            tracing::error!(error = %err, "challtestsrv: the {what} server failed");
-        }
+        let limits = quarry_core::http_server::ListenerConfig::default();
+        quarry_core::http_server::serve(what, listener, None, router, limits, signal).await;
     })
 }
 

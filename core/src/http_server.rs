@@ -1,0 +1,516 @@
+//! The HTTP server of every listener that faces clients (the wfe's ACME port and CRLs, metrics, test responders):
+//! connections bounded in time and number, so that nobody can hold the server without sending requests — a TLS
+//! handshake timeout, a header read timeout (slow loris), an idle timeout, a request timeout, a cap on connections
+//! overall and per client address, a body size limit, and accept errors backed off. Handlers find the client's
+//! address as [`axum::extract::ConnectInfo<SocketAddr>`], as trusted proxies report it ([`crate::client_addr`]).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::extract::DefaultBodyLimit;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::client_addr::{self, ProxyHeader, TrustedProxies};
+
+/// A listener's limits and whom it believes about client addresses (`[listener]` in a service's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// From the accepted connection to a finished TLS handshake (and PROXY header).
+    pub handshake_timeout_ms: u64,
+    /// From the first byte of a request to the end of its header section (HTTP/1).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving is closed after this.
+    pub idle_timeout_ms: u64,
+    /// One request, its body read and its answer written, takes at most this (above the handlers' own deadlines).
+    pub request_timeout_ms: u64,
+    /// Connections open at once; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (trusted proxies are exempt: their clients are counted
+    /// by the address they declare in a PROXY header).
+    pub max_connections_per_client: usize,
+    /// The largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For`, or PROXY header, names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Trusted proxies open each connection with a PROXY protocol v2 header (and `X-Forwarded-For` is ignored).
+    pub proxy_protocol: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 90_000,
+            max_connections: 4_096,
+            max_connections_per_client: 64,
+            max_body_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// How long connections get to finish their requests after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` (TLS when `tls` is given) until `shutdown`, then lets open connections finish
+/// their requests for a while. `name` labels the listener's metrics and logs.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    config: ListenerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let server = Arc::new(Server {
+        name,
+        trusted: TrustedProxies::new(config.trusted_proxies.clone()),
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        router: router.layer(DefaultBodyLimit::max(config.max_body_bytes)),
+        slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        per_client: Arc::new(ClientCounts { counts: Mutex::default(), max: config.max_connections_per_client.max(1) }),
+        draining: CancellationToken::new(),
+        config,
+    });
+    let tasks = TaskTracker::new();
+    let mut backoff = AcceptBackoff::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.succeeded();
+                if let Some(admitted) = server.admit(peer) {
+                    tasks.spawn(server.clone().connection(stream, peer, admitted));
+                }
+            }
+            Err(err) => backoff.failed(name, &err).await,
+        }
+    }
+    drop(listener);
+    server.draining.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::info!(listener = name, "connections still open after the drain period are closed");
+    }
+}
+
+struct Server {
+    name: &'static str,
+    config: ListenerConfig,
+    trusted: TrustedProxies,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    slots: Arc<Semaphore>,
+    per_client: Arc<ClientCounts>,
+    draining: CancellationToken,
+}
+
+/// What an admitted connection holds until it closes.
+struct Admitted {
+    _slot: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
+    /// The peer is a trusted proxy.
+    from_proxy: bool,
+}
+
+impl Server {
+    fn admit(&self, peer: SocketAddr) -> Option<Admitted> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.refused("max_connections");
+            return None;
+        };
+        let peer_ip = client_addr::canonical(peer.ip());
+        let from_proxy = self.trusted.contains(peer_ip);
+        let client = if from_proxy {
+            None
+        } else {
+            let Some(client) = self.per_client.enter(peer_ip) else {
+                self.refused("max_connections_per_client");
+                return None;
+            };
+            Some(client)
+        };
+        Some(Admitted { _slot: slot, _client: client, from_proxy })
+    }
+
+    fn refused(&self, reason: &'static str) {
+        metrics::counter!("quarry_http_connections_refused_total", "listener" => self.name, "reason" => reason)
+            .increment(1);
+    }
+
+    fn closed(&self, reason: &'static str) {
+        metrics::counter!("quarry_http_connections_closed_total", "listener" => self.name, "reason" => reason)
+            .increment(1);
+    }
+
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, mut admitted: Admitted) {
+        let open = metrics::gauge!("quarry_http_connections_open", "listener" => self.name);
+        open.increment(1.0);
+        crate::tcp::no_delay(&mut stream);
+        let handshake_by = tokio::time::Instant::now() + self.ms(self.config.handshake_timeout_ms);
+        let mut client = SocketAddr::new(client_addr::canonical(peer.ip()), peer.port());
+        if admitted.from_proxy && self.config.proxy_protocol {
+            match tokio::time::timeout_at(handshake_by, read_proxy_header(&mut stream)).await {
+                Ok(Ok(ProxyHeader::Proxied { source })) => {
+                    client = source;
+                    match self.per_client.enter(source.ip()) {
+                        Some(slot) => admitted._client = Some(slot),
+                        None => {
+                            self.refused("max_connections_per_client");
+                            open.decrement(1.0);
+                            return;
+                        }
+                    }
+                }
+                Ok(Ok(ProxyHeader::Local)) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "PROXY header refused");
+                    self.closed("proxy_header");
+                    open.decrement(1.0);
+                    return;
+                }
+                Err(_) => {
+                    self.closed("handshake_timeout");
+                    open.decrement(1.0);
+                    return;
+                }
+            }
+        }
+        let watched = Watched::new(stream);
+        let activity = watched.activity.clone();
+        match &self.tls {
+            Some(acceptor) => match tokio::time::timeout_at(handshake_by, acceptor.accept(watched)).await {
+                Ok(Ok(tls)) => self.serve_http(tls, client, admitted.from_proxy, activity).await,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    self.closed("handshake_failed");
+                }
+                Err(_) => self.closed("handshake_timeout"),
+            },
+            None => self.serve_http(watched, client, admitted.from_proxy, activity).await,
+        }
+        open.decrement(1.0);
+    }
+
+    async fn serve_http<IO>(&self, io: IO, client: SocketAddr, from_proxy: bool, activity: Arc<Activity>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let believe_forwarded = from_proxy && !self.config.proxy_protocol;
+        let (router, trusted, timeout) =
+            (self.router.clone(), self.trusted.clone(), self.ms(self.config.request_timeout_ms));
+        let max_body = self.config.max_body_bytes;
+        let requests = activity.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            let address = if believe_forwarded {
+                let values = request.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+                let values: Vec<&str> = values.collect();
+                SocketAddr::new(trusted.forwarded_client(client.ip(), values.into_iter()), client.port())
+            } else {
+                client
+            };
+            request.extensions_mut().insert(ConnectInfo(address));
+            let declared_len =
+                request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let (router, in_flight) = (router.clone(), InFlight::enter(&requests));
+            async move {
+                if declared_len.is_some_and(|len| len > max_body as u64) {
+                    return Ok::<_, Infallible>(body_too_large(max_body));
+                }
+                let answer = tokio::time::timeout(timeout, router.oneshot(request.map(axum::body::Body::new))).await;
+                drop(in_flight);
+                Ok(match answer {
+                    // A body past the limit without a Content-Length is refused by the extractor, in plain text.
+                    Ok(Ok(response))
+                        if response.status() == http::StatusCode::PAYLOAD_TOO_LARGE && !is_problem(&response) =>
+                    {
+                        body_too_large(max_body)
+                    }
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => problem(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "serverInternal",
+                        format!("the request was not completed within {} s", timeout.as_secs()),
+                    ),
+                })
+            }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.ms(self.config.header_read_timeout_ms))
+            .max_buf_size(64 * 1024);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64).max_header_list_size(64 * 1024);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let idle = activity.idle_for(self.ms(self.config.idle_timeout_ms));
+        tokio::pin!(idle);
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(err) = served {
+                    tracing::debug!(%client, %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut idle => {
+                self.closed("idle");
+                return;
+            }
+            () = self.draining.cancelled() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            _ = connection => {}
+            () = idle => {}
+        }
+    }
+
+    fn ms(&self, ms: u64) -> Duration {
+        Duration::from_millis(ms.max(1))
+    }
+}
+
+/// Reads a PROXY protocol v2 header, exactly its bytes and nothing of what follows.
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<ProxyHeader> {
+    let invalid = |err: client_addr::ProxyHeaderError| io::Error::new(io::ErrorKind::InvalidData, err);
+    let mut header = vec![0u8; client_addr::PROXY_V2_PREFIX_LEN];
+    stream.read_exact(&mut header).await?;
+    let prefix: &[u8; client_addr::PROXY_V2_PREFIX_LEN] =
+        header[..].try_into().map_err(|_| io::ErrorKind::InvalidData)?;
+    let len = client_addr::proxy_v2_block_len(prefix).map_err(invalid)?;
+    header.resize(client_addr::PROXY_V2_PREFIX_LEN + len, 0);
+    stream.read_exact(&mut header[client_addr::PROXY_V2_PREFIX_LEN..]).await?;
+    client_addr::parse_proxy_v2(&header).map_err(invalid)
+}
+
+/// A problem document (RFC 7807) of ACME's error namespace: what an ACME client can read, from any listener.
+fn problem(status: http::StatusCode, kind: &str, detail: String) -> axum::response::Response {
+    let body = serde_json::json!({
+        "type": format!("urn:ietf:params:acme:error:{kind}"),
+        "detail": detail,
+        "status": status.as_u16(),
+    });
+    let mut response = axum::response::Response::new(axum::body::Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+fn body_too_large(max: usize) -> axum::response::Response {
+    problem(http::StatusCode::PAYLOAD_TOO_LARGE, "malformed", format!("request body too large (at most {max} bytes)"))
+}
+
+fn is_problem(response: &axum::response::Response) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+}
+
+/// Connections open per client address.
+struct ClientCounts {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+/// One connection's place in its client's count, given back when it closes.
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    ip: IpAddr,
+}
+
+impl ClientCounts {
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { counts: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, and how many of its requests are being answered.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes once the connection has been idle — no request in flight, no bytes moved — for `limit`.
+    async fn idle_for(self: &Arc<Self>, limit: Duration) {
+        loop {
+            let now = self.started.elapsed();
+            let quiet = now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+/// A request being answered: the connection is not idle meanwhile.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream that records its activity.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S) -> Self {
+        let activity =
+            Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
+        Self { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept errors (out of file descriptors, mostly) back off from 5 ms to 1 s, and are logged once a second at most.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Duration,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptBackoff {
+    fn succeeded(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+
+    /// The wait after one more failure.
+    fn next_wait(&mut self) -> Duration {
+        self.wait = (self.wait * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        self.wait
+    }
+
+    async fn failed(&mut self, listener: &'static str, err: &io::Error) {
+        self.next_wait();
+        metrics::counter!("quarry_http_accept_errors_total", "listener" => listener).increment(1);
+        if self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(listener, %err, also_failed = self.unlogged, backoff = ?self.wait, "accept failed");
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        tokio::time::sleep(self.wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_gets_its_share_of_connections_and_gives_them_back() {
+        let counts = Arc::new(ClientCounts { counts: Mutex::default(), max: 2 });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = counts.enter(ip).unwrap();
+        let _second = counts.enter(ip).unwrap();
+        assert!(counts.enter(ip).is_none());
+        assert!(counts.enter("192.0.2.2".parse().unwrap()).is_some(), "another client has its own share");
+        drop(first);
+        assert!(counts.enter(ip).is_some());
+    }
+
+    #[test]
+    fn accept_errors_back_off_to_a_second() {
+        let mut backoff = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..10).map(|_| backoff.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000], "not a spin");
+        backoff.succeeded();
+        assert_eq!(backoff.next_wait(), Duration::from_millis(5));
+    }
+}
