@@ -195,6 +195,7 @@ impl Registrar {
             terms_of_service_agreed: account.terms_of_service_agreed,
             created_at: now(),
             external_account_id: account.external_account_id,
+            external_account_exclusive: account.external_account_exclusive,
             ..Default::default()
         };
         match self.inner.sa.new_account(new.clone(), deadline).await {

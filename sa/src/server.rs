@@ -260,7 +260,8 @@ impl StorageAuthority for Storage {
             created_at: req.created_at,
             external_account_id: req.external_account_id,
         };
-        reply(self.store.new_account(&account).await.map(|a| pb::Account::from(&a)))
+        let exclusive = req.external_account_exclusive;
+        reply(self.store.new_account(&account, exclusive).await.map(|a| pb::Account::from(&a)))
     }
 
     async fn update_account_contact(&self, request: Request<sapb::UpdateAccountContactRequest>) -> Reply<pb::Account> {

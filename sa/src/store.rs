@@ -29,6 +29,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (6, "crl_changes", include_str!("../migrations/sqlite/0006_crl_changes.sql")),
     (7, "recovery", include_str!("../migrations/sqlite/0007_recovery.sql")),
     (8, "bad_keys", include_str!("../migrations/sqlite/0008_bad_keys.sql")),
+    (9, "external_account_claim", include_str!("../migrations/sqlite/0009_external_account_claim.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -41,6 +42,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (6, "crl_changes", include_str!("../migrations/postgres/0006_crl_changes.sql")),
     (7, "recovery", include_str!("../migrations/postgres/0007_recovery.sql")),
     (8, "bad_keys", include_str!("../migrations/postgres/0008_bad_keys.sql")),
+    (9, "external_account_claim", include_str!("../migrations/postgres/0009_external_account_claim.sql")),
 ];
 
 /// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.
@@ -311,24 +313,50 @@ impl Store {
 
     // --- Accounts ---
 
-    pub async fn new_account(&self, account: &Account) -> Result<Account, Problem> {
+    /// Creates an account. With `exclusive_binding`, its external account binding key claims the account: a second
+    /// account with the same key is `unauthorized` (the database's unique claim decides between concurrent ones).
+    pub async fn new_account(&self, account: &Account, exclusive_binding: bool) -> Result<Account, Problem> {
         let jwk = quarry_jose::Jwk::from_slice(&account.jwk)
             .map_err(|e| Problem::new(ErrorKind::BadPublicKey, e.to_string()))?;
         let contact = serde_json::to_string(&account.contact).map_err(internal)?;
         let created_at = if account.created_at == 0 { now() } else { account.created_at };
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        let key_hash = jwk.thumbprint_sha256().to_vec();
+        let claim =
+            (exclusive_binding && !account.external_account_id.is_empty()).then_some(&account.external_account_id);
+        let inserted = sqlx::query_scalar(
+            "INSERT INTO accounts (jwk, key_hash, status, contact, terms_of_service_agreed, created_at, external_account_id, external_account_claim) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(jwk.canonical_json().into_bytes())
-        .bind(jwk.thumbprint_sha256().to_vec())
+        .bind(&key_hash)
         .bind(account.status.as_str())
         .bind(contact)
         .bind(i64::from(account.terms_of_service_agreed))
         .bind(created_at)
         .bind(&account.external_account_id)
+        .bind(claim)
         .fetch_one(&self.pool)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error);
+        let id: i64 = match inserted {
+            Ok(id) => id,
+            // The account key's own account (a retried creation) is `duplicate`, and its caller reads it; otherwise
+            // the binding key's claim was taken.
+            Err(problem) if problem.kind == ErrorKind::Duplicate && claim.is_some() => {
+                let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE key_hash = $1")
+                    .bind(&key_hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                if existing.is_some() {
+                    return Err(problem);
+                }
+                return Err(Problem::unauthorized(format!(
+                    "external account binding key {:?} is already bound to another account",
+                    account.external_account_id
+                )));
+            }
+            Err(problem) => return Err(problem),
+        };
         self.get_account(id).await
     }
 

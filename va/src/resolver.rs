@@ -8,7 +8,7 @@ use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
 use crate::caa::CaaRecord;
 
@@ -61,6 +61,35 @@ impl DnsResolver {
     }
 }
 
+/// The TXT values of an answer section (which also holds the CNAMEs followed: only TXT data counts), each value's
+/// strings joined.
+pub fn txt_values(answers: &[Record]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::TXT(txt) => {
+                Some(txt.txt_data.iter().map(|part| String::from_utf8_lossy(part).into_owned()).collect::<String>())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The CAA records of an answer section.
+pub fn caa_records(answers: &[Record]) -> Vec<CaaRecord> {
+    answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::CAA(caa) => Some(CaaRecord {
+                critical: caa.issuer_critical,
+                tag: caa.tag.to_string(),
+                value: String::from_utf8_lossy(&caa.value).into_owned(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 fn fqdn(name: &str) -> String {
     if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
 }
@@ -98,34 +127,13 @@ impl Resolver for DnsResolver {
 
     async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
         let lookup = self.resolver.txt_lookup(fqdn(name)).await.map_err(classify)?;
-        // The answer section also holds the CNAMEs followed; only TXT data counts.
-        let values: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::TXT(txt) => {
-                    Some(txt.txt_data.iter().map(|part| String::from_utf8_lossy(part).into_owned()).collect::<String>())
-                }
-                _ => None,
-            })
-            .collect();
+        let values = txt_values(lookup.answers());
         if values.is_empty() { Err(LookupError::NotFound) } else { Ok(values) }
     }
 
     async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
         let lookup = self.resolver.lookup(fqdn(name), RecordType::CAA).await.map_err(classify)?;
-        Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::CAA(caa) => Some(CaaRecord {
-                    critical: caa.issuer_critical,
-                    tag: caa.tag.to_string(),
-                    value: String::from_utf8_lossy(&caa.value).into_owned(),
-                }),
-                _ => None,
-            })
-            .collect())
+        Ok(caa_records(lookup.answers()))
     }
 
     fn addresses(&self) -> Vec<String> {

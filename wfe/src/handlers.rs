@@ -265,6 +265,7 @@ async fn new_account(
         jwk: request.jwk.canonical_json().into_bytes(),
         contact: payload.contact,
         terms_of_service_agreed: payload.terms_of_service_agreed,
+        external_account_exclusive: !external_account_id.is_empty() && !wfe.eab_reuse(),
         external_account_id,
         ..Default::default()
     };
@@ -367,6 +368,43 @@ struct IdentifierPayload {
     #[serde(rename = "type")]
     kind: String,
     value: String,
+}
+
+/// Parses `bytes` as the payload of every ACME resource that takes one, and makes the checks each resource makes
+/// on it before any call (identifiers at the edge, the CSR, the certificate to revoke, the binding and the old key):
+/// what the `acme_payloads` fuzz target drives with hostile JSON. Returns how many resources accepted the bytes.
+pub fn parse_payloads(bytes: &[u8]) -> usize {
+    let mut accepted = 0;
+    if let Ok(payload) = serde_json::from_slice::<NewAccountPayload>(bytes) {
+        accepted += 1;
+        if let Some(binding) = &payload.external_account_binding {
+            let _ = ExternalAccountBinding::parse(binding);
+        }
+    }
+    if serde_json::from_slice::<AccountUpdate>(bytes).is_ok() {
+        accepted += 1;
+    }
+    if let Ok(payload) = serde_json::from_slice::<NewOrderPayload>(bytes) {
+        accepted += 1;
+        let _ = edge_identifiers(&payload.identifiers);
+    }
+    if let Ok(payload) = serde_json::from_slice::<FinalizePayload>(bytes) {
+        accepted += 1;
+        if let Ok(der) = quarry_jose::b64_decode(&payload.csr) {
+            let _ = quarry_core::csr::parse_csr(&der);
+        }
+    }
+    if let Ok(payload) = serde_json::from_slice::<KeyChangePayload>(bytes) {
+        accepted += 1;
+        let _ = Jwk::from_json(&payload.old_key);
+    }
+    if let Ok(payload) = serde_json::from_slice::<RevocationPayload>(bytes) {
+        accepted += 1;
+        if let Ok(der) = quarry_jose::b64_decode(&payload.certificate) {
+            let _ = x509_parser::parse_x509_certificate(&der);
+        }
+    }
+    accepted
 }
 
 /// Identifier syntax checked at the edge: one subproblem per offending identifier (RFC 8555 §6.7.1).

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 pub use crl::CrlConfig;
 pub use error::Error;
+pub use handlers::parse_payloads;
 
 /// The wfe's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +93,10 @@ pub struct ExternalAccountBindingConfig {
     /// Key identifier → MAC key (unpadded base64url, at least 16 bytes): secrets, set by an environment's overlay.
     #[serde(default)]
     pub keys: std::collections::BTreeMap<String, String>,
+    /// Let one key bind any number of accounts; by default a key binds the first account created with it, and a
+    /// second new-account with it is `unauthorized` (a leaked key cannot mint accounts for whoever holds it).
+    #[serde(default)]
+    pub reuse: bool,
 }
 
 /// The directory's `meta` (RFC 8555 §7.1.1, and profiles from draft-aaron-acme-profiles).

@@ -50,6 +50,7 @@ struct Inner {
     /// The subject key identifiers of the chains' issuers: what an ARI CertID may name.
     issuer_key_ids: Vec<Vec<u8>>,
     eab_required: bool,
+    eab_reuse: bool,
     /// External account binding MAC keys by key identifier.
     eab_keys: BTreeMap<String, Vec<u8>>,
     directory: Value,
@@ -156,6 +157,7 @@ impl Wfe {
                 chains,
                 issuer_key_ids,
                 eab_required: eab.required,
+                eab_reuse: eab.reuse,
                 eab_keys,
                 directory,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
@@ -273,6 +275,11 @@ impl Wfe {
     /// Whether new accounts need an external account binding.
     pub fn eab_required(&self) -> bool {
         self.inner.eab_required
+    }
+
+    /// Whether one external account binding key may bind several accounts.
+    pub fn eab_reuse(&self) -> bool {
+        self.inner.eab_reuse
     }
 
     /// The MAC key of the external account `kid`.

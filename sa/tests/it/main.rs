@@ -384,7 +384,7 @@ async fn reads_go_to_the_replica_and_fall_back_to_the_primary() {
             created_at: 0,
             external_account_id: String::new(),
         };
-        replica_store.new_account(&stored).await.unwrap();
+        replica_store.new_account(&stored, false).await.unwrap();
 
         let sa = Sa::start_with_replica(primary, Some(&replica)).await;
         let by_key = |jwk: Vec<u8>| AccountKey { jwk };

@@ -63,6 +63,47 @@ async fn new_accounts_need_a_valid_binding_when_required() {
     assert_eq!(existing.header("location"), created.header("location"));
 }
 
+/// Creates an account for a fresh key bound with `KID`; returns the answer.
+async fn bound_account(stack: &Stack) -> quarry_testkit::client::HttpResponse {
+    let url = stack.client.url("newAccount");
+    let account = AcmeAccount::generate(Algorithm::Es256);
+    let binding = sign_external_account_binding("HS256", KID, MAC_KEY, &url, &account.key.jwk()).unwrap();
+    stack.client.post(&account, &url, Some(&payload(Some(binding)))).await.unwrap()
+}
+
+/// Finding 10 of the security review: one binding key created any number of accounts. Now it binds the first one
+/// (a second — even two racing — is `unauthorized`), unless the environment sets `reuse`.
+#[tokio::test]
+async fn a_binding_key_binds_one_account_unless_reuse_is_allowed() {
+    let stack = eab_stack().await;
+    let (first, second) = futures::join!(bound_account(&stack), bound_account(&stack));
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [201, 403],
+        "{} / {}",
+        String::from_utf8_lossy(&first.body),
+        String::from_utf8_lossy(&second.body)
+    );
+    let refused = if first.status == 403 { first } else { second };
+    assert_eq!(refused.problem_type().as_deref(), Some("unauthorized"));
+    assert!(String::from_utf8_lossy(&refused.body).contains("already bound"));
+    let third = bound_account(&stack).await;
+    assert_eq!(third.problem_type().as_deref(), Some("unauthorized"));
+
+    let reusing = Stack::start_with(|wfe| {
+        wfe.external_account_binding.required = true;
+        wfe.external_account_binding.reuse = true;
+        wfe.external_account_binding.keys.insert(KID.into(), quarry_jose::b64_encode(MAC_KEY));
+    })
+    .await;
+    for _ in 0..2 {
+        let created = bound_account(&reusing).await;
+        assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    }
+}
+
 #[tokio::test]
 async fn binding_keys_are_checked_at_start_up() {
     let short_key = format!("keys = {{ short = \"{}\" }}", quarry_jose::b64_encode(b"short"));
