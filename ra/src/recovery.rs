@@ -201,13 +201,20 @@ impl Registrar {
                 Err(problem) => Err(problem),
             };
         };
-        let completion = Some(Instant::now() + COMPLETION_TIMEOUT);
-        let issued = inner.ca.issue_certificate_for_precertificate(&serial, item.id, completion).await?;
-        // Storing the certificate made the order valid; recorded again in case the ca predates that.
-        inner.sa.finalize_order(item.id, &issued.serial, deadline).await?;
-        tracing::info!(target: "audit", event = "issuance-recovered", order_id = item.id, serial = %issued.serial, "an interrupted issuance was finished from its precertificate");
-        recovered("order", "completed");
+        self.finish_from_precertificate(item.id, &serial).await?;
         Ok(Some(Recovered::Completed))
+    }
+
+    /// Has the ca finish order `order_id`'s issuance from its stored precertificate `serial`, and records it.
+    pub(crate) async fn finish_from_precertificate(&self, order_id: i64, serial: &str) -> Result<String, Problem> {
+        let inner = &self.inner;
+        let completion = Some(Instant::now() + COMPLETION_TIMEOUT);
+        let issued = inner.ca.issue_certificate_for_precertificate(serial, order_id, completion).await?;
+        // Storing the certificate made the order valid; recorded again in case the ca predates that.
+        inner.sa.finalize_order(order_id, &issued.serial, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await?;
+        tracing::info!(target: "audit", event = "issuance-recovered", order_id, serial = %issued.serial, "an interrupted issuance was finished from its precertificate");
+        recovered("order", "completed");
+        Ok(issued.serial)
     }
 }
 

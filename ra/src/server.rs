@@ -704,29 +704,85 @@ impl Registrar {
             );
             return Ok(processing);
         }
-        let deadline = deadline.or_else(|| Some(Instant::now() + inner.finalize_timeout));
+        // Issuance stops short of the caller's deadline, leaving the ra time to learn what became of it and answer.
+        let deadline = match deadline {
+            Some(deadline) => deadline.checked_sub(RECONCILE_MARGIN).filter(|d| *d > Instant::now()).or(Some(deadline)),
+            None => Some(Instant::now() + inner.finalize_timeout),
+        };
         let began_processing = now().max(1);
-        let serial = self.issue_or_invalidate(&order, req.csr, deadline).await?;
-        // The sa recorded the certificate, so the order is valid: no need to read it back.
-        Ok(Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order })
+        match self.issue_or_invalidate(&order, req.csr, deadline).await? {
+            // The sa recorded the certificate, so the order is valid: no need to read it back.
+            Issuance::Issued(serial) => {
+                Ok(Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order })
+            }
+            // The client polls the order until its certificate is stored.
+            Issuance::Finishing => Ok(Order { status: OrderStatus::Processing, began_processing, ..order }),
+        }
     }
 
     /// Issues (giving the certificate's serial), or marks the order invalid: past "processing" an order cannot go
-    /// back to ready, and the client starts over with a new order.
+    /// back to ready, and the client starts over with a new order. When the ca's answer was lost (a timeout, a
+    /// broken connection) after it stored a precertificate, the order is not failed: the certificate is finished
+    /// from the precertificate in the background, so a certificate the ca signed is never lost.
     async fn issue_or_invalidate(
         &self,
         order: &Order,
         csr: Vec<u8>,
         deadline: Option<Instant>,
-    ) -> Result<String, Problem> {
+    ) -> Result<Issuance, Problem> {
         let problem = match self.issue(order, csr, deadline).await {
-            Ok(serial) => return Ok(serial),
+            Ok(serial) => return Ok(Issuance::Issued(serial)),
             Err(problem) => problem,
         };
+        if matches!(problem.kind, ErrorKind::Timeout | ErrorKind::Unavailable) {
+            let lookup = Some(Instant::now() + ABANDON_RECORD_TIME);
+            match self.inner.sa.get_order_precertificate(order.id, lookup).await {
+                Ok(Some(serial)) => {
+                    tracing::warn!(order_id = order.id, serial, %problem, "the ca's answer was lost after its precertificate: finishing from it");
+                    self.finish_in_background(order.id, serial);
+                    return Ok(Issuance::Finishing);
+                }
+                Ok(None) => {}
+                // Unknown either way: the sweeper decides once the order has been processing too long.
+                Err(lookup_failed) => {
+                    tracing::warn!(order_id = order.id, %lookup_failed, "cannot tell whether a precertificate was signed; the sweeper will");
+                    return Err(problem);
+                }
+            }
+        }
         match self.fail_order(order, &problem, deadline).await {
-            Some(serial) => Ok(serial),
+            Some(serial) => Ok(Issuance::Issued(serial)),
             None => Err(problem),
         }
+    }
+
+    /// Finishes order `order_id` from its precertificate once the interrupted call has surely ended (a call the ra
+    /// gave up on is cancelled at the ca, but a store already sent may still land). Failing that, the order stays
+    /// processing, and the sweeper takes it over past its deadline.
+    fn finish_in_background(&self, order_id: i64, serial: String) {
+        let registrar = self.clone();
+        let abandon = self.inner.abandon.clone();
+        self.inner.background.spawn(
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(LOST_ANSWER_SETTLE) => {}
+                    () = abandon.cancelled() => return,
+                }
+                let settled = registrar.order(order_id, Some(Instant::now() + ABANDON_RECORD_TIME)).await;
+                if settled.is_ok_and(|order| order.status != OrderStatus::Processing) {
+                    return;
+                }
+                tokio::select! {
+                    finished = registrar.finish_from_precertificate(order_id, &serial) => {
+                        if let Err(problem) = finished {
+                            tracing::warn!(order_id, %problem, "finishing from the precertificate failed; the sweeper will retry");
+                        }
+                    }
+                    () = abandon.cancelled() => {}
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Marks `order` invalid with `problem` — unless its certificate was stored meanwhile (the ca finished after
@@ -792,6 +848,21 @@ impl Registrar {
         Ok(issued.serial)
     }
 }
+
+/// What finalization achieved.
+enum Issuance {
+    /// The certificate is stored, under this serial.
+    Issued(String),
+    /// Its precertificate is, and the certificate is being finished from it.
+    Finishing,
+}
+
+/// What a synchronous finalization keeps of its caller's deadline to reconcile an issuance whose answer it lost.
+const RECONCILE_MARGIN: Duration = Duration::from_secs(3);
+
+/// How long an interrupted call to the ca is given to settle before its issuance is finished from the
+/// precertificate.
+const LOST_ANSWER_SETTLE: Duration = Duration::from_secs(2);
 
 /// CRL reason codes a subscriber may ask for (RFC 5280 §5.3.1, as Let's Encrypt allows them).
 const SUBSCRIBER_REASONS: &[i64] = &[0, 1, 4, 5];

@@ -113,14 +113,18 @@ impl Store {
         if updated != 1 {
             return Ok(None);
         }
-        let serial: Option<String> = sqlx::query_scalar(
+        self.order_precertificate(id).await.map(Some)
+    }
+
+    /// The serial of the newest precertificate stored for order `id`, if one was.
+    pub async fn order_precertificate(&self, id: i64) -> Result<Option<String>, Problem> {
+        sqlx::query_scalar(
             "SELECT p.serial FROM serials s JOIN precertificates p ON p.serial = s.serial WHERE s.order_id = $1 ORDER BY s.created DESC LIMIT 1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_error)?;
-        Ok(Some(serial))
+        .map_err(db_error)
     }
 
     /// Records that ra replica `instance` is alive for `ttl_secs` more, by this database's clock; 0 removes it (a

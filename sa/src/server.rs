@@ -521,6 +521,11 @@ impl StorageAuthority for Storage {
         }))
     }
 
+    async fn get_order_precertificate(&self, request: Request<sapb::OrderId>) -> Reply<sapb::Serial> {
+        let precertificate = self.store.order_precertificate(request.get_ref().id).await;
+        reply(precertificate.map(|serial| sapb::Serial { serial: serial.unwrap_or_default() }))
+    }
+
     async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
         reply(

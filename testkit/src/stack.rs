@@ -219,6 +219,7 @@ async fn start_wfe(
         base_url: base.clone(),
         chains: vec![pki.issuer_cert(), pki.rsa_issuer_cert()],
         request_timeout_ms: 10_000,
+        finalize_timeout_ms: 20_000,
         retry_after_secs: 1,
         directory_meta: quarry_wfe::DirectoryMeta {
             terms_of_service: Some("https://quarry.example/terms".into()),

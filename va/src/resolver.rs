@@ -75,6 +75,12 @@ pub fn txt_values(answers: &[Record]) -> Vec<String> {
         .collect()
 }
 
+/// The answer section of a DNS response in wire format, as a resolver receives it; `None` when it does not parse.
+pub fn decode_answers(wire: &[u8]) -> Option<Vec<Record>> {
+    let message = hickory_resolver::proto::op::Message::from_vec(wire).ok()?;
+    Some(message.answers)
+}
+
 /// The CAA records of an answer section.
 pub fn caa_records(answers: &[Record]) -> Vec<CaaRecord> {
     answers

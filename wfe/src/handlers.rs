@@ -633,7 +633,7 @@ async fn finalize(
         order: Some((&order).into()),
         account: Some(account.into()),
     };
-    let order = wfe.ra().finalize_order(finalize, deadline).await?;
+    let order = wfe.ra().finalize_order(finalize, wfe.finalize_deadline()).await?;
     Ok(order_response(&wfe, &Order::try_from(&order)?))
 }
 

@@ -66,6 +66,10 @@ pub struct Config {
     /// The deadline of one ACME request, passed on to every gRPC call it makes.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// The deadline of a finalization, which waits for signing and the CT logs: at least the ra's
+    /// `finalize_timeout_ms`, and under the listener's `request_timeout_ms`.
+    #[serde(default = "default_finalize_timeout_ms")]
+    pub finalize_timeout_ms: u64,
     /// The `Retry-After` given with processing orders and challenges.
     #[serde(default = "default_retry_after")]
     pub retry_after_secs: u64,
@@ -116,6 +120,9 @@ pub struct DirectoryMeta {
 
 fn default_request_timeout_ms() -> u64 {
     30_000
+}
+fn default_finalize_timeout_ms() -> u64 {
+    60_000
 }
 fn default_retry_after() -> u64 {
     3

@@ -55,6 +55,7 @@ struct Inner {
     eab_keys: BTreeMap<String, Vec<u8>>,
     directory: Value,
     request_timeout: Duration,
+    finalize_timeout: Duration,
     retry_after: u64,
     accounts: AccountCache,
 }
@@ -161,6 +162,7 @@ impl Wfe {
                 eab_keys,
                 directory,
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
+                finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 retry_after: config.retry_after_secs,
                 accounts: AccountCache::new(&config.account_cache),
                 urls,
@@ -208,6 +210,11 @@ impl Wfe {
     /// The deadline of a request starting now.
     pub fn deadline(&self) -> Option<Instant> {
         Some(Instant::now() + self.inner.request_timeout)
+    }
+
+    /// A finalization's deadline: issuance takes longer than any other request.
+    pub fn finalize_deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.inner.finalize_timeout)
     }
 
     fn nonces_at_hand(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, String)>> {

@@ -221,6 +221,13 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn get_order_precertificate(
+        &self,
+        _: Request<quarry_proto::sa::OrderId>,
+    ) -> Result<Response<quarry_proto::sa::Serial>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn set_order_processing(
         &self,
         _: Request<quarry_proto::sa::SetOrderProcessingRequest>,

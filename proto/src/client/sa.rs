@@ -594,6 +594,19 @@ impl SaClient {
         Ok(claimed.claimed.then(|| Some(claimed.precertificate_serial).filter(|serial| !serial.is_empty())))
     }
 
+    /// The serial of the precertificate stored for order `id`, if one was.
+    pub async fn get_order_precertificate(&self, id: i64, deadline: Deadline) -> Result<Option<String>, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Rw,
+            get_order_precertificate,
+            "/quarry.sa.v1.StorageAuthority/GetOrderPrecertificate",
+            OrderId { id },
+            deadline
+        )?;
+        Ok(Some(reply.serial).filter(|serial| !serial.is_empty()))
+    }
+
     pub async fn disable_rate_limit_override(
         &self,
         request: RateLimitOverrideKey,

@@ -490,6 +490,30 @@ async fn a_compromised_key_loses_every_certificate_whoever_holds_it() {
     assert_eq!(revoked_within(&store, &unrelated, limit).await, Some(1), "within a pass of the operator's block");
 }
 
+/// Finding 7 of the security review: an order could go invalid while the ca was still signing for it. Now when the
+/// ca's answer is lost after its precertificate was stored — here the CT logs answer after the finalization's
+/// deadline — the order is answered `processing`, never `invalid`, and its certificate is finished from the
+/// precertificate.
+#[tokio::test]
+async fn an_issuance_whose_answer_was_lost_is_finished_from_its_precertificate() {
+    let stack = Stack::start_with(|wfe| wfe.finalize_timeout_ms = 4_000).await;
+    // The logs answer after the whole finalization's deadline (4 s; the ra gives the ca 1 s of it, keeping a 3 s
+    // margin), within their own 5 s submission timeout.
+    for log in &stack.services.ct_logs {
+        log.set_delay(Duration::from_millis(4_500));
+    }
+    let account = stack.account(Algorithm::Es256).await;
+    let names = ["slow-logs.example.org"];
+    let key = quarry_jose::SigningKey::generate(Algorithm::Es256).unwrap();
+    let answer = stack.finalize(&account, &names, &csr_with_key(&key, &names, false)).await;
+    assert_eq!(answer.json()["status"], "processing", "{}", String::from_utf8_lossy(&answer.body));
+    let order_url = answer.header("location").expect("the order's URL");
+    let settled = stack.client.poll(&account, &order_url, 150, |o| o["status"] != "processing").await.unwrap();
+    assert_eq!(settled["status"], "valid", "{settled}");
+    let pem = stack.client.post(&account, settled["certificate"].as_str().unwrap(), None).await.unwrap();
+    assert_eq!(pem.status, 200);
+}
+
 #[tokio::test]
 async fn asynchronous_finalization_answers_processing_and_the_order_is_polled() {
     let stack = Stack::start_configured(|ra| ra.async_finalize = true, |_| {}).await;
