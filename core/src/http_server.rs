@@ -492,6 +492,83 @@ impl AcceptBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server on a loopback port answering `GET /` with the client address it was given.
+    async fn echo_server(config: ListenerConfig) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = |ConnectInfo(client): ConnectInfo<SocketAddr>| async move { client.ip().to_string() };
+        let router = axum::Router::new().route("/", axum::routing::get(echo));
+        tokio::spawn(serve("test", listener, None, router, config, std::future::pending()));
+        addr
+    }
+
+    async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// Sends `bytes` and reads until the server closes (at most 5 s).
+    async fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> String {
+        stream.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_trusted_proxys_proxy_header_names_the_client_and_no_one_elses_does() {
+        let trusted = vec!["127.0.0.1/32".parse().unwrap()];
+        let addr =
+            echo_server(ListenerConfig { proxy_protocol: true, trusted_proxies: trusted, ..Default::default() }).await;
+        let mut header = client_addr::PROXY_V2_SIGNATURE.to_vec();
+        header.extend([0x21, 0x11, 0, 12, 203, 0, 113, 7, 127, 0, 0, 1, 0x30, 0x39, 0x01, 0xbb]);
+        header.extend(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = exchange(&mut connect_from([127, 0, 0, 1], addr).await, &header).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("203.0.113.7"), "{answer}");
+        // The same bytes from a peer that is not a trusted proxy are not HTTP: refused, and nobody is 203.0.113.7.
+        let answer = exchange(&mut connect_from([127, 0, 0, 2], addr).await, &header).await;
+        assert!(!answer.contains("203.0.113.7") && !answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let plain = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = exchange(&mut connect_from([127, 0, 0, 2], addr).await, plain).await;
+        assert!(answer.ends_with("127.0.0.2"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn slow_headers_and_idle_connections_are_closed() {
+        let config = ListenerConfig { header_read_timeout_ms: 300, idle_timeout_ms: 300, ..Default::default() };
+        let addr = echo_server(config).await;
+        let started = Instant::now();
+        // Never a byte: closed once idle.
+        let idle = exchange(&mut connect_from([127, 0, 0, 1], addr).await, b"").await;
+        assert!(idle.is_empty() && started.elapsed() < Duration::from_secs(3), "{idle} after {:?}", started.elapsed());
+        // Half a request's headers, then silence: closed by the header timeout.
+        let started = Instant::now();
+        let slow = exchange(&mut connect_from([127, 0, 0, 1], addr).await, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(
+            !slow.contains("200") && started.elapsed() < Duration::from_secs(3),
+            "{slow} after {:?}",
+            started.elapsed()
+        );
+        // A keep-alive connection answered once, then quiet: closed once idle.
+        let started = Instant::now();
+        let answered =
+            exchange(&mut connect_from([127, 0, 0, 1], addr).await, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answered.starts_with("HTTP/1.1 200") && started.elapsed() < Duration::from_secs(3), "{answered}");
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_get_a_problem() {
+        let addr = echo_server(ListenerConfig { max_body_bytes: 16, ..Default::default() }).await;
+        let request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\nConnection: close\r\n\r\n01234567890123456";
+        let answer = exchange(&mut connect_from([127, 0, 0, 1], addr).await, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413") && answer.contains("urn:ietf:params:acme:error:malformed"),
+            "{answer}"
+        );
+    }
 
     #[tokio::test]
     async fn a_client_gets_its_share_of_connections_and_gives_them_back() {

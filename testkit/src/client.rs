@@ -44,6 +44,8 @@ impl HttpResponse {
 pub struct AcmeClient {
     tls: Option<tokio_rustls::TlsConnector>,
     directory: Value,
+    /// Sent as `X-Forwarded-For` with every request, as a proxy in front of the server would.
+    forwarded_for: Option<String>,
 }
 
 /// An account key, and the account URL once registered.
@@ -70,6 +72,11 @@ impl AcmeAccount {
 }
 
 impl AcmeClient {
+    /// This client with every request carrying `X-Forwarded-For: {value}`.
+    pub fn forwarded_for(&self, value: &str) -> Self {
+        Self { forwarded_for: Some(value.to_owned()), ..self.clone() }
+    }
+
     /// Fetches the directory; `ca_pem` is the trust anchor for HTTPS.
     pub async fn new(directory_url: &str, ca_pem: Option<&Path>) -> anyhow::Result<Self> {
         let tls = match ca_pem {
@@ -85,7 +92,7 @@ impl AcmeClient {
                 Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
             }
         };
-        let mut client = Self { tls, directory: Value::Null };
+        let mut client = Self { tls, directory: Value::Null, forwarded_for: None };
         let response = client.request(http::Method::GET, directory_url, None, Vec::new()).await?;
         if response.status != 200 {
             bail!("directory answered {}", response.status);
@@ -125,6 +132,9 @@ impl AcmeClient {
             .header(http::header::USER_AGENT, "quarry-testkit");
         if let Some(content_type) = content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(forwarded_for) = &self.forwarded_for {
+            request = request.header("x-forwarded-for", forwarded_for);
         }
         let request = request.body(Full::new(Bytes::from(body)))?;
         let response = match (&self.tls, https) {

@@ -51,6 +51,43 @@ async fn new_accounts_per_ip_address() {
     assert_eq!(refused.header("retry-after").as_deref(), Some("43200"));
 }
 
+/// Finding 3 of the security review: behind a load balancer every request carried the balancer's address, so one
+/// per-IP bucket held every client. Now a trusted proxy's `X-Forwarded-For` names the client (its right-most
+/// untrusted entry), and anyone else's is ignored.
+#[tokio::test]
+async fn per_ip_limits_count_the_client_a_trusted_proxy_names() {
+    let new_account = |client: quarry_testkit::client::AcmeClient| async move {
+        let account = quarry_testkit::client::AcmeAccount::generate(Algorithm::Es256);
+        let terms = json!({ "termsOfServiceAgreed": true });
+        client.post(&account, &client.url("newAccount"), Some(&terms)).await.expect("answered")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = limits_file(dir.path(), "NewRegistrationsPerIPAddress", 1);
+    let behind_proxy = Stack::start_configured(
+        move |ra| ra.rate_limits.limits_file = file,
+        |wfe| wfe.listener.trusted_proxies = vec!["127.0.0.0/8".parse().expect("CIDR")],
+    )
+    .await;
+    let client = &behind_proxy.client;
+    for address in ["198.51.100.1", "198.51.100.2", "::ffff:198.51.100.3"] {
+        let created = new_account(client.forwarded_for(address)).await;
+        assert_eq!(created.status, 201, "{address}: {}", String::from_utf8_lossy(&created.body));
+    }
+    assert_limited(&new_account(client.forwarded_for("198.51.100.1")).await, "NewRegistrationsPerIPAddress");
+    // IPv4-mapped is the IPv4 address; an entry the client wrote itself, left of the proxy's, changes nothing.
+    assert_limited(&new_account(client.forwarded_for("198.51.100.3")).await, "NewRegistrationsPerIPAddress");
+    let forged = client.forwarded_for("203.0.113.50, 198.51.100.2");
+    assert_limited(&new_account(forged).await, "NewRegistrationsPerIPAddress");
+
+    // Without trusted proxies the header is the client's own word: every request counts as its peer, 127.0.0.1.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = limits_file(dir.path(), "NewRegistrationsPerIPAddress", 1);
+    let direct = Stack::start_configured(move |ra| ra.rate_limits.limits_file = file, |_| {}).await;
+    assert_eq!(new_account(direct.client.forwarded_for("198.51.100.1")).await.status, 201);
+    let spoofed = new_account(direct.client.forwarded_for("198.51.100.2")).await;
+    assert_limited(&spoofed, "NewRegistrationsPerIPAddress");
+}
+
 #[tokio::test]
 async fn new_orders_per_account_and_reused_orders_are_free() {
     let (stack, _dir) = stack_with_tight("NewOrdersPerAccount", 2).await;
