@@ -18,6 +18,13 @@ use tonic::{Code, Request, Status};
 use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
 use crate::error::{ErrorKind, Problem, SubProblem};
 
+/// The longest a gRPC client may take over its TLS handshake.
+const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// gRPC servers ping each connection this often…
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// …and close it when a ping goes unanswered this long.
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Metadata key carrying an [`ErrorKind`] name.
 const ERROR_KIND_KEY: &str = "quarry-error-kind";
 /// Binary metadata key carrying JSON subproblems.
@@ -108,7 +115,11 @@ where
     F: Future<Output = bool> + Send,
 {
     let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    let tls_config = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&tls.ca)?));
+    // A peer that connects and never finishes its handshake is dropped; so is one that stops answering pings.
+    let tls_config = ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(&tls.ca)?))
+        .timeout(GRPC_HANDSHAKE_TIMEOUT);
     let (reporter, health) = tonic_health::server::health_reporter();
     let names: Vec<String> =
         std::iter::once(String::new()).chain(service_names.iter().map(|n| (*n).to_owned())).collect();
@@ -139,6 +150,8 @@ where
     });
     let routes = routes.add_service(health);
     let served = Server::builder()
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .layer(tower::layer::layer_fn(|inner| Measured { inner, side: Side::Server }))
         // One span per call, continuing the caller's trace.
         .trace_fn(|request| {

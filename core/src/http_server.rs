@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::extract::DefaultBodyLimit;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -68,6 +69,9 @@ impl Default for ListenerConfig {
         }
     }
 }
+
+/// A body declared past the limit is still read (and dropped) up to this size before it is refused.
+const DRAIN_LIMIT: u64 = 1 << 20;
 
 /// How long connections get to finish their requests after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -238,7 +242,14 @@ impl Server {
                 request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let (router, in_flight) = (router.clone(), InFlight::enter(&requests));
             async move {
-                if declared_len.is_some_and(|len| len > max_body as u64) {
+                if let Some(len) = declared_len.filter(|len| *len > max_body as u64) {
+                    // Read (and dropped) first, up to a point, so that the client is not still sending when the
+                    // answer comes and the connection closes: a reset would lose the answer.
+                    if len <= DRAIN_LIMIT {
+                        let mut body = request.into_body();
+                        let drained = async { while let Some(Ok(_)) = body.frame().await {} };
+                        let _ = tokio::time::timeout(timeout, drained).await;
+                    }
                     return Ok::<_, Infallible>(body_too_large(max_body));
                 }
                 let answer = tokio::time::timeout(timeout, router.oneshot(request.map(axum::body::Body::new))).await;

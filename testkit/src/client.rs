@@ -61,14 +61,38 @@ impl AcmeAccount {
 
     /// A flattened JWS for `url` with `nonce`; `kid` once registered, `jwk` before.
     pub fn sign(&self, url: &str, nonce: &str, payload: Option<&Value>) -> String {
+        self.sign_with_header(url, nonce, payload, json!({}))
+    }
+
+    /// As [`AcmeAccount::sign`], with protected header members replaced (a null removes one): the requests an
+    /// attacker varies.
+    pub fn sign_with_header(&self, url: &str, nonce: &str, payload: Option<&Value>, changes: Value) -> String {
         let mut header = json!({ "alg": self.key.algorithm().as_str(), "nonce": nonce, "url": url });
         match &self.url {
             Some(kid) => header["kid"] = json!(kid),
             None => header["jwk"] = self.key.jwk().to_json(),
         }
+        for (key, value) in changes.as_object().into_iter().flatten() {
+            match (value.is_null(), header.as_object_mut()) {
+                (true, Some(members)) => drop(members.remove(key)),
+                _ => header[key] = value.clone(),
+            }
+        }
         let payload = payload.map(|p| p.to_string().into_bytes());
         quarry_jose::sign_flattened(&self.key, &header, payload.as_deref())
     }
+}
+
+/// A flattened JWS with one character of its signature changed.
+pub fn tamper_signature(body: &str) -> String {
+    let mut jws: Value = serde_json::from_str(body).unwrap_or_default();
+    let signature = jws["signature"].as_str().unwrap_or_default();
+    let flipped = match signature.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", signature.get(1..).unwrap_or_default()),
+    };
+    jws["signature"] = json!(flipped);
+    jws.to_string()
 }
 
 impl AcmeClient {

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::full_stack::{Stack, children, csr_for, issue_via_http01, logs, metric};
+use quarry_jose::{Algorithm, SigningKey, b64_encode};
+use quarry_testkit::client::{AcmeAccount, AcmeClient, HttpResponse, tamper_signature};
+use serde_json::{Value, json};
+
+use crate::full_stack::{Stack, children, csr_for, issue_via_http01, logs, metric, ready_order};
 
 /// Source addresses the attack comes from (all of 127.0.0.0/8 is loopback): the real client uses 127.0.0.1.
 const IDLE_SOURCES: u8 = 30;
@@ -159,4 +163,195 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
     let refused = metric(&text, "quarry_http_connections_refused_total", &[("reason", "max_connections_per_client")]);
     assert!(refused >= (opened - IDLE_SOURCES as usize * 64) as f64, "refused {refused} of {opened}");
     assert!(closed("handshake_timeout") >= (IDLE_SOURCES as usize * 64) as f64 * 0.9, "{text}");
+}
+
+/// One attack: what it tried, the answer it got, and the answer it must get.
+struct Refusal {
+    attack: &'static str,
+    answer: HttpResponse,
+    status: u16,
+    problem: &'static str,
+}
+
+/// POSTs a prepared body as a JWS.
+async fn post_raw(client: &AcmeClient, url: &str, body: String) -> HttpResponse {
+    client.request(http::Method::POST, url, Some("application/jose+json"), body.into_bytes()).await.expect("answered")
+}
+
+async fn post(client: &AcmeClient, account: &AcmeAccount, url: &str, payload: Option<&Value>) -> HttpResponse {
+    client.post(account, url, payload).await.expect("answered")
+}
+
+/// The leaf of the certificate a valid order links to, as DER.
+async fn certificate_der(client: &AcmeClient, account: &AcmeAccount, finalized: &HttpResponse) -> Vec<u8> {
+    let url = finalized.json()["certificate"].as_str().expect("a certificate URL").to_owned();
+    let pem = post(client, account, &url, None).await.body;
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next().expect("a certificate").expect("PEM").to_vec()
+}
+
+/// The security review's attacks through the public ACME port of a running `quarry dev` — forged and replayed
+/// JWSs, other accounts' resources, CSRs and keys outside the policy, revocations without the right, hostile
+/// contacts, an oversized body — each refused with its RFC 8555 problem; then a real client gets a certificate.
+#[tokio::test]
+async fn attacks_through_the_public_port_are_refused_and_a_client_is_still_served() {
+    let stack = Stack::start().await;
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory over HTTPS");
+    let (mut victim, mut attacker) = (AcmeAccount::generate(Algorithm::Es256), AcmeAccount::generate(Algorithm::Es256));
+    client.register(&mut victim).await.expect("register the victim");
+    client.register(&mut attacker).await.expect("register the attacker");
+    let (victim_url, attacker_url) = (victim.url.clone().unwrap(), attacker.url.clone().unwrap());
+    let (new_order, revoke) = (client.url("newOrder"), client.url("revokeCert"));
+    let nonce = || async { client.nonce().await.expect("nonce") };
+
+    // The victim's resources: a valid order with its certificate, and a ready one.
+    let (victim_order_url, victim_order) = ready_order(&stack, &client, &victim, "victim.quarry-test.org").await;
+    let csr = json!({"csr": b64_encode(&csr_for(&["victim.quarry-test.org"]))});
+    let issued = post(&client, &victim, victim_order["finalize"].as_str().unwrap(), Some(&csr)).await;
+    assert_eq!(issued.json()["status"], "valid", "{}", String::from_utf8_lossy(&issued.body));
+    let victim_der = certificate_der(&client, &victim, &issued).await;
+    let victim_cert_url = issued.json()["certificate"].as_str().unwrap().to_owned();
+    let victim_authz = victim_order["authorizations"][0].as_str().unwrap().to_owned();
+    let victim_challenge =
+        post(&client, &victim, &victim_authz, None).await.json()["challenges"][0]["url"].as_str().unwrap().to_owned();
+    let (_, victim_ready) = ready_order(&stack, &client, &victim, "victim-two.quarry-test.org").await;
+    let (_, attacker_order) = ready_order(&stack, &client, &attacker, "attacker.quarry-test.org").await;
+    let attacker_finalize = attacker_order["finalize"].as_str().unwrap().to_owned();
+    let attacker_names = ["attacker.quarry-test.org"];
+    let order_payload = json!({"identifiers": [{"type": "dns", "value": "attacker.quarry-test.org"}]});
+    let finalize_with = |csr: Vec<u8>| {
+        let (client, attacker, url) = (&client, &attacker, attacker_finalize.clone());
+        async move { post(client, attacker, &url, Some(&json!({"csr": b64_encode(&csr)}))).await }
+    };
+
+    let mut refusals = Vec::new();
+    let mut refused = |attack, answer, status, problem| refusals.push(Refusal { attack, answer, status, problem });
+
+    // JWS, nonces, URLs, kid, alg.
+    let forged = attacker.sign_with_header(&new_order, &nonce().await, Some(&order_payload), json!({"alg": "none"}));
+    refused("alg none", post_raw(&client, &new_order, forged).await, 400, "badSignatureAlgorithm");
+    let forged = attacker.sign_with_header(&new_order, &nonce().await, Some(&order_payload), json!({"alg": "HS256"}));
+    refused("alg HS256", post_raw(&client, &new_order, forged).await, 400, "badSignatureAlgorithm");
+    let forged = tamper_signature(&attacker.sign(&new_order, &nonce().await, Some(&order_payload)));
+    refused("a tampered signature", post_raw(&client, &new_order, forged).await, 400, "malformed");
+    let elsewhere = attacker.sign(&client.url("newAccount"), &nonce().await, Some(&order_payload));
+    refused("signed for another URL", post_raw(&client, &new_order, elsewhere).await, 403, "unauthorized");
+    let as_victim =
+        attacker.sign_with_header(&new_order, &nonce().await, Some(&order_payload), json!({"kid": victim_url}));
+    refused("the victim's kid, the attacker's key", post_raw(&client, &new_order, as_victim).await, 400, "malformed");
+    let both = json!({"jwk": attacker.key.jwk().to_json()});
+    let both = attacker.sign_with_header(&new_order, &nonce().await, Some(&order_payload), both);
+    refused("both jwk and kid", post_raw(&client, &new_order, both).await, 400, "malformed");
+    let once = nonce().await;
+    let first = post_raw(&client, &victim_url, victim.sign(&victim_url, &once, None)).await;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    refused(
+        "a replayed nonce",
+        post_raw(&client, &victim_url, victim.sign(&victim_url, &once, None)).await,
+        400,
+        "badNonce",
+    );
+    let invented = attacker.sign(&new_order, "AAAAAAAAAAAAAAAAAAAAAAAA", Some(&order_payload));
+    refused("an invented nonce", post_raw(&client, &new_order, invented).await, 400, "badNonce");
+
+    // Other accounts' resources.
+    refused("another account", post(&client, &attacker, &victim_url, None).await, 403, "unauthorized");
+    refused("another's order", post(&client, &attacker, &victim_order_url, None).await, 404, "malformed");
+    refused("another's authorization", post(&client, &attacker, &victim_authz, None).await, 404, "malformed");
+    refused(
+        "another's challenge",
+        post(&client, &attacker, &victim_challenge, Some(&json!({}))).await,
+        404,
+        "malformed",
+    );
+    let csr = json!({"csr": b64_encode(&csr_for(&["victim-two.quarry-test.org"]))});
+    let finalize = victim_ready["finalize"].as_str().unwrap();
+    refused("finalizing another's order", post(&client, &attacker, finalize, Some(&csr)).await, 404, "malformed");
+    refused("another's certificate", post(&client, &attacker, &victim_cert_url, None).await, 403, "unauthorized");
+    let plain_get = |url: String| {
+        let client = &client;
+        async move { client.request(http::Method::GET, &url, None, Vec::new()).await.expect("answered") }
+    };
+    refused("a plain GET of an order", plain_get(victim_order_url.clone()).await, 405, "malformed");
+    refused("a plain GET of an authorization", plain_get(victim_authz.clone()).await, 405, "malformed");
+    refused("a plain GET of a challenge", plain_get(victim_challenge.clone()).await, 405, "malformed");
+
+    // CSRs and keys outside the policy.
+    let own_key = quarry_testkit::csr::csr_with_key(&attacker.key, &attacker_names, false);
+    refused("a CSR with the account key", finalize_with(own_key).await, 400, "badCSR");
+    let own_key = quarry_testkit::csr::csr_with_key(&attacker.key, &attacker_names, true);
+    refused("a CSR with the account key, compressed", finalize_with(own_key).await, 400, "badCSR");
+    let sha1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/testdata/sha1-rsa.csr.der")).unwrap();
+    refused("a CSR signed with SHA-1", finalize_with(sha1).await, 400, "badCSR");
+    refused("a CSR for another name", finalize_with(csr_for(&["victim.quarry-test.org"])).await, 400, "badCSR");
+    let p521 = json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"});
+    let odd_key =
+        attacker.sign_with_header(&client.url("newAccount"), &nonce().await, None, json!({"jwk": p521, "kid": null}));
+    refused(
+        "an account key off the policy",
+        post_raw(&client, &client.url("newAccount"), odd_key).await,
+        400,
+        "badPublicKey",
+    );
+
+    // Revocation without the right.
+    let body = json!({"certificate": b64_encode(&victim_der), "reason": 0});
+    refused(
+        "revoking another's certificate",
+        post(&client, &attacker, &revoke, Some(&body)).await,
+        403,
+        "unauthorized",
+    );
+    let stranger = AcmeAccount { key: SigningKey::generate(Algorithm::Es256).unwrap(), url: None };
+    refused(
+        "revoking with an unrelated key",
+        post(&client, &stranger, &revoke, Some(&body)).await,
+        403,
+        "unauthorized",
+    );
+    let body = json!({"certificate": b64_encode(&victim_der), "reason": 7});
+    refused(
+        "an unknown revocation reason",
+        post(&client, &victim, &revoke, Some(&body)).await,
+        400,
+        "badRevocationReason",
+    );
+
+    // Contacts.
+    let contact = |contacts: Vec<String>| {
+        let (client, attacker, url) = (&client, &attacker, attacker_url.clone());
+        async move { post(client, attacker, &url, Some(&json!({"contact": contacts}))).await }
+    };
+    let crlf = vec!["mailto:a@quarry-test.org\r\nBcc: b@quarry-test.org".to_owned()];
+    refused("a CR LF in a contact", contact(crlf).await, 400, "invalidContact");
+    let many = (0..11).map(|i| format!("mailto:a{i}@quarry-test.org")).collect();
+    refused("eleven contacts", contact(many).await, 400, "malformed");
+    let long = vec![format!("mailto:{}@quarry-test.org", "a".repeat(300))];
+    refused("a 300-character contact", contact(long).await, 400, "invalidContact");
+    refused(
+        "an hfield",
+        contact(vec!["mailto:a@quarry-test.org?bcc=b@quarry-test.org".to_owned()]).await,
+        400,
+        "invalidContact",
+    );
+    refused("a tel: contact", contact(vec!["tel:+15555550100".to_owned()]).await, 400, "unsupportedContact");
+
+    // An oversized body.
+    let oversized = format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024));
+    refused("a 100 KiB body", post_raw(&client, &new_order, oversized).await, 413, "malformed");
+
+    let wrong: Vec<String> = refusals
+        .iter()
+        .filter(|r| (r.answer.status, r.answer.problem_type().as_deref()) != (r.status, Some(r.problem)))
+        .map(|r| format!("{}: {} {}", r.attack, r.answer.status, String::from_utf8_lossy(&r.answer.body)))
+        .collect();
+    assert!(wrong.is_empty(), "refused otherwise than expected:\n{}", wrong.join("\n"));
+
+    // Nothing of the victim's changed, and a real client is served.
+    assert_eq!(post(&client, &victim, &victim_order_url, None).await.json()["status"], "valid");
+    let unrevoked = json!({"certificate": b64_encode(&victim_der), "reason": 4});
+    assert_eq!(post(&client, &victim, &revoke, Some(&unrevoked)).await.status, 200, "the certificate was still good");
+    let account = stack.instant_acme_account().await;
+    let names = ["after-the-attacks.quarry-test.org"];
+    issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
 }

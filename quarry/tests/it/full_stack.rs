@@ -46,7 +46,7 @@ pub(crate) fn free_port_range() -> u16 {
 }
 
 impl Stack {
-    async fn start() -> Stack {
+    pub(crate) async fn start() -> Stack {
         Self::start_on(None).await
     }
 
@@ -434,29 +434,42 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
 }
 
 /// Registers an account with an `alg` key and obtains a certificate for `name` over http-01, with the project's client.
+/// An order for `name`, its http-01 challenge answered through the stack's challenge server, ready to finalize;
+/// returns its URL and the order.
+pub(crate) async fn ready_order(
+    stack: &Stack,
+    client: &quarry_testkit::client::AcmeClient,
+    account: &quarry_testkit::client::AcmeAccount,
+    name: &str,
+) -> (String, serde_json::Value) {
+    use serde_json::json;
+    let created = client
+        .post(account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
+        .await
+        .expect("new order");
+    assert_eq!(created.status, 201, "{name}: {}", String::from_utf8_lossy(&created.body));
+    let order_url = created.header("location").expect("order location");
+    let order = created.json();
+    let authz = client.post(account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
+    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
+    let token = challenge["token"].as_str().unwrap();
+    let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
+    stack.challtestsrv.state.add_http01(token, &key_authorization);
+    client.post(account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
+    let order = client
+        .poll(account, &order_url, 300, |o| o["status"] == "ready")
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}{}", logs(stack.dir.path())));
+    (order_url, order)
+}
+
 async fn issue_with_own_client(stack: &Stack, alg: quarry_jose::Algorithm, name: &str) {
     use quarry_testkit::client::{AcmeAccount, AcmeClient};
     use serde_json::json;
     let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory over HTTPS");
     let mut account = AcmeAccount::generate(alg);
     client.register(&mut account).await.expect("register");
-    let created = client
-        .post(&account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
-        .await
-        .expect("new order");
-    assert_eq!(created.status, 201, "{alg:?}");
-    let order_url = created.header("location").expect("order location");
-    let order = created.json();
-    let authz = client.post(&account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
-    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
-    let token = challenge["token"].as_str().unwrap();
-    let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
-    stack.challtestsrv.state.add_http01(token, &key_authorization);
-    client.post(&account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
-    client
-        .poll(&account, &order_url, 300, |o| o["status"] == "ready")
-        .await
-        .unwrap_or_else(|e| panic!("{alg:?}: {e}{}", logs(stack.dir.path())));
+    let (_, order) = ready_order(stack, &client, &account, name).await;
     let csr = quarry_jose::b64_encode(&csr_for(&[name]));
     let done = client.post(&account, order["finalize"].as_str().unwrap(), Some(&json!({"csr": csr}))).await.unwrap();
     assert_eq!(done.json()["status"], "valid", "{alg:?}");

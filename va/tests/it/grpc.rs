@@ -103,3 +103,21 @@ async fn a_missing_allowlist_entry_stops_start_up() {
     let outcome = tokio::time::timeout(Duration::from_secs(10), quarry_va::serve(config, listener, async {})).await;
     assert!(matches!(outcome, Ok(Err(quarry_va::Error::Config(_)))), "{outcome:?}");
 }
+
+/// A gRPC port takes TLS clients only: a connection that never starts its handshake is closed after the handshake
+/// timeout (10 s), and meanwhile the ra is served.
+#[tokio::test]
+async fn a_connection_that_never_handshakes_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let pki = TestPki::new();
+    let srv = challenge_server().await;
+    let addr = started(&pki, &srv).await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut ra = VaClient::new(pki.channel("ra", "va", addr));
+    ra.do_dcv(request("http-01", "good")).await.expect("the ra is served");
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "still open after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(9), "closed early: {:?}", started.elapsed());
+}

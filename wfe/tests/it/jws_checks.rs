@@ -1,7 +1,7 @@
 //! Requests that must fail the wfe's JWS checks, each with its RFC 8555 problem type and without changing state.
 
 use quarry_jose::Algorithm;
-use quarry_testkit::client::AcmeAccount;
+use quarry_testkit::client::{AcmeAccount, tamper_signature as tamper};
 use serde_json::{Value, json};
 
 use crate::harness::Stack;
@@ -184,31 +184,8 @@ async fn nonces_are_redeemed_by_the_instance_that_minted_them() {
     assert_eq!(genuine.status, 200, "the forged nonce did not use up the genuine one");
 }
 
-/// Flips a character of the signature.
-fn tamper(body: &str) -> String {
-    let mut jws: Value = serde_json::from_str(body).unwrap();
-    let signature = jws["signature"].as_str().unwrap();
-    let flipped = match signature.strip_prefix('A') {
-        Some(rest) => format!("B{rest}"),
-        None => format!("A{}", &signature[1..]),
-    };
-    jws["signature"] = json!(flipped);
-    jws.to_string()
-}
-
-/// Signs with the account key but with header members replaced (a null removes one).
+/// Signs the new-order payload with the account key but with header members replaced (a null removes one).
 fn with_header(account: &AcmeAccount, url: &str, nonce: &str, changes: Value) -> String {
-    let mut header = json!({"alg": account.key.algorithm().as_str(), "nonce": nonce, "url": url, "kid": account.url});
-    for (key, value) in changes.as_object().unwrap() {
-        if value.is_null() {
-            header.as_object_mut().unwrap().remove(key);
-        } else {
-            header[key] = value.clone();
-        }
-    }
-    quarry_jose::sign_flattened(
-        &account.key,
-        &header,
-        Some(br#"{"identifiers":[{"type":"dns","value":"a.example.org"}]}"#),
-    )
+    let payload = json!({"identifiers": [{"type": "dns", "value": "a.example.org"}]});
+    account.sign_with_header(url, nonce, Some(&payload), changes)
 }
