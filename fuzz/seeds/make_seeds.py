@@ -99,6 +99,15 @@ put("dns_answers", "caa-critical", response("quarry-test.org", 257, [(257, caa(1
 put("dns_answers", "caa-account", response("quarry-test.org", 257, [(257, caa(0, "issue", "quarry.example.com; accounturi=https://acme.quarry.example.com/acme/acct/1"))]))
 put("dns_answers", "txt", response("_acme-challenge.quarry-test.org", 16, [(16, txt("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")), (16, txt("part one", "part two"))]))
 
+caa_sets = {
+    "issue": "\x00issue quarry.example.com\n\x00issuewild ;",
+    "account-and-methods": "\x00issue quarry.example.com; accounturi=https://acme.quarry.example.com/acme/acct/1; validationmethods=dns-01,http-01",
+    "critical-unknown": "\x80tbs something\n\x00iodef mailto:security@quarry-test.org",
+    "other-ca": "\x00issue other-ca.example\n\x00issuewild quarry.example.com",
+}
+for seed, text in caa_sets.items():
+    put("caa", seed, text.encode("latin-1"))
+
 payloads = {
     "new-account": {"termsOfServiceAgreed": True, "contact": ["mailto:a@example.com"], "onlyReturnExisting": False,
                     "externalAccountBinding": {"protected": b64(b'{"alg":"HS256","kid":"kid-1","url":"https://x/new-acct"}'), "payload": b64(json.dumps(keys["p256"][1]).encode()), "signature": b64(bytes(32))}},
