@@ -70,6 +70,38 @@ impl Default for ListenerConfig {
     }
 }
 
+/// Descriptors kept out of every listener's reach: the process's gRPC connections, database pool, files.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// The connections a listener may hold: its configured cap, within the process's open-file limit — raised to its
+/// hard limit first, as a server should — less [`RESERVED_DESCRIPTORS`]. Past the limit, accepting would fail with
+/// "too many open files" for every client instead of refusing the newest connection.
+fn connection_cap(listener: &'static str, configured: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), maximum) = (limit.current, limit.maximum)
+        && maximum.is_none_or(|maximum| current < maximum)
+    {
+        let raised = Rlimit { current: maximum, maximum };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(%err, "cannot raise the open-file limit");
+        }
+    }
+    let Some(soft) = getrlimit(Resource::Nofile).current else { return configured.max(1) };
+    let room = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
+    if configured > room {
+        tracing::warn!(
+            listener,
+            configured,
+            open_file_limit = soft,
+            cap = room,
+            "max_connections lowered to fit the open-file limit"
+        );
+        return room;
+    }
+    configured.max(1)
+}
+
 /// A body declared past the limit is still read (and dropped) up to this size before it is refused.
 const DRAIN_LIMIT: u64 = 1 << 20;
 
@@ -91,7 +123,7 @@ pub async fn serve(
         trusted: TrustedProxies::new(config.trusted_proxies.clone()),
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
         router: router.layer(DefaultBodyLimit::max(config.max_body_bytes)),
-        slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        slots: Arc::new(Semaphore::new(connection_cap(name, config.max_connections))),
         per_client: Arc::new(ClientCounts { counts: Mutex::default(), max: config.max_connections_per_client.max(1) }),
         draining: CancellationToken::new(),
         config,
@@ -591,6 +623,16 @@ mod tests {
         assert!(counts.enter("192.0.2.2".parse().unwrap()).is_some(), "another client has its own share");
         drop(first);
         assert!(counts.enter(ip).is_some());
+    }
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let cap = connection_cap("test", usize::MAX);
+        if let Some(soft) = soft {
+            assert!(cap as u64 <= soft.saturating_sub(RESERVED_DESCRIPTORS).max(1), "{cap} within {soft}");
+        }
+        assert_eq!(connection_cap("test", 8), 8, "a cap within the limit is kept");
     }
 
     #[test]

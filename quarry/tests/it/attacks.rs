@@ -272,6 +272,7 @@ async fn attacks_through_the_public_port_are_refused_and_a_client_is_still_serve
         let client = &client;
         async move { client.request(http::Method::GET, &url, None, Vec::new()).await.expect("answered") }
     };
+    refused("a plain GET of an account", plain_get(victim_url.clone()).await, 405, "malformed");
     refused("a plain GET of an order", plain_get(victim_order_url.clone()).await, 405, "malformed");
     refused("a plain GET of an authorization", plain_get(victim_authz.clone()).await, 405, "malformed");
     refused("a plain GET of a challenge", plain_get(victim_challenge.clone()).await, 405, "malformed");
