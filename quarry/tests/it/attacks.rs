@@ -27,6 +27,15 @@ async fn connect_from(source: IpAddr, target: SocketAddr) -> Option<TcpStream> {
     tokio::time::timeout(Duration::from_secs(5), socket.connect(target)).await.ok()?.ok()
 }
 
+/// Raises this process's open-file limit to its hard limit (as every Quarry listener does), so that the attack's
+/// own sockets, and those of the `quarry dev` it starts, which inherits the limit, fit; returns the limit.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|dir| dir.count()).unwrap_or(0)
 }
@@ -73,6 +82,12 @@ async fn slow_loris(target: SocketAddr, tls: Arc<rustls::ClientConfig>, limit: D
 /// bounded, and a real client gets its certificate meanwhile.
 #[tokio::test]
 async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
+    let limit = raise_open_file_limit();
+    let needed = IDLE_SOURCES as usize * IDLE_PER_SOURCE + SLOW_LORIS + 512;
+    assert!(
+        limit >= needed as u64,
+        "the open-file limit ({limit}) is below the {needed} descriptors this attack needs"
+    );
     let metrics_base = crate::full_stack::free_port_range();
     let stack = Stack::start_with_args(None, None, &["--metrics-base-port".into(), metrics_base.to_string()]).await;
     let wfe = children(stack._process.id().expect("quarry dev runs"))
