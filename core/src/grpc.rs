@@ -172,6 +172,19 @@ where
     Ok(())
 }
 
+/// Every gRPC server answers with its build in this header (health checks included): which build a replica runs.
+pub const VERSION_HEADER: &str = "quarry-version";
+
+fn version_header() -> http::HeaderValue {
+    static VALUE: std::sync::OnceLock<http::HeaderValue> = std::sync::OnceLock::new();
+    VALUE
+        .get_or_init(|| {
+            let described = crate::build::get().describe();
+            http::HeaderValue::from_str(&described).unwrap_or(http::HeaderValue::from_static("unknown"))
+        })
+        .clone()
+}
+
 /// Which end of a call [`Measured`] counts.
 #[derive(Debug, Clone, Copy)]
 pub enum Side {
@@ -209,7 +222,10 @@ where
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await;
+            let mut response = response.await;
+            if let (Side::Server, Ok(response)) = (side, &mut response) {
+                response.headers_mut().insert(VERSION_HEADER, version_header());
+            }
             // A failed unary call is a trailers-only response: its status is in the headers. Otherwise it succeeded
             // as far as the headers tell.
             let code = match &response {

@@ -2,6 +2,7 @@
 //!
 //! Nothing here knows about HTTP, ACME problem documents or the database: those belong to the wfe and the sa.
 
+pub mod build;
 pub mod certificate;
 pub mod client_addr;
 pub mod clock;

@@ -65,6 +65,8 @@ pub fn init(service: &str, config: &TelemetryConfig) -> Result<Telemetry, Teleme
     if let Some(addr) = config.metrics_listen {
         serve_metrics(addr)?;
     }
+    let build = crate::build::get();
+    metrics::gauge!("quarry_build_info", "version" => build.version, "commit" => build.commit).set(1.0);
     Ok(init_tracing(service, config))
 }
 

@@ -18,11 +18,22 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// `quarry --version`: the version, the git commit and its date (stamped by build.rs).
+const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("QUARRY_GIT_COMMIT"), ", ", env!("QUARRY_GIT_DATE"), ")");
+
+/// This binary's build, for the metric, the gRPC header and the health answer.
+const BUILD: quarry_core::build::BuildInfo = quarry_core::build::BuildInfo {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("QUARRY_GIT_COMMIT"),
+    date: env!("QUARRY_GIT_DATE"),
+};
+
 /// Exit status for a configuration the program cannot use (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "quarry", version, about = "An ACME certificate authority split into gRPC services")]
+#[command(name = "quarry", version = LONG_VERSION, about = "An ACME certificate authority split into gRPC services")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -253,6 +264,7 @@ fn report<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCod
 fn main() -> ExitCode {
     SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
     quarry_core::install_crypto_provider();
+    quarry_core::build::set(BUILD);
     match Cli::parse().command {
         Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
         // The ra bounds its own drain (background validations and finalizations included); this is a backstop.

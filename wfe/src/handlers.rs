@@ -168,7 +168,12 @@ async fn not_found() -> ProblemResponse {
 async fn healthz(State(wfe): State<Wfe>) -> Response {
     let peers = wfe.peers_health().await;
     let healthy = peers.iter().all(|(_, health)| health.is_ok());
-    let mut body = serde_json::json!({ "status": if healthy { "ok" } else { "unavailable" } });
+    let build = quarry_core::build::get();
+    let mut body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "version": build.version,
+        "commit": build.commit,
+    });
     for (peer, health) in peers {
         body[peer] = serde_json::json!(health.err().unwrap_or_else(|| "ok".to_owned()));
     }

@@ -1013,6 +1013,47 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     assert!(metric(&nonce_text, "quarry_nonce_redemptions_total", &[("result", "valid")]) >= 5.0, "{nonce_text}");
     let spent = [("limit", "NewOrdersPerAccount"), ("action", "spend"), ("decision", "allowed")];
     assert_eq!(metric(&scrape(ra).await, "quarry_ratelimit_decisions_total", &spent), 1.0);
+
+    // Every process says which build it runs: the binary's commit.
+    let (_, commit, _) = binary_build();
+    for index in 0..10 {
+        let text = scrape(index).await;
+        assert_eq!(metric(&text, "quarry_build_info", &[("commit", &commit)]), 1.0, "process {index}: {text}");
+    }
+}
+
+/// `quarry --version`: the version, the commit and its date, as (version, commit, date).
+fn binary_build() -> (String, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_quarry")).arg("--version").output().expect("run");
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    // quarry 0.1.0 (commit 0123456789ab, 2026-12-04)
+    let (version, rest) = text.trim().trim_start_matches("quarry ").split_once(" (commit ").expect("a commit");
+    let (commit, date) = rest.trim_end_matches(')').split_once(", ").expect("a date");
+    (version.to_owned(), commit.to_owned(), date.to_owned())
+}
+
+/// The binary names the commit it was built from, as git sees the checkout, and the wfe's health answer says it.
+#[tokio::test]
+async fn the_binary_names_the_commit_it_was_built_from() {
+    let (version, commit, date) = binary_build();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output();
+    match head.ok().filter(|out| out.status.success()) {
+        Some(out) => {
+            let head = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert_eq!(commit, head, "built from {commit}, checkout at {head}");
+            assert_eq!(date.len(), 10, "{date}");
+        }
+        None => assert_eq!(commit, "unknown"),
+    }
+    let stack = Stack::start().await;
+    let health = stack.directory_url.replace("/directory", "/healthz");
+    let client = quarry_testkit::client::AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.unwrap();
+    let answer = client.request(http::Method::GET, &health, None, Vec::new()).await.unwrap().json();
+    assert_eq!(
+        (answer["version"].as_str(), answer["commit"].as_str()),
+        (Some(version.as_str()), Some(commit.as_str()))
+    );
 }
 
 /// SIGTERM while a validation is pending: the ra stops taking calls but lets the validation finish and records its

@@ -42,7 +42,10 @@ async fn the_ra_may_call_and_others_may_not() {
     let srv = challenge_server().await;
     let addr = started(&pki, &srv).await;
     let mut ra = VaClient::new(pki.channel("ra", "va", addr));
-    let result = ra.do_dcv(request("http-01", "good")).await.expect("dcv").into_inner();
+    let answer = ra.do_dcv(request("http-01", "good")).await.expect("dcv");
+    let version = answer.metadata().get(quarry_core::grpc::VERSION_HEADER).and_then(|v| v.to_str().ok());
+    assert_eq!(version, Some(quarry_core::build::get().describe().as_str()), "every gRPC answer names its build");
+    let result = answer.into_inner();
     assert!(result.problem.is_none(), "{:?}", result.problem);
     assert_eq!(result.perspective, "primary");
     assert_eq!(result.rir, "ARIN", "the configured RIR is echoed");

@@ -605,7 +605,9 @@ async fn healthz_reports_the_peers() {
     let url = format!("{}/healthz", stack.base);
     let healthy = stack.client.request(http::Method::GET, &url, None, Vec::new()).await.unwrap();
     assert_eq!(healthy.status, 200);
-    assert_eq!(healthy.json(), json!({"status": "ok", "ra": "ok", "sa": "ok", "nonce": "ok"}));
+    let build = quarry_core::build::get();
+    let expected = json!({"status": "ok", "ra": "ok", "sa": "ok", "nonce": "ok", "version": build.version, "commit": build.commit});
+    assert_eq!(healthy.json(), expected);
 
     // A wfe whose ra is gone says so, and which.
     let broken = Stack::start_with(|wfe| wfe.ra.address = vec!["https://127.0.0.1:1".into()]).await;
