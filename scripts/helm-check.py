@@ -117,6 +117,23 @@ def check_replication(objects, environment):
         container = spec["template"]["spec"]["containers"][0]
         if not container.get("lifecycle", {}).get("preStop") or "readinessProbe" not in container:
             findings.append(f"{environment}: {name} stops without a readiness probe and a preStop pause")
+    return findings + check_probes(objects, environment)
+
+
+def check_probes(objects, environment):
+    """Liveness is the process answering, readiness its dependencies: a database or peer outage must take pods out
+    of the endpoints, never restart them all."""
+    findings = []
+    for (kind, name), obj in objects.items():
+        if kind != "Deployment":
+            continue
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        live = container.get("livenessProbe", {}).get("exec", {}).get("command")
+        ready = container.get("readinessProbe", {}).get("exec", {}).get("command")
+        if live is not None and "--live" not in live:
+            findings.append(f"{environment}: {name}'s liveness probe asks for readiness (no --live)")
+        if ready is not None and "--live" in ready:
+            findings.append(f"{environment}: {name}'s readiness probe asks only whether it is alive")
     return findings
 
 

@@ -249,16 +249,21 @@ where
 
 /// Asks a peer's gRPC health service whether `service` is serving; the error says why not, for a health page.
 pub async fn check_health(channel: Channel, service: &str, deadline: Option<Instant>) -> Result<(), String> {
+    match health_status(channel, service, deadline).await? {
+        true => Ok(()),
+        false => Err("not serving".to_owned()),
+    }
+}
+
+/// Whether a peer's health service answers for `service` at all, and if so whether it is serving: a peer that
+/// answers "not serving" (its database is down) is alive — a liveness probe must not restart it — but not ready.
+pub async fn health_status(channel: Channel, service: &str, deadline: Option<Instant>) -> Result<bool, String> {
     use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let request = request_with_deadline(HealthCheckRequest { service: service.to_owned() }, deadline);
     match HealthClient::new(channel).check(request).await {
-        Ok(reply)
-            if reply.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
-            Ok(())
-        }
-        Ok(_) => Err("not serving".to_owned()),
+        Ok(reply) => Ok(reply.get_ref().status == ServingStatus::Serving as i32),
         Err(status) => Err(format!("unreachable ({:?})", status.code())),
     }
 }

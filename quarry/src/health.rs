@@ -1,6 +1,7 @@
 //! `quarry health SERVICE --config …`: asks a running service, from inside its own container or pod, whether it
 //! is ready — the gRPC health service over the service's own mutual-TLS identity, or the wfe's `/healthz` — and
-//! exits 0 when it is. Container health checks and Kubernetes exec probes run it.
+//! exits 0 when it is; with `--live`, whether it is alive (answers at all). Container health checks and Kubernetes
+//! exec probes run it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub struct HealthArgs {
     /// For the wfe: the CA that issued its HTTPS certificate.
     #[arg(long)]
     https_ca: Option<PathBuf>,
+    /// Liveness rather than readiness: exits 0 while the service answers at all, ready or not, so that a peer's or
+    /// the database's outage does not get every replica restarted.
+    #[arg(long)]
+    live: bool,
 }
 
 /// The parts of any service's configuration a health check needs; the rest is the service's business.
@@ -50,9 +55,12 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<()> {
         };
         let channel = quarry_core::grpc::channel(&client, &config.tls)?;
         // The empty name is the server as a whole, which tonic's health service reports.
-        return quarry_core::grpc::check_health(channel, "", Some(Instant::now() + TIMEOUT))
-            .await
-            .map_err(|why| anyhow::anyhow!("{} at {}: {why}", args.service, client.address[0]));
+        let status = quarry_core::grpc::health_status(channel, "", Some(Instant::now() + TIMEOUT)).await;
+        return match status {
+            Ok(serving) if serving || args.live => Ok(()),
+            Ok(_) => bail!("{} at {}: not serving", args.service, client.address[0]),
+            Err(why) => bail!("{} at {}: {why}", args.service, client.address[0]),
+        };
     }
     let listen = config.listen.context("the configuration has neither [grpc] listen nor an HTTPS listen")?;
     let ca = args.https_ca.as_ref().context("--https-ca is needed to check the wfe")?;
@@ -62,7 +70,8 @@ pub async fn check(args: &HealthArgs) -> anyhow::Result<()> {
         .await
         .context("no answer in time")?
         .with_context(|| format!("wfe at {addr}"))?;
-    if status != 200 {
+    // Any answer means the wfe is alive; ready only when its peers are (200, else 503).
+    if status != 200 && !args.live {
         bail!("wfe at {addr}: /healthz answered {status}");
     }
     Ok(())

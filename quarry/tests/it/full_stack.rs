@@ -409,8 +409,14 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
         std::process::Command::new(env!("CARGO_BIN_EXE_quarry")).args(args).output().expect("run quarry")
     };
     for service in ["nonce", "sa", "va-remote-a", "va-remote-b", "va", "publisher", "ca", "ra"] {
-        let out = quarry(&["health".as_ref(), service.as_ref(), "--config".as_ref(), config(service).as_os_str()]);
-        assert!(out.status.success(), "{service}: {}", String::from_utf8_lossy(&out.stderr));
+        for live in [None, Some("--live")] {
+            let config = config(service);
+            let mut args: Vec<&std::ffi::OsStr> =
+                vec!["health".as_ref(), service.as_ref(), "--config".as_ref(), config.as_os_str()];
+            args.extend(live.map(std::ffi::OsStr::new));
+            let out = quarry(&args);
+            assert!(out.status.success(), "{service} {live:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
     let out = quarry(&[
         "health".as_ref(),

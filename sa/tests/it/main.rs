@@ -434,4 +434,6 @@ async fn health_follows_the_database() {
             }
         }
     }
+    // Not ready, but alive: it answers, so a liveness probe (`quarry health --live`) leaves it running.
+    assert_eq!(quarry_core::grpc::health_status(channel, "", deadline()).await, Ok(false));
 }
