@@ -73,10 +73,9 @@ impl Default for ListenerConfig {
 /// Descriptors kept out of every listener's reach: the process's gRPC connections, database pool, files.
 const RESERVED_DESCRIPTORS: u64 = 256;
 
-/// The connections a listener may hold: its configured cap, within the process's open-file limit — raised to its
-/// hard limit first, as a server should — less [`RESERVED_DESCRIPTORS`]. Past the limit, accepting would fail with
-/// "too many open files" for every client instead of refusing the newest connection.
-fn connection_cap(listener: &'static str, configured: usize) -> usize {
+/// Raises the process's open-file limit to its hard limit (a server's descriptors are its connections); returns
+/// the limit now in force, `None` when unlimited.
+pub fn raise_open_file_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if let (Some(current), maximum) = (limit.current, limit.maximum)
@@ -87,7 +86,14 @@ fn connection_cap(listener: &'static str, configured: usize) -> usize {
             tracing::debug!(%err, "cannot raise the open-file limit");
         }
     }
-    let Some(soft) = getrlimit(Resource::Nofile).current else { return configured.max(1) };
+    getrlimit(Resource::Nofile).current
+}
+
+/// The connections a listener may hold: its configured cap, within the process's open-file limit — raised to its
+/// hard limit first, as a server should — less [`RESERVED_DESCRIPTORS`]. Past the limit, accepting would fail with
+/// "too many open files" for every client instead of refusing the newest connection.
+fn connection_cap(listener: &'static str, configured: usize) -> usize {
+    let Some(soft) = raise_open_file_limit() else { return configured.max(1) };
     let room = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
     if configured > room {
         tracing::warn!(
@@ -171,6 +177,14 @@ struct Admitted {
     _client: Option<ClientSlot>,
     /// The peer is a trusted proxy.
     from_proxy: bool,
+    /// `quarry_http_connections_open`, counted down when the connection ends, however it ends.
+    open: metrics::Gauge,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 impl Server {
@@ -190,7 +204,9 @@ impl Server {
             };
             Some(client)
         };
-        Some(Admitted { _slot: slot, _client: client, from_proxy })
+        let open = metrics::gauge!("quarry_http_connections_open", "listener" => self.name);
+        open.increment(1.0);
+        Some(Admitted { _slot: slot, _client: client, from_proxy, open })
     }
 
     fn refused(&self, reason: &'static str) {
@@ -204,8 +220,6 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, mut admitted: Admitted) {
-        let open = metrics::gauge!("quarry_http_connections_open", "listener" => self.name);
-        open.increment(1.0);
         crate::tcp::no_delay(&mut stream);
         let handshake_by = tokio::time::Instant::now() + self.ms(self.config.handshake_timeout_ms);
         let mut client = SocketAddr::new(client_addr::canonical(peer.ip()), peer.port());
@@ -215,25 +229,15 @@ impl Server {
                     client = source;
                     match self.per_client.enter(source.ip()) {
                         Some(slot) => admitted._client = Some(slot),
-                        None => {
-                            self.refused("max_connections_per_client");
-                            open.decrement(1.0);
-                            return;
-                        }
+                        None => return self.refused("max_connections_per_client"),
                     }
                 }
                 Ok(Ok(ProxyHeader::Local)) => {}
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, %err, "PROXY header refused");
-                    self.closed("proxy_header");
-                    open.decrement(1.0);
-                    return;
+                    return self.closed("proxy_header");
                 }
-                Err(_) => {
-                    self.closed("handshake_timeout");
-                    open.decrement(1.0);
-                    return;
-                }
+                Err(_) => return self.closed("handshake_timeout"),
             }
         }
         let watched = Watched::new(stream);
@@ -249,7 +253,6 @@ impl Server {
             },
             None => self.serve_http(watched, client, admitted.from_proxy, activity).await,
         }
-        open.decrement(1.0);
     }
 
     async fn serve_http<IO>(&self, io: IO, client: SocketAddr, from_proxy: bool, activity: Arc<Activity>)
@@ -627,8 +630,8 @@ mod tests {
 
     #[test]
     fn the_connection_cap_fits_the_open_file_limit() {
-        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let cap = connection_cap("test", usize::MAX);
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         if let Some(soft) = soft {
             assert!(cap as u64 <= soft.saturating_sub(RESERVED_DESCRIPTORS).max(1), "{cap} within {soft}");
         }

@@ -1018,20 +1018,31 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-            // The shard's CRL is now out of date (a shard without a row yet has never been signed: due anyway).
-            sqlx::query(
-                "UPDATE crl_shards SET revocations_pending = revocations_pending + 1 WHERE issuer_id = $1 AND idx = $2",
-            )
-            .bind(issuer_id)
-            .bind(self.crl_shard(&serial))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            self.crl_shard_changed(&mut tx, issuer_id, &serial).await?;
             return tx.commit().await.map_err(db_error);
         }
         drop(tx);
         let (status, ..) = self.get_certificate_status(&serial).await?;
         Err(Problem::new(ErrorKind::AlreadyRevoked, format!("certificate {serial} is already {status}")))
+    }
+
+    /// Records in `tx` that the CRL of `serial`'s shard is out of date (a shard without a row yet has never been
+    /// signed: due anyway).
+    async fn crl_shard_changed(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        issuer_id: i64,
+        serial: &str,
+    ) -> Result<(), Problem> {
+        sqlx::query(
+            "UPDATE crl_shards SET revocations_pending = revocations_pending + 1 WHERE issuer_id = $1 AND idx = $2",
+        )
+        .bind(issuer_id)
+        .bind(self.crl_shard(serial))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        Ok(())
     }
 
     /// Revokes a certificate for key compromise: a good one now, at `date`; one revoked for another reason has its
@@ -1068,14 +1079,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        sqlx::query(
-            "UPDATE crl_shards SET revocations_pending = revocations_pending + 1 WHERE issuer_id = $1 AND idx = $2",
-        )
-        .bind(issuer_id)
-        .bind(self.crl_shard(&serial))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        self.crl_shard_changed(&mut tx, issuer_id, &serial).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(KeyCompromise::Upgraded)
     }

@@ -173,6 +173,16 @@ impl AcmeClient {
         Ok(response)
     }
 
+    /// The leaf (DER) of the certificate a finalized order (`finalized`, the finalize answer) links to.
+    pub async fn certificate_der(&self, account: &AcmeAccount, finalized: &HttpResponse) -> anyhow::Result<Vec<u8>> {
+        use rustls_pki_types::pem::PemObject;
+        let url = finalized.json()["certificate"].as_str().ok_or_else(|| anyhow!("no certificate URL"))?.to_owned();
+        let pem = self.post(account, &url, None).await?.body;
+        let leaf =
+            rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next().ok_or_else(|| anyhow!("no certificate"))?;
+        Ok(leaf.context("certificate PEM")?.to_vec())
+    }
+
     /// A fresh nonce from newNonce.
     pub async fn nonce(&self) -> anyhow::Result<String> {
         let response = self.request(http::Method::HEAD, &self.url("newNonce"), None, Vec::new()).await?;

@@ -27,15 +27,6 @@ async fn connect_from(source: IpAddr, target: SocketAddr) -> Option<TcpStream> {
     tokio::time::timeout(Duration::from_secs(5), socket.connect(target)).await.ok()?.ok()
 }
 
-/// Raises this process's open-file limit to its hard limit (as every Quarry listener does), so that the attack's
-/// own sockets, and those of the `quarry dev` it starts, which inherits the limit, fit; returns the limit.
-fn raise_open_file_limit() -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|dir| dir.count()).unwrap_or(0)
 }
@@ -82,7 +73,8 @@ async fn slow_loris(target: SocketAddr, tls: Arc<rustls::ClientConfig>, limit: D
 /// bounded, and a real client gets its certificate meanwhile.
 #[tokio::test]
 async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
-    let limit = raise_open_file_limit();
+    // The attack's own sockets, and those of the `quarry dev` it starts (which inherits the limit), must fit.
+    let limit = quarry_core::http_server::raise_open_file_limit().unwrap_or(u64::MAX);
     let needed = IDLE_SOURCES as usize * IDLE_PER_SOURCE + SLOW_LORIS + 512;
     assert!(
         limit >= needed as u64,
@@ -190,19 +182,11 @@ struct Refusal {
 
 /// POSTs a prepared body as a JWS.
 async fn post_raw(client: &AcmeClient, url: &str, body: String) -> HttpResponse {
-    client.request(http::Method::POST, url, Some("application/jose+json"), body.into_bytes()).await.expect("answered")
+    client.post_body(url, body).await.expect("answered")
 }
 
 async fn post(client: &AcmeClient, account: &AcmeAccount, url: &str, payload: Option<&Value>) -> HttpResponse {
     client.post(account, url, payload).await.expect("answered")
-}
-
-/// The leaf of the certificate a valid order links to, as DER.
-async fn certificate_der(client: &AcmeClient, account: &AcmeAccount, finalized: &HttpResponse) -> Vec<u8> {
-    let url = finalized.json()["certificate"].as_str().expect("a certificate URL").to_owned();
-    let pem = post(client, account, &url, None).await.body;
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next().expect("a certificate").expect("PEM").to_vec()
 }
 
 /// The security review's attacks through the public ACME port of a running `quarry dev` — forged and replayed
@@ -224,7 +208,7 @@ async fn attacks_through_the_public_port_are_refused_and_a_client_is_still_serve
     let csr = json!({"csr": b64_encode(&csr_for(&["victim.quarry-test.org"]))});
     let issued = post(&client, &victim, victim_order["finalize"].as_str().unwrap(), Some(&csr)).await;
     assert_eq!(issued.json()["status"], "valid", "{}", String::from_utf8_lossy(&issued.body));
-    let victim_der = certificate_der(&client, &victim, &issued).await;
+    let victim_der = client.certificate_der(&victim, &issued).await.expect("the victim's certificate");
     let victim_cert_url = issued.json()["certificate"].as_str().unwrap().to_owned();
     let victim_authz = victim_order["authorizations"][0].as_str().unwrap().to_owned();
     let victim_challenge =

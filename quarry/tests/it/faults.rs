@@ -13,7 +13,7 @@ use quarry_testkit::client::{AcmeAccount, AcmeClient};
 use serde_json::{Value, json};
 
 use crate::chaos::{adopt_orphans, unfinished};
-use crate::full_stack::{Stack, csr_for, logs};
+use crate::full_stack::{Stack, answer_http01, csr_for, logs, new_order};
 
 /// The fault points, in the order orders reach them.
 const POINTS: [&str; 6] = [
@@ -71,20 +71,8 @@ async fn order(
     point: &str,
 ) -> Outcome {
     std::fs::remove_file(marker(markers, point)).expect("arm the fault point");
-    let created = client
-        .post(account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
-        .await
-        .expect("new order");
-    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
-    let url = created.header("location").expect("order location");
-    let created = created.json();
-    let authz_url = created["authorizations"][0].as_str().expect("authorization").to_owned();
-    let authz = client.post(account, &authz_url, None).await.expect("authorization").json();
-    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").unwrap().clone();
-    let token = challenge["token"].as_str().unwrap();
-    stack.challtestsrv.state.add_http01(token, &quarry_jose::key_authorization(token, &account.key.jwk()));
-    let answered = client.post(account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer");
-    assert_eq!(answered.status, 200, "{}", String::from_utf8_lossy(&answered.body));
+    let (url, created) = new_order(client, account, name).await;
+    let authz_url = answer_http01(stack, client, account, &created).await;
     let authorization = settle(client, account, &authz_url, &["pending"]).await["status"].as_str().unwrap().to_owned();
     let mut finalize_status = 0;
     let mut order = settle(client, account, &url, &["pending"]).await;

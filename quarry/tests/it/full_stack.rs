@@ -439,7 +439,37 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Registers an account with an `alg` key and obtains a certificate for `name` over http-01, with the project's client.
+/// A new order of `account` for `name`, with the project's client; returns its URL and the order.
+pub(crate) async fn new_order(
+    client: &quarry_testkit::client::AcmeClient,
+    account: &quarry_testkit::client::AcmeAccount,
+    name: &str,
+) -> (String, serde_json::Value) {
+    let identifiers = serde_json::json!({"identifiers": [{"type": "dns", "value": name}]});
+    let created = client.post(account, &client.url("newOrder"), Some(&identifiers)).await.expect("new order");
+    assert_eq!(created.status, 201, "{name}: {}", String::from_utf8_lossy(&created.body));
+    (created.header("location").expect("order location"), created.json())
+}
+
+/// Answers the http-01 challenge of `order`'s first authorization, its key authorization served by the stack's
+/// challenge server; returns the authorization's URL.
+pub(crate) async fn answer_http01(
+    stack: &Stack,
+    client: &quarry_testkit::client::AcmeClient,
+    account: &quarry_testkit::client::AcmeAccount,
+    order: &serde_json::Value,
+) -> String {
+    let authz_url = order["authorizations"][0].as_str().expect("authorization").to_owned();
+    let authz = client.post(account, &authz_url, None).await.expect("authorization").json();
+    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
+    let token = challenge["token"].as_str().unwrap();
+    stack.challtestsrv.state.add_http01(token, &quarry_jose::key_authorization(token, &account.key.jwk()));
+    let url = challenge["url"].as_str().unwrap();
+    let answered = client.post(account, url, Some(&serde_json::json!({}))).await.expect("answer challenge");
+    assert_eq!(answered.status, 200, "{}", String::from_utf8_lossy(&answered.body));
+    authz_url
+}
+
 /// An order for `name`, its http-01 challenge answered through the stack's challenge server, ready to finalize;
 /// returns its URL and the order.
 pub(crate) async fn ready_order(
@@ -448,20 +478,8 @@ pub(crate) async fn ready_order(
     account: &quarry_testkit::client::AcmeAccount,
     name: &str,
 ) -> (String, serde_json::Value) {
-    use serde_json::json;
-    let created = client
-        .post(account, &client.url("newOrder"), Some(&json!({"identifiers": [{"type": "dns", "value": name}]})))
-        .await
-        .expect("new order");
-    assert_eq!(created.status, 201, "{name}: {}", String::from_utf8_lossy(&created.body));
-    let order_url = created.header("location").expect("order location");
-    let order = created.json();
-    let authz = client.post(account, order["authorizations"][0].as_str().unwrap(), None).await.unwrap().json();
-    let challenge = authz["challenges"].as_array().unwrap().iter().find(|c| c["type"] == "http-01").expect("http-01");
-    let token = challenge["token"].as_str().unwrap();
-    let key_authorization = quarry_jose::key_authorization(token, &account.key.jwk());
-    stack.challtestsrv.state.add_http01(token, &key_authorization);
-    client.post(account, challenge["url"].as_str().unwrap(), Some(&json!({}))).await.expect("answer challenge");
+    let (order_url, order) = new_order(client, account, name).await;
+    answer_http01(stack, client, account, &order).await;
     let order = client
         .poll(account, &order_url, 300, |o| o["status"] == "ready")
         .await
@@ -469,6 +487,7 @@ pub(crate) async fn ready_order(
     (order_url, order)
 }
 
+/// Registers an account with an `alg` key and obtains a certificate for `name` over http-01, with the project's client.
 async fn issue_with_own_client(stack: &Stack, alg: quarry_jose::Algorithm, name: &str) {
     use quarry_testkit::client::{AcmeAccount, AcmeClient};
     use serde_json::json;

@@ -92,14 +92,6 @@ impl Stack {
         let payload = json!({"csr": quarry_jose::b64_encode(csr)});
         self.client.post(account, order["finalize"].as_str().unwrap(), Some(&payload)).await.unwrap()
     }
-
-    /// The leaf (DER) of the certificate a finalized order links to.
-    pub async fn certificate(&self, account: &AcmeAccount, finalized: &HttpResponse) -> Vec<u8> {
-        let url = finalized.json()["certificate"].as_str().expect("a finalized order").to_owned();
-        let pem = self.client.post(account, &url, None).await.unwrap().body;
-        use rustls_pki_types::{CertificateDer, pem::PemObject};
-        CertificateDer::pem_slice_iter(&pem).next().unwrap().unwrap().to_vec()
-    }
 }
 
 pub fn csr(names: &[&str]) -> String {
@@ -126,5 +118,5 @@ pub async fn issue_for_key(
 ) -> Vec<u8> {
     let done = stack.finalize(account, names, &quarry_testkit::csr::csr_with_key(key, names, compressed)).await;
     assert_eq!(done.json()["status"], "valid", "{}", String::from_utf8_lossy(&done.body));
-    stack.certificate(account, &done).await
+    stack.client.certificate_der(account, &done).await.expect("the certificate")
 }
