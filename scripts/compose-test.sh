@@ -3,8 +3,9 @@
 # the host's network), builds the images locally (a Debian base from debootstrap, the Quarry image from the host's
 # binary, PostgreSQL and Redis from Debian's packages), brings deploy/compose up on the host's loopback
 # (host-network.yml) — two containers of every replicated service, the load balancer in front of the wfes — waits
-# for every health check, obtains a certificate with certbot and verifies it, fetches a CRL, stops one container of
-# each of the ra, the sa and the wfe and obtains another, and takes the stack down. When the engine cannot start,
+# for every health check, obtains a certificate with certbot and verifies it, fetches a CRL, runs every interop
+# scenario of certbot and lego against it (scripts/interop.sh), stops one container of each of the ra, the sa and the
+# wfe and obtains another, and takes the stack down. When the engine cannot start,
 # this fails and says why.
 #
 #   scripts/compose-test.sh          (QUARRY_BIN: the binary to put in the image, default target/debug/quarry)
@@ -15,7 +16,7 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/quarry
 project=quarrytest
 base_image=quarry/debian-base:bookworm
 export QUARRY_IMAGE=quarry:test QUARRY_DEBIAN_BASE=$base_image
-compose=(docker-compose -p "$project" -f "$root/deploy/compose/docker-compose.yml"
+compose=(docker-compose -p "$project" -f "$root/deploy/compose/compose.yaml"
   -f "$root/deploy/compose/host-network.yml")
 work=$(mktemp -d)
 mkdir -p "$cache"
@@ -112,6 +113,12 @@ openssl crl -inform DER -in "$work/shard.crl" -noout -CAfile "$live/chain.pem" -
   echo "compose-test: no verifiable CRL at $crl_url" >&2
   exit 1
 }
+echo "==> every interop scenario of every client (certbot, lego), against the containers"
+QUARRY_INTEROP_DIRECTORY=https://localhost:14000/directory QUARRY_INTEROP_TLS_CA=$work/tls-ca.pem \
+  QUARRY_INTEROP_ROOT=$work/root.pem QUARRY_INTEROP_CHALLTESTSRV=http://127.0.0.1:8055 \
+  QUARRY_INTEROP_HTTP_PORT=5002 QUARRY_INTEROP_TLS_PORT=5001 QUARRY_INTEROP_DNS=127.0.0.1:8053 \
+  QUARRY_INTEROP_LABEL=compose timeout 600 bash "$root/scripts/interop.sh"
+
 echo "==> one container of the ra, the sa and the wfe stopped: the other replicas carry on"
 "${compose[@]}" stop ra sa wfe >/dev/null 2>&1
 REQUESTS_CA_BUNDLE=$work/tls-ca.pem timeout 180 certbot certonly --non-interactive --agree-tos \

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Interoperability against a freshly started `quarry dev`: certbot (http-01 standalone: issue, renew, revoke) and
-# lego (http-01: issue, renew, revoke; tls-alpn-01; dns-01 wildcard through the challenge test server). Every chain
-# is verified against the issuing root, renewals must bring a new serial, and a revoked certificate's ACME Renewal
-# Information (RFC 9773) must say "renew now". Then the replicated stack (`quarry dev --replicas 2`): certbot and
-# lego again, lego once more right after one process each of the wfe, nonce, ra, sa, ca and va was killed. Everything
-# listens on loopback only.
+# Interoperability: every scenario of every client — certbot (http-01 standalone: issue, renew, revoke) and lego
+# (http-01: issue, renew, revoke; tls-alpn-01; dns-01 wildcard through the challenge test server) — against a freshly
+# started `quarry dev` on SQLite, then again on PostgreSQL and Redis (QUARRY_TEST_POSTGRES_URL, QUARRY_TEST_REDIS_URL:
+# test.sh starts both). Every chain is verified against the issuing root, renewals must bring a new serial, and a
+# revoked certificate's ACME Renewal Information (RFC 9773) must say "renew now". Then the replicated stack (`quarry
+# dev --replicas 2`): certbot and lego again, lego once more right after one process each of the wfe, nonce, ra, sa,
+# ca and va was killed. With QUARRY_INTEROP_DIRECTORY (and _TLS_CA, _ROOT, _CHALLTESTSRV, _HTTP_PORT, _TLS_PORT,
+# _DNS) it runs the scenarios against that running stack instead (scripts/compose-test.sh, for the containers).
+# Everything listens on loopback only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 quarry=${QUARRY_BIN:-$root/target/debug/quarry}
@@ -53,8 +56,6 @@ stop_dev() {
   dev_pid=
 }
 
-start_dev dev
-
 # Checks that a PEM chain file holds a leaf for the expected names that chains to the issuing root.
 check_chain() {
   local chain=$1; shift
@@ -74,7 +75,7 @@ serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 # lego against the stack, with its account and certificates under $work/lego.
 run_lego() {
   LEGO_CA_CERTIFICATES=$tls_ca lego --server "$directory" --accept-tos --email ops@quarry-interop.org \
-    --path "$work/lego" "$@"
+    --path "${out:-$work}/lego" "$@"
 }
 
 # Fails unless the renewal information of the leaf in $1 suggests renewing at once (its window is in the past).
@@ -96,55 +97,60 @@ PY
   echo "ok: renewal information says renew now ($cert_id)"
 }
 
-echo "==> certbot, http-01 (standalone on port $http_port)"
-REQUESTS_CA_BUNDLE=$tls_ca certbot certonly --non-interactive --agree-tos --register-unsafely-without-email \
-  --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
-  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs" \
-  --cert-name interop -d certbot.quarry-interop.org -d www.certbot.quarry-interop.org
-check_chain "$work/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
-passed=$((passed + 1))
+# Every scenario of every client, against the stack the variables describe (directory, tls_ca, root_pem,
+# challtestsrv, http_port, tls_port, dns_addr), with its own accounts and certificates under $work/$1.
+scenarios() {
+  local label=$1 out=$work/$1 first renewed
+  mkdir -p "$out"
+  echo "==> $label: certbot, http-01 (standalone on port $http_port)"
+  REQUESTS_CA_BUNDLE=$tls_ca certbot certonly --non-interactive --agree-tos --register-unsafely-without-email \
+    --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
+    --config-dir "$out/certbot/config" --work-dir "$out/certbot/work" --logs-dir "$out/certbot/logs" \
+    --cert-name interop -d certbot.quarry-interop.org -d www.certbot.quarry-interop.org
+  check_chain "$out/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
+  passed=$((passed + 1))
 
-echo "==> certbot, forced renewal and revocation"
-first=$(serial_of "$work/certbot/config/live/interop/cert.pem")
-REQUESTS_CA_BUNDLE=$tls_ca certbot renew --non-interactive --force-renewal --no-random-sleep-on-renew --cert-name interop \
-  --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
-  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs"
-renewed=$(serial_of "$work/certbot/config/live/interop/cert.pem")
-[[ $renewed != "$first" ]] || { echo "certbot renew kept serial $first" >&2; exit 1; }
-check_chain "$work/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
-cp "$work/certbot/config/live/interop/cert.pem" "$work/certbot-revoked.pem"
-REQUESTS_CA_BUNDLE=$tls_ca certbot revoke --non-interactive --server "$directory" --reason superseded \
-  --no-delete-after-revoke --cert-path "$work/certbot-revoked.pem" \
-  --config-dir "$work/certbot/config" --work-dir "$work/certbot/work" --logs-dir "$work/certbot/logs"
-check_renew_now "$work/certbot-revoked.pem"
-passed=$((passed + 1))
+  echo "==> $label: certbot, forced renewal and revocation"
+  first=$(serial_of "$out/certbot/config/live/interop/cert.pem")
+  REQUESTS_CA_BUNDLE=$tls_ca certbot renew --non-interactive --force-renewal --no-random-sleep-on-renew --cert-name interop \
+    --server "$directory" --standalone --http-01-address 127.0.0.1 --http-01-port "$http_port" \
+    --config-dir "$out/certbot/config" --work-dir "$out/certbot/work" --logs-dir "$out/certbot/logs"
+  renewed=$(serial_of "$out/certbot/config/live/interop/cert.pem")
+  [[ $renewed != "$first" ]] || { echo "certbot renew kept serial $first" >&2; exit 1; }
+  check_chain "$out/certbot/config/live/interop/fullchain.pem" certbot.quarry-interop.org www.certbot.quarry-interop.org
+  cp "$out/certbot/config/live/interop/cert.pem" "$out/certbot-revoked.pem"
+  REQUESTS_CA_BUNDLE=$tls_ca certbot revoke --non-interactive --server "$directory" --reason superseded \
+    --no-delete-after-revoke --cert-path "$out/certbot-revoked.pem" \
+    --config-dir "$out/certbot/config" --work-dir "$out/certbot/work" --logs-dir "$out/certbot/logs"
+  check_renew_now "$out/certbot-revoked.pem"
+  passed=$((passed + 1))
 
-echo "==> lego, http-01"
-run_lego --http --http.port "127.0.0.1:$http_port" \
-  -d lego-http.quarry-interop.org run
-check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
-passed=$((passed + 1))
+  echo "==> $label: lego, http-01"
+  run_lego --http --http.port "127.0.0.1:$http_port" \
+    -d lego-http.quarry-interop.org run
+  check_chain "$out/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
+  passed=$((passed + 1))
 
-echo "==> lego, renewal and revocation"
-first=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
-run_lego --http --http.port "127.0.0.1:$http_port" \
-  -d lego-http.quarry-interop.org renew --days 90 --no-random-sleep
-renewed=$(serial_of "$work/lego/certificates/lego-http.quarry-interop.org.crt")
-[[ $renewed != "$first" ]] || { echo "lego renew kept serial $first" >&2; exit 1; }
-check_chain "$work/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
-cp "$work/lego/certificates/lego-http.quarry-interop.org.crt" "$work/lego-revoked.pem"
-run_lego -d lego-http.quarry-interop.org revoke --reason 4 --keep
-check_renew_now "$work/lego-revoked.pem"
-passed=$((passed + 1))
+  echo "==> $label: lego, renewal and revocation"
+  first=$(serial_of "$out/lego/certificates/lego-http.quarry-interop.org.crt")
+  run_lego --http --http.port "127.0.0.1:$http_port" \
+    -d lego-http.quarry-interop.org renew --days 90 --no-random-sleep
+  renewed=$(serial_of "$out/lego/certificates/lego-http.quarry-interop.org.crt")
+  [[ $renewed != "$first" ]] || { echo "lego renew kept serial $first" >&2; exit 1; }
+  check_chain "$out/lego/certificates/lego-http.quarry-interop.org.crt" lego-http.quarry-interop.org
+  cp "$out/lego/certificates/lego-http.quarry-interop.org.crt" "$out/lego-revoked.pem"
+  run_lego -d lego-http.quarry-interop.org revoke --reason 4 --keep
+  check_renew_now "$out/lego-revoked.pem"
+  passed=$((passed + 1))
 
-echo "==> lego, tls-alpn-01 (its own server on port $tls_port)"
-run_lego --tls --tls.port "127.0.0.1:$tls_port" \
-  -d lego-tls.quarry-interop.org run
-check_chain "$work/lego/certificates/lego-tls.quarry-interop.org.crt" lego-tls.quarry-interop.org
-passed=$((passed + 1))
+  echo "==> $label: lego, tls-alpn-01 (its own server on port $tls_port)"
+  run_lego --tls --tls.port "127.0.0.1:$tls_port" \
+    -d lego-tls.quarry-interop.org run
+  check_chain "$out/lego/certificates/lego-tls.quarry-interop.org.crt" lego-tls.quarry-interop.org
+  passed=$((passed + 1))
 
-echo "==> lego, dns-01 with a wildcard (TXT records set through the challenge test server)"
-cat >"$work/set-txt.sh" <<SCRIPT
+  echo "==> $label: lego, dns-01 with a wildcard (TXT records set through the challenge test server)"
+  cat >"$out/set-txt.sh" <<SCRIPT
 #!/usr/bin/env bash
 # lego's exec provider: present|cleanup FQDN VALUE
 case "\$1" in
@@ -152,14 +158,42 @@ case "\$1" in
   cleanup) curl -fsS -X POST -d "{\"host\":\"\$2\"}" "$challtestsrv/clear-txt" ;;
 esac
 SCRIPT
-chmod +x "$work/set-txt.sh"
-EXEC_PATH=$work/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 \
-  run_lego --dns exec --dns.resolvers "127.0.0.1:8053" --dns.disable-cp \
-  -d '*.lego-dns.quarry-interop.org' -d lego-dns.quarry-interop.org run
-check_chain "$work/lego/certificates/_.lego-dns.quarry-interop.org.crt" '\*.lego-dns.quarry-interop.org' lego-dns.quarry-interop.org
-passed=$((passed + 1))
+  chmod +x "$out/set-txt.sh"
+  EXEC_PATH=$out/set-txt.sh EXEC_SEQUENCE_INTERVAL=1 EXEC_POLLING_INTERVAL=1 \
+    run_lego --dns exec --dns.resolvers "$dns_addr" --dns.disable-cp \
+    -d '*.lego-dns.quarry-interop.org' -d lego-dns.quarry-interop.org run
+  check_chain "$out/lego/certificates/_.lego-dns.quarry-interop.org.crt" '\*.lego-dns.quarry-interop.org' lego-dns.quarry-interop.org
+  passed=$((passed + 1))
+}
 
+# Against a stack started elsewhere (scripts/compose-test.sh's containers): its scenarios only.
+if [[ -n ${QUARRY_INTEROP_DIRECTORY:-} ]]; then
+  directory=$QUARRY_INTEROP_DIRECTORY tls_ca=$QUARRY_INTEROP_TLS_CA root_pem=$QUARRY_INTEROP_ROOT
+  challtestsrv=$QUARRY_INTEROP_CHALLTESTSRV http_port=$QUARRY_INTEROP_HTTP_PORT tls_port=$QUARRY_INTEROP_TLS_PORT
+  dns_addr=$QUARRY_INTEROP_DNS
+  scenarios "${QUARRY_INTEROP_LABEL:-stack}"
+  echo "interop: $passed passed, 0 failed"
+  exit 0
+fi
+
+dns_addr=127.0.0.1:8053
+start_dev dev
+scenarios dev
 stop_dev
+
+# The same on PostgreSQL and Redis, as the hosted environments store (test.sh starts both on loopback).
+if [[ -n ${QUARRY_TEST_POSTGRES_URL:-} ]]; then
+  database=interop_$$
+  psql -q "$QUARRY_TEST_POSTGRES_URL" -c "CREATE DATABASE $database" >/dev/null
+  start_dev dev-postgres --db "${QUARRY_TEST_POSTGRES_URL%/*}/$database" \
+    ${QUARRY_TEST_REDIS_URL:+--redis "$QUARRY_TEST_REDIS_URL"}
+  scenarios dev-postgres
+  stop_dev
+else
+  echo "interop: QUARRY_TEST_POSTGRES_URL is not set: quarry dev on PostgreSQL is not tried" >&2
+  exit 1
+fi
+
 start_dev dev-replicated --replicas 2
 [[ $(jq '.replicas | length' "$stack") == 19 ]] || { echo "not 19 processes: $(jq -c '.replicas' "$stack")" >&2; exit 1; }
 

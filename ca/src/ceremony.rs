@@ -84,6 +84,12 @@ impl DevPki {
 /// Loads the dev PKI under `dir`, generating whatever is missing or stale, with a certificate for each of
 /// `services` (`wfe`, `ra`, ...).
 pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
+    ensure_dev_pki_for_hosts(dir, services, &[])
+}
+
+/// [`ensure_dev_pki`], with the ACME server's HTTPS certificate also valid for `public_hosts` (names or addresses
+/// other machines reach the stack by); a certificate without one of them is replaced.
+pub fn ensure_dev_pki_for_hosts(dir: &Path, services: &[&str], public_hosts: &[String]) -> Result<DevPki, Error> {
     for service in services {
         check_service_name(service)?;
     }
@@ -110,9 +116,9 @@ pub fn ensure_dev_pki(dir: &Path, services: &[&str]) -> Result<DevPki, Error> {
     }
 
     let https_ca_files = Files { cert: pki.https_ca_pem.clone(), key: dir.join("https/ca.key.pem") };
-    let https_ca = ensure(&https_ca_files, &Spec::https_ca(), None, now)?;
+    let https_ca = ensure(&https_ca_files, &Spec::https_ca(public_hosts)?, None, now)?;
     let https_files = Files { cert: pki.https_cert.clone(), key: pki.https_key.clone() };
-    ensure(&https_files, &Spec::https_server()?, Some(&https_ca), now)?;
+    ensure(&https_files, &Spec::https_server(public_hosts)?, Some(&https_ca), now)?;
 
     for path in &pki.ct_log_keys {
         if !path.exists() {
@@ -208,17 +214,24 @@ impl Spec {
     }
 
     /// Constrained to loopback names, because developers may add it to a browser or system trust store.
-    fn https_ca() -> Self {
+    /// The CA of the ACME server's certificate, constrained to exactly the names that certificate holds, so that a
+    /// developer who trusts it trusts nothing else.
+    fn https_ca(public_hosts: &[String]) -> Result<Self, Error> {
         let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry HTTPS CA", 10, 0);
-        spec.name_constraints = Some(NameConstraints {
-            permitted_subtrees: vec![
-                GeneralSubtree::DnsName("localhost".into()),
-                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(IpAddr::V4(Ipv4Addr::LOCALHOST), 32)),
-                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(IpAddr::V6(Ipv6Addr::LOCALHOST), 128)),
-            ],
-            excluded_subtrees: Vec::new(),
-        });
-        spec
+        let permitted_subtrees = Self::https_server(public_hosts)?
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::DnsName(name) => Some(GeneralSubtree::DnsName(name.as_str().to_owned())),
+                SanType::IpAddress(ip) => Some(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                    *ip,
+                    if ip.is_ipv4() { 32 } else { 128 },
+                ))),
+                _ => None,
+            })
+            .collect();
+        spec.name_constraints = Some(NameConstraints { permitted_subtrees, excluded_subtrees: Vec::new() });
+        Ok(spec)
     }
 
     fn leaf(common_name: &str, subject_alt_names: Vec<SanType>, ekus: Vec<ExtendedKeyUsagePurpose>) -> Self {
@@ -241,12 +254,21 @@ impl Spec {
         Ok(Self::leaf(&name, vec![san], vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]))
     }
 
-    fn https_server() -> Result<Self, Error> {
-        let sans = vec![
+    fn https_server(public_hosts: &[String]) -> Result<Self, Error> {
+        let mut sans = vec![
             SanType::DnsName(ia5("localhost")?),
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ];
+        for host in public_hosts {
+            let san = match host.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(ia5(host)?),
+            };
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
         Ok(Self::leaf("localhost", sans, vec![ExtendedKeyUsagePurpose::ServerAuth]))
     }
 
@@ -277,7 +299,9 @@ fn ia5(name: &str) -> Result<rcgen::string::Ia5String, Error> {
 /// Returns the certificate at `files` if it is still good, else generates, writes and returns a new one.
 /// `parent` is `None` for a self-signed root.
 fn ensure(files: &Files, spec: &Spec, parent: Option<&Certified>, now: OffsetDateTime) -> Result<Certified, Error> {
-    if let Some(existing) = load_if_current(files, parent, now)? {
+    if let Some(existing) = load_if_current(files, parent, now)?
+        && covers(&existing.der, spec)
+    {
         return Ok(existing);
     }
     let key = KeyPair::generate_for(spec.key_algorithm)?;
@@ -320,6 +344,82 @@ fn load_if_current(files: &Files, parent: Option<&Certified>, now: OffsetDateTim
         }
     }
     Ok(Some(Certified { der, key }))
+}
+
+/// Whether the certificate `der` names every name `spec` asks for, in its subject alternative names and its name
+/// constraints (a dev certificate asked for a new host is replaced, and so is the HTTPS CA that must permit it).
+fn covers(der: &[u8], spec: &Spec) -> bool {
+    let wanted_sans: Vec<String> = spec.subject_alt_names.iter().filter_map(san_text).collect();
+    let wanted_permitted: Vec<String> = spec
+        .name_constraints
+        .iter()
+        .flat_map(|constraints| &constraints.permitted_subtrees)
+        .filter_map(|subtree| match subtree {
+            GeneralSubtree::DnsName(name) => Some(format!("dns:{name}")),
+            GeneralSubtree::IpAddress(subnet) => Some(format!("ip:{}", subnet_text(subnet))),
+            _ => None,
+        })
+        .collect();
+    if wanted_sans.is_empty() && wanted_permitted.is_empty() {
+        return true;
+    }
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return false };
+    let present_sans: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(extension)) => extension.value.general_names.iter().filter_map(general_name_text).collect(),
+        _ => Vec::new(),
+    };
+    let present_permitted: Vec<String> = match cert.name_constraints() {
+        Ok(Some(extension)) => extension
+            .value
+            .permitted_subtrees
+            .iter()
+            .flatten()
+            .filter_map(|subtree| general_name_text(&subtree.base))
+            .collect(),
+        _ => Vec::new(),
+    };
+    wanted_sans.iter().all(|name| present_sans.contains(name))
+        && wanted_permitted.iter().all(|name| present_permitted.contains(name))
+}
+
+fn san_text(san: &SanType) -> Option<String> {
+    match san {
+        SanType::DnsName(name) => Some(format!("dns:{}", name.as_str())),
+        SanType::IpAddress(ip) => Some(format!("ip:{ip}")),
+        _ => None,
+    }
+}
+
+/// A name of a parsed certificate as [`san_text`] writes it; a name constraint's address and mask as `ip:addr/len`.
+fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    match name {
+        GeneralName::DNSName(dns) => Some(format!("dns:{dns}")),
+        GeneralName::IPAddress(bytes) => {
+            let (addr, mask) = bytes.split_at(bytes.len() / if bytes.len() == 8 || bytes.len() == 32 { 2 } else { 1 });
+            let ip = match addr.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+                16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+                _ => return None,
+            };
+            if mask.is_empty() {
+                return Some(format!("ip:{ip}"));
+            }
+            let prefix: u32 = mask.iter().map(|byte| byte.count_ones()).sum();
+            Some(format!("ip:{ip}/{prefix}"))
+        }
+        _ => None,
+    }
+}
+
+/// A name constraint's subnet as `addr/len`, as [`general_name_text`] writes a parsed one.
+fn subnet_text(subnet: &CidrSubnet) -> String {
+    let (ip, mask): (IpAddr, &[u8]) = match subnet {
+        CidrSubnet::V4(addr, mask) => (IpAddr::from(*addr), mask),
+        CidrSubnet::V6(addr, mask) => (IpAddr::from(*addr), mask),
+    };
+    let prefix: u32 = mask.iter().map(|byte| byte.count_ones()).sum();
+    format!("{ip}/{prefix}")
 }
 
 pub mod hierarchy;

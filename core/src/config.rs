@@ -40,7 +40,8 @@ pub fn load_layers<T: DeserializeOwned>(
     for path in paths {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let layer: toml::Table = parse(&text, &path.display().to_string())?;
+        let layer: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { origin: path.display().to_string(), message: e.to_string() })?;
         merge(&mut merged, &layer);
     }
     let origin = paths.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(" + ");
@@ -50,7 +51,103 @@ pub fn load_layers<T: DeserializeOwned>(
             message: format!("no value for the placeholder ${{{name}}}"),
         })?;
     }
+    let environment = take_environment(&mut merged, &origin)?;
+    if let Some(environment) = environment.filter(|environment| environment.is_hosted()) {
+        // Checked here, with the secrets filled in: the mounted contents are what the service will use.
+        hosted_rules(environment, &merged).map_err(|message| ConfigError::Parse { origin: origin.clone(), message })?;
+    }
     T::deserialize(merged).map_err(|e| ConfigError::Parse { origin, message: e.to_string() })
+}
+
+/// The environment a configuration belongs to: its overlay's top-level `environment` key. Every service reads it;
+/// the hosted environments are held to [`hosted_rules`] at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Dev,
+    PreStaging,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 4] = [Self::Dev, Self::PreStaging, Self::Staging, Self::Production];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dev => "dev",
+            Self::PreStaging => "pre-staging",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|environment| environment.name() == name)
+    }
+
+    /// Runs the replicated topology on shared storage: everything but a developer's machine.
+    pub fn is_hosted(self) -> bool {
+        self != Self::Dev
+    }
+}
+
+/// Removes and returns the top-level `environment` key (no service's typed configuration carries it).
+fn take_environment(table: &mut toml::Table, origin: &str) -> Result<Option<Environment>, ConfigError> {
+    let Some(value) = table.remove("environment") else { return Ok(None) };
+    let name = value.as_str().unwrap_or_default();
+    Environment::from_name(name).map(Some).ok_or_else(|| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: format!(
+            "environment = {value}: expected one of {}",
+            Environment::ALL.map(Environment::name).join(", ")
+        ),
+    })
+}
+
+/// What a hosted environment's configuration must hold once its secrets are filled in: replicas share one
+/// PostgreSQL database and one Redis rate-limit store, so an SQLite file or in-memory buckets — each replica its own —
+/// would pass every single-process test and still lose data and limits. The message names the key and the URL's
+/// scheme, never the URL (it may carry a password).
+pub fn hosted_rules(environment: Environment, table: &toml::Table) -> Result<(), String> {
+    let mut problems = Vec::new();
+    hosted_rules_in(environment, "", table, &mut problems);
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+fn hosted_rules_in(environment: Environment, path: &str, table: &toml::Table, problems: &mut Vec<String>) {
+    let env = environment.name();
+    let scheme_of = |value: &toml::Value| {
+        let text = value.as_str().unwrap_or_default();
+        text.split_once("://").or_else(|| text.split_once(':')).map_or("(none)", |(scheme, _)| scheme).to_owned()
+    };
+    for (key, value) in table {
+        let key_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        match (key.as_str(), value) {
+            ("database_url" | "read_replica_url", _) if !starts_with_any(value, &["postgres://", "postgresql://"]) => {
+                problems.push(format!(
+                    "{key_path} is a {} URL: {env} runs replicas on one PostgreSQL database (postgres://…)",
+                    scheme_of(value)
+                ))
+            }
+            ("rate_limits", toml::Value::Table(limits)) => match limits.get("redis_url") {
+                None => problems.push(format!(
+                    "{key_path}.redis_url is missing: {env}'s ra replicas share their rate-limit buckets in Redis, \
+                     in-memory buckets would give each replica its own limits"
+                )),
+                Some(url) if !starts_with_any(url, &["redis://", "rediss://"]) => problems.push(format!(
+                    "{key_path}.redis_url is a {} URL: {env} keeps rate limits in Redis (redis://… or rediss://…)",
+                    scheme_of(url)
+                )),
+                Some(_) => hosted_rules_in(environment, &key_path, limits, problems),
+            },
+            (_, toml::Value::Table(inner)) => hosted_rules_in(environment, &key_path, inner, problems),
+            _ => {}
+        }
+    }
+}
+
+fn starts_with_any(value: &toml::Value, prefixes: &[&str]) -> bool {
+    value.as_str().is_some_and(|text| prefixes.iter().any(|prefix| text.starts_with(prefix)))
 }
 
 /// Replaces every `${name}` inside the strings of `value`; the error is the first name `lookup` has no value for.
@@ -89,7 +186,10 @@ pub fn placeholder_value(name: &str) -> Option<String> {
 
 /// Parses TOML text into `T`; `origin` names the source in error messages.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
+    let error = |e: toml::de::Error| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() };
+    let mut table: toml::Table = toml::from_str(text).map_err(error)?;
+    take_environment(&mut table, origin)?;
+    T::deserialize(table).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
 }
 
 /// Layers `overlay` over `base`: tables merge key by key, anything else in the overlay replaces the base value.
@@ -129,12 +229,33 @@ impl<'de> Deserialize<'de> for ConfigVersion {
 }
 
 /// The PEM files of a service's mutual-TLS identity and the CA it trusts for its peers.
+///
+/// They are read again when they change (a rotated Kubernetes Secret), see [`crate::tls`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// How often the files are checked for a change (and, in the wfe, its HTTPS certificate and key too).
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+impl TlsFiles {
+    /// These files, checked for a change at the default interval.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: impl Into<PathBuf>) -> Self {
+        Self { cert: cert.into(), key: key.into(), ca: ca.into(), reload_interval_ms: default_reload_interval_ms() }
+    }
+
+    /// How often the files are checked for a change.
+    pub fn reload_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reload_interval_ms)
+    }
+}
+
+fn default_reload_interval_ms() -> u64 {
+    crate::tls::DEFAULT_RELOAD_INTERVAL.as_millis() as u64
 }
 
 /// Where a gRPC server listens and which client certificate names may call each of its services.
@@ -270,6 +391,39 @@ mod tests {
         let lookup = |name: &str| (name == "unused_after_merge").then(|| "${x}".to_owned());
         let err = load_layers::<Example>(&[base], lookup).unwrap_err().to_string();
         assert!(!err.contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn a_hosted_environment_refuses_per_replica_storage_and_names_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, overlay) = (dir.path().join("base.toml"), dir.path().join("staging.toml"));
+        std::fs::write(&base, "version = 1\n[grpc]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let load = |overlay_text: &str, secret: &str| {
+            std::fs::write(&overlay, overlay_text).unwrap();
+            let secret = secret.to_owned();
+            load_layers::<toml::Table>(&[base.clone(), overlay.clone()], move |_| Some(secret.clone()))
+        };
+        let sa = "environment = \"staging\"\ndatabase_url = \"${file:/db}\"\n";
+        assert!(load(sa, "postgres://quarry:pw@db/quarry").is_ok());
+        let err = load(sa, "sqlite:///data/quarry.db?password=hunter2").unwrap_err().to_string();
+        assert!(err.contains("database_url is a sqlite URL") && !err.contains("hunter2"), "{err}");
+        // dev (or a file naming no environment: tests, tools) may use anything.
+        assert!(load(&sa.replace("staging", "dev"), "sqlite:///x.db").is_ok());
+
+        let ra = "environment = \"production\"\n[rate_limits]\nlimits_file = \"l.toml\"\n";
+        let err = load(ra, "").unwrap_err().to_string();
+        assert!(err.contains("rate_limits.redis_url is missing"), "{err}");
+        let with_redis = format!("{ra}redis_url = \"${{file:/redis}}\"\n");
+        assert!(load(&with_redis, "rediss://redis:6380/").is_ok());
+        let err = load(&with_redis, "memory:").unwrap_err().to_string();
+        assert!(err.contains("redis_url is a memory URL"), "{err}");
+
+        let err = load("environment = \"qa\"\n", "").unwrap_err().to_string();
+        assert!(err.contains("expected one of dev, pre-staging, staging, production"), "{err}");
+        // The key is the overlay's, not the service's: the typed configuration never sees it.
+        let parsed: Example = parse("environment = \"dev\"\nversion = 1\n[grpc]\nlisten = \"127.0.0.1:1\"\n", "x")
+            .expect("environment is taken out before the typed parse");
+        assert_eq!(parsed.grpc.listen.port(), 1);
     }
 
     #[test]

@@ -1,22 +1,29 @@
-//! gRPC plumbing shared by every service: mutual-TLS servers and clients, per-service client-name
-//! allowlists, the health service, deadlines carried from the ACME request, and `Problem` across the wire.
+//! gRPC plumbing shared by every service: mutual-TLS servers and clients (whose certificates follow their files,
+//! [`crate::tls`]), per-service client-name allowlists, the health service, deadlines carried from the ACME request,
+//! and `Problem` across the wire.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use futures::Stream;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Endpoint, Server};
 use tonic::{Code, Request, Status};
 
 use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
 use crate::error::{ErrorKind, Problem, SubProblem};
+use crate::tls::MutualTls;
 
 /// The longest a gRPC client may take over its TLS handshake.
 const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,10 +80,6 @@ pub enum GrpcError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
-}
-
 /// Binds the server's configured address (port 0 picks a free port; the listener tells which).
 pub async fn bind(config: &GrpcServerConfig) -> Result<TcpListener, GrpcError> {
     TcpListener::bind(config.listen).await.map_err(|source| GrpcError::Bind { addr: config.listen, source })
@@ -114,12 +117,7 @@ where
     C: Fn() -> F + Send + 'static,
     F: Future<Output = bool> + Send,
 {
-    let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-    // A peer that connects and never finishes its handshake is dropped; so is one that stops answering pings.
-    let tls_config = ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(&tls.ca)?))
-        .timeout(GRPC_HANDSHAKE_TIMEOUT);
+    let acceptor = TlsAcceptor::from(MutualTls::open(tls)?.server_config());
     let (reporter, health) = tonic_health::server::health_reporter();
     let names: Vec<String> =
         std::iter::once(String::new()).chain(service_names.iter().map(|n| (*n).to_owned())).collect();
@@ -149,6 +147,7 @@ where
         })
     });
     let routes = routes.add_service(health);
+    // A peer that stops answering pings is dropped (and one that never finishes its handshake, in `handshaken`).
     let served = Server::builder()
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
@@ -159,17 +158,55 @@ where
             crate::telemetry::continue_trace(&span, request.headers());
             span
         })
-        .tls_config(tls_config)?
         .add_routes(routes)
-        // Small request/response exchanges: Nagle's algorithm would hold a reply's last segment for the peer's
-        // delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(handshaken(listener, acceptor), shutdown)
         .await;
     if let Some(readiness) = readiness {
         readiness.abort();
     }
     served?;
     Ok(())
+}
+
+/// The connections accepted on `listener` once their TLS handshake is done, each handshake running on its own and
+/// given [`GRPC_HANDSHAKE_TIMEOUT`], so that a client that never finishes holds up nobody. tonic reads the client's
+/// certificates from each stream (its `TlsConnectInfo`), which is how the [`ClientAllowlist`] sees them. Dropping the
+/// stream closes the listener and abandons the handshakes under way.
+fn handshaken(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> impl Stream<Item = Result<tokio_rustls::server::TlsStream<TcpStream>, std::convert::Infallible>> {
+    type Handshake = Result<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>, tokio::time::error::Elapsed>;
+    struct Accepting {
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        handshakes: JoinSet<(SocketAddr, Handshake)>,
+        backoff: crate::http_server::AcceptBackoff,
+    }
+    let state = Accepting { listener, acceptor, handshakes: JoinSet::new(), backoff: Default::default() };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            tokio::select! {
+                accepted = state.listener.accept() => match accepted {
+                    Ok((mut stream, peer)) => {
+                        state.backoff.succeeded();
+                        // Small request/response exchanges: Nagle's algorithm would hold a reply's last segment
+                        // for the peer's delayed ACK.
+                        crate::tcp::no_delay(&mut stream);
+                        let handshake = tokio::time::timeout(GRPC_HANDSHAKE_TIMEOUT, state.acceptor.accept(stream));
+                        state.handshakes.spawn(async move { (peer, handshake.await) });
+                    }
+                    Err(err) => state.backoff.failed("grpc", &err).await,
+                },
+                Some(done) = state.handshakes.join_next() => match done {
+                    Ok((_, Ok(Ok(stream)))) => return Some((Ok(stream), state)),
+                    Ok((peer, Ok(Err(err)))) => tracing::debug!(%peer, %err, "gRPC TLS handshake failed"),
+                    Ok((peer, Err(_))) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                    Err(err) => tracing::debug!(%err, "gRPC TLS handshake task ended"),
+                },
+            }
+        }
+    })
 }
 
 /// Every gRPC server answers with its build in this header (health checks included): which build a replica runs.
@@ -210,7 +247,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -346,12 +383,55 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// How a client reaches the replicas of one peer over mutual TLS.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientTls {
+    /// This service's identity and the CA bundle, as they are in their files when a connection opens.
+    config: Arc<rustls::ClientConfig>,
+    /// The name the peer's certificate must carry.
+    server_name: ServerName<'static>,
+}
+
 /// The mutual-TLS settings of a client of the peer whose certificate carries `server_name`.
-pub(crate) fn client_tls(server_name: &str, tls: &TlsFiles) -> Result<ClientTlsConfig, GrpcError> {
-    Ok(ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
-        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-        .domain_name(server_name.to_owned()))
+pub(crate) fn client_tls(server_name: &str, tls: &TlsFiles) -> Result<ClientTls, GrpcError> {
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| ConfigError::Invalid(format!("server_name {server_name:?} is not a DNS name or an IP address")))?;
+    Ok(ClientTls { config: MutualTls::open(tls)?.client_config(), server_name: name })
+}
+
+/// Opens a connection to one replica: TCP, then TLS with the identity in the files at that moment. tonic's own
+/// TLS would keep the identity it was built with for the life of the process.
+#[derive(Clone)]
+struct ReplicaConnector {
+    addr: SocketAddr,
+    tls: ClientTls,
+}
+
+impl tower::Service<http::Uri> for ReplicaConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let (addr, server_name) = (self.addr, self.tls.server_name.clone());
+        let connector = TlsConnector::from(self.tls.config.clone());
+        Box::pin(async move {
+            // "tcp connect error" is how `peer::classify` knows the request never left, as with tonic's connector.
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|err| std::io::Error::new(err.kind(), format!("tcp connect error: {err}")))?;
+            crate::tcp::no_delay(&mut stream);
+            let stream = connector
+                .connect(server_name, stream)
+                .await
+                .map_err(|err| std::io::Error::new(err.kind(), format!("TLS handshake with {addr}: {err}")))?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 /// Idle connections are pinged this often, so that a replica gone without a word (its node lost) is noticed.
@@ -362,14 +442,16 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lazily connecting channel to the replica at `addr`: services may start in any order. It sets no timeout of
 /// its own: each call carries its deadline (`grpc-timeout`), which the caller also enforces ([`crate::peer`]), so a
 /// validation may take the minute it is given.
-pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTlsConfig) -> Result<Channel, GrpcError> {
-    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTls) -> Result<Channel, GrpcError> {
+    // Plain `http`: the URI only addresses the requests, [`ReplicaConnector`] brings the TLS (tonic would refuse an
+    // `https` URI without its own). The connect timeout covers the handshake too.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {addr}: {e}")))?
-        .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-    let measured = Measured { inner: endpoint.connect_lazy(), side: Side::Client };
+    let connector = ReplicaConnector { addr, tls };
+    let measured = Measured { inner: endpoint.connect_with_connector_lazy(connector), side: Side::Client };
     Ok(InterceptedService::new(measured, TraceContext))
 }
 

@@ -504,14 +504,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// Accept errors (out of file descriptors, mostly) back off from 5 ms to 1 s, and are logged once a second at most.
 #[derive(Default)]
-struct AcceptBackoff {
+pub(crate) struct AcceptBackoff {
     wait: Duration,
     last_logged: Option<Instant>,
     unlogged: u64,
 }
 
 impl AcceptBackoff {
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.wait = Duration::ZERO;
     }
 
@@ -521,7 +521,7 @@ impl AcceptBackoff {
         self.wait
     }
 
-    async fn failed(&mut self, listener: &'static str, err: &io::Error) {
+    pub(crate) async fn failed(&mut self, listener: &'static str, err: &io::Error) {
         self.next_wait();
         metrics::counter!("quarry_http_accept_errors_total", "listener" => listener).increment(1);
         if self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
-use tonic::transport::ClientTlsConfig;
 use tonic::{Code, Request, Response, Status};
 
 use crate::config::{GrpcClientConfig, TlsFiles};
@@ -158,7 +157,7 @@ impl std::fmt::Debug for Peer {
 struct Inner {
     /// The peer's certificate name, which also names it in logs and metrics.
     name: String,
-    tls: ClientTlsConfig,
+    tls: crate::grpc::ClientTls,
     timeout: Duration,
     replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
     /// Becomes true once the first resolution has finished.

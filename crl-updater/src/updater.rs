@@ -102,6 +102,7 @@ impl Updater {
     /// Runs a pass every period until `shutdown`; a pass under way when it comes is left to its leases.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
+        let mut failed_passes = 0;
         loop {
             let started = Instant::now();
             let report = tokio::select! {
@@ -114,8 +115,9 @@ impl Updater {
                 took_ms = started.elapsed().as_millis() as u64,
                 "CRL pass done"
             );
+            failed_passes = if report.failed > 0 { failed_passes + 1 } else { 0 };
             tokio::select! {
-                () = tokio::time::sleep(self.period.saturating_sub(started.elapsed())) => {}
+                () = tokio::time::sleep(next_pass_in(self.period, started.elapsed(), failed_passes)) => {}
                 () = &mut shutdown => return,
             }
         }
@@ -217,4 +219,30 @@ fn check_crl(der: &[u8], issuer: &[u8], this_update: i64, entries: usize) -> Res
         return Err(bad("differs from what was asked"));
     }
     crl.next_update().map(|t| t.timestamp()).ok_or_else(|| bad("has no nextUpdate"))
+}
+
+/// How long after a pass the next one starts: a period after the last began, or — after a pass in which shards
+/// failed (at a fresh install the crl-updater may start before any sa answers) — sooner, 5 s doubling with each
+/// failed pass in a row, so that no CRL waits a whole period for storage that came up a moment late.
+fn next_pass_in(period: Duration, pass_took: Duration, failed_passes: u32) -> Duration {
+    let regular = period.saturating_sub(pass_took);
+    if failed_passes == 0 {
+        return regular;
+    }
+    let retry = Duration::from_secs(5).saturating_mul(1 << (failed_passes - 1).min(16));
+    retry.min(regular)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pass_is_retried_sooner_with_back_off() {
+        let period = Duration::from_secs(300);
+        let took = Duration::from_secs(1);
+        assert_eq!(next_pass_in(period, took, 0), Duration::from_secs(299));
+        let retries: Vec<u64> = (1..=8).map(|n| next_pass_in(period, took, n).as_secs()).collect();
+        assert_eq!(retries, [5, 10, 20, 40, 80, 160, 299, 299]);
+    }
 }

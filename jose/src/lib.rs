@@ -242,6 +242,22 @@ impl SigningKey {
         })
     }
 
+    /// A key kept as PKCS#8 DER (a prober's persistent account key); refused unless it is a key for `alg`.
+    pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<Self, JoseError> {
+        let rejected = |e| JoseError::BadPublicKey(format!("not a {} key in PKCS#8: {e}", alg.as_str()));
+        Ok(match alg {
+            Algorithm::Es256 => Self::Ecdsa {
+                alg,
+                pair: EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).map_err(rejected)?,
+            },
+            Algorithm::Es384 => Self::Ecdsa {
+                alg,
+                pair: EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8).map_err(rejected)?,
+            },
+            Algorithm::Rs256 => Self::Rsa(rsa::KeyPair::from_pkcs8(pkcs8).map_err(rejected)?),
+        })
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         match self {
             Self::Ecdsa { alg, .. } => *alg,
@@ -318,6 +334,23 @@ mod tests {
             let jwk = Jwk::from_json(&key.jwk().to_json()).unwrap();
             assert_eq!(jwk, key.jwk());
         }
+    }
+
+    #[test]
+    fn a_pkcs8_key_signs_as_itself_and_only_for_its_algorithm() {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = SigningKey::from_pkcs8(Algorithm::Es256, pkcs8.as_ref()).unwrap();
+        let again = SigningKey::from_pkcs8(Algorithm::Es256, pkcs8.as_ref()).unwrap();
+        assert_eq!(key.jwk(), again.jwk(), "the same key each time it is read");
+        signed(&key, header_for(&key), Some(b"{}")).verify(&again.jwk()).unwrap();
+        for other in [Algorithm::Es384, Algorithm::Rs256] {
+            assert!(
+                matches!(SigningKey::from_pkcs8(other, pkcs8.as_ref()), Err(JoseError::BadPublicKey(_))),
+                "{other:?}"
+            );
+        }
+        assert!(SigningKey::from_pkcs8(Algorithm::Es256, b"not a key").is_err());
     }
 
     #[test]

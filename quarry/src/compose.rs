@@ -49,6 +49,11 @@ pub struct ComposeInitArgs {
     /// gets its own configuration, and every peer's address lists them all.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// The name (or address) ACME clients reach the stack by: the directory's URLs and the CRL URLs use it, and the
+    /// HTTPS certificate (and its name-constrained CA) covers it besides localhost. Set it, and publish the ports on
+    /// an address other hosts reach, to use the stack from another machine.
+    #[arg(long, default_value = "localhost")]
+    public_host: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +106,14 @@ impl ComposeInitArgs {
         }
     }
 
+    /// The public host as a URL's authority writes it (an IPv6 address in brackets).
+    fn url_host(&self) -> String {
+        match self.public_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.public_host.clone(),
+        }
+    }
+
     /// The placeholders of the `dev` environment, filled for this stack; `log_keys` are the CT logs' public keys.
     async fn variables(&self, log_keys: [String; 2]) -> anyhow::Result<BTreeMap<&'static str, String>> {
         let data_dir = self.data_dir.display().to_string();
@@ -121,9 +134,9 @@ impl ComposeInitArgs {
             ("ratelimits_file", format!("{data_dir}/config/ratelimits.toml")),
             ("acme_listen", listen(ACME_PORT)),
             // Both are published on the host's loopback, where the developer's ACME clients run.
-            ("base_url", format!("https://localhost:{ACME_PORT}")),
+            ("base_url", format!("https://{}:{ACME_PORT}", self.url_host())),
             ("crl_listen", listen(CRL_PORT)),
-            ("crl_authority", format!("localhost:{CRL_PORT}")),
+            ("crl_authority", format!("{}:{CRL_PORT}", self.url_host())),
             ("va_dns", dns.clone()),
             ("va_remote_a_dns", dns.clone()),
             ("va_remote_b_dns", dns),
@@ -147,7 +160,9 @@ impl ComposeInitArgs {
 
 /// Makes (or keeps) the dev PKI in the data volume and writes every service's configuration and `stack.json`.
 pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
-    let pki = quarry_ca::ceremony::ensure_dev_pki(&args.data_dir.join("pki"), dev::PKI_NAMES).context("dev PKI")?;
+    let public_hosts = [args.public_host.clone()];
+    let pki = quarry_ca::ceremony::ensure_dev_pki_for_hosts(&args.data_dir.join("pki"), dev::PKI_NAMES, &public_hosts)
+        .context("dev PKI")?;
     let log_keys = [&pki.ct_log_keys[0], &pki.ct_log_keys[1]]
         .map(|path| read_log_key(path).map(|key| quarry_testkit::ctlog::FakeCtLog::with_key(key).public_key_base64()));
     let [a, b] = log_keys;
@@ -187,20 +202,25 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// On the host's network every replica listens on, and is dialled at, a loopback address of its own, and every
-    /// configuration the init writes is a valid typed configuration of its service.
-    #[tokio::test]
-    async fn host_network_init_writes_valid_loopback_configs() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ComposeInitArgs {
-            data_dir: dir.path().to_owned(),
+    /// The stack of host-network.yml, in `dir`, reached by `public_host`.
+    fn host_network_args(dir: &Path, public_host: &str) -> ComposeInitArgs {
+        ComposeInitArgs {
+            data_dir: dir.to_owned(),
             network: Network::Host,
             database_url: "postgres://quarry@127.0.0.1:15432/quarry".into(),
             redis_url: "redis://127.0.0.1:16379/".into(),
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
             replicas: 2,
-        };
-        init(args).await.unwrap();
+            public_host: public_host.into(),
+        }
+    }
+
+    /// On the host's network every replica listens on, and is dialled at, a loopback address of its own, and every
+    /// configuration the init writes is a valid typed configuration of its service.
+    #[tokio::test]
+    async fn host_network_init_writes_valid_loopback_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        init(host_network_args(dir.path(), "localhost")).await.unwrap();
         for service in env::SERVICES {
             for index in 0..env::replicas_of(service, 2) {
                 let name = env::replica_name(service, index);
@@ -233,9 +253,29 @@ mod tests {
             redis_url: String::new(),
             otlp_endpoint: None,
             replicas: 2,
+            public_host: "localhost".into(),
         };
         assert_eq!(args.host_of("va-remote-a", 0), "va-remote-a");
         assert_eq!(args.host_of("va-remote-a", 1), "va-remote-a-2");
         assert!(args.listen_ip(1).is_unspecified());
+    }
+
+    /// A stack other machines use: its URLs name the public host, and its HTTPS certificate chains to the stack's CA
+    /// for that name.
+    #[tokio::test]
+    async fn a_public_host_names_the_urls_and_the_https_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        init(host_network_args(dir.path(), "ca.dev.example")).await.unwrap();
+        let stack: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("stack.json")).unwrap()).unwrap();
+        assert_eq!(stack["directory_url"], "https://ca.dev.example:14000/directory");
+        assert_eq!(stack["crl_base_url"], "http://ca.dev.example:4002/");
+        let wfe = std::fs::read_to_string(dir.path().join("config/wfe.toml")).unwrap();
+        assert!(wfe.contains("base_url = \"https://ca.dev.example:14000\""), "{wfe}");
+        let pem = std::fs::read(dir.path().join("pki/https/wfe.pem")).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let names = cert.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
+        assert!(names.iter().any(|name| name.to_string().contains("ca.dev.example")), "{names:?}");
     }
 }

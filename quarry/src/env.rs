@@ -183,7 +183,7 @@ mod tests {
             ("file:/etc/quarry/secrets/nonce/prefix-key", "a production nonce prefix key".to_owned()),
             ("pod_ip", "10.1.2.3".to_owned()),
         ]);
-        for env in ["staging", "production"] {
+        for env in ["pre-staging", "staging", "production"] {
             for service in SERVICES {
                 // Exactly as a deployed service loads them: both files, secrets from its environment.
                 let files =

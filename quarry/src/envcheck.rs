@@ -1,8 +1,12 @@
-//! `quarry env check A B`: merges every service's base configuration with each environment's overlay and lists
-//! every key whose value differs, failing when one lies outside the three kinds of setting environments may differ
-//! in — addresses and secrets, PKI material, rate-limit values. Everything else (feature switches, challenge types,
-//! profiles, timeouts, policy, validation rules) and the topology (which services, how many of each list — remote
-//! perspectives, nonce instances) must be equal.
+//! `quarry env check A B`: merges every service's base configuration with each environment's overlay, compares the
+//! two key by key, and fails on any difference outside the short list of keys environments may differ in — and on
+//! anything a hosted environment must never hold (a placeholder left behind, an inline secret, an address of another
+//! environment, an overlay that names the wrong environment).
+//!
+//! The allowed differences are leaves, not sections: addresses that are the same once each environment's own names
+//! (its namespace and public domain, from `environment.toml`) are put back as `{namespace}` and `{domain}`; issuer
+//! key references and certificates, CT logs and chain files; the rate-limit values of `ratelimits.toml` (its limits
+//! must be the same); secret references. A key present in one environment only is never allowed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,72 +16,131 @@ use anyhow::Context;
 
 use crate::env::SERVICES;
 
-/// The kinds of setting an environment may change, and the keys of each (`*` stands for one path segment; a pattern
-/// also covers every key under it).
-const ALLOWED: &[(&str, &[&str])] = &[
-    (
-        "addresses and secrets",
-        &[
-            "*.grpc.listen",
-            "*.tls",
-            "*.sa.address",
-            "*.ra.address",
-            "*.va.address",
-            "*.ca.address",
-            "*.publisher.address",
-            "*.dns_resolver",
-            "*.*.dns_resolver",
-            "*.telemetry.otlp_endpoint",
-            "*.telemetry.metrics_listen",
-            "va.remotes[*].address",
-            "nonce.prefix_key",
-            "nonce.advertise",
-            "sa.database_url",
-            "sa.read_replica_url",
-            "ra.account_uri_prefix",
-            "ra.rate_limits.redis_url",
-            "wfe.listen",
-            "wfe.base_url",
-            "wfe.https_cert",
-            "wfe.https_key",
-            "wfe.nonce.address",
-            "wfe.nonce_prefix_key",
-            "wfe.crl.listen",
-            "wfe.external_account_binding.keys",
-            "wfe.directory_meta.terms_of_service",
-            "wfe.directory_meta.website",
-        ],
-    ),
-    (
-        "PKI",
-        &[
-            "ca.issuers",
-            "ca.serial_prefix",
-            "wfe.chains",
-            "wfe.crl.issuers",
-            "crl-updater.issuers",
-            "publisher.logs",
-            "publisher.log_ca",
-        ],
-    ),
-    ("rate limits", &["ra.rate_limits.limits_file"]),
+/// How a key that may differ between environments is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// An address or URL: equal once each environment's namespace and domain are replaced by placeholders.
+    Address,
+    /// A `${file:…}` reference to a mounted secret.
+    SecretReference,
+    /// The environment's own PKI: issuer certificates and key references, CT logs, chain files.
+    Pki,
+    /// A number in `ratelimits.toml`.
+    RateLimitValue,
+    /// The overlay's `environment`, which must name its own directory.
+    EnvironmentName,
+}
+
+impl Rule {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Address => "address",
+            Self::SecretReference => "secret reference",
+            Self::Pki => "PKI",
+            Self::RateLimitValue => "rate-limit value",
+            Self::EnvironmentName => "environment name",
+        }
+    }
+}
+
+/// Every key environments may differ in (`*` stands for one segment, `name[*]` for any element of a list), and how.
+/// Nothing covers a key below it: each pattern names leaves.
+const ALLOWED: &[(&str, Rule)] = &[
+    ("*.environment", Rule::EnvironmentName),
+    ("*.sa.address", Rule::Address),
+    ("*.ra.address", Rule::Address),
+    ("*.va.address", Rule::Address),
+    ("*.ca.address", Rule::Address),
+    ("*.publisher.address", Rule::Address),
+    ("*.telemetry.otlp_endpoint", Rule::Address),
+    ("*.telemetry.metrics_listen", Rule::Address),
+    ("*.grpc.listen", Rule::Address),
+    ("*.dns_resolver", Rule::Address),
+    ("va.remotes[*].address", Rule::Address),
+    ("nonce.advertise", Rule::Address),
+    ("ra.account_uri_prefix", Rule::Address),
+    ("wfe.listen", Rule::Address),
+    ("wfe.base_url", Rule::Address),
+    ("wfe.nonce.address", Rule::Address),
+    ("wfe.crl.listen", Rule::Address),
+    ("wfe.directory_meta.terms_of_service", Rule::Address),
+    ("wfe.directory_meta.website", Rule::Address),
+    ("ca.issuers[*].issuer_url", Rule::Address),
+    ("ca.issuers[*].crl_url_prefix", Rule::Address),
+    ("sa.database_url", Rule::SecretReference),
+    ("ra.rate_limits.redis_url", Rule::SecretReference),
+    ("nonce.prefix_key", Rule::SecretReference),
+    ("wfe.nonce_prefix_key", Rule::SecretReference),
+    ("wfe.external_account_binding.keys.*", Rule::SecretReference),
+    ("ca.serial_prefix", Rule::Pki),
+    ("ca.issuers[*].cert", Rule::Pki),
+    ("ca.issuers[*].key", Rule::Pki),
+    ("ca.issuers[*].pkcs11.*", Rule::Pki),
+    ("wfe.chains[*]", Rule::Pki),
+    ("wfe.crl.issuers.*", Rule::Pki),
+    ("crl-updater.issuers[*]", Rule::Pki),
+    ("publisher.logs[*].name", Rule::Pki),
+    ("publisher.logs[*].url", Rule::Pki),
+    ("publisher.logs[*].operator", Rule::Pki),
+    ("publisher.logs[*].public_key", Rule::Pki),
+    ("ratelimits.limits.*.*", Rule::RateLimitValue),
 ];
+
+/// Keys that hold secrets (a trailing `.` covers every key below): in a hosted environment each must be a
+/// `${file:/etc/quarry/secrets/…}` reference, so that the secret itself lives in the cluster and the service checks
+/// its shape at start-up (`quarry_core::config::hosted_rules`). The first four are required.
+const SECRETS: &[(&str, bool)] = &[
+    ("sa.database_url", true),
+    ("ra.rate_limits.redis_url", true),
+    ("nonce.prefix_key", true),
+    ("wfe.nonce_prefix_key", true),
+    ("sa.read_replica_url", false),
+    ("wfe.external_account_binding.keys.", false),
+];
+const SECRET_REFERENCE_PREFIX: &str = "${file:/etc/quarry/secrets/";
+
+/// Words an operator writes where a value is still to come (compared with a value's words, whatever their case);
+/// so is anything in angle brackets. `${pod_ip}` is the one run-time value a hosted overlay may name.
+const PLACEHOLDER_WORDS: &[&str] = &["TODO", "FIXME", "TBD", "CHANGEME", "CHANGE_ME", "REPLACEME", "REPLACE_ME", "XXX"];
+const RUNTIME_PLACEHOLDERS: &[&str] = &["${pod_ip}"];
+
+/// Who an environment is: the names its addresses are built from (`deploy/env/<name>/environment.toml`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub name: String,
+    /// The Kubernetes namespace its services are addressed in.
+    pub namespace: String,
+    /// The public domain its URLs live under (the ACME server, issuer and CRL URLs).
+    pub domain: String,
+}
+
+impl Identity {
+    /// `value` with this environment's names replaced by `{namespace}` and `{domain}`.
+    fn generic(&self, value: &str) -> String {
+        value.replace(&self.namespace, "{namespace}").replace(&self.domain, "{domain}")
+    }
+}
 
 /// One key that differs between the two environments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Difference {
-    /// `<service>.<path>`, array elements as `[n]`, array lengths as `.len()`.
+    /// `<service>.<path>`, list elements as `[n]`, list lengths as `.len()`; `ratelimits.<path>` for the limits file.
     pub key: String,
     pub a: Option<String>,
     pub b: Option<String>,
-    /// The kind of setting that may differ, or `None` when it may not.
+    /// The kind of key that may differ, or `None` when this difference is not allowed.
     pub allowed_as: Option<&'static str>,
+    /// Why it is not allowed, when that is more than "this key must be equal".
+    pub reason: Option<String>,
 }
 
-/// All differences between two environments.
+/// All differences between two environments, and what either must not hold.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub differences: Vec<Difference>,
+    /// Problems of one environment on its own (`<environment>: <key>: <problem>`).
+    pub findings: Vec<String>,
 }
 
 impl Report {
@@ -86,7 +149,14 @@ impl Report {
     }
 
     pub fn passes(&self) -> bool {
-        self.forbidden().next().is_none()
+        self.forbidden().next().is_none() && self.findings.is_empty()
+    }
+
+    /// Every key named as a problem: forbidden differences and findings.
+    #[cfg(test)]
+    pub fn problem_keys(&self) -> Vec<String> {
+        let findings = self.findings.iter().map(|f| f.split(": ").nth(1).unwrap_or(f).to_owned());
+        self.forbidden().map(|d| d.key.clone()).chain(findings).collect()
     }
 }
 
@@ -94,57 +164,223 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
         for d in &self.differences {
-            match d.allowed_as {
-                Some(kind) => writeln!(f, "  allowed ({kind}): {}", d.key)?,
-                None => writeln!(f, "  NOT ALLOWED: {}: {} ≠ {}", d.key, show(&d.a), show(&d.b))?,
+            match (d.allowed_as, &d.reason) {
+                (Some(kind), _) => writeln!(f, "  allowed ({kind}): {}", d.key)?,
+                (None, None) => writeln!(f, "  NOT ALLOWED: {}: {} ≠ {}", d.key, show(&d.a), show(&d.b))?,
+                (None, Some(reason)) => {
+                    writeln!(f, "  NOT ALLOWED: {}: {} ≠ {} ({reason})", d.key, show(&d.a), show(&d.b))?
+                }
             }
         }
+        for finding in &self.findings {
+            writeln!(f, "  NOT ALLOWED: {finding}")?;
+        }
         let forbidden = self.forbidden().count();
-        writeln!(f, "{} keys differ, {forbidden} of them outside the allowed sections", self.differences.len())
+        writeln!(
+            f,
+            "{} keys differ, {forbidden} of them not allowed; {} other problems",
+            self.differences.len(),
+            self.findings.len()
+        )
     }
 }
 
 /// Compares environments `a` and `b` of the configuration tree at `dir` (`deploy/env`).
 pub fn check(dir: &Path, a: &str, b: &str) -> anyhow::Result<Report> {
-    let (flat_a, flat_b) = (flatten_environment(dir, a)?, flatten_environment(dir, b)?);
-    let mut keys: Vec<&String> = flat_a.keys().chain(flat_b.keys()).collect();
+    let (env_a, env_b) = (Environment::read(dir, a)?, Environment::read(dir, b)?);
+    let mut report = Report::default();
+    let others = known_namespaces(dir)?;
+    report.findings.extend(env_a.findings(&others));
+    report.findings.extend(env_b.findings(&others));
+    let mut keys: Vec<&String> = env_a.flat.keys().chain(env_b.flat.keys()).collect();
     keys.sort();
     keys.dedup();
-    let differences = keys
-        .into_iter()
-        .filter(|key| flat_a.get(*key) != flat_b.get(*key))
-        .map(|key| Difference {
-            key: key.clone(),
-            a: flat_a.get(key).cloned(),
-            b: flat_b.get(key).cloned(),
-            allowed_as: allowed_as(key),
-        })
-        .collect();
-    Ok(Report { differences })
-}
-
-/// Every service's merged configuration, flattened to `<service>.<path>` → value. A service whose overlay is missing
-/// is recorded as such, so that a topology difference shows.
-fn flatten_environment(dir: &Path, env: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    if !dir.join(env).is_dir() {
-        anyhow::bail!("no environment {env:?} in {}", dir.display());
-    }
-    let mut flat = BTreeMap::new();
-    for service in SERVICES {
-        let read = |path: &Path| -> anyhow::Result<toml::Table> {
-            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-            toml::from_str(&quote_bare_placeholders(&text)).with_context(|| format!("parse {}", path.display()))
-        };
-        let overlay_path = dir.join(env).join(format!("{service}.toml"));
-        if !overlay_path.exists() {
-            flat.insert(format!("{service}.(overlay)"), "missing".to_owned());
+    for key in keys {
+        let (va, vb) = (env_a.flat.get(key), env_b.flat.get(key));
+        if va == vb {
             continue;
         }
-        let mut merged = read(&dir.join("base").join(format!("{service}.toml")))?;
-        quarry_core::config::merge(&mut merged, &read(&overlay_path)?);
-        flatten(service, &toml::Value::Table(merged), &mut flat);
+        let (allowed_as, reason) = judge(key, va, vb, &env_a, &env_b);
+        report.differences.push(Difference { key: key.clone(), a: va.cloned(), b: vb.cloned(), allowed_as, reason });
     }
-    Ok(flat)
+    Ok(report)
+}
+
+/// Whether two different values of `key` are allowed, and if not, why (when the key itself may differ).
+fn judge(
+    key: &str,
+    va: Option<&String>,
+    vb: Option<&String>,
+    env_a: &Environment,
+    env_b: &Environment,
+) -> (Option<&'static str>, Option<String>) {
+    let Some(rule) = rule_for(key) else { return (None, None) };
+    let (Some(va), Some(vb)) = (va, vb) else {
+        return (None, Some("present in one environment only".to_owned()));
+    };
+    match rule {
+        Rule::Address => match (&env_a.identity, &env_b.identity) {
+            (Some(ia), Some(ib)) if ia.generic(va) == ib.generic(vb) => (Some(rule.kind()), None),
+            (Some(ia), Some(ib)) => (
+                None,
+                Some(format!("differs beyond each environment's own names: {} ≠ {}", ia.generic(va), ib.generic(vb))),
+            ),
+            _ => (None, Some("an environment without environment.toml has no names to compare by".to_owned())),
+        },
+        Rule::RateLimitValue if va.parse::<i64>().is_err() || vb.parse::<i64>().is_err() => {
+            (None, Some("only the numbers of a limit may differ".to_owned()))
+        }
+        Rule::EnvironmentName if unquote(va) != env_a.name || unquote(vb) != env_b.name => {
+            (None, Some("each overlay names its own environment".to_owned()))
+        }
+        _ => (Some(rule.kind()), None),
+    }
+}
+
+/// One environment's merged configuration, flattened, with its identity.
+struct Environment {
+    name: String,
+    identity: Option<Identity>,
+    /// `<service>.<path>` → value, and `ratelimits.<path>` for the limits file.
+    flat: BTreeMap<String, String>,
+}
+
+impl Environment {
+    fn read(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let env_dir = dir.join(name);
+        if !env_dir.is_dir() {
+            anyhow::bail!("no environment {name:?} in {}", dir.display());
+        }
+        let identity_path = env_dir.join("environment.toml");
+        let identity = match std::fs::read_to_string(&identity_path) {
+            Ok(text) => Some(
+                quarry_core::config::parse::<Identity>(&text, &identity_path.display().to_string())
+                    .with_context(|| format!("read {}", identity_path.display()))?,
+            ),
+            Err(_) => None,
+        };
+        let mut flat = BTreeMap::new();
+        for service in SERVICES {
+            let overlay_path = env_dir.join(format!("{service}.toml"));
+            if !overlay_path.exists() {
+                flat.insert(format!("{service}.(overlay)"), "missing".to_owned());
+                continue;
+            }
+            let mut merged = read_toml(&dir.join("base").join(format!("{service}.toml")))?;
+            quarry_core::config::merge(&mut merged, &read_toml(&overlay_path)?);
+            flatten(service, &toml::Value::Table(merged), &mut flat);
+        }
+        let limits = env_dir.join("ratelimits.toml");
+        if limits.exists() {
+            flatten("ratelimits", &toml::Value::Table(read_toml(&limits)?), &mut flat);
+        }
+        Ok(Self { name: name.to_owned(), identity, flat })
+    }
+
+    /// What this environment must not hold, on its own. Dev is exempt: its overlay is placeholders by design.
+    fn findings(&self, namespaces: &BTreeMap<String, String>) -> Vec<String> {
+        if self.name == "dev" {
+            return Vec::new();
+        }
+        let env = &self.name;
+        let mut findings = Vec::new();
+        match &self.identity {
+            None => findings.push(format!(
+                "{env}: environment.toml: missing (its name, namespace and domain, which addresses are compared by)"
+            )),
+            Some(identity) if &identity.name != env => {
+                findings.push(format!("{env}: environment.toml: name = {:?}, not {env:?}", identity.name))
+            }
+            Some(_) => {}
+        }
+        for service in SERVICES {
+            let key = format!("{service}.environment");
+            match self.flat.get(&key) {
+                Some(value) if value == &format!("{env:?}") || value == env => {}
+                other => findings.push(format!(
+                    "{env}: {key}: {} (every overlay says which environment it is: environment = {env:?})",
+                    other.map_or("(absent)", String::as_str)
+                )),
+            }
+        }
+        for (key, value) in &self.flat {
+            if let Some(mark) = placeholder_in(value) {
+                findings.push(format!("{env}: {key}: {value} holds {mark:?}, a placeholder left in the overlay"));
+            }
+            for (other, namespace) in namespaces {
+                if other != env && value.contains(namespace.as_str()) {
+                    findings.push(format!("{env}: {key}: {value} addresses {other}'s namespace {namespace}"));
+                }
+            }
+        }
+        for (secret, required) in SECRETS {
+            let mut present = self.flat.iter().filter(|(key, _)| match secret.strip_suffix('.') {
+                Some(prefix) => key.starts_with(prefix) && !key.ends_with("len()"),
+                None => key == secret,
+            });
+            let mut seen = false;
+            for (key, value) in present.by_ref() {
+                seen = true;
+                if !unquote(value).starts_with(SECRET_REFERENCE_PREFIX) {
+                    findings.push(format!(
+                        "{env}: {key}: not a secret reference: a hosted environment names its mounted secret \
+                         (\"{SECRET_REFERENCE_PREFIX}…}}\"), never the value"
+                    ));
+                }
+            }
+            if !seen && *required {
+                findings.push(format!(
+                    "{env}: {secret}: (absent): a hosted environment's replicas share it, from a secret"
+                ));
+            }
+        }
+        findings
+    }
+}
+
+/// The namespace of every environment of `dir` that has an `environment.toml`, by environment name.
+fn known_namespaces(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut namespaces = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path().join("environment.toml");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let identity: Identity = quarry_core::config::parse(&text, &path.display().to_string())?;
+            namespaces.insert(identity.name, identity.namespace);
+        }
+    }
+    Ok(namespaces)
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    toml::from_str(&quote_bare_placeholders(&text)).with_context(|| format!("parse {}", path.display()))
+}
+
+/// The placeholder mark in `value`, if it holds one: an operator's marker or a `${…}` that is neither a mounted
+/// secret nor a run-time value.
+fn placeholder_in(value: &str) -> Option<String> {
+    let words = value.split(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+    if let Some(word) = words.into_iter().find(|word| PLACEHOLDER_WORDS.contains(&word.to_ascii_uppercase().as_str())) {
+        return Some(word.to_owned());
+    }
+    if let Some((_, after)) = value.split_once('<').filter(|(_, after)| after.contains('>')) {
+        return Some(format!("<{}", after.split('>').next().unwrap_or_default()));
+    }
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let end = rest[start..].find('}').map_or(rest.len(), |end| start + end + 1);
+        let placeholder = &rest[start..end];
+        let secret = placeholder.starts_with(SECRET_REFERENCE_PREFIX);
+        if !secret && !RUNTIME_PLACEHOLDERS.contains(&placeholder) {
+            return Some(placeholder.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    None
+}
+
+fn unquote(value: &str) -> &str {
+    value.trim_matches('"')
 }
 
 /// A placeholder standing for a number (`port = ${port}`) quoted, so that the file parses before anything is filled
@@ -161,6 +397,8 @@ fn quote_bare_placeholders(text: &str) -> String {
         .join("\n")
 }
 
+/// Every leaf as `path` → value; every list has its `.len()` and its elements as `[n]`, so a list that grows in one
+/// environment shows as a length of its own.
 fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
     match value {
         toml::Value::Table(table) => {
@@ -168,7 +406,7 @@ fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) 
                 flatten(&format!("{path}.{key}"), value, out);
             }
         }
-        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+        toml::Value::Array(items) => {
             out.insert(format!("{path}.len()"), items.len().to_string());
             for (index, item) in items.iter().enumerate() {
                 flatten(&format!("{path}[{index}]"), item, out);
@@ -180,27 +418,22 @@ fn flatten(path: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) 
     }
 }
 
-/// The kind of setting `key` is, when environments may differ in it.
-fn allowed_as(key: &str) -> Option<&'static str> {
+/// How `key` may differ, when it may.
+fn rule_for(key: &str) -> Option<Rule> {
     let segments = split(key);
-    ALLOWED.iter().find_map(|(kind, patterns)| {
-        patterns
-            .iter()
-            .any(|pattern| {
-                let pattern = split(pattern);
-                pattern.len() <= segments.len() && pattern.iter().zip(&segments).all(|(p, s)| segment_matches(p, s))
-            })
-            .then_some(*kind)
+    ALLOWED.iter().find_map(|(pattern, rule)| {
+        let pattern = split(pattern);
+        (pattern.len() == segments.len() && pattern.iter().zip(&segments).all(|(p, s)| segment_matches(p, s)))
+            .then_some(*rule)
     })
 }
 
-/// `*` matches any segment; `remotes[*]` any element of `remotes`; `issuers` the list and each of its elements.
+/// `*` matches any segment; `remotes[*]` any element of `remotes` (not its length).
 fn segment_matches(pattern: &str, segment: &str) -> bool {
-    let name = segment.split('[').next().unwrap_or(segment);
     match pattern.strip_suffix("[*]") {
-        _ if pattern == "*" || pattern == segment => true,
-        Some(list) => list == name && segment.contains('['),
-        None => pattern == name,
+        _ if pattern == "*" => true,
+        Some(list) => segment.strip_prefix(list).is_some_and(|index| index.starts_with('[')),
+        None => pattern == segment,
     }
 }
 
@@ -218,60 +451,176 @@ mod tests {
     }
 
     #[test]
-    fn patterns_match_segments() {
+    fn patterns_name_leaves() {
         let cases = [
-            ("ra.grpc.listen", Some("addresses and secrets")),
-            ("ca.tls.cert", Some("addresses and secrets")),
-            ("va.remotes[1].address", Some("addresses and secrets")),
+            ("ra.grpc.listen", Some(Rule::Address)),
+            ("va.remotes[1].address", Some(Rule::Address)),
             ("va.remotes[1].rir", None),
             ("va.remotes.len()", None),
-            ("ca.issuers[0].key", Some("PKI")),
-            ("ca.issuers.len()", Some("PKI")),
-            ("ra.rate_limits.limits_file", Some("rate limits")),
+            ("ca.issuers[0].key", Some(Rule::Pki)),
+            ("ca.issuers[0].profiles[0]", None),
+            ("ca.issuers.len()", None),
+            ("ca.issuers[0].pkcs11.token_label", Some(Rule::Pki)),
+            ("wfe.chains[1]", Some(Rule::Pki)),
+            ("wfe.chains.len()", None),
+            ("publisher.logs[0].submit_final", None),
+            ("ratelimits.limits.NewOrdersPerAccount.count", Some(Rule::RateLimitValue)),
+            ("ra.rate_limits.limits_file", None),
             ("ra.async_finalize", None),
             ("ra.sa.server_name", None),
-            ("wfe.nonce.server_name", None),
-            ("wfe.nonce.address", Some("addresses and secrets")),
-            ("ra.sa.dns_resolver", Some("addresses and secrets")),
+            ("wfe.nonce.address", Some(Rule::Address)),
+            ("ra.sa.dns_resolver", None),
+            ("va.dns_resolver", Some(Rule::Address)),
         ];
         for (key, expected) in cases {
-            assert_eq!(allowed_as(key), expected, "{key}");
+            assert_eq!(rule_for(key), expected, "{key}");
         }
     }
 
     #[test]
-    fn staging_and_production_differ_only_where_allowed() {
+    fn hosted_environments_differ_only_where_allowed() {
+        for (a, b) in [("staging", "production"), ("pre-staging", "staging"), ("pre-staging", "production")] {
+            let report = check(&repo_env(), a, b).expect("check");
+            assert!(report.passes(), "{a} vs {b}:\n{report}");
+            assert!(report.differences.iter().any(|d| d.key == "wfe.base_url"), "{report}");
+        }
+        // Production submits to production logs; the tiers before it to test logs.
         let report = check(&repo_env(), "staging", "production").expect("check");
-        assert!(report.passes(), "{report}");
-        assert!(report.differences.iter().any(|d| d.key == "wfe.base_url"), "{report}");
         assert!(report.differences.iter().any(|d| d.key.starts_with("publisher.logs")), "{report}");
     }
 
-    #[test]
-    fn a_drifting_environment_fails_with_the_key_named() {
+    /// Copies `deploy/env` to a temporary directory, applies `edit`, and checks staging against production.
+    fn check_with(edit: &dyn Fn(&Path)) -> Report {
         let dir = tempfile::tempdir().expect("tempdir");
-        for env in ["base", "staging", "production"] {
-            std::fs::create_dir_all(dir.path().join(env)).expect("mkdir");
-            for entry in std::fs::read_dir(repo_env().join(env)).expect("read") {
-                let entry = entry.expect("entry");
-                std::fs::copy(entry.path(), dir.path().join(env).join(entry.file_name())).expect("copy");
+        for entry in std::fs::read_dir(repo_env()).expect("read") {
+            let env = entry.expect("entry").path();
+            let target = dir.path().join(env.file_name().expect("name"));
+            std::fs::create_dir_all(&target).expect("mkdir");
+            for file in std::fs::read_dir(&env).expect("read") {
+                let file = file.expect("file").path();
+                std::fs::copy(&file, target.join(file.file_name().expect("name"))).expect("copy");
             }
         }
-        // A feature switch on in staging only, a remote perspective fewer, a profile lifetime changed.
-        let ra = dir.path().join("staging/ra.toml");
-        let text = std::fs::read_to_string(&ra).expect("ra");
-        std::fs::write(&ra, format!("async_finalize = true\n{text}\n[profiles.classic]\norder_lifetime_secs = 1\n"))
-            .expect("write");
-        let va = dir.path().join("production/va.toml");
-        let text = std::fs::read_to_string(&va).expect("va");
-        let cut = text.rfind("[[remotes]]").expect("a remote");
-        std::fs::write(&va, &text[..cut]).expect("write");
-        let report = check(dir.path(), "staging", "production").expect("check");
-        assert!(!report.passes());
-        let forbidden: Vec<&str> = report.forbidden().map(|d| d.key.as_str()).collect();
-        for expected in ["ra.async_finalize", "ra.profiles.classic.order_lifetime_secs", "va.remotes.len()"] {
-            assert!(forbidden.contains(&expected), "{expected} missing from {forbidden:?}");
+        edit(dir.path());
+        check(dir.path(), "staging", "production").expect("check")
+    }
+
+    fn rewrite(dir: &Path, file: &str, change: impl Fn(String) -> String) {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let changed = change(text.clone());
+        assert_ne!(changed, text, "the drift fixture for {file} changed nothing");
+        std::fs::write(&path, changed).expect("write");
+    }
+
+    type Drift = (&'static str, &'static str, &'static str, fn(String) -> String);
+
+    /// Every drift that must fail: (what, file, the key the report must name, the edit).
+    const DRIFTS: &[Drift] = &[
+        ("a feature switch on in staging only", "staging/ra.toml", "ra.async_finalize", |t| {
+            format!("async_finalize = true\n{t}")
+        }),
+        ("a profile's lifetime changed", "staging/ra.toml", "ra.profiles.classic.order_lifetime_secs", |t| {
+            format!("{t}\n[profiles.classic]\norder_lifetime_secs = 1\n")
+        }),
+        ("a remote perspective fewer", "production/va.toml", "va.remotes.len()", |t| {
+            let cut = t.rfind("[[remotes]]").expect("a remote");
+            t[..cut].to_owned()
+        }),
+        ("a remote va given another environment's address", "staging/va.toml", "va.remotes[1].address", |t| {
+            t.replace("quarry-va-remote-b.quarry-staging", "quarry-va-remote-b.quarry-production")
+        }),
+        ("a placeholder left in an overlay", "production/publisher.toml", "publisher.telemetry.otlp_endpoint", |t| {
+            t.replace("http://otel-collector.quarry-production", "http://CHANGEME.quarry-production")
+        }),
+        ("an unfilled ${…} left in an overlay", "staging/wfe.toml", "wfe.directory_meta.website", |t| {
+            t.replace("[directory_meta]\n", "[directory_meta]\nwebsite = \"https://${website}/\"\n")
+        }),
+        ("an issuer serving another profile", "staging/ca.toml", "ca.issuers[0].profiles.len()", |t| {
+            t.replacen(
+                "key = \"/etc/quarry/pki/e1.key.pem\"",
+                "key = \"/etc/quarry/pki/e1.key.pem\"\nprofiles = [\"tlsserver\"]",
+                1,
+            )
+        }),
+        ("an issuer switched off", "production/ca.toml", "ca.issuers[1].active", |t| {
+            t.replacen(
+                "key = \"/etc/quarry/pki/r1.key.pem\"",
+                "key = \"/etc/quarry/pki/r1.key.pem\"\nactive = false",
+                1,
+            )
+        }),
+        (
+            "a CT log submitted final certificates in one environment",
+            "staging/publisher.toml",
+            "publisher.logs[0].submit_final",
+            |t| t.replacen("operator = \"log-operator-a\"", "operator = \"log-operator-a\"\nsubmit_final = true", 1),
+        ),
+        ("a chain more in one environment", "staging/wfe.toml", "wfe.chains.len()", |t| {
+            t.replace(
+                "chains = [\"/etc/quarry/pki/e1.pem\", \"/etc/quarry/pki/r1.pem\"]",
+                "chains = [\"/etc/quarry/pki/e1.pem\"]",
+            )
+        }),
+        ("another resolver for one va", "staging/va-remote-a.toml", "va-remote-a.dns_resolver", |t| {
+            t.replace("dns_resolver = \"127.0.0.1:5353\"", "dns_resolver = \"8.8.8.8:53\"")
+        }),
+        ("the Redis rate-limit store removed", "production/ra.toml", "ra.rate_limits.redis_url", |t| {
+            t.replace("redis_url = \"${file:/etc/quarry/secrets/redis/url}\"\n", "")
+        }),
+        ("a read replica in one environment", "production/sa.toml", "sa.read_replica_url", |t| {
+            t.replacen(
+                "database_url",
+                "read_replica_url = \"${file:/etc/quarry/secrets/database/replica-url}\"\ndatabase_url",
+                1,
+            )
+        }),
+        ("production on an SQLite file", "production/sa.toml", "sa.database_url", |t| {
+            t.replace("${file:/etc/quarry/secrets/database/url}", "sqlite:///data/quarry.db")
+        }),
+        ("a limit in one environment only", "staging/ratelimits.toml", "ratelimits.limits.Extra.count", |t| {
+            format!("{t}\n[limits.Extra]\ncount = 1\nperiod_secs = 1\nburst = 1\n")
+        }),
+        ("an overlay naming another environment", "production/wfe.toml", "wfe.environment", |t| {
+            t.replace("environment = \"production\"", "environment = \"staging\"")
+        }),
+        ("another TLS file", "staging/ca.toml", "ca.tls.key", |t| {
+            t.replace("key = \"/etc/quarry/internal/tls.key\"", "key = \"/etc/quarry/internal/other.key\"")
+        }),
+        ("another CAA identity", "staging/va.toml", "va.caa_identities[0]", |t| {
+            t.replace("caa_identities = [\"quarry.example.com\"]", "caa_identities = [\"staging.example.com\"]")
+        }),
+        ("a URL path changed with the host", "staging/ca.toml", "ca.issuers[0].issuer_url", |t| {
+            t.replace(
+                "http://i.staging.quarry.example.com/e1.der",
+                "http://i.staging.quarry.example.com/e1-staging.der",
+            )
+        }),
+        ("a secret written inline", "staging/nonce.toml", "nonce.prefix_key", |t| {
+            t.replace("${file:/etc/quarry/secrets/nonce/prefix-key}", "a-key-in-the-repository")
+        }),
+        ("an overlay missing", "production/publisher.toml", "publisher.(overlay)", |_| String::new()),
+    ];
+
+    #[test]
+    fn every_drift_fails_with_its_key_named() {
+        for (what, file, key, edit) in DRIFTS {
+            let report = check_with(&|dir| {
+                if key.ends_with("(overlay)") {
+                    std::fs::remove_file(dir.join(file)).expect("remove");
+                } else {
+                    rewrite(dir, file, edit);
+                }
+            });
+            assert!(!report.passes(), "{what}: not caught\n{report}");
+            let named = report.problem_keys();
+            assert!(named.iter().any(|k| k == key), "{what}: {key} not named in {named:?}\n{report}");
         }
+    }
+
+    #[test]
+    fn a_difference_is_shown_with_both_values() {
+        let report = check_with(&|dir| rewrite(dir, "staging/ra.toml", |t| format!("async_finalize = true\n{t}")));
         assert!(report.to_string().contains("NOT ALLOWED: ra.async_finalize: true ≠ false"), "{report}");
     }
 

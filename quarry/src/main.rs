@@ -31,6 +31,8 @@ const BUILD: quarry_core::build::BuildInfo = quarry_core::build::BuildInfo {
 
 /// Exit status for a configuration the program cannot use (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
+/// Exit status for a service the program needed and could not reach (sysexits' EX_UNAVAILABLE).
+const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(name = "quarry", version = LONG_VERSION, about = "An ACME certificate authority split into gRPC services")]
@@ -321,8 +323,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Probe(args) => match runtime().block_on(probe::run(args)) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
+            Ok(probe::Verdict::Passed) => ExitCode::SUCCESS,
+            Ok(probe::Verdict::Failed) => ExitCode::FAILURE,
+            Ok(probe::Verdict::NotPushed) => ExitCode::from(EX_UNAVAILABLE),
             Err(err) => {
                 eprintln!("quarry probe: {err:#}");
                 ExitCode::from(EX_USAGE)

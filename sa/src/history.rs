@@ -154,14 +154,18 @@ impl Store {
             .await
             .map_err(db_error)?;
             let Some((idx, revocations_pending)) = candidate else { break };
-            // The lease condition is checked again in the UPDATE: a racing updater that leased it first wins.
+            // The SELECT's whole condition is checked again in the UPDATE: a racing updater that leased it first
+            // wins, and so does one that leased, updated and released it between our SELECT and this UPDATE — the
+            // shard is then no longer due, and leasing it again would sign a CRL no newer than the one it has.
             let leased = sqlx::query(
-                "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4",
+                "UPDATE crl_shards SET leased_until = $1 WHERE issuer_id = $2 AND idx = $3 AND leased_until <= $4 AND this_update < $5 AND (this_update < $6 OR revocations_pending > 0)",
             )
             .bind(leased_until)
             .bind(issuer_id)
             .bind(idx)
             .bind(now)
+            .bind(updated_before)
+            .bind(stale_before)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?

@@ -103,6 +103,18 @@ impl AcmeClient {
 
     /// Fetches the directory; `ca_pem` is the trust anchor for HTTPS.
     pub async fn new(directory_url: &str, ca_pem: Option<&Path>) -> anyhow::Result<Self> {
+        let mut client = Self::without_directory(ca_pem)?;
+        let response = client.request(http::Method::GET, directory_url, None, Vec::new()).await?;
+        if response.status != 200 {
+            bail!("directory answered {}", response.status);
+        }
+        client.directory = response.json();
+        Ok(client)
+    }
+
+    /// A client for plain requests beside ACME (health, CRLs, a metrics push), which needs no directory and so
+    /// works when the ACME server does not answer; `ca_pem` is the trust anchor for HTTPS.
+    pub fn without_directory(ca_pem: Option<&Path>) -> anyhow::Result<Self> {
         let tls = match ca_pem {
             None => None,
             Some(path) => {
@@ -116,13 +128,7 @@ impl AcmeClient {
                 Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
             }
         };
-        let mut client = Self { tls, directory: Value::Null, forwarded_for: None };
-        let response = client.request(http::Method::GET, directory_url, None, Vec::new()).await?;
-        if response.status != 200 {
-            bail!("directory answered {}", response.status);
-        }
-        client.directory = response.json();
-        Ok(client)
+        Ok(Self { tls, directory: Value::Null, forwarded_for: None })
     }
 
     pub fn directory(&self) -> &Value {

@@ -29,23 +29,27 @@ pub struct FakeVa {
 impl FakeVa {
     /// Serves the fake on 127.0.0.1:0, callable by the "ra" certificate; returns its address.
     pub async fn start(&self, pki: &TestPki) -> SocketAddr {
-        self.serve(pki, "ra").await
+        self.serve(pki, pki.tls("va"), "ra").await
+    }
+
+    /// Serves the fake with the identity in `tls` (files a test rotates), callable by `caller`'s certificate names.
+    pub async fn start_with_tls(&self, pki: &TestPki, tls: quarry_core::config::TlsFiles, caller: &str) -> SocketAddr {
+        self.serve(pki, tls, caller).await
     }
 
     /// Serves the fake as a remote perspective named `perspective` in `rir`, callable by the primary ("va").
     pub async fn start_as_remote(&self, pki: &TestPki, perspective: &str, rir: &str) -> SocketAddr {
         self.remote.set((perspective.to_owned(), rir.to_owned())).expect("started as a remote once");
-        self.serve(pki, "va").await
+        self.serve(pki, pki.tls("va"), "va").await
     }
 
-    async fn serve(&self, pki: &TestPki, caller: &str) -> SocketAddr {
+    async fn serve(&self, pki: &TestPki, tls: quarry_core::config::TlsFiles, caller: &str) -> SocketAddr {
         let name = "quarry.va.v1.VA";
         let grpc = pki.server_config(&[(name, &[caller])]);
         let listener = tokio::net::TcpListener::bind(grpc.listen).await.expect("bind fake va");
         let addr = listener.local_addr().expect("fake va address");
         let allowlist = quarry_core::grpc::ClientAllowlist::for_service(&grpc, name).expect("allowlist");
         let routes = tonic::service::Routes::new(VaServer::with_interceptor(self.clone(), allowlist));
-        let tls = pki.tls("va");
         tokio::spawn(async move {
             let _ = quarry_core::grpc::serve(listener, &tls, routes, &[name], std::future::pending()).await;
         });

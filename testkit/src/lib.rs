@@ -8,4 +8,5 @@ pub mod db;
 pub mod fakes;
 pub mod otlp;
 pub mod pki;
+pub mod rotation;
 pub mod stack;

@@ -1,5 +1,6 @@
-//! The CRL distribution points: a plain-HTTP listener (the Baseline Requirements ask for `http` CRL URLs) serving
-//! each shard's latest CRL from the sa at `/{issuer}/{shard}.crl`, the URL its certificates name.
+//! The CRL distribution points and issuer certificates: a plain-HTTP listener (the Baseline Requirements ask for
+//! `http` CRL and caIssuers URLs) serving each shard's latest CRL from the sa at `/{issuer}/{shard}.crl`, and each
+//! issuer's certificate (DER) at `/{issuer}.der` — the URLs its certificates name.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct CrlConfig {
 struct CrlState {
     sa: SaClient,
     issuer_ids: BTreeMap<String, i64>,
+    /// `<name>.der` → the issuer's certificate, for the Authority Information Access URL of what it issues.
+    issuer_certs: std::sync::Arc<BTreeMap<String, Vec<u8>>>,
 }
 
 /// Loads the issuers and returns the router that serves their shards.
@@ -37,13 +40,31 @@ pub(crate) fn router(config: &CrlConfig, sa: SaClient) -> Result<axum::Router, E
     use rustls_pki_types::pem::PemObject;
     use x509_parser::prelude::FromDer;
     let mut issuer_ids = BTreeMap::new();
+    let mut issuer_certs = BTreeMap::new();
     for (name, path) in &config.issuers {
         let bad = |detail: String| Error::Config(format!("crl.issuers.{name} {}: {detail}", path.display()));
         let der = CertificateDer::from_pem_file(path).map_err(|e| bad(e.to_string()))?;
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
         issuer_ids.insert(name.clone(), quarry_core::certificate::issuer_id(cert.subject().as_raw()));
+        issuer_certs.insert(format!("{name}.der"), der.to_vec());
     }
-    Ok(axum::Router::new().route("/{issuer}/{file}", axum::routing::get(shard)).with_state(CrlState { sa, issuer_ids }))
+    let state = CrlState { sa, issuer_ids, issuer_certs: std::sync::Arc::new(issuer_certs) };
+    Ok(axum::Router::new()
+        .route("/{issuer}/{file}", axum::routing::get(shard))
+        .route("/{file}", axum::routing::get(issuer_certificate))
+        .with_state(state))
+}
+
+/// `GET /{issuer}.der`: the issuer's certificate, which never changes under its name.
+async fn issuer_certificate(State(state): State<CrlState>, Path(file): Path<String>) -> Response {
+    match state.issuer_certs.get(&file) {
+        Some(der) => (
+            [(header::CONTENT_TYPE, "application/pkix-cert"), (header::CACHE_CONTROL, "public, max-age=86400")],
+            der.clone(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such issuer certificate\n").into_response(),
+    }
 }
 
 async fn shard(State(state): State<CrlState>, Path((issuer, file)): Path<(String, String)>) -> Response {

@@ -51,7 +51,8 @@ pub struct Config {
     /// That listener's bounds (timeouts, connection caps, body size) and trusted proxies (`[listener]`).
     #[serde(default)]
     pub listener: ListenerConfig,
-    /// The wfe's HTTPS certificate chain (PEM); without it the wfe serves plain HTTP.
+    /// The wfe's HTTPS certificate chain (PEM); without it the wfe serves plain HTTP. It and its key are read again
+    /// when they change (checked every `tls.reload_interval_ms`).
     #[serde(default)]
     pub https_cert: Option<PathBuf>,
     /// The HTTPS certificate's private key (PEM).
@@ -160,7 +161,7 @@ pub async fn serve(
     let router = handlers::router(state);
     tracing::info!(addr = ?listener.local_addr().ok(), base_url = %config.base_url, "wfe listening");
     let tls = match (&config.https_cert, &config.https_key) {
-        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls_config(cert, key, config.tls.reload_interval())?),
         (None, None) => None,
         _ => return Err(Error::Config("https_cert and https_key must be set together".into())),
     };
@@ -168,18 +169,16 @@ pub async fn serve(
     Ok(())
 }
 
-fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, Error> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Config(format!("https_cert {}: {e}", cert.display())))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| Error::Config(format!("https_key {}: {e}", key.display())))?;
-    let mut server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+/// The HTTPS listener's TLS: the certificate in the files when each handshake begins (a renewal is picked up within
+/// `reload_interval`, without a restart).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    reload_interval: std::time::Duration,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let certificate = quarry_core::tls::ReloadingCertificate::open(cert, key, reload_interval)
         .map_err(|e| Error::Config(format!("HTTPS certificate and key: {e}")))?;
+    let mut server = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(certificate));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
 }

@@ -7,6 +7,15 @@ use crate::test_support::{cert_der, parse, verify_client, verify_server};
 
 const SERVICES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin"];
 
+/// The names of the files whose contents changed between two snapshots.
+fn changed_files(before: &BTreeMap<PathBuf, Vec<u8>>, after: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(path, contents)| after.get(*path) != Some(*contents))
+        .filter_map(|(path, _)| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// Every file under `dir` with its contents, to tell what a run changed.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -186,11 +195,7 @@ fn a_lost_parent_reissues_its_children_and_nothing_else() {
     std::fs::remove_file(&pki.root_pem).expect("remove root");
     ensure_dev_pki(dir.path(), &["ra"]).expect("second run");
     let after = snapshot(dir.path());
-    let changed: Vec<String> = before
-        .iter()
-        .filter(|(path, contents)| after.get(*path) != Some(*contents))
-        .filter_map(|(path, _)| path.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let changed = changed_files(&before, &after);
     let reissued = [
         "intermediate-e1.key.pem",
         "intermediate-e1.pem",
@@ -234,4 +239,28 @@ fn bad_service_names_are_refused_before_anything_is_written() {
         assert!(matches!(err, Error::ServiceName(_)), "{name}: {err}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("read dir").count(), 0, "{name}");
     }
+}
+
+#[test]
+fn a_public_host_is_added_to_the_https_certificate_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = ensure_dev_pki(dir.path(), &["ra"]).expect("first run");
+    let before = snapshot(dir.path());
+    let hosts = ["ca.dev.example".to_owned(), "192.0.2.7".to_owned()];
+    ensure_dev_pki_for_hosts(dir.path(), &["ra"], &hosts).expect("with public hosts");
+    let after = snapshot(dir.path());
+    let changed = changed_files(&before, &after);
+    // The HTTPS CA permits exactly its server's names: both are reissued (the developer fetches the new CA), nothing
+    // else is.
+    assert_eq!(changed, ["ca.key.pem", "ca.pem", "wfe.key.pem", "wfe.pem"]);
+    let https = cert_der(&pki.https_cert);
+    let https_ca = cert_der(&pki.https_ca_pem);
+    for name in ["localhost", "ca.dev.example"] {
+        verify_server(&https_ca, &[], &https, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let sans = parse(&https).subject_alternative_name().expect("san").expect("present").value.general_names.len();
+    assert_eq!(sans, 5, "localhost, 127.0.0.1, ::1 and both hosts");
+    // The same hosts again, or fewer: nothing changes.
+    ensure_dev_pki_for_hosts(dir.path(), &["ra"], &hosts[..1]).expect("again");
+    assert_eq!(snapshot(dir.path()), after);
 }

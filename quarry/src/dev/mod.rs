@@ -400,7 +400,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let supervisor = Supervisor::start(specs, &exe, &logs_dir)?;
     let (admin_cert, admin_key) = pki.service_cert("admin");
-    let admin_tls = quarry_core::config::TlsFiles { cert: admin_cert, key: admin_key, ca: pki.internal_ca_pem.clone() };
+    let admin_tls = quarry_core::config::TlsFiles::new(admin_cert, admin_key, &pki.internal_ca_pem);
     let checker = HealthChecker::new(admin_tls, &pki.https_ca_pem)?;
     let ready = supervisor.wait_ready(&checker, Duration::from_secs(args.start_timeout_secs)).await;
     if let Err(err) = ready {

@@ -371,11 +371,11 @@ async fn every_service_is_its_own_process_and_peers_are_held_to_their_allowlists
     let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("sa config");
     let sa_config: quarry_sa::Config = quarry_core::config::parse(&rendered, "sa.toml").expect("sa config parses");
     let pki = stack.data_dir().join("pki");
-    let wfe_tls = quarry_core::config::TlsFiles {
-        cert: pki.join("internal/wfe.pem"),
-        key: pki.join("internal/wfe.key.pem"),
-        ca: pki.join("internal/internal-ca.pem"),
-    };
+    let wfe_tls = quarry_core::config::TlsFiles::new(
+        pki.join("internal/wfe.pem"),
+        pki.join("internal/wfe.key.pem"),
+        pki.join("internal/internal-ca.pem"),
+    );
     let client = quarry_core::config::GrpcClientConfig::at(format!("https://{}", sa_config.grpc.listen), "sa.quarry");
     let channel = quarry_core::grpc::channel(&client, &wfe_tls).expect("channel");
     let mut read_write = quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(channel.clone());
@@ -737,6 +737,13 @@ async fn a_revoked_certificate_appears_in_the_crl_at_its_distribution_point() {
         .expect("run openssl");
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.contains("verify OK"), "openssl: {said}");
+
+    // Beside its CRLs, the listener serves the issuer's certificate (its caIssuers URL's path), as issued.
+    let (origin, path) = url.trim_start_matches("http://").split_once('/').expect("a CRL path");
+    let issuer = path.split('/').next().expect("the issuer's name");
+    let (status, body) = http_get(&format!("http://{origin}/{issuer}.der")).await;
+    assert_eq!((status, body.as_slice()), (200, certs[1].as_slice()), "/{issuer}.der is the issuing intermediate");
+    assert_eq!(http_get(&format!("http://{origin}/nobody.der")).await.0, 404);
 
     // The audit trail: one line per security-relevant event, with what an investigation needs, and no key material.
     let read_log = |service: &str| {

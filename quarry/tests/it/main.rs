@@ -4,4 +4,5 @@ mod attacks;
 mod chaos;
 mod faults;
 mod full_stack;
+mod probe;
 mod tidy;

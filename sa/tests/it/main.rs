@@ -13,6 +13,7 @@ use quarry_testkit::db::TestDatabase;
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
 
+mod compat;
 mod store;
 
 const RO: &str = "quarry.sa.v1.StorageAuthorityReadOnly";

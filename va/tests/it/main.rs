@@ -6,6 +6,7 @@ mod dns01;
 mod grpc;
 mod http01;
 mod mpic;
+mod tls_reload;
 mod tlsalpn01;
 
 use std::net::SocketAddr;

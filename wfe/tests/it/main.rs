@@ -5,6 +5,7 @@ mod caa;
 mod concurrency;
 mod external_accounts;
 mod harness;
+mod https;
 mod jws_checks;
 mod profiles_and_renewal;
 mod rate_limits;
