@@ -298,6 +298,9 @@ def label_values(root, chart_dir, environment, values):
     endpoints = set(re.findall(r'\("/[^"]*",\s*"([a-z-]+)"\)', handlers)) | {"other"}
     errors = (root / "core" / "src" / "error.rs").read_text()
     results = set(re.findall(r'\w+\s*=>\s*"([a-zA-Z]+)"', errors)) | {"valid"}
+    # And every literal a metric gives its `result` label where it is recorded (CT submissions, CRL shard updates).
+    for path in sorted(root.glob("*/src/**/*.rs")):
+        results |= set(re.findall(r'"result"\s*=>\s*"([A-Za-z_]+)"', path.read_text()))
     # The Pushgateway job the prober pushes under, where its sources name it.
     jobs = set()
     for path in sorted((root / "quarry" / "src").glob("probe*/**/*.rs")) + [root / "quarry" / "src" / "probe.rs"]:

@@ -234,8 +234,21 @@ impl Issuer {
 
     /// Signs `tbs` (a TBSCertificate or TBSCertList) with the real key and wraps it with `signature_algorithm`.
     pub(crate) fn sign_message(&self, tbs: &[u8], signature_algorithm: &[u8]) -> Result<Vec<u8>, Error> {
-        let signature = self.signer.sign(tbs)?;
+        let signature = self.signer.sign(tbs).inspect_err(|_| self.count_signing_error("sign"))?;
         Ok(der::assemble_signed(tbs, signature_algorithm, &signature))
+    }
+
+    /// `quarry_signing_errors_total{issuer, key_store, stage}`: a key store that fails to sign (`sign`: an HSM
+    /// gone, a session lost) or a signature that does not verify (`self_check`), which the alerts watch apart from
+    /// every other reason an issuance fails.
+    fn count_signing_error(&self, stage: &'static str) {
+        metrics::counter!(
+            "quarry_signing_errors_total",
+            "issuer" => self.subject().to_owned(),
+            "key_store" => self.signer.key_store(),
+            "stage" => stage,
+        )
+        .increment(1);
     }
 
     /// Signs `tbs` with the real key and checks the signature with the certificate's public key before anything
@@ -246,8 +259,10 @@ impl Issuer {
             X509Certificate::from_der(&der).map_err(|e| Error::SelfCheck(format!("signed certificate: {e}")))?;
         let (_, issuer) = X509Certificate::from_der(&self.certificate_der)
             .map_err(|e| Error::SelfCheck(format!("issuer certificate: {e}")))?;
-        cert.verify_signature(Some(issuer.public_key()))
-            .map_err(|_| Error::SelfCheck("the signature does not verify with the issuer's public key".into()))?;
+        cert.verify_signature(Some(issuer.public_key())).map_err(|_| {
+            self.count_signing_error("self_check");
+            Error::SelfCheck("the signature does not verify with the issuer's public key".into())
+        })?;
         Ok(der)
     }
 }

@@ -280,6 +280,10 @@ impl Signer for Pkcs11Key {
     fn is_slow(&self) -> bool {
         true
     }
+
+    fn key_store(&self) -> &'static str {
+        "pkcs11"
+    }
 }
 
 /// rcgen signs hierarchy certificates (the ceremony) directly with a token key.

@@ -20,6 +20,8 @@ pub trait Signer: Send + Sync + fmt::Debug {
     /// Whether one signature takes long enough (an RSA key, a round trip to an HSM) that it belongs on a blocking
     /// thread rather than the async executor.
     fn is_slow(&self) -> bool;
+    /// Where the key lives (`file`, `pkcs11`): the label of the signing metrics, so an HSM's errors show as its own.
+    fn key_store(&self) -> &'static str;
 }
 
 /// A key read from a PEM file into this process.
@@ -50,6 +52,10 @@ impl Signer for FileSigner {
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(SigningKey::sign(&self.key, message)?)
+    }
+
+    fn key_store(&self) -> &'static str {
+        "file"
     }
 
     fn is_slow(&self) -> bool {

@@ -115,6 +115,7 @@ impl Updater {
                 took_ms = started.elapsed().as_millis() as u64,
                 "CRL pass done"
             );
+            record_pass(&report);
             failed_passes = if report.failed > 0 { failed_passes + 1 } else { 0 };
             tokio::select! {
                 () = tokio::time::sleep(next_pass_in(self.period, started.elapsed(), failed_passes)) => {}
@@ -219,6 +220,17 @@ fn check_crl(der: &[u8], issuer: &[u8], this_update: i64, entries: usize) -> Res
         return Err(bad("differs from what was asked"));
     }
     crl.next_update().map(|t| t.timestamp()).ok_or_else(|| bad("has no nextUpdate"))
+}
+
+/// `quarry_crl_shard_updates_total{result}`, and `quarry_crl_last_complete_pass_timestamp_seconds`: when a pass last
+/// updated every due shard (those with revocations their CRL lacks, or older than `max_age_secs`) without a failure.
+/// After a complete pass no published CRL is stale; the alert on that time is "CRLs are stale", whatever the cause.
+fn record_pass(report: &PassReport) {
+    metrics::counter!("quarry_crl_shard_updates_total", "result" => "updated").increment(report.updated as u64);
+    metrics::counter!("quarry_crl_shard_updates_total", "result" => "failed").increment(report.failed as u64);
+    if report.failed == 0 {
+        metrics::gauge!("quarry_crl_last_complete_pass_timestamp_seconds").set(quarry_core::clock::now() as f64);
+    }
 }
 
 /// How long after a pass the next one starts: a period after the last began, or — after a pass in which shards

@@ -99,8 +99,30 @@ impl CtLog {
     }
 
     /// Submits `chain` (leaf first, then its issuer) and returns the TLS-encoded SCT, verified. The error is a
-    /// sentence for the logs: a log's failure is an operational fact, not a subscriber's problem.
+    /// sentence for the logs: a log's failure is an operational fact, not a subscriber's problem. Every submission
+    /// is counted per log, kind and outcome (`quarry_ct_submissions_total`) and timed
+    /// (`quarry_ct_submission_seconds`): one log failing shows as that log, not as the publisher.
     pub async fn submit(&self, client: &HttpClient, chain: &[Vec<u8>], kind: Submission) -> Result<Vec<u8>, String> {
+        let started = std::time::Instant::now();
+        let outcome = self.submit_once(client, chain, kind).await;
+        let kind_label = match kind {
+            Submission::Precertificate => "precertificate",
+            Submission::FinalCertificate => "final",
+        };
+        let log = self.name.clone();
+        match &outcome {
+            Ok(_) => metrics::counter!("quarry_ct_submissions_total", "log" => log, "kind" => kind_label, "result" => "ok"),
+            Err(_) => {
+                metrics::counter!("quarry_ct_submissions_total", "log" => log, "kind" => kind_label, "result" => "error")
+            }
+        }
+        .increment(1);
+        metrics::histogram!("quarry_ct_submission_seconds", "log" => self.name.clone(), "kind" => kind_label)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn submit_once(&self, client: &HttpClient, chain: &[Vec<u8>], kind: Submission) -> Result<Vec<u8>, String> {
         let [leaf, issuer, ..] = chain else { return Err("the chain needs a leaf and its issuer".into()) };
         let path = match kind {
             Submission::Precertificate => "ct/v1/add-pre-chain",

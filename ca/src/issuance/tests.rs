@@ -428,3 +428,50 @@ fn issuer_id_is_the_first_seven_bytes_of_the_subject_digest() {
     let root = Issuer::from_pem_files(&f.pki.root_pem, &f.pki.root_pem.with_file_name("root.key.pem")).expect("root");
     assert_ne!(issuer_id(&root), issuer_id(&f.issuer));
 }
+
+/// A token that has gone away: the key is the issuer's (so the issuer loads), but nothing signs any more.
+#[derive(Debug)]
+struct GoneToken(FileSigner);
+
+impl Signer for GoneToken {
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        self.0.subject_public_key_info()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.algorithm()
+    }
+
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, Error> {
+        Err(Error::Rcgen(rcgen::Error::RemoteKeyError))
+    }
+
+    fn is_slow(&self) -> bool {
+        false
+    }
+
+    fn key_store(&self) -> &'static str {
+        "pkcs11"
+    }
+}
+
+#[test]
+fn a_key_store_that_fails_to_sign_is_counted_by_issuer_and_store() {
+    let f = fixture();
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&f.pki.intermediate_key).expect("key")).expect("pem");
+    let gone = GoneToken(FileSigner::new(key));
+    let issuer = Issuer::new(cert_der(&f.pki.intermediate_pem), Box::new(gone)).expect("the issuer loads");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        for _ in 0..2 {
+            issuer.sign_message(b"a to-be-signed", b"an algorithm").expect_err("the token is gone");
+        }
+    });
+    let rendered = handle.render();
+    let line = rendered.lines().find(|line| line.starts_with("quarry_signing_errors_total")).expect(&rendered);
+    for label in [format!("issuer=\"{}\"", issuer.subject()), "key_store=\"pkcs11\"".into(), "stage=\"sign\"".into()] {
+        assert!(line.contains(&label), "{label} missing: {line}");
+    }
+    assert!(line.ends_with(" 2"), "{line}");
+}

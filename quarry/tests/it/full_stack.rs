@@ -1012,7 +1012,7 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
         String::from_utf8(body).expect("text")
     };
     // Indexes in `quarry dev`'s order: nonce, sa, va-remote-a, va-remote-b, va, publisher, ca, crl-updater, ra, wfe.
-    let (sa, remote_a, va, ca, ra, wfe) = (1, 2, 4, 6, 8, 9);
+    let (sa, remote_a, va, publisher, ca, crl_updater, ra, wfe) = (1, 2, 4, 5, 6, 7, 8, 9);
     assert_eq!(metric(&scrape(ca).await, "quarry_certificates_issued_total", &[]), 0.0);
 
     let account = stack.instant_acme_account().await;
@@ -1045,6 +1045,23 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     assert!(metric(&nonce_text, "quarry_nonce_redemptions_total", &[("result", "valid")]) >= 5.0, "{nonce_text}");
     let spent = [("limit", "NewOrdersPerAccount"), ("action", "spend"), ("decision", "allowed")];
     assert_eq!(metric(&scrape(ra).await, "quarry_ratelimit_decisions_total", &spent), 1.0);
+    // CT per log: the precertificate went to both of the stack's logs (final certificates go on later, unawaited).
+    let publisher_text = scrape(publisher).await;
+    let submitted = [("kind", "precertificate"), ("result", "ok")];
+    assert_eq!(metric(&publisher_text, "quarry_ct_submissions_total", &submitted), 2.0, "{publisher_text}");
+    assert!(metric(&publisher_text, "quarry_ct_submission_seconds_count", &[("kind", "precertificate")]) >= 2.0);
+    // The crl-updater marks its complete passes (every 10 s in dev; the first may have met an sa still starting).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let text = scrape(crl_updater).await;
+        let completed = metric(&text, "quarry_crl_last_complete_pass_timestamp_seconds", &[]);
+        if completed > 0.0 {
+            assert!(metric(&text, "quarry_crl_shard_updates_total", &[("result", "updated")]) >= 1.0, "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no complete CRL pass within 40 s: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Every process says which build it runs: the binary's commit.
     let (_, commit, _) = binary_build();
