@@ -182,15 +182,19 @@ scenarios dev
 stop_dev
 
 # The same on PostgreSQL and Redis, as the hosted environments store (test.sh starts both on loopback).
-if [[ -n ${QUARRY_TEST_POSTGRES_URL:-} ]]; then
+if [[ -n ${QUARRY_TEST_POSTGRES_URL:-} && -n ${QUARRY_TEST_REDIS_URL:-} ]]; then
   database=interop_$$
   psql -q "$QUARRY_TEST_POSTGRES_URL" -c "CREATE DATABASE $database" >/dev/null
-  start_dev dev-postgres --db "${QUARRY_TEST_POSTGRES_URL%/*}/$database" \
-    ${QUARRY_TEST_REDIS_URL:+--redis "$QUARRY_TEST_REDIS_URL"}
+  # Its own logical Redis database, emptied: the rate-limit tests before it filled buckets for 127.0.0.1 under
+  # production's limits, which dev's permissive ones must not inherit.
+  [[ $QUARRY_TEST_REDIS_URL =~ ^(rediss?://[^/]+) ]] || { echo "interop: $QUARRY_TEST_REDIS_URL is no Redis URL" >&2; exit 1; }
+  redis_url=${BASH_REMATCH[1]}/8
+  redis-cli -u "$redis_url" FLUSHDB >/dev/null
+  start_dev dev-postgres --db "${QUARRY_TEST_POSTGRES_URL%/*}/$database" --redis "$redis_url"
   scenarios dev-postgres
   stop_dev
 else
-  echo "interop: QUARRY_TEST_POSTGRES_URL is not set: quarry dev on PostgreSQL is not tried" >&2
+  echo "interop: QUARRY_TEST_POSTGRES_URL and QUARRY_TEST_REDIS_URL must be set (scripts/test.sh sets both)" >&2
   exit 1
 fi
 
