@@ -192,6 +192,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         crl_base_url: format!("http://{}/", vars["crl_authority"]),
         logs_dir: None,
         replicas: Vec::new(),
+        management_url: None,
     };
     std::fs::write(args.data_dir.join("stack.json"), serde_json::to_string_pretty(&info)? + "\n")?;
     println!("configurations for the {:?} network written to {}", args.network, config_dir.display());

@@ -5,6 +5,7 @@
 //! through the same client-side discovery and balancing as in Kubernetes (a static list here, a headless Service's
 //! DNS name there); a load balancer stands in front of the wfes.
 
+mod management;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,11 @@ pub struct DevArgs {
     /// Where the wfe serves the CRLs (plain HTTP), the address in every certificate's CRL distribution point.
     #[arg(long, default_value = "127.0.0.1:4002")]
     crl_addr: SocketAddr,
+    /// Serve Pebble's management API here (HTTPS, the ACME server's certificate): `/roots/0`, `/root-keys/0`,
+    /// `/intermediates/0`, `/intermediate-keys/0`, `/cert-status-by-serial/{hex}` — e.g. `127.0.0.1:15000`, Pebble's
+    /// port. Off unless asked: it hands out the dev hierarchy's keys.
+    #[arg(long)]
+    management_addr: Option<SocketAddr>,
     /// The DNS resolver the va uses; when given, no challenge test server is started.
     #[arg(long)]
     va_dns: Option<SocketAddr>,
@@ -299,6 +305,9 @@ pub struct StackInfo {
     /// up to date as the supervisor restarts replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaInfo>,
+    /// Pebble's management API, when `--management-addr` asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
 }
 
 /// Which ACME server a client tool (`quarry probe`, `quarry loadgen`) talks to: a directory URL, or the stack file
@@ -408,6 +417,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Err(err);
     }
 
+    let stop_management = tokio_util::sync::CancellationToken::new();
+    let management = match args.management_addr {
+        Some(addr) => {
+            let config: crate::admin::AdminConfig =
+                quarry_core::config::load(&config_dir.join("admin.toml")).context("admin configuration")?;
+            let sa = quarry_proto::client::SaClient::new(quarry_core::peer::Peer::new(&config.sa, &config.tls)?);
+            management::serve(addr, &pki, sa, stop_management.clone().cancelled_owned()).await?;
+            Some(format!("https://{addr}"))
+        }
+        None => None,
+    };
+
     let mut info = StackInfo {
         directory_url: format!("{}/directory", args.base_url()),
         tls_ca_pem: pki.https_ca_pem.clone(),
@@ -416,6 +437,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crl_base_url: format!("http://{}/", args.crl_addr),
         logs_dir: Some(logs_dir.clone()),
         replicas: supervisor.replicas(),
+        management_url: management,
     };
     let stack_file = data_dir.join("stack.json");
     write_stack_file(&stack_file, &info)?;
@@ -427,6 +449,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("CRLs:                  {}{{e1,r1}}/<shard>.crl", info.crl_base_url);
     if let Some(url) = &info.challtestsrv_url {
         println!("Challenge test server: {url} (DNS on {})", args.va_dns());
+    }
+    if let Some(url) = &info.management_url {
+        println!("Management API:        {url}/roots/0 (Pebble's)");
     }
     println!("Stack facts as JSON:   {}", stack_file.display());
     println!("A service that exits is restarted; press Ctrl-C to stop.");
@@ -449,6 +474,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     supervisor.stop().await;
     stop_balancers.cancel();
+    stop_management.cancel();
     if let Some(srv) = challtestsrv {
         srv.shutdown().await;
     }

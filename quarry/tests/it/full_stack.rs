@@ -25,7 +25,8 @@ pub(crate) struct Stack {
 }
 
 /// A port nothing listens on right now (the OS picks it).
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now.
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -1305,4 +1306,69 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
     assert!(report["idle_cpu_ms_per_sec"].as_f64().is_some_and(|idle| idle >= 0.0), "{report}");
     let net = report["server_cpu_ms_per_cert_net_of_idle"].as_f64().expect("net of idle");
     assert!(net <= report["server_cpu_ms_per_cert"].as_f64().unwrap(), "{report}");
+}
+
+/// Pebble's management API, as client test suites fetch it: the root and intermediates that verify an issued chain,
+/// their keys, and a certificate's status by serial (in Pebble's JSON) before and after its revocation.
+#[tokio::test]
+async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let stack = Stack::start_with_args(None, None, &["--management-addr".into(), addr.clone()]).await;
+    let api = quarry_testkit::client::AcmeClient::without_directory(Some(&stack.tls_ca_pem)).expect("client");
+    let get = |path: String| {
+        let api = &api;
+        let url = format!("https://{addr}{path}");
+        async move { api.request(http::Method::GET, &url, None, Vec::new()).await.expect("management API answers") }
+    };
+
+    let account = stack.instant_acme_account().await;
+    let names = ["managed.quarry-test.org"];
+    let chain = issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
+    let root = get("/roots/0".into()).await;
+    assert_eq!(root.status, 200);
+    assert_eq!(root.headers["content-type"], "application/pem-certificate-chain; charset=utf-8");
+    let intermediates = get("/intermediates/0".into()).await;
+    assert_eq!(String::from_utf8_lossy(&intermediates.body).matches("BEGIN CERTIFICATE").count(), 2, "E1 and R1");
+    for (path, status) in [("/roots/1", 404), ("/roots/x", 404), ("/intermediates/+0", 200), ("/root-keys/0", 200)] {
+        assert_eq!(get(path.into()).await.status, status, "{path}");
+    }
+    assert!(String::from_utf8_lossy(&get("/intermediate-keys/0".into()).await.body).contains("PRIVATE KEY"));
+
+    // The leaf verifies against what the API serves, as a client suite checks it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leaf_pem = chain.split_inclusive("-----END CERTIFICATE-----").next().expect("leaf").trim().to_owned();
+    for (file, body) in [("root.pem", root.body.clone()), ("intermediates.pem", intermediates.body.clone())] {
+        std::fs::write(dir.path().join(file), body).expect("write");
+    }
+    std::fs::write(dir.path().join("leaf.pem"), format!("{leaf_pem}\n")).expect("write");
+    let verified = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "root.pem", "-untrusted", "intermediates.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+
+    let certs = pem_blocks(&chain);
+    let (_, leaf) = parse_x509_certificate(&certs[0]).expect("leaf");
+    let serial = leaf.raw_serial_as_string().replace(':', "");
+    let status = |body: &[u8]| serde_json::from_slice::<serde_json::Value>(body).expect("JSON");
+    let valid = get(format!("/cert-status-by-serial/{serial}")).await;
+    assert_eq!(valid.headers["content-type"], "application/json; charset=utf-8");
+    let valid = status(&valid.body);
+    assert_eq!(valid["Status"], "Valid", "{valid}");
+    assert_eq!(valid["Serial"], serial.trim_start_matches('0').to_ascii_lowercase());
+    assert!(valid["Certificate"].as_str().is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+    assert!(valid.get("RevokedAt").is_none(), "{valid}");
+
+    let leaf_der = rustls_pki_types::CertificateDer::from(certs[0].clone());
+    let revocation = instant_acme::RevocationRequest {
+        certificate: &leaf_der,
+        reason: Some(instant_acme::RevocationReason::Superseded),
+    };
+    account.revoke(&revocation).await.expect("revoked");
+    let revoked = status(&get(format!("/cert-status-by-serial/{}", serial.trim_start_matches('0'))).await.body);
+    assert_eq!((revoked["Status"].as_str(), revoked["Reason"].as_i64()), (Some("Revoked"), Some(4)), "{revoked}");
+    assert!(revoked["RevokedAt"].as_str().is_some_and(|at| at.ends_with(" +0000 UTC")), "{revoked}");
+    assert_eq!(get("/cert-status-by-serial/0x12".into()).await.status, 400);
+    assert_eq!(get("/cert-status-by-serial/abcdef".into()).await.status, 404);
 }

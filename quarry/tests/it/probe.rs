@@ -25,7 +25,7 @@ impl Pushgateway {
             "{PUSHGATEWAY} is missing: install Debian's prometheus-pushgateway package \
              (apt-get install -y prometheus-pushgateway)"
         );
-        let port = unused_port();
+        let port = crate::full_stack::free_port();
         let process = std::process::Command::new(PUSHGATEWAY)
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             // In memory only: Debian's default persists every test's pushes to one file under /var/lib.
@@ -57,11 +57,6 @@ impl Drop for Pushgateway {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-/// A loopback port nothing listens on right now.
-fn unused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// `GET url` whose failure to connect is an answer, not a panic (a server still starting).
@@ -206,7 +201,7 @@ async fn the_deployed_prober_keeps_its_account_reports_the_build_and_pushes_its_
     assert!(crl_step.iter().any(|line| line.contains("step=\"crl\"") && line.ends_with("} 1")), "{crl_step:?}");
 
     // The second run: the same account; its push goes nowhere, which fails it loudly once its report is written.
-    let dead_gateway = format!("http://127.0.0.1:{}", unused_port());
+    let dead_gateway = format!("http://127.0.0.1:{}", crate::full_stack::free_port());
     let (second_report, second_metrics) = (dir.join("second.json"), dir.join("second.prom"));
     let (code, said) = run(&second_report, &second_metrics, &dead_gateway).await;
     assert_eq!(code, Some(69), "{said}");
@@ -223,8 +218,8 @@ async fn the_deployed_prober_keeps_its_account_reports_the_build_and_pushes_its_
 async fn a_probe_of_nothing_reports_its_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (report_path, metrics_path): (PathBuf, PathBuf) = (dir.path().join("report.json"), dir.path().join("p.prom"));
-    let directory = format!("http://127.0.0.1:{}/directory", unused_port());
-    let challtestsrv = format!("http://127.0.0.1:{}", unused_port());
+    let directory = format!("http://127.0.0.1:{}/directory", crate::full_stack::free_port());
+    let challtestsrv = format!("http://127.0.0.1:{}", crate::full_stack::free_port());
     let args = [
         directory.as_str(),
         "--challtestsrv",

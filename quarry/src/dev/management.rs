@@ -1,0 +1,175 @@
+//! Pebble's management API, served by `quarry dev` (`--management-addr`): the dev PKI's root and intermediates (and
+//! their keys: a dev hierarchy is no secret) and a certificate's status by serial, at Pebble's paths and in its
+//! formats, so that a client test suite written against Pebble finds what it fetches. Only `quarry dev` serves it:
+//! no service of a deployed environment has it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use quarry_ca::ceremony::DevPki;
+use quarry_proto::client::SaClient;
+
+/// What the API serves: PEM texts read once at start, and the sa for certificate status.
+#[derive(Clone)]
+struct Management {
+    root: Arc<str>,
+    root_key: Arc<str>,
+    /// Every intermediate under the root (ECDSA E1, then RSA R1), one PEM text, as a client's trust bundle takes it.
+    intermediates: Arc<str>,
+    intermediate_keys: Arc<str>,
+    sa: SaClient,
+}
+
+/// Serves the API on `addr` over HTTPS (the ACME server's certificate, as Pebble does) until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    pki: &DevPki,
+    sa: SaClient,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()));
+    let state = Management {
+        root: read(&pki.root_pem)?.into(),
+        root_key: read(&pki.root_pem.with_file_name("root.key.pem"))?.into(),
+        intermediates: format!("{}{}", read(&pki.intermediate_pem)?, read(&pki.rsa_intermediate_pem)?).into(),
+        intermediate_keys: format!("{}{}", read(&pki.intermediate_key)?, read(&pki.rsa_intermediate_key)?).into(),
+        sa,
+    };
+    let certificate =
+        quarry_core::tls::ReloadingCertificate::open(&pki.https_cert, &pki.https_key, Duration::from_secs(5))
+            .context("the management API's HTTPS certificate")?;
+    let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(certificate));
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+    let limits = quarry_core::http_server::ListenerConfig::default();
+    Ok(tokio::spawn(quarry_core::http_server::serve(
+        "management",
+        listener,
+        Some(Arc::new(tls)),
+        router(state),
+        limits,
+        shutdown,
+    )))
+}
+
+fn router(state: Management) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/roots/{n}", get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.root.clone(), CHAIN)))
+        .route("/root-keys/{n}", get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.root_key.clone(), KEY)))
+        .route(
+            "/intermediates/{n}",
+            get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.intermediates.clone(), CHAIN)),
+        )
+        .route(
+            "/intermediate-keys/{n}",
+            get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.intermediate_keys.clone(), KEY)),
+        )
+        .route("/cert-status-by-serial/{serial}", get(certificate_status))
+        .with_state(state)
+}
+
+const CHAIN: &str = "application/pem-certificate-chain; charset=utf-8";
+const KEY: &str = "application/x-pem-file; charset=utf-8";
+
+/// `n` is the chain's index, as Pebble counts its alternate roots: the dev hierarchy has one, so only 0 answers (an
+/// integer as Go's `Atoi` reads one, `+0` and `00` included); anything else is a bare 404.
+async fn pem(
+    State(state): State<Management>,
+    UrlPath(n): UrlPath<String>,
+    pick: impl Fn(&Management) -> Arc<str>,
+    content_type: &'static str,
+) -> Response {
+    if n.parse::<i64>().ok() != Some(0) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    ([(header::CONTENT_TYPE, content_type)], pick(&state).to_string()).into_response()
+}
+
+/// Pebble's answer for a serial: `Status` (`Valid` or `Revoked`), `Serial` (hex, no leading zeros), `Certificate`
+/// (PEM), and for a revoked certificate `Reason` and `RevokedAt` (Go's time format, UTC).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CertificateStatus {
+    status: &'static str,
+    serial: String,
+    certificate: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+}
+
+async fn certificate_status(State(state): State<Management>, UrlPath(serial): UrlPath<String>) -> Response {
+    let Some(serial) = stored_serial(&serial) else { return StatusCode::BAD_REQUEST.into_response() };
+    let (certificate, status) =
+        match tokio::try_join!(state.sa.get_certificate(&serial, None), state.sa.get_certificate_status(&serial, None))
+        {
+            Ok(found) => found,
+            Err(problem) if problem.kind == quarry_core::ErrorKind::NotFound => {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            Err(problem) => {
+                tracing::warn!(%problem, "management API: the sa did not answer a certificate status");
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+        };
+    let revoked = status.status == "revoked";
+    let answer = CertificateStatus {
+        status: if revoked { "Revoked" } else { "Valid" },
+        serial: serial.trim_start_matches('0').to_owned(),
+        certificate: pem_certificate(&certificate.der),
+        reason: revoked.then_some(status.revoked_reason),
+        revoked_at: revoked.then(|| go_time(status.revoked_date)),
+    };
+    let body = serde_json::to_string_pretty(&answer).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+}
+
+/// A serial as the sa stores it (18 bytes, 36 lowercase hex digits) from Pebble's form: hex in either case, with or
+/// without leading zeros. `None` for anything else (Pebble answers 400).
+fn stored_serial(text: &str) -> Option<String> {
+    let digits = text.trim_start_matches('0').to_ascii_lowercase();
+    let hex = !digits.is_empty() && digits.len() <= 36 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| format!("{digits:0>36}"))
+}
+
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        body.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).unwrap_or_default()).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}
+
+/// Unix seconds as Go's `time.Time.String()` writes a UTC time: `2019-07-12 22:13:20 +0000 UTC`.
+fn go_time(unix: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC");
+    time::OffsetDateTime::from_unix_timestamp(unix).ok().and_then(|t| t.format(format).ok()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_are_read_as_pebble_reads_them() {
+        let stored = "0195c81d0e0f6b3886a7d55f91c2cc1a1873";
+        for given in [stored, "195c81d0e0f6b3886a7d55f91c2cc1a1873", "0195C81D0E0F6B3886A7D55F91C2CC1A1873"] {
+            assert_eq!(stored_serial(given).as_deref(), Some(stored), "{given}");
+        }
+        for bad in ["", "0x19", "xyz", &"1".repeat(37)] {
+            assert_eq!(stored_serial(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn revocation_times_are_written_as_go_writes_them() {
+        assert_eq!(go_time(1_562_969_600), "2019-07-12 22:13:20 +0000 UTC");
+    }
+}
