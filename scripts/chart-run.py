@@ -70,6 +70,7 @@ preStop hooks and graceful termination, the Prometheus objects, the prober CronJ
 
 import argparse
 import base64
+import copy
 import hashlib
 import http.client
 import ipaddress
@@ -96,8 +97,9 @@ from pathlib import Path
 import helm_python
 import yaml
 
+from chart_common import TEST_RELEASE, manifests, merge
+
 REPO = Path(__file__).resolve().parent.parent
-TEST_RELEASE = {"image": {"digest": "sha256:" + "5eed" * 16}}
 # The names certified: under a zone the fixture internet delegates to the challenge test server.
 CERT_NAMES = ("chart-run.quarry-interop.org", "www.chart-run.quarry-interop.org")
 SUBSCRIBER_ZONE = "quarry-interop.org"
@@ -122,29 +124,13 @@ class ChartFault(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 # The chart
 
-def deep_merge(base, overlay):
-    """Helm's values merge: maps key by key, anything else replaced."""
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def render_chart(chart_dir, values_file):
     """Every manifest the chart renders for `values_file` and the test release's digest, hooks included, and the
     merged values."""
-    values = deep_merge(yaml.safe_load(values_file.read_text()), TEST_RELEASE)
+    values = merge(yaml.safe_load(values_file.read_text()), copy.deepcopy(TEST_RELEASE))
     chart = helm_python.Chart.load(str(chart_dir))
-    rendered = chart.render(values=values, name="quarry", namespace=values["namespace"], is_install=True)
-    objects = []
-    for path, text in sorted(rendered.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    chart_values = deep_merge(yaml.safe_load((chart_dir / "values.yaml").read_text()), values)
+    objects = manifests(chart, values, values["namespace"])
+    chart_values = merge(yaml.safe_load((chart_dir / "values.yaml").read_text()), values)
     return objects, chart_values
 
 

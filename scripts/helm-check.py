@@ -34,15 +34,13 @@ from pathlib import Path
 import helm_python
 import yaml
 
-from helm_operations_check import check_operations, kubernetes_validatable, merge, service_config
+from chart_common import DIGEST, TEST_RELEASE, manifests, merge
+from helm_operations_check import check_operations, kubernetes_validatable, service_config
 
 KUBE_VERSION = "1.33.0"
 ENVIRONMENTS = ("pre-staging", "staging", "production")
 # Each pair is rendered and compared: the tier before and the tier after.
 COMPARED = (("staging", "production"), ("pre-staging", "staging"))
-# The release file every check renders with: a well-formed digest (no real image is involved offline).
-TEST_RELEASE = {"image": {"digest": "sha256:" + "5eed" * 16}}
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # The only keys an environment's values file may set (dotted paths), besides `scale.<service>`.
 ALLOWED_VALUES = {"environment", "namespace", "wfe.externalHost", "wfe.loadBalancerSourceRanges"}
 # The one service that runs alone (its leases let several share the work, but none is needed for availability).
@@ -66,15 +64,7 @@ def flatten(value, prefix=""):
 
 def render(chart, values, namespace):
     """The chart's manifests for `values`, keyed by (kind, name)."""
-    rendered = chart.render(values=values, name="quarry", namespace=namespace, is_install=True)
-    objects = {}
-    for path, text in rendered.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                objects[(doc["kind"], doc["metadata"]["name"])] = doc
-    return objects
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in manifests(chart, values, namespace)}
 
 
 def allowed_difference(kind, name, path):

@@ -35,6 +35,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from chart_common import merge
+
 # Metrics that Quarry does not export, and who does; an alert on one of these relies on that exporter running.
 EXTERNAL_METRICS = {
     "up": "Prometheus (every scrape target)",
@@ -446,15 +448,6 @@ def headings(markdown):
         end = next((j for j in range(index + 1, len(lines)) if levels[j] and levels[j][0] <= level), len(lines))
         sections[anchor] = "\n".join(lines[index:end])
     return sections
-
-
-def merge(base, overlay):
-    for key, value in overlay.items():
-        if isinstance(base.get(key), dict) and isinstance(value, dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def environment_values(chart_dir, environment):

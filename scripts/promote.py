@@ -26,8 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chart_common import DIGEST
+
 TIERS = ("dev", "pre-staging", "staging", "production")
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # How far in the future a report's time may lie (clock skew between the prober and this machine).
 SKEW = datetime.timedelta(minutes=5)
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 //! accounts, revocation by serial, blocked keys, rate-limit overrides. What changes something only says what it
 //! would do unless given `--execute`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, TlsFiles};
@@ -139,9 +139,14 @@ fn dry_run(execute: bool) {
     }
 }
 
+/// The sa, reached with the admin identity that the admin configuration at `path` names.
+pub fn sa_client(path: &Path) -> anyhow::Result<SaClient> {
+    let config: AdminConfig = quarry_core::config::load(path).context("admin configuration")?;
+    Ok(SaClient::new(Peer::new(&config.sa, &config.tls)?))
+}
+
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let config: AdminConfig = quarry_core::config::load(&args.config).context("admin configuration")?;
-    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
+    let sa = sa_client(&args.config)?;
     match args.command {
         AdminCommand::Paused { account } | AdminCommand::Unpause { account, execute: false } => {
             let paused = sa.get_paused_identifiers(account, None).await.map_err(refused)?;
@@ -308,7 +313,7 @@ fn spki_hash(spki: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(key.key_hash().to_vec())
 }
 
-fn spki_hash_of_pem(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+fn spki_hash_of_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
     let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&text).with_context(|| format!("{} is not PEM", path.display()))?;
     match pem.label.as_str() {

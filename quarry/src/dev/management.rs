@@ -32,7 +32,7 @@ pub async fn serve(
     pki: &DevPki,
     sa: SaClient,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<()> {
     let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()));
     let state = Management {
         root: read(&pki.root_pem)?.into(),
@@ -47,14 +47,15 @@ pub async fn serve(
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(certificate));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
     let limits = quarry_core::http_server::ListenerConfig::default();
-    Ok(tokio::spawn(quarry_core::http_server::serve(
+    tokio::spawn(quarry_core::http_server::serve(
         "management",
         listener,
         Some(Arc::new(tls)),
         router(state),
         limits,
         shutdown,
-    )))
+    ));
+    Ok(())
 }
 
 fn router(state: Management) -> axum::Router {

@@ -420,9 +420,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stop_management = tokio_util::sync::CancellationToken::new();
     let management = match args.management_addr {
         Some(addr) => {
-            let config: crate::admin::AdminConfig =
-                quarry_core::config::load(&config_dir.join("admin.toml")).context("admin configuration")?;
-            let sa = quarry_proto::client::SaClient::new(quarry_core::peer::Peer::new(&config.sa, &config.tls)?);
+            let sa = crate::admin::sa_client(&config_dir.join("admin.toml"))?;
             management::serve(addr, &pki, sa, stop_management.clone().cancelled_owned()).await?;
             Some(format!("https://{addr}"))
         }
