@@ -52,6 +52,8 @@ pub fn load_layers<T: DeserializeOwned>(
         })?;
     }
     let environment = take_environment(&mut merged, &origin)?;
+    crate::testing::refuse_outside_dev(environment, &merged)
+        .map_err(|message| ConfigError::Parse { origin: origin.clone(), message })?;
     if let Some(environment) = environment.filter(|environment| environment.is_hosted()) {
         // Checked here, with the secrets filled in: the mounted contents are what the service will use.
         hosted_rules(environment, &merged).map_err(|message| ConfigError::Parse { origin: origin.clone(), message })?;
@@ -188,7 +190,9 @@ pub fn placeholder_value(name: &str) -> Option<String> {
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
     let error = |e: toml::de::Error| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() };
     let mut table: toml::Table = toml::from_str(text).map_err(error)?;
-    take_environment(&mut table, origin)?;
+    let environment = take_environment(&mut table, origin)?;
+    crate::testing::refuse_outside_dev(environment, &table)
+        .map_err(|message| ConfigError::Parse { origin: origin.to_owned(), message })?;
     T::deserialize(table).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
 }
 

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod shutdown;
 pub mod tcp;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 
 pub use error::{ErrorKind, Problem, SubProblem};

@@ -192,6 +192,9 @@ pub fn check(dir: &Path, a: &str, b: &str) -> anyhow::Result<Report> {
     let others = known_namespaces(dir)?;
     report.findings.extend(env_a.findings(&others));
     report.findings.extend(env_b.findings(&others));
+    report.findings.extend(env_a.client_testing_findings());
+    report.findings.extend(env_b.client_testing_findings());
+    report.findings.extend(deployment_client_testing_findings(dir)?);
     let mut keys: Vec<&String> = env_a.flat.keys().chain(env_b.flat.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -336,6 +339,57 @@ impl Environment {
         }
         findings
     }
+}
+
+impl Environment {
+    /// Client-testing knobs turned on in a shipped overlay, dev's included: they come from `quarry dev`'s flags (or
+    /// Pebble's variables), and every service but a dev one refuses them at start-up.
+    fn client_testing_findings(&self) -> Vec<String> {
+        let section = format!(".{}.", quarry_core::testing::SECTION);
+        self.flat
+            .iter()
+            .filter(|(key, _)| key.contains(&section))
+            .map(|(key, value)| {
+                format!(
+                    "{}: {key}: {value} turns a client-testing knob on; only quarry dev's flags (or Pebble's PEBBLE_* \
+                     variables) may",
+                    self.name
+                )
+            })
+            .collect()
+    }
+}
+
+/// What turns a client-testing knob on in the files that deploy an environment: the compose stack (`compose/`) and
+/// the chart's values (`helm/quarry/`), beside `dir` (`deploy/env`). Comment lines are skipped.
+fn deployment_client_testing_findings(dir: &Path) -> anyhow::Result<Vec<String>> {
+    use clap::Args;
+    let Some(deploy) = dir.parent() else { return Ok(Vec::new()) };
+    let mut markers: Vec<String> = vec![quarry_core::testing::SECTION.to_owned(), "PEBBLE_".to_owned()];
+    let flags = crate::dev::Knobs::augment_args(clap::Command::new("knobs"));
+    markers.extend(flags.get_arguments().filter_map(|arg| arg.get_long()).map(|long| format!("--{long}")));
+    let mut findings = Vec::new();
+    for folder in [deploy.join("compose"), deploy.join("helm/quarry")] {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        let mut files: Vec<_> = entries.filter_map(Result::ok).map(|entry| entry.path()).collect();
+        files.sort();
+        for path in files.iter().filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml")) {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            for (number, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with('#') {
+                    continue;
+                }
+                if let Some(marker) = markers.iter().find(|marker| line.contains(marker.as_str())) {
+                    findings.push(format!(
+                        "{}:{}: {marker}: a client-testing knob in a deployment; they are for quarry dev only",
+                        path.display(),
+                        number + 1
+                    ));
+                }
+            }
+        }
+    }
+    Ok(findings)
 }
 
 /// The namespace of every environment of `dir` that has an `environment.toml`, by environment name.
@@ -600,6 +654,15 @@ mod tests {
             t.replace("${file:/etc/quarry/secrets/nonce/prefix-key}", "a-key-in-the-repository")
         }),
         ("an overlay missing", "production/publisher.toml", "publisher.(overlay)", |_| String::new()),
+        (
+            "a client-testing knob in a hosted overlay",
+            "staging/wfe.toml",
+            "wfe.client_testing.nonce_reject_percent",
+            |t| format!("{t}\n[client_testing]\nnonce_reject_percent = 5\n"),
+        ),
+        ("a client-testing knob in the base", "base/va.toml", "va.client_testing.always_valid", |t| {
+            format!("{t}\n[client_testing]\nalways_valid = true\n")
+        }),
     ];
 
     #[test]
@@ -622,6 +685,54 @@ mod tests {
     fn a_difference_is_shown_with_both_values() {
         let report = check_with(&|dir| rewrite(dir, "staging/ra.toml", |t| format!("async_finalize = true\n{t}")));
         assert!(report.to_string().contains("NOT ALLOWED: ra.async_finalize: true ≠ false"), "{report}");
+    }
+
+    #[test]
+    fn client_testing_knobs_in_the_dev_overlay_a_compose_file_or_chart_values_fail() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let env = root.path().join("env");
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).expect("mkdir");
+            for file in std::fs::read_dir(from).expect("read") {
+                let file = file.expect("file").path();
+                std::fs::copy(&file, to.join(file.file_name().expect("name"))).expect("copy");
+            }
+        };
+        for name in ["base", "dev", "staging", "production"] {
+            copy(&repo_env().join(name), &env.join(name));
+        }
+        assert!(check(&env, "staging", "production").expect("check").passes());
+        rewrite(&env, "dev/ra.toml", |t| format!("{t}\n[client_testing]\nauthz_reuse_percent = 50\n"));
+        let report = check(&env, "dev", "production").expect("check");
+        assert!(report.problem_keys().contains(&"ra.client_testing.authz_reuse_percent".to_owned()), "{report}");
+
+        let compose = root.path().join("compose");
+        std::fs::create_dir_all(&compose).expect("mkdir");
+        std::fs::write(compose.join("compose.yaml"), "# PEBBLE_WFE_NONCEREJECT is Pebble's\nservices: {}\n").unwrap();
+        assert!(check(&env, "staging", "production").expect("check").passes(), "a comment turns nothing on");
+        for (file, text, marker) in [
+            (
+                "compose/compose.yaml",
+                "services:\n  ra:\n    environment:\n      PEBBLE_AUTHZREUSE: \"50\"\n",
+                "PEBBLE_",
+            ),
+            ("compose/compose.yaml", "services:\n  dev:\n    command: [dev, --va-always-valid]\n", "--va-always-valid"),
+            ("helm/quarry/values-staging.yaml", "config:\n  wfe:\n    client_testing: {}\n", "client_testing"),
+        ] {
+            let path = root.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).expect("mkdir");
+            std::fs::write(&path, text).expect("write");
+            let report = check(&env, "staging", "production").expect("check");
+            let named = report.findings.iter().any(|f| f.contains(file) && f.contains(&format!(": {marker}")));
+            assert!(named, "{file}: {marker} not named\n{report}");
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+
+    #[test]
+    fn the_shipped_deployments_turn_no_knob_on() {
+        let findings = deployment_client_testing_findings(&repo_env()).expect("scan");
+        assert!(findings.is_empty(), "{findings:?}");
     }
 
     #[test]

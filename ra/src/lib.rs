@@ -78,6 +78,27 @@ pub struct Config {
     /// polls the order, told when by `Retry-After`), instead of answering once the certificate exists.
     #[serde(default)]
     pub async_finalize: bool,
+    /// Provocations for client test suites (quarry dev only: refused in any other environment).
+    #[serde(default)]
+    pub client_testing: ClientTesting,
+}
+
+/// `[client_testing]` of the ra. Every key absent is production behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTesting {
+    /// The percentage of an account's valid authorizations reused by a new order, drawn per identifier (Pebble's
+    /// `PEBBLE_AUTHZREUSE`); absent, every reusable one is (production).
+    #[serde(default, deserialize_with = "optional_percent")]
+    pub authz_reuse_percent: Option<u8>,
+    /// Keep every finalized order `processing` this long before issuing (finalize answers at once, as with
+    /// `async_finalize`), so that a client must poll the order.
+    #[serde(default)]
+    pub finalize_delay_secs: u64,
+}
+
+fn optional_percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    quarry_core::testing::percent(deserializer).map(Some)
 }
 
 /// What a profile decides in the ra: lifetimes, how many and which identifiers an order may hold.

@@ -63,6 +63,7 @@ pub(crate) struct Inner {
     pub(crate) validation_timeout: Duration,
     pub(crate) finalize_timeout: Duration,
     pub(crate) async_finalize: bool,
+    pub(crate) client_testing: crate::ClientTesting,
     pub(crate) account_uri_prefix: String,
     pub(crate) caa_recheck_after: i64,
     pub(crate) limits: RateLimits,
@@ -102,7 +103,8 @@ impl Registrar {
                 challenge_types,
                 validation_timeout: Duration::from_millis(config.validation_timeout_ms),
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
-                async_finalize: config.async_finalize,
+                async_finalize: config.async_finalize || config.client_testing.finalize_delay_secs > 0,
+                client_testing: config.client_testing.clone(),
                 account_uri_prefix: config.account_uri_prefix.clone(),
                 caa_recheck_after: config.caa_recheck_after_secs,
                 limits,
@@ -384,8 +386,10 @@ impl Registrar {
         let mut reused_ids = Vec::new();
         let mut new_authorizations = Vec::new();
         let mut expires = now + profile.order_lifetime_secs;
+        let reuse_percent = inner.client_testing.authz_reuse_percent.unwrap_or(100);
         for identifier in identifiers {
-            if let Some((id, authz_expires)) = reusable.get(&identifier.value) {
+            let reused = reusable.get(&identifier.value).filter(|_| quarry_core::testing::chance(reuse_percent));
+            if let Some((id, authz_expires)) = reused {
                 reused_ids.push(*id);
                 expires = expires.min(*authz_expires);
                 continue;
@@ -691,6 +695,11 @@ impl Registrar {
             let abandon = self.inner.abandon.clone();
             self.inner.background.spawn(
                 async move {
+                    let delay = Duration::from_secs(registrar.inner.client_testing.finalize_delay_secs);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = abandon.cancelled() => {}
+                    }
                     let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
                     tokio::select! {
                         _ = registrar.issue_or_invalidate(&order, csr, deadline) => {}

@@ -86,6 +86,7 @@ fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> q
         validation_timeout_ms: 5_000,
         finalize_timeout_ms: 10_000,
         async_finalize: false,
+        client_testing: Default::default(),
         account_uri_prefix: ACCOUNT_URI_PREFIX.into(),
         caa_recheck_after_secs: 7 * 3_600,
         blocklists: Default::default(),
@@ -203,6 +204,7 @@ async fn start_wfe(
     let mut config = quarry_wfe::Config {
         telemetry: Default::default(),
         account_cache: Default::default(),
+        client_testing: Default::default(),
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),
         ra: pki.client_config("ra", ra),

@@ -90,6 +90,22 @@ pub struct Config {
     /// The largest http-01 response body accepted, in bytes; a larger one fails validation.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Provocations for client test suites (quarry dev only: refused in any other environment).
+    #[serde(default)]
+    pub client_testing: ClientTesting,
+}
+
+/// `[client_testing]` of the va (Pebble's `PEBBLE_VA_*`). Every key off is production behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTesting {
+    /// Before each validation, wait a whole number of seconds drawn below this one (Pebble's
+    /// `PEBBLE_VA_SLEEPTIME`, on unless `PEBBLE_VA_NOSLEEP`), so that a client meets `processing` and must poll.
+    #[serde(default)]
+    pub sleep_max_secs: u64,
+    /// Every validation passes without contacting anything, CAA included (Pebble's `PEBBLE_VA_ALWAYS_VALID`).
+    #[serde(default)]
+    pub always_valid: bool,
 }
 
 fn default_http01_port() -> u16 {
@@ -206,6 +222,7 @@ pub struct ValidationAuthority {
     caa: Option<CaaLookup>,
     rir: String,
     remotes: Arc<[RemoteVa]>,
+    client_testing: ClientTesting,
 }
 
 /// Where CAA records are looked up, and the CA's identities in them.
@@ -243,6 +260,10 @@ impl ValidationAuthority {
         let mut authority = Self::with_validators(config.perspective.clone(), config.timeout(), validators)
             .with_caa(resolver, config.caa_identities.clone());
         authority.rir = config.rir.clone();
+        if config.client_testing != ClientTesting::default() {
+            tracing::warn!(knobs = ?config.client_testing, "client-testing knobs are on: this va misbehaves on purpose");
+        }
+        authority.client_testing = config.client_testing.clone();
         authority
     }
 
@@ -304,6 +325,7 @@ impl ValidationAuthority {
             caa: None,
             rir: String::new(),
             remotes: Arc::new([]),
+            client_testing: ClientTesting::default(),
         }
     }
 
@@ -368,6 +390,25 @@ impl Va for ValidationAuthority {
             return Err(Problem::malformed("the CAA check names another identifier than the validation").into());
         }
         let started = Instant::now();
+        if self.client_testing.sleep_max_secs > 0 {
+            let sleep = Duration::from_secs(quarry_core::testing::below(self.client_testing.sleep_max_secs));
+            tokio::time::sleep(sleep.min(self.budget(deadline))).await;
+        }
+        if self.client_testing.always_valid {
+            tracing::info!(identifier = %identifier.value, challenge = %dcv.challenge_type, "validation passed unchecked ([client_testing] always_valid)");
+            let record = ValidationRecord {
+                hostname: identifier.value.clone(),
+                perspective: self.perspective.clone(),
+                ..ValidationRecord::default()
+            };
+            return Ok(Response::new(ValidationResult {
+                records: quarry_proto::convert::records_to_pb(&[record]),
+                problem: None,
+                perspective: self.perspective.clone(),
+                rir: self.rir.clone(),
+                caa_checked: dcv.caa.is_some(),
+            }));
+        }
         let (records, mut problem) = self
             .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
             .await;

@@ -33,7 +33,11 @@ pub(crate) type Reply = Result<Response, ProblemResponse>;
 
 /// Every route of the wfe, with the common headers added to every response.
 pub fn router(wfe: Wfe) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for alias in &wfe.provocations().knobs.directory_aliases {
+        router = router.route(alias, get(directory));
+    }
+    router
         .route("/directory", get(directory))
         .route("/healthz", get(healthz))
         .route("/acme/new-nonce", any(new_nonce))
@@ -50,6 +54,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/key-change", any(key_change))
         .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(wfe.clone(), crate::testing::provoke_errors))
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
         .layer(middleware::from_fn(observe_request))
         .with_state(wfe)

@@ -11,6 +11,7 @@ pub mod problem;
 mod render;
 mod renewal;
 mod state;
+mod testing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 pub use crl::CrlConfig;
 pub use error::Error;
 pub use handlers::parse_payloads;
+pub use testing::ClientTesting;
 
 /// The wfe's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +88,9 @@ pub struct Config {
     /// How long accounts read from the sa are reused (`[account_cache]`).
     #[serde(default)]
     pub account_cache: accounts::AccountCacheConfig,
+    /// Provocations for client test suites (quarry dev only: refused in any other environment).
+    #[serde(default)]
+    pub client_testing: ClientTesting,
 }
 
 /// The MAC keys handed out for external account binding, and whether a new account must present one.

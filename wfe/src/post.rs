@@ -109,11 +109,16 @@ pub async fn verify(
         }
     };
     jws.verify(&jwk).map_err(jose_problem)?;
-    if !wfe.redeem_nonce(&nonce).await {
-        return Err(
-            Problem::new(ErrorKind::BadNonce, format!("JWS has an invalid anti-replay nonce: {nonce:?}")).into()
-        );
+    let key = account.as_ref().map_or_else(|| jwk.canonical_json(), |account| account.id.to_string());
+    if wfe.provocations().refuse_nonce(&key) {
+        // Spent, as Pebble does: the client must take the fresh nonce of the answer.
+        wfe.redeem_nonce(&nonce).await;
+        return Err(crate::testing::refused_nonce(&nonce).into());
     }
+    if !wfe.redeem_nonce(&nonce).await {
+        return Err(crate::testing::refused_nonce(&nonce).into());
+    }
+    wfe.provocations().nonce_passed(&key);
     Ok(Verified { jws, jwk, account })
 }
 

@@ -58,6 +58,7 @@ struct Inner {
     finalize_timeout: Duration,
     retry_after: u64,
     accounts: AccountCache,
+    provocations: crate::testing::Provocations,
 }
 
 /// The external account binding MAC keys, decoded and checked.
@@ -165,9 +166,15 @@ impl Wfe {
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 retry_after: config.retry_after_secs,
                 accounts: AccountCache::new(&config.account_cache),
+                provocations: crate::testing::Provocations::new(config.client_testing.clone()),
                 urls,
             }),
         })
+    }
+
+    /// The client-testing knobs (all off outside quarry dev).
+    pub(crate) fn provocations(&self) -> &crate::testing::Provocations {
+        &self.inner.provocations
     }
 
     pub fn urls(&self) -> &Urls {

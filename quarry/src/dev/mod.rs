@@ -5,6 +5,7 @@
 //! through the same client-side discovery and balancing as in Kubernetes (a static list here, a headless Service's
 //! DNS name there); a load balancer stands in front of the wfes.
 
+mod knobs;
 mod management;
 mod supervisor;
 
@@ -19,6 +20,7 @@ use quarry_testkit::challtestsrv;
 use crate::env;
 use supervisor::{Health, HealthChecker, ReplicaSpec, Supervisor};
 
+pub use knobs::{Knobs, ServiceKnobs};
 pub use supervisor::ReplicaInfo;
 
 /// The internal certificate names of the stack's services, plus the operator's.
@@ -94,6 +96,9 @@ pub struct DevArgs {
     /// and says which one is not, and why.
     #[arg(long, default_value_t = 60)]
     start_timeout_secs: u64,
+    /// Pebble's client-testing knobs, and Quarry's own.
+    #[command(flatten)]
+    knobs: Knobs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -359,6 +364,7 @@ impl AcmeTarget {
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let client_testing = args.knobs.service_tables()?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
@@ -385,6 +391,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         redis_url: args.redis.as_deref(),
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: args.metrics_base_port,
+        client_testing,
     };
     let loopback = args.layout();
     let layout = Layout {
@@ -522,6 +529,8 @@ pub struct Extras<'a> {
     pub otlp_endpoint: Option<&'a str>,
     /// Serve every service's metrics on loopback ports from this one, in start order.
     pub metrics_base_port: Option<u16>,
+    /// Each service's `[client_testing]` knobs (`quarry dev` only).
+    pub client_testing: ServiceKnobs,
 }
 
 /// Sets the placeholders replica `index` of `service` differs in.
@@ -564,6 +573,9 @@ pub fn write_configs(
             if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
                 rendered = with_redis(&rendered, url)?;
             }
+            if let Some(knobs) = extras.client_testing.get(service) {
+                rendered = with_table(&rendered, quarry_core::testing::SECTION, knobs)?;
+            }
             if let Some(endpoint) = extras.otlp_endpoint {
                 rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
             }
@@ -591,13 +603,18 @@ fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
     Ok(table.to_string())
 }
 
+/// A rendered configuration with the keys of `values` set in its table `name`.
+fn with_table(rendered: &str, name: &str, values: &toml::Table) -> anyhow::Result<String> {
+    let mut table: toml::Table = toml::from_str(rendered)?;
+    let entry = table.entry(name).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = entry.as_table_mut().with_context(|| format!("[{name}] is not a table"))?;
+    entry.extend(values.clone());
+    Ok(table.to_string())
+}
+
 /// A rendered configuration with `[telemetry] key = value` set.
 fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
-    let mut table: toml::Table = toml::from_str(rendered)?;
-    let telemetry = table.entry("telemetry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let telemetry = telemetry.as_table_mut().context("[telemetry] is not a table")?;
-    telemetry.insert(key.into(), toml::Value::String(value));
-    Ok(table.to_string())
+    with_table(rendered, "telemetry", &toml::Table::from_iter([(key.to_owned(), toml::Value::String(value))]))
 }
 
 async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::RunningServer> {

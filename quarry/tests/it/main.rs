@@ -4,5 +4,6 @@ mod attacks;
 mod chaos;
 mod faults;
 mod full_stack;
+mod pebble;
 mod probe;
 mod tidy;

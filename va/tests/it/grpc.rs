@@ -124,3 +124,22 @@ async fn a_connection_that_never_handshakes_is_closed() {
     assert!(matches!(closed, Ok(Ok(0) | Err(_))), "still open after {:?}", started.elapsed());
     assert!(started.elapsed() >= Duration::from_secs(9), "closed early: {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn client_testing_passes_every_validation_unchecked_after_a_bounded_sleep() {
+    let pki = TestPki::new();
+    let srv = challenge_server().await;
+    let mut config = config(&pki, &srv);
+    // Pebble's PEBBLE_VA_ALWAYS_VALID, with its sleep of at most 1 s (a draw below 2).
+    config.client_testing = quarry_va::ClientTesting { sleep_max_secs: 2, always_valid: true };
+    let addr = serve(config).await;
+    let mut ra = VaClient::new(pki.channel("ra", "va", addr));
+    // Nothing answers the token "missing": only the knob can make it pass.
+    let started = Instant::now();
+    let result = ra.do_dcv(request("http-01", "missing")).await.expect("dcv").into_inner();
+    assert!(result.problem.is_none(), "{:?}", result.problem);
+    assert_eq!(result.records[0].hostname, "a.example.org");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(srv.state.http_request_history("a.example.org").is_empty(), "the va contacted the responder");
+    assert!(srv.state.dns_request_history("a.example.org").is_empty(), "the va looked the name up");
+}

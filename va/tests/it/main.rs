@@ -50,6 +50,7 @@ fn config(pki: &TestPki, srv: &RunningServer) -> Config {
         caa_identities: vec![CA_IDENTITY.into()],
         // Every responder of these tests is on loopback.
         allow_non_public_addresses: true,
+        client_testing: Default::default(),
     }
 }
 

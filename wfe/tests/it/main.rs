@@ -2,6 +2,7 @@
 //! driven by the project's own ACME client: resources, headers, and the JWS checks with the right problem types.
 
 mod caa;
+mod client_testing;
 mod concurrency;
 mod external_accounts;
 mod harness;

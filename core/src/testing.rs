@@ -1,0 +1,97 @@
+//! Client-testing knobs: the provocations a client's test suite asks of a test CA — Pebble's `PEBBLE_*` settings
+//! and a few of Quarry's own — each service's `[client_testing]` table. They exist for `quarry dev` only: a
+//! configuration of any other environment that holds the table is refused when it is loaded (see
+//! [`refuse_outside_dev`]), and `quarry env check` refuses the table in every overlay. Off, every knob is production
+//! behaviour.
+
+use crate::config::Environment;
+
+/// The table every service's knobs live in.
+pub const SECTION: &str = "client_testing";
+
+/// Refuses a `[client_testing]` table in a configuration that is not dev's (`environment` is the overlay's own
+/// `environment` key; a configuration that names none is not dev's either). An empty table turns nothing on and
+/// passes.
+pub fn refuse_outside_dev(environment: Option<Environment>, table: &toml::Table) -> Result<(), String> {
+    let Some(knobs) = table.get(SECTION) else { return Ok(()) };
+    let on: Vec<&str> = match knobs {
+        toml::Value::Table(knobs) => knobs.keys().map(String::as_str).collect(),
+        _ => vec![SECTION],
+    };
+    if on.is_empty() || environment == Some(Environment::Dev) {
+        return Ok(());
+    }
+    let environment = environment.map_or("(none named)", Environment::name);
+    Err(format!(
+        "[{SECTION}] ({}) is for client test suites against quarry dev only, and this is environment {environment}: \
+         remove the table",
+        on.join(", ")
+    ))
+}
+
+/// A draw that comes out true `percent` times in a hundred (never for 0, always from 100 up).
+pub fn chance(percent: u8) -> bool {
+    if percent == 0 {
+        return false;
+    }
+    let mut byte = [0u8; 2];
+    if aws_lc_rs::rand::fill(&mut byte).is_err() {
+        return false;
+    }
+    u16::from_le_bytes(byte) % 100 < u16::from(percent)
+}
+
+/// A whole number of seconds below `max` drawn at random (0 for 0): Pebble's validation sleep.
+pub fn below(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(bytes) % max
+}
+
+/// Deserializes a percentage, refusing anything over 100 with the key's meaning in the message.
+pub fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let value = <u64 as serde::Deserialize>::deserialize(deserializer)?;
+    u8::try_from(value)
+        .ok()
+        .filter(|value| *value <= 100)
+        .ok_or_else(|| serde::de::Error::custom(format!("{value} is not a percentage (0 to 100)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn knobs_are_refused_outside_dev_and_an_empty_table_passes() {
+        let knobs = table("[client_testing]\nnonce_reject_percent = 15\n");
+        assert!(refuse_outside_dev(Some(Environment::Dev), &knobs).is_ok());
+        for environment in
+            [None, Some(Environment::PreStaging), Some(Environment::Staging), Some(Environment::Production)]
+        {
+            let err = refuse_outside_dev(environment, &knobs).unwrap_err();
+            assert!(err.contains("nonce_reject_percent") && err.contains("quarry dev only"), "{err}");
+        }
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("[client_testing]\n")).is_ok());
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("client_testing = 1\n")).is_err());
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("[other]\nx = 1\n")).is_ok());
+    }
+
+    #[test]
+    fn chances_at_the_ends_are_certain() {
+        assert!((0..1000).all(|_| !chance(0)));
+        assert!((0..1000).all(|_| chance(100)));
+        let hits = (0..10_000).filter(|_| chance(50)).count();
+        assert!((4_000..6_000).contains(&hits), "{hits}");
+        assert!((0..1000).all(|_| below(5) < 5));
+        assert_eq!(below(0), 0);
+    }
+}

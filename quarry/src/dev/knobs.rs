@@ -1,0 +1,175 @@
+//! Pebble's client-testing knobs for `quarry dev`: each `PEBBLE_*` environment variable (with Pebble's name and
+//! meaning) and each of Quarry's own provocations is a flag, rendered into the `[client_testing]` table of the
+//! service that acts on it. None is on unless asked for: `quarry dev` without them behaves as production does.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+
+/// The knobs, as flags or Pebble's environment variables.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Knobs {
+    /// Pebble's `PEBBLE_VA_NOSLEEP`: no validation sleep (the default here; it overrides `--va-sleeptime`).
+    #[arg(long, env = "PEBBLE_VA_NOSLEEP", value_parser = pebble_flag, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub va_nosleep: bool,
+    /// Pebble's `PEBBLE_VA_SLEEPTIME`: before each validation the va waits a random whole number of seconds below
+    /// this one (Pebble sleeps up to 5 by default; Quarry only when asked).
+    #[arg(long, env = "PEBBLE_VA_SLEEPTIME")]
+    pub va_sleeptime: Option<u64>,
+    /// Pebble's `PEBBLE_VA_ALWAYS_VALID`: every validation passes without contacting anything.
+    #[arg(long, env = "PEBBLE_VA_ALWAYS_VALID", value_parser = pebble_flag, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub va_always_valid: bool,
+    /// Pebble's `PEBBLE_WFE_NONCEREJECT`: the percentage of good nonces refused as `badNonce` (above 100: 99, as
+    /// Pebble clips it). A request retried after a refusal is never refused again at once.
+    #[arg(long, env = "PEBBLE_WFE_NONCEREJECT")]
+    pub wfe_nonce_reject: Option<u64>,
+    /// Pebble's `PEBBLE_AUTHZREUSE`: the percentage of an account's valid authorizations a new order reuses
+    /// (default: all of them, as production does).
+    #[arg(long, env = "PEBBLE_AUTHZREUSE", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub authz_reuse: Option<u8>,
+    /// Pebble's `PEBBLE_WFE_ORDERS_PER_PAGE` (an account's orders list): not supported yet, refused.
+    #[arg(long, env = "PEBBLE_WFE_ORDERS_PER_PAGE")]
+    pub orders_per_page: Option<u64>,
+    /// Pebble's `PEBBLE_CHAIN_LENGTH` (intermediates between the root and a leaf): 1, as the dev hierarchy has;
+    /// longer chains are not supported yet and refused.
+    #[arg(long, env = "PEBBLE_CHAIN_LENGTH")]
+    pub chain_length: Option<u64>,
+    /// Pebble's `PEBBLE_ALTERNATE_ROOTS` (extra chains to other roots): 0; more is not supported yet and refused.
+    #[arg(long, env = "PEBBLE_ALTERNATE_ROOTS")]
+    pub alternate_roots: Option<u64>,
+    /// The percentage of POSTs answered `serverInternal` (500) at once, nothing done (Quarry's own knob).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub server_internal_percent: Option<u8>,
+    /// The percentage of POSTs answered `rateLimited` (429, `Retry-After: 1`) at once, nothing done.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub rate_limited_percent: Option<u8>,
+    /// Keep every finalized order `processing` this many seconds before issuing it.
+    #[arg(long)]
+    pub finalize_delay_secs: Option<u64>,
+    /// Every certificate's ACME renewal window is open now.
+    #[arg(long)]
+    pub renew_now: bool,
+}
+
+/// Pebble's reading of a boolean variable: `1`, `true`, `True` or `TRUE` is on, anything else off.
+fn pebble_flag(value: &str) -> Result<bool, String> {
+    Ok(matches!(value, "1" | "true" | "True" | "TRUE"))
+}
+
+/// The `[client_testing]` table of each service the knobs reach (`va` is the primary perspective only).
+pub type ServiceKnobs = BTreeMap<&'static str, toml::Table>;
+
+impl Knobs {
+    /// The tables to render, or why a knob cannot be honoured.
+    pub fn service_tables(&self) -> anyhow::Result<ServiceKnobs> {
+        if let Some(per_page) = self.orders_per_page {
+            bail!(
+                "PEBBLE_WFE_ORDERS_PER_PAGE / --orders-per-page = {per_page}: an account's orders list is not \
+                 supported yet (Quarry's accounts have no orders URL, as Boulder's have none)"
+            );
+        }
+        if let Some(length) = self.chain_length.filter(|length| *length != 1) {
+            bail!(
+                "PEBBLE_CHAIN_LENGTH / --chain-length = {length}: the dev hierarchy has one intermediate between the \
+                 root and a leaf, as production's has; longer chains are not supported yet"
+            );
+        }
+        if let Some(roots) = self.alternate_roots.filter(|roots| *roots != 0) {
+            bail!(
+                "PEBBLE_ALTERNATE_ROOTS / --alternate-roots = {roots}: alternate roots are not supported yet (the dev \
+                 hierarchy has one root)"
+            );
+        }
+        let mut tables = ServiceKnobs::new();
+        let mut set = |service: &'static str, key: &str, value: toml::Value| {
+            tables.entry(service).or_default().insert(key.to_owned(), value);
+        };
+        let int = |value: u64| toml::Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
+        if let Some(percent) = self.wfe_nonce_reject.filter(|percent| *percent > 0) {
+            set("wfe", "nonce_reject_percent", int(percent.min(99)));
+        }
+        if let Some(percent) = self.server_internal_percent.filter(|percent| *percent > 0) {
+            set("wfe", "server_internal_percent", int(percent.into()));
+        }
+        if let Some(percent) = self.rate_limited_percent.filter(|percent| *percent > 0) {
+            set("wfe", "rate_limited_percent", int(percent.into()));
+        }
+        if self.renew_now {
+            set("wfe", "renew_now", toml::Value::Boolean(true));
+        }
+        if let Some(seconds) = self.va_sleeptime.filter(|seconds| *seconds > 0 && !self.va_nosleep) {
+            set("va", "sleep_max_secs", int(seconds));
+        }
+        if self.va_always_valid {
+            set("va", "always_valid", toml::Value::Boolean(true));
+        }
+        if let Some(percent) = self.authz_reuse {
+            set("ra", "authz_reuse_percent", int(percent.into()));
+        }
+        if let Some(seconds) = self.finalize_delay_secs.filter(|seconds| *seconds > 0) {
+            set("ra", "finalize_delay_secs", int(seconds));
+        }
+        Ok(tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        knobs: Knobs,
+    }
+
+    fn tables(args: &[&str]) -> anyhow::Result<ServiceKnobs> {
+        Cli::try_parse_from(std::iter::once("quarry").chain(args.iter().copied()))?.knobs.service_tables()
+    }
+
+    #[test]
+    fn no_knob_renders_nothing() {
+        assert!(Knobs::default().service_tables().unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_knob_reaches_its_service() {
+        let rendered = tables(&[
+            "--wfe-nonce-reject=150",
+            "--va-sleeptime=5",
+            "--va-always-valid",
+            "--authz-reuse=50",
+            "--server-internal-percent=3",
+            "--rate-limited-percent=4",
+            "--finalize-delay-secs=2",
+            "--renew-now",
+        ])
+        .unwrap();
+        let text = |service: &str| rendered[service].to_string();
+        assert_eq!(
+            text("wfe"),
+            "nonce_reject_percent = 99\nrate_limited_percent = 4\nrenew_now = true\nserver_internal_percent = 3\n"
+        );
+        assert_eq!(text("va"), "always_valid = true\nsleep_max_secs = 5\n");
+        assert_eq!(text("ra"), "authz_reuse_percent = 50\nfinalize_delay_secs = 2\n");
+        // Pebble's NOSLEEP wins over a sleep time; its flags read 1/true/True/TRUE as on, anything else as off.
+        assert!(!tables(&["--va-sleeptime=5", "--va-nosleep"]).unwrap().contains_key("va"));
+        assert!(!tables(&["--va-always-valid=yes"]).unwrap().contains_key("va"));
+        assert!(tables(&["--va-always-valid=TRUE"]).unwrap().contains_key("va"));
+    }
+
+    #[test]
+    fn knobs_that_cannot_be_honoured_are_refused_by_name() {
+        for (args, named) in [
+            (&["--chain-length=2"][..], "PEBBLE_CHAIN_LENGTH"),
+            (&["--alternate-roots=1"][..], "PEBBLE_ALTERNATE_ROOTS"),
+            (&["--orders-per-page=3"][..], "PEBBLE_WFE_ORDERS_PER_PAGE"),
+        ] {
+            let err = tables(args).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+        }
+        assert!(tables(&["--chain-length=1", "--alternate-roots=0"]).unwrap().is_empty());
+        assert!(tables(&["--authz-reuse=101"]).is_err());
+    }
+}
