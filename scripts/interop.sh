@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interoperability: every scenario of every client — certbot (http-01 standalone: issue, renew, revoke) and lego
 # (http-01: issue, renew, revoke; tls-alpn-01; dns-01 wildcard through the challenge test server) — against a freshly
-# started `quarry dev` on SQLite, then again on PostgreSQL and Redis (QUARRY_TEST_POSTGRES_URL, QUARRY_TEST_REDIS_URL:
+# started `quarry dev` on SQLite, then under Pebble's provocations (PEBBLE_WFE_NONCEREJECT=15, validation sleep,
+# PEBBLE_AUTHZREUSE=50), then again on PostgreSQL and Redis (QUARRY_TEST_POSTGRES_URL, QUARRY_TEST_REDIS_URL:
 # test.sh starts both). Every chain is verified against the issuing root, renewals must bring a new serial, and a
 # revoked certificate's ACME Renewal Information (RFC 9773) must say "renew now". Then the replicated stack (`quarry
 # dev --replicas 2`): certbot and lego again, lego once more right after one process each of the wfe, nonce, ra, sa,
@@ -179,6 +180,21 @@ fi
 dns_addr=127.0.0.1:8053
 start_dev dev
 scenarios dev
+stop_dev
+
+# The same clients under Pebble's provocations, as their own suites run Pebble: 15 % of good nonces refused as
+# badNonce (each client must retry), every validation delayed by up to 4 s, half of the valid authorizations reused.
+export PEBBLE_WFE_NONCEREJECT=15 PEBBLE_VA_SLEEPTIME=5 PEBBLE_AUTHZREUSE=50
+start_dev dev-pebble --metrics-base-port 19410
+unset PEBBLE_WFE_NONCEREJECT PEBBLE_VA_SLEEPTIME PEBBLE_AUTHZREUSE
+grep -q "nonce_reject_percent = 15" "$work/dev-pebble/config/wfe.toml" || { echo "the wfe has no nonce rejection" >&2; exit 1; }
+grep -q "sleep_max_secs = 5" "$work/dev-pebble/config/va.toml" || { echo "the va does not sleep" >&2; exit 1; }
+grep -q "authz_reuse_percent = 50" "$work/dev-pebble/config/ra.toml" || { echo "the ra reuses every authorization" >&2; exit 1; }
+scenarios dev-pebble
+# The wfe's metrics (the tenth port from the base) count the nonces it refused on purpose: the clients met them.
+refused=$(curl -fsS http://127.0.0.1:19419/metrics | awk '/^quarry_acme_requests_total\{.*problem="badNonce"/ {n += $NF} END {print n + 0}')
+((refused > 0)) || { echo "no badNonce was answered under PEBBLE_WFE_NONCEREJECT=15" >&2; exit 1; }
+echo "ok: $refused good nonces refused as badNonce under Pebble's settings, every client retried"
 stop_dev
 
 # The same on PostgreSQL and Redis, as the hosted environments store (test.sh starts both on loopback).

@@ -175,7 +175,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: None,
         // Pebble's provocations are for `quarry dev` only: the containers run as production does.
-        client_testing: dev::ServiceKnobs::new(),
+        overlays: dev::ServiceOverlays::new(),
     };
     let loopback = args.loopback();
     let replica_vars = |service: &str, index: usize, vars: &mut BTreeMap<&'static str, String>| match args.network {

@@ -12,7 +12,7 @@ mod loadgen;
 mod orphans;
 mod probe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +65,9 @@ enum Command {
     Challtestsrv(dev::ChalltestsrvArgs),
     /// Runs the whole CA locally on embedded defaults, every service as its own process.
     Dev(dev::DevArgs),
+    /// `quarry dev` with Pebble's command line (`-config FILE -dnsserver ADDR`): a drop-in for Pebble in a client's
+    /// test suite; a link named `pebble` to this binary runs it too.
+    Pebble(dev::PebbleArgs),
     /// Prepares the container stack's data volume: dev PKI and every service's configuration.
     ComposeInit(compose::ComposeInitArgs),
     /// A fake Certificate Transparency log that signs real SCTs (the dev and container stacks' logs).
@@ -263,11 +266,27 @@ fn report<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCod
     }
 }
 
+/// The command line, read as Pebble's when the binary is called `pebble` or given the `pebble` subcommand (whose
+/// options Pebble writes with one dash: `-config FILE`).
+fn parse_command_line() -> Cli {
+    let mut args: Vec<String> = std::env::args().collect();
+    let called_pebble =
+        args.first().and_then(|first| Path::new(first).file_name()).is_some_and(|name| name == "pebble");
+    if called_pebble {
+        args.insert(1, "pebble".to_owned());
+    }
+    if args.get(1).is_some_and(|command| command == "pebble") {
+        let rest = dev::pebble_argv(args.split_off(2));
+        args.extend(rest);
+    }
+    Cli::parse_from(args)
+}
+
 fn main() -> ExitCode {
     SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
     quarry_core::install_crypto_provider();
     quarry_core::build::set(BUILD);
-    match Cli::parse().command {
+    match parse_command_line().command {
         Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
         // The ra bounds its own drain (background validations and finalizations included); this is a backstop.
         Command::Ra(arg) => run_service!("ra", quarry_ra, arg, quarry_ra::SHUTDOWN_GRACE + DRAIN_GRACE * 2),
@@ -301,6 +320,10 @@ fn main() -> ExitCode {
         Command::Dev(args) => {
             quarry_core::telemetry::init_logs("dev");
             report("dev", runtime().block_on(dev::run(args)))
+        }
+        Command::Pebble(args) => {
+            quarry_core::telemetry::init_logs("pebble");
+            report("pebble", runtime().block_on(dev::run(args.into_dev())))
         }
         Command::ComposeInit(args) => {
             quarry_core::telemetry::init_logs("compose-init");

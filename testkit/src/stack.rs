@@ -223,6 +223,7 @@ async fn start_wfe(
         request_timeout_ms: 10_000,
         finalize_timeout_ms: 20_000,
         retry_after_secs: 1,
+        authz_retry_after_secs: None,
         directory_meta: quarry_wfe::DirectoryMeta {
             terms_of_service: Some("https://quarry.example/terms".into()),
             website: Some("https://quarry.example".into()),

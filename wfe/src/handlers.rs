@@ -555,7 +555,7 @@ async fn authorization(
         let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
         // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
         if authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing) {
-            return Ok(with_retry_after(response, wfe.retry_after()));
+            return Ok(with_retry_after(response, wfe.authz_retry_after()));
         }
         return Ok(response);
     }
@@ -577,7 +577,7 @@ fn challenge_response(wfe: &Wfe, authz: &Authorization, index: i64) -> Reply {
         response.headers_mut().append(header::LINK, up);
     }
     if challenge.status == ChallengeStatus::Processing {
-        response = with_retry_after(response, wfe.retry_after());
+        response = with_retry_after(response, wfe.authz_retry_after());
     }
     Ok(response)
 }

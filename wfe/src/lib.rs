@@ -73,9 +73,12 @@ pub struct Config {
     /// `finalize_timeout_ms`, and under the listener's `request_timeout_ms`.
     #[serde(default = "default_finalize_timeout_ms")]
     pub finalize_timeout_ms: u64,
-    /// The `Retry-After` given with processing orders and challenges.
+    /// The `Retry-After` given with processing orders (and challenges, unless `authz_retry_after_secs` says otherwise).
     #[serde(default = "default_retry_after")]
     pub retry_after_secs: u64,
+    /// The `Retry-After` given with processing authorizations and challenges, when it is not `retry_after_secs`.
+    #[serde(default)]
+    pub authz_retry_after_secs: Option<u64>,
     /// The directory's `meta` object.
     #[serde(default)]
     pub directory_meta: DirectoryMeta,

@@ -57,6 +57,7 @@ struct Inner {
     request_timeout: Duration,
     finalize_timeout: Duration,
     retry_after: u64,
+    authz_retry_after: u64,
     accounts: AccountCache,
     provocations: crate::testing::Provocations,
 }
@@ -165,6 +166,7 @@ impl Wfe {
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 retry_after: config.retry_after_secs,
+                authz_retry_after: config.authz_retry_after_secs.unwrap_or(config.retry_after_secs),
                 accounts: AccountCache::new(&config.account_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
                 urls,
@@ -185,8 +187,14 @@ impl Wfe {
         &self.inner.directory
     }
 
+    /// The `Retry-After` of a processing order.
     pub fn retry_after(&self) -> u64 {
         self.inner.retry_after
+    }
+
+    /// The `Retry-After` of an authorization or challenge being validated.
+    pub fn authz_retry_after(&self) -> u64 {
+        self.inner.authz_retry_after
     }
 
     pub fn ra(&self) -> &RaClient {

@@ -56,12 +56,19 @@ fn pebble_flag(value: &str) -> Result<bool, String> {
     Ok(matches!(value, "1" | "true" | "True" | "TRUE"))
 }
 
-/// The `[client_testing]` table of each service the knobs reach (`va` is the primary perspective only).
-pub type ServiceKnobs = BTreeMap<&'static str, toml::Table>;
+/// What to layer over each service's rendered configuration, by service (`va` is the primary perspective only).
+pub type ServiceOverlays = BTreeMap<&'static str, toml::Table>;
+
+/// Layers `more` over `overlays`, table by table.
+pub fn add_overlays(overlays: &mut ServiceOverlays, more: ServiceOverlays) {
+    for (service, table) in more {
+        quarry_core::config::merge(overlays.entry(service).or_default(), &table);
+    }
+}
 
 impl Knobs {
-    /// The tables to render, or why a knob cannot be honoured.
-    pub fn service_tables(&self) -> anyhow::Result<ServiceKnobs> {
+    /// The `[client_testing]` tables to render, or why a knob cannot be honoured.
+    pub fn overlays(&self) -> anyhow::Result<ServiceOverlays> {
         if let Some(per_page) = self.orders_per_page {
             bail!(
                 "PEBBLE_WFE_ORDERS_PER_PAGE / --orders-per-page = {per_page}: an account's orders list is not \
@@ -80,13 +87,19 @@ impl Knobs {
                  hierarchy has one root)"
             );
         }
-        let mut tables = ServiceKnobs::new();
+        let mut tables = ServiceOverlays::new();
         let mut set = |service: &'static str, key: &str, value: toml::Value| {
-            tables.entry(service).or_default().insert(key.to_owned(), value);
+            let overlay = tables.entry(service).or_default();
+            let section =
+                overlay.entry(quarry_core::testing::SECTION).or_insert(toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(key.to_owned(), value);
+            }
         };
         let int = |value: u64| toml::Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
         if let Some(percent) = self.wfe_nonce_reject.filter(|percent| *percent > 0) {
-            set("wfe", "nonce_reject_percent", int(percent.min(99)));
+            // Pebble reads a percentage over 100 as 99.
+            set("wfe", "nonce_reject_percent", int(if percent > 100 { 99 } else { percent }));
         }
         if let Some(percent) = self.server_internal_percent.filter(|percent| *percent > 0) {
             set("wfe", "server_internal_percent", int(percent.into()));
@@ -124,13 +137,13 @@ mod tests {
         knobs: Knobs,
     }
 
-    fn tables(args: &[&str]) -> anyhow::Result<ServiceKnobs> {
-        Cli::try_parse_from(std::iter::once("quarry").chain(args.iter().copied()))?.knobs.service_tables()
+    fn tables(args: &[&str]) -> anyhow::Result<ServiceOverlays> {
+        Cli::try_parse_from(std::iter::once("quarry").chain(args.iter().copied()))?.knobs.overlays()
     }
 
     #[test]
     fn no_knob_renders_nothing() {
-        assert!(Knobs::default().service_tables().unwrap().is_empty());
+        assert!(Knobs::default().overlays().unwrap().is_empty());
     }
 
     #[test]
@@ -146,7 +159,7 @@ mod tests {
             "--renew-now",
         ])
         .unwrap();
-        let text = |service: &str| rendered[service].to_string();
+        let text = |service: &str| rendered[service]["client_testing"].as_table().expect("a table").to_string();
         assert_eq!(
             text("wfe"),
             "nonce_reject_percent = 99\nrate_limited_percent = 4\nrenew_now = true\nserver_internal_percent = 3\n"

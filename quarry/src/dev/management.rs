@@ -26,10 +26,11 @@ struct Management {
     sa: SaClient,
 }
 
-/// Serves the API on `addr` over HTTPS (the ACME server's certificate, as Pebble does) until `shutdown`.
+/// Serves the API on `addr` over HTTPS (with the ACME server's certificate and key, as Pebble does) until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     pki: &DevPki,
+    (https_cert, https_key): (&Path, &Path),
     sa: SaClient,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -41,9 +42,8 @@ pub async fn serve(
         intermediate_keys: format!("{}{}", read(&pki.intermediate_key)?, read(&pki.rsa_intermediate_key)?).into(),
         sa,
     };
-    let certificate =
-        quarry_core::tls::ReloadingCertificate::open(&pki.https_cert, &pki.https_key, Duration::from_secs(5))
-            .context("the management API's HTTPS certificate")?;
+    let certificate = quarry_core::tls::ReloadingCertificate::open(https_cert, https_key, Duration::from_secs(5))
+        .context("the management API's HTTPS certificate")?;
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(certificate));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
     let limits = quarry_core::http_server::ListenerConfig::default();

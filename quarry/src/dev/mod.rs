@@ -7,6 +7,7 @@
 
 mod knobs;
 mod management;
+mod pebble_config;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use quarry_testkit::challtestsrv;
 use crate::env;
 use supervisor::{Health, HealthChecker, ReplicaSpec, Supervisor};
 
-pub use knobs::{Knobs, ServiceKnobs};
+pub use knobs::{Knobs, ServiceOverlays};
 pub use supervisor::ReplicaInfo;
 
 /// The internal certificate names of the stack's services, plus the operator's.
@@ -99,6 +100,75 @@ pub struct DevArgs {
     /// Pebble's client-testing knobs, and Quarry's own.
     #[command(flatten)]
     knobs: Knobs,
+    /// Run as Pebble configured by this JSON file (its `pebble` object): its listen addresses, HTTPS certificate,
+    /// validation ports, external account binding, blocklist, retry-after and CAA identities; the directory also at
+    /// `/dir`, the management API at `managementListenAddress` (default: port 15000), no challenge responders (the
+    /// test suite brings its own) and, without `--va-dns`, the system's resolver. A field with no equivalent is
+    /// refused.
+    #[arg(long)]
+    pebble_config: Option<PathBuf>,
+}
+
+/// `quarry pebble`: Pebble's own command line (`-config`, `-dnsserver`, `-strict`, with one dash or two), running
+/// `quarry dev` as `--pebble-config` does. A `pebble` link to the binary runs it too.
+#[derive(clap::Args, Debug)]
+pub struct PebbleArgs {
+    /// Pebble's configuration file.
+    #[arg(long, default_value = "test/config/pebble-config.json")]
+    config: PathBuf,
+    /// The DNS server the validations ask (`host:port`); default: the system's resolver, as Pebble's.
+    #[arg(long)]
+    dnsserver: Option<SocketAddr>,
+    /// Pebble's strict mode: accepted, since Quarry always behaves as production does.
+    #[arg(long)]
+    strict: bool,
+    /// Where the dev PKI, the database and logs live (Quarry's own option).
+    #[arg(long, default_value = ".quarry")]
+    data_dir: PathBuf,
+    /// The first of the ten loopback ports of the services' gRPC servers (Quarry's own option).
+    #[arg(long, default_value_t = 9301)]
+    grpc_base_port: u16,
+    /// Where the CRLs are served (Quarry's own option).
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    crl_addr: SocketAddr,
+}
+
+impl PebbleArgs {
+    /// The `quarry dev` arguments it stands for (Pebble's variables included).
+    pub fn into_dev(self) -> DevArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: DevArgs,
+        }
+        let mut dev = Wrapper::parse_from(["quarry"]).args;
+        dev.pebble_config = Some(self.config);
+        dev.va_dns = self.dnsserver;
+        dev.data_dir = self.data_dir;
+        dev.grpc_base_port = self.grpc_base_port;
+        dev.crl_addr = self.crl_addr;
+        dev
+    }
+}
+
+/// Pebble's single-dash long options (`-config FILE`, `-dnsserver=ADDR`) as clap reads them; the rest unchanged.
+pub fn pebble_argv(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .map(|arg| match arg.strip_prefix('-') {
+            Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
+            _ => arg,
+        })
+        .collect()
+}
+
+/// The first `nameserver` of `/etc/resolv.conf` (port 53), or 127.0.0.1:53: the resolver Pebble would use.
+fn system_resolver() -> SocketAddr {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    conf.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .find_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 53)), |ip| SocketAddr::new(ip, 53))
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,7 +295,8 @@ impl DevArgs {
 
     fn base_url(&self) -> String {
         let host = match self.acme_addr.ip() {
-            ip if ip.is_loopback() && ip.is_ipv4() => "localhost".to_owned(),
+            // Every interface: clients on this machine say localhost (Pebble's `https://localhost:14000/dir`).
+            ip if (ip.is_loopback() && ip.is_ipv4()) || ip.is_unspecified() => "localhost".to_owned(),
             ip if ip.is_ipv6() => format!("[{ip}]"),
             ip => ip.to_string(),
         };
@@ -363,8 +434,12 @@ impl AcmeTarget {
 }
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let client_testing = args.knobs.service_tables()?;
+pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
+    let mut overlays = args.knobs.overlays()?;
+    let pebble = match args.pebble_config.clone() {
+        Some(path) => Some(pebble_mode(&mut args, &mut overlays, &path)?),
+        None => None,
+    };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
@@ -391,7 +466,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         redis_url: args.redis.as_deref(),
         otlp_endpoint: args.otlp_endpoint.as_deref(),
         metrics_base_port: args.metrics_base_port,
-        client_testing,
+        overlays,
     };
     let loopback = args.layout();
     let layout = Layout {
@@ -417,7 +492,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let supervisor = Supervisor::start(specs, &exe, &logs_dir)?;
     let (admin_cert, admin_key) = pki.service_cert("admin");
     let admin_tls = quarry_core::config::TlsFiles::new(admin_cert, admin_key, &pki.internal_ca_pem);
-    let checker = HealthChecker::new(admin_tls, &pki.https_ca_pem)?;
+    let checker = match pebble.as_ref().and_then(|pebble| pebble.https.as_ref()) {
+        // The operator's certificate, of a CA quarry dev does not know: the wfe is known by that very certificate.
+        Some((cert, _)) => HealthChecker::pinned(admin_tls, cert)?,
+        None => HealthChecker::new(admin_tls, &pki.https_ca_pem)?,
+    };
     let ready = supervisor.wait_ready(&checker, Duration::from_secs(args.start_timeout_secs)).await;
     if let Err(err) = ready {
         supervisor.stop().await;
@@ -428,14 +507,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let management = match args.management_addr {
         Some(addr) => {
             let sa = crate::admin::sa_client(&config_dir.join("admin.toml"))?;
-            management::serve(addr, &pki, sa, stop_management.clone().cancelled_owned()).await?;
+            let https = pebble.as_ref().and_then(|pebble| pebble.https.clone());
+            let (cert, key) = https.unwrap_or_else(|| (pki.https_cert.clone(), pki.https_key.clone()));
+            management::serve(addr, &pki, (&cert, &key), sa, stop_management.clone().cancelled_owned()).await?;
             Some(format!("https://{addr}"))
         }
         None => None,
     };
 
+    let directory_path = if pebble.is_some() { "dir" } else { "directory" };
     let mut info = StackInfo {
-        directory_url: format!("{}/directory", args.base_url()),
+        directory_url: format!("{}/{directory_path}", args.base_url()),
         tls_ca_pem: pki.https_ca_pem.clone(),
         root_pem: pki.root_pem.clone(),
         challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
@@ -457,6 +539,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     if let Some(url) = &info.management_url {
         println!("Management API:        {url}/roots/0 (Pebble's)");
+    }
+    if let Some(pebble) = &pebble {
+        if let Some((cert, _)) = &pebble.https {
+            println!("HTTPS certificate:     {} (the Pebble configuration's)", cert.display());
+        }
+        for note in &pebble.notes {
+            println!("Pebble configuration:  {note}");
+        }
     }
     println!("Stack facts as JSON:   {}", stack_file.display());
     println!("A service that exits is restarted; press Ctrl-C to stop.");
@@ -486,6 +576,46 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     stop_ct_logs.cancel();
     outcome
 }
+
+/// Applies a Pebble configuration file to `args` and `overlays`; returns it for what `run` still needs (the HTTPS
+/// certificate, the notes).
+fn pebble_mode(
+    args: &mut DevArgs,
+    overlays: &mut ServiceOverlays,
+    path: &Path,
+) -> anyhow::Result<pebble_config::PebbleConfig> {
+    let mut pebble = pebble_config::read(path)?;
+    if let Some(listen) = pebble.listen {
+        args.acme_addr = listen;
+    }
+    args.management_addr = args
+        .management_addr
+        .or(pebble.management)
+        .or(Some(SocketAddr::new(args.acme_addr.ip(), PEBBLE_MANAGEMENT_PORT)));
+    if let Some(port) = pebble.http_port {
+        args.va_http_port = port;
+    }
+    if let Some(port) = pebble.tls_port {
+        args.va_tls_port = port;
+    }
+    // A suite run against Pebble brings its own responders (and often its DNS server, given with -dnsserver).
+    args.no_http01_responder = true;
+    args.no_tlsalpn01_responder = true;
+    args.va_dns = args.va_dns.or_else(|| Some(system_resolver()));
+    if let Some((cert, key)) = &mut pebble.https {
+        *cert = std::fs::canonicalize(&*cert).with_context(|| format!("certificate {}", cert.display()))?;
+        *key = std::fs::canonicalize(&*key).with_context(|| format!("privateKey {}", key.display()))?;
+        let mut wfe = toml::Table::new();
+        wfe.insert("https_cert".into(), cert.display().to_string().into());
+        wfe.insert("https_key".into(), key.display().to_string().into());
+        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
+    }
+    knobs::add_overlays(overlays, std::mem::take(&mut pebble.overlays));
+    Ok(pebble)
+}
+
+/// Pebble's management port, where its API is when the configuration names no address.
+const PEBBLE_MANAGEMENT_PORT: u16 = 15000;
 
 /// Writes the stack file whole (through a temporary file), so that a reader never sees half of it.
 fn write_stack_file(path: &Path, info: &StackInfo) -> anyhow::Result<()> {
@@ -529,8 +659,9 @@ pub struct Extras<'a> {
     pub otlp_endpoint: Option<&'a str>,
     /// Serve every service's metrics on loopback ports from this one, in start order.
     pub metrics_base_port: Option<u16>,
-    /// Each service's `[client_testing]` knobs (`quarry dev` only).
-    pub client_testing: ServiceKnobs,
+    /// What to layer over each service's rendered configuration: `quarry dev`'s client-testing knobs and the
+    /// mapping of a Pebble configuration file.
+    pub overlays: ServiceOverlays,
 }
 
 /// Sets the placeholders replica `index` of `service` differs in.
@@ -573,8 +704,10 @@ pub fn write_configs(
             if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
                 rendered = with_redis(&rendered, url)?;
             }
-            if let Some(knobs) = extras.client_testing.get(service) {
-                rendered = with_table(&rendered, quarry_core::testing::SECTION, knobs)?;
+            if let Some(overlay) = extras.overlays.get(service) {
+                let mut table: toml::Table = toml::from_str(&rendered)?;
+                quarry_core::config::merge(&mut table, overlay);
+                rendered = table.to_string();
             }
             if let Some(endpoint) = extras.otlp_endpoint {
                 rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;

@@ -249,6 +249,12 @@ impl HealthChecker {
         Ok(Self { tls, https: crate::health::tls_connector(https_ca)? })
     }
 
+    /// A checker that knows the wfe by its very certificate (the first of the PEM file `https_cert`), whoever issued
+    /// it: an operator's certificate given to `quarry dev` comes from a CA it does not know.
+    pub fn pinned(tls: quarry_core::config::TlsFiles, https_cert: &Path) -> anyhow::Result<Self> {
+        Ok(Self { tls, https: crate::health::pinned_connector(https_cert)? })
+    }
+
     pub async fn check(&self, health: &Health) -> Result<(), String> {
         match health {
             Health::Running => Ok(()),

@@ -21,7 +21,7 @@ pub(crate) struct Stack {
     pub(crate) challtestsrv: RunningServer,
     pub(crate) directory_url: String,
     pub(crate) tls_ca_pem: PathBuf,
-    root_pem: PathBuf,
+    pub(crate) root_pem: PathBuf,
 }
 
 /// A port nothing listens on right now (the OS picks it).
@@ -44,6 +44,22 @@ pub(crate) fn free_port_range() -> u16 {
         }
     }
     panic!("no ten consecutive free ports found in this process's block");
+}
+
+/// A challenge test server on ephemeral loopback ports: DNS (every name 127.0.0.1) and http-01.
+pub(crate) async fn challenge_server() -> RunningServer {
+    quarry_core::install_crypto_provider();
+    let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    ChallTestSrv::start(ChallConfig {
+        dns_addr: loopback(0),
+        http01_addr: loopback(0),
+        tlsalpn01_addr: None,
+        management_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        default_ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
+        default_ipv6: None,
+    })
+    .await
+    .expect("start challenge test server")
 }
 
 impl Stack {
@@ -73,18 +89,7 @@ impl Stack {
         extra: &[String],
         env: &[(&str, String)],
     ) -> Stack {
-        quarry_core::install_crypto_provider();
-        let loopback = |port| Some(SocketAddr::from(([127, 0, 0, 1], port)));
-        let challtestsrv = ChallTestSrv::start(ChallConfig {
-            dns_addr: loopback(0),
-            http01_addr: loopback(0),
-            tlsalpn01_addr: None,
-            management_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            default_ipv4: Some(std::net::Ipv4Addr::LOCALHOST),
-            default_ipv6: None,
-        })
-        .await
-        .expect("start challenge test server");
+        let challtestsrv = challenge_server().await;
         let dir = tempfile::tempdir().expect("temp dir");
         // Every port of the stack from this process's own block: an ephemeral port found free can be taken by any
         // outgoing connection before the service binds it. The gRPC servers use eight of the ten; the wfe's ACME

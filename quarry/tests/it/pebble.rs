@@ -81,3 +81,103 @@ async fn a_knob_quarry_cannot_honour_stops_quarry_dev_with_its_name() {
     assert!(!out.status.success());
     assert!(stderr.contains("PEBBLE_CHAIN_LENGTH"), "{stderr}");
 }
+
+/// A CA of the test's own and a `localhost` certificate under it, as Pebble's repository has (`test/certs`): PEM
+/// texts of (CA certificate, server certificate, server key).
+fn localhost_certificate() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "suite's own test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verifies_with_the_management_api() {
+    let srv = crate::full_stack::challenge_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = localhost_certificate();
+    let certs = dir.path().join("test/certs/localhost");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    std::fs::write(certs.join("cert.pem"), cert).expect("write");
+    std::fs::write(certs.join("key.pem"), key).expect("write");
+    std::fs::write(dir.path().join("test/certs/ca.pem"), ca).expect("write");
+    let ports = crate::full_stack::free_port_range();
+    let management = format!("127.0.0.1:{}", crate::full_stack::free_port());
+    // The shape of Pebble's own test/config/pebble-config.json, only its addresses changed (and its ports, to the
+    // challenge test server's).
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{}", ports + 9),
+        "managementListenAddress": management,
+        "certificate": "test/certs/localhost/cert.pem",
+        "privateKey": "test/certs/localhost/key.pem",
+        "httpPort": srv.http01_addr.expect("http-01").port(),
+        "tlsPort": 5001,
+        "ocspResponderURL": "test",
+    }});
+    std::fs::create_dir_all(dir.path().join("test/config")).expect("mkdir");
+    std::fs::write(dir.path().join("test/config/pebble-config.json"), config.to_string()).expect("write");
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["pebble", "-config", "test/config/pebble-config.json", "-dnsserver"])
+        .arg(srv.dns_addr.expect("dns").to_string())
+        .args(["--data-dir", "dev", "--grpc-base-port"])
+        .arg(ports.to_string())
+        .arg("--crl-addr")
+        .arg(format!("127.0.0.1:{}", ports + 7))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn quarry pebble");
+    let stack_json = dir.path().join("dev/stack.json");
+    let mut info = serde_json::Value::Null;
+    for _ in 0..450 {
+        if let Some(read) = std::fs::read_to_string(&stack_json).ok().and_then(|text| serde_json::from_str(&text).ok())
+        {
+            info = read;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(!info.is_null(), "quarry pebble did not start: {}", crate::full_stack::logs(dir.path()));
+    let directory_url = info["directory_url"].as_str().expect("directory").to_owned();
+    assert_eq!(directory_url, format!("https://localhost:{}/dir", ports + 9));
+    let stack = Stack {
+        _process: process,
+        challtestsrv: srv,
+        directory_url,
+        // Clients trust the suite's own CA, which issued the configured certificate.
+        tls_ca_pem: dir.path().join("test/certs/ca.pem"),
+        root_pem: info["root_pem"].as_str().expect("root").into(),
+        dir,
+    };
+
+    let account = stack.instant_acme_account().await;
+    let names = ["as-pebble.quarry-test.org"];
+    let chain =
+        crate::full_stack::issue_via_http01(&stack, &account, &names, &crate::full_stack::csr_for(&names)).await;
+    let api = AcmeClient::without_directory(Some(&stack.tls_ca_pem)).expect("client");
+    let fetched = stack.dir.path().join("fetched");
+    std::fs::create_dir_all(&fetched).expect("mkdir");
+    for (path, file) in [("/roots/0", "root.pem"), ("/intermediates/0", "intermediates.pem")] {
+        let url = format!("https://{management}{path}");
+        let answer = api.request(http::Method::GET, &url, None, Vec::new()).await.expect("management API");
+        assert_eq!(answer.status, 200, "{path}");
+        std::fs::write(fetched.join(file), &answer.body).expect("write");
+    }
+    let leaf = chain.split_inclusive("-----END CERTIFICATE-----").next().expect("leaf").trim().to_owned();
+    std::fs::write(fetched.join("leaf.pem"), format!("{leaf}\n")).expect("write");
+    let verified = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "root.pem", "-untrusted", "intermediates.pem", "leaf.pem"])
+        .current_dir(&fetched)
+        .output()
+        .expect("openssl");
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}

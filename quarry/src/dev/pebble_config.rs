@@ -1,0 +1,223 @@
+//! Pebble's JSON configuration file, read by `quarry dev --pebble-config FILE` and `quarry pebble -config FILE`:
+//! each field is mapped onto what `quarry dev` runs (its addresses, the wfe's HTTPS certificate, the va's ports, the
+//! overlays of the wfe, ra and va); a field with no equivalent is refused with the reason, never dropped. Keys are
+//! matched whatever their case, as Pebble's JSON decoding matches them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::knobs::ServiceOverlays;
+
+/// What a Pebble configuration file asks of `quarry dev`.
+#[derive(Debug, Default)]
+pub struct PebbleConfig {
+    /// `listenAddress`: where the ACME server listens.
+    pub listen: Option<SocketAddr>,
+    /// `managementListenAddress`: where the management API listens.
+    pub management: Option<SocketAddr>,
+    /// `certificate` and `privateKey`: the ACME server's (and the management API's) HTTPS certificate.
+    pub https: Option<(PathBuf, PathBuf)>,
+    /// `httpPort`: the port http-01 validations connect to.
+    pub http_port: Option<u16>,
+    /// `tlsPort`: the port tls-alpn-01 validations connect to.
+    pub tls_port: Option<u16>,
+    /// The rest, as overlays of the services' configurations.
+    pub overlays: ServiceOverlays,
+    /// Fields taken but not honoured as Pebble would, each with why (printed at start).
+    pub notes: Vec<String>,
+}
+
+/// Reads a Pebble configuration file.
+pub fn read(path: &Path) -> anyhow::Result<PebbleConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    parse(&text).with_context(|| format!("{} (a Pebble configuration file)", path.display()))
+}
+
+/// The field `name` of `object`, whatever the case of its key, and the object's other keys.
+fn fields(object: &serde_json::Map<String, Value>) -> impl Iterator<Item = (String, &Value)> {
+    object.iter().map(|(key, value)| (key.to_ascii_lowercase(), value))
+}
+
+pub fn parse(text: &str) -> anyhow::Result<PebbleConfig> {
+    let top: Value = serde_json::from_str(text).context("not JSON")?;
+    let top = top.as_object().context("not a JSON object")?;
+    let mut pebble = None;
+    for (key, value) in fields(top) {
+        match key.as_str() {
+            "pebble" => pebble = Some(value.as_object().context("\"pebble\" is not an object")?),
+            _ => bail!("unknown top-level field {key:?}: a Pebble configuration holds one object, \"pebble\""),
+        }
+    }
+    let pebble = pebble.context("no \"pebble\" object")?;
+    let mut config = PebbleConfig::default();
+    let mut set = |service: &'static str, path: &[&str], value: toml::Value| {
+        let mut table = config.overlays.entry(service).or_default();
+        for segment in &path[..path.len() - 1] {
+            let entry = table.entry(*segment).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else { unreachable!("only tables are set on the way") };
+            table = inner;
+        }
+        table.insert(path[path.len() - 1].to_owned(), value);
+    };
+    // Test suites hard-code Pebble's `/dir`.
+    set("wfe", &["client_testing", "directory_aliases"], toml::Value::Array(vec!["/dir".into()]));
+    let (mut certificate, mut private_key) = (None, None);
+    let mut notes = Vec::new();
+    for (key, value) in fields(pebble) {
+        let string = || value.as_str().with_context(|| format!("{key} is not a string"));
+        let strings = || -> anyhow::Result<Vec<toml::Value>> {
+            let list = value.as_array().with_context(|| format!("{key} is not a list"))?;
+            list.iter()
+                .map(|item| {
+                    item.as_str().map(toml::Value::from).with_context(|| format!("{key}: {item} is not a string"))
+                })
+                .collect()
+        };
+        let number = || value.as_u64().with_context(|| format!("{key} is not a whole number"));
+        match key.as_str() {
+            "listenaddress" => config.listen = Some(address(string()?).with_context(|| key.clone())?),
+            "managementlistenaddress" => {
+                let text = string()?;
+                config.management =
+                    if text.is_empty() { None } else { Some(address(text).with_context(|| key.clone())?) };
+            }
+            "certificate" => certificate = Some(PathBuf::from(string()?)),
+            "privatekey" => private_key = Some(PathBuf::from(string()?)),
+            "httpport" => config.http_port = Some(u16::try_from(number()?).context("httpPort is not a port")?),
+            "tlsport" => config.tls_port = Some(u16::try_from(number()?).context("tlsPort is not a port")?),
+            "ocspresponderurl" => {
+                let url = string()?;
+                if !url.is_empty() {
+                    notes.push(format!(
+                        "ocspResponderURL {url:?} is not written into certificates: Quarry runs no OCSP (as Let's \
+                         Encrypt has run none since 2025); every certificate names its CRL instead"
+                    ));
+                }
+            }
+            "externalaccountbindingrequired" => {
+                let required = value.as_bool().with_context(|| format!("{key} is not true or false"))?;
+                set("wfe", &["external_account_binding", "required"], required.into());
+            }
+            "externalaccountmackeys" => {
+                let keys = value.as_object().with_context(|| format!("{key} is not an object"))?;
+                let mut table = toml::Table::new();
+                for (kid, mac) in keys {
+                    let mac = mac.as_str().with_context(|| format!("{key}.{kid} is not a string"))?;
+                    table.insert(kid.clone(), mac.into());
+                }
+                set("wfe", &["external_account_binding", "keys"], toml::Value::Table(table));
+                // Pebble lets a key bind any number of accounts; suites register several with one key.
+                set("wfe", &["external_account_binding", "reuse"], true.into());
+            }
+            "domainblocklist" => set("ra", &["blocklists", "admin"], toml::Value::Array(strings()?)),
+            "retryafter" => {
+                let retry = value.as_object().with_context(|| format!("{key} is not an object"))?;
+                for (which, seconds) in fields(retry) {
+                    let seconds = seconds.as_u64().with_context(|| format!("retryAfter.{which} is not a number"))?;
+                    let seconds = toml::Value::Integer(i64::try_from(seconds).context("retryAfter too large")?);
+                    match which.as_str() {
+                        "order" => set("wfe", &["retry_after_secs"], seconds),
+                        "authz" => set("wfe", &["authz_retry_after_secs"], seconds),
+                        other => bail!("unknown field retryAfter.{other} (Pebble has authz and order)"),
+                    }
+                }
+            }
+            "caaidentities" => {
+                let identities = toml::Value::Array(strings()?);
+                set("va", &["caa_identities"], identities.clone());
+                set("wfe", &["directory_meta", "caa_identities"], identities);
+            }
+            "certificatevalidityperiod" => notes.push(
+                "certificateValidityPeriod is not used, as Pebble has not used it since 2.7: the validity comes from \
+                 the profile (Quarry's dev profiles: classic 90 days, shortlived 160 hours)"
+                    .to_owned(),
+            ),
+            "profiles" => bail!(
+                "profiles: Pebble's profiles cannot be mapped yet; quarry dev offers Quarry's own (classic, \
+                 tlsserver, shortlived: see the directory's meta.profiles). Remove the field"
+            ),
+            "keyalgorithm" => bail!(
+                "keyAlgorithm: quarry dev's hierarchy has both an ECDSA and an RSA intermediate and signs with the one \
+                 of the subscriber's key type, as production does. Remove the field"
+            ),
+            other => bail!("unknown field pebble.{other}: quarry dev has no equivalent"),
+        }
+    }
+    match (certificate, private_key) {
+        (Some(cert), Some(key)) => config.https = Some((cert, key)),
+        (None, None) => {}
+        _ => bail!("certificate and privateKey go together"),
+    }
+    config.notes = notes;
+    Ok(config)
+}
+
+/// A Go listen address: `host:port`, `:port` for every interface.
+fn address(text: &str) -> anyhow::Result<SocketAddr> {
+    let text = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
+    let text = text.replacen("localhost:", "127.0.0.1:", 1);
+    text.parse().with_context(|| format!("{text:?} is not an IP address and port"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debians_example_with_external_account_binding_maps_field_by_field() {
+        let config = parse(
+            r#"{"pebble": {"listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+                "certificate": "test/certs/localhost/cert.pem", "privateKey": "test/certs/localhost/key.pem",
+                "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": true,
+                "externalAccountMACKeys": {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"},
+                "domainBlocklist": ["blocked-domain.example"], "retryAfter": {"authz": 3, "order": 5},
+                "caaIdentities": ["pebble.letsencrypt.org"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, Some("0.0.0.0:14000".parse().unwrap()));
+        assert_eq!(config.management, Some("0.0.0.0:15000".parse().unwrap()));
+        assert_eq!(config.https.unwrap().0, PathBuf::from("test/certs/localhost/cert.pem"));
+        assert_eq!((config.http_port, config.tls_port), (Some(5002), Some(5001)));
+        assert!(config.notes.is_empty());
+        let wfe = toml::Value::Table(config.overlays["wfe"].clone());
+        assert_eq!(wfe["external_account_binding"]["required"].as_bool(), Some(true));
+        assert_eq!(wfe["external_account_binding"]["reuse"].as_bool(), Some(true));
+        assert!(wfe["external_account_binding"]["keys"]["kid-1"].as_str().unwrap().starts_with("zWND"));
+        assert_eq!(wfe["retry_after_secs"].as_integer(), Some(5));
+        assert_eq!(wfe["authz_retry_after_secs"].as_integer(), Some(3));
+        assert_eq!(wfe["client_testing"]["directory_aliases"][0].as_str(), Some("/dir"));
+        assert_eq!(wfe["directory_meta"]["caa_identities"][0].as_str(), Some("pebble.letsencrypt.org"));
+        assert_eq!(config.overlays["ra"]["blocklists"]["admin"][0].as_str(), Some("blocked-domain.example"));
+        assert_eq!(config.overlays["va"]["caa_identities"][0].as_str(), Some("pebble.letsencrypt.org"));
+    }
+
+    #[test]
+    fn keys_match_whatever_their_case_and_go_addresses_are_read() {
+        let config =
+            parse(r#"{"Pebble": {"LISTENADDRESS": ":14000", "managementlistenaddress": "localhost:15000"}}"#).unwrap();
+        assert_eq!(config.listen, Some("0.0.0.0:14000".parse().unwrap()));
+        assert_eq!(config.management, Some("127.0.0.1:15000".parse().unwrap()));
+    }
+
+    #[test]
+    fn fields_without_an_equivalent_are_refused_or_noted_never_dropped() {
+        let note =
+            parse(r#"{"pebble": {"ocspResponderURL": "test", "certificateValidityPeriod": 157766400}}"#).unwrap();
+        assert_eq!(note.notes.len(), 2, "{:?}", note.notes);
+        for (field, named) in [
+            (r#""profiles": {"default": {"description": "x", "validityPeriod": 7776000}}"#, "profiles"),
+            (r#""keyAlgorithm": "rsa""#, "keyAlgorithm"),
+            (r#""somethingNew": 1"#, "somethingnew"),
+            (r#""retryAfter": {"cert": 1}"#, "retryAfter.cert"),
+            (r#""certificate": "c.pem""#, "privateKey"),
+            (r#""httpPort": 70000"#, "httpPort"),
+        ] {
+            let err = parse(&format!(r#"{{"pebble": {{{field}}}}}"#)).unwrap_err();
+            assert!(format!("{err:#}").contains(named), "{field}: {err:#}");
+        }
+        assert!(parse(r#"{"pebble": {}, "other": {}}"#).is_err());
+    }
+}
