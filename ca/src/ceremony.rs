@@ -422,6 +422,7 @@ fn subnet_text(subnet: &CidrSubnet) -> String {
     format!("{ip}/{prefix}")
 }
 
+pub mod chains;
 pub mod hierarchy;
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub enum Error {
     Lint(String),
     #[error("PKCS#11: {0}")]
     Pkcs11(String),
+    #[error("dev chains: {0}")]
+    Chains(String),
     #[error("invalid service name {0:?}: expected a lowercase dns label other than \"internal-ca\"")]
     ServiceName(String),
     #[error(transparent)]

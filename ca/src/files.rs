@@ -61,3 +61,11 @@ pub(crate) fn write_atomically(path: &Path, contents: &str, private: bool) -> Re
     file.sync_all().map_err(io_error(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_error(path))
 }
+
+/// A DER certificate as PEM text (64-character lines).
+pub fn certificate_pem(der: &[u8]) -> String {
+    let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+    let lines: Vec<&str> =
+        text.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).unwrap_or_default()).collect();
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+}

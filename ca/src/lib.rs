@@ -23,6 +23,7 @@ mod service;
 pub mod signer;
 
 pub use error::Error;
+pub use files::certificate_pem;
 
 /// The profile a request names when it names none.
 pub const DEFAULT_PROFILE: &str = "classic";

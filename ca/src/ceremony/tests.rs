@@ -22,7 +22,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     for sub in ["webpki", "internal", "https", "ct"] {
         for entry in std::fs::read_dir(dir.join(sub)).expect("read dir") {
             let path = entry.expect("dir entry").path();
-            out.insert(path.clone(), std::fs::read(&path).expect("read file"));
+            if path.is_file() {
+                out.insert(path.clone(), std::fs::read(&path).expect("read file"));
+            }
         }
     }
     out
@@ -263,4 +265,40 @@ fn a_public_host_is_added_to_the_https_certificate_and_nothing_else() {
     // The same hosts again, or fewer: nothing changes.
     ensure_dev_pki_for_hosts(dir.path(), &["ra"], &hosts[..1]).expect("again");
     assert_eq!(snapshot(dir.path()), after);
+}
+
+#[test]
+fn longer_and_alternate_chains_cross_sign_the_same_issuers_and_are_reused() {
+    use super::chains::{ensure_dev_chains, single};
+    use rustls_pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ensure_dev_pki(dir.path(), &["wfe"]).unwrap();
+    assert_eq!(ensure_dev_chains(&pki, 1, 0).unwrap(), single(&pki));
+    let chains = ensure_dev_chains(&pki, 3, 2).unwrap();
+    assert_eq!(chains.len(), 3);
+    let e1 = std::fs::read(&pki.intermediate_pem).unwrap();
+    let e1 = &CertificateDer::pem_slice_iter(&e1).next().unwrap().unwrap();
+    for chain in &chains {
+        let pem = std::fs::read(&chain.issuer_chains[0]).unwrap();
+        let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem).map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(certs.len(), 3, "E1 again, then two upper intermediates");
+        // The same name and key as E1: a leaf of E1 is certified through it.
+        assert_eq!(parse(&certs[0]).subject(), parse(e1).subject());
+        assert_eq!(parse(&certs[0]).public_key().raw, parse(e1).public_key().raw);
+        for pair in certs.windows(2) {
+            parse(&pair[0]).verify_signature(Some(parse(&pair[1]).public_key())).expect("each signed by the next");
+        }
+        let root = files::read_certificate(&chain.root_pem).unwrap();
+        parse(&certs[2]).verify_signature(Some(parse(&root).public_key())).expect("the last signed by the root");
+    }
+    assert_ne!(chains[1].root_pem, chains[2].root_pem);
+    let chain_files = || -> BTreeMap<PathBuf, Vec<u8>> {
+        let dirs = chains.iter().map(|chain| chain.root_pem.parent().unwrap().to_owned());
+        let files = dirs.flat_map(|dir| std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()));
+        files.map(|path| (path.clone(), std::fs::read(&path).unwrap())).collect()
+    };
+    let before = chain_files();
+    assert_eq!(ensure_dev_chains(&pki, 3, 2).unwrap(), chains);
+    assert!(changed_files(&before, &chain_files()).is_empty(), "a second run keeps every chain");
+    assert!(ensure_dev_chains(&pki, 0, 0).is_err() && ensure_dev_chains(&pki, 1, 9).is_err());
 }

@@ -25,18 +25,20 @@ pub struct Knobs {
     pub wfe_nonce_reject: Option<u64>,
     /// Pebble's `PEBBLE_AUTHZREUSE`: the percentage of an account's valid authorizations a new order reuses
     /// (default: all of them, as production does).
-    #[arg(long, env = "PEBBLE_AUTHZREUSE", value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, env = "PEBBLE_AUTHZREUSE", value_parser = ranged::<0, 100>("PEBBLE_AUTHZREUSE"))]
     pub authz_reuse: Option<u8>,
     /// Pebble's `PEBBLE_WFE_ORDERS_PER_PAGE` (an account's orders list): not supported yet, refused.
     #[arg(long, env = "PEBBLE_WFE_ORDERS_PER_PAGE")]
     pub orders_per_page: Option<u64>,
-    /// Pebble's `PEBBLE_CHAIN_LENGTH` (intermediates between the root and a leaf): 1, as the dev hierarchy has;
-    /// longer chains are not supported yet and refused.
-    #[arg(long, env = "PEBBLE_CHAIN_LENGTH")]
-    pub chain_length: Option<u64>,
-    /// Pebble's `PEBBLE_ALTERNATE_ROOTS` (extra chains to other roots): 0; more is not supported yet and refused.
-    #[arg(long, env = "PEBBLE_ALTERNATE_ROOTS")]
-    pub alternate_roots: Option<u64>,
+    /// Pebble's `PEBBLE_CHAIN_LENGTH`: how many intermediates stand between a root and a leaf in the chains served
+    /// (1 to 8; default 1, the dev hierarchy's own). Longer chains certify E1 and R1 again below upper
+    /// intermediates under a root of their own.
+    #[arg(long, env = "PEBBLE_CHAIN_LENGTH", value_parser = ranged::<1, 8>("PEBBLE_CHAIN_LENGTH"))]
+    pub chain_length: Option<u8>,
+    /// Pebble's `PEBBLE_ALTERNATE_ROOTS`: how many more chains, each to a root of its own, a certificate is also
+    /// served with (`Link: rel="alternate"`; 0 to 8, default 0).
+    #[arg(long, env = "PEBBLE_ALTERNATE_ROOTS", value_parser = ranged::<0, 8>("PEBBLE_ALTERNATE_ROOTS"))]
+    pub alternate_roots: Option<u8>,
     /// The percentage of POSTs answered `serverInternal` (500) at once, nothing done (Quarry's own knob).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub server_internal_percent: Option<u8>,
@@ -49,6 +51,17 @@ pub struct Knobs {
     /// Every certificate's ACME renewal window is open now.
     #[arg(long)]
     pub renew_now: bool,
+}
+
+/// A number from `MIN` to `MAX`; the message names Pebble's variable, which is where a suite usually sets it.
+fn ranged<const MIN: u8, const MAX: u8>(variable: &'static str) -> impl Fn(&str) -> Result<u8, String> + Clone {
+    move |value| {
+        value
+            .parse::<u8>()
+            .ok()
+            .filter(|number| (MIN..=MAX).contains(number))
+            .ok_or_else(|| format!("{variable} (or its flag) is {value:?}: Quarry takes {MIN} to {MAX}"))
+    }
 }
 
 /// Pebble's reading of a boolean variable: `1`, `true`, `True` or `TRUE` is on, anything else off.
@@ -67,24 +80,17 @@ pub fn add_overlays(overlays: &mut ServiceOverlays, more: ServiceOverlays) {
 }
 
 impl Knobs {
+    /// The chains to serve: intermediates per chain, and roots besides the first.
+    pub fn chain_shape(&self) -> (u8, u8) {
+        (self.chain_length.unwrap_or(1), self.alternate_roots.unwrap_or(0))
+    }
+
     /// The `[client_testing]` tables to render, or why a knob cannot be honoured.
     pub fn overlays(&self) -> anyhow::Result<ServiceOverlays> {
         if let Some(per_page) = self.orders_per_page {
             bail!(
                 "PEBBLE_WFE_ORDERS_PER_PAGE / --orders-per-page = {per_page}: an account's orders list is not \
                  supported yet (Quarry's accounts have no orders URL, as Boulder's have none)"
-            );
-        }
-        if let Some(length) = self.chain_length.filter(|length| *length != 1) {
-            bail!(
-                "PEBBLE_CHAIN_LENGTH / --chain-length = {length}: the dev hierarchy has one intermediate between the \
-                 root and a leaf, as production's has; longer chains are not supported yet"
-            );
-        }
-        if let Some(roots) = self.alternate_roots.filter(|roots| *roots != 0) {
-            bail!(
-                "PEBBLE_ALTERNATE_ROOTS / --alternate-roots = {roots}: alternate roots are not supported yet (the dev \
-                 hierarchy has one root)"
             );
         }
         let mut tables = ServiceOverlays::new();
@@ -174,15 +180,10 @@ mod tests {
 
     #[test]
     fn knobs_that_cannot_be_honoured_are_refused_by_name() {
-        for (args, named) in [
-            (&["--chain-length=2"][..], "PEBBLE_CHAIN_LENGTH"),
-            (&["--alternate-roots=1"][..], "PEBBLE_ALTERNATE_ROOTS"),
-            (&["--orders-per-page=3"][..], "PEBBLE_WFE_ORDERS_PER_PAGE"),
-        ] {
-            let err = tables(args).unwrap_err().to_string();
-            assert!(err.contains(named), "{err}");
-        }
-        assert!(tables(&["--chain-length=1", "--alternate-roots=0"]).unwrap().is_empty());
+        let err = tables(&["--orders-per-page=3"]).unwrap_err().to_string();
+        assert!(err.contains("PEBBLE_WFE_ORDERS_PER_PAGE"), "{err}");
+        assert!(tables(&["--chain-length=3", "--alternate-roots=2"]).unwrap().is_empty(), "chains are not knobs");
+        assert!(tables(&["--chain-length=0"]).is_err() && tables(&["--alternate-roots=9"]).is_err());
         assert!(tables(&["--authz-reuse=101"]).is_err());
     }
 }

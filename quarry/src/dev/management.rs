@@ -10,35 +10,55 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quarry_ca::ceremony::DevPki;
+use quarry_ca::ceremony::chains::DevChain;
 use quarry_proto::client::SaClient;
+use rustls_pki_types::pem::PemObject;
 
 /// What the API serves: PEM texts read once at start, and the sa for certificate status.
 #[derive(Clone)]
 struct Management {
-    root: Arc<str>,
-    root_key: Arc<str>,
-    /// Every intermediate under the root (ECDSA E1, then RSA R1), one PEM text, as a client's trust bundle takes it.
-    intermediates: Arc<str>,
+    /// Chain `n`'s texts at index `n` (Pebble's numbering: 0 is the default chain, then the alternate roots').
+    chains: Arc<[ChainTexts]>,
+    /// E1's and R1's keys, one PEM text: every chain certifies the same two.
     intermediate_keys: Arc<str>,
     sa: SaClient,
+}
+
+/// One chain's root, its key, and the intermediates that issue leaves on it (E1 then R1, as certified on that
+/// chain), one PEM text: the bundle verifies leaves of either key type.
+struct ChainTexts {
+    root: String,
+    root_key: String,
+    intermediates: String,
 }
 
 /// Serves the API on `addr` over HTTPS (with the ACME server's certificate and key, as Pebble does) until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     pki: &DevPki,
+    chains: &[DevChain],
     (https_cert, https_key): (&Path, &Path),
     sa: SaClient,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()));
+    let mut texts = Vec::new();
+    for chain in chains {
+        let mut intermediates = String::new();
+        for issuer_chain in &chain.issuer_chains {
+            let der = std::fs::read(issuer_chain).with_context(|| format!("read {}", issuer_chain.display()))?;
+            let leaf_issuer = rustls_pki_types::CertificateDer::pem_slice_iter(&der)
+                .next()
+                .with_context(|| format!("{} holds no certificate", issuer_chain.display()))??;
+            intermediates.push_str(&quarry_ca::certificate_pem(&leaf_issuer));
+        }
+        texts.push(ChainTexts { root: read(&chain.root_pem)?, root_key: read(&chain.root_key)?, intermediates });
+    }
     let state = Management {
-        root: read(&pki.root_pem)?.into(),
-        root_key: read(&pki.root_pem.with_file_name("root.key.pem"))?.into(),
-        intermediates: format!("{}{}", read(&pki.intermediate_pem)?, read(&pki.rsa_intermediate_pem)?).into(),
+        chains: texts.into(),
         intermediate_keys: format!("{}{}", read(&pki.intermediate_key)?, read(&pki.rsa_intermediate_key)?).into(),
         sa,
     };
@@ -58,38 +78,76 @@ pub async fn serve(
     Ok(())
 }
 
-fn router(state: Management) -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/roots/{n}", get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.root.clone(), CHAIN)))
-        .route("/root-keys/{n}", get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.root_key.clone(), KEY)))
-        .route(
-            "/intermediates/{n}",
-            get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.intermediates.clone(), CHAIN)),
-        )
-        .route(
-            "/intermediate-keys/{n}",
-            get(|s: State<Management>, n: UrlPath<String>| pem(s, n, |m| m.intermediate_keys.clone(), KEY)),
-        )
-        .route("/cert-status-by-serial/{serial}", get(certificate_status))
-        .with_state(state)
+/// What one path serves of chain `n`, and its content type.
+#[derive(Clone, Copy)]
+enum Served {
+    Root,
+    RootKey,
+    Intermediates,
+    IntermediateKeys,
 }
 
-const CHAIN: &str = "application/pem-certificate-chain; charset=utf-8";
-const KEY: &str = "application/x-pem-file; charset=utf-8";
+impl Served {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Root => "/roots",
+            Self::RootKey => "/root-keys",
+            Self::Intermediates => "/intermediates",
+            Self::IntermediateKeys => "/intermediate-keys",
+        }
+    }
 
-/// `n` is the chain's index, as Pebble counts its alternate roots: the dev hierarchy has one, so only 0 answers (an
-/// integer as Go's `Atoi` reads one, `+0` and `00` included); anything else is a bare 404.
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Root | Self::Intermediates => "application/pem-certificate-chain; charset=utf-8",
+            Self::RootKey | Self::IntermediateKeys => "application/x-pem-file; charset=utf-8",
+        }
+    }
+
+    fn text(self, state: &Management, chain: &ChainTexts) -> String {
+        match self {
+            Self::Root => chain.root.clone(),
+            Self::RootKey => chain.root_key.clone(),
+            Self::Intermediates => chain.intermediates.clone(),
+            Self::IntermediateKeys => state.intermediate_keys.to_string(),
+        }
+    }
+}
+
+fn router(state: Management) -> axum::Router {
+    use axum::routing::get;
+    let mut router = axum::Router::new();
+    for served in [Served::Root, Served::RootKey, Served::Intermediates, Served::IntermediateKeys] {
+        let handler =
+            move |state: State<Management>, n: UrlPath<String>, headers: HeaderMap| pem(state, n, headers, served);
+        router = router.route(&format!("{}/{{n}}", served.path()), get(handler));
+    }
+    router.route("/cert-status-by-serial/{serial}", get(certificate_status)).with_state(state)
+}
+
+/// `n` is the chain's index, an integer as Go's `Atoi` reads one (`+0` and `00` included); past the last chain, or
+/// not an integer, it is a bare 404. Roots and intermediates name every other chain's with `Link: rel="alternate"`,
+/// as Pebble does.
 async fn pem(
     State(state): State<Management>,
     UrlPath(n): UrlPath<String>,
-    pick: impl Fn(&Management) -> Arc<str>,
-    content_type: &'static str,
+    headers: HeaderMap,
+    served: Served,
 ) -> Response {
-    if n.parse::<i64>().ok() != Some(0) {
+    let Some((index, chain)) = n.parse::<usize>().ok().and_then(|index| Some((index, state.chains.get(index)?))) else {
         return StatusCode::NOT_FOUND.into_response();
+    };
+    let mut response = ([(header::CONTENT_TYPE, served.content_type())], served.text(&state, chain)).into_response();
+    let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or("localhost");
+    if matches!(served, Served::Root | Served::Intermediates) {
+        for other in (0..state.chains.len()).filter(|other| *other != index) {
+            let link = format!("<https://{host}{}/{other}>;rel=\"alternate\"", served.path());
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                response.headers_mut().append(header::LINK, value);
+            }
+        }
     }
-    ([(header::CONTENT_TYPE, content_type)], pick(&state).to_string()).into_response()
+    response
 }
 
 /// Pebble's answer for a serial: `Status` (`Valid` or `Revoked`), `Serial` (hex, no leading zeros), `Certificate`
@@ -124,7 +182,7 @@ async fn certificate_status(State(state): State<Management>, UrlPath(serial): Ur
     let answer = CertificateStatus {
         status: if revoked { "Revoked" } else { "Valid" },
         serial: serial.trim_start_matches('0').to_owned(),
-        certificate: pem_certificate(&certificate.der),
+        certificate: quarry_ca::certificate_pem(&certificate.der),
         reason: revoked.then_some(status.revoked_reason),
         revoked_at: revoked.then(|| go_time(status.revoked_date)),
     };
@@ -138,14 +196,6 @@ fn stored_serial(text: &str) -> Option<String> {
     let digits = text.trim_start_matches('0').to_ascii_lowercase();
     let hex = !digits.is_empty() && digits.len() <= 36 && digits.bytes().all(|b| b.is_ascii_hexdigit());
     hex.then(|| format!("{digits:0>36}"))
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> =
-        body.as_bytes().chunks(64).map(|line| std::str::from_utf8(line).unwrap_or_default()).collect();
-    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
 }
 
 /// Unix seconds as Go's `time.Time.String()` writes a UTC time: `2019-07-12 22:13:20 +0000 UTC`.

@@ -443,6 +443,18 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
+    let chains = match args.knobs.chain_shape() {
+        (1, 0) => quarry_ca::ceremony::chains::single(&pki),
+        (length, alternates) => {
+            let chains = quarry_ca::ceremony::chains::ensure_dev_chains(&pki, length, alternates)?;
+            // Every chain after the leaf, E1's and R1's of each, the default chain first.
+            let served = chains.iter().flat_map(|chain| chain.issuer_chains.iter());
+            let served = served.map(|path| toml::Value::String(path.display().to_string())).collect();
+            let wfe = toml::Table::from_iter([("chains".to_owned(), toml::Value::Array(served))]);
+            knobs::add_overlays(&mut overlays, ServiceOverlays::from([("wfe", wfe)]));
+            chains
+        }
+    };
 
     let challtestsrv = match args.va_dns {
         Some(_) => None,
@@ -509,7 +521,8 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
             let sa = crate::admin::sa_client(&config_dir.join("admin.toml"))?;
             let https = pebble.as_ref().and_then(|pebble| pebble.https.clone());
             let (cert, key) = https.unwrap_or_else(|| (pki.https_cert.clone(), pki.https_key.clone()));
-            management::serve(addr, &pki, (&cert, &key), sa, stop_management.clone().cancelled_owned()).await?;
+            let stop = stop_management.clone().cancelled_owned();
+            management::serve(addr, &pki, &chains, (&cert, &key), sa, stop).await?;
             Some(format!("https://{addr}"))
         }
         None => None,
@@ -519,7 +532,8 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let mut info = StackInfo {
         directory_url: format!("{}/{directory_path}", args.base_url()),
         tls_ca_pem: pki.https_ca_pem.clone(),
-        root_pem: pki.root_pem.clone(),
+        // The default chain's root: a longer chain has a root of its own.
+        root_pem: chains[0].root_pem.clone(),
         challtestsrv_url: challtestsrv.as_ref().map(|srv| format!("http://{}", srv.management_addr)),
         crl_base_url: format!("http://{}/", args.crl_addr),
         logs_dir: Some(logs_dir.clone()),

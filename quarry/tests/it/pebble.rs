@@ -70,16 +70,26 @@ async fn pebbles_variables_reach_the_services_and_no_other_environment_accepts_t
 }
 
 #[tokio::test]
-async fn a_knob_quarry_cannot_honour_stops_quarry_dev_with_its_name() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["dev", "--data-dir"])
-        .arg(tempfile::tempdir().expect("tempdir").path())
-        .env("PEBBLE_CHAIN_LENGTH", "3")
-        .output()
-        .expect("run quarry dev");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("PEBBLE_CHAIN_LENGTH"), "{stderr}");
+async fn a_knob_out_of_range_stops_quarry_dev_with_its_name() {
+    for (variable, value) in
+        [("PEBBLE_CHAIN_LENGTH", "9"), ("PEBBLE_ALTERNATE_ROOTS", "99"), ("PEBBLE_AUTHZREUSE", "101")]
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(["dev", "--data-dir"])
+            .arg(dir.path())
+            .env(variable, value)
+            .kill_on_drop(true)
+            .output();
+        // Refused before anything starts; a stack that started instead is stopped here by the timeout.
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{variable}={value}: quarry dev started"))
+            .expect("run quarry dev");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{variable}={value}");
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+    }
 }
 
 /// A CA of the test's own and a `localhost` certificate under it, as Pebble's repository has (`test/certs`): PEM
@@ -180,4 +190,85 @@ async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verif
         .output()
         .expect("openssl");
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+/// Verifies the leaf first in `chain` (PEM) with OpenSSL, the rest of `chain` untrusted and `root` (PEM) the anchor.
+fn openssl_verifies(chain: &str, root: &[u8]) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut certificates = chain.split_inclusive("-----END CERTIFICATE-----\n");
+    let leaf = certificates.next().expect("a leaf");
+    std::fs::write(dir.path().join("leaf.pem"), leaf).expect("write");
+    std::fs::write(dir.path().join("untrusted.pem"), certificates.collect::<String>()).expect("write");
+    std::fs::write(dir.path().join("root.pem"), root).expect("write");
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "root.pem", "-untrusted", "untrusted.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+}
+
+#[tokio::test]
+async fn longer_chains_and_alternate_roots_are_served_and_each_verifies_with_its_root() {
+    let management = format!("127.0.0.1:{}", crate::full_stack::free_port());
+    let env = [
+        ("PEBBLE_CHAIN_LENGTH", "3".to_owned()),
+        ("PEBBLE_ALTERNATE_ROOTS", "2".to_owned()),
+        ("PEBBLE_VA_ALWAYS_VALID", "1".to_owned()),
+    ];
+    let stack = Stack::start_with_env(None, None, &["--management-addr".into(), management.clone()], &env).await;
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory");
+    let mut account = AcmeAccount::generate(Algorithm::Es256);
+    client.register(&mut account).await.expect("account");
+    let names = ["chains.quarry-test.org"];
+    let identifiers = json!({"identifiers": [{"type": "dns", "value": names[0]}]});
+    let order = client.post(&account, &client.url("newOrder"), Some(&identifiers)).await.expect("order");
+    let order_url = order.header("location").expect("order URL");
+    let authz = order.json()["authorizations"][0].as_str().expect("authorization").to_owned();
+    let authz = client.post(&account, &authz, None).await.expect("authorization").json();
+    let challenge = authz["challenges"][0]["url"].as_str().expect("challenge").to_owned();
+    client.post(&account, &challenge, Some(&json!({}))).await.expect("challenge");
+    client.poll(&account, &order_url, 100, |o| o["status"] == "ready").await.expect("ready");
+    let csr = quarry_jose::b64_encode(&crate::full_stack::csr_for(&names));
+    let finalize = order.json()["finalize"].as_str().expect("finalize").to_owned();
+    client.post(&account, &finalize, Some(&json!({"csr": csr}))).await.expect("finalize");
+    let order = client.poll(&account, &order_url, 100, |o| o["status"] == "valid").await.expect("valid");
+    let certificate_url = order["certificate"].as_str().expect("certificate URL").to_owned();
+
+    let api = AcmeClient::without_directory(Some(&stack.tls_ca_pem)).expect("client");
+    let management_get = |path: String| {
+        let (api, management) = (&api, &management);
+        async move {
+            let url = format!("https://{management}{path}");
+            api.request(http::Method::GET, &url, None, Vec::new()).await.expect("management API")
+        }
+    };
+    let default = client.post(&account, &certificate_url, None).await.expect("certificate");
+    let alternates: Vec<String> = default
+        .headers_all("link")
+        .into_iter()
+        .filter(|link| link.contains("rel=\"alternate\""))
+        .map(|link| link.trim_start_matches('<').split('>').next().expect("a URL").to_owned())
+        .collect();
+    assert_eq!(alternates.len(), 2, "{alternates:?}");
+    let mut chains = vec![String::from_utf8(default.body).expect("PEM")];
+    for url in &alternates {
+        chains.push(String::from_utf8(client.post(&account, url, None).await.expect("alternate").body).expect("PEM"));
+    }
+    let mut roots = Vec::new();
+    for (n, chain) in chains.iter().enumerate() {
+        // The leaf, then its issuer certified on this chain and two upper intermediates: three between it and the
+        // root.
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 4, "chain {n}:\n{chain}");
+        let root = management_get(format!("/roots/{n}")).await;
+        assert_eq!(root.status, 200);
+        assert_eq!(root.headers_all("link").len(), 2, "the other two roots as alternates");
+        openssl_verifies(chain, &root.body).unwrap_or_else(|err| panic!("chain {n} against /roots/{n}: {err}"));
+        roots.push(root.body);
+    }
+    assert!(roots[0] != roots[1] && roots[1] != roots[2], "each chain has its own root");
+    assert!(openssl_verifies(&chains[1], &roots[0]).is_err(), "an alternate chain does not lead to root 0");
+    assert_eq!(management_get("/roots/3".into()).await.status, 404);
+    // The stack file names the default chain's root.
+    assert_eq!(std::fs::read(&stack.root_pem).expect("root"), roots[0]);
 }
