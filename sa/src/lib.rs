@@ -22,7 +22,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
-pub use controls::RateLimitOverride;
+pub use controls::{RateLimitOverride, RenewalInfoOverride};
 pub use error::Error;
 pub use history::{Precertificate, RevokedCertificate, ShardLease, StoredCrl};
 pub use server::Storage;
@@ -55,6 +55,20 @@ pub struct Config {
     /// The longest one statement may run (and one connection may be waited for), in milliseconds.
     #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
+    /// Provocations for client test suites (quarry dev only: refused in any other environment).
+    #[serde(default)]
+    pub client_testing: ClientTesting,
+}
+
+/// `[client_testing]` of the sa. Every key off is production behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTesting {
+    /// Take renewal-information answers for certificates (`SetRenewalInfoOverride`, Pebble's `set-renewal-info`,
+    /// which `quarry dev`'s management API forwards); off, the write is refused. Kept in the database, so that every
+    /// wfe replica serves the same answer.
+    #[serde(default)]
+    pub renewal_info_overrides: bool,
 }
 
 fn default_crl_shards() -> i64 {
@@ -105,10 +119,14 @@ pub async fn serve(
             gauges.record_pool_gauges();
         }
     });
+    if config.client_testing != ClientTesting::default() {
+        tracing::warn!(knobs = ?config.client_testing, "client-testing knobs are on: this sa takes test-only writes");
+    }
     let storage = match &config.read_replica_url {
         Some(url) => Storage::with_replica(store, Store::open_replica(url, settings).await?),
         None => Storage::new(store),
-    };
+    }
+    .with_client_testing(config.client_testing.clone());
     let read_only = <StorageAuthorityReadOnlyServer<Storage> as NamedService>::NAME;
     let read_write = <StorageAuthorityServer<Storage> as NamedService>::NAME;
     let routes = tonic::service::Routes::new(StorageAuthorityReadOnlyServer::with_interceptor(

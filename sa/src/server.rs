@@ -11,6 +11,7 @@ use quarry_proto::sa::storage_authority_server::StorageAuthority;
 use quarry_proto::sa::{self as sapb};
 use tonic::{Request, Response, Status};
 
+use crate::ClientTesting;
 use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
 
 /// Both services share one store; the read-only service may also read from a replica.
@@ -18,16 +19,23 @@ use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
 pub struct Storage {
     store: Store,
     replica: Option<Store>,
+    client_testing: ClientTesting,
 }
 
 impl Storage {
     pub fn new(store: Store) -> Self {
-        Self { store, replica: None }
+        Self { store, replica: None, client_testing: ClientTesting::default() }
     }
 
     /// Reads of the read-only service go to `replica` first.
     pub fn with_replica(store: Store, replica: Store) -> Self {
-        Self { store, replica: Some(replica) }
+        Self { store, replica: Some(replica), client_testing: ClientTesting::default() }
+    }
+
+    /// The test-only writes `knobs` allow (quarry dev's).
+    pub fn with_client_testing(mut self, knobs: ClientTesting) -> Self {
+        self.client_testing = knobs;
+        self
     }
 
     /// Runs a read on the replica when there is one; a row the replica lacks may just not have arrived yet
@@ -46,6 +54,9 @@ impl Storage {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// The longest renewal-information override stored: a management API's whole request body (64 KiB) leaves less.
+const MAX_RENEWAL_INFO_OVERRIDE_BYTES: usize = 64 * 1024;
 
 fn reply<T>(result: Result<T, Problem>) -> Reply<T> {
     result.map(Response::new).map_err(Status::from)
@@ -244,6 +255,13 @@ impl StorageAuthorityReadOnly for Storage {
         let authorizations = self.store.stuck_authorizations(since(req.authorizations_before), limit).await?;
         let orders = self.store.stuck_orders(since(req.orders_before), limit).await?;
         reply(Ok(sapb::StuckWork { authorizations: items(authorizations), orders: items(orders) }))
+    }
+
+    /// From the primary: a suite reads the answer it has just stored.
+    async fn get_renewal_info_override(&self, request: Request<sapb::Serial>) -> Reply<sapb::RenewalInfoOverride> {
+        let serial = request.into_inner().serial;
+        let found = self.store.renewal_info_override(&serial).await;
+        reply(found.map(|o| sapb::RenewalInfoOverride { serial, response: o.response, set_at: o.set_at }))
     }
 }
 
@@ -524,6 +542,25 @@ impl StorageAuthority for Storage {
     async fn get_order_precertificate(&self, request: Request<sapb::OrderId>) -> Reply<sapb::Serial> {
         let precertificate = self.store.order_precertificate(request.get_ref().id).await;
         reply(precertificate.map(|serial| sapb::Serial { serial: serial.unwrap_or_default() }))
+    }
+
+    async fn set_renewal_info_override(&self, request: Request<sapb::RenewalInfoOverride>) -> Reply<pb::Empty> {
+        if !self.client_testing.renewal_info_overrides {
+            return Err(Problem::unauthorized(
+                "this sa takes no renewal-information overrides: they are for client test suites against quarry dev \
+                 ([client_testing] renewal_info_overrides)",
+            )
+            .into());
+        }
+        let req = request.into_inner();
+        if req.response.len() > MAX_RENEWAL_INFO_OVERRIDE_BYTES {
+            return Err(Problem::malformed(format!(
+                "a renewal-information override is at most {MAX_RENEWAL_INFO_OVERRIDE_BYTES} bytes"
+            ))
+            .into());
+        }
+        let stored = self.store.set_renewal_info_override(&req.serial, &req.response, quarry_core::clock::now()).await;
+        reply(stored.map(|()| pb::Empty {}))
     }
 
     async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {

@@ -30,6 +30,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (7, "recovery", include_str!("../migrations/sqlite/0007_recovery.sql")),
     (8, "bad_keys", include_str!("../migrations/sqlite/0008_bad_keys.sql")),
     (9, "external_account_claim", include_str!("../migrations/sqlite/0009_external_account_claim.sql")),
+    (10, "renewal_info_overrides", include_str!("../migrations/sqlite/0010_renewal_info_overrides.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -43,6 +44,7 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (7, "recovery", include_str!("../migrations/postgres/0007_recovery.sql")),
     (8, "bad_keys", include_str!("../migrations/postgres/0008_bad_keys.sql")),
     (9, "external_account_claim", include_str!("../migrations/postgres/0009_external_account_claim.sql")),
+    (10, "renewal_info_overrides", include_str!("../migrations/postgres/0010_renewal_info_overrides.sql")),
 ];
 
 /// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.

@@ -134,6 +134,9 @@ impl InProcessStack {
             statement_timeout_ms: 5_000,
             read_replica_url: None,
             crl_shards: quarry_core::crl::DEFAULT_SHARDS,
+            // As quarry dev's sa with its management API: a test stores renewal-information answers through the sa
+            // (with the admin identity); whether a wfe serves them is that wfe's own `[client_testing]`.
+            client_testing: quarry_sa::ClientTesting { renewal_info_overrides: true },
         };
         let (listener, sa) = listen(sa_config.grpc.listen).await;
         tokio::spawn(quarry_sa::serve(sa_config, listener, std::future::pending()));

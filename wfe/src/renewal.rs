@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use serde_json::json;
@@ -107,11 +108,24 @@ pub async fn renewal_info(State(wfe): State<Wfe>, method: Method, Path(cert_id):
     }
     let deadline = wfe.deadline();
     let serial = parse_cert_id(&cert_id, wfe.issuer_key_ids())?;
+    if wfe.provocations().knobs.renewal_info_overrides
+        && let Some(stored) = wfe.sa().get_renewal_info_override(&serial, deadline).await?
+    {
+        return Ok(stored_answer(stored));
+    }
     let window = window(&wfe, &serial, deadline).await?;
     let body = json!({
         "suggestedWindow": { "start": timestamp(window.start), "end": timestamp(window.end) },
     });
     Ok(with_retry_after(json_response(StatusCode::OK, &body), jittered(RETRY_AFTER_SECS)))
+}
+
+/// A renewal-information answer a client test suite stored (quarry dev's `[client_testing]`): its text verbatim,
+/// whatever it holds, with Pebble's fixed `Retry-After`, so that the suite sees exactly what it asked for.
+fn stored_answer(body: String) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    with_retry_after(response, RETRY_AFTER_SECS)
 }
 
 fn jittered(seconds: u64) -> u64 {

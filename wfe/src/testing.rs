@@ -1,6 +1,7 @@
 //! The wfe's client-testing knobs (`[client_testing]`, quarry dev only — see `quarry_core::testing`): good nonces
 //! refused as `badNonce` (Pebble's `PEBBLE_WFE_NONCEREJECT`), random `serverInternal` and `rateLimited` answers, every
-//! renewal window open now, and the directory at more paths (Pebble's `/dir`).
+//! renewal window open now, renewal-information answers a suite stored in the sa (Pebble's `set-renewal-info`), and
+//! the directory at more paths (Pebble's `/dir`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
@@ -37,6 +38,11 @@ pub struct ClientTesting {
     /// Every certificate's renewal window (ARI) is open: it began a minute ago.
     #[serde(default)]
     pub renew_now: bool,
+    /// Serve the renewal-information answer a client test suite stored in the sa for a certificate (Pebble's
+    /// `set-renewal-info`, through `quarry dev`'s management API) in place of its window. Off, no renewal-info
+    /// request pays the sa read that looks for one.
+    #[serde(default)]
+    pub renewal_info_overrides: bool,
     /// More paths the directory is served at, e.g. Pebble's `/dir`.
     #[serde(default)]
     pub directory_aliases: Vec<String>,

@@ -239,6 +239,13 @@ impl StorageAuthority for Handle {
         Err(Status::unimplemented("not used by the ca"))
     }
 
+    async fn set_renewal_info_override(
+        &self,
+        _: Request<quarry_proto::sa::RenewalInfoOverride>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("not used by the ca"))
+    }
+
     async fn set_order_error(&self, _: Request<SetOrderErrorRequest>) -> Result<Response<Empty>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }

@@ -288,6 +288,25 @@ impl SaClient {
         rpc!(self.peer, Ro, get_stuck_work, "/quarry.sa.v1.StorageAuthorityReadOnly/GetStuckWork", request, deadline)
     }
 
+    /// The renewal-information answer a client test suite stored for the certificate `serial` (quarry dev only), or
+    /// `None` when there is none.
+    pub async fn get_renewal_info_override(&self, serial: &str, deadline: Deadline) -> Result<Option<String>, Problem> {
+        let serial = Serial { serial: serial.to_owned() };
+        let found = rpc!(
+            self.peer,
+            Ro,
+            get_renewal_info_override,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetRenewalInfoOverride",
+            serial,
+            deadline
+        );
+        match found {
+            Ok(stored) => Ok(Some(stored.response)),
+            Err(problem) if problem.kind == quarry_core::ErrorKind::NotFound => Ok(None),
+            Err(problem) => Err(problem),
+        }
+    }
+
     // --- Writes ---
 
     pub async fn new_account(&self, account: pb::Account, deadline: Deadline) -> Result<pb::Account, Problem> {
@@ -605,6 +624,27 @@ impl SaClient {
             deadline
         )?;
         Ok(Some(reply.serial).filter(|serial| !serial.is_empty()))
+    }
+
+    /// Stores `response` as the renewal-information answer of the certificate `serial`; an empty one removes it.
+    /// Refused (`unauthorized`) by an sa whose `[client_testing]` does not take overrides; `notFound` when no
+    /// certificate has the serial.
+    pub async fn set_renewal_info_override(
+        &self,
+        serial: &str,
+        response: &str,
+        deadline: Deadline,
+    ) -> Result<(), Problem> {
+        let request = RenewalInfoOverride { serial: serial.to_owned(), response: response.to_owned(), set_at: 0 };
+        rpc!(
+            self.peer,
+            Rw,
+            set_renewal_info_override,
+            "/quarry.sa.v1.StorageAuthority/SetRenewalInfoOverride",
+            request,
+            deadline
+        )
+        .map(drop)
     }
 
     pub async fn disable_rate_limit_override(

@@ -79,6 +79,17 @@ pub fn add_overlays(overlays: &mut ServiceOverlays, more: ServiceOverlays) {
     }
 }
 
+/// What the management API needs of the services: the sa takes renewal-information answers
+/// (`POST /set-renewal-info/`) and every wfe replica serves them, read from the sa. Only with the API on, so that
+/// `quarry dev` without it keeps production's behaviour (no wfe reads overrides on each renewal-info request).
+pub fn management_overlays() -> ServiceOverlays {
+    let knob = |key: &str| {
+        let knobs = toml::Table::from_iter([(key.to_owned(), toml::Value::Boolean(true))]);
+        toml::Table::from_iter([(quarry_core::testing::SECTION.to_owned(), toml::Value::Table(knobs))])
+    };
+    ServiceOverlays::from([("sa", knob("renewal_info_overrides")), ("wfe", knob("renewal_info_overrides"))])
+}
+
 impl Knobs {
     /// The chains to serve: intermediates per chain, and roots besides the first.
     pub fn chain_shape(&self) -> (u8, u8) {
@@ -176,6 +187,15 @@ mod tests {
         assert!(!tables(&["--va-sleeptime=5", "--va-nosleep"]).unwrap().contains_key("va"));
         assert!(!tables(&["--va-always-valid=yes"]).unwrap().contains_key("va"));
         assert!(tables(&["--va-always-valid=TRUE"]).unwrap().contains_key("va"));
+    }
+
+    #[test]
+    fn the_management_api_turns_renewal_info_overrides_on_beside_the_knobs() {
+        let mut overlays = tables(&["--renew-now"]).unwrap();
+        add_overlays(&mut overlays, management_overlays());
+        let text = |service: &str| overlays[service]["client_testing"].as_table().expect("a table").to_string();
+        assert_eq!(text("sa"), "renewal_info_overrides = true\n");
+        assert_eq!(text("wfe"), "renew_now = true\nrenewal_info_overrides = true\n");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pebble's management API, served by `quarry dev` (`--management-addr`): the dev PKI's root and intermediates (and
-//! their keys: a dev hierarchy is no secret) and a certificate's status by serial, at Pebble's paths and in its
-//! formats, so that a client test suite written against Pebble finds what it fetches. Only `quarry dev` serves it:
-//! no service of a deployed environment has it.
+//! their keys: a dev hierarchy is no secret), a certificate's status by serial, and a certificate's renewal-information
+//! answer set by the suite, at Pebble's paths and in its formats, so that a client test suite written against Pebble
+//! finds what it fetches. Only `quarry dev` serves it: no service of a deployed environment has it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -115,14 +115,19 @@ impl Served {
 }
 
 fn router(state: Management) -> axum::Router {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     let mut router = axum::Router::new();
     for served in [Served::Root, Served::RootKey, Served::Intermediates, Served::IntermediateKeys] {
         let handler =
             move |state: State<Management>, n: UrlPath<String>, headers: HeaderMap| pem(state, n, headers, served);
         router = router.route(&format!("{}/{{n}}", served.path()), get(handler));
     }
-    router.route("/cert-status-by-serial/{serial}", get(certificate_status)).with_state(state)
+    router
+        .route("/cert-status-by-serial/{serial}", get(certificate_status))
+        // Pebble's path ends with a slash; a suite that leaves it out means the same.
+        .route("/set-renewal-info/", post(set_renewal_info))
+        .route("/set-renewal-info", post(set_renewal_info))
+        .with_state(state)
 }
 
 /// `n` is the chain's index, an integer as Go's `Atoi` reads one (`+0` and `00` included); past the last chain, or
@@ -190,6 +195,84 @@ async fn certificate_status(State(state): State<Management>, UrlPath(serial): Ur
     ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
 }
 
+/// `POST /set-renewal-info/` with `{"certificate": PEM, "ariResponse": text}` (keys in any case, as Go's JSON
+/// decoding matches them): from now on the certificate's renewal-info resource answers `text` verbatim, on every wfe
+/// replica, since it is stored in the sa (whose `[client_testing]` quarry dev turns on with this API). An empty or
+/// absent `ariResponse` removes it, as Pebble reads an empty answer as none. 200 with an empty body; 400 for a body
+/// that is not such JSON or a certificate that is not PEM; 404 for a certificate not issued here.
+async fn set_renewal_info(State(state): State<Management>, body: axum::body::Bytes) -> Response {
+    let request = match RenewalInfoRequest::parse(&body) {
+        Ok(request) => request,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    let serial = match certificate_serial(&request.certificate) {
+        Ok(serial) => serial,
+        Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+    };
+    match state.sa.set_renewal_info_override(&serial, &request.ari_response, None).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(problem) => {
+            let status = match problem.kind {
+                quarry_core::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                quarry_core::ErrorKind::Malformed => StatusCode::BAD_REQUEST,
+                _ => {
+                    tracing::warn!(%problem, "management API: the sa did not store a renewal-information answer");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            (status, problem.detail).into_response()
+        }
+    }
+}
+
+/// The body of `POST /set-renewal-info/`.
+#[derive(Debug, PartialEq, Eq)]
+struct RenewalInfoRequest {
+    /// The certificate, PEM.
+    certificate: String,
+    /// The answer to serve, any text (malformed JSON too, so that a suite can test its client with it).
+    ari_response: String,
+}
+
+impl RenewalInfoRequest {
+    /// Reads the body as Pebble does: a JSON object whose `certificate` and `ariResponse` members match in any case
+    /// (an exact match first), other members ignored, a missing or null member empty.
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|err| {
+            format!("the body is not JSON ({err}); send {{\"certificate\": PEM, \"ariResponse\": text}}")
+        })?;
+        let serde_json::Value::Object(members) = value else {
+            return Err("the body is not a JSON object; send {\"certificate\": PEM, \"ariResponse\": text}".into());
+        };
+        let text = |name: &str| -> Result<String, String> {
+            let member = members
+                .get(name)
+                .or_else(|| members.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value));
+            match member {
+                None | Some(serde_json::Value::Null) => Ok(String::new()),
+                Some(serde_json::Value::String(text)) => Ok(text.clone()),
+                Some(other) => Err(format!("{name} must be a JSON string, not {other}")),
+            }
+        };
+        Ok(Self { certificate: text("certificate")?, ari_response: text("ariResponse")? })
+    }
+}
+
+/// The serial of the first PEM block of `pem`, which must be a certificate, as the sa stores serials (the DER
+/// INTEGER's content, lowercase hex).
+fn certificate_serial(pem: &str) -> Result<String, String> {
+    let block = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or("certificate is not PEM (-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----)")?;
+    if block.label != "CERTIFICATE" {
+        return Err(format!("certificate's PEM block is a {}, not a CERTIFICATE", block.label));
+    }
+    let (_, certificate) = x509_parser::parse_x509_certificate(&block.contents)
+        .map_err(|err| format!("certificate's PEM block is not an X.509 certificate: {err}"))?;
+    Ok(certificate.raw_serial().iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 /// A serial as the sa stores it (18 bytes, 36 lowercase hex digits) from Pebble's form: hex in either case, with or
 /// without leading zeros. `None` for anything else (Pebble answers 400).
 fn stored_serial(text: &str) -> Option<String> {
@@ -217,6 +300,37 @@ mod tests {
         for bad in ["", "0x19", "xyz", &"1".repeat(37)] {
             assert_eq!(stored_serial(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn renewal_info_requests_are_read_as_pebble_reads_them() {
+        let read = |body: &str| RenewalInfoRequest::parse(body.as_bytes());
+        let expected = RenewalInfoRequest { certificate: "PEM".into(), ari_response: "{\"a\": 1}".into() };
+        assert_eq!(read(r#"{"certificate": "PEM", "ariResponse": "{\"a\": 1}"}"#), Ok(expected));
+        // Go matches member names in any case and ignores the others.
+        let cased = read(r#"{"Certificate": "PEM", "ARIResponse": "x", "extra": 1}"#).unwrap();
+        assert_eq!((cased.certificate.as_str(), cased.ari_response.as_str()), ("PEM", "x"));
+        // An exact match wins over another case.
+        assert_eq!(read(r#"{"ARIRESPONSE": "no", "ariResponse": "yes"}"#).unwrap().ari_response, "yes");
+        // Absent or null: empty (which removes the answer).
+        assert_eq!(read(r#"{"certificate": "PEM", "ariResponse": null}"#).unwrap().ari_response, "");
+        for bad in ["", "not json", "[1]", r#"{"certificate": 5}"#, r#"{"ariResponse": {"a": 1}}"#] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_certificates_serial_is_read_from_its_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["serial.example.org".to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0x00, 0xcd]));
+        let pem = params.self_signed(&key).unwrap().pem();
+        assert_eq!(certificate_serial(&format!("leading text\n{pem}")).as_deref(), Ok("01ab00cd"));
+        assert!(certificate_serial("no PEM here").unwrap_err().contains("not PEM"));
+        let key_pem = key.serialize_pem();
+        assert!(certificate_serial(&key_pem).unwrap_err().contains("not a CERTIFICATE"));
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(certificate_serial(garbage).unwrap_err().contains("not an X.509 certificate"));
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:4002")]
     crl_addr: SocketAddr,
     /// Serve Pebble's management API here (HTTPS, the ACME server's certificate): `/roots/0`, `/root-keys/0`,
-    /// `/intermediates/0`, `/intermediate-keys/0`, `/cert-status-by-serial/{hex}` — e.g. `127.0.0.1:15000`, Pebble's
-    /// port. Off unless asked: it hands out the dev hierarchy's keys.
+    /// `/intermediates/0`, `/intermediate-keys/0`, `/cert-status-by-serial/{hex}`, `POST /set-renewal-info/` — e.g.
+    /// `127.0.0.1:15000`, Pebble's port. Off unless asked: it hands out the dev hierarchy's keys.
     #[arg(long)]
     management_addr: Option<SocketAddr>,
     /// The DNS resolver the va uses; when given, no challenge test server is started.
@@ -440,6 +440,10 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
         Some(path) => Some(pebble_mode(&mut args, &mut overlays, &path)?),
         None => None,
     };
+    // Pebble mode names the management address too, so this follows it.
+    if args.management_addr.is_some() {
+        knobs::add_overlays(&mut overlays, knobs::management_overlays());
+    }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;

@@ -1313,8 +1313,9 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
     assert!(net <= report["server_cpu_ms_per_cert"].as_f64().unwrap(), "{report}");
 }
 
-/// Pebble's management API, as client test suites fetch it: the root and intermediates that verify an issued chain,
-/// their keys, and a certificate's status by serial (in Pebble's JSON) before and after its revocation.
+/// Pebble's management API, as client test suites use it: the root and intermediates that verify an issued chain,
+/// their keys, a certificate's renewal-information answer set by the suite and then served by the wfe, and a
+/// certificate's status by serial (in Pebble's JSON) before and after its revocation.
 #[tokio::test]
 async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status() {
     let addr = format!("127.0.0.1:{}", free_port());
@@ -1365,6 +1366,67 @@ async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status(
     assert!(valid["Certificate"].as_str().is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
     assert!(valid.get("RevokedAt").is_none(), "{valid}");
 
+    // Pebble's set-renewal-info: the suite's answer, stored in the sa, is what the certificate's renewal-info
+    // resource serves from then on, verbatim, with Pebble's fixed Retry-After.
+    let post = |path: &str, body: String| {
+        let api = &api;
+        let url = format!("https://{addr}{path}");
+        async move {
+            let body = body.into_bytes();
+            api.request(http::Method::POST, &url, Some("application/json"), body).await.expect("management API answers")
+        }
+    };
+    let renewal_info = |url: String| {
+        let api = &api;
+        async move { api.request(http::Method::GET, &url, None, Vec::new()).await.expect("the wfe answers") }
+    };
+    let directory = renewal_info(stack.directory_url.clone()).await.json();
+    let key_id = leaf
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => None,
+        })
+        .expect("authority key identifier");
+    let cert_id = format!("{}.{}", quarry_jose::b64_encode(&key_id), quarry_jose::b64_encode(leaf.raw_serial()));
+    let info_url = format!("{}/{cert_id}", directory["renewalInfo"].as_str().expect("renewalInfo"));
+    let computed = renewal_info(info_url.clone()).await;
+    assert!(computed.json()["suggestedWindow"]["start"].is_string(), "{}", String::from_utf8_lossy(&computed.body));
+    let chosen = r#"{"suggestedWindow": {"start": "2024-01-01T00:00:00Z", "end": "2024-01-02T00:00:00Z"},
+  "explanationURL": "https://quarry-test.org/ari"}"#;
+    let body_text =
+        |response: &quarry_testkit::client::HttpResponse| String::from_utf8_lossy(&response.body).into_owned();
+    let set = serde_json::json!({"certificate": leaf_pem, "ariResponse": chosen}).to_string();
+    let set = post("/set-renewal-info/", set).await;
+    assert_eq!((set.status, set.body.len()), (200, 0), "{}", body_text(&set));
+    let served = renewal_info(info_url.clone()).await;
+    assert_eq!(served.status, 200);
+    assert_eq!(String::from_utf8_lossy(&served.body), chosen);
+    assert_eq!(served.headers["retry-after"], "21600");
+    assert_eq!(served.headers["content-type"], "application/json");
+    // Without the trailing slash, with Go's member names in another case, and any text at all.
+    let again = serde_json::json!({"Certificate": leaf_pem, "ARIResponse": "not JSON {"}).to_string();
+    assert_eq!(post("/set-renewal-info", again).await.status, 200);
+    assert_eq!(renewal_info(info_url.clone()).await.body, b"not JSON {");
+    // Not JSON, not PEM: 400, saying so; a certificate not issued here: 404.
+    let not_json = post("/set-renewal-info/", "certificate=…".into()).await;
+    assert!(not_json.status == 400 && body_text(&not_json).contains("not JSON"), "{}", body_text(&not_json));
+    let not_pem = serde_json::json!({"certificate": "MIIB", "ariResponse": "{}"}).to_string();
+    let not_pem = post("/set-renewal-info/", not_pem).await;
+    assert!(not_pem.status == 400 && body_text(&not_pem).contains("not PEM"), "{}", body_text(&not_pem));
+    let stranger_key = rcgen::KeyPair::generate().expect("key");
+    let stranger = rcgen::CertificateParams::new(vec!["stranger.quarry-test.org".to_owned()])
+        .and_then(|params| params.self_signed(&stranger_key))
+        .expect("a certificate of another CA")
+        .pem();
+    let unknown = serde_json::json!({"certificate": stranger, "ariResponse": "{}"}).to_string();
+    assert_eq!(post("/set-renewal-info/", unknown).await.status, 404);
+    // An empty answer gives the certificate its own window back.
+    let cleared = serde_json::json!({"certificate": leaf_pem, "ariResponse": ""}).to_string();
+    assert_eq!(post("/set-renewal-info/", cleared).await.status, 200);
+    assert_eq!(renewal_info(info_url).await.json()["suggestedWindow"], computed.json()["suggestedWindow"]);
+
     let leaf_der = rustls_pki_types::CertificateDer::from(certs[0].clone());
     let revocation = instant_acme::RevocationRequest {
         certificate: &leaf_der,
@@ -1376,4 +1438,22 @@ async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status(
     assert!(revoked["RevokedAt"].as_str().is_some_and(|at| at.ends_with(" +0000 UTC")), "{revoked}");
     assert_eq!(get("/cert-status-by-serial/0x12".into()).await.status, 400);
     assert_eq!(get("/cert-status-by-serial/abcdef".into()).await.status, 404);
+
+    // The API turned the knob on in the sa and the wfe (dev only): the same sa configuration, said to be staging's,
+    // does not start.
+    for service in ["sa", "wfe"] {
+        let rendered = std::fs::read_to_string(stack.data_dir().join(format!("config/{service}.toml"))).expect("read");
+        assert!(rendered.contains("renewal_info_overrides = true"), "{service}: {rendered}");
+    }
+    let rendered = std::fs::read_to_string(stack.data_dir().join("config/sa.toml")).expect("read");
+    let hosted = dir.path().join("sa.toml");
+    std::fs::write(&hosted, rendered.replace("environment = \"dev\"", "environment = \"staging\"")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["sa", "--config"])
+        .arg(&hosted)
+        .output()
+        .expect("run quarry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("[client_testing]") && stderr.contains("renewal_info_overrides"), "{stderr}");
 }

@@ -51,6 +51,12 @@ async fn pebbles_variables_reach_the_services_and_no_other_environment_accepts_t
     }
     assert_eq!(status, "ready");
 
+    // Without the management API, neither the sa nor the wfe takes renewal-information overrides.
+    for service in ["sa", "wfe"] {
+        let rendered = std::fs::read_to_string(stack.data_dir().join(format!("config/{service}.toml"))).expect("read");
+        assert!(!rendered.contains("renewal_info_overrides"), "{service}: {rendered}");
+    }
+
     // The same rendered configurations, said to be staging's, do not start.
     let dir = tempfile::tempdir().expect("tempdir");
     for (service, knob) in [("wfe", "nonce_reject_percent"), ("va", "always_valid"), ("ra", "authz_reuse_percent")] {

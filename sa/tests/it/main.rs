@@ -41,17 +41,28 @@ impl Sa {
     }
 
     async fn start_with_replica(db: TestDatabase, replica: Option<&TestDatabase>) -> Sa {
+        Self::launch(db, replica, quarry_sa::ClientTesting::default()).await
+    }
+
+    /// An sa with quarry dev's client-testing knobs `knobs`.
+    async fn start_with_knobs(db: TestDatabase, knobs: quarry_sa::ClientTesting) -> Sa {
+        Self::launch(db, None, knobs).await
+    }
+
+    async fn launch(db: TestDatabase, replica: Option<&TestDatabase>, knobs: quarry_sa::ClientTesting) -> Sa {
         let pki = TestPki::new();
         let config = quarry_sa::Config {
             telemetry: Default::default(),
             read_replica_url: replica.map(|r| r.url.clone()),
             version: ConfigVersion::CURRENT,
-            grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca"]), (RW, &["ra", "ca"])]),
+            // As deploy/env/base/sa.toml allows them, the operator's `admin` identity included.
+            grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca", "admin"]), (RW, &["ra", "ca", "admin"])]),
             tls: pki.tls("sa"),
             database_url: db.url.clone(),
             max_connections: 4,
             statement_timeout_ms: 5_000,
             crl_shards: 128,
+            client_testing: knobs,
         };
         let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -345,6 +356,79 @@ async fn certificates_need_a_reserved_serial() {
         let status =
             sa.ro("wfe").get_certificate_status(Serial { serial: "01abcd".into() }).await.unwrap().into_inner();
         assert_eq!(status.status, "good");
+    }
+}
+
+/// Stores a certificate with `serial` (its DER content bytes) for a new account, as the ca does; returns its serial
+/// as the sa keeps it (lowercase hex).
+async fn store_certificate(sa: &Sa, serial: &[u8], name: &str) -> String {
+    let account = sa.account().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    let der = params.self_signed(&key).unwrap().der().to_vec();
+    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let reserve = AddSerialRequest { account_id: account.id, serial: hex.clone(), created: 1, expires: 2, order_id: 0 };
+    sa.rw("ca").add_serial(reserve).await.unwrap();
+    let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
+    sa.rw("ca").add_precertificate(add()).await.unwrap();
+    sa.rw("ca").add_certificate(add()).await.unwrap();
+    hex
+}
+
+/// quarry dev's stand-in for Pebble's set-renewal-info: an sa takes an override only when its `[client_testing]`
+/// says so; then only for a stored certificate, read back verbatim through the read-only service (as every wfe
+/// replica reads it), replaced by a later one, removed by an empty one.
+#[tokio::test]
+async fn renewal_info_overrides_are_taken_only_when_client_testing_allows_them() {
+    let overriding = quarry_sa::ClientTesting { renewal_info_overrides: true };
+    let plain_databases = TestDatabase::every_backend().await;
+    for (db, plain_db) in TestDatabase::every_backend().await.into_iter().zip(plain_databases) {
+        let set = |serial: &str, response: &str| RenewalInfoOverride {
+            serial: serial.into(),
+            response: response.into(),
+            set_at: 0,
+        };
+        let get = |serial: &str| Serial { serial: serial.into() };
+
+        // Production behaviour: the write is refused, saying why, before anything is looked up.
+        let plain = Sa::start(plain_db).await;
+        let refused = plain.rw("admin").set_renewal_info_override(set("01abcd", "{}")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let problem = quarry_core::Problem::from(refused);
+        assert_eq!(problem.kind, quarry_core::ErrorKind::Unauthorized);
+        assert!(problem.detail.contains("[client_testing] renewal_info_overrides"), "{}", problem.detail);
+
+        let sa = Sa::start_with_knobs(db, overriding.clone()).await;
+        let serial = store_certificate(&sa, &[0x01, 0xab, 0xcd], "ari.example.org").await;
+        let none = sa.ro("wfe").get_renewal_info_override(get(&serial)).await.unwrap_err();
+        assert_eq!(none.code(), Code::NotFound);
+        // Only a stored certificate's serial takes one.
+        let unknown = sa.rw("admin").set_renewal_info_override(set("02", "{}")).await.unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+
+        let window = r#"{"suggestedWindow": {"start": "2020-01-01T00:00:00Z", "end": "2020-01-02T00:00:00Z"}}"#;
+        let before = quarry_core::clock::now();
+        sa.rw("admin").set_renewal_info_override(set("01ABCD", window)).await.unwrap();
+        let stored = sa.ro("wfe").get_renewal_info_override(get(&serial)).await.unwrap().into_inner();
+        assert_eq!((stored.serial.as_str(), stored.response.as_str()), (serial.as_str(), window));
+        assert!(stored.set_at >= before, "{}", stored.set_at);
+        // A later one replaces it, any text at all (a suite tests its client on malformed answers too).
+        sa.rw("admin").set_renewal_info_override(set(&serial, "not JSON {")).await.unwrap();
+        let stored = sa.ro("wfe").get_renewal_info_override(get(&serial)).await.unwrap().into_inner();
+        assert_eq!(stored.response, "not JSON {");
+        // An empty one removes it, as Pebble reads an empty answer as none; removing again is no error.
+        for _ in 0..2 {
+            sa.rw("admin").set_renewal_info_override(set(&serial, "")).await.unwrap();
+        }
+        let removed = sa.ro("wfe").get_renewal_info_override(get(&serial)).await.unwrap_err();
+        assert_eq!(removed.code(), Code::NotFound);
+
+        let oversized = sa.rw("admin").set_renewal_info_override(set(&serial, &"x".repeat(65 * 1024))).await;
+        assert_eq!(problem_kind(&oversized.unwrap_err()), quarry_core::ErrorKind::Malformed);
+        // The wfe reads overrides but may not write them.
+        let denied = sa.rw("wfe").set_renewal_info_override(set(&serial, "{}")).await.unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
     }
 }
 

@@ -1,6 +1,7 @@
 //! The client-testing knobs of the wfe and the ra (`[client_testing]`, quarry dev only), each turned all the way up
 //! so that its effect is certain: refused nonces (and a retry that passes), provoked server errors and rate limits,
-//! the directory at Pebble's `/dir`, renewal windows open now, authorizations not reused, slow finalization.
+//! the directory at Pebble's `/dir`, renewal windows open now, renewal-information answers stored in the sa,
+//! authorizations not reused, slow finalization.
 
 use axum::http::Method;
 use quarry_jose::Algorithm;
@@ -91,6 +92,70 @@ async fn the_directory_at_pebbles_path_and_renewal_windows_open_now() {
     };
     let now = time::OffsetDateTime::now_utc();
     assert!(parse(&window["start"]) <= now && now < parse(&window["end"]), "{window}");
+}
+
+/// The sa as `quarry dev`'s management API reaches it: with the operator's `admin` identity.
+fn admin_sa(stack: &Stack) -> quarry_proto::client::SaClient {
+    let services = &stack.services;
+    let peer = quarry_core::peer::Peer::new(&services.pki.client_config("sa", services.sa), &services.pki.tls("admin"));
+    quarry_proto::client::SaClient::new(peer.expect("the sa's peer"))
+}
+
+/// The serial of a certificate as the sa keeps it.
+fn serial_of(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_renewal_information_answer_stored_in_the_sa_is_served_verbatim() {
+    let stack = Stack::start_with(|wfe| wfe.client_testing.renewal_info_overrides = true).await;
+    let client = &stack.client;
+    let account = stack.account(Algorithm::Es256).await;
+    let (der, _) = issue(&stack, &account, &["ari-override.example.org"]).await;
+    let url = format!("{}/{}", client.url("renewalInfo"), cert_id(&der));
+    let get = || {
+        let url = url.clone();
+        async move { client.request(Method::GET, &url, None, Vec::new()).await.unwrap() }
+    };
+
+    // Nothing stored: the certificate's own window, with the jittered Retry-After.
+    let computed = get().await;
+    assert_eq!(computed.status, 200, "{}", String::from_utf8_lossy(&computed.body));
+    let computed_window = computed.json()["suggestedWindow"].clone();
+    assert!(computed_window["start"].is_string(), "{computed_window}");
+
+    // Stored through the sa, as quarry dev's management API stores it: served as it was written, byte for byte.
+    let sa = admin_sa(&stack);
+    let serial = serial_of(&der);
+    let chosen = r#"{"suggestedWindow": {"start": "2021-01-03T00:00:00Z", "end": "2021-01-07T00:00:00Z"},
+  "explanationURL": "https://ari.example.org/why"}"#;
+    sa.set_renewal_info_override(&serial, chosen, None).await.expect("stored");
+    let served = get().await;
+    assert_eq!(served.status, 200);
+    assert_eq!(String::from_utf8_lossy(&served.body), chosen);
+    assert_eq!(served.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(served.header("retry-after").as_deref(), Some("21600"), "Pebble's fixed six hours, no jitter");
+    // Any text, so that a suite can see its client cope with a malformed answer.
+    sa.set_renewal_info_override(&serial, "not JSON {", None).await.expect("replaced");
+    assert_eq!(get().await.body, b"not JSON {");
+    // An empty answer removes the override: the window is the certificate's again.
+    sa.set_renewal_info_override(&serial, "", None).await.expect("removed");
+    assert_eq!(get().await.json()["suggestedWindow"], computed_window);
+
+    // A wfe without the knob never reads overrides (production pays no sa read for them): the window is computed,
+    // even with one stored.
+    let production = Stack::start().await;
+    let account = production.account(Algorithm::Es256).await;
+    let (der, _) = issue(&production, &account, &["ari-plain.example.org"]).await;
+    admin_sa(&production).set_renewal_info_override(&serial_of(&der), chosen, None).await.expect("stored");
+    let url = format!("{}/{}", production.client.url("renewalInfo"), cert_id(&der));
+    let plain = production.client.request(Method::GET, &url, None, Vec::new()).await.unwrap();
+    assert_eq!(plain.status, 200);
+    assert!(plain.json()["suggestedWindow"]["start"].is_string(), "{}", String::from_utf8_lossy(&plain.body));
+    assert_ne!(String::from_utf8_lossy(&plain.body), chosen);
+    let retry_after: u64 = plain.header("retry-after").unwrap().parse().unwrap();
+    assert!((17_280..=25_920).contains(&retry_after), "{retry_after}");
 }
 
 #[tokio::test]
