@@ -63,6 +63,27 @@ pub struct Config {
     /// How long each CRL is valid (nextUpdate − thisUpdate), in seconds; at most ten days.
     #[serde(default = "default_crl_validity_secs")]
     pub crl_validity_secs: u64,
+    /// Provocations for client test suites (quarry dev only: refused in any other environment).
+    #[serde(default)]
+    pub client_testing: ClientTesting,
+}
+
+/// `[client_testing]` of the ca. Absent, production behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTesting {
+    /// Sign every certificate with an issuer of this key type, whatever the subscriber's key (Pebble's
+    /// `keyAlgorithm`, which makes all its CA keys of one type): `"ecdsa"` or `"rsa"`.
+    #[serde(default)]
+    pub issuer_key_type: Option<IssuerKeyType>,
+}
+
+/// The key type of an issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerKeyType {
+    Ecdsa,
+    Rsa,
 }
 
 /// One issuing intermediate.

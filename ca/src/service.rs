@@ -69,6 +69,8 @@ pub(crate) struct CaService {
     default_profile: String,
     sa: SaClient,
     finisher: Finisher,
+    /// `[client_testing] issuer_key_type`: every certificate from an issuer of this type (quarry dev only).
+    issuer_key_type: Option<crate::IssuerKeyType>,
 }
 
 /// What finishes an issuance once its precertificate is about to be signed: a task of its own, so that a caller
@@ -182,6 +184,7 @@ impl CaService {
             profiles,
             default_profile: config.default_profile.clone(),
             sa,
+            issuer_key_type: config.client_testing.issuer_key_type,
         })
     }
 
@@ -190,7 +193,10 @@ impl CaService {
     fn choose_issuer(&self, profile: &str, key: &Jwk, not_after: OffsetDateTime) -> Option<&ConfiguredIssuer> {
         let eligible: Vec<&ConfiguredIssuer> =
             self.issuers.iter().filter(|i| i.serves(profile) && i.issuer.not_after() >= not_after).collect();
-        let wants_rsa = matches!(key, Jwk::Rsa { .. });
+        let wants_rsa = match self.issuer_key_type {
+            Some(kind) => kind == crate::IssuerKeyType::Rsa,
+            None => matches!(key, Jwk::Rsa { .. }),
+        };
         let same_kind: Vec<&ConfiguredIssuer> = eligible.iter().copied().filter(|i| i.is_rsa() == wants_rsa).collect();
         let pool = if same_kind.is_empty() { eligible } else { same_kind };
         let mut random = [0u8; 4];

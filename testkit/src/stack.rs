@@ -161,6 +161,7 @@ impl InProcessStack {
                 ("shortlived".to_owned(), quarry_ca::ProfileConfig::shortlived()),
             ]),
             default_profile: "classic".into(),
+            client_testing: Default::default(),
         };
         let (listener, ca) = listen(ca_config.grpc.listen).await;
         tokio::spawn(quarry_ca::serve(ca_config, listener, std::future::pending()));

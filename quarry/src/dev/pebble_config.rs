@@ -135,14 +135,29 @@ pub fn parse(text: &str) -> anyhow::Result<PebbleConfig> {
                  the profile (Quarry's dev profiles: classic 90 days, shortlived 160 hours)"
                     .to_owned(),
             ),
-            "profiles" => bail!(
-                "profiles: Pebble's profiles cannot be mapped yet; quarry dev offers Quarry's own (classic, \
-                 tlsserver, shortlived: see the directory's meta.profiles). Remove the field"
-            ),
-            "keyalgorithm" => bail!(
-                "keyAlgorithm: quarry dev's hierarchy has both an ECDSA and an RSA intermediate and signs with the one \
-                 of the subscriber's key type, as production does. Remove the field"
-            ),
+            "profiles" => {
+                let profiles = value.as_object().with_context(|| format!("{key} is not an object"))?;
+                for (name, profile) in profiles {
+                    let profile = profile.as_object().with_context(|| format!("profiles.{name} is not an object"))?;
+                    let mapped = map_profile(name, profile)?;
+                    for (service, path, value) in mapped {
+                        set(service, &path.iter().map(String::as_str).collect::<Vec<_>>(), value);
+                    }
+                }
+                // Pebble's orders that name no profile get its "default" one.
+                if profiles.contains_key("default") {
+                    set("ra", &["default_profile"], "default".into());
+                }
+            }
+            "keyalgorithm" => {
+                let algorithm = string()?.to_ascii_lowercase();
+                if algorithm != "rsa" && algorithm != "ecdsa" {
+                    bail!("keyAlgorithm {algorithm:?}: Pebble takes \"rsa\" or \"ecdsa\"");
+                }
+                // Quarry's leaves are signed by the intermediate of their own key type (as production does); Pebble's
+                // CA keys are all of one type, so every leaf gets the intermediate of that type.
+                set("ca", &["client_testing", "issuer_key_type"], algorithm.into());
+            }
             other => bail!("unknown field pebble.{other}: quarry dev has no equivalent"),
         }
     }
@@ -153,6 +168,45 @@ pub fn parse(text: &str) -> anyhow::Result<PebbleConfig> {
     }
     config.notes = notes;
     Ok(config)
+}
+
+/// Pebble's validity when a profile gives none: 90 days.
+const PEBBLE_DEFAULT_VALIDITY_SECS: u64 = 7_776_000;
+
+/// One Pebble profile as Quarry's three services hold a profile: the ca's certificate profile (its validity, a
+/// common name as Pebble writes one), the ra's validation profile (the lifetimes of Quarry's `classic`, DNS names and
+/// IP addresses as Pebble takes both) and the directory's description. Each entry: (service, key path, value).
+fn map_profile(
+    name: &str,
+    profile: &serde_json::Map<String, Value>,
+) -> anyhow::Result<Vec<(&'static str, Vec<String>, toml::Value)>> {
+    let (mut description, mut validity) = (String::new(), PEBBLE_DEFAULT_VALIDITY_SECS);
+    for (key, value) in fields(profile) {
+        match key.as_str() {
+            "description" => {
+                description = value.as_str().with_context(|| format!("profiles.{name}.description"))?.to_owned()
+            }
+            "validityperiod" => {
+                validity = value.as_u64().with_context(|| format!("profiles.{name}.validityPeriod is not seconds"))?;
+                if validity == 0 {
+                    validity = PEBBLE_DEFAULT_VALIDITY_SECS;
+                }
+            }
+            other => bail!("unknown field profiles.{name}.{other}: quarry dev has no equivalent"),
+        }
+    }
+    let int = |value: u64| toml::Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
+    let path = |keys: &[&str]| keys.iter().map(|key| (*key).to_owned()).collect::<Vec<_>>();
+    Ok(vec![
+        ("ca", path(&["profiles", name, "validity_secs"]), int(validity)),
+        ("ca", path(&["profiles", name, "include_common_name"]), true.into()),
+        ("ra", path(&["profiles", name, "pending_authorization_lifetime_secs"]), int(7 * 86_400)),
+        ("ra", path(&["profiles", name, "valid_authorization_lifetime_secs"]), int(30 * 86_400)),
+        ("ra", path(&["profiles", name, "order_lifetime_secs"]), int(7 * 86_400)),
+        ("ra", path(&["profiles", name, "max_names"]), int(100)),
+        ("ra", path(&["profiles", name, "identifier_types"]), toml::Value::Array(vec!["dns".into(), "ip".into()])),
+        ("wfe", path(&["directory_meta", "profiles", name]), description.into()),
+    ])
 }
 
 /// A Go listen address: `host:port`, `:port` for every interface.
@@ -174,7 +228,7 @@ mod tests {
                 "httpPort": 5002, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": true,
                 "externalAccountMACKeys": {"kid-1": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"},
                 "domainBlocklist": ["blocked-domain.example"], "retryAfter": {"authz": 3, "order": 5},
-                "caaIdentities": ["pebble.letsencrypt.org"]}}"#,
+                "caaIdentities": ["pebble.letsencrypt.org"], "keyAlgorithm": "RSA"}}"#,
         )
         .unwrap();
         assert_eq!(config.listen, Some("0.0.0.0:14000".parse().unwrap()));
@@ -192,6 +246,25 @@ mod tests {
         assert_eq!(wfe["directory_meta"]["caa_identities"][0].as_str(), Some("pebble.letsencrypt.org"));
         assert_eq!(config.overlays["ra"]["blocklists"]["admin"][0].as_str(), Some("blocked-domain.example"));
         assert_eq!(config.overlays["va"]["caa_identities"][0].as_str(), Some("pebble.letsencrypt.org"));
+        assert_eq!(config.overlays["ca"]["client_testing"]["issuer_key_type"].as_str(), Some("rsa"));
+    }
+
+    #[test]
+    fn pebbles_profiles_become_quarrys_in_the_ca_ra_and_directory() {
+        let config = parse(
+            r#"{"pebble": {"profiles": {"default": {"description": "The profile you know and trust",
+                "validityPeriod": 7776000}, "shortlived": {"description": "A short-lived cert profile",
+                "validityPeriod": 518400}}}}"#,
+        )
+        .unwrap();
+        let ca = toml::Value::Table(config.overlays["ca"].clone());
+        assert_eq!(ca["profiles"]["default"]["validity_secs"].as_integer(), Some(7_776_000));
+        assert_eq!(ca["profiles"]["shortlived"]["validity_secs"].as_integer(), Some(518_400));
+        let ra = toml::Value::Table(config.overlays["ra"].clone());
+        assert_eq!(ra["default_profile"].as_str(), Some("default"));
+        assert_eq!(ra["profiles"]["shortlived"]["max_names"].as_integer(), Some(100));
+        let wfe = toml::Value::Table(config.overlays["wfe"].clone());
+        assert_eq!(wfe["directory_meta"]["profiles"]["shortlived"].as_str(), Some("A short-lived cert profile"));
     }
 
     #[test]
@@ -208,8 +281,8 @@ mod tests {
             parse(r#"{"pebble": {"ocspResponderURL": "test", "certificateValidityPeriod": 157766400}}"#).unwrap();
         assert_eq!(note.notes.len(), 2, "{:?}", note.notes);
         for (field, named) in [
-            (r#""profiles": {"default": {"description": "x", "validityPeriod": 7776000}}"#, "profiles"),
-            (r#""keyAlgorithm": "rsa""#, "keyAlgorithm"),
+            (r#""profiles": {"default": {"description": "x", "color": "blue"}}"#, "profiles.default.color"),
+            (r#""keyAlgorithm": "dsa""#, "keyAlgorithm"),
             (r#""somethingNew": 1"#, "somethingnew"),
             (r#""retryAfter": {"cert": 1}"#, "retryAfter.cert"),
             (r#""certificate": "c.pem""#, "privateKey"),

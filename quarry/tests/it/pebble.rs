@@ -3,6 +3,7 @@
 
 use quarry_jose::Algorithm;
 use quarry_testkit::client::{AcmeAccount, AcmeClient};
+use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 
 use crate::full_stack::Stack;
@@ -136,6 +137,8 @@ async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verif
         "httpPort": srv.http01_addr.expect("http-01").port(),
         "tlsPort": 5001,
         "ocspResponderURL": "test",
+        "profiles": {"default": {"description": "The profile you know and trust", "validityPeriod": 518400}},
+        "keyAlgorithm": "rsa",
     }});
     std::fs::create_dir_all(dir.path().join("test/config")).expect("mkdir");
     std::fs::write(dir.path().join("test/config/pebble-config.json"), config.to_string()).expect("write");
@@ -179,7 +182,18 @@ async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verif
     let names = ["as-pebble.quarry-test.org"];
     let chain =
         crate::full_stack::issue_via_http01(&stack, &account, &names, &crate::full_stack::csr_for(&names)).await;
+    // Pebble's "default" profile is the default, with its validity: 6 days.
+    let leaf_der =
+        rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).next().expect("leaf").expect("PEM");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).expect("leaf parses");
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!((518_399..=518_400).contains(&lifetime), "{lifetime}");
+    // keyAlgorithm "rsa": an ECDSA subscriber key, yet the RSA intermediate signed.
+    assert!(leaf.issuer().to_string().contains("Intermediate R1"), "{}", leaf.issuer());
+    assert!(matches!(leaf.public_key().parsed(), Ok(x509_parser::public_key::PublicKey::EC(_))));
     let api = AcmeClient::without_directory(Some(&stack.tls_ca_pem)).expect("client");
+    let directory = api.request(http::Method::GET, &stack.directory_url, None, Vec::new()).await.expect("directory");
+    assert_eq!(directory.json()["meta"]["profiles"]["default"], "The profile you know and trust");
     let fetched = stack.dir.path().join("fetched");
     std::fs::create_dir_all(&fetched).expect("mkdir");
     for (path, file) in [("/roots/0", "root.pem"), ("/intermediates/0", "intermediates.pem")] {
