@@ -95,6 +95,7 @@ async fn a_token_hierarchy_issues_certificates_and_crls() {
         crl_shards: quarry_core::crl::DEFAULT_SHARDS,
         default_profile: "classic".into(),
         crl_validity_secs: 9 * 86_400,
+        client_testing: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(config.grpc.listen).await.expect("bind");
     let addr = listener.local_addr().expect("addr");

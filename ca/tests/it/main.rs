@@ -41,6 +41,7 @@ pub fn config(pki: &TestPki, sa_addr: SocketAddr, publisher_addr: SocketAddr) ->
         issuers: pki.issuers(),
         crl_shards: quarry_core::crl::DEFAULT_SHARDS,
         crl_validity_secs: 9 * 86_400,
+        client_testing: Default::default(),
         profiles: [
             ("classic".to_owned(), ProfileConfig::classic()),
             ("tlsserver".to_owned(), ProfileConfig::tlsserver()),
