@@ -24,6 +24,8 @@ command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 # The va pods' resolver sidecar: the chart's unbound configuration is checked with unbound's own checker.
 [[ -x /usr/sbin/unbound-checkconf ]] || need_packages+=(unbound)
 [[ -e /usr/share/dns/root.key ]] || need_packages+=(dns-root-data)
+# Pebble's example configurations, which `quarry pebble` must start as they are (quarry::pebble tests).
+[[ -e /usr/share/doc/pebble/examples/pebble-config.json ]] || need_packages+=(pebble)
 for pair in dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_packages+=("${pair#*:}")
 done

@@ -115,16 +115,100 @@ fn localhost_certificate() -> (String, String, String) {
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// Starts `quarry pebble -config test/config/pebble-config.json -dnsserver DNS` in `dir` (Quarry's own processes on
+/// the ten ports from `ports`, its data in `dir/dev`), and waits for its stack file.
+async fn start_quarry_pebble(
+    dir: &std::path::Path,
+    dns: std::net::SocketAddr,
+    ports: u16,
+) -> (tokio::process::Child, serde_json::Value) {
+    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(["pebble", "-config", "test/config/pebble-config.json", "-dnsserver"])
+        .arg(dns.to_string())
+        .args(["--data-dir", "dev", "--grpc-base-port"])
+        .arg(ports.to_string())
+        .arg("--crl-addr")
+        .arg(format!("127.0.0.1:{}", ports + 7))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn quarry pebble");
+    let stack_json = dir.join("dev/stack.json");
+    for _ in 0..450 {
+        if let Some(info) = std::fs::read_to_string(&stack_json).ok().and_then(|text| serde_json::from_str(&text).ok()) {
+            return (process, info);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("quarry pebble did not start: {}", crate::full_stack::logs(dir));
+}
+
+/// Writes the certificates of [`localhost_certificate`] where Pebble's configuration files name them
+/// (`test/certs/localhost/{cert,key}.pem`, relative to where Pebble runs), and the CA as `test/certs/ca.pem`.
+fn write_pebble_certificates(dir: &std::path::Path) {
+    let (ca, cert, key) = localhost_certificate();
+    let certs = dir.join("test/certs/localhost");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    std::fs::write(certs.join("cert.pem"), cert).expect("write");
+    std::fs::write(certs.join("key.pem"), key).expect("write");
+    std::fs::write(dir.join("test/certs/ca.pem"), ca).expect("write");
+}
+
+/// Debian's `pebble` package ships Pebble's example configurations; each starts `quarry pebble` with only its
+/// listen addresses changed (its certificate paths are Pebble's repository layout, which the test recreates), and the
+/// one with external account binding holds new accounts to its keys.
+#[tokio::test]
+async fn debians_example_configurations_start_as_they_are() {
+    let examples = std::path::Path::new("/usr/share/doc/pebble/examples");
+    for (file, binding_required) in [("pebble-config.json", false), ("pebble-config-external-account-bindings.json", true)] {
+        let text = std::fs::read_to_string(examples.join(file))
+            .unwrap_or_else(|err| panic!("{file}: {err} (scripts/test.sh installs Debian's pebble)"));
+        let mut config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let ports = crate::full_stack::free_port_range();
+        let management = format!("127.0.0.1:{}", crate::full_stack::free_port());
+        config["pebble"]["listenAddress"] = format!("127.0.0.1:{}", ports + 9).into();
+        config["pebble"]["managementListenAddress"] = management.clone().into();
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_pebble_certificates(dir.path());
+        std::fs::create_dir_all(dir.path().join("test/config")).expect("mkdir");
+        std::fs::write(dir.path().join("test/config/pebble-config.json"), config.to_string()).expect("write");
+        let srv = crate::full_stack::challenge_server().await;
+        let (_process, info) = start_quarry_pebble(dir.path(), srv.dns_addr.expect("dns"), ports).await;
+        let ca = dir.path().join("test/certs/ca.pem");
+        let client = AcmeClient::new(info["directory_url"].as_str().expect("directory"), Some(&ca)).await.expect("dir");
+        assert_eq!(client.directory()["meta"]["externalAccountRequired"].as_bool().unwrap_or(false), binding_required);
+        let root = client.request(http::Method::GET, &format!("https://{management}/roots/0"), None, Vec::new()).await;
+        assert_eq!(root.expect("management API").status, 200, "{file}");
+
+        let url = client.url("newAccount");
+        let account = AcmeAccount::generate(Algorithm::Es256);
+        let unbound = client.post(&account, &url, Some(&json!({"termsOfServiceAgreed": true}))).await.expect("answer");
+        if !binding_required {
+            assert_eq!(unbound.status, 201, "{file}");
+            continue;
+        }
+        assert_eq!(unbound.problem_type().as_deref(), Some("externalAccountRequired"), "{file}");
+        // Both of the file's keys bind accounts, and a key binds more than one, as in Pebble.
+        let keys = config["pebble"]["externalAccountMACKeys"].as_object().expect("keys").clone();
+        for (kid, mac) in keys.iter().chain(keys.iter().take(1)) {
+            let mac = quarry_jose::b64_decode(mac.as_str().expect("key")).expect("base64url");
+            let account = AcmeAccount::generate(Algorithm::Es256);
+            let binding =
+                quarry_jose::sign_external_account_binding("HS256", kid, &mac, &url, &account.key.jwk()).expect("EAB");
+            let payload = json!({"termsOfServiceAgreed": true, "externalAccountBinding": binding});
+            let bound = client.post(&account, &url, Some(&payload)).await.expect("answer");
+            assert_eq!(bound.status, 201, "{kid}: {}", String::from_utf8_lossy(&bound.body));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verifies_with_the_management_api() {
     let srv = crate::full_stack::challenge_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ca, cert, key) = localhost_certificate();
-    let certs = dir.path().join("test/certs/localhost");
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    std::fs::write(certs.join("cert.pem"), cert).expect("write");
-    std::fs::write(certs.join("key.pem"), key).expect("write");
-    std::fs::write(dir.path().join("test/certs/ca.pem"), ca).expect("write");
+    write_pebble_certificates(dir.path());
     let ports = crate::full_stack::free_port_range();
     let management = format!("127.0.0.1:{}", crate::full_stack::free_port());
     // The shape of Pebble's own test/config/pebble-config.json, only its addresses changed (and its ports, to the
@@ -142,30 +226,7 @@ async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verif
     }});
     std::fs::create_dir_all(dir.path().join("test/config")).expect("mkdir");
     std::fs::write(dir.path().join("test/config/pebble-config.json"), config.to_string()).expect("write");
-    let process = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
-        .args(["pebble", "-config", "test/config/pebble-config.json", "-dnsserver"])
-        .arg(srv.dns_addr.expect("dns").to_string())
-        .args(["--data-dir", "dev", "--grpc-base-port"])
-        .arg(ports.to_string())
-        .arg("--crl-addr")
-        .arg(format!("127.0.0.1:{}", ports + 7))
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn quarry pebble");
-    let stack_json = dir.path().join("dev/stack.json");
-    let mut info = serde_json::Value::Null;
-    for _ in 0..450 {
-        if let Some(read) = std::fs::read_to_string(&stack_json).ok().and_then(|text| serde_json::from_str(&text).ok())
-        {
-            info = read;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    assert!(!info.is_null(), "quarry pebble did not start: {}", crate::full_stack::logs(dir.path()));
+    let (process, info) = start_quarry_pebble(dir.path(), srv.dns_addr.expect("dns"), ports).await;
     let directory_url = info["directory_url"].as_str().expect("directory").to_owned();
     assert_eq!(directory_url, format!("https://localhost:{}/dir", ports + 9));
     let stack = Stack {
