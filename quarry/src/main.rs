@@ -321,6 +321,10 @@ fn main() -> ExitCode {
             quarry_core::telemetry::init_logs("dev");
             report("dev", runtime().block_on(dev::run(args)))
         }
+        Command::Pebble(args) if args.version => {
+            println!("quarry {} (as pebble)", quarry_core::build::get().describe());
+            ExitCode::SUCCESS
+        }
         Command::Pebble(args) => {
             quarry_core::telemetry::init_logs("pebble");
             report("pebble", runtime().block_on(dev::run(args.into_dev())))

@@ -122,6 +122,9 @@ pub struct PebbleArgs {
     /// Pebble's strict mode: accepted, since Quarry always behaves as production does.
     #[arg(long)]
     strict: bool,
+    /// Print the version and exit, as Pebble's `-version` does.
+    #[arg(long)]
+    pub version: bool,
     /// Where the dev PKI, the database and logs live (Quarry's own option).
     #[arg(long, default_value = ".quarry")]
     data_dir: PathBuf,

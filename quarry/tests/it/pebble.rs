@@ -137,7 +137,8 @@ async fn start_quarry_pebble(
         .expect("spawn quarry pebble");
     let stack_json = dir.join("dev/stack.json");
     for _ in 0..450 {
-        if let Some(info) = std::fs::read_to_string(&stack_json).ok().and_then(|text| serde_json::from_str(&text).ok()) {
+        if let Some(info) = std::fs::read_to_string(&stack_json).ok().and_then(|text| serde_json::from_str(&text).ok())
+        {
             return (process, info);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -162,7 +163,9 @@ fn write_pebble_certificates(dir: &std::path::Path) {
 #[tokio::test]
 async fn debians_example_configurations_start_as_they_are() {
     let examples = std::path::Path::new("/usr/share/doc/pebble/examples");
-    for (file, binding_required) in [("pebble-config.json", false), ("pebble-config-external-account-bindings.json", true)] {
+    for (file, binding_required) in
+        [("pebble-config.json", false), ("pebble-config-external-account-bindings.json", true)]
+    {
         let text = std::fs::read_to_string(examples.join(file))
             .unwrap_or_else(|err| panic!("{file}: {err} (scripts/test.sh installs Debian's pebble)"));
         let mut config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -352,4 +355,24 @@ async fn longer_chains_and_alternate_roots_are_served_and_each_verifies_with_its
     assert_eq!(management_get("/roots/3".into()).await.status, 404);
     // The stack file names the default chain's root.
     assert_eq!(std::fs::read(&stack.root_pem).expect("root"), roots[0]);
+}
+
+#[test]
+fn a_binary_called_pebble_takes_pebbles_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pebble = dir.path().join("pebble");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_quarry"), &pebble).expect("symlink");
+    let out = std::process::Command::new(&pebble).arg("-version").output().expect("run pebble");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("quarry ") && stdout.contains("as pebble"), "{stdout}");
+    // Pebble's one-dash options with a value after `=`, and a missing file named in the refusal.
+    let out = std::process::Command::new(&pebble)
+        .args(["-config=missing.json", "-strict", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .output()
+        .expect("run pebble");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"), "{}", String::from_utf8_lossy(&out.stderr));
 }
