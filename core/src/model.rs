@@ -146,6 +146,9 @@ pub struct Order {
     pub not_after: Timestamp,
 }
 
+/// The most order ids one page of an account's orders list holds: what the sa reads for one request.
+pub const MAX_ORDER_PAGE: i64 = 1_000;
+
 /// One page of an account's orders list (RFC 8555 §7.1.2.1).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderPage {

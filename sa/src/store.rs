@@ -7,7 +7,7 @@ use std::time::Duration;
 use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::{
     Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
-    Order, OrderPage, ValidationRecord,
+    MAX_ORDER_PAGE, Order, OrderPage, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -48,9 +48,6 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (10, "renewal_info_overrides", include_str!("../migrations/postgres/0010_renewal_info_overrides.sql")),
     (11, "orders_by_account", include_str!("../migrations/postgres/0011_orders_by_account.sql")),
 ];
-
-/// The most ids one page of an account's orders list holds.
-pub const MAX_ORDER_PAGE: i64 = 1_000;
 
 /// The most of an account's orders one page of its orders list looks at, listed or not: a page of an account whose
 /// orders are mostly invalid (expired, failed) holds fewer ids, rather than one request reading every order the

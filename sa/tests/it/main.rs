@@ -20,7 +20,7 @@ const RO: &str = "quarry.sa.v1.StorageAuthorityReadOnly";
 const RW: &str = "quarry.sa.v1.StorageAuthority";
 const DAY: i64 = 86_400;
 /// The most ids a page of an account's orders list holds.
-const MAX_ORDER_PAGE: i64 = quarry_sa::store::MAX_ORDER_PAGE;
+const MAX_ORDER_PAGE: i64 = quarry_core::model::MAX_ORDER_PAGE;
 
 struct Sa {
     pki: TestPki,
