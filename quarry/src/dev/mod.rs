@@ -435,7 +435,7 @@ impl AcmeTarget {
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
 pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
-    let mut overlays = args.knobs.overlays()?;
+    let mut overlays = args.knobs.overlays();
     let pebble = match args.pebble_config.clone() {
         Some(path) => Some(pebble_mode(&mut args, &mut overlays, &path)?),
         None => None,
