@@ -146,6 +146,18 @@ pub struct Order {
     pub not_after: Timestamp,
 }
 
+/// The most order ids one page of an account's orders list holds: what the sa reads for one request.
+pub const MAX_ORDER_PAGE: i64 = 1_000;
+
+/// One page of an account's orders list (RFC 8555 §7.1.2.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderPage {
+    /// The account's orders that are not invalid, by id ascending (creation order).
+    pub order_ids: Vec<i64>,
+    /// The next page holds only orders with a greater id than this; `None` when this page is the last.
+    pub next_after_id: Option<i64>,
+}
+
 /// An issued certificate as stored by the sa.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {

@@ -5,11 +5,12 @@
 
 use quarry_core::model::{
     Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
-    Order, OrderStatus, ValidationRecord,
+    Order, OrderPage, OrderStatus, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 
 use crate::core as pb;
+use crate::sa as sapb;
 
 fn bad_wire(what: &str, value: &str) -> Problem {
     Problem::internal(format!("peer sent an unknown {what} {value:?}"))
@@ -287,6 +288,20 @@ impl From<&pb::Certificate> for Certificate {
     }
 }
 
+impl From<&OrderPage> for sapb::AccountOrders {
+    fn from(page: &OrderPage) -> Self {
+        Self { order_ids: page.order_ids.clone(), next_after_id: page.next_after_id.unwrap_or(0) }
+    }
+}
+
+impl From<&sapb::AccountOrders> for OrderPage {
+    fn from(page: &sapb::AccountOrders) -> Self {
+        // Ids start at 1 on both backends, so 0 can say "no next page" on the wire.
+        let next_after_id = Some(page.next_after_id).filter(|id| *id > 0);
+        Self { order_ids: page.order_ids.clone(), next_after_id }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +325,17 @@ mod tests {
             not_after: 0,
         };
         assert_eq!(Order::try_from(&pb::Order::from(&order)).unwrap(), order);
+    }
+
+    #[test]
+    fn order_pages_round_trip_with_and_without_a_next_page() {
+        for page in [
+            OrderPage { order_ids: vec![3, 5, 8], next_after_id: Some(8) },
+            OrderPage { order_ids: vec![13], next_after_id: None },
+            OrderPage::default(),
+        ] {
+            assert_eq!(OrderPage::from(&sapb::AccountOrders::from(&page)), page);
+        }
     }
 
     #[test]

@@ -257,6 +257,13 @@ impl StorageAuthorityReadOnly for Storage {
         reply(Ok(sapb::StuckWork { authorizations: items(authorizations), orders: items(orders) }))
     }
 
+    /// From the replica when there is one: a list has no missing row to ask the primary for, and it may be long.
+    async fn get_account_orders(&self, request: Request<sapb::AccountOrdersRequest>) -> Reply<sapb::AccountOrders> {
+        let req = request.into_inner();
+        let page = self.read(|s| async move { s.account_orders(req.account_id, req.after_id, req.limit).await }).await;
+        reply(page.map(|page| sapb::AccountOrders::from(&page)))
+    }
+
     /// From the primary: a suite reads the answer it has just stored.
     async fn get_renewal_info_override(&self, request: Request<sapb::Serial>) -> Reply<sapb::RenewalInfoOverride> {
         let serial = request.into_inner().serial;

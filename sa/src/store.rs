@@ -7,7 +7,7 @@ use std::time::Duration;
 use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::{
     Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
-    Order, ValidationRecord,
+    MAX_ORDER_PAGE, Order, OrderPage, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -31,6 +31,7 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
     (8, "bad_keys", include_str!("../migrations/sqlite/0008_bad_keys.sql")),
     (9, "external_account_claim", include_str!("../migrations/sqlite/0009_external_account_claim.sql")),
     (10, "renewal_info_overrides", include_str!("../migrations/sqlite/0010_renewal_info_overrides.sql")),
+    (11, "orders_by_account", include_str!("../migrations/sqlite/0011_orders_by_account.sql")),
 ];
 
 /// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
@@ -45,7 +46,24 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
     (8, "bad_keys", include_str!("../migrations/postgres/0008_bad_keys.sql")),
     (9, "external_account_claim", include_str!("../migrations/postgres/0009_external_account_claim.sql")),
     (10, "renewal_info_overrides", include_str!("../migrations/postgres/0010_renewal_info_overrides.sql")),
+    (11, "orders_by_account", include_str!("../migrations/postgres/0011_orders_by_account.sql")),
 ];
+
+/// The most of an account's orders one page of its orders list looks at, listed or not: a page of an account whose
+/// orders are mostly invalid (expired, failed) holds fewer ids, rather than one request reading every order the
+/// account ever had.
+const MAX_ORDERS_EXAMINED: i64 = 2 * MAX_ORDER_PAGE;
+
+/// The last of the orders one page may look at — the `$3 + 1`th of the account's orders after an id — and the one
+/// after it, if any: read from the index `orders_account_id` alone.
+const LAST_ORDER_EXAMINED: &str =
+    "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT 2 OFFSET $3";
+
+/// The ids of an account's orders in an id range that are not invalid: what `status::order_status` derives on read,
+/// said in SQL so that a page is one query rather than one per order. Valid (a certificate) whatever else is
+/// recorded; else invalid with an error, once expired, or with an authorization that is not pending or valid, or is
+/// past its expiry (a pending or valid one reads as expired then).
+const LISTED_ACCOUNT_ORDERS: &str = "SELECT id FROM orders WHERE account_id = $1 AND id > $2 AND id <= $3 AND (certificate_serial != '' OR (error IS NULL AND expires > $4 AND NOT EXISTS (SELECT 1 FROM order_authorizations JOIN authorizations ON authorizations.id = order_authorizations.authorization_id WHERE order_authorizations.order_id = orders.id AND (authorizations.status NOT IN ('pending', 'valid') OR authorizations.expires <= $5)))) ORDER BY id LIMIT $6";
 
 /// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.
 const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7161302)";
@@ -698,6 +716,50 @@ impl Store {
             }
         }
         Err(Problem::not_found("no reusable order"))
+    }
+
+    /// One page of the account's orders list (RFC 8555 §7.1.2.1): the ids of its orders that are not invalid
+    /// (pending, ready, processing, valid), after `after_id`, at most `limit` (1 to [`MAX_ORDER_PAGE`]), ascending.
+    /// Keyset pagination over the index `orders_account_id`, so a page costs the same however far into the list it
+    /// is; at most [`MAX_ORDERS_EXAMINED`] orders are looked at, so a page may hold fewer than `limit` ids and still
+    /// have a next one.
+    pub async fn account_orders(&self, account_id: i64, after_id: i64, limit: i64) -> Result<OrderPage, Problem> {
+        if !(1..=MAX_ORDER_PAGE).contains(&limit) {
+            return Err(Problem::malformed(format!("a page of orders holds 1 to {MAX_ORDER_PAGE}, not {limit}")));
+        }
+        // The range this page may look at: up to the last order examined, when the account has that many more.
+        let last_examined: Vec<i64> = sqlx::query_scalar(LAST_ORDER_EXAMINED)
+            .bind(account_id)
+            .bind(after_id)
+            .bind(MAX_ORDERS_EXAMINED - 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let (up_to, more_beyond) = match last_examined[..] {
+            [last, _] => (last, true),
+            [last] => (last, false),
+            _ => (i64::MAX, false),
+        };
+        let now = now();
+        // One more than the page: whether another listed order follows it.
+        let mut order_ids: Vec<i64> = sqlx::query_scalar(LISTED_ACCOUNT_ORDERS)
+            .bind(account_id)
+            .bind(after_id)
+            .bind(up_to)
+            .bind(now)
+            .bind(now)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let next_after_id = if order_ids.len() as i64 > limit {
+            order_ids.truncate(limit as usize);
+            order_ids.last().copied()
+        } else {
+            // A short page: the account's last orders, or the last of those examined with more beyond them.
+            more_beyond.then_some(up_to)
+        };
+        Ok(OrderPage { order_ids, next_after_id })
     }
 
     /// Starts finalization by `owner` (an ra replica): succeeds once per order, and only when the order is ready.

@@ -43,6 +43,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/new-nonce", any(new_nonce))
         .route("/acme/new-acct", any(new_account))
         .route("/acme/acct/{id}", any(account))
+        .route("/acme/acct/{id}/orders", any(account_orders))
         .route("/acme/new-order", any(new_order))
         .route("/acme/order/{id}", any(order))
         .route("/acme/authz/{id}", any(authorization))
@@ -97,6 +98,10 @@ async fn observe_request(request: Request, next: Next) -> Response {
 
 /// The route a path belongs to, without its identifiers (bounded label values).
 fn endpoint_of(path: &str) -> &'static str {
+    // Under the account's prefix, so before the table.
+    if path.starts_with("/acme/acct/") && path.ends_with("/orders") {
+        return "account-orders";
+    }
     const ROUTES: &[(&str, &str)] = &[
         ("/directory", "directory"),
         ("/healthz", "healthz"),
@@ -222,7 +227,13 @@ async fn verified(
     if method != Method::POST {
         return Err(ProblemResponse::method_not_allowed(POST_ONLY));
     }
-    post::verify(wfe, headers, uri.path(), body, mode, deadline).await
+    post::verify(wfe, headers, signed_path(uri), body, mode, deadline).await
+}
+
+/// What of the request URL a JWS's `url` must name after the base URL: the path and the query, if any (RFC 8555
+/// §6.4), so that a signed request for one page of a list cannot be sent for another.
+fn signed_path(uri: &Uri) -> &str {
+    uri.path_and_query().map_or(uri.path(), |path_and_query| path_and_query.as_str())
 }
 
 #[derive(Deserialize, Default)]
@@ -250,7 +261,7 @@ async fn new_account(
     let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Jwk, deadline).await?;
     let payload: NewAccountPayload = request.json()?;
     if let Some(existing) = post::account_for_key(&wfe, &request.jwk, deadline).await? {
-        let response = json_response(StatusCode::OK, &render::account(&existing));
+        let response = json_response(StatusCode::OK, &render::account(wfe.urls(), &existing));
         return Ok(with_location(response, &wfe.urls().account(existing.id)));
     }
     if payload.only_return_existing {
@@ -282,7 +293,7 @@ async fn new_account(
     let client_ip = client.map(|Extension(ConnectInfo(peer))| peer.ip());
     let created = wfe.ra().new_account(new, client_ip, deadline).await?;
     let created = Account::try_from(&created)?;
-    let response = json_response(StatusCode::CREATED, &render::account(&created));
+    let response = json_response(StatusCode::CREATED, &render::account(wfe.urls(), &created));
     Ok(with_location(response, &wfe.urls().account(created.id)))
 }
 
@@ -347,7 +358,56 @@ async fn account(
             }
         }
     }
-    Ok(with_location(json_response(StatusCode::OK, &render::account(&account)), &wfe.urls().account(account.id)))
+    Ok(with_location(
+        json_response(StatusCode::OK, &render::account(wfe.urls(), &account)),
+        &wfe.urls().account(account.id),
+    ))
+}
+
+/// The account's orders list (RFC 8555 §7.1.2.1), read by the account itself with POST-as-GET: a page of the URLs of
+/// its pending, ready, processing and valid orders in creation order (never its invalid ones), and `Link:
+/// rel="next"` to the next page while there is one. A page's `cursor` is the last order id the previous page covered;
+/// clients take it from the link, never build it.
+async fn account_orders(
+    State(wfe): State<Wfe>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let deadline = wfe.deadline();
+    let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
+    let account = request.account()?;
+    if id.parse::<i64>().ok() != Some(account.id) {
+        return Err(Problem::unauthorized("request signing key does not match the account").into());
+    }
+    if !request.is_post_as_get() {
+        return Err(Problem::malformed("the orders list is read with POST-as-GET: the payload must be empty").into());
+    }
+    let after_id = orders_cursor(&uri)?;
+    let page = wfe.sa().get_account_orders(account.id, after_id, wfe.orders_per_page(), deadline).await?;
+    let orders: Vec<String> = page.order_ids.iter().map(|id| wfe.urls().order(*id)).collect();
+    let mut response = json_response(StatusCode::OK, &serde_json::json!({ "orders": orders }));
+    if let Some(next) = page.next_after_id {
+        let next = format!("<{}?cursor={next}>;rel=\"next\"", wfe.urls().account_orders(account.id));
+        if let Ok(link) = HeaderValue::from_str(&next) {
+            response.headers_mut().append(header::LINK, link);
+        }
+    }
+    Ok(response)
+}
+
+/// Where a page of the orders list starts: after the order id of `?cursor=` (from a `next` link), or at the
+/// beginning without a query.
+fn orders_cursor(uri: &Uri) -> Result<i64, Problem> {
+    let Some(query) = uri.query() else { return Ok(0) };
+    let cursor = query.strip_prefix("cursor=").and_then(|cursor| cursor.parse::<i64>().ok());
+    cursor.filter(|cursor| *cursor >= 0).ok_or_else(|| {
+        Problem::malformed(format!(
+            "the orders list takes only the cursor of a \"next\" link as its query, not {query:?}"
+        ))
+    })
 }
 
 /// The account fields a client may change (RFC 8555 §7.3.2, §7.3.6); others are ignored.
@@ -491,7 +551,7 @@ async fn certificate_reader(
 ) -> Result<Option<Verified>, ProblemResponse> {
     match *method {
         Method::GET | Method::HEAD => Ok(None),
-        Method::POST => Ok(Some(post::verify(wfe, headers, uri.path(), body, KeyMode::Kid, deadline).await?)),
+        Method::POST => Ok(Some(post::verify(wfe, headers, signed_path(uri), body, KeyMode::Kid, deadline).await?)),
         _ => Err(ProblemResponse::method_not_allowed(GET_OR_POST)),
     }
 }
@@ -773,7 +833,10 @@ async fn key_change(State(wfe): State<Wfe>, method: Method, uri: Uri, headers: H
     let _change = wfe.accounts().changing(account.id);
     let updated = wfe.ra().update_account_key(update, deadline).await?;
     let updated = Account::try_from(&updated)?;
-    Ok(with_location(json_response(StatusCode::OK, &render::account(&updated)), &wfe.urls().account(updated.id)))
+    Ok(with_location(
+        json_response(StatusCode::OK, &render::account(wfe.urls(), &updated)),
+        &wfe.urls().account(updated.id),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -822,4 +885,32 @@ async fn revoke_certificate(
 fn certificate_key(der: &[u8]) -> Option<Jwk> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Jwk::from_spki_der(cert.public_key().raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_orders_list_has_its_own_endpoint_label() {
+        assert_eq!(endpoint_of("/acme/acct/12/orders"), "account-orders");
+        assert_eq!(endpoint_of("/acme/acct/12"), "account");
+        assert_eq!(endpoint_of("/acme/order/12"), "order");
+    }
+
+    #[test]
+    fn an_orders_page_starts_after_its_cursor() {
+        let cursor = |uri: &str| orders_cursor(&uri.parse().unwrap()).map_err(|problem| problem.kind);
+        assert_eq!(cursor("/acme/acct/1/orders"), Ok(0));
+        assert_eq!(cursor("/acme/acct/1/orders?cursor=42"), Ok(42));
+        for made_up in ["?cursor=", "?cursor=-1", "?cursor=4x", "?page=2", "?cursor=4&page=2"] {
+            assert_eq!(cursor(&format!("/acme/acct/1/orders{made_up}")), Err(ErrorKind::Malformed), "{made_up}");
+        }
+    }
+
+    #[test]
+    fn a_jws_signs_the_query_too() {
+        assert_eq!(signed_path(&"/acme/acct/1/orders?cursor=7".parse().unwrap()), "/acme/acct/1/orders?cursor=7");
+        assert_eq!(signed_path(&"/acme/order/3".parse().unwrap()), "/acme/order/3");
+    }
 }

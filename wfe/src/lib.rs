@@ -79,6 +79,10 @@ pub struct Config {
     /// The `Retry-After` given with processing authorizations and challenges, when it is not `retry_after_secs`.
     #[serde(default)]
     pub authz_retry_after_secs: Option<u64>,
+    /// How many order URLs one page of an account's orders list holds (RFC 8555 §7.1.2.1); 1 to 1000, the most the
+    /// sa reads for one page.
+    #[serde(default = "default_orders_per_page")]
+    pub orders_per_page: u32,
     /// The directory's `meta` object.
     #[serde(default)]
     pub directory_meta: DirectoryMeta,
@@ -135,6 +139,9 @@ fn default_finalize_timeout_ms() -> u64 {
 }
 fn default_retry_after() -> u64 {
     3
+}
+fn default_orders_per_page() -> u32 {
+    100
 }
 
 /// Binds the configured address and serves until `shutdown` completes.

@@ -25,6 +25,10 @@ impl Urls {
     pub fn account(&self, id: i64) -> String {
         format!("{}/acme/acct/{id}", self.base)
     }
+    /// The first page of the account's orders list; later pages add `?cursor=`.
+    pub fn account_orders(&self, id: i64) -> String {
+        format!("{}/acme/acct/{id}/orders", self.base)
+    }
     pub fn order(&self, id: i64) -> String {
         format!("{}/acme/order/{id}", self.base)
     }
@@ -42,9 +46,14 @@ impl Urls {
     }
 }
 
-pub fn account(account: &Account) -> Value {
+pub fn account(urls: &Urls, account: &Account) -> Value {
     let key: Value = serde_json::from_slice(&account.jwk).unwrap_or(Value::Null);
-    let mut doc = json!({ "status": account.status.as_str(), "key": key, "createdAt": timestamp(account.created_at) });
+    let mut doc = json!({
+        "status": account.status.as_str(),
+        "key": key,
+        "createdAt": timestamp(account.created_at),
+        "orders": urls.account_orders(account.id),
+    });
     if !account.contact.is_empty() {
         doc["contact"] = json!(account.contact);
     }

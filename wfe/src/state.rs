@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use quarry_core::model::MAX_ORDER_PAGE;
 use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::client::{NonceClient, PREFIX_LEN, RaClient, SaClient};
@@ -58,6 +59,7 @@ struct Inner {
     finalize_timeout: Duration,
     retry_after: u64,
     authz_retry_after: u64,
+    orders_per_page: i64,
     accounts: AccountCache,
     provocations: crate::testing::Provocations,
 }
@@ -111,6 +113,10 @@ impl Wfe {
         }
         if config.nonce_prefix_key.len() < MIN_NONCE_PREFIX_KEY_LEN {
             return Err(Error::Config(format!("nonce_prefix_key must be at least {MIN_NONCE_PREFIX_KEY_LEN} bytes")));
+        }
+        let orders_per_page = i64::from(config.orders_per_page);
+        if !(1..=MAX_ORDER_PAGE).contains(&orders_per_page) {
+            return Err(Error::Config(format!("orders_per_page must be 1 to {MAX_ORDER_PAGE}, not {orders_per_page}")));
         }
         let nonces = NonceClient::new(Peer::new(&config.nonce, &config.tls)?, config.nonce_prefix_key.as_bytes());
         let urls = Urls { base };
@@ -167,6 +173,7 @@ impl Wfe {
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 retry_after: config.retry_after_secs,
                 authz_retry_after: config.authz_retry_after_secs.unwrap_or(config.retry_after_secs),
+                orders_per_page,
                 accounts: AccountCache::new(&config.account_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
                 urls,
@@ -195,6 +202,11 @@ impl Wfe {
     /// The `Retry-After` of an authorization or challenge being validated.
     pub fn authz_retry_after(&self) -> u64 {
         self.inner.authz_retry_after
+    }
+
+    /// How many order URLs a page of an account's orders list holds.
+    pub fn orders_per_page(&self) -> i64 {
+        self.inner.orders_per_page
     }
 
     pub fn ra(&self) -> &RaClient {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use quarry_core::Problem;
-use quarry_core::model::{Account, Authorization, Order};
+use quarry_core::model::{Account, Authorization, Order, OrderPage};
 use quarry_core::peer::Peer;
 use tonic::codec::Streaming;
 
@@ -305,6 +305,27 @@ impl SaClient {
             Err(problem) if problem.kind == quarry_core::ErrorKind::NotFound => Ok(None),
             Err(problem) => Err(problem),
         }
+    }
+
+    /// One page of the account's orders list: the ids of its orders that are not invalid, after `after_id`
+    /// (0 from the start), at most `limit` (1 to 1000), ascending.
+    pub async fn get_account_orders(
+        &self,
+        account_id: i64,
+        after_id: i64,
+        limit: i64,
+        deadline: Deadline,
+    ) -> Result<OrderPage, Problem> {
+        let request = AccountOrdersRequest { account_id, after_id, limit };
+        let page = rpc!(
+            self.peer,
+            Ro,
+            get_account_orders,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetAccountOrders",
+            request,
+            deadline
+        )?;
+        Ok(OrderPage::from(&page))
     }
 
     // --- Writes ---

@@ -1,10 +1,9 @@
 //! Pebble's client-testing knobs for `quarry dev`: each `PEBBLE_*` environment variable (with Pebble's name and
 //! meaning) and each of Quarry's own provocations is a flag, rendered into the `[client_testing]` table of the
-//! service that acts on it. None is on unless asked for: `quarry dev` without them behaves as production does.
+//! service that acts on it — except the orders list's page size, a production setting of the wfe that the knob only
+//! changes. None is on unless asked for: `quarry dev` without them behaves as production does.
 
 use std::collections::BTreeMap;
-
-use anyhow::bail;
 
 /// The knobs, as flags or Pebble's environment variables.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -27,9 +26,10 @@ pub struct Knobs {
     /// (default: all of them, as production does).
     #[arg(long, env = "PEBBLE_AUTHZREUSE", value_parser = ranged::<0, 100>("PEBBLE_AUTHZREUSE"))]
     pub authz_reuse: Option<u8>,
-    /// Pebble's `PEBBLE_WFE_ORDERS_PER_PAGE` (an account's orders list): not supported yet, refused.
-    #[arg(long, env = "PEBBLE_WFE_ORDERS_PER_PAGE")]
-    pub orders_per_page: Option<u64>,
+    /// Pebble's `PEBBLE_WFE_ORDERS_PER_PAGE`: how many order URLs a page of an account's orders list holds (1 to
+    /// 1000; Pebble's default is 3, Quarry's production's 100).
+    #[arg(long, env = "PEBBLE_WFE_ORDERS_PER_PAGE", value_parser = orders_per_page)]
+    pub orders_per_page: Option<u32>,
     /// Pebble's `PEBBLE_CHAIN_LENGTH`: how many intermediates stand between a root and a leaf in the chains served
     /// (1 to 8; default 1, the dev hierarchy's own). Longer chains certify E1 and R1 again below upper
     /// intermediates under a root of their own.
@@ -64,6 +64,19 @@ fn ranged<const MIN: u8, const MAX: u8>(variable: &'static str) -> impl Fn(&str)
     }
 }
 
+/// A page size for the wfe's `orders_per_page`. Pebble reads 0 or less as its default of 3, and Quarry's default
+/// is production's (100), so a 0 says neither plainly: it is refused, naming the variable, as is a size above what
+/// the sa reads for one page.
+fn orders_per_page(value: &str) -> Result<u32, String> {
+    let most = quarry_core::model::MAX_ORDER_PAGE;
+    value.parse::<u32>().ok().filter(|size| (1..=most).contains(&i64::from(*size))).ok_or_else(|| {
+        format!(
+            "PEBBLE_WFE_ORDERS_PER_PAGE (or --orders-per-page) is {value:?}: Quarry takes 1 to {most} orders per \
+             page (unset, the wfe's own default of 100; Pebble's default is 3)"
+        )
+    })
+}
+
 /// Pebble's reading of a boolean variable: `1`, `true`, `True` or `TRUE` is on, anything else off.
 fn pebble_flag(value: &str) -> Result<bool, String> {
     Ok(matches!(value, "1" | "true" | "True" | "TRUE"))
@@ -96,14 +109,9 @@ impl Knobs {
         (self.chain_length.unwrap_or(1), self.alternate_roots.unwrap_or(0))
     }
 
-    /// The `[client_testing]` tables to render, or why a knob cannot be honoured.
-    pub fn overlays(&self) -> anyhow::Result<ServiceOverlays> {
-        if let Some(per_page) = self.orders_per_page {
-            bail!(
-                "PEBBLE_WFE_ORDERS_PER_PAGE / --orders-per-page = {per_page}: an account's orders list is not \
-                 supported yet (Quarry's accounts have no orders URL, as Boulder's have none)"
-            );
-        }
+    /// What to render over each service's configuration: its `[client_testing]` table, and the wfe's page size. A
+    /// knob that cannot be honoured was refused when the flags were parsed.
+    pub fn overlays(&self) -> ServiceOverlays {
         let mut tables = ServiceOverlays::new();
         let mut set = |service: &'static str, key: &str, value: toml::Value| {
             let overlay = tables.entry(service).or_default();
@@ -139,7 +147,12 @@ impl Knobs {
         if let Some(seconds) = self.finalize_delay_secs.filter(|seconds| *seconds > 0) {
             set("ra", "finalize_delay_secs", int(seconds));
         }
-        Ok(tables)
+        // Not a provocation: the wfe's own setting, which production has too, outside `[client_testing]`.
+        if let Some(per_page) = self.orders_per_page {
+            let wfe = toml::Table::from_iter([("orders_per_page".to_owned(), int(per_page.into()))]);
+            add_overlays(&mut tables, ServiceOverlays::from([("wfe", wfe)]));
+        }
+        tables
     }
 }
 
@@ -155,12 +168,12 @@ mod tests {
     }
 
     fn tables(args: &[&str]) -> anyhow::Result<ServiceOverlays> {
-        Cli::try_parse_from(std::iter::once("quarry").chain(args.iter().copied()))?.knobs.overlays()
+        Ok(Cli::try_parse_from(std::iter::once("quarry").chain(args.iter().copied()))?.knobs.overlays())
     }
 
     #[test]
     fn no_knob_renders_nothing() {
-        assert!(Knobs::default().overlays().unwrap().is_empty());
+        assert!(Knobs::default().overlays().is_empty());
     }
 
     #[test]
@@ -199,11 +212,34 @@ mod tests {
     }
 
     #[test]
+    fn the_orders_page_size_is_the_wfes_own_setting() {
+        let rendered = tables(&["--orders-per-page=3", "--renew-now"]).unwrap();
+        assert_eq!(rendered["wfe"]["orders_per_page"].as_integer(), Some(3));
+        assert_eq!(
+            rendered["wfe"]["client_testing"].as_table().expect("a table").to_string(),
+            "renew_now = true\n",
+            "not a client-testing knob"
+        );
+        assert_eq!(tables(&["--orders-per-page=1000"]).unwrap()["wfe"].to_string(), "orders_per_page = 1000\n");
+        // Pebble would read 0 or less as its default of 3; here it is refused by name, as is more than a page holds.
+        for refused in ["0", "-1", "1001", "three"] {
+            let err =
+                tables(&[&format!("--orders-per-page={refused}")]).err().map(|err| err.to_string()).unwrap_or_default();
+            assert!(err.contains("PEBBLE_WFE_ORDERS_PER_PAGE"), "{refused}: {err}");
+        }
+    }
+
+    #[test]
     fn knobs_that_cannot_be_honoured_are_refused_by_name() {
-        let err = tables(&["--orders-per-page=3"]).unwrap_err().to_string();
-        assert!(err.contains("PEBBLE_WFE_ORDERS_PER_PAGE"), "{err}");
         assert!(tables(&["--chain-length=3", "--alternate-roots=2"]).unwrap().is_empty(), "chains are not knobs");
-        assert!(tables(&["--chain-length=0"]).is_err() && tables(&["--alternate-roots=9"]).is_err());
-        assert!(tables(&["--authz-reuse=101"]).is_err());
+        for (flag, variable) in [
+            ("--chain-length=0", "PEBBLE_CHAIN_LENGTH"),
+            ("--alternate-roots=9", "PEBBLE_ALTERNATE_ROOTS"),
+            ("--authz-reuse=101", "PEBBLE_AUTHZREUSE"),
+            ("--orders-per-page=0", "PEBBLE_WFE_ORDERS_PER_PAGE"),
+        ] {
+            let err = tables(&[flag]).err().map(|err| err.to_string()).unwrap_or_default();
+            assert!(err.contains(variable), "{flag}: {err}");
+        }
     }
 }

@@ -438,7 +438,7 @@ impl AcmeTarget {
 
 /// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
 pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
-    let mut overlays = args.knobs.overlays()?;
+    let mut overlays = args.knobs.overlays();
     let pebble = match args.pebble_config.clone() {
         Some(path) => Some(pebble_mode(&mut args, &mut overlays, &path)?),
         None => None,
@@ -632,8 +632,17 @@ fn pebble_mode(
         knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
     }
     knobs::add_overlays(overlays, std::mem::take(&mut pebble.overlays));
+    if args.knobs.orders_per_page.is_none() {
+        // Pebble's page size, which a suite written for it may count on to see a second page.
+        let wfe =
+            toml::Table::from_iter([("orders_per_page".to_owned(), toml::Value::Integer(PEBBLE_ORDERS_PER_PAGE))]);
+        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
+    }
     Ok(pebble)
 }
+
+/// Pebble's default page size of an account's orders list.
+const PEBBLE_ORDERS_PER_PAGE: i64 = 3;
 
 /// Pebble's management port, where its API is when the configuration names no address.
 const PEBBLE_MANAGEMENT_PORT: u16 = 15000;

@@ -78,9 +78,13 @@ async fn pebbles_variables_reach_the_services_and_no_other_environment_accepts_t
 
 #[tokio::test]
 async fn a_knob_out_of_range_stops_quarry_dev_with_its_name() {
-    for (variable, value) in
-        [("PEBBLE_CHAIN_LENGTH", "9"), ("PEBBLE_ALTERNATE_ROOTS", "99"), ("PEBBLE_AUTHZREUSE", "101")]
-    {
+    for (variable, value) in [
+        ("PEBBLE_CHAIN_LENGTH", "9"),
+        ("PEBBLE_ALTERNATE_ROOTS", "99"),
+        ("PEBBLE_AUTHZREUSE", "101"),
+        // Pebble would take its default of 3; Quarry says the 0 is not a page size.
+        ("PEBBLE_WFE_ORDERS_PER_PAGE", "0"),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["dev", "--data-dir"])
@@ -97,6 +101,34 @@ async fn a_knob_out_of_range_stops_quarry_dev_with_its_name() {
         assert!(!out.status.success(), "{variable}={value}");
         assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
     }
+}
+
+/// PEBBLE_WFE_ORDERS_PER_PAGE sets the wfe's page size of an account's orders list — a setting of production's, not
+/// a client-testing knob: with 1, two orders take two pages, the first linking to the second.
+#[tokio::test]
+async fn pebbles_orders_per_page_sets_the_page_size_of_the_orders_list() {
+    let stack = Stack::start_with_env(None, None, &[], &[("PEBBLE_WFE_ORDERS_PER_PAGE", "1".to_owned())]).await;
+    let rendered = std::fs::read_to_string(stack.data_dir().join("config/wfe.toml")).expect("read");
+    assert!(rendered.contains("orders_per_page = 1\n") && !rendered.contains("client_testing"), "{rendered}");
+    let client = AcmeClient::new(&stack.directory_url, Some(&stack.tls_ca_pem)).await.expect("directory");
+    let mut account = AcmeAccount::generate(Algorithm::Es256);
+    let registered = client.register(&mut account).await.expect("account").json();
+    let mut orders = Vec::new();
+    for name in ["first.quarry-test.org", "second.quarry-test.org"] {
+        let identifiers = json!({"identifiers": [{"type": "dns", "value": name}]});
+        let order = client.post(&account, &client.url("newOrder"), Some(&identifiers)).await.expect("order");
+        assert_eq!(order.status, 201, "{}", String::from_utf8_lossy(&order.body));
+        orders.push(order.header("location").expect("order URL"));
+    }
+
+    let orders_url = registered["orders"].as_str().expect("the account's orders URL").to_owned();
+    let first = client.post(&account, &orders_url, None).await.expect("first page");
+    assert_eq!(first.json(), json!({"orders": [orders[0]]}));
+    let next = first.headers_all("link").into_iter().find(|link| link.ends_with(";rel=\"next\""));
+    let next = next.expect("a next page").trim_start_matches('<').split('>').next().expect("a URL").to_owned();
+    let second = client.post(&account, &next, None).await.expect("second page");
+    assert_eq!(second.json(), json!({"orders": [orders[1]]}));
+    assert!(!second.headers_all("link").iter().any(|link| link.contains("rel=\"next\"")), "the last page");
 }
 
 /// A CA of the test's own and a `localhost` certificate under it, as Pebble's repository has (`test/certs`): PEM
@@ -232,6 +264,8 @@ async fn a_pebble_configuration_file_starts_quarry_as_pebble_and_its_chain_verif
     let (process, info) = start_quarry_pebble(dir.path(), srv.dns_addr.expect("dns"), ports).await;
     let directory_url = info["directory_url"].as_str().expect("directory").to_owned();
     assert_eq!(directory_url, format!("https://localhost:{}/dir", ports + 9));
+    let wfe = std::fs::read_to_string(dir.path().join("dev/config/wfe.toml")).expect("the rendered wfe");
+    assert!(wfe.contains("orders_per_page = 3\n"), "Pebble's page size in Pebble mode: {wfe}");
     let stack = Stack {
         _process: process,
         challtestsrv: srv,

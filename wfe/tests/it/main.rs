@@ -1,6 +1,7 @@
 //! The wfe as a real HTTP server in front of real ra, sa, ca and nonce services over mutual TLS (and a fake va),
 //! driven by the project's own ACME client: resources, headers, and the JWS checks with the right problem types.
 
+mod account_orders;
 mod caa;
 mod client_testing;
 mod concurrency;
