@@ -32,6 +32,16 @@ echo "==> the compose files validate (on the compose network, and on the host's)
 if ! docker info >/dev/null 2>&1; then
   echo "==> starting dockerd (log: $cache/dockerd.log)"
   [[ $(id -u) == 0 ]] || { echo "compose-test: no Docker engine answers and starting one needs root" >&2; exit 1; }
+  # An engine that died without cleaning up (a machine restored from a snapshot) leaves its pid file, and dockerd
+  # refuses to start over one; the file is removed only when no process of that id is a dockerd.
+  for stale in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    [[ -f $stale ]] || continue
+    pid=$(cat "$stale" 2>/dev/null || true)
+    if [[ -z $pid ]] || ! grep -qs -e dockerd -e containerd "/proc/$pid/comm"; then
+      echo "compose-test: removing the stale $stale (process ${pid:-?} is gone)"
+      rm -f "$stale"
+    fi
+  done
   # setsid: the engine outlives this script (later runs reuse it), not its process group.
   setsid dockerd --bridge=none --iptables=false --ip6tables=false --ip-masq=false >"$cache/dockerd.log" 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done

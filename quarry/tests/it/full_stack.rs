@@ -1319,7 +1319,9 @@ async fn quarry_loadgen_issues_with_concurrent_clients_and_reports_costs() {
 #[tokio::test]
 async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let stack = Stack::start_with_args(None, None, &["--management-addr".into(), addr.clone()]).await;
+    // Two replicas of every service: what the management API stores must reach every wfe.
+    let args = ["--management-addr".into(), addr.clone(), "--replicas".into(), "2".into()];
+    let stack = Stack::start_with_args(None, None, &args).await;
     let api = quarry_testkit::client::AcmeClient::without_directory(Some(&stack.tls_ca_pem)).expect("client");
     let get = |path: String| {
         let api = &api;
@@ -1400,11 +1402,14 @@ async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status(
     let set = serde_json::json!({"certificate": leaf_pem, "ariResponse": chosen}).to_string();
     let set = post("/set-renewal-info/", set).await;
     assert_eq!((set.status, set.body.len()), (200, 0), "{}", body_text(&set));
-    let served = renewal_info(info_url.clone()).await;
-    assert_eq!(served.status, 200);
-    assert_eq!(String::from_utf8_lossy(&served.body), chosen);
-    assert_eq!(served.headers["retry-after"], "21600");
-    assert_eq!(served.headers["content-type"], "application/json");
+    // Each request is a connection of its own, and the balancer hands connections to the two wfes in turn.
+    for _ in 0..4 {
+        let served = renewal_info(info_url.clone()).await;
+        assert_eq!(served.status, 200);
+        assert_eq!(String::from_utf8_lossy(&served.body), chosen);
+        assert_eq!(served.headers["retry-after"], "21600");
+        assert_eq!(served.headers["content-type"], "application/json");
+    }
     // Without the trailing slash, with Go's member names in another case, and any text at all.
     let again = serde_json::json!({"Certificate": leaf_pem, "ARIResponse": "not JSON {"}).to_string();
     assert_eq!(post("/set-renewal-info", again).await.status, 200);
