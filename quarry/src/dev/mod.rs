@@ -8,6 +8,8 @@
 mod knobs;
 mod management;
 mod pebble_config;
+mod pebble_mode;
+mod render;
 mod supervisor;
 
 use std::collections::BTreeMap;
@@ -22,6 +24,8 @@ use crate::env;
 use supervisor::{Health, HealthChecker, ReplicaSpec, Supervisor};
 
 pub use knobs::{Knobs, ServiceOverlays};
+pub use pebble_mode::{PebbleArgs, pebble_argv};
+pub use render::{Extras, Layout, write_configs};
 pub use supervisor::ReplicaInfo;
 
 /// The internal certificate names of the stack's services, plus the operator's.
@@ -107,71 +111,6 @@ pub struct DevArgs {
     /// refused.
     #[arg(long)]
     pebble_config: Option<PathBuf>,
-}
-
-/// `quarry pebble`: Pebble's own command line (`-config`, `-dnsserver`, `-strict`, with one dash or two), running
-/// `quarry dev` as `--pebble-config` does. A `pebble` link to the binary runs it too.
-#[derive(clap::Args, Debug)]
-pub struct PebbleArgs {
-    /// Pebble's configuration file.
-    #[arg(long, default_value = "test/config/pebble-config.json")]
-    config: PathBuf,
-    /// The DNS server the validations ask (`host:port`); default: the system's resolver, as Pebble's.
-    #[arg(long)]
-    dnsserver: Option<SocketAddr>,
-    /// Pebble's strict mode: accepted, since Quarry always behaves as production does.
-    #[arg(long)]
-    strict: bool,
-    /// Print the version and exit, as Pebble's `-version` does.
-    #[arg(long)]
-    pub version: bool,
-    /// Where the dev PKI, the database and logs live (Quarry's own option).
-    #[arg(long, default_value = ".quarry")]
-    data_dir: PathBuf,
-    /// The first of the ten loopback ports of the services' gRPC servers (Quarry's own option).
-    #[arg(long, default_value_t = 9301)]
-    grpc_base_port: u16,
-    /// Where the CRLs are served (Quarry's own option).
-    #[arg(long, default_value = "127.0.0.1:4002")]
-    crl_addr: SocketAddr,
-}
-
-impl PebbleArgs {
-    /// The `quarry dev` arguments it stands for (Pebble's variables included).
-    pub fn into_dev(self) -> DevArgs {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: DevArgs,
-        }
-        let mut dev = Wrapper::parse_from(["quarry"]).args;
-        dev.pebble_config = Some(self.config);
-        dev.va_dns = self.dnsserver;
-        dev.data_dir = self.data_dir;
-        dev.grpc_base_port = self.grpc_base_port;
-        dev.crl_addr = self.crl_addr;
-        dev
-    }
-}
-
-/// Pebble's single-dash long options (`-config FILE`, `-dnsserver=ADDR`) as clap reads them; the rest unchanged.
-pub fn pebble_argv(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    args.into_iter()
-        .map(|arg| match arg.strip_prefix('-') {
-            Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
-            _ => arg,
-        })
-        .collect()
-}
-
-/// The first `nameserver` of `/etc/resolv.conf` (port 53), or 127.0.0.1:53: the resolver Pebble would use.
-fn system_resolver() -> SocketAddr {
-    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    conf.lines()
-        .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .find_map(|rest| rest.trim().parse::<IpAddr>().ok())
-        .map_or(SocketAddr::from(([127, 0, 0, 1], 53)), |ip| SocketAddr::new(ip, 53))
 }
 
 #[derive(clap::Args, Debug)]
@@ -440,7 +379,7 @@ impl AcmeTarget {
 pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let mut overlays = args.knobs.overlays();
     let pebble = match args.pebble_config.clone() {
-        Some(path) => Some(pebble_mode(&mut args, &mut overlays, &path)?),
+        Some(path) => Some(pebble_mode::apply(&mut args, &mut overlays, &path)?),
         None => None,
     };
     // Pebble mode names the management address too, so this follows it.
@@ -598,55 +537,6 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Applies a Pebble configuration file to `args` and `overlays`; returns it for what `run` still needs (the HTTPS
-/// certificate, the notes).
-fn pebble_mode(
-    args: &mut DevArgs,
-    overlays: &mut ServiceOverlays,
-    path: &Path,
-) -> anyhow::Result<pebble_config::PebbleConfig> {
-    let mut pebble = pebble_config::read(path)?;
-    if let Some(listen) = pebble.listen {
-        args.acme_addr = listen;
-    }
-    args.management_addr = args
-        .management_addr
-        .or(pebble.management)
-        .or(Some(SocketAddr::new(args.acme_addr.ip(), PEBBLE_MANAGEMENT_PORT)));
-    if let Some(port) = pebble.http_port {
-        args.va_http_port = port;
-    }
-    if let Some(port) = pebble.tls_port {
-        args.va_tls_port = port;
-    }
-    // A suite run against Pebble brings its own responders (and often its DNS server, given with -dnsserver).
-    args.no_http01_responder = true;
-    args.no_tlsalpn01_responder = true;
-    args.va_dns = args.va_dns.or_else(|| Some(system_resolver()));
-    if let Some((cert, key)) = &mut pebble.https {
-        *cert = std::fs::canonicalize(&*cert).with_context(|| format!("certificate {}", cert.display()))?;
-        *key = std::fs::canonicalize(&*key).with_context(|| format!("privateKey {}", key.display()))?;
-        let mut wfe = toml::Table::new();
-        wfe.insert("https_cert".into(), cert.display().to_string().into());
-        wfe.insert("https_key".into(), key.display().to_string().into());
-        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
-    }
-    knobs::add_overlays(overlays, std::mem::take(&mut pebble.overlays));
-    if args.knobs.orders_per_page.is_none() {
-        // Pebble's page size, which a suite written for it may count on to see a second page.
-        let wfe =
-            toml::Table::from_iter([("orders_per_page".to_owned(), toml::Value::Integer(PEBBLE_ORDERS_PER_PAGE))]);
-        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
-    }
-    Ok(pebble)
-}
-
-/// Pebble's default page size of an account's orders list.
-const PEBBLE_ORDERS_PER_PAGE: i64 = 3;
-
-/// Pebble's management port, where its API is when the configuration names no address.
-const PEBBLE_MANAGEMENT_PORT: u16 = 15000;
-
 /// Writes the stack file whole (through a temporary file), so that a reader never sees half of it.
 fn write_stack_file(path: &Path, info: &StackInfo) -> anyhow::Result<()> {
     let partial = path.with_extension("json.partial");
@@ -679,105 +569,6 @@ async fn start_ct_logs(
 /// A secret file of the dev PKI, without surrounding whitespace.
 pub fn read_secret(path: &Path) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?.trim().to_owned())
-}
-
-/// What a stack adds to the rendered `dev` files.
-pub struct Extras<'a> {
-    /// Keep the ra's rate-limit buckets in this Redis.
-    pub redis_url: Option<&'a str>,
-    /// Export every service's spans here (OTLP/gRPC).
-    pub otlp_endpoint: Option<&'a str>,
-    /// Serve every service's metrics on loopback ports from this one, in start order.
-    pub metrics_base_port: Option<u16>,
-    /// What to layer over each service's rendered configuration: `quarry dev`'s client-testing knobs and the
-    /// mapping of a Pebble configuration file.
-    pub overlays: ServiceOverlays,
-}
-
-/// Sets the placeholders replica `index` of `service` differs in.
-pub type ReplicaVars<'a> = &'a dyn Fn(&str, usize, &mut BTreeMap<&'static str, String>);
-
-/// How many replicas a stack runs, and what each replica's configuration differs in (its listen addresses).
-pub struct Layout<'a> {
-    pub replicas: usize,
-    pub replica_vars: ReplicaVars<'a>,
-}
-
-/// One replica's configuration file.
-pub struct WrittenConfig {
-    pub service: &'static str,
-    pub index: usize,
-    /// `sa`, `sa-2`…
-    pub name: String,
-    pub path: PathBuf,
-}
-
-/// Writes `ratelimits.toml`, `admin.toml` and the configuration of every replica of every service, rendered from
-/// the embedded base + dev files with `vars` (each replica's own as `layout` says) and `extras`, into
-/// `config_dir`; returns them in start order (peers before their callers).
-pub fn write_configs(
-    config_dir: &Path,
-    vars: &BTreeMap<&'static str, String>,
-    extras: &Extras<'_>,
-    layout: &Layout<'_>,
-) -> anyhow::Result<Vec<WrittenConfig>> {
-    std::fs::create_dir_all(config_dir).with_context(|| format!("create {}", config_dir.display()))?;
-    std::fs::write(config_dir.join("ratelimits.toml"), env::DEV_RATELIMITS)?;
-    let admin = env::substitute("dev/admin.toml".into(), env::DEV_ADMIN, vars)?;
-    std::fs::write(config_dir.join("admin.toml"), admin.to_string())?;
-    let mut written = Vec::new();
-    for service in env::SERVICES {
-        for index in 0..env::replicas_of(service, layout.replicas) {
-            let mut vars = vars.clone();
-            (layout.replica_vars)(service, index, &mut vars);
-            let mut rendered = env::render(service, env::DEV, &vars)?;
-            if let (true, Some(url)) = (*service == "ra", extras.redis_url) {
-                rendered = with_redis(&rendered, url)?;
-            }
-            if let Some(overlay) = extras.overlays.get(service) {
-                let mut table: toml::Table = toml::from_str(&rendered)?;
-                quarry_core::config::merge(&mut table, overlay);
-                rendered = table.to_string();
-            }
-            if let Some(endpoint) = extras.otlp_endpoint {
-                rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
-            }
-            if let Some(base) = extras.metrics_base_port {
-                let addr = SocketAddr::new(replica_ip(index).into(), env::grpc_port(base, service));
-                rendered = with_telemetry(&rendered, "metrics_listen", addr.to_string())?;
-            }
-            let name = env::replica_name(service, index);
-            let path = config_dir.join(format!("{name}.toml"));
-            std::fs::write(&path, rendered)?;
-            written.push(WrittenConfig { service, index, name, path });
-        }
-    }
-    Ok(written)
-}
-
-/// The ra's rendered configuration with its rate-limit buckets in the Redis at `url`.
-fn with_redis(rendered: &str, url: &str) -> anyhow::Result<String> {
-    let mut table: toml::Table = toml::from_str(rendered)?;
-    let limits = table
-        .get_mut("rate_limits")
-        .and_then(toml::Value::as_table_mut)
-        .context("the ra's configuration has no [rate_limits]")?;
-    limits.insert("redis_url".into(), toml::Value::String(url.to_owned()));
-    Ok(table.to_string())
-}
-
-/// A rendered configuration with the keys of `values` set in its table `name`.
-fn with_table(rendered: &str, name: &str, values: &toml::Table) -> anyhow::Result<String> {
-    let mut table: toml::Table = toml::from_str(rendered)?;
-    let entry = table.entry(name).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let entry = entry.as_table_mut().with_context(|| format!("[{name}] is not a table"))?;
-    entry.extend(values.clone());
-    Ok(table.to_string())
-}
-
-/// A rendered configuration with `[telemetry] key = value` set.
-fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
-    with_table(rendered, "telemetry", &toml::Table::from_iter([(key.to_owned(), toml::Value::String(value))]))
 }
 
 async fn start_challtestsrv(args: &DevArgs) -> anyhow::Result<challtestsrv::RunningServer> {
