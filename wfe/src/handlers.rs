@@ -55,7 +55,7 @@ pub fn router(wfe: Wfe) -> Router {
         .route("/acme/key-change", any(key_change))
         .route("/acme/renewal-info/{cert_id}", any(renewal::renewal_info))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(wfe.clone(), crate::testing::provoke_errors))
+        .layer(middleware::from_fn_with_state(wfe.clone(), provoke_errors))
         .layer(middleware::from_fn_with_state(wfe.clone(), common_headers))
         .layer(middleware::from_fn(observe_request))
         .with_state(wfe)
@@ -119,6 +119,14 @@ fn endpoint_of(path: &str) -> &'static str {
         ("/acme/renewal-info/", "renewal-info"),
     ];
     ROUTES.iter().find(|(prefix, _)| path.starts_with(prefix)).map_or("other", |(_, name)| name)
+}
+
+/// `[client_testing]`'s provoked `serverInternal` and `rateLimited` answers (quarry dev only), before any handler.
+async fn provoke_errors(State(wfe): State<Wfe>, request: Request, next: Next) -> Response {
+    match wfe.provocations().provoked_answer(request.method()) {
+        Some(answer) => answer,
+        None => next.run(request).await,
+    }
 }
 
 /// `Replay-Nonce` on every response (RFC 8555 §6.5), `Link: rel="index"` on all but the directory (§7.1),

@@ -6,16 +6,13 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
-use axum::extract::{Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use quarry_core::testing::{chance, percent};
 use quarry_core::{ErrorKind, Problem};
 use serde::Deserialize;
 
 use crate::problem::ProblemResponse;
-use crate::state::Wfe;
 
 /// `[client_testing]` of the wfe. Every key off is production behaviour.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -90,34 +87,32 @@ impl Provocations {
         just_refused.insert(key.to_owned());
         true
     }
-}
 
-impl Provocations {
     /// A request signed by `key` got through the nonce check: its next one may be refused again.
     pub(crate) fn nonce_passed(&self, key: &str) {
         if self.knobs.nonce_reject_percent > 0 {
             self.just_refused.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
         }
     }
-}
 
-/// Answers a share of POSTs with `serverInternal` or `rateLimited` before they reach their handler (nothing is done,
-/// no nonce is spent), as `[client_testing]` asks.
-pub(crate) async fn provoke_errors(State(wfe): State<Wfe>, request: Request, next: Next) -> Response {
-    let knobs = &wfe.provocations().knobs;
-    if request.method() != Method::POST || !knobs.provokes_errors() {
-        return next.run(request).await;
+    /// The answer a share of POSTs get at once, `serverInternal` or `rateLimited`, as `[client_testing]` asks: given
+    /// before the request reaches its handler, so nothing is done and no nonce is spent.
+    pub(crate) fn provoked_answer(&self, method: &Method) -> Option<Response> {
+        let knobs = &self.knobs;
+        if method != Method::POST || !knobs.provokes_errors() {
+            return None;
+        }
+        if chance(knobs.server_internal_percent) {
+            let detail = "a server error provoked on purpose ([client_testing] server_internal_percent)";
+            return Some(ProblemResponse::from(Problem::internal(detail)).into_response());
+        }
+        if chance(knobs.rate_limited_percent) {
+            let detail = "a rate limit provoked on purpose ([client_testing] rate_limited_percent)";
+            let problem = Problem::rate_limited(detail, knobs.error_retry_after_secs);
+            return Some(ProblemResponse::from(problem).into_response());
+        }
+        None
     }
-    if chance(knobs.server_internal_percent) {
-        let detail = "a server error provoked on purpose ([client_testing] server_internal_percent)";
-        return ProblemResponse::from(Problem::internal(detail)).into_response();
-    }
-    if chance(knobs.rate_limited_percent) {
-        let detail = "a rate limit provoked on purpose ([client_testing] rate_limited_percent)";
-        let problem = Problem::rate_limited(detail, knobs.error_retry_after_secs);
-        return ProblemResponse::from(problem).into_response();
-    }
-    next.run(request).await
 }
 
 /// The `badNonce` of a nonce refused, good or not (acme.sh recognises the wording).
