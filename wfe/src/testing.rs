@@ -72,11 +72,13 @@ impl Provocations {
         Self { knobs, just_refused: Mutex::default() }
     }
 
+    /// Whether some good nonces are refused (`nonce_reject_percent`).
+    pub(crate) fn rejects_nonces(&self) -> bool {
+        self.knobs.nonce_reject_percent > 0
+    }
+
     /// Whether the good nonce of a request signed by `key` is to be refused now.
     pub(crate) fn refuse_nonce(&self, key: &str) -> bool {
-        if self.knobs.nonce_reject_percent == 0 {
-            return false;
-        }
         let mut just_refused = self.just_refused.lock().unwrap_or_else(PoisonError::into_inner);
         if just_refused.contains(key) || !chance(self.knobs.nonce_reject_percent) {
             return false;
@@ -90,9 +92,7 @@ impl Provocations {
 
     /// A request signed by `key` got through the nonce check: its next one may be refused again.
     pub(crate) fn nonce_passed(&self, key: &str) {
-        if self.knobs.nonce_reject_percent > 0 {
-            self.just_refused.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
-        }
+        self.just_refused.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 
     /// The answer a share of POSTs get at once, `serverInternal` or `rateLimited`, as `[client_testing]` asks: given
