@@ -394,55 +394,25 @@ impl Va for ValidationAuthority {
             let sleep = Duration::from_secs(quarry_core::testing::below(self.client_testing.sleep_max_secs));
             tokio::time::sleep(sleep.min(self.budget(deadline))).await;
         }
-        if self.client_testing.always_valid {
-            tracing::info!(identifier = %identifier.value, challenge = %dcv.challenge_type, "validation passed unchecked ([client_testing] always_valid)");
+        let unchecked = self.client_testing.always_valid;
+        let (records, problem) = if unchecked {
+            // Pebble's PEBBLE_VA_ALWAYS_VALID: nothing is contacted, CAA and the remote perspectives included.
             let record = ValidationRecord {
                 hostname: identifier.value.clone(),
                 perspective: self.perspective.clone(),
                 ..ValidationRecord::default()
             };
-            return Ok(Response::new(ValidationResult {
-                records: quarry_proto::convert::records_to_pb(&[record]),
-                problem: None,
-                perspective: self.perspective.clone(),
-                rir: self.rir.clone(),
-                caa_checked: dcv.caa.is_some(),
-            }));
-        }
-        let (records, mut problem) = self
-            .validate(&identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
-            .await;
-        // CAA in the same call, once control is proven (as Boulder's PerformValidation did before multi-perspective
-        // validation split them): one round trip to every perspective instead of two.
-        if problem.is_none()
-            && let Some(caa) = &dcv.caa
-        {
-            problem = self.caa_problem(caa, deadline).await?;
-        }
-        // Remote perspectives are asked only once this one has passed, as Boulder does.
-        if problem.is_none() && !self.remotes.is_empty() {
-            problem = remote::corroborate(&self.remotes, deadline, |client, deadline| {
-                let request = dcv.clone();
-                let caa = dcv.caa.clone();
-                async move {
-                    let reply = client.do_dcv(request, deadline).await?;
-                    match caa {
-                        // A remote older than CAA in DoDCV passed without checking it: it is asked apart.
-                        Some(caa) if reply.problem.is_none() && !reply.caa_checked => {
-                            client.do_caa(caa, deadline).await
-                        }
-                        _ => Ok(reply),
-                    }
-                }
-            })
-            .await;
-        }
+            (vec![record], None)
+        } else {
+            self.prove_control(&identifier, &dcv, deadline).await?
+        };
         tracing::info!(
             authorization_id = dcv.authorization_id,
             account_id = dcv.account_id,
             identifier = %identifier.value,
             challenge = %dcv.challenge_type,
             caa = dcv.caa.is_some(),
+            unchecked,
             passed = problem.is_none(),
             problem = problem.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -488,6 +458,44 @@ impl Va for ValidationAuthority {
 }
 
 impl ValidationAuthority {
+    /// This perspective's validation of `dcv`, then its CAA check, then the remote perspectives' corroboration, each
+    /// only once the one before has passed.
+    async fn prove_control(
+        &self,
+        identifier: &Identifier,
+        dcv: &DcvRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<ValidationRecord>, Option<Problem>), Problem> {
+        let (records, mut problem) =
+            self.validate(identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline).await;
+        // CAA in the same call, once control is proven (as Boulder's PerformValidation did before multi-perspective
+        // validation split them): one round trip to every perspective instead of two.
+        if problem.is_none()
+            && let Some(caa) = &dcv.caa
+        {
+            problem = self.caa_problem(caa, deadline).await?;
+        }
+        // Remote perspectives are asked only once this one has passed, as Boulder does.
+        if problem.is_none() && !self.remotes.is_empty() {
+            problem = remote::corroborate(&self.remotes, deadline, |client, deadline| {
+                let request = dcv.clone();
+                let caa = dcv.caa.clone();
+                async move {
+                    let reply = client.do_dcv(request, deadline).await?;
+                    match caa {
+                        // A remote older than CAA in DoDCV passed without checking it: it is asked apart.
+                        Some(caa) if reply.problem.is_none() && !reply.caa_checked => {
+                            client.do_caa(caa, deadline).await
+                        }
+                        _ => Ok(reply),
+                    }
+                }
+            })
+            .await;
+        }
+        Ok((records, problem))
+    }
+
     /// This perspective's CAA verdict on `req`; a request without an identifier is refused.
     async fn caa_problem(&self, req: &CaaRequest, deadline: Option<Instant>) -> Result<Option<Problem>, Problem> {
         let identifier = req

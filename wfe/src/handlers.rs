@@ -338,10 +338,7 @@ async fn account(
 ) -> Reply {
     let deadline = wfe.deadline();
     let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
-    let account = request.account()?;
-    if id.parse::<i64>().ok() != Some(account.id) {
-        return Err(Problem::unauthorized("request signing key does not match the account").into());
-    }
+    let account = signing_account(&request, &id)?;
     let mut account = account.clone();
     if !request.is_post_as_get() {
         // Whatever happens below, however the handler leaves, the next request reads the account anew.
@@ -386,10 +383,7 @@ async fn account_orders(
 ) -> Reply {
     let deadline = wfe.deadline();
     let request = verified(&wfe, &method, &uri, &headers, &body, KeyMode::Kid, deadline).await?;
-    let account = request.account()?;
-    if id.parse::<i64>().ok() != Some(account.id) {
-        return Err(Problem::unauthorized("request signing key does not match the account").into());
-    }
+    let account = signing_account(&request, &id)?;
     if !request.is_post_as_get() {
         return Err(Problem::malformed("the orders list is read with POST-as-GET: the payload must be empty").into());
     }
@@ -574,6 +568,15 @@ async fn load_order(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Ord
 
 async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Authorization, ProblemResponse> {
     Ok(wfe.sa().get_authorization(id, deadline).await?)
+}
+
+/// The account that signed `request`, which must be the one the path names (`/acme/acct/{id}…`).
+fn signing_account<'a>(request: &'a Verified, id: &str) -> Result<&'a Account, Problem> {
+    let account = request.account()?;
+    if id.parse::<i64>().ok() != Some(account.id) {
+        return Err(Problem::unauthorized("request signing key does not match the account"));
+    }
+    Ok(account)
 }
 
 /// Another account's resource is reported as absent, as Boulder does.

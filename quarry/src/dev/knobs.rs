@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use quarry_ca::ceremony::chains::{MAX_ALTERNATE_ROOTS, MAX_CHAIN_LENGTH};
+
 /// The knobs, as flags or Pebble's environment variables.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Knobs {
@@ -33,11 +35,11 @@ pub struct Knobs {
     /// Pebble's `PEBBLE_CHAIN_LENGTH`: how many intermediates stand between a root and a leaf in the chains served
     /// (1 to 8; default 1, the dev hierarchy's own). Longer chains certify E1 and R1 again below upper
     /// intermediates under a root of their own.
-    #[arg(long, env = "PEBBLE_CHAIN_LENGTH", value_parser = ranged::<1, 8>("PEBBLE_CHAIN_LENGTH"))]
+    #[arg(long, env = "PEBBLE_CHAIN_LENGTH", value_parser = ranged::<1, MAX_CHAIN_LENGTH>("PEBBLE_CHAIN_LENGTH"))]
     pub chain_length: Option<u8>,
     /// Pebble's `PEBBLE_ALTERNATE_ROOTS`: how many more chains, each to a root of its own, a certificate is also
     /// served with (`Link: rel="alternate"`; 0 to 8, default 0).
-    #[arg(long, env = "PEBBLE_ALTERNATE_ROOTS", value_parser = ranged::<0, 8>("PEBBLE_ALTERNATE_ROOTS"))]
+    #[arg(long, env = "PEBBLE_ALTERNATE_ROOTS", value_parser = ranged::<0, MAX_ALTERNATE_ROOTS>("PEBBLE_ALTERNATE_ROOTS"))]
     pub alternate_roots: Option<u8>,
     /// The percentage of POSTs answered `serverInternal` (500) at once, nothing done (Quarry's own knob).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -92,15 +94,31 @@ pub fn add_overlays(overlays: &mut ServiceOverlays, more: ServiceOverlays) {
     }
 }
 
+/// Sets the key at `path` (the tables on the way made as needed) to `value` in `service`'s overlay.
+pub fn set_key(overlays: &mut ServiceOverlays, service: &'static str, path: &[&str], value: toml::Value) {
+    let Some((last, tables)) = path.split_last() else { return };
+    let mut table = overlays.entry(service).or_default();
+    for segment in tables {
+        let entry = table.entry(*segment).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(inner) = entry else { unreachable!("made a table just above") };
+        table = inner;
+    }
+    table.insert((*last).to_owned(), value);
+}
+
 /// What the management API needs of the services: the sa takes renewal-information answers
 /// (`POST /set-renewal-info/`) and every wfe replica serves them, read from the sa. Only with the API on, so that
 /// `quarry dev` without it keeps production's behaviour (no wfe reads overrides on each renewal-info request).
 pub fn management_overlays() -> ServiceOverlays {
-    let knob = |key: &str| {
-        let knobs = toml::Table::from_iter([(key.to_owned(), toml::Value::Boolean(true))]);
-        toml::Table::from_iter([(quarry_core::testing::SECTION.to_owned(), toml::Value::Table(knobs))])
-    };
-    ServiceOverlays::from([("sa", knob("renewal_info_overrides")), ("wfe", knob("renewal_info_overrides"))])
+    let mut overlays = ServiceOverlays::new();
+    for service in ["sa", "wfe"] {
+        let path = [quarry_core::testing::SECTION, "renewal_info_overrides"];
+        set_key(&mut overlays, service, &path, toml::Value::Boolean(true));
+    }
+    overlays
 }
 
 impl Knobs {
@@ -114,12 +132,7 @@ impl Knobs {
     pub fn overlays(&self) -> ServiceOverlays {
         let mut tables = ServiceOverlays::new();
         let mut set = |service: &'static str, key: &str, value: toml::Value| {
-            let overlay = tables.entry(service).or_default();
-            let section =
-                overlay.entry(quarry_core::testing::SECTION).or_insert(toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(section) = section {
-                section.insert(key.to_owned(), value);
-            }
+            set_key(&mut tables, service, &[quarry_core::testing::SECTION, key], value);
         };
         let int = |value: u64| toml::Value::Integer(i64::try_from(value).unwrap_or(i64::MAX));
         if let Some(percent) = self.wfe_nonce_reject.filter(|percent| *percent > 0) {
@@ -149,8 +162,7 @@ impl Knobs {
         }
         // Not a provocation: the wfe's own setting, which production has too, outside `[client_testing]`.
         if let Some(per_page) = self.orders_per_page {
-            let wfe = toml::Table::from_iter([("orders_per_page".to_owned(), int(per_page.into()))]);
-            add_overlays(&mut tables, ServiceOverlays::from([("wfe", wfe)]));
+            set_key(&mut tables, "wfe", &["orders_per_page"], int(per_page.into()));
         }
         tables
     }

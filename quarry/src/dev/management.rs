@@ -270,7 +270,7 @@ fn certificate_serial(pem: &str) -> Result<String, String> {
     }
     let (_, certificate) = x509_parser::parse_x509_certificate(&block.contents)
         .map_err(|err| format!("certificate's PEM block is not an X.509 certificate: {err}"))?;
-    Ok(certificate.raw_serial().iter().map(|byte| format!("{byte:02x}")).collect())
+    Ok(hex::encode(certificate.raw_serial()))
 }
 
 /// A serial as the sa stores it (18 bytes, 36 lowercase hex digits) from Pebble's form: hex in either case, with or

@@ -396,8 +396,7 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
             // Every chain after the leaf, E1's and R1's of each, the default chain first.
             let served = chains.iter().flat_map(|chain| chain.issuer_chains.iter());
             let served = served.map(|path| toml::Value::String(path.display().to_string())).collect();
-            let wfe = toml::Table::from_iter([("chains".to_owned(), toml::Value::Array(served))]);
-            knobs::add_overlays(&mut overlays, ServiceOverlays::from([("wfe", wfe)]));
+            knobs::set_key(&mut overlays, "wfe", &["chains"], toml::Value::Array(served));
             chains
         }
     };

@@ -54,13 +54,7 @@ pub fn parse(text: &str) -> anyhow::Result<PebbleConfig> {
     let pebble = pebble.context("no \"pebble\" object")?;
     let mut config = PebbleConfig::default();
     let mut set = |service: &'static str, path: &[&str], value: toml::Value| {
-        let mut table = config.overlays.entry(service).or_default();
-        for segment in &path[..path.len() - 1] {
-            let entry = table.entry(*segment).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(inner) = entry else { unreachable!("only tables are set on the way") };
-            table = inner;
-        }
-        table.insert(path[path.len() - 1].to_owned(), value);
+        super::knobs::set_key(&mut config.overlays, service, path, value);
     };
     // Test suites hard-code Pebble's `/dir`.
     set("wfe", &["client_testing", "directory_aliases"], toml::Value::Array(vec!["/dir".into()]));

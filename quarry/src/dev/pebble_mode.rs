@@ -104,17 +104,13 @@ pub(super) fn apply(
     if let Some((cert, key)) = &mut pebble.https {
         *cert = std::fs::canonicalize(&*cert).with_context(|| format!("certificate {}", cert.display()))?;
         *key = std::fs::canonicalize(&*key).with_context(|| format!("privateKey {}", key.display()))?;
-        let mut wfe = toml::Table::new();
-        wfe.insert("https_cert".into(), cert.display().to_string().into());
-        wfe.insert("https_key".into(), key.display().to_string().into());
-        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
+        knobs::set_key(overlays, "wfe", &["https_cert"], cert.display().to_string().into());
+        knobs::set_key(overlays, "wfe", &["https_key"], key.display().to_string().into());
     }
     knobs::add_overlays(overlays, std::mem::take(&mut pebble.overlays));
     if args.knobs.orders_per_page.is_none() {
         // Pebble's page size, which a suite written for it may count on to see a second page.
-        let wfe =
-            toml::Table::from_iter([("orders_per_page".to_owned(), toml::Value::Integer(PEBBLE_ORDERS_PER_PAGE))]);
-        knobs::add_overlays(overlays, ServiceOverlays::from([("wfe", wfe)]));
+        knobs::set_key(overlays, "wfe", &["orders_per_page"], toml::Value::Integer(PEBBLE_ORDERS_PER_PAGE));
     }
     Ok(pebble)
 }

@@ -205,6 +205,17 @@ pub(crate) fn logs(dir: &Path) -> String {
     out
 }
 
+/// A certificate's authority key identifier, which an ARI CertID names (RFC 9773 §4.1).
+fn authority_key_id(cert: &X509Certificate<'_>) -> Vec<u8> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => None,
+        })
+        .expect("authority key identifier")
+}
+
 pub(crate) fn csr_for(names: &[&str]) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params =
@@ -919,14 +930,7 @@ async fn renewals_and_ari_replacements_are_exempt_as_boulder_exempts_them() {
     let revocation = instant_acme::RevocationRequest { certificate: &leaf, reason: None };
     account.revoke(&revocation).await.expect("revoked");
     let (_, parsed) = parse_x509_certificate(&leaf).expect("leaf");
-    let key_id = parsed
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
-            _ => None,
-        })
-        .expect("authority key identifier");
+    let key_id = authority_key_id(&parsed);
     let replaces = instant_acme::CertificateIdentifier::new(
         rustls_pki_types::Der::from(key_id),
         rustls_pki_types::Der::from(parsed.raw_serial().to_vec()),
@@ -1383,14 +1387,7 @@ async fn pebbles_management_api_serves_the_dev_hierarchy_and_certificate_status(
         async move { api.request(http::Method::GET, &url, None, Vec::new()).await.expect("the wfe answers") }
     };
     let directory = renewal_info(stack.directory_url.clone()).await.json();
-    let key_id = leaf
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
-            _ => None,
-        })
-        .expect("authority key identifier");
+    let key_id = authority_key_id(&leaf);
     let cert_id = format!("{}.{}", quarry_jose::b64_encode(&key_id), quarry_jose::b64_encode(leaf.raw_serial()));
     let info_url = format!("{}/{cert_id}", directory["renewalInfo"].as_str().expect("renewalInfo"));
     let computed = renewal_info(info_url.clone()).await;
