@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod fault;
 pub mod grpc;
+pub mod http_client;
 pub mod http_server;
 pub mod identifier;
 pub mod model;

@@ -10,14 +10,9 @@ pub enum Error {
     /// The SCT policy cannot be met by the configured logs.
     #[error("SCT policy: {0}")]
     Policy(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("trust anchors: {0}")]
-    Roots(String),
+    /// The logs' extra trust anchors (`log_ca`) did not load.
+    #[error(transparent)]
+    LogRoots(#[from] quarry_core::http_client::HttpClientError),
     #[error(transparent)]
     Config(#[from] quarry_core::config::ConfigError),
     #[error(transparent)]

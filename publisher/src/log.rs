@@ -2,19 +2,13 @@
 //! precertificates, `add-chain` for final certificates, each answered by a signed certificate timestamp that is
 //! verified against the log's key before it is believed.
 
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use quarry_core::ct::{LogEntry, LogKey, Sct};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::{Error, LogConfig};
@@ -22,34 +16,7 @@ use crate::{Error, LogConfig};
 /// A log's answer is a few hundred bytes; anything much larger is not an SCT.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// The HTTP(S) client every log submission goes through; connections are kept and reused.
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// A client trusting the system's roots plus those in `extra_roots` (PEM), for logs served over HTTPS; plain HTTP
-/// URLs are accepted too (a log on loopback in tests and in the dev stack).
-pub fn http_client(extra_roots: Option<&Path>) -> Result<HttpClient, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = extra_roots {
-        let pem = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| Error::Roots(format!("{}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| Error::Roots(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    // A submission is one small request awaiting its answer: no Nagle delay.
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
+use quarry_core::http_client::HttpClient;
 
 /// What a log is asked to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use quarry_core::grpc::ClientAllowlist;
+use quarry_core::http_client::{HttpClient, http_client};
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::core::Empty;
 use quarry_proto::publisher::publisher_server::{Publisher, PublisherServer};
@@ -16,7 +17,7 @@ use quarry_proto::publisher::{Scts, SubmitRequest};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::log::{CtLog, HttpClient, Submission, http_client};
+use crate::log::{CtLog, Submission};
 use crate::policy::{Obtained, SctPolicy};
 use crate::{Config, Error, SERVICE_NAME};
 

@@ -67,7 +67,7 @@ pub struct LoadgenArgs {
 
 /// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
 struct Session {
-    http: quarry_publisher::log::HttpClient,
+    http: quarry_core::http_client::HttpClient,
     directory: Value,
     key: quarry_jose::SigningKey,
     account_url: Option<String>,
@@ -105,7 +105,7 @@ impl Reply {
 struct Failure(String);
 
 impl Session {
-    fn new(http: quarry_publisher::log::HttpClient, directory: Value) -> Self {
+    fn new(http: quarry_core::http_client::HttpClient, directory: Value) -> Self {
         let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
         Self {
             http,
@@ -206,7 +206,7 @@ fn is_problem_document(content_type: Option<&str>, body: &[u8]) -> bool {
 #[derive(Clone)]
 enum Responder {
     Own(Arc<Mutex<HashMap<String, String>>>),
-    ChallTestSrv { url: String, http: Box<quarry_publisher::log::HttpClient> },
+    ChallTestSrv { url: String, http: Box<quarry_core::http_client::HttpClient> },
 }
 
 impl Responder {
@@ -553,7 +553,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let (directory_url, tls_ca) = (target.directory_url, target.tls_ca);
     // The publisher's client for CT logs is the one needed here too: pooled keep-alive connections, HTTPS trusting
     // the system's roots and the given CA, plain HTTP accepted.
-    let http = quarry_publisher::log::http_client(tls_ca.as_deref())?;
+    let http = quarry_core::http_client::http_client(tls_ca.as_deref())?;
     let directory = {
         let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
         let fetch = async { anyhow::Ok(http.request(request).await?.into_body().collect().await?.to_bytes()) };
