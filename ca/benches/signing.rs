@@ -3,11 +3,11 @@
 //! it again). `cargo bench -p quarry-ca --bench signing`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use quarry_ca::ceremony::ensure_dev_pki;
 use quarry_ca::issuance::{
     CertProfile, IssueRequest, Issuer, prepare_precertificate, random_serial, sign_final_certificate,
     sign_precertificate,
 };
+use quarry_ceremony::ensure_dev_pki;
 use quarry_core::csr::parse_csr;
 use rcgen::{CertificateParams, KeyPair};
 

@@ -111,7 +111,7 @@ mod tests {
     use x509_parser::revocation_list::CertificateRevocationList;
 
     use super::*;
-    use crate::ceremony::ensure_dev_pki;
+    use quarry_ceremony::ensure_dev_pki;
 
     fn issuer() -> (tempfile::TempDir, Issuer) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -40,10 +40,6 @@ pub enum Error {
     Lint(String),
     #[error("PKCS#11: {0}")]
     Pkcs11(String),
-    #[error("dev chains: {0}")]
-    Chains(String),
-    #[error("invalid service name {0:?}: expected a lowercase dns label other than \"internal-ca\"")]
-    ServiceName(String),
     #[error(transparent)]
     Config(#[from] quarry_core::config::ConfigError),
     #[error(transparent)]

@@ -14,7 +14,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// The first certificate in a PEM file; a chain file is accepted and its leaf returned.
-pub(crate) fn read_certificate(path: &Path) -> Result<Vec<u8>, Error> {
+pub fn read_certificate(path: &Path) -> Result<Vec<u8>, Error> {
     let pem = read(path)?;
     let cert = CertificateDer::pem_slice_iter(&pem)
         .next()
@@ -24,7 +24,7 @@ pub(crate) fn read_certificate(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// A private key in PKCS#8, SEC1 or PKCS#1 PEM; the algorithm is taken from the key itself.
-pub(crate) fn read_key(path: &Path) -> Result<KeyPair, Error> {
+pub fn read_key(path: &Path) -> Result<KeyPair, Error> {
     let pem = read(path)?;
     let key =
         PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::Pem { path: path.to_owned(), detail: e.to_string() })?;
@@ -33,7 +33,7 @@ pub(crate) fn read_key(path: &Path) -> Result<KeyPair, Error> {
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a key or certificate behind.
 /// Private files are created with mode 0600 before any secret is written to them.
-pub(crate) fn write_atomically(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+pub fn write_atomically(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
     let io_error = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }

@@ -542,14 +542,14 @@ fn certificate_params(
 }
 
 /// certificatePolicies with the CA/Browser Forum domain-validated policy alone.
-pub(crate) fn certificate_policies() -> rcgen::CustomExtension {
+pub fn certificate_policies() -> rcgen::CustomExtension {
     let policy_information = der::encode(der::TAG_SEQUENCE, &der::encode_oid(DOMAIN_VALIDATED_POLICY));
     rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 32], der::encode(der::TAG_SEQUENCE, &policy_information))
 }
 
 /// id-pe-authorityInfoAccess with one caIssuers URI (RFC 5280 §4.2.2.1), DER-encoded by hand: rcgen has no field
 /// for it.
-pub(crate) fn authority_info_access(url: &str) -> Result<rcgen::CustomExtension, Error> {
+pub fn authority_info_access(url: &str) -> Result<rcgen::CustomExtension, Error> {
     if !url.is_ascii() || url.len() > 1_000 {
         return Err(Error::Request(format!("issuer URL {url:?} is not a short ASCII URI")));
     }

@@ -1,8 +1,8 @@
 //! Quarry's certificate authority: the only crate that reads signing keys.
 //!
 //! `issuance` signs end-entity certificates with a configured intermediate, `service` serves that as the
-//! `quarry.ca.v1.CertificateAuthority` gRPC service (serials reserved and certificates stored through the sa), and
-//! `ceremony` generates the dev PKI that `quarry dev` runs on.
+//! `quarry.ca.v1.CertificateAuthority` gRPC service (serials reserved and certificates stored through the sa). The
+//! ceremony that makes its keys and certificates is its own crate, `quarry-ceremony`.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, TlsFiles};
 use serde::Deserialize;
 
-pub mod ceremony;
 pub mod crl;
 mod crl_service;
 mod error;
-mod files;
+pub mod files;
 pub mod issuance;
 pub mod lint;
 pub mod pkcs11;
@@ -201,6 +200,3 @@ pub async fn serve(
 ) -> Result<(), Error> {
     service::serve(config, listener, shutdown).await
 }
-
-#[cfg(test)]
-mod test_support;

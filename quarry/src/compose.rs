@@ -161,7 +161,7 @@ impl ComposeInitArgs {
 /// Makes (or keeps) the dev PKI in the data volume and writes every service's configuration and `stack.json`.
 pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
     let public_hosts = [args.public_host.clone()];
-    let pki = quarry_ca::ceremony::ensure_dev_pki_for_hosts(&args.data_dir.join("pki"), dev::PKI_NAMES, &public_hosts)
+    let pki = quarry_ceremony::ensure_dev_pki_for_hosts(&args.data_dir.join("pki"), dev::PKI_NAMES, &public_hosts)
         .context("dev PKI")?;
     let log_keys = [&pki.ct_log_keys[0], &pki.ct_log_keys[1]]
         .map(|path| read_log_key(path).map(|key| quarry_testkit::ctlog::FakeCtLog::with_key(key).public_key_base64()));

@@ -138,15 +138,11 @@ struct CeremonyArgs {
 }
 
 fn ceremony(args: &CeremonyArgs) -> Result<(), String> {
-    let config: quarry_ca::ceremony::hierarchy::CeremonyConfig =
+    let config: quarry_ceremony::hierarchy::CeremonyConfig =
         quarry_core::config::load(&args.config).map_err(|e| e.to_string())?;
-    let output = quarry_ca::ceremony::hierarchy::run_ceremony(
-        &config,
-        &args.environment,
-        &args.out,
-        args.install_dir.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let output =
+        quarry_ceremony::hierarchy::run_ceremony(&config, &args.environment, &args.out, args.install_dir.as_deref())
+            .map_err(|e| e.to_string())?;
     println!("root:          {}", output.root_pem.display());
     for (name, cert, _) in &output.intermediates {
         println!("intermediate:  {name} {}", cert.display());

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use quarry_testkit::client::{AcmeAccount, AcmeClient, HttpResponse};
+use quarry_acme_client::{AcmeAccount, AcmeClient, HttpResponse};
 
 use crate::dev::Target;
 use serde_json::{Value, json};

@@ -11,7 +11,7 @@ use rcgen::{
     SerialNumber,
 };
 
-use quarry_ca::ceremony::{DevPki, ensure_dev_pki};
+use quarry_ceremony::{DevPki, ensure_dev_pki};
 use quarry_core::config::{GrpcClientConfig, GrpcServerConfig, ServiceAccess, TlsFiles};
 
 /// Every name `TestPki` issues an internal certificate for; "intruder" is on no allowlist.

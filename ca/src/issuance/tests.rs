@@ -5,8 +5,8 @@ use rcgen::KeyPair;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use super::*;
-use crate::ceremony::{DevPki, ensure_dev_pki};
-use crate::test_support::{cert_der, parse, verify_server};
+use quarry_ceremony::{DevPki, ensure_dev_pki};
+use quarry_testkit::verify::{cert_der, parse, verify_server};
 
 const NINETY_DAYS: Duration = Duration::days(90);
 

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 use futures::StreamExt as _;
-use quarry_ca::ceremony::hierarchy::{CeremonyConfig, CeremonyToken, run_ceremony};
 use quarry_ca::{Config, IssuerConfig, ProfileConfig};
+use quarry_ceremony::hierarchy::{CeremonyConfig, CeremonyToken, run_ceremony};
 use quarry_core::config::ConfigVersion;
 use quarry_proto::ca::IssueCertificateRequest;
 use quarry_proto::ca::certificate_authority_client::CertificateAuthorityClient;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use quarry_ca::ceremony::hierarchy::{CeremonyConfig, CeremonyOutput, run_ceremony};
 use quarry_ca::issuance::{CertProfile, IssueRequest, Issuer, issue_certificate, random_serial};
+use quarry_ceremony::hierarchy::{CeremonyConfig, CeremonyOutput, run_ceremony};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
@@ -141,7 +141,7 @@ fn an_existing_root_is_reused_and_nothing_is_overwritten() {
     let first = run("staging", &dir.path().join("first"));
     let mut config = ceremony_file();
     let staging = config.environments.get_mut("staging").expect("staging");
-    staging.existing_root = Some(quarry_ca::ceremony::hierarchy::ExistingRoot {
+    staging.existing_root = Some(quarry_ceremony::hierarchy::ExistingRoot {
         cert: first.root_pem.clone(),
         key: Some(first.root_pem.with_file_name("root.key.pem")),
     });
@@ -161,7 +161,7 @@ fn an_existing_root_is_reused_and_nothing_is_overwritten() {
 
     let mut mismatched = ceremony_file();
     mismatched.environments.get_mut("staging").expect("staging").existing_root =
-        Some(quarry_ca::ceremony::hierarchy::ExistingRoot {
+        Some(quarry_ceremony::hierarchy::ExistingRoot {
             cert: first.root_pem.clone(),
             key: Some(first.intermediates[0].2.clone()),
         });

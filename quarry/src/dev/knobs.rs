@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use quarry_ca::ceremony::chains::{MAX_ALTERNATE_ROOTS, MAX_CHAIN_LENGTH};
+use quarry_ceremony::chains::{MAX_ALTERNATE_ROOTS, MAX_CHAIN_LENGTH};
 
 /// The knobs, as flags or Pebble's environment variables.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -12,8 +12,8 @@ use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quarry_ca::ceremony::DevPki;
-use quarry_ca::ceremony::chains::DevChain;
+use quarry_ceremony::DevPki;
+use quarry_ceremony::chains::DevChain;
 use quarry_proto::client::SaClient;
 use rustls_pki_types::pem::PemObject;
 

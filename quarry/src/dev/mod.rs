@@ -388,11 +388,11 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let pki = quarry_ca::ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
+    let pki = quarry_ceremony::ensure_dev_pki(&data_dir.join("pki"), PKI_NAMES).context("dev PKI")?;
     let chains = match args.knobs.chain_shape() {
-        (1, 0) => quarry_ca::ceremony::chains::single(&pki),
+        (1, 0) => quarry_ceremony::chains::single(&pki),
         (length, alternates) => {
-            let chains = quarry_ca::ceremony::chains::ensure_dev_chains(&pki, length, alternates)?;
+            let chains = quarry_ceremony::chains::ensure_dev_chains(&pki, length, alternates)?;
             // Every chain after the leaf, E1's and R1's of each, the default chain first.
             let served = chains.iter().flat_map(|chain| chain.issuer_chains.iter());
             let served = served.map(|path| toml::Value::String(path.display().to_string())).collect();

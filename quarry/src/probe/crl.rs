@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
-use quarry_testkit::client::AcmeClient;
+use quarry_acme_client::AcmeClient;
 use x509_parser::prelude::{DistributionPointName, FromDer, GeneralName, ParsedExtension, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
@@ -106,7 +106,7 @@ mod tests {
     /// The dev hierarchy's two intermediates, signed by one root: an issuer, and another that is not it.
     fn issuers() -> (tempfile::TempDir, Issuer, Issuer) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pki = quarry_ca::ceremony::ensure_dev_pki(dir.path(), &[]).expect("dev pki");
+        let pki = quarry_ceremony::ensure_dev_pki(dir.path(), &[]).expect("dev pki");
         let ecdsa = Issuer::from_pem_files(&pki.intermediate_pem, &pki.intermediate_key).expect("E1");
         let rsa = Issuer::from_pem_files(&pki.rsa_intermediate_pem, &pki.rsa_intermediate_key).expect("R1");
         (dir, ecdsa, rsa)

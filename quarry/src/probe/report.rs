@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use quarry_testkit::client::AcmeClient;
+use quarry_acme_client::AcmeClient;
 use serde::Serialize;
 
 /// The Pushgateway job every probe pushes under; the environment is the rest of the grouping key.

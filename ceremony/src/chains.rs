@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use time::OffsetDateTime;
 
-use super::{Certified, Files, Spec, ensure};
-use crate::{Error, files};
+use crate::dev_pki::{Certified, DevPki, Files, RENEW_BEFORE, Spec, ensure};
+use quarry_ca::files;
+
+use crate::Error;
 
 /// The most intermediates between a root and a leaf, and the most alternate roots, `quarry dev` makes.
 pub const MAX_CHAIN_LENGTH: u8 = 8;
@@ -26,7 +28,7 @@ pub struct DevChain {
 
 impl DevChain {
     /// The chain of the dev hierarchy itself: root X1 above E1 and R1.
-    fn of(pki: &super::DevPki) -> Self {
+    fn of(pki: &DevPki) -> Self {
         Self {
             root_pem: pki.root_pem.clone(),
             root_key: pki.root_pem.with_file_name("root.key.pem"),
@@ -38,7 +40,7 @@ impl DevChain {
 /// The chains of a hierarchy with `chain_length` intermediates between each root and a leaf and `alternate_roots`
 /// roots besides the first: chain 0 first (the dev root's own when `chain_length` is 1). Made in `pki`'s
 /// `webpki/chains/` on first use, and reused.
-pub fn ensure_dev_chains(pki: &super::DevPki, chain_length: u8, alternate_roots: u8) -> Result<Vec<DevChain>, Error> {
+pub fn ensure_dev_chains(pki: &DevPki, chain_length: u8, alternate_roots: u8) -> Result<Vec<DevChain>, Error> {
     if !(1..=MAX_CHAIN_LENGTH).contains(&chain_length) {
         return Err(Error::Chains(format!("a chain has 1 to {MAX_CHAIN_LENGTH} intermediates, not {chain_length}")));
     }
@@ -109,7 +111,7 @@ fn still_certified_by(path: &std::path::Path, parent: &Certified) -> bool {
     ) else {
         return false;
     };
-    let renew_at = OffsetDateTime::now_utc() + super::RENEW_BEFORE;
+    let renew_at = OffsetDateTime::now_utc() + RENEW_BEFORE;
     cert.verify_signature(Some(parent.public_key())).is_ok() && cert.validity().not_after.to_datetime() > renew_at
 }
 
@@ -123,6 +125,6 @@ fn cross_sign(spec: &Spec, key: &rcgen::KeyPair, parent: &Certified, now: Offset
 }
 
 /// Where `ensure_dev_chains` would put nothing: the dev hierarchy's own single chain.
-pub fn single(pki: &super::DevPki) -> Vec<DevChain> {
+pub fn single(pki: &DevPki) -> Vec<DevChain> {
     vec![DevChain::of(pki)]
 }

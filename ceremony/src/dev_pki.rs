@@ -17,11 +17,13 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::issuance::{BACKDATE, random_serial};
-use crate::{Error, files};
+use quarry_ca::files;
+use quarry_ca::issuance::{BACKDATE, random_serial};
+
+use crate::Error;
 
 /// Certificates closer than this to their notAfter are replaced.
-const RENEW_BEFORE: Duration = Duration::days(30);
+pub(crate) const RENEW_BEFORE: Duration = Duration::days(30);
 
 /// The serial prefix of dev hierarchy certificates; any valid value would do.
 const CEREMONY_SERIAL_PREFIX: u8 = 0x7f;
@@ -150,32 +152,32 @@ fn check_service_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-struct Files {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Files {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// A certificate with its key, able to sign children when it is a CA.
-struct Certified {
-    der: Vec<u8>,
-    key: KeyPair,
+pub(crate) struct Certified {
+    pub(crate) der: Vec<u8>,
+    pub(crate) key: KeyPair,
 }
 
 /// What one certificate of the dev PKI looks like.
-struct Spec {
-    organization: Option<&'static str>,
-    common_name: String,
-    key_algorithm: &'static SignatureAlgorithm,
-    lifetime: Duration,
-    is_ca: IsCa,
-    key_usages: Vec<KeyUsagePurpose>,
-    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
-    subject_alt_names: Vec<SanType>,
-    name_constraints: Option<NameConstraints>,
+pub(crate) struct Spec {
+    pub(crate) organization: Option<&'static str>,
+    pub(crate) common_name: String,
+    pub(crate) key_algorithm: &'static SignatureAlgorithm,
+    pub(crate) lifetime: Duration,
+    pub(crate) is_ca: IsCa,
+    pub(crate) key_usages: Vec<KeyUsagePurpose>,
+    pub(crate) extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    pub(crate) subject_alt_names: Vec<SanType>,
+    pub(crate) name_constraints: Option<NameConstraints>,
 }
 
 impl Spec {
-    fn ca(organization: Option<&'static str>, common_name: &str, years: i64, path_len: u8) -> Self {
+    pub(crate) fn ca(organization: Option<&'static str>, common_name: &str, years: i64, path_len: u8) -> Self {
         Self {
             organization,
             common_name: common_name.to_owned(),
@@ -189,22 +191,22 @@ impl Spec {
         }
     }
 
-    fn root() -> Self {
+    pub(crate) fn root() -> Self {
         Self::ca(Some("Quarry"), "(DEV) Quarry Root X1", 10, 1)
     }
 
-    fn intermediate() -> Self {
+    pub(crate) fn intermediate() -> Self {
         Self::ca(Some("Quarry"), "(DEV) Quarry Intermediate E1", 5, 0)
     }
 
-    fn rsa_intermediate() -> Self {
+    pub(crate) fn rsa_intermediate() -> Self {
         let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry Intermediate R1", 5, 0);
         spec.key_algorithm = &rcgen::PKCS_RSA_SHA256;
         spec
     }
 
     /// Constrained to `.quarry`, so a leaked dev internal CA cannot vouch for real hosts.
-    fn internal_ca() -> Self {
+    pub(crate) fn internal_ca() -> Self {
         let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry Internal CA", 10, 0);
         spec.name_constraints = Some(NameConstraints {
             permitted_subtrees: vec![GeneralSubtree::DnsName("quarry".into())],
@@ -216,7 +218,7 @@ impl Spec {
     /// Constrained to loopback names, because developers may add it to a browser or system trust store.
     /// The CA of the ACME server's certificate, constrained to exactly the names that certificate holds, so that a
     /// developer who trusts it trusts nothing else.
-    fn https_ca(public_hosts: &[String]) -> Result<Self, Error> {
+    pub(crate) fn https_ca(public_hosts: &[String]) -> Result<Self, Error> {
         let mut spec = Self::ca(Some("Quarry"), "(DEV) Quarry HTTPS CA", 10, 0);
         let permitted_subtrees = Self::https_server(public_hosts)?
             .subject_alt_names
@@ -234,7 +236,7 @@ impl Spec {
         Ok(spec)
     }
 
-    fn leaf(common_name: &str, subject_alt_names: Vec<SanType>, ekus: Vec<ExtendedKeyUsagePurpose>) -> Self {
+    pub(crate) fn leaf(common_name: &str, subject_alt_names: Vec<SanType>, ekus: Vec<ExtendedKeyUsagePurpose>) -> Self {
         Self {
             organization: None,
             common_name: common_name.to_owned(),
@@ -248,13 +250,13 @@ impl Spec {
         }
     }
 
-    fn service(service: &str) -> Result<Self, Error> {
+    pub(crate) fn service(service: &str) -> Result<Self, Error> {
         let name = format!("{service}.quarry");
         let san = SanType::DnsName(ia5(&name)?);
         Ok(Self::leaf(&name, vec![san], vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]))
     }
 
-    fn https_server(public_hosts: &[String]) -> Result<Self, Error> {
+    pub(crate) fn https_server(public_hosts: &[String]) -> Result<Self, Error> {
         let mut sans = vec![
             SanType::DnsName(ia5("localhost")?),
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
@@ -272,7 +274,7 @@ impl Spec {
         Ok(Self::leaf("localhost", sans, vec![ExtendedKeyUsagePurpose::ServerAuth]))
     }
 
-    fn params(&self, now: OffsetDateTime) -> Result<CertificateParams, Error> {
+    pub(crate) fn params(&self, now: OffsetDateTime) -> Result<CertificateParams, Error> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         if let Some(organization) = self.organization {
@@ -298,7 +300,12 @@ fn ia5(name: &str) -> Result<rcgen::string::Ia5String, Error> {
 
 /// Returns the certificate at `files` if it is still good, else generates, writes and returns a new one.
 /// `parent` is `None` for a self-signed root.
-fn ensure(files: &Files, spec: &Spec, parent: Option<&Certified>, now: OffsetDateTime) -> Result<Certified, Error> {
+pub(crate) fn ensure(
+    files: &Files,
+    spec: &Spec,
+    parent: Option<&Certified>,
+    now: OffsetDateTime,
+) -> Result<Certified, Error> {
     if let Some(existing) = load_if_current(files, parent, now)?
         && covers(&existing.der, spec)
     {
@@ -421,9 +428,6 @@ fn subnet_text(subnet: &CidrSubnet) -> String {
     let prefix: u32 = mask.iter().map(|byte| byte.count_ones()).sum();
     format!("{ip}/{prefix}")
 }
-
-pub mod chains;
-pub mod hierarchy;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::test_support::{cert_der, parse, verify_client, verify_server};
+use quarry_testkit::verify::{cert_der, parse, verify_client, verify_server};
 
 const SERVICES: &[&str] = &["wfe", "ra", "sa", "ca", "va", "nonce", "admin"];
 
@@ -269,7 +269,7 @@ fn a_public_host_is_added_to_the_https_certificate_and_nothing_else() {
 
 #[test]
 fn longer_and_alternate_chains_cross_sign_the_same_issuers_and_are_reused() {
-    use super::chains::{ensure_dev_chains, single};
+    use crate::chains::{ensure_dev_chains, single};
     use rustls_pki_types::pem::PemObject;
     let dir = tempfile::tempdir().unwrap();
     let pki = ensure_dev_pki(dir.path(), &["wfe"]).unwrap();

@@ -17,9 +17,11 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::issuance::{BACKDATE, authority_info_access, certificate_policies, random_serial};
-use crate::pkcs11::{Pkcs11Config, Pkcs11Key, TokenKeyKind};
-use crate::{Error, files};
+use quarry_ca::files;
+use quarry_ca::issuance::{BACKDATE, authority_info_access, certificate_policies, random_serial};
+use quarry_ca::pkcs11::{Pkcs11Config, Pkcs11Key, TokenKeyKind};
+
+use crate::Error;
 
 /// The serial prefix of hierarchy certificates; kept apart from subscriber certificates' prefixes by convention.
 const HIERARCHY_SERIAL_PREFIX: u8 = 0x7e;
@@ -366,7 +368,7 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
     if path.exists() {
         return Err(Error::Request(format!("{} exists already; a ceremony never overwrites", path.display())));
     }
-    files::write_atomically(path, contents, private)
+    Ok(files::write_atomically(path, contents, private)?)
 }
 
 /// The overlay fragments: the ca's issuers, the wfe's chains and CRL issuers, the crl-updater's issuers.

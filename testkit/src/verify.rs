@@ -1,4 +1,5 @@
-//! Helpers shared by the unit tests: reading PEM files back and validating chains the way a TLS peer would.
+//! Certificates checked as a peer would: PEM files read back, chains validated with webpki as a TLS client or
+//! server does.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,11 +9,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-pub(crate) fn cert_der(path: &Path) -> Vec<u8> {
-    crate::files::read_certificate(path).expect("certificate file")
+pub fn cert_der(path: &Path) -> Vec<u8> {
+    quarry_ca::files::read_certificate(path).expect("certificate file")
 }
 
-pub(crate) fn parse(der: &[u8]) -> X509Certificate<'_> {
+pub fn parse(der: &[u8]) -> X509Certificate<'_> {
     let (rest, cert) = X509Certificate::from_der(der).expect("certificate parses");
     assert!(rest.is_empty());
     cert
@@ -29,7 +30,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Validates `leaf` (via `intermediates`) up to `root_der` as a TLS server certificate for `name`, with webpki.
-pub(crate) fn verify_server(root_der: &[u8], intermediates: &[&[u8]], leaf: &[u8], name: &str) -> Result<(), String> {
+pub fn verify_server(root_der: &[u8], intermediates: &[&[u8]], leaf: &[u8], name: &str) -> Result<(), String> {
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(root_der), provider())
         .build()
         .expect("server verifier");
@@ -42,7 +43,7 @@ pub(crate) fn verify_server(root_der: &[u8], intermediates: &[&[u8]], leaf: &[u8
 }
 
 /// Validates `leaf` up to `root_der` as a TLS client certificate, with webpki.
-pub(crate) fn verify_client(root_der: &[u8], leaf: &[u8]) -> Result<(), String> {
+pub fn verify_client(root_der: &[u8], leaf: &[u8]) -> Result<(), String> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(root_der), provider())
         .build()
         .expect("client verifier");

@@ -1,5 +1,6 @@
-//! The project's own ACME test client: any account key type (RS256, ES256, ES384, EdDSA, which instant-acme
-//! cannot all do) and raw access to requests, so tests can send malformed JWSs on purpose.
+//! The project's own ACME client: any account key type (RS256, ES256, ES384, EdDSA, which instant-acme cannot all
+//! do) and raw access to requests. The prober issues through it in every environment, and the tests use it to send
+//! malformed JWSs on purpose.
 
 use std::path::Path;
 use std::sync::Arc;
