@@ -820,7 +820,7 @@ impl Registrar {
     /// try again with a new authorization) instead of waiting on a challenge that never ends.
     async fn abandon_validation(&self, authz: &Authorization, kind: ChallengeType) {
         let problem = Problem::internal("the CA stopped before this validation finished; try again");
-        self.record_validation(authz.clone(), crate::recovery::failed_validation(authz, kind.as_str(), &problem)).await;
+        self.record_validation(authz.clone(), failed_validation(authz, kind.as_str(), &problem)).await;
     }
 
     /// At shutdown: lets validations and finalizations in flight run for `grace`, then makes those still running
@@ -996,6 +996,23 @@ impl Registrar {
                 Ok(())
             }
         }
+    }
+}
+
+/// The outcome recording a validation as failed with `problem`.
+pub(crate) fn failed_validation(
+    authz: &Authorization,
+    attempted: &str,
+    problem: &Problem,
+) -> sapb::FinalizeAuthorizationRequest {
+    sapb::FinalizeAuthorizationRequest {
+        id: authz.id,
+        status: "invalid".to_owned(),
+        expires: authz.expires,
+        attempted: attempted.to_owned(),
+        attempted_at: now(),
+        validation_records: Vec::new(),
+        validation_error: Some(pb::Problem::from(problem)),
     }
 }
 
