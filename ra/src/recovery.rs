@@ -17,7 +17,8 @@ use quarry_jose::Jwk;
 use quarry_proto::sa::{self as sapb, StuckItem};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{RECORD_GRACE, Registrar, failed_validation};
+use crate::authorizations::{RECORD_GRACE, failed_validation};
+use crate::registrar::Registrar;
 
 /// How often each replica looks for stuck work.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(5);
