@@ -12,7 +12,7 @@ use quarry_proto::sa::revoke_for_key_compromise_response::Outcome;
 use quarry_proto::sa::{MarkBlockedKeyCheckedRequest, RevokeForKeyCompromiseRequest, SerialsByKeyRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Registrar;
+use crate::registrar::Registrar;
 
 /// How often each replica looks for blocked keys with certificates left, when nothing wakes it sooner.
 pub const BAD_KEY_PERIOD: Duration = Duration::from_secs(10);

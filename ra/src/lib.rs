@@ -1,13 +1,24 @@
 //! The registration authority: the orchestrator. It applies policy to accounts and orders, reuses orders and
 //! valid authorizations, dispatches validation to the va in the background, and drives finalization through the
 //! ca; everything it decides is stored through the sa.
+//!
+//! `registrar` holds the state every use case shares and `service` serves it as the
+//! `quarry.ra.v1.RegistrationAuthority` gRPC service, handing each call to its use case: `accounts`, `orders`,
+//! `authorizations` (validation included), `finalization` and `revocation`. `recovery` takes over work a crashed
+//! replica left mid-way, and `badkeys` revokes the certificates of blocked keys.
 
+mod accounts;
+mod authorizations;
 mod badkeys;
 mod error;
+mod finalization;
 pub mod keypolicy;
 pub mod limits;
+mod orders;
 mod recovery;
-mod server;
+mod registrar;
+mod revocation;
+mod service;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,7 +35,7 @@ use tonic::server::NamedService;
 pub use badkeys::{BAD_KEY_PERIOD, BadKeyReport};
 pub use error::Error;
 pub use recovery::{SWEEP_PERIOD, SweepReport};
-pub use server::Registrar;
+pub use registrar::Registrar;
 
 /// The ra's configuration.
 #[derive(Debug, Clone, Deserialize)]

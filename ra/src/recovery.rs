@@ -11,14 +11,14 @@
 use std::time::{Duration, Instant};
 
 use quarry_core::clock::now;
-use quarry_core::model::{Authorization, ChallengeStatus};
+use quarry_core::model::ChallengeStatus;
 use quarry_core::{ErrorKind, Problem};
 use quarry_jose::Jwk;
-use quarry_proto::core as pb;
 use quarry_proto::sa::{self as sapb, StuckItem};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{RECORD_GRACE, Registrar};
+use crate::authorizations::{RECORD_GRACE, failed_validation};
+use crate::registrar::Registrar;
 
 /// How often each replica looks for stuck work.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(5);
@@ -215,23 +215,6 @@ impl Registrar {
         tracing::info!(target: "audit", event = "issuance-recovered", order_id, serial = %issued.serial, "an interrupted issuance was finished from its precertificate");
         recovered("order", "completed");
         Ok(issued.serial)
-    }
-}
-
-/// The outcome recording a validation as failed with `problem`.
-pub(crate) fn failed_validation(
-    authz: &Authorization,
-    attempted: &str,
-    problem: &Problem,
-) -> sapb::FinalizeAuthorizationRequest {
-    sapb::FinalizeAuthorizationRequest {
-        id: authz.id,
-        status: "invalid".to_owned(),
-        expires: authz.expires,
-        attempted: attempted.to_owned(),
-        attempted_at: now(),
-        validation_records: Vec::new(),
-        validation_error: Some(pb::Problem::from(problem)),
     }
 }
 
