@@ -9,6 +9,26 @@ use crate::config::Environment;
 /// The table every service's knobs live in.
 pub const SECTION: &str = "client_testing";
 
+/// The command-line flags of `quarry dev` that turn a knob on (its `Knobs`; a test there keeps the two equal):
+/// `quarry env check` refuses them in anything that deploys an environment.
+pub const KNOB_FLAGS: &[&str] = &[
+    "--va-nosleep",
+    "--va-sleeptime",
+    "--va-always-valid",
+    "--wfe-nonce-reject",
+    "--authz-reuse",
+    "--orders-per-page",
+    "--chain-length",
+    "--alternate-roots",
+    "--server-internal-percent",
+    "--rate-limited-percent",
+    "--finalize-delay-secs",
+    "--renew-now",
+];
+
+/// The prefix of the environment variables that set a knob, as Pebble names them.
+pub const KNOB_VARIABLE_PREFIX: &str = "PEBBLE_";
+
 /// Refuses a `[client_testing]` table in a configuration that is not dev's (`environment` is the overlay's own
 /// `environment` key; a configuration that names none is not dev's either). An empty table turns nothing on and
 /// passes.

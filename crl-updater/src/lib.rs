@@ -63,3 +63,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     updater.run(shutdown).await;
     Ok(())
 }
+
+/// The crl-updater as its process runs it: the shape every service shares ([`quarry_core::service`]).
+pub struct Process;
+
+impl quarry_core::service::Service for Process {
+    const NAME: &'static str = "crl-updater";
+    type Config = Config;
+    type Error = Error;
+
+    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+
+    fn run(
+        config: Config,
+        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        run(config, shutdown)
+    }
+}

@@ -131,7 +131,7 @@ pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, Str
 
 #[cfg(test)]
 /// Parses `text` as the typed configuration of `service`.
-pub(crate) fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
+pub fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
     use quarry_core::config::parse;
     match subcommand(service) {
         "nonce" => parse::<quarry_nonce::Config>(text, origin).map(drop),
@@ -149,28 +149,6 @@ pub(crate) fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), qu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn dev_vars() -> BTreeMap<&'static str, String> {
-        let log = quarry_testkit::ctlog::FakeCtLog::new();
-        let logs = [
-            ("http://127.0.0.1:1/".to_owned(), log.public_key_base64()),
-            ("http://127.0.0.1:2/".to_owned(), log.public_key_base64()),
-        ];
-        let mut vars =
-            crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs);
-        vars.insert("nonce_prefix_key", "a dev stack's nonce prefix key".to_owned());
-        vars
-    }
-
-    #[test]
-    fn every_dev_config_renders_and_parses() {
-        let vars = dev_vars();
-        for service in SERVICES {
-            let text = render(service, DEV, &vars).unwrap();
-            let result = parse_as(service, &text, service);
-            result.unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
-        }
-    }
 
     /// Staging's and production's configurations, with their secrets filled in, are valid typed configurations:
     /// a typo in an overlay fails here, not at deployment.

@@ -363,11 +363,9 @@ impl Environment {
 /// What turns a client-testing knob on in the files that deploy an environment: the compose stack (`compose/`) and
 /// the chart's values (`helm/quarry/`), beside `dir` (`deploy/env`). Comment lines are skipped.
 fn deployment_client_testing_findings(dir: &Path) -> anyhow::Result<Vec<String>> {
-    use clap::Args;
+    use quarry_core::testing::{KNOB_FLAGS, KNOB_VARIABLE_PREFIX, SECTION};
     let Some(deploy) = dir.parent() else { return Ok(Vec::new()) };
-    let mut markers: Vec<String> = vec![quarry_core::testing::SECTION.to_owned(), "PEBBLE_".to_owned()];
-    let flags = crate::dev::Knobs::augment_args(clap::Command::new("knobs"));
-    markers.extend(flags.get_arguments().filter_map(|arg| arg.get_long()).map(|long| format!("--{long}")));
+    let markers: Vec<&str> = [SECTION, KNOB_VARIABLE_PREFIX].into_iter().chain(KNOB_FLAGS.iter().copied()).collect();
     let mut findings = Vec::new();
     for folder in [deploy.join("compose"), deploy.join("helm/quarry")] {
         let Ok(entries) = std::fs::read_dir(&folder) else { continue };
@@ -379,7 +377,7 @@ fn deployment_client_testing_findings(dir: &Path) -> anyhow::Result<Vec<String>>
                 if line.trim_start().starts_with('#') {
                     continue;
                 }
-                if let Some(marker) = markers.iter().find(|marker| line.contains(marker.as_str())) {
+                if let Some(marker) = markers.iter().find(|marker| line.contains(**marker)) {
                     findings.push(format!(
                         "{}:{}: {marker}: a client-testing knob in a deployment; they are for quarry dev only",
                         path.display(),

@@ -1,41 +1,18 @@
-//! `quarry`: the one binary of the CA. Each service is a subcommand (`quarry sa --config sa.toml`), and
-//! `quarry dev` runs the whole split stack on one machine, every service its own process.
+//! `quarry`: the production binary of the CA. Each service is a subcommand (`quarry sa --config sa.toml`), beside
+//! the operator's tools (migrations, ceremonies, admin, env check, health, probe). The dev tools (`quarry dev`, the
+//! challenge test server, the load generator…) are another binary, `quarry-dev`, that this one hands such commands
+//! to when it is installed beside it, as git does its external commands: the production image carries only this one.
 
-mod admin;
-mod balancer;
-mod compose;
-mod dev;
-mod env;
-mod envcheck;
-mod health;
-mod loadgen;
-mod orphans;
-mod probe;
-
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-
-/// `quarry --version`: the version, the git commit and its date (stamped by build.rs).
-const LONG_VERSION: &str =
-    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("QUARRY_GIT_COMMIT"), ", ", env!("QUARRY_GIT_DATE"), ")");
-
-/// This binary's build, for the metric, the gRPC header and the health answer.
-const BUILD: quarry_core::build::BuildInfo = quarry_core::build::BuildInfo {
-    version: env!("CARGO_PKG_VERSION"),
-    commit: env!("QUARRY_GIT_COMMIT"),
-    date: env!("QUARRY_GIT_DATE"),
-};
-
-/// Exit status for a configuration the program cannot use (sysexits' EX_USAGE).
-const EX_USAGE: u8 = 64;
-/// Exit status for a service the program needed and could not reach (sysexits' EX_UNAVAILABLE).
-const EX_UNAVAILABLE: u8 = 69;
+use quarry::{admin, envcheck, health, probe};
+use quarry_core::service::{self, EX_UNAVAILABLE, EX_USAGE, runtime};
 
 #[derive(Parser)]
-#[command(name = "quarry", version = LONG_VERSION, about = "An ACME certificate authority split into gRPC services")]
+#[command(name = "quarry", version = quarry::LONG_VERSION, about = "An ACME certificate authority split into gRPC services")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,32 +38,19 @@ enum Command {
     CrlUpdater(ConfigArg),
     /// Brings the sa's database schema up to date and exits (a deployment's migration step).
     Migrate(ConfigArg),
-    /// The challenge test server: DNS, http-01 and tls-alpn-01 responders with a pebble-challtestsrv compatible API.
-    Challtestsrv(dev::ChalltestsrvArgs),
-    /// Runs the whole CA locally on embedded defaults, every service as its own process.
-    Dev(dev::DevArgs),
-    /// `quarry dev` with Pebble's command line (`-config FILE -dnsserver ADDR`): a drop-in for Pebble in a client's
-    /// test suite; a link named `pebble` to this binary runs it too.
-    Pebble(dev::PebbleArgs),
-    /// Prepares the container stack's data volume: dev PKI and every service's configuration.
-    ComposeInit(compose::ComposeInitArgs),
-    /// A fake Certificate Transparency log that signs real SCTs (the dev and container stacks' logs).
-    FakeCtLog(compose::FakeCtLogArgs),
-    /// A TCP load balancer over replicas: connections in turn, a replica that refuses them skipped (the compose
-    /// stack's, in front of its wfes).
-    Balance(balancer::BalanceArgs),
     /// Exits 0 when a running service says it is ready (container health checks, Kubernetes probes).
     Health(health::HealthArgs),
     /// Proves an environment end to end: issues and revokes a certificate, timing every step.
     Probe(probe::ProbeArgs),
-    /// Concurrent ACME clients issuing certificates, with latencies and the servers' CPU per certificate.
-    Loadgen(loadgen::LoadgenArgs),
     /// Environment tools: `env check A B` proves two environments differ only where they may.
     Env(EnvArgs),
     /// The operator's commands (unpausing accounts), through the sa with the admin identity.
     Admin(admin::AdminArgs),
     /// Makes an environment's issuing hierarchy (root and intermediates) and the PKI sections that point at it.
     Ceremony(CeremonyArgs),
+    /// A dev tool (`dev`, `pebble`, `challtestsrv`, `loadgen`, …): run by the `quarry-dev` binary beside this one.
+    #[command(external_subcommand)]
+    DevTool(Vec<OsString>),
 }
 
 #[derive(clap::Args)]
@@ -164,187 +128,58 @@ struct ConfigArg {
     config: Vec<PathBuf>,
 }
 
-/// Loads a service's configuration or explains, naming the file and key, why it cannot.
-fn load<T: serde::de::DeserializeOwned>(arg: &ConfigArg) -> Result<T, ExitCode> {
-    quarry_core::config::load_layers(&arg.config, quarry_core::config::placeholder_value).map_err(|err| {
-        eprintln!("quarry: {err}");
-        ExitCode::from(EX_USAGE)
-    })
-}
-
-macro_rules! run_service {
-    ($name:literal, $krate:ident, $arg:expr) => {
-        run_service!($name, $krate, $arg, DRAIN_GRACE)
-    };
-    ($name:literal, $krate:ident, $arg:expr, $grace:expr) => {{
-        let config: $krate::Config = match load(&$arg) {
-            Ok(config) => config,
-            Err(code) => return code,
-        };
-        let result = runtime().block_on(async {
-            let telemetry = quarry_core::telemetry::init($name, &config.telemetry).map_err(|e| e.to_string())?;
-            let result = drain_bounded($name, $grace, |stop| $krate::run(config, stop)).await;
-            telemetry.shutdown().await;
-            result.map_err(|e| e.to_string())
-        });
-        report($name, result)
-    }};
-}
-
-/// The process id of the parent at start-up.
-static SUPERVISOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// Set by `quarry dev` on the services it starts, so that they stop when it goes away, however it went.
-const SUPERVISED_ENV: &str = "QUARRY_SUPERVISED";
-
-/// Completes on Ctrl-C or SIGTERM, and, for a service `quarry dev` started, when `quarry dev` is gone (even
-/// killed with SIGKILL): a service is reparented then, so its parent process id changes.
-async fn shutdown() {
-    if std::env::var_os(SUPERVISED_ENV).is_none() {
-        return quarry_core::shutdown::signal().await;
+/// Hands a command this binary does not have to `quarry-dev`, beside it or on the `PATH`, with the same arguments;
+/// it replaces this process, so signals, exit status and the parent process id are the dev tool's own.
+fn run_dev_tool(args: Vec<OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let command = args.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(DEV_TOOLS_BINARY)));
+    let program = beside.filter(|path| path.is_file()).unwrap_or_else(|| PathBuf::from(DEV_TOOLS_BINARY));
+    let err = std::process::Command::new(&program).args(&args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        eprintln!(
+            "quarry: no command `{command}`. If it is a dev tool, it is in the `{DEV_TOOLS_BINARY}` binary, which is \
+             not installed beside this one (production images carry only `quarry`): build both with \
+             `cargo build -p quarry -p quarry-devtools`"
+        );
+    } else {
+        eprintln!("quarry: run {}: {err}", program.display());
     }
-    // Read when the process started: a service slow to start (key generation) must not take the init process it
-    // was reparented to for its supervisor.
-    let parent = *SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
-    let parent_gone = async {
-        while std::os::unix::process::parent_id() == parent {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-    };
-    tokio::select! {
-        _ = quarry_core::shutdown::signal() => {}
-        _ = parent_gone => tracing::info!("quarry dev is gone; stopping"),
-    }
+    ExitCode::from(EX_USAGE)
 }
 
-/// How long a stopping service may take to finish requests in flight; a peer's idle keep-alive connection must
-/// not hold it up for ever.
-const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Runs a service until [`shutdown`], then lets it drain for at most `grace`.
-async fn drain_bounded<F, E>(
-    name: &str,
-    grace: std::time::Duration,
-    service: impl FnOnce(WaitForCancellationFutureOwned) -> F,
-) -> Result<(), E>
-where
-    F: Future<Output = Result<(), E>>,
-{
-    let stop = CancellationToken::new();
-    let service = service(stop.clone().cancelled_owned());
-    tokio::pin!(service);
-    tokio::select! {
-        result = &mut service => result,
-        () = shutdown() => {
-            stop.cancel();
-            match tokio::time::timeout(grace, service).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(service = name, grace_secs = grace.as_secs(), "requests still in flight; stopping anyway");
-                    Ok(())
-                }
-            }
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the tokio runtime")
-}
-
-fn report<E: std::fmt::Display>(service: &str, result: Result<(), E>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("quarry {service}: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The command line, read as Pebble's when the binary is called `pebble` or given the `pebble` subcommand (whose
-/// options Pebble writes with one dash: `-config FILE`).
-fn parse_command_line() -> Cli {
-    let mut args: Vec<String> = std::env::args().collect();
-    let called_pebble =
-        args.first().and_then(|first| Path::new(first).file_name()).is_some_and(|name| name == "pebble");
-    if called_pebble {
-        args.insert(1, "pebble".to_owned());
-    }
-    if args.get(1).is_some_and(|command| command == "pebble") {
-        let rest = dev::pebble_argv(args.split_off(2));
-        args.extend(rest);
-    }
-    Cli::parse_from(args)
-}
+/// The dev tools' binary (crate `quarry-devtools`).
+const DEV_TOOLS_BINARY: &str = "quarry-dev";
 
 fn main() -> ExitCode {
-    SUPERVISOR.get_or_init(std::os::unix::process::parent_id);
-    quarry_core::install_crypto_provider();
-    quarry_core::build::set(BUILD);
-    match parse_command_line().command {
-        Command::Wfe(arg) => run_service!("wfe", quarry_wfe, arg),
-        // The ra bounds its own drain (background validations and finalizations included); this is a backstop.
-        Command::Ra(arg) => run_service!("ra", quarry_ra, arg, quarry_ra::SHUTDOWN_GRACE + DRAIN_GRACE * 2),
-        Command::Sa(arg) => run_service!("sa", quarry_sa, arg),
-        Command::Ca(arg) => run_service!("ca", quarry_ca, arg),
-        Command::Va(arg) => run_service!("va", quarry_va, arg),
-        Command::Nonce(arg) => run_service!("nonce", quarry_nonce, arg),
-        Command::Publisher(arg) => run_service!("publisher", quarry_publisher, arg),
-        Command::CrlUpdater(arg) => run_service!("crl-updater", quarry_crl_updater, arg),
+    service::start_process(quarry::BUILD);
+    match Cli::parse().command {
+        Command::Wfe(arg) => service::main::<quarry_wfe::Process>(&arg.config),
+        Command::Ra(arg) => service::main::<quarry_ra::Process>(&arg.config),
+        Command::Sa(arg) => service::main::<quarry_sa::Process>(&arg.config),
+        Command::Ca(arg) => service::main::<quarry_ca::Process>(&arg.config),
+        Command::Va(arg) => service::main::<quarry_va::Process>(&arg.config),
+        Command::Nonce(arg) => service::main::<quarry_nonce::Process>(&arg.config),
+        Command::Publisher(arg) => service::main::<quarry_publisher::Process>(&arg.config),
+        Command::CrlUpdater(arg) => service::main::<quarry_crl_updater::Process>(&arg.config),
         Command::Migrate(arg) => {
-            let config: quarry_sa::Config = match load(&arg) {
+            let config: quarry_sa::Config = match service::load_config(&arg.config) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
             quarry_core::telemetry::init_logs("migrate");
-            report("migrate", runtime().block_on(quarry_sa::migrate(&config)))
+            service::report("migrate", runtime().block_on(quarry_sa::migrate(&config)))
         }
-        Command::Challtestsrv(args) => {
-            quarry_core::telemetry::init_logs("challtestsrv");
-            report("challtestsrv", runtime().block_on(dev::run_challtestsrv(args)))
-        }
+        Command::DevTool(args) => run_dev_tool(args),
         Command::Env(args) => env_check(&args),
         Command::Admin(args) => {
             quarry_core::telemetry::init_logs("admin");
-            report("admin", runtime().block_on(admin::run(args)))
+            service::report("admin", runtime().block_on(admin::run(args)))
         }
         Command::Ceremony(args) => {
             quarry_core::telemetry::init_logs("ceremony");
-            report("ceremony", ceremony(&args))
+            service::report("ceremony", ceremony(&args))
         }
-        Command::Dev(args) => {
-            quarry_core::telemetry::init_logs("dev");
-            report("dev", runtime().block_on(dev::run(args)))
-        }
-        Command::Pebble(args) if args.version => {
-            println!("quarry {} (as pebble)", quarry_core::build::get().describe());
-            ExitCode::SUCCESS
-        }
-        Command::Pebble(args) => {
-            quarry_core::telemetry::init_logs("pebble");
-            report("pebble", runtime().block_on(dev::run(args.into_dev())))
-        }
-        Command::ComposeInit(args) => {
-            quarry_core::telemetry::init_logs("compose-init");
-            report("compose-init", runtime().block_on(compose::init(args)))
-        }
-        Command::Balance(args) => {
-            quarry_core::telemetry::init_logs("balance");
-            report("balance", runtime().block_on(balancer::run(args)))
-        }
-        Command::FakeCtLog(args) => {
-            quarry_core::telemetry::init_logs("fake-ct-log");
-            report("fake-ct-log", runtime().block_on(compose::run_fake_ct_log(args)))
-        }
-        Command::Loadgen(args) => match runtime().block_on(loadgen::run(args)) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(err) => {
-                eprintln!("quarry loadgen: {err:#}");
-                ExitCode::from(EX_USAGE)
-            }
-        },
         Command::Probe(args) => match runtime().block_on(probe::run(args)) {
             Ok(probe::Verdict::Passed) => ExitCode::SUCCESS,
             Ok(probe::Verdict::Failed) => ExitCode::FAILURE,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use quarry_acme_client::{AcmeAccount, AcmeClient, HttpResponse};
 
-use crate::dev::Target;
+use crate::stack_file::Target;
 use serde_json::{Value, json};
 
 /// How long a polled resource (authorization, order) may take to settle.
@@ -35,7 +35,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
     #[command(flatten)]
-    target: crate::dev::AcmeTarget,
+    target: crate::stack_file::AcmeTarget,
     /// The issuing root (PEM); when given, the certificate's chain must lead to it.
     #[arg(long)]
     root: Option<PathBuf>,

@@ -281,3 +281,26 @@ pub async fn serve(
 
 /// How long, once told to stop, the ra lets calls in flight and background validations and finalizations finish.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The ra as its process runs it: the shape every service shares ([`quarry_core::service`]).
+pub struct Process;
+
+impl quarry_core::service::Service for Process {
+    const NAME: &'static str = "ra";
+    /// The ra bounds its own drain (background validations and finalizations included); this is a backstop.
+    const DRAIN_GRACE: std::time::Duration =
+        SHUTDOWN_GRACE.saturating_add(quarry_core::service::DRAIN_GRACE.saturating_mul(2));
+    type Config = Config;
+    type Error = Error;
+
+    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+
+    fn run(
+        config: Config,
+        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        run(config, shutdown)
+    }
+}

@@ -151,3 +151,23 @@ pub async fn serve(
     served?;
     Ok(())
 }
+
+/// The sa as its process runs it: the shape every service shares ([`quarry_core::service`]).
+pub struct Process;
+
+impl quarry_core::service::Service for Process {
+    const NAME: &'static str = "sa";
+    type Config = Config;
+    type Error = Error;
+
+    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+
+    fn run(
+        config: Config,
+        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        run(config, shutdown)
+    }
+}

@@ -1,8 +1,9 @@
-//! Test support for Quarry: the challenge test server, a throwaway PKI, fakes of peer services and an ACME client.
+//! Test support for Quarry: a throwaway PKI, fakes of peer services, an in-process stack and publisher, database and
+//! telemetry helpers, and, under the names the tests have always used, the ACME client and the dev tools' challenge
+//! test server they drive. Only tests depend on it.
 
-pub mod challtestsrv;
-/// The ACME client, under the name the tests have always used.
 pub use quarry_acme_client as client;
+pub use quarry_devtools::challtestsrv;
 pub mod csr;
 pub mod ctlog;
 pub mod db;

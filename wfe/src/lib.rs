@@ -197,3 +197,23 @@ fn tls_config(
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
 }
+
+/// The wfe as its process runs it: the shape every service shares ([`quarry_core::service`]).
+pub struct Process;
+
+impl quarry_core::service::Service for Process {
+    const NAME: &'static str = "wfe";
+    type Config = Config;
+    type Error = Error;
+
+    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+
+    fn run(
+        config: Config,
+        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        run(config, shutdown)
+    }
+}

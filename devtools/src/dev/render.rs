@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{ServiceOverlays, replica_ip};
-use crate::env;
+use quarry::env;
 
 /// What a stack adds to the rendered `dev` files.
 pub struct Extras<'a> {
@@ -108,4 +108,33 @@ fn with_table(rendered: &str, name: &str, values: &toml::Table) -> anyhow::Resul
 /// A rendered configuration with `[telemetry] key = value` set.
 fn with_telemetry(rendered: &str, key: &str, value: String) -> anyhow::Result<String> {
     with_table(rendered, "telemetry", &toml::Table::from_iter([(key.to_owned(), toml::Value::String(value))]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use quarry::env::{DEV, SERVICES, parse_as, render};
+
+    fn dev_vars() -> BTreeMap<&'static str, String> {
+        let log = crate::ctlog::FakeCtLog::new();
+        let logs = [
+            ("http://127.0.0.1:1/".to_owned(), log.public_key_base64()),
+            ("http://127.0.0.1:2/".to_owned(), log.public_key_base64()),
+        ];
+        let mut vars =
+            crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs);
+        vars.insert("nonce_prefix_key", "a dev stack's nonce prefix key".to_owned());
+        vars
+    }
+
+    #[test]
+    fn every_dev_config_renders_and_parses() {
+        let vars = dev_vars();
+        for service in SERVICES {
+            let text = render(service, DEV, &vars).unwrap();
+            let result = parse_as(service, &text, service);
+            result.unwrap_or_else(|e| panic!("{service}: {e}\n{text}"));
+        }
+    }
 }

@@ -17,16 +17,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::challtestsrv;
 use anyhow::Context;
-use quarry_testkit::challtestsrv;
 
-use crate::env;
+use quarry::env;
 use supervisor::{Health, HealthChecker, ReplicaSpec, Supervisor};
 
 pub use knobs::{Knobs, ServiceOverlays};
 pub use pebble_mode::{PebbleArgs, pebble_argv};
+pub use quarry::stack_file::{ReplicaInfo, StackInfo};
 pub use render::{Extras, Layout, write_configs};
-pub use supervisor::ReplicaInfo;
 
 /// The internal certificate names of the stack's services, plus the operator's.
 pub const PKI_NAMES: &[&str] =
@@ -306,75 +306,6 @@ impl DevArgs {
     }
 }
 
-/// What `quarry dev` tells scripts about the running stack (`<data-dir>/stack.json`).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct StackInfo {
-    pub directory_url: String,
-    pub tls_ca_pem: PathBuf,
-    pub root_pem: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub challtestsrv_url: Option<String>,
-    /// Where CRL shards are served: `<crl_base_url><issuer>/<shard>.crl`.
-    pub crl_base_url: String,
-    /// Where each service's log is (`quarry dev`; a container stack's logs are the containers').
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub logs_dir: Option<PathBuf>,
-    /// Every process of the stack (`quarry dev`): its replica name, service, address, process id and log. Kept
-    /// up to date as the supervisor restarts replicas.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub replicas: Vec<ReplicaInfo>,
-    /// Pebble's management API, when `--management-addr` asked for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub management_url: Option<String>,
-}
-
-/// Which ACME server a client tool (`quarry probe`, `quarry loadgen`) talks to: a directory URL, or the stack file
-/// of a running `quarry dev`.
-#[derive(clap::Args, Debug)]
-pub struct AcmeTarget {
-    /// The ACME directory URL.
-    #[arg(required_unless_present = "stack", conflicts_with = "stack")]
-    directory_url: Option<String>,
-    /// A running `quarry dev`'s stack file: its directory, trust anchors and challenge test server.
-    #[arg(long)]
-    stack: Option<PathBuf>,
-    /// The CA certificate(s) to trust for the server's HTTPS (PEM); default: the stack file's.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-}
-
-/// An [`AcmeTarget`] with the stack file read: what is known of the server.
-pub struct Target {
-    pub directory_url: String,
-    pub tls_ca: Option<PathBuf>,
-    /// The issuing root, when a stack file says.
-    pub root: Option<PathBuf>,
-    /// The stack's challenge test server, when it runs one.
-    pub challtestsrv: Option<String>,
-}
-
-impl AcmeTarget {
-    pub fn resolve(&self) -> anyhow::Result<Target> {
-        let Some(path) = &self.stack else {
-            return Ok(Target {
-                directory_url: self.directory_url.clone().context("a directory URL or --stack")?,
-                tls_ca: self.tls_ca.clone(),
-                root: None,
-                challtestsrv: None,
-            });
-        };
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        let stack: StackInfo =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a stack file", path.display()))?;
-        Ok(Target {
-            directory_url: stack.directory_url,
-            tls_ca: self.tls_ca.clone().or(Some(stack.tls_ca_pem)),
-            root: Some(stack.root_pem),
-            challtestsrv: stack.challtestsrv_url,
-        })
-    }
-}
-
 /// Starts the stack, prints where it is, and runs until Ctrl-C, restarting any replica that exits.
 pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let mut overlays = args.knobs.overlays();
@@ -412,7 +343,7 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let (ct_logs, stop_ct_logs) = start_ct_logs(&pki.ct_log_keys).await?;
     let mut vars = args.variables(&data_dir, &ct_logs);
     vars.insert("nonce_prefix_key", read_secret(&pki.nonce_prefix_key)?);
-    let exe = std::env::current_exe().context("locate the quarry binary")?;
+    let exe = crate::quarry_binary()?;
     if let Some(path) = &args.ratelimits {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let file: quarry_ratelimits::LimitsFile =
@@ -463,7 +394,7 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
     let stop_management = tokio_util::sync::CancellationToken::new();
     let management = match args.management_addr {
         Some(addr) => {
-            let sa = crate::admin::sa_client(&config_dir.join("admin.toml"))?;
+            let sa = quarry::admin::sa_client(&config_dir.join("admin.toml"))?;
             let https = pebble.as_ref().and_then(|pebble| pebble.https.clone());
             let (cert, key) = https.unwrap_or_else(|| (pki.https_cert.clone(), pki.https_key.clone()));
             let stop = stop_management.clone().cancelled_owned();
@@ -554,7 +485,7 @@ async fn start_ct_logs(
     for key_path in keys {
         let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_path)?)
             .with_context(|| format!("read {}", key_path.display()))?;
-        let log = quarry_testkit::ctlog::FakeCtLog::with_key(key);
+        let log = crate::ctlog::FakeCtLog::with_key(key);
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let url = format!("http://{}/", listener.local_addr()?);
         let key = log.public_key_base64();

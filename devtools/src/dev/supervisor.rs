@@ -3,6 +3,7 @@
 //! stack. Readiness is each replica's own health check — gRPC health over mutual TLS, the wfe's `/healthz` — never
 //! an open port.
 
+use quarry::stack_file::ReplicaInfo;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,19 +52,6 @@ struct Supervised {
     /// The running process's id; 0 between a crash and its restart.
     pid: AtomicU32,
     restarts: AtomicU32,
-}
-
-/// What a stack file says of one replica.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaInfo {
-    pub name: String,
-    pub service: String,
-    /// Where it serves: its gRPC server, or the wfe's HTTPS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<SocketAddr>,
-    pub pid: u32,
-    pub restarts: u32,
-    pub log: PathBuf,
 }
 
 /// Every replica of the stack, kept running.
@@ -216,7 +204,7 @@ fn spawn(replica: &Supervised, exe: &Path) -> anyhow::Result<Child> {
         .arg(replica.spec.subcommand)
         .arg("--config")
         .arg(&replica.spec.config)
-        .env(crate::SUPERVISED_ENV, "1")
+        .env(quarry_core::service::SUPERVISED_ENV, "1")
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
@@ -246,13 +234,13 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl HealthChecker {
     pub fn new(tls: quarry_core::config::TlsFiles, https_ca: &Path) -> anyhow::Result<Self> {
-        Ok(Self { tls, https: crate::health::tls_connector(https_ca)? })
+        Ok(Self { tls, https: quarry::health::tls_connector(https_ca)? })
     }
 
     /// A checker that knows the wfe by its very certificate (the first of the PEM file `https_cert`), whoever issued
     /// it: an operator's certificate given to `quarry dev` comes from a CA it does not know.
     pub fn pinned(tls: quarry_core::config::TlsFiles, https_cert: &Path) -> anyhow::Result<Self> {
-        Ok(Self { tls, https: crate::health::pinned_connector(https_cert)? })
+        Ok(Self { tls, https: quarry::health::pinned_connector(https_cert)? })
     }
 
     pub async fn check(&self, health: &Health) -> Result<(), String> {
@@ -264,7 +252,7 @@ impl HealthChecker {
                 quarry_core::grpc::check_health(channel, "", Some(Instant::now() + CHECK_TIMEOUT)).await
             }
             Health::Https { addr } => {
-                let check = crate::health::wfe_healthz(&self.https, *addr, WFE_NAME);
+                let check = quarry::health::wfe_healthz(&self.https, *addr, WFE_NAME);
                 match tokio::time::timeout(CHECK_TIMEOUT, check).await {
                     Ok(Ok(200)) => Ok(()),
                     Ok(Ok(status)) => Err(format!("/healthz answered {status}")),

@@ -171,7 +171,7 @@ impl Knobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use clap::{Args as _, Parser};
 
     #[derive(Parser)]
     struct Cli {
@@ -252,6 +252,20 @@ mod tests {
         ] {
             let err = tables(&[flag]).err().map(|err| err.to_string()).unwrap_or_default();
             assert!(err.contains(variable), "{flag}: {err}");
+        }
+    }
+
+    /// `quarry env check` finds knobs in deployments by core's list of their flags: it must name every one.
+    #[test]
+    fn core_lists_every_knob_flag() {
+        let command = Knobs::augment_args(clap::Command::new("knobs"));
+        let flags: Vec<String> =
+            command.get_arguments().filter_map(|arg| arg.get_long()).map(|long| format!("--{long}")).collect();
+        assert_eq!(flags, quarry_core::testing::KNOB_FLAGS);
+        for arg in command.get_arguments() {
+            if let Some(variable) = arg.get_env() {
+                assert!(variable.to_string_lossy().starts_with(quarry_core::testing::KNOB_VARIABLE_PREFIX));
+            }
         }
     }
 }

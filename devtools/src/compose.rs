@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::{dev, env};
+use quarry::env;
+
+use crate::dev;
 
 /// The stack's ports, the same whichever network it runs on (and the same as `quarry dev`'s defaults).
 const GRPC_BASE_PORT: u16 = 9301;
@@ -67,7 +69,7 @@ pub struct FakeCtLogArgs {
 
 /// Runs a fake RFC 6962 log until Ctrl-C or SIGTERM.
 pub async fn run_fake_ct_log(args: FakeCtLogArgs) -> anyhow::Result<()> {
-    let log = quarry_testkit::ctlog::FakeCtLog::with_key(read_log_key(&args.key)?);
+    let log = crate::ctlog::FakeCtLog::with_key(read_log_key(&args.key)?);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
     println!("fake CT log on http://{} (key {})", args.listen, log.public_key_base64());
     log.serve(listener, quarry_core::shutdown::signal()).await?;
@@ -164,7 +166,7 @@ pub async fn init(args: ComposeInitArgs) -> anyhow::Result<()> {
     let pki = quarry_ceremony::ensure_dev_pki_for_hosts(&args.data_dir.join("pki"), dev::PKI_NAMES, &public_hosts)
         .context("dev PKI")?;
     let log_keys = [&pki.ct_log_keys[0], &pki.ct_log_keys[1]]
-        .map(|path| read_log_key(path).map(|key| quarry_testkit::ctlog::FakeCtLog::with_key(key).public_key_base64()));
+        .map(|path| read_log_key(path).map(|key| crate::ctlog::FakeCtLog::with_key(key).public_key_base64()));
     let [a, b] = log_keys;
     let mut vars = args.variables([a?, b?]).await?;
     vars.insert("nonce_prefix_key", dev::read_secret(&pki.nonce_prefix_key)?);

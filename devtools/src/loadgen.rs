@@ -28,7 +28,7 @@ const STEPS: [&str; 5] = ["new-order", "validation", "finalize", "download", "or
 #[derive(clap::Args, Debug)]
 pub struct LoadgenArgs {
     #[command(flatten)]
-    target: crate::dev::AcmeTarget,
+    target: quarry::stack_file::AcmeTarget,
     /// Concurrent clients, each with its own account.
     #[arg(long, default_value_t = 4)]
     clients: usize,
