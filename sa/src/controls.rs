@@ -5,7 +5,7 @@
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, IdentifierType, Problem};
 
-use crate::store::{Store, db_error, get, internal};
+use crate::store::database::{Store, db_error, get, internal};
 
 /// A rate limit raised (or lowered) for one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]

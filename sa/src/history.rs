@@ -2,10 +2,12 @@
 //! rate limits), precertificates, revoked certificates by CRL shard, and CRL shard leases.
 
 use quarry_core::clock::Timestamp;
+use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::{ErrorKind, Identifier, Problem};
 
 use crate::queries;
-use crate::store::{Store, db_error, fqdn_set_hash, get, reversed_name};
+use crate::store::certificates::reversed_name;
+use crate::store::database::{Store, db_error, get};
 
 /// How many due shards one `lease_crl_shard` call tries when other updaters keep winning them.
 const LEASE_ATTEMPTS: usize = 8;
