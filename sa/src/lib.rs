@@ -1,16 +1,13 @@
 //! The storage authority: the only database client. It serves a read-only gRPC service (for the wfe) and a
 //! read-write one (for the ra and the ca), over SQLite or PostgreSQL.
 
-mod controls;
 mod error;
-mod history;
 pub mod queries;
-mod recovery;
 mod server;
 pub mod status;
 pub mod store;
 
-pub use recovery::{StuckItem, StuckSince};
+pub use store::recovery::{StuckItem, StuckSince};
 
 use std::future::Future;
 
@@ -22,11 +19,14 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
-pub use controls::{RateLimitOverride, RenewalInfoOverride};
 pub use error::Error;
-pub use history::{Precertificate, RevokedCertificate, ShardLease, StoredCrl};
 pub use server::Storage;
 pub use store::Store;
+pub use store::certificates::Precertificate;
+pub use store::controls::RateLimitOverride;
+pub use store::crl_shards::{ShardLease, StoredCrl};
+pub use store::renewal_info::RenewalInfoOverride;
+pub use store::revocation::RevokedCertificate;
 
 /// The sa's configuration.
 #[derive(Debug, Clone, Deserialize)]
