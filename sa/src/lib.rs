@@ -1,86 +1,31 @@
 //! The storage authority: the only database client. It serves a read-only gRPC service (for the wfe) and a
 //! read-write one (for the ra and the ca), over SQLite or PostgreSQL.
 
-mod controls;
+mod config;
 mod error;
-mod history;
 pub mod queries;
-mod recovery;
 mod server;
 pub mod status;
 pub mod store;
 
-pub use recovery::{StuckItem, StuckSince};
-
 use std::future::Future;
 
-use quarry_core::config::{ConfigVersion, GrpcServerConfig, TlsFiles};
 use quarry_core::grpc::ClientAllowlist;
 use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnlyServer;
 use quarry_proto::sa::storage_authority_server::StorageAuthorityServer;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 
-pub use controls::{RateLimitOverride, RenewalInfoOverride};
+pub use config::{ClientTesting, Config};
 pub use error::Error;
-pub use history::{Precertificate, RevokedCertificate, ShardLease, StoredCrl};
 pub use server::Storage;
 pub use store::Store;
-
-/// The sa's configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    pub version: ConfigVersion,
-    /// Log format and span export (`[telemetry]`); the binary sets it up before the service starts.
-    #[serde(default)]
-    pub telemetry: quarry_core::telemetry::TelemetryConfig,
-    /// Listen address and per-service client allowlists.
-    pub grpc: GrpcServerConfig,
-    /// This service's mutual-TLS identity and the internal CA.
-    pub tls: TlsFiles,
-    /// `sqlite:///path/to/quarry.db?mode=rwc` (the file and its directory are created when missing) or
-    /// `postgres://user@host:port/database` (the database must exist; the schema is migrated at start-up).
-    pub database_url: String,
-    /// Connections in the pool (SQLite uses at most two: it has one writer).
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.
-    #[serde(default)]
-    pub read_replica_url: Option<String>,
-    /// CRL shards per issuer; must equal the ca's `crl_shards`.
-    #[serde(default = "default_crl_shards")]
-    pub crl_shards: i64,
-    /// The longest one statement may run (and one connection may be waited for), in milliseconds.
-    #[serde(default = "default_statement_timeout_ms")]
-    pub statement_timeout_ms: u64,
-    /// Provocations for client test suites (quarry dev only: refused in any other environment).
-    #[serde(default)]
-    pub client_testing: ClientTesting,
-}
-
-/// `[client_testing]` of the sa. Every key off is production behaviour.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientTesting {
-    /// Take renewal-information answers for certificates (`SetRenewalInfoOverride`, Pebble's `set-renewal-info`,
-    /// which `quarry dev`'s management API forwards); off, the write is refused. Kept in the database, so that every
-    /// wfe replica serves the same answer.
-    #[serde(default)]
-    pub renewal_info_overrides: bool,
-}
-
-fn default_crl_shards() -> i64 {
-    quarry_core::crl::DEFAULT_SHARDS
-}
-fn default_statement_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_max_connections() -> u32 {
-    8
-}
+pub use store::certificates::Precertificate;
+pub use store::controls::RateLimitOverride;
+pub use store::crl_shards::{ShardLease, StoredCrl};
+pub use store::recovery::{StuckItem, StuckSince};
+pub use store::renewal_info::RenewalInfoOverride;
+pub use store::revocation::RevokedCertificate;
 
 fn pool_settings(config: &Config) -> store::PoolSettings {
     store::PoolSettings {

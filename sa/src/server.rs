@@ -11,7 +11,9 @@ use quarry_proto::sa::storage_authority_server::StorageAuthority;
 use quarry_proto::sa::{self as sapb};
 use tonic::{Request, Response, Status};
 
-use crate::ClientTesting;
+use crate::config::ClientTesting;
+use crate::store::controls::RateLimitOverride;
+use crate::store::recovery::{StuckItem, StuckSince};
 use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
 
 /// Both services share one store; the read-only service may also read from a replica.
@@ -248,10 +250,10 @@ impl StorageAuthorityReadOnly for Storage {
     async fn get_stuck_work(&self, request: Request<sapb::StuckWorkRequest>) -> Reply<sapb::StuckWork> {
         let req = request.into_inner();
         let limit = req.limit.clamp(1, 1_000);
-        let items = |list: Vec<crate::StuckItem>| {
+        let items = |list: Vec<StuckItem>| {
             list.into_iter().map(|item| sapb::StuckItem { id: item.id, since: item.since }).collect()
         };
-        let since = |before| crate::StuckSince { before, orphaned_before: req.orphaned_before };
+        let since = |before| StuckSince { before, orphaned_before: req.orphaned_before };
         let authorizations = self.store.stuck_authorizations(since(req.authorizations_before), limit).await?;
         let orders = self.store.stuck_orders(since(req.orders_before), limit).await?;
         reply(Ok(sapb::StuckWork { authorizations: items(authorizations), orders: items(orders) }))
@@ -418,7 +420,7 @@ impl StorageAuthority for Storage {
 
     async fn add_rate_limit_override(&self, request: Request<sapb::RateLimitOverride>) -> Reply<pb::Empty> {
         let o = request.into_inner();
-        let entry = crate::RateLimitOverride {
+        let entry = RateLimitOverride {
             limit_name: o.limit,
             bucket_key: o.bucket,
             count: o.count,

@@ -1,113 +1,15 @@
-//! Issuance history the CA's policies read: FQDN-set and per-domain issuance in a window (renewal detection and
-//! rate limits), precertificates, revoked certificates by CRL shard, and CRL shard leases.
+//! CRL shards: the lease through which one crl-updater signs a due shard, the CRL it stores on release, and the
+//! latest CRL of a shard. (Revocations mark their shard due: see `revocation`.)
 
 use quarry_core::clock::Timestamp;
-use quarry_core::{ErrorKind, Identifier, Problem};
+use quarry_core::{ErrorKind, Problem};
 
-use crate::queries;
-use crate::store::{Store, db_error, fqdn_set_hash, get, reversed_name};
+use super::database::{Store, db_error, get};
 
 /// How many due shards one `lease_crl_shard` call tries when other updaters keep winning them.
 const LEASE_ATTEMPTS: usize = 8;
 
-/// One entry of a CRL shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedCertificate {
-    pub serial: String,
-    pub revoked_date: Timestamp,
-    pub revoked_reason: i64,
-}
-
-/// A precertificate (the ca's linting copy of it) stored before the real one is signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Precertificate {
-    pub serial: String,
-    pub account_id: i64,
-    pub der: Vec<u8>,
-    pub issued: Timestamp,
-    pub expires: Timestamp,
-    pub issuer_id: i64,
-}
-
 impl Store {
-    /// When certificates for exactly this set of identifiers were issued since `since`, newest first.
-    pub async fn fqdn_set_issuance_times(
-        &self,
-        identifiers: &[Identifier],
-        since: Timestamp,
-    ) -> Result<Vec<Timestamp>, Problem> {
-        sqlx::query_scalar(queries::FQDN_SET_TIMES)
-            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)
-    }
-
-    /// How many certificates named `domain` or a name under it, with a notBefore after `since`.
-    pub async fn certificates_for_domain(&self, domain: &str, since: Timestamp) -> Result<i64, Problem> {
-        let reversed = reversed_name(&domain.to_ascii_lowercase());
-        // Names under the domain sort between "com.example." and "com.example/" ('/' follows '.'): a range the
-        // (reversed_name, not_before) index answers on both engines, where LIKE would not use it on SQLite.
-        sqlx::query_scalar(queries::CERTIFICATES_FOR_DOMAIN)
-            .bind(&reversed)
-            .bind(format!("{reversed}."))
-            .bind(format!("{reversed}/"))
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)
-    }
-
-    pub async fn get_precertificate(&self, serial: &str) -> Result<Precertificate, Problem> {
-        let row = sqlx::query(
-            "SELECT serial, account_id, der, issued, expires, issuer_id FROM precertificates WHERE serial = $1",
-        )
-        .bind(serial.to_ascii_lowercase())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| Problem::not_found(format!("precertificate {serial} not found")))?;
-        Ok(Precertificate {
-            serial: get(&row, "serial")?,
-            account_id: get(&row, "account_id")?,
-            der: get(&row, "der")?,
-            issued: get(&row, "issued")?,
-            expires: get(&row, "expires")?,
-            issuer_id: get(&row, "issuer_id")?,
-        })
-    }
-
-    /// The revoked certificates of one CRL shard that have not expired before `expires_after` (hour granularity),
-    /// by serial.
-    pub async fn revoked_certificates(
-        &self,
-        issuer_id: i64,
-        shard: i64,
-        expires_after: Timestamp,
-    ) -> Result<Vec<RevokedCertificate>, Problem> {
-        let rows = sqlx::query(queries::REVOKED_BY_SHARD)
-            .bind(issuer_id)
-            .bind(shard)
-            .bind(expires_after - expires_after.rem_euclid(3_600))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let mut revoked = rows
-            .iter()
-            .map(|row| {
-                Ok(RevokedCertificate {
-                    serial: get(row, "serial")?,
-                    revoked_date: get(row, "revoked_date")?,
-                    revoked_reason: get(row, "revoked_reason")?,
-                })
-            })
-            .collect::<Result<Vec<_>, Problem>>()?;
-        // Sorted here rather than by the database, so that the query reads the covering index and nothing else.
-        revoked.sort_by(|a, b| a.serial.cmp(&b.serial));
-        Ok(revoked)
-    }
-
     /// Leases the CRL shard of `issuer_id` updated longest ago among those due — not leased at `now`, last updated
     /// before `updated_before`, and either with revocations its CRL lacks or last signed before `stale_before` —
     /// until `leased_until`; `None` when there is none. Two updaters never hold one shard, and updaters that start a

@@ -6,7 +6,7 @@
 use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
-use crate::store::{Store, db_error};
+use super::database::{Store, db_error};
 
 /// One row left mid-way: its id and when its validation began, or its processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

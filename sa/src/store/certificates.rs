@@ -1,0 +1,305 @@
+//! Issuance records: reserved serials, precertificates and certificates, and what storing one records beside it —
+//! its revocation status, its FQDN set, its names and its key — which renewal detection and rate limits read back.
+
+use quarry_core::clock::Timestamp;
+use quarry_core::identifier::fqdn_set_hash;
+use quarry_core::model::Certificate;
+use quarry_core::{ErrorKind, Identifier, Problem};
+
+use super::database::{Store, db_error, get};
+use crate::queries;
+
+/// `www.example.com` → `com.example.www`, so names under one domain sort together.
+fn reversed_name(name: &str) -> String {
+    name.split('.').rev().collect::<Vec<_>>().join(".")
+}
+
+/// A precertificate (the ca's linting copy of it) stored before the real one is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precertificate {
+    pub serial: String,
+    pub account_id: i64,
+    pub der: Vec<u8>,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
+    pub issuer_id: i64,
+}
+
+impl Store {
+    /// Reserves a serial for a certificate of `order_id` (0: of no order).
+    pub async fn add_serial(
+        &self,
+        account_id: i64,
+        order_id: i64,
+        serial: &str,
+        created: Timestamp,
+        expires: Timestamp,
+    ) -> Result<(), Problem> {
+        sqlx::query("INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, $3, $4, $5)")
+            .bind(serial.to_ascii_lowercase())
+            .bind(account_id)
+            .bind(order_id)
+            .bind(created)
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn serial_exists(&self, serial: &str) -> Result<bool, Problem> {
+        let found: Option<String> = sqlx::query_scalar("SELECT serial FROM serials WHERE serial = $1")
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+
+    /// Stores a precertificate (the ca's linting copy) with everything issuance records: its status (so it can be
+    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved;
+    /// the same precertificate stored again (a retry after a lost answer) is accepted.
+    pub async fn add_precertificate(
+        &self,
+        account_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+    ) -> Result<String, Problem> {
+        let facts = CertificateFacts::parse(der)?;
+        match self.get_precertificate(&facts.serial).await {
+            Ok(stored) if stored.der == der => return Ok(facts.serial),
+            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
+            Err(problem) if problem.kind == ErrorKind::NotFound => {}
+            Err(problem) => return Err(problem),
+        }
+        if !self.serial_exists(&facts.serial).await? {
+            return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
+        }
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&facts.serial)
+        .bind(account_id)
+        .bind(der)
+        .bind(issued)
+        .bind(facts.not_after)
+        .bind(issuer_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $2, $3)",
+        )
+        .bind(&facts.serial)
+        .bind(facts.not_after)
+        .bind(issuer_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query("INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES ($1, $2, $3, $4)")
+            .bind(fqdn_set_hash(facts.names.iter().map(String::as_str)))
+            .bind(&facts.serial)
+            .bind(issued)
+            .bind(facts.not_after)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        for name in &facts.names {
+            sqlx::query("INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES ($1, $2, $3, 0)")
+                .bind(reversed_name(name))
+                .bind(facts.not_before)
+                .bind(&facts.serial)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        sqlx::query("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES ($1, $2, $3)")
+            .bind(facts.key_hash)
+            .bind(facts.not_after)
+            .bind(&facts.serial)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(facts.serial)
+    }
+
+    /// Stores the final certificate of a stored precertificate (same serial, same issuer) and, in the same
+    /// transaction, makes the order it was issued for valid (RFC 9773: its replaced certificate is now replaced):
+    /// so an order whose caller crashed, or gave up, after the ca finished is not left behind. The same
+    /// certificate stored again (a retry after a lost answer) is accepted.
+    pub async fn add_certificate(
+        &self,
+        account_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+    ) -> Result<String, Problem> {
+        let facts = CertificateFacts::parse(der)?;
+        let precertificate = self.get_precertificate(&facts.serial).await.map_err(|problem| match problem.kind {
+            ErrorKind::NotFound => Problem::malformed(format!("serial {} has no precertificate", facts.serial)),
+            _ => problem,
+        })?;
+        if precertificate.issuer_id != issuer_id || precertificate.account_id != account_id {
+            return Err(Problem::malformed(format!(
+                "serial {}'s precertificate has another issuer or account",
+                facts.serial
+            )));
+        }
+        match self.get_certificate(&facts.serial).await {
+            Ok(stored) if stored.der == der => return Ok(facts.serial),
+            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
+            Err(problem) if problem.kind == ErrorKind::NotFound => {}
+            Err(problem) => return Err(problem),
+        }
+        let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&facts.serial)
+            .bind(account_id)
+            .bind(&digest)
+            .bind(der)
+            .bind(issued)
+            .bind(facts.not_after)
+            .bind(issuer_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let order_id: Option<i64> = sqlx::query_scalar("SELECT order_id FROM serials WHERE serial = $1")
+            .bind(&facts.serial)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(order_id) = order_id.filter(|id| *id != 0) {
+            // A failure recorded meanwhile (the ra gave up waiting) is superseded by the certificate.
+            sqlx::query(
+                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0",
+            )
+            .bind(&facts.serial)
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(facts.serial)
+    }
+
+    pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {
+        let row = sqlx::query(queries::CERTIFICATE_BY_SERIAL)
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("certificate {serial} not found")))?;
+        Ok(Certificate {
+            serial: get(&row, "serial")?,
+            account_id: get(&row, "account_id")?,
+            der: get(&row, "der")?,
+            issued: get(&row, "issued")?,
+            expires: get(&row, "expires")?,
+            digest: get(&row, "digest")?,
+            issuer_id: get(&row, "issuer_id")?,
+        })
+    }
+
+    /// (status, revoked_date, revoked_reason, not_after, issuer_id) of a certificate.
+    pub async fn get_certificate_status(&self, serial: &str) -> Result<(String, i64, i64, i64, i64), Problem> {
+        let row = sqlx::query(queries::CERTIFICATE_STATUS_BY_SERIAL)
+            .bind(serial.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("certificate {serial} not found")))?;
+        Ok((
+            get(&row, "status")?,
+            get(&row, "revoked_date")?,
+            get(&row, "revoked_reason")?,
+            get(&row, "not_after")?,
+            get(&row, "issuer_id")?,
+        ))
+    }
+
+    /// When certificates for exactly this set of identifiers were issued since `since`, newest first.
+    pub async fn fqdn_set_issuance_times(
+        &self,
+        identifiers: &[Identifier],
+        since: Timestamp,
+    ) -> Result<Vec<Timestamp>, Problem> {
+        sqlx::query_scalar(queries::FQDN_SET_TIMES)
+            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    /// How many certificates named `domain` or a name under it, with a notBefore after `since`.
+    pub async fn certificates_for_domain(&self, domain: &str, since: Timestamp) -> Result<i64, Problem> {
+        let reversed = reversed_name(&domain.to_ascii_lowercase());
+        // Names under the domain sort between "com.example." and "com.example/" ('/' follows '.'): a range the
+        // (reversed_name, not_before) index answers on both engines, where LIKE would not use it on SQLite.
+        sqlx::query_scalar(queries::CERTIFICATES_FOR_DOMAIN)
+            .bind(&reversed)
+            .bind(format!("{reversed}."))
+            .bind(format!("{reversed}/"))
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
+    pub async fn get_precertificate(&self, serial: &str) -> Result<Precertificate, Problem> {
+        let row = sqlx::query(
+            "SELECT serial, account_id, der, issued, expires, issuer_id FROM precertificates WHERE serial = $1",
+        )
+        .bind(serial.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Problem::not_found(format!("precertificate {serial} not found")))?;
+        Ok(Precertificate {
+            serial: get(&row, "serial")?,
+            account_id: get(&row, "account_id")?,
+            der: get(&row, "der")?,
+            issued: get(&row, "issued")?,
+            expires: get(&row, "expires")?,
+            issuer_id: get(&row, "issuer_id")?,
+        })
+    }
+}
+
+/// What the sa records about a certificate, read from its DER.
+struct CertificateFacts {
+    serial: String,
+    not_before: i64,
+    not_after: i64,
+    names: Vec<String>,
+    key_hash: Vec<u8>,
+}
+
+impl CertificateFacts {
+    fn parse(der: &[u8]) -> Result<Self, Problem> {
+        use x509_parser::prelude::*;
+        let (_, cert) =
+            parse_x509_certificate(der).map_err(|_| Problem::malformed("certificate DER does not parse"))?;
+        let names = quarry_core::certificate::identifiers(&cert).into_iter().map(|id| id.value).collect();
+        // The key→serial index is keyed by the canonical key hash, whatever encoding the certificate carries.
+        let key = quarry_jose::Jwk::from_spki_der(cert.public_key().raw)
+            .map_err(|e| Problem::malformed(format!("certificate public key: {e}")))?;
+        Ok(Self {
+            serial: hex::encode(cert.raw_serial()),
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            names,
+            key_hash: key.key_hash().to_vec(),
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! The store's hold on its database: the engines it speaks, their schema migrations, the connection pool and each
+//! connection's setup, write transactions, and the error and column helpers every query shares.
+
+use std::time::Duration;
+
+use quarry_core::clock::now;
+use quarry_core::{ErrorKind, Problem};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
+
+/// A schema migration: version, name, SQL.
+type Migration = (i64, &'static str, &'static str);
+
+/// SQLite's schema migrations, applied in order at start-up; each runs once.
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+    (2, "replacement_orders", include_str!("../../migrations/sqlite/0002_replacement_orders.sql")),
+    (3, "external_account_id", include_str!("../../migrations/sqlite/0003_external_account_id.sql")),
+    (4, "history_and_controls", include_str!("../../migrations/sqlite/0004_history_and_controls.sql")),
+    (5, "crl_storage", include_str!("../../migrations/sqlite/0005_crl_storage.sql")),
+    (6, "crl_changes", include_str!("../../migrations/sqlite/0006_crl_changes.sql")),
+    (7, "recovery", include_str!("../../migrations/sqlite/0007_recovery.sql")),
+    (8, "bad_keys", include_str!("../../migrations/sqlite/0008_bad_keys.sql")),
+    (9, "external_account_claim", include_str!("../../migrations/sqlite/0009_external_account_claim.sql")),
+    (10, "renewal_info_overrides", include_str!("../../migrations/sqlite/0010_renewal_info_overrides.sql")),
+    (11, "orders_by_account", include_str!("../../migrations/sqlite/0011_orders_by_account.sql")),
+];
+
+/// PostgreSQL's schema migrations: the same versions, in PostgreSQL's types.
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, "replacement_orders", include_str!("../../migrations/postgres/0002_replacement_orders.sql")),
+    (3, "external_account_id", include_str!("../../migrations/postgres/0003_external_account_id.sql")),
+    (4, "history_and_controls", include_str!("../../migrations/postgres/0004_history_and_controls.sql")),
+    (5, "crl_storage", include_str!("../../migrations/postgres/0005_crl_storage.sql")),
+    (6, "crl_changes", include_str!("../../migrations/postgres/0006_crl_changes.sql")),
+    (7, "recovery", include_str!("../../migrations/postgres/0007_recovery.sql")),
+    (8, "bad_keys", include_str!("../../migrations/postgres/0008_bad_keys.sql")),
+    (9, "external_account_claim", include_str!("../../migrations/postgres/0009_external_account_claim.sql")),
+    (10, "renewal_info_overrides", include_str!("../../migrations/postgres/0010_renewal_info_overrides.sql")),
+    (11, "orders_by_account", include_str!("../../migrations/postgres/0011_orders_by_account.sql")),
+];
+
+/// PostgreSQL's transaction-scoped lock that serializes migrations of sa replicas starting together.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7161302)";
+
+/// The database engines the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names: `sqlite:` or `postgres:`/`postgresql:`.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    fn migrations(self) -> &'static [Migration] {
+        match self {
+            Self::Sqlite => SQLITE_MIGRATIONS,
+            Self::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+}
+
+/// How the store connects: pool size and the longest a statement may run.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+}
+
+/// Access to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+    crl_shards: i64,
+}
+
+pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
+    tracing::error!(%err, "database error");
+    Problem::internal("a database error occurred")
+}
+
+/// A database error as a typed kind: a caller can act on `duplicate`, `notFound` or `unavailable`; the text of the
+/// driver's error goes to the log only.
+pub(crate) fn db_error(err: sqlx::Error) -> Problem {
+    use sqlx::error::ErrorKind as DbKind;
+    match &err {
+        sqlx::Error::Database(db) => match db.kind() {
+            DbKind::UniqueViolation => Problem::new(ErrorKind::Duplicate, "the record already exists"),
+            DbKind::ForeignKeyViolation => Problem::not_found("a record it refers to does not exist"),
+            DbKind::NotNullViolation | DbKind::CheckViolation => {
+                tracing::error!(%err, "database constraint violated");
+                Problem::malformed("the record breaks a constraint of the schema")
+            }
+            // SQLite's SQLITE_BUSY (and its snapshot variant): the write lock stayed taken past the busy timeout.
+            _ if matches!(db.code().as_deref(), Some("5" | "517")) => {
+                tracing::warn!(%err, "database busy");
+                Problem::new(ErrorKind::Unavailable, "the database is busy")
+            }
+            // PostgreSQL's query_canceled: the statement timeout fired.
+            _ if db.code().as_deref() == Some("57014") => {
+                tracing::warn!(%err, "statement timed out");
+                Problem::new(ErrorKind::Timeout, "the database took too long")
+            }
+            _ => internal(err),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(%err, "database unavailable");
+            Problem::new(ErrorKind::Unavailable, "the database is unavailable")
+        }
+        _ => internal(err),
+    }
+}
+
+/// SQLite connections at most, whatever `max_connections` says: SQLite has one writer, and each write makes every
+/// other connection drop its page cache and read the pages again, so more connections cost CPU and gain nothing
+/// (two measured a quarter cheaper per certificate than eight).
+const SQLITE_MAX_CONNECTIONS: u32 = 2;
+
+/// SQLite creates the database file but not its directory.
+fn create_parent_dir(url: &str) {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+impl Store {
+    /// Opens the database at `url` (an SQLite file is created if missing) and brings its schema up to date.
+    pub async fn open(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        let store = Self::connect(url, settings).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens a read replica: its schema is the primary's business, so nothing is migrated.
+    pub async fn open_replica(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        Self::connect(url, settings).await
+    }
+
+    async fn connect(url: &str, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            sqlx::Error::Configuration("the database URL must start with sqlite: or postgres://".into())
+        })?;
+        if backend == Backend::Sqlite {
+            create_parent_dir(url);
+        }
+        sqlx::any::install_default_drivers();
+        let timeout_ms = settings.statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+        let max_connections = match backend {
+            Backend::Sqlite => settings.max_connections.min(SQLITE_MAX_CONNECTIONS),
+            Backend::Postgres => settings.max_connections,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
+            .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)) * 2)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let setup = match backend {
+                        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
+                        // map of the database cost more than it saved: it is remapped as the file grows.)
+                        Backend::Sqlite => format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}"
+                        ),
+                        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+                    };
+                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Self { pool, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
+    }
+
+    /// Revoked certificates are filed under `shards` CRL shards per issuer.
+    pub fn with_crl_shards(mut self, shards: i64) -> Self {
+        self.crl_shards = shards.max(1);
+        self
+    }
+
+    /// The CRL shard of `serial` (hex), as the ca computed it for the certificate's CRL distribution point.
+    pub fn crl_shard(&self, serial: &str) -> i64 {
+        quarry_core::crl::shard(serial, self.crl_shards)
+    }
+
+    /// Starts a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write lock at once: a deferred
+    /// transaction that reads and then writes fails with SQLITE_BUSY, without waiting, when another writer got in
+    /// between (WAL snapshot rules); PostgreSQL's row locks need nothing of the kind.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, Problem> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        self.pool.begin_with(begin).await.map_err(db_error)
+    }
+
+    /// Which engine this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Sets the connection-pool gauges (`quarry_db_pool_connections{state=idle|in_use}`).
+    pub fn record_pool_gauges(&self) {
+        let size = self.pool.size() as f64;
+        let idle = self.pool.num_idle() as f64;
+        metrics::gauge!("quarry_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("quarry_db_pool_connections", "state" => "in_use").set((size - idle).max(0.0));
+    }
+
+    /// Checks that the database answers (for health checks).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        self.pool.acquire().await?.ping().await
+    }
+
+    /// Applies every migration not yet applied. Replicas of the sa start together: each migration runs in a
+    /// transaction that first takes the database's write lock (SQLite) or an advisory lock (PostgreSQL), so the
+    /// second replica waits, then finds it applied.
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        for (version, name, sql) in self.backend.migrations() {
+            let mut tx = match self.backend {
+                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;
+                    tx
+                }
+            };
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if applied.is_none() {
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                    .bind(version)
+                    .bind(name)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?;
+                tracing::info!(version, name, "applied schema migration");
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
+    row.try_get(column).map_err(internal)
+}

@@ -1,0 +1,25 @@
+//! The store: every query the sa makes, with transactions where atomicity matters, over SQLite or PostgreSQL
+//! (chosen by the database URL). One set of queries serves both: `$N` parameters (sqlx binds them by number on
+//! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
+//!
+//! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pool,
+//! migrations, transactions) and the helpers the others share. The groups whose types the crate root
+//! re-exports are `pub(crate)`, so that this module's own public names stay the ones below.
+
+mod accounts;
+mod authorizations;
+mod blocked_keys;
+pub(crate) mod certificates;
+pub(crate) mod controls;
+pub(crate) mod crl_shards;
+mod database;
+mod orders;
+pub(crate) mod recovery;
+pub(crate) mod renewal_info;
+pub(crate) mod revocation;
+
+pub use authorizations::ValidationOutcome;
+pub use database::{Backend, PoolSettings, Store};
+pub use orders::{NewAuthorization, NewOrder};
+pub use quarry_core::identifier::fqdn_set_hash;
+pub use revocation::KeyCompromise;

@@ -1,0 +1,338 @@
+//! Orders: creation with their new authorizations, links to them and the FQDN set that order reuse looks up, the
+//! replacement they record (RFC 9773), reads, an account's orders list, and the steps of finalization.
+
+use quarry_core::clock::{Timestamp, now};
+use quarry_core::identifier::fqdn_set_hash;
+use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_ORDER_PAGE, Order, OrderPage};
+use quarry_core::{ErrorKind, Identifier, Problem};
+use sqlx::any::AnyRow;
+
+use super::database::{Store, db_error, get, internal};
+use crate::queries;
+use crate::status::{OrderFacts, order_status};
+
+/// The most of an account's orders one page of its orders list looks at, listed or not: a page of an account whose
+/// orders are mostly invalid (expired, failed) holds fewer ids, rather than one request reading every order the
+/// account ever had.
+const MAX_ORDERS_EXAMINED: i64 = 2 * MAX_ORDER_PAGE;
+
+/// The last of the orders one page may look at — the `$3 + 1`th of the account's orders after an id — and the one
+/// after it, if any: read from the index `orders_account_id` alone.
+const LAST_ORDER_EXAMINED: &str =
+    "SELECT id FROM orders WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT 2 OFFSET $3";
+
+/// The ids of an account's orders in an id range that are not invalid: what `status::order_status` derives on read,
+/// said in SQL so that a page is one query rather than one per order. Valid (a certificate) whatever else is
+/// recorded; else invalid with an error, once expired, or with an authorization that is not pending or valid, or is
+/// past its expiry (a pending or valid one reads as expired then).
+const LISTED_ACCOUNT_ORDERS: &str = "SELECT id FROM orders WHERE account_id = $1 AND id > $2 AND id <= $3 AND (certificate_serial != '' OR (error IS NULL AND expires > $4 AND NOT EXISTS (SELECT 1 FROM order_authorizations JOIN authorizations ON authorizations.id = order_authorizations.authorization_id WHERE order_authorizations.order_id = orders.id AND (authorizations.status NOT IN ('pending', 'valid') OR authorizations.expires <= $5)))) ORDER BY id LIMIT $6";
+
+/// A new pending authorization to create with an order.
+#[derive(Debug, Clone)]
+pub struct NewAuthorization {
+    pub identifier: Identifier,
+    pub challenge_types: Vec<ChallengeType>,
+    pub token: String,
+    pub expires: Timestamp,
+}
+
+/// An order to create, with the authorizations it reuses and the ones it needs.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub account_id: i64,
+    pub identifiers: Vec<Identifier>,
+    pub expires: Timestamp,
+    pub reused_authorization_ids: Vec<i64>,
+    pub new_authorizations: Vec<NewAuthorization>,
+    pub profile: String,
+    /// The ARI CertID of the certificate this order replaces, as the client sent it.
+    pub replaces: String,
+    /// That certificate's serial (hex), recorded so that it is replaced only once; empty when none.
+    pub replaces_serial: String,
+}
+
+impl Store {
+    /// Creates the new authorizations, the order and its links in one transaction.
+    pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<Order, Problem> {
+        let created = now();
+        let mut tx = self.begin_write().await?;
+        let mut authorization_ids = order.reused_authorization_ids.clone();
+        for authz in &order.new_authorizations {
+            let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .bind(order.account_id)
+            .bind(authz.identifier.kind.as_str())
+            .bind(&authz.identifier.value)
+            .bind(authz.expires)
+            .bind(types.join(","))
+            .bind(&authz.token)
+            .bind(&order.profile)
+            .bind(created)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            authorization_ids.push(id);
+        }
+        let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
+        let order_id: i64 = sqlx::query_scalar(
+            "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(order.account_id)
+        .bind(order.expires)
+        .bind(created)
+        .bind(&order.profile)
+        .bind(&order.replaces)
+        .bind(identifiers)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        for (position, authz_id) in authorization_ids.iter().enumerate() {
+            sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES ($1, $2, $3)")
+                .bind(order_id)
+                .bind(authz_id)
+                .bind(position as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        sqlx::query("INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($1, $2, $3, $4)")
+            .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
+            .bind(order_id)
+            .bind(order.account_id)
+            .bind(order.expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if !order.replaces_serial.is_empty() {
+            sqlx::query(
+                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES ($1, $2, $3, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0",
+            )
+            .bind(order.replaces_serial.to_ascii_lowercase())
+            .bind(order_id)
+            .bind(order.expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        self.get_order(order_id).await
+    }
+
+    /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or
+    /// one that can still be finalized. An expired or invalid replacement order does not count.
+    pub async fn replacement_order_exists(&self, serial: &str) -> Result<bool, Problem> {
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as("SELECT order_id, order_expires, replaced FROM replacement_orders WHERE serial = $1")
+                .bind(serial.to_ascii_lowercase())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let Some((order_id, order_expires, replaced)) = row else { return Ok(false) };
+        if replaced != 0 {
+            return Ok(true);
+        }
+        if order_expires <= now() {
+            return Ok(false);
+        }
+        let order = self.get_order(order_id).await?;
+        Ok(order.status != quarry_core::model::OrderStatus::Invalid)
+    }
+
+    pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
+        let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_error)?;
+        let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
+        let authorizations = self.get_order_authorizations(id).await?;
+        order_from_row(&row, &authorizations, now())
+    }
+
+    /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
+    pub async fn get_order_for_names(
+        &self,
+        account_id: i64,
+        identifiers: &[Identifier],
+        profile: &str,
+    ) -> Result<Order, Problem> {
+        let ids: Vec<i64> = sqlx::query_scalar(queries::ORDER_REUSE)
+            .bind(account_id)
+            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+            .bind(now())
+            .bind(profile)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        for id in ids {
+            let order = self.get_order(id).await?;
+            if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
+            {
+                return Ok(order);
+            }
+        }
+        Err(Problem::not_found("no reusable order"))
+    }
+
+    /// One page of the account's orders list (RFC 8555 §7.1.2.1): the ids of its orders that are not invalid
+    /// (pending, ready, processing, valid), after `after_id`, at most `limit` (1 to [`MAX_ORDER_PAGE`]), ascending.
+    /// Keyset pagination over the index `orders_account_id`, so a page costs the same however far into the list it
+    /// is; at most [`MAX_ORDERS_EXAMINED`] orders are looked at, so a page may hold fewer than `limit` ids and still
+    /// have a next one.
+    pub async fn account_orders(&self, account_id: i64, after_id: i64, limit: i64) -> Result<OrderPage, Problem> {
+        if !(1..=MAX_ORDER_PAGE).contains(&limit) {
+            return Err(Problem::malformed(format!("a page of orders holds 1 to {MAX_ORDER_PAGE}, not {limit}")));
+        }
+        // The range this page may look at: up to the last order examined, when the account has that many more.
+        let last_examined: Vec<i64> = sqlx::query_scalar(LAST_ORDER_EXAMINED)
+            .bind(account_id)
+            .bind(after_id)
+            .bind(MAX_ORDERS_EXAMINED - 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let (up_to, more_beyond) = match last_examined[..] {
+            [last, _] => (last, true),
+            [last] => (last, false),
+            _ => (i64::MAX, false),
+        };
+        let now = now();
+        // One more than the page: whether another listed order follows it.
+        let mut order_ids: Vec<i64> = sqlx::query_scalar(LISTED_ACCOUNT_ORDERS)
+            .bind(account_id)
+            .bind(after_id)
+            .bind(up_to)
+            .bind(now)
+            .bind(now)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let next_after_id = if order_ids.len() as i64 > limit {
+            order_ids.truncate(limit as usize);
+            order_ids.last().copied()
+        } else {
+            // A short page: the account's last orders, or the last of those examined with more beyond them.
+            more_beyond.then_some(up_to)
+        };
+        Ok(OrderPage { order_ids, next_after_id })
+    }
+
+    /// Starts finalization by `owner` (an ra replica): succeeds once per order, and only when the order is ready.
+    pub async fn set_order_processing(&self, id: i64, owner: &str) -> Result<(), Problem> {
+        // The fuse is the conditional UPDATE alone: no transaction is held open while the order is read, so that
+        // racing callers never wait on each other for a pooled connection.
+        let order = self.get_order(id).await?;
+        if order.status != quarry_core::model::OrderStatus::Ready {
+            return Err(Problem::new(
+                ErrorKind::OrderNotReady,
+                format!("order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
+            ));
+        }
+        let updated = sqlx::query(
+            "UPDATE orders SET began_processing = $1, processing_by = $3 WHERE id = $2 AND began_processing = 0",
+        )
+        .bind(now().max(1))
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated == 1 { Ok(()) } else { Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing")) }
+    }
+
+    /// Marks an order failed — unless its certificate was stored meanwhile (the ca finished after its caller gave
+    /// up): then the order is valid and this is a `conflict`.
+    pub async fn set_order_error(&self, id: i64, problem: &Problem) -> Result<(), Problem> {
+        let error = serde_json::to_string(problem).map_err(internal)?;
+        let updated = sqlx::query("UPDATE orders SET error = $1 WHERE id = $2 AND certificate_serial = ''")
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        if updated == 1 {
+            return Ok(());
+        }
+        let serial: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        match serial {
+            Some(serial) => Err(Problem::new(ErrorKind::Conflict, format!("order {id} has its certificate {serial}"))),
+            None => Err(Problem::not_found(format!("order {id} not found"))),
+        }
+    }
+
+    /// Records the certificate of a processing order and, in the same transaction, that the certificate it
+    /// replaces (RFC 9773) is now replaced. Recording the same certificate again is accepted.
+    pub async fn finalize_order(&self, id: i64, serial: &str) -> Result<(), Problem> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE orders SET certificate_serial = $1 WHERE id = $2 AND began_processing != 0 AND certificate_serial = '' AND error IS NULL",
+        )
+        .bind(serial)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if updated != 1 {
+            // Recorded already (storing the certificate links its order; or a retry after a lost answer): done.
+            drop(tx);
+            let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+            if recorded.is_some_and(|recorded| recorded == serial) {
+                return Ok(());
+            }
+            return Err(Problem::new(ErrorKind::OrderNotReady, "order is not processing"));
+        }
+        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+}
+
+fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
+    let error: Option<String> = get(row, "error")?;
+    let error: Option<Problem> = error.map(|e| serde_json::from_str(&e)).transpose().map_err(internal)?;
+    let identifiers: String = get(row, "identifiers")?;
+    let identifiers: Vec<Identifier> = serde_json::from_str(&identifiers).map_err(internal)?;
+    let certificate_serial: String = get(row, "certificate_serial")?;
+    let began_processing: i64 = get(row, "began_processing")?;
+    let expires: i64 = get(row, "expires")?;
+    let statuses: Vec<AuthorizationStatus> = authorizations.iter().map(|a| a.status).collect();
+    let status = order_status(
+        &OrderFacts {
+            has_error: error.is_some(),
+            expires,
+            began_processing: began_processing != 0,
+            has_certificate: !certificate_serial.is_empty(),
+            authorizations: &statuses,
+        },
+        now,
+    );
+    Ok(Order {
+        id: get(row, "id")?,
+        account_id: get(row, "account_id")?,
+        status,
+        expires,
+        identifiers,
+        authorization_ids: authorizations.iter().map(|a| a.id).collect(),
+        error,
+        certificate_serial,
+        created: get(row, "created")?,
+        profile: get(row, "profile")?,
+        replaces: get(row, "replaces")?,
+        began_processing,
+        not_before: get(row, "not_before")?,
+        not_after: get(row, "not_after")?,
+    })
+}
