@@ -129,8 +129,7 @@ pub fn render(service: &str, overlay: &[(&str, &str)], vars: &BTreeMap<&str, Str
     Ok(merged.to_string())
 }
 
-#[cfg(test)]
-/// Parses `text` as the typed configuration of `service`.
+/// Parses `text` as the typed configuration of `service`: a rendered file the service would refuse fails here.
 pub fn parse_as(service: &str, text: &str, origin: &str) -> Result<(), quarry_core::config::ConfigError> {
     use quarry_core::config::parse;
     match subcommand(service) {

@@ -507,6 +507,26 @@ impl ValidationAuthority {
     }
 }
 
+/// The va as its process runs it: the shape every service shares ([`quarry_core::service`]).
+pub struct Process;
+
+impl quarry_core::service::Service for Process {
+    const NAME: &'static str = "va";
+    type Config = Config;
+    type Error = Error;
+
+    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+
+    fn run(
+        config: Config,
+        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        run(config, shutdown)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,25 +593,5 @@ mod tests {
             assert!(problem.detail.contains("is not supported"), "{}", problem.detail);
             assert!(records.is_empty());
         }
-    }
-}
-
-/// The va as its process runs it: the shape every service shares ([`quarry_core::service`]).
-pub struct Process;
-
-impl quarry_core::service::Service for Process {
-    const NAME: &'static str = "va";
-    type Config = Config;
-    type Error = Error;
-
-    fn telemetry(config: &Config) -> &quarry_core::telemetry::TelemetryConfig {
-        &config.telemetry
-    }
-
-    fn run(
-        config: Config,
-        shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        run(config, shutdown)
     }
 }
