@@ -27,9 +27,8 @@ use crate::post::{self, KeyMode, Verified};
 use crate::problem::ProblemResponse;
 use crate::render;
 use crate::renewal;
+use crate::reply::{GET_OR_POST, POST_ONLY, REPLAY_NONCE, Reply, json_response, with_location, with_retry_after};
 use crate::state::Wfe;
-
-pub(crate) type Reply = Result<Response, ProblemResponse>;
 
 /// Every route of the wfe, with the common headers added to every response.
 pub fn router(wfe: Wfe) -> Router {
@@ -155,29 +154,6 @@ async fn common_headers(State(wfe): State<Wfe>, request: Request, next: Next) ->
     response
 }
 
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn with_location(mut response: Response, url: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(url) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-}
-
-pub(crate) fn with_retry_after(mut response: Response, seconds: u64) -> Response {
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    response
-}
-
-/// Methods of the resources only POST (and POST-as-GET) reaches (RFC 8555 §6.3).
-pub(crate) const POST_ONLY: &str = "POST";
-/// Methods of the resources read without authentication: the directory, new-nonce, certificates, renewal info.
-pub(crate) const GET_OR_POST: &str = "GET, HEAD, POST";
-
 async fn not_found() -> ProblemResponse {
     Problem::not_found("no such resource").into()
 }
@@ -219,8 +195,6 @@ async fn new_nonce(State(wfe): State<Wfe>, method: Method) -> Reply {
     }
     Ok(response)
 }
-
-const REPLAY_NONCE: &str = "replay-nonce";
 
 /// Runs the POST checks for this request, refusing other methods.
 async fn verified(

@@ -10,6 +10,7 @@ mod post;
 pub mod problem;
 mod render;
 mod renewal;
+mod reply;
 mod state;
 mod testing;
 
