@@ -5,6 +5,7 @@
 pub mod accounts;
 mod crl;
 mod error;
+mod extract;
 mod handlers;
 mod post;
 pub mod problem;
