@@ -7,6 +7,7 @@ mod crl;
 mod error;
 mod extract;
 mod handlers;
+mod payloads;
 mod post;
 pub mod problem;
 mod render;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 
 pub use crl::CrlConfig;
 pub use error::Error;
-pub use handlers::parse_payloads;
+pub use payloads::parse_payloads;
 pub use testing::ClientTesting;
 
 /// The wfe's configuration.
