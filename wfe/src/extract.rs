@@ -36,14 +36,14 @@ pub(crate) type SigningAccount = VerifiedPost<Account>;
 pub(crate) struct NoAccount;
 
 /// How a resource's JWS must name its key, and what its handler is given for the signer.
-pub(crate) trait Signer: Sized {
+pub(crate) trait SignerKind: Sized {
     const KEY_MODE: KeyMode;
 
     /// The signer, from the account the checks found (always one for [`KeyMode::Kid`], none for [`KeyMode::Jwk`]).
     fn from_checked(account: Option<Account>) -> Result<Self, Problem>;
 }
 
-impl Signer for Account {
+impl SignerKind for Account {
     const KEY_MODE: KeyMode = KeyMode::Kid;
 
     fn from_checked(account: Option<Account>) -> Result<Self, Problem> {
@@ -51,7 +51,7 @@ impl Signer for Account {
     }
 }
 
-impl Signer for Option<Account> {
+impl SignerKind for Option<Account> {
     const KEY_MODE: KeyMode = KeyMode::Either;
 
     fn from_checked(account: Option<Account>) -> Result<Self, Problem> {
@@ -59,7 +59,7 @@ impl Signer for Option<Account> {
     }
 }
 
-impl Signer for NoAccount {
+impl SignerKind for NoAccount {
     const KEY_MODE: KeyMode = KeyMode::Jwk;
 
     fn from_checked(_: Option<Account>) -> Result<Self, Problem> {
@@ -67,7 +67,7 @@ impl Signer for NoAccount {
     }
 }
 
-impl<A> VerifiedPost<A> {
+impl<S> VerifiedPost<S> {
     /// The payload as JSON; an empty payload is an error here (use [`VerifiedPost::is_post_as_get`] first).
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
         serde_json::from_slice(&self.jws.payload)
@@ -89,7 +89,7 @@ impl SigningAccount {
     }
 }
 
-impl<A: Signer + Send> FromRequest<Wfe> for VerifiedPost<A> {
+impl<S: SignerKind + Send> FromRequest<Wfe> for VerifiedPost<S> {
     type Rejection = Response;
 
     async fn from_request(request: Request, wfe: &Wfe) -> Result<Self, Response> {
@@ -114,15 +114,15 @@ impl Received {
     }
 
     /// Runs the POST checks, refusing other methods; the request's deadline starts here.
-    async fn verify<A: Signer>(self, wfe: &Wfe) -> Result<VerifiedPost<A>, Response> {
+    async fn verify<S: SignerKind>(self, wfe: &Wfe) -> Result<VerifiedPost<S>, Response> {
         if self.method != Method::POST {
             return Err(ProblemResponse::method_not_allowed(POST_ONLY).into_response());
         }
         let deadline = wfe.deadline();
-        let checked = post::verify(wfe, &self.headers, signed_path(&self.uri), &self.body, A::KEY_MODE, deadline)
+        let checked = post::verify(wfe, &self.headers, signed_path(&self.uri), &self.body, S::KEY_MODE, deadline)
             .await
             .map_err(IntoResponse::into_response)?;
-        let account = A::from_checked(checked.account).map_err(problem_response)?;
+        let account = S::from_checked(checked.account).map_err(problem_response)?;
         Ok(VerifiedPost { jws: checked.jws, jwk: checked.jwk, account, deadline })
     }
 }
