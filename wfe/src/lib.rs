@@ -5,11 +5,14 @@
 pub mod accounts;
 mod crl;
 mod error;
+mod extract;
 mod handlers;
+mod payloads;
 mod post;
 pub mod problem;
 mod render;
 mod renewal;
+mod reply;
 mod state;
 mod testing;
 
@@ -25,7 +28,7 @@ use tokio::net::TcpListener;
 
 pub use crl::CrlConfig;
 pub use error::Error;
-pub use handlers::parse_payloads;
+pub use payloads::parse_payloads;
 pub use testing::ClientTesting;
 
 /// The wfe's configuration.

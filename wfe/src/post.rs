@@ -31,22 +31,6 @@ pub struct Verified {
     pub account: Option<Account>,
 }
 
-impl Verified {
-    pub fn account(&self) -> Result<&Account, Problem> {
-        self.account.as_ref().ok_or_else(|| Problem::internal("request has no account"))
-    }
-
-    /// The payload as JSON; an empty payload is an error here (use [`Verified::is_post_as_get`] first).
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
-        serde_json::from_slice(&self.jws.payload)
-            .map_err(|e| Problem::malformed(format!("request payload did not parse as JSON: {e}")))
-    }
-
-    pub fn is_post_as_get(&self) -> bool {
-        self.jws.is_post_as_get()
-    }
-}
-
 pub(crate) fn jose_problem(err: JoseError) -> Problem {
     match err {
         JoseError::BadSignatureAlgorithm(detail) => Problem::new(ErrorKind::BadSignatureAlgorithm, detail),

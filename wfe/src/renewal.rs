@@ -9,9 +9,9 @@ use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use serde_json::json;
 
-use crate::handlers::{Reply, json_response, with_retry_after};
 use crate::problem::ProblemResponse;
 use crate::render::timestamp;
+use crate::reply::{Reply, json_response, with_retry_after};
 use crate::state::Wfe;
 
 /// How often clients should ask again; jittered by ±20% so that a fleet of clients spreads out (as Boulder does).

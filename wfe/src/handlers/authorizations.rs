@@ -1,0 +1,86 @@
+//! The authorization and challenge resources (RFC 8555 §7.5): reading them, deactivating an authorization, and
+//! answering a challenge.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use quarry_core::Problem;
+use quarry_core::model::{Authorization, ChallengeStatus};
+use quarry_proto::ra::{DeactivateAuthorizationRequest, PerformValidationRequest};
+use serde_json::Value;
+
+use crate::extract::{SigningAccount, parse_id};
+use crate::problem::ProblemResponse;
+use crate::render;
+use crate::reply::{Reply, json_response, with_retry_after};
+use crate::state::Wfe;
+
+/// An authorization, read with POST-as-GET or deactivated by its account.
+pub(super) async fn authorization(State(wfe): State<Wfe>, Path(id): Path<String>, request: SigningAccount) -> Reply {
+    let deadline = request.deadline;
+    let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
+    request.check_owner(authz.account_id, "authorization")?;
+    if request.is_post_as_get() {
+        let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
+        // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
+        if authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing) {
+            return Ok(with_retry_after(response, wfe.authz_retry_after()));
+        }
+        return Ok(response);
+    }
+    // RFC 8555 §7.5.2: the only change a client may ask for is deactivation.
+    let update: Value = request.json()?;
+    if update.get("status").and_then(Value::as_str) != Some("deactivated") {
+        return Err(Problem::malformed("an authorization update must be {\"status\": \"deactivated\"}").into());
+    }
+    let deactivate = DeactivateAuthorizationRequest { authorization_id: authz.id, account_id: request.account.id };
+    let authz = wfe.ra().deactivate_authorization(deactivate, deadline).await?;
+    Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &Authorization::try_from(&authz)?)))
+}
+
+/// The challenge `index` of `authz`, linked up to its authorization, with `Retry-After` while it is being validated.
+fn challenge_response(wfe: &Wfe, authz: &Authorization, index: i64) -> Reply {
+    let challenge =
+        authz.challenges.iter().find(|c| c.index == index).ok_or_else(|| Problem::not_found("challenge not found"))?;
+    let mut response = json_response(StatusCode::OK, &render::challenge(wfe.urls(), authz.id, challenge));
+    if let Ok(up) = HeaderValue::from_str(&format!("<{}>;rel=\"up\"", wfe.urls().authorization(authz.id))) {
+        response.headers_mut().append(header::LINK, up);
+    }
+    if challenge.status == ChallengeStatus::Processing {
+        response = with_retry_after(response, wfe.authz_retry_after());
+    }
+    Ok(response)
+}
+
+/// A challenge, read with POST-as-GET or answered (the ra starts its validation).
+pub(super) async fn challenge(
+    State(wfe): State<Wfe>,
+    Path((authz_id, index)): Path<(String, String)>,
+    request: SigningAccount,
+) -> Reply {
+    let deadline = request.deadline;
+    let authz_id = parse_id(&authz_id, "challenge")?;
+    let index = parse_id(&index, "challenge")?;
+    let authz = load_authorization(&wfe, authz_id, deadline).await?;
+    request.check_owner(authz.account_id, "challenge")?;
+    if request.is_post_as_get() {
+        return challenge_response(&wfe, &authz, index);
+    }
+    // RFC 8555 §7.5.1: the client signals readiness with an empty JSON object.
+    let _: Value = request.json()?;
+    let account = &request.account;
+    let start = PerformValidationRequest {
+        authorization_id: authz.id,
+        challenge_index: index,
+        account_id: account.id,
+        authorization: Some((&authz).into()),
+        account: Some(account.into()),
+    };
+    let authz = wfe.ra().perform_validation(start, deadline).await?;
+    challenge_response(&wfe, &Authorization::try_from(&authz)?, index)
+}
+
+async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Authorization, ProblemResponse> {
+    Ok(wfe.sa().get_authorization(id, deadline).await?)
+}

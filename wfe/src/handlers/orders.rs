@@ -1,0 +1,87 @@
+//! The order resources (RFC 8555 §7.4): new-order, the order itself, and its finalization.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use quarry_core::model::{Order, OrderStatus};
+use quarry_core::{ErrorKind, Problem};
+use quarry_proto::convert::identifiers_to_pb;
+use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest};
+
+use crate::extract::{SigningAccount, parse_id};
+use crate::payloads::{FinalizePayload, NewOrderPayload, edge_identifiers};
+use crate::problem::ProblemResponse;
+use crate::render;
+use crate::renewal;
+use crate::reply::{Reply, json_response, with_location, with_retry_after};
+use crate::state::Wfe;
+
+/// new-order (RFC 8555 §7.4.1): the identifiers checked at the edge, and a replaced certificate (RFC 9773 §5).
+pub(super) async fn new_order(State(wfe): State<Wfe>, request: SigningAccount) -> Reply {
+    let (account, deadline) = (&request.account, request.deadline);
+    let payload: NewOrderPayload = request.json()?;
+    if payload.not_before.is_some() || payload.not_after.is_some() {
+        return Err(Problem::malformed("NotBefore and NotAfter are not supported").into());
+    }
+    let identifiers = edge_identifiers(&payload.identifiers)?;
+    let (replaces_serial, replacement_in_window) = if payload.replaces.is_empty() {
+        (String::new(), false)
+    } else {
+        renewal::check_replaces(&wfe, &payload.replaces, account.id, &identifiers, deadline).await?
+    };
+    let new = NewOrderRequest {
+        account_id: account.id,
+        identifiers: identifiers_to_pb(&identifiers),
+        profile: payload.profile,
+        replaces: payload.replaces,
+        replaces_serial,
+        replacement_in_window,
+        ..Default::default()
+    };
+    let order = wfe.ra().new_order(new, deadline).await?;
+    let order = Order::try_from(&order)?;
+    Ok(with_location(
+        json_response(StatusCode::CREATED, &render::order(wfe.urls(), &order)),
+        &wfe.urls().order(order.id),
+    ))
+}
+
+/// An order, read with POST-as-GET only (RFC 8555 §6.3) as authorizations and challenges are: their ids are
+/// sequential, and a plain GET would let anyone list every subscriber's names.
+pub(super) async fn order(State(wfe): State<Wfe>, Path(id): Path<String>, request: SigningAccount) -> Reply {
+    let order = load_order(&wfe, parse_id(&id, "order")?, request.deadline).await?;
+    request.check_owner(order.account_id, "order")?;
+    Ok(order_response(&wfe, &order))
+}
+
+/// An order's finalization with its CSR, which waits for issuance longer than any other request.
+pub(super) async fn finalize(State(wfe): State<Wfe>, Path(id): Path<String>, request: SigningAccount) -> Reply {
+    let account = &request.account;
+    let order = load_order(&wfe, parse_id(&id, "order")?, request.deadline).await?;
+    request.check_owner(order.account_id, "order")?;
+    let payload: FinalizePayload = request.json()?;
+    let csr = quarry_jose::b64_decode(&payload.csr)
+        .map_err(|_| Problem::new(ErrorKind::BadCsr, "CSR is not valid base64url"))?;
+    let finalize = FinalizeOrderRequest {
+        order_id: order.id,
+        account_id: account.id,
+        csr,
+        order: Some((&order).into()),
+        account: Some(account.into()),
+    };
+    let order = wfe.ra().finalize_order(finalize, wfe.finalize_deadline()).await?;
+    Ok(order_response(&wfe, &Order::try_from(&order)?))
+}
+
+/// The order, with `Retry-After` while it is processing.
+fn order_response(wfe: &Wfe, order: &Order) -> Response {
+    let response =
+        with_location(json_response(StatusCode::OK, &render::order(wfe.urls(), order)), &wfe.urls().order(order.id));
+    if order.status == OrderStatus::Processing { with_retry_after(response, wfe.retry_after()) } else { response }
+}
+
+async fn load_order(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Order, ProblemResponse> {
+    Ok(wfe.sa().get_order(id, deadline).await?)
+}
