@@ -395,7 +395,7 @@ async fn longer_chains_and_alternate_roots_are_served_and_each_verifies_with_its
 fn a_binary_called_pebble_takes_pebbles_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pebble = dir.path().join("pebble");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_quarry"), &pebble).expect("symlink");
+    std::os::unix::fs::symlink(crate::quarry_dev(), &pebble).expect("symlink");
     let out = std::process::Command::new(&pebble).arg("-version").output().expect("run pebble");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
