@@ -30,7 +30,7 @@ if ! command -v pebble >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq pebble openssl >/dev/null
 fi
 if [[ -z ${QUARRY_BIN:-} ]]; then
-  cargo build --release -p quarry
+  cargo build --release -p quarry -p quarry-devtools
   QUARRY_BIN=$root/target/release/quarry
 fi
 
@@ -92,7 +92,7 @@ run_quarry() {
   [[ -s $data/stack.json ]] || { echo "bench: quarry dev did not start; see $work/$target.out" >&2; return 1; }
   wait_directory "$(stack_field "$data" directory_url)" "$(stack_field "$data" tls_ca_pem)"
   sleep 5
-  idle_rss "$QUARRY_BIN (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
+  idle_rss "$QUARRY_BIN(-dev)? (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
   local processes=quarry
   [[ $target == quarry-postgres ]] && processes=quarry,postgres
   run_loads "$target" --stack "$data/stack.json" --processes "$processes"

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The container stack, really run: starts a Docker engine when none answers (no bridge, no iptables: nothing but
-# the host's network), builds the images locally (a Debian base from debootstrap, the Quarry image from the host's
-# binary, PostgreSQL and Redis from Debian's packages), brings deploy/compose up on the host's loopback
+# the host's network), builds the images locally (a Debian base from debootstrap, the Quarry images from the host's
+# binaries — the production one with `quarry` only, which it checks, and the dev tools' one with `quarry-dev` —,
+# PostgreSQL and Redis from Debian's packages), brings deploy/compose up on the host's loopback
 # (host-network.yml) — two containers of every replicated service, the load balancer in front of the wfes — waits
 # for every health check, obtains a certificate with certbot and verifies it, fetches a CRL, runs every interop
 # scenario of certbot and lego against it (scripts/interop.sh), stops one container of each of the ra, the sa and the
 # wfe and obtains another, and takes the stack down. When the engine cannot start,
 # this fails and says why.
 #
-#   scripts/compose-test.sh          (QUARRY_BIN: the binary to put in the image, default target/debug/quarry)
+#   scripts/compose-test.sh          (QUARRY_BIN: the binary to put in the image, default target/debug/quarry;
+#                                     quarry-dev is taken from beside it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 quarry=${QUARRY_BIN:-$root/target/debug/quarry}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/quarry
 project=quarrytest
 base_image=quarry/debian-base:bookworm
-export QUARRY_IMAGE=quarry:test QUARRY_DEBIAN_BASE=$base_image
+export QUARRY_IMAGE=quarry:test QUARRY_DEVTOOLS_IMAGE=quarry-devtools:test QUARRY_DEBIAN_BASE=$base_image
 compose=(docker-compose -p "$project" -f "$root/deploy/compose/compose.yaml"
   -f "$root/deploy/compose/host-network.yml")
 work=$(mktemp -d)
@@ -76,7 +78,15 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
 fi
 
 echo "==> images"
-"$root/deploy/image/build-host.sh" "$quarry" "$QUARRY_IMAGE" >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
+[[ -f $(dirname "$quarry")/quarry-dev ]] || { echo "compose-test: no quarry-dev beside $quarry (cargo build -p quarry-devtools)" >&2; exit 1; }
+"$root/deploy/image/build-host.sh" "$quarry" "$QUARRY_IMAGE" "$QUARRY_DEVTOOLS_IMAGE" >"$work/build.log" 2>&1 ||
+  { cat "$work/build.log" >&2; exit 1; }
+# The production image carries the production binary only: the dev tools are in the other image.
+in_production=$(docker run --rm --entrypoint /bin/ls "$QUARRY_IMAGE" /usr/local/bin)
+if grep -q quarry-dev <<<"$in_production" || ! grep -qx quarry <<<"$in_production"; then
+  echo "compose-test: the production image's binaries are not just quarry: $in_production" >&2
+  exit 1
+fi
 "${compose[@]}" build postgres redis >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
 
 echo "==> the stack, on 127.0.0.1 (every container on the host's network)"
