@@ -20,6 +20,7 @@ pub mod identifier;
 pub mod model;
 pub mod peer;
 pub mod policy;
+pub mod profile;
 pub mod shutdown;
 pub mod tcp;
 pub mod telemetry;
