@@ -49,7 +49,7 @@ pub struct Config {
     /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.
     #[serde(default)]
     pub read_replica_url: Option<String>,
-    /// CRL shards per issuer; must equal the ca's `crl_shards`.
+    /// CRL shards per issuer (`quarry_core::crl`): must equal the ca's `crl_shards` and the crl-updater's `shards`.
     #[serde(default = "default_crl_shards")]
     pub crl_shards: i64,
     /// The longest one statement may run (and one connection may be waited for), in milliseconds.
@@ -82,6 +82,14 @@ fn default_max_connections() -> u32 {
     8
 }
 
+impl Config {
+    /// Checks what serde cannot: the CRL shard count (the ca and the crl-updater check theirs by the same rule).
+    pub fn validate(&self) -> Result<(), Error> {
+        quarry_core::crl::check_shard_count(self.crl_shards)
+            .map_err(|why| quarry_core::config::ConfigError::Invalid(format!("crl_shards {why}")).into())
+    }
+}
+
 fn pool_settings(config: &Config) -> store::PoolSettings {
     store::PoolSettings {
         max_connections: config.max_connections,
@@ -108,6 +116,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.validate()?;
     let settings = pool_settings(&config);
     let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
     let gauges = store.clone();
@@ -150,4 +159,30 @@ pub async fn serve(
     pool_gauges.abort();
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "version = 1\ndatabase_url = \"sqlite::memory:\"\n{extra}\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n"
+        );
+        quarry_core::config::parse(&text, "test").expect("parses")
+    }
+
+    #[test]
+    fn the_crl_shard_count_is_checked_by_the_shared_rule() {
+        assert_eq!(config("").crl_shards, quarry_core::crl::DEFAULT_SHARDS);
+        config("").validate().expect("the default is valid");
+        for bad in [0, -4, quarry_core::crl::MAX_SHARDS + 1] {
+            let err = config(&format!("crl_shards = {bad}")).validate().expect_err("refused").to_string();
+            assert!(
+                err.contains(&format!("crl_shards must be between 1 and {}", quarry_core::crl::MAX_SHARDS)),
+                "{err}"
+            );
+        }
+    }
 }
