@@ -7,6 +7,11 @@
 //! (its namespace and public domain, from `environment.toml`) are put back as `{namespace}` and `{domain}`; issuer
 //! key references and certificates, CT logs and chain files; the rate-limit values of `ratelimits.toml` (its limits
 //! must be the same); secret references. A key present in one environment only is never allowed.
+//!
+//! Each environment is also checked on its own for what its services must agree on (`agreement`: one CRL shard
+//! count, profile sets that nest); comparing an environment with itself checks just that environment.
+
+mod agreement;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -195,6 +200,11 @@ pub fn check(dir: &Path, a: &str, b: &str) -> anyhow::Result<Report> {
     report.findings.extend(env_a.client_testing_findings());
     report.findings.extend(env_b.client_testing_findings());
     report.findings.extend(deployment_client_testing_findings(dir)?);
+    report.findings.extend(agreement::findings(&env_a.name, &env_a.services));
+    report.findings.extend(agreement::findings(&env_b.name, &env_b.services));
+    // An environment compared with itself (how one environment is checked alone) is named once per problem.
+    let mut seen = std::collections::BTreeSet::new();
+    report.findings.retain(|finding| seen.insert(finding.clone()));
     let mut keys: Vec<&String> = env_a.flat.keys().chain(env_b.flat.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -246,6 +256,8 @@ struct Environment {
     identity: Option<Identity>,
     /// `<service>.<path>` → value, and `ratelimits.<path>` for the limits file.
     flat: BTreeMap<String, String>,
+    /// Each service's merged configuration (none for a service whose overlay is missing).
+    services: BTreeMap<&'static str, toml::Table>,
 }
 
 impl Environment {
@@ -262,7 +274,7 @@ impl Environment {
             ),
             Err(_) => None,
         };
-        let mut flat = BTreeMap::new();
+        let (mut flat, mut services) = (BTreeMap::new(), BTreeMap::new());
         for service in SERVICES {
             let overlay_path = env_dir.join(format!("{service}.toml"));
             if !overlay_path.exists() {
@@ -271,13 +283,14 @@ impl Environment {
             }
             let mut merged = read_toml(&dir.join("base").join(format!("{service}.toml")))?;
             quarry_core::config::merge(&mut merged, &read_toml(&overlay_path)?);
-            flatten(service, &toml::Value::Table(merged), &mut flat);
+            flatten(service, &toml::Value::Table(merged.clone()), &mut flat);
+            services.insert(*service, merged);
         }
         let limits = env_dir.join("ratelimits.toml");
         if limits.exists() {
             flatten("ratelimits", &toml::Value::Table(read_toml(&limits)?), &mut flat);
         }
-        Ok(Self { name: name.to_owned(), identity, flat })
+        Ok(Self { name: name.to_owned(), identity, flat, services })
     }
 
     /// What this environment must not hold, on its own. Dev is exempt: its overlay is placeholders by design.

@@ -155,6 +155,22 @@ const DRIFTS: &[Drift] = &[
     ("a client-testing knob in the base", "base/va.toml", "va.client_testing.always_valid", |t| {
         format!("{t}\n[client_testing]\nalways_valid = true\n")
     }),
+    // What services of one environment must agree on, changed in the base so that both environments carry it
+    // alike: only the agreement check can catch these.
+    ("a ca shard count other than the sa's", "base/ca.toml", "ca.crl_shards", |t| {
+        t.replacen("version = 1\n", "version = 1\ncrl_shards = 64\n", 1)
+    }),
+    ("a crl-updater shard count other than the sa's", "base/crl-updater.toml", "crl-updater.shards", |t| {
+        t.replacen("version = 1\n", "version = 1\nshards = 256\n", 1)
+    }),
+    ("a profile the wfe advertises that the ca lacks", "base/wfe.toml", "wfe.directory_meta.profiles.premium", |t| {
+        t.replace("[directory_meta.profiles]\n", "[directory_meta.profiles]\npremium = \"For the few\"\n")
+    }),
+    ("an ra profile the ca lacks", "base/ra.toml", "ra.profiles.premium", |t| {
+        let profile = "pending_authorization_lifetime_secs = 3600\nvalid_authorization_lifetime_secs = 3600\n\
+                       order_lifetime_secs = 3600\nmax_names = 1\n";
+        format!("{t}\n[profiles.premium]\n{profile}")
+    }),
 ];
 
 #[test]
@@ -230,4 +246,36 @@ fn dev_is_not_production() {
     let forbidden: Vec<&str> = report.forbidden().map(|d| d.key.as_str()).collect();
     assert!(forbidden.contains(&"ra.allow_non_public_ip_identifiers"), "{forbidden:?}");
     assert!(forbidden.contains(&"crl-updater.update_period_secs"), "{forbidden:?}");
+}
+
+/// Every shipped environment, dev's included, agrees within itself: one shard count, profiles that nest.
+#[test]
+fn every_shipped_environment_agrees_within_itself() {
+    for env in ["dev", "pre-staging", "staging", "production"] {
+        let report = check(&repo_env(), env, env).expect("check");
+        assert!(report.differences.is_empty(), "{env}:\n{report}");
+        let disagreements: Vec<&String> = report.findings.iter().filter(|f| f.contains("quarry_core::")).collect();
+        assert!(disagreements.is_empty(), "{env}: {disagreements:#?}");
+    }
+    assert!(check(&repo_env(), "staging", "staging").expect("check").passes());
+}
+
+/// A disagreement names the environment, both services' keys and both values, once per environment.
+#[test]
+fn a_disagreement_names_the_environment_and_both_keys() {
+    let report = check_with(&|dir| rewrite(dir, "production/ca.toml", |t| format!("crl_shards = 64\n{t}")));
+    let shards: Vec<&String> = report.findings.iter().filter(|f| f.contains("ca.crl_shards")).collect();
+    assert_eq!(shards.len(), 1, "{report}");
+    assert!(shards[0].starts_with("production: ca.crl_shards: 64 ≠ sa.crl_shards 128 (the default): "), "{report}");
+    assert!(report.differences.iter().any(|d| d.key == "ca.crl_shards"), "staging and production differ too");
+
+    let report = check_with(&|dir| {
+        rewrite(dir, "base/wfe.toml", |t| {
+            t.replace("[directory_meta.profiles]\n", "[directory_meta.profiles]\npremium = \"For the few\"\n")
+        })
+    });
+    for env in ["staging", "production"] {
+        let expected = format!("{env}: wfe.directory_meta.profiles.premium: \"premium\" is not in ca.profiles (");
+        assert!(report.findings.iter().any(|f| f.starts_with(&expected)), "{expected}\n{report}");
+    }
 }
