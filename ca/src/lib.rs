@@ -24,8 +24,8 @@ pub mod signer;
 pub use error::Error;
 pub use files::certificate_pem;
 
-/// The profile a request names when it names none.
-pub const DEFAULT_PROFILE: &str = "classic";
+/// The profile a request names when it names none (`quarry_core::profile`, shared with the ra).
+pub use quarry_core::profile::DEFAULT_PROFILE;
 
 /// The ca's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,10 +50,10 @@ pub struct Config {
     /// Issuing certificates with their keys. A certificate is signed by an active issuer that serves its profile,
     /// of the CSR key's kind (ECDSA or RSA) when there is one, chosen at random among those.
     pub issuers: Vec<IssuerConfig>,
-    /// Certificate profiles by name.
+    /// Certificate profiles by name: every profile of the ra (and so every one the wfe advertises) has one here.
     #[serde(default = "default_profiles")]
     pub profiles: BTreeMap<String, ProfileConfig>,
-    /// CRL shards per issuer; must equal the sa's `crl_shards`.
+    /// CRL shards per issuer (`quarry_core::crl`): must equal the sa's `crl_shards` and the crl-updater's `shards`.
     #[serde(default = "default_crl_shards")]
     pub crl_shards: i64,
     /// The profile used when a request names none; must be one of `profiles`.
@@ -186,6 +186,19 @@ fn default_profiles() -> BTreeMap<String, ProfileConfig> {
     BTreeMap::from([(DEFAULT_PROFILE.to_owned(), ProfileConfig::classic())])
 }
 
+impl Config {
+    /// Checks the values whose rules the ca shares with other services: the CRL shard count and the profile names.
+    /// Everything else is checked as the issuers and profiles are loaded.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |message: String| Error::Config(quarry_core::config::ConfigError::Invalid(message));
+        quarry_core::crl::check_shard_count(self.crl_shards).map_err(|why| invalid(format!("crl_shards {why}")))?;
+        for name in self.profiles.keys() {
+            quarry_core::profile::check_name(name).map_err(|why| invalid(format!("profiles: {why}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Binds `config.grpc.listen` and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
     let listener = quarry_core::grpc::bind(&config.grpc).await?;
@@ -198,6 +211,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.validate()?;
     service::serve(config, listener, shutdown).await
 }
 
@@ -213,10 +227,41 @@ impl quarry_core::service::Service for Process {
         &config.telemetry
     }
 
+    fn validate(config: &Config) -> Result<(), String> {
+        config.validate().map_err(|err| err.to_string())
+    }
+
     fn run(
         config: Config,
         shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> impl Future<Output = Result<(), Error>> + Send {
         run(config, shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "version = 1\n{extra}\n[grpc]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n\
+             [sa]\naddress = \"https://127.0.0.1:1\"\nserver_name = \"sa.quarry\"\n\
+             [publisher]\naddress = \"https://127.0.0.1:2\"\nserver_name = \"publisher.quarry\"\n\
+             [[issuers]]\ncert = \"i.pem\"\nkey = \"i.key.pem\"\nissuer_url = \"http://i.test/e1.der\"\n\
+             crl_url_prefix = \"http://c.test/e1/\"\n"
+        );
+        quarry_core::config::parse(&text, "test").expect("parses")
+    }
+
+    #[test]
+    fn shared_rules_are_checked_before_anything_is_loaded() {
+        config("").validate().expect("the defaults are valid");
+        let err = config("crl_shards = 0").validate().expect_err("refused").to_string();
+        assert!(err.contains("crl_shards must be between 1 and"), "{err}");
+        let mut bad_name = config("");
+        bad_name.profiles.insert("two words".into(), ProfileConfig::classic());
+        let err = bad_name.validate().expect_err("refused").to_string();
+        assert!(err.contains("profiles: profile name \"two words\""), "{err}");
     }
 }

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use quarry_jose::spki_sha256;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
@@ -101,8 +101,9 @@ impl Sct {
 pub enum LogEntry<'a> {
     /// A final certificate, DER (add-chain).
     X509 { certificate: &'a [u8] },
-    /// A precertificate (add-pre-chain): the SHA-256 of its issuer's SubjectPublicKeyInfo and its TBSCertificate
-    /// with the poison extension removed.
+    /// A precertificate (add-pre-chain): its issuer's key hash and its TBSCertificate with the poison extension
+    /// removed. The key hash (as a log's id) is `quarry_jose::spki_sha256` of the SubjectPublicKeyInfo as the issuer's
+    /// certificate carries it, not of Quarry's canonical re-encoding (`Jwk::key_hash`): RFC 6962 hashes those bytes.
     Precert { issuer_key_hash: [u8; 32], tbs: &'a [u8] },
 }
 
@@ -111,19 +112,14 @@ impl<'a> LogEntry<'a> {
     /// precertificate's TBS was without its poison.
     pub fn of_final_certificate(certificate: &[u8], issuer_spki: &[u8]) -> Result<(Vec<u8>, [u8; 32]), CtError> {
         let tbs = der::split_signed(certificate)?.tbs;
-        Ok((der::replace_extension(tbs, SCT_LIST_OID, None)?, key_hash(issuer_spki)))
+        Ok((der::replace_extension(tbs, SCT_LIST_OID, None)?, spki_sha256(issuer_spki)))
     }
 
     /// The entry of a precertificate: its TBS without the poison.
     pub fn of_precertificate(precertificate: &[u8], issuer_spki: &[u8]) -> Result<(Vec<u8>, [u8; 32]), CtError> {
         let tbs = der::split_signed(precertificate)?.tbs;
-        Ok((der::replace_extension(tbs, POISON_OID, None)?, key_hash(issuer_spki)))
+        Ok((der::replace_extension(tbs, POISON_OID, None)?, spki_sha256(issuer_spki)))
     }
-}
-
-/// SHA-256 of a SubjectPublicKeyInfo: an issuer's key hash, and (of a log's key) the log id.
-pub fn key_hash(spki: &[u8]) -> [u8; 32] {
-    digest::digest(&digest::SHA256, spki).as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// The bytes a log signs for an entry (RFC 6962 §3.2 `digitally-signed struct`).
@@ -170,7 +166,7 @@ impl LogKey {
         };
         Ok(Self {
             spki: spki.to_vec(),
-            log_id: key_hash(spki),
+            log_id: spki_sha256(spki),
             algorithm,
             public_key: info.subject_public_key.data.to_vec(),
         })

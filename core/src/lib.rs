@@ -21,6 +21,7 @@ pub mod identifier;
 pub mod model;
 pub mod peer;
 pub mod policy;
+pub mod profile;
 pub mod service;
 pub mod shutdown;
 pub mod tcp;

@@ -31,7 +31,8 @@ pub struct Config {
     pub ca: GrpcClientConfig,
     /// The issuers whose shards are kept; each certificate, PEM.
     pub issuers: Vec<PathBuf>,
-    /// Shards per issuer; must equal the sa's and the ca's `crl_shards`.
+    /// Shards per issuer (`quarry_core::crl`): must equal the sa's and the ca's `crl_shards`. A revoked certificate
+    /// the sa files under another shard than this count gives fails its shard's update, naming both.
     #[serde(default = "default_shards")]
     pub shards: i64,
     /// How often shards are looked at, in seconds: a revocation appears in its shard's CRL within one period.

@@ -64,9 +64,7 @@ pub struct Updater {
 impl Updater {
     pub fn new(config: &Config) -> Result<Self, Error> {
         let invalid = |message: String| Error::Config(quarry_core::config::ConfigError::Invalid(message));
-        if config.shards < 1 {
-            return Err(invalid(format!("shards must be at least 1, not {}", config.shards)));
-        }
+        quarry_core::crl::check_shard_count(config.shards).map_err(|why| invalid(format!("shards {why}")))?;
         if config.update_period_secs == 0 || config.lease_secs == 0 {
             return Err(invalid("update_period_secs and lease_secs must be positive".into()));
         }
@@ -187,8 +185,13 @@ impl Updater {
         let mut messages = vec![GenerateCrlRequest {
             payload: Some(Payload::Metadata(CrlMetadata { issuer_id: issuer.id, shard, this_update })),
         }];
+        let mut misfiled = None;
         while let Some(entry) = revoked.next().await {
             let entry = entry?;
+            let own_shard = quarry_core::crl::shard(&entry.serial, self.shards);
+            if own_shard != shard && misfiled.is_none() {
+                misfiled = Some((entry.serial.clone(), own_shard));
+            }
             messages.push(GenerateCrlRequest {
                 payload: Some(Payload::Entry(CrlEntry {
                     serial: entry.serial,
@@ -203,8 +206,21 @@ impl Updater {
         let store =
             UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der, revocations_seen };
         self.sa.update_crl_shard(store, deadline).await?;
-        Ok(())
+        match misfiled {
+            None => Ok(()),
+            Some((serial, own_shard)) => Err(misfiled_problem(&serial, shard, own_shard, self.shards)),
+        }
     }
+}
+
+/// The sa filed `serial` under `shard`, where this updater's count puts it in `own_shard`: the sa's `crl_shards` is
+/// not this `shards` (the one peer count a call carries to this side). The CRL is stored all the same — it lists
+/// what the sa filed, and withholding it would publish less — but the update counts as failed, so that the CRL
+/// alerts fire, and says why.
+fn misfiled_problem(serial: &str, shard: i64, own_shard: i64, shards: i64) -> Problem {
+    Problem::internal(format!(
+        "the sa filed revoked serial {serial} under CRL shard {shard}, but with shards = {shards} it belongs in shard          {own_shard}: the sa's crl_shards, the ca's crl_shards and this crl-updater's shards must be equal          (quarry_core::crl; `quarry env check` compares them)"
+    ))
 }
 
 /// Checks that `der` is a CRL signed by `issuer` for `this_update` with `entries` entries; returns its nextUpdate.

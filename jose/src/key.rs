@@ -366,8 +366,21 @@ impl Jwk {
     /// The key's identity: SHA-256 of [`Jwk::spki_der`]. The one key hash of blocked keys, the key→serial index and
     /// every comparison of keys.
     pub fn key_hash(&self) -> [u8; 32] {
-        sha256(&self.spki_der())
+        spki_sha256(&self.spki_der())
     }
+
+    /// The key hash of a DER SubjectPublicKeyInfo in whatever encoding it comes (a compressed point, say): parsed,
+    /// re-encoded canonically, hashed. A key Quarry does not accept has none: no account or certificate can hold it.
+    pub fn key_hash_of_spki(spki_der: &[u8]) -> Result<[u8; 32], JoseError> {
+        Ok(Self::from_spki_der(spki_der)?.key_hash())
+    }
+}
+
+/// SHA-256 of a DER SubjectPublicKeyInfo, byte for byte: the one place a public key is hashed. [`Jwk::key_hash`] is
+/// this over the canonical encoding (a key's identity); Certificate Transparency's issuer key hash and log id
+/// (`quarry_core::ct`) are this over the bytes as a certificate or a log list carries them, as RFC 6962 defines them.
+pub fn spki_sha256(spki_der: &[u8]) -> [u8; 32] {
+    sha256(spki_der)
 }
 
 fn named_curve(parameters: &Element<'_>) -> Result<EcCurve, JoseError> {

@@ -9,7 +9,7 @@ mod eab;
 mod key;
 
 pub use eab::{EAB_ALGORITHMS, ExternalAccountBinding, sign_external_account_binding};
-pub use key::{EcCurve, Jwk, RSA_EXPONENT, RSA_SIZES};
+pub use key::{EcCurve, Jwk, RSA_EXPONENT, RSA_SIZES, spki_sha256};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, RsaPublicKeyComponents, UnparsedPublicKey};

@@ -306,11 +306,11 @@ fn spki_hash_of_certificate(der: &[u8]) -> anyhow::Result<Vec<u8>> {
     spki_hash(certificate.public_key().raw)
 }
 
-/// The canonical key hash of a SubjectPublicKeyInfo, in whatever encoding it comes (a compressed point, say). A key
+/// The canonical key hash of a SubjectPublicKeyInfo, in whatever encoding it comes (`Jwk::key_hash_of_spki`). A key
 /// Quarry does not accept need not be blocked: no account or certificate can use it.
 fn spki_hash(spki: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let key = quarry_jose::Jwk::from_spki_der(spki).map_err(|e| anyhow::anyhow!("the key: {e}"))?;
-    Ok(key.key_hash().to_vec())
+    let hash = quarry_jose::Jwk::key_hash_of_spki(spki).map_err(|e| anyhow::anyhow!("the key: {e}"))?;
+    Ok(hash.to_vec())
 }
 
 fn spki_hash_of_pem(path: &Path) -> anyhow::Result<Vec<u8>> {

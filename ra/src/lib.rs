@@ -53,8 +53,8 @@ pub struct Config {
     pub sa: GrpcClientConfig,
     pub va: GrpcClientConfig,
     pub ca: GrpcClientConfig,
-    /// The validation profiles clients may ask for by name (draft-aaron-acme-profiles); the ca has a certificate
-    /// profile of the same name.
+    /// The validation profiles clients may ask for by name (draft-aaron-acme-profiles): every one the wfe advertises
+    /// is here, and the ca has a certificate profile of each name (`quarry_core::profile`).
     #[serde(default = "default_profiles")]
     pub profiles: BTreeMap<String, ValidationProfile>,
     /// The profile of orders that name none.
@@ -172,10 +172,10 @@ fn default_identifier_types() -> Vec<IdentifierType> {
     vec![IdentifierType::Dns]
 }
 fn default_profiles() -> BTreeMap<String, ValidationProfile> {
-    BTreeMap::from([("classic".to_owned(), ValidationProfile::classic())])
+    BTreeMap::from([(quarry_core::profile::DEFAULT_PROFILE.to_owned(), ValidationProfile::classic())])
 }
 fn default_profile() -> String {
-    "classic".to_owned()
+    quarry_core::profile::DEFAULT_PROFILE.to_owned()
 }
 fn default_challenge_types() -> Vec<String> {
     vec!["http-01".to_owned(), "dns-01".to_owned()]
@@ -188,12 +188,14 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl Config {
-    /// Checks what serde cannot: the profiles and the default profile.
+    /// Checks what serde cannot: the profiles (their names by the rule the wfe and the ca share) and the default
+    /// profile.
     pub fn validate(&self) -> Result<(), Error> {
         if self.profiles.is_empty() {
             return Err(Error::Invalid("profiles must not be empty".to_owned()));
         }
         for (name, profile) in &self.profiles {
+            quarry_core::profile::check_name(name).map_err(|why| Error::Invalid(format!("profiles: {why}")))?;
             profile.check(name)?;
         }
         if !self.profiles.contains_key(&self.default_profile) {
@@ -297,10 +299,50 @@ impl quarry_core::service::Service for Process {
         &config.telemetry
     }
 
+    fn validate(config: &Config) -> Result<(), String> {
+        config.validate().map_err(|err| err.to_string())
+    }
+
     fn run(
         config: Config,
         shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> impl Future<Output = Result<(), Error>> + Send {
         run(config, shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let peer = |name: &str, port: u16| {
+            format!("[{name}]\naddress = \"https://127.0.0.1:{port}\"\nserver_name = \"{name}.quarry\"\n")
+        };
+        let text = format!(
+            "version = 1\naccount_uri_prefix = \"https://acme.test/acme/acct/\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n{}{}{}[rate_limits]\nlimits_file = \"l.toml\"\n",
+            peer("sa", 1),
+            peer("va", 2),
+            peer("ca", 3)
+        );
+        quarry_core::config::parse(&text, "test").expect("parses")
+    }
+
+    #[test]
+    fn profile_names_and_the_default_follow_the_shared_rule() {
+        let config = config();
+        assert_eq!(config.default_profile, quarry_core::profile::DEFAULT_PROFILE);
+        config.validate().expect("the defaults are valid");
+
+        let mut bad_name = config.clone();
+        bad_name.profiles.insert("dotted.name".into(), ValidationProfile::classic());
+        let err = bad_name.validate().expect_err("refused").to_string();
+        assert!(err.contains("profiles: profile name \"dotted.name\""), "{err}");
+
+        let mut unknown_default = config;
+        unknown_default.default_profile = "premium".into();
+        let err = unknown_default.validate().expect_err("refused").to_string();
+        assert!(err.contains("default_profile \"premium\" is not in profiles"), "{err}");
     }
 }

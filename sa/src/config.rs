@@ -24,7 +24,7 @@ pub struct Config {
     /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.
     #[serde(default)]
     pub read_replica_url: Option<String>,
-    /// CRL shards per issuer; must equal the ca's `crl_shards`.
+    /// CRL shards per issuer (`quarry_core::crl`): must equal the ca's `crl_shards` and the crl-updater's `shards`.
     #[serde(default = "default_crl_shards")]
     pub crl_shards: i64,
     /// The longest one statement may run (and one connection may be waited for), in milliseconds.
@@ -55,4 +55,12 @@ fn default_statement_timeout_ms() -> u64 {
 
 fn default_max_connections() -> u32 {
     8
+}
+
+impl Config {
+    /// Checks what serde cannot: the CRL shard count (the ca and the crl-updater check theirs by the same rule).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        quarry_core::crl::check_shard_count(self.crl_shards)
+            .map_err(|why| quarry_core::config::ConfigError::Invalid(format!("crl_shards {why}")).into())
+    }
 }

@@ -53,6 +53,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.validate()?;
     let settings = pool_settings(&config);
     let store = Store::open(&config.database_url, settings).await?.with_crl_shards(config.crl_shards);
     let gauges = store.clone();
@@ -109,10 +110,40 @@ impl quarry_core::service::Service for Process {
         &config.telemetry
     }
 
+    fn validate(config: &Config) -> Result<(), String> {
+        config.validate().map_err(|err| err.to_string())
+    }
+
     fn run(
         config: Config,
         shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> impl Future<Output = Result<(), Error>> + Send {
         run(config, shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "version = 1\ndatabase_url = \"sqlite::memory:\"\n{extra}\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n"
+        );
+        quarry_core::config::parse(&text, "test").expect("parses")
+    }
+
+    #[test]
+    fn the_crl_shard_count_is_checked_by_the_shared_rule() {
+        assert_eq!(config("").crl_shards, quarry_core::crl::DEFAULT_SHARDS);
+        config("").validate().expect("the default is valid");
+        for bad in [0, -4, quarry_core::crl::MAX_SHARDS + 1] {
+            let err = config(&format!("crl_shards = {bad}")).validate().expect_err("refused").to_string();
+            assert!(
+                err.contains(&format!("crl_shards must be between 1 and {}", quarry_core::crl::MAX_SHARDS)),
+                "{err}"
+            );
+        }
     }
 }

@@ -129,9 +129,21 @@ pub struct DirectoryMeta {
     pub website: Option<String>,
     #[serde(default)]
     pub caa_identities: Vec<String>,
-    /// Profile name → description.
+    /// Profile name → description. Every name advertised is one of the ra's profiles (`quarry_core::profile`).
     #[serde(default)]
     pub profiles: std::collections::BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Checks the values whose rules the wfe shares with other services: the names of the profiles it advertises.
+    /// Everything else is checked as the state is built.
+    pub fn validate(&self) -> Result<(), Error> {
+        for name in self.directory_meta.profiles.keys() {
+            quarry_core::profile::check_name(name)
+                .map_err(|why| Error::Config(format!("directory_meta.profiles: {why}")))?;
+        }
+        Ok(())
+    }
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -160,6 +172,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    config.validate()?;
     let state = state::Wfe::new(&config)?;
     if let Some(crl) = &config.crl {
         let crl_router = crl::router(crl, state.sa().clone())?;
@@ -213,10 +226,38 @@ impl quarry_core::service::Service for Process {
         &config.telemetry
     }
 
+    fn validate(config: &Config) -> Result<(), String> {
+        config.validate().map_err(|err| err.to_string())
+    }
+
     fn run(
         config: Config,
         shutdown: tokio_util::sync::WaitForCancellationFutureOwned,
     ) -> impl Future<Output = Result<(), Error>> + Send {
         run(config, shutdown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_profile_names_follow_the_shared_rule() {
+        let peer =
+            |name: &str| format!("[{name}]\naddress = \"https://127.0.0.1:1\"\nserver_name = \"{name}.quarry\"\n");
+        let text = format!(
+            "version = 1\nnonce_prefix_key = \"a test stack's prefix key\"\nlisten = \"127.0.0.1:0\"\n\
+             base_url = \"https://acme.test\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n{}{}{}\
+             [directory_meta.profiles]\nclassic = \"90 days\"\n",
+            peer("ra"),
+            peer("sa"),
+            peer("nonce")
+        );
+        let mut config: Config = quarry_core::config::parse(&text, "test").expect("parses");
+        config.validate().expect("valid");
+        config.directory_meta.profiles.insert(String::new(), "a profile without a name".into());
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(err.contains("directory_meta.profiles: profile name \"\""), "{err}");
     }
 }

@@ -138,8 +138,9 @@ async fn concurrent_updaters_update_each_shard_once_per_pass() {
 async fn bad_settings_stop_start_up() {
     let stack = InProcessStack::start(false, |_| {}).await;
     type Adjust = fn(&mut Config);
-    let cases: [(&str, Adjust); 5] = [
+    let cases: [(&str, Adjust); 6] = [
         ("zero shards", |c| c.shards = 0),
+        ("more shards than the shared rule allows", |c| c.shards = quarry_core::crl::MAX_SHARDS + 1),
         ("zero period", |c| c.update_period_secs = 0),
         ("a max age longer than a week", |c| c.max_age_secs = 8 * 86_400),
         ("no issuers", |c| c.issuers.clear()),
@@ -150,6 +151,33 @@ async fn bad_settings_stop_start_up() {
         adjust(&mut config);
         assert!(Updater::new(&config).is_err(), "{label}");
     }
+}
+
+/// An updater whose shard count is not the sa's finds out from the first revoked certificate the sa files under
+/// another shard than its own count gives: that shard's update fails, naming both, though its CRL is still stored.
+#[tokio::test]
+async fn a_shard_count_other_than_the_sas_fails_the_update_that_shows_it() {
+    let stack = InProcessStack::start(false, |_| {}).await;
+    let (_, serial) = issue(&stack).await;
+    let revoke = RevokeCertificateRequest { serial: serial.clone(), reason: 1, date: quarry_core::clock::now() };
+    StorageAuthorityClient::new(stack.pki.channel("ra", "sa", stack.sa)).revoke_certificate(revoke).await.unwrap();
+    // A count above the sa's, so that the sa's shard of the serial is leased, under which the serial lands elsewhere.
+    let filed = quarry_core::crl::shard(&serial, SHARDS);
+    let shards = (SHARDS + 1..=quarry_core::crl::MAX_SHARDS)
+        .find(|count| quarry_core::crl::shard(&serial, *count) != filed)
+        .expect("a count that files the serial elsewhere");
+
+    let updater = Updater::new(&Config { shards, ..updater_config(&stack) }).expect("updater");
+    let report = updater.pass().await;
+    assert_eq!(report, PassReport { updated: 2 * shards as usize - 1, failed: 1 });
+    let issuer_der = rustls_pem(&std::fs::read(stack.pki.issuer_cert()).expect("issuer pem"));
+    let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issuer_der).expect("issuer");
+    let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
+    let sa_read = StorageAuthorityReadOnlyClient::new(stack.pki.channel("wfe", "sa", stack.sa));
+    let stored = sa_read.clone().get_crl(CrlShard { issuer_id, shard: filed }).await.expect("CRL").into_inner();
+    let (_, crl) = CertificateRevocationList::from_der(&stored.der).expect("CRL parses");
+    let serials: Vec<String> = crl.iter_revoked_certificates().map(|r| hex::encode(r.raw_serial())).collect();
+    assert_eq!(serials, [serial], "what the sa filed is published all the same");
 }
 
 fn rustls_pem(pem: &[u8]) -> Vec<u8> {

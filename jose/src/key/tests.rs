@@ -225,3 +225,28 @@ fn thumbprints_match_the_rfc_vector() {
     });
     assert_eq!(Jwk::from_json(&rsa).unwrap().thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
 }
+
+/// The key hash pinned for two known keys, computed outside Quarry (`openssl pkey -pubin -outform DER | sha256sum`):
+/// the hashes stored in `blocked_keys` and `key_hash_to_serial` must never change with the code that computes them.
+#[test]
+fn key_hashes_of_known_keys_are_pinned() {
+    // The public key of private key 1 on P-256: the curve's generator.
+    let generator_x = hex_bytes("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296");
+    let generator_y = hex_bytes("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
+    let expected = hex_bytes("5cd252fb0ce8932436faf8ccd1040981b89ee4ad6b9fe9e2a2b7e71aacb27cd3");
+    let key = Jwk::ec(EcCurve::P256, generator_x.clone(), generator_y).unwrap();
+    assert_eq!(key.key_hash().to_vec(), expected);
+    assert_eq!(spki_sha256(&key.spki_der()).to_vec(), expected);
+    let compressed = ec_spki(EcCurve::P256, &[&[0x03][..], &generator_x].concat());
+    assert_eq!(Jwk::key_hash_of_spki(&compressed).unwrap().to_vec(), expected, "the same key, compressed");
+    assert_ne!(spki_sha256(&compressed).to_vec(), expected, "the bytes as given: CT's hash, not the key's identity");
+
+    // RFC 7638 §3.1's RSA key.
+    let rsa = json!({
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+    });
+    let expected = hex_bytes("ad32320cf6c596d884b05381ba573aba8ddd5749b4de8f4a23a79f9a89ddaeb2");
+    assert_eq!(Jwk::from_json(&rsa).unwrap().key_hash().to_vec(), expected);
+}
