@@ -3,22 +3,23 @@
 //! per step and per order, errors by problem type, and — read from `/proc` — the CPU time and peak memory of every
 //! server process (and its own) per certificate, so that CAs are compared by what a certificate costs them.
 
-use axum::serve::ListenerExt;
+mod session;
+mod usage;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-/// How long an authorization or order may take to settle before the order counts as failed.
-const SETTLE_TIME: Duration = Duration::from_secs(30);
-/// A CA that has not answered one request in this long counts as stalled (the order fails as `transport`).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+use session::{Failure, REQUEST_TIMEOUT, Responder, SETTLE_TIME, Session, bounded, serve_http01};
+use usage::{clock_ticks_per_second, cpu_spent, ms, percentile, server_processes, spent_since, usage_of};
+
 /// Clients still running this long after the end of the run are stopped and counted as stalled: longer than an
 /// order that settles twice at the limit with every other request at its own.
 const WIND_DOWN: Duration = Duration::from_secs(2 * SETTLE_TIME.as_secs() + 8 * REQUEST_TIMEOUT.as_secs());
@@ -63,203 +64,6 @@ pub struct LoadgenArgs {
     /// three times instead of once): for runs where replicas are killed.
     #[arg(long, default_value_t = 0)]
     retries: usize,
-}
-
-/// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
-struct Session {
-    http: quarry_core::http_client::HttpClient,
-    directory: Value,
-    key: quarry_jose::SigningKey,
-    account_url: Option<String>,
-    nonce: Option<String>,
-    /// HTTP requests sent (polls and nonce fetches included), so that CAs are compared per request as well.
-    requests: usize,
-    /// How often a POST is sent again after `badNonce`.
-    nonce_retries: usize,
-    /// Error answers that were not RFC 8555 problem documents (status, content type, the start of the body).
-    not_problems: Vec<String>,
-}
-
-struct Reply {
-    status: u16,
-    location: Option<String>,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    /// The problem type's last part (`badNonce`…), or the status code.
-    fn problem(&self) -> String {
-        self.json()["type"]
-            .as_str()
-            .map(|t| t.rsplit(':').next().unwrap_or(t).to_owned())
-            .unwrap_or_else(|| format!("http-{}", self.status))
-    }
-}
-
-/// A failed order, by what failed.
-#[derive(Debug)]
-struct Failure(String);
-
-impl Session {
-    fn new(http: quarry_core::http_client::HttpClient, directory: Value) -> Self {
-        let key = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).expect("generate an account key");
-        Self {
-            http,
-            directory,
-            key,
-            account_url: None,
-            nonce: None,
-            requests: 0,
-            nonce_retries: 1,
-            not_problems: Vec::new(),
-        }
-    }
-
-    fn url(&self, name: &str) -> String {
-        self.directory[name].as_str().unwrap_or_default().to_owned()
-    }
-
-    /// A signed POST, with the nonce the last answer carried; retried on `badNonce` (once, or three times).
-    async fn post(&mut self, url: &str, payload: Option<&Value>) -> anyhow::Result<Reply> {
-        for _ in 0..=self.nonce_retries {
-            let nonce = match self.nonce.take() {
-                Some(nonce) => nonce,
-                None => {
-                    self.send(http::Method::HEAD, &self.url("newNonce"), None).await?;
-                    self.nonce.take().context("newNonce gave no nonce")?
-                }
-            };
-            let mut header = json!({ "alg": self.key.algorithm().as_str(), "nonce": nonce, "url": url });
-            match &self.account_url {
-                Some(kid) => header["kid"] = json!(kid),
-                None => header["jwk"] = self.key.jwk().to_json(),
-            }
-            let payload = payload.map(|p| p.to_string().into_bytes());
-            let body = quarry_jose::sign_flattened(&self.key, &header, payload.as_deref());
-            let reply = self.send(http::Method::POST, url, Some(body)).await?;
-            if reply.status == 400 && reply.problem() == "badNonce" {
-                continue;
-            }
-            return Ok(reply);
-        }
-        bail!("{url}: badNonce every time")
-    }
-
-    /// One request on a pooled connection; the answer's nonce is kept for the next POST.
-    async fn send(&mut self, method: http::Method, url: &str, body: Option<String>) -> anyhow::Result<Reply> {
-        let mut request = http::Request::builder().method(method).uri(url);
-        if body.is_some() {
-            request = request.header(http::header::CONTENT_TYPE, "application/jose+json");
-        }
-        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        self.requests += 1;
-        let exchange = async {
-            let response = self.http.request(request).await?;
-            let status = response.status().as_u16();
-            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let (location, nonce, content_type) = (header("location"), header("replay-nonce"), header("content-type"));
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((Reply { status, location, body }, nonce, content_type))
-        };
-        let (reply, nonce, content_type) = bounded(exchange).await.with_context(|| url.to_owned())?;
-        if reply.status >= 400 && !is_problem_document(content_type.as_deref(), &reply.body) {
-            let start = String::from_utf8_lossy(&reply.body[..reply.body.len().min(80)]).into_owned();
-            self.not_problems.push(format!("{} {url}: {content_type:?} {start:?}", reply.status));
-        }
-        if nonce.is_some() {
-            self.nonce = nonce;
-        }
-        Ok(reply)
-    }
-
-    /// POST-as-GET `url` until its status is no longer one of `waiting`.
-    async fn settle(&mut self, url: &str, waiting: &[&str]) -> Result<Value, Failure> {
-        let started = Instant::now();
-        loop {
-            let reply = self.post(url, None).await.map_err(|e| Failure(format!("transport: {e}")))?;
-            let resource = reply.json();
-            if !waiting.iter().any(|w| resource["status"] == *w) {
-                return Ok(resource);
-            }
-            if started.elapsed() > SETTLE_TIME {
-                return Err(Failure("timeout".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Whether an error answer is an RFC 8555 problem document: `application/problem+json` with an ACME error type.
-fn is_problem_document(content_type: Option<&str>, body: &[u8]) -> bool {
-    let typed = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|doc| doc["type"].as_str().map(|t| t.starts_with("urn:ietf:params:acme:error:")))
-        .unwrap_or(false);
-    content_type.is_some_and(|t| t.starts_with("application/problem+json")) && typed
-}
-
-/// What answers http-01: the load generator's own responder (tokens it serves), or the CA's challenge test server.
-#[derive(Clone)]
-enum Responder {
-    Own(Arc<Mutex<HashMap<String, String>>>),
-    ChallTestSrv { url: String, http: Box<quarry_core::http_client::HttpClient> },
-}
-
-impl Responder {
-    async fn answer(&self, token: &str, key_authorization: &str) -> Result<(), Failure> {
-        match self {
-            Responder::Own(tokens) => {
-                tokens
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(token.to_owned(), key_authorization.to_owned());
-                Ok(())
-            }
-            Responder::ChallTestSrv { url, http } => {
-                let body = json!({ "token": token, "content": key_authorization }).to_string();
-                let request = http::Request::post(format!("{url}/add-http01"))
-                    .body(Full::new(Bytes::from(body)))
-                    .map_err(|e| Failure(format!("challenge server: {e}")))?;
-                let response = tokio::time::timeout(REQUEST_TIMEOUT, http.request(request))
-                    .await
-                    .map_err(|_| Failure("challenge server: no answer".into()))?
-                    .map_err(|e| Failure(format!("challenge server: {e}")))?;
-                if !response.status().is_success() {
-                    return Err(Failure(format!("challenge server: {}", response.status())));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn forget(&self, token: &str) {
-        if let Responder::Own(tokens) = self {
-            tokens.lock().unwrap_or_else(PoisonError::into_inner).remove(token);
-        }
-    }
-}
-
-/// Serves the tokens of `tokens` at `/.well-known/acme-challenge/{token}` on `listen`.
-async fn serve_http01(listen: SocketAddr, tokens: Arc<Mutex<HashMap<String, String>>>) -> anyhow::Result<()> {
-    use axum::extract::{Path, State};
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("bind {listen} for http-01"))?;
-    let app = axum::Router::new()
-        .route(
-            "/.well-known/acme-challenge/{token}",
-            axum::routing::get(
-                |State(tokens): State<Arc<Mutex<HashMap<String, String>>>>, Path(token): Path<String>| async move {
-                    let answer = tokens.lock().unwrap_or_else(PoisonError::into_inner).get(&token).cloned();
-                    answer.ok_or(http::StatusCode::NOT_FOUND)
-                },
-            ),
-        )
-        .with_state(tokens);
-    tokio::spawn(async move { axum::serve(listener.tap_io(quarry_core::tcp::no_delay), app).await });
-    Ok(())
 }
 
 /// Latencies of every step, and failures by kind, of one client or all.
@@ -458,93 +262,6 @@ async fn one_order(
     }
     tally.latencies.entry("download").or_default().push(timed.elapsed());
     Ok(())
-}
-
-/// CPU time (user + system) and peak resident memory of one process, from `/proc`.
-#[derive(Debug, Clone)]
-struct ProcessUsage {
-    pid: u32,
-    name: String,
-    cpu: Duration,
-    peak_rss_kib: u64,
-}
-
-fn clock_ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn usage_of(pid: u32, ticks: u64) -> Option<ProcessUsage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime), counted after the command name's closing parenthesis.
-    let cpu_ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_rss_kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> =
-        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a))?;
-    let name = match (program.strip_prefix("postgres: "), args.get(1)) {
-        // PostgreSQL's backends rewrite their argv into one string ("postgres: user database host state").
-        (Some(title), _) => format!("postgres {title}"),
-        (None, Some(sub)) if !sub.starts_with('-') => format!("{program} {sub}"),
-        (None, _) => program.to_owned(),
-    };
-    let cpu = Duration::from_micros(cpu_ticks * 1_000_000 / ticks.max(1));
-    Some(ProcessUsage { pid, name, cpu, peak_rss_kib })
-}
-
-/// The CPU time `usage`'s process spent since `before` was read (all of it when the process is new).
-fn spent_since(before: &[ProcessUsage], usage: &ProcessUsage) -> Duration {
-    before.iter().find(|b| b.pid == usage.pid).map_or(usage.cpu, |b| usage.cpu.saturating_sub(b.cpu))
-}
-
-/// The CPU time the processes of `before` spent until `after`.
-fn cpu_spent(before: &[ProcessUsage], after: &[ProcessUsage]) -> Duration {
-    after.iter().map(|usage| spent_since(before, usage)).sum()
-}
-
-/// `exchange`, or an error once it has taken longer than [`REQUEST_TIMEOUT`].
-async fn bounded<T>(exchange: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
-}
-
-/// Every process whose program name is one of `programs`, except this one.
-fn server_processes(programs: &[String], ticks: u64) -> Vec<ProcessUsage> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut found: Vec<ProcessUsage> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter_map(|pid| usage_of(pid, ticks))
-        .filter(|usage| programs.iter().any(|p| usage.name == *p || usage.name.starts_with(&format!("{p} "))))
-        .collect();
-    found.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
-    found
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Runs the load and prints the report; `Ok(false)` when no certificate was issued.

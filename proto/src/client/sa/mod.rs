@@ -1,0 +1,28 @@
+//! The storage authority's client: its read-only and read-write services, on the same replicas. The methods are
+//! in `read_only.rs` and `read_write.rs`, one per RPC of each service.
+
+mod read_only;
+mod read_write;
+
+use std::time::Instant;
+
+use quarry_core::peer::Peer;
+
+/// The sa, through every replica.
+#[derive(Clone, Debug)]
+pub struct SaClient {
+    pub(super) peer: Peer,
+}
+
+/// When a call must have been answered; `None`: the peer's default.
+pub(super) type Deadline = Option<Instant>;
+
+impl SaClient {
+    pub fn new(peer: Peer) -> Self {
+        Self { peer }
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
