@@ -1,5 +1,6 @@
 //! Whole-project tests of the `quarry` binary: the full stack as separate processes, and tidiness rules.
 
+mod architecture;
 mod attacks;
 mod chaos;
 mod faults;
