@@ -181,7 +181,7 @@ fn handshaken(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         handshakes: JoinSet<(SocketAddr, Handshake)>,
-        backoff: crate::http_server::AcceptBackoff,
+        backoff: crate::tcp::AcceptBackoff,
     }
     let state = Accepting { listener, acceptor, handshakes: JoinSet::new(), backoff: Default::default() };
     futures::stream::unfold(state, |mut state| async move {
