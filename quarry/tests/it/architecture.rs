@@ -7,6 +7,7 @@
 //! modules (their `use super::*` is the point of them), and a parent's `mod`/`pub use` of its own children.
 //! The scan reads tokens, not a syntax tree: enough for the paths above, small enough to read.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -152,7 +153,8 @@ struct Reference {
     re_export: bool,
 }
 
-/// Every path of two or more segments in the code outside `mod tests { … }`, with `use` trees expanded.
+/// Every path in the code outside `mod tests { … }`: each `use` tree expanded to one path per name it brings in, and
+/// each path of two or more segments elsewhere.
 fn references(code: &str) -> Vec<Reference> {
     let tokens = tokens(code);
     let at = |i: usize| tokens.get(i).copied().unwrap_or("");
@@ -160,6 +162,7 @@ fn references(code: &str) -> Vec<Reference> {
     let mut i = 0;
     while i < tokens.len() {
         if tokens[i..].starts_with(&["mod", "tests", "{"]) {
+            // Skipped to its matching brace.
             let mut depth = 0;
             i += 2;
             while i < tokens.len() {
@@ -218,6 +221,7 @@ fn use_tree(tokens: &[&str], i: &mut usize, mut path: Vec<String>, out: &mut Vec
                 *i += 1;
                 return;
             }
+            "*" => {}
             _ if is_identifier(token) => {
                 path.push(token.to_owned());
                 if tokens.get(*i) == Some(&"::") {
@@ -227,7 +231,8 @@ fn use_tree(tokens: &[&str], i: &mut usize, mut path: Vec<String>, out: &mut Vec
                     *i += 2;
                 }
             }
-            _ => *i -= usize::from(token != "*"),
+            // The end of this tree (`,`, `}` or `;`): the caller's to read.
+            _ => *i -= 1,
         }
         break;
     }
@@ -348,8 +353,8 @@ fn shortest_cycle(start: usize, next: &[Vec<usize>], allowed: &BTreeSet<usize>) 
                 cycle.reverse();
                 return cycle;
             }
-            if !came_from.contains_key(&successor) {
-                came_from.insert(successor, node);
+            if let Entry::Vacant(entry) = came_from.entry(successor) {
+                entry.insert(node);
                 queue.push_back(successor);
             }
         }
