@@ -153,7 +153,7 @@ fn hosted_rules_in(environment: Environment, path: &str, table: &toml::Table, pr
 /// Refuses a `[client_testing]` table in a configuration that is not dev's (`environment` is the overlay's own
 /// `environment` key; a configuration that names none is not dev's either). An empty table turns nothing on and
 /// passes.
-fn refuse_outside_dev(environment: Option<Environment>, table: &toml::Table) -> Result<(), String> {
+pub fn refuse_outside_dev(environment: Option<Environment>, table: &toml::Table) -> Result<(), String> {
     let Some(knobs) = table.get(testing::SECTION) else { return Ok(()) };
     let on: Vec<&str> = match knobs {
         toml::Value::Table(knobs) => knobs.keys().map(String::as_str).collect(),
