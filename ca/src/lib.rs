@@ -9,6 +9,9 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, TlsFiles};
+use quarry_core::grpc::ClientAllowlist;
+use quarry_core::peer::Peer;
+use quarry_proto::client::{PublisherClient, SaClient};
 use serde::Deserialize;
 
 pub mod crl;
@@ -23,6 +26,9 @@ pub mod signer;
 
 pub use error::Error;
 pub use files::certificate_pem;
+
+use crl_service::CrlService;
+use service::CaService;
 
 /// The profile a request names when it names none (`quarry_core::profile`, shared with the ra).
 pub use quarry_core::profile::DEFAULT_PROFILE;
@@ -205,14 +211,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     serve(config, listener, shutdown).await
 }
 
-/// Serves the ca on an already bound `listener` until `shutdown` completes.
+/// Serves the ca on an already bound `listener` until `shutdown` completes: the `CertificateAuthority` service and
+/// the `CrlGenerator` service, which signs with the same loaded issuers.
 pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    service::serve(config, listener, shutdown).await
+    let ca_allowlist = ClientAllowlist::for_service(&config.grpc, service::SERVICE_NAME)?;
+    let crl_allowlist = ClientAllowlist::for_service(&config.grpc, crl_service::SERVICE_NAME)?;
+    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
+    let publisher = PublisherClient::new(Peer::new(&config.publisher, &config.tls)?);
+    let ca = CaService::new(&config, sa, publisher)?;
+    let crl = CrlService::new(ca.issuers(), config.crl_validity_secs)?;
+    let routes = tonic::service::Routes::new(ca.into_server(ca_allowlist)).add_service(crl.into_server(crl_allowlist));
+    tracing::info!(addr = ?listener.local_addr().ok(), "ca listening");
+    let names = [service::SERVICE_NAME, crl_service::SERVICE_NAME];
+    quarry_core::grpc::serve(listener, &config.tls, routes, &names, shutdown).await?;
+    Ok(())
 }
 
 /// The ca as its process runs it: the shape every service shares ([`quarry_core::service`]).

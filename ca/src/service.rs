@@ -6,7 +6,6 @@
 //! since it is the last component before a signature exists.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +13,6 @@ use std::time::Instant;
 use quarry_core::config::ConfigError;
 use quarry_core::csr::{ParsedCsr, parse_csr};
 use quarry_core::grpc::{ClientAllowlist, incoming_deadline};
-use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_jose::Jwk;
 use quarry_proto::ca::certificate_authority_server::{CertificateAuthority, CertificateAuthorityServer};
@@ -22,6 +20,7 @@ use quarry_proto::ca::{IssueCertificateForPrecertificateRequest, IssueCertificat
 use quarry_proto::client::{PublisherClient, SaClient};
 use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest};
 use time::{Duration, OffsetDateTime};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use tracing::{error, info, warn};
@@ -31,6 +30,9 @@ use crate::issuance::{
     sign_final_certificate, sign_precertificate,
 };
 use crate::{Config, Error};
+
+/// The full gRPC name of the service, the key of its allowlist in `grpc.services`.
+pub(crate) const SERVICE_NAME: &str = quarry_proto::ca::certificate_authority_server::SERVICE_NAME;
 
 /// How many random serials to try before giving up; a collision of 136-bit random values means a broken RNG,
 /// so more than a couple of retries would only hide it.
@@ -133,7 +135,7 @@ fn load_issuers(config: &Config) -> Result<Vec<ConfiguredIssuer>, Error> {
 
 impl CaService {
     /// Checks the configuration and loads the issuers; anything wrong is a start-up error.
-    fn new(config: &Config, sa: SaClient, publisher: PublisherClient) -> Result<Self, Error> {
+    pub(crate) fn new(config: &Config, sa: SaClient, publisher: PublisherClient) -> Result<Self, Error> {
         if !(0x01..=0x7f).contains(&config.serial_prefix) {
             return Err(invalid(format!("serial_prefix {:#04x} is outside 0x01..=0x7f", config.serial_prefix)));
         }
@@ -186,6 +188,18 @@ impl CaService {
             sa,
             issuer_key_type: config.client_testing.issuer_key_type,
         })
+    }
+
+    /// The loaded issuers, which the CRL service signs with too.
+    pub(crate) fn issuers(&self) -> Arc<Vec<ConfiguredIssuer>> {
+        Arc::clone(&self.issuers)
+    }
+
+    pub(crate) fn into_server(
+        self,
+        allowlist: ClientAllowlist,
+    ) -> InterceptedService<CertificateAuthorityServer<Self>, ClientAllowlist> {
+        CertificateAuthorityServer::with_interceptor(self, allowlist)
     }
 
     /// An active issuer serving `profile` that outlives `not_after`: of the key's kind (ECDSA or RSA) when there is
@@ -511,26 +525,6 @@ struct Issued {
     order_id: i64,
     serial: String,
     at: OffsetDateTime,
-}
-
-pub(crate) async fn serve(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let ca_name = <CertificateAuthorityServer<CaService> as tonic::server::NamedService>::NAME;
-    let crl_name = crate::crl_service::SERVICE_NAME;
-    let ca_allowlist = ClientAllowlist::for_service(&config.grpc, ca_name)?;
-    let crl_allowlist = ClientAllowlist::for_service(&config.grpc, crl_name)?;
-    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
-    let publisher = PublisherClient::new(Peer::new(&config.publisher, &config.tls)?);
-    let service = CaService::new(&config, sa, publisher)?;
-    let crl_service = crate::crl_service::CrlService::new(Arc::clone(&service.issuers), config.crl_validity_secs)?;
-    let routes = tonic::service::Routes::new(CertificateAuthorityServer::with_interceptor(service, ca_allowlist))
-        .add_service(crl_service.into_server(crl_allowlist));
-    info!(addr = ?listener.local_addr().ok(), "ca listening");
-    quarry_core::grpc::serve(listener, &config.tls, routes, &[ca_name, crl_name], shutdown).await?;
-    Ok(())
 }
 
 #[cfg(test)]

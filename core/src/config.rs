@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use crate::testing;
+
 /// Why a configuration could not be used; the message names the file and the offending key.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,7 +54,7 @@ pub fn load_layers<T: DeserializeOwned>(
         })?;
     }
     let environment = take_environment(&mut merged, &origin)?;
-    crate::testing::refuse_outside_dev(environment, &merged)
+    refuse_outside_dev(environment, &merged)
         .map_err(|message| ConfigError::Parse { origin: origin.clone(), message })?;
     if let Some(environment) = environment.filter(|environment| environment.is_hosted()) {
         // Checked here, with the secrets filled in: the mounted contents are what the service will use.
@@ -148,6 +150,27 @@ fn hosted_rules_in(environment: Environment, path: &str, table: &toml::Table, pr
     }
 }
 
+/// Refuses a `[client_testing]` table in a configuration that is not dev's (`environment` is the overlay's own
+/// `environment` key; a configuration that names none is not dev's either). An empty table turns nothing on and
+/// passes.
+pub fn refuse_outside_dev(environment: Option<Environment>, table: &toml::Table) -> Result<(), String> {
+    let Some(knobs) = table.get(testing::SECTION) else { return Ok(()) };
+    let on: Vec<&str> = match knobs {
+        toml::Value::Table(knobs) => knobs.keys().map(String::as_str).collect(),
+        _ => vec![testing::SECTION],
+    };
+    if on.is_empty() || environment == Some(Environment::Dev) {
+        return Ok(());
+    }
+    let environment = environment.map_or("(none named)", Environment::name);
+    Err(format!(
+        "[{}] ({}) is for client test suites against quarry dev only, and this is environment {environment}: \
+         remove the table",
+        testing::SECTION,
+        on.join(", ")
+    ))
+}
+
 fn starts_with_any(value: &toml::Value, prefixes: &[&str]) -> bool {
     value.as_str().is_some_and(|text| prefixes.iter().any(|prefix| text.starts_with(prefix)))
 }
@@ -191,7 +214,7 @@ pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigE
     let error = |e: toml::de::Error| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() };
     let mut table: toml::Table = toml::from_str(text).map_err(error)?;
     let environment = take_environment(&mut table, origin)?;
-    crate::testing::refuse_outside_dev(environment, &table)
+    refuse_outside_dev(environment, &table)
         .map_err(|message| ConfigError::Parse { origin: origin.to_owned(), message })?;
     T::deserialize(table).map_err(|e| ConfigError::Parse { origin: origin.to_owned(), message: e.to_string() })
 }
@@ -258,8 +281,12 @@ impl TlsFiles {
     }
 }
 
+/// How often a service looks at its certificate files unless configured otherwise: a renewed certificate is used by
+/// new connections at most this late.
+pub const DEFAULT_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn default_reload_interval_ms() -> u64 {
-    crate::tls::DEFAULT_RELOAD_INTERVAL.as_millis() as u64
+    DEFAULT_RELOAD_INTERVAL.as_millis() as u64
 }
 
 /// Where a gRPC server listens and which client certificate names may call each of its services.
@@ -344,6 +371,25 @@ mod tests {
         #[allow(dead_code)]
         version: ConfigVersion,
         grpc: GrpcServerConfig,
+    }
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn knobs_are_refused_outside_dev_and_an_empty_table_passes() {
+        let knobs = table("[client_testing]\nnonce_reject_percent = 15\n");
+        assert!(refuse_outside_dev(Some(Environment::Dev), &knobs).is_ok());
+        for environment in
+            [None, Some(Environment::PreStaging), Some(Environment::Staging), Some(Environment::Production)]
+        {
+            let err = refuse_outside_dev(environment, &knobs).unwrap_err();
+            assert!(err.contains("nonce_reject_percent") && err.contains("quarry dev only"), "{err}");
+        }
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("[client_testing]\n")).is_ok());
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("client_testing = 1\n")).is_err());
+        assert!(refuse_outside_dev(Some(Environment::Production), &table("[other]\nx = 1\n")).is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! gRPC plumbing shared by every service: mutual-TLS servers and clients (whose certificates follow their files,
-//! [`crate::tls`]), per-service client-name allowlists, the health service, deadlines carried from the ACME request,
-//! and `Problem` across the wire.
+//! gRPC plumbing shared by every service: mutual-TLS servers (whose certificates follow their files, `tls`),
+//! per-service client-name allowlists, the health service, calls measured on both sides, deadlines carried from the
+//! ACME request, and `Problem` across the wire. The client side (channels, health checks) is in `client`.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -10,20 +10,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Server;
 use tonic::{Code, Request, Status};
 
-use crate::config::{ConfigError, GrpcClientConfig, GrpcServerConfig, TlsFiles};
+use crate::config::{ConfigError, GrpcServerConfig, TlsFiles};
 use crate::error::{ErrorKind, Problem, SubProblem};
 use crate::tls::MutualTls;
+
+pub(crate) mod client;
+
+pub use client::{Channel, TraceContext, channel, check_health, health_status};
 
 /// The longest a gRPC client may take over its TLS handshake.
 const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,21 +52,6 @@ pub fn set_client_ip<T>(request: &mut Request<T>, ip: std::net::IpAddr) {
 /// The ACME client's IP address, as the wfe passed it.
 pub fn client_ip<T>(request: &Request<T>) -> Option<std::net::IpAddr> {
     request.metadata().get(CLIENT_IP_KEY)?.to_str().ok()?.parse().ok()
-}
-
-/// A channel to a peer service that carries the caller's trace context in every request, so that one ACME
-/// request is one trace across every service.
-pub type Channel = InterceptedService<Measured<tonic::transport::Channel>, TraceContext>;
-
-/// Puts the current span's W3C trace context into each outgoing request's metadata.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceContext;
-
-impl Interceptor for TraceContext {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        crate::telemetry::inject_into(request.metadata_mut());
-        Ok(request)
-    }
 }
 
 /// Failures to set up or run a gRPC server or client.
@@ -181,7 +167,7 @@ fn handshaken(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         handshakes: JoinSet<(SocketAddr, Handshake)>,
-        backoff: crate::http_server::AcceptBackoff,
+        backoff: crate::tcp::AcceptBackoff,
     }
     let state = Accepting { listener, acceptor, handshakes: JoinSet::new(), backoff: Default::default() };
     futures::stream::unfold(state, |mut state| async move {
@@ -284,27 +270,6 @@ where
     }
 }
 
-/// Asks a peer's gRPC health service whether `service` is serving; the error says why not, for a health page.
-pub async fn check_health(channel: Channel, service: &str, deadline: Option<Instant>) -> Result<(), String> {
-    match health_status(channel, service, deadline).await? {
-        true => Ok(()),
-        false => Err("not serving".to_owned()),
-    }
-}
-
-/// Whether a peer's health service answers for `service` at all, and if so whether it is serving: a peer that
-/// answers "not serving" (its database is down) is alive — a liveness probe must not restart it — but not ready.
-pub async fn health_status(channel: Channel, service: &str, deadline: Option<Instant>) -> Result<bool, String> {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-    let request = request_with_deadline(HealthCheckRequest { service: service.to_owned() }, deadline);
-    match HealthClient::new(channel).check(request).await {
-        Ok(reply) => Ok(reply.get_ref().status == ServingStatus::Serving as i32),
-        Err(status) => Err(format!("unreachable ({:?})", status.code())),
-    }
-}
-
 /// Lets through only calls whose client certificate names one of the allowed clients of a service.
 #[derive(Debug, Clone)]
 pub struct ClientAllowlist {
@@ -381,95 +346,6 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-/// How a client reaches the replicas of one peer over mutual TLS.
-#[derive(Clone, Debug)]
-pub(crate) struct ClientTls {
-    /// This service's identity and the CA bundle, as they are in their files when a connection opens.
-    config: Arc<rustls::ClientConfig>,
-    /// The name the peer's certificate must carry.
-    server_name: ServerName<'static>,
-}
-
-/// The mutual-TLS settings of a client of the peer whose certificate carries `server_name`.
-pub(crate) fn client_tls(server_name: &str, tls: &TlsFiles) -> Result<ClientTls, GrpcError> {
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|_| ConfigError::Invalid(format!("server_name {server_name:?} is not a DNS name or an IP address")))?;
-    Ok(ClientTls { config: MutualTls::open(tls)?.client_config(), server_name: name })
-}
-
-/// Opens a connection to one replica: TCP, then TLS with the identity in the files at that moment. tonic's own
-/// TLS would keep the identity it was built with for the life of the process.
-#[derive(Clone)]
-struct ReplicaConnector {
-    addr: SocketAddr,
-    tls: ClientTls,
-}
-
-impl tower::Service<http::Uri> for ReplicaConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (addr, server_name) = (self.addr, self.tls.server_name.clone());
-        let connector = TlsConnector::from(self.tls.config.clone());
-        Box::pin(async move {
-            // "tcp connect error" is how `peer::classify` knows the request never left, as with tonic's connector.
-            let mut stream = TcpStream::connect(addr)
-                .await
-                .map_err(|err| std::io::Error::new(err.kind(), format!("tcp connect error: {err}")))?;
-            crate::tcp::no_delay(&mut stream);
-            let stream = connector
-                .connect(server_name, stream)
-                .await
-                .map_err(|err| std::io::Error::new(err.kind(), format!("TLS handshake with {addr}: {err}")))?;
-            Ok(TokioIo::new(stream))
-        })
-    }
-}
-
-/// Idle connections are pinged this often, so that a replica gone without a word (its node lost) is noticed.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// A ping unanswered this long closes the connection.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A lazily connecting channel to the replica at `addr`: services may start in any order. It sets no timeout of
-/// its own: each call carries its deadline (`grpc-timeout`), which the caller also enforces ([`crate::peer`]), so a
-/// validation may take the minute it is given.
-pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTls) -> Result<Channel, GrpcError> {
-    // Plain `http`: the URI only addresses the requests, [`ReplicaConnector`] brings the TLS (tonic would refuse an
-    // `https` URI without its own). The connect timeout covers the handshake too.
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ConfigError::Invalid(format!("bad gRPC address {addr}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-    let connector = ReplicaConnector { addr, tls };
-    let measured = Measured { inner: endpoint.connect_with_connector_lazy(connector), side: Side::Client };
-    Ok(InterceptedService::new(measured, TraceContext))
-}
-
-/// A lazily connecting mutual-TLS channel to one replica, named by an IP address (a health probe of one process, a
-/// test); services reach their peers through a [`crate::peer::Peer`].
-pub fn channel(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Channel, GrpcError> {
-    let target = crate::discovery::Target::parse(&config.address)?;
-    let addr = match target.fixed().as_deref() {
-        Some([addr]) => *addr,
-        _ => {
-            return Err(ConfigError::Invalid(format!(
-                "{:?}: one replica's address (https://IP:PORT) is needed here",
-                config.address
-            ))
-            .into());
-        }
-    };
-    replica_channel(addr, client_tls(&config.server_name, tls)?)
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.

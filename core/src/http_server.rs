@@ -1,26 +1,22 @@
 //! The HTTP server of every listener that faces clients (the wfe's ACME port and CRLs, metrics, test responders):
 //! connections bounded in time and number, so that nobody can hold the server without sending requests — a TLS
 //! handshake timeout, a header read timeout (slow loris), an idle timeout, a request timeout, a cap on connections
-//! overall and per client address, a body size limit, and accept errors backed off. Handlers find the client's
+//! overall and per client address, a body size limit, and accept errors backed off (`tcp`). Handlers find the client's
 //! address as [`axum::extract::ConnectInfo<SocketAddr>`], as trusted proxies report it ([`crate::client_addr`]).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::extract::DefaultBodyLimit;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +24,11 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::client_addr::{self, ProxyHeader, TrustedProxies};
+use crate::tcp::AcceptBackoff;
+
+mod connection;
+
+use connection::{Activity, ClientCounts, ClientSlot, InFlight, Watched};
 
 /// A listener's limits and whom it believes about client addresses (`[listener]` in a service's configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -130,7 +131,7 @@ pub async fn serve(
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
         router: router.layer(DefaultBodyLimit::max(config.max_body_bytes)),
         slots: Arc::new(Semaphore::new(connection_cap(name, config.max_connections))),
-        per_client: Arc::new(ClientCounts { counts: Mutex::default(), max: config.max_connections_per_client.max(1) }),
+        per_client: ClientCounts::new(config.max_connections_per_client.max(1)),
         draining: CancellationToken::new(),
         config,
     });
@@ -381,163 +382,10 @@ fn is_problem(response: &axum::response::Response) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
 }
 
-/// Connections open per client address.
-struct ClientCounts {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-    max: usize,
-}
-
-/// One connection's place in its client's count, given back when it closes.
-struct ClientSlot {
-    counts: Arc<ClientCounts>,
-    ip: IpAddr,
-}
-
-impl ClientCounts {
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot { counts: self.clone(), ip })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// When a connection last moved bytes, and how many of its requests are being answered.
-struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Completes once the connection has been idle — no request in flight, no bytes moved — for `limit`.
-    async fn idle_for(self: &Arc<Self>, limit: Duration) {
-        loop {
-            let now = self.started.elapsed();
-            let quiet = now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
-            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(100))).await;
-        }
-    }
-}
-
-/// A request being answered: the connection is not idle meanwhile.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn enter(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A stream that records its activity.
-struct Watched<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S> Watched<S> {
-    fn new(inner: S) -> Self {
-        let activity =
-            Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) });
-        Self { inner, activity }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Accept errors (out of file descriptors, mostly) back off from 5 ms to 1 s, and are logged once a second at most.
-#[derive(Default)]
-pub(crate) struct AcceptBackoff {
-    wait: Duration,
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl AcceptBackoff {
-    pub(crate) fn succeeded(&mut self) {
-        self.wait = Duration::ZERO;
-    }
-
-    /// The wait after one more failure.
-    fn next_wait(&mut self) -> Duration {
-        self.wait = (self.wait * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-        self.wait
-    }
-
-    pub(crate) async fn failed(&mut self, listener: &'static str, err: &io::Error) {
-        self.next_wait();
-        metrics::counter!("quarry_http_accept_errors_total", "listener" => listener).increment(1);
-        if self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            tracing::warn!(listener, %err, also_failed = self.unlogged, backoff = ?self.wait, "accept failed");
-            self.last_logged = Some(Instant::now());
-            self.unlogged = 0;
-        } else {
-            self.unlogged += 1;
-        }
-        tokio::time::sleep(self.wait).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
     use tokio::io::AsyncWriteExt;
 
     /// A server on a loopback port answering `GET /` with the client address it was given.
@@ -616,18 +464,6 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_client_gets_its_share_of_connections_and_gives_them_back() {
-        let counts = Arc::new(ClientCounts { counts: Mutex::default(), max: 2 });
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let first = counts.enter(ip).unwrap();
-        let _second = counts.enter(ip).unwrap();
-        assert!(counts.enter(ip).is_none());
-        assert!(counts.enter("192.0.2.2".parse().unwrap()).is_some(), "another client has its own share");
-        drop(first);
-        assert!(counts.enter(ip).is_some());
-    }
-
     #[test]
     fn the_connection_cap_fits_the_open_file_limit() {
         let cap = connection_cap("test", usize::MAX);
@@ -636,14 +472,5 @@ mod tests {
             assert!(cap as u64 <= soft.saturating_sub(RESERVED_DESCRIPTORS).max(1), "{cap} within {soft}");
         }
         assert_eq!(connection_cap("test", 8), 8, "a cap within the limit is kept");
-    }
-
-    #[test]
-    fn accept_errors_back_off_to_a_second() {
-        let mut backoff = AcceptBackoff::default();
-        let waits: Vec<u64> = (0..10).map(|_| backoff.next_wait().as_millis() as u64).collect();
-        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000], "not a spin");
-        backoff.succeeded();
-        assert_eq!(backoff.next_wait(), Duration::from_millis(5));
     }
 }

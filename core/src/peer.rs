@@ -22,7 +22,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::{GrpcClientConfig, TlsFiles};
 use crate::discovery::{Discovery, Target};
-use crate::grpc::{Channel, GrpcError};
+use crate::grpc::GrpcError;
+use crate::grpc::client::{Channel, ClientTls, check_health, client_tls, replica_channel};
 
 /// How often a peer named in the DNS is looked up again; a failing replica also asks for an early look-up.
 const REFRESH: Duration = Duration::from_secs(15);
@@ -157,7 +158,7 @@ impl std::fmt::Debug for Peer {
 struct Inner {
     /// The peer's certificate name, which also names it in logs and metrics.
     name: String,
-    tls: crate::grpc::ClientTls,
+    tls: ClientTls,
     timeout: Duration,
     replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
     /// Becomes true once the first resolution has finished.
@@ -171,7 +172,7 @@ impl Peer {
     /// The peer `config` names; a name is resolved in the background, now and every few seconds.
     pub fn new(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Self, GrpcError> {
         let target = Target::parse(&config.address)?;
-        let tls = crate::grpc::client_tls(&config.server_name, tls)?;
+        let tls = client_tls(&config.server_name, tls)?;
         let (resolved, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             name: config.server_name.clone(),
@@ -325,7 +326,7 @@ impl Peer {
             return Err(format!("no replica of {} is known", self.inner.name));
         }
         let checks = replicas.iter().map(|replica| async move {
-            let health = crate::grpc::check_health(replica.channel.clone(), service, Some(deadline)).await;
+            let health = check_health(replica.channel.clone(), service, Some(deadline)).await;
             (replica.addr, health)
         });
         let results = futures::future::join_all(checks).await;
@@ -365,7 +366,7 @@ impl Inner {
                 Some(known) => replicas.push(Arc::clone(known)),
                 None => replicas.push(Arc::new(Replica {
                     addr: *addr,
-                    channel: crate::grpc::replica_channel(*addr, self.tls.clone())?,
+                    channel: replica_channel(*addr, self.tls.clone())?,
                     health: Mutex::default(),
                 })),
             }

@@ -1,10 +1,7 @@
 //! Client-testing knobs: the provocations a client's test suite asks of a test CA — Pebble's `PEBBLE_*` settings
 //! and a few of Quarry's own — each service's `[client_testing]` table. They exist for `quarry dev` only: a
-//! configuration of any other environment that holds the table is refused when it is loaded (see
-//! [`refuse_outside_dev`]), and `quarry env check` refuses the table in every overlay. Off, every knob is production
-//! behaviour.
-
-use crate::config::Environment;
+//! configuration of any other environment that holds the table is refused when it is loaded (by `config`), and
+//! `quarry env check` refuses the table in every overlay. Off, every knob is production behaviour.
 
 /// The table every service's knobs live in.
 pub const SECTION: &str = "client_testing";
@@ -28,26 +25,6 @@ pub const KNOB_FLAGS: &[&str] = &[
 
 /// The prefix of the environment variables that set a knob, as Pebble names them.
 pub const KNOB_VARIABLE_PREFIX: &str = "PEBBLE_";
-
-/// Refuses a `[client_testing]` table in a configuration that is not dev's (`environment` is the overlay's own
-/// `environment` key; a configuration that names none is not dev's either). An empty table turns nothing on and
-/// passes.
-pub fn refuse_outside_dev(environment: Option<Environment>, table: &toml::Table) -> Result<(), String> {
-    let Some(knobs) = table.get(SECTION) else { return Ok(()) };
-    let on: Vec<&str> = match knobs {
-        toml::Value::Table(knobs) => knobs.keys().map(String::as_str).collect(),
-        _ => vec![SECTION],
-    };
-    if on.is_empty() || environment == Some(Environment::Dev) {
-        return Ok(());
-    }
-    let environment = environment.map_or("(none named)", Environment::name);
-    Err(format!(
-        "[{SECTION}] ({}) is for client test suites against quarry dev only, and this is environment {environment}: \
-         remove the table",
-        on.join(", ")
-    ))
-}
 
 /// A draw that comes out true `percent` times in a hundred (never for 0, always from 100 up).
 pub fn chance(percent: u8) -> bool {
@@ -88,25 +65,6 @@ pub fn percent<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(text: &str) -> toml::Table {
-        toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn knobs_are_refused_outside_dev_and_an_empty_table_passes() {
-        let knobs = table("[client_testing]\nnonce_reject_percent = 15\n");
-        assert!(refuse_outside_dev(Some(Environment::Dev), &knobs).is_ok());
-        for environment in
-            [None, Some(Environment::PreStaging), Some(Environment::Staging), Some(Environment::Production)]
-        {
-            let err = refuse_outside_dev(environment, &knobs).unwrap_err();
-            assert!(err.contains("nonce_reject_percent") && err.contains("quarry dev only"), "{err}");
-        }
-        assert!(refuse_outside_dev(Some(Environment::Production), &table("[client_testing]\n")).is_ok());
-        assert!(refuse_outside_dev(Some(Environment::Production), &table("client_testing = 1\n")).is_err());
-        assert!(refuse_outside_dev(Some(Environment::Production), &table("[other]\nx = 1\n")).is_ok());
-    }
 
     #[test]
     fn chances_at_the_ends_are_certain() {

@@ -22,9 +22,6 @@ use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertSto
 
 use crate::config::{ConfigError, TlsFiles};
 
-/// How often a service looks at its certificate files unless configured otherwise: a renewed certificate is used by
-/// new connections at most this late.
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Shorter intervals are raised to this: a zero interval would spin.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -418,6 +415,7 @@ fn export_expiry(paths: &[PathBuf], contents: &[Vec<u8>]) -> Vec<Option<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_RELOAD_INTERVAL;
 
     fn self_signed(name: &str) -> (String, String) {
         let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("certificate");

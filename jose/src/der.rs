@@ -1,5 +1,5 @@
 //! The DER (X.690) Quarry reads and writes itself: single-byte tags, definite minimal lengths, nothing else. Public
-//! keys are parsed with it (`key`), and `quarry_core::der` builds its certificate surgery on it.
+//! keys are parsed with it (`jwk`), and `quarry_core::der` builds its certificate surgery on it.
 
 use std::fmt;
 

@@ -4,7 +4,9 @@
 use aws_lc_rs::hmac;
 use serde_json::{Value, json};
 
-use crate::{JoseError, Jwk, b64_decode, b64_encode, malformed};
+use crate::base64url::{b64_decode, b64_encode};
+use crate::error::{JoseError, malformed};
+use crate::jwk::Jwk;
 
 /// The MAC algorithms accepted for a binding.
 pub const EAB_ALGORITHMS: &[&str] = &["HS256", "HS384", "HS512"];
@@ -99,7 +101,8 @@ pub fn sign_external_account_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Algorithm, SigningKey};
+    use crate::algorithm::Algorithm;
+    use crate::signing::SigningKey;
 
     #[test]
     fn bindings_verify_with_their_key_only() {

@@ -3,16 +3,9 @@
 
 use quarry_core::{ErrorKind, Problem};
 
+// The record type lives with the lookups that return it; it is part of this module's API (`decide`) too.
+pub use crate::resolver::CaaRecord;
 use crate::resolver::{LookupError, Resolver};
-
-/// One CAA resource record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaaRecord {
-    /// The issuer-critical flag: an unknown tag marked critical forbids issuance.
-    pub critical: bool,
-    pub tag: String,
-    pub value: String,
-}
 
 /// What is being checked: the name (without `*.`), whether the certificate is for its wildcard, and how and for whom
 /// it was validated.

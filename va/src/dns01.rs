@@ -83,7 +83,7 @@ mod tests {
         async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, LookupError> {
             self.0.clone()
         }
-        async fn lookup_caa(&self, _: &str) -> Result<Vec<crate::caa::CaaRecord>, LookupError> {
+        async fn lookup_caa(&self, _: &str) -> Result<Vec<crate::resolver::CaaRecord>, LookupError> {
             Err(LookupError::NotFound)
         }
         fn addresses(&self) -> Vec<String> {

@@ -10,7 +10,14 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 
-use crate::caa::CaaRecord;
+/// One CAA resource record, as a lookup returns it (RFC 8659 §4.1); `caa` decides what a set of them allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaaRecord {
+    /// The issuer-critical flag: an unknown tag marked critical forbids issuance.
+    pub critical: bool,
+    pub tag: String,
+    pub value: String,
+}
 
 /// Why a lookup found nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

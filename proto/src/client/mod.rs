@@ -58,7 +58,8 @@ mod tests {
             include_str!("nonce.rs"),
             include_str!("publisher.rs"),
             include_str!("ra.rs"),
-            include_str!("sa.rs"),
+            include_str!("sa/read_only.rs"),
+            include_str!("sa/read_write.rs"),
             include_str!("va.rs"),
         ];
         let mut named = 0;

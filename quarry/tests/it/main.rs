@@ -1,6 +1,7 @@
 //! Whole-project tests of the `quarry` binary: the full stack as separate processes (`quarry dev`, handed to the
 //! `quarry-dev` binary beside it, which `cargo test --workspace` builds), the crate map and tidiness rules.
 
+mod architecture;
 mod attacks;
 mod chaos;
 mod crates;

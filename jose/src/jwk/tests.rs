@@ -5,7 +5,7 @@ use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
 use serde_json::json;
 
 use super::*;
-use crate::SigningKey;
+use crate::signing::SigningKey;
 
 fn generated(alg: Algorithm) -> (SigningKey, Vec<u8>) {
     let key = SigningKey::generate(alg).unwrap();

@@ -11,8 +11,10 @@ use aws_lc_rs::digest;
 use num_bigint::BigUint;
 use serde_json::{Map, Value};
 
+use crate::algorithm::Algorithm;
+use crate::base64url::{b64_decode, b64_encode};
 use crate::der::{self, DerError, Element, TAG_BIT_STRING, TAG_OID, TAG_SEQUENCE};
-use crate::{Algorithm, JoseError, b64_decode, b64_encode, malformed};
+use crate::error::{JoseError, malformed};
 
 /// The RSA modulus sizes accepted, in bits.
 pub const RSA_SIZES: [usize; 3] = [2048, 3072, 4096];
