@@ -23,7 +23,8 @@ use x509_parser::prelude::FromDer;
 
 use quarry_core::{ct, der};
 
-use crate::lint::{self, DOMAIN_VALIDATED_POLICY, LintContext};
+use crate::extensions::{authority_info_access, certificate_policies};
+use crate::lint::{self, LintContext};
 use crate::signer::{FileSigner, LintKey, Signer, throwaway_key_like};
 use crate::{Error, files};
 
@@ -539,29 +540,6 @@ fn certificate_params(
     params.custom_extensions.push(authority_info_access(&req.issuer_url)?);
     params.custom_extensions.push(certificate_policies());
     Ok(params)
-}
-
-/// certificatePolicies with the CA/Browser Forum domain-validated policy alone.
-pub fn certificate_policies() -> rcgen::CustomExtension {
-    let policy_information = der::encode(der::TAG_SEQUENCE, &der::encode_oid(DOMAIN_VALIDATED_POLICY));
-    rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 32], der::encode(der::TAG_SEQUENCE, &policy_information))
-}
-
-/// id-pe-authorityInfoAccess with one caIssuers URI (RFC 5280 §4.2.2.1), DER-encoded by hand: rcgen has no field
-/// for it.
-pub fn authority_info_access(url: &str) -> Result<rcgen::CustomExtension, Error> {
-    if !url.is_ascii() || url.len() > 1_000 {
-        return Err(Error::Request(format!("issuer URL {url:?} is not a short ASCII URI")));
-    }
-    let der_len =
-        |len: usize| -> Vec<u8> { if len < 0x80 { vec![len as u8] } else { vec![0x82, (len >> 8) as u8, len as u8] } };
-    // AccessDescription ::= SEQUENCE { id-ad-caIssuers, [6] IA5String uniformResourceIdentifier }
-    let ca_issuers_oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
-    let uri = [vec![0x86], der_len(url.len()), url.as_bytes().to_vec()].concat();
-    let description_body = [ca_issuers_oid.to_vec(), uri].concat();
-    let description = [vec![0x30], der_len(description_body.len()), description_body].concat();
-    let value = [vec![0x30], der_len(description.len()), description].concat();
-    Ok(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], value))
 }
 
 fn check_serial(serial: &[u8]) -> Result<(), Error> {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub mod crl;
 mod crl_service;
 mod error;
+pub mod extensions;
 pub mod files;
 pub mod issuance;
 pub mod lint;

@@ -17,8 +17,9 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use quarry_ca::extensions::{authority_info_access, certificate_policies};
 use quarry_ca::files;
-use quarry_ca::issuance::{BACKDATE, authority_info_access, certificate_policies, random_serial};
+use quarry_ca::issuance::{BACKDATE, random_serial};
 use quarry_ca::pkcs11::{Pkcs11Config, Pkcs11Key, TokenKeyKind};
 
 use crate::Error;

@@ -14,6 +14,7 @@
 
 mod account_key;
 mod crl;
+mod plain_http;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -29,8 +30,6 @@ use serde_json::{Value, json};
 const SETTLE_TIME: Duration = Duration::from_secs(60);
 /// How long any one step may take, polling included: an unresponsive server fails the probe, never hangs it.
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long one request beside ACME (health, CRL, push) may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
@@ -391,20 +390,6 @@ async fn expect(
         bail!("HTTP {}: {}", response.status, String::from_utf8_lossy(&response.body));
     }
     Ok(response)
-}
-
-/// One plain request beside ACME, bounded by [`REQUEST_TIMEOUT`].
-async fn request(
-    http: &AcmeClient,
-    method: http::Method,
-    url: &str,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(REQUEST_TIMEOUT, http.request(method, url, content_type, body))
-        .await
-        .map_err(|_| anyhow!("{url}: no answer within {REQUEST_TIMEOUT:?}"))?
-        .with_context(|| url.to_owned())
 }
 
 /// POST-as-GET `url` until `done`, for at most [`SETTLE_TIME`].

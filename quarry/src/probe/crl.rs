@@ -63,7 +63,7 @@ fn distribution_point(certificate: &X509Certificate<'_>) -> anyhow::Result<Strin
 }
 
 async fn fetch(http: &AcmeClient, url: &str) -> anyhow::Result<Vec<u8>> {
-    let response = super::request(http, http::Method::GET, url, None, Vec::new()).await?;
+    let response = super::plain_http::request(http, http::Method::GET, url, None, Vec::new()).await?;
     if response.status != 200 {
         bail!("GET {url} answered {}", response.status);
     }

@@ -52,7 +52,7 @@ pub async fn server_build(http: &AcmeClient, directory_url: &str) -> Option<Serv
         let uri: http::Uri = directory_url.parse().context("the directory URL does not parse")?;
         let (scheme, authority) = uri.scheme_str().zip(uri.authority()).context("the directory URL is not absolute")?;
         let url = format!("{scheme}://{authority}/healthz");
-        let response = super::request(http, http::Method::GET, &url, None, Vec::new()).await?;
+        let response = super::plain_http::request(http, http::Method::GET, &url, None, Vec::new()).await?;
         let health = response.json();
         let field = |name: &str| health[name].as_str().map(str::to_owned);
         match (field("version"), field("commit")) {
@@ -135,7 +135,8 @@ pub async fn push(http: &AcmeClient, gateway: &str, environment: Option<&str>, t
         environment.unwrap_or("unknown")
     );
     let content_type = Some("text/plain; version=0.0.4; charset=utf-8");
-    let response = super::request(http, http::Method::PUT, &url, content_type, text.as_bytes().to_vec()).await?;
+    let response =
+        super::plain_http::request(http, http::Method::PUT, &url, content_type, text.as_bytes().to_vec()).await?;
     if !(200..300).contains(&response.status) {
         bail!("PUT {url} answered {}: {}", response.status, String::from_utf8_lossy(&response.body).trim());
     }
