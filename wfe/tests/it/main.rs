@@ -12,3 +12,4 @@ mod jws_checks;
 mod profiles_and_renewal;
 mod rate_limits;
 mod resources;
+mod revocation;
