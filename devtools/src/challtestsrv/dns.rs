@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
-use super::Error;
+use super::error::Error;
 use super::state::{CaaPolicy, ChallTestSrv, DnsQuestion, DnsRequestEvent, State, host_key};
 
 /// Records live for 0 seconds: tests change the data between queries and must never see a cached answer.

@@ -5,13 +5,14 @@
 //! test server drive it unchanged.
 
 mod dns;
+mod error;
 mod http01;
 mod management;
 mod state;
+mod subject;
 mod tlsalpn01;
 
 use std::future::Future;
-use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use error::Error;
 pub use state::{
     CaaPolicy, ChallTestSrv, DnsQuestion, DnsRequestEvent, HttpRequestEvent, RequestKind, TlsAlpnRequestEvent,
 };
@@ -70,15 +72,6 @@ impl Config {
             ..Self::default()
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot bind the challenge test server's {what} {protocol} socket on {addr}: {source}")]
-    Bind { what: &'static str, protocol: &'static str, addr: SocketAddr, source: io::Error },
-    /// Mock data that cannot be served, such as a CNAME target that is not a DNS name.
-    #[error("{0}")]
-    InvalidInput(String),
 }
 
 /// A started server. Dropping it stops the servers; [`RunningServer::shutdown`] also waits for them.

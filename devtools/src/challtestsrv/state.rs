@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hickory_proto::rr::Name;
 use serde::{Deserialize, Serialize};
 
-use super::Error;
-use super::tlsalpn01::Subject;
+use super::error::Error;
+use super::subject::Subject;
 
 /// Events of one kind kept per host; the oldest go first, so a dev stack that runs for days stays bounded.
 const HISTORY_LIMIT: usize = 1000;

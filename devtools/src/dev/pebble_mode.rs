@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::args::DevArgs;
 use super::knobs::{self, ServiceOverlays};
-use super::{DevArgs, pebble_config};
+use super::pebble_config;
 
 /// `quarry pebble`: Pebble's own command line (`-config`, `-dnsserver`, `-strict`, with one dash or two), running
 /// `quarry dev` as `--pebble-config` does. A `pebble` link to the binary runs it too.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::{ServiceOverlays, replica_ip};
+use super::knobs::ServiceOverlays;
+use super::loopback::replica_ip;
 use quarry::env;
 
 /// What a stack adds to the rendered `dev` files.
