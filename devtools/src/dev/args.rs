@@ -162,8 +162,9 @@ impl DevArgs {
         vars
     }
 
-    #[cfg(test)]
-    pub fn default_for_tests() -> Self {
+    /// Every option at its default, as a bare `quarry dev` has them (the knobs' `PEBBLE_*` variables read, as on a
+    /// command line): Pebble mode's starting point, and the tests'.
+    pub fn defaults() -> Self {
         use clap::Parser;
         #[derive(Parser)]
         struct Wrapper {

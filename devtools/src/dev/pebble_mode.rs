@@ -42,13 +42,7 @@ pub struct PebbleArgs {
 impl PebbleArgs {
     /// The `quarry dev` arguments it stands for (Pebble's variables included).
     pub fn into_dev(self) -> DevArgs {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: DevArgs,
-        }
-        let mut dev = Wrapper::parse_from(["quarry"]).args;
+        let mut dev = DevArgs::defaults();
         dev.pebble_config = Some(self.config);
         dev.va_dns = self.dnsserver;
         dev.data_dir = self.data_dir;

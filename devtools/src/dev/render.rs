@@ -123,8 +123,7 @@ mod tests {
             ("http://127.0.0.1:1/".to_owned(), log.public_key_base64()),
             ("http://127.0.0.1:2/".to_owned(), log.public_key_base64()),
         ];
-        let mut vars =
-            crate::dev::DevArgs::default_for_tests().variables(std::path::Path::new("/tmp/quarry-test"), &logs);
+        let mut vars = crate::dev::DevArgs::defaults().variables(std::path::Path::new("/tmp/quarry-test"), &logs);
         vars.insert("nonce_prefix_key", "a dev stack's nonce prefix key".to_owned());
         vars
     }
