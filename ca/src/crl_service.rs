@@ -5,15 +5,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _};
-use quarry_core::Problem;
 use quarry_core::config::ConfigError;
 use quarry_core::grpc::ClientAllowlist;
+use quarry_core::{ErrorKind, Problem};
 use quarry_proto::ca::crl_generator_server::{CrlGenerator, CrlGeneratorServer};
 use quarry_proto::ca::generate_crl_request::Payload;
 use quarry_proto::ca::{CrlChunk, GenerateCrlRequest};
 use time::{Duration, OffsetDateTime};
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::Error;
@@ -31,11 +31,13 @@ const MAX_ENTRIES: usize = 1_000_000;
 
 pub(crate) struct CrlService {
     issuers: Arc<Vec<ConfiguredIssuer>>,
+    /// The ca's `crl_shards`, by which it named each certificate's shard: every entry must be of the shard asked.
+    crl_shards: i64,
     validity: Duration,
 }
 
 impl CrlService {
-    pub(crate) fn new(issuers: Arc<Vec<ConfiguredIssuer>>, validity_secs: u64) -> Result<Self, Error> {
+    pub(crate) fn new(issuers: Arc<Vec<ConfiguredIssuer>>, crl_shards: i64, validity_secs: u64) -> Result<Self, Error> {
         let validity = i64::try_from(validity_secs)
             .ok()
             .map(Duration::seconds)
@@ -45,7 +47,7 @@ impl CrlService {
                 "crl_validity_secs {validity_secs} must be within (0, 10 days]"
             )))
         })?;
-        Ok(Self { issuers, validity })
+        Ok(Self { issuers, crl_shards, validity })
     }
 
     pub(crate) fn into_server(
@@ -55,27 +57,45 @@ impl CrlService {
         CrlGeneratorServer::with_interceptor(self, allowlist)
     }
 
-    async fn generate(&self, mut requests: Streaming<GenerateCrlRequest>) -> Result<Vec<u8>, Problem> {
-        let first = requests.next().await.ok_or_else(|| Problem::malformed("no CRL metadata"))??;
+    /// Signs the CRL the stream asks for. A problem is answered with its kind's code, except a shard this ca's
+    /// `crl_shards` does not give (FailedPrecondition, see [`shard_disagreement`]).
+    async fn generate(&self, mut requests: Streaming<GenerateCrlRequest>) -> Result<Vec<u8>, Status> {
+        let first =
+            requests.next().await.ok_or_else(|| Problem::malformed("no CRL metadata"))?.map_err(Problem::from)?;
         let Some(Payload::Metadata(metadata)) = first.payload else {
-            return Err(Problem::malformed("the first message must be the CRL metadata"));
+            return Err(Problem::malformed("the first message must be the CRL metadata").into());
         };
         let issuer = self
             .issuers
             .iter()
             .find(|i| i.id == metadata.issuer_id)
             .ok_or_else(|| Problem::not_found(format!("no issuer with id {}", metadata.issuer_id)))?;
+        if !(0..self.crl_shards).contains(&metadata.shard) {
+            return Err(shard_disagreement(format!(
+                "CRL shard {} is not one of the ca's crl_shards {}",
+                metadata.shard, self.crl_shards
+            )));
+        }
         let this_update = OffsetDateTime::from_unix_timestamp(metadata.this_update)
             .map_err(|_| Problem::malformed("this_update is out of range"))?;
         let mut entries = Vec::new();
         while let Some(message) = requests.next().await {
-            let Some(Payload::Entry(entry)) = message?.payload else {
-                return Err(Problem::malformed("only entries may follow the metadata"));
+            let Some(Payload::Entry(entry)) = message.map_err(Problem::from)?.payload else {
+                return Err(Problem::malformed("only entries may follow the metadata").into());
             };
             if entries.len() == MAX_ENTRIES {
-                return Err(Problem::malformed(format!("a shard holds at most {MAX_ENTRIES} entries")));
+                return Err(Problem::malformed(format!("a shard holds at most {MAX_ENTRIES} entries")).into());
             }
             let serial = hex::decode(&entry.serial).map_err(|_| Problem::malformed("a serial is not hex"))?;
+            // One parse of the serial's last bytes per entry, on the string already received.
+            let own_shard = quarry_core::crl::shard(&entry.serial, self.crl_shards);
+            if own_shard != metadata.shard {
+                return Err(shard_disagreement(format!(
+                    "revoked serial {} belongs to CRL shard {own_shard} under the ca's crl_shards {}, not to the \
+                     requested shard {}",
+                    entry.serial, self.crl_shards, metadata.shard
+                )));
+            }
             let revoked_at = OffsetDateTime::from_unix_timestamp(entry.revoked_at)
                 .map_err(|_| Problem::malformed("revoked_at is out of range"))?;
             entries.push(CrlEntry { serial, revoked_at, reason: entry.reason });
@@ -89,7 +109,7 @@ impl CrlService {
         };
         let der = on_signing_thread(&issuer.issuer, move |issuer| sign_crl(issuer, &request)).await.map_err(|p| {
             // A request the ca refuses (bad reason code, duplicate serial) is the updater's bug, not an outage.
-            if p.kind == quarry_core::ErrorKind::BadCsr { Problem::malformed(p.detail) } else { p }
+            if p.kind == ErrorKind::BadCsr { Problem::malformed(p.detail) } else { p }
         })?;
         info!(issuer_id = issuer.id, shard = metadata.shard, entries = count, bytes = der.len(), "signed CRL");
         Ok(der)
@@ -104,9 +124,25 @@ impl CrlGenerator for CrlService {
         &self,
         request: Request<Streaming<GenerateCrlRequest>>,
     ) -> Result<Response<Self::GenerateCrlStream>, Status> {
-        let der = self.generate(request.into_inner()).await.map_err(Status::from)?;
+        let der = self.generate(request.into_inner()).await?;
         let chunks: Vec<Result<CrlChunk, Status>> =
             der.chunks(CHUNK_BYTES).map(|chunk| Ok(CrlChunk { chunk: chunk.to_vec() })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
+}
+
+/// A request for a shard other than this ca's `crl_shards` gives — a shard it does not have, or an entry of another
+/// shard — says that the sa's or the crl-updater's count is not the ca's: the deployment's files drifted apart. The
+/// CRL would not list what the certificates' distribution points promise, so it is refused, as a conflict carried as
+/// FailedPrecondition (`quarry_core::grpc` gives that code to no kind but an ACME order's).
+fn shard_disagreement(what: String) -> Status {
+    let problem = Problem::new(
+        ErrorKind::Conflict,
+        format!(
+            "{what}: the ca's and the sa's crl_shards and the crl-updater's shards must be equal (quarry_core::crl; \
+             `quarry env check` compares them)"
+        ),
+    );
+    let status = Status::from(problem);
+    Status::with_metadata(Code::FailedPrecondition, status.message(), status.metadata().clone())
 }

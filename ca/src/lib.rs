@@ -225,7 +225,7 @@ pub async fn serve(
     let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
     let publisher = PublisherClient::new(Peer::new(&config.publisher, &config.tls)?);
     let ca = CaService::new(&config, sa, publisher)?;
-    let crl = CrlService::new(ca.issuers(), config.crl_validity_secs)?;
+    let crl = CrlService::new(ca.issuers(), config.crl_shards, config.crl_validity_secs)?;
     let routes = tonic::service::Routes::new(ca.into_server(ca_allowlist)).add_service(crl.into_server(crl_allowlist));
     tracing::info!(addr = ?listener.local_addr().ok(), "ca listening");
     let names = [service::SERVICE_NAME, crl_service::SERVICE_NAME];

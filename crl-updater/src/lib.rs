@@ -31,8 +31,9 @@ pub struct Config {
     pub ca: GrpcClientConfig,
     /// The issuers whose shards are kept; each certificate, PEM.
     pub issuers: Vec<PathBuf>,
-    /// Shards per issuer (`quarry_core::crl`): must equal the sa's and the ca's `crl_shards`. A revoked certificate
-    /// the sa files under another shard than this count gives fails its shard's update, naming both.
+    /// Shards per issuer (`quarry_core::crl`): must equal the sa's and the ca's `crl_shards`. The sa refuses a lease
+    /// at another count and the ca a CRL entry of another shard, naming both counts: no CRL is stored, the updates
+    /// count as failed (so that the CRL alerts fire), and later passes try again.
     #[serde(default = "default_shards")]
     pub shards: i64,
     /// How often shards are looked at, in seconds: a revocation appears in its shard's CRL within one period.

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use quarry_core::Problem;
 use quarry_core::peer::Peer;
+use quarry_core::{ErrorKind, Problem};
 use quarry_proto::ca::generate_crl_request::Payload;
 use quarry_proto::ca::{CrlEntry, CrlMetadata, GenerateCrlRequest};
 use quarry_proto::client::{CaClient, SaClient};
 use quarry_proto::sa::{GetRevokedCertificatesRequest, LeaseCrlShardRequest, UpdateCrlShardRequest};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
@@ -42,6 +42,8 @@ enum Outcome {
     Updated,
     NothingDue,
     Failed,
+    /// The sa refused the lease itself: every other lease of the pass would be refused alike.
+    LeaseRefused,
 }
 
 /// What one pass did.
@@ -124,7 +126,7 @@ impl Updater {
 
     /// Updates every due shard of every issuer — with revocations its CRL lacks, or a CRL older than `max_age` —
     /// not updated since the pass began and not held by another updater, a few at a time; each worker stops at the
-    /// first "nothing due", and at most `shards` leases are asked per issuer, so a pass always ends.
+    /// first "nothing due" or refused lease, and at most `shards` leases are asked per issuer, so a pass always ends.
     pub async fn pass(&self) -> PassReport {
         let mut report = PassReport::default();
         let pass_start = quarry_core::clock::now();
@@ -137,6 +139,10 @@ impl Updater {
                 while asked.fetch_add(1, Ordering::Relaxed) < self.shards {
                     match self.lease_and_update(issuer, pass_start, stale_before).await {
                         Outcome::NothingDue => break,
+                        Outcome::LeaseRefused => {
+                            outcomes.push(Outcome::Failed);
+                            break;
+                        }
                         outcome => outcomes.push(outcome),
                     }
                 }
@@ -162,6 +168,12 @@ impl Updater {
         let (shard, revocations_pending) = match self.sa.lease_crl_shard(lease, None).await {
             Ok(answer) if answer.leased => (answer.shard, answer.revocations_pending),
             Ok(_) => return Outcome::NothingDue,
+            // Its shard count is not this updater's (or another setting disagrees): retried on later passes, which
+            // fail alike until an operator mends the configuration.
+            Err(problem) if refused(&problem) => {
+                error!(issuer = issuer.subject, shards = self.shards, %problem, "the sa refused a CRL shard lease");
+                return Outcome::LeaseRefused;
+            }
             Err(problem) => {
                 warn!(issuer = issuer.subject, %problem, "leasing a CRL shard failed");
                 return Outcome::Failed;
@@ -169,15 +181,19 @@ impl Updater {
         };
         match self.update_shard(issuer, shard, revocations_pending).await {
             Ok(()) => Outcome::Updated,
-            Err(problem) => {
-                // The lease lapses by itself; the shard is retried on a later pass.
+            // The lease lapses by itself; the shard is retried on a later pass.
+            Err(ShardFailure { problem, ca_refused: true }) => {
+                error!(issuer = issuer.subject, shard, shards = self.shards, %problem, "the ca refused a CRL shard");
+                Outcome::Failed
+            }
+            Err(ShardFailure { problem, ca_refused: false }) => {
                 warn!(issuer = issuer.subject, shard, %problem, "CRL shard update failed");
                 Outcome::Failed
             }
         }
     }
 
-    async fn update_shard(&self, issuer: &IssuerCert, shard: i64, revocations_seen: i64) -> Result<(), Problem> {
+    async fn update_shard(&self, issuer: &IssuerCert, shard: i64, revocations_seen: i64) -> Result<(), ShardFailure> {
         let deadline = Some(Instant::now() + SHARD_TIMEOUT);
         let this_update = quarry_core::clock::now();
         let query = GetRevokedCertificatesRequest { issuer_id: issuer.id, shard, expires_after: this_update };
@@ -187,7 +203,7 @@ impl Updater {
         }];
         let mut misfiled = None;
         while let Some(entry) = revoked.next().await {
-            let entry = entry?;
+            let entry = entry.map_err(Problem::from)?;
             let own_shard = quarry_core::crl::shard(&entry.serial, self.shards);
             if own_shard != shard && misfiled.is_none() {
                 misfiled = Some((entry.serial.clone(), own_shard));
@@ -201,22 +217,49 @@ impl Updater {
             });
         }
         let entries = messages.len() - 1;
-        let der = self.ca.generate_crl(messages, deadline).await?;
+        let der = self.ca.generate_crl(messages, deadline).await.map_err(ShardFailure::from_ca)?;
         let next_update = check_crl(&der, &issuer.der, this_update, entries)?;
         let store =
             UpdateCrlShardRequest { issuer_id: issuer.id, shard, this_update, next_update, der, revocations_seen };
         self.sa.update_crl_shard(store, deadline).await?;
         match misfiled {
             None => Ok(()),
-            Some((serial, own_shard)) => Err(misfiled_problem(&serial, shard, own_shard, self.shards)),
+            Some((serial, own_shard)) => Err(misfiled_problem(&serial, shard, own_shard, self.shards).into()),
         }
     }
 }
 
-/// The sa filed `serial` under `shard`, where this updater's count puts it in `own_shard`: the sa's `crl_shards` is
-/// not this `shards` (the one peer count a call carries to this side). The CRL is stored all the same — it lists
-/// what the sa filed, and withholding it would publish less — but the update counts as failed, so that the CRL
-/// alerts fire, and says why.
+/// Whether a peer answered `problem` to refuse what this updater asked, rather than failing to answer (unavailable,
+/// too slow, an internal error): a refusal comes back until the configurations agree, so it is logged as an error.
+fn refused(problem: &Problem) -> bool {
+    !matches!(problem.kind, ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::ServerInternal)
+}
+
+/// Why a leased shard's update failed. Only the ca's answers are told apart: the sa's conflicts there are races
+/// between updaters (a lease that lapsed while its holder worked), not disagreements.
+struct ShardFailure {
+    problem: Problem,
+    /// The ca refused the request (an entry of a shard its `crl_shards` does not give, an issuer it lacks).
+    ca_refused: bool,
+}
+
+impl ShardFailure {
+    fn from_ca(problem: Problem) -> Self {
+        Self { ca_refused: refused(&problem), problem }
+    }
+}
+
+impl From<Problem> for ShardFailure {
+    fn from(problem: Problem) -> Self {
+        Self { problem, ca_refused: false }
+    }
+}
+
+/// The sa filed `serial` under `shard`, where this updater's count puts it in `own_shard`. The sa leases only at its
+/// own `crl_shards`, this `shards`, so it filed the serial under an earlier count; and the ca, which refuses an entry
+/// of another shard under its own count, signed it, so the ca's count is not this one either. The CRL is stored all
+/// the same — it lists what the sa filed, and withholding it would publish less — but the update counts as failed,
+/// so that the CRL alerts fire, and says why.
 fn misfiled_problem(serial: &str, shard: i64, own_shard: i64, shards: i64) -> Problem {
     Problem::internal(format!(
         "the sa filed revoked serial {serial} under CRL shard {shard}, but with shards = {shards} it belongs in shard          {own_shard}: the sa's crl_shards, the ca's crl_shards and this crl-updater's shards must be equal          (quarry_core::crl; `quarry env check` compares them)"

@@ -117,13 +117,13 @@ async fn a_token_hierarchy_issues_certificates_and_crls() {
         issuer.verify_signature(Some(root_cert.public_key())).expect("chains to the token root");
         assert_eq!(quarry_core::ct::embedded_scts(&issued.der).expect("SCTs").len(), 2, "{label}");
 
-        // A CRL from the same token key.
+        // A CRL from the same token key, of the certificate's shard (the ca refuses an entry of another).
         let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
         let messages = vec![
             GenerateCrlRequest {
                 payload: Some(Payload::Metadata(CrlMetadata {
                     issuer_id,
-                    shard: 0,
+                    shard: quarry_core::crl::shard(&issued.serial, quarry_core::crl::DEFAULT_SHARDS),
                     this_update: quarry_core::clock::now(),
                 })),
             },

@@ -3,6 +3,7 @@
 
 mod ceremony;
 mod config;
+mod crl;
 mod fake_sa;
 mod issue;
 mod pkilint;

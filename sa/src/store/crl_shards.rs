@@ -10,6 +10,25 @@ use super::database::{Store, db_error, get};
 const LEASE_ATTEMPTS: usize = 8;
 
 impl Store {
+    /// Whether a crl-updater that counts `shard_count` shards may lease from this store: only at the count this
+    /// store files revocations under. At another count its shards are not this store's (nor, with the ca agreeing
+    /// with the sa, those the certificates name), and its CRLs would leave revocations out: the deployment's files
+    /// have drifted apart, which the operator must mend, so the refusal names both keys.
+    pub fn check_crl_shard_count(&self, shard_count: i64) -> Result<(), Problem> {
+        let own = self.crl_shards();
+        if shard_count == own {
+            return Ok(());
+        }
+        Err(Problem::new(
+            ErrorKind::Conflict,
+            format!(
+                "CRL shard counts differ: sa crl_shards {own}, crl-updater shards {shard_count}; the sa's and the \
+                 ca's crl_shards and the crl-updater's shards must be equal (quarry_core::crl; `quarry env check` \
+                 compares them)"
+            ),
+        ))
+    }
+
     /// Leases the CRL shard of `issuer_id` updated longest ago among those due — not leased at `now`, last updated
     /// before `updated_before`, and either with revocations its CRL lacks or last signed before `stale_before` —
     /// until `leased_until`; `None` when there is none. Two updaters never hold one shard, and updaters that start a

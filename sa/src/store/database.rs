@@ -193,6 +193,11 @@ impl Store {
         self
     }
 
+    /// The CRL shards per issuer that revoked certificates are filed under: the sa's `crl_shards`.
+    pub fn crl_shards(&self) -> i64 {
+        self.crl_shards
+    }
+
     /// The CRL shard of `serial` (hex), as the ca computed it for the certificate's CRL distribution point.
     pub fn crl_shard(&self, serial: &str) -> i64 {
         quarry_core::crl::shard(serial, self.crl_shards)

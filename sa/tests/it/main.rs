@@ -14,6 +14,7 @@ use quarry_testkit::pki::TestPki;
 use tonic::Code;
 
 mod compat;
+mod crl;
 mod orders_list;
 mod store;
 
@@ -59,7 +60,10 @@ impl Sa {
             read_replica_url: replica.map(|r| r.url.clone()),
             version: ConfigVersion::CURRENT,
             // As deploy/env/base/sa.toml allows them, the operator's `admin` identity included.
-            grpc: pki.server_config(&[(RO, &["wfe", "ra", "ca", "admin"]), (RW, &["ra", "ca", "admin"])]),
+            grpc: pki.server_config(&[
+                (RO, &["wfe", "ra", "ca", "crl-updater", "admin"]),
+                (RW, &["ra", "ca", "crl-updater", "admin"]),
+            ]),
             tls: pki.tls("sa"),
             database_url: db.url.clone(),
             max_connections: 4,
