@@ -13,7 +13,7 @@ use quarry_proto::ca::generate_crl_request::Payload;
 use quarry_proto::ca::{CrlChunk, GenerateCrlRequest};
 use time::{Duration, OffsetDateTime};
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::Error;
@@ -137,12 +137,11 @@ impl CrlGenerator for CrlService {
 /// FailedPrecondition (`quarry_core::grpc` gives that code to no kind but an ACME order's).
 fn shard_disagreement(what: String) -> Status {
     let problem = Problem::new(
-        ErrorKind::Conflict,
+        ErrorKind::Misconfigured,
         format!(
             "{what}: the ca's and the sa's crl_shards and the crl-updater's shards must be equal (quarry_core::crl; \
              `quarry env check` compares them)"
         ),
     );
-    let status = Status::from(problem);
-    Status::with_metadata(Code::FailedPrecondition, status.message(), status.metadata().clone())
+    Status::from(problem)
 }

@@ -56,6 +56,8 @@ error_kinds! {
     UnsupportedIdentifier => "unsupportedIdentifier",
     UserActionRequired => "userActionRequired",
     Conflict => "conflict",
+    // Two services whose configurations break a rule they share (the CRL shard count): FailedPrecondition on gRPC.
+    Misconfigured => "misconfigured",
     NotFound => "notFound",
     Duplicate => "duplicate",
     Timeout => "timeout",

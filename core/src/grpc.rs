@@ -396,7 +396,7 @@ fn code_for(kind: ErrorKind) -> Code {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Timeout => Code::DeadlineExceeded,
         ErrorKind::ServerInternal => Code::Internal,
-        ErrorKind::OrderNotReady => Code::FailedPrecondition,
+        ErrorKind::OrderNotReady | ErrorKind::Misconfigured => Code::FailedPrecondition,
         _ => Code::InvalidArgument,
     }
 }

@@ -64,14 +64,6 @@ fn reply<T>(result: Result<T, Problem>) -> Reply<T> {
     result.map(Response::new).map_err(Status::from)
 }
 
-/// `problem` as a FailedPrecondition status, its kind and detail kept for the caller's `Problem`: the request is
-/// sound, but this sa's configuration disagrees with the caller's, which no retry mends. `quarry_core::grpc` gives
-/// that code to no kind but an ACME order's, hence it is set here.
-fn failed_precondition(problem: Problem) -> Status {
-    let status = Status::from(problem);
-    Status::with_metadata(tonic::Code::FailedPrecondition, status.message(), status.metadata().clone())
-}
-
 fn authorizations(list: Vec<quarry_core::model::Authorization>) -> sapb::Authorizations {
     sapb::Authorizations { authorizations: list.iter().map(pb::Authorization::from).collect() }
 }
@@ -459,7 +451,7 @@ impl StorageAuthority for Storage {
         if req.shard_count < 1 {
             return Err(Problem::malformed("shard_count must be at least 1").into());
         }
-        self.store.check_crl_shard_count(req.shard_count).map_err(failed_precondition)?;
+        self.store.check_crl_shard_count(req.shard_count).map_err(Status::from)?;
         let now = quarry_core::clock::now();
         let stale_before = if req.stale_before == 0 { i64::MAX } else { req.stale_before };
         let leased = self

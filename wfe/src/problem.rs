@@ -52,7 +52,7 @@ fn type_and_status(kind: ErrorKind) -> (&'static str, StatusCode) {
         ErrorKind::Duplicate | ErrorKind::Conflict => ("conflict", StatusCode::CONFLICT),
         ErrorKind::AlreadyReplaced => (kind.as_str(), StatusCode::CONFLICT),
         ErrorKind::Timeout | ErrorKind::Unavailable => ("serverInternal", StatusCode::SERVICE_UNAVAILABLE),
-        ErrorKind::ServerInternal => ("serverInternal", StatusCode::INTERNAL_SERVER_ERROR),
+        ErrorKind::ServerInternal | ErrorKind::Misconfigured => ("serverInternal", StatusCode::INTERNAL_SERVER_ERROR),
         ErrorKind::Unauthorized | ErrorKind::OrderNotReady => (kind.as_str(), StatusCode::FORBIDDEN),
         ErrorKind::RateLimited => (kind.as_str(), StatusCode::TOO_MANY_REQUESTS),
         ErrorKind::UserActionRequired => (kind.as_str(), StatusCode::FORBIDDEN),

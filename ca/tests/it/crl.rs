@@ -64,7 +64,7 @@ async fn an_entry_of_another_shard_is_refused_naming_the_serial_and_both_shards(
     let refused =
         generate(&stack, messages(issuer_id(&stack), 3, &[serial_in(3, 1), stray.clone()])).await.expect_err("refused");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert_eq!(quarry_core::Problem::from(refused.clone()).kind, ErrorKind::Conflict);
+    assert_eq!(quarry_core::Problem::from(refused.clone()).kind, ErrorKind::Misconfigured);
     let detail = refused.message();
     let named = format!(
         "revoked serial {stray} belongs to CRL shard 5 under the ca's crl_shards {DEFAULT_SHARDS}, not to the \

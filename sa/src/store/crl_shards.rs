@@ -20,7 +20,7 @@ impl Store {
             return Ok(());
         }
         Err(Problem::new(
-            ErrorKind::Conflict,
+            ErrorKind::Misconfigured,
             format!(
                 "CRL shard counts differ: sa crl_shards {own}, crl-updater shards {shard_count}; the sa's and the \
                  ca's crl_shards and the crl-updater's shards must be equal (quarry_core::crl; `quarry env check` \

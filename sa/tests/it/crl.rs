@@ -22,7 +22,7 @@ async fn a_lease_at_another_shard_count_than_the_sas_is_refused_naming_both() {
         for other in [SA_SHARDS / 2, SA_SHARDS + 1] {
             let refused = sa.rw("crl-updater").lease_crl_shard(lease(issuer_id, other)).await.unwrap_err();
             assert_eq!(refused.code(), Code::FailedPrecondition, "{}: {refused:?}", sa.db.url);
-            assert_eq!(problem_kind(&refused), ErrorKind::Conflict, "{}", sa.db.url);
+            assert_eq!(problem_kind(&refused), ErrorKind::Misconfigured, "{}", sa.db.url);
             let detail = refused.message();
             assert!(detail.contains(&format!("sa crl_shards {SA_SHARDS}")), "{detail}");
             assert!(detail.contains(&format!("crl-updater shards {other}")), "{detail}");
