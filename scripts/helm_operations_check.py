@@ -296,8 +296,11 @@ def label_values(root, chart_dir, environment, values):
         for service, body in re.findall(r"^service\s+(\w+)\s*\{(.*?)^\}", text, re.M | re.S):
             for method in re.findall(r"^\s*rpc\s+(\w+)\s*\(", body, re.M):
                 rpcs.add(f"/{package.group(1) if package else ''}.{service}/{method}")
-    handlers = (root / "wfe" / "src" / "handlers.rs").read_text()
+    # The wfe's route table (`endpoint_of`), wherever under its handlers it lives.
+    handlers = "".join(path.read_text() for path in sorted((root / "wfe" / "src" / "handlers").rglob("*.rs")))
     endpoints = set(re.findall(r'\("/[^"]*",\s*"([a-z-]+)"\)', handlers)) | {"other"}
+    if len(endpoints) < 10:
+        raise RuntimeError(f"found only {sorted(endpoints)} as the wfe's endpoint labels: where is its route table?")
     errors = (root / "core" / "src" / "error.rs").read_text()
     results = set(re.findall(r'\w+\s*=>\s*"([a-zA-Z]+)"', errors)) | {"valid"}
     # And every literal a metric gives its `result` label where it is recorded (CT submissions, CRL shard updates).
