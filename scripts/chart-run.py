@@ -45,7 +45,7 @@ one of Quarry's settings. The file rewrites are all in `translate_configmap_file
      chart does not publish (its external-dns annotation names the ACME host only).
  (c) the internet: the CT logs the staging overlay names have keys nobody here holds, so in the publisher's
      materialised overlay each `[[logs]]` entry's `url` and `public_key` (PKI, which environments may differ in) are
-     swapped for a fake log on loopback (`quarry fake-ct-log`, keys made here). The internet's DNS is a root zone on
+     swapped for a fake log on loopback (`quarry-dev fake-ct-log`, keys made here). The internet's DNS is a root zone on
      loopback, DNSSEC-signed with a key made here, that delegates `org.` (insecurely, by a signed NSEC) to a
      challenge test server; every container's image files /usr/share/dns/root.hints and root.key (Debian's
      dns-root-data, which the resolver's configuration names) are the fixture root's, and unbound's
@@ -135,15 +135,23 @@ def render_chart(chart_dir, values_file):
 
 
 def image_facts(dockerfile):
-    """The final stage's ENTRYPOINT and USER of the image every container runs."""
+    """The final stage's ENTRYPOINT and USER of the image every container runs (a stage built FROM an earlier one
+    inherits them, as Docker's stages do)."""
+    stages = {}
     entrypoint, user = None, None
     for line in dockerfile.read_text().splitlines():
         if line.startswith("FROM "):
-            entrypoint, user = None, None
+            words = line.split()
+            entrypoint, user = stages.get(words[1], (None, None))
+            name = words[3] if len(words) >= 4 and words[2].upper() == "AS" else None
         elif line.startswith("ENTRYPOINT "):
             entrypoint = json.loads(line.removeprefix("ENTRYPOINT "))
         elif line.startswith("USER "):
             user = line.removeprefix("USER ").strip()
+        else:
+            continue
+        if name:
+            stages[name] = (entrypoint, user)
     if not entrypoint:
         raise ChartFault(f"{dockerfile}: no ENTRYPOINT in the final stage")
     return entrypoint, user
@@ -989,7 +997,7 @@ def management(address, path, body):
         connection.close()
 
 
-def start_fixtures(work, quarry, addresses, log_count, helpers):
+def start_fixtures(work, dev_tools, addresses, log_count, helpers):
     """The CT logs, the fixture internet's DNS (a signed root, the `org.` server) and the image's dns-root-data."""
     logs_dir = work / "logs"
     fixtures = {"cluster_dns": addresses["cluster_dns"], "balancer": addresses["balancer"], "ct_logs": [],
@@ -1005,13 +1013,13 @@ def start_fixtures(work, quarry, addresses, log_count, helpers):
         key.parent.mkdir(parents=True, exist_ok=True)
         run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
         address = addresses["ct_logs"][index]
-        spawn(f"ct-log-{index}", [quarry, "fake-ct-log", "--key", key, "--listen", f"{address}:4600"])
+        spawn(f"ct-log-{index}", [dev_tools, "fake-ct-log", "--key", key, "--listen", f"{address}:4600"])
         fixtures["ct_logs"].append((f"http://{address}:4600/", spki_base64(key)))
         fixtures["log_keys"].append(base64.b64decode(spki_base64(key)))
 
     # The TLD's authoritative server: the subscriber's zone, where the client's hook publishes its TXT records.
     tld = addresses["tld_dns"]
-    spawn("tld-dns", [quarry, "challtestsrv", "--dns-addr", f"{tld}:53", "--http01-addr", f"{tld}:5002",
+    spawn("tld-dns", [dev_tools, "challtestsrv", "--dns-addr", f"{tld}:53", "--http01-addr", f"{tld}:5002",
                       "--tlsalpn01-addr", f"{tld}:5001", "--management-addr", f"{tld}:8055"])
 
     # The root: unbound serving the signed zone, authoritatively only.
@@ -1050,8 +1058,8 @@ def start_fixtures(work, quarry, addresses, log_count, helpers):
     return fixtures
 
 
-def start_balancers(quarry, services, pods, address, helpers, logs_dir):
-    """The LoadBalancer Services: `quarry balance` per Service port on `address`, over the selected pods."""
+def start_balancers(dev_tools, services, pods, address, helpers, logs_dir):
+    """The LoadBalancer Services: `quarry-dev balance` per Service port on `address`, over the selected pods."""
     for service in services:
         if service["spec"].get("type") != "LoadBalancer":
             continue
@@ -1062,7 +1070,7 @@ def start_balancers(quarry, services, pods, address, helpers, logs_dir):
                 container = next(c for c in selected[0].containers
                                  if any(p.get("name") == target for p in c.spec.get("ports", [])))
                 target = container.port(target)
-            command = [quarry, "balance", "--listen", f"{address}:{port['port']}"]
+            command = [dev_tools, "balance", "--listen", f"{address}:{port['port']}"]
             for pod in selected:
                 command += ["--backend", f"{pod.ip}:{target}"]
             with open(logs_dir / f"fixture.balance-{service['metadata']['name']}-{port['port']}.log", "ab") as log:
@@ -1240,6 +1248,9 @@ def main():
     parser.add_argument("--chart", type=Path, default=REPO / "deploy/helm/quarry")
     parser.add_argument("--values", type=Path, default=None, help="default: the chart's values-staging.yaml")
     parser.add_argument("--quarry", type=Path, default=REPO / "target/debug/quarry")
+    parser.add_argument("--quarry-dev", type=Path, default=None,
+                        help="the dev tools' binary the fixtures run (CT logs, DNS, the load balancers), never a pod; "
+                             "default: quarry-dev beside --quarry")
     parser.add_argument("--postgres-url", default=os.environ.get("QUARRY_TEST_POSTGRES_URL"),
                         help="an administrative URL: a fresh database is made there for the run, and dropped")
     parser.add_argument("--redis-url", default=os.environ.get("QUARRY_TEST_REDIS_URL"))
@@ -1290,6 +1301,11 @@ def main():
         shutil.copy2(args.quarry, image_bin)
         os.chmod(image_bin, 0o755)
         quarry = str(image_bin)
+        # The fixtures' own binary, outside the image: the production image carries no dev tool.
+        dev_tools = work / "fixtures-bin" / "quarry-dev"
+        dev_tools.parent.mkdir(parents=True)
+        shutil.copy2(args.quarry_dev or args.quarry.with_name("quarry-dev"), dev_tools)
+        os.chmod(dev_tools, 0o755)
 
         print("==> the operator's part: a fresh database, the internal CA, the ceremony, the HTTPS certificate")
         database, database_url = create_database(args.postgres_url)
@@ -1299,7 +1315,7 @@ def main():
                                                               database_url, redis_url)
 
         print("==> the fixture internet: CT logs, a DNSSEC-signed root zone, the subscriber's DNS; the cluster DNS")
-        fixtures = start_fixtures(work, quarry, addresses, log_count, helpers)
+        fixtures = start_fixtures(work, str(dev_tools), addresses, log_count, helpers)
         management(addresses["tld_dns"], "/add-caa", {"host": f"{SUBSCRIBER_ZONE}.", "policies": [
             {"tag": "issue", "value": tomllib.loads(
                 next(o for o in objects if o["metadata"]["name"] == "quarry-config-env")["data"]["va.toml"])
@@ -1342,7 +1358,7 @@ def main():
                 raise RuntimeError(f"Job {job['metadata']['name']} failed {attempts} times")
 
         kubelet.pods = pods
-        start_balancers(quarry, kubelet.services, pods, addresses["balancer"], helpers, work / "logs")
+        start_balancers(str(dev_tools), kubelet.services, pods, addresses["balancer"], helpers, work / "logs")
         order = "all at once" if args.all_at_once else "each once the Services it addresses have a ready pod"
         print(f"==> starting {len(pods)} pods, {order}; waiting for every one to be ready "
               f"(at most {args.ready_timeout:.0f} s)")
