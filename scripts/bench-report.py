@@ -16,10 +16,10 @@ TARGETS = [
     ("quarry-replicas", "Quarry, SQLite, --replicas 2"),
     ("pebble", "Pebble 2.4 (Debian)"),
 ]
-# Test fixtures that `quarry dev` hosts in its supervising process (the challenge DNS server, two fake CT logs, and
-# with --replicas the load balancer in front of the wfes): shown, but not counted as the CA's CPU, as Pebble's
-# challenge test server is not.
-FIXTURES = {"quarry dev"}
+# Test fixtures that `quarry dev` hosts in its supervising process, `quarry-dev` (the challenge DNS server, two fake
+# CT logs, and with --replicas the load balancer in front of the wfes): shown, but not counted as the CA's CPU, as
+# Pebble's challenge test server is not.
+FIXTURES = {"quarry-dev dev"}
 
 
 def service_of(name):

@@ -4,6 +4,7 @@
 # another in one run on loopback, and the results become BENCHMARKS.md. `--only quarry-replicas` adds (or runs alone)
 # `quarry dev --replicas 2` on SQLite.
 #   scripts/bench.sh [--clients "1 4 16 64"] [--duration SECONDS] [--out BENCHMARKS.md] [--only quarry-sqlite,...]
+#                    [--loadgen-args "--honour-retry-after ..."]   (added to every loadgen run, every target)
 # Builds the release binary first (or uses $QUARRY_BIN); installs pebble and PostgreSQL from Debian when missing.
 # Not part of the test command: it takes about (targets × client counts × duration) plus a release build.
 set -euo pipefail
@@ -14,12 +15,14 @@ clients="1 4 16 64"
 duration=20
 out=BENCHMARKS.md
 only="quarry-sqlite,quarry-postgres,pebble"
+loadgen_args=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --clients) clients=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --loadgen-args) loadgen_args=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 64 ;;
   esac
 done
@@ -74,7 +77,8 @@ run_loads() {
   local target=$1; shift
   for c in $clients; do
     echo "bench: $target, $c clients, ${duration} s" >&2
-    "$QUARRY_BIN" loadgen "$@" --clients "$c" --duration-secs "$duration" --idle-secs 10 \
+    # shellcheck disable=SC2086 # the extra arguments are words
+    "$QUARRY_BIN" loadgen "$@" $loadgen_args --clients "$c" --duration-secs "$duration" --idle-secs 10 \
       --json "$work/$target-$c.json" \
       >"$work/$target-$c.txt" 2>&1 || echo "bench: $target at $c clients issued nothing; see $work/$target-$c.txt" >&2
     tail -n 20 "$work/$target-$c.txt" >&2
@@ -93,8 +97,8 @@ run_quarry() {
   wait_directory "$(stack_field "$data" directory_url)" "$(stack_field "$data" tls_ca_pem)"
   sleep 5
   idle_rss "$QUARRY_BIN(-dev)? (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
-  local processes=quarry
-  [[ $target == quarry-postgres ]] && processes=quarry,postgres
+  local processes=quarry,quarry-dev
+  [[ $target == quarry-postgres ]] && processes=quarry,quarry-dev,postgres
   run_loads "$target" --stack "$data/stack.json" --processes "$processes"
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
 }
