@@ -228,6 +228,7 @@ async fn start_wfe(
         finalize_timeout_ms: 20_000,
         retry_after_secs: 1,
         authz_retry_after_secs: None,
+        hold_processing_ms: 1_500,
         orders_per_page: 100,
         directory_meta: quarry_wfe::DirectoryMeta {
             terms_of_service: Some("https://quarry.example/terms".into()),

@@ -7,6 +7,7 @@ mod crl;
 mod error;
 mod extract;
 mod handlers;
+mod hold;
 mod payloads;
 mod post;
 pub mod problem;
@@ -82,6 +83,11 @@ pub struct Config {
     /// The `Retry-After` given with processing authorizations and challenges, when it is not `retry_after_secs`.
     #[serde(default)]
     pub authz_retry_after_secs: Option<u64>,
+    /// How long a POST-as-GET of an order being issued, or of an authorization or challenge being validated, waits
+    /// for that work to settle before answering (re-reading it from the sa); 0 answers at once. At most 5000, and
+    /// under `request_timeout_ms`.
+    #[serde(default = "default_hold_processing_ms")]
+    pub hold_processing_ms: u64,
     /// How many order URLs one page of an account's orders list holds (RFC 8555 §7.1.2.1); 1 to 1000, the most the
     /// sa reads for one page.
     #[serde(default = "default_orders_per_page")]
@@ -154,6 +160,9 @@ fn default_finalize_timeout_ms() -> u64 {
 }
 fn default_retry_after() -> u64 {
     3
+}
+fn default_hold_processing_ms() -> u64 {
+    1_500
 }
 fn default_orders_per_page() -> u32 {
     100
@@ -242,19 +251,34 @@ impl quarry_core::service::Service for Process {
 mod tests {
     use super::*;
 
-    #[test]
-    fn advertised_profile_names_follow_the_shared_rule() {
+    /// A configuration with `extra` top-level keys.
+    fn config_with(extra: &str) -> Config {
         let peer =
             |name: &str| format!("[{name}]\naddress = \"https://127.0.0.1:1\"\nserver_name = \"{name}.quarry\"\n");
         let text = format!(
             "version = 1\nnonce_prefix_key = \"a test stack's prefix key\"\nlisten = \"127.0.0.1:0\"\n\
-             base_url = \"https://acme.test\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n{}{}{}\
-             [directory_meta.profiles]\nclassic = \"90 days\"\n",
+             base_url = \"https://acme.test\"\n{extra}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n\
+             {}{}{}[directory_meta.profiles]\nclassic = \"90 days\"\n",
             peer("ra"),
             peer("sa"),
             peer("nonce")
         );
-        let mut config: Config = quarry_core::config::parse(&text, "test").expect("parses");
+        quarry_core::config::parse(&text, "test").expect("parses")
+    }
+
+    #[test]
+    fn a_poll_is_held_a_few_seconds_at_most() {
+        assert_eq!(config_with("").hold_processing_ms, 1_500);
+        let refusal = |extra: &str| state::Wfe::new(&config_with(extra)).err().map(|err| err.to_string());
+        let too_long = refusal("hold_processing_ms = 5001").expect("refused");
+        assert!(too_long.contains("hold_processing_ms must be at most 5000"), "{too_long}");
+        let past_deadline = refusal("hold_processing_ms = 2000\nrequest_timeout_ms = 2000").expect("refused");
+        assert!(past_deadline.contains("under request_timeout_ms"), "{past_deadline}");
+    }
+
+    #[test]
+    fn advertised_profile_names_follow_the_shared_rule() {
+        let mut config = config_with("");
         config.validate().expect("valid");
         config.directory_meta.profiles.insert(String::new(), "a profile without a name".into());
         let err = config.validate().expect_err("refused").to_string();

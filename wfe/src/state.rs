@@ -59,6 +59,7 @@ struct Inner {
     finalize_timeout: Duration,
     retry_after: u64,
     authz_retry_after: u64,
+    hold_processing: Duration,
     orders_per_page: i64,
     accounts: AccountCache,
     provocations: crate::testing::Provocations,
@@ -118,6 +119,14 @@ impl Wfe {
         if !(1..=MAX_ORDER_PAGE).contains(&orders_per_page) {
             return Err(Error::Config(format!("orders_per_page must be 1 to {MAX_ORDER_PAGE}, not {orders_per_page}")));
         }
+        let hold = config.hold_processing_ms;
+        if hold > crate::hold::MAX_HOLD_MS || (hold > 0 && hold >= config.request_timeout_ms) {
+            return Err(Error::Config(format!(
+                "hold_processing_ms must be at most {} and under request_timeout_ms, not {}",
+                crate::hold::MAX_HOLD_MS,
+                hold
+            )));
+        }
         let nonces = NonceClient::new(Peer::new(&config.nonce, &config.tls)?, config.nonce_prefix_key.as_bytes());
         let urls = Urls { base };
         let mut meta = json!({});
@@ -173,6 +182,7 @@ impl Wfe {
                 finalize_timeout: Duration::from_millis(config.finalize_timeout_ms),
                 retry_after: config.retry_after_secs,
                 authz_retry_after: config.authz_retry_after_secs.unwrap_or(config.retry_after_secs),
+                hold_processing: Duration::from_millis(config.hold_processing_ms),
                 orders_per_page,
                 accounts: AccountCache::new(&config.account_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
@@ -202,6 +212,11 @@ impl Wfe {
     /// The `Retry-After` of an authorization or challenge being validated.
     pub fn authz_retry_after(&self) -> u64 {
         self.inner.authz_retry_after
+    }
+
+    /// How long a poll of work under way may wait for it to settle (zero: not at all).
+    pub fn hold_processing(&self) -> Duration {
+        self.inner.hold_processing
     }
 
     /// How many order URLs a page of an account's orders list holds.

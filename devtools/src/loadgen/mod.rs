@@ -64,6 +64,13 @@ pub struct LoadgenArgs {
     /// three times instead of once): for runs where replicas are killed.
     #[arg(long, default_value_t = 0)]
     retries: usize,
+    /// Between two polls of a pending authorization or a processing order, wait the answer's `Retry-After` (capped
+    /// by `--retry-after-cap-ms`) as certbot, lego and cert-manager do, instead of polling again after 20 ms.
+    #[arg(long)]
+    honour_retry_after: bool,
+    /// The longest `Retry-After` waited with `--honour-retry-after`.
+    #[arg(long, default_value_t = 3_000, requires = "honour_retry_after")]
+    retry_after_cap_ms: u64,
 }
 
 /// Latencies of every step, and failures by kind, of one client or all.
@@ -73,6 +80,8 @@ struct Tally {
     failures: BTreeMap<String, usize>,
     certificates: usize,
     requests: usize,
+    /// POST-as-GETs of pending authorizations and processing orders (part of `requests`).
+    polls: usize,
     /// Orders begun (each counts once, however often it was retried), and retries made.
     orders: usize,
     retries: usize,
@@ -89,6 +98,7 @@ impl Tally {
         }
         self.certificates += other.certificates;
         self.requests += other.requests;
+        self.polls += other.polls;
         self.orders += other.orders;
         self.retries += other.retries;
         self.not_problems.extend(other.not_problems);
@@ -179,6 +189,7 @@ async fn client_loop(
         }
     }
     tally.requests = session.requests;
+    tally.polls = session.polls;
     tally.not_problems = std::mem::take(&mut session.not_problems);
     tally
 }
@@ -309,7 +320,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let clients: Vec<_> = (0..args.clients.max(1))
         .map(|index| {
-            let session = Session::new(http.clone(), directory.clone());
+            let mut session = Session::new(http.clone(), directory.clone());
+            session.retry_after_cap = args.honour_retry_after.then(|| Duration::from_millis(args.retry_after_cap_ms));
             let (domain, responder, budget) = (args.domain.clone(), responder.clone(), budget.clone());
             tokio::spawn(client_loop(session, index, run, domain, responder, budget, args.retries))
         })
@@ -379,6 +391,14 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let requests_per_certificate =
         if tally.certificates == 0 { 0.0 } else { tally.requests as f64 / tally.certificates as f64 };
     println!("{:<24} {:>12.1}", "requests per certificate", requests_per_certificate);
+    let polls_per_certificate =
+        if tally.certificates == 0 { 0.0 } else { tally.polls as f64 / tally.certificates as f64 };
+    let pacing = if args.honour_retry_after {
+        format!("Retry-After honoured, at most {} ms", args.retry_after_cap_ms)
+    } else {
+        "every 20 ms".to_owned()
+    };
+    println!("{:<24} {:>12.1}   (polled {pacing})", "polls per certificate", polls_per_certificate);
     if let Some(path) = &args.json {
         let report = json!({
             "clients": args.clients,
@@ -391,6 +411,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
             "server_cpu_ms_per_cert": per_cert(total),
             "loadgen_cpu_ms_per_cert": per_cert(own),
             "requests_per_certificate": requests_per_certificate,
+            "polls_per_certificate": polls_per_certificate,
+            "honour_retry_after": args.honour_retry_after,
+            "retry_after_cap_ms": args.honour_retry_after.then_some(args.retry_after_cap_ms),
             "idle_cpu_ms_per_sec": idle_cpu_ms_per_sec,
             "server_cpu_ms_per_cert_net_of_idle": net_of_idle,
             "orders_begun": tally.orders,

@@ -16,6 +16,11 @@ use serde_json::{Value, json};
 /// How long an authorization or order may take to settle before the order counts as failed.
 pub(super) const SETTLE_TIME: Duration = Duration::from_secs(30);
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause between two polls when `Retry-After` is not honoured: the CA's own speed, not a client's manners, is
+/// then what is measured.
+const POLL_PAUSE: Duration = Duration::from_millis(20);
+/// When honouring `Retry-After` and an answer gives none: a second, as certbot waits before its first poll.
+const UNSAID_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One client's view of the ACME server: pooled connections, the directory, and the last nonce it was given.
 pub(super) struct Session {
@@ -26,6 +31,11 @@ pub(super) struct Session {
     pub(super) nonce: Option<String>,
     /// HTTP requests sent (polls and nonce fetches included), so that CAs are compared per request as well.
     pub(super) requests: usize,
+    /// POST-as-GETs of a pending authorization or a processing order (each counted once, whatever `badNonce` added).
+    pub(super) polls: usize,
+    /// Between two polls, wait the answer's `Retry-After` up to this, as real clients do; `None`: poll again after
+    /// [`POLL_PAUSE`].
+    pub(super) retry_after_cap: Option<Duration>,
     /// How often a POST is sent again after `badNonce`.
     pub(super) nonce_retries: usize,
     /// Error answers that were not RFC 8555 problem documents (status, content type, the start of the body).
@@ -35,6 +45,8 @@ pub(super) struct Session {
 pub(super) struct Reply {
     pub(super) status: u16,
     pub(super) location: Option<String>,
+    /// `Retry-After` in seconds (an HTTP date is not understood, as it is absent from ACME servers' polls).
+    pub(super) retry_after: Option<Duration>,
     pub(super) body: Bytes,
 }
 
@@ -66,6 +78,8 @@ impl Session {
             account_url: None,
             nonce: None,
             requests: 0,
+            polls: 0,
+            retry_after_cap: None,
             nonce_retries: 1,
             not_problems: Vec::new(),
         }
@@ -119,8 +133,9 @@ impl Session {
             let status = response.status().as_u16();
             let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let (location, nonce, content_type) = (header("location"), header("replay-nonce"), header("content-type"));
+            let retry_after = header("retry-after").and_then(|secs| secs.trim().parse().ok()).map(Duration::from_secs);
             let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((Reply { status, location, body }, nonce, content_type))
+            anyhow::Ok((Reply { status, location, retry_after, body }, nonce, content_type))
         };
         let (reply, nonce, content_type) = bounded(exchange).await.with_context(|| url.to_owned())?;
         if reply.status >= 400 && !is_problem_document(content_type.as_deref(), &reply.body) {
@@ -133,10 +148,12 @@ impl Session {
         Ok(reply)
     }
 
-    /// POST-as-GET `url` until its status is no longer one of `waiting`.
+    /// POST-as-GET `url` until its status is no longer one of `waiting`: the first poll at once, each next one after
+    /// [`Session::pause_after`] the last answer.
     pub(super) async fn settle(&mut self, url: &str, waiting: &[&str]) -> Result<Value, Failure> {
         let started = Instant::now();
         loop {
+            self.polls += 1;
             let reply = self.post(url, None).await.map_err(|e| Failure(format!("transport: {e}")))?;
             let resource = reply.json();
             if !waiting.iter().any(|w| resource["status"] == *w) {
@@ -145,7 +162,15 @@ impl Session {
             if started.elapsed() > SETTLE_TIME {
                 return Err(Failure("timeout".into()));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(self.pause_after(&reply)).await;
+        }
+    }
+
+    /// How long to wait before polling again after `reply` said the work goes on.
+    pub(super) fn pause_after(&self, reply: &Reply) -> Duration {
+        match self.retry_after_cap {
+            None => POLL_PAUSE,
+            Some(cap) => reply.retry_after.unwrap_or(UNSAID_RETRY_AFTER).min(cap),
         }
     }
 }
@@ -227,4 +252,24 @@ pub(super) async fn bounded<T>(exchange: impl Future<Output = anyhow::Result<T>>
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| anyhow!("no answer in {} s", REQUEST_TIMEOUT.as_secs()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(retry_after: Option<u64>) -> Reply {
+        Reply { status: 200, location: None, retry_after: retry_after.map(Duration::from_secs), body: Bytes::new() }
+    }
+
+    #[tokio::test]
+    async fn polls_follow_retry_after_only_when_told_to_and_within_the_cap() {
+        let http = quarry_core::http_client::http_client(None).expect("an HTTP client");
+        let mut session = Session::new(http, Value::Null);
+        assert_eq!(session.pause_after(&pending(Some(3))), POLL_PAUSE, "by default the CA's speed is measured");
+        session.retry_after_cap = Some(Duration::from_millis(3_000));
+        assert_eq!(session.pause_after(&pending(Some(2))), Duration::from_secs(2));
+        assert_eq!(session.pause_after(&pending(Some(60))), Duration::from_secs(3));
+        assert_eq!(session.pause_after(&pending(None)), UNSAID_RETRY_AFTER);
+    }
 }

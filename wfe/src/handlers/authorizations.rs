@@ -11,6 +11,7 @@ use quarry_proto::ra::{DeactivateAuthorizationRequest, PerformValidationRequest}
 use serde_json::Value;
 
 use crate::extract::{SigningAccount, parse_id};
+use crate::hold;
 use crate::problem::ProblemResponse;
 use crate::render;
 use crate::reply::{Reply, json_response, with_retry_after};
@@ -22,9 +23,10 @@ pub(super) async fn authorization(State(wfe): State<Wfe>, Path(id): Path<String>
     let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
     request.check_owner(authz.account_id, "authorization")?;
     if request.is_post_as_get() {
+        let authz = hold_while_validating(&wfe, "authorization", authz, deadline).await;
         let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
         // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
-        if authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing) {
+        if validating(&authz) {
             return Ok(with_retry_after(response, wfe.authz_retry_after()));
         }
         return Ok(response);
@@ -65,6 +67,7 @@ pub(super) async fn challenge(
     let authz = load_authorization(&wfe, authz_id, deadline).await?;
     request.check_owner(authz.account_id, "challenge")?;
     if request.is_post_as_get() {
+        let authz = hold_while_validating(&wfe, "challenge", authz, deadline).await;
         return challenge_response(&wfe, &authz, index);
     }
     // RFC 8555 §7.5.1: the client signals readiness with an empty JSON object.
@@ -79,6 +82,26 @@ pub(super) async fn challenge(
     };
     let authz = wfe.ra().perform_validation(start, deadline).await?;
     challenge_response(&wfe, &Authorization::try_from(&authz)?, index)
+}
+
+/// Whether a challenge of `authz` is being validated.
+fn validating(authz: &Authorization) -> bool {
+    authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing)
+}
+
+/// A validation under way is answered when it ends (or the hold runs out), so that a client honouring Retry-After
+/// need not wait it out. An authorization validates one challenge at a time, so a challenge's poll waits on the same.
+async fn hold_while_validating(
+    wfe: &Wfe,
+    endpoint: &'static str,
+    authz: Authorization,
+    deadline: Option<Instant>,
+) -> Authorization {
+    let id = authz.id;
+    hold::until_settled(endpoint, wfe.hold_processing(), deadline, authz, validating, || {
+        wfe.sa().get_authorization(id, deadline)
+    })
+    .await
 }
 
 async fn load_authorization(wfe: &Wfe, id: i64, deadline: Option<Instant>) -> Result<Authorization, ProblemResponse> {

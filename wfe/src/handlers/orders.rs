@@ -11,6 +11,7 @@ use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest};
 
 use crate::extract::{SigningAccount, parse_id};
+use crate::hold;
 use crate::payloads::{FinalizePayload, NewOrderPayload, edge_identifiers};
 use crate::problem::ProblemResponse;
 use crate::render;
@@ -51,8 +52,20 @@ pub(super) async fn new_order(State(wfe): State<Wfe>, request: SigningAccount) -
 /// An order, read with POST-as-GET only (RFC 8555 §6.3) as authorizations and challenges are: their ids are
 /// sequential, and a plain GET would let anyone list every subscriber's names.
 pub(super) async fn order(State(wfe): State<Wfe>, Path(id): Path<String>, request: SigningAccount) -> Reply {
-    let order = load_order(&wfe, parse_id(&id, "order")?, request.deadline).await?;
+    let deadline = request.deadline;
+    let order = load_order(&wfe, parse_id(&id, "order")?, deadline).await?;
     request.check_owner(order.account_id, "order")?;
+    let order_id = order.id;
+    // Issuance under way: answer when it ends, so that a client honouring Retry-After need not wait it out.
+    let order = hold::until_settled(
+        "order",
+        wfe.hold_processing(),
+        deadline,
+        order,
+        |order| order.status == OrderStatus::Processing,
+        || wfe.sa().get_order(order_id, deadline),
+    )
+    .await;
     Ok(order_response(&wfe, &order))
 }
 

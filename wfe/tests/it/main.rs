@@ -7,6 +7,7 @@ mod client_testing;
 mod concurrency;
 mod external_accounts;
 mod harness;
+mod held_polls;
 mod https;
 mod jws_checks;
 mod profiles_and_renewal;
