@@ -61,6 +61,31 @@ async fn settle(client: &AcmeClient, account: &AcmeAccount, url: &str, waiting: 
     }
 }
 
+/// Waits (within [`SETTLE`]) until every replica of the stack runs and accepts connections again: a crashed one
+/// is restarted by `quarry dev` after a pause, and an order sent meanwhile would meet that crash too.
+async fn whole_again(stack: &Stack) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(stack.data_dir().join("stack.json")).unwrap_or_default();
+        let info: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let replicas = info["replicas"].as_array().cloned().unwrap_or_default();
+        let mut whole = !replicas.is_empty();
+        for replica in &replicas {
+            let running = replica["pid"].as_u64().is_some_and(|pid| pid != 0);
+            let listening = match replica["address"].as_str() {
+                Some(address) => tokio::net::TcpStream::connect(address).await.is_ok(),
+                None => true,
+            };
+            whole &= running && listening;
+        }
+        if whole {
+            return;
+        }
+        assert!(started.elapsed() < SETTLE, "the stack was not whole again: {text}{}", logs(stack.dir.path()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Arms `point`, then drives one order for `name` through validation and finalization; the point must fire.
 async fn order(
     stack: &Stack,
@@ -102,6 +127,8 @@ async fn a_crash_at_any_fault_point_leaves_nothing_mid_way_and_loses_no_certific
     let mut outcomes = Vec::new();
     for (n, point) in POINTS.iter().enumerate() {
         outcomes.push(order(&stack, &client, &account, &format!("fault{n}.quarry-test.org"), &markers, point).await);
+        // Each order meets its own crash only: the one before must have been restarted and be listening again.
+        whole_again(&stack).await;
     }
     let by_point: BTreeMap<&str, &Outcome> =
         outcomes.iter().flat_map(|o| o.points.iter().map(move |p| (p.as_str(), o))).collect();
