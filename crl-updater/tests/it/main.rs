@@ -191,6 +191,9 @@ fn rustls_pem(pem: &[u8]) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem).expect("pem").to_vec()
 }
 
+/// How long the dead updater's lease holds.
+const LEASE_SECS: i64 = 8;
+
 /// An updater that dies holding a lease leaves its shard to the others once the lease lapses: nothing else is
 /// needed to recover from the crash.
 #[tokio::test]
@@ -200,12 +203,14 @@ async fn a_shard_leased_by_an_updater_that_died_is_signed_once_its_lease_lapses(
     let issuer_der = rustls_pem(&std::fs::read(stack.pki.issuer_cert()).expect("issuer pem"));
     let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issuer_der).expect("issuer");
     let issuer_id = quarry_core::certificate::issuer_id(issuer.subject().as_raw());
-    // The dead updater's lease: two seconds, never released.
+    // The dead updater's lease, never released: long enough for a whole pass on a loaded machine (the pass must end
+    // while the lease still holds, or it signs the held shard too).
     let now = quarry_core::clock::now();
+    let lapses_at = now + LEASE_SECS;
     let lease = LeaseCrlShardRequest {
         issuer_id,
         shard_count: SHARDS,
-        until: now + 2,
+        until: lapses_at,
         updated_before: now + 1,
         stale_before: 0,
     };
@@ -219,7 +224,8 @@ async fn a_shard_leased_by_an_updater_that_died_is_signed_once_its_lease_lapses(
         PassReport { updated: 2 * SHARDS as usize - 1, failed: 0 },
         "all but the held one"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    let lapsed = std::time::UNIX_EPOCH + std::time::Duration::from_millis(lapses_at as u64 * 1_000 + 1_100);
+    tokio::time::sleep(lapsed.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await;
     assert_eq!(updater.pass().await, PassReport { updated: 1, failed: 0 }, "the lapsed lease's shard");
     let sa_read = StorageAuthorityReadOnlyClient::new(stack.pki.channel("wfe", "sa", stack.sa));
     sa_read.clone().get_crl(CrlShard { issuer_id, shard: held.shard }).await.expect("its CRL");
