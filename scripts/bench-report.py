@@ -60,6 +60,12 @@ def fmt(value, digits=1):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def grpc_calls(report):
+    """gRPC calls per certificate the services counted (Quarry only), or None."""
+    calls = report.get("grpc_calls_per_certificate")
+    return calls["total"] if calls else None
+
+
 def main():
     work, clients, duration = sys.argv[1], sys.argv[2].split(), sys.argv[3]
     cpu_model = "unknown CPU"
@@ -95,9 +101,9 @@ def main():
     w(
         "| CA | clients | certs/s | failed orders | order p50 ms | order p99 ms | server CPU ms/cert | "
         "net of idle | idle CPU ms/s | fixtures CPU ms/cert | largest peak RSS MiB | requests/cert | "
-        "loadgen CPU ms/cert |"
+        "gRPC calls/cert | loadgen CPU ms/cert |"
     )
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
     for target, label in TARGETS:
         for c in clients:
@@ -118,7 +124,8 @@ def main():
                 f"| {label} | {c} | {report['certificates_per_second']:.1f} | {failures} | {order['p50_ms']:.0f} | "
                 f"{order['p99_ms']:.0f} | {server:.1f} | {fmt(net)} | {fmt(idle, 0)} | {fixtures:.1f} | "
                 f"{largest[1] / 1024:.1f} ({largest[0]}) | "
-                f"{report.get('requests_per_certificate', 0):.1f} | {report['loadgen_cpu_ms_per_cert']:.2f} |"
+                f"{report.get('requests_per_certificate', 0):.1f} | {fmt(grpc_calls(report))} | "
+                f"{report['loadgen_cpu_ms_per_cert']:.2f} |"
             )
     w("")
 

@@ -90,7 +90,9 @@ stack_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))
 run_quarry() {
   local target=$1; shift
   local data=$work/$target
-  "$QUARRY_BIN" dev --data-dir "$data" --no-http01-responder "$@" >"$work/$target.out" 2>&1 &
+  # Metrics on, as in every hosted environment (they cost CPU too), and read by loadgen to count gRPC calls.
+  "$QUARRY_BIN" dev --data-dir "$data" --no-http01-responder --metrics-base-port 19400 "$@" \
+    >"$work/$target.out" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 240); do [[ -s $data/stack.json ]] && break; sleep 0.5; done
   [[ -s $data/stack.json ]] || { echo "bench: quarry dev did not start; see $work/$target.out" >&2; return 1; }
@@ -99,7 +101,7 @@ run_quarry() {
   idle_rss "$QUARRY_BIN(-dev)? (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
   local processes=quarry,quarry-dev
   [[ $target == quarry-postgres ]] && processes=quarry,quarry-dev,postgres
-  run_loads "$target" --stack "$data/stack.json" --processes "$processes"
+  run_loads "$target" --stack "$data/stack.json" --processes "$processes" --count-grpc-calls
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
 }
 

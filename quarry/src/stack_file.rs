@@ -52,6 +52,8 @@ pub struct Target {
     pub root: Option<PathBuf>,
     /// The stack's challenge test server, when it runs one.
     pub challtestsrv: Option<String>,
+    /// Each replica's name and metrics address, when the stack file says (`quarry dev --metrics-base-port`).
+    pub metrics: Vec<(String, SocketAddr)>,
 }
 
 impl AcmeTarget {
@@ -62,6 +64,7 @@ impl AcmeTarget {
                 tls_ca: self.tls_ca.clone(),
                 root: None,
                 challtestsrv: None,
+                metrics: Vec::new(),
             });
         };
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -72,6 +75,7 @@ impl AcmeTarget {
             tls_ca: self.tls_ca.clone().or(Some(stack.tls_ca_pem)),
             root: Some(stack.root_pem),
             challtestsrv: stack.challtestsrv_url,
+            metrics: stack.replicas.into_iter().filter_map(|r| Some((r.name, r.metrics?))).collect(),
         })
     }
 }
@@ -87,4 +91,7 @@ pub struct ReplicaInfo {
     pub pid: u32,
     pub restarts: u32,
     pub log: PathBuf,
+    /// Where its Prometheus metrics are served (`quarry dev --metrics-base-port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }

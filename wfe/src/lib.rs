@@ -77,10 +77,13 @@ pub struct Config {
     /// `finalize_timeout_ms`, and under the listener's `request_timeout_ms`.
     #[serde(default = "default_finalize_timeout_ms")]
     pub finalize_timeout_ms: u64,
-    /// The `Retry-After` given with processing orders (and challenges, unless `authz_retry_after_secs` says otherwise).
+    /// The longest `Retry-After` given with processing orders (and challenges, unless `authz_retry_after_secs` says
+    /// otherwise). With held polls on, the value given follows what the holds measure of the work (at least one
+    /// second); with them off, it is this.
     #[serde(default = "default_retry_after")]
     pub retry_after_secs: u64,
-    /// The `Retry-After` given with processing authorizations and challenges, when it is not `retry_after_secs`.
+    /// The longest `Retry-After` given with processing authorizations and challenges, when it is not
+    /// `retry_after_secs`.
     #[serde(default)]
     pub authz_retry_after_secs: Option<u64>,
     /// How long a POST-as-GET of an order being issued, or of an authorization or challenge being validated, waits

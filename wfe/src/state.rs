@@ -60,6 +60,9 @@ struct Inner {
     retry_after: u64,
     authz_retry_after: u64,
     hold_processing: Duration,
+    /// What the holds measured of validations and of issuances: their `Retry-After`.
+    validation_time: crate::hold::WorkTime,
+    issuance_time: crate::hold::WorkTime,
     orders_per_page: i64,
     accounts: AccountCache,
     provocations: crate::testing::Provocations,
@@ -183,6 +186,8 @@ impl Wfe {
                 retry_after: config.retry_after_secs,
                 authz_retry_after: config.authz_retry_after_secs.unwrap_or(config.retry_after_secs),
                 hold_processing: Duration::from_millis(config.hold_processing_ms),
+                validation_time: crate::hold::WorkTime::new(Duration::from_millis(config.hold_processing_ms)),
+                issuance_time: crate::hold::WorkTime::new(Duration::from_millis(config.hold_processing_ms)),
                 orders_per_page,
                 accounts: AccountCache::new(&config.account_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
@@ -204,14 +209,25 @@ impl Wfe {
         &self.inner.directory
     }
 
-    /// The `Retry-After` of a processing order.
+    /// The `Retry-After` of a processing order: what issuance measurably takes, at most `retry_after_secs`.
     pub fn retry_after(&self) -> u64 {
-        self.inner.retry_after
+        self.inner.issuance_time.retry_after(self.inner.retry_after)
     }
 
-    /// The `Retry-After` of an authorization or challenge being validated.
+    /// The `Retry-After` of an authorization or challenge being validated: what validation measurably takes, at
+    /// most the configured value.
     pub fn authz_retry_after(&self) -> u64 {
-        self.inner.authz_retry_after
+        self.inner.validation_time.retry_after(self.inner.authz_retry_after)
+    }
+
+    /// What held polls measured of validations.
+    pub(crate) fn validation_time(&self) -> &crate::hold::WorkTime {
+        &self.inner.validation_time
+    }
+
+    /// What held polls measured of issuances.
+    pub(crate) fn issuance_time(&self) -> &crate::hold::WorkTime {
+        &self.inner.issuance_time
     }
 
     /// How long a poll of work under way may wait for it to settle (zero: not at all).

@@ -143,6 +143,7 @@ pub async fn run(mut args: DevArgs) -> anyhow::Result<()> {
             service: written.service,
             name: written.name,
             config: written.path,
+            metrics: written.metrics,
         })
         .collect();
 

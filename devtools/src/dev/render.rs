@@ -41,6 +41,8 @@ pub struct WrittenConfig {
     /// `sa`, `sa-2`…
     pub name: String,
     pub path: PathBuf,
+    /// Where it serves its metrics, when asked to.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Writes `ratelimits.toml`, `admin.toml` and the configuration of every replica of every service, rendered from
@@ -73,14 +75,16 @@ pub fn write_configs(
             if let Some(endpoint) = extras.otlp_endpoint {
                 rendered = with_telemetry(&rendered, "otlp_endpoint", endpoint.to_owned())?;
             }
-            if let Some(base) = extras.metrics_base_port {
-                let addr = SocketAddr::new(replica_ip(index).into(), env::grpc_port(base, service));
+            let metrics = extras
+                .metrics_base_port
+                .map(|base| SocketAddr::new(replica_ip(index).into(), env::grpc_port(base, service)));
+            if let Some(addr) = metrics {
                 rendered = with_telemetry(&rendered, "metrics_listen", addr.to_string())?;
             }
             let name = env::replica_name(service, index);
             let path = config_dir.join(format!("{name}.toml"));
             std::fs::write(&path, rendered)?;
-            written.push(WrittenConfig { service, index, name, path });
+            written.push(WrittenConfig { service, index, name, path, metrics });
         }
     }
     Ok(written)

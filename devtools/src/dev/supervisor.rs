@@ -43,6 +43,8 @@ pub struct ReplicaSpec {
     pub subcommand: &'static str,
     pub config: PathBuf,
     pub health: Health,
+    /// Where it serves its metrics, if it does.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A replica under supervision.
@@ -107,6 +109,7 @@ impl Supervisor {
                 pid: replica.pid.load(Ordering::SeqCst),
                 restarts: replica.restarts.load(Ordering::SeqCst),
                 log: replica.log.clone(),
+                metrics: replica.spec.metrics,
             })
             .collect()
     }

@@ -3,6 +3,7 @@
 //! per step and per order, errors by problem type, and — read from `/proc` — the CPU time and peak memory of every
 //! server process (and its own) per certificate, so that CAs are compared by what a certificate costs them.
 
+mod grpc_calls;
 mod session;
 mod usage;
 
@@ -71,6 +72,10 @@ pub struct LoadgenArgs {
     /// The longest `Retry-After` waited with `--honour-retry-after`.
     #[arg(long, default_value_t = 3_000, requires = "honour_retry_after")]
     retry_after_cap_ms: u64,
+    /// Count the gRPC calls the services served per certificate, by RPC, from their metrics (`--stack` of a `quarry
+    /// dev --metrics-base-port`; background work such as CRL updates is counted too).
+    #[arg(long)]
+    count_grpc_calls: bool,
 }
 
 /// Latencies of every step, and failures by kind, of one client or all.
@@ -279,6 +284,9 @@ async fn one_order(
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let target = args.target.resolve()?;
     let (directory_url, tls_ca) = (target.directory_url, target.tls_ca);
+    if args.count_grpc_calls && target.metrics.is_empty() {
+        anyhow::bail!("--count-grpc-calls needs --stack of a `quarry dev` started with --metrics-base-port");
+    }
     // The publisher's client for CT logs is the one needed here too: pooled keep-alive connections, HTTPS trusting
     // the system's roots and the given CA, plain HTTP accepted.
     let http = quarry_core::http_client::http_client(tls_ca.as_deref())?;
@@ -310,6 +318,8 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let calls_before =
+        if args.count_grpc_calls { Some(grpc_calls::read(&http, &target.metrics).await?) } else { None };
     let before = server_processes(&args.processes, ticks);
     let me_before = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -340,6 +350,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let elapsed = started.elapsed();
     let after = server_processes(&args.processes, ticks);
     let me_after = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
+    let calls = match &calls_before {
+        Some(before) => Some(grpc_calls::made_between(before, &grpc_calls::read(&http, &target.metrics).await?)),
+        None => None,
+    };
 
     let failures: usize = tally.failures.values().sum();
     let rate = tally.certificates as f64 / elapsed.as_secs_f64();
@@ -399,6 +413,19 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
         "every 20 ms".to_owned()
     };
     println!("{:<24} {:>12.1}   (polled {pacing})", "polls per certificate", polls_per_certificate);
+    let calls_per_certificate = calls.as_ref().map(|calls| {
+        let per = |count: f64| if tally.certificates == 0 { 0.0 } else { count / tally.certificates as f64 };
+        let total = per(calls.iter().map(|(_, count)| count).sum());
+        println!("{:<24} {:>12.1}", "gRPC calls per cert.", total);
+        let by_rpc: serde_json::Map<String, Value> = calls
+            .iter()
+            .map(|(rpc, count)| {
+                println!("  {rpc:<50} {:>8.2}", per(*count));
+                (rpc.clone(), json!(per(*count)))
+            })
+            .collect();
+        json!({ "total": total, "by_rpc": by_rpc })
+    });
     if let Some(path) = &args.json {
         let report = json!({
             "clients": args.clients,
@@ -412,6 +439,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
             "loadgen_cpu_ms_per_cert": per_cert(own),
             "requests_per_certificate": requests_per_certificate,
             "polls_per_certificate": polls_per_certificate,
+            "grpc_calls_per_certificate": calls_per_certificate,
             "honour_retry_after": args.honour_retry_after,
             "retry_after_cap_ms": args.honour_retry_after.then_some(args.retry_after_cap_ms),
             "idle_cpu_ms_per_sec": idle_cpu_ms_per_sec,

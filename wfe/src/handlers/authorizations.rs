@@ -98,7 +98,7 @@ async fn hold_while_validating(
     deadline: Option<Instant>,
 ) -> Authorization {
     let id = authz.id;
-    hold::until_settled(endpoint, wfe.hold_processing(), deadline, authz, validating, || {
+    hold::until_settled(endpoint, wfe.validation_time(), wfe.hold_processing(), deadline, authz, validating, || {
         wfe.sa().get_authorization(id, deadline)
     })
     .await

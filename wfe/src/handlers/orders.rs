@@ -59,6 +59,7 @@ pub(super) async fn order(State(wfe): State<Wfe>, Path(id): Path<String>, reques
     // Issuance under way: answer when it ends, so that a client honouring Retry-After need not wait it out.
     let order = hold::until_settled(
         "order",
+        wfe.issuance_time(),
         wfe.hold_processing(),
         deadline,
         order,

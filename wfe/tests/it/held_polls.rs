@@ -136,6 +136,35 @@ async fn an_issuance_longer_than_the_hold_is_answered_processing() {
 }
 
 #[tokio::test]
+async fn retry_after_follows_how_long_validations_are_seen_under_way() {
+    let stack = Stack::start_with(|wfe| {
+        wfe.retry_after_secs = 5;
+        wfe.hold_processing_ms = 1_200;
+    })
+    .await;
+    let account = stack.account(Algorithm::Es256).await;
+    stack.va.hold(true);
+    let (_, order) = stack.order(&account, &["measured.example.org"]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
+    let authz = stack.client.post(&account, &authz_url, None).await.unwrap().json();
+    let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
+    let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
+    assert_eq!(answer.json()["status"], "processing", "{}", answer.json());
+    // Nothing measured yet: work is taken to be fast, so the challenge's answer asks the client back after 1 s
+    // rather than the configured 5.
+    assert_eq!(answer.header("retry-after").as_deref(), Some("1"));
+
+    // A hold that ends with the validation still under way measures it as at least the hold: 2 s, rounded up.
+    let (authz, took) = timed_poll(&stack, &account, &authz_url).await;
+    assert_eq!(authz.json()["status"], "pending", "{}", authz.json());
+    assert!(took >= Duration::from_millis(1_200), "held for the hold: {took:?}");
+    assert_eq!(authz.header("retry-after").as_deref(), Some("2"), "the measured time, rounded up");
+    stack.va.hold(false);
+    let authz = stack.client.poll(&account, &authz_url, 20, |a| a["status"] != "pending").await.unwrap();
+    assert_eq!(authz["status"], "valid");
+}
+
+#[tokio::test]
 async fn a_hold_of_zero_answers_at_once() {
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 0).await;
     let account = stack.account(Algorithm::Es256).await;
