@@ -146,6 +146,20 @@ pub struct Order {
     pub not_after: Timestamp,
 }
 
+/// What the sa knows that a new order depends on, read in one go (sa `GetNewOrderFacts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewOrderFacts {
+    /// The account's pending or ready order for the same identifiers and profile: the answer to the new-order, so
+    /// when there is one nothing else is read and the other fields are empty.
+    pub reusable_order: Option<Order>,
+    /// Those of the identifiers, each without its wildcard label, that the account is paused for.
+    pub paused: Vec<Identifier>,
+    /// Whether a certificate for exactly these identifiers was issued within the renewal window.
+    pub renewal: bool,
+    /// The account's valid authorizations for the identifiers that the new order may reuse.
+    pub valid_authorizations: Vec<Authorization>,
+}
+
 /// The most order ids one page of an account's orders list holds: what the sa reads for one request.
 pub const MAX_ORDER_PAGE: i64 = 1_000;
 

@@ -5,7 +5,7 @@
 
 use quarry_core::model::{
     Account, AccountStatus, Authorization, AuthorizationStatus, Certificate, Challenge, ChallengeStatus, ChallengeType,
-    Order, OrderPage, OrderStatus, ValidationRecord,
+    NewOrderFacts, Order, OrderPage, OrderStatus, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 
@@ -302,13 +302,40 @@ impl From<&sapb::AccountOrders> for OrderPage {
     }
 }
 
+impl From<&NewOrderFacts> for sapb::NewOrderFacts {
+    fn from(facts: &NewOrderFacts) -> Self {
+        Self {
+            reusable_order: facts.reusable_order.as_ref().map(pb::Order::from),
+            paused: identifiers_to_pb(&facts.paused),
+            renewal: facts.renewal,
+            valid_authorizations: facts.valid_authorizations.iter().map(pb::Authorization::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<&sapb::NewOrderFacts> for NewOrderFacts {
+    type Error = Problem;
+
+    fn try_from(facts: &sapb::NewOrderFacts) -> Result<Self, Problem> {
+        Ok(Self {
+            reusable_order: facts.reusable_order.as_ref().map(Order::try_from).transpose()?,
+            paused: identifiers_from_pb(&facts.paused)?,
+            renewal: facts.renewal,
+            valid_authorizations: facts
+                .valid_authorizations
+                .iter()
+                .map(Authorization::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn orders_round_trip() {
-        let order = Order {
+    fn order() -> Order {
+        Order {
             id: 7,
             account_id: 3,
             status: OrderStatus::Ready,
@@ -323,8 +350,40 @@ mod tests {
             began_processing: 0,
             not_before: 0,
             not_after: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn orders_round_trip() {
+        let order = order();
         assert_eq!(Order::try_from(&pb::Order::from(&order)).unwrap(), order);
+    }
+
+    #[test]
+    fn new_order_facts_round_trip_with_and_without_a_reusable_order() {
+        let authorization = Authorization {
+            id: 4,
+            account_id: 3,
+            identifier: Identifier::dns("b.example"),
+            status: AuthorizationStatus::Valid,
+            expires: 200,
+            challenges: Vec::new(),
+            wildcard: true,
+            profile: "classic".into(),
+            created: 20,
+        };
+        for facts in [
+            NewOrderFacts { reusable_order: Some(order()), ..Default::default() },
+            NewOrderFacts {
+                reusable_order: None,
+                paused: vec![Identifier::dns("a.example")],
+                renewal: true,
+                valid_authorizations: vec![authorization],
+            },
+            NewOrderFacts::default(),
+        ] {
+            assert_eq!(NewOrderFacts::try_from(&sapb::NewOrderFacts::from(&facts)).unwrap(), facts);
+        }
     }
 
     #[test]

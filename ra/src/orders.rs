@@ -1,13 +1,14 @@
 //! New orders (RFC 8555 §7.4): the profile and identifier checks, reuse of the account's unfinished order for the
 //! same names, pausing and rate limits (with the renewal and replacement exemptions), and creation with the
-//! account's valid authorizations reused.
+//! account's valid authorizations reused. What the sa knows for all of it comes in one call (`GetNewOrderFacts`),
+//! so that a new order costs two sa calls: that read and the creation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use quarry_core::clock::now;
 use quarry_core::identifier::is_public_unicast;
-use quarry_core::model::Order;
+use quarry_core::model::{Authorization, Order};
 use quarry_core::policy::IdentifierPolicy;
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb};
@@ -56,60 +57,38 @@ impl Registrar {
         }
         check_identifiers(&identifiers, profile, &profile_name, inner.allow_non_public_ip, &inner.policy)?;
 
-        let wanted = || identifiers_to_pb(&identifiers);
-        let reuse = sapb::GetOrderForNamesRequest {
+        // Everything the sa knows that this order depends on, in one read. A replacement order is always new, so
+        // that the replaced certificate is linked to exactly this order: the sa looks for no reusable order then.
+        let now = now();
+        let question = sapb::NewOrderFactsRequest {
             account_id: req.account_id,
-            identifiers: wanted(),
+            identifiers: identifiers_to_pb(&identifiers),
             profile: profile_name.clone(),
+            replacement: !req.replaces_serial.is_empty(),
+            renewal_since: now - RENEWAL_WINDOW_SECS,
+            valid_until: now + reuse_margin(profile.order_lifetime_secs),
         };
-        // A replacement order is always new, so that the replaced certificate is linked to exactly this order.
-        if req.replaces_serial.is_empty() {
-            match inner.sa.get_order_for_names(reuse, deadline).await {
-                Ok(order) => return Ok(order),
-                Err(problem) if problem.kind == ErrorKind::NotFound => {}
-                Err(problem) => return Err(problem),
-            }
+        let facts = inner.sa.get_new_order_facts(question, deadline).await?;
+        if let Some(order) = facts.reusable_order {
+            return Ok(order);
         }
 
         let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
-        self.check_not_paused(req.account_id, &limited, deadline).await?;
+        check_not_paused(req.account_id, &facts.paused)?;
         let exemption = if req.replacement_in_window && !req.replaces_serial.is_empty() {
             Exemption::Replacement
-        } else if self.is_renewal(&identifiers, deadline).await? {
+        } else if facts.renewal {
             Exemption::Renewal
         } else {
             Exemption::None
         };
         let spent = inner.limits.new_order(req.account_id, &limited, exemption).await?;
-        let created = self.create_order(req, &identifiers, profile, profile_name, deadline).await;
+        let reusable = facts.valid_authorizations;
+        let created = self.create_order(req, &identifiers, profile, profile_name, reusable, deadline).await;
         if created.is_err() {
             inner.limits.refund(&spent).await;
         }
         created
-    }
-
-    /// Refuses an order naming an identifier the account is paused for, saying how to get unpaused.
-    async fn check_not_paused(
-        &self,
-        account_id: i64,
-        identifiers: &[Identifier],
-        deadline: Option<Instant>,
-    ) -> Result<(), Problem> {
-        let request = sapb::PausedIdentifiersRequest { account_id, identifiers: identifiers_to_pb(identifiers) };
-        let paused = self.inner.sa.check_identifiers_paused(request, deadline).await?;
-        let paused: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
-        if paused.is_empty() {
-            return Ok(());
-        }
-        Err(Problem::new(
-            ErrorKind::RateLimited,
-            format!(
-                "account {account_id} is paused for {} after failing validation for it too many times in a row; fix \
-                 the client's validation setup, then ask the CA's operators to unpause the account \
-                 (quarry admin unpause --account {account_id})",
-                paused.join(", ")
-            ),
-        ))
     }
 
     /// Whether a certificate for exactly `identifiers` was issued within the renewal window: such an order is a
@@ -126,25 +105,19 @@ impl Registrar {
         Ok(!self.inner.sa.fqdn_set_issuance_times(request, deadline).await?.is_empty())
     }
 
-    /// Creates the order and its new authorizations, reusing the account's valid ones.
+    /// Creates the order and its new authorizations, reusing the account's valid ones (`valid`, as the sa found
+    /// them for this order).
     async fn create_order(
         &self,
         req: NewOrderRequest,
         identifiers: &[Identifier],
         profile: &ValidationProfile,
         profile_name: String,
+        valid: Vec<Authorization>,
         deadline: Option<Instant>,
     ) -> Result<Order, Problem> {
         let inner = &self.inner;
-        let wanted = || identifiers_to_pb(identifiers);
         let now = now();
-        let valid = sapb::GetValidAuthorizationsRequest {
-            account_id: req.account_id,
-            identifiers: wanted(),
-            valid_until: now + reuse_margin(profile.order_lifetime_secs),
-            profile: profile_name.clone(),
-        };
-        let valid = inner.sa.get_valid_authorizations(valid, deadline).await?;
         let mut reusable: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         for authz in valid {
             let value = if authz.wildcard { format!("*.{}", authz.identifier.value) } else { authz.identifier.value };
@@ -180,7 +153,7 @@ impl Registrar {
         }
         let create = sapb::NewOrderAndAuthorizationsRequest {
             account_id: req.account_id,
-            identifiers: wanted(),
+            identifiers: identifiers_to_pb(identifiers),
             expires,
             reused_authorization_ids: reused_ids,
             new_authorizations,
@@ -199,6 +172,24 @@ impl Registrar {
         );
         Ok(order)
     }
+}
+
+/// Refuses an order naming an identifier the account is paused for (`paused`, as the sa found them), saying how to
+/// get unpaused.
+fn check_not_paused(account_id: i64, paused: &[Identifier]) -> Result<(), Problem> {
+    if paused.is_empty() {
+        return Ok(());
+    }
+    let paused: Vec<&str> = paused.iter().map(|i| i.value.as_str()).collect();
+    Err(Problem::new(
+        ErrorKind::RateLimited,
+        format!(
+            "account {account_id} is paused for {} after failing validation for it too many times in a row; fix the \
+             client's validation setup, then ask the CA's operators to unpause the account \
+             (quarry admin unpause --account {account_id})",
+            paused.join(", ")
+        ),
+    ))
 }
 
 /// Identifier checks: one subproblem per offending identifier (RFC 8555 §6.7.1).

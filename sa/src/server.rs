@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::config::ClientTesting;
 use crate::store::controls::RateLimitOverride;
 use crate::store::recovery::{StuckItem, StuckSince};
-use crate::store::{NewAuthorization, NewOrder, Store, ValidationOutcome};
+use crate::store::{NewAuthorization, NewOrder, NewOrderQuestion, Store, ValidationOutcome};
 
 /// Both services share one store; the read-only service may also read from a replica.
 #[derive(Clone)]
@@ -94,6 +94,21 @@ impl StorageAuthorityReadOnly for Storage {
                 .await
                 .map(|o| pb::Order::from(&o)),
         )
+    }
+
+    /// From the primary, in one read transaction: a pause must not slip through a lagging replica (as in
+    /// `check_identifiers_paused`), and the usual answer, no reusable order, asked the primary anyway.
+    async fn get_new_order_facts(&self, request: Request<sapb::NewOrderFactsRequest>) -> Reply<sapb::NewOrderFacts> {
+        let req = request.into_inner();
+        let question = NewOrderQuestion {
+            account_id: req.account_id,
+            identifiers: identifiers_from_pb(&req.identifiers)?,
+            profile: req.profile,
+            replacement: req.replacement,
+            renewal_since: req.renewal_since,
+            valid_until: req.valid_until,
+        };
+        reply(self.store.new_order_facts(&question).await.map(|facts| sapb::NewOrderFacts::from(&facts)))
     }
 
     async fn get_authorization(&self, request: Request<sapb::AuthorizationId>) -> Reply<pb::Authorization> {

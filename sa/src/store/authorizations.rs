@@ -7,6 +7,7 @@ use quarry_core::model::{
     Authorization, AuthorizationStatus, Challenge, ChallengeStatus, ChallengeType, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
@@ -35,14 +36,12 @@ impl Store {
     }
 
     pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
-        let rows =
-            sqlx::query(queries::ORDER_AUTHORIZATIONS).bind(order_id).fetch_all(&self.pool).await.map_err(db_error)?;
-        let now = now();
-        rows.iter().map(|r| authorization_from_row(r, now)).collect()
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        order_authorizations(&mut conn, order_id).await
     }
 
     /// Valid authorizations of `account_id` for exactly these identifier values (so a wildcard's never serves a
-    /// plain name), expiring after `valid_until`, newest per identifier.
+    /// plain name), expiring after `valid_until`, of `profile` (empty: any), newest per identifier.
     pub async fn get_valid_authorizations(
         &self,
         account_id: i64,
@@ -50,24 +49,8 @@ impl Store {
         valid_until: Timestamp,
         profile: &str,
     ) -> Result<Vec<Authorization>, Problem> {
-        let now = now();
-        let mut found = Vec::new();
-        for identifier in identifiers {
-            let row = sqlx::query(queries::VALID_AUTHORIZATION)
-                .bind(account_id)
-                .bind(identifier.kind.as_str())
-                .bind(&identifier.value)
-                .bind(valid_until.max(now))
-                .bind(profile)
-                .bind(profile)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-            if let Some(row) = row {
-                found.push(authorization_from_row(&row, now)?);
-            }
-        }
-        Ok(found)
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        valid_authorizations(&mut conn, account_id, identifiers, valid_until, profile).await
     }
 
     /// Marks a pending authorization as being validated by `owner` (an ra replica): a fuse against two
@@ -170,6 +153,44 @@ impl Store {
             )))
         }
     }
+}
+
+/// An order's authorizations, in the order's order.
+pub(super) async fn order_authorizations(
+    conn: &mut AnyConnection,
+    order_id: i64,
+) -> Result<Vec<Authorization>, Problem> {
+    let rows = sqlx::query(queries::ORDER_AUTHORIZATIONS).bind(order_id).fetch_all(conn).await.map_err(db_error)?;
+    let now = now();
+    rows.iter().map(|r| authorization_from_row(r, now)).collect()
+}
+
+/// [`Store::get_valid_authorizations`] on one connection (or in one transaction).
+pub(super) async fn valid_authorizations(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    identifiers: &[Identifier],
+    valid_until: Timestamp,
+    profile: &str,
+) -> Result<Vec<Authorization>, Problem> {
+    let now = now();
+    let mut found = Vec::new();
+    for identifier in identifiers {
+        let row = sqlx::query(queries::VALID_AUTHORIZATION)
+            .bind(account_id)
+            .bind(identifier.kind.as_str())
+            .bind(&identifier.value)
+            .bind(valid_until.max(now))
+            .bind(profile)
+            .bind(profile)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        if let Some(row) = row {
+            found.push(authorization_from_row(&row, now)?);
+        }
+    }
+    Ok(found)
 }
 
 fn authorization_from_row(row: &AnyRow, now: Timestamp) -> Result<Authorization, Problem> {

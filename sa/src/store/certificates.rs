@@ -5,6 +5,7 @@ use quarry_core::clock::Timestamp;
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
+use sqlx::AnyConnection;
 
 use super::database::{Store, db_error, get};
 use crate::queries;
@@ -233,12 +234,8 @@ impl Store {
         identifiers: &[Identifier],
         since: Timestamp,
     ) -> Result<Vec<Timestamp>, Problem> {
-        sqlx::query_scalar(queries::FQDN_SET_TIMES)
-            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        fqdn_set_issued_since(&mut conn, identifiers, since).await
     }
 
     /// How many certificates named `domain` or a name under it, with a notBefore after `since`.
@@ -274,6 +271,21 @@ impl Store {
             issuer_id: get(&row, "issuer_id")?,
         })
     }
+}
+
+/// When certificates for exactly `identifiers` were issued since `since`, newest first, on one connection (or in one
+/// transaction).
+pub(super) async fn fqdn_set_issued_since(
+    conn: &mut AnyConnection,
+    identifiers: &[Identifier],
+    since: Timestamp,
+) -> Result<Vec<Timestamp>, Problem> {
+    sqlx::query_scalar(queries::FQDN_SET_TIMES)
+        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+        .bind(since)
+        .fetch_all(conn)
+        .await
+        .map_err(db_error)
 }
 
 /// What the sa records about a certificate, read from its DER.

@@ -3,6 +3,7 @@
 
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, IdentifierType, Problem};
+use sqlx::AnyConnection;
 
 use super::database::{Store, db_error, get, internal};
 
@@ -50,22 +51,8 @@ impl Store {
         account_id: i64,
         identifiers: &[Identifier],
     ) -> Result<Vec<Identifier>, Problem> {
-        let mut paused = Vec::new();
-        for identifier in identifiers {
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT paused_at FROM paused_identifiers WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND unpaused_at = 0",
-            )
-            .bind(account_id)
-            .bind(identifier.kind.as_str())
-            .bind(&identifier.value)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-            if found.is_some() {
-                paused.push(identifier.clone());
-            }
-        }
-        Ok(paused)
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        paused_among(&mut conn, account_id, identifiers).await
     }
 
     /// Every identifier paused for `account_id`.
@@ -193,4 +180,28 @@ impl Store {
             Err(Problem::not_found(format!("no enabled override of {limit_name} for {bucket_key}")))
         }
     }
+}
+
+/// Which of `identifiers` are paused for `account_id`, on one connection (or in one transaction).
+pub(super) async fn paused_among(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    identifiers: &[Identifier],
+) -> Result<Vec<Identifier>, Problem> {
+    let mut paused = Vec::new();
+    for identifier in identifiers {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT paused_at FROM paused_identifiers WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND unpaused_at = 0",
+        )
+        .bind(account_id)
+        .bind(identifier.kind.as_str())
+        .bind(&identifier.value)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        if found.is_some() {
+            paused.push(identifier.clone());
+        }
+    }
+    Ok(paused)
 }

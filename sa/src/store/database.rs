@@ -1,5 +1,5 @@
 //! The store's hold on its database: the engines it speaks, their schema migrations, the connection pool and each
-//! connection's setup, write transactions, and the error and column helpers every query shares.
+//! connection's setup, read and write transactions, and the error and column helpers every query shares.
 
 use std::time::Duration;
 
@@ -210,6 +210,17 @@ impl Store {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
+        };
+        self.pool.begin_with(begin).await.map_err(db_error)
+    }
+
+    /// Starts a transaction that only reads, so that several reads see one state of the database on one
+    /// connection: PostgreSQL's repeatable-read snapshot, SQLite's deferred transaction (one WAL snapshot, no lock
+    /// that would keep a writer waiting).
+    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, Problem> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         };
         self.pool.begin_with(begin).await.map_err(db_error)
     }

@@ -3,8 +3,9 @@
 //! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pool,
-//! migrations, transactions) and the helpers the others share. The groups whose types the crate root
-//! re-exports are `pub(crate)`, so that this module's own public names stay the ones below.
+//! migrations, transactions) and the helpers the others share; `new_order_facts` reads across the groups, in one
+//! transaction, what a new order needs. The groups whose types the crate root re-exports are `pub(crate)`, so that
+//! this module's own public names stay the ones below.
 
 mod accounts;
 mod authorizations;
@@ -13,6 +14,7 @@ pub(crate) mod certificates;
 pub(crate) mod controls;
 pub(crate) mod crl_shards;
 mod database;
+mod new_order_facts;
 mod orders;
 pub(crate) mod recovery;
 pub(crate) mod renewal_info;
@@ -20,6 +22,7 @@ pub(crate) mod revocation;
 
 pub use authorizations::ValidationOutcome;
 pub use database::{Backend, PoolSettings, Store};
+pub use new_order_facts::NewOrderQuestion;
 pub use orders::{NewAuthorization, NewOrder};
 pub use quarry_core::identifier::fqdn_set_hash;
 pub use revocation::KeyCompromise;

@@ -5,8 +5,10 @@ use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_ORDER_PAGE, Order, OrderPage};
 use quarry_core::{ErrorKind, Identifier, Problem};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
+use super::authorizations::order_authorizations;
 use super::database::{Store, db_error, get, internal};
 use crate::queries;
 use crate::status::{OrderFacts, order_status};
@@ -141,10 +143,8 @@ impl Store {
     }
 
     pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
-        let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&self.pool).await.map_err(db_error)?;
-        let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
-        let authorizations = self.get_order_authorizations(id).await?;
-        order_from_row(&row, &authorizations, now())
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        order_by_id(&mut conn, id).await
     }
 
     /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
@@ -154,22 +154,9 @@ impl Store {
         identifiers: &[Identifier],
         profile: &str,
     ) -> Result<Order, Problem> {
-        let ids: Vec<i64> = sqlx::query_scalar(queries::ORDER_REUSE)
-            .bind(account_id)
-            .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-            .bind(now())
-            .bind(profile)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        for id in ids {
-            let order = self.get_order(id).await?;
-            if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
-            {
-                return Ok(order);
-            }
-        }
-        Err(Problem::not_found("no reusable order"))
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let order = reusable_order(&mut conn, account_id, identifiers, profile).await?;
+        order.ok_or_else(|| Problem::not_found("no reusable order"))
     }
 
     /// One page of the account's orders list (RFC 8555 §7.1.2.1): the ids of its orders that are not invalid
@@ -298,6 +285,38 @@ impl Store {
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
     }
+}
+
+/// An order by id, with its authorizations, read on one connection (or in one transaction).
+async fn order_by_id(conn: &mut AnyConnection, id: i64) -> Result<Order, Problem> {
+    let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&mut *conn).await.map_err(db_error)?;
+    let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
+    let authorizations = order_authorizations(conn, id).await?;
+    order_from_row(&row, &authorizations, now())
+}
+
+/// The newest pending or ready order of the account for exactly this set of identifiers and profile, if any.
+pub(super) async fn reusable_order(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    identifiers: &[Identifier],
+    profile: &str,
+) -> Result<Option<Order>, Problem> {
+    let ids: Vec<i64> = sqlx::query_scalar(queries::ORDER_REUSE)
+        .bind(account_id)
+        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+        .bind(now())
+        .bind(profile)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    for id in ids {
+        let order = order_by_id(conn, id).await?;
+        if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready) {
+            return Ok(Some(order));
+        }
+    }
+    Ok(None)
 }
 
 fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {

@@ -15,6 +15,7 @@ use tonic::Code;
 
 mod compat;
 mod crl;
+mod new_order_facts;
 mod orders_list;
 mod store;
 

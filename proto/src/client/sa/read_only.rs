@@ -2,7 +2,7 @@
 //! replica) may answer.
 
 use quarry_core::Problem;
-use quarry_core::model::{Account, Authorization, Order, OrderPage};
+use quarry_core::model::{Account, Authorization, NewOrderFacts, Order, OrderPage};
 use tonic::codec::Streaming;
 
 use super::{Deadline, SaClient};
@@ -64,6 +64,24 @@ impl SaClient {
             deadline
         )?;
         Order::try_from(&reply)
+    }
+
+    /// What a new order depends on, in one call: the account's reusable order (the whole answer when there is one),
+    /// else the paused identifiers, whether it is a renewal, and the valid authorizations it may reuse.
+    pub async fn get_new_order_facts(
+        &self,
+        request: NewOrderFactsRequest,
+        deadline: Deadline,
+    ) -> Result<NewOrderFacts, Problem> {
+        let reply = rpc!(
+            self.peer,
+            Ro,
+            get_new_order_facts,
+            "/quarry.sa.v1.StorageAuthorityReadOnly/GetNewOrderFacts",
+            request,
+            deadline
+        )?;
+        NewOrderFacts::try_from(&reply)
     }
 
     pub async fn get_authorization(&self, id: i64, deadline: Deadline) -> Result<Authorization, Problem> {

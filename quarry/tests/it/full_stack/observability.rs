@@ -85,6 +85,13 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     let stored = [("rpc", "/quarry.sa.v1.StorageAuthority/AddCertificate"), ("code", "Ok")];
     assert_eq!(metric(&sa_text, "quarry_grpc_server_requests_total", &stored), 1.0, "{sa_text}");
     assert!(sa_text.contains("quarry_db_pool_connections{state=\"idle\"}"), "{sa_text}");
+    // The new order cost the sa two calls: what it depends on, read at once, and its creation.
+    let sa_calls = |rpc: &str| metric(&sa_text, "quarry_grpc_server_requests_total", &[("rpc", rpc)]);
+    assert_eq!(sa_calls("/quarry.sa.v1.StorageAuthorityReadOnly/GetNewOrderFacts"), 1.0, "{sa_text}");
+    assert_eq!(sa_calls("/quarry.sa.v1.StorageAuthority/NewOrderAndAuthorizations"), 1.0, "{sa_text}");
+    for folded in ["GetOrderForNames", "CheckIdentifiersPaused", "GetValidAuthorizations"] {
+        assert_eq!(sa_calls(&format!("/quarry.sa.v1.StorageAuthorityReadOnly/{folded}")), 0.0, "{sa_text}");
+    }
     let called = [("rpc", "/quarry.ra.v1.RegistrationAuthority/NewOrder"), ("code", "Ok")];
     assert_eq!(metric(&wfe_text, "quarry_grpc_client_requests_total", &called), 1.0, "{wfe_text}");
     let nonce_text = scrape(0).await;
