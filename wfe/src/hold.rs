@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use quarry_core::Problem;
 
-/// The first pause between two reads; it doubles after each read, up to [`LONGEST_PAUSE`].
+/// The shortest pause between two reads; pauses double after each read, up to [`LONGEST_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between two reads: a settled resource is seen within this of settling.
 const LONGEST_PAUSE: Duration = Duration::from_millis(200);
@@ -74,6 +74,23 @@ impl WorkTime {
         self.sampled_at_ms.store(self.millis_since_epoch(), Ordering::Relaxed);
     }
 
+    /// The first pause of a hold: about as long as work was recently seen under way (so that one re-read usually
+    /// finds it done), between [`FIRST_PAUSE`] and [`LONGEST_PAUSE`].
+    fn first_pause(&self) -> Duration {
+        match self.recent_average_ms() {
+            Some(average) => Duration::from_millis(average).clamp(FIRST_PAUSE, LONGEST_PAUSE),
+            None => FIRST_PAUSE,
+        }
+    }
+
+    /// The average, unless nothing was measured in the last minute.
+    fn recent_average_ms(&self) -> Option<u64> {
+        let average = self.average_ms.load(Ordering::Relaxed);
+        let recent = self.millis_since_epoch().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed))
+            <= FORGET_AFTER.as_millis() as u64;
+        (average != UNMEASURED && recent).then_some(average)
+    }
+
     /// The `Retry-After` (whole seconds) for a reply whose work is under way: the measured time rounded up, at least
     /// one second (never zero: a client would poll at once) and at most `configured` — which it is outright when
     /// holds are off.
@@ -81,11 +98,7 @@ impl WorkTime {
         if !self.measuring {
             return configured;
         }
-        let average = self.average_ms.load(Ordering::Relaxed);
-        let recent = self.millis_since_epoch().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed))
-            <= FORGET_AFTER.as_millis() as u64;
-        let measured = if average == UNMEASURED || !recent { 0 } else { average };
-        measured.div_ceil(1_000).clamp(1, configured.max(1))
+        self.recent_average_ms().unwrap_or_default().div_ceil(1_000).clamp(1, configured.max(1))
     }
 }
 
@@ -114,14 +127,17 @@ where
         until = until.min(deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(started));
     }
     let mut latest = first;
-    let mut pause = FIRST_PAUSE;
+    // The first re-read when the work usually ends, then the pauses from the shortest, doubling.
+    let mut pause = work_time.first_pause();
+    let mut next_pause = if pause > FIRST_PAUSE { FIRST_PAUSE } else { FIRST_PAUSE * 2 };
     while under_way(&latest) {
         let now = Instant::now();
         if now >= until {
             break;
         }
         tokio::time::sleep(pause.min(until - now)).await;
-        pause = (pause * 2).min(LONGEST_PAUSE);
+        pause = next_pause;
+        next_pause = (next_pause * 2).min(LONGEST_PAUSE);
         match read().await {
             Ok(read) => latest = read,
             Err(problem) => {
@@ -241,6 +257,39 @@ mod tests {
         let settled_at_once = WorkTime::new(hold);
         until_settled("test", &settled_at_once, hold, None, 1, |n| *n > 0, || async { Ok(0) }).await;
         assert!(settled_at_once.average_ms.load(Ordering::Relaxed) < 50);
+    }
+
+    #[tokio::test]
+    async fn the_first_re_read_comes_when_work_usually_ends() {
+        let work_time = WorkTime::new(Duration::from_secs(2));
+        assert_eq!(work_time.first_pause(), FIRST_PAUSE, "nothing measured");
+        for _ in 0..40 {
+            work_time.record(Duration::from_millis(60));
+        }
+        let first = work_time.first_pause();
+        assert!((Duration::from_millis(50)..=Duration::from_millis(60)).contains(&first), "{first:?}");
+        // Work that settles after about that long is found by one re-read.
+        let reads = &AtomicU32::new(0);
+        let started = Instant::now();
+        let settled = until_settled(
+            "test",
+            &work_time,
+            Duration::from_secs(2),
+            None,
+            false,
+            |settled| !settled,
+            move || async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(started.elapsed() >= Duration::from_millis(40))
+            },
+        )
+        .await;
+        assert!(settled);
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        for _ in 0..40 {
+            work_time.record(Duration::from_secs(5));
+        }
+        assert_eq!(work_time.first_pause(), LONGEST_PAUSE);
     }
 
     #[tokio::test]

@@ -318,8 +318,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     } else {
         None
     };
-    let calls_before =
-        if args.count_grpc_calls { Some(grpc_calls::read(&http, &target.metrics).await?) } else { None };
+    let calls_before = if args.count_grpc_calls { Some(grpc_calls::read(&http, &target.metrics).await?) } else { None };
     let before = server_processes(&args.processes, ticks);
     let me_before = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();

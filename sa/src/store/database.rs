@@ -169,6 +169,10 @@ impl Store {
             .max_connections(max_connections.max(1))
             // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
             .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)) * 2)
+            // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
+            // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
+            // broke in between fails its statement as `unavailable`, which callers retry.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     let setup = match backend {
