@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use quarry_core::clock::now;
 use quarry_core::identifier::is_public_unicast;
-use quarry_core::model::{Authorization, Order};
+use quarry_core::model::{Authorization, NewOrderFacts, Order};
 use quarry_core::policy::IdentifierPolicy;
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem, SubProblem};
 use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb};
@@ -68,7 +68,7 @@ impl Registrar {
             renewal_since: now - RENEWAL_WINDOW_SECS,
             valid_until: now + reuse_margin(profile.order_lifetime_secs),
         };
-        let facts = inner.sa.get_new_order_facts(question, deadline).await?;
+        let facts = self.new_order_facts(question, &identifiers, deadline).await?;
         if let Some(order) = facts.reusable_order {
             return Ok(order);
         }
@@ -89,6 +89,51 @@ impl Registrar {
             inner.limits.refund(&spent).await;
         }
         created
+    }
+
+    /// What the sa knows that a new order depends on, in one read; an sa that predates it (during a rolling update)
+    /// is asked the reads it replaces, in the order the one read answers them.
+    async fn new_order_facts(
+        &self,
+        question: sapb::NewOrderFactsRequest,
+        identifiers: &[Identifier],
+        deadline: Option<Instant>,
+    ) -> Result<NewOrderFacts, Problem> {
+        let sa = &self.inner.sa;
+        if let Some(facts) = sa.get_new_order_facts(question.clone(), deadline).await? {
+            return Ok(facts);
+        }
+        if !question.replacement {
+            let reuse = sapb::GetOrderForNamesRequest {
+                account_id: question.account_id,
+                identifiers: question.identifiers.clone(),
+                profile: question.profile.clone(),
+            };
+            match sa.get_order_for_names(reuse, deadline).await {
+                Ok(order) => return Ok(NewOrderFacts { reusable_order: Some(order), ..NewOrderFacts::default() }),
+                Err(problem) if problem.kind == ErrorKind::NotFound => {}
+                Err(problem) => return Err(problem),
+            }
+        }
+        let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
+        let paused = sapb::PausedIdentifiersRequest {
+            account_id: question.account_id,
+            identifiers: identifiers_to_pb(&limited),
+        };
+        let paused = identifiers_from_pb(&sa.check_identifiers_paused(paused, deadline).await?)?;
+        let renewal = sapb::FqdnSetIssuanceTimesRequest {
+            identifiers: question.identifiers.clone(),
+            since: question.renewal_since,
+        };
+        let renewal = !sa.fqdn_set_issuance_times(renewal, deadline).await?.is_empty();
+        let valid = sapb::GetValidAuthorizationsRequest {
+            account_id: question.account_id,
+            identifiers: question.identifiers,
+            valid_until: question.valid_until,
+            profile: question.profile,
+        };
+        let valid_authorizations = sa.get_valid_authorizations(valid, deadline).await?;
+        Ok(NewOrderFacts { reusable_order: None, paused, renewal, valid_authorizations })
     }
 
     /// Whether a certificate for exactly `identifiers` was issued within the renewal window: such an order is a

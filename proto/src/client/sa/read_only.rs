@@ -72,16 +72,20 @@ impl SaClient {
         &self,
         request: NewOrderFactsRequest,
         deadline: Deadline,
-    ) -> Result<NewOrderFacts, Problem> {
-        let reply = rpc!(
-            self.peer,
-            Ro,
-            get_new_order_facts,
-            "/quarry.sa.v1.StorageAuthorityReadOnly/GetNewOrderFacts",
-            request,
-            deadline
-        )?;
-        NewOrderFacts::try_from(&reply)
+    ) -> Result<Option<NewOrderFacts>, Problem> {
+        const PATH: &str = "/quarry.sa.v1.StorageAuthorityReadOnly/GetNewOrderFacts";
+        let reply = self
+            .peer
+            .call(PATH, crate::client::idempotence(PATH), &request, deadline, |channel, request| async move {
+                Ro::new(channel).get_new_order_facts(request).await
+            })
+            .await;
+        match reply {
+            Ok(reply) => NewOrderFacts::try_from(&reply).map(Some),
+            // An sa that predates the call, during a rolling update: the caller asks the reads it replaces.
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(status) => Err(Problem::from(status)),
+        }
     }
 
     pub async fn get_authorization(&self, id: i64, deadline: Deadline) -> Result<Authorization, Problem> {
