@@ -275,6 +275,7 @@ impl CaService {
             der: prepared.linting_copy.clone(),
             issued: now.unix_timestamp(),
             issuer_id: chosen.id,
+            ..Default::default()
         };
         self.sa.add_precertificate(linting_copy, deadline).await.inspect_err(unsigned)?;
         quarry_core::fault::point("ca.after_precertificate_stored");
@@ -413,8 +414,9 @@ impl Finisher {
         );
         quarry_core::fault::point("ca.after_final_signed");
 
+        let issued = at.unix_timestamp();
         let store =
-            AddCertificateRequest { account_id, der: der.clone(), issued: at.unix_timestamp(), issuer_id: chosen.id };
+            AddCertificateRequest { account_id, der: der.clone(), issued, issuer_id: chosen.id, ..Default::default() };
         if let Err(problem) = self.sa.add_certificate(store, deadline).await {
             // The signed certificate exists only in this process now; the log line is its only trace.
             error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");

@@ -10,8 +10,8 @@ use quarry_core::{ErrorKind, Problem};
 use quarry_proto::core::{Account, Empty, Order};
 use quarry_proto::sa::storage_authority_server::{StorageAuthority, StorageAuthorityServer};
 use quarry_proto::sa::{
-    AddCertificateRequest, AddSerialRequest, FinalizeAuthorizationRequest, FinalizeOrderRequest,
-    NewOrderAndAuthorizationsRequest, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
+    AddCertificateRequest, AddCertificateResponse, AddSerialRequest, FinalizeAuthorizationRequest,
+    FinalizeOrderRequest, NewOrderAndAuthorizationsRequest, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
 };
 use quarry_testkit::pki::TestPki;
 use tonic::{Request, Response, Status};
@@ -65,12 +65,15 @@ impl StorageAuthority for Handle {
         Ok(Response::new(Empty {}))
     }
 
-    async fn add_certificate(&self, request: Request<AddCertificateRequest>) -> Result<Response<Empty>, Status> {
+    async fn add_certificate(
+        &self,
+        request: Request<AddCertificateRequest>,
+    ) -> Result<Response<AddCertificateResponse>, Status> {
         if take_one(&self.0.storage_failures) {
             return Err(Problem::new(ErrorKind::Unavailable, "database unavailable").into());
         }
         self.0.recorded().certificates.push(request.into_inner());
-        Ok(Response::new(Empty {}))
+        Ok(Response::new(AddCertificateResponse { order_finalized: false }))
     }
 
     async fn pause_identifiers(
