@@ -1,6 +1,6 @@
-//! The `quarry.ca.v1.CertificateAuthority` gRPC service, in Boulder's order: choose an issuer, reserve a random
-//! serial in the sa, store the linted linting copy, sign the precertificate, get SCTs through the publisher, sign
-//! the final certificate, store it, answer with it and its chain.
+//! The `quarry.ca.v1.CertificateAuthority` gRPC service, in Boulder's order: choose an issuer, draw a random serial,
+//! store the linted linting copy with the serial's reservation (one sa write), sign the precertificate, get SCTs
+//! through the publisher, sign the final certificate, store it with its order, answer with it and its chain.
 //!
 //! Which names may be certified was decided by the ra; the ca still refuses a CSR whose signature or key is bad,
 //! since it is the last component before a signature exists.
