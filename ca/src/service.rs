@@ -1,6 +1,6 @@
-//! The `quarry.ca.v1.CertificateAuthority` gRPC service, in Boulder's order: choose an issuer, reserve a random
-//! serial in the sa, store the linted linting copy, sign the precertificate, get SCTs through the publisher, sign
-//! the final certificate, store it, answer with it and its chain.
+//! The `quarry.ca.v1.CertificateAuthority` gRPC service, in Boulder's order: choose an issuer, draw a random serial,
+//! store the linted linting copy with the serial's reservation (one sa write), sign the precertificate, get SCTs
+//! through the publisher, sign the final certificate, store it with its order, answer with it and its chain.
 //!
 //! Which names may be certified was decided by the ra; the ca still refuses a CSR whose signature or key is bad,
 //! since it is the last component before a signature exists.
@@ -250,7 +250,7 @@ impl CaService {
             crl_url: String::new(),
             issuer_url: String::new(),
         };
-        // Checked before a serial is reserved, so that a misconfiguration does not fill the serials table.
+        // Checked before anything is signed or stored, so that a misconfiguration does not fill the serials table.
         let (_, not_after) = issue_request.validity_window().map_err(|e| internal("validity window", &e))?;
         let Some(chosen) = self.choose_issuer(profile_name, &issue_request.csr.key, not_after) else {
             error!(profile = profile_name, %not_after, "no active issuer serves this profile past the certificate's notAfter");
@@ -258,25 +258,9 @@ impl CaService {
         };
         issue_request.issuer_url.clone_from(&chosen.issuer_url);
 
-        let serial = self.reserve_serial(request.account_id, request.order_id, now, not_after, deadline).await?;
-        let serial_hex = hex::encode(serial);
-        issue_request.serial = serial.to_vec();
-        // The shard is fixed now, in the certificate, so that the sa files its revocation under the same one.
-        let shard = quarry_core::crl::shard(&serial_hex, self.crl_shards);
-        issue_request.crl_url = format!("{}{shard}.crl", chosen.crl_url_prefix);
-        let unsigned = |e: &Problem| warn!(serial = serial_hex, order_id = request.order_id, %e, "serial reserved but no certificate signed");
-
-        let prepared = on_signing_thread(&chosen.issuer, move |issuer| prepare_precertificate(issuer, &issue_request))
-            .await
-            .inspect_err(unsigned)?;
         // From here on the serial is revocable, whatever fails next.
-        let linting_copy = AddCertificateRequest {
-            account_id: request.account_id,
-            der: prepared.linting_copy.clone(),
-            issued: now.unix_timestamp(),
-            issuer_id: chosen.id,
-        };
-        self.sa.add_precertificate(linting_copy, deadline).await.inspect_err(unsigned)?;
+        let (serial_hex, prepared) =
+            self.store_precertificate(chosen, issue_request, &request, not_after, deadline).await?;
         quarry_core::fault::point("ca.after_precertificate_stored");
         let issued = Issued { account_id: request.account_id, order_id: request.order_id, serial: serial_hex, at: now };
         self.finish_detached(chosen, prepared, issued, profile_name, deadline).await
@@ -311,7 +295,8 @@ impl CaService {
             Ok(stored) => {
                 let issuer = self.issuers.iter().find(|i| i.id == stored.issuer_id);
                 let chain = issuer.map(|i| vec![i.issuer.certificate_der().to_vec()]).unwrap_or_default();
-                return Ok(IssueCertificateResponse { der: stored.der, chain, serial });
+                // Its order is not looked at here: the ra records it.
+                return Ok(IssueCertificateResponse { der: stored.der, chain, serial, order_finalized: false });
             }
             Err(problem) if problem.kind == ErrorKind::NotFound => {}
             Err(problem) => return Err(problem),
@@ -336,36 +321,74 @@ impl CaService {
         self.finish_detached(chosen, prepared, issued, "recovered", deadline).await
     }
 
-    /// Draws random serials until the sa accepts one as new, reserved for `order_id`.
-    async fn reserve_serial(
+    /// Draws a random serial, prepares the precertificate under it (its linting copy signed with the throwaway key
+    /// and linted) and stores that copy in the sa, which reserves the serial for the order in the same write. A
+    /// serial the sa has already is drawn again, with a new linting copy (the serial and its CRL shard are in it),
+    /// at most [`SERIAL_ATTEMPTS`] times. Gives the serial (hex) and the precertificate to sign.
+    async fn store_precertificate(
         &self,
-        account_id: i64,
-        order_id: i64,
-        now: OffsetDateTime,
+        chosen: &ConfiguredIssuer,
+        mut draft: IssueRequest,
+        request: &IssueCertificateRequest,
         not_after: OffsetDateTime,
         deadline: Option<Instant>,
-    ) -> Result<[u8; crate::issuance::SERIAL_LEN], Problem> {
+    ) -> Result<(String, Prepared), Problem> {
         for attempt in 1..=SERIAL_ATTEMPTS {
             let serial = random_serial(self.serial_prefix).map_err(|e| internal("serial generation", &e))?;
-            let reservation = AddSerialRequest {
-                account_id,
-                order_id,
-                serial: hex::encode(serial),
-                created: now.unix_timestamp(),
+            let serial_hex = hex::encode(serial);
+            draft.serial = serial.to_vec();
+            // The shard is fixed now, in the certificate, so that the sa files its revocation under the same one.
+            let shard = quarry_core::crl::shard(&serial_hex, self.crl_shards);
+            draft.crl_url = format!("{}{shard}.crl", chosen.crl_url_prefix);
+            let prepare = move |issuer: &Issuer| prepare_precertificate(issuer, &draft).map(|p| (p, draft));
+            let (prepared, returned) = on_signing_thread(&chosen.issuer, prepare).await?;
+            draft = returned;
+            let linting_copy = AddCertificateRequest {
+                account_id: request.account_id,
+                der: prepared.linting_copy.clone(),
+                issued: draft.not_before.unix_timestamp(),
+                issuer_id: chosen.id,
+                order_id: request.order_id,
                 expires: not_after.unix_timestamp(),
             };
-            match self.sa.add_serial(reservation, deadline).await {
-                Ok(()) => return Ok(serial),
+            match self.store_linting_copy(linting_copy, &serial_hex, deadline).await {
+                Ok(()) => return Ok((serial_hex, prepared)),
+                Err(problem) if problem.kind == ErrorKind::Duplicate => {
+                    warn!(attempt, serial = serial_hex, "random serial already taken");
+                }
                 Err(problem) => {
-                    if problem.kind != ErrorKind::Duplicate {
-                        return Err(problem);
-                    }
-                    warn!(attempt, serial = hex::encode(serial), "random serial already taken");
+                    // Stored or not (an answer lost), the order's recovery finds out by the serial's reservation.
+                    warn!(serial = serial_hex, order_id = request.order_id, %problem, "precertificate not stored");
+                    return Err(problem);
                 }
             }
         }
         error!(attempts = SERIAL_ATTEMPTS, "every random serial was already taken");
         Err(Problem::internal("could not reserve a serial"))
+    }
+
+    /// Stores a linting copy with its serial's reservation. An sa that predates reserving them together refuses the
+    /// copy as never reserved: during a rolling update that one gets the reservation first, as it used to.
+    async fn store_linting_copy(
+        &self,
+        copy: AddCertificateRequest,
+        serial: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        match self.sa.add_precertificate(copy.clone(), deadline).await {
+            Err(problem) if problem.kind == ErrorKind::Malformed && problem.detail.ends_with("was never reserved") => {
+                let reservation = AddSerialRequest {
+                    account_id: copy.account_id,
+                    order_id: copy.order_id,
+                    serial: serial.to_owned(),
+                    created: copy.issued,
+                    expires: copy.expires,
+                };
+                self.sa.add_serial(reservation, deadline).await?;
+                self.sa.add_precertificate(copy, deadline).await
+            }
+            stored => stored,
+        }
     }
 }
 
@@ -413,13 +436,23 @@ impl Finisher {
         );
         quarry_core::fault::point("ca.after_final_signed");
 
-        let store =
-            AddCertificateRequest { account_id, der: der.clone(), issued: at.unix_timestamp(), issuer_id: chosen.id };
-        if let Err(problem) = self.sa.add_certificate(store, deadline).await {
-            // The signed certificate exists only in this process now; the log line is its only trace.
-            error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");
-            return Err(problem);
-        }
+        // Naming the order has the sa record the certificate as its order's in the same write.
+        let store = AddCertificateRequest {
+            account_id,
+            der: der.clone(),
+            issued: at.unix_timestamp(),
+            issuer_id: chosen.id,
+            order_id,
+            expires: 0,
+        };
+        let order_finalized = match self.sa.add_certificate(store, deadline).await {
+            Ok(order_finalized) => order_finalized,
+            Err(problem) => {
+                // The signed certificate exists only in this process now; the log line is its only trace.
+                error!(serial = serial_hex, order_id, %problem, "storing a signed certificate failed");
+                return Err(problem);
+            }
+        };
         info!(
             target: "audit",
             event = "certificate-signed",
@@ -437,7 +470,8 @@ impl Finisher {
         )
         .increment(1);
         self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
-        Ok(IssueCertificateResponse { der, chain: vec![chosen.issuer.certificate_der().to_vec()], serial: serial_hex })
+        let chain = vec![chosen.issuer.certificate_der().to_vec()];
+        Ok(IssueCertificateResponse { der, chain, serial: serial_hex, order_finalized })
     }
 
     /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.

@@ -275,6 +275,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         der: orphan.der.clone(),
                         issued: orphan.issued,
                         issuer_id: orphan.issuer_id,
+                        // The sa makes the order its serial was reserved for valid.
+                        order_id: 0,
+                        expires: 0,
                     };
                     sa.add_certificate(store, None).await.map_err(refused)?;
                 }

@@ -10,10 +10,12 @@ use quarry_core::model::{AuthorizationStatus, ChallengeStatus, Order, OrderStatu
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_jose::Jwk;
 use quarry_proto::ca::IssueCertificateRequest;
+use quarry_proto::client::FinalizationFacts;
 use quarry_proto::ra::FinalizeOrderRequest;
 use tracing::Instrument;
 
 use crate::keypolicy;
+use crate::orders::renewal_since;
 use crate::registrar::{ABANDON_RECORD_TIME, Registrar};
 
 impl Registrar {
@@ -45,11 +47,12 @@ impl Registrar {
         if csr.key == account_key {
             return Err(Problem::new(ErrorKind::BadCsr, "certificate public key must be different than account key"));
         }
-        if inner.sa.key_blocked(csr.key.key_hash().to_vec(), deadline).await? {
+        let facts = self.finalization_facts(&order, &csr.key, deadline).await?;
+        if facts.key_blocked {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
         }
         check_csr_names(&csr.identifiers(), &order.identifiers)?;
-        let authzs = inner.sa.get_order_authorizations(order.id, deadline).await?;
+        let (authzs, renewal) = (facts.authorizations, facts.renewal);
         let all_valid = authzs.iter().all(|a| a.status == AuthorizationStatus::Valid);
         if !all_valid || authzs.is_empty() {
             return Err(Problem::new(ErrorKind::OrderNotReady, "not every authorization of the order is valid"));
@@ -83,7 +86,7 @@ impl Registrar {
                     }
                     let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
                     tokio::select! {
-                        _ = registrar.issue_or_invalidate(&order, csr, deadline) => {}
+                        _ = registrar.issue_or_invalidate(&order, csr, renewal, deadline) => {}
                         () = abandon.cancelled() => {
                             let stopped = Problem::internal("the CA stopped before this order was issued; order again");
                             registrar.fail_order(&order, &stopped, deadline).await;
@@ -100,7 +103,7 @@ impl Registrar {
             None => Some(Instant::now() + inner.finalize_timeout),
         };
         let began_processing = now().max(1);
-        match self.issue_or_invalidate(&order, req.csr, deadline).await? {
+        match self.issue_or_invalidate(&order, req.csr, renewal, deadline).await? {
             // The sa recorded the certificate, so the order is valid: no need to read it back.
             Issuance::Issued(serial) => {
                 Ok(Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order })
@@ -118,9 +121,10 @@ impl Registrar {
         &self,
         order: &Order,
         csr: Vec<u8>,
+        renewal: bool,
         deadline: Option<Instant>,
     ) -> Result<Issuance, Problem> {
-        let problem = match self.issue(order, csr, deadline).await {
+        let problem = match self.issue(order, csr, renewal, deadline).await {
             Ok(serial) => return Ok(Issuance::Issued(serial)),
             Err(problem) => problem,
         };
@@ -197,9 +201,37 @@ impl Registrar {
         None
     }
 
-    async fn issue(&self, order: &Order, csr: Vec<u8>, deadline: Option<Instant>) -> Result<String, Problem> {
-        // Asked before this certificate joins the history it looks at.
-        let renewal = self.is_renewal(&order.identifiers, deadline).await?;
+    /// What the sa knows that finalizing `order` with `key` checks, in one read. Whether the order is a renewal is
+    /// asked here, before this order's certificate joins the history it looks at. An sa that predates the one read
+    /// (during a rolling update) is asked the three reads it replaces.
+    async fn finalization_facts(
+        &self,
+        order: &Order,
+        key: &Jwk,
+        deadline: Option<Instant>,
+    ) -> Result<FinalizationFacts, Problem> {
+        let sa = &self.inner.sa;
+        let key_hash = key.key_hash().to_vec();
+        let asked =
+            sa.get_finalization_facts(order.id, key_hash.clone(), &order.identifiers, renewal_since(), deadline);
+        if let Some(facts) = asked.await? {
+            return Ok(facts);
+        }
+        Ok(FinalizationFacts {
+            key_blocked: sa.key_blocked(key_hash, deadline).await?,
+            authorizations: sa.get_order_authorizations(order.id, deadline).await?,
+            renewal: self.is_renewal(&order.identifiers, deadline).await?,
+        })
+    }
+
+    /// Has the ca issue `order`'s certificate; `renewal` says whether it renews one (for the rate limits).
+    async fn issue(
+        &self,
+        order: &Order,
+        csr: Vec<u8>,
+        renewal: bool,
+        deadline: Option<Instant>,
+    ) -> Result<String, Problem> {
         quarry_core::fault::point("ra.finalize_before_issue");
         let issue = IssueCertificateRequest {
             csr,
@@ -209,7 +241,10 @@ impl Registrar {
         };
         let issued = self.inner.ca.issue_certificate(issue, deadline).await?;
         quarry_core::fault::point("ra.finalize_after_issue");
-        self.inner.sa.finalize_order(order.id, &issued.serial, deadline).await?;
+        // The sa made the order valid as it stored the certificate, and the ca says so; an older ca does not.
+        if !issued.order_finalized {
+            self.inner.sa.finalize_order(order.id, &issued.serial, deadline).await?;
+        }
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");

@@ -23,6 +23,11 @@ use crate::registrar::Registrar;
 /// An order for exactly the identifiers of a certificate issued this recently is a renewal (Boulder's 120 days).
 const RENEWAL_WINDOW_SECS: i64 = 120 * 86_400;
 
+/// Since when a certificate for exactly an order's identifiers makes the order a renewal.
+pub(crate) fn renewal_since() -> i64 {
+    now() - RENEWAL_WINDOW_SECS
+}
+
 /// A reused valid authorization must stay valid for an eighth of the order's lifetime, between one hour and one day
 /// (Boulder's rule), so that the order can still be finalized.
 fn reuse_margin(order_lifetime: i64) -> i64 {
@@ -143,10 +148,8 @@ impl Registrar {
         identifiers: &[Identifier],
         deadline: Option<Instant>,
     ) -> Result<bool, Problem> {
-        let request = sapb::FqdnSetIssuanceTimesRequest {
-            identifiers: identifiers_to_pb(identifiers),
-            since: now() - RENEWAL_WINDOW_SECS,
-        };
+        let request =
+            sapb::FqdnSetIssuanceTimesRequest { identifiers: identifiers_to_pb(identifiers), since: renewal_since() };
         Ok(!self.inner.sa.fqdn_set_issuance_times(request, deadline).await?.is_empty())
     }
 

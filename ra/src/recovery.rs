@@ -210,8 +210,11 @@ impl Registrar {
         let inner = &self.inner;
         let completion = Some(Instant::now() + COMPLETION_TIMEOUT);
         let issued = inner.ca.issue_certificate_for_precertificate(serial, order_id, completion).await?;
-        // Storing the certificate made the order valid; recorded again in case the ca predates that.
-        inner.sa.finalize_order(order_id, &issued.serial, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await?;
+        // Storing the certificate made the order valid; recorded here when the ca does not say so (an older one, or
+        // a certificate it had stored already).
+        if !issued.order_finalized {
+            inner.sa.finalize_order(order_id, &issued.serial, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await?;
+        }
         tracing::info!(target: "audit", event = "issuance-recovered", order_id, serial = %issued.serial, "an interrupted issuance was finished from its precertificate");
         recovered("order", "completed");
         Ok(issued.serial)

@@ -4,6 +4,7 @@
 mod config;
 mod error;
 pub mod queries;
+mod requests;
 mod server;
 pub mod status;
 pub mod store;
@@ -20,7 +21,7 @@ pub use config::{ClientTesting, Config};
 pub use error::Error;
 pub use server::Storage;
 pub use store::Store;
-pub use store::certificates::Precertificate;
+pub use store::certificates::{Precertificate, StoredCertificate};
 pub use store::controls::RateLimitOverride;
 pub use store::crl_shards::{ShardLease, StoredCrl};
 pub use store::recovery::{StuckItem, StuckSince};

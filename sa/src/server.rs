@@ -1,9 +1,9 @@
 //! The two gRPC services of the sa, thin translations between prost messages and [`Store`] calls.
 
-use quarry_core::model::{Account, AccountStatus, AuthorizationStatus, ChallengeType};
+use quarry_core::model::{Account, AccountStatus, AuthorizationStatus};
 use std::future::Future;
 
-use quarry_core::{ErrorKind, Identifier, Problem};
+use quarry_core::{ErrorKind, Problem};
 use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_from_pb, records_from_pb};
 use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnly;
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::config::ClientTesting;
 use crate::store::controls::RateLimitOverride;
 use crate::store::recovery::{StuckItem, StuckSince};
-use crate::store::{NewAuthorization, NewOrder, NewOrderQuestion, Store, ValidationOutcome};
+use crate::store::{NewOrderQuestion, Store, ValidationOutcome};
 
 /// Both services share one store; the read-only service may also read from a replica.
 #[derive(Clone)]
@@ -287,6 +287,24 @@ impl StorageAuthorityReadOnly for Storage {
         let found = self.store.renewal_info_override(&serial).await;
         reply(found.map(|o| sapb::RenewalInfoOverride { serial, response: o.response, set_at: o.set_at }))
     }
+
+    /// Each fact read where its own RPC reads it: the blocked key from the primary, the rest replica first.
+    async fn get_finalization_facts(
+        &self,
+        request: Request<sapb::GetFinalizationFactsRequest>,
+    ) -> Reply<sapb::GetFinalizationFactsResponse> {
+        let req = request.into_inner();
+        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let key_blocked = self.store.key_blocked(&req.key_hash).await?;
+        let (order_id, since, identifiers) = (req.order_id, req.renewal_since, &identifiers);
+        let authorizations = self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?;
+        let issued = self.read(|s| async move { s.fqdn_set_issuance_times(identifiers, since).await }).await?;
+        reply(Ok(sapb::GetFinalizationFactsResponse {
+            authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
+            key_blocked,
+            renewal: !issued.is_empty(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -324,37 +342,7 @@ impl StorageAuthority for Storage {
         &self,
         request: Request<sapb::NewOrderAndAuthorizationsRequest>,
     ) -> Reply<pb::Order> {
-        let req = request.into_inner();
-        let new_authorizations = req
-            .new_authorizations
-            .iter()
-            .map(|authz| {
-                let identifier = authz
-                    .identifier
-                    .as_ref()
-                    .ok_or_else(|| Problem::malformed("new authorization without an identifier"))
-                    .and_then(Identifier::try_from)?;
-                let challenge_types = authz
-                    .challenge_types
-                    .iter()
-                    .map(|t| {
-                        ChallengeType::parse(t)
-                            .ok_or_else(|| Problem::malformed(format!("unknown challenge type {t:?}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(NewAuthorization { identifier, challenge_types, token: authz.token.clone(), expires: authz.expires })
-            })
-            .collect::<Result<Vec<_>, Problem>>()?;
-        let order = NewOrder {
-            account_id: req.account_id,
-            identifiers: identifiers_from_pb(&req.identifiers)?,
-            expires: req.expires,
-            reused_authorization_ids: req.reused_authorization_ids,
-            new_authorizations,
-            profile: req.profile,
-            replaces: req.replaces,
-            replaces_serial: req.replaces_serial,
-        };
+        let order = crate::requests::new_order(request.into_inner())?;
         reply(self.store.new_order_and_authorizations(&order).await.map(|o| pb::Order::from(&o)))
     }
 
@@ -535,12 +523,16 @@ impl StorageAuthority for Storage {
 
     async fn add_precertificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
         let req = request.into_inner();
-        reply(
+        let stored = if req.expires == 0 {
+            // An older ca, which reserved the serial with AddSerial.
+            self.store.add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id).await
+        } else {
+            let (account_id, order_id) = (req.account_id, req.order_id);
             self.store
-                .add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id)
+                .reserve_and_add_precertificate(account_id, order_id, &req.der, req.issued, req.expires, req.issuer_id)
                 .await
-                .map(|_| pb::Empty {}),
-        )
+        };
+        reply(stored.map(|_| pb::Empty {}))
     }
 
     async fn claim_stuck_authorization(
@@ -588,10 +580,13 @@ impl StorageAuthority for Storage {
         reply(stored.map(|()| pb::Empty {}))
     }
 
-    async fn add_certificate(&self, request: Request<sapb::AddCertificateRequest>) -> Reply<pb::Empty> {
+    async fn add_certificate(
+        &self,
+        request: Request<sapb::AddCertificateRequest>,
+    ) -> Reply<sapb::AddCertificateResponse> {
         let req = request.into_inner();
-        reply(
-            self.store.add_certificate(req.account_id, &req.der, req.issued, req.issuer_id).await.map(|_| pb::Empty {}),
-        )
+        let stored =
+            self.store.add_certificate_for_order(req.account_id, req.order_id, &req.der, req.issued, req.issuer_id);
+        reply(stored.await.map(|stored| sapb::AddCertificateResponse { order_finalized: stored.order_finalized }))
     }
 }

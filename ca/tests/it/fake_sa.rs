@@ -1,8 +1,9 @@
 //! A stand-in for the sa's read-write service that records what the ca reserves and stores, and can be told to
-//! refuse serials as duplicates or to fail storage.
+//! refuse serials as duplicates, to fail storage, or to answer as an sa that predates reserving a serial with its
+//! precertificate.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quarry_core::grpc::ClientAllowlist;
@@ -10,17 +11,21 @@ use quarry_core::{ErrorKind, Problem};
 use quarry_proto::core::{Account, Empty, Order};
 use quarry_proto::sa::storage_authority_server::{StorageAuthority, StorageAuthorityServer};
 use quarry_proto::sa::{
-    AddCertificateRequest, AddSerialRequest, FinalizeAuthorizationRequest, FinalizeOrderRequest,
-    NewOrderAndAuthorizationsRequest, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
+    AddCertificateRequest, AddCertificateResponse, AddSerialRequest, FinalizeAuthorizationRequest,
+    FinalizeOrderRequest, NewOrderAndAuthorizationsRequest, SetAuthorizationProcessingRequest, SetOrderErrorRequest,
 };
 use quarry_testkit::pki::TestPki;
 use tonic::{Request, Response, Status};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
-/// What the fake saw; refused serial reservations are recorded too.
+/// What the fake saw; refused reservations and precertificates are recorded too.
 #[derive(Debug, Default)]
 pub struct Recorded {
+    /// AddSerial calls: the ca makes them only for an older sa.
     pub serial_attempts: Vec<AddSerialRequest>,
     pub serials: Vec<AddSerialRequest>,
+    pub precertificate_attempts: Vec<AddCertificateRequest>,
     pub precertificates: Vec<AddCertificateRequest>,
     pub certificates: Vec<AddCertificateRequest>,
 }
@@ -28,10 +33,13 @@ pub struct Recorded {
 #[derive(Debug, Default)]
 pub struct FakeSa {
     pub recorded: Mutex<Recorded>,
-    /// How many upcoming AddSerial calls answer `duplicate`.
+    /// How many upcoming serial reservations (AddPrecertificate with `expires`, or AddSerial) answer `duplicate`.
     pub duplicates: AtomicUsize,
     /// How many upcoming AddCertificate calls answer `unavailable`.
     pub storage_failures: AtomicUsize,
+    /// Answer as an sa that predates reserving a serial with its precertificate: AddPrecertificate ignores `expires`
+    /// and `order_id` and wants the serial reserved by AddSerial, and AddCertificate's answer lacks `order_finalized`.
+    pub older: AtomicBool,
 }
 
 impl FakeSa {
@@ -42,6 +50,12 @@ impl FakeSa {
 
 fn take_one(counter: &AtomicUsize) -> bool {
     counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+/// The serial (hex) of a certificate or precertificate's DER.
+pub fn serial_of(der: &[u8]) -> String {
+    let (_, cert) = X509Certificate::from_der(der).expect("the ca stores DER that parses");
+    hex::encode(cert.raw_serial())
 }
 
 /// A shared handle, so the test keeps access to what the server records.
@@ -61,16 +75,31 @@ impl StorageAuthority for Handle {
     }
 
     async fn add_precertificate(&self, request: Request<AddCertificateRequest>) -> Result<Response<Empty>, Status> {
-        self.0.recorded().precertificates.push(request.into_inner());
+        let request = request.into_inner();
+        self.0.recorded().precertificate_attempts.push(request.clone());
+        let serial = serial_of(&request.der);
+        if self.0.older.load(Ordering::SeqCst) {
+            if !self.0.recorded().serials.iter().any(|reserved| reserved.serial == serial) {
+                return Err(Problem::malformed(format!("serial {serial} was never reserved")).into());
+            }
+        } else if request.expires != 0 && take_one(&self.0.duplicates) {
+            return Err(Problem::new(ErrorKind::Duplicate, "the record already exists").into());
+        }
+        self.0.recorded().precertificates.push(request);
         Ok(Response::new(Empty {}))
     }
 
-    async fn add_certificate(&self, request: Request<AddCertificateRequest>) -> Result<Response<Empty>, Status> {
+    async fn add_certificate(
+        &self,
+        request: Request<AddCertificateRequest>,
+    ) -> Result<Response<AddCertificateResponse>, Status> {
         if take_one(&self.0.storage_failures) {
             return Err(Problem::new(ErrorKind::Unavailable, "database unavailable").into());
         }
-        self.0.recorded().certificates.push(request.into_inner());
-        Ok(Response::new(Empty {}))
+        let request = request.into_inner();
+        let order_finalized = request.order_id != 0 && !self.0.older.load(Ordering::SeqCst);
+        self.0.recorded().certificates.push(request);
+        Ok(Response::new(AddCertificateResponse { order_finalized }))
     }
 
     async fn pause_identifiers(

@@ -13,6 +13,7 @@ use tonic::Code;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
+use crate::fake_sa::serial_of;
 use crate::{SERIAL_PREFIX, Stack, read_cert};
 
 const ACCOUNT_ID: i64 = 7;
@@ -123,19 +124,46 @@ async fn issues_a_p256_certificate_and_records_it_in_the_sa() {
         verify_chain(&root, &response.chain, &response.der, name).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 
+    // Two writes to the sa: the precertificate with its serial's reservation for the order, then the certificate
+    // with its order, which the sa finalizes in the same write.
     let recorded = stack.sa.0.recorded();
-    assert_eq!(recorded.serials.len(), 1);
-    let reserved = &recorded.serials[0];
-    assert_eq!((reserved.account_id, reserved.serial.as_str()), (ACCOUNT_ID, response.serial.as_str()));
-    assert!((before..=unix_now()).contains(&reserved.created));
-    assert_eq!(reserved.expires, cert.validity().not_after.timestamp());
+    assert!(recorded.serial_attempts.is_empty(), "no AddSerial: {:?}", recorded.serial_attempts);
     assert_eq!(recorded.precertificates.len(), 1);
+    let reserved = &recorded.precertificates[0];
+    assert_eq!((reserved.account_id, reserved.order_id), (ACCOUNT_ID, ORDER_ID));
+    assert_eq!(serial_of(&reserved.der), response.serial);
+    assert!((before..=unix_now()).contains(&reserved.issued));
+    assert_eq!(reserved.expires, cert.validity().not_after.timestamp());
     assert_eq!(recorded.certificates.len(), 1);
     let stored = &recorded.certificates[0];
-    assert_eq!(stored.account_id, ACCOUNT_ID);
+    assert_eq!((stored.account_id, stored.order_id, stored.expires), (ACCOUNT_ID, ORDER_ID, 0));
     assert_eq!(stored.der, response.der);
     assert_eq!(stored.issuer_id, issuer_id(&issuer));
-    assert_eq!(stored.issued, reserved.created);
+    assert_eq!(stored.issued, reserved.issued);
+    assert!(response.order_finalized, "the sa said it finalized the order");
+}
+
+/// During a rolling update the ca may meet an sa that predates reserving a serial with its precertificate: that sa
+/// refuses the precertificate as never reserved, and the ca reserves the serial with AddSerial first, as it used to
+/// (a serial taken there is drawn again too). Such an sa does not say it finalized the order, nor then does the ca.
+#[tokio::test]
+async fn an_older_sa_has_the_serial_reserved_first() {
+    let stack = Stack::start().await;
+    stack.sa.0.older.store(true, Ordering::SeqCst);
+    stack.sa.0.duplicates.store(1, Ordering::SeqCst);
+    let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("issued");
+    assert!(!response.order_finalized);
+    let recorded = stack.sa.0.recorded();
+    assert_eq!(recorded.serial_attempts.len(), 2, "{:?}", recorded.serial_attempts);
+    assert_eq!(recorded.serials.len(), 1);
+    let reserved = &recorded.serials[0];
+    assert_eq!((reserved.account_id, reserved.order_id), (ACCOUNT_ID, ORDER_ID));
+    assert_eq!(reserved.serial, response.serial);
+    assert_eq!(reserved.expires, parse(&response.der).validity().not_after.timestamp());
+    assert_eq!(recorded.precertificate_attempts.len(), 3, "each serial tried alone first");
+    assert_eq!(recorded.precertificates.len(), 1);
+    assert_eq!(serial_of(&recorded.precertificates[0].der), response.serial);
+    assert_eq!(recorded.certificates.len(), 1);
 }
 
 #[tokio::test]
@@ -179,7 +207,7 @@ async fn unknown_profile_is_invalid_profile() {
     let problem = issue(&stack, request(p256_csr(&["a.example"]), "forever")).await.expect_err("unknown profile");
     assert_eq!(problem.kind, ErrorKind::InvalidProfile);
     assert!(problem.detail.contains("forever"), "{}", problem.detail);
-    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+    assert!(stack.sa.0.recorded().precertificate_attempts.is_empty());
 }
 
 #[tokio::test]
@@ -211,7 +239,7 @@ async fn bad_csrs_are_bad_csr_and_reserve_nothing() {
         let problem = issue(&stack, request(csr, "classic")).await.expect_err(label);
         assert_eq!(problem.kind, ErrorKind::BadCsr, "{label}: {problem}");
     }
-    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+    assert!(stack.sa.0.recorded().precertificate_attempts.is_empty());
 }
 
 #[tokio::test]
@@ -225,7 +253,7 @@ async fn only_allowlisted_clients_may_call() {
             .expect_err(client);
         assert_eq!(status.code(), Code::PermissionDenied, "{client}: {status:?}");
     }
-    assert!(stack.sa.0.recorded().serial_attempts.is_empty());
+    assert!(stack.sa.0.recorded().precertificate_attempts.is_empty());
     issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("ra may call");
 }
 
@@ -236,19 +264,20 @@ async fn duplicate_serials_are_retried_a_bounded_number_of_times() {
     let response = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("third serial works");
     {
         let recorded = stack.sa.0.recorded();
-        assert_eq!(recorded.serial_attempts.len(), 3);
-        let distinct: std::collections::BTreeSet<&str> =
-            recorded.serial_attempts.iter().map(|r| r.serial.as_str()).collect();
-        assert_eq!(distinct.len(), 3, "each attempt draws a new serial");
-        assert_eq!(recorded.serials.len(), 1);
-        assert_eq!(recorded.serials[0].serial, response.serial);
+        assert_eq!(recorded.precertificate_attempts.len(), 3);
+        let distinct: std::collections::BTreeSet<String> =
+            recorded.precertificate_attempts.iter().map(|r| serial_of(&r.der)).collect();
+        assert_eq!(distinct.len(), 3, "each attempt draws a new serial, in a linting copy prepared again");
+        assert_eq!(recorded.precertificates.len(), 1);
+        assert_eq!(serial_of(&recorded.precertificates[0].der), response.serial);
+        assert!(recorded.serial_attempts.is_empty());
     }
 
     stack.sa.0.duplicates.store(3, Ordering::SeqCst);
     let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("no serial left");
     assert_eq!(problem.kind, ErrorKind::ServerInternal);
     let recorded = stack.sa.0.recorded();
-    assert_eq!(recorded.serial_attempts.len(), 6);
+    assert_eq!(recorded.precertificate_attempts.len(), 6);
     assert_eq!(recorded.certificates.len(), 1, "nothing signed without a reserved serial");
 }
 
@@ -259,12 +288,12 @@ async fn sa_failures_reach_the_caller_as_their_kind() {
     stack.sa.0.storage_failures.store(1, Ordering::SeqCst);
     let issued = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect("retried store");
     assert_eq!(stack.sa.0.recorded().certificates.len(), 1);
-    assert_eq!(stack.sa.0.recorded().serials.last().map(|s| s.serial.clone()), Some(issued.serial));
+    assert_eq!(stack.sa.0.recorded().precertificates.last().map(|p| serial_of(&p.der)), Some(issued.serial));
     // A lasting one reaches the caller as its kind.
     stack.sa.0.storage_failures.store(100, Ordering::SeqCst);
     let problem = issue(&stack, request(p256_csr(&["a.example"]), "classic")).await.expect_err("storage fails");
     assert_eq!(problem.kind, ErrorKind::Unavailable);
-    assert_eq!(stack.sa.0.recorded().serials.len(), 2);
+    assert_eq!(stack.sa.0.recorded().precertificates.len(), 2);
     assert_eq!(stack.sa.0.recorded().certificates.len(), 1);
 }
 

@@ -16,7 +16,7 @@ pub use ca::CaClient;
 pub use nonce::{NonceClient, PREFIX_LEN, nonce_prefix};
 pub use publisher::PublisherClient;
 pub use ra::RaClient;
-pub use sa::SaClient;
+pub use sa::{FinalizationFacts, SaClient};
 pub use va::VaClient;
 
 use quarry_core::peer::Idempotence;

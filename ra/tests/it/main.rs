@@ -31,6 +31,15 @@ impl Stack {
         StorageAuthorityReadOnlyClient::new(self.inner.pki.channel("wfe", "sa", self.inner.sa))
     }
 
+    /// The sa's read-write service, as the ra calls it.
+    fn sa_rw(&self) -> quarry_proto::sa::storage_authority_client::StorageAuthorityClient<Channel> {
+        quarry_proto::sa::storage_authority_client::StorageAuthorityClient::new(self.inner.pki.channel(
+            "ra",
+            "sa",
+            self.inner.sa,
+        ))
+    }
+
     async fn account(&self) -> (pb::Account, SigningKey) {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
         let account = pb::Account {
@@ -94,10 +103,13 @@ fn dns(value: &str) -> pb::Identifier {
 }
 
 fn csr(names: &[&str]) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
+    csr_with_key(names, &rcgen::KeyPair::generate().unwrap())
+}
+
+fn csr_with_key(names: &[&str], key: &rcgen::KeyPair) -> Vec<u8> {
     let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.serialize_request(&key).unwrap().der().to_vec()
+    params.serialize_request(key).unwrap().der().to_vec()
 }
 
 async fn finalize(stack: &Stack, order: &pb::Order, account_id: i64, csr: Vec<u8>) -> Result<pb::Order, Problem> {
@@ -218,12 +230,42 @@ async fn finalization_checks_the_csr_then_issues() {
     let (other, _) = stack.account().await;
     let stranger = finalize(&stack, &order, other.id, csr(&names)).await.unwrap_err();
     assert_eq!(stranger.kind, ErrorKind::Unauthorized);
+    // A blocked key, as the sa's one read of what finalization checks says.
+    let blocked = rcgen::KeyPair::generate().unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
+    let key_hash = quarry_jose::Jwk::from_spki_der(&spki).unwrap().key_hash().to_vec();
+    let block = quarry_proto::sa::AddBlockedKeyRequest { key_hash, source: "test".into(), comment: String::new() };
+    stack.sa_rw().add_blocked_key(block).await.unwrap();
+    let forbidden = finalize(&stack, &order, account.id, csr_with_key(&names, &blocked)).await.unwrap_err();
+    assert_eq!(forbidden.kind, ErrorKind::BadPublicKey);
+    assert_eq!(stack.order_status(order.id).await, "ready");
 
     let done = finalize(&stack, &order, account.id, csr(&names)).await.unwrap();
     assert_eq!(done.status, "valid");
     assert!(!done.certificate_serial.is_empty());
     let again = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
     assert_eq!(again.kind, ErrorKind::OrderNotReady);
+}
+
+/// During a rolling update the ra may meet an sa that predates GetFinalizationFacts: it answers `unimplemented`
+/// (here a server without the sa's services at all), which the sa client tells apart from a failure, so that the
+/// ra asks the reads it replaces instead.
+#[tokio::test]
+async fn an_sa_without_the_one_finalization_read_is_told_apart() {
+    use quarry_proto::client::SaClient;
+    let stack = Stack::start().await;
+    let client = |service: &str, addr| {
+        let peer =
+            quarry_core::peer::Peer::new(&stack.inner.pki.client_config(service, addr), &stack.inner.pki.tls("ra"));
+        SaClient::new(peer.unwrap())
+    };
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    let names = [quarry_core::Identifier::dns("older.example.org")];
+    let older = client("ca", stack.inner.ca).get_finalization_facts(1, vec![0; 32], &names, 0, deadline).await;
+    assert!(older.unwrap().is_none(), "no such RPC: ask the older reads");
+    let current = client("sa", stack.inner.sa).get_finalization_facts(1, vec![0; 32], &names, 0, deadline).await;
+    let facts = current.unwrap().expect("the sa answers");
+    assert!(facts.authorizations.is_empty() && !facts.key_blocked && !facts.renewal, "{facts:?}");
 }
 
 /// The wfe sends the authorization, order and account it has just read: the ra uses them instead of reading them

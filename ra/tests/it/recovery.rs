@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use quarry_ca::issuance::{CertProfile, IssueRequest, Issuer, issuer_id, prepare_precertificate, random_serial};
 use quarry_proto::sa::storage_authority_client::StorageAuthorityClient;
-use quarry_proto::sa::{AddCertificateRequest, AddSerialRequest, SetOrderProcessingRequest};
+use quarry_proto::sa::{AddCertificateRequest, SetOrderProcessingRequest};
 use quarry_ra::{Registrar, SweepReport};
 
 use quarry_testkit::stack::InProcessStack;
@@ -94,16 +94,15 @@ async fn an_order_left_processing_is_finished_from_its_precertificate_or_failed(
     };
     let linting_copy = prepare_precertificate(&issuer, &request).unwrap().linting_copy;
     let (now, expires) = (quarry_core::clock::now(), quarry_core::clock::now() + 90 * 86_400);
-    let reserved = AddSerialRequest {
+    // As the ca stores it: the serial reserved for the order in the same write, which is how the sweeper finds it.
+    let stored = AddCertificateRequest {
         account_id: account.id,
-        serial: hex::encode(serial),
-        created: now,
-        expires,
+        der: linting_copy,
+        issued: now,
+        issuer_id: issuer_id(&issuer),
         order_id: order.id,
+        expires,
     };
-    as_ca.clone().add_serial(reserved).await.unwrap();
-    let stored =
-        AddCertificateRequest { account_id: account.id, der: linting_copy, issued: now, issuer_id: issuer_id(&issuer) };
     as_ca.clone().add_precertificate(stored).await.unwrap();
     assert_eq!(stack.order_status(order.id).await, "processing");
 

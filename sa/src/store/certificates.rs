@@ -15,6 +15,22 @@ fn reversed_name(name: &str) -> String {
     name.split('.').rev().collect::<Vec<_>>().join(".")
 }
 
+/// A serial reserved in the transaction that stores its precertificate.
+#[derive(Debug, Clone, Copy)]
+struct SerialReservation {
+    order_id: i64,
+    expires: Timestamp,
+}
+
+/// What storing a final certificate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCertificate {
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// Whether the order the caller named now has it.
+    pub order_finalized: bool,
+}
+
 /// A precertificate (the ca's linting copy of it) stored before the real one is signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Precertificate {
@@ -58,8 +74,8 @@ impl Store {
     }
 
     /// Stores a precertificate (the ca's linting copy) with everything issuance records: its status (so it can be
-    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved;
-    /// the same precertificate stored again (a retry after a lost answer) is accepted.
+    /// revoked from now on), its FQDN set, its names and its key. A serial is stored once, and only if reserved
+    /// (by [`Store::add_serial`]); the same precertificate stored again (a retry after a lost answer) is accepted.
     pub async fn add_precertificate(
         &self,
         account_id: i64,
@@ -67,17 +83,63 @@ impl Store {
         issued: Timestamp,
         issuer_id: i64,
     ) -> Result<String, Problem> {
+        self.store_precertificate(account_id, der, issued, issuer_id, None).await
+    }
+
+    /// Reserves the precertificate's serial for `order_id` (as [`Store::add_serial`], expiring at `expires`) and
+    /// stores the precertificate (as [`Store::add_precertificate`]) in one transaction, so that the serial row the
+    /// order's recovery looks for and the precertificate exist together or not at all. A serial taken already is
+    /// `duplicate` (the ca draws another); the same precertificate stored again (a retry) is accepted.
+    pub async fn reserve_and_add_precertificate(
+        &self,
+        account_id: i64,
+        order_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        expires: Timestamp,
+        issuer_id: i64,
+    ) -> Result<String, Problem> {
+        let reservation = SerialReservation { order_id, expires };
+        self.store_precertificate(account_id, der, issued, issuer_id, Some(reservation)).await
+    }
+
+    async fn store_precertificate(
+        &self,
+        account_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+        reservation: Option<SerialReservation>,
+    ) -> Result<String, Problem> {
         let facts = CertificateFacts::parse(der)?;
-        match self.get_precertificate(&facts.serial).await {
-            Ok(stored) if stored.der == der => return Ok(facts.serial),
-            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
-            Err(problem) if problem.kind == ErrorKind::NotFound => {}
-            Err(problem) => return Err(problem),
+        if self.precertificate_stored(&facts.serial, der).await? {
+            return Ok(facts.serial);
         }
-        if !self.serial_exists(&facts.serial).await? {
+        if reservation.is_none() && !self.serial_exists(&facts.serial).await? {
             return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
         }
         let mut tx = self.begin_write().await?;
+        if let Some(reservation) = reservation {
+            let reserved = sqlx::query(
+                "INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&facts.serial)
+            .bind(account_id)
+            .bind(reservation.order_id)
+            .bind(issued)
+            .bind(reservation.expires)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error);
+            if let Err(problem) = reserved {
+                drop(tx);
+                // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
+                if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
+                    return Ok(facts.serial);
+                }
+                return Err(problem);
+            }
+        }
         sqlx::query(
             "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -127,10 +189,18 @@ impl Store {
         Ok(facts.serial)
     }
 
-    /// Stores the final certificate of a stored precertificate (same serial, same issuer) and, in the same
-    /// transaction, makes the order it was issued for valid (RFC 9773: its replaced certificate is now replaced):
-    /// so an order whose caller crashed, or gave up, after the ca finished is not left behind. The same
-    /// certificate stored again (a retry after a lost answer) is accepted.
+    /// Whether `serial`'s precertificate is stored already as `der` (a retry); another one under it is `duplicate`.
+    async fn precertificate_stored(&self, serial: &str, der: &[u8]) -> Result<bool, Problem> {
+        match self.get_precertificate(serial).await {
+            Ok(stored) if stored.der == der => Ok(true),
+            Ok(_) => Err(Problem::new(ErrorKind::Duplicate, format!("serial {serial} is taken"))),
+            Err(problem) if problem.kind == ErrorKind::NotFound => Ok(false),
+            Err(problem) => Err(problem),
+        }
+    }
+
+    /// Stores the final certificate of a stored precertificate (same serial, same issuer); see
+    /// [`Store::add_certificate_for_order`], which this is without naming an order.
     pub async fn add_certificate(
         &self,
         account_id: i64,
@@ -138,6 +208,23 @@ impl Store {
         issued: Timestamp,
         issuer_id: i64,
     ) -> Result<String, Problem> {
+        Ok(self.add_certificate_for_order(account_id, 0, der, issued, issuer_id).await?.serial)
+    }
+
+    /// Stores the final certificate of a stored precertificate (same serial, same issuer) and, in the same
+    /// transaction, makes the order its serial was reserved for (else `order_id`) valid, as `finalize_order` does
+    /// (RFC 9773: its replaced certificate is now replaced), superseding a failure recorded meanwhile (the ra gave
+    /// up waiting): so an order whose caller crashed, or gave up, after the ca finished is not left behind. Says
+    /// whether `order_id` (non-zero) now has this certificate. A certificate is stored whatever the order's state,
+    /// since it is signed already. The same certificate stored again (a retry after a lost answer) is accepted.
+    pub async fn add_certificate_for_order(
+        &self,
+        account_id: i64,
+        order_id: i64,
+        der: &[u8],
+        issued: Timestamp,
+        issuer_id: i64,
+    ) -> Result<StoredCertificate, Problem> {
         let facts = CertificateFacts::parse(der)?;
         let precertificate = self.get_precertificate(&facts.serial).await.map_err(|problem| match problem.kind {
             ErrorKind::NotFound => Problem::malformed(format!("serial {} has no precertificate", facts.serial)),
@@ -150,7 +237,10 @@ impl Store {
             )));
         }
         match self.get_certificate(&facts.serial).await {
-            Ok(stored) if stored.der == der => return Ok(facts.serial),
+            Ok(stored) if stored.der == der => {
+                let order_finalized = order_id != 0 && self.order_has(order_id, &facts.serial).await?;
+                return Ok(StoredCertificate { serial: facts.serial, order_finalized });
+            }
             Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
             Err(problem) if problem.kind == ErrorKind::NotFound => {}
             Err(problem) => return Err(problem),
@@ -168,29 +258,51 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        let order_id: Option<i64> = sqlx::query_scalar("SELECT order_id FROM serials WHERE serial = $1")
+        let reserved_for: Option<i64> = sqlx::query_scalar("SELECT order_id FROM serials WHERE serial = $1")
             .bind(&facts.serial)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
-        if let Some(order_id) = order_id.filter(|id| *id != 0) {
-            // A failure recorded meanwhile (the ra gave up waiting) is superseded by the certificate.
+        // The reservation names the order; a caller naming another one is answered "not finalized" (it then records
+        // the certificate itself, and learns why it cannot), while the certificate is stored all the same.
+        let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
+        let mut order_finalized = false;
+        if linked != 0 {
             sqlx::query(
                 "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0",
             )
             .bind(&facts.serial)
-            .bind(order_id)
+            .bind(linked)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
             sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
-                .bind(order_id)
+                .bind(linked)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+            if linked == order_id {
+                let recorded: Option<String> =
+                    sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+                        .bind(order_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                order_finalized = recorded.is_some_and(|recorded| recorded == facts.serial);
+            }
         }
         tx.commit().await.map_err(db_error)?;
-        Ok(facts.serial)
+        Ok(StoredCertificate { serial: facts.serial, order_finalized })
+    }
+
+    /// Whether order `order_id` has the certificate `serial`.
+    async fn order_has(&self, order_id: i64, serial: &str) -> Result<bool, Problem> {
+        let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(recorded.is_some_and(|recorded| recorded == serial))
     }
 
     pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {

@@ -15,6 +15,7 @@ use tonic::Code;
 
 mod compat;
 mod crl;
+mod finalization;
 mod new_order_facts;
 mod orders_list;
 mod store;
@@ -351,7 +352,13 @@ async fn certificates_need_a_reserved_serial() {
         let mut params = rcgen::CertificateParams::new(vec!["d.example.org".to_owned()]).unwrap();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
         let der = params.self_signed(&key).unwrap().der().to_vec();
-        let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
+        let add = || AddCertificateRequest {
+            account_id: account.id,
+            der: der.clone(),
+            issued: 10,
+            issuer_id: 7,
+            ..Default::default()
+        };
         let unreserved = sa.rw("ca").add_precertificate(add()).await.unwrap_err();
         assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
         let serial = || AddSerialRequest {
@@ -388,7 +395,13 @@ async fn store_certificate(sa: &Sa, serial: &[u8], name: &str) -> String {
     let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
     let reserve = AddSerialRequest { account_id: account.id, serial: hex.clone(), created: 1, expires: 2, order_id: 0 };
     sa.rw("ca").add_serial(reserve).await.unwrap();
-    let add = || AddCertificateRequest { account_id: account.id, der: der.clone(), issued: 10, issuer_id: 7 };
+    let add = || AddCertificateRequest {
+        account_id: account.id,
+        der: der.clone(),
+        issued: 10,
+        issuer_id: 7,
+        ..Default::default()
+    };
     sa.rw("ca").add_precertificate(add()).await.unwrap();
     sa.rw("ca").add_certificate(add()).await.unwrap();
     hex

@@ -6,12 +6,24 @@ mod read_write;
 
 use std::time::Instant;
 
+use quarry_core::model::Authorization;
 use quarry_core::peer::Peer;
 
 /// The sa, through every replica.
 #[derive(Clone, Debug)]
 pub struct SaClient {
     pub(super) peer: Peer,
+}
+
+/// What finalizing an order checks in the sa, read in one call ([`SaClient::get_finalization_facts`]).
+#[derive(Clone, Debug)]
+pub struct FinalizationFacts {
+    /// The order's authorizations.
+    pub authorizations: Vec<Authorization>,
+    /// Whether the CSR's key is blocked.
+    pub key_blocked: bool,
+    /// Whether a certificate for exactly the order's identifiers was issued since the renewal window began.
+    pub renewal: bool,
 }
 
 /// When a call must have been answered; `None`: the peer's default.

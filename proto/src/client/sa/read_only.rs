@@ -5,7 +5,7 @@ use quarry_core::Problem;
 use quarry_core::model::{Account, Authorization, NewOrderFacts, Order, OrderPage};
 use tonic::codec::Streaming;
 
-use super::{Deadline, SaClient};
+use super::{Deadline, FinalizationFacts, SaClient};
 use crate::client::rpc;
 use crate::core as pb;
 use crate::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient as Ro;
@@ -328,5 +328,41 @@ impl SaClient {
             deadline
         )?;
         Ok(OrderPage::from(&page))
+    }
+
+    /// What finalizing order `order_id` checks in one read: its authorizations, whether the key with hash `key_hash`
+    /// is blocked, and whether a certificate for exactly `identifiers` was issued since `renewal_since`. `None` when
+    /// the sa predates the call (`unimplemented`, during a rolling update): the caller asks the three reads instead.
+    pub async fn get_finalization_facts(
+        &self,
+        order_id: i64,
+        key_hash: Vec<u8>,
+        identifiers: &[quarry_core::Identifier],
+        renewal_since: i64,
+        deadline: Deadline,
+    ) -> Result<Option<FinalizationFacts>, Problem> {
+        const PATH: &str = "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts";
+        let request = GetFinalizationFactsRequest {
+            order_id,
+            key_hash,
+            identifiers: crate::convert::identifiers_to_pb(identifiers),
+            renewal_since,
+        };
+        let reply = self
+            .peer
+            .call(PATH, crate::client::idempotence(PATH), &request, deadline, |channel, request| async move {
+                Ro::new(channel).get_finalization_facts(request).await
+            })
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+            Err(status) => return Err(Problem::from(status)),
+        };
+        Ok(Some(FinalizationFacts {
+            authorizations: reply.authorizations.iter().map(Authorization::try_from).collect::<Result<_, _>>()?,
+            key_blocked: reply.key_blocked,
+            renewal: reply.renewal,
+        }))
     }
 }

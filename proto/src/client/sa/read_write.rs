@@ -143,14 +143,16 @@ impl SaClient {
         rpc!(self.peer, Rw, add_serial, "/quarry.sa.v1.StorageAuthority/AddSerial", request, deadline).map(drop)
     }
 
+    /// Stores a precertificate's linting copy; with `expires` set, reserving its serial for `order_id` too.
     pub async fn add_precertificate(&self, request: AddCertificateRequest, deadline: Deadline) -> Result<(), Problem> {
         rpc!(self.peer, Rw, add_precertificate, "/quarry.sa.v1.StorageAuthority/AddPrecertificate", request, deadline)
             .map(drop)
     }
 
-    pub async fn add_certificate(&self, request: AddCertificateRequest, deadline: Deadline) -> Result<(), Problem> {
+    /// Stores a final certificate; `true` when the request's `order_id` now has it (the order is valid).
+    pub async fn add_certificate(&self, request: AddCertificateRequest, deadline: Deadline) -> Result<bool, Problem> {
         rpc!(self.peer, Rw, add_certificate, "/quarry.sa.v1.StorageAuthority/AddCertificate", request, deadline)
-            .map(drop)
+            .map(|reply| reply.order_finalized)
     }
 
     pub async fn revoke_certificate(

@@ -92,6 +92,21 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     for folded in ["GetOrderForNames", "CheckIdentifiersPaused", "GetValidAuthorizations"] {
         assert_eq!(sa_calls(&format!("/quarry.sa.v1.StorageAuthorityReadOnly/{folded}")), 0.0, "{sa_text}");
     }
+    // The finalization made four sa calls: the ra's one read of what it checks and its fuse, the ca's
+    // precertificate (its serial reserved in the same write) and certificate (its order finalized in the same write).
+    for (rpc, calls) in [
+        ("StorageAuthorityReadOnly/GetFinalizationFacts", 1.0),
+        ("StorageAuthority/SetOrderProcessing", 1.0),
+        ("StorageAuthority/AddPrecertificate", 1.0),
+        ("StorageAuthority/AddCertificate", 1.0),
+        ("StorageAuthorityReadOnly/GetOrderAuthorizations", 0.0),
+        ("StorageAuthority/AddSerial", 0.0),
+        ("StorageAuthority/FinalizeOrder", 0.0),
+    ] {
+        let rpc = format!("/quarry.sa.v1.{rpc}");
+        let served = metric(&sa_text, "quarry_grpc_server_requests_total", &[("rpc", &rpc)]);
+        assert_eq!(served, calls, "{rpc}: {sa_text}");
+    }
     let called = [("rpc", "/quarry.ra.v1.RegistrationAuthority/NewOrder"), ("code", "Ok")];
     assert_eq!(metric(&wfe_text, "quarry_grpc_client_requests_total", &called), 1.0, "{wfe_text}");
     let nonce_text = scrape(0).await;

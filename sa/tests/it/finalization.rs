@@ -1,0 +1,208 @@
+//! Finalization's four sa calls, on every backend: the ra's one read of what it checks (GetFinalizationFacts), its
+//! fuse (SetOrderProcessing), the ca's precertificate with its serial reserved in the same write, and its
+//! certificate with its order finalized in the same write — and the older callers' calls they replace, still served.
+
+use crate::*;
+
+/// An order of `account_id` for `name`, its authorization valid and the order processing (the ra's fuse taken).
+async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
+    let order = new_order(sa, account_id, &[name], vec![]).await;
+    validate(sa, order.authorization_ids[0], "valid").await;
+    let fuse = SetOrderProcessingRequest { id: order.id, owner: "ra-test".into() };
+    sa.rw("ra").set_order_processing(fuse).await.unwrap();
+    order
+}
+
+/// A certificate for `name` with `serial` (its DER content bytes), valid for 90 days from now.
+fn certificate(name: &str, serial: &[u8]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+/// What the ca sends for a precertificate or certificate of `order_id`, issued now; `expires` non-zero reserves its
+/// serial.
+fn stored(account_id: i64, order_id: i64, der: &[u8], expires: i64) -> AddCertificateRequest {
+    let issued = quarry_core::clock::now();
+    AddCertificateRequest { account_id, der: der.to_vec(), issued, issuer_id: 7, order_id, expires }
+}
+
+/// The order `id` as the wfe reads it.
+async fn order_of(sa: &Sa, id: i64) -> pb::Order {
+    sa.ro("wfe").get_order(OrderId { id }).await.unwrap().into_inner()
+}
+
+/// Stores a precertificate for `name` under `serial`, reserving the serial for `order_id`, as the ca does; gives its
+/// DER (the final certificate's stand-in).
+async fn precertificate_for(sa: &Sa, account_id: i64, order_id: i64, name: &str, serial: &[u8]) -> Vec<u8> {
+    let der = certificate(name, serial);
+    let expires = quarry_core::clock::now() + 90 * DAY;
+    sa.rw("ca").add_precertificate(stored(account_id, order_id, &der, expires)).await.unwrap();
+    der
+}
+
+async fn facts(sa: &Sa, request: GetFinalizationFactsRequest) -> GetFinalizationFactsResponse {
+    sa.ro("ra").get_finalization_facts(request).await.unwrap().into_inner()
+}
+
+fn facts_request(order_id: i64, key_hash: &[u8], names: &[&str], renewal_since: i64) -> GetFinalizationFactsRequest {
+    GetFinalizationFactsRequest {
+        order_id,
+        key_hash: key_hash.to_vec(),
+        identifiers: names.iter().map(|n| dns(n)).collect(),
+        renewal_since,
+    }
+}
+
+/// The one read answers what KeyBlocked, GetOrderAuthorizations and FqdnSetIssuanceTimes answered, as they do.
+#[tokio::test]
+async fn finalization_facts_answer_what_the_three_reads_did() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let name = "facts.example.org";
+        let order = new_order(&sa, account.id, &[name], vec![]).await;
+        validate(&sa, order.authorization_ids[0], "valid").await;
+        let key_hash = [0x42; 32];
+        let since = quarry_core::clock::now() - 120 * DAY;
+
+        let first = facts(&sa, facts_request(order.id, &key_hash, &[name], since)).await;
+        let separately =
+            sa.ro("ra").get_order_authorizations(OrderId { id: order.id }).await.unwrap().into_inner().authorizations;
+        assert_eq!(first.authorizations, separately, "{}", sa.db.url);
+        assert_eq!(first.authorizations.len(), 1);
+        assert_eq!(first.authorizations[0].status, "valid");
+        assert!(!first.key_blocked && !first.renewal, "{first:?}");
+
+        let block = AddBlockedKeyRequest { key_hash: key_hash.to_vec(), source: "test".into(), comment: String::new() };
+        sa.rw("ra").add_blocked_key(block).await.unwrap();
+        assert!(facts(&sa, facts_request(order.id, &key_hash, &[name], since)).await.key_blocked);
+        assert!(!facts(&sa, facts_request(order.id, &[0x43; 32], &[name], since)).await.key_blocked);
+
+        // A certificate for exactly these identifiers makes the next order for them a renewal, within the window.
+        let other = processing_order(&sa, account.id, name).await;
+        let der = certificate(name, &[0x0f, 0x01]);
+        sa.rw("ca").add_precertificate(stored(account.id, other.id, &der, 2)).await.unwrap();
+        sa.rw("ca").add_certificate(stored(account.id, other.id, &der, 0)).await.unwrap();
+        assert!(facts(&sa, facts_request(order.id, &key_hash, &[name], since)).await.renewal);
+        let later = quarry_core::clock::now() + 60;
+        assert!(!facts(&sa, facts_request(order.id, &key_hash, &[name], later)).await.renewal);
+        let more_names = facts(&sa, facts_request(order.id, &key_hash, &[name, "more.example.org"], since)).await;
+        assert!(!more_names.renewal, "only exactly the same identifiers");
+
+        // An order that does not exist has no authorizations, as GetOrderAuthorizations says.
+        assert!(facts(&sa, facts_request(order.id + 1_000, &key_hash, &[name], since)).await.authorizations.is_empty());
+        // The ra reads it through the read-only service, which the wfe may read too; an intruder may not.
+        let mut intruder = sa.ro("intruder");
+        let denied = intruder.get_finalization_facts(facts_request(order.id, &key_hash, &[name], since)).await;
+        assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
+    }
+}
+
+/// AddPrecertificate with `expires` reserves the serial for the order in the same transaction: the order's recovery
+/// finds the precertificate by it, a serial taken already is `duplicate` and stores nothing, and a retry is accepted.
+/// Without `expires` (an older ca) the serial must have been reserved by AddSerial, as before.
+#[tokio::test]
+async fn a_serial_is_reserved_with_its_precertificate() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let order = processing_order(&sa, account.id, "reserve.example.org").await;
+        let expires = quarry_core::clock::now() + 90 * DAY;
+        let der = certificate("reserve.example.org", &[0x06, 0xab]);
+        let precertificate = stored(account.id, order.id, &der, expires);
+        let recovery_finds = || async { sa.rw("ra").get_order_precertificate(OrderId { id: order.id }).await };
+        assert_eq!(recovery_finds().await.unwrap().into_inner().serial, "", "{}", sa.db.url);
+        sa.rw("ca").add_precertificate(precertificate.clone()).await.unwrap();
+        assert_eq!(recovery_finds().await.unwrap().into_inner().serial, "06ab", "{}", sa.db.url);
+        assert!(sa.ro("ra").serial_exists(Serial { serial: "06ab".into() }).await.unwrap().into_inner().exists);
+        let status = sa.ro("wfe").get_certificate_status(Serial { serial: "06ab".into() }).await.unwrap();
+        assert_eq!(status.into_inner().status, "good", "revocable from the precertificate on");
+        sa.rw("ca").add_precertificate(precertificate).await.expect("the same precertificate again: a retry");
+
+        // Another precertificate under a serial taken: duplicate, whether the serial has a precertificate already…
+        let (serials, precertificates) = (sa.db.count("serials").await, sa.db.count("precertificates").await);
+        let other = certificate("reserve.example.org", &[0x06, 0xab]);
+        let taken = sa.rw("ca").add_precertificate(stored(account.id, order.id, &other, expires)).await.unwrap_err();
+        assert_eq!(problem_kind(&taken), quarry_core::ErrorKind::Duplicate, "{}", sa.db.url);
+        // …or was only reserved (by an older ca's AddSerial): then nothing of the refused one is kept.
+        let reserved =
+            AddSerialRequest { account_id: account.id, serial: "07ab".into(), created: 1, expires, order_id: 0 };
+        sa.rw("ca").add_serial(reserved).await.unwrap();
+        let der = certificate("reserve.example.org", &[0x07, 0xab]);
+        let taken = sa.rw("ca").add_precertificate(stored(account.id, order.id, &der, expires)).await.unwrap_err();
+        assert_eq!(problem_kind(&taken), quarry_core::ErrorKind::Duplicate, "{}", sa.db.url);
+        assert_eq!(sa.db.count("serials").await, serials + 1, "only AddSerial's row: {}", sa.db.url);
+        assert_eq!(sa.db.count("precertificates").await, precertificates, "{}", sa.db.url);
+        let missing = sa.ro("ca").get_precertificate(Serial { serial: "07ab".into() }).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(recovery_finds().await.unwrap().into_inner().serial, "06ab", "{}", sa.db.url);
+
+        // An older ca: AddSerial first, then the precertificate without `expires`; unreserved, it is refused in the
+        // words the ca's fallback looks for.
+        let der = certificate("older.example.org", &[0x08, 0xab]);
+        let unreserved = sa.rw("ca").add_precertificate(stored(account.id, 0, &der, 0)).await.unwrap_err();
+        assert_eq!(problem_kind(&unreserved), quarry_core::ErrorKind::Malformed);
+        assert!(unreserved.message().ends_with("was never reserved"), "{}", unreserved.message());
+        let reserved =
+            AddSerialRequest { account_id: account.id, serial: "08ab".into(), created: 1, expires, order_id: 0 };
+        sa.rw("ca").add_serial(reserved).await.unwrap();
+        sa.rw("ca").add_precertificate(stored(account.id, 0, &der, 0)).await.unwrap();
+    }
+}
+
+/// AddCertificate naming its order records the certificate as the order's in the same transaction and says so; a
+/// retry says so again, and FinalizeOrder repeated with the same serial is accepted. The certificate is stored
+/// whatever becomes of the order: a caller naming another order than the serial's, an older caller naming none, and
+/// an order that is not processing are answered "not finalized", and the caller records it itself as before.
+#[tokio::test]
+async fn storing_a_certificate_finalizes_its_order() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let order = processing_order(&sa, account.id, "final.example.org").await;
+        let der = precertificate_for(&sa, account.id, order.id, "final.example.org", &[0x09, 0x01]).await;
+        assert_eq!(order_of(&sa, order.id).await.status, "processing");
+        let answer = sa.rw("ca").add_certificate(stored(account.id, order.id, &der, 0)).await.unwrap().into_inner();
+        assert!(answer.order_finalized, "{}", sa.db.url);
+        let valid = order_of(&sa, order.id).await;
+        assert_eq!((valid.status.as_str(), valid.certificate_serial.as_str()), ("valid", "0901"), "{}", sa.db.url);
+        let again = sa.rw("ca").add_certificate(stored(account.id, order.id, &der, 0)).await.unwrap().into_inner();
+        assert!(again.order_finalized, "a retry: {}", sa.db.url);
+        // The ra's FinalizeOrder, as an older ca's ra still sends it: the same serial again is accepted…
+        let finalize = |certificate_serial: &str| FinalizeOrderRequest {
+            id: order.id,
+            certificate_serial: certificate_serial.into(),
+        };
+        sa.rw("ra").finalize_order(finalize("0901")).await.expect("the same serial again");
+        sa.rw("ra").finalize_order(finalize("0901")).await.expect("and again");
+        // …another is not.
+        let other = sa.rw("ra").finalize_order(finalize("0902")).await.unwrap_err();
+        assert_eq!(problem_kind(&other), quarry_core::ErrorKind::OrderNotReady, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, order.id).await.certificate_serial, "0901");
+
+        // Naming another order than the serial was reserved for: stored, its own order valid, the other untouched.
+        let reserved_for = processing_order(&sa, account.id, "mine.example.org").await;
+        let named = processing_order(&sa, account.id, "named.example.org").await;
+        let der = precertificate_for(&sa, account.id, reserved_for.id, "mine.example.org", &[0x09, 0x03]).await;
+        let answer = sa.rw("ca").add_certificate(stored(account.id, named.id, &der, 0)).await.unwrap().into_inner();
+        assert!(!answer.order_finalized, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, reserved_for.id).await.status, "valid", "{}", sa.db.url);
+        assert_eq!(order_of(&sa, named.id).await.status, "processing", "{}", sa.db.url);
+
+        // An older ca names no order: the serial's order is valid all the same, and the answer leaves the ra to it.
+        let unnamed = processing_order(&sa, account.id, "unnamed.example.org").await;
+        let der = precertificate_for(&sa, account.id, unnamed.id, "unnamed.example.org", &[0x09, 0x04]).await;
+        let answer = sa.rw("ca").add_certificate(stored(account.id, 0, &der, 0)).await.unwrap().into_inner();
+        assert!(!answer.order_finalized, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, unnamed.id).await.status, "valid", "{}", sa.db.url);
+
+        // An order that is not processing (its fuse never taken) does not become valid: not finalized.
+        let ready = new_order(&sa, account.id, &["ready.example.org"], vec![]).await;
+        validate(&sa, ready.authorization_ids[0], "valid").await;
+        let der = precertificate_for(&sa, account.id, ready.id, "ready.example.org", &[0x09, 0x05]).await;
+        let answer = sa.rw("ca").add_certificate(stored(account.id, ready.id, &der, 0)).await.unwrap().into_inner();
+        assert!(!answer.order_finalized, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, ready.id).await.status, "ready", "{}", sa.db.url);
+        let kept = sa.ro("wfe").get_certificate(Serial { serial: "0905".into() }).await.unwrap().into_inner();
+        assert_eq!(kept.der, der, "stored all the same");
+    }
+}
