@@ -247,11 +247,11 @@ async fn finalization_checks_the_csr_then_issues() {
     assert_eq!(again.kind, ErrorKind::OrderNotReady);
 }
 
-/// During a rolling update the ra may meet an sa that predates GetFinalizationFacts: it answers `unimplemented`
+/// During a rolling update the ra may meet an sa that predates GetFinalizationFacts and GetNewOrderFacts: it answers `unimplemented`
 /// (here a server without the sa's services at all), which the sa client tells apart from a failure, so that the
 /// ra asks the reads it replaces instead.
 #[tokio::test]
-async fn an_sa_without_the_one_finalization_read_is_told_apart() {
+async fn an_sa_without_the_one_reads_of_new_order_and_finalization_is_told_apart() {
     use quarry_proto::client::SaClient;
     let stack = Stack::start().await;
     let client = |service: &str, addr| {
@@ -266,6 +266,17 @@ async fn an_sa_without_the_one_finalization_read_is_told_apart() {
     let current = client("sa", stack.inner.sa).get_finalization_facts(1, vec![0; 32], &names, 0, deadline).await;
     let facts = current.unwrap().expect("the sa answers");
     assert!(facts.authorizations.is_empty() && !facts.key_blocked && !facts.renewal, "{facts:?}");
+    // The same for new-order's one read.
+    let question = quarry_proto::sa::NewOrderFactsRequest {
+        account_id: 1,
+        identifiers: quarry_proto::convert::identifiers_to_pb(&names),
+        profile: "classic".into(),
+        ..Default::default()
+    };
+    let older = client("ca", stack.inner.ca).get_new_order_facts(question.clone(), deadline).await;
+    assert!(older.unwrap().is_none(), "no such RPC: ask the older reads");
+    let facts = client("sa", stack.inner.sa).get_new_order_facts(question, deadline).await.unwrap();
+    assert_eq!(facts.expect("the sa answers"), quarry_core::model::NewOrderFacts::default());
 }
 
 /// The wfe sends the authorization, order and account it has just read: the ra uses them instead of reading them
