@@ -62,8 +62,7 @@ impl WorkTime {
     /// Counts one hold: how long the work was seen under way (the whole hold, when it did not settle within it).
     fn record(&self, under_way: Duration) {
         let sample = u64::try_from(under_way.as_millis()).unwrap_or(u64::MAX / 2).min(u64::MAX / 2);
-        let stale = self.millis_since_epoch().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed))
-            > FORGET_AFTER.as_millis() as u64;
+        let stale = !self.sampled_recently();
         let _ = self.average_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
             Some(if average == UNMEASURED || stale {
                 sample
@@ -86,9 +85,13 @@ impl WorkTime {
     /// The average, unless nothing was measured in the last minute.
     fn recent_average_ms(&self) -> Option<u64> {
         let average = self.average_ms.load(Ordering::Relaxed);
-        let recent = self.millis_since_epoch().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed))
-            <= FORGET_AFTER.as_millis() as u64;
-        (average != UNMEASURED && recent).then_some(average)
+        (average != UNMEASURED && self.sampled_recently()).then_some(average)
+    }
+
+    /// Whether the last sample came within [`FORGET_AFTER`].
+    fn sampled_recently(&self) -> bool {
+        self.millis_since_epoch().saturating_sub(self.sampled_at_ms.load(Ordering::Relaxed))
+            <= FORGET_AFTER.as_millis() as u64
     }
 
     /// The `Retry-After` (whole seconds) for a reply whose work is under way: the measured time rounded up, at least

@@ -13,14 +13,6 @@ async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
     order
 }
 
-/// A certificate for `name` with `serial` (its DER content bytes), valid for 90 days from now.
-fn certificate(name: &str, serial: &[u8]) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
-    params.self_signed(&key).unwrap().der().to_vec()
-}
-
 /// What the ca sends for a precertificate or certificate of `order_id`, issued now; `expires` non-zero reserves its
 /// serial.
 fn stored(account_id: i64, order_id: i64, der: &[u8], expires: i64) -> AddCertificateRequest {

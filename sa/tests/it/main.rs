@@ -113,6 +113,24 @@ impl Sa {
     }
 }
 
+/// A primary database and its replica on every backend this run has: two SQLite files, and two PostgreSQL databases
+/// when PostgreSQL is there.
+async fn primary_and_replica_databases() -> Vec<(TestDatabase, TestDatabase)> {
+    let mut pairs = vec![(TestDatabase::sqlite(), TestDatabase::sqlite())];
+    if let (Some(primary), Some(replica)) = (TestDatabase::postgres().await, TestDatabase::postgres().await) {
+        pairs.push((primary, replica));
+    }
+    pairs
+}
+
+/// A self-signed certificate for `name` with `serial` (its DER content bytes).
+fn certificate(name: &str, serial: &[u8]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
 fn problem_kind(status: &tonic::Status) -> quarry_core::ErrorKind {
     quarry_core::Problem::from(status.clone()).kind
 }
@@ -348,10 +366,7 @@ async fn a_failed_authorization_invalidates_its_order_and_cannot_be_validated_tw
 async fn certificates_need_a_reserved_serial() {
     for sa in Sa::every_backend().await {
         let account = sa.account().await;
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["d.example.org".to_owned()]).unwrap();
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0xcd]));
-        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let der = certificate("d.example.org", &[0x01, 0xab, 0xcd]);
         let add = || AddCertificateRequest {
             account_id: account.id,
             der: der.clone(),
@@ -388,10 +403,7 @@ async fn certificates_need_a_reserved_serial() {
 /// as the sa keeps it (lowercase hex).
 async fn store_certificate(sa: &Sa, serial: &[u8], name: &str) -> String {
     let account = sa.account().await;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
-    let der = params.self_signed(&key).unwrap().der().to_vec();
+    let der = certificate(name, serial);
     let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
     let reserve = AddSerialRequest { account_id: account.id, serial: hex.clone(), created: 1, expires: 2, order_id: 0 };
     sa.rw("ca").add_serial(reserve).await.unwrap();
@@ -482,11 +494,7 @@ async fn the_wfe_reads_but_may_not_write() {
 
 #[tokio::test]
 async fn reads_go_to_the_replica_and_fall_back_to_the_primary() {
-    let mut pairs = vec![(TestDatabase::sqlite(), TestDatabase::sqlite())];
-    if let (Some(primary), Some(replica)) = (TestDatabase::postgres().await, TestDatabase::postgres().await) {
-        pairs.push((primary, replica));
-    }
-    for (primary, replica) in pairs {
+    for (primary, replica) in primary_and_replica_databases().await {
         // An account only the replica knows: answered from the replica, so reads do go there.
         let settings =
             quarry_sa::store::PoolSettings { max_connections: 1, statement_timeout: std::time::Duration::from_secs(5) };

@@ -3,9 +3,8 @@
 
 use quarry_core::clock::now;
 use quarry_proto::sa::*;
-use quarry_testkit::db::TestDatabase;
 
-use super::{DAY, Sa, dns, new_order, store_certificate, validate};
+use super::{DAY, Sa, dns, new_order, primary_and_replica_databases, store_certificate, validate};
 
 /// What the ra asks for a new order of `names` in the classic profile.
 fn ask(account_id: i64, names: &[&str]) -> NewOrderFactsRequest {
@@ -135,11 +134,7 @@ async fn valid_authorizations_are_the_accounts_of_the_profile_valid_past_valid_u
 /// `CheckIdentifiersPaused` sees it, and so is an order and its authorizations written a moment ago.
 #[tokio::test]
 async fn the_answer_comes_from_the_primary_when_there_is_a_replica() {
-    let mut pairs = vec![(TestDatabase::sqlite(), TestDatabase::sqlite())];
-    if let (Some(primary), Some(replica)) = (TestDatabase::postgres().await, TestDatabase::postgres().await) {
-        pairs.push((primary, replica));
-    }
-    for (primary, replica) in pairs {
+    for (primary, replica) in primary_and_replica_databases().await {
         let settings =
             quarry_sa::store::PoolSettings { max_connections: 1, statement_timeout: std::time::Duration::from_secs(5) };
         // The replica's schema, and nothing else: everything below is written to the primary only.

@@ -24,8 +24,8 @@ async fn timed_poll(stack: &Stack, account: &AcmeAccount, url: &str) -> (HttpRes
 }
 
 /// Orders `name` with the va holding validations and answers its challenge; returns the authorization's and the
-/// challenge's URLs (the challenge is being validated until the test lets the va answer).
-async fn validation_under_way(stack: &Stack, account: &AcmeAccount, name: &str) -> (String, String) {
+/// challenge's URLs (the challenge is being validated until the test lets the va answer) and the challenge's answer.
+async fn validation_under_way(stack: &Stack, account: &AcmeAccount, name: &str) -> (String, String, HttpResponse) {
     stack.va.hold(true);
     let (_, order) = stack.order(account, &[name]).await;
     let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
@@ -33,7 +33,7 @@ async fn validation_under_way(stack: &Stack, account: &AcmeAccount, name: &str) 
     let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
     let answer = stack.client.post(account, &challenge_url, Some(&json!({}))).await.unwrap();
     assert_eq!(answer.json()["status"], "processing", "{}", String::from_utf8_lossy(&answer.body));
-    (authz_url, challenge_url)
+    (authz_url, challenge_url, answer)
 }
 
 /// Lets the va answer `after` from now.
@@ -49,7 +49,7 @@ fn release_va_after(stack: &Stack, after: Duration) {
 async fn a_poll_of_a_validation_under_way_is_answered_when_it_ends() {
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 5_000).await;
     let account = stack.account(Algorithm::Es256).await;
-    let (authz_url, _) = validation_under_way(&stack, &account, "held.example.org").await;
+    let (authz_url, _, _) = validation_under_way(&stack, &account, "held.example.org").await;
     release_va_after(&stack, Duration::from_millis(300));
     let (held, took) = timed_poll(&stack, &account, &authz_url).await;
     assert_eq!(held.json()["status"], "valid", "one poll sees the validation's end: {}", held.json());
@@ -62,7 +62,7 @@ async fn a_poll_of_a_validation_under_way_is_answered_when_it_ends() {
 async fn a_validation_longer_than_the_hold_is_answered_still_under_way() {
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 400).await;
     let account = stack.account(Algorithm::Es256).await;
-    let (authz_url, challenge_url) = validation_under_way(&stack, &account, "slow.example.org").await;
+    let (authz_url, challenge_url, _) = validation_under_way(&stack, &account, "slow.example.org").await;
 
     let (authz, took) = timed_poll(&stack, &account, &authz_url).await;
     assert_eq!(authz.json()["status"], "pending", "{}", authz.json());
@@ -83,7 +83,7 @@ async fn a_validation_longer_than_the_hold_is_answered_still_under_way() {
 async fn a_poll_of_a_challenge_under_way_is_answered_when_it_ends() {
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 5_000).await;
     let account = stack.account(Algorithm::Es256).await;
-    let (_, challenge_url) = validation_under_way(&stack, &account, "held-challenge.example.org").await;
+    let (_, challenge_url, _) = validation_under_way(&stack, &account, "held-challenge.example.org").await;
     release_va_after(&stack, Duration::from_millis(300));
     let (held, took) = timed_poll(&stack, &account, &challenge_url).await;
     assert_eq!(held.json()["status"], "valid", "{}", held.json());
@@ -143,13 +143,7 @@ async fn retry_after_follows_how_long_validations_are_seen_under_way() {
     })
     .await;
     let account = stack.account(Algorithm::Es256).await;
-    stack.va.hold(true);
-    let (_, order) = stack.order(&account, &["measured.example.org"]).await;
-    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
-    let authz = stack.client.post(&account, &authz_url, None).await.unwrap().json();
-    let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
-    let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
-    assert_eq!(answer.json()["status"], "processing", "{}", answer.json());
+    let (authz_url, _, answer) = validation_under_way(&stack, &account, "measured.example.org").await;
     // Nothing measured yet: work is taken to be fast, so the challenge's answer asks the client back after 1 s
     // rather than the configured 5.
     assert_eq!(answer.header("retry-after").as_deref(), Some("1"));
@@ -168,7 +162,7 @@ async fn retry_after_follows_how_long_validations_are_seen_under_way() {
 async fn a_hold_of_zero_answers_at_once() {
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 0).await;
     let account = stack.account(Algorithm::Es256).await;
-    let (authz_url, _) = validation_under_way(&stack, &account, "unheld.example.org").await;
+    let (authz_url, _, _) = validation_under_way(&stack, &account, "unheld.example.org").await;
     let (authz, took) = timed_poll(&stack, &account, &authz_url).await;
     stack.va.hold(false);
     assert_eq!(authz.json()["status"], "pending");

@@ -80,12 +80,7 @@ impl SaClient {
                 Ro::new(channel).get_new_order_facts(request).await
             })
             .await;
-        match reply {
-            Ok(reply) => NewOrderFacts::try_from(&reply).map(Some),
-            // An sa that predates the call, during a rolling update: the caller asks the reads it replaces.
-            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
-            Err(status) => Err(Problem::from(status)),
-        }
+        unless_unimplemented(reply)?.as_ref().map(NewOrderFacts::try_from).transpose()
     }
 
     pub async fn get_authorization(&self, id: i64, deadline: Deadline) -> Result<Authorization, Problem> {
@@ -354,15 +349,21 @@ impl SaClient {
                 Ro::new(channel).get_finalization_facts(request).await
             })
             .await;
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
-            Err(status) => return Err(Problem::from(status)),
-        };
+        let Some(reply) = unless_unimplemented(reply)? else { return Ok(None) };
         Ok(Some(FinalizationFacts {
             authorizations: reply.authorizations.iter().map(Authorization::try_from).collect::<Result<_, _>>()?,
             key_blocked: reply.key_blocked,
             renewal: reply.renewal,
         }))
+    }
+}
+
+/// A call's answer, or `None` from an sa that predates the call (`unimplemented`, during a rolling update): its caller
+/// then asks the older calls the new one replaces.
+fn unless_unimplemented<R>(reply: Result<R, tonic::Status>) -> Result<Option<R>, Problem> {
+    match reply {
+        Ok(reply) => Ok(Some(reply)),
+        Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(status) => Err(Problem::from(status)),
     }
 }
