@@ -81,7 +81,9 @@ def main():
     w(
         "Written by `scripts/bench.sh` (do not edit by hand): Quarry (`quarry dev`, every service its own process, "
         "release build) on SQLite and on PostgreSQL, and Pebble (Debian's package, `PEBBLE_VA_NOSLEEP=1`, "
-        "`PEBBLE_WFE_NONCEREJECT=0`), one after another in one run, each loaded by `quarry loadgen` for "
+        "`PEBBLE_WFE_NONCEREJECT=0`) in one run — Pebble running beside the first Quarry stack, its load at each "
+        "client count right after Quarry's, since this machine's speed drifts within minutes — each loaded by "
+        "`quarry loadgen` for "
         f"{duration} s per client count: every client has its own account and loops new-order → http-01 (answered "
         "by the load generator) → finalize → download, polling every 20 ms while an authorization or order is "
         "pending or processing.\n"

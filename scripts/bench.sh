@@ -2,7 +2,8 @@
 # The side-by-side benchmark: Quarry (`quarry dev` on SQLite, then on PostgreSQL) and Pebble (Debian's package, its
 # random validation sleeps and nonce rejection off) each take `quarry loadgen` at 1, 4, 16 and 64 clients, one after
 # another in one run on loopback, and the results become BENCHMARKS.md. `--only quarry-replicas` adds (or runs alone)
-# `quarry dev --replicas 2` on SQLite.
+# `quarry dev --replicas 2` on SQLite. Pebble, when asked for with Quarry, runs beside the first Quarry target: its
+# load at each client count follows Quarry's at once.
 #   scripts/bench.sh [--clients "1 4 16 64"] [--duration SECONDS] [--out BENCHMARKS.md] [--only quarry-sqlite,...]
 #                    [--loadgen-args "--honour-retry-after ..."]   (added to every loadgen run, every target)
 # Builds the release binary first (or uses $QUARRY_BIN); installs pebble and PostgreSQL from Debian when missing.
@@ -47,7 +48,7 @@ cleanup() {
   [[ -n $pg_dir ]] && bash scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1
   true
 }
-trap cleanup EXIT
+trap 'cleanup; stop_pebble 2>/dev/null' EXIT
 echo "bench: results in $work" >&2
 
 # Waits (bounded) until the directory answers.
@@ -73,15 +74,27 @@ idle_rss() {
   done >>"$work/idle.jsonl"
 }
 
+# One load of `target` at `c` clients; the remaining arguments say where and what to measure.
+run_load() {
+  local target=$1 c=$2; shift 2
+  echo "bench: $target, $c clients, ${duration} s" >&2
+  # shellcheck disable=SC2086 # the extra arguments are words
+  "$QUARRY_BIN" loadgen "$@" $loadgen_args --clients "$c" --duration-secs "$duration" --idle-secs 10 \
+    --json "$work/$target-$c.json" \
+    >"$work/$target-$c.txt" 2>&1 || echo "bench: $target at $c clients issued nothing; see $work/$target-$c.txt" >&2
+  tail -n 20 "$work/$target-$c.txt" >&2
+}
+
+# Every client count in turn; when Pebble runs beside (`pebble_beside`), its load at the same count follows each
+# one, so that the two are measured minutes apart at most: this shared machine's speed drifts by a third within
+# minutes, and the goals are ratios between the two.
 run_loads() {
   local target=$1; shift
   for c in $clients; do
-    echo "bench: $target, $c clients, ${duration} s" >&2
-    # shellcheck disable=SC2086 # the extra arguments are words
-    "$QUARRY_BIN" loadgen "$@" $loadgen_args --clients "$c" --duration-secs "$duration" --idle-secs 10 \
-      --json "$work/$target-$c.json" \
-      >"$work/$target-$c.txt" 2>&1 || echo "bench: $target at $c clients issued nothing; see $work/$target-$c.txt" >&2
-    tail -n 20 "$work/$target-$c.txt" >&2
+    run_load "$target" "$c" "$@"
+    if [[ $pebble_beside == yes ]]; then
+      run_load pebble "$c" "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble
+    fi
   done
 }
 
@@ -103,9 +116,19 @@ run_quarry() {
   [[ $target == quarry-postgres ]] && processes=quarry,quarry-dev,postgres
   run_loads "$target" --stack "$data/stack.json" --processes "$processes" --count-grpc-calls
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+  if [[ $pebble_beside == yes ]]; then
+    pebble_beside=no
+    stop_pebble
+  fi
 }
 
-run_pebble() {
+# Pebble's listeners, apart from `quarry dev`'s (its wfe is on 14000), so that both can run at once.
+pebble_url=https://127.0.0.1:14100/dir
+pebble_beside=no
+pebble_pid=
+
+# Starts Pebble and its challenge test server (as its DNS), and waits until its directory answers.
+start_pebble() {
   local dir=$work/pebble
   mkdir -p "$dir"
   # Pebble's HTTPS: a throwaway CA (what loadgen trusts) and a server certificate from it.
@@ -117,7 +140,7 @@ run_pebble() {
   openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -CAcreateserial -days 2 \
     -extfile "$dir/server.ext" -out "$dir/cert.pem" 2>/dev/null
   cat >"$dir/pebble.json" <<EOF
-{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+{"pebble": {"listenAddress": "127.0.0.1:14100", "managementListenAddress": "127.0.0.1:15100",
   "certificate": "$dir/cert.pem", "privateKey": "$dir/key.pem", "httpPort": 5002, "tlsPort": 5001,
   "ocspResponderURL": "", "externalAccountBindingRequired": false}}
 EOF
@@ -126,16 +149,29 @@ EOF
     -tlsalpn01 "" >"$dir/challtestsrv.log" 2>&1 &
   PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 pebble -config "$dir/pebble.json" -dnsserver 127.0.0.1:8153 \
     >"$dir/pebble.log" 2>&1 &
-  server_pid=$!
-  wait_directory "https://127.0.0.1:14000/dir" "$dir/ca.pem"
+  pebble_pid=$!
+  local saved=$server_pid
+  server_pid=$pebble_pid
+  wait_directory "$pebble_url" "$dir/ca.pem"
+  server_pid=$saved
   sleep 5
   idle_rss "^pebble -config" pebble
-  run_loads pebble "https://127.0.0.1:14000/dir" --tls-ca "$dir/ca.pem" --processes pebble
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+}
+
+stop_pebble() {
+  [[ -n $pebble_pid ]] && { kill "$pebble_pid"; wait "$pebble_pid" 2>/dev/null || true; }
+  pebble_pid=
   pkill -f "pebble-challtestsrv -management 127.0.0.1:8155" || true
 }
 
 : >"$work/idle.jsonl"
+# With Pebble and Quarry both asked for, Pebble runs beside the first Quarry target, load for load.
+pebble_paired=no
+if [[ ,$only, == *,pebble,* && ,$only, == *,quarry-* ]]; then
+  start_pebble
+  pebble_beside=yes
+  pebble_paired=yes
+fi
 for target in ${only//,/ }; do
   case $target in
     quarry-sqlite) run_quarry quarry-sqlite ;;
@@ -148,7 +184,13 @@ for target in ${only//,/ }; do
       run_quarry quarry-postgres --db "$url"
       bash scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1; pg_dir=
       ;;
-    pebble) run_pebble ;;
+    pebble)
+      if [[ $pebble_paired == no ]]; then
+        start_pebble
+        run_loads pebble "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble
+        stop_pebble
+      fi
+      ;;
     *) echo "bench: unknown target $target" >&2; exit 64 ;;
   esac
 done

@@ -13,6 +13,7 @@ use quarry_proto::core as pb;
 use quarry_proto::ra::{DeactivateAuthorizationRequest, PerformValidationRequest};
 use quarry_proto::sa as sapb;
 use quarry_proto::va::{CaaRequest, DcvRequest};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::ValidationProfile;
@@ -68,8 +69,15 @@ impl Registrar {
         match self.inner.sa.set_authorization_processing(processing, deadline).await {
             Ok(()) => {
                 let started = processing_started(&authz, challenge.kind);
-                self.spawn_validation(authz, challenge.kind, key_authorization);
-                // The sa's conditional update succeeded, so its state is known without reading it back.
+                let recorded = self.spawn_validation(authz, challenge.kind, key_authorization);
+                // The sa's conditional update succeeded, so its state is known without reading it back; the wfe
+                // may wait a while for the outcome instead, so that its client's first poll finds it settled.
+                let wait = wait_for_outcome(req.wait_ms, deadline);
+                if !wait.is_zero()
+                    && let Ok(Ok(settled)) = tokio::time::timeout(wait, recorded).await
+                {
+                    return Ok(settled);
+                }
                 return Ok(started);
             }
             Err(problem) if problem.kind == ErrorKind::Conflict => {}
@@ -103,21 +111,38 @@ impl Registrar {
     /// Runs a validation whose start the sa recorded. It outlives the client's request: it has its own timeout, not
     /// the request's deadline; it stays part of the challenge request's trace, and is recorded as failed if the ra
     /// must stop first.
-    pub(crate) fn spawn_validation(&self, authz: Authorization, kind: ChallengeType, key_authorization: String) {
+    /// The receiver gets the authorization as the sa recorded the outcome (nothing when it could not be recorded,
+    /// or the sa is older and does not say).
+    pub(crate) fn spawn_validation(
+        &self,
+        authz: Authorization,
+        kind: ChallengeType,
+        key_authorization: String,
+    ) -> oneshot::Receiver<Authorization> {
         let registrar = self.clone();
         let abandon = self.inner.abandon.clone();
+        let (recorded, outcome) = oneshot::channel();
         self.inner.background.spawn(
             async move {
-                tokio::select! {
-                    () = registrar.validate_in_background(authz.clone(), kind, key_authorization) => {}
+                let settled = tokio::select! {
+                    settled = registrar.validate_in_background(authz.clone(), kind, key_authorization) => settled,
                     () = abandon.cancelled() => registrar.abandon_validation(&authz, kind).await,
+                };
+                if let Some(settled) = settled {
+                    let _ = recorded.send(settled);
                 }
             }
             .in_current_span(),
         );
+        outcome
     }
 
-    async fn validate_in_background(&self, authz: Authorization, kind: ChallengeType, key_authorization: String) {
+    async fn validate_in_background(
+        &self,
+        authz: Authorization,
+        kind: ChallengeType,
+        key_authorization: String,
+    ) -> Option<Authorization> {
         quarry_core::fault::point("ra.validation_dispatched");
         let inner = &self.inner;
         let token = authz.challenges.iter().find(|c| c.kind == kind).map(|c| c.token.clone()).unwrap_or_default();
@@ -165,13 +190,18 @@ impl Registrar {
             validation_error: problem.clone(),
         };
         quarry_core::fault::point("ra.validation_before_record");
-        self.record_validation(authz, outcome).await;
+        self.record_validation(authz, outcome).await
     }
 
     /// Stores a validation's outcome, after its audit line. The sa may be down for a moment (a replica restarting,
     /// a database fail-over): the outcome is offered again until [`RECORD_GRACE`] is nearly over, and only then
-    /// left for the sweeper, which takes over validations unrecorded past their deadline.
-    pub(crate) async fn record_validation(&self, authz: Authorization, outcome: sapb::FinalizeAuthorizationRequest) {
+    /// left for the sweeper, which takes over validations unrecorded past their deadline. Gives the authorization as
+    /// recorded, when the sa says.
+    pub(crate) async fn record_validation(
+        &self,
+        authz: Authorization,
+        outcome: sapb::FinalizeAuthorizationRequest,
+    ) -> Option<Authorization> {
         tracing::info!(
             target: "audit",
             event = "validation-result",
@@ -187,17 +217,17 @@ impl Registrar {
         loop {
             let attempt = Some(Instant::now() + RECORD_ATTEMPT);
             let failure = match self.inner.sa.finalize_authorization(outcome.clone(), attempt).await {
-                Ok(()) => return,
+                Ok(recorded) => return recorded.and_then(|authz| Authorization::try_from(&authz).ok()),
                 // No longer pending: a sweeper recorded it, or it expired. Nothing to add.
                 Err(problem) if problem.kind == ErrorKind::Malformed => {
                     tracing::warn!(authorization_id = authz.id, %problem, "the validation result came too late");
-                    return;
+                    return None;
                 }
                 Err(problem) => problem,
             };
             if Instant::now() >= give_up {
                 tracing::error!(authorization_id = authz.id, %failure, "cannot record the validation result");
-                return;
+                return None;
             }
             tracing::warn!(authorization_id = authz.id, %failure, "recording the validation result failed; retrying");
             tokio::time::sleep(RECORD_RETRY_PAUSE).await;
@@ -206,9 +236,9 @@ impl Registrar {
 
     /// Records a validation the ra had to stop before it finished as failed, so that the client learns it (and may
     /// try again with a new authorization) instead of waiting on a challenge that never ends.
-    async fn abandon_validation(&self, authz: &Authorization, kind: ChallengeType) {
+    async fn abandon_validation(&self, authz: &Authorization, kind: ChallengeType) -> Option<Authorization> {
         let problem = Problem::internal("the CA stopped before this validation finished; try again");
-        self.record_validation(authz.clone(), failed_validation(authz, kind.as_str(), &problem)).await;
+        self.record_validation(authz.clone(), failed_validation(authz, kind.as_str(), &problem)).await
     }
 
     /// Pauses the account for `identifier`; a failure to record it is logged (the next failure tries again).
@@ -282,6 +312,22 @@ pub(crate) fn failed_validation(
         attempted_at: now(),
         validation_records: Vec::new(),
         validation_error: Some(pb::Problem::from(problem)),
+    }
+}
+
+/// The most the ra waits for a validation's outcome before answering, whatever the wfe asks: a request held
+/// longer would hold a client that has its own timeout.
+const LONGEST_WAIT: Duration = Duration::from_secs(5);
+/// What the ra leaves of the caller's deadline for its answer to arrive.
+const WAIT_MARGIN: Duration = Duration::from_millis(250);
+
+/// How long to wait for a validation's outcome: what the wfe asked (`wait_ms`), at most [`LONGEST_WAIT`] and
+/// ending [`WAIT_MARGIN`] before the caller's deadline.
+fn wait_for_outcome(wait_ms: u32, deadline: Option<Instant>) -> Duration {
+    let asked = Duration::from_millis(u64::from(wait_ms)).min(LONGEST_WAIT);
+    match deadline {
+        Some(deadline) => asked.min(deadline.saturating_duration_since(Instant::now()).saturating_sub(WAIT_MARGIN)),
+        None => asked,
     }
 }
 

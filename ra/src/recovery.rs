@@ -169,7 +169,8 @@ impl Registrar {
             let key_authorization = quarry_jose::key_authorization(&challenge.token, &jwk);
             tracing::info!(target: "audit", event = "validation-retried", authorization_id = authz.id, challenge = %challenge.kind, "an interrupted validation runs again");
             recovered("validation", "retried");
-            self.spawn_validation(authz, challenge.kind, key_authorization);
+            // Nobody waits for this one: its client polls.
+            drop(self.spawn_validation(authz, challenge.kind, key_authorization));
             return Ok(Some(Recovered::Retried));
         }
         let problem = Problem::internal(

@@ -23,6 +23,14 @@ macro_rules! order_columns {
 pub const AUTHORIZATION_BY_ID: &str =
     concat!("SELECT ", authorization_columns!(), " FROM authorizations WHERE id = $1");
 
+/// Records a validation's outcome on a pending authorization, answering with the authorization as it left it.
+pub const FINALIZE_AUTHORIZATION: &str = concat!(
+    "UPDATE authorizations SET status = $1, expires = CASE WHEN $2 THEN $3 ELSE expires END, attempted = $4, \
+     attempted_at = $5, validated_at = CASE WHEN $6 THEN $7 ELSE NULL END, validation_records = $8, \
+     validation_error = $9 WHERE id = $10 AND status = 'pending' RETURNING ",
+    authorization_columns!()
+);
+
 /// An order's authorizations, in the order's order.
 pub const ORDER_AUTHORIZATIONS: &str = concat!(
     "SELECT ",

@@ -359,7 +359,10 @@ impl StorageAuthority for Storage {
         )
     }
 
-    async fn finalize_authorization(&self, request: Request<sapb::FinalizeAuthorizationRequest>) -> Reply<pb::Empty> {
+    async fn finalize_authorization(
+        &self,
+        request: Request<sapb::FinalizeAuthorizationRequest>,
+    ) -> Reply<sapb::FinalizeAuthorizationResponse> {
         let req = request.into_inner();
         let status = AuthorizationStatus::parse(&req.status)
             .ok_or_else(|| Problem::malformed(format!("unknown authorization status {:?}", req.status)))?;
@@ -372,7 +375,8 @@ impl StorageAuthority for Storage {
             records: records_from_pb(&req.validation_records),
             error: problem_from_pb(&req.validation_error),
         };
-        reply(self.store.finalize_authorization(&outcome).await.map(|()| pb::Empty {}))
+        let recorded = self.store.finalize_authorization(&outcome).await;
+        reply(recorded.map(|authz| sapb::FinalizeAuthorizationResponse { authorization: Some((&authz).into()) }))
     }
 
     async fn deactivate_authorization(&self, request: Request<sapb::AuthorizationId>) -> Reply<pb::Authorization> {

@@ -149,12 +149,24 @@ where
             }
         }
     }
-    let outcome = if under_way(&latest) { "still_processing" } else { "settled" };
+    answered_after_waiting(endpoint, work_time, started, under_way(&latest));
+    latest
+}
+
+/// Counts a request held since `started` for work it saw under way, now answered (`still_under_way`: the work
+/// outlasted the hold): a sample of the work's time, and the held-poll metrics. A challenge's answer, which waits
+/// at the ra for the validation it starts, counts here as well.
+pub(crate) fn answered_after_waiting(
+    endpoint: &'static str,
+    work_time: &WorkTime,
+    started: Instant,
+    still_under_way: bool,
+) {
+    let outcome = if still_under_way { "still_processing" } else { "settled" };
     work_time.record(started.elapsed());
     metrics::counter!("quarry_acme_held_polls_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
     metrics::histogram!("quarry_acme_held_poll_duration_seconds", "endpoint" => endpoint, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
-    latest
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 pub use crl::CrlConfig;
 pub use error::Error;
 pub use payloads::parse_payloads;
+pub use state::NONCE_BATCH;
 pub use testing::ClientTesting;
 
 /// The wfe's configuration.

@@ -232,7 +232,7 @@ impl StorageAuthority for Handle {
     async fn finalize_authorization(
         &self,
         _: Request<FinalizeAuthorizationRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    ) -> Result<Response<quarry_proto::sa::FinalizeAuthorizationResponse>, Status> {
         Err(Status::unimplemented("not used by the ca"))
     }
 

@@ -295,6 +295,7 @@ async fn the_wfes_copies_spare_reads_and_answer_as_the_sa_would() {
         account_id,
         authorization: Some(authorization),
         account: Some(account.clone()),
+        wait_ms: 0,
     };
     let (other, _) = stack.account().await;
     let stranger = stack.ra("wfe").perform_validation(start(pending.clone(), other.id)).await.unwrap_err();
@@ -332,6 +333,35 @@ async fn the_wfes_copies_spare_reads_and_answer_as_the_sa_would() {
     assert_eq!(done, stored, "the answer is what the sa shows");
 }
 
+/// Asked to wait (`wait_ms`, as the wfe asks when it holds polls), the ra answers with the validation's outcome as
+/// the sa recorded it; a validation longer than the wait is answered processing when the wait ends.
+#[tokio::test]
+async fn a_wait_answers_with_the_outcome_as_recorded() {
+    let stack = Stack::start().await;
+    let (account, _) = stack.account().await;
+    let start = |authorization_id: i64, wait_ms: u32| PerformValidationRequest {
+        authorization_id,
+        challenge_index: 0,
+        account_id: account.id,
+        wait_ms,
+        ..Default::default()
+    };
+    let quick = stack.order(account.id, &["quick.example.org"]).await.unwrap().authorization_ids[0];
+    let settled = stack.ra("wfe").perform_validation(start(quick, 5_000)).await.unwrap().into_inner();
+    assert_eq!(settled.status, "valid", "{settled:?}");
+    assert_eq!(settled.challenges[0].status, "valid");
+    assert_eq!(settled, stack.authorization(quick).await, "the answer is what the sa shows");
+
+    let slow = stack.order(account.id, &["slow.example.org"]).await.unwrap().authorization_ids[0];
+    stack.inner.va.hold(true);
+    let began = Instant::now();
+    let started = stack.ra("wfe").perform_validation(start(slow, 300)).await.unwrap().into_inner();
+    let waited = began.elapsed();
+    stack.inner.va.hold(false);
+    assert_eq!(started.challenges[0].status, "processing");
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3), "waited {waited:?}");
+}
+
 /// A copy whose id is not the one asked for is ignored: the ra reads the authorization asked for.
 #[tokio::test]
 async fn a_copy_of_another_authorization_is_ignored() {
@@ -347,6 +377,7 @@ async fn a_copy_of_another_authorization_is_ignored() {
         account_id: account.id,
         authorization: Some(stack.authorization(first_id).await),
         account: Some(account.clone()),
+        wait_ms: 0,
     };
     let started = stack.ra("wfe").perform_validation(request).await.unwrap().into_inner();
     assert_eq!(started.id, second_id);

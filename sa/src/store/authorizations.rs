@@ -85,34 +85,33 @@ impl Store {
         }
     }
 
-    /// Records a validation's outcome, only if the authorization is still pending; the same outcome recorded again
-    /// (a retry after a lost answer) is accepted.
-    pub async fn finalize_authorization(&self, outcome: &ValidationOutcome) -> Result<(), Problem> {
+    /// Records a validation's outcome and answers with the authorization as it now is. A repeat of the outcome
+    /// already recorded is accepted (an ra retrying after a lost answer); any other outcome of a settled
+    /// authorization is `malformed`.
+    pub async fn finalize_authorization(&self, outcome: &ValidationOutcome) -> Result<Authorization, Problem> {
         if !matches!(outcome.status, AuthorizationStatus::Valid | AuthorizationStatus::Invalid) {
             return Err(Problem::malformed("an authorization can only be finalized as valid or invalid"));
         }
         let records = serde_json::to_string(&outcome.records).map_err(internal)?;
         let error = outcome.error.as_ref().map(serde_json::to_string).transpose().map_err(internal)?;
         let valid = outcome.status == AuthorizationStatus::Valid;
-        let updated = sqlx::query(
-            "UPDATE authorizations SET status = $1, expires = CASE WHEN $2 THEN $3 ELSE expires END, attempted = $4, attempted_at = $5, validated_at = CASE WHEN $6 THEN $7 ELSE NULL END, validation_records = $8, validation_error = $9 WHERE id = $10 AND status = 'pending'",
-        )
-        .bind(outcome.status.as_str())
-        .bind(valid)
-        .bind(outcome.expires)
-        .bind(&outcome.attempted)
-        .bind(outcome.attempted_at)
-        .bind(valid)
-        .bind(outcome.attempted_at)
-        .bind(records)
-        .bind(error)
-        .bind(outcome.id)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if updated == 1 {
-            return Ok(());
+        // RETURNING: the caller gets what it recorded without a second statement.
+        let updated = sqlx::query(queries::FINALIZE_AUTHORIZATION)
+            .bind(outcome.status.as_str())
+            .bind(valid)
+            .bind(outcome.expires)
+            .bind(&outcome.attempted)
+            .bind(outcome.attempted_at)
+            .bind(valid)
+            .bind(outcome.attempted_at)
+            .bind(records)
+            .bind(error)
+            .bind(outcome.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        if let Some(row) = updated {
+            return authorization_from_row(&row, now());
         }
         let recorded: Option<(String, Option<String>, Option<i64>)> =
             sqlx::query_as("SELECT status, attempted, attempted_at FROM authorizations WHERE id = $1")
@@ -126,7 +125,7 @@ impl Store {
                     && attempted.as_deref() == Some(outcome.attempted.as_str())
                     && attempted_at == Some(outcome.attempted_at) =>
             {
-                Ok(())
+                self.get_authorization(outcome.id).await
             }
             _ => Err(Problem::malformed("authorization is not pending")),
         }

@@ -407,8 +407,10 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
             records: Vec::new(),
             error: None,
         };
-        store.finalize_authorization(&outcome).await.unwrap();
-        store.finalize_authorization(&outcome).await.unwrap();
+        let recorded = store.finalize_authorization(&outcome).await.unwrap();
+        assert_eq!(recorded.status, AuthorizationStatus::Valid, "{}", db.url);
+        assert_eq!(recorded, store.get_authorization(authz_id).await.unwrap(), "answered as stored: {}", db.url);
+        assert_eq!(store.finalize_authorization(&outcome).await.unwrap(), recorded, "{}", db.url);
         let other = ValidationOutcome { status: AuthorizationStatus::Invalid, ..outcome };
         assert_eq!(store.finalize_authorization(&other).await.unwrap_err().kind, ErrorKind::Malformed);
 

@@ -79,9 +79,22 @@ pub(super) async fn challenge(
         account_id: account.id,
         authorization: Some((&authz).into()),
         account: Some(account.into()),
+        wait_ms: u32::try_from(wfe.hold_processing().as_millis()).unwrap_or(u32::MAX),
     };
-    let authz = wfe.ra().perform_validation(start, deadline).await?;
-    challenge_response(&wfe, &Authorization::try_from(&authz)?, index)
+    let started = Instant::now();
+    let answered = match wfe.ra().perform_validation(start, deadline).await {
+        Ok(answered) => Authorization::try_from(&answered)?,
+        // The ra may have started the validation before the answer was lost (an ra replica stopping while it
+        // waited): if so the client is told it is under way, as it is, rather than that it failed.
+        Err(problem) => match wfe.sa().get_authorization(authz.id, deadline).await {
+            Ok(current) if validating(&current) || current.status != authz.status => current,
+            _ => return Err(problem.into()),
+        },
+    };
+    if !wfe.hold_processing().is_zero() {
+        hold::answered_after_waiting("challenge_answer", wfe.validation_time(), started, validating(&answered));
+    }
+    challenge_response(&wfe, &answered, index)
 }
 
 /// Whether a challenge of `authz` is being validated.

@@ -155,8 +155,8 @@ async fn nonces_are_redeemed_by_the_instance_that_minted_them() {
     let account = stack.account(Algorithm::Es256).await;
     let account_url = account.url.clone().unwrap();
     let mut by_prefix = std::collections::BTreeMap::new();
-    // The wfe mints nonces in batches of 16, from each replica in turn: three batches' worth spans both.
-    for _ in 0..48 {
+    // The wfe mints nonces in batches, from each replica in turn: three batches' worth spans both.
+    for _ in 0..3 * quarry_wfe::NONCE_BATCH {
         let nonce = client.nonce().await.unwrap();
         by_prefix.entry(nonce[..8].to_owned()).or_insert_with(Vec::new).push(nonce);
     }

@@ -176,6 +176,9 @@ async fn a_processing_challenge_and_a_bad_order() {
     let answer = stack.client.post(&account, challenge_url, Some(&json!({}))).await.unwrap();
     assert_eq!(answer.status, 200);
     assert!(answer.headers_all("link").iter().any(|l| l.contains("rel=\"up\"")));
+    // The answer waited for the validation, which failed within the hold.
+    assert_eq!(answer.json()["status"], "invalid", "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.json()["error"]["type"], "urn:ietf:params:acme:error:incorrectResponse");
     let order = stack.client.poll(&account, &order_url, 100, |o| o["status"] == "invalid").await.unwrap();
     assert_eq!(order["status"], "invalid");
     let challenge = stack.client.post(&account, challenge_url, None).await.unwrap().json();

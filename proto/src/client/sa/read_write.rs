@@ -80,11 +80,13 @@ impl SaClient {
         .map(drop)
     }
 
+    /// Records a validation's outcome; the authorization as recorded, or `None` from an older sa (which answers
+    /// `Empty`).
     pub async fn finalize_authorization(
         &self,
         request: FinalizeAuthorizationRequest,
         deadline: Deadline,
-    ) -> Result<(), Problem> {
+    ) -> Result<Option<pb::Authorization>, Problem> {
         rpc!(
             self.peer,
             Rw,
@@ -93,7 +95,7 @@ impl SaClient {
             request,
             deadline
         )
-        .map(drop)
+        .map(|reply| reply.authorization)
     }
 
     pub async fn deactivate_authorization(&self, id: i64, deadline: Deadline) -> Result<pb::Authorization, Problem> {

@@ -51,7 +51,16 @@ async fn a_paused_account_is_refused_until_quarry_admin_unpauses_it() {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.expect("authorization");
-            authz.challenge(ChallengeType::Http01).expect("http-01").set_ready().await.expect("ready");
+            // The challenge's answer waits for its validation: instant-acme reports the failure from it (or, had
+            // the validation outlasted the hold, the order's poll would).
+            match authz.challenge(ChallengeType::Http01).expect("http-01").set_ready().await {
+                Ok(()) => {}
+                Err(instant_acme::Error::Api(problem)) => {
+                    let detail = problem.detail.unwrap_or_default();
+                    assert!(detail.contains("Invalid response") && detail.contains("404"), "{detail}");
+                }
+                Err(other) => panic!("the challenge's answer failed: {other}"),
+            }
         }
         let status = order.poll_ready(&retry()).await;
         assert!(matches!(status, Ok(OrderStatus::Invalid) | Err(_)), "{status:?}");
