@@ -51,12 +51,12 @@ cleanup() {
 trap 'cleanup; stop_pebble 2>/dev/null' EXIT
 echo "bench: results in $work" >&2
 
-# Waits (bounded) until the directory answers.
+# Waits (bounded) until the directory answers, while the server process `pid` runs.
 wait_directory() {
-  local url=$1 ca=$2
+  local url=$1 ca=$2 pid=$3
   for _ in $(seq 1 120); do
     curl -fsS --cacert "$ca" "$url" >/dev/null 2>&1 && return 0
-    kill -0 "$server_pid" 2>/dev/null || { echo "bench: the server exited; see $work" >&2; return 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "bench: the server exited; see $work" >&2; return 1; }
     sleep 0.5
   done
   echo "bench: $url did not answer in 60 s" >&2
@@ -109,7 +109,7 @@ run_quarry() {
   server_pid=$!
   for _ in $(seq 1 240); do [[ -s $data/stack.json ]] && break; sleep 0.5; done
   [[ -s $data/stack.json ]] || { echo "bench: quarry dev did not start; see $work/$target.out" >&2; return 1; }
-  wait_directory "$(stack_field "$data" directory_url)" "$(stack_field "$data" tls_ca_pem)"
+  wait_directory "$(stack_field "$data" directory_url)" "$(stack_field "$data" tls_ca_pem)" "$server_pid"
   sleep 5
   idle_rss "$QUARRY_BIN(-dev)? (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
   local processes=quarry,quarry-dev
@@ -150,10 +150,7 @@ EOF
   PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 pebble -config "$dir/pebble.json" -dnsserver 127.0.0.1:8153 \
     >"$dir/pebble.log" 2>&1 &
   pebble_pid=$!
-  local saved=$server_pid
-  server_pid=$pebble_pid
-  wait_directory "$pebble_url" "$dir/ca.pem"
-  server_pid=$saved
+  wait_directory "$pebble_url" "$dir/ca.pem" "$pebble_pid"
   sleep 5
   idle_rss "^pebble -config" pebble
 }

@@ -113,22 +113,23 @@ impl Store {
         if let Some(row) = updated {
             return authorization_from_row(&row, now());
         }
-        let recorded: Option<(String, Option<String>, Option<i64>)> =
-            sqlx::query_as("SELECT status, attempted, attempted_at FROM authorizations WHERE id = $1")
-                .bind(outcome.id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        match recorded {
-            Some((status, attempted, attempted_at))
-                if status == outcome.status.as_str()
-                    && attempted.as_deref() == Some(outcome.attempted.as_str())
-                    && attempted_at == Some(outcome.attempted_at) =>
-            {
-                self.get_authorization(outcome.id).await
-            }
-            _ => Err(Problem::malformed("authorization is not pending")),
+        // Not pending: accepted only as a repeat of the outcome recorded, answered from the same read.
+        let row = sqlx::query(queries::AUTHORIZATION_BY_ID)
+            .bind(outcome.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Problem::malformed("authorization is not pending"))?;
+        let status: String = get(&row, "status")?;
+        let attempted: Option<String> = get(&row, "attempted")?;
+        let attempted_at: Option<i64> = get(&row, "attempted_at")?;
+        let same_outcome = status == outcome.status.as_str()
+            && attempted.as_deref() == Some(outcome.attempted.as_str())
+            && attempted_at == Some(outcome.attempted_at);
+        if !same_outcome {
+            return Err(Problem::malformed("authorization is not pending"));
         }
+        authorization_from_row(&row, now())
     }
 
     /// Deactivates a pending or valid, unexpired authorization (RFC 8555 §7.5.2).

@@ -13,33 +13,38 @@ use crate::harness::{Stack, csr};
 /// The longest any single request of these tests may take: far above every hold, so never the reason one passes.
 const REQUEST_BOUND: Duration = Duration::from_secs(10);
 
-/// A POST-as-GET of `url`, with how long it took.
-async fn timed_poll(stack: &Stack, account: &AcmeAccount, url: &str) -> (HttpResponse, Duration) {
+/// A POST of `payload` (none: a POST-as-GET) to `url`, with how long it took.
+async fn timed_post(
+    stack: &Stack,
+    account: &AcmeAccount,
+    url: &str,
+    payload: Option<&Value>,
+) -> (HttpResponse, Duration) {
     let started = Instant::now();
-    let response = tokio::time::timeout(REQUEST_BOUND, stack.client.post(account, url, None))
+    let response = tokio::time::timeout(REQUEST_BOUND, stack.client.post(account, url, payload))
         .await
-        .expect("the poll answers within its bound")
-        .expect("the poll is answered");
+        .expect("the request answers within its bound")
+        .expect("the request is answered");
     (response, started.elapsed())
 }
 
-/// Orders `name` and answers its challenge; returns the authorization's and the challenge's URLs and the
-/// challenge's answer, with how long it took.
-async fn answer_challenge(
-    stack: &Stack,
-    account: &AcmeAccount,
-    name: &str,
-) -> (String, String, HttpResponse, Duration) {
+/// A POST-as-GET of `url`, with how long it took.
+async fn timed_poll(stack: &Stack, account: &AcmeAccount, url: &str) -> (HttpResponse, Duration) {
+    timed_post(stack, account, url, None).await
+}
+
+/// Orders `name`; returns its authorization's and its first challenge's URLs.
+async fn challenge_of_new_order(stack: &Stack, account: &AcmeAccount, name: &str) -> (String, String) {
     let (_, order) = stack.order(account, &[name]).await;
     let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
     let authz = stack.client.post(account, &authz_url, None).await.unwrap().json();
     let challenge_url = authz["challenges"][0]["url"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    let answer = tokio::time::timeout(REQUEST_BOUND, stack.client.post(account, &challenge_url, Some(&json!({}))))
-        .await
-        .expect("the challenge's answer comes within its bound")
-        .unwrap();
-    (authz_url, challenge_url, answer, started.elapsed())
+    (authz_url, challenge_url)
+}
+
+/// Answers the challenge at `url`, with how long the answer took.
+async fn answer_challenge(stack: &Stack, account: &AcmeAccount, url: &str) -> (HttpResponse, Duration) {
+    timed_post(stack, account, url, Some(&json!({}))).await
 }
 
 /// Orders `name` with the va holding validations and answers its challenge, which waits out the hold; returns the
@@ -47,7 +52,8 @@ async fn answer_challenge(
 /// and the challenge's answer.
 async fn validation_under_way(stack: &Stack, account: &AcmeAccount, name: &str) -> (String, String, HttpResponse) {
     stack.va.hold(true);
-    let (authz_url, challenge_url, answer, _) = answer_challenge(stack, account, name).await;
+    let (authz_url, challenge_url) = challenge_of_new_order(stack, account, name).await;
+    let (answer, _) = answer_challenge(stack, account, &challenge_url).await;
     assert_eq!(answer.json()["status"], "processing", "{}", String::from_utf8_lossy(&answer.body));
     (authz_url, challenge_url, answer)
 }
@@ -66,8 +72,9 @@ async fn a_challenge_answer_waits_for_its_validation_and_the_first_poll_finds_it
     let stack = Stack::start_with(|wfe| wfe.hold_processing_ms = 5_000).await;
     let account = stack.account(Algorithm::Es256).await;
     stack.va.hold(true);
+    let (authz_url, challenge_url) = challenge_of_new_order(&stack, &account, "answered.example.org").await;
     release_va_after(&stack, Duration::from_millis(300));
-    let (authz_url, _, answer, took) = answer_challenge(&stack, &account, "answered.example.org").await;
+    let (answer, took) = answer_challenge(&stack, &account, &challenge_url).await;
     assert_eq!(answer.json()["status"], "valid", "{}", String::from_utf8_lossy(&answer.body));
     assert_eq!(answer.header("retry-after"), None);
     assert!(answer.header("replay-nonce").is_some());
