@@ -30,6 +30,11 @@ pub enum HttpClientError {
 /// A client trusting the system's roots plus those in `extra_roots` (PEM), for servers reached over HTTPS; plain
 /// HTTP URLs are accepted too (a server on loopback in tests and in the dev stack).
 pub fn http_client(extra_roots: Option<&Path>) -> Result<HttpClient, HttpClientError> {
+    Ok(http_client_from(tls_config(extra_roots)?, None))
+}
+
+/// The TLS settings of [`http_client`]: the system's roots plus those in `extra_roots` (PEM).
+pub fn tls_config(extra_roots: Option<&Path>) -> Result<rustls::ClientConfig, HttpClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
@@ -40,15 +45,21 @@ pub fn http_client(extra_roots: Option<&Path>) -> Result<HttpClient, HttpClientE
             roots.add(cert).map_err(|e| HttpClientError::Roots(format!("{}: {e}", path.display())))?;
         }
     }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+/// A client with the TLS settings `tls` whose connections leave from `local_address` when one is given (the load
+/// generator spreads its clients over loopback addresses, as real clients come from many).
+pub fn http_client_from(tls: rustls::ClientConfig, local_address: Option<std::net::IpAddr>) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     // Requests here are small and awaited one by one: no Nagle delay.
     http.set_nodelay(true);
+    http.set_local_address(local_address);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Client::builder(TokioExecutor::new()).build(connector)
 }

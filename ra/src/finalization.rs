@@ -25,9 +25,17 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<Order, Problem> {
         let inner = &self.inner;
-        let order = self.order_from(req.order.as_ref(), req.order_id, deadline).await?;
+        // Parsed first for its key's hash, which the sa's one read needs; a bad CSR is reported after the order's
+        // own problems, as before that read existed.
+        let csr = quarry_core::csr::parse_csr(&req.csr).map_err(|e| match e {
+            quarry_core::csr::CsrError::UnsupportedKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
+            other => Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {other}")),
+        });
+        let key_hash = csr.as_ref().map(|csr| csr.key.key_hash().to_vec()).unwrap_or_default();
+        let (order, facts) = self.order_and_facts(&req, key_hash, deadline).await?;
+        // As the wfe answers for another account's order: no sign that it exists.
         if order.account_id != req.account_id {
-            return Err(Problem::unauthorized("this order belongs to another account"));
+            return Err(Problem::not_found("order not found"));
         }
         if order.status != OrderStatus::Ready {
             return Err(Problem::new(
@@ -35,10 +43,7 @@ impl Registrar {
                 format!("Order's status ({:?}) is not acceptable for finalization", order.status.as_str()),
             ));
         }
-        let csr = quarry_core::csr::parse_csr(&req.csr).map_err(|e| match e {
-            quarry_core::csr::CsrError::UnsupportedKey(detail) => Problem::new(ErrorKind::BadPublicKey, detail),
-            other => Problem::new(ErrorKind::BadCsr, format!("invalid CSR: {other}")),
-        })?;
+        let csr = csr?;
         keypolicy::check_key(&csr.key)?;
         let account = self.account_from(req.account.as_ref(), order.account_id, deadline).await?;
         let account_key =
@@ -47,7 +52,10 @@ impl Registrar {
         if csr.key == account_key {
             return Err(Problem::new(ErrorKind::BadCsr, "certificate public key must be different than account key"));
         }
-        let facts = self.finalization_facts(&order, &csr.key, deadline).await?;
+        let facts = match facts {
+            Some(facts) => facts,
+            None => self.finalization_facts(&order, &csr.key, deadline).await?,
+        };
         if facts.key_blocked {
             return Err(Problem::new(ErrorKind::BadPublicKey, "the CSR's public key is forbidden"));
         }
@@ -201,6 +209,25 @@ impl Registrar {
         None
     }
 
+    /// The order to finalize, and what the sa knows that finalizing it checks when one read told both. The wfe
+    /// leaves the order to that read (`None` in the request); an older wfe sends it, and an older sa answers without
+    /// it: then the order is the one sent or read alone, and the facts are asked once it is known.
+    async fn order_and_facts(
+        &self,
+        req: &FinalizeOrderRequest,
+        key_hash: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(Order, Option<FinalizationFacts>), Problem> {
+        if req.order.is_none() {
+            let sa = &self.inner.sa;
+            let asked = sa.get_finalization_facts(req.order_id, key_hash, &[], renewal_since(), true, deadline);
+            if let Some(FinalizationFacts { order: Some(order), authorizations, key_blocked, renewal }) = asked.await? {
+                return Ok((order, Some(FinalizationFacts { authorizations, key_blocked, renewal, order: None })));
+            }
+        }
+        Ok((self.order_from(req.order.as_ref(), req.order_id, deadline).await?, None))
+    }
+
     /// What the sa knows that finalizing `order` with `key` checks, in one read. Whether the order is a renewal is
     /// asked here, before this order's certificate joins the history it looks at. An sa that predates the one read
     /// (during a rolling update) is asked the three reads it replaces.
@@ -213,7 +240,7 @@ impl Registrar {
         let sa = &self.inner.sa;
         let key_hash = key.key_hash().to_vec();
         let asked =
-            sa.get_finalization_facts(order.id, key_hash.clone(), &order.identifiers, renewal_since(), deadline);
+            sa.get_finalization_facts(order.id, key_hash.clone(), &order.identifiers, renewal_since(), false, deadline);
         if let Some(facts) = asked.await? {
             return Ok(facts);
         }
@@ -221,6 +248,7 @@ impl Registrar {
             key_blocked: sa.key_blocked(key_hash, deadline).await?,
             authorizations: sa.get_order_authorizations(order.id, deadline).await?,
             renewal: self.is_renewal(&order.identifiers, deadline).await?,
+            order: None,
         })
     }
 

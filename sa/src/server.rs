@@ -294,15 +294,27 @@ impl StorageAuthorityReadOnly for Storage {
         request: Request<sapb::GetFinalizationFactsRequest>,
     ) -> Reply<sapb::GetFinalizationFactsResponse> {
         let req = request.into_inner();
-        let identifiers = identifiers_from_pb(&req.identifiers)?;
+        let mut identifiers = identifiers_from_pb(&req.identifiers)?;
         let key_blocked = self.store.key_blocked(&req.key_hash).await?;
-        let (order_id, since, identifiers) = (req.order_id, req.renewal_since, &identifiers);
-        let authorizations = self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?;
+        let (order_id, since) = (req.order_id, req.renewal_since);
+        // The order's authorizations come with the order when it is asked for: one read fewer.
+        let (order, authorizations) = if req.with_order {
+            let (order, authorizations) =
+                self.read(|s| async move { s.get_order_and_authorizations(order_id).await }).await?;
+            if identifiers.is_empty() {
+                identifiers.clone_from(&order.identifiers);
+            }
+            (Some(pb::Order::from(&order)), authorizations)
+        } else {
+            (None, self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?)
+        };
+        let identifiers = &identifiers;
         let issued = self.read(|s| async move { s.fqdn_set_issuance_times(identifiers, since).await }).await?;
         reply(Ok(sapb::GetFinalizationFactsResponse {
             authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
             key_blocked,
             renewal: !issued.is_empty(),
+            order,
         }))
     }
 }

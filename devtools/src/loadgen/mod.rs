@@ -280,6 +280,24 @@ async fn one_order(
     Ok(())
 }
 
+/// Whether the CA at `url` is reached over IPv4 loopback (`localhost` or a 127.0.0.0/8 address).
+fn is_ipv4_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Client `index`'s own source address on loopback (127.0.0.2 to 127.0.0.251): real clients come from many
+/// addresses, and a CA limits connections per address (the wfe's `max_connections_per_client`), which one address
+/// for every load client would meet at 64 clients.
+fn loopback_source(index: usize) -> std::net::IpAddr {
+    let last = 2 + (index % 250) as u8;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last))
+}
+
 /// Runs the load and prints the report; `Ok(false)` when no certificate was issued.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let target = args.target.resolve()?;
@@ -289,7 +307,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     }
     // The publisher's client for CT logs is the one needed here too: pooled keep-alive connections, HTTPS trusting
     // the system's roots and the given CA, plain HTTP accepted.
-    let http = quarry_core::http_client::http_client(tls_ca.as_deref())?;
+    let tls = quarry_core::http_client::tls_config(tls_ca.as_deref())?;
+    let http = quarry_core::http_client::http_client_from(tls.clone(), None);
+    let on_loopback = is_ipv4_loopback(&directory_url);
     let directory = {
         let request = http::Request::get(&directory_url).body(Full::new(Bytes::new()))?;
         let fetch = async { anyhow::Ok(http.request(request).await?.into_body().collect().await?.to_bytes()) };
@@ -329,7 +349,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let clients: Vec<_> = (0..args.clients.max(1))
         .map(|index| {
-            let mut session = Session::new(http.clone(), directory.clone());
+            let source = on_loopback.then(|| loopback_source(index));
+            let http = quarry_core::http_client::http_client_from(tls.clone(), source);
+            let mut session = Session::new(http, directory.clone());
             session.retry_after_cap = args.honour_retry_after.then(|| Duration::from_millis(args.retry_after_cap_ms));
             let (domain, responder, budget) = (args.domain.clone(), responder.clone(), budget.clone());
             tokio::spawn(client_loop(session, index, run, domain, responder, budget, args.retries))

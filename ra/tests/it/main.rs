@@ -218,6 +218,8 @@ async fn finalization_checks_the_csr_then_issues() {
     let order = stack.order(account.id, &names).await.unwrap();
     let early = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
     assert_eq!(early.kind, ErrorKind::OrderNotReady);
+    let early_garbage = finalize(&stack, &order, account.id, b"not a csr".to_vec()).await.unwrap_err();
+    assert_eq!(early_garbage.kind, ErrorKind::OrderNotReady, "the order's own problem comes first");
 
     stack.inner.va.pass();
     stack.validate_all(&order, account.id).await;
@@ -228,8 +230,12 @@ async fn finalization_checks_the_csr_then_issues() {
     let garbage = finalize(&stack, &order, account.id, b"not a csr".to_vec()).await.unwrap_err();
     assert_eq!(garbage.kind, ErrorKind::BadCsr);
     let (other, _) = stack.account().await;
+    // Another account's order is answered as a missing one, as the wfe answers: no sign that it exists.
     let stranger = finalize(&stack, &order, other.id, csr(&names)).await.unwrap_err();
-    assert_eq!(stranger.kind, ErrorKind::Unauthorized);
+    assert_eq!(stranger.kind, ErrorKind::NotFound);
+    let missing = pb::Order { id: order.id + 1_000, ..order.clone() };
+    let missing = finalize(&stack, &missing, account.id, csr(&names)).await.unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound);
     // A blocked key, as the sa's one read of what finalization checks says.
     let blocked = rcgen::KeyPair::generate().unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
@@ -261,9 +267,9 @@ async fn an_sa_without_the_one_reads_of_new_order_and_finalization_is_told_apart
     };
     let deadline = Some(Instant::now() + Duration::from_secs(10));
     let names = [quarry_core::Identifier::dns("older.example.org")];
-    let older = client("ca", stack.inner.ca).get_finalization_facts(1, vec![0; 32], &names, 0, deadline).await;
+    let older = client("ca", stack.inner.ca).get_finalization_facts(1, vec![0; 32], &names, 0, false, deadline).await;
     assert!(older.unwrap().is_none(), "no such RPC: ask the older reads");
-    let current = client("sa", stack.inner.sa).get_finalization_facts(1, vec![0; 32], &names, 0, deadline).await;
+    let current = client("sa", stack.inner.sa).get_finalization_facts(1, vec![0; 32], &names, 0, false, deadline).await;
     let facts = current.unwrap().expect("the sa answers");
     assert!(facts.authorizations.is_empty() && !facts.key_blocked && !facts.renewal, "{facts:?}");
     // The same for new-order's one read.

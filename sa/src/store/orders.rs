@@ -147,6 +147,12 @@ impl Store {
         order_by_id(&mut conn, id).await
     }
 
+    /// An order and its authorizations, read on one connection: what finalizing it checks.
+    pub async fn get_order_and_authorizations(&self, id: i64) -> Result<(Order, Vec<Authorization>), Problem> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        order_and_authorizations(&mut conn, id).await
+    }
+
     /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
     pub async fn get_order_for_names(
         &self,
@@ -289,10 +295,16 @@ impl Store {
 
 /// An order by id, with its authorizations, read on one connection (or in one transaction).
 async fn order_by_id(conn: &mut AnyConnection, id: i64) -> Result<Order, Problem> {
+    order_and_authorizations(conn, id).await.map(|(order, _)| order)
+}
+
+/// An order by id and its authorizations (from which its status follows), read on one connection.
+async fn order_and_authorizations(conn: &mut AnyConnection, id: i64) -> Result<(Order, Vec<Authorization>), Problem> {
     let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&mut *conn).await.map_err(db_error)?;
     let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
     let authorizations = order_authorizations(conn, id).await?;
-    order_from_row(&row, &authorizations, now())
+    let order = order_from_row(&row, &authorizations, now())?;
+    Ok((order, authorizations))
 }
 
 /// The newest pending or ready order of the account for exactly this set of identifiers and profile, if any.

@@ -44,6 +44,43 @@ fn facts_request(order_id: i64, key_hash: &[u8], names: &[&str], renewal_since: 
         key_hash: key_hash.to_vec(),
         identifiers: names.iter().map(|n| dns(n)).collect(),
         renewal_since,
+        with_order: false,
+    }
+}
+
+/// Asked `with_order` and no identifiers, the one read answers with the order as GetOrder reads it, its
+/// authorizations, and the renewal answer for the order's own identifiers; a missing order is `not found`.
+#[tokio::test]
+async fn finalization_facts_with_the_order_stand_for_get_order() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let name = "with-order.example.org";
+        let order = new_order(&sa, account.id, &[name], vec![]).await;
+        validate(&sa, order.authorization_ids[0], "valid").await;
+        let since = quarry_core::clock::now() - 120 * DAY;
+        let with_order = |order_id| GetFinalizationFactsRequest {
+            with_order: true,
+            ..facts_request(order_id, &[7; 32], &[], since)
+        };
+
+        let first = facts(&sa, with_order(order.id)).await;
+        let read = order_of(&sa, order.id).await;
+        assert_eq!(first.order.as_ref(), Some(&read), "{}", sa.db.url);
+        assert_eq!(read.status, "ready");
+        assert_eq!(first.authorizations.len(), 1);
+        assert_eq!(first.authorizations[0].id, order.authorization_ids[0]);
+        assert!(!first.renewal && !first.key_blocked, "{first:?}");
+        assert!(facts(&sa, facts_request(order.id, &[7; 32], &[name], since)).await.order.is_none(), "only when asked");
+
+        // The order's identifiers stand for the absent ones: an earlier certificate for them makes it a renewal.
+        let other = processing_order(&sa, account.id, name).await;
+        let der = certificate(name, &[0x0f, 0x02]);
+        sa.rw("ca").add_precertificate(stored(account.id, other.id, &der, 2)).await.unwrap();
+        sa.rw("ca").add_certificate(stored(account.id, other.id, &der, 0)).await.unwrap();
+        assert!(facts(&sa, with_order(order.id)).await.renewal);
+
+        let missing = sa.ro("ra").get_finalization_facts(with_order(order.id + 1_000)).await;
+        assert_eq!(missing.unwrap_err().code(), Code::NotFound, "{}", sa.db.url);
     }
 }
 

@@ -6,7 +6,7 @@ mod read_write;
 
 use std::time::Instant;
 
-use quarry_core::model::Authorization;
+use quarry_core::model::{Authorization, Order};
 use quarry_core::peer::Peer;
 
 /// The sa, through every replica.
@@ -24,6 +24,8 @@ pub struct FinalizationFacts {
     pub key_blocked: bool,
     /// Whether a certificate for exactly the order's identifiers was issued since the renewal window began.
     pub renewal: bool,
+    /// The order, when asked for (`None` from an sa that predates the question).
+    pub order: Option<Order>,
 }
 
 /// When a call must have been answered; `None`: the peer's default.

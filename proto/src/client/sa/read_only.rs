@@ -326,14 +326,16 @@ impl SaClient {
     }
 
     /// What finalizing order `order_id` checks in one read: its authorizations, whether the key with hash `key_hash`
-    /// is blocked, and whether a certificate for exactly `identifiers` was issued since `renewal_since`. `None` when
-    /// the sa predates the call (`unimplemented`, during a rolling update): the caller asks the three reads instead.
+    /// is blocked, and whether a certificate for exactly `identifiers` (empty: the order's) was issued since
+    /// `renewal_since`; with the order itself when `with_order`. `None` when the sa predates the call
+    /// (`unimplemented`, during a rolling update): the caller asks the reads it replaces instead.
     pub async fn get_finalization_facts(
         &self,
         order_id: i64,
         key_hash: Vec<u8>,
         identifiers: &[quarry_core::Identifier],
         renewal_since: i64,
+        with_order: bool,
         deadline: Deadline,
     ) -> Result<Option<FinalizationFacts>, Problem> {
         const PATH: &str = "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts";
@@ -342,6 +344,7 @@ impl SaClient {
             key_hash,
             identifiers: crate::convert::identifiers_to_pb(identifiers),
             renewal_since,
+            with_order,
         };
         let reply = self
             .peer
@@ -354,6 +357,7 @@ impl SaClient {
             authorizations: reply.authorizations.iter().map(Authorization::try_from).collect::<Result<_, _>>()?,
             key_blocked: reply.key_blocked,
             renewal: reply.renewal,
+            order: reply.order.as_ref().map(Order::try_from).transpose()?,
         }))
     }
 }
