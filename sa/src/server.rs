@@ -1,4 +1,5 @@
 //! The two gRPC services of the sa, thin translations between prost messages and [`Store`] calls.
+// size: one thin method per RPC of the sa's two services, which the generated traits want in one impl each.
 
 use quarry_core::model::{Account, AccountStatus, AuthorizationStatus};
 use std::future::Future;
@@ -288,25 +289,26 @@ impl StorageAuthorityReadOnly for Storage {
         reply(found.map(|o| sapb::RenewalInfoOverride { serial, response: o.response, set_at: o.set_at }))
     }
 
-    /// Each fact read where its own RPC reads it: the blocked key from the primary, the rest replica first.
+    /// Each fact read where its own RPC reads it: the blocked key from the primary, the rest replica first. Asked
+    /// `with_order`, the order's authorizations come with it (one read fewer), and its identifiers stand for absent
+    /// ones.
     async fn get_finalization_facts(
         &self,
         request: Request<sapb::GetFinalizationFactsRequest>,
     ) -> Reply<sapb::GetFinalizationFactsResponse> {
         let req = request.into_inner();
-        let mut identifiers = identifiers_from_pb(&req.identifiers)?;
-        let key_blocked = self.store.key_blocked(&req.key_hash).await?;
         let (order_id, since) = (req.order_id, req.renewal_since);
-        // The order's authorizations come with the order when it is asked for: one read fewer.
-        let (order, authorizations) = if req.with_order {
-            let (order, authorizations) =
-                self.read(|s| async move { s.get_order_and_authorizations(order_id).await }).await?;
-            if identifiers.is_empty() {
-                identifiers.clone_from(&order.identifiers);
-            }
-            (Some(pb::Order::from(&order)), authorizations)
-        } else {
-            (None, self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?)
+        let key_blocked = self.store.key_blocked(&req.key_hash).await?;
+        let (order, authorizations) = match req.with_order {
+            true => self
+                .read(|s| async move { s.get_order_and_authorizations(order_id).await })
+                .await
+                .map(|(o, a)| (Some(o), a))?,
+            false => (None, self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?),
+        };
+        let identifiers = match &order {
+            Some(order) if req.identifiers.is_empty() => order.identifiers.clone(),
+            _ => identifiers_from_pb(&req.identifiers)?,
         };
         let identifiers = &identifiers;
         let issued = self.read(|s| async move { s.fqdn_set_issuance_times(identifiers, since).await }).await?;
@@ -314,7 +316,7 @@ impl StorageAuthorityReadOnly for Storage {
             authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
             key_blocked,
             renewal: !issued.is_empty(),
-            order,
+            order: order.as_ref().map(pb::Order::from),
         }))
     }
 }

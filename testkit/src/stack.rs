@@ -208,6 +208,7 @@ async fn start_wfe(
     let mut config = quarry_wfe::Config {
         telemetry: Default::default(),
         account_cache: Default::default(),
+        authorization_cache: Default::default(),
         client_testing: Default::default(),
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),

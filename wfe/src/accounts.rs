@@ -5,13 +5,14 @@
 //! most that late (plus the sa's replica lag, when its reads come from a replica); changes made through this instance
 //! drop the entry at once, and an sa read that began before such a change is not cached.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quarry_core::model::Account;
 use serde::Deserialize;
+
+use crate::expiring::Expiring;
 
 /// `[account_cache]` in the wfe's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,9 +40,7 @@ fn default_size() -> usize {
 }
 
 pub struct AccountCache {
-    ttl: Duration,
-    size: usize,
-    entries: Mutex<HashMap<i64, (Instant, Account)>>,
+    entries: Mutex<Expiring<Account>>,
     /// Counts `forget`s: a read that saw another value when it began may predate a change, and is not kept.
     changes: AtomicU64,
 }
@@ -65,9 +64,7 @@ impl Drop for ForgetOnDrop<'_> {
 impl AccountCache {
     pub fn new(config: &AccountCacheConfig) -> Self {
         Self {
-            ttl: Duration::from_millis(config.ttl_ms),
-            size: config.size,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Expiring::new(Duration::from_millis(config.ttl_ms), config.size)),
             changes: AtomicU64::new(0),
         }
     }
@@ -79,35 +76,24 @@ impl AccountCache {
 
     /// The account, if it was read from the sa less than `ttl` ago.
     pub fn get(&self, id: i64) -> Option<Account> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.get(&id).filter(|(read_at, _)| read_at.elapsed() < self.ttl).map(|(_, account)| account.clone())
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(id)
     }
 
     /// Keeps `account` as read from the sa, unless an account changed through this wfe since the read began.
     pub fn insert(&self, account: &Account, read: ReadStarted) {
-        if self.ttl.is_zero() || self.size == 0 {
-            return;
-        }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         // Checked under the lock that `forget` takes too, so that no change slips in between.
         if self.changes.load(Ordering::Acquire) != read.0 {
             return;
         }
-        if entries.len() >= self.size {
-            entries.retain(|_, (read_at, _)| read_at.elapsed() < self.ttl);
-            // Still full of live entries: start over rather than track recency; a miss costs one sa read.
-            if entries.len() >= self.size {
-                entries.clear();
-            }
-        }
-        entries.insert(account.id, (Instant::now(), account.clone()));
+        entries.insert(account.id, account.clone());
     }
 
     /// Forgets `id` (this instance changed the account), and any read of it under way.
     pub fn forget(&self, id: i64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         self.changes.fetch_add(1, Ordering::AcqRel);
-        entries.remove(&id);
+        entries.remove(id);
     }
 
     /// Forgets `id` now and again when the guard is dropped: for a handler about to change the account.

@@ -5,6 +5,7 @@
 pub mod accounts;
 mod crl;
 mod error;
+mod expiring;
 mod extract;
 mod handlers;
 mod hold;
@@ -14,6 +15,7 @@ pub mod problem;
 mod render;
 mod renewal;
 mod reply;
+pub mod shown_authorizations;
 mod state;
 mod testing;
 
@@ -108,6 +110,10 @@ pub struct Config {
     /// How long accounts read from the sa are reused (`[account_cache]`).
     #[serde(default)]
     pub account_cache: accounts::AccountCacheConfig,
+    /// How long a pending authorization shown to its client is kept for its challenge answer
+    /// (`[authorization_cache]`).
+    #[serde(default)]
+    pub authorization_cache: shown_authorizations::AuthorizationCacheConfig,
     /// Provocations for client test suites (quarry dev only: refused in any other environment).
     #[serde(default)]
     pub client_testing: ClientTesting,

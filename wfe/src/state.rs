@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::accounts::AccountCache;
 use crate::render::Urls;
+use crate::shown_authorizations::ShownAuthorizations;
 use crate::{Config, Error, ExternalAccountBindingConfig};
 
 /// A health check answers within this, so that load balancers are not kept waiting.
@@ -66,6 +67,7 @@ struct Inner {
     issuance_time: crate::hold::WorkTime,
     orders_per_page: i64,
     accounts: AccountCache,
+    shown_authorizations: ShownAuthorizations,
     provocations: crate::testing::Provocations,
 }
 
@@ -191,6 +193,7 @@ impl Wfe {
                 issuance_time: crate::hold::WorkTime::new(Duration::from_millis(config.hold_processing_ms)),
                 orders_per_page,
                 accounts: AccountCache::new(&config.account_cache),
+                shown_authorizations: ShownAuthorizations::new(&config.authorization_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
                 urls,
             }),
@@ -260,6 +263,11 @@ impl Wfe {
     /// Accounts recently read from the sa.
     pub fn accounts(&self) -> &AccountCache {
         &self.inner.accounts
+    }
+
+    /// Pending authorizations recently shown to their clients, for the challenge answers that follow.
+    pub fn shown_authorizations(&self) -> &ShownAuthorizations {
+        &self.inner.shown_authorizations
     }
 
     pub fn sa(&self) -> &SaClient {

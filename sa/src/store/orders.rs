@@ -152,7 +152,6 @@ impl Store {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         order_and_authorizations(&mut conn, id).await
     }
-
     /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
     pub async fn get_order_for_names(
         &self,

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use quarry_core::Problem;
 use quarry_core::model::{Authorization, ChallengeStatus};
+use quarry_core::{ErrorKind, Problem};
 use quarry_proto::ra::{DeactivateAuthorizationRequest, PerformValidationRequest};
 use serde_json::Value;
 
@@ -24,6 +24,7 @@ pub(super) async fn authorization(State(wfe): State<Wfe>, Path(id): Path<String>
     request.check_owner(authz.account_id, "authorization")?;
     if request.is_post_as_get() {
         let authz = hold_while_validating(&wfe, "authorization", authz, deadline).await;
+        wfe.shown_authorizations().keep(&authz);
         let response = json_response(StatusCode::OK, &render::authorization(wfe.urls(), &authz));
         // A validation under way: tell the client when to look again (RFC 8555 §7.5.1).
         if validating(&authz) {
@@ -36,6 +37,7 @@ pub(super) async fn authorization(State(wfe): State<Wfe>, Path(id): Path<String>
     if update.get("status").and_then(Value::as_str) != Some("deactivated") {
         return Err(Problem::malformed("an authorization update must be {\"status\": \"deactivated\"}").into());
     }
+    wfe.shown_authorizations().forget(authz.id);
     let deactivate = DeactivateAuthorizationRequest { authorization_id: authz.id, account_id: request.account.id };
     let authz = wfe.ra().deactivate_authorization(deactivate, deadline).await?;
     Ok(json_response(StatusCode::OK, &render::authorization(wfe.urls(), &Authorization::try_from(&authz)?)))
@@ -64,7 +66,12 @@ pub(super) async fn challenge(
     let deadline = request.deadline;
     let authz_id = parse_id(&authz_id, "challenge")?;
     let index = parse_id(&index, "challenge")?;
-    let authz = load_authorization(&wfe, authz_id, deadline).await?;
+    // An answer may start from the copy its client was just shown (see `shown_authorizations`); a read does not.
+    let shown = if request.is_post_as_get() { None } else { wfe.shown_authorizations().take(authz_id) };
+    let authz = match shown {
+        Some(authz) => authz,
+        None => load_authorization(&wfe, authz_id, deadline).await?,
+    };
     request.check_owner(authz.account_id, "challenge")?;
     if request.is_post_as_get() {
         let authz = hold_while_validating(&wfe, "challenge", authz, deadline).await;
@@ -84,17 +91,26 @@ pub(super) async fn challenge(
     let started = Instant::now();
     let answered = match wfe.ra().perform_validation(start, deadline).await {
         Ok(answered) => Authorization::try_from(&answered)?,
-        // The ra may have started the validation before the answer was lost (an ra replica stopping while it
-        // waited): if so the client is told it is under way, as it is, rather than that it failed.
-        Err(problem) => match wfe.sa().get_authorization(authz.id, deadline).await {
+        // The ra may have started the validation before its answer was lost (an ra replica stopping while it
+        // waited): if so the client is told it is under way, as it is, rather than that it failed. Any other
+        // problem is the ra's answer: the copy the ra was sent may be one shown earlier, whose status says nothing
+        // of what this request changed.
+        Err(problem) if answer_lost(&problem) => match wfe.sa().get_authorization(authz.id, deadline).await {
             Ok(current) if validating(&current) || current.status != authz.status => current,
             _ => return Err(problem.into()),
         },
+        Err(problem) => return Err(problem.into()),
     };
     if !wfe.hold_processing().is_zero() {
         hold::answered_after_waiting("challenge_answer", wfe.validation_time(), started, validating(&answered));
     }
     challenge_response(&wfe, &answered, index)
+}
+
+/// Whether the ra's answer was lost on the way rather than given: the request's time ran out, or the ra could not
+/// be reached or stopped while answering.
+fn answer_lost(problem: &Problem) -> bool {
+    matches!(problem.kind, ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::ServerInternal)
 }
 
 /// Whether a challenge of `authz` is being validated.

@@ -14,3 +14,4 @@ mod profiles_and_renewal;
 mod rate_limits;
 mod resources;
 mod revocation;
+mod shown_authorizations;
