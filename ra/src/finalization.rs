@@ -221,8 +221,10 @@ impl Registrar {
         if req.order.is_none() {
             let sa = &self.inner.sa;
             let asked = sa.get_finalization_facts(req.order_id, key_hash, &[], renewal_since(), true, deadline);
-            if let Some(FinalizationFacts { order: Some(order), authorizations, key_blocked, renewal }) = asked.await? {
-                return Ok((order, Some(FinalizationFacts { authorizations, key_blocked, renewal, order: None })));
+            if let Some(mut facts) = asked.await?
+                && let Some(order) = facts.order.take()
+            {
+                return Ok((order, Some(facts)));
             }
         }
         Ok((self.order_from(req.order.as_ref(), req.order_id, deadline).await?, None))

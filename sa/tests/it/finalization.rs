@@ -4,10 +4,16 @@
 
 use crate::*;
 
-/// An order of `account_id` for `name`, its authorization valid and the order processing (the ra's fuse taken).
-async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
+/// An order of `account_id` for `name`, its authorization valid: the order is ready.
+async fn ready_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
     let order = new_order(sa, account_id, &[name], vec![]).await;
     validate(sa, order.authorization_ids[0], "valid").await;
+    order
+}
+
+/// An order of `account_id` for `name`, its authorization valid and the order processing (the ra's fuse taken).
+async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
+    let order = ready_order(sa, account_id, name).await;
     let fuse = SetOrderProcessingRequest { id: order.id, owner: "ra-test".into() };
     sa.rw("ra").set_order_processing(fuse).await.unwrap();
     order
@@ -55,8 +61,7 @@ async fn finalization_facts_with_the_order_stand_for_get_order() {
     for sa in Sa::every_backend().await {
         let account = sa.account().await;
         let name = "with-order.example.org";
-        let order = new_order(&sa, account.id, &[name], vec![]).await;
-        validate(&sa, order.authorization_ids[0], "valid").await;
+        let order = ready_order(&sa, account.id, name).await;
         let since = quarry_core::clock::now() - 120 * DAY;
         let with_order = |order_id| GetFinalizationFactsRequest {
             with_order: true,
@@ -90,8 +95,7 @@ async fn finalization_facts_answer_what_the_three_reads_did() {
     for sa in Sa::every_backend().await {
         let account = sa.account().await;
         let name = "facts.example.org";
-        let order = new_order(&sa, account.id, &[name], vec![]).await;
-        validate(&sa, order.authorization_ids[0], "valid").await;
+        let order = ready_order(&sa, account.id, name).await;
         let key_hash = [0x42; 32];
         let since = quarry_core::clock::now() - 120 * DAY;
 
