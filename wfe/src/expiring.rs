@@ -27,6 +27,15 @@ impl<V: Clone> Expiring<V> {
         self.entries.remove(&id).filter(|(kept_at, _)| kept_at.elapsed() < self.ttl).map(|(_, value)| value)
     }
 
+    /// Removes the copy of `id` and gives it if it is still fresh and `wanted` accepts it; a copy `wanted` refuses
+    /// stays.
+    pub fn take_if(&mut self, id: i64, wanted: impl FnOnce(&V) -> bool) -> Option<V> {
+        match self.entries.get(&id) {
+            Some((_, value)) if wanted(value) => self.take(id),
+            _ => None,
+        }
+    }
+
     /// Keeps `value` as the copy of `id`, now.
     pub fn insert(&mut self, id: i64, value: V) {
         if self.ttl.is_zero() || self.size == 0 {
@@ -65,6 +74,10 @@ mod tests {
         assert_eq!(map.get(1), Some("one"));
         assert_eq!(map.take(1), Some("one"));
         assert_eq!(map.take(1), None, "taken once");
+        map.insert(1, "one");
+        assert_eq!(map.take_if(1, |v| *v == "two"), None);
+        assert_eq!(map.take_if(1, |v| *v == "one"), Some("one"), "a refused copy stays");
+        assert_eq!(map.take_if(1, |_| true), None, "taken once");
         for id in 1..=5 {
             map.insert(id, "n");
         }

@@ -1,11 +1,21 @@
-//! The pending authorizations this wfe has just shown their clients, kept a short while for the challenge answer
-//! that usually follows (a client reads the authorization for its challenge's token, then answers the challenge):
-//! that answer then costs the sa no read.
+//! The authorizations this wfe has just shown or changed for their clients, kept a short while for the request that
+//! usually follows, which then costs the sa no read:
+//! - a pending authorization shown to its client, for the challenge answer that follows (a client reads the
+//!   authorization for its challenge's token, then answers the challenge);
+//! - an authorization whose validation this wfe's challenge answer saw settle (valid or invalid), for the client's
+//!   next read of it or of its challenge.
 //!
-//! A copy may be stale when it is used, and that is safe. What the ra takes from it is fixed when the authorization
-//! is created (its account, identifier, expiry, challenges and their tokens), except its status; and the sa starts a
-//! validation only through a conditional update of the status as it is then (pending, no validation begun, not
-//! expired). A copy is used once: a second answer to the same challenge reads the authorization.
+//! A pending copy may be stale when it is answered from, and that is safe. What the ra takes from it is fixed when the
+//! authorization is created (its account, identifier, expiry, challenges and their tokens), except its status; and
+//! the sa starts a validation only through a conditional update of the status as it is then (pending, no validation
+//! begun, not expired).
+//!
+//! A settled copy is what the sa recorded as the validation ended. The only change left to it is its own account
+//! deactivating a valid one: through this wfe the copy is forgotten; through another replica, a read here within the
+//! copy's life may still show it valid, as a read from a lagging database replica would (Boulder reads
+//! authorizations from replicas too). An expired copy is never served.
+//!
+//! Every copy is used once: a second answer or a second read goes to the sa.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -19,7 +29,8 @@ use crate::expiring::Expiring;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationCacheConfig {
-    /// How long a pending authorization shown to its client is kept for its challenge answer; 0 turns it off.
+    /// How long an authorization shown to its client (pending) or validated by its answer (settled) is kept for the
+    /// request that follows; 0 turns it off.
     #[serde(default = "default_ttl_ms")]
     pub ttl_ms: u64,
     /// At most this many are kept.
@@ -52,22 +63,51 @@ impl ShownAuthorizations {
     /// Keeps `authz` as its client was shown it, if a challenge of it may be answered next: pending, none of its
     /// challenges being validated.
     pub fn keep(&self, authz: &Authorization) {
-        let answerable = authz.status == AuthorizationStatus::Pending
-            && authz.challenges.iter().all(|c| c.status == ChallengeStatus::Pending);
-        if answerable {
-            self.entries.lock().unwrap_or_else(PoisonError::into_inner).insert(authz.id, authz.clone());
+        if answerable(authz) {
+            self.lock().insert(authz.id, authz.clone());
         }
     }
 
-    /// The copy of authorization `id`, if one was kept lately; it is not kept any longer.
-    pub fn take(&self, id: i64) -> Option<Authorization> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).take(id)
+    /// Keeps `authz` as a challenge answer left it, if its validation has settled (valid or invalid), for the client's
+    /// next read.
+    pub fn keep_settled(&self, authz: &Authorization) {
+        if settled(authz) {
+            self.lock().insert(authz.id, authz.clone());
+        }
+    }
+
+    /// The pending copy of authorization `id`, for a challenge answer, if one was kept lately; it is not kept any
+    /// longer.
+    pub fn take_for_answer(&self, id: i64) -> Option<Authorization> {
+        self.lock().take_if(id, answerable)
+    }
+
+    /// The settled copy of authorization `id`, for a read, if one was kept lately and has not expired since; it is not
+    /// kept any longer.
+    pub fn take_for_read(&self, id: i64) -> Option<Authorization> {
+        let now = quarry_core::clock::now();
+        self.lock().take_if(id, |authz| settled(authz) && authz.expires > now)
     }
 
     /// Forgets authorization `id` (this wfe is changing it).
     pub fn forget(&self, id: i64) {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+        self.lock().remove(id);
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Expiring<Authorization>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Pending with no validation begun: a challenge of it may be answered.
+fn answerable(authz: &Authorization) -> bool {
+    authz.status == AuthorizationStatus::Pending
+        && authz.challenges.iter().all(|c| c.status == ChallengeStatus::Pending)
+}
+
+/// Its validation has ended, for good or ill.
+fn settled(authz: &Authorization) -> bool {
+    matches!(authz.status, AuthorizationStatus::Valid | AuthorizationStatus::Invalid)
 }
 
 #[cfg(test)]
@@ -101,25 +141,39 @@ mod tests {
     }
 
     #[test]
-    fn only_authorizations_a_client_may_answer_next_are_kept_and_each_serves_once() {
+    fn pending_copies_serve_one_answer_and_settled_copies_one_read() {
         let shown = ShownAuthorizations::new(&AuthorizationCacheConfig::default());
+        // (id, status, its challenge's status, kept for an answer, kept for a read)
         let cases = [
-            (1, AuthorizationStatus::Pending, ChallengeStatus::Pending, true),
-            (2, AuthorizationStatus::Pending, ChallengeStatus::Processing, false),
-            (3, AuthorizationStatus::Valid, ChallengeStatus::Valid, false),
-            (4, AuthorizationStatus::Invalid, ChallengeStatus::Invalid, false),
-            (5, AuthorizationStatus::Deactivated, ChallengeStatus::Pending, false),
+            (1, AuthorizationStatus::Pending, ChallengeStatus::Pending, true, false),
+            (2, AuthorizationStatus::Pending, ChallengeStatus::Processing, false, false),
+            (3, AuthorizationStatus::Valid, ChallengeStatus::Valid, false, true),
+            (4, AuthorizationStatus::Invalid, ChallengeStatus::Invalid, false, true),
+            (5, AuthorizationStatus::Deactivated, ChallengeStatus::Pending, false, false),
         ];
-        for (id, status, challenge, kept) in cases {
-            shown.keep(&authz(id, status, challenge));
-            assert_eq!(shown.take(id).is_some(), kept, "{status:?} with a {challenge:?} challenge");
-            assert!(shown.take(id).is_none(), "taken once");
+        for (id, status, challenge, for_answer, for_read) in cases {
+            let copy = authz(id, status, challenge);
+            shown.keep(&copy);
+            shown.keep_settled(&copy);
+            assert!(shown.take_for_read(id).is_some() == for_read, "read: {status:?} with a {challenge:?} challenge");
+            assert!(shown.take_for_answer(id).is_some() == for_answer, "answer: {status:?} with {challenge:?}");
+            assert!(shown.take_for_answer(id).is_none() && shown.take_for_read(id).is_none(), "used once");
         }
         shown.keep(&authz(6, AuthorizationStatus::Pending, ChallengeStatus::Pending));
         shown.forget(6);
-        assert!(shown.take(6).is_none());
+        assert!(shown.take_for_answer(6).is_none());
+        shown.keep_settled(&authz(7, AuthorizationStatus::Valid, ChallengeStatus::Valid));
+        shown.forget(7);
+        assert!(shown.take_for_read(7).is_none());
+
+        let mut expired = authz(8, AuthorizationStatus::Valid, ChallengeStatus::Valid);
+        expired.expires = quarry_core::clock::now() - 1;
+        shown.keep_settled(&expired);
+        assert!(shown.take_for_read(8).is_none(), "an expired copy is never served");
+
         let off = ShownAuthorizations::new(&AuthorizationCacheConfig { ttl_ms: 0, size: 10 });
-        off.keep(&authz(7, AuthorizationStatus::Pending, ChallengeStatus::Pending));
-        assert!(off.take(7).is_none());
+        off.keep(&authz(9, AuthorizationStatus::Pending, ChallengeStatus::Pending));
+        off.keep_settled(&authz(10, AuthorizationStatus::Valid, ChallengeStatus::Valid));
+        assert!(off.take_for_answer(9).is_none() && off.take_for_read(10).is_none());
     }
 }

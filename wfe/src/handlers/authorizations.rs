@@ -20,7 +20,14 @@ use crate::state::Wfe;
 /// An authorization, read with POST-as-GET or deactivated by its account.
 pub(super) async fn authorization(State(wfe): State<Wfe>, Path(id): Path<String>, request: SigningAccount) -> Reply {
     let deadline = request.deadline;
-    let authz = load_authorization(&wfe, parse_id(&id, "authorization")?, deadline).await?;
+    let id = parse_id(&id, "authorization")?;
+    // A read may be answered from the copy this wfe's challenge answer left (see `shown_authorizations`); a
+    // deactivation reads what it changes.
+    let settled = if request.is_post_as_get() { wfe.shown_authorizations().take_for_read(id) } else { None };
+    let authz = match settled {
+        Some(authz) => authz,
+        None => load_authorization(&wfe, id, deadline).await?,
+    };
     request.check_owner(authz.account_id, "authorization")?;
     if request.is_post_as_get() {
         let authz = hold_while_validating(&wfe, "authorization", authz, deadline).await;
@@ -66,9 +73,11 @@ pub(super) async fn challenge(
     let deadline = request.deadline;
     let authz_id = parse_id(&authz_id, "challenge")?;
     let index = parse_id(&index, "challenge")?;
-    // An answer may start from the copy its client was just shown (see `shown_authorizations`); a read does not.
-    let shown = if request.is_post_as_get() { None } else { wfe.shown_authorizations().take(authz_id) };
-    let authz = match shown {
+    // An answer may start from the copy its client was just shown, and a read from the copy an answer left (see
+    // `shown_authorizations`).
+    let shown = wfe.shown_authorizations();
+    let copy = if request.is_post_as_get() { shown.take_for_read(authz_id) } else { shown.take_for_answer(authz_id) };
+    let authz = match copy {
         Some(authz) => authz,
         None => load_authorization(&wfe, authz_id, deadline).await?,
     };
@@ -104,6 +113,7 @@ pub(super) async fn challenge(
     if !wfe.hold_processing().is_zero() {
         hold::answered_after_waiting("challenge_answer", wfe.validation_time(), started, validating(&answered));
     }
+    wfe.shown_authorizations().keep_settled(&answered);
     challenge_response(&wfe, &answered, index)
 }
 

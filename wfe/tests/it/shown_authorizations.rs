@@ -1,9 +1,11 @@
 //! A challenge answer that starts from the authorization its client was just shown (`[authorization_cache]`) answers
-//! as one that reads the authorization would, even when the copy is stale, and starts no validation the sa refuses.
+//! as one that reads the authorization would, even when the copy is stale, and starts no validation the sa refuses;
+//! the read that follows an answer is served once from the authorization the answer left.
 
 use std::time::{Duration, Instant};
 
 use quarry_jose::Algorithm;
+use quarry_testkit::client::AcmeAccount;
 use serde_json::{Value, json};
 
 use crate::harness::Stack;
@@ -20,19 +22,26 @@ fn id_of(url: &str) -> i64 {
     url.rsplit('/').next().and_then(|id| id.parse().ok()).expect("an authorization id")
 }
 
+/// Orders `name` for a new account and shows it its authorization: gives the account, the authorization's URL as
+/// shown, and its first challenge's URL.
+async fn shown_authorization(stack: &Stack, name: &str) -> (AcmeAccount, String, String) {
+    let account = stack.account(Algorithm::Es256).await;
+    let (_, order) = stack.order(&account, &[name]).await;
+    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
+    let shown = stack.client.post(&account, &authz_url, None).await.unwrap().json();
+    assert_eq!(shown["status"], "pending");
+    let challenge_url = shown["challenges"][0]["url"].as_str().unwrap().to_owned();
+    (account, authz_url, challenge_url)
+}
+
 /// Shows the client its new authorization, deactivates it behind the wfe's back, then answers its challenge: gives
 /// the answer's status, its problem type and detail, and how many validations the va was asked for.
 async fn answer_after_a_change_the_wfe_did_not_see(cache_ttl_ms: u64) -> (u16, Value, Value, usize) {
     let stack = Stack::start_with(|wfe| wfe.authorization_cache.ttl_ms = cache_ttl_ms).await;
-    let account = stack.account(Algorithm::Es256).await;
-    let (_, order) = stack.order(&account, &["stale.example.org"]).await;
-    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
-    let shown = stack.client.post(&account, &authz_url, None).await.unwrap().json();
-    assert_eq!(shown["status"], "pending");
+    let (account, authz_url, challenge_url) = shown_authorization(&stack, "stale.example.org").await;
     let deadline = Some(Instant::now() + Duration::from_secs(10));
     admin_sa(&stack).deactivate_authorization(id_of(&authz_url), deadline).await.unwrap();
-    let challenge_url = shown["challenges"][0]["url"].as_str().unwrap();
-    let answer = stack.client.post(&account, challenge_url, Some(&json!({}))).await.unwrap();
+    let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
     let problem = answer.json();
     (answer.status, problem["type"].clone(), problem["detail"].clone(), stack.va.calls())
 }
@@ -52,11 +61,8 @@ async fn a_stale_copy_answers_as_a_read_would_and_starts_nothing() {
 async fn a_copy_serves_one_answer_and_the_next_reads_the_authorization() {
     let stack = Stack::start().await;
     stack.va.pass();
-    let account = stack.account(Algorithm::Es256).await;
-    let (_, order) = stack.order(&account, &["shown.example.org"]).await;
-    let authz_url = order["authorizations"][0].as_str().unwrap().to_owned();
-    let shown = stack.client.post(&account, &authz_url, None).await.unwrap().json();
-    let challenge_url = shown["challenges"][0]["url"].as_str().unwrap();
+    let (account, _, challenge_url) = shown_authorization(&stack, "shown.example.org").await;
+    let challenge_url = challenge_url.as_str();
     let first = stack.client.post(&account, challenge_url, Some(&json!({}))).await.unwrap();
     assert_eq!((first.status, first.json()["status"].as_str()), (200, Some("valid")));
     // The copy was pending; a second answer must see the authorization as it is now.
@@ -67,4 +73,33 @@ async fn a_copy_serves_one_answer_and_the_next_reads_the_authorization() {
     let other = stack.account(Algorithm::Es256).await;
     let refused = stack.client.post(&other, challenge_url, Some(&json!({}))).await.unwrap();
     assert_eq!(refused.status, 404);
+}
+
+/// Answers a challenge (validated), deactivates its authorization behind the wfe's back, then reads the authorization
+/// twice: gives the two statuses read.
+async fn reads_after_an_answer_and_a_change_the_wfe_did_not_see(cache_ttl_ms: u64) -> [Value; 2] {
+    let stack = Stack::start_with(|wfe| wfe.authorization_cache.ttl_ms = cache_ttl_ms).await;
+    stack.va.pass();
+    let (account, authz_url, challenge_url) = shown_authorization(&stack, "settled.example.org").await;
+    let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
+    assert_eq!((answer.status, answer.json()["status"].as_str()), (200, Some("valid")));
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    admin_sa(&stack).deactivate_authorization(id_of(&authz_url), deadline).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let read = stack.client.post(&account, &authz_url, None).await.unwrap();
+        assert_eq!(read.status, 200);
+        statuses.push(read.json()["status"].clone());
+    }
+    statuses.try_into().unwrap()
+}
+
+#[tokio::test]
+async fn the_read_after_an_answer_is_served_once_from_what_the_answer_left() {
+    // The copy serves the first read: a change made elsewhere since (here an operator's; for a client, its own
+    // deactivation through another wfe) shows from the second read on, as with a lagging read replica.
+    let from_copy = reads_after_an_answer_and_a_change_the_wfe_did_not_see(30_000).await;
+    assert_eq!(from_copy, [json!("valid"), json!("deactivated")]);
+    let from_reads = reads_after_an_answer_and_a_change_the_wfe_did_not_see(0).await;
+    assert_eq!(from_reads, [json!("deactivated"), json!("deactivated")]);
 }
