@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# An interleaved A/B of two builds: this shared machine's speed drifts within minutes, so two builds compare only when
+# measured in turn. Each round starts a fresh `quarry dev` from build A, loads it (5 s warm-up, then 15 s at 4
+# clients), stops it, and does the same with build B; prints each load's certificates, the sa's and the whole stack's
+# CPU per certificate and context switches per certificate, then each build's averages. Run it again with A and B
+# swapped: only the average of both orders says anything about a change of a few percent.
+#   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
+#   scripts/bench-builds.sh /tmp/before /tmp/after 4 --honour-retry-after --retry-after-cap-ms 1000
+# DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
+# target/release/quarry-dev aside before and after a change). Build A's load generator loads both. Not part of the
+# test command.
+set -uo pipefail
+[[ $# -ge 3 ]] || { sed -n '2,11p' "$0" >&2; exit 64; }
+dir_a=$1 dir_b=$2 rounds=$3
+shift 3
+for dir in "$dir_a" "$dir_b"; do
+  [[ -x $dir/quarry && -x $dir/quarry-dev ]] || { echo "bench-builds: $dir needs quarry and quarry-dev" >&2; exit 64; }
+done
+# A stack left running would hold the ports, and every load would fail.
+if ss -ltn | grep -q '127.0.0.1:14000 '; then
+  echo "bench-builds: something already listens on 127.0.0.1:14000 (a quarry dev stack?); stop it first" >&2
+  exit 1
+fi
+loadgen=$dir_a/quarry
+results=$(mktemp /tmp/quarry-builds.XXXX)
+
+# Context switches of every thread of every quarry service, summed.
+switches() {
+  local total=0 pid task
+  for pid in $(pgrep -f "quarry (sa|wfe|ra|ca|va|nonce|publisher|crl-updater) --config $1"); do
+    for task in /proc/"$pid"/task/*/status; do
+      total=$((total + $(awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s + 0}' "$task" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+for round in $(seq 1 "$rounds"); do
+  for variant in A B; do
+    dir=$dir_a
+    [[ $variant == B ]] && dir=$dir_b
+    work=$(mktemp -d /tmp/quarry-builds.XXXX)
+    setsid "$dir/quarry-dev" dev --data-dir "$work/data" --no-http01-responder --metrics-base-port 19400 \
+      >"$work/dev.out" 2>&1 &
+    dev=$!
+    for _ in $(seq 1 240); do [[ -s $work/data/stack.json ]] && break; sleep 0.5; done
+    if [[ ! -s $work/data/stack.json ]]; then
+      echo "bench-builds: quarry dev from $dir did not start; see $work/dev.out" >&2
+      kill -- -"$dev" 2>/dev/null
+      exit 1
+    fi
+    sleep 4
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients 4 --duration-secs 5 "$@" >/dev/null 2>&1
+    before=$(switches "$work/data")
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients 4 --duration-secs 15 "$@" \
+      >"$work/load.txt" 2>&1
+    after=$(switches "$work/data")
+    certs=$(grep -oP '\d+(?= certificates)' "$work/load.txt" | head -1)
+    sa=$(awk '/^quarry sa / {print $3; exit}' "$work/load.txt")
+    all=$(awk '/^all server processes/ {print $4; exit}' "$work/load.txt")
+    ctx=$(awk -v a="$before" -v b="$after" -v n="${certs:-0}" 'BEGIN {if (n > 0) printf "%.0f", (b - a) / n}')
+    echo "round $round $variant: ${certs:-0} certificates, sa ${sa:-?} ms/cert, all ${all:-?} ms/cert, ${ctx:-?} switches/cert"
+    echo "$variant ${all:-} ${sa:-} ${ctx:-}" >>"$results"
+    kill -- -"$dev" 2>/dev/null
+    wait "$dev" 2>/dev/null
+    sleep 2
+    rm -rf "$work"
+  done
+done
+awk '$2 != "" {n[$1]++; all[$1] += $2; sa[$1] += $3; ctx[$1] += $4}
+  END {for (v in n) printf "%s (%d loads): all %.2f ms/cert, sa %.2f ms/cert, %.0f switches/cert\n", v, n[v], all[v] / n[v], sa[v] / n[v], ctx[v] / n[v]}' \
+  "$results" | sort
+rm -f "$results"
