@@ -129,8 +129,10 @@ fn init_tracing(service: &str, config: &TelemetryConfig) -> Telemetry {
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
     let lines = if config.json_logs { lines.json().boxed() } else { lines.boxed() };
     let installed = tracing_subscriber::registry().with(filter).with(lines).with(spans).try_init().is_ok();
-    SPANS_EXPORTED.store(installed && provider.is_some(), Ordering::Relaxed);
     if installed {
+        // Only the call that installed the subscriber says: a later one in the same process (services started
+        // in-process by tests) installs nothing and must not switch the carriers off.
+        SPANS_EXPORTED.store(provider.is_some(), Ordering::Relaxed);
         tracing::debug!(service, export = config.otlp_endpoint.as_deref(), "telemetry initialised");
     }
     Telemetry { provider: provider.filter(|_| installed) }

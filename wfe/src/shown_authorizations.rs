@@ -10,9 +10,9 @@
 //! the sa starts a validation only through a conditional update of the status as it is then (pending, no validation
 //! begun, not expired).
 //!
-//! A settled copy is what the sa recorded as the validation ended. The only change left to it is its own account
-//! deactivating a valid one: through this wfe the copy is forgotten; through another replica, a read here within the
-//! copy's life may still show it valid, as a read from a lagging database replica would (Boulder reads
+//! A settled copy is what the sa recorded as the validation ended. The only change left to it is the deactivation of
+//! a valid one, by its account (or by an operator calling the sa): through this wfe the copy is forgotten; through
+//! another replica or the sa, a read here within the copy's life may still show it valid, as a read from a lagging database replica would (Boulder reads
 //! authorizations from replicas too). An expired copy is never served.
 //!
 //! Every copy is used once: a second answer or a second read goes to the sa.
