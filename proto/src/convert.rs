@@ -234,6 +234,7 @@ impl From<&Order> for pb::Order {
             began_processing: o.began_processing,
             not_before: o.not_before,
             not_after: o.not_after,
+            authorizations: Vec::new(),
         }
     }
 }

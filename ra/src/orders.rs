@@ -35,7 +35,13 @@ fn reuse_margin(order_lifetime: i64) -> i64 {
 }
 
 impl Registrar {
-    pub(crate) async fn new_order(&self, req: NewOrderRequest, deadline: Option<Instant>) -> Result<Order, Problem> {
+    /// The order, new or reused, and the authorizations a new one was created with, as the sa recorded them (none
+    /// for a reused order: its authorizations may be under validation, and the wfe reads them).
+    pub(crate) async fn new_order(
+        &self,
+        req: NewOrderRequest,
+        deadline: Option<Instant>,
+    ) -> Result<(Order, Vec<Authorization>), Problem> {
         let inner = &self.inner;
         if req.not_before != 0 || req.not_after != 0 {
             return Err(Problem::malformed("NotBefore and NotAfter are not supported"));
@@ -75,7 +81,7 @@ impl Registrar {
         };
         let facts = self.new_order_facts(question, &identifiers, deadline).await?;
         if let Some(order) = facts.reusable_order {
-            return Ok(order);
+            return Ok((order, Vec::new()));
         }
 
         let limited: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
@@ -163,7 +169,7 @@ impl Registrar {
         profile_name: String,
         valid: Vec<Authorization>,
         deadline: Option<Instant>,
-    ) -> Result<Order, Problem> {
+    ) -> Result<(Order, Vec<Authorization>), Problem> {
         let inner = &self.inner;
         let now = now();
         let mut reusable: BTreeMap<String, (i64, i64)> = BTreeMap::new();
@@ -209,7 +215,7 @@ impl Registrar {
             replaces: req.replaces,
             replaces_serial: req.replaces_serial,
         };
-        let order = inner.sa.new_order_and_authorizations(create, deadline).await?;
+        let (order, authorizations) = inner.sa.new_order_and_authorizations(create, deadline).await?;
         tracing::info!(
             target: "audit",
             event = "order-created",
@@ -218,7 +224,7 @@ impl Registrar {
             names = ?identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(),
             "order created"
         );
-        Ok(order)
+        Ok((order, authorizations))
     }
 }
 

@@ -39,8 +39,9 @@ impl RegistrationAuthority for Registrar {
 
     async fn new_order(&self, request: Request<NewOrderRequest>) -> Reply<pb::Order> {
         let deadline = incoming_deadline(&request);
-        let order = self.new_order(request.into_inner(), deadline).await?;
-        Ok(Response::new(pb::Order::from(&order)))
+        let (order, authorizations) = self.new_order(request.into_inner(), deadline).await?;
+        let authorizations = authorizations.iter().map(pb::Authorization::from).collect();
+        Ok(Response::new(pb::Order { authorizations, ..pb::Order::from(&order) }))
     }
 
     async fn perform_validation(&self, request: Request<PerformValidationRequest>) -> Reply<pb::Authorization> {

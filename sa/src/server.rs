@@ -357,7 +357,11 @@ impl StorageAuthority for Storage {
         request: Request<sapb::NewOrderAndAuthorizationsRequest>,
     ) -> Reply<pb::Order> {
         let order = crate::requests::new_order(request.into_inner())?;
-        reply(self.store.new_order_and_authorizations(&order).await.map(|o| pb::Order::from(&o)))
+        let created = self.store.new_order_and_authorizations(&order).await;
+        reply(created.map(|(order, authorizations)| pb::Order {
+            authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
+            ..pb::Order::from(&order)
+        }))
     }
 
     async fn set_authorization_processing(

@@ -110,8 +110,8 @@ pub struct Config {
     /// How long accounts read from the sa are reused (`[account_cache]`).
     #[serde(default)]
     pub account_cache: accounts::AccountCacheConfig,
-    /// How long a pending authorization shown to its client is kept for its challenge answer
-    /// (`[authorization_cache]`).
+    /// How long an authorization just created, shown or validated for its client is kept for the request that
+    /// follows (`[authorization_cache]`).
     #[serde(default)]
     pub authorization_cache: shown_authorizations::AuthorizationCacheConfig,
     /// Provocations for client test suites (quarry dev only: refused in any other environment).

@@ -1,9 +1,17 @@
-//! The authorizations this wfe has just shown or changed for their clients, kept a short while for the request that
-//! usually follows, which then costs the sa no read:
+//! The authorizations this wfe has just created, shown or changed for their clients, kept a short while for the
+//! request that usually follows, which then costs the sa no read:
+//! - the pending authorizations a new order was created with, as the sa recorded them, for the client's first read
+//!   of each (a client reads every authorization of its new order);
 //! - a pending authorization shown to its client, for the challenge answer that follows (a client reads the
 //!   authorization for its challenge's token, then answers the challenge);
 //! - an authorization whose validation this wfe's challenge answer saw settle (valid or invalid), for the client's
 //!   next read of it or of its challenge.
+//!
+//! A copy kept for a read is what the sa recorded a moment before. A new authorization's URL is known only to its
+//! account, which is shown it in the new-order answer; what can change it before the client's first read is its
+//! deactivation or a validation, through another replica (a repeated new-order for the same names answers with the
+//! same order) or by an operator calling the sa: the read then shows it pending once more, as a read from a lagging database
+//! replica would (Boulder reads authorizations from replicas too), and the answer that follows is safe as below.
 //!
 //! A pending copy may be stale when it is answered from, and that is safe. What the ra takes from it is fixed when the
 //! authorization is created (its account, identifier, expiry, challenges and their tokens), except its status; and
@@ -29,8 +37,8 @@ use crate::expiring::Expiring;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationCacheConfig {
-    /// How long an authorization shown to its client (pending) or validated by its answer (settled) is kept for the
-    /// request that follows; 0 turns it off.
+    /// How long an authorization created by a new order or shown to its client (pending) or validated by its answer
+    /// (settled) is kept for the request that follows; 0 turns it off.
     #[serde(default = "default_ttl_ms")]
     pub ttl_ms: u64,
     /// At most this many are kept.
@@ -52,7 +60,23 @@ fn default_size() -> usize {
 }
 
 pub struct ShownAuthorizations {
-    entries: Mutex<Expiring<Authorization>>,
+    entries: Mutex<Expiring<Kept>>,
+}
+
+/// A copy and the request it is kept for.
+#[derive(Clone)]
+struct Kept {
+    authz: Authorization,
+    serves: Serves,
+}
+
+/// The request a copy is kept for: each copy serves only the request that usually follows what made it, so that a
+/// read never serves a copy kept for an answer (a client polling another replica's change would see it pending
+/// again and again).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    Read,
+    Answer,
 }
 
 impl ShownAuthorizations {
@@ -60,11 +84,20 @@ impl ShownAuthorizations {
         Self { entries: Mutex::new(Expiring::new(Duration::from_millis(config.ttl_ms), config.size)) }
     }
 
+    /// Keeps the authorizations a new order was just created with, as the sa recorded them, for the client's first
+    /// read of each: those still pending with no validation begun (a reused one may be valid already, and is read).
+    pub fn keep_created(&self, authorizations: &[Authorization]) {
+        let mut entries = self.lock();
+        for authz in authorizations.iter().filter(|authz| answerable(authz)) {
+            entries.insert(authz.id, Kept { authz: authz.clone(), serves: Serves::Read });
+        }
+    }
+
     /// Keeps `authz` as its client was shown it, if a challenge of it may be answered next: pending, none of its
     /// challenges being validated.
     pub fn keep(&self, authz: &Authorization) {
         if answerable(authz) {
-            self.lock().insert(authz.id, authz.clone());
+            self.lock().insert(authz.id, Kept { authz: authz.clone(), serves: Serves::Answer });
         }
     }
 
@@ -72,21 +105,21 @@ impl ShownAuthorizations {
     /// next read.
     pub fn keep_settled(&self, authz: &Authorization) {
         if settled(authz) {
-            self.lock().insert(authz.id, authz.clone());
+            self.lock().insert(authz.id, Kept { authz: authz.clone(), serves: Serves::Read });
         }
     }
 
-    /// The pending copy of authorization `id`, for a challenge answer, if one was kept lately; it is not kept any
-    /// longer.
+    /// The pending copy of authorization `id` its client was shown, for a challenge answer, if one was kept lately;
+    /// it is not kept any longer.
     pub fn take_for_answer(&self, id: i64) -> Option<Authorization> {
-        self.lock().take_if(id, answerable)
+        self.lock().take_if(id, |kept| kept.serves == Serves::Answer && answerable(&kept.authz)).map(|kept| kept.authz)
     }
 
-    /// The settled copy of authorization `id`, for a read, if one was kept lately and has not expired since; it is not
-    /// kept any longer.
+    /// The copy of authorization `id` kept for a read (just created, or settled by an answer), if one was kept lately
+    /// and has not expired since; it is not kept any longer.
     pub fn take_for_read(&self, id: i64) -> Option<Authorization> {
         let now = quarry_core::clock::now();
-        self.lock().take_if(id, |authz| settled(authz) && authz.expires > now)
+        self.lock().take_if(id, |kept| kept.serves == Serves::Read && kept.authz.expires > now).map(|kept| kept.authz)
     }
 
     /// Forgets authorization `id` (this wfe is changing it).
@@ -94,7 +127,7 @@ impl ShownAuthorizations {
         self.lock().remove(id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Expiring<Authorization>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Expiring<Kept>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -141,23 +174,30 @@ mod tests {
     }
 
     #[test]
-    fn pending_copies_serve_one_answer_and_settled_copies_one_read() {
+    fn each_copy_serves_once_the_request_it_was_kept_for() {
         let shown = ShownAuthorizations::new(&AuthorizationCacheConfig::default());
-        // (id, status, its challenge's status, kept for an answer, kept for a read)
+        // (id, status, its challenge's status, how it is kept, then served to a read, served to an answer)
         let cases = [
-            (1, AuthorizationStatus::Pending, ChallengeStatus::Pending, true, false),
-            (2, AuthorizationStatus::Pending, ChallengeStatus::Processing, false, false),
-            (3, AuthorizationStatus::Valid, ChallengeStatus::Valid, false, true),
-            (4, AuthorizationStatus::Invalid, ChallengeStatus::Invalid, false, true),
-            (5, AuthorizationStatus::Deactivated, ChallengeStatus::Pending, false, false),
+            (1, AuthorizationStatus::Pending, ChallengeStatus::Pending, "shown", false, true),
+            (2, AuthorizationStatus::Pending, ChallengeStatus::Processing, "shown", false, false),
+            (3, AuthorizationStatus::Valid, ChallengeStatus::Valid, "settled", true, false),
+            (4, AuthorizationStatus::Invalid, ChallengeStatus::Invalid, "settled", true, false),
+            (5, AuthorizationStatus::Deactivated, ChallengeStatus::Pending, "settled", false, false),
+            (11, AuthorizationStatus::Pending, ChallengeStatus::Pending, "created", true, false),
+            (12, AuthorizationStatus::Valid, ChallengeStatus::Valid, "created", false, false),
+            (13, AuthorizationStatus::Pending, ChallengeStatus::Pending, "settled", false, false),
         ];
-        for (id, status, challenge, for_answer, for_read) in cases {
+        for (id, status, challenge, kept_as, for_read, for_answer) in cases {
             let copy = authz(id, status, challenge);
-            shown.keep(&copy);
-            shown.keep_settled(&copy);
-            assert!(shown.take_for_read(id).is_some() == for_read, "read: {status:?} with a {challenge:?} challenge");
-            assert!(shown.take_for_answer(id).is_some() == for_answer, "answer: {status:?} with {challenge:?}");
-            assert!(shown.take_for_answer(id).is_none() && shown.take_for_read(id).is_none(), "used once");
+            match kept_as {
+                "shown" => shown.keep(&copy),
+                "settled" => shown.keep_settled(&copy),
+                _ => shown.keep_created(&[copy]),
+            }
+            let case = format!("{status:?} with a {challenge:?} challenge, kept {kept_as}");
+            assert!(shown.take_for_read(id).is_some() == for_read, "read: {case}");
+            assert!(shown.take_for_answer(id).is_some() == for_answer, "answer: {case}");
+            assert!(shown.take_for_answer(id).is_none() && shown.take_for_read(id).is_none(), "used once: {case}");
         }
         shown.keep(&authz(6, AuthorizationStatus::Pending, ChallengeStatus::Pending));
         shown.forget(6);

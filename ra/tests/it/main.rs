@@ -145,6 +145,14 @@ async fn orders_reuse_orders_and_valid_authorizations() {
     assert_eq!(order.status, "pending");
     let same = stack.order(account.id, &["*.W.example.org", "a.example.org"]).await.unwrap();
     assert_eq!(same.id, order.id, "an identical pending order is reused");
+    // A new order comes with its authorizations as recorded, for the wfe to show; a reused one without (they may be
+    // under validation by then).
+    let ids: Vec<i64> = order.authorizations.iter().map(|a| a.id).collect();
+    assert_eq!(ids, order.authorization_ids);
+    for created in &order.authorizations {
+        assert_eq!(*created, stack.authorization(created.id).await);
+    }
+    assert!(same.authorizations.is_empty());
     let wildcard = stack.authorization(order.authorization_ids[0]).await;
     let wildcard = if wildcard.wildcard { wildcard } else { stack.authorization(order.authorization_ids[1]).await };
     assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
@@ -157,6 +165,9 @@ async fn orders_reuse_orders_and_valid_authorizations() {
     let reused: Vec<i64> =
         second.authorization_ids.iter().filter(|id| order.authorization_ids.contains(id)).copied().collect();
     assert_eq!(reused.len(), 1, "the valid authorization for a.example.org is reused");
+    let statuses: Vec<&str> = second.authorizations.iter().map(|a| a.status.as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "valid").count(), 1, "{statuses:?}");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
 }
 
 #[tokio::test]

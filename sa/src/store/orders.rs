@@ -54,8 +54,9 @@ pub struct NewOrder {
 }
 
 impl Store {
-    /// Creates the new authorizations, the order and its links in one transaction.
-    pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<Order, Problem> {
+    /// Creates the new authorizations, the order and its links in one transaction; gives the order and its
+    /// authorizations as recorded (the caller shows them next).
+    pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<(Order, Vec<Authorization>), Problem> {
         let created = now();
         let mut tx = self.begin_write().await?;
         let mut authorization_ids = order.reused_authorization_ids.clone();
@@ -119,7 +120,7 @@ impl Store {
             .map_err(db_error)?;
         }
         tx.commit().await.map_err(db_error)?;
-        self.get_order(order_id).await
+        self.get_order_and_authorizations(order_id).await
     }
 
     /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or

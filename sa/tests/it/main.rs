@@ -223,6 +223,10 @@ async fn orders_derive_their_status_from_their_authorizations() {
         assert_eq!(order.authorization_ids.len(), 2);
         let authzs =
             sa.ro("ra").get_order_authorizations(OrderId { id: order.id }).await.unwrap().into_inner().authorizations;
+        // The new order's answer carries its authorizations as recorded, for the wfe to show; reads do not.
+        assert_eq!(order.authorizations, authzs, "{}", sa.db.url);
+        let read = sa.ro("wfe").get_order(OrderId { id: order.id }).await.unwrap().into_inner();
+        assert_eq!(read, pb::Order { authorizations: Vec::new(), ..order.clone() });
         let wildcard = authzs.iter().find(|a| a.wildcard).expect("wildcard authz");
         assert_eq!(wildcard.identifier.as_ref().unwrap().value, "b.example.org");
         assert_eq!(wildcard.challenges.iter().map(|c| c.r#type.as_str()).collect::<Vec<_>>(), ["dns-01"]);
@@ -269,6 +273,8 @@ async fn orders_derive_their_status_from_their_authorizations() {
             .into_inner()
             .authorizations;
         assert_eq!(valid.len(), 2);
+        let reusing = new_order(&sa, account.id, &["a.example.org"], vec![order.authorization_ids[0]]).await;
+        assert_eq!(reusing.authorizations, [authz], "a reused authorization is answered as it is");
 
         // Finalization is a fuse.
         sa.rw("ra")

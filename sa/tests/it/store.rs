@@ -107,7 +107,7 @@ async fn constraint_violations_are_typed() {
 async fn fuses_let_one_caller_through() {
     for (store, db) in stores().await {
         let owner = account(&store).await;
-        let order = store.new_order_and_authorizations(&order_for(owner.id, &["fuse.example.org"])).await.unwrap();
+        let (order, _) = store.new_order_and_authorizations(&order_for(owner.id, &["fuse.example.org"])).await.unwrap();
         let authz = order.authorization_ids[0];
         store.set_authorization_processing(authz, "http-01", now(), "ra-test").await.unwrap();
         let second = store.set_authorization_processing(authz, "http-01", now(), "ra-test").await.unwrap_err();
@@ -367,7 +367,8 @@ async fn interrupted_work_is_found_claimed_once_and_repeats_are_harmless() {
     for (store, db) in stores().await {
         let owner = account(&store).await;
         // A validation begun long ago and never recorded.
-        let order = store.new_order_and_authorizations(&order_for(owner.id, &["stuck.example.org"])).await.unwrap();
+        let (order, _) =
+            store.new_order_and_authorizations(&order_for(owner.id, &["stuck.example.org"])).await.unwrap();
         let authz_id = order.authorization_ids[0];
         store.set_authorization_processing(authz_id, "http-01", now() - 600, "ra-gone").await.unwrap();
         let stuck = store.stuck_authorizations(deadline(now() - 300), 10).await.unwrap();
@@ -481,7 +482,8 @@ async fn replicas_starting_together_migrate_once() {
 async fn the_work_of_a_replica_whose_heartbeat_lapsed_is_orphaned() {
     for (store, db) in stores().await {
         let owner = account(&store).await;
-        let order = store.new_order_and_authorizations(&order_for(owner.id, &["orphan.example.org"])).await.unwrap();
+        let (order, _) =
+            store.new_order_and_authorizations(&order_for(owner.id, &["orphan.example.org"])).await.unwrap();
         let authz_id = order.authorization_ids[0];
         store.heartbeat("ra-alive", 15).await.unwrap();
         store.heartbeat("ra-dying", 15).await.unwrap();
@@ -499,7 +501,8 @@ async fn the_work_of_a_replica_whose_heartbeat_lapsed_is_orphaned() {
         assert!(store.stuck_authorizations(later, 10).await.unwrap().is_empty(), "{}", db.url);
 
         // The same for an order processing.
-        let order = store.new_order_and_authorizations(&order_for(owner.id, &["orphan2.example.org"])).await.unwrap();
+        let (order, _) =
+            store.new_order_and_authorizations(&order_for(owner.id, &["orphan2.example.org"])).await.unwrap();
         store.set_authorization_processing(order.authorization_ids[0], "http-01", now(), "ra-alive").await.unwrap();
         store
             .finalize_authorization(&quarry_sa::store::ValidationOutcome {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use quarry_core::model::{Order, OrderStatus};
+use quarry_core::model::{Authorization, Order, OrderStatus};
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::convert::identifiers_to_pb;
 use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest};
@@ -42,6 +42,10 @@ pub(super) async fn new_order(State(wfe): State<Wfe>, request: SigningAccount) -
         ..Default::default()
     };
     let order = wfe.ra().new_order(new, deadline).await?;
+    // The client reads each authorization next: a new order's come with it (see `shown_authorizations`).
+    let created: Vec<Authorization> =
+        order.authorizations.iter().filter_map(|authz| Authorization::try_from(authz).ok()).collect();
+    wfe.shown_authorizations().keep_created(&created);
     let order = Order::try_from(&order)?;
     Ok(with_location(
         json_response(StatusCode::CREATED, &render::order(wfe.urls(), &order)),

@@ -1,6 +1,7 @@
 //! A challenge answer that starts from the authorization its client was just shown (`[authorization_cache]`) answers
 //! as one that reads the authorization would, even when the copy is stale, and starts no validation the sa refuses;
-//! the read that follows an answer is served once from the authorization the answer left.
+//! the read that follows an answer is served once from the authorization the answer left, and the first read of a new
+//! order's authorization from what the new order created.
 
 use std::time::{Duration, Instant};
 
@@ -75,14 +76,22 @@ async fn a_copy_serves_one_answer_and_the_next_reads_the_authorization() {
     assert_eq!(refused.status, 404);
 }
 
-/// Answers a challenge (validated), deactivates its authorization behind the wfe's back, then reads the authorization
-/// twice: gives the two statuses read.
-async fn reads_after_an_answer_and_a_change_the_wfe_did_not_see(cache_ttl_ms: u64) -> [Value; 2] {
+/// Orders a name for a new account, and (if `answer_first`) reads its authorization and answers its challenge
+/// (validated); then deactivates the authorization behind the wfe's back and reads it twice: gives the two statuses
+/// read.
+async fn reads_after_a_change_the_wfe_did_not_see(cache_ttl_ms: u64, answer_first: bool) -> [Value; 2] {
     let stack = Stack::start_with(|wfe| wfe.authorization_cache.ttl_ms = cache_ttl_ms).await;
     stack.va.pass();
-    let (account, authz_url, challenge_url) = shown_authorization(&stack, "settled.example.org").await;
-    let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
-    assert_eq!((answer.status, answer.json()["status"].as_str()), (200, Some("valid")));
+    let (account, authz_url) = if answer_first {
+        let (account, authz_url, challenge_url) = shown_authorization(&stack, "settled.example.org").await;
+        let answer = stack.client.post(&account, &challenge_url, Some(&json!({}))).await.unwrap();
+        assert_eq!((answer.status, answer.json()["status"].as_str()), (200, Some("valid")));
+        (account, authz_url)
+    } else {
+        let account = stack.account(Algorithm::Es256).await;
+        let (_, order) = stack.order(&account, &["created.example.org"]).await;
+        (account, order["authorizations"][0].as_str().unwrap().to_owned())
+    };
     let deadline = Some(Instant::now() + Duration::from_secs(10));
     admin_sa(&stack).deactivate_authorization(id_of(&authz_url), deadline).await.unwrap();
     let mut statuses = Vec::new();
@@ -98,8 +107,16 @@ async fn reads_after_an_answer_and_a_change_the_wfe_did_not_see(cache_ttl_ms: u6
 async fn the_read_after_an_answer_is_served_once_from_what_the_answer_left() {
     // The copy serves the first read: a change made elsewhere since (here an operator's; for a client, its own
     // deactivation through another wfe) shows from the second read on, as with a lagging read replica.
-    let from_copy = reads_after_an_answer_and_a_change_the_wfe_did_not_see(30_000).await;
+    let from_copy = reads_after_a_change_the_wfe_did_not_see(30_000, true).await;
     assert_eq!(from_copy, [json!("valid"), json!("deactivated")]);
-    let from_reads = reads_after_an_answer_and_a_change_the_wfe_did_not_see(0).await;
+    let from_reads = reads_after_a_change_the_wfe_did_not_see(0, true).await;
+    assert_eq!(from_reads, [json!("deactivated"), json!("deactivated")]);
+}
+
+#[tokio::test]
+async fn the_first_read_of_a_new_authorization_is_served_once_from_what_the_new_order_created() {
+    let from_copy = reads_after_a_change_the_wfe_did_not_see(30_000, false).await;
+    assert_eq!(from_copy, [json!("pending"), json!("deactivated")]);
+    let from_reads = reads_after_a_change_the_wfe_did_not_see(0, false).await;
     assert_eq!(from_reads, [json!("deactivated"), json!("deactivated")]);
 }

@@ -1,7 +1,7 @@
 //! The sa client's calls to `quarry.sa.v1.StorageAuthority`: writes, and the reads that must see them.
 
 use quarry_core::Problem;
-use quarry_core::model::Order;
+use quarry_core::model::{Authorization, Order};
 
 use super::{Deadline, SaClient};
 use crate::client::rpc;
@@ -48,11 +48,13 @@ impl SaClient {
         rpc!(self.peer, Rw, update_account_key, "/quarry.sa.v1.StorageAuthority/UpdateAccountKey", request, deadline)
     }
 
+    /// The new order, and its authorizations as the sa recorded them (none from an sa that predates
+    /// `Order.authorizations`).
     pub async fn new_order_and_authorizations(
         &self,
         request: NewOrderAndAuthorizationsRequest,
         deadline: Deadline,
-    ) -> Result<Order, Problem> {
+    ) -> Result<(Order, Vec<Authorization>), Problem> {
         let reply = rpc!(
             self.peer,
             Rw,
@@ -61,7 +63,8 @@ impl SaClient {
             request,
             deadline
         )?;
-        Order::try_from(&reply)
+        let authorizations = reply.authorizations.iter().map(Authorization::try_from).collect::<Result<_, _>>()?;
+        Ok((Order::try_from(&reply)?, authorizations))
     }
 
     pub async fn set_authorization_processing(
