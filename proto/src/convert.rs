@@ -235,6 +235,7 @@ impl From<&Order> for pb::Order {
             not_before: o.not_before,
             not_after: o.not_after,
             authorizations: Vec::new(),
+            certificate_der: Vec::new(),
         }
     }
 }

@@ -23,7 +23,7 @@ impl Registrar {
         &self,
         req: FinalizeOrderRequest,
         deadline: Option<Instant>,
-    ) -> Result<Order, Problem> {
+    ) -> Result<(Order, Option<Vec<u8>>), Problem> {
         let inner = &self.inner;
         // Parsed first for its key's hash, which the sa's one read needs; a bad CSR is reported after the order's
         // own problems, as before that read existed.
@@ -103,7 +103,7 @@ impl Registrar {
                 }
                 .in_current_span(),
             );
-            return Ok(processing);
+            return Ok((processing, None));
         }
         // Issuance stops short of the caller's deadline, leaving the ra time to learn what became of it and answer.
         let deadline = match deadline {
@@ -113,11 +113,11 @@ impl Registrar {
         let began_processing = now().max(1);
         match self.issue_or_invalidate(&order, req.csr, renewal, deadline).await? {
             // The sa recorded the certificate, so the order is valid: no need to read it back.
-            Issuance::Issued(serial) => {
-                Ok(Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order })
+            Issuance::Issued { serial, der } => {
+                Ok((Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order }, der))
             }
             // The client polls the order until its certificate is stored.
-            Issuance::Finishing => Ok(Order { status: OrderStatus::Processing, began_processing, ..order }),
+            Issuance::Finishing => Ok((Order { status: OrderStatus::Processing, began_processing, ..order }, None)),
         }
     }
 
@@ -133,7 +133,7 @@ impl Registrar {
         deadline: Option<Instant>,
     ) -> Result<Issuance, Problem> {
         let problem = match self.issue(order, csr, renewal, deadline).await {
-            Ok(serial) => return Ok(Issuance::Issued(serial)),
+            Ok((serial, der)) => return Ok(Issuance::Issued { serial, der: Some(der) }),
             Err(problem) => problem,
         };
         if matches!(problem.kind, ErrorKind::Timeout | ErrorKind::Unavailable) {
@@ -153,7 +153,7 @@ impl Registrar {
             }
         }
         match self.fail_order(order, &problem, deadline).await {
-            Some(serial) => Ok(Issuance::Issued(serial)),
+            Some(serial) => Ok(Issuance::Issued { serial, der: None }),
             None => Err(problem),
         }
     }
@@ -254,14 +254,15 @@ impl Registrar {
         })
     }
 
-    /// Has the ca issue `order`'s certificate; `renewal` says whether it renews one (for the rate limits).
+    /// Has the ca issue `order`'s certificate, giving its serial and DER; `renewal` says whether it renews one (for
+    /// the rate limits).
     async fn issue(
         &self,
         order: &Order,
         csr: Vec<u8>,
         renewal: bool,
         deadline: Option<Instant>,
-    ) -> Result<String, Problem> {
+    ) -> Result<(String, Vec<u8>), Problem> {
         quarry_core::fault::point("ra.finalize_before_issue");
         let issue = IssueCertificateRequest {
             csr,
@@ -278,14 +279,15 @@ impl Registrar {
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
-        Ok(issued.serial)
+        Ok((issued.serial, issued.der))
     }
 }
 
 /// What finalization achieved.
 enum Issuance {
-    /// The certificate is stored, under this serial.
-    Issued(String),
+    /// The certificate is stored, under this serial; its DER when this finalization was answered it (not when the
+    /// ca finished after this ra stopped waiting).
+    Issued { serial: String, der: Option<Vec<u8>> },
     /// Its precertificate is, and the certificate is being finished from it.
     Finishing,
 }

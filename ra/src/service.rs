@@ -72,7 +72,7 @@ impl RegistrationAuthority for Registrar {
 
     async fn finalize_order(&self, request: Request<FinalizeOrderRequest>) -> Reply<pb::Order> {
         let deadline = incoming_deadline(&request);
-        let order = self.finalize_order(request.into_inner(), deadline).await?;
-        Ok(Response::new(pb::Order::from(&order)))
+        let (order, certificate_der) = self.finalize_order(request.into_inner(), deadline).await?;
+        Ok(Response::new(pb::Order { certificate_der: certificate_der.unwrap_or_default(), ..pb::Order::from(&order) }))
     }
 }

@@ -209,6 +209,7 @@ async fn start_wfe(
         telemetry: Default::default(),
         account_cache: Default::default(),
         authorization_cache: Default::default(),
+        certificate_cache: Default::default(),
         client_testing: Default::default(),
         version: ConfigVersion::CURRENT,
         tls: pki.tls("wfe"),

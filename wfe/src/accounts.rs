@@ -40,7 +40,7 @@ fn default_size() -> usize {
 }
 
 pub struct AccountCache {
-    entries: Mutex<Expiring<Account>>,
+    entries: Mutex<Expiring<i64, Account>>,
     /// Counts `forget`s: a read that saw another value when it began may predate a change, and is not kept.
     changes: AtomicU64,
 }
@@ -76,7 +76,7 @@ impl AccountCache {
 
     /// The account, if it was read from the sa less than `ttl` ago.
     pub fn get(&self, id: i64) -> Option<Account> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(id)
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&id)
     }
 
     /// Keeps `account` as read from the sa, unless an account changed through this wfe since the read began.
@@ -93,7 +93,7 @@ impl AccountCache {
     pub fn forget(&self, id: i64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         self.changes.fetch_add(1, Ordering::AcqRel);
-        entries.remove(id);
+        entries.remove(&id);
     }
 
     /// Forgets `id` now and again when the guard is dropped: for a handler about to change the account.

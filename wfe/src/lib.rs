@@ -9,6 +9,7 @@ mod expiring;
 mod extract;
 mod handlers;
 mod hold;
+pub mod issued_certificates;
 mod payloads;
 mod post;
 pub mod problem;
@@ -114,6 +115,9 @@ pub struct Config {
     /// follows (`[authorization_cache]`).
     #[serde(default)]
     pub authorization_cache: shown_authorizations::AuthorizationCacheConfig,
+    /// How long a certificate a finalize answer issued is kept for its download (`[certificate_cache]`).
+    #[serde(default)]
+    pub certificate_cache: issued_certificates::CertificateCacheConfig,
     /// Provocations for client test suites (quarry dev only: refused in any other environment).
     #[serde(default)]
     pub client_testing: ClientTesting,

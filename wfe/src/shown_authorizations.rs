@@ -60,7 +60,7 @@ fn default_size() -> usize {
 }
 
 pub struct ShownAuthorizations {
-    entries: Mutex<Expiring<Kept>>,
+    entries: Mutex<Expiring<i64, Kept>>,
 }
 
 /// A copy and the request it is kept for.
@@ -112,22 +112,22 @@ impl ShownAuthorizations {
     /// The pending copy of authorization `id` its client was shown, for a challenge answer, if one was kept lately;
     /// it is not kept any longer.
     pub fn take_for_answer(&self, id: i64) -> Option<Authorization> {
-        self.lock().take_if(id, |kept| kept.serves == Serves::Answer && answerable(&kept.authz)).map(|kept| kept.authz)
+        self.lock().take_if(&id, |kept| kept.serves == Serves::Answer && answerable(&kept.authz)).map(|kept| kept.authz)
     }
 
     /// The copy of authorization `id` kept for a read (just created, or settled by an answer), if one was kept lately
     /// and has not expired since; it is not kept any longer.
     pub fn take_for_read(&self, id: i64) -> Option<Authorization> {
         let now = quarry_core::clock::now();
-        self.lock().take_if(id, |kept| kept.serves == Serves::Read && kept.authz.expires > now).map(|kept| kept.authz)
+        self.lock().take_if(&id, |kept| kept.serves == Serves::Read && kept.authz.expires > now).map(|kept| kept.authz)
     }
 
     /// Forgets authorization `id` (this wfe is changing it).
     pub fn forget(&self, id: i64) {
-        self.lock().remove(id);
+        self.lock().remove(&id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Expiring<Kept>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Expiring<i64, Kept>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

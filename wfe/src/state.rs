@@ -12,6 +12,7 @@ use quarry_proto::client::{NonceClient, PREFIX_LEN, RaClient, SaClient};
 use serde_json::{Value, json};
 
 use crate::accounts::AccountCache;
+use crate::issued_certificates::IssuedCertificates;
 use crate::render::Urls;
 use crate::shown_authorizations::ShownAuthorizations;
 use crate::{Config, Error, ExternalAccountBindingConfig};
@@ -68,6 +69,7 @@ struct Inner {
     orders_per_page: i64,
     accounts: AccountCache,
     shown_authorizations: ShownAuthorizations,
+    issued_certificates: IssuedCertificates,
     provocations: crate::testing::Provocations,
 }
 
@@ -194,6 +196,7 @@ impl Wfe {
                 orders_per_page,
                 accounts: AccountCache::new(&config.account_cache),
                 shown_authorizations: ShownAuthorizations::new(&config.authorization_cache),
+                issued_certificates: IssuedCertificates::new(&config.certificate_cache),
                 provocations: crate::testing::Provocations::new(config.client_testing.clone()),
                 urls,
             }),
@@ -265,9 +268,14 @@ impl Wfe {
         &self.inner.accounts
     }
 
-    /// Pending authorizations recently shown to their clients, for the challenge answers that follow.
+    /// Authorizations recently created, shown or validated for their clients, for the requests that follow.
     pub fn shown_authorizations(&self) -> &ShownAuthorizations {
         &self.inner.shown_authorizations
+    }
+
+    /// Certificates recently issued by this wfe's finalize answers, for their downloads.
+    pub fn issued_certificates(&self) -> &IssuedCertificates {
+        &self.inner.issued_certificates
     }
 
     pub fn sa(&self) -> &SaClient {

@@ -347,7 +347,11 @@ async fn the_wfes_copies_spare_reads_and_answer_as_the_sa_would() {
     // The sa stamps the start of processing by its own clock; the ra's answer approximates it.
     assert!((done.began_processing - stored.began_processing).abs() <= 1, "{done:?}");
     done.began_processing = stored.began_processing;
+    // The answer carries the certificate it issued, as the sa stored it, for the wfe to serve its download.
+    let certificate = std::mem::take(&mut done.certificate_der);
     assert_eq!(done, stored, "the answer is what the sa shows");
+    let serial = quarry_proto::sa::Serial { serial: stored.certificate_serial.clone() };
+    assert_eq!(certificate, stack.sa().get_certificate(serial).await.unwrap().into_inner().der);
 }
 
 /// Asked to wait (`wait_ms`, as the wfe asks when it holds polls), the ra answers with the validation's outcome as

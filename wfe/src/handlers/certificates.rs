@@ -11,6 +11,7 @@ use quarry_jose::Jwk;
 use quarry_proto::ra::RevokeCertByApplicantRequest;
 
 use crate::extract::{CertificateReader, VerifiedPost};
+use crate::issued_certificates::IssuedCertificate;
 use crate::payloads::RevocationPayload;
 use crate::problem::ProblemResponse;
 use crate::reply::Reply;
@@ -60,7 +61,15 @@ async fn certificate_chain(wfe: &Wfe, serial: &str, index: usize, reader: Certif
     if !serial.bytes().all(|b| b.is_ascii_hexdigit()) || serial.is_empty() {
         return Err(Problem::not_found("certificate not found").into());
     }
-    let cert = wfe.sa().get_certificate(&serial.to_ascii_lowercase(), deadline).await?;
+    let serial = serial.to_ascii_lowercase();
+    // The download that follows a finalize is served from what its answer issued (see `issued_certificates`).
+    let cert = match wfe.issued_certificates().take(&serial) {
+        Some(issued) => issued,
+        None => {
+            let stored = wfe.sa().get_certificate(&serial, deadline).await?;
+            IssuedCertificate { account_id: stored.account_id, der: stored.der }
+        }
+    };
     if let Some(account) = &reader.account
         && account.id != cert.account_id
     {
@@ -76,7 +85,7 @@ async fn certificate_chain(wfe: &Wfe, serial: &str, index: usize, reader: Certif
     }
     let mut response = (StatusCode::OK, pem).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pem-certificate-chain"));
-    let canonical = wfe.urls().certificate(&serial.to_ascii_lowercase());
+    let canonical = wfe.urls().certificate(&serial);
     for other in (0..chains.len()).filter(|n| *n != index) {
         let url = if other == 0 { canonical.clone() } else { format!("{canonical}/{other}") };
         if let Ok(link) = HeaderValue::from_str(&format!("<{url}>;rel=\"alternate\"")) {

@@ -12,6 +12,7 @@ use quarry_proto::ra::{FinalizeOrderRequest, NewOrderRequest};
 
 use crate::extract::{SigningAccount, parse_id};
 use crate::hold;
+use crate::issued_certificates::IssuedCertificate;
 use crate::payloads::{FinalizePayload, NewOrderPayload, edge_identifiers};
 use crate::problem::ProblemResponse;
 use crate::render;
@@ -85,8 +86,14 @@ pub(super) async fn finalize(State(wfe): State<Wfe>, Path(id): Path<String>, req
     // account's order as for a missing one.
     let finalize =
         FinalizeOrderRequest { order_id, account_id: account.id, csr, order: None, account: Some(account.into()) };
-    let order = wfe.ra().finalize_order(finalize, wfe.finalize_deadline()).await?;
-    Ok(order_response(&wfe, &Order::try_from(&order)?))
+    let answer = wfe.ra().finalize_order(finalize, wfe.finalize_deadline()).await?;
+    let order = Order::try_from(&answer)?;
+    // The client downloads the certificate next: it came with the answer (see `issued_certificates`).
+    if order.status == OrderStatus::Valid && !answer.certificate_der.is_empty() {
+        let issued = IssuedCertificate { account_id: order.account_id, der: answer.certificate_der };
+        wfe.issued_certificates().keep(&order.certificate_serial, issued);
+    }
+    Ok(order_response(&wfe, &order))
 }
 
 /// The order, with `Retry-After` while it is processing.

@@ -9,6 +9,7 @@ mod external_accounts;
 mod harness;
 mod held_polls;
 mod https;
+mod issued_certificates;
 mod jws_checks;
 mod profiles_and_renewal;
 mod rate_limits;
