@@ -7,11 +7,11 @@
 #   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
 #   scripts/bench-builds.sh /tmp/before /tmp/after 4 --honour-retry-after --retry-after-cap-ms 1000
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
-# target/release/quarry-dev aside before and after a change). Build A's load generator loads both. Not part of the
-# test command.
+# target/release/quarry-dev aside before and after a change). Build A's load generator loads both. CLIENTS=16 (say)
+# loads with that many clients instead of 4. Not part of the test command.
 set -uo pipefail
 [[ $# -ge 3 ]] || { sed -n '2,11p' "$0" >&2; exit 64; }
-dir_a=$1 dir_b=$2 rounds=$3
+dir_a=$1 dir_b=$2 rounds=$3 clients=${CLIENTS:-4}
 shift 3
 for dir in "$dir_a" "$dir_b"; do
   [[ -x $dir/quarry && -x $dir/quarry-dev ]] || { echo "bench-builds: $dir needs quarry and quarry-dev" >&2; exit 64; }
@@ -50,9 +50,9 @@ for round in $(seq 1 "$rounds"); do
       exit 1
     fi
     sleep 4
-    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients 4 --duration-secs 5 "$@" >/dev/null 2>&1
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients "$clients" --duration-secs 5 "$@" >/dev/null 2>&1
     before=$(switches "$work/data")
-    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients 4 --duration-secs 15 "$@" \
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients "$clients" --duration-secs 15 "$@" \
       >"$work/load.txt" 2>&1
     after=$(switches "$work/data")
     certs=$(grep -oP '\d+(?= certificates)' "$work/load.txt" | head -1)

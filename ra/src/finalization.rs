@@ -285,8 +285,8 @@ impl Registrar {
 
 /// What finalization achieved.
 enum Issuance {
-    /// The certificate is stored, under this serial; its DER when this finalization was answered it (not when the
-    /// ca finished after this ra stopped waiting).
+    /// The certificate is stored, under this serial; with its DER when the ca's answer to this finalization gave it
+    /// (not when the ca finished after this ra stopped waiting).
     Issued { serial: String, der: Option<Vec<u8>> },
     /// Its precertificate is, and the certificate is being finished from it.
     Finishing,
