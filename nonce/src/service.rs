@@ -9,16 +9,14 @@ use quarry_core::Problem;
 use quarry_core::grpc::ClientAllowlist;
 use quarry_proto::core::Empty;
 use quarry_proto::nonce::nonce_service_server::{NonceService, NonceServiceServer};
-use quarry_proto::nonce::{
-    NonceBatchRequest, NonceBatchResponse, NonceMessage, RedeemBatchRequest, RedeemBatchResponse, RedeemResponse,
-};
+use quarry_proto::nonce::{NonceBatchRequest, NonceBatchResponse, NonceMessage, RedeemResponse};
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, info};
 
 use crate::source::NonceSource;
 use crate::{Config, Error, SERVICE_NAME};
 
-/// The most nonces one `NonceBatch` call mints, and one `RedeemBatch` call redeems.
+/// The most nonces one `NonceBatch` call mints.
 pub const MAX_BATCH: u32 = 256;
 
 pub(crate) struct Nonces {
@@ -49,24 +47,6 @@ impl Nonces {
             }
         }
     }
-
-    /// Redeems each of `nonces` in turn under one lock, counted in the metrics: whether each was valid.
-    fn redeem_all(&self, nonces: &[String]) -> Vec<bool> {
-        let (redeemed, remembered) = {
-            let mut source = self.source();
-            let redeemed: Vec<_> = nonces.iter().map(|nonce| source.try_redeem(nonce)).collect();
-            (redeemed, source.remembered())
-        };
-        for outcome in &redeemed {
-            if let Err(refusal) = outcome {
-                debug!(reason = refusal.as_str(), "nonce refused");
-            }
-            let result = outcome.as_ref().map_or_else(|refusal| refusal.as_str(), |()| "valid");
-            metrics::counter!("quarry_nonce_redemptions_total", "result" => result).increment(1);
-        }
-        metrics::gauge!("quarry_nonce_remembered_redemptions").set(remembered as f64);
-        redeemed.iter().map(Result::is_ok).collect()
-    }
 }
 
 #[tonic::async_trait]
@@ -82,19 +62,18 @@ impl NonceService for Nonces {
     }
 
     async fn redeem(&self, request: Request<NonceMessage>) -> Result<Response<RedeemResponse>, Status> {
-        let valid = self.redeem_all(std::slice::from_ref(&request.get_ref().nonce));
-        Ok(Response::new(RedeemResponse { valid: valid[0] }))
-    }
-
-    async fn redeem_batch(
-        &self,
-        request: Request<RedeemBatchRequest>,
-    ) -> Result<Response<RedeemBatchResponse>, Status> {
-        let nonces = &request.get_ref().nonces;
-        if nonces.len() > MAX_BATCH as usize {
-            return Err(Status::invalid_argument(format!("at most {MAX_BATCH} nonces are redeemed at once")));
+        let (redeemed, remembered) = {
+            let mut source = self.source();
+            let redeemed = source.try_redeem(&request.get_ref().nonce);
+            (redeemed, source.remembered())
+        };
+        if let Err(refusal) = redeemed {
+            debug!(reason = refusal.as_str(), "nonce refused");
         }
-        Ok(Response::new(RedeemBatchResponse { valid: self.redeem_all(nonces) }))
+        let result = redeemed.as_ref().map_or_else(|refusal| refusal.as_str(), |()| "valid");
+        metrics::counter!("quarry_nonce_redemptions_total", "result" => result).increment(1);
+        metrics::gauge!("quarry_nonce_remembered_redemptions").set(remembered as f64);
+        Ok(Response::new(RedeemResponse { valid: redeemed.is_ok() }))
     }
 }
 

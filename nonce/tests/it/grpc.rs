@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use quarry_proto::core::Empty;
-use quarry_proto::nonce::{NonceBatchRequest, NonceMessage, RedeemBatchRequest};
+use quarry_proto::nonce::{NonceBatchRequest, NonceMessage};
 use quarry_testkit::pki::TestPki;
 use tonic::Code;
 
@@ -54,24 +54,6 @@ async fn batches_are_distinct_fresh_nonces_and_capped() {
     assert_eq!(huge.len(), 256, "one call mints at most 256");
     let none = wfe.nonce_batch(NonceBatchRequest { count: 0 }).await.expect("batch").into_inner().nonces;
     assert_eq!(none.len(), 1, "a count of 0 still gives one nonce");
-}
-
-#[tokio::test]
-async fn a_redeem_batch_answers_each_nonce_as_redeem_would_in_order() {
-    let pki = TestPki::new();
-    let nonce_service = Running::start(config(&pki)).await;
-    let mut wfe = nonce_service.client(&pki, "wfe");
-    let minted = wfe.nonce_batch(NonceBatchRequest { count: 3 }).await.expect("batch").into_inner().nonces;
-    assert!(wfe.redeem(message(&minted[1])).await.expect("redeem").into_inner().valid);
-    // A fresh nonce, one redeemed already, a forgery, the first again (a replay within the batch), a fresh one.
-    let nonces = [&minted[0], &minted[1], "forged", &minted[0], &minted[2]].map(str::to_owned).to_vec();
-    let valid = wfe.redeem_batch(RedeemBatchRequest { nonces }).await.expect("batch").into_inner().valid;
-    assert_eq!(valid, [true, false, false, false, true]);
-    let too_many = RedeemBatchRequest { nonces: vec!["x".to_owned(); 257] };
-    let refused = wfe.redeem_batch(too_many).await.expect_err("over the limit");
-    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
-    let empty = wfe.redeem_batch(RedeemBatchRequest { nonces: Vec::new() }).await.expect("empty batch");
-    assert!(empty.into_inner().valid.is_empty());
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! Integration tests of the nonce service: it runs as a real gRPC server over mutual TLS on loopback and is called
 //! through its generated client with certificates from `TestPki`.
 
-mod batches;
 mod config;
 mod grpc;
 mod replicas;
