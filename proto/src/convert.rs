@@ -240,6 +240,12 @@ impl From<&Order> for pb::Order {
     }
 }
 
+/// A new order as its creation is answered: with the authorizations it was created with (`Order.authorizations`,
+/// which no read fills), so that the wfe can show them without asking the sa.
+pub fn created_order_to_pb(order: &Order, authorizations: &[Authorization]) -> pb::Order {
+    pb::Order { authorizations: authorizations.iter().map(pb::Authorization::from).collect(), ..pb::Order::from(order) }
+}
+
 impl TryFrom<&pb::Order> for Order {
     type Error = Problem;
     fn try_from(o: &pb::Order) -> Result<Self, Problem> {

@@ -1,6 +1,7 @@
 //! The RegistrationAuthority gRPC service: each call hands its request and deadline to its use case.
 
 use quarry_core::grpc::incoming_deadline;
+use quarry_proto::convert::created_order_to_pb;
 use quarry_proto::core as pb;
 use quarry_proto::ra::registration_authority_server::RegistrationAuthority;
 use quarry_proto::ra::{
@@ -40,8 +41,7 @@ impl RegistrationAuthority for Registrar {
     async fn new_order(&self, request: Request<NewOrderRequest>) -> Reply<pb::Order> {
         let deadline = incoming_deadline(&request);
         let (order, authorizations) = self.new_order(request.into_inner(), deadline).await?;
-        let authorizations = authorizations.iter().map(pb::Authorization::from).collect();
-        Ok(Response::new(pb::Order { authorizations, ..pb::Order::from(&order) }))
+        Ok(Response::new(created_order_to_pb(&order, &authorizations)))
     }
 
     async fn perform_validation(&self, request: Request<PerformValidationRequest>) -> Reply<pb::Authorization> {

@@ -5,7 +5,9 @@ use quarry_core::model::{Account, AccountStatus, AuthorizationStatus};
 use std::future::Future;
 
 use quarry_core::{ErrorKind, Problem};
-use quarry_proto::convert::{identifiers_from_pb, identifiers_to_pb, problem_from_pb, records_from_pb};
+use quarry_proto::convert::{
+    created_order_to_pb, identifiers_from_pb, identifiers_to_pb, problem_from_pb, records_from_pb,
+};
 use quarry_proto::core as pb;
 use quarry_proto::sa::storage_authority_read_only_server::StorageAuthorityReadOnly;
 use quarry_proto::sa::storage_authority_server::StorageAuthority;
@@ -358,10 +360,7 @@ impl StorageAuthority for Storage {
     ) -> Reply<pb::Order> {
         let order = crate::requests::new_order(request.into_inner())?;
         let created = self.store.new_order_and_authorizations(&order).await;
-        reply(created.map(|(order, authorizations)| pb::Order {
-            authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
-            ..pb::Order::from(&order)
-        }))
+        reply(created.map(|(order, authorizations)| created_order_to_pb(&order, &authorizations)))
     }
 
     async fn set_authorization_processing(
