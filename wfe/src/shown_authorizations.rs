@@ -10,8 +10,9 @@
 //! A copy kept for a read is what the sa recorded a moment before. A new authorization's URL is known only to its
 //! account, which is shown it in the new-order answer; what can change it before the client's first read is its
 //! deactivation or a validation, through another replica (a repeated new-order for the same names answers with the
-//! same order) or by an operator calling the sa: the read then shows it pending once more, as a read from a lagging database
-//! replica would (Boulder reads authorizations from replicas too), and the answer that follows is safe as below.
+//! same order) or by an operator calling the sa: the read then shows it pending once more, as a read from a lagging
+//! database replica would (Boulder reads authorizations from replicas too), and the answer that follows is safe as
+//! below.
 //!
 //! A pending copy may be stale when it is answered from, and that is safe. What the ra takes from it is fixed when the
 //! authorization is created (its account, identifier, expiry, challenges and their tokens), except its status; and
@@ -20,8 +21,8 @@
 //!
 //! A settled copy is what the sa recorded as the validation ended. The only change left to it is the deactivation of
 //! a valid one, by its account (or by an operator calling the sa): through this wfe the copy is forgotten; through
-//! another replica or the sa, a read here within the copy's life may still show it valid, as a read from a lagging database replica would (Boulder reads
-//! authorizations from replicas too). An expired copy is never served.
+//! another replica or the sa, a read here within the copy's life may still show it valid, as a read from a lagging
+//! database replica would (Boulder reads authorizations from replicas too). An expired copy is never served.
 //!
 //! Every copy is used once: a second answer or a second read goes to the sa.
 
