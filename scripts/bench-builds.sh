@@ -8,9 +8,10 @@
 #   scripts/bench-builds.sh /tmp/before /tmp/after 4 --honour-retry-after --retry-after-cap-ms 1000
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
 # target/release/quarry-dev aside before and after a change). Build A's load generator loads both. CLIENTS=16 (say)
-# loads with that many clients instead of 4. Not part of the test command.
+# loads with that many clients instead of 4; DEV_ARGS="--replicas 2" (say) is passed to both stacks' `quarry dev`.
+# Not part of the test command.
 set -uo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,11p' "$0" >&2; exit 64; }
+[[ $# -ge 3 ]] || { sed -n '2,12p' "$0" >&2; exit 64; }
 dir_a=$1 dir_b=$2 rounds=$3 clients=${CLIENTS:-4}
 shift 3
 for dir in "$dir_a" "$dir_b"; do
@@ -40,7 +41,8 @@ for round in $(seq 1 "$rounds"); do
     dir=$dir_a
     [[ $variant == B ]] && dir=$dir_b
     work=$(mktemp -d /tmp/quarry-builds.XXXX)
-    setsid "$dir/quarry-dev" dev --data-dir "$work/data" --no-http01-responder --metrics-base-port 19400 \
+    # shellcheck disable=SC2086 # DEV_ARGS is a list of words
+    setsid "$dir/quarry-dev" dev --data-dir "$work/data" --no-http01-responder --metrics-base-port 19400 ${DEV_ARGS:-} \
       >"$work/dev.out" 2>&1 &
     dev=$!
     for _ in $(seq 1 240); do [[ -s $work/data/stack.json ]] && break; sleep 0.5; done

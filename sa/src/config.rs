@@ -18,7 +18,7 @@ pub struct Config {
     /// `sqlite:///path/to/quarry.db?mode=rwc` (the file and its directory are created when missing) or
     /// `postgres://user@host:port/database` (the database must exist; the schema is migrated at start-up).
     pub database_url: String,
-    /// Connections in the pool (SQLite uses at most two: it has one writer).
+    /// Connections in the pool (SQLite uses one for writes and at most two for reads, whatever this says).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// A read replica of the same database for the read-only service; rows it lacks are read from the primary.

@@ -30,7 +30,7 @@ impl Store {
         .bind(created_at)
         .bind(&account.external_account_id)
         .bind(claim)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(db_error);
         let id: i64 = match inserted {
@@ -62,7 +62,7 @@ impl Store {
         let updated = sqlx::query("UPDATE accounts SET contact = $1 WHERE id = $2 AND status = 'valid'")
             .bind(contact)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?
             .rows_affected();
@@ -77,7 +77,7 @@ impl Store {
             .bind(jwk.canonical_json().into_bytes())
             .bind(jwk.thumbprint_sha256().to_vec())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?
             .rows_affected();
@@ -88,7 +88,7 @@ impl Store {
     pub async fn deactivate_account(&self, id: i64) -> Result<Account, Problem> {
         let updated = sqlx::query("UPDATE accounts SET status = 'deactivated' WHERE id = $1 AND status = 'valid'")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?
             .rows_affected();

@@ -70,7 +70,7 @@ impl Store {
         .bind(id)
         .bind(now())
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();
@@ -107,7 +107,7 @@ impl Store {
             .bind(records)
             .bind(error)
             .bind(outcome.id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await
             .map_err(db_error)?;
         if let Some(row) = updated {
@@ -139,7 +139,7 @@ impl Store {
         )
         .bind(id)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();

@@ -32,7 +32,7 @@ impl Store {
         sqlx::query("UPDATE blocked_keys SET certificates_checked = 1 WHERE key_hash = $1 AND added < $2")
             .bind(key_hash)
             .bind(added_before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?;
         Ok(())
@@ -45,7 +45,7 @@ impl Store {
             .bind(now())
             .bind(source)
             .bind(comment)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?;
         Ok(())

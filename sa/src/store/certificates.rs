@@ -58,7 +58,7 @@ impl Store {
             .bind(order_id)
             .bind(created)
             .bind(expires)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?;
         Ok(())

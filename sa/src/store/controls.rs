@@ -80,7 +80,7 @@ impl Store {
             sqlx::query("UPDATE paused_identifiers SET unpaused_at = $1 WHERE account_id = $2 AND unpaused_at = 0")
                 .bind(at.max(1))
                 .bind(account_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db_error)?
                 .rows_affected();
@@ -100,7 +100,7 @@ impl Store {
         .bind(&o.comment)
         .bind(i64::from(o.enabled))
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?;
         Ok(())
@@ -170,7 +170,7 @@ impl Store {
         .bind(at)
         .bind(limit_name)
         .bind(bucket_key)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();

@@ -122,7 +122,7 @@ impl Store {
         .bind(revocations_seen.max(0))
         .bind(issuer_id)
         .bind(idx)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();

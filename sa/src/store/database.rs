@@ -81,7 +81,12 @@ pub struct PoolSettings {
 /// Access to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads. On PostgreSQL, writes too: `writer` is this same pool.
     pub(crate) pool: AnyPool,
+    /// Writes: every statement or transaction that writes goes here. On SQLite it is one connection of its own, so
+    /// that writers queue for it in the sa instead of polling SQLite's write lock, and its page cache stays valid
+    /// from one write to the next (SQLite drops a connection's whole cache when another connection wrote since).
+    pub(crate) writer: AnyPool,
     backend: Backend,
     crl_shards: i64,
 }
@@ -123,10 +128,11 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
     }
 }
 
-/// SQLite connections at most, whatever `max_connections` says: SQLite has one writer, and each write makes every
-/// other connection drop its page cache and read the pages again, so more connections cost CPU and gain nothing
-/// (two measured a quarter cheaper per certificate than eight).
-const SQLITE_MAX_CONNECTIONS: u32 = 2;
+/// SQLite reading connections at most, whatever `max_connections` says, besides the one that writes: each write
+/// makes every other connection drop its page cache and read the pages again, so more connections cost CPU and gain
+/// nothing (two in all measured a quarter cheaper per certificate than eight). Two readers beside the writer measured
+/// cheaper than one, whose reads queued behind each other.
+const SQLITE_MAX_READERS: u32 = 2;
 
 /// SQLite creates the database file but not its directory.
 fn create_parent_dir(url: &str) {
@@ -137,6 +143,41 @@ fn create_parent_dir(url: &str) {
     {
         let _ = std::fs::create_dir_all(parent);
     }
+}
+
+/// Whether a pool's connections may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Reads,
+    ReadsAndWrites,
+}
+
+/// A pool of at most `max_connections`, each connection set up for `backend` with `statement_timeout`; an SQLite
+/// connection only for reads refuses to write (`query_only`), so that a write sent to the wrong pool fails loudly.
+fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_timeout: Duration) -> AnyPoolOptions {
+    let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
+    AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+            // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
+            .acquire_timeout(statement_timeout.max(Duration::from_secs(1)) * 2)
+            // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
+            // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
+            // broke in between fails its statement as `unavailable`, which callers retry.
+            .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let setup = match backend {
+                        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
+                        // map of the database cost more than it saved: it is remapped as the file grows.)
+                        Backend::Sqlite => format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
+                            role == Role::Reads
+                        ),
+                        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+                    };
+                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
+                })
+            })
 }
 
 impl Store {
@@ -160,35 +201,20 @@ impl Store {
             create_parent_dir(url);
         }
         sqlx::any::install_default_drivers();
-        let timeout_ms = settings.statement_timeout.as_millis().clamp(1, i32::MAX as u128);
         let max_connections = match backend {
-            Backend::Sqlite => settings.max_connections.min(SQLITE_MAX_CONNECTIONS),
+            Backend::Sqlite => settings.max_connections.min(SQLITE_MAX_READERS),
             Backend::Postgres => settings.max_connections,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
-            .acquire_timeout(settings.statement_timeout.max(Duration::from_secs(1)) * 2)
-            // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
-            // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
-            // broke in between fails its statement as `unavailable`, which callers retry.
-            .test_before_acquire(false)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    let setup = match backend {
-                        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
-                        // map of the database cost more than it saved: it is remapped as the file grows.)
-                        Backend::Sqlite => format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}"
-                        ),
-                        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
-                    };
-                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
-                })
-            })
-            .connect(url)
-            .await?;
-        Ok(Self { pool, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
+        let writer = match backend {
+            Backend::Sqlite => {
+                Some(pool_options(backend, Role::ReadsAndWrites, 1, settings.statement_timeout).connect(url).await?)
+            }
+            Backend::Postgres => None,
+        };
+        let role = if writer.is_some() { Role::Reads } else { Role::ReadsAndWrites };
+        let pool = pool_options(backend, role, max_connections, settings.statement_timeout).connect(url).await?;
+        let writer = writer.unwrap_or_else(|| pool.clone());
+        Ok(Self { pool, writer, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
     }
 
     /// Revoked certificates are filed under `shards` CRL shards per issuer.
@@ -215,7 +241,7 @@ impl Store {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        self.pool.begin_with(begin).await.map_err(db_error)
+        self.writer.begin_with(begin).await.map_err(db_error)
     }
 
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
@@ -236,8 +262,14 @@ impl Store {
 
     /// Sets the connection-pool gauges (`quarry_db_pool_connections{state=idle|in_use}`).
     pub fn record_pool_gauges(&self) {
-        let size = self.pool.size() as f64;
-        let idle = self.pool.num_idle() as f64;
+        // On SQLite the writing connection is a pool of its own; on PostgreSQL `writer` is `pool` again.
+        let pools: &[&AnyPool] = match self.backend {
+            Backend::Sqlite => &[&self.pool, &self.writer],
+            Backend::Postgres => &[&self.pool],
+        };
+        let size: u32 = pools.iter().map(|pool| pool.size()).sum();
+        let idle: usize = pools.iter().map(|pool| pool.num_idle()).sum();
+        let (size, idle) = (f64::from(size), idle as f64);
         metrics::gauge!("quarry_db_pool_connections", "state" => "idle").set(idle);
         metrics::gauge!("quarry_db_pool_connections", "state" => "in_use").set((size - idle).max(0.0));
     }
@@ -253,9 +285,9 @@ impl Store {
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         for (version, name, sql) in self.backend.migrations() {
             let mut tx = match self.backend {
-                Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
                 Backend::Postgres => {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.writer.begin().await?;
                     sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;
                     tx
                 }
@@ -287,4 +319,30 @@ impl Store {
 
 pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
     row.try_get(column).map_err(internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On SQLite every write has one connection of its own; the reading connections refuse to write, so a write
+    /// sent to them fails in the tests instead of quietly competing for SQLite's write lock.
+    #[tokio::test]
+    async fn sqlite_reads_and_writes_go_to_their_own_connections() {
+        let db = quarry_testkit::db::TestDatabase::sqlite();
+        let settings = PoolSettings { max_connections: 8, statement_timeout: Duration::from_secs(5) };
+        let store = Store::open(&db.url, settings).await.expect("open the store");
+        let insert = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (1000, 'test', 0)";
+        let refused = sqlx::query(insert).execute(&store.pool).await.expect_err("a reading connection writes");
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        sqlx::query(insert).execute(&store.writer).await.expect("the writing connection writes");
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations WHERE version = 1000")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(seen, 1, "a read after the write sees it");
+        // Whatever `max_connections` says: one connection writes, at most SQLITE_MAX_READERS read.
+        assert_eq!(store.writer.options().get_max_connections(), 1);
+        assert_eq!(store.pool.options().get_max_connections(), SQLITE_MAX_READERS);
+    }
 }

@@ -119,8 +119,10 @@ impl Store {
             .await
             .map_err(db_error)?;
         }
+        // Read back in the transaction: on the connection that wrote, whose page cache holds what it just wrote.
+        let created = order_and_authorizations(&mut tx, order_id).await?;
         tx.commit().await.map_err(db_error)?;
-        self.get_order_and_authorizations(order_id).await
+        Ok(created)
     }
 
     /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or
@@ -226,7 +228,7 @@ impl Store {
         .bind(now().max(1))
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();
@@ -240,7 +242,7 @@ impl Store {
         let updated = sqlx::query("UPDATE orders SET error = $1 WHERE id = $2 AND certificate_serial = ''")
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?
             .rows_affected();

@@ -106,7 +106,7 @@ impl Store {
         .bind(id)
         .bind(since)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();
@@ -133,7 +133,7 @@ impl Store {
         if ttl_secs <= 0 {
             sqlx::query("DELETE FROM ra_heartbeats WHERE instance = $1")
                 .bind(instance)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
             return Ok(());
@@ -144,13 +144,13 @@ impl Store {
         )
         .bind(instance)
         .bind(now + ttl_secs)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?;
         // Replicas long gone are forgotten (their work was taken over when their heartbeat lapsed).
         sqlx::query("DELETE FROM ra_heartbeats WHERE alive_until < $1")
             .bind(now - 86_400)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db_error)?;
         Ok(())

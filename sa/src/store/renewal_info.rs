@@ -25,7 +25,7 @@ impl Store {
         if response.is_empty() {
             sqlx::query("DELETE FROM renewal_info_overrides WHERE serial = $1")
                 .bind(&serial)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
             return Ok(());
@@ -37,7 +37,7 @@ impl Store {
         .bind(&serial)
         .bind(response)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db_error)?
         .rows_affected();

@@ -523,3 +523,29 @@ async fn the_work_of_a_replica_whose_heartbeat_lapsed_is_orphaned() {
         assert!(store.stuck_orders(later, 10).await.unwrap().is_empty(), "{}", db.url);
     }
 }
+
+/// Writers that come at once all get through, none refused as busy: on SQLite they queue for the one writing
+/// connection in the sa, on PostgreSQL they run side by side; reads made meanwhile see each write once it is done.
+#[tokio::test]
+async fn writers_at_once_all_get_through() {
+    const WRITERS: usize = 24;
+    for (store, db) in stores().await {
+        let owner = account(&store).await;
+        let writes = (0..WRITERS).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let name = format!("w{i}.example.org");
+                let (order, authorizations) =
+                    store.new_order_and_authorizations(&order_for(owner.id, &[name.as_str()])).await?;
+                store.set_authorization_processing(authorizations[0].id, "http-01", now(), "ra-a").await?;
+                let read = store.get_order(order.id).await?;
+                Ok::<_, quarry_core::Problem>((order, read))
+            })
+        });
+        for written in futures::future::join_all(writes).await {
+            let (order, read) = written.expect("the task").unwrap_or_else(|e| panic!("{}: {e}", db.url));
+            assert_eq!(read.authorization_ids, order.authorization_ids, "{}", db.url);
+        }
+        assert_eq!(db.count("orders").await, WRITERS as i64, "{}", db.url);
+    }
+}
