@@ -158,26 +158,26 @@ fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_ti
     let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
     AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
-            // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
-            .acquire_timeout(statement_timeout.max(Duration::from_secs(1)) * 2)
-            // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
-            // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
-            // broke in between fails its statement as `unavailable`, which callers retry.
-            .test_before_acquire(false)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    let setup = match backend {
-                        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
-                        // map of the database cost more than it saved: it is remapped as the file grows.)
-                        Backend::Sqlite => format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
-                            role == Role::Reads
-                        ),
-                        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
-                    };
-                    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
-                })
+        // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
+        .acquire_timeout(statement_timeout.max(Duration::from_secs(1)) * 2)
+        // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
+        // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
+        // broke in between fails its statement as `unavailable`, which callers retry.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let setup = match backend {
+                    // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
+                    // map of the database cost more than it saved: it is remapped as the file grows.)
+                    Backend::Sqlite => format!(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
+                        role == Role::Reads
+                    ),
+                    Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+                };
+                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
             })
+        })
 }
 
 impl Store {
