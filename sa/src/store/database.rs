@@ -201,19 +201,19 @@ impl Store {
             create_parent_dir(url);
         }
         sqlx::any::install_default_drivers();
-        let max_connections = match backend {
-            Backend::Sqlite => settings.max_connections.min(SQLITE_MAX_READERS),
-            Backend::Postgres => settings.max_connections,
-        };
-        let writer = match backend {
+        let timeout = settings.statement_timeout;
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
-                Some(pool_options(backend, Role::ReadsAndWrites, 1, settings.statement_timeout).connect(url).await?)
+                let writer = pool_options(backend, Role::ReadsAndWrites, 1, timeout).connect(url).await?;
+                let readers = settings.max_connections.min(SQLITE_MAX_READERS);
+                (pool_options(backend, Role::Reads, readers, timeout).connect(url).await?, writer)
             }
-            Backend::Postgres => None,
+            Backend::Postgres => {
+                let pool =
+                    pool_options(backend, Role::ReadsAndWrites, settings.max_connections, timeout).connect(url).await?;
+                (pool.clone(), pool)
+            }
         };
-        let role = if writer.is_some() { Role::Reads } else { Role::ReadsAndWrites };
-        let pool = pool_options(backend, role, max_connections, settings.statement_timeout).connect(url).await?;
-        let writer = writer.unwrap_or_else(|| pool.clone());
         Ok(Self { pool, writer, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
     }
 
