@@ -41,6 +41,13 @@ pub const ORDER_AUTHORIZATIONS: &str = concat!(
 /// An order by id.
 pub const ORDER_BY_ID: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
 
+/// Creates an order, answering with it as recorded (as [`ORDER_BY_ID`] would read it).
+pub const INSERT_ORDER: &str = concat!(
+    "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES ($1, $2, $3, $4, $5, $6) \
+     RETURNING ",
+    order_columns!()
+);
+
 /// A certificate's revocation status by serial.
 pub const CERTIFICATE_STATUS_BY_SERIAL: &str =
     "SELECT status, revoked_date, revoked_reason, not_after, issuer_id FROM certificate_status WHERE serial = $1";

@@ -40,7 +40,8 @@ impl TestDatabase {
         Some(Self { url: format!("{server}/{name}"), _dir: None })
     }
 
-    /// The number of rows in `table`, read directly from the database (tests check what the services stored).
+    /// The number of rows in `table`, read directly from the database (tests check what the services stored);
+    /// `table` may end in a `WHERE` clause to count only some.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(&self.url).await.expect("connect to the test database");

@@ -112,11 +112,15 @@ impl Store {
         reservation: Option<SerialReservation>,
     ) -> Result<String, Problem> {
         let facts = CertificateFacts::parse(der)?;
-        if self.precertificate_stored(&facts.serial, der).await? {
-            return Ok(facts.serial);
-        }
-        if reservation.is_none() && !self.serial_exists(&facts.serial).await? {
-            return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
+        // With a reservation, a retry is found when the serial turns out to be taken, so the usual first try reads
+        // nothing before it writes.
+        if reservation.is_none() {
+            if self.precertificate_stored(&facts.serial, der).await? {
+                return Ok(facts.serial);
+            }
+            if !self.serial_exists(&facts.serial).await? {
+                return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
+            }
         }
         let mut tx = self.begin_write().await?;
         if let Some(reservation) = reservation {
@@ -226,25 +230,38 @@ impl Store {
         issuer_id: i64,
     ) -> Result<StoredCertificate, Problem> {
         let facts = CertificateFacts::parse(der)?;
-        let precertificate = self.get_precertificate(&facts.serial).await.map_err(|problem| match problem.kind {
-            ErrorKind::NotFound => Problem::malformed(format!("serial {} has no precertificate", facts.serial)),
-            _ => problem,
-        })?;
-        if precertificate.issuer_id != issuer_id || precertificate.account_id != account_id {
+        // What the serial has already, in one read: its precertificate, a certificate stored by an earlier try,
+        // and the order it was reserved for (a reservation never changes, so it need not be read in the write).
+        let row = sqlx::query(
+            "SELECT p.account_id, p.issuer_id, c.der AS stored_der, s.order_id AS reserved_for FROM precertificates p \
+             LEFT JOIN certificates c ON c.serial = p.serial LEFT JOIN serials s ON s.serial = p.serial \
+             WHERE p.serial = $1",
+        )
+        .bind(&facts.serial)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Problem::malformed(format!("serial {} has no precertificate", facts.serial)))?;
+        let (precertificate_account, precertificate_issuer): (i64, i64) =
+            (get(&row, "account_id")?, get(&row, "issuer_id")?);
+        if precertificate_issuer != issuer_id || precertificate_account != account_id {
             return Err(Problem::malformed(format!(
                 "serial {}'s precertificate has another issuer or account",
                 facts.serial
             )));
         }
-        match self.get_certificate(&facts.serial).await {
-            Ok(stored) if stored.der == der => {
+        match get::<Option<Vec<u8>>>(&row, "stored_der")? {
+            Some(stored) if stored == der => {
                 let order_finalized = order_id != 0 && self.order_has(order_id, &facts.serial).await?;
                 return Ok(StoredCertificate { serial: facts.serial, order_finalized });
             }
-            Ok(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
-            Err(problem) if problem.kind == ErrorKind::NotFound => {}
-            Err(problem) => return Err(problem),
+            Some(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
+            None => {}
         }
+        let reserved_for: Option<i64> = get(&row, "reserved_for")?;
+        // The reservation names the order; a caller naming another one is answered "not finalized" (it then records
+        // the certificate itself, and learns why it cannot), while the certificate is stored all the same.
+        let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
@@ -258,37 +275,40 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        let reserved_for: Option<i64> = sqlx::query_scalar("SELECT order_id FROM serials WHERE serial = $1")
-            .bind(&facts.serial)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        // The reservation names the order; a caller naming another one is answered "not finalized" (it then records
-        // the certificate itself, and learns why it cannot), while the certificate is stored all the same.
-        let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
         let mut order_finalized = false;
         if linked != 0 {
-            sqlx::query(
-                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0",
+            // The order takes the certificate only while it is processing and has none; `replaces` says whether a
+            // replacement record (RFC 9773) waits for it, so the common order without one costs no second write.
+            let finalized: Option<String> = sqlx::query_scalar(
+                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0 RETURNING replaces",
             )
             .bind(&facts.serial)
             .bind(linked)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
-            sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
-                .bind(linked)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            if linked == order_id {
-                let recorded: Option<String> =
-                    sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
-                        .bind(order_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                order_finalized = recorded.is_some_and(|recorded| recorded == facts.serial);
+            match finalized {
+                Some(replaces) => {
+                    if !replaces.is_empty() {
+                        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
+                            .bind(linked)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
+                    }
+                    order_finalized = linked == order_id;
+                }
+                // Not processing, or it has a certificate: this one, when an earlier try got this far.
+                None if linked == order_id => {
+                    let recorded: Option<String> =
+                        sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+                            .bind(order_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
+                    order_finalized = recorded.is_some_and(|recorded| recorded == facts.serial);
+                }
+                None => {}
             }
         }
         tx.commit().await.map_err(db_error)?;

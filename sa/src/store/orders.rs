@@ -79,18 +79,17 @@ impl Store {
             authorization_ids.push(id);
         }
         let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
-        let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (account_id, expires, created, profile, replaces, identifiers) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(order.account_id)
-        .bind(order.expires)
-        .bind(created)
-        .bind(&order.profile)
-        .bind(&order.replaces)
-        .bind(identifiers)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let order_row = sqlx::query(queries::INSERT_ORDER)
+            .bind(order.account_id)
+            .bind(order.expires)
+            .bind(created)
+            .bind(&order.profile)
+            .bind(&order.replaces)
+            .bind(identifiers)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let order_id: i64 = get(&order_row, "id")?;
         for (position, authz_id) in authorization_ids.iter().enumerate() {
             sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES ($1, $2, $3)")
                 .bind(order_id)
@@ -119,10 +118,12 @@ impl Store {
             .await
             .map_err(db_error)?;
         }
-        // Read back in the transaction: on the connection that wrote, whose page cache holds what it just wrote.
-        let created = order_and_authorizations(&mut tx, order_id).await?;
+        // The order as its INSERT recorded it; its authorizations read back in the transaction, on the connection
+        // that wrote them (the reused ones as they are now).
+        let authorizations = order_authorizations(&mut tx, order_id).await?;
+        let created = order_from_row(&order_row, &authorizations, now())?;
         tx.commit().await.map_err(db_error)?;
-        Ok(created)
+        Ok((created, authorizations))
     }
 
     /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or

@@ -239,3 +239,41 @@ async fn storing_a_certificate_finalizes_its_order() {
         assert_eq!(kept.der, der, "stored all the same");
     }
 }
+
+/// A replacement order (RFC 9773) that storing its certificate finalizes marks the certificate it replaces as
+/// replaced, in the same write, so the mark outlives the order's expiry; the replaced certificate is not marked
+/// before.
+#[tokio::test]
+async fn storing_a_replacements_certificate_marks_the_one_it_replaces() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let name = "renewed.example.org";
+        let replacing = sa
+            .rw("ra")
+            .new_order_and_authorizations(NewOrderAndAuthorizationsRequest {
+                account_id: account.id,
+                identifiers: vec![dns(name)],
+                expires: quarry_core::clock::now() + 7 * DAY,
+                new_authorizations: vec![new_authz(name, &["http-01"])],
+                profile: "classic".into(),
+                replaces: "aGVsbG8.d29ybGQ".into(),
+                replaces_serial: "0c01".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        validate(&sa, replacing.authorization_ids[0], "valid").await;
+        let fuse = SetOrderProcessingRequest { id: replacing.id, owner: "ra-test".into() };
+        sa.rw("ra").set_order_processing(fuse).await.unwrap();
+        let marked = || sa.db.count("replacement_orders WHERE serial = '0c01' AND replaced = 1");
+        assert_eq!(sa.db.count("replacement_orders WHERE serial = '0c01'").await, 1, "{}", sa.db.url);
+        assert_eq!(marked().await, 0, "not replaced before its replacement is issued: {}", sa.db.url);
+
+        let der = precertificate_for(&sa, account.id, replacing.id, name, &[0x0c, 0x02]).await;
+        let answer = sa.rw("ca").add_certificate(stored(account.id, replacing.id, &der, 0)).await.unwrap();
+        assert!(answer.into_inner().order_finalized, "{}", sa.db.url);
+        assert_eq!(marked().await, 1, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, replacing.id).await.replaces, "aGVsbG8.d29ybGQ", "{}", sa.db.url);
+    }
+}
