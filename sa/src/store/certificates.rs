@@ -122,73 +122,54 @@ impl Store {
                 return Err(Problem::malformed(format!("serial {} was never reserved", facts.serial)));
             }
         }
-        let mut tx = self.begin_write().await?;
-        if let Some(reservation) = reservation {
-            let reserved = sqlx::query(
-                "INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, $3, $4, $5)",
-            )
+        // Everything issuance records, as one statement: its parameters are $1 to $9, the names next, and the
+        // reservation's last.
+        let mut writes = vec![
+            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $4, $3, $5, $6)"
+                .to_owned(),
+            "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $5, $6)".to_owned(),
+            "INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES ($7, $1, $3, $5)".to_owned(),
+            "INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES ($8, $5, $1)".to_owned(),
+        ];
+        let names: Vec<String> = (0..facts.names.len()).map(|i| format!("(${}, $9, $1, 0)", 10 + i)).collect();
+        if !names.is_empty() {
+            writes.push(format!(
+                "INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES {}",
+                names.join(", ")
+            ));
+        }
+        if reservation.is_some() {
+            let (order_id, expires) = (10 + names.len(), 11 + names.len());
+            writes.push(format!(
+                "INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, ${order_id}, $3, ${expires})"
+            ));
+        }
+        let sql = self.backend().one_statement(&writes);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&facts.serial)
             .bind(account_id)
-            .bind(reservation.order_id)
             .bind(issued)
-            .bind(reservation.expires)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error);
-            if let Err(problem) = reserved {
-                drop(tx);
-                // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
-                if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
-                    return Ok(facts.serial);
-                }
-                return Err(problem);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&facts.serial)
-        .bind(account_id)
-        .bind(der)
-        .bind(issued)
-        .bind(facts.not_after)
-        .bind(issuer_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $2, $3)",
-        )
-        .bind(&facts.serial)
-        .bind(facts.not_after)
-        .bind(issuer_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        sqlx::query("INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES ($1, $2, $3, $4)")
+            .bind(der)
+            .bind(facts.not_after)
+            .bind(issuer_id)
             .bind(fqdn_set_hash(facts.names.iter().map(String::as_str)))
-            .bind(&facts.serial)
-            .bind(issued)
-            .bind(facts.not_after)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        for name in &facts.names {
-            sqlx::query("INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES ($1, $2, $3, 0)")
-                .bind(reversed_name(name))
-                .bind(facts.not_before)
-                .bind(&facts.serial)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        sqlx::query("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES ($1, $2, $3)")
             .bind(facts.key_hash)
-            .bind(facts.not_after)
-            .bind(&facts.serial)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            .bind(facts.not_before);
+        for name in &facts.names {
+            query = query.bind(reversed_name(name));
+        }
+        if let Some(reservation) = reservation {
+            query = query.bind(reservation.order_id).bind(reservation.expires);
+        }
+        let mut tx = self.begin_write().await?;
+        if let Err(problem) = query.execute(&mut *tx).await.map_err(db_error) {
+            drop(tx);
+            // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
+            if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
+                return Ok(facts.serial);
+            }
+            return Err(problem);
+        }
         tx.commit().await.map_err(db_error)?;
         Ok(facts.serial)
     }
@@ -264,29 +245,35 @@ impl Store {
         let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        // The certificate and its order's update in one statement ($8 the order); the order takes the certificate
+        // only while it is processing and has none, and its `replaces` says whether a replacement record (RFC 9773)
+        // waits for it, so the common order without one costs no second write.
+        let mut writes = vec![
+            "INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                .to_owned(),
+        ];
+        if linked != 0 {
+            writes.push(
+                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $8 AND certificate_serial = '' AND began_processing != 0 RETURNING replaces"
+                    .to_owned(),
+            );
+        }
+        let mut store = sqlx::query_scalar(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
             .bind(&facts.serial)
             .bind(account_id)
             .bind(&digest)
             .bind(der)
             .bind(issued)
             .bind(facts.not_after)
-            .bind(issuer_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            .bind(issuer_id);
+        if linked != 0 {
+            store = store.bind(linked);
+        }
+        // All rows, not an optional one: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
+        // statement's result, which is the INSERT's count of rows.
+        let finalized: Option<String> = store.fetch_all(&mut *tx).await.map_err(db_error)?.pop();
         let mut order_finalized = false;
         if linked != 0 {
-            // The order takes the certificate only while it is processing and has none; `replaces` says whether a
-            // replacement record (RFC 9773) waits for it, so the common order without one costs no second write.
-            let finalized: Option<String> = sqlx::query_scalar(
-                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $2 AND certificate_serial = '' AND began_processing != 0 RETURNING replaces",
-            )
-            .bind(&facts.serial)
-            .bind(linked)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
             match finalized {
                 Some(replaces) => {
                     if !replaces.is_empty() {

@@ -63,6 +63,25 @@ impl Backend {
         }
     }
 
+    /// Independent writes as one statement, so that they cost one hand-off to SQLite's connection thread, or one
+    /// round trip to PostgreSQL, instead of one each: SQLite runs statements separated by `;` in one call,
+    /// PostgreSQL takes all but the last as data-modifying CTEs. No write may depend on another (PostgreSQL's CTEs
+    /// see one snapshot and run in no set order); the parameters are numbered across all of them. Rows it returns
+    /// are read with `fetch_all`: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
+    /// statement's result.
+    pub(crate) fn one_statement(self, writes: &[String]) -> String {
+        match (self, writes.split_last()) {
+            (_, None) => String::new(),
+            (Self::Sqlite, Some(_)) => writes.join(";\n"),
+            (Self::Postgres, Some((last, []))) => last.clone(),
+            (Self::Postgres, Some((last, first))) => {
+                let ctes: Vec<String> =
+                    first.iter().enumerate().map(|(i, write)| format!("w{i} AS ({write})")).collect();
+                format!("WITH {} {last}", ctes.join(", "))
+            }
+        }
+    }
+
     fn migrations(self) -> &'static [Migration] {
         match self {
             Self::Sqlite => SQLITE_MIGRATIONS,
@@ -344,5 +363,45 @@ mod tests {
         // Whatever `max_connections` says: one connection writes, at most SQLITE_MAX_READERS read.
         assert_eq!(store.writer.options().get_max_connections(), 1);
         assert_eq!(store.pool.options().get_max_connections(), SQLITE_MAX_READERS);
+    }
+
+    /// Independent writes joined into one statement: run on each database, every row is written, and a write that
+    /// fails leaves none of them once the transaction is dropped.
+    #[tokio::test]
+    async fn writes_joined_into_one_statement_write_every_row_or_none() {
+        let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
+        for db in quarry_testkit::db::TestDatabase::every_backend().await {
+            let store = Store::open(&db.url, settings).await.expect("open the store");
+            let writes = |first: i64| {
+                vec![
+                    format!("INSERT INTO schema_migrations (version, name, applied_at) VALUES ({first}, $1, $2)"),
+                    format!("INSERT INTO schema_migrations (version, name, applied_at) VALUES ({}, $1, $3)", first + 1),
+                    "INSERT INTO paused_identifiers (account_id, identifier_type, identifier_value, paused_at, unpaused_at) \
+                     VALUES ($3, 'dns', $1, $2, 0)"
+                        .to_owned(),
+                ]
+            };
+            let joined = store.backend().one_statement(&writes(1000));
+            let mut tx = store.begin_write().await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(joined))
+                .bind("joined")
+                .bind(5_i64)
+                .bind(6_i64)
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", db.url));
+            tx.commit().await.unwrap();
+            assert_eq!(db.count("schema_migrations WHERE version IN (1000, 1001)").await, 2, "{}", db.url);
+            assert_eq!(db.count("paused_identifiers WHERE identifier_value = 'joined'").await, 1, "{}", db.url);
+
+            // 999 is free and 1000 taken: the statement fails, and the transaction dropped keeps nothing of it.
+            let failing = store.backend().one_statement(&writes(999)[..2]);
+            let mut tx = store.begin_write().await.unwrap();
+            let taken = sqlx::query(sqlx::AssertSqlSafe(failing)).bind("again").bind(7_i64).bind(8_i64);
+            let problem = taken.execute(&mut *tx).await.map_err(db_error).expect_err("a taken version");
+            assert_eq!(problem.kind, ErrorKind::Duplicate, "{}: {}", db.url, problem.detail);
+            drop(tx);
+            assert_eq!(db.count("schema_migrations WHERE version = 999").await, 0, "{}", db.url);
+        }
     }
 }

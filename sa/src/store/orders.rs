@@ -90,34 +90,37 @@ impl Store {
             .await
             .map_err(db_error)?;
         let order_id: i64 = get(&order_row, "id")?;
-        for (position, authz_id) in authorization_ids.iter().enumerate() {
-            sqlx::query("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES ($1, $2, $3)")
-                .bind(order_id)
-                .bind(authz_id)
-                .bind(position as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        // The order's links, as one statement: $1 to $4, then the authorizations in the order's order, then the
+        // replaced serial.
+        let mut writes = vec![
+            "INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($2, $1, $3, $4)".to_owned(),
+        ];
+        let links: Vec<String> =
+            (0..authorization_ids.len()).map(|position| format!("($1, ${}, {position})", 5 + position)).collect();
+        if !links.is_empty() {
+            writes.push(format!(
+                "INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES {}",
+                links.join(", ")
+            ));
         }
-        sqlx::query("INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($1, $2, $3, $4)")
-            .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
-            .bind(order_id)
-            .bind(order.account_id)
-            .bind(order.expires)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
         if !order.replaces_serial.is_empty() {
-            sqlx::query(
-                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES ($1, $2, $3, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0",
-            )
-            .bind(order.replaces_serial.to_ascii_lowercase())
-            .bind(order_id)
-            .bind(order.expires)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            writes.push(format!(
+                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES (${}, $1, $4, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0",
+                5 + links.len()
+            ));
         }
+        let mut linked = sqlx::query(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
+            .bind(order_id)
+            .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
+            .bind(order.account_id)
+            .bind(order.expires);
+        for authz_id in &authorization_ids {
+            linked = linked.bind(*authz_id);
+        }
+        if !order.replaces_serial.is_empty() {
+            linked = linked.bind(order.replaces_serial.to_ascii_lowercase());
+        }
+        linked.execute(&mut *tx).await.map_err(db_error)?;
         // The order as its INSERT recorded it; its authorizations read back in the transaction, on the connection
         // that wrote them (the reused ones as they are now).
         let authorizations = order_authorizations(&mut tx, order_id).await?;
