@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::config::ClientTesting;
 use crate::store::controls::RateLimitOverride;
 use crate::store::recovery::{StuckItem, StuckSince};
-use crate::store::{NewOrderQuestion, Store, ValidationOutcome};
+use crate::store::{FinalizationFacts, FinalizationQuestion, NewOrderQuestion, Store, ValidationOutcome};
 
 /// Both services share one store; the read-only service may also read from a replica.
 #[derive(Clone)]
@@ -291,33 +291,30 @@ impl StorageAuthorityReadOnly for Storage {
         reply(found.map(|o| sapb::RenewalInfoOverride { serial, response: o.response, set_at: o.set_at }))
     }
 
-    /// Each fact read where its own RPC reads it: the blocked key from the primary, the rest replica first. Asked
-    /// `with_order`, the order's authorizations come with it (one read fewer), and its identifiers stand for absent
-    /// ones.
+    /// One connection's reads, replica first; with a replica, the blocked key is read again from the primary, as
+    /// `KeyBlocked` reads it (a key blocked a moment ago must count). Asked `with_order`, the order's
+    /// authorizations come with it (one read fewer), and its identifiers stand for absent ones.
     async fn get_finalization_facts(
         &self,
         request: Request<sapb::GetFinalizationFactsRequest>,
     ) -> Reply<sapb::GetFinalizationFactsResponse> {
         let req = request.into_inner();
-        let (order_id, since) = (req.order_id, req.renewal_since);
-        let key_blocked = self.store.key_blocked(&req.key_hash).await?;
-        let (order, authorizations) = match req.with_order {
-            true => self
-                .read(|s| async move { s.get_order_and_authorizations(order_id).await })
-                .await
-                .map(|(o, a)| (Some(o), a))?,
-            false => (None, self.read(|s| async move { s.get_order_authorizations(order_id).await }).await?),
+        let question = &FinalizationQuestion {
+            order_id: req.order_id,
+            with_order: req.with_order,
+            key_hash: req.key_hash,
+            identifiers: identifiers_from_pb(&req.identifiers)?,
+            renewal_since: req.renewal_since,
         };
-        let identifiers = match &order {
-            Some(order) if req.identifiers.is_empty() => order.identifiers.clone(),
-            _ => identifiers_from_pb(&req.identifiers)?,
-        };
-        let identifiers = &identifiers;
-        let issued = self.read(|s| async move { s.fqdn_set_issuance_times(identifiers, since).await }).await?;
+        let mut facts = self.read(|s| async move { s.finalization_facts(question).await }).await?;
+        if self.replica.is_some() {
+            facts.key_blocked = self.store.key_blocked(&question.key_hash).await?;
+        }
+        let FinalizationFacts { order, authorizations, key_blocked, renewal } = facts;
         reply(Ok(sapb::GetFinalizationFactsResponse {
             authorizations: authorizations.iter().map(pb::Authorization::from).collect(),
             key_blocked,
-            renewal: !issued.is_empty(),
+            renewal,
             order: order.as_ref().map(pb::Order::from),
         }))
     }

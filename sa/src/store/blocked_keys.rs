@@ -3,6 +3,8 @@
 use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
+use sqlx::AnyConnection;
+
 use super::database::{Store, db_error};
 
 impl Store {
@@ -52,11 +54,17 @@ impl Store {
     }
 
     pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(found.is_some())
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        key_blocked_on(&mut conn, key_hash).await
     }
+}
+
+/// Whether the key with hash `key_hash` is blocked, read on one connection.
+pub(super) async fn key_blocked_on(conn: &mut AnyConnection, key_hash: &[u8]) -> Result<bool, Problem> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = $1")
+        .bind(key_hash)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(found.is_some())
 }

@@ -4,7 +4,7 @@
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pool,
 //! migrations, transactions) and the helpers the others share; `new_order_facts` reads across the groups, in one
-//! transaction, what a new order needs. The groups whose types the crate root re-exports are `pub(crate)`, so that
+//! transaction, what a new order needs, and `finalization_facts`, on one connection, what a finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that
 //! this module's own public names stay the ones below.
 
 mod accounts;
@@ -14,6 +14,7 @@ pub(crate) mod certificates;
 pub(crate) mod controls;
 pub(crate) mod crl_shards;
 mod database;
+mod finalization_facts;
 mod new_order_facts;
 mod orders;
 pub(crate) mod recovery;
@@ -22,6 +23,7 @@ pub(crate) mod revocation;
 
 pub use authorizations::ValidationOutcome;
 pub use database::{Backend, PoolSettings, Store};
+pub use finalization_facts::{FinalizationFacts, FinalizationQuestion};
 pub use new_order_facts::NewOrderQuestion;
 pub use orders::{NewAuthorization, NewOrder};
 pub use quarry_core::identifier::fqdn_set_hash;

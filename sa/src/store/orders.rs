@@ -305,7 +305,10 @@ async fn order_by_id(conn: &mut AnyConnection, id: i64) -> Result<Order, Problem
 }
 
 /// An order by id and its authorizations (from which its status follows), read on one connection.
-async fn order_and_authorizations(conn: &mut AnyConnection, id: i64) -> Result<(Order, Vec<Authorization>), Problem> {
+pub(super) async fn order_and_authorizations(
+    conn: &mut AnyConnection,
+    id: i64,
+) -> Result<(Order, Vec<Authorization>), Problem> {
     let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&mut *conn).await.map_err(db_error)?;
     let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
     let authorizations = order_authorizations(conn, id).await?;

@@ -529,6 +529,20 @@ async fn reads_go_to_the_replica_and_fall_back_to_the_primary() {
         let nobody = quarry_jose::SigningKey::generate(quarry_jose::Algorithm::Es256).unwrap().jwk();
         let missing = sa.ro("wfe").get_account_by_key(by_key(nobody.canonical_json().into_bytes())).await.unwrap_err();
         assert_eq!(missing.code(), Code::NotFound);
+
+        // A finalize's facts come from the replica, but whether the key is blocked is the primary's word: a key
+        // blocked a moment ago counts, and one the replica alone lists does not.
+        let (on_primary, on_replica) = ([0x51; 32], [0x52; 32]);
+        let block =
+            AddBlockedKeyRequest { key_hash: on_primary.to_vec(), source: "test".into(), comment: String::new() };
+        sa.rw("ra").add_blocked_key(block).await.unwrap();
+        replica_store.add_blocked_key(&on_replica, "test", "").await.unwrap();
+        for (key_hash, blocked) in [(on_primary, true), (on_replica, false)] {
+            let request =
+                GetFinalizationFactsRequest { order_id: 1, key_hash: key_hash.to_vec(), ..Default::default() };
+            let facts = sa.ro("ra").get_finalization_facts(request).await.unwrap().into_inner();
+            assert_eq!(facts.key_blocked, blocked, "{:x?}: {}", key_hash[0], replica.url);
+        }
     }
 }
 
