@@ -264,6 +264,44 @@ async fn finalization_checks_the_csr_then_issues() {
     assert_eq!(again.kind, ErrorKind::OrderNotReady);
 }
 
+/// During a rolling update the ra may meet an sa that predates `with_order` in GetFinalizationFacts: it answers the
+/// facts without the order. The ra then reads the order alone and asks the facts again for its identifiers, and
+/// checks and issues as it does with a newer sa: another account's order is missing, a blocked key refused.
+#[tokio::test]
+async fn finalize_reads_the_order_alone_from_an_sa_older_than_facts_with_the_order() {
+    const FACTS: &str = "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts";
+    const GET_ORDER: &str = "/quarry.sa.v1.StorageAuthorityReadOnly/GetOrder";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let older_sa = listener.local_addr().unwrap();
+    let inner = InProcessStack::start(false, |ra| ra.sa.address = vec![format!("https://{older_sa}")]).await;
+    let older = quarry_testkit::older::SaWithoutOrderInFacts::start(&inner.pki, listener, inner.sa).await;
+    let stack = Stack { inner };
+    let (account, _) = stack.account().await;
+    let names = ["older-sa.example.org"];
+    let order = stack.order(account.id, &names).await.unwrap();
+    stack.inner.va.pass();
+    stack.validate_all(&order, account.id).await;
+
+    let (other, _) = stack.account().await;
+    let stranger = finalize(&stack, &order, other.id, csr(&names)).await.unwrap_err();
+    assert_eq!(stranger.kind, ErrorKind::NotFound);
+    let blocked = rcgen::KeyPair::generate().unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
+    let key_hash = quarry_jose::Jwk::from_spki_der(&spki).unwrap().key_hash().to_vec();
+    let block = quarry_proto::sa::AddBlockedKeyRequest { key_hash, source: "test".into(), comment: String::new() };
+    stack.sa_rw().add_blocked_key(block).await.unwrap();
+    let (facts_before, orders_before) = (older.calls(FACTS), older.calls(GET_ORDER));
+    let forbidden = finalize(&stack, &order, account.id, csr_with_key(&names, &blocked)).await.unwrap_err();
+    assert_eq!(forbidden.kind, ErrorKind::BadPublicKey);
+    assert_eq!(older.calls(FACTS) - facts_before, 2, "asked with the order, then for the order's identifiers");
+    assert_eq!(older.calls(GET_ORDER) - orders_before, 1, "the order read alone");
+    assert_eq!(stack.order_status(order.id).await, "ready");
+
+    let done = finalize(&stack, &order, account.id, csr(&names)).await.unwrap();
+    assert_eq!(done.status, "valid");
+    assert!(!done.certificate_serial.is_empty());
+}
+
 /// During a rolling update the ra may meet an sa that predates GetFinalizationFacts and GetNewOrderFacts: it answers `unimplemented`
 /// (here a server without the sa's services at all), which the sa client tells apart from a failure, so that the
 /// ra asks the reads it replaces instead.
