@@ -93,7 +93,7 @@ run_loads() {
   for c in $clients; do
     run_load "$target" "$c" "$@"
     if [[ $pebble_beside == yes ]]; then
-      run_load pebble "$c" "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble
+      run_load pebble "$c" "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble --under "$pebble_pid"
     fi
   done
 }
@@ -112,9 +112,14 @@ run_quarry() {
   wait_directory "$(stack_field "$data" directory_url)" "$(stack_field "$data" tls_ca_pem)" "$server_pid"
   sleep 5
   idle_rss "$QUARRY_BIN(-dev)? (dev|nonce|sa|va|publisher|ca|crl-updater|ra|wfe)" "$target"
-  local processes=quarry,quarry-dev
-  [[ $target == quarry-postgres ]] && processes=quarry,quarry-dev,postgres
-  run_loads "$target" --stack "$data/stack.json" --processes "$processes" --count-grpc-calls
+  # Only this stack's processes and its own PostgreSQL cluster's (the postmaster and its children): the load
+  # generator recognises processes by name, and another cluster on the machine (the tests') would count too.
+  local processes=quarry,quarry-dev under=$server_pid
+  if [[ $target == quarry-postgres ]]; then
+    processes=quarry,quarry-dev,postgres
+    under=$server_pid,$(head -n 1 "$pg_dir/data/postmaster.pid")
+  fi
+  run_loads "$target" --stack "$data/stack.json" --processes "$processes" --under "$under" --count-grpc-calls
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
   if [[ $pebble_beside == yes ]]; then
     pebble_beside=no
@@ -184,7 +189,7 @@ for target in ${only//,/ }; do
     pebble)
       if [[ $pebble_paired == no ]]; then
         start_pebble
-        run_loads pebble "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble
+        run_loads pebble "$pebble_url" --tls-ca "$work/pebble/ca.pem" --processes pebble --under "$pebble_pid"
         stop_pebble
       fi
       ;;

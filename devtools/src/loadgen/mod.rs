@@ -53,6 +53,10 @@ pub struct LoadgenArgs {
     /// Server processes to measure: those whose program name is one of these.
     #[arg(long, value_delimiter = ',', default_value = "quarry,pebble")]
     processes: Vec<String>,
+    /// And among them only these processes (PIDs) and their descendants: a `quarry dev`, a PostgreSQL postmaster.
+    /// Without it, any process of those names counts, another stack's or cluster's too.
+    #[arg(long, value_delimiter = ',')]
+    under: Vec<u32>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -331,15 +335,15 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
 
     let ticks = clock_ticks_per_second();
     let idle_cpu_ms_per_sec = if args.idle_secs > 0 {
-        let start = server_processes(&args.processes, ticks);
+        let start = server_processes(&args.processes, &args.under, ticks);
         tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
-        let end = server_processes(&args.processes, ticks);
+        let end = server_processes(&args.processes, &args.under, ticks);
         Some(ms(cpu_spent(&start, &end)) / args.idle_secs as f64)
     } else {
         None
     };
     let calls_before = if args.count_grpc_calls { Some(grpc_calls::read(&http, &target.metrics).await?) } else { None };
-    let before = server_processes(&args.processes, ticks);
+    let before = server_processes(&args.processes, &args.under, ticks);
     let me_before = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let budget = Arc::new(Budget {
@@ -369,7 +373,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<bool> {
         }
     }
     let elapsed = started.elapsed();
-    let after = server_processes(&args.processes, ticks);
+    let after = server_processes(&args.processes, &args.under, ticks);
     let me_after = usage_of(std::process::id(), ticks).map(|u| u.cpu).unwrap_or_default();
     let calls = match &calls_before {
         Some(before) => Some(grpc_calls::made_between(before, &grpc_calls::read(&http, &target.metrics).await?)),

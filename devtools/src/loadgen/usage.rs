@@ -56,19 +56,45 @@ pub(super) fn cpu_spent(before: &[ProcessUsage], after: &[ProcessUsage]) -> Dura
     after.iter().map(|usage| spent_since(before, usage)).sum()
 }
 
-/// Every process whose program name is one of `programs`, except this one.
-pub(super) fn server_processes(programs: &[String], ticks: u64) -> Vec<ProcessUsage> {
+/// Every process whose program name is one of `programs`, except this one; when `roots` names processes, only
+/// those among them and their descendants, so that another stack or database cluster on the machine is not counted.
+pub(super) fn server_processes(programs: &[String], roots: &[u32], ticks: u64) -> Vec<ProcessUsage> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found: Vec<ProcessUsage> = entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
+        .filter(|pid| *pid != me && descends_from(*pid, roots))
         .filter_map(|pid| usage_of(pid, ticks))
         .filter(|usage| programs.iter().any(|p| usage.name == *p || usage.name.starts_with(&format!("{p} "))))
         .collect();
     found.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
     found
+}
+
+/// Whether `pid` is one of `roots` or descends from one, its parents followed through `/proc`; any process does
+/// when `roots` is empty.
+pub(super) fn descends_from(pid: u32, roots: &[u32]) -> bool {
+    if roots.is_empty() {
+        return true;
+    }
+    let mut current = pid;
+    // Bounded: a process tree is never this deep, and a parent that vanished ends the walk.
+    for _ in 0..64 {
+        if roots.contains(&current) {
+            return true;
+        }
+        match parent_of(current) {
+            Some(parent) if parent > 1 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("PPid:"))?.trim().parse().ok()
 }
 
 pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -81,4 +107,25 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child of this process is under it; this process is not under its child; with no roots, every process
+    /// counts.
+    #[test]
+    fn processes_are_counted_under_their_roots_only() {
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().expect("start sleep");
+        let (me, pid) = (std::process::id(), child.id());
+        let under_me = descends_from(pid, &[me]);
+        let me_under_child = descends_from(me, &[pid]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(under_me, "a child is under its parent");
+        assert!(!me_under_child, "a parent is not under its child");
+        assert!(descends_from(me, &[]), "no roots: every process");
+        assert!(descends_from(me, &[pid, me]), "a root is under itself");
+    }
 }
