@@ -29,8 +29,8 @@ for round in $(seq 1 "$rounds"); do
     # The supervisor restarts it within a second or two.
     sleep 4
     out=$work/round$round-$value.txt
-    "$bin" loadgen --stack "$work/data/stack.json" --processes quarry --clients 4 --duration-secs 15 "$@" \
-      >"$out" 2>&1
+    "$bin" loadgen --stack "$work/data/stack.json" --processes quarry --under "$dev" --clients 4 --duration-secs 15 \
+      "$@" >"$out" 2>&1
     printf '%s = %s, round %s: %s | %s | %s\n' "$key" "$value" "$round" \
       "$(grep -m1 -E 'certificates \(' "$out" | tr -s ' ')" \
       "$(grep -m1 -E "^quarry $service " "$out" | tr -s ' ')" \
