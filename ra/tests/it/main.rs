@@ -40,6 +40,16 @@ impl Stack {
         ))
     }
 
+    /// A fresh key, blocked for issuance through the sa.
+    async fn blocked_key(&self) -> rcgen::KeyPair {
+        let blocked = rcgen::KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
+        let key_hash = quarry_jose::Jwk::from_spki_der(&spki).unwrap().key_hash().to_vec();
+        let block = quarry_proto::sa::AddBlockedKeyRequest { key_hash, source: "test".into(), comment: String::new() };
+        self.sa_rw().add_blocked_key(block).await.unwrap();
+        blocked
+    }
+
     async fn account(&self) -> (pb::Account, SigningKey) {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
         let account = pb::Account {
@@ -248,11 +258,7 @@ async fn finalization_checks_the_csr_then_issues() {
     let missing = finalize(&stack, &missing, account.id, csr(&names)).await.unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound);
     // A blocked key, as the sa's one read of what finalization checks says.
-    let blocked = rcgen::KeyPair::generate().unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
-    let key_hash = quarry_jose::Jwk::from_spki_der(&spki).unwrap().key_hash().to_vec();
-    let block = quarry_proto::sa::AddBlockedKeyRequest { key_hash, source: "test".into(), comment: String::new() };
-    stack.sa_rw().add_blocked_key(block).await.unwrap();
+    let blocked = stack.blocked_key().await;
     let forbidden = finalize(&stack, &order, account.id, csr_with_key(&names, &blocked)).await.unwrap_err();
     assert_eq!(forbidden.kind, ErrorKind::BadPublicKey);
     assert_eq!(stack.order_status(order.id).await, "ready");
@@ -285,11 +291,7 @@ async fn finalize_reads_the_order_alone_from_an_sa_older_than_facts_with_the_ord
     let (other, _) = stack.account().await;
     let stranger = finalize(&stack, &order, other.id, csr(&names)).await.unwrap_err();
     assert_eq!(stranger.kind, ErrorKind::NotFound);
-    let blocked = rcgen::KeyPair::generate().unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&blocked);
-    let key_hash = quarry_jose::Jwk::from_spki_der(&spki).unwrap().key_hash().to_vec();
-    let block = quarry_proto::sa::AddBlockedKeyRequest { key_hash, source: "test".into(), comment: String::new() };
-    stack.sa_rw().add_blocked_key(block).await.unwrap();
+    let blocked = stack.blocked_key().await;
     let (facts_before, orders_before) = (older.calls(FACTS), older.calls(GET_ORDER));
     let forbidden = finalize(&stack, &order, account.id, csr_with_key(&names, &blocked)).await.unwrap_err();
     assert_eq!(forbidden.kind, ErrorKind::BadPublicKey);

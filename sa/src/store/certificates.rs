@@ -233,7 +233,10 @@ impl Store {
         }
         match get::<Option<Vec<u8>>>(&row, "stored_der")? {
             Some(stored) if stored == der => {
-                let order_finalized = order_id != 0 && self.order_has(order_id, &facts.serial).await?;
+                let order_finalized = order_id != 0 && {
+                    let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                    order_has(&mut conn, order_id, &facts.serial).await?
+                };
                 return Ok(StoredCertificate { serial: facts.serial, order_finalized });
             }
             Some(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
@@ -272,44 +275,23 @@ impl Store {
         // All rows, not an optional one: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
         // statement's result, which is the INSERT's count of rows.
         let finalized: Option<String> = store.fetch_all(&mut *tx).await.map_err(db_error)?.pop();
-        let mut order_finalized = false;
-        if linked != 0 {
-            match finalized {
-                Some(replaces) => {
-                    if !replaces.is_empty() {
-                        sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
-                            .bind(linked)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_error)?;
-                    }
-                    order_finalized = linked == order_id;
+        let order_finalized = match finalized {
+            Some(replaces) => {
+                if !replaces.is_empty() {
+                    sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
+                        .bind(linked)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
                 }
-                // Not processing, or it has a certificate: this one, when an earlier try got this far.
-                None if linked == order_id => {
-                    let recorded: Option<String> =
-                        sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
-                            .bind(order_id)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(db_error)?;
-                    order_finalized = recorded.is_some_and(|recorded| recorded == facts.serial);
-                }
-                None => {}
+                linked == order_id
             }
-        }
+            // Not processing, or it has a certificate: this one, when an earlier try got this far.
+            None if linked != 0 && linked == order_id => order_has(&mut tx, order_id, &facts.serial).await?,
+            None => false,
+        };
         tx.commit().await.map_err(db_error)?;
         Ok(StoredCertificate { serial: facts.serial, order_finalized })
-    }
-
-    /// Whether order `order_id` has the certificate `serial`.
-    async fn order_has(&self, order_id: i64, serial: &str) -> Result<bool, Problem> {
-        let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
-            .bind(order_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(recorded.is_some_and(|recorded| recorded == serial))
     }
 
     pub async fn get_certificate(&self, serial: &str) -> Result<Certificate, Problem> {
@@ -390,6 +372,16 @@ impl Store {
             issuer_id: get(&row, "issuer_id")?,
         })
     }
+}
+
+/// Whether order `order_id` has the certificate `serial`, read on one connection (or in one transaction).
+async fn order_has(conn: &mut AnyConnection, order_id: i64, serial: &str) -> Result<bool, Problem> {
+    let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(recorded.is_some_and(|recorded| recorded == serial))
 }
 
 /// When certificates for exactly `identifiers` were issued since `since`, newest first, on one connection (or in one
