@@ -90,6 +90,9 @@ impl Backend {
     }
 }
 
+/// A pooled PostgreSQL connection idle longer than this is pinged before use (see `pool_options`).
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// How the store connects: pool size and the longest a statement may run.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -137,6 +140,15 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
                 tracing::warn!(%err, "statement timed out");
                 Problem::new(ErrorKind::Timeout, "the database took too long")
             }
+            // PostgreSQL ended the connection (shut down, restarted, or an administrator ended it), or cannot take
+            // one yet: the database is away, not the request wrong. The broken connection leaves the pool.
+            _ if db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")) =>
+            {
+                tracing::warn!(%err, "database connection ended");
+                Problem::new(ErrorKind::Unavailable, "the database is unavailable")
+            }
             _ => internal(err),
         },
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
@@ -183,6 +195,16 @@ fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_ti
         // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
         // broke in between fails its statement as `unavailable`, which callers retry.
         .test_before_acquire(false)
+        // But a PostgreSQL connection that sat idle a while may have been ended meanwhile (a restart, a failover):
+        // pinged before use, it is replaced instead of failing a call. Under load connections rarely idle that long.
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if backend == Backend::Postgres && meta.idle_for > PING_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 let setup = match backend {
@@ -363,6 +385,41 @@ mod tests {
         // Whatever `max_connections` says: one connection writes, at most SQLITE_MAX_READERS read.
         assert_eq!(store.writer.options().get_max_connections(), 1);
         assert_eq!(store.pool.options().get_max_connections(), SQLITE_MAX_READERS);
+    }
+
+    /// PostgreSQL ended every connection the pool holds (a restart, a failover, an administrator): once they have
+    /// sat idle past `PING_IDLE_AFTER` they are checked before use and replaced, so nothing fails; one used sooner
+    /// fails its statement as `unavailable`, which callers retry, not as an internal error.
+    #[tokio::test]
+    async fn connections_postgresql_ended_are_unavailable_then_replaced() {
+        let Some(db) = quarry_testkit::db::TestDatabase::postgres().await else {
+            eprintln!("no PostgreSQL here ({} unset)", quarry_testkit::db::POSTGRES_ENV);
+            return;
+        };
+        let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
+        let store = Store::open(&db.url, settings).await.expect("open the store");
+        let end_every_connection = || async {
+            let mut admin = sqlx::AnyConnection::connect(&db.url).await.expect("connect");
+            let ended: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .expect("end the store's connections");
+            assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
+        };
+        let read = || sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM schema_migrations").fetch_one(&store.pool);
+
+        read().await.expect("a first read");
+        end_every_connection().await;
+        tokio::time::sleep(PING_IDLE_AFTER + Duration::from_millis(200)).await;
+        for _ in 0..3 {
+            read().await.expect("a read after the connections sat idle");
+        }
+
+        end_every_connection().await;
+        let problem = read().await.map_err(db_error).expect_err("a read on an ended connection");
+        assert_eq!(problem.kind, ErrorKind::Unavailable, "{}", problem.detail);
     }
 
     /// Independent writes joined into one statement: run on each database, every row is written, and a write that
