@@ -118,6 +118,39 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
     Problem::internal("a database error occurred")
 }
 
+/// Whether `err` says the connection was ended under the statement (PostgreSQL shut down, restarted, or an
+/// administrator ended it; the socket broke) rather than that the statement was wrong or the server refuses
+/// connections.
+fn connection_ended(err: &sqlx::Error) -> bool {
+    use std::io::ErrorKind as Io;
+    match err {
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02"))
+        }
+        sqlx::Error::Io(io) => {
+            matches!(io.kind(), Io::BrokenPipe | Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
+/// Begins a transaction with `begin` on a connection of `pool`. A connection PostgreSQL ended while it sat in the
+/// pool fails the `BEGIN`, before anything ran; the pool drops it, and the transaction begins on another, so a
+/// database restart costs a write no error (at most one try per connection the pool can hold).
+async fn begin_on(pool: &AnyPool, begin: &'static str) -> Result<Transaction<'static, Any>, Problem> {
+    let mut tries_left = pool.options().get_max_connections() + 1;
+    loop {
+        match pool.begin_with(begin).await {
+            Ok(tx) => return Ok(tx),
+            Err(err) if tries_left > 1 && connection_ended(&err) => {
+                tracing::info!(%err, "a pooled connection had ended; beginning on another");
+                tries_left -= 1;
+            }
+            Err(err) => return Err(db_error(err)),
+        }
+    }
+}
+
 /// A database error as a typed kind: a caller can act on `duplicate`, `notFound` or `unavailable`; the text of the
 /// driver's error goes to the log only.
 pub(crate) fn db_error(err: sqlx::Error) -> Problem {
@@ -142,10 +175,7 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
             }
             // PostgreSQL ended the connection (shut down, restarted, or an administrator ended it), or cannot take
             // one yet: the database is away, not the request wrong. The broken connection leaves the pool.
-            _ if db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")) =>
-            {
+            _ if connection_ended(&err) || db.code().as_deref() == Some("57P03") => {
                 tracing::warn!(%err, "database connection ended");
                 Problem::new(ErrorKind::Unavailable, "the database is unavailable")
             }
@@ -282,7 +312,7 @@ impl Store {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        self.writer.begin_with(begin).await.map_err(db_error)
+        begin_on(&self.writer, begin).await
     }
 
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
@@ -293,7 +323,7 @@ impl Store {
             Backend::Sqlite => "BEGIN",
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         };
-        self.pool.begin_with(begin).await.map_err(db_error)
+        begin_on(&self.pool, begin).await
     }
 
     /// Which engine this store talks to.
@@ -389,7 +419,8 @@ mod tests {
 
     /// PostgreSQL ended every connection the pool holds (a restart, a failover, an administrator): once they have
     /// sat idle past `PING_IDLE_AFTER` they are checked before use and replaced, so nothing fails; one used sooner
-    /// fails its statement as `unavailable`, which callers retry, not as an internal error.
+    /// fails its statement as `unavailable`, which callers retry, not as an internal error; a transaction begins on
+    /// a live one.
     #[tokio::test]
     async fn connections_postgresql_ended_are_unavailable_then_replaced() {
         let Some(db) = quarry_testkit::db::TestDatabase::postgres().await else {
@@ -420,6 +451,15 @@ mod tests {
         end_every_connection().await;
         let problem = read().await.map_err(db_error).expect_err("a read on an ended connection");
         assert_eq!(problem.kind, ErrorKind::Unavailable, "{}", problem.detail);
+
+        // A transaction's BEGIN on an ended connection has run nothing: it begins on another at once.
+        for write in [true, false] {
+            let store = Store::open_replica(&db.url, settings).await.expect("open the store again");
+            sqlx::query("SELECT 1").execute(&store.pool).await.expect("a read that opens a connection");
+            end_every_connection().await;
+            let tx = if write { store.begin_write().await } else { store.begin_read().await };
+            tx.expect("a transaction begins on a live connection").commit().await.expect("commit");
+        }
     }
 
     /// Independent writes joined into one statement: run on each database, every row is written, and a write that
