@@ -1,8 +1,9 @@
 //! JWS verification per algorithm, as the wfe does it for every POST: parse the flattened JWS, then verify its
-//! signature with the account key. `cargo bench -p quarry-jose --bench jws`
+//! signature with the account key; and parsing an account's stored key, which the wfe's account cache does once
+//! per sa read instead of once per POST. `cargo bench -p quarry-jose --bench jws`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use quarry_jose::{Algorithm, Jws, SigningKey, sign_flattened};
+use quarry_jose::{Algorithm, Jwk, Jws, SigningKey, sign_flattened};
 use serde_json::json;
 
 fn jws_verification(c: &mut Criterion) {
@@ -28,5 +29,16 @@ fn jws_verification(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, jws_verification);
+fn stored_key_parsing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stored_account_key_parse");
+    for algorithm in [Algorithm::Es256, Algorithm::Es384, Algorithm::Rs256] {
+        let stored = SigningKey::generate(algorithm).expect("generate a key").jwk().canonical_json();
+        group.bench_function(algorithm.as_str(), |b| {
+            b.iter(|| Jwk::from_slice(std::hint::black_box(stored.as_bytes())).expect("parses"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, jws_verification, stored_key_parsing);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use quarry_core::model::{Account, AccountStatus};
 use quarry_core::{ErrorKind, Problem};
 use quarry_jose::{JoseError, Jwk, Jws, KeyRef};
 
+use crate::accounts::KnownAccount;
 use crate::problem::ProblemResponse;
 use crate::state::Wfe;
 
@@ -86,10 +87,8 @@ pub async fn verify(
             return Err(Problem::malformed("this request must use the kid header parameter, not jwk").into());
         }
         (KeyRef::Kid(kid), KeyMode::Kid | KeyMode::Either) => {
-            let account = account_for_kid(wfe, kid, deadline).await?;
-            let jwk =
-                Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
-            (jwk, Some(account))
+            let KnownAccount { account, key } = account_for_kid(wfe, kid, deadline).await?;
+            (key, Some(account))
         }
     };
     jws.verify(&jwk).map_err(jose_problem)?;
@@ -114,13 +113,13 @@ pub async fn verify(
     Ok(Verified { jws, jwk, account })
 }
 
-async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Result<Account, ProblemResponse> {
+async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Result<KnownAccount, ProblemResponse> {
     let prefix = format!("{}/acme/acct/", wfe.urls().base);
     let id: i64 = kid.strip_prefix(&prefix).and_then(|id| id.parse().ok()).ok_or_else(|| {
         Problem::new(ErrorKind::AccountDoesNotExist, format!("key ID {kid:?} is not an account URL of this server"))
     })?;
-    let account = match wfe.accounts().get(id) {
-        Some(account) => account,
+    let known = match wfe.accounts().get(id) {
+        Some(known) => known,
         None => {
             let read = wfe.accounts().read_started();
             let account = match wfe.sa().get_account(id, deadline).await {
@@ -134,16 +133,19 @@ async fn account_for_kid(wfe: &Wfe, kid: &str, deadline: Option<Instant>) -> Res
                 }
                 Err(problem) => return Err(problem.into()),
             };
-            wfe.accounts().insert(&account, read);
-            account
+            let known = KnownAccount::parse(account)?;
+            wfe.accounts().insert(&known, read);
+            known
         }
     };
-    if account.status != AccountStatus::Valid {
-        return Err(
-            Problem::unauthorized(format!("account is not valid, has status {:?}", account.status.as_str())).into()
-        );
+    if known.account.status != AccountStatus::Valid {
+        return Err(Problem::unauthorized(format!(
+            "account is not valid, has status {:?}",
+            known.account.status.as_str()
+        ))
+        .into());
     }
-    Ok(account)
+    Ok(known)
 }
 
 /// The account registered for `jwk`, if any.
