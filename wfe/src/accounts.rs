@@ -163,8 +163,8 @@ mod tests {
         assert!(off.get(8).is_none());
     }
 
-    /// The key is parsed once, as the account is read: what the cache hands out verifies signatures as the stored
-    /// JSON would, and a stored key that does not parse is the CA's internal error, never cached.
+    /// The key is parsed once, as the account is read: what the cache hands out is the key the stored JSON holds,
+    /// and a stored key that does not parse is the CA's internal error (the wfe parses before it caches).
     #[test]
     fn an_account_is_kept_with_its_key_parsed() {
         let known = account(4);
