@@ -31,6 +31,19 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|dir| dir.count()).unwrap_or(0)
 }
 
+/// Connections the kernel turned away at a full listen queue so far (`ListenDrops` in `/proc/net/netstat`, for the
+/// whole network namespace): such a connection is established on the client's side only, unseen by the server.
+fn listen_drops() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut tcp_ext = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenDrops")
+        .map_or(0, |(_, value)| value.parse().unwrap_or(0))
+}
+
 /// Whether the server has closed `stream` (a read sees the end, or a reset) within `wait`.
 async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
     let mut byte = [0u8; 1];
@@ -93,6 +106,7 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
     let baseline = open_fds(wfe);
 
     let attack_started = Instant::now();
+    let drops_before = listen_drops();
     let mut opening = tokio::task::JoinSet::new();
     for source in 2..2 + IDLE_SOURCES {
         opening.spawn(async move {
@@ -152,6 +166,7 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
         assert!(held < Duration::from_secs(20), "a slow loris was kept {held:?}: {}", logs(stack.dir.path()));
     }
     let opened = idle.len();
+    let dropped = listen_drops().saturating_sub(drops_before);
     drop(idle);
     let mut settled = open_fds(wfe);
     for _ in 0..50 {
@@ -168,8 +183,20 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
     let closed =
         |reason| metric(&text, "quarry_http_connections_closed_total", &[("listener", "acme"), ("reason", reason)]);
     let refused = metric(&text, "quarry_http_connections_refused_total", &[("reason", "max_connections_per_client")]);
-    assert!(refused >= (opened - IDLE_SOURCES as usize * 64) as f64, "refused {refused} of {opened}");
-    assert!(closed("handshake_timeout") >= (IDLE_SOURCES as usize * 64) as f64 * 0.9, "{text}");
+    let timed_out = closed("handshake_timeout");
+    assert!(refused > 0.0, "no connection was refused for the per-client cap: {text}");
+    assert!(timed_out >= (IDLE_SOURCES as usize * 64) as f64 * 0.9, "{text}");
+    // Every connection the server saw was refused at once or cut at the handshake timeout. Which of the two depends
+    // on when the server saw it: one the kernel held back at a full listen queue, and let through only after the
+    // source's first 64 were cut, is admitted under the cap and then cut in its turn.
+    eprintln!(
+        "{opened} idle connections: {refused} refused, {timed_out} cut at the handshake timeout, {dropped} dropped"
+    );
+    let accounted = refused + timed_out + closed("handshake_failed") + dropped as f64;
+    assert!(
+        accounted >= opened as f64,
+        "of {opened} connections, {refused} refused, {timed_out} cut at the handshake timeout, {dropped} dropped by the kernel"
+    );
 }
 
 /// One attack: what it tried, the answer it got, and the answer it must get.
