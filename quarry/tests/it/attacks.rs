@@ -147,19 +147,23 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
     issue_via_http01(&stack, &account, &names, &csr_for(&names)).await;
 
     // The handshake timeout (10 s) closes every idle connection; the header timeout (10 s) every slow loris.
-    let mut still_open = 0;
-    for stream in idle.iter_mut() {
+    let mut lingering = Vec::new();
+    for (index, stream) in idle.iter_mut().enumerate() {
         let left = Duration::from_secs(20).saturating_sub(attack_started.elapsed()).max(Duration::from_millis(5));
-        if closed_within(stream, left).await {
-            continue;
-        }
-        // A connection that overflowed the listen queue is established on this side only (the kernel dropped it
-        // unseen, the server never accepted it): a byte sent on it is answered with a reset. One the server holds
-        // would wait for the rest of a ClientHello.
-        if stream.write_all(b"\x16").await.is_ok() && !closed_within(stream, Duration::from_secs(1)).await {
-            still_open += 1;
+        if !closed_within(stream, left).await {
+            lingering.push(index);
         }
     }
+    // A connection still open now overflowed the listen queue: it is established on this side only. Either the
+    // kernel dropped it unseen, and a byte sent on it is answered with a reset; or the server sees it late (on a
+    // retransmission, or on that byte), and its handshake timeout cuts it 10 s after. A server without the timeout
+    // would hold it, waiting for the rest of a ClientHello. All are watched at once, so the wait is bounded.
+    let late_cut = Duration::from_secs(13);
+    let checks =
+        idle.iter_mut().enumerate().filter(|(index, _)| lingering.contains(index)).map(|(_, stream)| async {
+            stream.write_all(b"\x16").await.is_err() || closed_within(stream, late_cut).await
+        });
+    let still_open = futures::future::join_all(checks).await.into_iter().filter(|closed| !closed).count();
     assert_eq!(still_open, 0, "idle connections outlived the handshake timeout");
     for task in loris {
         let held = task.await.expect("slow loris");
@@ -184,14 +188,17 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
         |reason| metric(&text, "quarry_http_connections_closed_total", &[("listener", "acme"), ("reason", reason)]);
     let refused = metric(&text, "quarry_http_connections_refused_total", &[("reason", "max_connections_per_client")]);
     let timed_out = closed("handshake_timeout");
-    assert!(refused > 0.0, "no connection was refused for the per-client cap: {text}");
+    eprintln!(
+        "{opened} idle connections: {refused} refused, {timed_out} cut at the handshake timeout, {dropped} dropped by \
+         the kernel, {} still open at 20 s",
+        lingering.len()
+    );
     assert!(timed_out >= (IDLE_SOURCES as usize * 64) as f64 * 0.9, "{text}");
     // Every connection the server saw was refused at once or cut at the handshake timeout. Which of the two depends
-    // on when the server saw it: one the kernel held back at a full listen queue, and let through only after the
-    // source's first 64 were cut, is admitted under the cap and then cut in its turn.
-    eprintln!(
-        "{opened} idle connections: {refused} refused, {timed_out} cut at the handshake timeout, {dropped} dropped"
-    );
+    // on when the server saw it: one the kernel held back at a full listen queue, and let through only after its
+    // source's first 64 were cut, is admitted under the cap and then cut in its turn (in one run of ten, every
+    // connection past the cap was), so the refusals alone are not counted on. The cap shows in the wfe's
+    // descriptors above, and in `ClientCounts`' unit test.
     let accounted = refused + timed_out + closed("handshake_failed") + dropped as f64;
     assert!(
         accounted >= opened as f64,
