@@ -453,6 +453,41 @@ mod tests {
         assert!(answered.starts_with("HTTP/1.1 200") && started.elapsed() < Duration::from_secs(3), "{answered}");
     }
 
+    /// A client address holding its cap of connections gets the next one closed at once; another address is
+    /// served meanwhile, and the address is served again once it lets one go.
+    #[tokio::test]
+    async fn connections_past_the_per_client_cap_are_refused() {
+        let addr = echo_server(ListenerConfig { max_connections_per_client: 2, ..Default::default() }).await;
+        let keep_alive = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            // Answered, so the server has admitted it, and kept open.
+            let mut stream = connect_from([127, 0, 0, 3], addr).await;
+            stream.write_all(keep_alive).await.unwrap();
+            let mut answer = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await;
+            let answer = String::from_utf8_lossy(&answer[..read.unwrap().unwrap()]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            held.push(stream);
+        }
+        let close = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let refused = exchange(&mut connect_from([127, 0, 0, 3], addr).await, close).await;
+        assert!(refused.is_empty(), "a third connection from the address was served: {refused}");
+        let other = exchange(&mut connect_from([127, 0, 0, 4], addr).await, close).await;
+        assert!(other.ends_with("127.0.0.4"), "{other}");
+
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let again = exchange(&mut connect_from([127, 0, 0, 3], addr).await, close).await;
+            if again.ends_with("127.0.0.3") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the address was not served again after letting one go: {again}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     #[tokio::test]
     async fn bodies_past_the_limit_get_a_problem() {
         let addr = echo_server(ListenerConfig { max_body_bytes: 16, ..Default::default() }).await;

@@ -198,7 +198,8 @@ async fn thousands_of_idle_and_slow_connections_do_not_stop_a_client() {
     // on when the server saw it: one the kernel held back at a full listen queue, and let through only after its
     // source's first 64 were cut, is admitted under the cap and then cut in its turn (in one run of ten, every
     // connection past the cap was), so the refusals alone are not counted on. The cap shows in the wfe's
-    // descriptors above, and in `ClientCounts`' unit test.
+    // descriptors above, and in
+    // `core::http_server::tests::connections_past_the_per_client_cap_are_refused`.
     let accounted = refused + timed_out + closed("handshake_failed") + dropped as f64;
     assert!(
         accounted >= opened as f64,
