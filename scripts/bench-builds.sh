@@ -25,8 +25,8 @@ fi
 loadgen=$dir_a/quarry
 results=$(mktemp /tmp/quarry-builds.XXXX)
 # Only this stack's processes count, when build A's load generator knows how (`--under`, since 0a66659).
-under=()
-"$loadgen" loadgen --help 2>/dev/null | grep -q -- '--under' && under=(--under)
+knows_under=no
+"$loadgen" loadgen --help 2>/dev/null | grep -q -- '--under' && knows_under=yes
 
 # Context switches of every thread of every quarry service, summed.
 switches() {
@@ -57,7 +57,9 @@ for round in $(seq 1 "$rounds"); do
     sleep 4
     "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients "$clients" --duration-secs 5 "$@" >/dev/null 2>&1
     before=$(switches "$work/data")
-    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry ${under[@]:+"${under[@]}" "$dev"} \
+    under=()
+    [[ $knows_under == yes ]] && under=(--under "$dev")
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry "${under[@]}" \
       --clients "$clients" --duration-secs 15 "$@" >"$work/load.txt" 2>&1
     after=$(switches "$work/data")
     certs=$(grep -oP '\d+(?= certificates)' "$work/load.txt" | head -1)

@@ -217,7 +217,7 @@ enum Role {
 /// connection only for reads refuses to write (`query_only`), so that a write sent to the wrong pool fails loudly.
 fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_timeout: Duration) -> AnyPoolOptions {
     let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
-    AnyPoolOptions::new()
+    let options = AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
         // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
         .acquire_timeout(statement_timeout.max(Duration::from_secs(1)) * 2)
@@ -225,16 +225,6 @@ fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_ti
         // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
         // broke in between fails its statement as `unavailable`, which callers retry.
         .test_before_acquire(false)
-        // But a PostgreSQL connection that sat idle a while may have been ended meanwhile (a restart, a failover):
-        // pinged before use, it is replaced instead of failing a call. Under load connections rarely idle that long.
-        .before_acquire(move |conn, meta| {
-            Box::pin(async move {
-                if backend == Backend::Postgres && meta.idle_for > PING_IDLE_AFTER {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 let setup = match backend {
@@ -248,7 +238,21 @@ fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_ti
                 };
                 conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
             })
-        })
+        });
+    match backend {
+        // SQLite's connections live in this process: nothing ends them from outside.
+        Backend::Sqlite => options,
+        // But a PostgreSQL connection that sat idle a while may have been ended meanwhile (a restart, a failover):
+        // pinged before use, it is replaced instead of failing a call. Under load connections rarely idle that long.
+        Backend::Postgres => options.before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        }),
+    }
 }
 
 impl Store {
