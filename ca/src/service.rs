@@ -350,11 +350,17 @@ impl CaService {
                 issuer_id: chosen.id,
                 order_id: request.order_id,
                 expires: not_after.unix_timestamp(),
+                processing_by: request.processing_by.clone(),
             };
             match self.store_linting_copy(linting_copy, &serial_hex, deadline).await {
                 Ok(()) => return Ok((serial_hex, prepared)),
                 Err(problem) if problem.kind == ErrorKind::Duplicate => {
                     warn!(attempt, serial = serial_hex, "random serial already taken");
+                }
+                // Another finalization of the order got there first; nothing was stored, and nothing is signed.
+                Err(problem) if problem.kind == ErrorKind::OrderNotReady => {
+                    info!(order_id = request.order_id, %problem, "the order is not ready: no precertificate");
+                    return Err(problem);
                 }
                 Err(problem) => {
                     // Stored or not (an answer lost), the order's recovery finds out by the serial's reservation.
@@ -444,6 +450,7 @@ impl Finisher {
             issuer_id: chosen.id,
             order_id,
             expires: 0,
+            processing_by: String::new(),
         };
         let order_finalized = match self.sa.add_certificate(store, deadline).await {
             Ok(order_finalized) => order_finalized,

@@ -278,6 +278,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         // The sa makes the order its serial was reserved for valid.
                         order_id: 0,
                         expires: 0,
+                        processing_by: String::new(),
                     };
                     sa.add_certificate(store, None).await.map_err(refused)?;
                 }

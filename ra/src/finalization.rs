@@ -76,8 +76,9 @@ impl Registrar {
             }
         }
 
-        inner.sa.set_order_processing(order.id, &inner.instance, deadline).await?;
         if inner.async_finalize {
+            // The client is answered before issuance begins, so the order is processing first.
+            inner.sa.set_order_processing(order.id, &inner.instance, deadline).await?;
             let registrar = self.clone();
             // The sa's conditional update succeeded: the order is processing, without reading it back (the sa
             // stamps `began_processing` by its own clock, which this one approximates; no client sees it).
@@ -94,7 +95,7 @@ impl Registrar {
                     }
                     let deadline = Some(Instant::now() + registrar.inner.finalize_timeout);
                     tokio::select! {
-                        _ = registrar.issue_or_invalidate(&order, csr, renewal, deadline) => {}
+                        _ = registrar.issue_or_invalidate(&order, csr, renewal, Marked::Already, deadline) => {}
                         () = abandon.cancelled() => {
                             let stopped = Problem::internal("the CA stopped before this order was issued; order again");
                             registrar.fail_order(&order, &stopped, deadline).await;
@@ -111,7 +112,8 @@ impl Registrar {
             None => Some(Instant::now() + inner.finalize_timeout),
         };
         let began_processing = now().max(1);
-        match self.issue_or_invalidate(&order, req.csr, renewal, deadline).await? {
+        // The order begins processing as the ca stores its precertificate, which saves the sa a write of its own.
+        match self.issue_or_invalidate(&order, req.csr, renewal, Marked::WithPrecertificate, deadline).await? {
             // The sa recorded the certificate, so the order is valid: no need to read it back.
             Issuance::Issued { serial, der } => {
                 Ok((Order { status: OrderStatus::Valid, certificate_serial: serial, began_processing, ..order }, der))
@@ -124,17 +126,21 @@ impl Registrar {
     /// Issues (giving the certificate's serial), or marks the order invalid: past "processing" an order cannot go
     /// back to ready, and the client starts over with a new order. When the ca's answer was lost (a timeout, a
     /// broken connection) after it stored a precertificate, the order is not failed: the certificate is finished
-    /// from the precertificate in the background, so a certificate the ca signed is never lost.
+    /// from the precertificate in the background, so a certificate the ca signed is never lost. When the order
+    /// turns out not to be ready as its precertificate is stored (another finalization began first), it is not
+    /// touched: that finalization owns it.
     async fn issue_or_invalidate(
         &self,
         order: &Order,
         csr: Vec<u8>,
         renewal: bool,
+        marked: Marked,
         deadline: Option<Instant>,
     ) -> Result<Issuance, Problem> {
-        let problem = match self.issue(order, csr, renewal, deadline).await {
+        let problem = match self.issue(order, csr, renewal, marked, deadline).await {
             Ok((serial, der)) => return Ok(Issuance::Issued { serial, der: Some(der) }),
-            Err(problem) => problem,
+            Err(IssueFailure::NotReady(problem)) => return Err(problem),
+            Err(IssueFailure::Failed(problem)) => problem,
         };
         if matches!(problem.kind, ErrorKind::Timeout | ErrorKind::Unavailable) {
             let lookup = Some(Instant::now() + ABANDON_RECORD_TIME);
@@ -209,6 +215,24 @@ impl Registrar {
         None
     }
 
+    /// Records `serial` as order `order_id`'s certificate, when the ca's answer says the sa did not as it stored it.
+    /// The order is marked processing first unless it is already: an older ca or sa did not mark it as the
+    /// precertificate was stored, and `finalize_order` takes only a processing order.
+    pub(crate) async fn record_certificate(
+        &self,
+        order_id: i64,
+        serial: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        let sa = &self.inner.sa;
+        match sa.set_order_processing(order_id, &self.inner.instance, deadline).await {
+            Ok(()) => {}
+            Err(problem) if problem.kind == ErrorKind::OrderNotReady => {}
+            Err(problem) => return Err(problem),
+        }
+        sa.finalize_order(order_id, serial, deadline).await
+    }
+
     /// The order to finalize, and what the sa knows that finalizing it checks when one read told both. The wfe
     /// leaves the order to that read (`None` in the request); an older wfe sends it, and an older sa answers without
     /// it: then the order is the one sent or read alone, and the facts are asked once it is known.
@@ -261,26 +285,56 @@ impl Registrar {
         order: &Order,
         csr: Vec<u8>,
         renewal: bool,
+        marked: Marked,
         deadline: Option<Instant>,
-    ) -> Result<(String, Vec<u8>), Problem> {
+    ) -> Result<(String, Vec<u8>), IssueFailure> {
         quarry_core::fault::point("ra.finalize_before_issue");
+        let processing_by = match marked {
+            Marked::Already => String::new(),
+            Marked::WithPrecertificate => self.inner.instance.clone(),
+        };
         let issue = IssueCertificateRequest {
             csr,
             account_id: order.account_id,
             order_id: order.id,
             profile: order.profile.clone(),
+            processing_by,
         };
-        let issued = self.inner.ca.issue_certificate(issue, deadline).await?;
+        let issued = match self.inner.ca.issue_certificate(issue, deadline).await {
+            Ok(issued) => issued,
+            Err(problem) if marked == Marked::WithPrecertificate && problem.kind == ErrorKind::OrderNotReady => {
+                return Err(IssueFailure::NotReady(problem));
+            }
+            Err(problem) => return Err(IssueFailure::Failed(problem)),
+        };
         quarry_core::fault::point("ra.finalize_after_issue");
         // The sa made the order valid as it stored the certificate, and the ca says so; an older ca does not.
         if !issued.order_finalized {
-            self.inner.sa.finalize_order(order.id, &issued.serial, deadline).await?;
+            self.record_certificate(order.id, &issued.serial, deadline).await.map_err(IssueFailure::Failed)?;
         }
         let limited: Vec<Identifier> = order.identifiers.iter().map(Identifier::without_wildcard).collect();
         self.inner.limits.issued(order.account_id, &limited, renewal).await;
         tracing::info!(target: "audit", event = "certificate-issued", order_id = order.id, account_id = order.account_id, serial = %issued.serial, names = ?order.identifiers.iter().map(|i| &i.value).collect::<Vec<_>>(), "certificate issued");
         Ok((issued.serial, issued.der))
     }
+}
+
+/// Who marks the order processing, the fuse against finalizing it twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marked {
+    /// The ra did, before answering the client (asynchronous finalization).
+    Already,
+    /// The sa does, in the transaction that stores the precertificate's linting copy.
+    WithPrecertificate,
+}
+
+/// Why issuance stopped.
+enum IssueFailure {
+    /// The order was not ready when its precertificate was to be stored: nothing was stored or signed, and the
+    /// order is left as it is (another finalization began first).
+    NotReady(Problem),
+    /// Anything else: the order is failed, or finished from a precertificate stored before the failure.
+    Failed(Problem),
 }
 
 /// What finalization achieved.

@@ -214,7 +214,7 @@ impl Registrar {
         // Storing the certificate made the order valid; recorded here when the ca does not say so (an older one, or
         // a certificate it had stored already).
         if !issued.order_finalized {
-            inner.sa.finalize_order(order_id, &issued.serial, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await?;
+            self.record_certificate(order_id, &issued.serial, Some(Instant::now() + SWEEP_CALL_TIMEOUT)).await?;
         }
         tracing::info!(target: "audit", event = "issuance-recovered", order_id, serial = %issued.serial, "an interrupted issuance was finished from its precertificate");
         recovered("order", "completed");

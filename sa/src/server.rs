@@ -17,7 +17,9 @@ use tonic::{Request, Response, Status};
 use crate::config::ClientTesting;
 use crate::store::controls::RateLimitOverride;
 use crate::store::recovery::{StuckItem, StuckSince};
-use crate::store::{FinalizationFacts, FinalizationQuestion, NewOrderQuestion, Store, ValidationOutcome};
+use crate::store::{
+    FinalizationFacts, FinalizationQuestion, NewOrderQuestion, SerialReservation, Store, ValidationOutcome,
+};
 
 /// Both services share one store; the read-only service may also read from a replica.
 #[derive(Clone)]
@@ -545,9 +547,13 @@ impl StorageAuthority for Storage {
             // An older ca, which reserved the serial with AddSerial.
             self.store.add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id).await
         } else {
-            let (account_id, order_id) = (req.account_id, req.order_id);
+            let reservation = SerialReservation {
+                order_id: req.order_id,
+                expires: req.expires,
+                processing_by: Some(req.processing_by.as_str()),
+            };
             self.store
-                .reserve_and_add_precertificate(account_id, order_id, &req.der, req.issued, req.expires, req.issuer_id)
+                .reserve_and_add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id, reservation)
                 .await
         };
         reply(stored.map(|_| pb::Empty {}))

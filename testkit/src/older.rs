@@ -1,6 +1,6 @@
-//! An older release of the sa, as a newer caller meets it during a rolling update: a proxy in front of the real sa
-//! that passes every call on and clears, on the way, the request fields that release did not know yet (its protobuf
-//! decoder skips them), so a test sees how the caller copes with the answer that release gives.
+//! Older releases of the sa and the ca, as a newer caller meets them during a rolling update: a proxy in front of
+//! the real service that passes every call on and clears, on the way, the request fields that release did not know
+//! yet (its protobuf decoder skips them), so a test sees how the caller copes with the answer that release gives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
+use quarry_proto::ca::IssueCertificateRequest;
 use quarry_proto::sa::GetFinalizationFactsRequest;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -35,26 +36,83 @@ impl ServiceName for ReadWrite {
     const NAME: &'static str = "quarry.sa.v1.StorageAuthority";
 }
 
-/// The sa before `GetFinalizationFactsRequest.with_order`: it answers the facts without the order.
-pub struct SaWithoutOrderInFacts {
-    /// Where callers reach it (it presents the sa's certificate).
+pub struct CertificateAuthority;
+impl ServiceName for CertificateAuthority {
+    const NAME: &'static str = "quarry.ca.v1.CertificateAuthority";
+}
+
+/// The one RPC whose request the older release reads differently, and the request as it reads it (the message
+/// alone, without gRPC's framing).
+#[derive(Clone, Copy)]
+struct Forgets {
+    rpc: &'static str,
+    rewrite: fn(&[u8]) -> Vec<u8>,
+}
+
+/// An older release of a service, in front of the real one, as the ra reaches it.
+pub struct OlderRelease {
+    /// Where callers reach it (it presents the real service's certificate).
     pub addr: SocketAddr,
     calls: Arc<Mutex<Vec<String>>>,
 }
 
-impl SaWithoutOrderInFacts {
-    /// Serves on `listener` (bound beforehand, so that a caller can be configured with its address before the real
-    /// sa at `sa` exists), passing calls on as the ra.
-    pub async fn start(pki: &TestPki, listener: tokio::net::TcpListener, sa: SocketAddr) -> Self {
-        let addr = listener.local_addr().expect("bound address");
-        let calls = Arc::new(Mutex::new(Vec::new()));
+impl OlderRelease {
+    /// The sa before `GetFinalizationFactsRequest.with_order`: it answers the facts without the order. Serves on
+    /// `listener` (bound beforehand, so that a caller can be configured with its address before the real sa at `sa`
+    /// exists), passing calls on as the ra.
+    pub async fn sa_without_order_in_facts(pki: &TestPki, listener: tokio::net::TcpListener, sa: SocketAddr) -> Self {
+        let forgets = Forgets {
+            rpc: "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts",
+            rewrite: |message| {
+                let mut facts = GetFinalizationFactsRequest::decode(message).expect("a GetFinalizationFactsRequest");
+                facts.with_order = false;
+                facts.encode_to_vec()
+            },
+        };
         let upstream = pki.channel("ra", "sa", sa);
-        let routes = tonic::service::Routes::new(Forward::<ReadOnly>::new(upstream.clone(), calls.clone()))
-            .add_service(Forward::<ReadWrite>::new(upstream, calls.clone()));
-        let tls = pki.tls("sa");
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let routes = tonic::service::Routes::new(Forward::<ReadOnly>::new(upstream.clone(), calls.clone(), forgets))
+            .add_service(Forward::<ReadWrite>::new(upstream, calls.clone(), forgets));
+        Self::serve(pki, listener, "sa", routes, &[ReadOnly::NAME, ReadWrite::NAME], calls)
+    }
+
+    /// The ca before `IssueCertificateRequest.processing_by`: the sa does not take the order's fuse as it stores the
+    /// precertificate, and does not record the certificate as the order's. Serves on `listener`, passing calls on
+    /// to the real ca at `ca` as the ra.
+    pub async fn ca_without_fuse_in_precertificate(
+        pki: &TestPki,
+        listener: tokio::net::TcpListener,
+        ca: SocketAddr,
+    ) -> Self {
+        let forgets = Forgets {
+            rpc: "/quarry.ca.v1.CertificateAuthority/IssueCertificate",
+            rewrite: |message| {
+                let mut issue = IssueCertificateRequest::decode(message).expect("an IssueCertificateRequest");
+                issue.processing_by.clear();
+                issue.encode_to_vec()
+            },
+        };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let routes = tonic::service::Routes::new(Forward::<CertificateAuthority>::new(
+            pki.channel("ra", "ca", ca),
+            calls.clone(),
+            forgets,
+        ));
+        Self::serve(pki, listener, "ca", routes, &[CertificateAuthority::NAME], calls)
+    }
+
+    fn serve(
+        pki: &TestPki,
+        listener: tokio::net::TcpListener,
+        service: &str,
+        routes: tonic::service::Routes,
+        names: &'static [&'static str],
+        calls: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        let addr = listener.local_addr().expect("bound address");
+        let tls = pki.tls(service);
         tokio::spawn(async move {
-            let names = [ReadOnly::NAME, ReadWrite::NAME];
-            let _ = quarry_core::grpc::serve(listener, &tls, routes, &names, std::future::pending()).await;
+            let _ = quarry_core::grpc::serve(listener, &tls, routes, names, std::future::pending()).await;
         });
         Self { addr, calls }
     }
@@ -69,18 +127,19 @@ impl SaWithoutOrderInFacts {
 struct Forward<N> {
     upstream: quarry_core::grpc::Channel,
     calls: Arc<Mutex<Vec<String>>>,
+    forgets: Forgets,
     name: PhantomData<N>,
 }
 
 impl<N> Forward<N> {
-    fn new(upstream: quarry_core::grpc::Channel, calls: Arc<Mutex<Vec<String>>>) -> Self {
-        Self { upstream, calls, name: PhantomData }
+    fn new(upstream: quarry_core::grpc::Channel, calls: Arc<Mutex<Vec<String>>>, forgets: Forgets) -> Self {
+        Self { upstream, calls, forgets, name: PhantomData }
     }
 }
 
 impl<N> Clone for Forward<N> {
     fn clone(&self) -> Self {
-        Self::new(self.upstream.clone(), self.calls.clone())
+        Self::new(self.upstream.clone(), self.calls.clone(), self.forgets)
     }
 }
 
@@ -101,11 +160,9 @@ impl<N: ServiceName> Service<http::Request<Body>> for Forward<N> {
         let mut upstream = self.upstream.clone();
         let path = request.uri().path().to_owned();
         self.calls.lock().expect("calls").push(path.clone());
+        let forgets = self.forgets;
         Box::pin(async move {
-            let request = match path.as_str() {
-                "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts" => without_order_asked(request).await,
-                _ => request,
-            };
+            let request = if path == forgets.rpc { as_read_by(request, forgets.rewrite).await } else { request };
             let response = std::future::poll_fn(|cx| upstream.poll_ready(cx)).await;
             let response = match response {
                 Ok(()) => upstream.call(request).await,
@@ -119,14 +176,12 @@ impl<N: ServiceName> Service<http::Request<Body>> for Forward<N> {
     }
 }
 
-/// The request as an sa that predates `with_order` decodes it. A gRPC message is framed by a compression flag and
-/// its length (four bytes, big-endian); the test's calls are never compressed.
-async fn without_order_asked(request: http::Request<Body>) -> http::Request<Body> {
+/// The request with its message as `rewrite` gives it. A gRPC message is framed by a compression flag and its
+/// length (four bytes, big-endian); the tests' calls are never compressed.
+async fn as_read_by(request: http::Request<Body>, rewrite: fn(&[u8]) -> Vec<u8>) -> http::Request<Body> {
     let (mut parts, body) = request.into_parts();
     let framed = body.collect().await.expect("the request's body").to_bytes();
-    let mut facts = GetFinalizationFactsRequest::decode(&framed[5..]).expect("a GetFinalizationFactsRequest");
-    facts.with_order = false;
-    let message = facts.encode_to_vec();
+    let message = rewrite(&framed[5..]);
     let mut reframed = BytesMut::with_capacity(5 + message.len());
     reframed.put_u8(0);
     reframed.put_u32(u32::try_from(message.len()).expect("a small message"));

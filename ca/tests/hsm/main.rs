@@ -108,7 +108,13 @@ async fn a_token_hierarchy_issues_certificates_and_crls() {
         let mut params = rcgen::CertificateParams::new(vec!["hsm.example.com".to_owned()]).expect("params");
         params.distinguished_name = rcgen::DistinguishedName::new();
         let csr = params.serialize_request(key).expect("csr").der().to_vec();
-        let request = IssueCertificateRequest { csr, account_id: 1, order_id: 1, profile: "classic".into() };
+        let request = IssueCertificateRequest {
+            csr,
+            account_id: 1,
+            order_id: 1,
+            profile: "classic".into(),
+            processing_by: String::new(),
+        };
         let issued = ca.issue_certificate(request).await.unwrap_or_else(|e| panic!("{label}: {e}")).into_inner();
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der).expect("leaf");
         let (_, issuer) = x509_parser::certificate::X509Certificate::from_der(&issued.chain[0]).expect("issuer");

@@ -38,7 +38,13 @@ fn p256_csr(names: &[&str]) -> Vec<u8> {
 }
 
 pub(crate) fn request(csr: Vec<u8>, profile: &str) -> IssueCertificateRequest {
-    IssueCertificateRequest { csr, account_id: ACCOUNT_ID, order_id: ORDER_ID, profile: profile.to_owned() }
+    IssueCertificateRequest {
+        csr,
+        account_id: ACCOUNT_ID,
+        order_id: ORDER_ID,
+        profile: profile.to_owned(),
+        processing_by: String::new(),
+    }
 }
 
 async fn issue(stack: &Stack, request: IssueCertificateRequest) -> Result<IssueCertificateResponse, Problem> {

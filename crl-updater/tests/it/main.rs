@@ -45,7 +45,13 @@ async fn issue(stack: &InProcessStack) -> (Vec<u8>, String) {
     let mut params = rcgen::CertificateParams::new(vec!["crl.example.org".to_owned()]).expect("params");
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&cert_key).expect("csr").der().to_vec();
-    let request = IssueCertificateRequest { csr, account_id: account.id, order_id: 1, profile: "classic".into() };
+    let request = IssueCertificateRequest {
+        csr,
+        account_id: account.id,
+        order_id: 1,
+        profile: "classic".into(),
+        processing_by: String::new(),
+    };
     let ca = stack.pki.channel("ra", "ca", stack.ca);
     let issued = CertificateAuthorityClient::new(ca).issue_certificate(request).await.expect("issued").into_inner();
     (issued.der, issued.serial)

@@ -280,7 +280,7 @@ async fn finalize_reads_the_order_alone_from_an_sa_older_than_facts_with_the_ord
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let older_sa = listener.local_addr().unwrap();
     let inner = InProcessStack::start(false, |ra| ra.sa.address = vec![format!("https://{older_sa}")]).await;
-    let older = quarry_testkit::older::SaWithoutOrderInFacts::start(&inner.pki, listener, inner.sa).await;
+    let older = quarry_testkit::older::OlderRelease::sa_without_order_in_facts(&inner.pki, listener, inner.sa).await;
     let stack = Stack { inner };
     let (account, _) = stack.account().await;
     let names = ["older-sa.example.org"];
@@ -302,6 +302,36 @@ async fn finalize_reads_the_order_alone_from_an_sa_older_than_facts_with_the_ord
     let done = finalize(&stack, &order, account.id, csr(&names)).await.unwrap();
     assert_eq!(done.status, "valid");
     assert!(!done.certificate_serial.is_empty());
+}
+
+/// A ca that predates `processing_by` issues without the order's fuse taken as the precertificate is stored, so the
+/// sa does not record the certificate as the order's: the ra marks the order processing and records the
+/// certificate itself, and the order is valid, its fuse taken, as with a newer ca.
+#[tokio::test]
+async fn finalize_through_a_ca_older_than_the_fuse_in_the_precertificate_still_finalizes_the_order() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let older_ca = listener.local_addr().unwrap();
+    let inner = InProcessStack::start(false, |ra| ra.ca.address = vec![format!("https://{older_ca}")]).await;
+    let older = quarry_testkit::older::OlderRelease::ca_without_fuse_in_precertificate(&inner.pki, listener, inner.ca);
+    let older = older.await;
+    let stack = Stack { inner };
+    let (account, _) = stack.account().await;
+    let names = ["older-ca.example.org"];
+    let order = stack.order(account.id, &names).await.unwrap();
+    stack.inner.va.pass();
+    stack.validate_all(&order, account.id).await;
+
+    let done = finalize(&stack, &order, account.id, csr(&names)).await.unwrap();
+    assert_eq!(done.status, "valid");
+    assert_eq!(older.calls("/quarry.ca.v1.CertificateAuthority/IssueCertificate"), 1);
+    let stored = stack.stored_order(order.id).await;
+    assert_eq!(
+        (stored.status.as_str(), stored.certificate_serial.as_str()),
+        ("valid", done.certificate_serial.as_str())
+    );
+    let again = finalize(&stack, &order, account.id, csr(&names)).await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::OrderNotReady);
+    assert_eq!(older.calls("/quarry.ca.v1.CertificateAuthority/IssueCertificate"), 1, "refused before the ca");
 }
 
 /// During a rolling update the ra may meet an sa that predates GetFinalizationFacts and GetNewOrderFacts: it answers `unimplemented`

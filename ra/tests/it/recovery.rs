@@ -102,6 +102,7 @@ async fn an_order_left_processing_is_finished_from_its_precertificate_or_failed(
         issuer_id: issuer_id(&issuer),
         order_id: order.id,
         expires,
+        processing_by: String::new(),
     };
     as_ca.clone().add_precertificate(stored).await.unwrap();
     assert_eq!(stack.order_status(order.id).await, "processing");

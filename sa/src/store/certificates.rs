@@ -1,7 +1,7 @@
 //! Issuance records: reserved serials, precertificates and certificates, and what storing one records beside it —
 //! its revocation status, its FQDN set, its names and its key — which renewal detection and rate limits read back.
 
-use quarry_core::clock::Timestamp;
+use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
@@ -17,9 +17,14 @@ fn reversed_name(name: &str) -> String {
 
 /// A serial reserved in the transaction that stores its precertificate.
 #[derive(Debug, Clone, Copy)]
-struct SerialReservation {
-    order_id: i64,
-    expires: Timestamp,
+pub struct SerialReservation<'a> {
+    /// The order the serial is for.
+    pub order_id: i64,
+    /// When the reservation may go: the certificate's notAfter.
+    pub expires: Timestamp,
+    /// The ra replica the order begins processing by, in the same transaction; `None` or empty: the ra marked it
+    /// already (or the ca is older; see [`Store::reserve_and_add_precertificate`]).
+    pub processing_by: Option<&'a str>,
 }
 
 /// What storing a final certificate did.
@@ -90,16 +95,21 @@ impl Store {
     /// stores the precertificate (as [`Store::add_precertificate`]) in one transaction, so that the serial row the
     /// order's recovery looks for and the precertificate exist together or not at all. A serial taken already is
     /// `duplicate` (the ca draws another); the same precertificate stored again (a retry) is accepted.
+    ///
+    /// With `processing_by` (a name) the order also begins processing by that ra replica, as
+    /// [`Store::set_order_processing`] does, in the same transaction: an order that is not ready (processing
+    /// already, failed, finalized or expired) gets nothing stored, and the answer is `orderNotReady`. So the fuse
+    /// against finalizing an order twice costs no write of its own, and nothing is signed past it.
     pub async fn reserve_and_add_precertificate(
         &self,
         account_id: i64,
-        order_id: i64,
         der: &[u8],
         issued: Timestamp,
-        expires: Timestamp,
         issuer_id: i64,
+        reservation: SerialReservation<'_>,
     ) -> Result<String, Problem> {
-        let reservation = SerialReservation { order_id, expires };
+        let processing_by = reservation.processing_by.filter(|by| !by.is_empty() && reservation.order_id != 0);
+        let reservation = SerialReservation { processing_by, ..reservation };
         self.store_precertificate(account_id, der, issued, issuer_id, Some(reservation)).await
     }
 
@@ -109,7 +119,7 @@ impl Store {
         der: &[u8],
         issued: Timestamp,
         issuer_id: i64,
-        reservation: Option<SerialReservation>,
+        reservation: Option<SerialReservation<'_>>,
     ) -> Result<String, Problem> {
         let facts = CertificateFacts::parse(der)?;
         // With a reservation, a retry is found when the serial turns out to be taken, so the usual first try reads
@@ -144,8 +154,17 @@ impl Store {
                 "INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, ${order_id}, $3, ${expires})"
             ));
         }
+        // Last, so that its row alone is the answer: the order begins processing only while it is ready.
+        let begins_processing = reservation.is_some_and(|r| r.processing_by.is_some());
+        if begins_processing {
+            let (order_id, began, by) = (10 + names.len(), 12 + names.len(), 13 + names.len());
+            writes.push(format!(
+                "UPDATE orders SET began_processing = ${began}, processing_by = ${by} WHERE id = ${order_id} \
+                 AND began_processing = 0 AND certificate_serial = '' AND error IS NULL AND expires > ${began} RETURNING id"
+            ));
+        }
         let sql = self.backend().one_statement(&writes);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
             .bind(&facts.serial)
             .bind(account_id)
             .bind(issued)
@@ -160,15 +179,30 @@ impl Store {
         }
         if let Some(reservation) = reservation {
             query = query.bind(reservation.order_id).bind(reservation.expires);
+            if let Some(by) = reservation.processing_by {
+                query = query.bind(now().max(1)).bind(by);
+            }
         }
         let mut tx = self.begin_write().await?;
-        if let Err(problem) = query.execute(&mut *tx).await.map_err(db_error) {
+        // All rows, as `add_certificate_for_order` reads them: the UPDATE's, when there is one, is the last.
+        let began = match query.fetch_all(&mut *tx).await.map_err(db_error) {
+            Ok(rows) => !begins_processing || !rows.is_empty(),
+            Err(problem) => {
+                drop(tx);
+                // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
+                if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
+                    return Ok(facts.serial);
+                }
+                return Err(problem);
+            }
+        };
+        if !began {
             drop(tx);
-            // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
-            if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
+            // The order was not ready — unless this is a retry whose first try began its processing and stored this.
+            if self.precertificate_stored(&facts.serial, der).await? {
                 return Ok(facts.serial);
             }
-            return Err(problem);
+            return Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing, or no longer ready"));
         }
         tx.commit().await.map_err(db_error)?;
         Ok(facts.serial)

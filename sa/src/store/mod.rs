@@ -22,6 +22,7 @@ pub(crate) mod renewal_info;
 pub(crate) mod revocation;
 
 pub use authorizations::ValidationOutcome;
+pub use certificates::SerialReservation;
 pub use database::{Backend, PoolSettings, Store};
 pub use finalization_facts::{FinalizationFacts, FinalizationQuestion};
 pub use new_order_facts::NewOrderQuestion;

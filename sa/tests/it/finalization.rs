@@ -1,6 +1,7 @@
-//! Finalization's four sa calls, on every backend: the ra's one read of what it checks (GetFinalizationFacts), its
-//! fuse (SetOrderProcessing), the ca's precertificate with its serial reserved in the same write, and its
-//! certificate with its order finalized in the same write — and the older callers' calls they replace, still served.
+//! Finalization's sa calls, on every backend: the ra's one read of what it checks (GetFinalizationFacts), the ca's
+//! precertificate with its serial reserved and its order's fuse taken in the same write (or the fuse taken alone by
+//! SetOrderProcessing, for an asynchronous finalization), and its certificate with its order finalized in the same
+//! write — and the older callers' calls they replace, still served.
 
 use crate::*;
 
@@ -23,7 +24,15 @@ async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
 /// serial.
 fn stored(account_id: i64, order_id: i64, der: &[u8], expires: i64) -> AddCertificateRequest {
     let issued = quarry_core::clock::now();
-    AddCertificateRequest { account_id, der: der.to_vec(), issued, issuer_id: 7, order_id, expires }
+    AddCertificateRequest {
+        account_id,
+        der: der.to_vec(),
+        issued,
+        issuer_id: 7,
+        order_id,
+        expires,
+        processing_by: String::new(),
+    }
 }
 
 /// The order `id` as the wfe reads it.
@@ -180,6 +189,75 @@ async fn a_serial_is_reserved_with_its_precertificate() {
             AddSerialRequest { account_id: account.id, serial: "08ab".into(), created: 1, expires, order_id: 0 };
         sa.rw("ca").add_serial(reserved).await.unwrap();
         sa.rw("ca").add_precertificate(stored(account.id, 0, &der, 0)).await.unwrap();
+    }
+}
+
+/// Who the order's fuse names, read from the table: the sweeper adopts a processing order by it.
+async fn processing_by(sa: &Sa, order_id: i64) -> (i64, String) {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&sa.db.url).await.expect("connect");
+    let row: (i64, String) = sqlx::query_as("SELECT began_processing, processing_by FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("the order's row");
+    let _ = conn.close().await;
+    row
+}
+
+/// A precertificate stored with `processing_by` takes its order's fuse in the same write: the order is processing
+/// by that ra from then on, a retry of the same call is accepted, and a second precertificate for the order (another
+/// finalization) is `orderNotReady` with nothing of it stored — nor is one for an order that failed. Without
+/// `processing_by` (an asynchronous finalization, whose ra took the fuse before) the order is left as it is.
+#[tokio::test]
+async fn a_precertificate_takes_its_orders_fuse_once() {
+    for sa in Sa::every_backend().await {
+        let account = sa.account().await;
+        let order = ready_order(&sa, account.id, "fuse.example.org").await;
+        let expires = quarry_core::clock::now() + 90 * DAY;
+        let with_fuse = |der: &[u8]| AddCertificateRequest {
+            processing_by: "ra-a".into(),
+            ..stored(account.id, order.id, der, expires)
+        };
+        let der = certificate("fuse.example.org", &[0x0a, 0x01]);
+        sa.rw("ca").add_precertificate(with_fuse(&der)).await.unwrap();
+        assert_eq!(order_of(&sa, order.id).await.status, "processing", "{}", sa.db.url);
+        let (began, by) = processing_by(&sa, order.id).await;
+        assert!(began > 0, "{}", sa.db.url);
+        assert_eq!(by, "ra-a", "{}", sa.db.url);
+        sa.rw("ca").add_precertificate(with_fuse(&der)).await.expect("the same precertificate again: a retry");
+
+        let (serials, precertificates) = (sa.db.count("serials").await, sa.db.count("precertificates").await);
+        let second = certificate("fuse.example.org", &[0x0a, 0x02]);
+        let refused = sa.rw("ca").add_precertificate(with_fuse(&second)).await.unwrap_err();
+        assert_eq!(problem_kind(&refused), quarry_core::ErrorKind::OrderNotReady, "{}", sa.db.url);
+        assert_eq!(sa.db.count("serials").await, serials, "{}", sa.db.url);
+        assert_eq!(sa.db.count("precertificates").await, precertificates, "{}", sa.db.url);
+        let missing = sa.ro("ca").get_precertificate(Serial { serial: "0a02".into() }).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound, "{}", sa.db.url);
+        assert_eq!(processing_by(&sa, order.id).await, (began, "ra-a".to_owned()), "{}", sa.db.url);
+
+        // The rest of the flow: the certificate makes the order valid.
+        let answer = sa.rw("ca").add_certificate(stored(account.id, order.id, &der, 0)).await.unwrap().into_inner();
+        assert!(answer.order_finalized, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, order.id).await.status, "valid", "{}", sa.db.url);
+
+        // A failed order takes no precertificate.
+        let failed = ready_order(&sa, account.id, "failed.example.org").await;
+        let error = Some(pb::Problem { kind: "serverInternal".into(), detail: "gave up".into(), subproblems: vec![] });
+        sa.rw("ra").set_order_error(SetOrderErrorRequest { id: failed.id, error }).await.unwrap();
+        let der = certificate("failed.example.org", &[0x0a, 0x03]);
+        let request =
+            AddCertificateRequest { processing_by: "ra-a".into(), ..stored(account.id, failed.id, &der, expires) };
+        let refused = sa.rw("ca").add_precertificate(request).await.unwrap_err();
+        assert_eq!(problem_kind(&refused), quarry_core::ErrorKind::OrderNotReady, "{}", sa.db.url);
+        assert_eq!(order_of(&sa, failed.id).await.status, "invalid", "{}", sa.db.url);
+
+        // Without `processing_by` the order is not touched.
+        let ready = ready_order(&sa, account.id, "async.example.org").await;
+        precertificate_for(&sa, account.id, ready.id, "async.example.org", &[0x0a, 0x04]).await;
+        assert_eq!(order_of(&sa, ready.id).await.status, "ready", "{}", sa.db.url);
+        assert_eq!(processing_by(&sa, ready.id).await.0, 0, "{}", sa.db.url);
     }
 }
 

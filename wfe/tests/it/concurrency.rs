@@ -41,6 +41,8 @@ async fn parallel_finalize_issues_exactly_one_certificate() {
         assert_eq!(issued, 1, "{}", stack.services.db.url);
         assert_eq!(stack.services.db.count("certificates").await, 1);
         assert_eq!(stack.services.db.count("serials").await, 1);
+        // The losers were refused as their precertificates were to be stored: nothing of them is kept.
+        assert_eq!(stack.services.db.count("precertificates").await, 1);
     }
 }
 

@@ -92,11 +92,11 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
     for folded in ["GetOrderForNames", "CheckIdentifiersPaused", "GetValidAuthorizations"] {
         assert_eq!(sa_calls(&format!("/quarry.sa.v1.StorageAuthorityReadOnly/{folded}")), 0.0, "{sa_text}");
     }
-    // The finalization made four sa calls: the ra's one read of what it checks and its fuse, the ca's
-    // precertificate (its serial reserved in the same write) and certificate (its order finalized in the same write).
+    // The finalization made three sa calls: the ra's one read of what it checks, the ca's precertificate (its serial
+    // reserved and its order's fuse taken in the same write) and certificate (its order finalized in the same write).
     for (rpc, calls) in [
         ("StorageAuthorityReadOnly/GetFinalizationFacts", 1.0),
-        ("StorageAuthority/SetOrderProcessing", 1.0),
+        ("StorageAuthority/SetOrderProcessing", 0.0),
         ("StorageAuthority/AddPrecertificate", 1.0),
         ("StorageAuthority/AddCertificate", 1.0),
         ("StorageAuthorityReadOnly/GetOrderAuthorizations", 0.0),
