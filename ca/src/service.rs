@@ -357,11 +357,8 @@ impl CaService {
                 Err(problem) if problem.kind == ErrorKind::Duplicate => {
                     warn!(attempt, serial = serial_hex, "random serial already taken");
                 }
-                // Another finalization of the order got there first; nothing was stored, and nothing is signed.
-                Err(problem) if problem.kind == ErrorKind::OrderNotReady => {
-                    info!(order_id = request.order_id, %problem, "the order is not ready: no precertificate");
-                    return Err(problem);
-                }
+                // Another finalization of the order got there first: nothing was stored, and nothing is signed.
+                Err(problem) if problem.kind == ErrorKind::OrderNotReady => return Err(problem),
                 Err(problem) => {
                     // Stored or not (an answer lost), the order's recovery finds out by the serial's reservation.
                     warn!(serial = serial_hex, order_id = request.order_id, %problem, "precertificate not stored");
