@@ -196,12 +196,10 @@ impl Store {
                 return Err(problem);
             }
         };
+        // Not ready, and not a retry either: a retry's first try, had it committed, would have made the INSERTs
+        // fail as `duplicate` above.
         if !began {
             drop(tx);
-            // The order was not ready — unless this is a retry whose first try began its processing and stored this.
-            if self.precertificate_stored(&facts.serial, der).await? {
-                return Ok(facts.serial);
-            }
             return Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing, or no longer ready"));
         }
         tx.commit().await.map_err(db_error)?;
