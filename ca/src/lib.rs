@@ -19,6 +19,7 @@ mod crl_service;
 mod error;
 pub mod extensions;
 pub mod files;
+mod final_submissions;
 pub mod issuance;
 pub mod lint;
 pub mod pkcs11;

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use tracing::{error, info, warn};
 
+use crate::final_submissions::FinalSubmissions;
 use crate::issuance::{
     CertProfile, IssueRequest, Issuer, KeyAlgorithm, Prepared, issuer_id, prepare_precertificate, random_serial,
     sign_final_certificate, sign_precertificate,
@@ -37,9 +38,6 @@ pub(crate) const SERVICE_NAME: &str = quarry_proto::ca::certificate_authority_se
 /// How many random serials to try before giving up; a collision of 136-bit random values means a broken RNG,
 /// so more than a couple of retries would only hide it.
 const SERIAL_ATTEMPTS: usize = 3;
-
-/// How long the background submission of a final certificate to CT logs may take.
-const FINAL_SUBMISSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One loaded issuer with what the configuration says about it.
 pub(crate) struct ConfiguredIssuer {
@@ -82,6 +80,7 @@ struct Finisher {
     issuers: Arc<Vec<ConfiguredIssuer>>,
     sa: SaClient,
     publisher: PublisherClient,
+    final_submissions: FinalSubmissions,
 }
 
 /// Once signing begins, storing what is signed gets at least this long, whatever the caller's deadline.
@@ -179,7 +178,12 @@ impl CaService {
             return Err(invalid(format!("default_profile {:?} is not in profiles", config.default_profile)));
         }
         Ok(Self {
-            finisher: Finisher { issuers: Arc::clone(&issuers), sa: sa.clone(), publisher },
+            finisher: Finisher {
+                issuers: Arc::clone(&issuers),
+                sa: sa.clone(),
+                final_submissions: FinalSubmissions::new(Arc::new(publisher.clone())),
+                publisher,
+            },
             issuers,
             crl_shards: config.crl_shards,
             serial_prefix: config.serial_prefix,
@@ -473,23 +477,10 @@ impl Finisher {
             "issuer" => chosen.issuer.subject().to_owned(),
         )
         .increment(1);
-        self.submit_final(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
+        // For the logs that take final certificates; nobody waits for it.
+        self.final_submissions.submit(vec![der.clone(), chosen.issuer.certificate_der().to_vec()]);
         let chain = vec![chosen.issuer.certificate_der().to_vec()];
         Ok(IssueCertificateResponse { der, chain, serial: serial_hex, order_finalized })
-    }
-
-    /// Hands the final certificate to the publisher for the logs that take them; nobody waits for it.
-    fn submit_final(&self, chain: Vec<Vec<u8>>) {
-        let publisher = self.publisher.clone();
-        tokio::spawn(
-            async move {
-                let deadline = Some(Instant::now() + FINAL_SUBMISSION_TIMEOUT);
-                if let Err(problem) = publisher.submit_final_certificate(chain, deadline).await {
-                    warn!(%problem, "final certificate not handed to the publisher");
-                }
-            }
-            .in_current_span(),
-        );
     }
 }
 

@@ -16,6 +16,7 @@ pub mod policy;
 mod service;
 
 pub use error::Error;
+pub use service::MOST_FINAL_CERTIFICATES;
 
 /// The full gRPC name of the service, the key of its allowlist in `grpc.services`.
 pub const SERVICE_NAME: &str = quarry_proto::publisher::publisher_server::SERVICE_NAME;

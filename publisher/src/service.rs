@@ -13,13 +13,16 @@ use quarry_core::http_client::{HttpClient, http_client};
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::core::Empty;
 use quarry_proto::publisher::publisher_server::{Publisher, PublisherServer};
-use quarry_proto::publisher::{Scts, SubmitRequest};
+use quarry_proto::publisher::{Scts, SubmitFinalCertificatesRequest, SubmitRequest};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::log::{CtLog, Submission};
 use crate::policy::{Obtained, SctPolicy};
 use crate::{Config, Error, SERVICE_NAME};
+
+/// The most final certificates one `SubmitFinalCertificates` call may carry.
+pub const MOST_FINAL_CERTIFICATES: usize = 256;
 
 pub(crate) struct PublisherService {
     logs: Arc<Vec<CtLog>>,
@@ -96,10 +99,34 @@ impl Publisher for PublisherService {
 
     async fn submit_final_certificate(&self, request: Request<SubmitRequest>) -> Result<Response<Empty>, Status> {
         let chain = request.into_inner().chain;
-        if chain.len() < 2 {
-            return Err(Problem::malformed("the chain needs a certificate and its issuer").into());
+        check_final_chain(&chain)?;
+        self.submit_final(chain);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn submit_final_certificates(
+        &self,
+        request: Request<SubmitFinalCertificatesRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let certificates = request.into_inner().certificates;
+        if certificates.len() > MOST_FINAL_CERTIFICATES {
+            let detail = format!("at most {MOST_FINAL_CERTIFICATES} final certificates in one call");
+            return Err(Problem::malformed(detail).into());
         }
-        // Nobody waits for these: the certificate is already issued, and its SCTs are embedded.
+        for certificate in &certificates {
+            check_final_chain(&certificate.chain)?;
+        }
+        for certificate in certificates {
+            self.submit_final(certificate.chain);
+        }
+        Ok(Response::new(Empty {}))
+    }
+}
+
+impl PublisherService {
+    /// Submits a final certificate to every log that takes them, in the background: nobody waits for these, as the
+    /// certificate is already issued with its SCTs embedded.
+    fn submit_final(&self, chain: Vec<Vec<u8>>) {
         let (logs, client) = (Arc::clone(&self.logs), self.client.clone());
         tokio::spawn(async move {
             for log in logs.iter().filter(|log| log.submit_final) {
@@ -108,8 +135,14 @@ impl Publisher for PublisherService {
                 }
             }
         });
-        Ok(Response::new(Empty {}))
     }
+}
+
+fn check_final_chain(chain: &[Vec<u8>]) -> Result<(), Problem> {
+    if chain.len() < 2 {
+        return Err(Problem::malformed("the chain needs a certificate and its issuer"));
+    }
+    Ok(())
 }
 
 pub(crate) async fn serve(

@@ -1,6 +1,7 @@
-//! Older releases of the sa and the ca, as a newer caller meets them during a rolling update: a proxy in front of
-//! the real service that passes every call on and clears, on the way, the request fields that release did not know
-//! yet (its protobuf decoder skips them), so a test sees how the caller copes with the answer that release gives.
+//! Older releases of the sa, the ca and the publisher, as a newer caller meets them during a rolling update: a proxy
+//! in front of the real service that passes every call on and clears, on the way, the request fields that release
+//! did not know yet (its protobuf decoder skips them), or answers `unimplemented` for an RPC it did not have, so a
+//! test sees how the caller copes with the answer that release gives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,12 +42,20 @@ impl ServiceName for CertificateAuthority {
     const NAME: &'static str = "quarry.ca.v1.CertificateAuthority";
 }
 
-/// The one RPC whose request the older release reads differently, and the request as it reads it (the message
-/// alone, without gRPC's framing).
+pub struct Publisher;
+impl ServiceName for Publisher {
+    const NAME: &'static str = "quarry.publisher.v1.Publisher";
+}
+
+/// A request's message as the older release reads it (the message alone, without gRPC's framing).
+type Rewrite = fn(&[u8]) -> Vec<u8>;
+
+/// The one RPC the older release has differently: its request read another way (`rewrite` gives the message as it
+/// reads it, without gRPC's framing), or, without `rewrite`, the RPC missing.
 #[derive(Clone, Copy)]
 struct Forgets {
     rpc: &'static str,
-    rewrite: fn(&[u8]) -> Vec<u8>,
+    rewrite: Option<Rewrite>,
 }
 
 /// An older release of a service, in front of the real one, as the ra reaches it.
@@ -63,11 +72,11 @@ impl OlderRelease {
     pub async fn sa_without_order_in_facts(pki: &TestPki, listener: tokio::net::TcpListener, sa: SocketAddr) -> Self {
         let forgets = Forgets {
             rpc: "/quarry.sa.v1.StorageAuthorityReadOnly/GetFinalizationFacts",
-            rewrite: |message| {
+            rewrite: Some(|message| {
                 let mut facts = GetFinalizationFactsRequest::decode(message).expect("a GetFinalizationFactsRequest");
                 facts.with_order = false;
                 facts.encode_to_vec()
-            },
+            }),
         };
         let upstream = pki.channel("ra", "sa", sa);
         let calls = Arc::new(Mutex::new(Vec::new()));
@@ -86,11 +95,11 @@ impl OlderRelease {
     ) -> Self {
         let forgets = Forgets {
             rpc: "/quarry.ca.v1.CertificateAuthority/IssueCertificate",
-            rewrite: |message| {
+            rewrite: Some(|message| {
                 let mut issue = IssueCertificateRequest::decode(message).expect("an IssueCertificateRequest");
                 issue.processing_by.clear();
                 issue.encode_to_vec()
-            },
+            }),
         };
         let calls = Arc::new(Mutex::new(Vec::new()));
         let routes = tonic::service::Routes::new(Forward::<CertificateAuthority>::new(
@@ -99,6 +108,20 @@ impl OlderRelease {
             forgets,
         ));
         Self::serve(pki, listener, "ca", routes, &[CertificateAuthority::NAME], calls)
+    }
+
+    /// The publisher before `SubmitFinalCertificates`. Serves on `listener`, passing calls on to the real publisher
+    /// at `publisher` as the ca.
+    pub async fn publisher_without_batches(
+        pki: &TestPki,
+        listener: tokio::net::TcpListener,
+        publisher: SocketAddr,
+    ) -> Self {
+        let forgets = Forgets { rpc: "/quarry.publisher.v1.Publisher/SubmitFinalCertificates", rewrite: None };
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let upstream = pki.channel("ca", "publisher", publisher);
+        let routes = tonic::service::Routes::new(Forward::<Publisher>::new(upstream, calls.clone(), forgets));
+        Self::serve(pki, listener, "publisher", routes, &[Publisher::NAME], calls)
     }
 
     fn serve(
@@ -162,7 +185,11 @@ impl<N: ServiceName> Service<http::Request<Body>> for Forward<N> {
         self.calls.lock().expect("calls").push(path.clone());
         let forgets = self.forgets;
         Box::pin(async move {
-            let request = if path == forgets.rpc { as_read_by(request, forgets.rewrite).await } else { request };
+            let request = match forgets.rewrite {
+                _ if path != forgets.rpc => request,
+                Some(rewrite) => as_read_by(request, rewrite).await,
+                None => return Ok(tonic::Status::unimplemented(format!("{path} is not known here")).into_http()),
+            };
             let response = std::future::poll_fn(|cx| upstream.poll_ready(cx)).await;
             let response = match response {
                 Ok(()) => upstream.call(request).await,
@@ -178,7 +205,7 @@ impl<N: ServiceName> Service<http::Request<Body>> for Forward<N> {
 
 /// The request with its message as `rewrite` gives it. A gRPC message is framed by a compression flag and its
 /// length (four bytes, big-endian); the tests' calls are never compressed.
-async fn as_read_by(request: http::Request<Body>, rewrite: fn(&[u8]) -> Vec<u8>) -> http::Request<Body> {
+async fn as_read_by(request: http::Request<Body>, rewrite: Rewrite) -> http::Request<Body> {
     let (mut parts, body) = request.into_parts();
     let framed = body.collect().await.expect("the request's body").to_bytes();
     let message = rewrite(&framed[5..]);

@@ -389,6 +389,30 @@ async fn every_certificate_embeds_verifying_scts_from_both_operators() {
     assert_eq!(stack.publisher.logs[0].certificates(), vec![response.der.clone()]);
 }
 
+/// A publisher older than `SubmitFinalCertificates` answers it `unimplemented`: the ca then sends the final
+/// certificate in a call of its own, and the logs get it all the same.
+#[tokio::test]
+async fn an_older_publisher_gets_the_final_certificate_in_a_call_of_its_own() {
+    const BATCH: &str = "/quarry.publisher.v1.Publisher/SubmitFinalCertificates";
+    const ONE: &str = "/quarry.publisher.v1.Publisher/SubmitFinalCertificate";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let older = listener.local_addr().expect("address");
+    let stack = Stack::start_with(|config| config.publisher.address = vec![format!("https://{older}")]).await;
+    let older =
+        quarry_testkit::older::OlderRelease::publisher_without_batches(&stack.pki, listener, stack.publisher.addr);
+    let older = older.await;
+    let response = issue(&stack, request(p256_csr(&["older.example"]), "classic")).await.expect("issued");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.publisher.logs.iter().any(|log| log.certificates().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "final certificate never submitted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for log in &stack.publisher.logs {
+        assert_eq!(log.certificates(), vec![response.der.clone()]);
+    }
+    assert_eq!((older.calls(BATCH), older.calls(ONE)), (1, 1), "asked in a batch, refused, then sent alone");
+}
+
 #[tokio::test]
 async fn without_enough_scts_nothing_is_issued_but_the_serial_stays_revocable() {
     let stack = Stack::start().await;

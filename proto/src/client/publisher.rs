@@ -42,4 +42,28 @@ impl PublisherClient {
         )
         .map(drop)
     }
+
+    /// Hands several final certificates (each a chain: it, then its issuer) to the logs that take them, in one call.
+    /// `Ok(false)`: the publisher is older than the call, and has taken none of them.
+    pub async fn submit_final_certificates(
+        &self,
+        chains: Vec<Vec<Vec<u8>>>,
+        deadline: Deadline,
+    ) -> Result<bool, Problem> {
+        const PATH: &str = "/quarry.publisher.v1.Publisher/SubmitFinalCertificates";
+        let request = SubmitFinalCertificatesRequest {
+            certificates: chains.into_iter().map(|chain| SubmitRequest { chain }).collect(),
+        };
+        let reply = self
+            .peer
+            .call(PATH, crate::client::idempotence(PATH), &request, deadline, |channel, request| async move {
+                Publisher::new(channel).submit_final_certificates(request).await
+            })
+            .await;
+        match reply {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(false),
+            Err(status) => Err(Problem::from(status)),
+        }
+    }
 }

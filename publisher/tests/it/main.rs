@@ -58,9 +58,18 @@ async fn start(pki: &TestPki, logs: &[TestLog], timeout_ms: u64) -> PublisherCli
     start_at(pki, logs, timeout_ms).await.0
 }
 
+/// The test PKI's issuer, as the ca loads it.
+fn issuer(pki: &TestPki) -> quarry_ca::issuance::Issuer {
+    quarry_ca::issuance::Issuer::from_pem_files(&pki.issuer_cert(), &pki.issuer_key()).expect("issuer")
+}
+
 /// A precertificate chain from the test PKI's issuer: (precertificate, issuer).
 fn precertificate_chain(pki: &TestPki) -> Vec<Vec<u8>> {
-    let issuer = quarry_ca::issuance::Issuer::from_pem_files(&pki.issuer_cert(), &pki.issuer_key()).expect("issuer");
+    precertificate_chain_by(&issuer(pki))
+}
+
+/// A precertificate chain signed by `issuer`: (precertificate, issuer).
+fn precertificate_chain_by(issuer: &quarry_ca::issuance::Issuer) -> Vec<Vec<u8>> {
     let key = rcgen::KeyPair::generate().expect("key");
     let csr = rcgen::CertificateParams::new(vec!["ct.example.com".to_owned()])
         .expect("params")
@@ -77,8 +86,8 @@ fn precertificate_chain(pki: &TestPki) -> Vec<Vec<u8>> {
         crl_url: "http://c.quarry.example.com/e1/0.crl".into(),
         issuer_url: "http://i.quarry.example.com/e1.der".into(),
     };
-    let prepared = quarry_ca::issuance::prepare_precertificate(&issuer, &request).expect("prepared");
-    let precertificate = quarry_ca::issuance::sign_precertificate(&issuer, &prepared).expect("precertificate");
+    let prepared = quarry_ca::issuance::prepare_precertificate(issuer, &request).expect("prepared");
+    let precertificate = quarry_ca::issuance::sign_precertificate(issuer, &prepared).expect("precertificate");
     vec![precertificate, issuer.certificate_der().to_vec()]
 }
 
@@ -158,6 +167,52 @@ async fn bad_requests_and_strangers_are_refused() {
     let status = stranger.get_scts(SubmitRequest { chain: precertificate_chain(&pki) }).await.expect_err("ra");
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(logs.iter().all(|l| l.log.precertificates().is_empty()), "nothing reached a log");
+}
+
+/// Final certificates reach every log that takes them, sent one per call or several in one; a batch holding a chain
+/// without its issuer, or more certificates than one call takes, is refused whole, and nothing of it is submitted.
+#[tokio::test]
+async fn final_certificates_reach_every_log_one_per_call_or_several_in_one() {
+    use quarry_proto::publisher::SubmitFinalCertificatesRequest;
+    let pki = TestPki::new();
+    let logs = [log("a"), log("b")];
+    let mut client = start(&pki, &logs, 5_000).await;
+    // Three final certificates, each with the SCTs of its precertificate.
+    let issuer = issuer(&pki);
+    let mut chains: Vec<Vec<Vec<u8>>> = Vec::new();
+    for _ in 0..3 {
+        let precertificate = precertificate_chain_by(&issuer);
+        let scts = get_scts(&mut client, &precertificate).await.expect("SCTs");
+        let certificate =
+            quarry_ca::issuance::sign_final_certificate(&issuer, &precertificate[0], &scts).expect("final");
+        chains.push(vec![certificate, precertificate[1].clone()]);
+    }
+    let certificates = |chains: &[Vec<Vec<u8>>]| SubmitFinalCertificatesRequest {
+        certificates: chains.iter().map(|chain| SubmitRequest { chain: chain.clone() }).collect(),
+    };
+    let mut bad = chains[1..].to_vec();
+    bad.push(vec![b"no issuer".to_vec()]);
+    let status = client.submit_final_certificates(certificates(&bad)).await.expect_err("a chain without its issuer");
+    assert_eq!(quarry_core::Problem::from(status).kind, quarry_core::ErrorKind::Malformed);
+    let too_many = vec![chains[0].clone(); quarry_publisher::MOST_FINAL_CERTIFICATES + 1];
+    let status = client.submit_final_certificates(certificates(&too_many)).await.expect_err("too many");
+    assert_eq!(quarry_core::Problem::from(status).kind, quarry_core::ErrorKind::Malformed);
+
+    client.submit_final_certificate(SubmitRequest { chain: chains[0].clone() }).await.expect("one");
+    client.submit_final_certificates(certificates(&chains[1..])).await.expect("two in one call");
+    let leaves: Vec<Vec<u8>> = chains.iter().map(|chain| chain[0].clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for test_log in &logs {
+        while test_log.log.certificates().len() < leaves.len() {
+            assert!(Instant::now() < deadline, "final certificates never submitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut submitted = test_log.log.certificates();
+        submitted.sort();
+        let mut expected = leaves.clone();
+        expected.sort();
+        assert_eq!(submitted, expected, "each once, nothing of the refused batches");
+    }
 }
 
 #[test]
