@@ -550,7 +550,7 @@ impl StorageAuthority for Storage {
             let reservation = SerialReservation {
                 order_id: req.order_id,
                 expires: req.expires,
-                processing_by: Some(req.processing_by.as_str()),
+                processing_by: Some(req.processing_by.as_str()).filter(|by| !by.is_empty()),
             };
             self.store
                 .reserve_and_add_precertificate(req.account_id, &req.der, req.issued, req.issuer_id, reservation)

@@ -45,6 +45,16 @@ macro_rules! rpc {
 }
 pub(crate) use rpc;
 
+/// A call's answer, or `None` from a peer that predates the call (`unimplemented`, during a rolling update): its
+/// caller then does what it did before the call existed.
+pub(crate) fn unless_unimplemented<R>(reply: Result<R, tonic::Status>) -> Result<Option<R>, quarry_core::Problem> {
+    match reply {
+        Ok(reply) => Ok(Some(reply)),
+        Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(status) => Err(quarry_core::Problem::from(status)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

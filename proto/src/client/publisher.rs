@@ -5,7 +5,7 @@ use std::time::Instant;
 use quarry_core::Problem;
 use quarry_core::peer::Peer;
 
-use crate::client::rpc;
+use crate::client::{rpc, unless_unimplemented};
 use crate::publisher::publisher_client::PublisherClient as Publisher;
 use crate::publisher::*;
 
@@ -60,10 +60,6 @@ impl PublisherClient {
                 Publisher::new(channel).submit_final_certificates(request).await
             })
             .await;
-        match reply {
-            Ok(_) => Ok(true),
-            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(false),
-            Err(status) => Err(Problem::from(status)),
-        }
+        Ok(unless_unimplemented(reply)?.is_some())
     }
 }

@@ -22,8 +22,8 @@ pub struct SerialReservation<'a> {
     pub order_id: i64,
     /// When the reservation may go: the certificate's notAfter.
     pub expires: Timestamp,
-    /// The ra replica the order begins processing by, in the same transaction; `None` or empty: the ra marked it
-    /// already (or the ca is older; see [`Store::reserve_and_add_precertificate`]).
+    /// The ra replica the order begins processing by, in the same transaction; `None`: the ra marked it already (or
+    /// the ca is older; see [`Store::reserve_and_add_precertificate`]).
     pub processing_by: Option<&'a str>,
 }
 
@@ -108,7 +108,7 @@ impl Store {
         issuer_id: i64,
         reservation: SerialReservation<'_>,
     ) -> Result<String, Problem> {
-        let processing_by = reservation.processing_by.filter(|by| !by.is_empty() && reservation.order_id != 0);
+        let processing_by = reservation.processing_by.filter(|_| reservation.order_id != 0);
         let reservation = SerialReservation { processing_by, ..reservation };
         self.store_precertificate(account_id, der, issued, issuer_id, Some(reservation)).await
     }

@@ -6,7 +6,7 @@ use quarry_core::model::{Account, Authorization, NewOrderFacts, Order, OrderPage
 use tonic::codec::Streaming;
 
 use super::{Deadline, FinalizationFacts, SaClient};
-use crate::client::rpc;
+use crate::client::{rpc, unless_unimplemented};
 use crate::core as pb;
 use crate::sa::storage_authority_read_only_client::StorageAuthorityReadOnlyClient as Ro;
 use crate::sa::*;
@@ -359,15 +359,5 @@ impl SaClient {
             renewal: reply.renewal,
             order: reply.order.as_ref().map(Order::try_from).transpose()?,
         }))
-    }
-}
-
-/// A call's answer, or `None` from an sa that predates the call (`unimplemented`, during a rolling update): its caller
-/// then asks the older calls the new one replaces.
-fn unless_unimplemented<R>(reply: Result<R, tonic::Status>) -> Result<Option<R>, Problem> {
-    match reply {
-        Ok(reply) => Ok(Some(reply)),
-        Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
-        Err(status) => Err(Problem::from(status)),
     }
 }
