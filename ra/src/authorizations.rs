@@ -13,11 +13,11 @@ use quarry_proto::core as pb;
 use quarry_proto::ra::{DeactivateAuthorizationRequest, PerformValidationRequest};
 use quarry_proto::sa as sapb;
 use quarry_proto::va::{CaaRequest, DcvRequest};
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::ValidationProfile;
 use crate::registrar::Registrar;
+use crate::validations::{Registered, ValidationUnderWay};
 
 /// How long past its timeout a validation's outcome is offered to the sa before the sweeper may take it over.
 pub(crate) const RECORD_GRACE: Duration = Duration::from_secs(30);
@@ -40,8 +40,12 @@ impl Registrar {
         }
         match authz.status {
             AuthorizationStatus::Valid => return Ok(authz),
+            // The wfe's copy says pending as it was shown; it may have expired since (a read would say so).
+            AuthorizationStatus::Pending if authz.expires <= now() => {
+                return Err(not_pending(AuthorizationStatus::Expired));
+            }
             AuthorizationStatus::Pending => {}
-            other => return Err(Problem::malformed(format!("authorization is not pending (it is {other})"))),
+            other => return Err(not_pending(other)),
         }
         let challenge = authz
             .challenges
@@ -60,27 +64,32 @@ impl Registrar {
         let account = self.account_from(req.account.as_ref(), authz.account_id, deadline).await?;
         let jwk = Jwk::from_slice(&account.jwk).map_err(|_| Problem::internal("stored account key does not parse"))?;
         let key_authorization = quarry_jose::key_authorization(&challenge.token, &jwk);
-        let processing = sapb::SetAuthorizationProcessingRequest {
-            id: authz.id,
-            attempted: challenge.kind.as_str().to_owned(),
-            attempted_at: now(),
-            owner: self.inner.instance.clone(),
-        };
-        match self.inner.sa.set_authorization_processing(processing, deadline).await {
+        let wait = wait_for_outcome(req.wait_ms, deadline);
+        // A validation that holds the fuse already (on another replica, or outlasting its wait here) is not
+        // started again: the fuse refuses this one, and the answer is the sa's authorization.
+        let fused = authz.challenges.iter().any(|c| c.status == ChallengeStatus::Processing);
+        if wait.is_zero() || fused {
+            return self.validate_fused_first(authz, challenge.kind, key_authorization, deadline).await;
+        }
+        self.validate_fused_if_slow(authz, challenge.kind, key_authorization, wait, deadline).await
+    }
+
+    /// A caller that will not wait is answered "processing" at once, so the fuse is taken first: every later
+    /// reader, and the sweeper, see the validation under way. A POST for a validation fused already ends here too.
+    async fn validate_fused_first(
+        &self,
+        authz: Authorization,
+        kind: ChallengeType,
+        key_authorization: String,
+        deadline: Option<Instant>,
+    ) -> Result<Authorization, Problem> {
+        match self.take_validation_fuse(&authz, kind, now(), deadline).await {
             Ok(()) => {
-                let started = processing_started(&authz, challenge.kind);
-                let recorded = self.spawn_validation(authz, challenge.kind, key_authorization);
-                // The sa's conditional update succeeded, so its state is known without reading it back; the wfe
-                // may wait a while for the outcome instead, so that its client's first poll finds it settled.
-                let wait = wait_for_outcome(req.wait_ms, deadline);
-                if !wait.is_zero()
-                    && let Ok(Ok(settled)) = tokio::time::timeout(wait, recorded).await
-                {
-                    return Ok(settled);
-                }
-                return Ok(started);
+                drop(self.validation_of(authz.clone(), kind, key_authorization));
+                // The sa's conditional update succeeded, so its state is known without reading it back.
+                Ok(processing_started(&authz, kind))
             }
-            Err(problem) if problem.kind == ErrorKind::Conflict => {}
+            Err(problem) if problem.kind == ErrorKind::Conflict => self.authorization(authz.id, deadline).await,
             Err(problem) => {
                 // A validation started by a racing POST may have finished since the authorization was read: a
                 // now-valid authorization is the answer, as it would have been a moment later.
@@ -88,10 +97,70 @@ impl Registrar {
                 if current.status == AuthorizationStatus::Valid {
                     return Ok(current);
                 }
-                return Err(problem);
+                Err(problem)
             }
         }
-        self.authorization(authz.id, deadline).await
+    }
+
+    /// A caller that waits for the outcome is answered with it, as the sa recorded it: the validation runs before
+    /// any fuse is taken (as Boulder's, which stores no "processing" at all), which saves the sa a write for every
+    /// validation that ends within the wait. One that outlasts it is answered "processing", so the fuse is taken
+    /// then, before the answer: whatever a client was told is what every reader, and the sweeper, find stored.
+    /// POSTs racing on this replica share one validation ([`Registrar::validation_of`]); POSTs racing on two
+    /// replicas may validate twice, and the first outcome recorded is the authorization's.
+    async fn validate_fused_if_slow(
+        &self,
+        authz: Authorization,
+        kind: ChallengeType,
+        key_authorization: String,
+        wait: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Authorization, Problem> {
+        let started_at = now();
+        let outcome = self.validation_of(authz.clone(), kind, key_authorization);
+        if let Ok(recorded) = tokio::time::timeout(wait, outcome.recorded()).await {
+            if let Some(settled) = recorded {
+                return Ok(settled);
+            }
+            // Not recorded by this one: a racing replica's outcome was first (the answer), the sa was out of reach
+            // (still pending), or the wfe's copy was stale and the authorization had been deactivated meanwhile,
+            // which is refused as it would have been had the wfe read it.
+            let current = self.authorization(authz.id, deadline).await?;
+            return match current.status {
+                AuthorizationStatus::Valid | AuthorizationStatus::Invalid | AuthorizationStatus::Pending => Ok(current),
+                other => Err(not_pending(other)),
+            };
+        }
+        match self.take_validation_fuse(&authz, kind, started_at, deadline).await {
+            Ok(()) => Ok(processing_started(&authz, kind)),
+            Err(problem) => {
+                // Another validation holds the fuse, or an outcome was recorded since the wait ended: either way
+                // the sa's authorization is the answer.
+                let current = self.authorization(authz.id, deadline).await?;
+                if problem.kind == ErrorKind::Conflict || current.status != AuthorizationStatus::Pending {
+                    return Ok(current);
+                }
+                Err(problem)
+            }
+        }
+    }
+
+    /// Marks `authz` as under validation by this replica since `started_at`: the sa's conditional update, a fuse
+    /// against a second validation and the sweeper's handle on one this replica leaves unfinished.
+    async fn take_validation_fuse(
+        &self,
+        authz: &Authorization,
+        kind: ChallengeType,
+        started_at: i64,
+        deadline: Option<Instant>,
+    ) -> Result<(), Problem> {
+        let processing = sapb::SetAuthorizationProcessingRequest {
+            id: authz.id,
+            attempted: kind.as_str().to_owned(),
+            attempted_at: started_at,
+            owner: self.inner.instance.clone(),
+        };
+        self.inner.sa.set_authorization_processing(processing, deadline).await
     }
 
     pub(crate) async fn deactivate_authorization(
@@ -108,29 +177,28 @@ impl Registrar {
         Ok(authz)
     }
 
-    /// Runs a validation whose start the sa recorded. It outlives the client's request: it has its own timeout, not
-    /// the request's deadline; it stays part of the challenge request's trace, and is recorded as failed if the ra
-    /// must stop first.
-    /// The receiver gets the authorization as the sa recorded the outcome (nothing when it could not be recorded,
-    /// or the sa is older and does not say).
-    pub(crate) fn spawn_validation(
+    /// The validation of `authz` under way on this replica (or recorded a moment ago), or a new one by `kind`. A
+    /// new one outlives the client's request: it has its own timeout, not the request's deadline; it stays part of
+    /// the trace of the request that started it, and is recorded as failed if the ra must stop first.
+    pub(crate) fn validation_of(
         &self,
         authz: Authorization,
         kind: ChallengeType,
         key_authorization: String,
-    ) -> oneshot::Receiver<Authorization> {
+    ) -> ValidationUnderWay {
+        let (settle, outcome) = match self.inner.validations.register(authz.id) {
+            Registered::Existing(outcome) => return outcome,
+            Registered::New(settle, outcome) => (settle, outcome),
+        };
         let registrar = self.clone();
         let abandon = self.inner.abandon.clone();
-        let (recorded, outcome) = oneshot::channel();
         self.inner.background.spawn(
             async move {
-                let settled = tokio::select! {
-                    settled = registrar.validate_in_background(authz.clone(), kind, key_authorization) => settled,
+                let recorded = tokio::select! {
+                    recorded = registrar.validate_in_background(authz.clone(), kind, key_authorization) => recorded,
                     () = abandon.cancelled() => registrar.abandon_validation(&authz, kind).await,
                 };
-                if let Some(settled) = settled {
-                    let _ = recorded.send(settled);
-                }
+                registrar.inner.validations.settle(settle, recorded);
             }
             .in_current_span(),
         );
@@ -313,6 +381,11 @@ pub(crate) fn failed_validation(
         validation_records: Vec::new(),
         validation_error: Some(pb::Problem::from(problem)),
     }
+}
+
+/// Why an authorization in `status` cannot be validated, as the sa says it too.
+fn not_pending(status: AuthorizationStatus) -> Problem {
+    Problem::malformed(format!("authorization is not pending (it is {status})"))
 }
 
 /// The most the ra waits for a validation's outcome before answering, whatever the wfe asks: a request held

@@ -4,7 +4,8 @@
 //!
 //! `registrar` holds the state every use case shares and `service` serves it as the
 //! `quarry.ra.v1.RegistrationAuthority` gRPC service, handing each call to its use case: `accounts`, `orders`,
-//! `authorizations` (validation included), `finalization` and `revocation`. `recovery` takes over work a crashed
+//! `authorizations` (validation included, with `validations`, those under way here), `finalization` and
+//! `revocation`. `recovery` takes over work a crashed
 //! replica left mid-way, and `badkeys` revokes the certificates of blocked keys.
 
 mod accounts;
@@ -19,6 +20,7 @@ mod recovery;
 mod registrar;
 mod revocation;
 mod service;
+mod validations;
 
 use std::collections::BTreeMap;
 use std::future::Future;

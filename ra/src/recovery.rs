@@ -170,7 +170,7 @@ impl Registrar {
             tracing::info!(target: "audit", event = "validation-retried", authorization_id = authz.id, challenge = %challenge.kind, "an interrupted validation runs again");
             recovered("validation", "retried");
             // Nobody waits for this one: its client polls.
-            drop(self.spawn_validation(authz, challenge.kind, key_authorization));
+            drop(self.validation_of(authz, challenge.kind, key_authorization));
             return Ok(Some(Recovered::Retried));
         }
         let problem = Problem::internal(

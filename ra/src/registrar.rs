@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::RateLimits;
+use crate::validations::Validations;
 use crate::{Config, Error, ValidationProfile};
 
 /// The service state; cheap to clone into background tasks.
@@ -47,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) instance: String,
     /// Wakes the bad-key revoker when a key was just blocked here.
     pub(crate) bad_key_blocked: tokio::sync::Notify,
+    /// The validations under way on this replica, and those it just recorded: a POST for one waits on it.
+    pub(crate) validations: Validations,
 }
 
 /// How long an abandoned validation or finalization may take to record its failure.
@@ -75,6 +78,7 @@ impl Registrar {
                 abandon: CancellationToken::new(),
                 instance: random_instance()?,
                 bad_key_blocked: tokio::sync::Notify::new(),
+                validations: Validations::default(),
             }),
         })
     }

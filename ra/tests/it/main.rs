@@ -442,15 +442,31 @@ async fn a_wait_answers_with_the_outcome_as_recorded() {
     assert_eq!(settled.status, "valid", "{settled:?}");
     assert_eq!(settled.challenges[0].status, "valid");
     assert_eq!(settled, stack.authorization(quick).await, "the answer is what the sa shows");
+    // An outcome within the wait is the sa's one write: no fuse was taken before it (it would name this ra).
+    let fused = |id: i64| format!("authorizations WHERE id = {id} AND attempted_by <> ''");
+    assert_eq!(stack.inner.db.count(&fused(quick)).await, 0, "no fuse for a validation within the wait");
 
     let slow = stack.order(account.id, &["slow.example.org"]).await.unwrap().authorization_ids[0];
     stack.inner.va.hold(true);
     let began = Instant::now();
     let started = stack.ra("wfe").perform_validation(start(slow, 300)).await.unwrap().into_inner();
     let waited = began.elapsed();
-    stack.inner.va.hold(false);
     assert_eq!(started.challenges[0].status, "processing");
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3), "waited {waited:?}");
+    // Answered "processing", the validation is stored as under way (by this ra, for the sweeper), as every reader
+    // then finds it; a second POST meanwhile joins it instead of starting another.
+    assert_eq!(started, stack.authorization(slow).await, "the answer is what the sa shows");
+    assert_eq!(stack.inner.db.count(&fused(slow)).await, 1, "the fuse was taken before the answer");
+    let again = stack.ra("wfe").perform_validation(start(slow, 100)).await.unwrap().into_inner();
+    assert_eq!(again, started);
+    stack.inner.va.hold(false);
+    let begun = Instant::now();
+    while stack.authorization(slow).await.status == "pending" {
+        assert!(begun.elapsed() < Duration::from_secs(10), "the validation was not recorded after its late fuse");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.authorization(slow).await.status, "valid");
+    assert_eq!(stack.inner.va.calls(), 2, "one validation each, the second POST's included");
 }
 
 /// A copy whose id is not the one asked for is ignored: the ra reads the authorization asked for.

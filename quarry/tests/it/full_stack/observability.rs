@@ -107,6 +107,10 @@ async fn every_service_serves_metrics_that_move_with_issuance() {
         ("StorageAuthorityReadOnly/GetAuthorization", 0.0),
         // Nor the certificate: its download was served from what the finalize answer issued.
         ("StorageAuthorityReadOnly/GetCertificate", 0.0),
+        // The validation ended within the challenge answer's wait, so the sa was written once, with its outcome:
+        // no fuse was taken first.
+        ("StorageAuthority/SetAuthorizationProcessing", 0.0),
+        ("StorageAuthority/FinalizeAuthorization", 1.0),
     ] {
         let rpc = format!("/quarry.sa.v1.{rpc}");
         let served = metric(&sa_text, "quarry_grpc_server_requests_total", &[("rpc", &rpc)]);
