@@ -91,8 +91,9 @@ pub struct Config {
     #[serde(default)]
     pub authz_retry_after_secs: Option<u64>,
     /// How long a POST-as-GET of an order being issued, or of an authorization or challenge being validated, waits
-    /// for that work to settle before answering (re-reading it from the sa); 0 answers at once. At most 5000, and
-    /// under `request_timeout_ms`.
+    /// for that work to settle before answering (re-reading it from the sa); 0 answers at once. A challenge's answer
+    /// waits as long at the ra, whose validation then takes its fuse in the sa only if it outlasts the wait (0: the
+    /// fuse is taken first, a write more per validation). At most 5000, and under `request_timeout_ms`.
     #[serde(default = "default_hold_processing_ms")]
     pub hold_processing_ms: u64,
     /// How many order URLs one page of an account's orders list holds (RFC 8555 §7.1.2.1); 1 to 1000, the most the
