@@ -65,10 +65,12 @@ struct Entry {
 
 impl Entry {
     /// Whether a POST for its authorization is answered by it: while under way, and a moment after its outcome was
-    /// recorded. One that could not be recorded answers nothing: the next POST validates again.
+    /// recorded. One that could not be recorded, or whose task ended without settling it, answers nothing: the next
+    /// POST validates again.
     fn answers(&self) -> bool {
         match self.settled_at {
-            None => true,
+            // `has_changed` fails once the sender is gone.
+            None => self.outcome.has_changed().is_ok(),
             Some(at) => at.elapsed() < RECENTLY && matches!(*self.outcome.borrow(), Some(Some(_))),
         }
     }
@@ -85,7 +87,7 @@ impl Validations {
             return Registered::Existing(ValidationUnderWay(entry.outcome.clone()));
         }
         if registry.by_authorization.len() >= registry.prune_at {
-            registry.by_authorization.retain(|_, entry| entry.settled_at.is_none() || entry.answers());
+            registry.by_authorization.retain(|_, entry| entry.answers());
             registry.prune_at = (2 * registry.by_authorization.len()).max(PRUNE_AT_LEAST);
         }
         let (sender, outcome) = watch::channel(None);
@@ -93,16 +95,16 @@ impl Validations {
         Registered::New(Settle { authorization_id, sender }, ValidationUnderWay(outcome))
     }
 
-    /// Gives the validation's outcome to everyone waiting on it, and to the POSTs of the next moment.
+    /// Gives the validation's outcome to everyone waiting on it, and to the POSTs of the next moment. The outcome is
+    /// sent before the entry is marked settled, under the lock, so that no POST finds it settled without an outcome
+    /// (which would start another validation). The entry is still this validation's: one is replaced only once it
+    /// answers nothing, that is after it settled or lost its sender.
     pub(crate) fn settle(&self, settle: Settle, recorded: Option<Authorization>) {
         let mut registry = self.lock();
-        if let Some(entry) = registry.by_authorization.get_mut(&settle.authorization_id)
-            && entry.outcome.same_channel(&settle.sender.subscribe())
-        {
+        settle.sender.send_replace(Some(recorded));
+        if let Some(entry) = registry.by_authorization.get_mut(&settle.authorization_id) {
             entry.settled_at = Some(Instant::now());
         }
-        drop(registry);
-        settle.sender.send_replace(Some(recorded));
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -182,6 +184,10 @@ mod tests {
         let (settle, waiting) = new(&validations, 7);
         drop(settle);
         assert!(waiting.recorded().await.is_none());
+        // Nor does it answer the next POST, which validates again.
+        let (settle, again) = new(&validations, 7);
+        validations.settle(settle, Some(recorded(7)));
+        assert_eq!(again.recorded().await.map(|a| a.id), Some(7));
     }
 
     #[test]
