@@ -5,6 +5,7 @@
 mod addresses;
 pub mod caa;
 mod dns01;
+mod dns_exchange;
 mod error;
 mod http01;
 pub mod quorum;

@@ -3,12 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::{RData, Record, RecordType};
+
+use crate::dns_exchange::DnsExchange;
 
 /// One CAA resource record, as a lookup returns it (RFC 8659 §4.1); `caa` decides what a set of them allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,27 +41,21 @@ pub trait Resolver: Send + Sync {
 /// A stub resolver asking exactly one configured server (UDP, then TCP when truncated): no system configuration,
 /// no hosts file, no search domains and no cache, so that every validation sees the DNS as it is now.
 pub struct DnsResolver {
-    resolver: TokioResolver,
+    exchange: DnsExchange,
     server: SocketAddr,
 }
 
 impl DnsResolver {
     /// `query_timeout` bounds each query attempt (two attempts are made).
     pub fn new(server: SocketAddr, query_timeout: Duration) -> Result<Self, String> {
-        let config = quarry_core::discovery::one_server(server);
-        let mut options = ResolverOpts::default();
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        options.cache_size = 0;
-        options.use_hosts_file = ResolveHosts::Never;
-        options.timeout = query_timeout;
-        options.attempts = 2;
-        // Names are always fully qualified; nothing is ever appended to them.
-        options.ndots = 0;
-        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { resolver, server })
+        Ok(Self { exchange: DnsExchange::new(server, query_timeout, 2), server })
+    }
+
+    /// The records of `record_type` in the answer to `name`: the answer section also holds the CNAMEs the server
+    /// followed, which no caller wants.
+    async fn records(&self, name: &str, record_type: RecordType) -> Result<Vec<Record>, LookupError> {
+        let answers = self.exchange.ask(&fqdn(name), record_type).await?;
+        Ok(answers.into_iter().filter(|record| record.record_type() == record_type).collect())
     }
 }
 
@@ -82,9 +73,10 @@ pub fn txt_values(answers: &[Record]) -> Vec<String> {
         .collect()
 }
 
-/// The answer section of a DNS response in wire format, as a resolver receives it; `None` when it does not parse.
+/// The answer section of a DNS response in wire format, parsed as the va's exchange parses a reply; `None` when it
+/// does not parse. The `dns_answers` fuzzer's entry.
 pub fn decode_answers(wire: &[u8]) -> Option<Vec<Record>> {
-    let message = hickory_resolver::proto::op::Message::from_vec(wire).ok()?;
+    let message = hickory_proto::op::Message::from_vec(wire).ok()?;
     Some(message.answers)
 }
 
@@ -107,46 +99,37 @@ fn fqdn(name: &str) -> String {
     if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
 }
 
-fn classify(err: NetError) -> LookupError {
-    match err {
-        NetError::Dns(DnsError::NoRecordsFound(_)) => LookupError::NotFound,
-        NetError::Dns(DnsError::ResponseCode(code)) => LookupError::Failed(response_code_name(code)),
-        NetError::Timeout => LookupError::Failed("timeout".to_owned()),
-        other => {
-            tracing::debug!(error = %other, "dns lookup failed");
-            LookupError::Failed("networking error".to_owned())
-        }
-    }
-}
-
-/// The mnemonic operators know from dig, rather than the library's prose.
-fn response_code_name(code: ResponseCode) -> String {
-    match code {
-        ResponseCode::ServFail => "SERVFAIL".to_owned(),
-        ResponseCode::Refused => "REFUSED".to_owned(),
-        ResponseCode::FormErr => "FORMERR".to_owned(),
-        ResponseCode::NotImp => "NOTIMP".to_owned(),
-        other => format!("rcode {}", u16::from(other)),
-    }
-}
-
 #[tonic::async_trait]
 impl Resolver for DnsResolver {
+    /// A and AAAA asked at once; either failing is forgiven when the other has addresses (as hickory's and
+    /// Boulder's resolvers do), so a server that fumbles AAAA does not fail an IPv4-only name.
     async fn lookup_ips(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
-        let lookup = self.resolver.lookup_ip(fqdn(name)).await.map_err(classify)?;
-        let ips: Vec<IpAddr> = lookup.iter().collect();
-        if ips.is_empty() { Err(LookupError::NotFound) } else { Ok(ips) }
+        let (v4, v6) = tokio::join!(self.records(name, RecordType::A), self.records(name, RecordType::AAAA));
+        let ips: Vec<IpAddr> = [&v4, &v6]
+            .into_iter()
+            .flat_map(|found| found.iter().flatten())
+            .filter_map(|record| match &record.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })
+            .collect();
+        if !ips.is_empty() {
+            return Ok(ips);
+        }
+        match (v4, v6) {
+            (Err(LookupError::Failed(why)), _) | (_, Err(LookupError::Failed(why))) => Err(LookupError::Failed(why)),
+            _ => Err(LookupError::NotFound),
+        }
     }
 
     async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        let lookup = self.resolver.txt_lookup(fqdn(name)).await.map_err(classify)?;
-        let values = txt_values(lookup.answers());
+        let values = txt_values(&self.records(name, RecordType::TXT).await?);
         if values.is_empty() { Err(LookupError::NotFound) } else { Ok(values) }
     }
 
     async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
-        let lookup = self.resolver.lookup(fqdn(name), RecordType::CAA).await.map_err(classify)?;
-        Ok(caa_records(lookup.answers()))
+        Ok(caa_records(&self.records(name, RecordType::CAA).await?))
     }
 
     fn addresses(&self) -> Vec<String> {
@@ -162,18 +145,5 @@ mod tests {
     fn names_become_fully_qualified_once() {
         assert_eq!(fqdn("example.com"), "example.com.");
         assert_eq!(fqdn("example.com."), "example.com.");
-    }
-
-    #[test]
-    fn failures_read_like_dig() {
-        assert_eq!(
-            classify(NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail))),
-            LookupError::Failed("SERVFAIL".into())
-        );
-        assert_eq!(classify(NetError::Timeout), LookupError::Failed("timeout".into()));
-        assert_eq!(
-            classify(NetError::Msg("socket exploded: 0x1234".into())),
-            LookupError::Failed("networking error".into())
-        );
     }
 }
