@@ -6,6 +6,7 @@ use std::time::Duration;
 use hickory_proto::rr::{RData, Record, RecordType};
 
 use crate::dns_exchange::DnsExchange;
+pub use crate::dns_exchange::LookupError;
 
 /// One CAA resource record, as a lookup returns it (RFC 8659 §4.1); `caa` decides what a set of them allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,15 +15,6 @@ pub struct CaaRecord {
     pub critical: bool,
     pub tag: String,
     pub value: String,
-}
-
-/// Why a lookup found nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LookupError {
-    /// The name does not exist (NXDOMAIN), or has no records of the type asked for.
-    NotFound,
-    /// The resolver failed; the text (`SERVFAIL`, `timeout`, ...) is fit for a problem detail.
-    Failed(String),
 }
 
 /// The lookups domain validation makes.
