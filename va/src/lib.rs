@@ -193,7 +193,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     config.validate()?;
-    // Two attempts per query, A and AAAA in parallel: DNS takes at most half of a validation's time.
+    // Two attempts per question, each at most a quarter of a validation's time (UDP and a TCP retry together); the
+    // validation's own timeout bounds a CAA climb's several questions.
     let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4).map_err(Error::Resolver)?;
     let remotes =
         config.remotes.iter().map(|remote| RemoteVa::connect(remote, &config.tls)).collect::<Result<Vec<_>, _>>()?;

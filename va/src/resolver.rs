@@ -43,11 +43,9 @@ impl DnsResolver {
         Ok(Self { exchange: DnsExchange::new(server, query_timeout, 2), server })
     }
 
-    /// The records of `record_type` in the answer to `name`: the answer section also holds the CNAMEs the server
-    /// followed, which no caller wants.
+    /// The records of `record_type` for `name`, CNAMEs followed.
     async fn records(&self, name: &str, record_type: RecordType) -> Result<Vec<Record>, LookupError> {
-        let answers = self.exchange.ask(&fqdn(name), record_type).await?;
-        Ok(answers.into_iter().filter(|record| record.record_type() == record_type).collect())
+        self.exchange.lookup(&fqdn(name), record_type).await
     }
 }
 
