@@ -14,6 +14,7 @@ TARGETS = [
     ("quarry-sqlite", "Quarry, SQLite"),
     ("quarry-postgres", "Quarry, PostgreSQL"),
     ("quarry-replicas", "Quarry, SQLite, --replicas 2"),
+    ("quarry-replicas-postgres", "Quarry, PostgreSQL, --replicas 2"),
     ("pebble", "Pebble 2.4 (Debian)"),
 ]
 # Test fixtures that `quarry dev` hosts in its supervising process, `quarry-dev` (the challenge DNS server, two fake

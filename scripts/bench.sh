@@ -2,8 +2,8 @@
 # The side-by-side benchmark: Quarry (`quarry dev` on SQLite, then on PostgreSQL) and Pebble (Debian's package, its
 # random validation sleeps and nonce rejection off) each take `quarry loadgen` at 1, 4, 16 and 64 clients, one after
 # another in one run on loopback, and the results become BENCHMARKS.md. `--only quarry-replicas` adds (or runs alone)
-# `quarry dev --replicas 2` on SQLite. Pebble, when asked for with Quarry, runs beside the first Quarry target: its
-# load at each client count follows Quarry's at once.
+# `quarry dev --replicas 2` on SQLite, `quarry-replicas-postgres` the same on PostgreSQL. Pebble, when asked for with
+# Quarry, runs beside the first Quarry target: its load at each client count follows Quarry's at once.
 #   scripts/bench.sh [--clients "1 4 16 64"] [--duration SECONDS] [--out BENCHMARKS.md] [--only quarry-sqlite,...]
 #                    [--loadgen-args "--honour-retry-after ..."]   (added to every loadgen run, every target)
 # Builds the release binary first (or uses $QUARRY_BIN); installs pebble and PostgreSQL from Debian when missing.
@@ -115,7 +115,7 @@ run_quarry() {
   # Only this stack's processes and its own PostgreSQL cluster's (the postmaster and its children): the load
   # generator recognises processes by name, and another cluster on the machine (the tests') would count too.
   local processes=quarry,quarry-dev under=$server_pid
-  if [[ $target == quarry-postgres ]]; then
+  if [[ $target == quarry-postgres || $target == quarry-replicas-postgres ]]; then
     processes=quarry,quarry-dev,postgres
     under=$server_pid,$(head -n 1 "$pg_dir/data/postmaster.pid")
   fi
@@ -180,11 +180,16 @@ for target in ${only//,/ }; do
     # The replicated topology on the same host: two processes of each service (on 2 cores they cannot add
     # throughput; what they cost is the point), the load balancer in quarry dev's own process.
     quarry-replicas) run_quarry quarry-replicas --replicas 2 ;;
-    quarry-postgres)
+    # The replicated topology on the database replicated deployments use: two sas on one SQLite file would also
+    # measure the sas emptying each other's page caches, which no hosted environment does.
+    quarry-postgres | quarry-replicas-postgres)
       pg_dir=$work/postgres
       url=$(bash scripts/postgres.sh start "$pg_dir" 5490)
-      run_quarry quarry-postgres --db "$url"
+      replicas=()
+      [[ $target == quarry-replicas-postgres ]] && replicas=(--replicas 2)
+      run_quarry "$target" --db "$url" "${replicas[@]}"
       bash scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1; pg_dir=
+      rm -rf "$work/postgres"
       ;;
     pebble)
       if [[ $pebble_paired == no ]]; then
