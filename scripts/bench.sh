@@ -188,8 +188,7 @@ for target in ${only//,/ }; do
       replicas=()
       [[ $target == quarry-replicas-postgres ]] && replicas=(--replicas 2)
       run_quarry "$target" --db "$url" "${replicas[@]}"
-      bash scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1; pg_dir=
-      rm -rf "$work/postgres"
+      bash scripts/postgres.sh stop "$pg_dir" >/dev/null 2>&1; rm -rf "$pg_dir"; pg_dir=
       ;;
     pebble)
       if [[ $pebble_paired == no ]]; then

@@ -145,7 +145,7 @@ impl Discovery {
 }
 
 /// A resolver configuration that asks `server` alone, over UDP and then TCP, on its port.
-pub fn one_server(server: SocketAddr) -> ResolverConfig {
+fn one_server(server: SocketAddr) -> ResolverConfig {
     let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
         .into_iter()
         .map(|mut connection| {

@@ -127,7 +127,7 @@ impl DnsExchange {
 
     async fn over_tcp(&self, question: &Question) -> Result<Message, Miss> {
         let mut stream = TcpStream::connect(self.server).await.map_err(Miss::Network)?;
-        stream.set_nodelay(true).map_err(Miss::Network)?;
+        quarry_core::tcp::no_delay(&mut stream);
         let len = u16::try_from(question.wire.len()).map_err(|_| Miss::Malformed)?;
         let mut framed = Vec::with_capacity(question.wire.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());

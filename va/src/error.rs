@@ -8,6 +8,4 @@ pub enum Error {
     Config(#[from] quarry_core::config::ConfigError),
     #[error(transparent)]
     Grpc(#[from] quarry_core::grpc::GrpcError),
-    #[error("cannot set up the DNS resolver: {0}")]
-    Resolver(String),
 }

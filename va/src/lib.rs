@@ -195,7 +195,7 @@ pub async fn serve(
     config.validate()?;
     // Two attempts per question, each at most a quarter of a validation's time (UDP and a TCP retry together); the
     // validation's own timeout bounds a CAA climb's several questions.
-    let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4).map_err(Error::Resolver)?;
+    let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4);
     let remotes =
         config.remotes.iter().map(|remote| RemoteVa::connect(remote, &config.tls)).collect::<Result<Vec<_>, _>>()?;
     let authority = ValidationAuthority::new(&config, Arc::new(resolver)).with_remotes(remotes);

@@ -39,8 +39,8 @@ pub struct DnsResolver {
 
 impl DnsResolver {
     /// `query_timeout` bounds each query attempt (two attempts are made).
-    pub fn new(server: SocketAddr, query_timeout: Duration) -> Result<Self, String> {
-        Ok(Self { exchange: DnsExchange::new(server, query_timeout, 2), server })
+    pub fn new(server: SocketAddr, query_timeout: Duration) -> Self {
+        Self { exchange: DnsExchange::new(server, query_timeout, 2), server }
     }
 
     /// The records of `record_type` for `name`, CNAMEs followed.
