@@ -23,6 +23,7 @@ use crate::error::{ErrorKind, Problem, SubProblem};
 use crate::tls::MutualTls;
 
 pub(crate) mod client;
+mod coalesced_writes;
 
 pub use client::{Channel, TraceContext, channel, check_health, health_status};
 

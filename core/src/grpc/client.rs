@@ -17,13 +17,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 use tonic::{Request, Status};
 
+use super::coalesced_writes::{CoalescedWrites, EndingBodies};
 use super::{GrpcError, Measured, Side, request_with_deadline};
 use crate::config::{ConfigError, GrpcClientConfig, TlsFiles};
 use crate::tls::MutualTls;
 
 /// A channel to a peer service that carries the caller's trace context in every request, so that one ACME
 /// request is one trace across every service.
-pub type Channel = InterceptedService<Measured<tonic::transport::Channel>, TraceContext>;
+pub type Channel = InterceptedService<Measured<EndingBodies<tonic::transport::Channel>>, TraceContext>;
 
 /// Puts the current span's W3C trace context into each outgoing request's metadata.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,7 +83,7 @@ struct ReplicaConnector {
 }
 
 impl tower::Service<http::Uri> for ReplicaConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = TokioIo<CoalescedWrites<tokio_rustls::client::TlsStream<TcpStream>>>;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -103,7 +104,7 @@ impl tower::Service<http::Uri> for ReplicaConnector {
                 .connect(server_name, stream)
                 .await
                 .map_err(|err| std::io::Error::new(err.kind(), format!("TLS handshake with {addr}: {err}")))?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(CoalescedWrites::new(stream)))
         })
     }
 }
@@ -125,7 +126,8 @@ pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTls) -> Result<Channe
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     let connector = ReplicaConnector { addr, tls };
-    let measured = Measured { inner: endpoint.connect_with_connector_lazy(connector), side: Side::Client };
+    let measured =
+        Measured { inner: EndingBodies(endpoint.connect_with_connector_lazy(connector)), side: Side::Client };
     Ok(InterceptedService::new(measured, TraceContext))
 }
 

@@ -5,8 +5,9 @@
 //! it): the wfe learns the replicas by discovery and computes their prefixes, so nothing maps prefixes to replicas
 //! by hand, and two replicas never share one.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -23,8 +24,11 @@ pub const PREFIX_LEN: usize = 8;
 
 /// The prefix of the nonce replica reached at `addr`: the first 48 bits of HMAC-SHA256(`key`, "IP:PORT"), base64url.
 pub fn nonce_prefix(key: &[u8], addr: SocketAddr) -> String {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-    let tag = aws_lc_rs::hmac::sign(&key, addr.to_string().as_bytes());
+    prefix_with(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key), addr)
+}
+
+fn prefix_with(key: &aws_lc_rs::hmac::Key, addr: SocketAddr) -> String {
+    let tag = aws_lc_rs::hmac::sign(key, addr.to_string().as_bytes());
     URL_SAFE_NO_PAD.encode(&tag.as_ref()[..PREFIX_LEN / 4 * 3])
 }
 
@@ -32,7 +36,11 @@ pub fn nonce_prefix(key: &[u8], addr: SocketAddr) -> String {
 #[derive(Clone)]
 pub struct NonceClient {
     peer: Peer,
-    prefix_key: Arc<[u8]>,
+    prefix_key: Arc<aws_lc_rs::hmac::Key>,
+    /// Each replica's prefix, computed the first time a nonce is redeemed while it is known: every POST redeems one,
+    /// and an HMAC per replica per POST was work repeated for an answer that never changes. Addresses discovery no
+    /// longer lists are simply never asked for; the map holds one entry per address ever seen (a handful).
+    prefixes: Arc<Mutex<HashMap<SocketAddr, String>>>,
 }
 
 impl std::fmt::Debug for NonceClient {
@@ -45,7 +53,8 @@ type Deadline = Option<Instant>;
 
 impl NonceClient {
     pub fn new(peer: Peer, prefix_key: &[u8]) -> Self {
-        Self { peer, prefix_key: prefix_key.into() }
+        let prefix_key = Arc::new(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, prefix_key));
+        Self { peer, prefix_key, prefixes: Arc::default() }
     }
 
     pub fn peer(&self) -> &Peer {
@@ -63,7 +72,11 @@ impl NonceClient {
     /// The replica whose prefix `nonce` starts with, among those known now.
     pub fn replica_of(&self, nonce: &str) -> Option<SocketAddr> {
         let prefix = nonce.get(..PREFIX_LEN)?;
-        self.peer.replicas().into_iter().find(|addr| nonce_prefix(&self.prefix_key, *addr) == prefix)
+        let replicas = self.peer.replicas();
+        let mut known = self.prefixes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        replicas
+            .into_iter()
+            .find(|addr| known.entry(*addr).or_insert_with(|| prefix_with(&self.prefix_key, *addr)).as_str() == prefix)
     }
 
     /// Redeems `nonce` at the replica that minted it: `false` for a replay, a forgery, or a nonce of no known replica
