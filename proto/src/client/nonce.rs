@@ -37,9 +37,9 @@ fn prefix_with(key: &aws_lc_rs::hmac::Key, addr: SocketAddr) -> String {
 pub struct NonceClient {
     peer: Peer,
     prefix_key: Arc<aws_lc_rs::hmac::Key>,
-    /// Each replica's prefix, computed the first time a nonce is redeemed while it is known: every POST redeems one,
-    /// and an HMAC per replica per POST was work repeated for an answer that never changes. Addresses discovery no
-    /// longer lists are simply never asked for; the map holds one entry per address ever seen (a handful).
+    /// Each current replica's prefix, computed the first time a nonce is redeemed while it is known: every POST
+    /// redeems one, and an HMAC per replica per POST was work repeated for an answer that never changes. Replicas
+    /// discovery no longer lists are forgotten when a new one appears.
     prefixes: Arc<Mutex<HashMap<SocketAddr, String>>>,
 }
 
@@ -74,9 +74,14 @@ impl NonceClient {
         let prefix = nonce.get(..PREFIX_LEN)?;
         let replicas = self.peer.replicas();
         let mut known = self.prefixes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        replicas
-            .into_iter()
-            .find(|addr| known.entry(*addr).or_insert_with(|| prefix_with(&self.prefix_key, *addr)).as_str() == prefix)
+        if replicas.iter().any(|addr| !known.contains_key(addr)) {
+            // Discovery changed: forget the replicas gone, so that a long life of deployments does not pile them up.
+            known.retain(|addr, _| replicas.contains(addr));
+            for addr in &replicas {
+                known.entry(*addr).or_insert_with(|| prefix_with(&self.prefix_key, *addr));
+            }
+        }
+        replicas.into_iter().find(|addr| known.get(addr).is_some_and(|known| known == prefix))
     }
 
     /// Redeems `nonce` at the replica that minted it: `false` for a replay, a forgery, or a nonce of no known replica
