@@ -67,6 +67,35 @@ def grpc_calls(report):
     return calls["total"] if calls else None
 
 
+def wakeup_round_trip_us(rounds, cpus):
+    """CPU microseconds per round trip of a one-byte ping-pong between two processes over pipes, the first on
+    `cpus[0]` and the second on `cpus[1]`: two wake-ups and two switches."""
+    ping_r, ping_w = os.pipe()
+    pong_r, pong_w = os.pipe()
+    before = os.times()
+    children = []
+    for role, cpu in zip(("ping", "pong"), cpus):
+        pid = os.fork()
+        if pid == 0:
+            os.sched_setaffinity(0, {cpu})
+            for _ in range(rounds):
+                if role == "ping":
+                    os.write(ping_w, b"x")
+                    os.read(pong_r, 1)
+                else:
+                    os.read(ping_r, 1)
+                    os.write(pong_w, b"x")
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    for fd in (ping_r, ping_w, pong_r, pong_w):
+        os.close(fd)
+    after = os.times()
+    spent = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return spent / rounds * 1e6
+
+
 def main():
     work, clients, duration = sys.argv[1], sys.argv[2].split(), sys.argv[3]
     cpu_model = "unknown CPU"
@@ -90,6 +119,17 @@ def main():
         "pending or processing.\n"
     )
     w(f"Machine: {os.cpu_count()} cores, {cpu_model}, {platform.system()} {platform.release()}; commit {commit}.\n")
+    # What a wake-up costs differs between machines far more than what a computation costs, and Quarry's processes
+    # wake each other over a hundred times per certificate where Pebble's goroutines mostly do not wake a thread.
+    rounds = 20000
+    usable = sorted(os.sched_getaffinity(0))
+    across = wakeup_round_trip_us(rounds, (usable[0], usable[-1]))
+    one_cpu = wakeup_round_trip_us(rounds, (usable[-1], usable[-1]))
+    w(
+        f"Wake-ups on this machine (two processes passing a byte back and forth over pipes, {rounds} round trips, "
+        f"Python): {across:.1f} µs of CPU per round trip with each on a CPU of its own, {one_cpu:.1f} µs with both "
+        "on one CPU.\n"
+    )
     w(
         "*Net of idle* subtracts what the same processes spend per second when idle (measured for 10 s before "
         "each load: timers, and for Quarry the dev stack's CRL updates every 10 s), times the run's length. "
