@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # An interleaved A/B of two builds: this shared machine's speed drifts within minutes, so two builds compare only when
-# measured in turn. Each round starts a fresh `quarry dev` from build A, loads it (5 s warm-up, then 15 s at 4
-# clients), stops it, and does the same with build B; prints each load's certificates, the sa's and the whole stack's
-# CPU per certificate and context switches per certificate, then each build's averages. Run it again with A and B
-# swapped: only the average of both orders says anything about a change of a few percent.
+# measured in turn. Each round starts a fresh `quarry dev` from one build, loads it (5 s warm-up, then 15 s at 4
+# clients), stops it, and does the same with the other; odd rounds run A first, even rounds B first, because the
+# second load of a pair measured cheaper in 15 of 20 pairs whichever build it ran (docs/performance.md). Prints each
+# load's certificates, the sa's and the whole stack's CPU per certificate and context switches per certificate, then
+# each build's averages and how many rounds each won. Use an even number of rounds.
 #   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
-#   scripts/bench-builds.sh /tmp/before /tmp/after 4 --honour-retry-after --retry-after-cap-ms 1000
+#   scripts/bench-builds.sh /tmp/before /tmp/after 6 --honour-retry-after --retry-after-cap-ms 1000
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
 # target/release/quarry-dev aside before and after a change). Build A's load generator loads both. CLIENTS=16 (say)
 # loads with that many clients instead of 4; DEV_ARGS="--replicas 2" (say) is passed to both stacks' `quarry dev`.
 # Not part of the test command.
 set -uo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,12p' "$0" >&2; exit 64; }
+[[ $# -ge 3 ]] || { sed -n '2,13p' "$0" >&2; exit 64; }
 dir_a=$1 dir_b=$2 rounds=$3 clients=${CLIENTS:-4}
 shift 3
 for dir in "$dir_a" "$dir_b"; do
@@ -40,7 +41,9 @@ switches() {
 }
 
 for round in $(seq 1 "$rounds"); do
-  for variant in A B; do
+  order=(A B)
+  ((round % 2 == 0)) && order=(B A)
+  for variant in "${order[@]}"; do
     dir=$dir_a
     [[ $variant == B ]] && dir=$dir_b
     work=$(mktemp -d /tmp/quarry-builds.XXXX)
@@ -67,14 +70,22 @@ for round in $(seq 1 "$rounds"); do
     all=$(awk '/^all server processes/ {print $4; exit}' "$work/load.txt")
     ctx=$(awk -v a="$before" -v b="$after" -v n="${certs:-0}" 'BEGIN {if (n > 0) printf "%.0f", (b - a) / n}')
     echo "round $round $variant: ${certs:-0} certificates, sa ${sa:-?} ms/cert, all ${all:-?} ms/cert, ${ctx:-?} switches/cert"
-    echo "$variant ${all:-} ${sa:-} ${ctx:-}" >>"$results"
+    echo "$variant ${all:-} ${sa:-} ${ctx:-} $round" >>"$results"
     kill -- -"$dev" 2>/dev/null
     wait "$dev" 2>/dev/null
     sleep 2
     rm -rf "$work"
   done
 done
-awk '$2 != "" {n[$1]++; all[$1] += $2; sa[$1] += $3; ctx[$1] += $4}
-  END {for (v in n) printf "%s (%d loads): all %.2f ms/cert, sa %.2f ms/cert, %.0f switches/cert\n", v, n[v], all[v] / n[v], sa[v] / n[v], ctx[v] / n[v]}' \
-  "$results" | sort
+awk '$2 != "" {n[$1]++; all[$1] += $2; sa[$1] += $3; ctx[$1] += $4; round[$1, $5] = $2}
+  END {
+    for (v in n) printf "%s (%d loads): all %.2f ms/cert, sa %.2f ms/cert, %.0f switches/cert\n", v, n[v], all[v] / n[v], sa[v] / n[v], ctx[v] / n[v]
+    for (key in round) {
+      split(key, part, SUBSEP)
+      if (part[1] != "A" || !(("B", part[2]) in round)) continue
+      pairs++
+      if (round["B", part[2]] < round[key]) b_won++
+    }
+    if (pairs > 0) printf "rounds where B cost less: %d of %d\n", b_won, pairs
+  }' "$results" | sort
 rm -f "$results"
