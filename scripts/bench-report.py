@@ -123,12 +123,16 @@ def main():
     # wake each other over a hundred times per certificate where Pebble's goroutines mostly do not wake a thread.
     rounds = 20000
     usable = sorted(os.sched_getaffinity(0))
-    across = wakeup_round_trip_us(rounds, (usable[0], usable[-1]))
     one_cpu = wakeup_round_trip_us(rounds, (usable[-1], usable[-1]))
+    across = (
+        f"{wakeup_round_trip_us(rounds, (usable[0], usable[-1])):.1f} µs of CPU per round trip with each on a CPU of "
+        "its own"
+        if len(usable) > 1
+        else "one CPU only, so no wake-up across CPUs"
+    )
     w(
         f"Wake-ups on this machine (two processes passing a byte back and forth over pipes, {rounds} round trips, "
-        f"Python): {across:.1f} µs of CPU per round trip with each on a CPU of its own, {one_cpu:.1f} µs with both "
-        "on one CPU.\n"
+        f"Python): {across}, {one_cpu:.1f} µs with both on one CPU.\n"
     )
     w(
         "*Net of idle* subtracts what the same processes spend per second when idle (measured for 10 s before "
