@@ -10,9 +10,10 @@
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
 # target/release/quarry-dev aside before and after a change). Build A's load generator loads both. CLIENTS=16 (say)
 # loads with that many clients instead of 4; DEV_ARGS="--replicas 2" (say) is passed to both stacks' `quarry dev`.
-# Not part of the test command.
+# On PostgreSQL, DEV_ARGS="--db URL" and ALSO_UNDER=PID (its postmaster's, the first line of postmaster.pid) count
+# the database's processes too. Not part of the test command.
 set -uo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,13p' "$0" >&2; exit 64; }
+[[ $# -ge 3 ]] || { sed -n '2,14p' "$0" >&2; exit 64; }
 dir_a=$1 dir_b=$2 rounds=$3 clients=${CLIENTS:-4}
 shift 3
 for dir in "$dir_a" "$dir_b"; do
@@ -60,9 +61,10 @@ for round in $(seq 1 "$rounds"); do
     sleep 4
     "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry --clients "$clients" --duration-secs 5 "$@" >/dev/null 2>&1
     before=$(switches "$work/data")
-    under=()
-    [[ $knows_under == yes ]] && under=(--under "$dev")
-    "$loadgen" loadgen --stack "$work/data/stack.json" --processes quarry "${under[@]}" \
+    under=() processes=quarry
+    [[ $knows_under == yes ]] && under=(--under "$dev${ALSO_UNDER:+,$ALSO_UNDER}")
+    [[ -n ${ALSO_UNDER:-} ]] && processes=quarry,postgres
+    "$loadgen" loadgen --stack "$work/data/stack.json" --processes "$processes" "${under[@]}" \
       --clients "$clients" --duration-secs 15 "$@" >"$work/load.txt" 2>&1
     after=$(switches "$work/data")
     certs=$(grep -oP '\d+(?= certificates)' "$work/load.txt" | head -1)

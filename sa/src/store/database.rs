@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Problem};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Connection, Executor, Row, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Connection, Row};
+
+use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
 
 /// A schema migration: version, name, SQL.
 type Migration = (i64, &'static str, &'static str);
@@ -104,11 +106,11 @@ pub struct PoolSettings {
 #[derive(Clone)]
 pub struct Store {
     /// Reads. On PostgreSQL, writes too: `writer` is this same pool.
-    pub(crate) pool: AnyPool,
+    pub(crate) pool: ConnectionPool,
     /// Writes: every statement or transaction that writes goes here. On SQLite it is one connection of its own, so
     /// that writers queue for it in the sa instead of polling SQLite's write lock, and its page cache stays valid
     /// from one write to the next (SQLite drops a connection's whole cache when another connection wrote since).
-    pub(crate) writer: AnyPool,
+    pub(crate) writer: ConnectionPool,
     backend: Backend,
     crl_shards: i64,
 }
@@ -137,16 +139,18 @@ fn connection_ended(err: &sqlx::Error) -> bool {
 /// Begins a transaction with `begin` on a connection of `pool`. A connection PostgreSQL ended while it sat in the
 /// pool fails the `BEGIN`, before anything ran; the pool drops it, and the transaction begins on another, so a
 /// database restart costs a write no error (at most one try per connection the pool can hold).
-async fn begin_on(pool: &AnyPool, begin: &'static str) -> Result<Transaction<'static, Any>, Problem> {
-    let mut tries_left = pool.options().get_max_connections() + 1;
+async fn begin_on(pool: &ConnectionPool, begin: &'static str) -> Result<DbTransaction, Problem> {
+    let mut tries_left = pool.max_connections() + 1;
     loop {
-        match pool.begin_with(begin).await {
+        let conn = pool.acquire().await.map_err(db_error)?;
+        match DbTransaction::begin(conn, begin).await {
             Ok(tx) => return Ok(tx),
-            Err(err) if tries_left > 1 && connection_ended(&err) => {
+            Err((err, mut conn)) if tries_left > 1 && connection_ended(&err) => {
                 tracing::info!(%err, "a pooled connection had ended; beginning on another");
+                conn.discard();
                 tries_left -= 1;
             }
-            Err(err) => return Err(db_error(err)),
+            Err((err, _)) => return Err(db_error(err)),
         }
     }
 }
@@ -155,6 +159,9 @@ async fn begin_on(pool: &AnyPool, begin: &'static str) -> Result<Transaction<'st
 /// driver's error goes to the log only.
 pub(crate) fn db_error(err: sqlx::Error) -> Problem {
     use sqlx::error::ErrorKind as DbKind;
+    if super::pool::may_break_connection(&err) {
+        super::pool::note_connection_trouble();
+    }
     match &err {
         sqlx::Error::Database(db) => match db.kind() {
             DbKind::UniqueViolation => Problem::new(ErrorKind::Duplicate, "the record already exists"),
@@ -196,7 +203,7 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
 const SQLITE_MAX_READERS: u32 = 2;
 
 /// SQLite creates the database file but not its directory.
-fn create_parent_dir(url: &str) {
+pub(super) fn create_parent_dir(url: &str) {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if let Some(parent) = std::path::Path::new(path).parent()
@@ -215,43 +222,30 @@ enum Role {
 
 /// A pool of at most `max_connections`, each connection set up for `backend` with `statement_timeout`; an SQLite
 /// connection only for reads refuses to write (`query_only`), so that a write sent to the wrong pool fails loudly.
-fn pool_options(backend: Backend, role: Role, max_connections: u32, statement_timeout: Duration) -> AnyPoolOptions {
+fn pool_config(backend: Backend, role: Role, max_connections: u32, statement_timeout: Duration) -> PoolConfig {
     let timeout_ms = statement_timeout.as_millis().clamp(1, i32::MAX as u128);
-    let options = AnyPoolOptions::new()
-        .max_connections(max_connections.max(1))
+    let setup = match backend {
+        // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory map of the
+        // database cost more than it saved: it is remapped as the file grows.)
+        Backend::Sqlite => format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
+            role == Role::Reads
+        ),
+        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+    };
+    PoolConfig {
+        max_connections,
         // Longer than SQLite's busy timeout, so that a caller queued behind a waiting writer is not failed first.
-        .acquire_timeout(statement_timeout.max(Duration::from_secs(1)) * 2)
-        // sqlx pings every connection it hands out, and again as each comes back: a round trip to SQLite's worker
-        // thread or to PostgreSQL per acquire, for a check the one on return already makes. A connection that
-        // broke in between fails its statement as `unavailable`, which callers retry.
-        .test_before_acquire(false)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                let setup = match backend {
-                    // WAL lets readers run beside the writer; busy_timeout waits out the writer's lock. (A memory
-                    // map of the database cost more than it saved: it is remapped as the file grows.)
-                    Backend::Sqlite => format!(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
-                        role == Role::Reads
-                    ),
-                    Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
-                };
-                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(|_| ())
-            })
-        });
-    match backend {
-        // SQLite's connections live in this process: nothing ends them from outside.
-        Backend::Sqlite => options,
-        // But a PostgreSQL connection that sat idle a while may have been ended meanwhile (a restart, a failover):
-        // pinged before use, it is replaced instead of failing a call. Under load connections rarely idle that long.
-        Backend::Postgres => options.before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_IDLE_AFTER {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        }),
+        acquire_timeout: statement_timeout.max(Duration::from_secs(1)) * 2,
+        setup,
+        ping_idle_after: match backend {
+            // SQLite's connections live in this process: nothing ends them from outside.
+            Backend::Sqlite => None,
+            // But a PostgreSQL connection that sat idle a while may have been ended meanwhile (a restart, a
+            // failover): pinged before use, it is replaced instead of failing a call. Under load connections rarely
+            // idle that long. One used sooner fails its statement as `unavailable`, which callers retry.
+            Backend::Postgres => Some(PING_IDLE_AFTER),
+        },
     }
 }
 
@@ -279,13 +273,14 @@ impl Store {
         let timeout = settings.statement_timeout;
         let (pool, writer) = match backend {
             Backend::Sqlite => {
-                let writer = pool_options(backend, Role::ReadsAndWrites, 1, timeout).connect(url).await?;
+                let writer =
+                    ConnectionPool::connect(url, pool_config(backend, Role::ReadsAndWrites, 1, timeout)).await?;
                 let readers = settings.max_connections.min(SQLITE_MAX_READERS);
-                (pool_options(backend, Role::Reads, readers, timeout).connect(url).await?, writer)
+                (ConnectionPool::connect(url, pool_config(backend, Role::Reads, readers, timeout)).await?, writer)
             }
             Backend::Postgres => {
-                let pool =
-                    pool_options(backend, Role::ReadsAndWrites, settings.max_connections, timeout).connect(url).await?;
+                let config = pool_config(backend, Role::ReadsAndWrites, settings.max_connections, timeout);
+                let pool = ConnectionPool::connect(url, config).await?;
                 (pool.clone(), pool)
             }
         };
@@ -311,7 +306,7 @@ impl Store {
     /// Starts a transaction that will write. SQLite's `BEGIN IMMEDIATE` takes the write lock at once: a deferred
     /// transaction that reads and then writes fails with SQLITE_BUSY, without waiting, when another writer got in
     /// between (WAL snapshot rules); PostgreSQL's row locks need nothing of the kind.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, Problem> {
+    pub(crate) async fn begin_write(&self) -> Result<DbTransaction, Problem> {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
@@ -322,7 +317,7 @@ impl Store {
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
     /// connection: PostgreSQL's repeatable-read snapshot, SQLite's deferred transaction (one WAL snapshot, no lock
     /// that would keep a writer waiting).
-    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, Problem> {
+    pub(crate) async fn begin_read(&self) -> Result<DbTransaction, Problem> {
         let begin = match self.backend {
             Backend::Sqlite => "BEGIN",
             Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
@@ -338,7 +333,7 @@ impl Store {
     /// Sets the connection-pool gauges (`quarry_db_pool_connections{state=idle|in_use}`).
     pub fn record_pool_gauges(&self) {
         // On SQLite the writing connection is a pool of its own; on PostgreSQL `writer` is `pool` again.
-        let pools: &[&AnyPool] = match self.backend {
+        let pools: &[&ConnectionPool] = match self.backend {
             Backend::Sqlite => &[&self.pool, &self.writer],
             Backend::Postgres => &[&self.pool],
         };
@@ -359,14 +354,14 @@ impl Store {
     /// second replica waits, then finds it applied.
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         for (version, name, sql) in self.backend.migrations() {
-            let mut tx = match self.backend {
-                Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-                Backend::Postgres => {
-                    let mut tx = self.writer.begin().await?;
-                    sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;
-                    tx
-                }
+            let begin = match self.backend {
+                Backend::Sqlite => "BEGIN IMMEDIATE",
+                Backend::Postgres => "BEGIN",
             };
+            let mut tx = DbTransaction::begin(self.writer.acquire().await?, begin).await.map_err(|(err, _)| err)?;
+            if self.backend == Backend::Postgres {
+                sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;
+            }
             sqlx::raw_sql(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
             )
@@ -417,8 +412,8 @@ mod tests {
             .unwrap();
         assert_eq!(seen, 1, "a read after the write sees it");
         // Whatever `max_connections` says: one connection writes, at most SQLITE_MAX_READERS read.
-        assert_eq!(store.writer.options().get_max_connections(), 1);
-        assert_eq!(store.pool.options().get_max_connections(), SQLITE_MAX_READERS);
+        assert_eq!(store.writer.max_connections(), 1);
+        assert_eq!(store.pool.max_connections(), SQLITE_MAX_READERS);
     }
 
     /// PostgreSQL ended every connection the pool holds (a restart, a failover, an administrator): once they have

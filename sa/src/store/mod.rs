@@ -2,10 +2,11 @@
 //! (chosen by the database URL). One set of queries serves both: `$N` parameters (sqlx binds them by number on
 //! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
 //!
-//! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pool,
-//! migrations, transactions) and the helpers the others share; `new_order_facts` reads across the groups, in one
-//! transaction, what a new order needs, and `finalization_facts`, on one connection, what a finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that
-//! this module's own public names stay the ones below.
+//! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pools,
+//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `new_order_facts` reads
+//! across the groups, in one transaction, what a new order needs, and `finalization_facts`, on one connection, what a
+//! finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
+//! public names stay the ones below.
 
 mod accounts;
 mod authorizations;
@@ -17,6 +18,7 @@ mod database;
 mod finalization_facts;
 mod new_order_facts;
 mod orders;
+mod pool;
 pub(crate) mod recovery;
 pub(crate) mod renewal_info;
 pub(crate) mod revocation;

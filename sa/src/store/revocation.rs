@@ -3,7 +3,6 @@
 
 use quarry_core::clock::Timestamp;
 use quarry_core::{ErrorKind, Problem};
-use sqlx::{Any, Transaction};
 
 use super::database::{Store, db_error, get};
 use crate::queries;
@@ -55,7 +54,7 @@ impl Store {
     /// signed: due anyway).
     async fn crl_shard_changed(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut super::pool::DbTransaction,
         issuer_id: i64,
         serial: &str,
     ) -> Result<(), Problem> {
