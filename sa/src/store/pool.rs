@@ -191,10 +191,14 @@ impl ConnectionPool {
                     .map_err(|_| sqlx::Error::PoolTimedOut)??;
             };
             match shared.config.ping_idle_after {
-                Some(after) if since.elapsed() > after => match conn.raw.ping().await {
-                    Ok(()) => break conn,
-                    Err(err) => tracing::info!(%err, "an idle connection had ended; replacing it"),
-                },
+                // Within the acquire timeout too: a connection whose server vanished may never answer.
+                Some(after) if since.elapsed() > after => {
+                    match tokio::time::timeout_at(deadline, conn.raw.ping()).await {
+                        Ok(Ok(())) => break conn,
+                        Ok(Err(err)) => tracing::info!(%err, "an idle connection had ended; replacing it"),
+                        Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                    }
+                }
                 _ => break conn,
             }
         };
