@@ -126,9 +126,7 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
 fn connection_ended(err: &sqlx::Error) -> bool {
     use std::io::ErrorKind as Io;
     match err {
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02"))
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| super::pool::ends_session(&code)),
         sqlx::Error::Io(io) => {
             matches!(io.kind(), Io::BrokenPipe | Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof)
         }
@@ -346,7 +344,10 @@ impl Store {
 
     /// Checks that the database answers (for health checks).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        self.pool.acquire().await?.ping().await
+        let mut conn = self.pool.acquire().await?;
+        let result = conn.ping().await;
+        conn.observe(&result);
+        result
     }
 
     /// Applies every migration not yet applied. Replicas of the sa start together: each migration runs in a
@@ -428,16 +429,7 @@ mod tests {
         };
         let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
         let store = Store::open(&db.url, settings).await.expect("open the store");
-        let end_every_connection = || async {
-            let mut admin = sqlx::AnyConnection::connect(&db.url).await.expect("connect");
-            let ended: Vec<bool> = sqlx::query_scalar(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(&mut admin)
-            .await
-            .expect("end the store's connections");
-            assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
-        };
+        let end_every_connection = || super::super::pool::tests::end_other_sessions(&db.url);
         let read = || sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM schema_migrations").fetch_one(&store.pool);
 
         read().await.expect("a first read");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use sqlx::any::{AnyConnectOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
@@ -25,16 +26,36 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// through `Deref` where the pool cannot look.
 static CONNECTION_TROUBLE: AtomicU64 = AtomicU64::new(0);
 
+/// Whether a PostgreSQL error code says the server ended the session: connection exceptions (`08…`), an
+/// administrator or a shutdown ending it, the database dropped, an idle or idle-in-transaction session timeout.
+pub(crate) fn ends_session(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P04" | "57P05" | "25P03")
+}
+
 /// Whether `err` may leave its connection unusable (an I/O or protocol failure; PostgreSQL ending the session).
 pub(crate) fn may_break_connection(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02"))
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| ends_session(&code)),
         _ => false,
     }
 }
+
+/// Whether opening a connection may succeed if tried again: the server not listening yet or going away, or
+/// PostgreSQL starting up (`57P03`), as during a restart or a failover. A refused login or a bad URL is final.
+fn may_connect_later(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code == "57P03" || ends_session(&code)),
+        other => may_break_connection(other),
+    }
+}
+
+/// The longest a returning connection's check (its ping or `ROLLBACK`) may take before it is closed instead: a
+/// server that vanished without a reset never answers, and the check holds a place in the pool meanwhile.
+const RETURN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest the ping of a connection idle past `ping_idle_after` may take before another is used.
+const IDLE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Records that some connection may have broken (see [`CONNECTION_TROUBLE`]).
 pub(crate) fn note_connection_trouble() {
@@ -124,10 +145,27 @@ impl Shared {
         idle.push(IdleConnection { conn, since: Instant::now() });
     }
 
-    async fn open_connection(&self) -> Result<Conn, sqlx::Error> {
-        let mut raw = self.options.connect().await?;
-        raw.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.config.setup.clone()))).await?;
-        Ok(Conn { raw, created: Instant::now(), counted: Counted::new(&self.open) })
+    /// Opens a connection and sets it up, trying again with a growing pause while the server may soon take it,
+    /// until `deadline`: calls wait out a database restart instead of failing at once.
+    async fn open_connection(&self, deadline: tokio::time::Instant) -> Result<Conn, sqlx::Error> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let attempt = async {
+                let mut raw = self.options.connect().await?;
+                raw.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.config.setup.clone()))).await?;
+                Ok::<_, sqlx::Error>(raw)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                Ok(Ok(raw)) => return Ok(Conn { raw, created: Instant::now(), counted: Counted::new(&self.open) }),
+                Ok(Err(err)) if may_connect_later(&err) && tokio::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(%err, "the database refused a connection; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Ok(Err(err)) => return Err(err),
+            }
+        }
     }
 }
 
@@ -186,17 +224,16 @@ impl ConnectionPool {
         let trouble_at_checkout = CONNECTION_TROUBLE.load(Ordering::Relaxed);
         let conn = loop {
             let Some(IdleConnection { mut conn, since }) = shared.take_idle() else {
-                break tokio::time::timeout_at(deadline, shared.open_connection())
-                    .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                break shared.open_connection(deadline).await?;
             };
             match shared.config.ping_idle_after {
-                // Within the acquire timeout too: a connection whose server vanished may never answer.
+                // Bounded too: a connection whose server vanished without a reset may never answer.
                 Some(after) if since.elapsed() > after => {
-                    match tokio::time::timeout_at(deadline, conn.raw.ping()).await {
+                    let limit = deadline.min(tokio::time::Instant::now() + IDLE_PING_TIMEOUT);
+                    match tokio::time::timeout_at(limit, conn.raw.ping()).await {
                         Ok(Ok(())) => break conn,
                         Ok(Err(err)) => tracing::info!(%err, "an idle connection had ended; replacing it"),
-                        Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                        Err(_) => tracing::info!("an idle connection did not answer; replacing it"),
                     }
                 }
                 _ => break conn,
@@ -233,7 +270,7 @@ impl PooledConnection {
     }
 
     /// Notes what `result` says about the connection: an error that may have broken it discards it.
-    fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
+    pub(crate) fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
         if let Err(err) = result
             && may_break_connection(err)
         {
@@ -267,7 +304,11 @@ impl Drop for PooledConnection {
             return close_in_background(conn);
         }
         let trouble = CONNECTION_TROUBLE.load(Ordering::Relaxed) != self.trouble_at_checkout;
-        if !self.rollback_on_return && !trouble {
+        // A statement cancelled mid-way leaves PostgreSQL's answer to read: sqlx's flush reads what is pending,
+        // and is ready at once, without I/O, when nothing is. (On SQLite it does nothing: the connection's thread
+        // finishes or drops the statement before its next command.)
+        let settled = matches!(conn.raw.flush().now_or_never(), Some(Ok(())));
+        if settled && !self.rollback_on_return && !trouble {
             self.shared.put_idle(conn);
             drop(permit);
             return;
@@ -278,15 +319,15 @@ impl Drop for PooledConnection {
         let shared = self.shared.clone();
         let rollback = self.rollback_on_return;
         runtime.spawn(async move {
-            let alive = match rollback {
-                // A database error answers from a live connection (SQLite had already ended the transaction).
-                true => match sqlx::raw_sql("ROLLBACK").execute(&mut conn.raw).await {
-                    Ok(_) => true,
-                    Err(err) => !may_break_connection(&err),
-                },
-                false => conn.raw.ping().await.is_ok(),
+            let check = async {
+                match rollback {
+                    // Also when no transaction began (a `BEGIN` cancelled before it was sent, or refused):
+                    // PostgreSQL only warns; SQLite's refusal discards the connection, a rare and cheap loss.
+                    true => sqlx::raw_sql("ROLLBACK").execute(&mut conn.raw).await.is_ok(),
+                    false => conn.raw.ping().await.is_ok(),
+                }
             };
-            if alive {
+            if let Ok(true) = tokio::time::timeout(RETURN_CHECK_TIMEOUT, check).await {
                 shared.put_idle(conn);
             }
             drop(permit);
@@ -295,10 +336,10 @@ impl Drop for PooledConnection {
 }
 
 /// A transaction on a pooled connection: `COMMIT`ted by [`DbTransaction::commit`], rolled back when dropped
-/// without it (by the pool, before the connection is used again).
+/// without it (by the pool, before the connection is used again). `BEGIN` and `COMMIT` are plain statements, so
+/// sqlx's own transaction depth stays at zero: sqlx's `begin` on it would send another `BEGIN`, not a savepoint.
 pub(crate) struct DbTransaction {
     conn: PooledConnection,
-    open: bool,
 }
 
 impl DbTransaction {
@@ -308,11 +349,20 @@ impl DbTransaction {
         mut conn: PooledConnection,
         begin: &'static str,
     ) -> Result<Self, (sqlx::Error, PooledConnection)> {
+        // Marked before the `BEGIN` leaves: if this call is cancelled while it runs, the transaction it may have
+        // opened is rolled back before anyone else uses the connection.
+        conn.rollback_on_return = true;
         let result = sqlx::raw_sql(begin).execute(&mut *conn).await;
         conn.observe(&result);
         match result {
-            Ok(_) => Ok(Self { conn, open: true }),
-            Err(err) => Err((err, conn)),
+            Ok(_) => Ok(Self { conn }),
+            Err(err) => {
+                // The database answered with a refusal: no transaction began.
+                if matches!(err, sqlx::Error::Database(_)) {
+                    conn.rollback_on_return = false;
+                }
+                Err((err, conn))
+            }
         }
     }
 
@@ -320,16 +370,8 @@ impl DbTransaction {
         let result = sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await;
         self.conn.observe(&result);
         result?;
-        self.open = false;
+        self.conn.rollback_on_return = false;
         Ok(())
-    }
-}
-
-impl Drop for DbTransaction {
-    fn drop(&mut self) {
-        if self.open {
-            self.conn.rollback_on_return = true;
-        }
     }
 }
 
@@ -405,153 +447,4 @@ impl<'p> Executor<'p> for &'_ ConnectionPool {
 }
 
 #[cfg(test)]
-mod tests {
-    use quarry_testkit::db::TestDatabase;
-
-    use super::*;
-
-    fn config(max_connections: u32) -> PoolConfig {
-        PoolConfig {
-            max_connections,
-            acquire_timeout: Duration::from_millis(300),
-            setup: "SELECT 1".to_owned(),
-            ping_idle_after: None,
-        }
-    }
-
-    async fn connect(url: &str, max_connections: u32) -> ConnectionPool {
-        sqlx::any::install_default_drivers();
-        super::super::database::create_parent_dir(url);
-        ConnectionPool::connect(url, config(max_connections)).await.expect("connect the pool")
-    }
-
-    async fn begin(pool: &ConnectionPool) -> DbTransaction {
-        let conn = pool.acquire().await.expect("a connection");
-        DbTransaction::begin(conn, "BEGIN").await.map_err(|(err, _)| err).expect("begin")
-    }
-
-    /// Ends every other session on `url`'s database and waits until they are gone.
-    async fn end_other_sessions(url: &str) {
-        let mut admin = AnyConnection::connect(url).await.expect("connect");
-        let ended: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&mut admin)
-        .await
-        .expect("end the pool's sessions");
-        assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
-    }
-
-    /// Waits, bounded, until `pool` holds `open` connections of which `idle` are idle: a connection checked on its
-    /// return (as every connection out is while another test reports a connection error) is checked in a task of
-    /// its own.
-    async fn until_counts(pool: &ConnectionPool, open: u32, idle: usize) {
-        for _ in 0..200 {
-            if (pool.size(), pool.num_idle()) == (open, idle) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the pool holds {} connections, {} idle, not {open} and {idle}", pool.size(), pool.num_idle());
-    }
-
-    /// At most `max_connections` are out at once; a caller past the acquire timeout is told the pool timed out, a
-    /// waiter gets a connection as soon as one comes back, and connections come back to be handed out again.
-    #[tokio::test]
-    async fn a_pool_lends_at_most_its_connections_and_takes_them_back() {
-        let db = TestDatabase::sqlite();
-        let pool = connect(&db.url, 2).await;
-        assert_eq!((pool.size(), pool.num_idle()), (1, 1), "connecting opens one connection");
-        let first = pool.acquire().await.unwrap();
-        let second = pool.acquire().await.unwrap();
-        assert_eq!((pool.size(), pool.num_idle()), (2, 0));
-        assert!(matches!(pool.acquire().await, Err(sqlx::Error::PoolTimedOut)), "a third waits past the timeout");
-
-        let waiter = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.acquire().await.map(drop) }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        drop(first);
-        waiter.await.unwrap().expect("a waiter gets the connection that came back");
-        drop(second);
-        until_counts(&pool, 2, 2).await;
-        let read: i64 = sqlx::query_scalar("SELECT 7").fetch_one(&pool).await.unwrap();
-        assert_eq!((read, pool.size()), (7, 2), "a statement on the pool reuses an idle connection");
-    }
-
-    /// A connection goes back to the pool as it is, with no round trip to check it: PostgreSQL's view of the
-    /// session shows the caller's statement as its last (sqlx's own pool would show its ping).
-    #[tokio::test]
-    async fn a_connection_goes_back_without_a_round_trip() {
-        let Some(db) = TestDatabase::postgres().await else {
-            eprintln!("no PostgreSQL here ({} unset)", quarry_testkit::db::POSTGRES_ENV);
-            return;
-        };
-        let pool = connect(&db.url, 1).await;
-        let mut admin = AnyConnection::connect(&db.url).await.expect("connect");
-        // Another test's connection error makes every connection out meanwhile get checked: try again then.
-        for _ in 0..10 {
-            let trouble = CONNECTION_TROUBLE.load(Ordering::Relaxed);
-            let pid: i32 =
-                sqlx::query_scalar("SELECT pg_backend_pid() /* the caller's */").fetch_one(&pool).await.unwrap();
-            let last: String = sqlx::query_scalar("SELECT query FROM pg_stat_activity WHERE pid = $1")
-                .bind(pid)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-            if CONNECTION_TROUBLE.load(Ordering::Relaxed) == trouble {
-                assert!(last.contains("the caller's"), "the session's last statement: {last}");
-                assert_eq!(pool.num_idle(), 1);
-                return;
-            }
-        }
-        panic!("other tests kept reporting connection errors");
-    }
-
-    /// A transaction dropped without a commit is rolled back before its connection serves anyone again: on the
-    /// pool's one connection a new transaction begins, and only what it commits is kept.
-    #[tokio::test]
-    async fn a_transaction_dropped_is_rolled_back_before_its_connection_is_reused() {
-        for db in TestDatabase::every_backend().await {
-            let pool = connect(&db.url, 1).await;
-            sqlx::raw_sql("CREATE TABLE marks (n BIGINT)").execute(&pool).await.unwrap();
-            let mut dropped = begin(&pool).await;
-            sqlx::query("INSERT INTO marks (n) VALUES (1)").execute(&mut *dropped).await.unwrap();
-            drop(dropped);
-
-            let mut kept = begin(&pool).await;
-            sqlx::query("INSERT INTO marks (n) VALUES (2)").execute(&mut *kept).await.unwrap();
-            kept.commit().await.expect("commit");
-            assert_eq!(db.count("marks").await, 1, "{}", db.url);
-            assert_eq!(db.count("marks WHERE n = 2").await, 1, "{}", db.url);
-            until_counts(&pool, 1, 1).await;
-        }
-    }
-
-    /// A connection whose statement found it ended is closed instead of pooled again, whether the statement ran on
-    /// the pool itself or on a connection the caller held (whose error the store maps with `db_error`): the next
-    /// statement opens a live one.
-    #[tokio::test]
-    async fn a_connection_found_ended_is_not_pooled_again() {
-        let Some(db) = TestDatabase::postgres().await else {
-            eprintln!("no PostgreSQL here ({} unset)", quarry_testkit::db::POSTGRES_ENV);
-            return;
-        };
-        let pool = connect(&db.url, 1).await;
-        end_other_sessions(&db.url).await;
-        let err = sqlx::query("SELECT 1").execute(&pool).await.expect_err("a statement on an ended session");
-        assert!(may_break_connection(&err), "{err}");
-        assert_eq!(pool.size(), 0, "the ended connection is closed");
-        sqlx::query("SELECT 1").execute(&pool).await.expect("a statement on a new connection");
-
-        let mut held = pool.acquire().await.unwrap();
-        end_other_sessions(&db.url).await;
-        let err = sqlx::query("SELECT 1").execute(&mut *held).await.expect_err("a statement on an ended session");
-        let problem = super::super::database::db_error(err);
-        assert_eq!(problem.kind, quarry_core::ErrorKind::Unavailable, "{}", problem.detail);
-        drop(held);
-        until_counts(&pool, 0, 0).await;
-        sqlx::query("SELECT 1").execute(&pool).await.expect("a statement on a new connection");
-    }
-}
+pub(super) mod tests;
