@@ -257,7 +257,7 @@ pub(crate) struct PooledConnection {
     /// Released after the connection is back among the idle ones, so that a waiter finds it there.
     permit: Option<OwnedSemaphorePermit>,
     trouble_at_checkout: u64,
-    /// A transaction began on it and was neither committed nor rolled back.
+    /// A `BEGIN` was sent on it, or may have been (its call was cancelled), and no `COMMIT` has succeeded since.
     rollback_on_return: bool,
     /// Closed instead of pooled again.
     discard: bool,
@@ -321,8 +321,8 @@ impl Drop for PooledConnection {
         runtime.spawn(async move {
             let check = async {
                 match rollback {
-                    // Also when no transaction began (a `BEGIN` cancelled before it was sent, or refused):
-                    // PostgreSQL only warns; SQLite's refusal discards the connection, a rare and cheap loss.
+                    // Also when no transaction began (a `BEGIN` cancelled before it left): PostgreSQL only
+                    // warns; SQLite's refusal discards the connection, a rare and cheap loss.
                     true => sqlx::raw_sql("ROLLBACK").execute(&mut conn.raw).await.is_ok(),
                     false => conn.raw.ping().await.is_ok(),
                 }
