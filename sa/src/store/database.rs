@@ -84,6 +84,14 @@ impl Backend {
         }
     }
 
+    /// How a transaction that will write begins (see `Store::begin_write`).
+    fn begin_write_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+
     fn migrations(self) -> &'static [Migration] {
         match self {
             Self::Sqlite => SQLITE_MIGRATIONS,
@@ -143,9 +151,9 @@ async fn begin_on(pool: &ConnectionPool, begin: &'static str) -> Result<DbTransa
         let conn = pool.acquire().await.map_err(db_error)?;
         match DbTransaction::begin(conn, begin).await {
             Ok(tx) => return Ok(tx),
-            Err((err, mut conn)) if tries_left > 1 && connection_ended(&err) => {
+            // `DbTransaction::begin` has already marked the ended connection to be discarded.
+            Err((err, _)) if tries_left > 1 && connection_ended(&err) => {
                 tracing::info!(%err, "a pooled connection had ended; beginning on another");
-                conn.discard();
                 tries_left -= 1;
             }
             Err((err, _)) => return Err(db_error(err)),
@@ -305,11 +313,7 @@ impl Store {
     /// transaction that reads and then writes fails with SQLITE_BUSY, without waiting, when another writer got in
     /// between (WAL snapshot rules); PostgreSQL's row locks need nothing of the kind.
     pub(crate) async fn begin_write(&self) -> Result<DbTransaction, Problem> {
-        let begin = match self.backend {
-            Backend::Sqlite => "BEGIN IMMEDIATE",
-            Backend::Postgres => "BEGIN",
-        };
-        begin_on(&self.writer, begin).await
+        begin_on(&self.writer, self.backend.begin_write_statement()).await
     }
 
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
@@ -355,10 +359,7 @@ impl Store {
     /// second replica waits, then finds it applied.
     async fn migrate(&self) -> Result<(), sqlx::Error> {
         for (version, name, sql) in self.backend.migrations() {
-            let begin = match self.backend {
-                Backend::Sqlite => "BEGIN IMMEDIATE",
-                Backend::Postgres => "BEGIN",
-            };
+            let begin = self.backend.begin_write_statement();
             let mut tx = DbTransaction::begin(self.writer.acquire().await?, begin).await.map_err(|(err, _)| err)?;
             if self.backend == Backend::Postgres {
                 sqlx::query(MIGRATION_LOCK).execute(&mut *tx).await?;

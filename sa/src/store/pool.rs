@@ -406,9 +406,7 @@ impl<'p> Executor<'p> for &'_ ConnectionPool {
                 Err(err) => return vec![Err(err)],
             };
             let results: Vec<_> = (&mut *conn).fetch_many(query).collect().await;
-            if results.iter().any(|result| matches!(result, Err(err) if may_break_connection(err))) {
-                conn.discard();
-            }
+            results.iter().for_each(|result| conn.observe(result));
             results
         };
         Box::pin(stream::once(results).flat_map(stream::iter))
