@@ -10,6 +10,7 @@ mod extract;
 mod handlers;
 mod hold;
 pub mod issued_certificates;
+mod nonce_stock;
 mod payloads;
 mod post;
 pub mod problem;

@@ -1,8 +1,8 @@
 //! What every request handler shares: the gRPC clients, the nonce instances by prefix, the issuer chains and the
 //! directory.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::model::MAX_ORDER_PAGE;
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::accounts::AccountCache;
 use crate::issued_certificates::IssuedCertificates;
+use crate::nonce_stock::{NonceStock, Refill};
 use crate::render::Urls;
 use crate::shown_authorizations::ShownAuthorizations;
 use crate::{Config, Error, ExternalAccountBindingConfig};
@@ -35,8 +36,6 @@ pub const NONCE_BATCH: u32 = 64;
 const NONCE_SHELF_LIFE: Duration = Duration::from_secs(10);
 /// How long a nonce call may take: every reply carries a nonce, so a stuck nonce replica must not hold replies up.
 const NONCE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Concurrent refills can overfill; beyond this the extra nonces are dropped.
-const MAX_NONCES_AT_HAND: usize = 4 * NONCE_BATCH as usize;
 
 #[derive(Clone)]
 pub struct Wfe {
@@ -48,8 +47,8 @@ struct Inner {
     ra: RaClient,
     sa: SaClient,
     nonces: NonceClient,
-    /// Minted nonces not yet handed out, oldest first, with when they were minted.
-    nonces_at_hand: Mutex<VecDeque<(Instant, String)>>,
+    /// Minted nonces not yet handed out.
+    nonce_stock: NonceStock,
     chains: Vec<Vec<Vec<u8>>>,
     /// The subject key identifiers of the chains' issuers: what an ARI CertID may name.
     issuer_key_ids: Vec<Vec<u8>>,
@@ -179,7 +178,11 @@ impl Wfe {
                 ra: RaClient::new(Peer::new(&config.ra, &config.tls)?),
                 sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
                 nonces,
-                nonces_at_hand: Mutex::default(),
+                nonce_stock: NonceStock::new(Refill {
+                    batch: NONCE_BATCH as usize,
+                    wait: NONCE_TIMEOUT,
+                    shelf_life: NONCE_SHELF_LIFE,
+                }),
                 chains,
                 issuer_key_ids,
                 eab_required: eab.required,
@@ -292,35 +295,19 @@ impl Wfe {
         Some(Instant::now() + self.inner.finalize_timeout)
     }
 
-    fn nonces_at_hand(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, String)>> {
-        // Pushing and popping cannot leave the queue half-updated, so a poisoned lock still guards a sound queue.
-        self.inner.nonces_at_hand.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A fresh nonce: one at hand, else a new batch from a nonce replica (another one when the first fails);
-    /// `unavailable` when none answers.
+    /// A fresh nonce: one at hand, else one of a new batch from a nonce replica (another one when the first
+    /// fails); `unavailable` when none answers.
     pub async fn new_nonce(&self) -> Result<String, Problem> {
-        {
-            let mut at_hand = self.nonces_at_hand();
-            while let Some((minted, nonce)) = at_hand.pop_front() {
-                if minted.elapsed() < NONCE_SHELF_LIFE {
-                    return Ok(nonce);
-                }
+        let fetch = || {
+            let wfe = self.clone();
+            async move {
+                wfe.inner.nonces.nonce_batch(NONCE_BATCH, wfe.nonce_deadline()).await.map_err(|problem| {
+                    tracing::warn!(%problem, "no nonce replica answered");
+                    Problem::new(ErrorKind::Unavailable, "no anti-replay nonce can be issued now; try again shortly")
+                })
             }
-        }
-        let mut minted =
-            self.inner.nonces.nonce_batch(NONCE_BATCH, self.nonce_deadline()).await.map_err(|problem| {
-                tracing::warn!(%problem, "no nonce replica answered");
-                Problem::new(ErrorKind::Unavailable, "no anti-replay nonce can be issued now; try again shortly")
-            })?;
-        let nonce = minted
-            .pop()
-            .ok_or_else(|| Problem::new(ErrorKind::Unavailable, "the nonce service returned no nonce; try again"))?;
-        let now = Instant::now();
-        let mut at_hand = self.nonces_at_hand();
-        let room = MAX_NONCES_AT_HAND.saturating_sub(at_hand.len());
-        at_hand.extend(minted.into_iter().take(room).map(|n| (now, n)));
-        Ok(nonce)
+        };
+        self.inner.nonce_stock.take(fetch).await
     }
 
     /// Nonce calls get a short deadline of their own: every reply waits on one.
@@ -351,7 +338,7 @@ impl Wfe {
 
     /// Drops the nonces at hand that the instance with `prefix` minted.
     fn forget_nonces_of(&self, prefix: &str) {
-        self.nonces_at_hand().retain(|(_, kept)| !kept.starts_with(prefix));
+        self.inner.nonce_stock.forget(prefix);
     }
 
     /// Whether new accounts need an external account binding.
