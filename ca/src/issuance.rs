@@ -20,6 +20,7 @@ use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 use quarry_core::{ct, der};
 
@@ -258,13 +259,19 @@ impl Issuer {
         let der = self.sign_message(tbs, signature_algorithm)?;
         let (_, cert) =
             X509Certificate::from_der(&der).map_err(|e| Error::SelfCheck(format!("signed certificate: {e}")))?;
-        let (_, issuer) = X509Certificate::from_der(&self.certificate_der)
-            .map_err(|e| Error::SelfCheck(format!("issuer certificate: {e}")))?;
-        cert.verify_signature(Some(issuer.public_key())).map_err(|_| {
+        cert.verify_signature(Some(&self.public_key()?)).map_err(|_| {
             self.count_signing_error("self_check");
             Error::SelfCheck("the signature does not verify with the issuer's public key".into())
         })?;
         Ok(der)
+    }
+
+    /// The issuer's public key, from its SubjectPublicKeyInfo alone: what a signature check needs, without parsing
+    /// the whole issuer certificate again.
+    fn public_key(&self) -> Result<SubjectPublicKeyInfo<'_>, Error> {
+        let (_, key) = SubjectPublicKeyInfo::from_der(&self.spki_der)
+            .map_err(|e| Error::SelfCheck(format!("issuer public key: {e}")))?;
+        Ok(key)
     }
 }
 
@@ -445,15 +452,12 @@ pub fn sign_final_certificate(issuer: &Issuer, precertificate: &[u8], scts: &[Ve
     let self_check = |e: der::DerError| Error::SelfCheck(format!("final certificate: {e}"));
     let (_, precert) =
         X509Certificate::from_der(precertificate).map_err(|e| Error::Request(format!("precertificate: {e}")))?;
-    let (_, issuer_cert) = X509Certificate::from_der(&issuer.certificate_der)
-        .map_err(|e| Error::SelfCheck(format!("issuer certificate: {e}")))?;
     let signed_here = || {
         let digest = sha256(precertificate);
         issuer.signed_lately.lock().unwrap_or_else(PoisonError::into_inner).contains(&digest)
     };
-    if precert.issuer().as_raw() != issuer.subject_der.as_slice()
-        || !(signed_here() || precert.verify_signature(Some(issuer_cert.public_key())).is_ok())
-    {
+    let verifies = || issuer.public_key().is_ok_and(|key| precert.verify_signature(Some(&key)).is_ok());
+    if precert.issuer().as_raw() != issuer.subject_der.as_slice() || !(signed_here() || verifies()) {
         return Err(Error::Request("the precertificate was not signed by this issuer".into()));
     }
     let parts = der::split_signed(precertificate).map_err(self_check)?;

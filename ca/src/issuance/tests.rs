@@ -475,3 +475,55 @@ fn a_key_store_that_fails_to_sign_is_counted_by_issuer_and_store() {
     }
     assert!(line.ends_with(" 2"), "{line}");
 }
+
+/// A key store that signs with another key than the issuer's (a token holding the wrong key, a faulty signer): the
+/// issuer loads, since the public key it reports is the certificate's.
+#[derive(Debug)]
+struct ForeignKey {
+    issuers: FileSigner,
+    other: FileSigner,
+}
+
+impl Signer for ForeignKey {
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        self.issuers.subject_public_key_info()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.issuers.algorithm()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        self.other.sign(message)
+    }
+
+    fn is_slow(&self) -> bool {
+        false
+    }
+
+    fn key_store(&self) -> &'static str {
+        "pkcs11"
+    }
+}
+
+#[test]
+fn a_signature_that_does_not_verify_with_the_issuers_key_is_refused_and_counted() {
+    let f = fixture();
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&f.pki.intermediate_key).expect("key")).expect("pem");
+    let other = KeyPair::generate_for(key.algorithm()).expect("another key of the same kind");
+    let foreign = ForeignKey { issuers: FileSigner::new(key), other: FileSigner::new(other) };
+    let issuer = Issuer::new(cert_der(&f.pki.intermediate_pem), Box::new(foreign)).expect("the issuer loads");
+    let leaf_key = KeyPair::generate().expect("key");
+    let req = request(csr_for(&leaf_key, &["a.example"]), &random_serial(0x10).expect("serial"));
+    let prepared = prepare_precertificate(&issuer, &req).expect("prepared");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let refused = metrics::with_local_recorder(&recorder, || sign_precertificate(&issuer, &prepared));
+    match refused {
+        Err(Error::SelfCheck(detail)) => assert!(detail.contains("does not verify"), "{detail}"),
+        other => panic!("a precertificate the issuer's key does not verify came back: {other:?}"),
+    }
+    let rendered = handle.render();
+    let line = rendered.lines().find(|line| line.starts_with("quarry_signing_errors_total")).expect(&rendered);
+    assert!(line.contains("stage=\"self_check\"") && line.ends_with(" 1"), "{line}");
+}
