@@ -456,8 +456,10 @@ pub fn sign_final_certificate(issuer: &Issuer, precertificate: &[u8], scts: &[Ve
         let digest = sha256(precertificate);
         issuer.signed_lately.lock().unwrap_or_else(PoisonError::into_inner).contains(&digest)
     };
-    let verifies = || issuer.public_key().is_ok_and(|key| precert.verify_signature(Some(&key)).is_ok());
-    if precert.issuer().as_raw() != issuer.subject_der.as_slice() || !(signed_here() || verifies()) {
+    let issuer_key = issuer.public_key()?;
+    if precert.issuer().as_raw() != issuer.subject_der.as_slice()
+        || !(signed_here() || precert.verify_signature(Some(&issuer_key)).is_ok())
+    {
         return Err(Error::Request("the precertificate was not signed by this issuer".into()));
     }
     let parts = der::split_signed(precertificate).map_err(self_check)?;

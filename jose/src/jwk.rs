@@ -77,7 +77,8 @@ impl EcCurve {
     /// x³ − 3x + b mod p: what y² must be for a point at `x`.
     fn curve_rhs(self, x: &BigUint) -> BigUint {
         let CurveField { p, b } = self.field();
-        // Two products rather than `modpow`, whose Montgomery set-up costs more than the whole cube for an exponent of 3.
+        // Two products rather than `modpow`, whose Montgomery set-up costs more than the whole cube for an
+        // exponent of 3.
         let x3 = (x * x % p) * x % p;
         (x3 + b + p * 3u32 - (x * 3u32) % p) % p
     }

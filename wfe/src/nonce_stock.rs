@@ -74,8 +74,9 @@ impl NonceStock {
             return Ok(nonce);
         }
         let mut batch = fetch().await?;
-        let nonce =
-            batch.pop().ok_or_else(|| Problem::new(ErrorKind::Unavailable, "the nonce service returned no nonce"))?;
+        let nonce = batch
+            .pop()
+            .ok_or_else(|| Problem::new(ErrorKind::Unavailable, "the nonce service returned no nonce; try again"))?;
         self.stock(batch);
         Ok(nonce)
     }

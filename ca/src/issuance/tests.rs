@@ -429,21 +429,35 @@ fn issuer_id_is_the_first_seven_bytes_of_the_subject_digest() {
     assert_ne!(issuer_id(&root), issuer_id(&f.issuer));
 }
 
-/// A token that has gone away: the key is the issuer's (so the issuer loads), but nothing signs any more.
+/// A key store that holds the issuer's public key (so the issuer loads) but does not sign with its private key.
 #[derive(Debug)]
-struct GoneToken(FileSigner);
+struct FaultyToken {
+    issuers: FileSigner,
+    fault: Fault,
+}
 
-impl Signer for GoneToken {
+#[derive(Debug)]
+enum Fault {
+    /// The token has gone away: nothing signs any more.
+    Gone,
+    /// It signs with another key (a token holding the wrong key, a faulty signer).
+    ForeignKey(FileSigner),
+}
+
+impl Signer for FaultyToken {
     fn subject_public_key_info(&self) -> Vec<u8> {
-        self.0.subject_public_key_info()
+        self.issuers.subject_public_key_info()
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.algorithm()
+        self.issuers.algorithm()
     }
 
-    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, Error> {
-        Err(Error::Rcgen(rcgen::Error::RemoteKeyError))
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        match &self.fault {
+            Fault::Gone => Err(Error::Rcgen(rcgen::Error::RemoteKeyError)),
+            Fault::ForeignKey(other) => other.sign(message),
+        }
     }
 
     fn is_slow(&self) -> bool {
@@ -459,7 +473,7 @@ impl Signer for GoneToken {
 fn a_key_store_that_fails_to_sign_is_counted_by_issuer_and_store() {
     let f = fixture();
     let key = KeyPair::from_pem(&std::fs::read_to_string(&f.pki.intermediate_key).expect("key")).expect("pem");
-    let gone = GoneToken(FileSigner::new(key));
+    let gone = FaultyToken { issuers: FileSigner::new(key), fault: Fault::Gone };
     let issuer = Issuer::new(cert_der(&f.pki.intermediate_pem), Box::new(gone)).expect("the issuer loads");
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
@@ -476,42 +490,12 @@ fn a_key_store_that_fails_to_sign_is_counted_by_issuer_and_store() {
     assert!(line.ends_with(" 2"), "{line}");
 }
 
-/// A key store that signs with another key than the issuer's (a token holding the wrong key, a faulty signer): the
-/// issuer loads, since the public key it reports is the certificate's.
-#[derive(Debug)]
-struct ForeignKey {
-    issuers: FileSigner,
-    other: FileSigner,
-}
-
-impl Signer for ForeignKey {
-    fn subject_public_key_info(&self) -> Vec<u8> {
-        self.issuers.subject_public_key_info()
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.issuers.algorithm()
-    }
-
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        self.other.sign(message)
-    }
-
-    fn is_slow(&self) -> bool {
-        false
-    }
-
-    fn key_store(&self) -> &'static str {
-        "pkcs11"
-    }
-}
-
 #[test]
 fn a_signature_that_does_not_verify_with_the_issuers_key_is_refused_and_counted() {
     let f = fixture();
     let key = KeyPair::from_pem(&std::fs::read_to_string(&f.pki.intermediate_key).expect("key")).expect("pem");
     let other = KeyPair::generate_for(key.algorithm()).expect("another key of the same kind");
-    let foreign = ForeignKey { issuers: FileSigner::new(key), other: FileSigner::new(other) };
+    let foreign = FaultyToken { issuers: FileSigner::new(key), fault: Fault::ForeignKey(FileSigner::new(other)) };
     let issuer = Issuer::new(cert_der(&f.pki.intermediate_pem), Box::new(foreign)).expect("the issuer loads");
     let leaf_key = KeyPair::generate().expect("key");
     let req = request(csr_for(&leaf_key, &["a.example"]), &random_serial(0x10).expect("serial"));
