@@ -69,6 +69,10 @@ pub const ORDER_REUSE: &str = "SELECT s.order_id FROM order_fqdn_sets s JOIN ord
 pub const FQDN_SET_TIMES: &str =
     "SELECT issued FROM fqdn_sets WHERE set_hash = $1 AND issued > $2 ORDER BY issued DESC";
 
+/// Issuance times of one order's set of names, by the set's hash recorded with the order (renewal detection at
+/// finalization).
+pub const ORDER_FQDN_SET_TIMES: &str = "SELECT issued FROM fqdn_sets WHERE set_hash = (SELECT set_hash FROM order_fqdn_sets WHERE order_id = $1) AND issued > $2 ORDER BY issued DESC";
+
 /// Certificates naming a domain or a name under it (CertificatesPerDomain).
 pub const CERTIFICATES_FOR_DOMAIN: &str = "SELECT COUNT(DISTINCT serial) FROM issued_names WHERE (reversed_name = $1 OR (reversed_name >= $2 AND reversed_name < $3)) AND not_before > $4";
 

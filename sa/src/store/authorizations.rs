@@ -11,6 +11,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
+use super::reads::{Read, Snapshot};
 use crate::queries;
 use crate::status::authorization_status;
 
@@ -36,8 +37,8 @@ impl Store {
     }
 
     pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        order_authorizations(&mut conn, order_id).await
+        let mut answers = self.read_together(&[order_authorizations_read(order_id)], Snapshot::EachRead).await?;
+        authorizations_from_rows(&answers.swap_remove(0), now())
     }
 
     /// Valid authorizations of `account_id` for exactly these identifier values (so a wildcard's never serves a
@@ -49,8 +50,9 @@ impl Store {
         valid_until: Timestamp,
         profile: &str,
     ) -> Result<Vec<Authorization>, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        valid_authorizations(&mut conn, account_id, identifiers, valid_until, profile).await
+        let reads = valid_authorization_reads(account_id, identifiers, valid_until, profile);
+        let answers = self.read_together(&reads, Snapshot::EachRead).await?;
+        newest_valid_authorizations(&answers, now())
     }
 
     /// Marks a pending authorization as being validated by `owner` (an ra replica): a fuse against two
@@ -155,42 +157,50 @@ impl Store {
     }
 }
 
-/// An order's authorizations, in the order's order.
+/// An order's authorizations, in the order's order, on `conn` (in the transaction that wrote them).
 pub(super) async fn order_authorizations(
     conn: &mut AnyConnection,
     order_id: i64,
 ) -> Result<Vec<Authorization>, Problem> {
     let rows = sqlx::query(queries::ORDER_AUTHORIZATIONS).bind(order_id).fetch_all(conn).await.map_err(db_error)?;
-    let now = now();
+    authorizations_from_rows(&rows, now())
+}
+
+/// The read of an order's authorizations, in the order's order.
+pub(super) fn order_authorizations_read(order_id: i64) -> Read {
+    Read::new(queries::ORDER_AUTHORIZATIONS).int(order_id)
+}
+
+pub(super) fn authorizations_from_rows(rows: &[AnyRow], now: Timestamp) -> Result<Vec<Authorization>, Problem> {
     rows.iter().map(|r| authorization_from_row(r, now)).collect()
 }
 
-/// [`Store::get_valid_authorizations`] on one connection (or in one transaction).
-pub(super) async fn valid_authorizations(
-    conn: &mut AnyConnection,
+/// The reads of [`Store::get_valid_authorizations`], one per identifier.
+pub(super) fn valid_authorization_reads(
     account_id: i64,
     identifiers: &[Identifier],
     valid_until: Timestamp,
     profile: &str,
+) -> Vec<Read> {
+    let valid_until = valid_until.max(now());
+    let read = |identifier: &Identifier| {
+        Read::new(queries::VALID_AUTHORIZATION)
+            .int(account_id)
+            .text(identifier.kind.as_str())
+            .text(&identifier.value)
+            .int(valid_until)
+            .text(profile)
+            .text(profile)
+    };
+    identifiers.iter().map(read).collect()
+}
+
+/// The authorizations [`valid_authorization_reads`] found, one answer per identifier.
+pub(super) fn newest_valid_authorizations(
+    answers: &[Vec<AnyRow>],
+    now: Timestamp,
 ) -> Result<Vec<Authorization>, Problem> {
-    let now = now();
-    let mut found = Vec::new();
-    for identifier in identifiers {
-        let row = sqlx::query(queries::VALID_AUTHORIZATION)
-            .bind(account_id)
-            .bind(identifier.kind.as_str())
-            .bind(&identifier.value)
-            .bind(valid_until.max(now))
-            .bind(profile)
-            .bind(profile)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_error)?;
-        if let Some(row) = row {
-            found.push(authorization_from_row(&row, now)?);
-        }
-    }
-    Ok(found)
+    answers.iter().filter_map(|rows| rows.first()).map(|row| authorization_from_row(row, now)).collect()
 }
 
 fn authorization_from_row(row: &AnyRow, now: Timestamp) -> Result<Authorization, Problem> {

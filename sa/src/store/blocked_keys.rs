@@ -3,9 +3,8 @@
 use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
-use sqlx::AnyConnection;
-
 use super::database::{Store, db_error};
+use super::reads::{Read, Snapshot};
 
 impl Store {
     /// Blocked keys whose certificates have not all been revoked yet, oldest first.
@@ -54,17 +53,12 @@ impl Store {
     }
 
     pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        key_blocked_on(&mut conn, key_hash).await
+        let answers = self.read_together(&[key_blocked_read(key_hash)], Snapshot::EachRead).await?;
+        Ok(!answers[0].is_empty())
     }
 }
 
-/// Whether the key with hash `key_hash` is blocked, read on one connection.
-pub(super) async fn key_blocked_on(conn: &mut AnyConnection, key_hash: &[u8]) -> Result<bool, Problem> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT added FROM blocked_keys WHERE key_hash = $1")
-        .bind(key_hash)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    Ok(found.is_some())
+/// The read of whether the key with hash `key_hash` is blocked: a row when it is.
+pub(super) fn key_blocked_read(key_hash: &[u8]) -> Read {
+    Read::new("SELECT added FROM blocked_keys WHERE key_hash = $1").bytes(key_hash)
 }

@@ -6,8 +6,10 @@ use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get};
+use super::reads::{Read, Snapshot};
 use crate::queries;
 
 /// `www.example.com` → `com.example.www`, so names under one domain sort together.
@@ -164,7 +166,7 @@ impl Store {
             ));
         }
         let sql = self.backend().one_statement(&writes);
-        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&facts.serial)
             .bind(account_id)
             .bind(issued)
@@ -183,12 +185,10 @@ impl Store {
                 query = query.bind(now().max(1)).bind(by);
             }
         }
-        let mut tx = self.begin_write().await?;
         // All rows, as `add_certificate_for_order` reads them: the UPDATE's, when there is one, is the last.
-        let began = match query.fetch_all(&mut *tx).await.map_err(db_error) {
-            Ok(rows) => !begins_processing || !rows.is_empty(),
+        let (tx, began) = match self.begin_write_with(query).await {
+            Ok((tx, rows)) => (tx, !begins_processing || !rows.is_empty()),
             Err(problem) => {
-                drop(tx);
                 // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
                 if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
                     return Ok(facts.serial);
@@ -279,7 +279,6 @@ impl Store {
         // the certificate itself, and learns why it cannot), while the certificate is stored all the same.
         let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
-        let mut tx = self.begin_write().await?;
         // The certificate and its order's update in one statement ($8 the order); the order takes the certificate
         // only while it is processing and has none, and its `replaces` says whether a replacement record (RFC 9773)
         // waits for it, so the common order without one costs no second write.
@@ -293,7 +292,7 @@ impl Store {
                     .to_owned(),
             );
         }
-        let mut store = sqlx::query_scalar(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
+        let mut store = sqlx::query(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
             .bind(&facts.serial)
             .bind(account_id)
             .bind(&digest)
@@ -306,7 +305,8 @@ impl Store {
         }
         // All rows, not an optional one: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
         // statement's result, which is the INSERT's count of rows.
-        let finalized: Option<String> = store.fetch_all(&mut *tx).await.map_err(db_error)?.pop();
+        let (mut tx, rows) = self.begin_write_with(store).await?;
+        let finalized: Option<String> = rows.last().map(|row| get(row, "replaces")).transpose()?;
         let order_finalized = match finalized {
             Some(replaces) => {
                 if !replaces.is_empty() {
@@ -367,8 +367,8 @@ impl Store {
         identifiers: &[Identifier],
         since: Timestamp,
     ) -> Result<Vec<Timestamp>, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        fqdn_set_issued_since(&mut conn, identifiers, since).await
+        let answers = self.read_together(&[fqdn_set_times_read(identifiers, since)], Snapshot::EachRead).await?;
+        issuance_times(&answers[0])
     }
 
     /// How many certificates named `domain` or a name under it, with a notBefore after `since`.
@@ -416,19 +416,20 @@ async fn order_has(conn: &mut AnyConnection, order_id: i64, serial: &str) -> Res
     Ok(recorded.is_some_and(|recorded| recorded == serial))
 }
 
-/// When certificates for exactly `identifiers` were issued since `since`, newest first, on one connection (or in one
-/// transaction).
-pub(super) async fn fqdn_set_issued_since(
-    conn: &mut AnyConnection,
-    identifiers: &[Identifier],
-    since: Timestamp,
-) -> Result<Vec<Timestamp>, Problem> {
-    sqlx::query_scalar(queries::FQDN_SET_TIMES)
-        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-        .bind(since)
-        .fetch_all(conn)
-        .await
-        .map_err(db_error)
+/// The read of when certificates for exactly `identifiers` were issued since `since`, newest first.
+pub(super) fn fqdn_set_times_read(identifiers: &[Identifier], since: Timestamp) -> Read {
+    Read::new(queries::FQDN_SET_TIMES).bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str()))).int(since)
+}
+
+/// The read of when certificates for exactly order `order_id`'s identifiers were issued since `since`, newest
+/// first: the set's hash recorded with the order, so that the read need not wait for the order's.
+pub(super) fn order_fqdn_set_times_read(order_id: i64, since: Timestamp) -> Read {
+    Read::new(queries::ORDER_FQDN_SET_TIMES).int(order_id).int(since)
+}
+
+/// The issuance times a read of [`fqdn_set_times_read`] or [`order_fqdn_set_times_read`] found.
+pub(super) fn issuance_times(rows: &[AnyRow]) -> Result<Vec<Timestamp>, Problem> {
+    rows.iter().map(|row| get(row, "issued")).collect()
 }
 
 /// What the sa records about a certificate, read from its DER.

@@ -3,9 +3,10 @@
 
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, IdentifierType, Problem};
-use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
+use super::reads::{Read, Snapshot};
 
 /// A rate limit raised (or lowered) for one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +52,8 @@ impl Store {
         account_id: i64,
         identifiers: &[Identifier],
     ) -> Result<Vec<Identifier>, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        paused_among(&mut conn, account_id, identifiers).await
+        let answers = self.read_together(&paused_reads(account_id, identifiers), Snapshot::EachRead).await?;
+        Ok(paused_among(identifiers, &answers))
     }
 
     /// Every identifier paused for `account_id`.
@@ -182,26 +183,25 @@ impl Store {
     }
 }
 
-/// Which of `identifiers` are paused for `account_id`, on one connection (or in one transaction).
-pub(super) async fn paused_among(
-    conn: &mut AnyConnection,
-    account_id: i64,
-    identifiers: &[Identifier],
-) -> Result<Vec<Identifier>, Problem> {
-    let mut paused = Vec::new();
-    for identifier in identifiers {
-        let found: Option<i64> = sqlx::query_scalar(
+/// The reads of which of `identifiers` are paused for `account_id`, one per identifier.
+pub(super) fn paused_reads(account_id: i64, identifiers: &[Identifier]) -> Vec<Read> {
+    let read = |identifier: &Identifier| {
+        Read::new(
             "SELECT paused_at FROM paused_identifiers WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND unpaused_at = 0",
         )
-        .bind(account_id)
-        .bind(identifier.kind.as_str())
-        .bind(&identifier.value)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        if found.is_some() {
-            paused.push(identifier.clone());
-        }
-    }
-    Ok(paused)
+        .int(account_id)
+        .text(identifier.kind.as_str())
+        .text(&identifier.value)
+    };
+    identifiers.iter().map(read).collect()
+}
+
+/// The identifiers [`paused_reads`] found paused, from its answers.
+pub(super) fn paused_among(identifiers: &[Identifier], answers: &[Vec<AnyRow>]) -> Vec<Identifier> {
+    identifiers
+        .iter()
+        .zip(answers)
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(identifier, _)| identifier.clone())
+        .collect()
 }

@@ -316,6 +316,30 @@ impl Store {
         begin_on(&self.writer, self.backend.begin_write_statement()).await
     }
 
+    /// Starts a transaction that will write with its first statement, and answers that statement's rows. On SQLite
+    /// `BEGIN IMMEDIATE` goes with the statement as one string, one hand-off to the connection's thread instead of
+    /// two; on PostgreSQL it is [`Store::begin_write`] and the statement. On failure the transaction is rolled back.
+    pub(crate) async fn begin_write_with(
+        &self,
+        mut first: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<(DbTransaction, Vec<AnyRow>), Problem> {
+        match self.backend {
+            Backend::Sqlite => {
+                use sqlx::Execute;
+                let arguments = first.take_arguments().map_err(internal)?.unwrap_or_default();
+                let sql = format!("{};\n{}", self.backend.begin_write_statement(), first.sql().as_str());
+                let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
+                let conn = self.writer.acquire().await.map_err(db_error)?;
+                DbTransaction::begin_with(conn, query).await.map_err(|(err, _)| db_error(err))
+            }
+            Backend::Postgres => {
+                let mut tx = self.begin_write().await?;
+                let rows = first.fetch_all(&mut *tx).await.map_err(db_error)?;
+                Ok((tx, rows))
+            }
+        }
+    }
+
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
     /// connection: PostgreSQL's repeatable-read snapshot, SQLite's deferred transaction (one WAL snapshot, no lock
     /// that would keep a writer waiting).
@@ -394,14 +418,26 @@ pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRo
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use quarry_testkit::db::TestDatabase;
+
+    /// A fresh store of two connections on each database the tests have, with the database it is on.
+    pub(in crate::store) async fn stores_on_every_backend() -> Vec<(TestDatabase, Store)> {
+        let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
+        let mut stores = Vec::new();
+        for db in TestDatabase::every_backend().await {
+            let store = Store::open(&db.url, settings).await.expect("open the store");
+            stores.push((db, store));
+        }
+        stores
+    }
 
     /// On SQLite every write has one connection of its own; the reading connections refuse to write, so a write
     /// sent to them fails in the tests instead of quietly competing for SQLite's write lock.
     #[tokio::test]
     async fn sqlite_reads_and_writes_go_to_their_own_connections() {
-        let db = quarry_testkit::db::TestDatabase::sqlite();
+        let db = TestDatabase::sqlite();
         let settings = PoolSettings { max_connections: 8, statement_timeout: Duration::from_secs(5) };
         let store = Store::open(&db.url, settings).await.expect("open the store");
         let insert = "INSERT INTO schema_migrations (version, name, applied_at) VALUES (1000, 'test', 0)";
@@ -424,7 +460,7 @@ mod tests {
     /// a live one.
     #[tokio::test]
     async fn connections_postgresql_ended_are_unavailable_then_replaced() {
-        let Some(db) = quarry_testkit::db::TestDatabase::postgres().await else {
+        let Some(db) = TestDatabase::postgres().await else {
             eprintln!("no PostgreSQL here ({} unset)", quarry_testkit::db::POSTGRES_ENV);
             return;
         };
@@ -454,13 +490,48 @@ mod tests {
         }
     }
 
+    /// A write transaction begun with its first statement answers that statement's rows and commits what it wrote;
+    /// one whose first statement fails keeps nothing, and the writing connection is out of any transaction after
+    /// (on SQLite the pool's only one: a transaction left open would fail every later `BEGIN`).
+    #[tokio::test]
+    async fn a_write_transaction_begun_with_its_first_statement_commits_it_or_keeps_nothing() {
+        for (db, store) in stores_on_every_backend().await {
+            let insert = |version: i64| {
+                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, 'first', 0) RETURNING version")
+                    .bind(version)
+            };
+            let (mut tx, rows) =
+                store.begin_write_with(insert(3000)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+            let returned: Vec<i64> = rows.iter().map(|row| get(row, "version").unwrap()).collect();
+            assert_eq!(returned, [3000], "{}", db.url);
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (3001, 'second', 0)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(db.count("schema_migrations WHERE version IN (3000, 3001)").await, 2, "{}", db.url);
+
+            // A taken version: the first statement fails, as `duplicate`.
+            let problem = store.begin_write_with(insert(3000)).await.map(|_| ()).expect_err("a taken version");
+            assert_eq!(problem.kind, ErrorKind::Duplicate, "{}: {}", db.url, problem.detail);
+            // Dropped without a commit, a transaction keeps nothing; and the next ones begin, several times over.
+            let (tx, _) = store.begin_write_with(insert(3002)).await.unwrap();
+            drop(tx);
+            for version in 3003..3006 {
+                let (tx, _) =
+                    store.begin_write_with(insert(version)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+                tx.commit().await.unwrap();
+            }
+            assert_eq!(db.count("schema_migrations WHERE version = 3002").await, 0, "{}", db.url);
+            assert_eq!(db.count("schema_migrations WHERE version BETWEEN 3003 AND 3005").await, 3, "{}", db.url);
+        }
+    }
+
     /// Independent writes joined into one statement: run on each database, every row is written, and a write that
     /// fails leaves none of them once the transaction is dropped.
     #[tokio::test]
     async fn writes_joined_into_one_statement_write_every_row_or_none() {
-        let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
-        for db in quarry_testkit::db::TestDatabase::every_backend().await {
-            let store = Store::open(&db.url, settings).await.expect("open the store");
+        for (db, store) in stores_on_every_backend().await {
             let writes = |first: i64| {
                 vec![
                     format!("INSERT INTO schema_migrations (version, name, applied_at) VALUES ({first}, $1, $2)"),

@@ -1,16 +1,17 @@
 //! What finalizing an order checks (`GetFinalizationFacts`): its authorizations (and the order itself when asked),
-//! whether the CSR's key is blocked, and whether the certificate would renew one, read on one pooled connection, so
-//! that the call costs the sa one checkout (and the pool's check of the connection it takes back) instead of three.
+//! whether the CSR's key is blocked, and whether the certificate would renew one, asked together, so that the call
+//! costs the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL).
 
-use quarry_core::clock::Timestamp;
+use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::{Authorization, Order};
 use quarry_core::{Identifier, Problem};
 
-use super::authorizations::order_authorizations;
-use super::blocked_keys::key_blocked_on;
-use super::certificates::fqdn_set_issued_since;
-use super::database::{Store, db_error};
-use super::orders::order_and_authorizations;
+use super::authorizations::authorizations_from_rows;
+use super::blocked_keys::key_blocked_read;
+use super::certificates::{fqdn_set_times_read, order_fqdn_set_times_read};
+use super::database::Store;
+use super::orders::{order_from_answers, order_reads};
+use super::reads::Snapshot;
 
 /// What a finalize asks.
 #[derive(Debug, Clone)]
@@ -41,17 +42,26 @@ impl Store {
     /// `get_order_authorizations`, `fqdn_set_issuance_times`). A missing order is `notFound` only when the order is
     /// asked for; otherwise it has no authorizations.
     pub async fn finalization_facts(&self, question: &FinalizationQuestion) -> Result<FinalizationFacts, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let key_blocked = key_blocked_on(&mut conn, &question.key_hash).await?;
-        let (order, authorizations) = match question.with_order {
-            true => order_and_authorizations(&mut conn, question.order_id).await.map(|(o, a)| (Some(o), a))?,
-            false => (None, order_authorizations(&mut conn, question.order_id).await?),
+        let FinalizationQuestion { order_id, with_order, renewal_since, .. } = *question;
+        let [order_read, authorizations_read] = order_reads(order_id);
+        let renewal_read = match with_order && question.identifiers.is_empty() {
+            true => order_fqdn_set_times_read(order_id, renewal_since),
+            false => fqdn_set_times_read(&question.identifiers, renewal_since),
         };
-        let identifiers = match &order {
-            Some(order) if question.identifiers.is_empty() => &order.identifiers,
-            _ => &question.identifiers,
+        let mut reads = vec![key_blocked_read(&question.key_hash), authorizations_read, renewal_read];
+        if with_order {
+            reads.push(order_read);
+        }
+        let answers = self.read_together(&reads, Snapshot::EachRead).await?;
+        let (order, authorizations) = match with_order {
+            true => order_from_answers(order_id, &answers[3], &answers[1]).map(|(o, a)| (Some(o), a))?,
+            false => (None, authorizations_from_rows(&answers[1], now())?),
         };
-        let renewal = !fqdn_set_issued_since(&mut conn, identifiers, question.renewal_since).await?.is_empty();
-        Ok(FinalizationFacts { order, authorizations, key_blocked, renewal })
+        Ok(FinalizationFacts {
+            order,
+            authorizations,
+            key_blocked: !answers[0].is_empty(),
+            renewal: !answers[2].is_empty(),
+        })
     }
 }

@@ -3,9 +3,9 @@
 //! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pools,
-//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `new_order_facts` reads
-//! across the groups, in one transaction, what a new order needs, and `finalization_facts`, on one connection, what a
-//! finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
+//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `reads` asks reads that do not
+//! depend on each other together (one hand-off to SQLite's thread); `new_order_facts` reads across the groups, in one
+//! transaction, what a new order needs, and `finalization_facts` what a finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
 //! public names stay the ones below.
 
 mod accounts;
@@ -19,6 +19,7 @@ mod finalization_facts;
 mod new_order_facts;
 mod orders;
 mod pool;
+mod reads;
 pub(crate) mod recovery;
 pub(crate) mod renewal_info;
 pub(crate) mod revocation;

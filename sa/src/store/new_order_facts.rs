@@ -1,16 +1,17 @@
 //! What new-order reads before it creates (`GetNewOrderFacts`): the reusable order, the paused identifiers, renewal
-//! and the valid authorizations to reuse, in one read transaction, so that a new order costs the ra one sa call
-//! and the sa one connection instead of four of each.
+//! and the valid authorizations to reuse, asked together in one read transaction, so that a new order costs the ra
+//! one sa call and the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL).
 
-use quarry_core::clock::Timestamp;
+use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::NewOrderFacts;
 use quarry_core::{Identifier, Problem};
 
-use super::authorizations::valid_authorizations;
-use super::certificates::fqdn_set_issued_since;
-use super::controls::paused_among;
-use super::database::{Store, db_error};
-use super::orders::reusable_order;
+use super::authorizations::{newest_valid_authorizations, valid_authorization_reads};
+use super::certificates::fqdn_set_times_read;
+use super::controls::{paused_among, paused_reads};
+use super::database::Store;
+use super::orders::reuse_candidates_read;
+use super::reads::Snapshot;
 
 /// What a new order asks.
 #[derive(Debug, Clone)]
@@ -30,23 +31,31 @@ pub struct NewOrderQuestion {
 impl Store {
     /// Each part is what its own read answers (`get_order_for_names`, `paused_identifiers`,
     /// `fqdn_set_issuance_times`, `get_valid_authorizations`). A reusable order is the whole answer, as it is the
-    /// ra's: the rest is read only when there is none.
+    /// ra's; its candidates' states are read after the rest, only when there are candidates.
     pub async fn new_order_facts(&self, question: &NewOrderQuestion) -> Result<NewOrderFacts, Problem> {
         let NewOrderQuestion { account_id, identifiers, profile, .. } = question;
-        let mut tx = self.begin_read().await?;
-        if !question.replacement
-            && let Some(order) = reusable_order(&mut tx, *account_id, identifiers, profile).await?
-        {
-            tx.commit().await.map_err(db_error)?;
-            return Ok(NewOrderFacts { reusable_order: Some(order), ..NewOrderFacts::default() });
-        }
         // Pauses are recorded for an authorization's identifier, which never carries the wildcard label.
         let pausable: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
-        let paused = paused_among(&mut tx, *account_id, &pausable).await?;
-        let renewal = !fqdn_set_issued_since(&mut tx, identifiers, question.renewal_since).await?.is_empty();
-        let valid_authorizations =
-            valid_authorizations(&mut tx, *account_id, identifiers, question.valid_until, profile).await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(NewOrderFacts { reusable_order: None, paused, renewal, valid_authorizations })
+        let mut reads = Vec::with_capacity(2 + 2 * identifiers.len());
+        if !question.replacement {
+            reads.push(reuse_candidates_read(*account_id, identifiers, profile));
+        }
+        let paused_at = reads.len();
+        reads.extend(paused_reads(*account_id, &pausable));
+        let renewal_at = reads.len();
+        reads.push(fqdn_set_times_read(identifiers, question.renewal_since));
+        reads.extend(valid_authorization_reads(*account_id, identifiers, question.valid_until, profile));
+        let answers = self.read_together(&reads, Snapshot::One).await?;
+        if !question.replacement
+            && let Some(order) = self.first_reusable(&answers[0]).await?
+        {
+            return Ok(NewOrderFacts { reusable_order: Some(order), ..NewOrderFacts::default() });
+        }
+        Ok(NewOrderFacts {
+            reusable_order: None,
+            paused: paused_among(&pausable, &answers[paused_at..renewal_at]),
+            renewal: !answers[renewal_at].is_empty(),
+            valid_authorizations: newest_valid_authorizations(&answers[renewal_at + 1..], now())?,
+        })
     }
 }

@@ -5,11 +5,11 @@ use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_ORDER_PAGE, Order, OrderPage};
 use quarry_core::{ErrorKind, Identifier, Problem};
-use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
-use super::authorizations::order_authorizations;
+use super::authorizations::{authorizations_from_rows, order_authorizations, order_authorizations_read};
 use super::database::{Store, db_error, get, internal};
+use super::reads::{Read, Snapshot};
 use crate::queries;
 use crate::status::{OrderFacts, order_status};
 
@@ -58,11 +58,9 @@ impl Store {
     /// authorizations as recorded (the caller shows them next).
     pub async fn new_order_and_authorizations(&self, order: &NewOrder) -> Result<(Order, Vec<Authorization>), Problem> {
         let created = now();
-        let mut tx = self.begin_write().await?;
-        let mut authorization_ids = order.reused_authorization_ids.clone();
-        for authz in &order.new_authorizations {
+        let insert_authorization = |authz: &NewAuthorization| {
             let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
-            let id: i64 = sqlx::query_scalar(
+            sqlx::query(
                 "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING id",
             )
             .bind(order.account_id)
@@ -73,22 +71,34 @@ impl Store {
             .bind(&authz.token)
             .bind(&order.profile)
             .bind(created)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            authorization_ids.push(id);
-        }
+        };
         let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
-        let order_row = sqlx::query(queries::INSERT_ORDER)
+        let insert_order = sqlx::query(queries::INSERT_ORDER)
             .bind(order.account_id)
             .bind(order.expires)
             .bind(created)
             .bind(&order.profile)
             .bind(&order.replaces)
-            .bind(identifiers)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            .bind(identifiers);
+        let only_row = |rows: Vec<AnyRow>| rows.into_iter().next().ok_or_else(|| internal("an INSERT answered no row"));
+        let mut authorization_ids = order.reused_authorization_ids.clone();
+        // The transaction begins with the first INSERT, in one hand-off to SQLite's thread.
+        let (mut tx, order_row) = match order.new_authorizations.split_first() {
+            Some((first, rest)) => {
+                let (mut tx, rows) = self.begin_write_with(insert_authorization(first)).await?;
+                authorization_ids.push(get(&only_row(rows)?, "id")?);
+                for authz in rest {
+                    let row = insert_authorization(authz).fetch_one(&mut *tx).await.map_err(db_error)?;
+                    authorization_ids.push(get(&row, "id")?);
+                }
+                let order_row = insert_order.fetch_one(&mut *tx).await.map_err(db_error)?;
+                (tx, order_row)
+            }
+            None => {
+                let (tx, rows) = self.begin_write_with(insert_order).await?;
+                (tx, only_row(rows)?)
+            }
+        };
         let order_id: i64 = get(&order_row, "id")?;
         // The order's links, as one statement: $1 to $4, then the authorizations in the order's order, then the
         // replaced serial.
@@ -150,14 +160,13 @@ impl Store {
     }
 
     pub async fn get_order(&self, id: i64) -> Result<Order, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        order_by_id(&mut conn, id).await
+        self.get_order_and_authorizations(id).await.map(|(order, _)| order)
     }
 
-    /// An order and its authorizations, read on one connection: what finalizing it checks.
+    /// An order and its authorizations, read together: what finalizing it checks.
     pub async fn get_order_and_authorizations(&self, id: i64) -> Result<(Order, Vec<Authorization>), Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        order_and_authorizations(&mut conn, id).await
+        let answers = self.read_together(&order_reads(id), Snapshot::EachRead).await?;
+        order_from_answers(id, &answers[0], &answers[1])
     }
     /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
     pub async fn get_order_for_names(
@@ -166,8 +175,9 @@ impl Store {
         identifiers: &[Identifier],
         profile: &str,
     ) -> Result<Order, Problem> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let order = reusable_order(&mut conn, account_id, identifiers, profile).await?;
+        let read = [reuse_candidates_read(account_id, identifiers, profile)];
+        let candidates = self.read_together(&read, Snapshot::EachRead).await?;
+        let order = self.first_reusable(&candidates[0]).await?;
         order.ok_or_else(|| Problem::not_found("no reusable order"))
     }
 
@@ -299,45 +309,46 @@ impl Store {
     }
 }
 
-/// An order by id, with its authorizations, read on one connection (or in one transaction).
-async fn order_by_id(conn: &mut AnyConnection, id: i64) -> Result<Order, Problem> {
-    order_and_authorizations(conn, id).await.map(|(order, _)| order)
+/// The reads of an order by id and of its authorizations (from which its status follows).
+pub(super) fn order_reads(id: i64) -> [Read; 2] {
+    [Read::new(queries::ORDER_BY_ID).int(id), order_authorizations_read(id)]
 }
 
-/// An order by id and its authorizations (from which its status follows), read on one connection.
-pub(super) async fn order_and_authorizations(
-    conn: &mut AnyConnection,
+/// Order `id` and its authorizations from the answers to [`order_reads`]: `notFound` when there is no such order.
+pub(super) fn order_from_answers(
     id: i64,
+    order_rows: &[AnyRow],
+    authorization_rows: &[AnyRow],
 ) -> Result<(Order, Vec<Authorization>), Problem> {
-    let row = sqlx::query(queries::ORDER_BY_ID).bind(id).fetch_optional(&mut *conn).await.map_err(db_error)?;
-    let row = row.ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
-    let authorizations = order_authorizations(conn, id).await?;
-    let order = order_from_row(&row, &authorizations, now())?;
+    let row = order_rows.first().ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
+    let now = now();
+    let authorizations = authorizations_from_rows(authorization_rows, now)?;
+    let order = order_from_row(row, &authorizations, now)?;
     Ok((order, authorizations))
 }
 
-/// The newest pending or ready order of the account for exactly this set of identifiers and profile, if any.
-pub(super) async fn reusable_order(
-    conn: &mut AnyConnection,
-    account_id: i64,
-    identifiers: &[Identifier],
-    profile: &str,
-) -> Result<Option<Order>, Problem> {
-    let ids: Vec<i64> = sqlx::query_scalar(queries::ORDER_REUSE)
-        .bind(account_id)
-        .bind(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
-        .bind(now())
-        .bind(profile)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    for id in ids {
-        let order = order_by_id(conn, id).await?;
-        if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready) {
-            return Ok(Some(order));
+/// The read of the account's newest orders for exactly this set of identifiers and profile, not yet expired: the
+/// candidates for reuse, which [`Store::first_reusable`] looks through.
+pub(super) fn reuse_candidates_read(account_id: i64, identifiers: &[Identifier], profile: &str) -> Read {
+    Read::new(queries::ORDER_REUSE)
+        .int(account_id)
+        .bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+        .int(now())
+        .text(profile)
+}
+
+impl Store {
+    /// The first pending or ready order among the candidates [`reuse_candidates_read`] found, if any.
+    pub(super) async fn first_reusable(&self, candidates: &[AnyRow]) -> Result<Option<Order>, Problem> {
+        for row in candidates {
+            let order = self.get_order(get(row, "order_id")?).await?;
+            if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
+            {
+                return Ok(Some(order));
+            }
         }
+        Ok(None)
     }
-    Ok(None)
 }
 
 fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {

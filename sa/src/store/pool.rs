@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::any::{AnyConnectOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyConnection, ConnectOptions, Connection, Either, Execute, Executor, SqlStr};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -271,11 +271,31 @@ impl PooledConnection {
 
     /// Notes what `result` says about the connection: an error that may have broken it discards it.
     pub(crate) fn observe<T>(&mut self, result: &Result<T, sqlx::Error>) {
-        if let Err(err) = result
-            && may_break_connection(err)
-        {
+        if let Err(err) = result {
+            self.observe_error(err);
+        }
+    }
+
+    fn observe_error(&mut self, err: &sqlx::Error) {
+        if may_break_connection(err) {
             self.discard();
         }
+    }
+
+    /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's reads
+    /// asked together). Failed or cancelled part-way, it leaves that transaction open: it is rolled back before the
+    /// connection is used again, as a [`DbTransaction`]'s is.
+    pub(crate) async fn fetch_in_own_transaction<'q>(
+        &mut self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
+        self.rollback_on_return = true;
+        let results: Result<Vec<_>, _> = (&mut **self).fetch_many(query).try_collect().await;
+        self.observe(&results);
+        if results.is_ok() {
+            self.rollback_on_return = false;
+        }
+        results
     }
 }
 
@@ -359,6 +379,40 @@ impl DbTransaction {
             Err(err) => {
                 // The database answered with a refusal: no transaction began.
                 if matches!(err, sqlx::Error::Database(_)) {
+                    conn.rollback_on_return = false;
+                }
+                Err((err, conn))
+            }
+        }
+    }
+
+    /// Begins a transaction with its first statement: `query` is `begin` and that statement as one string of
+    /// statements (SQLite), one call instead of two. Answers the statement's rows. On failure the connection comes
+    /// back with the error: a transaction the `BEGIN` opened (it answered before the error) is rolled back when
+    /// the connection is returned.
+    pub(crate) async fn begin_with<'q>(
+        mut conn: PooledConnection,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<(Self, Vec<AnyRow>), (sqlx::Error, PooledConnection)> {
+        conn.rollback_on_return = true;
+        let mut began = false;
+        let mut rows = Vec::new();
+        let mut results = (&mut *conn).fetch_many(query);
+        let failed = loop {
+            match results.next().await {
+                None => break None,
+                Some(Ok(Either::Left(_))) => began = true,
+                Some(Ok(Either::Right(row))) => rows.push(row),
+                Some(Err(err)) => break Some(err),
+            }
+        };
+        drop(results);
+        match failed {
+            None => Ok((Self { conn }, rows)),
+            Some(err) => {
+                conn.observe_error(&err);
+                // The database refused the `BEGIN` itself: no transaction began.
+                if !began && matches!(err, sqlx::Error::Database(_)) {
                     conn.rollback_on_return = false;
                 }
                 Err((err, conn))
