@@ -39,8 +39,10 @@ pub struct FinalizationFacts {
 
 impl Store {
     /// Each part is what its own read answers (`key_blocked`, `get_order_and_authorizations` or
-    /// `get_order_authorizations`, `fqdn_set_issuance_times`). A missing order is `notFound` only when the order is
-    /// asked for; otherwise it has no authorizations.
+    /// `get_order_authorizations`, `fqdn_set_issuance_times`). Asked for the order's own identifiers, renewal is
+    /// read through the FQDN-set hash recorded with the order at its creation (every order has one), so that it need
+    /// not wait for the order's read. A missing order is `notFound` only when the order is asked for; otherwise it
+    /// has no authorizations.
     pub async fn finalization_facts(&self, question: &FinalizationQuestion) -> Result<FinalizationFacts, Problem> {
         let FinalizationQuestion { order_id, with_order, renewal_since, .. } = *question;
         let [order_read, authorizations_read] = order_reads(order_id);

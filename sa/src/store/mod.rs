@@ -4,8 +4,9 @@
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pools,
 //! migrations, transactions) and the helpers the others share, `pool` its connection pool; `reads` asks reads that do not
-//! depend on each other together (one hand-off to SQLite's thread); `new_order_facts` reads across the groups, in one
-//! transaction, what a new order needs, and `finalization_facts` what a finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
+//! depend on each other together (one hand-off to SQLite's thread); `new_order_facts` reads across the groups what a new
+//! order needs (in one transaction, but for the states of the orders it may reuse), and `finalization_facts` what a
+//! finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
 //! public names stay the ones below.
 
 mod accounts;

@@ -1,6 +1,7 @@
-//! What new-order reads before it creates (`GetNewOrderFacts`): the reusable order, the paused identifiers, renewal
-//! and the valid authorizations to reuse, asked together in one read transaction, so that a new order costs the ra
-//! one sa call and the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL).
+//! What new-order reads before it creates (`GetNewOrderFacts`): the candidate orders for reuse, the paused
+//! identifiers, renewal and the valid authorizations to reuse, asked together in one read transaction, so that a new
+//! order costs the ra one sa call and the sa one hand-off to SQLite's thread (one round trip per read on
+//! PostgreSQL). A candidate's state is read after that transaction, only when there is a candidate.
 
 use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::NewOrderFacts;
@@ -31,7 +32,9 @@ pub struct NewOrderQuestion {
 impl Store {
     /// Each part is what its own read answers (`get_order_for_names`, `paused_identifiers`,
     /// `fqdn_set_issuance_times`, `get_valid_authorizations`). A reusable order is the whole answer, as it is the
-    /// ra's; its candidates' states are read after the rest, only when there are candidates.
+    /// ra's; its candidates' states are read after the rest, only when there are candidates. (The rest is read
+    /// even then: on PostgreSQL that is 2 round trips per identifier more than before for a reused order, a rare
+    /// request, against one hand-off instead of six for every new order on SQLite.)
     pub async fn new_order_facts(&self, question: &NewOrderQuestion) -> Result<NewOrderFacts, Problem> {
         let NewOrderQuestion { account_id, identifiers, profile, .. } = question;
         // Pauses are recorded for an authorization's identifier, which never carries the wildcard label.

@@ -71,16 +71,18 @@ fn bind_all<'q>(
     query
 }
 
-/// `sql` with every parameter `$N` numbered `$(N + offset)`: SQLite's driver numbers the parameters of a string of
-/// statements across all of them. The store's SQL has no `$` in a literal.
-fn renumbered(sql: &str, offset: usize) -> String {
+/// `sql` with every parameter `$N` numbered `$(N + offset)`, and the highest `N`: SQLite's driver numbers the
+/// parameters of a string of statements across all of them. The store's SQL has no `$` in a literal.
+fn renumbered(sql: &str, offset: usize) -> (String, usize) {
     let mut out = String::with_capacity(sql.len() + 8);
+    let mut highest = 0;
     let mut rest = sql;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..=at]);
         rest = &rest[at + 1..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if let Ok(number) = rest[..digits].parse::<usize>() {
+            highest = highest.max(number);
             out.push_str(&(number + offset).to_string());
         } else {
             out.push_str(&rest[..digits]);
@@ -88,25 +90,34 @@ fn renumbered(sql: &str, offset: usize) -> String {
         rest = &rest[digits..];
     }
     out.push_str(rest);
-    out
+    (out, highest)
 }
 
 /// The reads as one string of SQLite statements, their parameters numbered across them, between `BEGIN` and
-/// `COMMIT` for one snapshot.
-fn sqlite_statements(reads: &[Read], snapshot: Snapshot) -> String {
+/// `COMMIT` for one snapshot. A read naming more parameters than it binds is refused: in the string it would
+/// silently take the next read's values (SQLite's driver leaves missing ones NULL only at the very end).
+fn sqlite_statements(reads: &[Read], snapshot: Snapshot) -> Result<String, Problem> {
     let mut statements = Vec::with_capacity(reads.len() + 2);
     if snapshot == Snapshot::One {
         statements.push("BEGIN".to_owned());
     }
     let mut offset = 0;
     for read in reads {
-        statements.push(renumbered(read.sql, offset));
+        let (sql, highest) = renumbered(read.sql, offset);
+        if highest > read.params.len() {
+            return Err(internal(format!(
+                "a read names ${highest} but binds {} values: {}",
+                read.params.len(),
+                read.sql
+            )));
+        }
+        statements.push(sql);
         offset += read.params.len();
     }
     if snapshot == Snapshot::One {
         statements.push("COMMIT".to_owned());
     }
-    statements.join(";\n")
+    Ok(statements.join(";\n"))
 }
 
 /// Each statement's rows, from the results of a string of statements: the driver follows each statement's rows
@@ -138,7 +149,7 @@ impl Store {
     pub(crate) async fn read_together(&self, reads: &[Read], snapshot: Snapshot) -> Result<Vec<Vec<AnyRow>>, Problem> {
         match (self.backend(), snapshot) {
             (Backend::Sqlite, _) => {
-                let statements = sqlite_statements(reads, snapshot);
+                let statements = sqlite_statements(reads, snapshot)?;
                 let query =
                     bind_all(sqlx::query(sqlx::AssertSqlSafe(statements)), reads.iter().flat_map(|r| &r.params));
                 let mut conn = self.pool.acquire().await.map_err(db_error)?;
@@ -151,13 +162,14 @@ impl Store {
                     }
                 };
                 let mut answers = rows_by_statement(results.map_err(db_error)?);
-                if snapshot == Snapshot::One {
+                let enclosing = if snapshot == Snapshot::One { 2 } else { 0 };
+                if answers.len() != reads.len() + enclosing {
+                    return Err(internal(format!("{} reads answered {} times", reads.len(), answers.len())));
+                }
+                if enclosing > 0 {
                     // BEGIN's and COMMIT's (empty) results.
                     answers.pop();
                     answers.remove(0);
-                }
-                if answers.len() != reads.len() {
-                    return Err(internal(format!("{} reads answered {} times", reads.len(), answers.len())));
                 }
                 Ok(answers)
             }

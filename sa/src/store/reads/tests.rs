@@ -6,12 +6,17 @@ use crate::store::database::tests::stores_on_every_backend;
 
 #[test]
 fn parameters_are_numbered_across_the_statements() {
+    let renumbered = |sql, offset| renumbered(sql, offset).0;
     assert_eq!(renumbered("SELECT a FROM t WHERE b = $1 AND c = $2", 0), "SELECT a FROM t WHERE b = $1 AND c = $2");
     assert_eq!(renumbered("SELECT a FROM t WHERE b = $1 AND c = $12", 3), "SELECT a FROM t WHERE b = $4 AND c = $15");
     assert_eq!(renumbered("SELECT 'é' || $2, $", 1), "SELECT 'é' || $3, $");
     let reads = [Read::new("SELECT $1, $2").int(1).int(2), Read::new("SELECT $1").text("x"), Read::new("SELECT 1")];
-    assert_eq!(sqlite_statements(&reads, Snapshot::EachRead), "SELECT $1, $2;\nSELECT $3;\nSELECT 1");
-    assert_eq!(sqlite_statements(&reads[1..2], Snapshot::One), "BEGIN;\nSELECT $1;\nCOMMIT");
+    let statements = |reads, snapshot| sqlite_statements(reads, snapshot).expect("statements");
+    assert_eq!(statements(&reads, Snapshot::EachRead), "SELECT $1, $2;\nSELECT $3;\nSELECT 1");
+    assert_eq!(statements(&reads[1..2], Snapshot::One), "BEGIN;\nSELECT $1;\nCOMMIT");
+    // A read naming a parameter it does not bind would take the next read's value: refused.
+    let short = [Read::new("SELECT $1, $2").int(1), Read::new("SELECT $1").int(2)];
+    assert!(sqlite_statements(&short, Snapshot::EachRead).is_err());
 }
 
 /// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, on both
