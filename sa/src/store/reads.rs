@@ -152,14 +152,13 @@ impl Store {
                 let statements = sqlite_statements(reads, snapshot)?;
                 let query =
                     bind_all(sqlx::query(sqlx::AssertSqlSafe(statements)), reads.iter().flat_map(|r| &r.params));
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
                 let results = match snapshot {
-                    Snapshot::One => conn.fetch_in_own_transaction(query).await,
-                    Snapshot::EachRead => {
-                        let results = (&mut *conn).fetch_many(query).try_collect().await;
-                        conn.observe(&results);
-                        results
+                    Snapshot::One => {
+                        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                        conn.fetch_in_own_transaction(query).await
                     }
+                    // The pool's own executor: a connection taken for the string alone, its errors observed.
+                    Snapshot::EachRead => (&self.pool).fetch_many(query).try_collect().await,
                 };
                 let mut answers = rows_by_statement(results.map_err(db_error)?);
                 let enclosing = if snapshot == Snapshot::One { 2 } else { 0 };
