@@ -22,14 +22,19 @@ pub struct CaaCheck<'a> {
 /// The tags RFC 8659 defines; any other tag marked critical stops issuance.
 const KNOWN_TAGS: &[&str] = &["issue", "issuewild", "iodef", "contactemail", "contactphone"];
 
-/// Finds the relevant record set (climbing the tree; the resolver follows CNAMEs) and decides.
+/// Finds the relevant record set (the resolver follows CNAMEs) and decides.
+///
+/// Every name from `check.name` up to its top-level label is asked at once, as Boulder does, and the answers are then
+/// read in climbing order, exactly as a climb one name at a time would read them: the first non-empty set decides, and
+/// a failed lookup stops issuance only when no closer name had a set. With a remote resolver this takes one lookup's
+/// time instead of one per label; the price is a few questions that a set found close to the name makes unneeded.
 pub async fn check(resolver: &dyn Resolver, check: CaaCheck<'_>, identities: &[String]) -> Result<(), Problem> {
     let name = check.name.trim_end_matches('.').to_ascii_lowercase();
-    let labels: Vec<&str> = name.split('.').collect();
-    for start in 0..labels.len() {
-        let candidate = labels[start..].join(".");
-        match resolver.lookup_caa(&candidate).await {
-            Ok(records) if !records.is_empty() => return decide(&records, check, identities, &candidate),
+    let candidates = climb(&name);
+    let answers = futures::future::join_all(candidates.iter().map(|candidate| resolver.lookup_caa(candidate))).await;
+    for (candidate, answer) in candidates.iter().zip(answers) {
+        match answer {
+            Ok(records) if !records.is_empty() => return decide(&records, check, identities, candidate),
             Ok(_) | Err(LookupError::NotFound) => continue,
             Err(LookupError::Failed(why)) => {
                 return Err(Problem::new(
@@ -40,6 +45,17 @@ pub async fn check(resolver: &dyn Resolver, check: CaaCheck<'_>, identities: &[S
         }
     }
     Ok(())
+}
+
+/// `name` and each of its ancestors up to the top-level label, closest first (RFC 8659 §3's climb).
+fn climb(name: &str) -> Vec<&str> {
+    let mut names = vec![name];
+    let mut rest = name;
+    while let Some((_, parent)) = rest.split_once('.') {
+        names.push(parent);
+        rest = parent;
+    }
+    names
 }
 
 /// The decision for one record set found at `owner`.
@@ -123,6 +139,12 @@ impl IssueValue {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    use tokio::sync::Barrier;
+
     use super::*;
 
     const ACCOUNT: &str = "https://ca.example/acme/acct/7";
@@ -223,6 +245,80 @@ mod tests {
         ];
         for (what, records, wildcard, method, expected) in cases {
             assert_eq!(verdict(&records, wildcard, method), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_climb_goes_from_the_name_to_its_top_level_label() {
+        assert_eq!(climb("a.b.example.org"), ["a.b.example.org", "b.example.org", "example.org", "org"]);
+        assert_eq!(climb("localhost"), ["localhost"]);
+    }
+
+    /// CAA answers by name (anything else has none); every lookup waits until `barrier` has been reached by all of
+    /// them, so a climb that asks one name at a time never gets an answer.
+    struct ConcurrentCaa {
+        answers: HashMap<&'static str, Result<Vec<CaaRecord>, LookupError>>,
+        barrier: Barrier,
+    }
+
+    #[tonic::async_trait]
+    impl Resolver for ConcurrentCaa {
+        async fn lookup_ips(&self, _: &str) -> Result<Vec<IpAddr>, LookupError> {
+            Err(LookupError::NotFound)
+        }
+        async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            Err(LookupError::NotFound)
+        }
+        async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
+            self.barrier.wait().await;
+            self.answers.get(name).cloned().unwrap_or(Ok(Vec::new()))
+        }
+        fn addresses(&self) -> Vec<String> {
+            vec!["concurrent".to_owned()]
+        }
+    }
+
+    #[tokio::test]
+    async fn every_name_of_the_climb_is_asked_at_once_and_the_closest_answer_decides() {
+        let failed = || Err(LookupError::Failed("SERVFAIL".into()));
+        let ours = || Ok(vec![record("issue", "quarry.test")]);
+        let theirs = || Ok(vec![record("issue", "other.example")]);
+        type Answers = Vec<(&'static str, Result<Vec<CaaRecord>, LookupError>)>;
+        // (what, answers by name, expected problem kind) for `www.shop.example.org`: four names asked.
+        let cases: Vec<(&str, Answers, Option<ErrorKind>)> = vec![
+            ("no set anywhere", vec![], None),
+            ("the name's own set", vec![("www.shop.example.org", ours())], None),
+            ("a closer set overrides its ancestors'", vec![("shop.example.org", ours()), ("org", theirs())], None),
+            ("an ancestor's set governs", vec![("example.org", theirs())], Some(ErrorKind::Caa)),
+            (
+                "a failure above the set that decides is ignored",
+                vec![("shop.example.org", ours()), ("org", failed())],
+                None,
+            ),
+            (
+                "a failure below the set that decides stops issuance",
+                vec![("shop.example.org", failed()), ("org", ours())],
+                Some(ErrorKind::Dns),
+            ),
+            (
+                "NXDOMAIN counts as no set",
+                vec![("www.shop.example.org", Err(LookupError::NotFound)), ("example.org", theirs())],
+                Some(ErrorKind::Caa),
+            ),
+        ];
+        for (what, answers, expected) in cases {
+            let resolver = ConcurrentCaa { answers: answers.into_iter().collect(), barrier: Barrier::new(4) };
+            let check = CaaCheck {
+                name: "www.shop.example.org",
+                wildcard: false,
+                validation_method: "http-01",
+                account_uri: ACCOUNT,
+            };
+            let identities = ["quarry.test".to_owned()];
+            let outcome = tokio::time::timeout(Duration::from_secs(5), super::check(&resolver, check, &identities))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the names were not all asked at once"));
+            assert_eq!(outcome.err().map(|p| p.kind), expected, "{what}");
         }
     }
 }

@@ -460,23 +460,38 @@ impl Va for ValidationAuthority {
 }
 
 impl ValidationAuthority {
-    /// This perspective's validation of `dcv`, then its CAA check, then the remote perspectives' corroboration, each
-    /// only once the one before has passed.
+    /// This perspective's validation of `dcv` and its CAA check side by side, then the remote perspectives'
+    /// corroboration once both have passed.
     async fn prove_control(
         &self,
         identifier: &Identifier,
         dcv: &DcvRequest,
         deadline: Option<Instant>,
     ) -> Result<(Vec<ValidationRecord>, Option<Problem>), Problem> {
-        let (records, mut problem) =
-            self.validate(identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline).await;
-        // CAA in the same call, once control is proven (as Boulder's PerformValidation did before multi-perspective
-        // validation split them): one round trip to every perspective instead of two.
-        if problem.is_none()
-            && let Some(caa) = &dcv.caa
-        {
-            problem = self.caa_problem(caa, deadline).await?;
-        }
+        // CAA rides in the same call (as in Boulder's PerformValidation before multi-perspective validation split
+        // them): one round trip to every perspective instead of two. Its lookups go out with the validation's own,
+        // as Boulder's checkCAA ran beside the challenge, so that its DNS answers wait no longer than theirs. A failed
+        // validation decides without waiting for CAA (its lookups are dropped), so the problem reported is the same
+        // as if CAA were asked only after control was proven.
+        let validation = async {
+            let (records, problem) = self
+                .validate(identifier, &dcv.challenge_type, &dcv.token, &dcv.expected_key_authorization, deadline)
+                .await;
+            match problem {
+                None => Ok(records),
+                Some(problem) => Err((records, problem)),
+            }
+        };
+        let caa = async {
+            match &dcv.caa {
+                Some(caa) => Ok(self.caa_problem(caa, deadline).await),
+                None => Ok(Ok(None)),
+            }
+        };
+        let (records, mut problem) = match futures::future::try_join(validation, caa).await {
+            Ok((records, caa_verdict)) => (records, caa_verdict?),
+            Err((records, problem)) => (records, Some(problem)),
+        };
         // Remote perspectives are asked only once this one has passed, as Boulder does.
         if problem.is_none() && !self.remotes.is_empty() {
             problem = remote::corroborate(&self.remotes, deadline, |client, deadline| {
@@ -595,5 +610,101 @@ mod tests {
             assert!(problem.detail.contains("is not supported"), "{}", problem.detail);
             assert!(records.is_empty());
         }
+    }
+
+    /// A validator for http-01 that meets `barrier` (when there is one) and then gives `outcome`.
+    struct MeetingValidator {
+        barrier: Option<Arc<tokio::sync::Barrier>>,
+        outcome: Result<(), Problem>,
+    }
+
+    #[tonic::async_trait]
+    impl Validator for MeetingValidator {
+        fn challenge_type(&self) -> ChallengeType {
+            ChallengeType::Http01
+        }
+        async fn validate(&self, _: Attempt<'_>, _: &mut Vec<ValidationRecord>) -> Result<(), Problem> {
+            if let Some(barrier) = &self.barrier {
+                barrier.wait().await;
+            }
+            self.outcome.clone()
+        }
+    }
+
+    /// CAA lookups that meet `barrier` and find no record set, or never answer without one.
+    struct MeetingCaa(Option<Arc<tokio::sync::Barrier>>);
+
+    #[tonic::async_trait]
+    impl Resolver for MeetingCaa {
+        async fn lookup_ips(&self, _: &str) -> Result<Vec<std::net::IpAddr>, resolver::LookupError> {
+            Err(resolver::LookupError::NotFound)
+        }
+        async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, resolver::LookupError> {
+            Err(resolver::LookupError::NotFound)
+        }
+        async fn lookup_caa(&self, _: &str) -> Result<Vec<caa::CaaRecord>, resolver::LookupError> {
+            match &self.0 {
+                Some(barrier) => {
+                    barrier.wait().await;
+                    Ok(Vec::new())
+                }
+                None => std::future::pending().await,
+            }
+        }
+        fn addresses(&self) -> Vec<String> {
+            vec!["meeting".to_owned()]
+        }
+    }
+
+    /// DoDCV for `example.org` over http-01 with CAA riding along, answered within a bounded time.
+    async fn dcv_with_caa(authority: &ValidationAuthority) -> ValidationResult {
+        let identifier = Some((&Identifier::dns("example.org")).into());
+        let caa = CaaRequest {
+            identifier: identifier.clone(),
+            validation_method: "http-01".into(),
+            account_uri: "https://ca.example/acme/acct/1".into(),
+            ..Default::default()
+        };
+        let request = DcvRequest {
+            identifier,
+            challenge_type: "http-01".into(),
+            token: "t".into(),
+            expected_key_authorization: "t.k".into(),
+            caa: Some(caa),
+            ..Default::default()
+        };
+        let call = authority.do_dcv(Request::new(request));
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("DoDCV waited for the other half of the check")
+            .expect("DoDCV answers")
+            .into_inner()
+    }
+
+    #[tokio::test]
+    async fn caa_is_looked_up_while_control_is_proven() {
+        // The validation and both CAA lookups (`example.org`, `org`) must all be under way before any can finish.
+        let barrier = Arc::new(tokio::sync::Barrier::new(3));
+        let validator = MeetingValidator { barrier: Some(barrier.clone()), outcome: Ok(()) };
+        let authority =
+            ValidationAuthority::with_validators("primary", Duration::from_secs(5), vec![Arc::new(validator)])
+                .with_caa(Arc::new(MeetingCaa(Some(barrier))), vec!["quarry.test".into()]);
+        let result = dcv_with_caa(&authority).await;
+        assert_eq!(result.problem, None);
+        assert!(result.caa_checked);
+    }
+
+    #[tokio::test]
+    async fn a_failed_validation_answers_without_waiting_for_caa() {
+        let refused = Problem::new(ErrorKind::Unauthorized, "the token was not served");
+        let validator = MeetingValidator { barrier: None, outcome: Err(refused) };
+        // CAA lookups that never answer: only the validation's own problem can end the call in time.
+        let authority =
+            ValidationAuthority::with_validators("primary", Duration::from_secs(30), vec![Arc::new(validator)])
+                .with_caa(Arc::new(MeetingCaa(None)), vec!["quarry.test".into()]);
+        let result = dcv_with_caa(&authority).await;
+        let problem = result.problem.expect("the validation's problem");
+        assert_eq!(problem.kind, ErrorKind::Unauthorized.as_str(), "{problem:?}");
+        assert!(problem.detail.contains("the token was not served"), "{problem:?}");
     }
 }
