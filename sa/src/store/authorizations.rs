@@ -7,11 +7,10 @@ use quarry_core::model::{
     Authorization, AuthorizationStatus, Challenge, ChallengeStatus, ChallengeType, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
-use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
-use super::reads::{Read, Snapshot};
+use super::statements::{Snapshot, Statement};
 use crate::queries;
 use crate::status::authorization_status;
 
@@ -157,18 +156,9 @@ impl Store {
     }
 }
 
-/// An order's authorizations, in the order's order, on `conn` (in the transaction that wrote them).
-pub(super) async fn order_authorizations(
-    conn: &mut AnyConnection,
-    order_id: i64,
-) -> Result<Vec<Authorization>, Problem> {
-    let rows = sqlx::query(queries::ORDER_AUTHORIZATIONS).bind(order_id).fetch_all(conn).await.map_err(db_error)?;
-    authorizations_from_rows(&rows, now())
-}
-
 /// The read of an order's authorizations, in the order's order.
-pub(super) fn order_authorizations_read(order_id: i64) -> Read {
-    Read::new(queries::ORDER_AUTHORIZATIONS).int(order_id)
+pub(super) fn order_authorizations_read(order_id: i64) -> Statement {
+    Statement::new(queries::ORDER_AUTHORIZATIONS).int(order_id)
 }
 
 pub(super) fn authorizations_from_rows(rows: &[AnyRow], now: Timestamp) -> Result<Vec<Authorization>, Problem> {
@@ -181,10 +171,10 @@ pub(super) fn valid_authorization_reads(
     identifiers: &[Identifier],
     valid_until: Timestamp,
     profile: &str,
-) -> Vec<Read> {
+) -> Vec<Statement> {
     let valid_until = valid_until.max(now());
     let read = |identifier: &Identifier| {
-        Read::new(queries::VALID_AUTHORIZATION)
+        Statement::new(queries::VALID_AUTHORIZATION)
             .int(account_id)
             .text(identifier.kind.as_str())
             .text(&identifier.value)

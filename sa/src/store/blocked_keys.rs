@@ -4,7 +4,7 @@ use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
 use super::database::{Store, db_error};
-use super::reads::{Read, Snapshot};
+use super::statements::{Snapshot, Statement};
 
 impl Store {
     /// Blocked keys whose certificates have not all been revoked yet, oldest first.
@@ -59,6 +59,6 @@ impl Store {
 }
 
 /// The read of whether the key with hash `key_hash` is blocked: a row when it is.
-pub(super) fn key_blocked_read(key_hash: &[u8]) -> Read {
-    Read::new("SELECT added FROM blocked_keys WHERE key_hash = $1").bytes(key_hash)
+pub(super) fn key_blocked_read(key_hash: &[u8]) -> Statement {
+    Statement::new("SELECT added FROM blocked_keys WHERE key_hash = $1").bytes(key_hash)
 }

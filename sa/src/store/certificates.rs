@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get};
-use super::reads::{Read, Snapshot};
+use super::statements::{Snapshot, Statement};
 use crate::queries;
 
 /// `www.example.com` → `com.example.www`, so names under one domain sort together.
@@ -417,14 +417,16 @@ async fn order_has(conn: &mut AnyConnection, order_id: i64, serial: &str) -> Res
 }
 
 /// The read of when certificates for exactly `identifiers` were issued since `since`, newest first.
-pub(super) fn fqdn_set_times_read(identifiers: &[Identifier], since: Timestamp) -> Read {
-    Read::new(queries::FQDN_SET_TIMES).bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str()))).int(since)
+pub(super) fn fqdn_set_times_read(identifiers: &[Identifier], since: Timestamp) -> Statement {
+    Statement::new(queries::FQDN_SET_TIMES)
+        .bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
+        .int(since)
 }
 
 /// The read of when certificates for exactly order `order_id`'s identifiers were issued since `since`, newest
 /// first: the set's hash recorded with the order, so that the read need not wait for the order's.
-pub(super) fn order_fqdn_set_times_read(order_id: i64, since: Timestamp) -> Read {
-    Read::new(queries::ORDER_FQDN_SET_TIMES).int(order_id).int(since)
+pub(super) fn order_fqdn_set_times_read(order_id: i64, since: Timestamp) -> Statement {
+    Statement::new(queries::ORDER_FQDN_SET_TIMES).int(order_id).int(since)
 }
 
 /// The issuance times a read of [`fqdn_set_times_read`] or [`order_fqdn_set_times_read`] found.

@@ -6,7 +6,7 @@ use quarry_core::{Identifier, IdentifierType, Problem};
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
-use super::reads::{Read, Snapshot};
+use super::statements::{Snapshot, Statement};
 
 /// A rate limit raised (or lowered) for one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,9 +184,9 @@ impl Store {
 }
 
 /// The reads of which of `identifiers` are paused for `account_id`, one per identifier.
-pub(super) fn paused_reads(account_id: i64, identifiers: &[Identifier]) -> Vec<Read> {
+pub(super) fn paused_reads(account_id: i64, identifiers: &[Identifier]) -> Vec<Statement> {
     let read = |identifier: &Identifier| {
-        Read::new(
+        Statement::new(
             "SELECT paused_at FROM paused_identifiers WHERE account_id = $1 AND identifier_type = $2 AND identifier_value = $3 AND unpaused_at = 0",
         )
         .int(account_id)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Problem};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Connection, Row};
+use sqlx::{Any, Connection, Either, Row};
 
 use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
 
@@ -85,7 +85,7 @@ impl Backend {
     }
 
     /// How a transaction that will write begins (see `Store::begin_write`).
-    fn begin_write_statement(self) -> &'static str {
+    pub(super) fn begin_write_statement(self) -> &'static str {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
             Self::Postgres => "BEGIN",
@@ -330,7 +330,8 @@ impl Store {
                 let sql = format!("{};\n{}", self.backend.begin_write_statement(), first.sql().as_str());
                 let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
                 let conn = self.writer.acquire().await.map_err(db_error)?;
-                DbTransaction::begin_with(conn, query).await.map_err(|(err, _)| db_error(err))
+                let (tx, results) = DbTransaction::begin_with(conn, query).await.map_err(|(err, _)| db_error(err))?;
+                Ok((tx, results.into_iter().filter_map(Either::right).collect()))
             }
             Backend::Postgres => {
                 let mut tx = self.begin_write().await?;

@@ -11,7 +11,7 @@ use super::blocked_keys::key_blocked_read;
 use super::certificates::{fqdn_set_times_read, order_fqdn_set_times_read};
 use super::database::Store;
 use super::orders::{order_from_answers, order_reads};
-use super::reads::Snapshot;
+use super::statements::Snapshot;
 
 /// What a finalize asks.
 #[derive(Debug, Clone)]

@@ -20,10 +20,10 @@ mod finalization_facts;
 mod new_order_facts;
 mod orders;
 mod pool;
-mod reads;
 pub(crate) mod recovery;
 pub(crate) mod renewal_info;
 pub(crate) mod revocation;
+mod statements;
 
 pub use authorizations::ValidationOutcome;
 pub use certificates::SerialReservation;

@@ -12,7 +12,7 @@ use super::certificates::fqdn_set_times_read;
 use super::controls::{paused_among, paused_reads};
 use super::database::Store;
 use super::orders::reuse_candidates_read;
-use super::reads::Snapshot;
+use super::statements::Snapshot;
 
 /// What a new order asks.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_
 use quarry_core::{ErrorKind, Identifier, Problem};
 use sqlx::any::AnyRow;
 
-use super::authorizations::{authorizations_from_rows, order_authorizations, order_authorizations_read};
+use super::authorizations::{authorizations_from_rows, order_authorizations_read};
 use super::database::{Store, db_error, get, internal};
-use super::reads::{Read, Snapshot};
+use super::statements::{Snapshot, Statement};
 use crate::queries;
 use crate::status::{OrderFacts, order_status};
 
@@ -60,45 +60,37 @@ impl Store {
         let created = now();
         let insert_authorization = |authz: &NewAuthorization| {
             let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
-            sqlx::query(
+            Statement::new(
                 "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING id",
             )
-            .bind(order.account_id)
-            .bind(authz.identifier.kind.as_str())
-            .bind(&authz.identifier.value)
-            .bind(authz.expires)
-            .bind(types.join(","))
-            .bind(&authz.token)
-            .bind(&order.profile)
-            .bind(created)
+            .int(order.account_id)
+            .text(authz.identifier.kind.as_str())
+            .text(&authz.identifier.value)
+            .int(authz.expires)
+            .text(types.join(","))
+            .text(&authz.token)
+            .text(&order.profile)
+            .int(created)
         };
         let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
-        let insert_order = sqlx::query(queries::INSERT_ORDER)
-            .bind(order.account_id)
-            .bind(order.expires)
-            .bind(created)
-            .bind(&order.profile)
-            .bind(&order.replaces)
-            .bind(identifiers);
+        let insert_order = Statement::new(queries::INSERT_ORDER)
+            .int(order.account_id)
+            .int(order.expires)
+            .int(created)
+            .text(&order.profile)
+            .text(&order.replaces)
+            .text(identifiers);
+        // The new authorizations and the order do not depend on each other: they begin the transaction together,
+        // one hand-off to SQLite's writer thread.
+        let mut inserts: Vec<Statement> = order.new_authorizations.iter().map(insert_authorization).collect();
+        inserts.push(insert_order);
+        let (tx, mut inserted) = self.begin_write_with_all(&inserts).await?;
         let only_row = |rows: Vec<AnyRow>| rows.into_iter().next().ok_or_else(|| internal("an INSERT answered no row"));
+        let order_row = only_row(inserted.pop().unwrap_or_default())?;
         let mut authorization_ids = order.reused_authorization_ids.clone();
-        // The transaction begins with the first INSERT, in one hand-off to SQLite's thread.
-        let (mut tx, order_row) = match order.new_authorizations.split_first() {
-            Some((first, rest)) => {
-                let (mut tx, rows) = self.begin_write_with(insert_authorization(first)).await?;
-                authorization_ids.push(get(&only_row(rows)?, "id")?);
-                for authz in rest {
-                    let row = insert_authorization(authz).fetch_one(&mut *tx).await.map_err(db_error)?;
-                    authorization_ids.push(get(&row, "id")?);
-                }
-                let order_row = insert_order.fetch_one(&mut *tx).await.map_err(db_error)?;
-                (tx, order_row)
-            }
-            None => {
-                let (tx, rows) = self.begin_write_with(insert_order).await?;
-                (tx, only_row(rows)?)
-            }
-        };
+        for rows in inserted {
+            authorization_ids.push(get(&only_row(rows)?, "id")?);
+        }
         let order_id: i64 = get(&order_row, "id")?;
         // The order's links, as one statement: $1 to $4, then the authorizations in the order's order, then the
         // replaced serial.
@@ -119,23 +111,23 @@ impl Store {
                 5 + links.len()
             ));
         }
-        let mut linked = sqlx::query(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
-            .bind(order_id)
-            .bind(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
-            .bind(order.account_id)
-            .bind(order.expires);
+        let mut linked = Statement::new(self.backend().one_statement(&writes))
+            .int(order_id)
+            .bytes(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
+            .int(order.account_id)
+            .int(order.expires);
         for authz_id in &authorization_ids {
-            linked = linked.bind(*authz_id);
+            linked = linked.int(*authz_id);
         }
         if !order.replaces_serial.is_empty() {
-            linked = linked.bind(order.replaces_serial.to_ascii_lowercase());
+            linked = linked.text(order.replaces_serial.to_ascii_lowercase());
         }
-        linked.execute(&mut *tx).await.map_err(db_error)?;
-        // The order as its INSERT recorded it; its authorizations read back in the transaction, on the connection
-        // that wrote them (the reused ones as they are now).
-        let authorizations = order_authorizations(&mut tx, order_id).await?;
+        // The links, the order's authorizations read back (on the connection that wrote them, the reused ones as
+        // they are now) and the commit: one more hand-off. Nothing here needs a look before the commit: every
+        // failure to write fails a statement, which leaves the transaction to be rolled back.
+        let mut answers = self.commit_with(tx, &[linked, order_authorizations_read(order_id)]).await?;
+        let authorizations = authorizations_from_rows(&answers.pop().unwrap_or_default(), now())?;
         let created = order_from_row(&order_row, &authorizations, now())?;
-        tx.commit().await.map_err(db_error)?;
         Ok((created, authorizations))
     }
 
@@ -310,8 +302,8 @@ impl Store {
 }
 
 /// The reads of an order by id and of its authorizations (from which its status follows).
-pub(super) fn order_reads(id: i64) -> [Read; 2] {
-    [Read::new(queries::ORDER_BY_ID).int(id), order_authorizations_read(id)]
+pub(super) fn order_reads(id: i64) -> [Statement; 2] {
+    [Statement::new(queries::ORDER_BY_ID).int(id), order_authorizations_read(id)]
 }
 
 /// Order `id` and its authorizations from the answers to [`order_reads`]: `notFound` when there is no such order.
@@ -329,8 +321,8 @@ pub(super) fn order_from_answers(
 
 /// The read of the account's newest orders for exactly this set of identifiers and profile, not yet expired: the
 /// candidates for reuse, which [`Store::first_reusable`] looks through.
-pub(super) fn reuse_candidates_read(account_id: i64, identifiers: &[Identifier], profile: &str) -> Read {
-    Read::new(queries::ORDER_REUSE)
+pub(super) fn reuse_candidates_read(account_id: i64, identifiers: &[Identifier], profile: &str) -> Statement {
+    Statement::new(queries::ORDER_REUSE)
         .int(account_id)
         .bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
         .int(now())

@@ -386,38 +386,51 @@ impl DbTransaction {
         }
     }
 
-    /// Begins a transaction with its first statement: `query` is `begin` and that statement as one string of
-    /// statements (SQLite), one call instead of two. Answers the statement's rows. On failure the connection comes
-    /// back with the error: a transaction the `BEGIN` opened (it answered before the error) is rolled back when
-    /// the connection is returned.
+    /// Begins a transaction with its first statements: `query` is `begin` and those statements as one string of
+    /// statements (SQLite), one call instead of two. Answers every result of the string, `BEGIN`'s first. On failure
+    /// the connection comes back with the error: a transaction the `BEGIN` opened (it answered before the error) is
+    /// rolled back when the connection is returned.
     pub(crate) async fn begin_with<'q>(
         mut conn: PooledConnection,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    ) -> Result<(Self, Vec<AnyRow>), (sqlx::Error, PooledConnection)> {
+    ) -> Result<(Self, Vec<Either<AnyQueryResult, AnyRow>>), (sqlx::Error, PooledConnection)> {
         conn.rollback_on_return = true;
-        let mut began = false;
-        let mut rows = Vec::new();
+        let mut answered = Vec::new();
         let mut results = (&mut *conn).fetch_many(query);
         let failed = loop {
             match results.next().await {
                 None => break None,
-                Some(Ok(Either::Left(_))) => began = true,
-                Some(Ok(Either::Right(row))) => rows.push(row),
+                Some(Ok(result)) => answered.push(result),
                 Some(Err(err)) => break Some(err),
             }
         };
         drop(results);
         match failed {
-            None => Ok((Self { conn }, rows)),
+            None => Ok((Self { conn }, answered)),
             Some(err) => {
                 conn.observe_error(&err);
                 // The database refused the `BEGIN` itself: no transaction began.
+                let began = answered.iter().any(Either::is_left);
                 if !began && matches!(err, sqlx::Error::Database(_)) {
                     conn.rollback_on_return = false;
                 }
                 Err((err, conn))
             }
         }
+    }
+
+    /// Every result of `query`, a string of statements ending with `COMMIT` (SQLite). Failed or cancelled part-way,
+    /// it leaves the transaction open, to be rolled back when the connection is returned.
+    pub(crate) async fn fetch_and_commit<'q>(
+        mut self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
+        let results: Result<Vec<_>, _> = (&mut *self.conn).fetch_many(query).try_collect().await;
+        self.conn.observe(&results);
+        if results.is_ok() {
+            self.conn.rollback_on_return = false;
+        }
+        results
     }
 
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {

@@ -1,0 +1,122 @@
+//! Statements asked together: the SQL SQLite is sent, and the answers on both databases, for reads and for the
+//! statements that begin and end a write transaction.
+
+use quarry_core::ErrorKind;
+
+use super::*;
+use crate::store::database::get;
+use crate::store::database::tests::stores_on_every_backend;
+
+#[test]
+fn parameters_are_numbered_across_the_statements() {
+    let renumbered = |sql, offset| renumbered(sql, offset).0;
+    assert_eq!(renumbered("SELECT a FROM t WHERE b = $1 AND c = $2", 0), "SELECT a FROM t WHERE b = $1 AND c = $2");
+    assert_eq!(renumbered("SELECT a FROM t WHERE b = $1 AND c = $12", 3), "SELECT a FROM t WHERE b = $4 AND c = $15");
+    assert_eq!(renumbered("SELECT 'é' || $2, $", 1), "SELECT 'é' || $3, $");
+    let reads = [
+        Statement::new("SELECT $1, $2").int(1).int(2),
+        Statement::new("SELECT $1").text("x"),
+        Statement::new("SELECT 1"),
+    ];
+    let string = |reads, leading, trailing| sqlite_string(reads, leading, trailing).expect("statements");
+    assert_eq!(string(&reads, None, None), "SELECT $1, $2;\nSELECT $3;\nSELECT 1");
+    assert_eq!(string(&reads[1..2], Some("BEGIN"), Some("COMMIT")), "BEGIN;\nSELECT $1;\nCOMMIT");
+    // A statement naming a parameter it does not bind would take the next one's value: refused.
+    let short = [Statement::new("SELECT $1, $2").int(1), Statement::new("SELECT $1").int(2)];
+    assert!(sqlite_string(&short, None, None).is_err());
+    // Statements joined for SQLite count as several, sharing their parameters.
+    assert_eq!(Statement::new("INSERT INTO t VALUES ($1);\nUPDATE t SET a = $1").int(1).parts(), 2);
+    assert_eq!(reads[2].parts(), 1);
+}
+
+/// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, on both
+/// databases and either way of seeing the database; a read that fails part-way leaves every connection usable and
+/// out of any transaction.
+#[tokio::test]
+async fn reads_asked_together_answer_each_its_own_rows() {
+    for (db, store) in stores_on_every_backend().await {
+        for version in [2000_i64, 2001, 2002] {
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(format!("m{version}"))
+                .bind(version * 10)
+                .execute(&store.writer)
+                .await
+                .unwrap();
+        }
+        let reads = [
+            Statement::new("SELECT version FROM schema_migrations WHERE version >= $1 AND name <> $2 ORDER BY version")
+                .int(2000)
+                .text("m2001"),
+            Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
+            Statement::new("SELECT name FROM schema_migrations WHERE applied_at = $1 AND $2 = $2")
+                .int(20010)
+                .bytes(*b"ab"),
+        ];
+        for snapshot in [Snapshot::One, Snapshot::EachRead] {
+            let answers = store.read_together(&reads, snapshot).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+            assert_eq!(answers.len(), 3, "{} {snapshot:?}", db.url);
+            let versions: Vec<i64> = answers[0].iter().map(|row| get(row, "version").unwrap()).collect();
+            assert_eq!(versions, [2000, 2002], "{} {snapshot:?}", db.url);
+            assert!(answers[1].is_empty(), "{} {snapshot:?}", db.url);
+            let names: Vec<String> = answers[2].iter().map(|row| get(row, "name").unwrap()).collect();
+            assert_eq!(names, ["m2001"], "{} {snapshot:?}", db.url);
+
+            let failing = [reads[0].clone(), Statement::new("SELECT no_such_column FROM schema_migrations")];
+            let failed = store.read_together(&failing, snapshot).await;
+            assert!(failed.is_err(), "{} {snapshot:?}: a read of a column that does not exist", db.url);
+            // Each of the pool's connections answers again, none left in a transaction (its BEGIN would fail).
+            for _ in 0..4 {
+                let again = store.read_together(&reads, Snapshot::One).await;
+                let again = again.unwrap_or_else(|p| panic!("{} {snapshot:?}: {p:?}", db.url));
+                assert_eq!(again[2].len(), 1, "{} {snapshot:?}", db.url);
+            }
+        }
+    }
+}
+
+/// The rows of `SELECT value FROM t`, sorted.
+async fn values(store: &Store) -> Vec<i64> {
+    let rows = sqlx::query("SELECT value FROM transaction_test ORDER BY value").fetch_all(&store.pool).await.unwrap();
+    rows.iter().map(|row| get(row, "value").unwrap()).collect()
+}
+
+/// A write transaction begun with several statements and committed with several more: each statement answers its
+/// own rows (statements joined for SQLite count as one), later statements see what earlier ones wrote, and a
+/// statement that fails in either call keeps nothing of the transaction and leaves the writer usable.
+#[tokio::test]
+async fn a_write_transaction_begun_and_committed_with_statements_keeps_all_or_nothing() {
+    for (db, store) in stores_on_every_backend().await {
+        let url = &db.url;
+        sqlx::query("CREATE TABLE transaction_test (value BIGINT PRIMARY KEY)").execute(&store.writer).await.unwrap();
+        let insert =
+            |value: i64| Statement::new("INSERT INTO transaction_test (value) VALUES ($1) RETURNING value").int(value);
+        let joined = Statement::new(store.backend().one_statement(&[
+            "INSERT INTO transaction_test (value) VALUES ($1)".to_owned(),
+            "INSERT INTO transaction_test (value) VALUES ($2)".to_owned(),
+        ]))
+        .int(10)
+        .int(11);
+        let (tx, begun) = store.begin_write_with_all(&[insert(1), joined, insert(2)]).await.expect(url);
+        let firsts: Vec<usize> = begun.iter().map(Vec::len).collect();
+        assert_eq!(firsts, [1, 0, 1], "{url}");
+        assert_eq!(get::<i64>(&begun[2][0], "value").unwrap(), 2, "{url}");
+        let count = Statement::new("SELECT COUNT(*) AS n FROM transaction_test WHERE value < $1").int(100);
+        let answers = store.commit_with(tx, &[insert(3), count.clone()]).await.expect(url);
+        assert_eq!(get::<i64>(&answers[1][0], "n").unwrap(), 5, "{url}: the transaction's own writes are seen");
+        assert_eq!(values(&store).await, [1, 2, 3, 10, 11], "{url}");
+
+        // A duplicate while beginning: nothing kept, and the writer begins again.
+        let failed = store.begin_write_with_all(&[insert(20), insert(1)]).await;
+        assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
+        // A duplicate while committing: what the transaction began with is not kept either.
+        let (tx, _) = store.begin_write_with_all(&[insert(30)]).await.expect(url);
+        let failed = store.commit_with(tx, &[insert(31), insert(2)]).await;
+        assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
+        for value in [40, 41] {
+            let (tx, _) = store.begin_write_with_all(&[insert(value)]).await.expect(url);
+            store.commit_with(tx, &[]).await.expect(url);
+        }
+        assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 40, 41], "{url}");
+    }
+}
