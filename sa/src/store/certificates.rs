@@ -244,13 +244,16 @@ impl Store {
     ) -> Result<StoredCertificate, Problem> {
         let facts = CertificateFacts::parse(der)?;
         // What the serial has already, in one read: its precertificate, a certificate stored by an earlier try,
-        // and the order it was reserved for (a reservation never changes, so it need not be read in the write).
+        // the order it was reserved for (a reservation never changes, so it need not be read in the write), and
+        // whether the order that will take the certificate replaces another (`replaces` is set at its creation).
         let row = sqlx::query(
-            "SELECT p.account_id, p.issuer_id, c.der AS stored_der, s.order_id AS reserved_for FROM precertificates p \
-             LEFT JOIN certificates c ON c.serial = p.serial LEFT JOIN serials s ON s.serial = p.serial \
-             WHERE p.serial = $1",
+            "SELECT p.account_id, p.issuer_id, c.der AS stored_der, s.order_id AS reserved_for, o.replaces AS replaces \
+             FROM precertificates p LEFT JOIN certificates c ON c.serial = p.serial \
+             LEFT JOIN serials s ON s.serial = p.serial \
+             LEFT JOIN orders o ON o.id = COALESCE(NULLIF(s.order_id, 0), $2) WHERE p.serial = $1",
         )
         .bind(&facts.serial)
+        .bind(order_id)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?
@@ -278,51 +281,58 @@ impl Store {
         // The reservation names the order; a caller naming another one is answered "not finalized" (it then records
         // the certificate itself, and learns why it cannot), while the certificate is stored all the same.
         let linked = reserved_for.filter(|id| *id != 0).unwrap_or(order_id);
+        let replaces = linked != 0 && get::<Option<String>>(&row, "replaces")?.is_some_and(|r| !r.is_empty());
         let digest = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
         // The certificate and its order's update in one statement ($8 the order); the order takes the certificate
-        // only while it is processing and has none, and its `replaces` says whether a replacement record (RFC 9773)
-        // waits for it, so the common order without one costs no second write.
+        // only while it is processing and has none.
         let mut writes = vec![
             "INSERT INTO certificates (serial, account_id, digest, der, issued, expires, issuer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                 .to_owned(),
         ];
         if linked != 0 {
             writes.push(
-                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $8 AND certificate_serial = '' AND began_processing != 0 RETURNING replaces"
+                "UPDATE orders SET certificate_serial = $1, error = NULL WHERE id = $8 AND certificate_serial = '' AND began_processing != 0 RETURNING id"
                     .to_owned(),
             );
         }
-        let mut store = sqlx::query(sqlx::AssertSqlSafe(self.backend().one_statement(&writes)))
-            .bind(&facts.serial)
-            .bind(account_id)
-            .bind(&digest)
-            .bind(der)
-            .bind(issued)
-            .bind(facts.not_after)
-            .bind(issuer_id);
+        let mut store = Statement::new(self.backend().one_statement(&writes))
+            .text(&facts.serial)
+            .int(account_id)
+            .text(&digest)
+            .bytes(der)
+            .int(issued)
+            .int(facts.not_after)
+            .int(issuer_id);
         if linked != 0 {
-            store = store.bind(linked);
+            store = store.int(linked);
         }
-        // All rows, not an optional one: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
-        // statement's result, which is the INSERT's count of rows.
-        let (mut tx, rows) = self.begin_write_with(store).await?;
-        let finalized: Option<String> = rows.last().map(|row| get(row, "replaces")).transpose()?;
-        let order_finalized = match finalized {
-            Some(replaces) => {
-                if !replaces.is_empty() {
-                    sqlx::query("UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1")
-                        .bind(linked)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                }
-                linked == order_id
-            }
+        let mut statements = vec![store];
+        if replaces {
+            // RFC 9773: the replaced certificate is replaced once its replacement order has a certificate, this one
+            // or (a retry) the one an earlier try stored. After the UPDATE above, which it must see: a statement of
+            // its own, not a part of the one above (PostgreSQL's parts would all see the state before).
+            statements.push(
+                Statement::new(
+                    "UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1 \
+                     AND EXISTS (SELECT 1 FROM orders WHERE id = $1 AND certificate_serial = $2)",
+                )
+                .int(linked)
+                .text(&facts.serial),
+            );
+        }
+        // Nothing needs a look before the commit: one hand-off to SQLite's writer, or one statement on PostgreSQL
+        // for an order that replaces nothing.
+        let answers = self.write_committed(&statements).await?;
+        let took_it = answers.first().is_some_and(|rows| !rows.is_empty());
+        let order_finalized = match took_it {
+            true => linked == order_id,
             // Not processing, or it has a certificate: this one, when an earlier try got this far.
-            None if linked != 0 && linked == order_id => order_has(&mut tx, order_id, &facts.serial).await?,
-            None => false,
+            false if linked != 0 && linked == order_id => {
+                let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                order_has(&mut conn, order_id, &facts.serial).await?
+            }
+            false => false,
         };
-        tx.commit().await.map_err(db_error)?;
         Ok(StoredCertificate { serial: facts.serial, order_finalized })
     }
 

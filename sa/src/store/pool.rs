@@ -283,7 +283,7 @@ impl PooledConnection {
     }
 
     /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's reads
-    /// asked together). Failed or cancelled part-way, it leaves that transaction open: it is rolled back before the
+    /// asked together in one snapshot, and writes committed in one string). Failed or cancelled part-way, it leaves that transaction open: it is rolled back before the
     /// connection is used again, as a [`DbTransaction`]'s is.
     pub(crate) async fn fetch_in_own_transaction<'q>(
         &mut self,

@@ -213,6 +213,32 @@ impl Store {
         }
     }
 
+    /// Runs `statements` in their order in one write transaction and commits it; answers each one's rows. On SQLite
+    /// `BEGIN IMMEDIATE`, the statements and `COMMIT` go as one string, one hand-off to the writer's thread; on
+    /// PostgreSQL a lone statement runs by itself (a statement is its own transaction there), several between
+    /// `BEGIN` and `COMMIT`. Only for statements whose rows need no look before the commit. A statement that fails
+    /// keeps nothing of the transaction.
+    pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
+        match (self.backend(), statements) {
+            (Backend::Sqlite, _) => {
+                let begin = self.backend().begin_write_statement();
+                let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
+                let mut conn = self.writer.acquire().await.map_err(db_error)?;
+                let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
+                rows_by_statement(results, statements, 1, 1)
+            }
+            (Backend::Postgres, [statement]) => {
+                Ok(vec![bound(statement).fetch_all(&self.writer).await.map_err(db_error)?])
+            }
+            (Backend::Postgres, _) => {
+                let mut tx = self.begin_write().await?;
+                let answers = one_by_one(&mut tx, statements).await?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(answers)
+            }
+        }
+    }
+
     /// Begins a write transaction with `statements`, run in their order, and answers each one's rows. On SQLite
     /// `BEGIN IMMEDIATE` and the statements go as one string, one hand-off to the writer's thread; on PostgreSQL
     /// they follow [`Store::begin_write`] one by one. On failure the transaction is rolled back.

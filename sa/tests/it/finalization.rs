@@ -353,5 +353,29 @@ async fn storing_a_replacements_certificate_marks_the_one_it_replaces() {
         assert!(answer.into_inner().order_finalized, "{}", sa.db.url);
         assert_eq!(marked().await, 1, "{}", sa.db.url);
         assert_eq!(order_of(&sa, replacing.id).await.replaces, "aGVsbG8.d29ybGQ", "{}", sa.db.url);
+
+        // A replacement order that does not take its certificate (not processing) leaves the one it replaces
+        // unmarked, although the certificate is stored.
+        let other = "unfinished.example.org";
+        let unfinished = sa
+            .rw("ra")
+            .new_order_and_authorizations(NewOrderAndAuthorizationsRequest {
+                account_id: account.id,
+                identifiers: vec![dns(other)],
+                expires: quarry_core::clock::now() + 7 * DAY,
+                new_authorizations: vec![new_authz(other, &["http-01"])],
+                profile: "classic".into(),
+                replaces: "b3RoZXI.c2VyaWFs".into(),
+                replaces_serial: "0c03".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        validate(&sa, unfinished.authorization_ids[0], "valid").await;
+        let der = precertificate_for(&sa, account.id, unfinished.id, other, &[0x0c, 0x04]).await;
+        let answer = sa.rw("ca").add_certificate(stored(account.id, unfinished.id, &der, 0)).await.unwrap();
+        assert!(!answer.into_inner().order_finalized, "{}", sa.db.url);
+        assert_eq!(sa.db.count("replacement_orders WHERE serial = '0c03' AND replaced = 0").await, 1, "{}", sa.db.url);
     }
 }

@@ -81,9 +81,10 @@ async fn values(store: &Store) -> Vec<i64> {
     rows.iter().map(|row| get(row, "value").unwrap()).collect()
 }
 
-/// A write transaction begun with several statements and committed with several more: each statement answers its
-/// own rows (statements joined for SQLite count as one), later statements see what earlier ones wrote, and a
-/// statement that fails in either call keeps nothing of the transaction and leaves the writer usable.
+/// A write transaction begun with several statements and committed with several more, or written and committed in
+/// one call: each statement answers its own rows (statements joined for SQLite count as one), later statements see
+/// what earlier ones wrote, and a statement that fails in any call keeps nothing of the transaction and leaves the
+/// writer usable.
 #[tokio::test]
 async fn a_write_transaction_begun_and_committed_with_statements_keeps_all_or_nothing() {
     for (db, store) in stores_on_every_backend().await {
@@ -118,5 +119,17 @@ async fn a_write_transaction_begun_and_committed_with_statements_keeps_all_or_no
             store.commit_with(tx, &[]).await.expect(url);
         }
         assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 40, 41], "{url}");
+
+        // Written and committed in one call: alone, or several statements where a later one sees an earlier one's
+        // row; a failing statement keeps nothing of its call, and the writer writes again.
+        let answers = store.write_committed(&[insert(50)]).await.expect(url);
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1], "{url}");
+        let seen = Statement::new("SELECT COUNT(*) AS n FROM transaction_test WHERE value = $1").int(51);
+        let answers = store.write_committed(&[insert(51), seen]).await.expect(url);
+        assert_eq!(get::<i64>(&answers[1][0], "n").unwrap(), 1, "{url}");
+        let failed = store.write_committed(&[insert(60), insert(50)]).await;
+        assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
+        store.write_committed(&[insert(61)]).await.expect(url);
+        assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 40, 41, 50, 51, 61], "{url}");
     }
 }
