@@ -26,12 +26,20 @@ const UDP_BUFFER: usize = 4096;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How often binding a TCP listener on the port the OS picked for UDP is retried with a fresh port.
 const BIND_ATTEMPTS: usize = 16;
+/// The UDP socket's receive buffer asked for. A loaded dev stack's vas send bursts of questions (every perspective
+/// asks A, AAAA and each name of the CAA climb at once): at 64 clients they overflowed Linux's default of about
+/// 200 KiB (a few hundred queries) while the stack held both CPUs, and every question lost cost its va a query
+/// timeout. The kernel grants at most `net.core.rmem_max`.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Binds UDP and TCP on the same address; with port 0, on the same port the OS picks.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
     let bind_err = |protocol, addr, source| Error::Bind { what: "DNS", protocol, addr, source };
     for _ in 0..BIND_ATTEMPTS {
         let udp = UdpSocket::bind(addr).await.map_err(|err| bind_err("UDP", addr, err))?;
+        if let Err(err) = socket2::SockRef::from(&udp).set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+            tracing::debug!(error = %err, "challtestsrv: the DNS socket keeps its default receive buffer");
+        }
         let udp_addr = udp.local_addr().map_err(|err| bind_err("UDP", addr, err))?;
         match TcpListener::bind(udp_addr).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -280,6 +288,15 @@ mod tests {
         assert_eq!(response.metadata.message_type, MessageType::Response);
         assert!(response.metadata.authoritative);
         response
+    }
+
+    #[tokio::test]
+    async fn the_udp_socket_holds_a_burst_of_questions() {
+        let (udp, _tcp) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // Linux reports twice what was granted (its bookkeeping included); the grant is capped at `rmem_max`.
+        let most = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse::<usize>().unwrap();
+        let granted = socket2::SockRef::from(&udp).recv_buffer_size().unwrap();
+        assert!(granted >= 2 * UDP_RECEIVE_BUFFER.min(most), "{granted} bytes (rmem_max {most})");
     }
 
     #[test]
