@@ -1,6 +1,7 @@
 //! CAA (RFC 8659, with RFC 8657's `accounturi` and `validationmethods`): may this CA issue for a name? The record set
 //! that counts is the first non-empty one climbing from the name towards the root; no set at all allows issuance.
 
+use futures::StreamExt;
 use quarry_core::{ErrorKind, Problem};
 
 // The record type lives with the lookups that return it; it is part of this module's API (`decide`) too.
@@ -24,15 +25,18 @@ const KNOWN_TAGS: &[&str] = &["issue", "issuewild", "iodef", "contactemail", "co
 
 /// Finds the relevant record set (the resolver follows CNAMEs) and decides.
 ///
-/// Every name from `check.name` up to its top-level label is asked at once, as Boulder does, and the answers are then
-/// read in climbing order, exactly as a climb one name at a time would read them: the first non-empty set decides, and
-/// a failed lookup stops issuance only when no closer name had a set. With a remote resolver this takes one lookup's
-/// time instead of one per label; the price is a few questions that a set found close to the name makes unneeded.
+/// Every name from `check.name` up to its top-level label is asked at once, as Boulder does, and the answers are read
+/// in climbing order, as a climb one name at a time would read them: the first non-empty set decides, and a failed
+/// lookup stops issuance only when no closer name had a set. The check ends as soon as the answers read decide, so
+/// it never waits for names above the one that decides (their lookups are dropped). With a remote resolver this takes
+/// the deciding name's lookup time instead of one lookup per label up to it; the price is the questions above it.
 pub async fn check(resolver: &dyn Resolver, check: CaaCheck<'_>, identities: &[String]) -> Result<(), Problem> {
     let name = check.name.trim_end_matches('.').to_ascii_lowercase();
     let candidates = climb(&name);
-    let answers = futures::future::join_all(candidates.iter().map(|candidate| resolver.lookup_caa(candidate))).await;
-    for (candidate, answer) in candidates.iter().zip(answers) {
+    let mut answers: futures::stream::FuturesOrdered<_> =
+        candidates.iter().map(|candidate| resolver.lookup_caa(candidate)).collect();
+    for candidate in &candidates {
+        let Some(answer) = answers.next().await else { break };
         match answer {
             Ok(records) if !records.is_empty() => return decide(&records, check, identities, candidate),
             Ok(_) | Err(LookupError::NotFound) => continue,
@@ -276,6 +280,38 @@ mod tests {
         fn addresses(&self) -> Vec<String> {
             vec!["concurrent".to_owned()]
         }
+    }
+
+    /// CAA answers for the name itself at once, and never for any other name.
+    struct OnlyTheNameAnswers;
+
+    #[tonic::async_trait]
+    impl Resolver for OnlyTheNameAnswers {
+        async fn lookup_ips(&self, _: &str) -> Result<Vec<IpAddr>, LookupError> {
+            Err(LookupError::NotFound)
+        }
+        async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            Err(LookupError::NotFound)
+        }
+        async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
+            match name {
+                "www.example.org" => Ok(vec![record("issue", "quarry.test")]),
+                _ => std::future::pending().await,
+            }
+        }
+        fn addresses(&self) -> Vec<String> {
+            vec!["only-the-name".to_owned()]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_set_found_close_to_the_name_decides_without_waiting_for_the_names_above() {
+        let check =
+            CaaCheck { name: "www.example.org", wildcard: false, validation_method: "http-01", account_uri: ACCOUNT };
+        let identities = ["quarry.test".to_owned()];
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), super::check(&OnlyTheNameAnswers, check, &identities)).await;
+        assert_eq!(outcome.expect("decided without the ancestors' answers"), Ok(()));
     }
 
     #[tokio::test]

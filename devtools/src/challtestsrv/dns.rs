@@ -290,6 +290,7 @@ mod tests {
         response
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_udp_socket_holds_a_burst_of_questions() {
         let (udp, _tcp) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -308,9 +308,10 @@ impl Store {
         }
         let mut statements = vec![store];
         if replaces {
-            // RFC 9773: the replaced certificate is replaced once its replacement order has a certificate, this one
-            // or (a retry) the one an earlier try stored. After the UPDATE above, which it must see: a statement of
-            // its own, not a part of the one above (PostgreSQL's parts would all see the state before).
+            // RFC 9773: the replaced certificate is replaced once its replacement order has this certificate, which
+            // the UPDATE above gave it (or `finalize_order` recorded first, having marked it then). The statement
+            // must see that UPDATE: one of its own, not a part of the one above (PostgreSQL's parts would all see
+            // the state before).
             statements.push(
                 Statement::new(
                     "UPDATE replacement_orders SET replaced = 1 WHERE order_id = $1 \

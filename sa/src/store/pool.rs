@@ -283,20 +283,54 @@ impl PooledConnection {
     }
 
     /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's reads
-    /// asked together in one snapshot, and writes committed in one string). Failed or cancelled part-way, it leaves that transaction open: it is rolled back before the
-    /// connection is used again, as a [`DbTransaction`]'s is.
+    /// asked together in one snapshot, and writes committed in one string). Failed or cancelled part-way, it leaves
+    /// that transaction open: it is rolled back before the connection is used again, as a [`DbTransaction`]'s is.
+    /// A `BEGIN` the database refused opened nothing, and the connection goes back as it is.
     pub(crate) async fn fetch_in_own_transaction<'q>(
         &mut self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
         self.rollback_on_return = true;
-        let results: Result<Vec<_>, _> = (&mut **self).fetch_many(query).try_collect().await;
-        self.observe(&results);
-        if results.is_ok() {
+        let (answered, failed) = results_until_error(self, query).await;
+        match failed {
+            None => {
+                self.rollback_on_return = false;
+                Ok(answered)
+            }
+            Some(err) => {
+                self.note_string_error(&answered, &err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Notes an error that ended a string of statements beginning with `BEGIN`, after `answered`: the connection
+    /// is discarded if the error may have broken it, and needs no rollback if the database refused the `BEGIN`
+    /// itself (no result came before the error).
+    fn note_string_error(&mut self, answered: &[Either<AnyQueryResult, AnyRow>], err: &sqlx::Error) {
+        self.observe_error(err);
+        let began = answered.iter().any(Either::is_left);
+        if !began && matches!(err, sqlx::Error::Database(_)) {
             self.rollback_on_return = false;
         }
-        results
     }
+}
+
+/// The results of `query` on `conn` up to the first error, and that error.
+async fn results_until_error<'q>(
+    conn: &mut AnyConnection,
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+) -> (Vec<Either<AnyQueryResult, AnyRow>>, Option<sqlx::Error>) {
+    let mut answered = Vec::new();
+    let mut results = conn.fetch_many(query);
+    let failed = loop {
+        match results.next().await {
+            None => break None,
+            Some(Ok(result)) => answered.push(result),
+            Some(Err(err)) => break Some(err),
+        }
+    };
+    (answered, failed)
 }
 
 impl std::ops::Deref for PooledConnection {
@@ -395,25 +429,11 @@ impl DbTransaction {
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     ) -> Result<(Self, Vec<Either<AnyQueryResult, AnyRow>>), (sqlx::Error, PooledConnection)> {
         conn.rollback_on_return = true;
-        let mut answered = Vec::new();
-        let mut results = (&mut *conn).fetch_many(query);
-        let failed = loop {
-            match results.next().await {
-                None => break None,
-                Some(Ok(result)) => answered.push(result),
-                Some(Err(err)) => break Some(err),
-            }
-        };
-        drop(results);
+        let (answered, failed) = results_until_error(&mut conn, query).await;
         match failed {
             None => Ok((Self { conn }, answered)),
             Some(err) => {
-                conn.observe_error(&err);
-                // The database refused the `BEGIN` itself: no transaction began.
-                let began = answered.iter().any(Either::is_left);
-                if !began && matches!(err, sqlx::Error::Database(_)) {
-                    conn.rollback_on_return = false;
-                }
+                conn.note_string_error(&answered, &err);
                 Err((err, conn))
             }
         }

@@ -34,7 +34,9 @@ pub(crate) struct Statement {
 
 impl Statement {
     pub(crate) fn new(sql: impl Into<Cow<'static, str>>) -> Self {
-        Self { sql: sql.into(), params: Vec::new() }
+        let sql = sql.into();
+        debug_assert!(splits_cleanly(&sql), "a statement's parts would be miscounted: {sql}");
+        Self { sql, params: Vec::new() }
     }
 
     /// How many SQL statements it holds: how many results SQLite's driver gives it.
@@ -56,6 +58,25 @@ impl Statement {
         self.params.push(Param::Bytes(value.into()));
         self
     }
+}
+
+/// Whether `sql` splits into its statements at every `;`, as [`Statement::parts`] counts them: no `;` inside a
+/// quoted literal or name, and no comment (whose text could hold one, or be a part of its own).
+fn splits_cleanly(sql: &str) -> bool {
+    let mut quote = None;
+    let mut previous = ' ';
+    for c in sql.chars() {
+        match quote {
+            Some(open) if c == open => quote = None,
+            Some(_) if c == ';' => return false,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if (previous == '-' && c == '-') || (previous == '/' && c == '*') => return false,
+            None => {}
+        }
+        previous = c;
+    }
+    quote.is_none()
 }
 
 /// Whether reads asked together must see one state of the database.

@@ -27,6 +27,13 @@ fn parameters_are_numbered_across_the_statements() {
     // Statements joined for SQLite count as several, sharing their parameters.
     assert_eq!(Statement::new("INSERT INTO t VALUES ($1);\nUPDATE t SET a = $1").int(1).parts(), 2);
     assert_eq!(reads[2].parts(), 1);
+    // What would make that count wrong is refused in tests (a debug assertion).
+    assert!(splits_cleanly("SELECT 'a''b'; UPDATE \"t\" SET a = 1"));
+    for unclean in
+        ["SELECT ';'", "SELECT 'a'';b'", "SELECT 1 -- a; b", "SELECT /* ; */ 1", "SELECT \"a;b\"", "SELECT 'open"]
+    {
+        assert!(!splits_cleanly(unclean), "{unclean}");
+    }
 }
 
 /// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, on both
