@@ -258,15 +258,17 @@ mod tests {
         assert_eq!(climb("localhost"), ["localhost"]);
     }
 
-    /// CAA answers by name (anything else has none); every lookup waits until `barrier` has been reached by all of
-    /// them, so a climb that asks one name at a time never gets an answer.
-    struct ConcurrentCaa {
+    /// CAA answers by name. A name without one has no set, or never answers with `others_silent`. With a
+    /// `barrier`, every lookup waits until all of them have reached it, so a climb that asks one name at a time
+    /// never gets an answer.
+    struct ScriptedCaa {
         answers: HashMap<&'static str, Result<Vec<CaaRecord>, LookupError>>,
-        barrier: Barrier,
+        barrier: Option<Barrier>,
+        others_silent: bool,
     }
 
     #[tonic::async_trait]
-    impl Resolver for ConcurrentCaa {
+    impl Resolver for ScriptedCaa {
         async fn lookup_ips(&self, _: &str) -> Result<Vec<IpAddr>, LookupError> {
             Err(LookupError::NotFound)
         }
@@ -274,33 +276,17 @@ mod tests {
             Err(LookupError::NotFound)
         }
         async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
-            self.barrier.wait().await;
-            self.answers.get(name).cloned().unwrap_or(Ok(Vec::new()))
-        }
-        fn addresses(&self) -> Vec<String> {
-            vec!["concurrent".to_owned()]
-        }
-    }
-
-    /// CAA answers for the name itself at once, and never for any other name.
-    struct OnlyTheNameAnswers;
-
-    #[tonic::async_trait]
-    impl Resolver for OnlyTheNameAnswers {
-        async fn lookup_ips(&self, _: &str) -> Result<Vec<IpAddr>, LookupError> {
-            Err(LookupError::NotFound)
-        }
-        async fn lookup_txt(&self, _: &str) -> Result<Vec<String>, LookupError> {
-            Err(LookupError::NotFound)
-        }
-        async fn lookup_caa(&self, name: &str) -> Result<Vec<CaaRecord>, LookupError> {
-            match name {
-                "www.example.org" => Ok(vec![record("issue", "quarry.test")]),
-                _ => std::future::pending().await,
+            if let Some(barrier) = &self.barrier {
+                barrier.wait().await;
+            }
+            match self.answers.get(name) {
+                Some(answer) => answer.clone(),
+                None if self.others_silent => std::future::pending().await,
+                None => Ok(Vec::new()),
             }
         }
         fn addresses(&self) -> Vec<String> {
-            vec!["only-the-name".to_owned()]
+            vec!["scripted".to_owned()]
         }
     }
 
@@ -309,8 +295,12 @@ mod tests {
         let check =
             CaaCheck { name: "www.example.org", wildcard: false, validation_method: "http-01", account_uri: ACCOUNT };
         let identities = ["quarry.test".to_owned()];
-        let outcome =
-            tokio::time::timeout(Duration::from_secs(5), super::check(&OnlyTheNameAnswers, check, &identities)).await;
+        let resolver = ScriptedCaa {
+            answers: [("www.example.org", Ok(vec![record("issue", "quarry.test")]))].into_iter().collect(),
+            barrier: None,
+            others_silent: true,
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), super::check(&resolver, check, &identities)).await;
         assert_eq!(outcome.expect("decided without the ancestors' answers"), Ok(()));
     }
 
@@ -343,7 +333,11 @@ mod tests {
             ),
         ];
         for (what, answers, expected) in cases {
-            let resolver = ConcurrentCaa { answers: answers.into_iter().collect(), barrier: Barrier::new(4) };
+            let resolver = ScriptedCaa {
+                answers: answers.into_iter().collect(),
+                barrier: Some(Barrier::new(4)),
+                others_silent: false,
+            };
             let check = CaaCheck {
                 name: "www.shop.example.org",
                 wildcard: false,
