@@ -5,7 +5,6 @@ use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
-use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get};
@@ -165,29 +164,29 @@ impl Store {
                  AND began_processing = 0 AND certificate_serial = '' AND error IS NULL AND expires > ${began} RETURNING id"
             ));
         }
-        let sql = self.backend().one_statement(&writes);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&facts.serial)
-            .bind(account_id)
-            .bind(issued)
-            .bind(der)
-            .bind(facts.not_after)
-            .bind(issuer_id)
-            .bind(fqdn_set_hash(facts.names.iter().map(String::as_str)))
-            .bind(facts.key_hash)
-            .bind(facts.not_before);
+        let mut write = Statement::new(self.backend().one_statement(&writes))
+            .text(&facts.serial)
+            .int(account_id)
+            .int(issued)
+            .bytes(der)
+            .int(facts.not_after)
+            .int(issuer_id)
+            .bytes(fqdn_set_hash(facts.names.iter().map(String::as_str)))
+            .bytes(facts.key_hash)
+            .int(facts.not_before);
         for name in &facts.names {
-            query = query.bind(reversed_name(name));
+            write = write.text(reversed_name(name));
         }
         if let Some(reservation) = reservation {
-            query = query.bind(reservation.order_id).bind(reservation.expires);
+            write = write.int(reservation.order_id).int(reservation.expires);
             if let Some(by) = reservation.processing_by {
-                query = query.bind(now().max(1)).bind(by);
+                write = write.int(now().max(1)).text(by);
             }
         }
-        // All rows, as `add_certificate_for_order` reads them: the UPDATE's, when there is one, is the last.
-        let (tx, began) = match self.begin_write_with(query).await {
-            Ok((tx, rows)) => (tx, !begins_processing || !rows.is_empty()),
+        // The transaction begins with the write, in one hand-off to SQLite's writer. Its rows are the UPDATE's, when
+        // there is one (the INSERTs answer none).
+        let (tx, began) = match self.begin_write_with_all(&[write]).await {
+            Ok((tx, rows)) => (tx, !begins_processing || rows.first().is_some_and(|rows| !rows.is_empty())),
             Err(problem) => {
                 // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
                 if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
@@ -204,6 +203,16 @@ impl Store {
         }
         tx.commit().await.map_err(db_error)?;
         Ok(facts.serial)
+    }
+
+    /// Whether order `order_id` has the certificate `serial`.
+    async fn order_has(&self, order_id: i64, serial: &str) -> Result<bool, Problem> {
+        let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(recorded.is_some_and(|recorded| recorded == serial))
     }
 
     /// Whether `serial`'s precertificate is stored already as `der` (a retry); another one under it is `duplicate`.
@@ -268,10 +277,7 @@ impl Store {
         }
         match get::<Option<Vec<u8>>>(&row, "stored_der")? {
             Some(stored) if stored == der => {
-                let order_finalized = order_id != 0 && {
-                    let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                    order_has(&mut conn, order_id, &facts.serial).await?
-                };
+                let order_finalized = order_id != 0 && self.order_has(order_id, &facts.serial).await?;
                 return Ok(StoredCertificate { serial: facts.serial, order_finalized });
             }
             Some(_) => return Err(Problem::new(ErrorKind::Duplicate, format!("serial {} is taken", facts.serial))),
@@ -328,10 +334,7 @@ impl Store {
         let order_finalized = match took_it {
             true => linked == order_id,
             // Not processing, or it has a certificate: this one, when an earlier try got this far.
-            false if linked != 0 && linked == order_id => {
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                order_has(&mut conn, order_id, &facts.serial).await?
-            }
+            false if linked != 0 && linked == order_id => self.order_has(order_id, &facts.serial).await?,
             false => false,
         };
         Ok(StoredCertificate { serial: facts.serial, order_finalized })
@@ -415,16 +418,6 @@ impl Store {
             issuer_id: get(&row, "issuer_id")?,
         })
     }
-}
-
-/// Whether order `order_id` has the certificate `serial`, read on one connection (or in one transaction).
-async fn order_has(conn: &mut AnyConnection, order_id: i64, serial: &str) -> Result<bool, Problem> {
-    let recorded: Option<String> = sqlx::query_scalar("SELECT certificate_serial FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    Ok(recorded.is_some_and(|recorded| recorded == serial))
 }
 
 /// The read of when certificates for exactly `identifiers` were issued since `since`, newest first.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Problem};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Connection, Either, Row};
+use sqlx::{Any, Connection, Row};
 
 use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
 
@@ -316,31 +316,6 @@ impl Store {
         begin_on(&self.writer, self.backend.begin_write_statement()).await
     }
 
-    /// Starts a transaction that will write with its first statement, and answers that statement's rows. On SQLite
-    /// `BEGIN IMMEDIATE` goes with the statement as one string, one hand-off to the connection's thread instead of
-    /// two; on PostgreSQL it is [`Store::begin_write`] and the statement. On failure the transaction is rolled back.
-    pub(crate) async fn begin_write_with(
-        &self,
-        mut first: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
-    ) -> Result<(DbTransaction, Vec<AnyRow>), Problem> {
-        match self.backend {
-            Backend::Sqlite => {
-                use sqlx::Execute;
-                let arguments = first.take_arguments().map_err(internal)?.unwrap_or_default();
-                let sql = format!("{};\n{}", self.backend.begin_write_statement(), first.sql().as_str());
-                let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
-                let conn = self.writer.acquire().await.map_err(db_error)?;
-                let (tx, results) = DbTransaction::begin_with(conn, query).await.map_err(|(err, _)| db_error(err))?;
-                Ok((tx, results.into_iter().filter_map(Either::right).collect()))
-            }
-            Backend::Postgres => {
-                let mut tx = self.begin_write().await?;
-                let rows = first.fetch_all(&mut *tx).await.map_err(db_error)?;
-                Ok((tx, rows))
-            }
-        }
-    }
-
     /// Starts a transaction that only reads, so that several reads see one state of the database on one
     /// connection: PostgreSQL's repeatable-read snapshot, SQLite's deferred transaction (one WAL snapshot, no lock
     /// that would keep a writer waiting).
@@ -421,6 +396,7 @@ pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRo
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::store::statements::Statement;
     use quarry_testkit::db::TestDatabase;
 
     /// A fresh store of two connections on each database the tests have, with the database it is on.
@@ -498,12 +474,14 @@ pub(super) mod tests {
     async fn a_write_transaction_begun_with_its_first_statement_commits_it_or_keeps_nothing() {
         for (db, store) in stores_on_every_backend().await {
             let insert = |version: i64| {
-                sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, 'first', 0) RETURNING version")
-                    .bind(version)
+                [Statement::new(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, 'first', 0) RETURNING version",
+                )
+                .int(version)]
             };
             let (mut tx, rows) =
-                store.begin_write_with(insert(3000)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
-            let returned: Vec<i64> = rows.iter().map(|row| get(row, "version").unwrap()).collect();
+                store.begin_write_with_all(&insert(3000)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+            let returned: Vec<i64> = rows[0].iter().map(|row| get(row, "version").unwrap()).collect();
             assert_eq!(returned, [3000], "{}", db.url);
             sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (3001, 'second', 0)")
                 .execute(&mut *tx)
@@ -513,14 +491,14 @@ pub(super) mod tests {
             assert_eq!(db.count("schema_migrations WHERE version IN (3000, 3001)").await, 2, "{}", db.url);
 
             // A taken version: the first statement fails, as `duplicate`.
-            let problem = store.begin_write_with(insert(3000)).await.map(|_| ()).expect_err("a taken version");
+            let problem = store.begin_write_with_all(&insert(3000)).await.map(|_| ()).expect_err("a taken version");
             assert_eq!(problem.kind, ErrorKind::Duplicate, "{}: {}", db.url, problem.detail);
             // Dropped without a commit, a transaction keeps nothing; and the next ones begin, several times over.
-            let (tx, _) = store.begin_write_with(insert(3002)).await.unwrap();
+            let (tx, _) = store.begin_write_with_all(&insert(3002)).await.unwrap();
             drop(tx);
             for version in 3003..3006 {
                 let (tx, _) =
-                    store.begin_write_with(insert(version)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+                    store.begin_write_with_all(&insert(version)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
                 tx.commit().await.unwrap();
             }
             assert_eq!(db.count("schema_migrations WHERE version = 3002").await, 0, "{}", db.url);

@@ -13,7 +13,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Either, Executor};
 
 use super::database::{Backend, Store, db_error, internal};
-use super::pool::DbTransaction;
+use super::pool::{ConnectionPool, DbTransaction};
 
 /// A value bound to a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +201,19 @@ async fn one_by_one(conn: &mut AnyConnection, statements: &[Statement]) -> Resul
     Ok(answers)
 }
 
+/// Each of `statements`' rows, run between `begin` and `COMMIT` as one string of SQLite statements on a connection
+/// of `pool`: one hand-off in all.
+async fn sqlite_in_own_transaction(
+    pool: &ConnectionPool,
+    begin: &str,
+    statements: &[Statement],
+) -> Result<Vec<Vec<AnyRow>>, Problem> {
+    let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
+    let mut conn = pool.acquire().await.map_err(db_error)?;
+    let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
+    rows_by_statement(results, statements, 1, 1)
+}
+
 impl Store {
     /// The rows of each of `reads`, in their order, read on one connection of the reading pool.
     pub(crate) async fn read_together(
@@ -209,12 +222,7 @@ impl Store {
         snapshot: Snapshot,
     ) -> Result<Vec<Vec<AnyRow>>, Problem> {
         match (self.backend(), snapshot) {
-            (Backend::Sqlite, Snapshot::One) => {
-                let query = sqlite_query(reads, Some("BEGIN"), Some("COMMIT"))?;
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
-                rows_by_statement(results, reads, 1, 1)
-            }
+            (Backend::Sqlite, Snapshot::One) => sqlite_in_own_transaction(&self.pool, "BEGIN", reads).await,
             (Backend::Sqlite, Snapshot::EachRead) => {
                 let query = sqlite_query(reads, None, None)?;
                 // The pool's own executor: a connection taken for the string alone, its errors observed.
@@ -242,11 +250,7 @@ impl Store {
     pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
         match (self.backend(), statements) {
             (Backend::Sqlite, _) => {
-                let begin = self.backend().begin_write_statement();
-                let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
-                let mut conn = self.writer.acquire().await.map_err(db_error)?;
-                let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
-                rows_by_statement(results, statements, 1, 1)
+                sqlite_in_own_transaction(&self.writer, self.backend().begin_write_statement(), statements).await
             }
             (Backend::Postgres, [statement]) => {
                 Ok(vec![bound(statement).fetch_all(&self.writer).await.map_err(db_error)?])

@@ -12,6 +12,34 @@ async fn ready_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
     order
 }
 
+/// A replacement order (RFC 9773) of `account_id` for `name`, replacing the certificate of serial `replaces_serial`
+/// (ARI CertID `replaces`), its authorization valid: the order is ready.
+async fn ready_replacement_order(
+    sa: &Sa,
+    account_id: i64,
+    name: &str,
+    replaces: &str,
+    replaces_serial: &str,
+) -> pb::Order {
+    let order = sa
+        .rw("ra")
+        .new_order_and_authorizations(NewOrderAndAuthorizationsRequest {
+            account_id,
+            identifiers: vec![dns(name)],
+            expires: quarry_core::clock::now() + 7 * DAY,
+            new_authorizations: vec![new_authz(name, &["http-01"])],
+            profile: "classic".into(),
+            replaces: replaces.into(),
+            replaces_serial: replaces_serial.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    validate(sa, order.authorization_ids[0], "valid").await;
+    order
+}
+
 /// An order of `account_id` for `name`, its authorization valid and the order processing (the ra's fuse taken).
 async fn processing_order(sa: &Sa, account_id: i64, name: &str) -> pb::Order {
     let order = ready_order(sa, account_id, name).await;
@@ -326,22 +354,7 @@ async fn storing_a_replacements_certificate_marks_the_one_it_replaces() {
     for sa in Sa::every_backend().await {
         let account = sa.account().await;
         let name = "renewed.example.org";
-        let replacing = sa
-            .rw("ra")
-            .new_order_and_authorizations(NewOrderAndAuthorizationsRequest {
-                account_id: account.id,
-                identifiers: vec![dns(name)],
-                expires: quarry_core::clock::now() + 7 * DAY,
-                new_authorizations: vec![new_authz(name, &["http-01"])],
-                profile: "classic".into(),
-                replaces: "aGVsbG8.d29ybGQ".into(),
-                replaces_serial: "0c01".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        validate(&sa, replacing.authorization_ids[0], "valid").await;
+        let replacing = ready_replacement_order(&sa, account.id, name, "aGVsbG8.d29ybGQ", "0c01").await;
         let fuse = SetOrderProcessingRequest { id: replacing.id, owner: "ra-test".into() };
         sa.rw("ra").set_order_processing(fuse).await.unwrap();
         let marked = || sa.db.count("replacement_orders WHERE serial = '0c01' AND replaced = 1");
@@ -357,22 +370,7 @@ async fn storing_a_replacements_certificate_marks_the_one_it_replaces() {
         // A replacement order that does not take its certificate (not processing) leaves the one it replaces
         // unmarked, although the certificate is stored.
         let other = "unfinished.example.org";
-        let unfinished = sa
-            .rw("ra")
-            .new_order_and_authorizations(NewOrderAndAuthorizationsRequest {
-                account_id: account.id,
-                identifiers: vec![dns(other)],
-                expires: quarry_core::clock::now() + 7 * DAY,
-                new_authorizations: vec![new_authz(other, &["http-01"])],
-                profile: "classic".into(),
-                replaces: "b3RoZXI.c2VyaWFs".into(),
-                replaces_serial: "0c03".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        validate(&sa, unfinished.authorization_ids[0], "valid").await;
+        let unfinished = ready_replacement_order(&sa, account.id, other, "b3RoZXI.c2VyaWFs", "0c03").await;
         let der = precertificate_for(&sa, account.id, unfinished.id, other, &[0x0c, 0x04]).await;
         let answer = sa.rw("ca").add_certificate(stored(account.id, unfinished.id, &der, 0)).await.unwrap();
         assert!(!answer.into_inner().order_finalized, "{}", sa.db.url);
