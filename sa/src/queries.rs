@@ -38,6 +38,19 @@ pub const ORDER_AUTHORIZATIONS: &str = concat!(
     " FROM authorizations JOIN order_authorizations ON authorization_id = id WHERE order_id = $1 ORDER BY position"
 );
 
+/// [`ORDER_AUTHORIZATIONS`] for PostgreSQL. PostgreSQL plans a prepared statement once for all its executions
+/// (after five, by default) from the table sizes of that moment: on a fresh database a join planned while the tables
+/// are nearly empty is a hash join over every authorization, kept until autovacuum's first `ANALYZE` about a minute
+/// later, and costlier with every row written meanwhile. Each authorization is reached by its key instead, whatever
+/// the sizes: `OFFSET 0` keeps the lateral subquery from being flattened into a join the planner may reorder.
+pub const ORDER_AUTHORIZATIONS_POSTGRES: &str = concat!(
+    "SELECT ",
+    authorization_columns!(),
+    " FROM order_authorizations l CROSS JOIN LATERAL (SELECT ",
+    authorization_columns!(),
+    " FROM authorizations WHERE id = l.authorization_id OFFSET 0) a WHERE l.order_id = $1 ORDER BY l.position"
+);
+
 /// An order by id.
 pub const ORDER_BY_ID: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
 
@@ -64,6 +77,10 @@ pub const VALID_AUTHORIZATION: &str = concat!(
 
 /// Candidate orders of an account for one set of names (order reuse).
 pub const ORDER_REUSE: &str = "SELECT s.order_id FROM order_fqdn_sets s JOIN orders o ON o.id = s.order_id WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5";
+
+/// [`ORDER_REUSE`] for PostgreSQL, each candidate's order reached by its key for the reason
+/// [`ORDER_AUTHORIZATIONS_POSTGRES`] gives.
+pub const ORDER_REUSE_POSTGRES: &str = "SELECT s.order_id FROM order_fqdn_sets s CROSS JOIN LATERAL (SELECT profile FROM orders WHERE id = s.order_id OFFSET 0) o WHERE s.account_id = $1 AND s.set_hash = $2 AND s.expires > $3 AND o.profile = $4 ORDER BY s.order_id DESC LIMIT 5";
 
 /// Issuance times of one exact set of names (renewal detection, CertificatesPerFQDNSet).
 pub const FQDN_SET_TIMES: &str =

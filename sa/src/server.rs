@@ -101,7 +101,7 @@ impl StorageAuthorityReadOnly for Storage {
         )
     }
 
-    /// From the primary, in one read transaction: a pause must not slip through a lagging replica (as in
+    /// From the primary: a pause must not slip through a lagging replica (as in
     /// `check_identifiers_paused`), and the usual answer, no reusable order, asked the primary anyway.
     async fn get_new_order_facts(&self, request: Request<sapb::NewOrderFactsRequest>) -> Reply<sapb::NewOrderFacts> {
         let req = request.into_inner();

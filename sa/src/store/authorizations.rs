@@ -9,8 +9,8 @@ use quarry_core::model::{
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 use sqlx::any::AnyRow;
 
-use super::database::{Store, db_error, get, internal};
-use super::statements::{Snapshot, Statement};
+use super::database::{Backend, Store, db_error, get, internal};
+use super::statements::Statement;
 use crate::queries;
 use crate::status::authorization_status;
 
@@ -36,7 +36,7 @@ impl Store {
     }
 
     pub async fn get_order_authorizations(&self, order_id: i64) -> Result<Vec<Authorization>, Problem> {
-        let mut answers = self.read_together(&[order_authorizations_read(order_id)], Snapshot::EachRead).await?;
+        let mut answers = self.read_together(&[order_authorizations_read(self.backend(), order_id)]).await?;
         authorizations_from_rows(&answers.swap_remove(0), now())
     }
 
@@ -50,7 +50,7 @@ impl Store {
         profile: &str,
     ) -> Result<Vec<Authorization>, Problem> {
         let reads = valid_authorization_reads(account_id, identifiers, valid_until, profile);
-        let answers = self.read_together(&reads, Snapshot::EachRead).await?;
+        let answers = self.read_together(&reads).await?;
         newest_valid_authorizations(&answers, now())
     }
 
@@ -157,8 +157,12 @@ impl Store {
 }
 
 /// The read of an order's authorizations, in the order's order.
-pub(super) fn order_authorizations_read(order_id: i64) -> Statement {
-    Statement::new(queries::ORDER_AUTHORIZATIONS).int(order_id)
+pub(super) fn order_authorizations_read(backend: Backend, order_id: i64) -> Statement {
+    let sql = match backend {
+        Backend::Sqlite => queries::ORDER_AUTHORIZATIONS,
+        Backend::Postgres => queries::ORDER_AUTHORIZATIONS_POSTGRES,
+    };
+    Statement::new(sql).int(order_id)
 }
 
 pub(super) fn authorizations_from_rows(rows: &[AnyRow], now: Timestamp) -> Result<Vec<Authorization>, Problem> {

@@ -4,7 +4,7 @@ use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
 use super::database::{Store, db_error};
-use super::statements::{Snapshot, Statement};
+use super::statements::Statement;
 
 impl Store {
     /// Blocked keys whose certificates have not all been revoked yet, oldest first.
@@ -53,7 +53,7 @@ impl Store {
     }
 
     pub async fn key_blocked(&self, key_hash: &[u8]) -> Result<bool, Problem> {
-        let answers = self.read_together(&[key_blocked_read(key_hash)], Snapshot::EachRead).await?;
+        let answers = self.read_together(&[key_blocked_read(key_hash)]).await?;
         Ok(!answers[0].is_empty())
     }
 }

@@ -7,8 +7,8 @@ use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
 use sqlx::any::AnyRow;
 
-use super::database::{Store, db_error, get};
-use super::statements::{Snapshot, Statement};
+use super::database::{Backend, Store, db_error, get};
+use super::statements::Statement;
 use crate::queries;
 
 /// `www.example.com` → `com.example.www`, so names under one domain sort together.
@@ -134,37 +134,66 @@ impl Store {
             }
         }
         // Everything issuance records, as one statement: its parameters are $1 to $9, the names next, and the
-        // reservation's last.
-        let mut writes = vec![
-            "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id) VALUES ($1, $2, $4, $3, $5, $6)"
-                .to_owned(),
-            "INSERT INTO certificate_status (serial, status, not_after, issuer_id) VALUES ($1, 'good', $5, $6)".to_owned(),
-            "INSERT INTO fqdn_sets (set_hash, serial, issued, expires) VALUES ($7, $1, $3, $5)".to_owned(),
-            "INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial) VALUES ($8, $5, $1)".to_owned(),
+        // reservation's last. Each INSERT is its table and columns, and the rows it adds.
+        let mut inserts = vec![
+            (
+                "INSERT INTO precertificates (serial, account_id, der, issued, expires, issuer_id)",
+                "($1, $2, $4, $3, $5, $6)".to_owned(),
+            ),
+            (
+                "INSERT INTO certificate_status (serial, status, not_after, issuer_id)",
+                "($1, 'good', $5, $6)".to_owned(),
+            ),
+            ("INSERT INTO fqdn_sets (set_hash, serial, issued, expires)", "($7, $1, $3, $5)".to_owned()),
+            ("INSERT INTO key_hash_to_serial (key_hash, cert_not_after, serial)", "($8, $5, $1)".to_owned()),
         ];
         let names: Vec<String> = (0..facts.names.len()).map(|i| format!("(${}, $9, $1, 0)", 10 + i)).collect();
         if !names.is_empty() {
-            writes.push(format!(
-                "INSERT INTO issued_names (reversed_name, not_before, serial, renewal) VALUES {}",
-                names.join(", ")
-            ));
+            inserts.push(("INSERT INTO issued_names (reversed_name, not_before, serial, renewal)", names.join(", ")));
         }
         if reservation.is_some() {
             let (order_id, expires) = (10 + names.len(), 11 + names.len());
-            writes.push(format!(
-                "INSERT INTO serials (serial, account_id, order_id, created, expires) VALUES ($1, $2, ${order_id}, $3, ${expires})"
+            inserts.push((
+                "INSERT INTO serials (serial, account_id, order_id, created, expires)",
+                format!("($1, $2, ${order_id}, $3, ${expires})"),
             ));
         }
-        // Last, so that its row alone is the answer: the order begins processing only while it is ready.
+        // The fuse: the order begins processing only while it is ready. Its row alone is the statement's answer.
         let begins_processing = reservation.is_some_and(|r| r.processing_by.is_some());
-        if begins_processing {
+        let fuse = begins_processing.then(|| {
             let (order_id, began, by) = (10 + names.len(), 12 + names.len(), 13 + names.len());
-            writes.push(format!(
+            format!(
                 "UPDATE orders SET began_processing = ${began}, processing_by = ${by} WHERE id = ${order_id} \
                  AND began_processing = 0 AND certificate_serial = '' AND error IS NULL AND expires > ${began} RETURNING id"
-            ));
-        }
-        let mut write = Statement::new(self.backend().one_statement(&writes))
+            )
+        });
+        // With the fuse, every INSERT adds its rows only if the fuse was taken, so nothing needs a look before the
+        // commit: on PostgreSQL each is a CTE that reads the UPDATE's answer; SQLite has no UPDATE in a CTE, so the
+        // UPDATE runs first and each INSERT goes on only if the statement before it changed rows (`changes()`).
+        let sql = match (self.backend(), &fuse) {
+            (backend, None) => backend.one_statement(
+                &inserts.iter().map(|(insert, rows)| format!("{insert} VALUES {rows}")).collect::<Vec<_>>(),
+            ),
+            (Backend::Postgres, Some(fuse)) => {
+                let ctes: Vec<String> = inserts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (insert, rows))| {
+                        format!(
+                            "w{i} AS ({insert} SELECT * FROM (VALUES {rows}) AS v WHERE EXISTS (SELECT 1 FROM fuse))"
+                        )
+                    })
+                    .collect();
+                format!("WITH fuse AS ({fuse}), {} SELECT id FROM fuse", ctes.join(", "))
+            }
+            (Backend::Sqlite, Some(fuse)) => {
+                let inserts = inserts
+                    .iter()
+                    .map(|(insert, rows)| format!("{insert} SELECT * FROM (VALUES {rows}) AS v WHERE changes() > 0"));
+                std::iter::once(fuse.clone()).chain(inserts).collect::<Vec<_>>().join(";\n")
+            }
+        };
+        let mut write = Statement::new(sql)
             .text(&facts.serial)
             .int(account_id)
             .int(issued)
@@ -183,10 +212,9 @@ impl Store {
                 write = write.int(now().max(1)).text(by);
             }
         }
-        // The transaction begins with the write, in one hand-off to SQLite's writer. Its rows are the UPDATE's, when
-        // there is one (the INSERTs answer none).
-        let (tx, began) = match self.begin_write_with_all(&[write]).await {
-            Ok((tx, rows)) => (tx, !begins_processing || rows.first().is_some_and(|rows| !rows.is_empty())),
+        // One hand-off to SQLite's writer, or one round trip, with the commit. Its rows are the UPDATE's.
+        let rows = match self.write_committed(&[write]).await {
+            Ok(rows) => rows,
             Err(problem) => {
                 // A retry of this very call that raced the first one (its answer lost) finds it stored by now.
                 if problem.kind == ErrorKind::Duplicate && self.precertificate_stored(&facts.serial, der).await? {
@@ -195,13 +223,16 @@ impl Store {
                 return Err(problem);
             }
         };
-        // Not ready, and not a retry either: a retry's first try, had it committed, would have made the INSERTs
-        // fail as `duplicate` above.
-        if !began {
-            drop(tx);
-            return Err(Problem::new(ErrorKind::OrderNotReady, "order is already processing, or no longer ready"));
+        if begins_processing && rows.first().is_none_or(Vec::is_empty) {
+            // The fuse was not taken, and nothing was stored: a retry whose first try committed, or an order that
+            // is not ready.
+            return match self.precertificate_stored(&facts.serial, der).await {
+                Ok(true) => Ok(facts.serial),
+                Ok(false) => Err(not_ready()),
+                Err(problem) if problem.kind == ErrorKind::Duplicate => Err(not_ready()),
+                Err(problem) => Err(problem),
+            };
         }
-        tx.commit().await.map_err(db_error)?;
         Ok(facts.serial)
     }
 
@@ -381,7 +412,7 @@ impl Store {
         identifiers: &[Identifier],
         since: Timestamp,
     ) -> Result<Vec<Timestamp>, Problem> {
-        let answers = self.read_together(&[fqdn_set_times_read(identifiers, since)], Snapshot::EachRead).await?;
+        let answers = self.read_together(&[fqdn_set_times_read(identifiers, since)]).await?;
         issuance_times(&answers[0])
     }
 
@@ -464,4 +495,8 @@ impl CertificateFacts {
             key_hash: key.key_hash().to_vec(),
         })
     }
+}
+
+fn not_ready() -> Problem {
+    Problem::new(ErrorKind::OrderNotReady, "order is already processing, or no longer ready")
 }

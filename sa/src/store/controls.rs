@@ -6,7 +6,7 @@ use quarry_core::{Identifier, IdentifierType, Problem};
 use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
-use super::statements::{Snapshot, Statement};
+use super::statements::Statement;
 
 /// A rate limit raised (or lowered) for one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Store {
         account_id: i64,
         identifiers: &[Identifier],
     ) -> Result<Vec<Identifier>, Problem> {
-        let answers = self.read_together(&paused_reads(account_id, identifiers), Snapshot::EachRead).await?;
+        let answers = self.read_together(&paused_reads(account_id, identifiers)).await?;
         Ok(paused_among(identifiers, &answers))
     }
 

@@ -316,17 +316,6 @@ impl Store {
         begin_on(&self.writer, self.backend.begin_write_statement()).await
     }
 
-    /// Starts a transaction that only reads, so that several reads see one state of the database on one
-    /// connection: PostgreSQL's repeatable-read snapshot, SQLite's deferred transaction (one WAL snapshot, no lock
-    /// that would keep a writer waiting).
-    pub(crate) async fn begin_read(&self) -> Result<DbTransaction, Problem> {
-        let begin = match self.backend {
-            Backend::Sqlite => "BEGIN",
-            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        };
-        begin_on(&self.pool, begin).await
-    }
-
     /// Which engine this store talks to.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -462,7 +451,7 @@ pub(super) mod tests {
             let store = Store::open_replica(&db.url, settings).await.expect("open the store again");
             sqlx::query("SELECT 1").execute(&store.pool).await.expect("a read that opens a connection");
             end_every_connection().await;
-            let tx = if write { store.begin_write().await } else { store.begin_read().await };
+            let tx = if write { store.begin_write().await } else { begin_on(&store.pool, "BEGIN").await };
             tx.expect("a transaction begins on a live connection").commit().await.expect("commit");
         }
     }

@@ -11,7 +11,6 @@ use super::blocked_keys::key_blocked_read;
 use super::certificates::{fqdn_set_times_read, order_fqdn_set_times_read};
 use super::database::Store;
 use super::orders::{order_from_answers, order_reads};
-use super::statements::Snapshot;
 
 /// What a finalize asks.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ impl Store {
     /// has no authorizations.
     pub async fn finalization_facts(&self, question: &FinalizationQuestion) -> Result<FinalizationFacts, Problem> {
         let FinalizationQuestion { order_id, with_order, renewal_since, .. } = *question;
-        let [order_read, authorizations_read] = order_reads(order_id);
+        let [order_read, authorizations_read] = order_reads(self.backend(), order_id);
         let renewal_read = match with_order && question.identifiers.is_empty() {
             true => order_fqdn_set_times_read(order_id, renewal_since),
             false => fqdn_set_times_read(&question.identifiers, renewal_since),
@@ -54,7 +53,7 @@ impl Store {
         if with_order {
             reads.push(order_read);
         }
-        let answers = self.read_together(&reads, Snapshot::EachRead).await?;
+        let answers = self.read_together(&reads).await?;
         let (order, authorizations) = match with_order {
             true => order_from_answers(order_id, &answers[3], &answers[1]).map(|(o, a)| (Some(o), a))?,
             false => (None, authorizations_from_rows(&answers[1], now())?),

@@ -1,13 +1,16 @@
 //! The store: every query the sa makes, with transactions where atomicity matters, over SQLite or PostgreSQL
 //! (chosen by the database URL). One set of queries serves both: `$N` parameters (sqlx binds them by number on
-//! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations.
+//! SQLite too), integers for booleans, and SQL both engines accept; each backend has its own migrations. Where one
+//! engine is served better otherwise, the other's SQL is beside it: a write of several statements is one string on
+//! SQLite and one statement of data-modifying CTEs on PostgreSQL, and two hot joins have a PostgreSQL form whose
+//! plan does not depend on the tables' sizes (`crate::queries`).
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pools,
-//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `reads` asks reads that do not
-//! depend on each other together (one hand-off to SQLite's thread); `new_order_facts` reads across the groups what a new
-//! order needs (in one transaction, but for the states of the orders it may reuse), and `finalization_facts` what a
-//! finalize checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own
-//! public names stay the ones below.
+//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `statements` asks
+//! statements together (one hand-off to SQLite's thread for reads that do not depend on each other, and for the
+//! statements that begin or end a write transaction); `new_order_facts` reads across the groups what a new order
+//! needs, and `finalization_facts` what a finalize checks. The groups whose types the crate root re-exports are
+//! `pub(crate)`, so that this module's own public names stay the ones below.
 
 mod accounts;
 mod authorizations;
@@ -17,6 +20,8 @@ pub(crate) mod controls;
 pub(crate) mod crl_shards;
 mod database;
 mod finalization_facts;
+#[cfg(test)]
+mod fresh_plans;
 mod new_order_facts;
 mod orders;
 mod pool;

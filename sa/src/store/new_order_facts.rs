@@ -1,7 +1,8 @@
 //! What new-order reads before it creates (`GetNewOrderFacts`): the candidate orders for reuse, the paused
-//! identifiers, renewal and the valid authorizations to reuse, asked together in one read transaction, so that a new
-//! order costs the ra one sa call and the sa one hand-off to SQLite's thread (one round trip per read on
-//! PostgreSQL). A candidate's state is read after that transaction, only when there is a candidate.
+//! identifiers, renewal and the valid authorizations to reuse, asked together, so that a new order costs the ra one
+//! sa call and the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL). Each read sees the
+//! database as it is when it runs: the facts do not depend on each other, and the order is written later, in a
+//! transaction of its own, whatever they saw. A candidate's state is read after them, only when there is one.
 
 use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::NewOrderFacts;
@@ -12,7 +13,6 @@ use super::certificates::fqdn_set_times_read;
 use super::controls::{paused_among, paused_reads};
 use super::database::Store;
 use super::orders::reuse_candidates_read;
-use super::statements::Snapshot;
 
 /// What a new order asks.
 #[derive(Debug, Clone)]
@@ -41,14 +41,14 @@ impl Store {
         let pausable: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
         let mut reads = Vec::with_capacity(2 + 2 * identifiers.len());
         if !question.replacement {
-            reads.push(reuse_candidates_read(*account_id, identifiers, profile));
+            reads.push(reuse_candidates_read(self.backend(), *account_id, identifiers, profile));
         }
         let paused_at = reads.len();
         reads.extend(paused_reads(*account_id, &pausable));
         let renewal_at = reads.len();
         reads.push(fqdn_set_times_read(identifiers, question.renewal_since));
         reads.extend(valid_authorization_reads(*account_id, identifiers, question.valid_until, profile));
-        let answers = self.read_together(&reads, Snapshot::One).await?;
+        let answers = self.read_together(&reads).await?;
         if !question.replacement
             && let Some(order) = self.first_reusable(&answers[0]).await?
         {

@@ -8,8 +8,8 @@ use quarry_core::{ErrorKind, Identifier, Problem};
 use sqlx::any::AnyRow;
 
 use super::authorizations::{authorizations_from_rows, order_authorizations_read};
-use super::database::{Store, db_error, get, internal};
-use super::statements::{Snapshot, Statement};
+use super::database::{Backend, Store, db_error, get, internal};
+use super::statements::Statement;
 use crate::queries;
 use crate::status::{OrderFacts, order_status};
 
@@ -53,6 +53,69 @@ pub struct NewOrder {
     pub replaces_serial: String,
 }
 
+/// Where a replacement order is recorded (RFC 9773), and what a second order replacing the same certificate does:
+/// it takes the record over while the certificate is not replaced yet.
+const INSERT_REPLACEMENT: &str = "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced)";
+const REPLACEMENT_CONFLICT: &str = "ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, \
+     order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0";
+
+fn only_row(rows: Vec<AnyRow>) -> Result<AnyRow, Problem> {
+    rows.into_iter().next().ok_or_else(|| internal("an INSERT answered no row"))
+}
+
+fn order_set_hash(order: &NewOrder) -> Vec<u8> {
+    fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str()))
+}
+
+/// A new order as one PostgreSQL statement: its new authorizations and the order are CTEs whose `RETURNING` ids
+/// the links take (reused authorizations first, then the new ones, in the order's order), and the statement
+/// answers the order's row. One round trip where a transaction of its own took six.
+fn postgres_new_order(
+    order: &NewOrder,
+    authorization_inserts: Vec<Statement>,
+    insert_order: Statement,
+) -> Result<Statement, Problem> {
+    let new_count = authorization_inserts.len();
+    let mut parts: Vec<(String, Statement)> = authorization_inserts
+        .into_iter()
+        .enumerate()
+        .map(|(i, insert)| (format!("new_authorization_{i}"), insert))
+        .collect();
+    parts.push(("created_order".to_owned(), insert_order));
+    parts.push((
+        "fqdn_set".to_owned(),
+        Statement::new(
+            "INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) \
+             SELECT $1, id, account_id, expires FROM created_order",
+        )
+        .bytes(order_set_hash(order)),
+    ));
+    let reused = order.reused_authorization_ids.len();
+    let mut linked: Vec<String> =
+        (0..reused).map(|position| format!("SELECT ${}::BIGINT, {position}", position + 1)).collect();
+    linked.extend((0..new_count).map(|i| format!("SELECT id, {} FROM new_authorization_{i}", reused + i)));
+    if !linked.is_empty() {
+        let mut links = Statement::new(format!(
+            "INSERT INTO order_authorizations (order_id, authorization_id, position) \
+             SELECT created_order.id, linked.authorization_id, linked.position FROM created_order, \
+             ({}) AS linked (authorization_id, position)",
+            linked.join(" UNION ALL ")
+        ));
+        for id in &order.reused_authorization_ids {
+            links = links.int(*id);
+        }
+        parts.push(("links".to_owned(), links));
+    }
+    if !order.replaces_serial.is_empty() {
+        let replacement = Statement::new(format!(
+            "{INSERT_REPLACEMENT} SELECT $1, id, expires, 0 FROM created_order {REPLACEMENT_CONFLICT}"
+        ))
+        .text(order.replaces_serial.to_ascii_lowercase());
+        parts.push(("replacement".to_owned(), replacement));
+    }
+    Statement::postgres_with(parts, Statement::new("SELECT * FROM created_order"))
+}
+
 impl Store {
     /// Creates the new authorizations, the order and its links in one transaction; gives the order and its
     /// authorizations as recorded (the caller shows them next).
@@ -80,12 +143,35 @@ impl Store {
             .text(&order.profile)
             .text(&order.replaces)
             .text(identifiers);
-        // The new authorizations and the order do not depend on each other: they begin the transaction together,
-        // one hand-off to SQLite's writer thread.
-        let mut inserts: Vec<Statement> = order.new_authorizations.iter().map(insert_authorization).collect();
+        let inserts: Vec<Statement> = order.new_authorizations.iter().map(insert_authorization).collect();
+        let (order_row, authorization_rows) = match self.backend() {
+            Backend::Sqlite => self.sqlite_new_order(order, inserts, insert_order).await?,
+            Backend::Postgres => {
+                // One statement, its own transaction; the order's authorizations are read back after it.
+                let mut written = self.write_committed(&[postgres_new_order(order, inserts, insert_order)?]).await?;
+                let order_row = only_row(written.pop().unwrap_or_default())?;
+                let mut read =
+                    self.read_together(&[order_authorizations_read(self.backend(), get(&order_row, "id")?)]).await?;
+                (order_row, read.pop().unwrap_or_default())
+            }
+        };
+        let authorizations = authorizations_from_rows(&authorization_rows, now())?;
+        let created = order_from_row(&order_row, &authorizations, now())?;
+        Ok((created, authorizations))
+    }
+
+    /// A new order's transaction on SQLite, in two hand-offs to its writer thread: the new authorizations and the
+    /// order, which do not depend on each other, begin it together; the order's links, its authorizations read
+    /// back (on the connection that wrote them, the reused ones as they are now) and the commit end it together.
+    /// Gives the order's row and its authorizations' rows.
+    async fn sqlite_new_order(
+        &self,
+        order: &NewOrder,
+        mut inserts: Vec<Statement>,
+        insert_order: Statement,
+    ) -> Result<(AnyRow, Vec<AnyRow>), Problem> {
         inserts.push(insert_order);
         let (tx, mut inserted) = self.begin_write_with_all(&inserts).await?;
-        let only_row = |rows: Vec<AnyRow>| rows.into_iter().next().ok_or_else(|| internal("an INSERT answered no row"));
         let order_row = only_row(inserted.pop().unwrap_or_default())?;
         let mut authorization_ids = order.reused_authorization_ids.clone();
         for rows in inserted {
@@ -107,13 +193,14 @@ impl Store {
         }
         if !order.replaces_serial.is_empty() {
             writes.push(format!(
-                "INSERT INTO replacement_orders (serial, order_id, order_expires, replaced) VALUES (${}, $1, $4, 0) ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0",
+                "{} VALUES (${}, $1, $4, 0) {REPLACEMENT_CONFLICT}",
+                INSERT_REPLACEMENT,
                 5 + links.len()
             ));
         }
         let mut linked = Statement::new(self.backend().one_statement(&writes))
             .int(order_id)
-            .bytes(fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str())))
+            .bytes(order_set_hash(order))
             .int(order.account_id)
             .int(order.expires);
         for authz_id in &authorization_ids {
@@ -122,13 +209,10 @@ impl Store {
         if !order.replaces_serial.is_empty() {
             linked = linked.text(order.replaces_serial.to_ascii_lowercase());
         }
-        // The links, the order's authorizations read back (on the connection that wrote them, the reused ones as
-        // they are now) and the commit: one more hand-off. Nothing here needs a look before the commit: every
-        // failure to write fails a statement, which leaves the transaction to be rolled back.
-        let mut answers = self.commit_with(tx, &[linked, order_authorizations_read(order_id)]).await?;
-        let authorizations = authorizations_from_rows(&answers.pop().unwrap_or_default(), now())?;
-        let created = order_from_row(&order_row, &authorizations, now())?;
-        Ok((created, authorizations))
+        // Nothing here needs a look before the commit: every failure to write fails a statement, which leaves the
+        // transaction to be rolled back.
+        let mut answers = self.commit_with(tx, &[linked, order_authorizations_read(self.backend(), order_id)]).await?;
+        Ok((order_row, answers.pop().unwrap_or_default()))
     }
 
     /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or
@@ -157,7 +241,7 @@ impl Store {
 
     /// An order and its authorizations, read together: what finalizing it checks.
     pub async fn get_order_and_authorizations(&self, id: i64) -> Result<(Order, Vec<Authorization>), Problem> {
-        let answers = self.read_together(&order_reads(id), Snapshot::EachRead).await?;
+        let answers = self.read_together(&order_reads(self.backend(), id)).await?;
         order_from_answers(id, &answers[0], &answers[1])
     }
     /// The newest pending or ready order of the account for exactly this set of identifiers and profile.
@@ -167,8 +251,8 @@ impl Store {
         identifiers: &[Identifier],
         profile: &str,
     ) -> Result<Order, Problem> {
-        let read = [reuse_candidates_read(account_id, identifiers, profile)];
-        let candidates = self.read_together(&read, Snapshot::EachRead).await?;
+        let read = [reuse_candidates_read(self.backend(), account_id, identifiers, profile)];
+        let candidates = self.read_together(&read).await?;
         let order = self.first_reusable(&candidates[0]).await?;
         order.ok_or_else(|| Problem::not_found("no reusable order"))
     }
@@ -302,8 +386,8 @@ impl Store {
 }
 
 /// The reads of an order by id and of its authorizations (from which its status follows).
-pub(super) fn order_reads(id: i64) -> [Statement; 2] {
-    [Statement::new(queries::ORDER_BY_ID).int(id), order_authorizations_read(id)]
+pub(super) fn order_reads(backend: Backend, id: i64) -> [Statement; 2] {
+    [Statement::new(queries::ORDER_BY_ID).int(id), order_authorizations_read(backend, id)]
 }
 
 /// Order `id` and its authorizations from the answers to [`order_reads`]: `notFound` when there is no such order.
@@ -321,8 +405,17 @@ pub(super) fn order_from_answers(
 
 /// The read of the account's newest orders for exactly this set of identifiers and profile, not yet expired: the
 /// candidates for reuse, which [`Store::first_reusable`] looks through.
-pub(super) fn reuse_candidates_read(account_id: i64, identifiers: &[Identifier], profile: &str) -> Statement {
-    Statement::new(queries::ORDER_REUSE)
+pub(super) fn reuse_candidates_read(
+    backend: Backend,
+    account_id: i64,
+    identifiers: &[Identifier],
+    profile: &str,
+) -> Statement {
+    let sql = match backend {
+        Backend::Sqlite => queries::ORDER_REUSE,
+        Backend::Postgres => queries::ORDER_REUSE_POSTGRES,
+    };
+    Statement::new(sql)
         .int(account_id)
         .bytes(fqdn_set_hash(identifiers.iter().map(|i| i.value.as_str())))
         .int(now())

@@ -282,8 +282,8 @@ impl PooledConnection {
         }
     }
 
-    /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's reads
-    /// asked together in one snapshot, and writes committed in one string). Failed or cancelled part-way, it leaves
+    /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's writes
+    /// committed in one string). Failed or cancelled part-way, it leaves
     /// that transaction open: it is rolled back before the connection is used again, as a [`DbTransaction`]'s is.
     /// A `BEGIN` the database refused opened nothing, and the connection goes back as it is.
     pub(crate) async fn fetch_in_own_transaction<'q>(

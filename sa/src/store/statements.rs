@@ -79,16 +79,6 @@ fn splits_cleanly(sql: &str) -> bool {
     quote.is_none()
 }
 
-/// Whether reads asked together must see one state of the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Snapshot {
-    /// One transaction: a deferred one on SQLite (one WAL snapshot, no lock a writer would wait for), a read-only
-    /// repeatable-read one on PostgreSQL.
-    One,
-    /// Each read sees the database as it is when it runs.
-    EachRead,
-}
-
 fn bind_all<'q>(
     mut query: Query<'q, Any, AnyArguments>,
     params: impl Iterator<Item = &'q Param>,
@@ -125,13 +115,11 @@ fn renumbered(sql: &str, offset: usize) -> (String, usize) {
     (out, highest)
 }
 
-/// `statements` as one string of SQLite statements, their parameters numbered across them, after `leading` and
-/// before `trailing` (`BEGIN`, `COMMIT`). A statement naming more parameters than it binds is refused: in the string
-/// it would silently take the next one's values (SQLite's driver leaves missing ones NULL only at the very end).
-fn sqlite_string(statements: &[Statement], leading: Option<&str>, trailing: Option<&str>) -> Result<String, Problem> {
-    let mut parts = Vec::with_capacity(statements.len() + 2);
-    parts.extend(leading.map(str::to_owned));
+/// Each statement's SQL with its parameters numbered after those of the statements before it. A statement naming
+/// more parameters than it binds is refused: joined to the others it would silently take the next one's values.
+fn numbered_across(statements: &[Statement]) -> Result<Vec<String>, Problem> {
     let mut offset = 0;
+    let mut numbered = Vec::with_capacity(statements.len());
     for statement in statements {
         let (sql, highest) = renumbered(&statement.sql, offset);
         if highest > statement.params.len() {
@@ -141,11 +129,36 @@ fn sqlite_string(statements: &[Statement], leading: Option<&str>, trailing: Opti
                 statement.sql
             )));
         }
-        parts.push(sql);
+        numbered.push(sql);
         offset += statement.params.len();
     }
+    Ok(numbered)
+}
+
+/// `statements` as one string of SQLite statements, their parameters numbered across them, after `leading` and
+/// before `trailing` (`BEGIN`, `COMMIT`).
+fn sqlite_string(statements: &[Statement], leading: Option<&str>, trailing: Option<&str>) -> Result<String, Problem> {
+    let mut parts = Vec::with_capacity(statements.len() + 2);
+    parts.extend(leading.map(str::to_owned));
+    parts.extend(numbered_across(statements)?);
     parts.extend(trailing.map(str::to_owned));
     Ok(parts.join(";\n"))
+}
+
+impl Statement {
+    /// One PostgreSQL statement of data-modifying CTEs: `WITH name AS (part), … main`, each part written with its
+    /// own parameters from `$1`, numbered here after those of the parts before it. One round trip, and a
+    /// transaction of its own; the parts see one snapshot, and each sees another's rows only through its
+    /// `RETURNING` (a part that must wait for another refers to it by name).
+    pub(crate) fn postgres_with(parts: Vec<(String, Statement)>, main: Statement) -> Result<Statement, Problem> {
+        let (names, mut statements): (Vec<String>, Vec<Statement>) = parts.into_iter().unzip();
+        statements.push(main);
+        let mut numbered = numbered_across(&statements)?;
+        let main_sql = numbered.pop().unwrap_or_default();
+        let ctes: Vec<String> = names.iter().zip(numbered).map(|(name, sql)| format!("{name} AS ({sql})")).collect();
+        let sql = if ctes.is_empty() { main_sql } else { format!("WITH {} {main_sql}", ctes.join(", ")) };
+        Ok(Statement { sql: Cow::Owned(sql), params: statements.into_iter().flat_map(|s| s.params).collect() })
+    }
 }
 
 /// `statements`' SQL as one query with every value bound.
@@ -215,27 +228,17 @@ async fn sqlite_in_own_transaction(
 }
 
 impl Store {
-    /// The rows of each of `reads`, in their order, read on one connection of the reading pool.
-    pub(crate) async fn read_together(
-        &self,
-        reads: &[Statement],
-        snapshot: Snapshot,
-    ) -> Result<Vec<Vec<AnyRow>>, Problem> {
-        match (self.backend(), snapshot) {
-            (Backend::Sqlite, Snapshot::One) => sqlite_in_own_transaction(&self.pool, "BEGIN", reads).await,
-            (Backend::Sqlite, Snapshot::EachRead) => {
+    /// The rows of each of `reads`, in their order, read on one connection of the reading pool, each read seeing
+    /// the database as it is when it runs.
+    pub(crate) async fn read_together(&self, reads: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
+        match self.backend() {
+            Backend::Sqlite => {
                 let query = sqlite_query(reads, None, None)?;
                 // The pool's own executor: a connection taken for the string alone, its errors observed.
                 let results = (&self.pool).fetch_many(query).try_collect().await.map_err(db_error)?;
                 rows_by_statement(results, reads, 0, 0)
             }
-            (Backend::Postgres, Snapshot::One) => {
-                let mut tx = self.begin_read().await?;
-                let answers = one_by_one(&mut tx, reads).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(answers)
-            }
-            (Backend::Postgres, Snapshot::EachRead) => {
+            Backend::Postgres => {
                 let mut conn = self.pool.acquire().await.map_err(db_error)?;
                 one_by_one(&mut conn, reads).await
             }
