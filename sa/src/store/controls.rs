@@ -3,10 +3,9 @@
 
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, IdentifierType, Problem};
-use sqlx::any::AnyRow;
 
 use super::database::{Store, db_error, get, internal};
-use super::statements::Statement;
+use super::statements::{Statement, found};
 
 /// A rate limit raised (or lowered) for one bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +51,8 @@ impl Store {
         account_id: i64,
         identifiers: &[Identifier],
     ) -> Result<Vec<Identifier>, Problem> {
-        let answers = self.read_together(&paused_reads(account_id, identifiers)).await?;
-        Ok(paused_among(identifiers, &answers))
+        let mut answers = self.read_together(&[Statement::finds_rows(&paused_reads(account_id, identifiers))?]).await?;
+        Ok(paused_among(identifiers, &found(&answers.pop().unwrap_or_default(), identifiers.len())?))
     }
 
     /// Every identifier paused for `account_id`.
@@ -196,12 +195,7 @@ pub(super) fn paused_reads(account_id: i64, identifiers: &[Identifier]) -> Vec<S
     identifiers.iter().map(read).collect()
 }
 
-/// The identifiers [`paused_reads`] found paused, from its answers.
-pub(super) fn paused_among(identifiers: &[Identifier], answers: &[Vec<AnyRow>]) -> Vec<Identifier> {
-    identifiers
-        .iter()
-        .zip(answers)
-        .filter(|(_, rows)| !rows.is_empty())
-        .map(|(identifier, _)| identifier.clone())
-        .collect()
+/// The identifiers [`paused_reads`] found paused: `found` says, per identifier, whether its read found a row.
+pub(super) fn paused_among(identifiers: &[Identifier], found: &[bool]) -> Vec<Identifier> {
+    identifiers.iter().zip(found).filter(|(_, found)| **found).map(|(identifier, _)| identifier.clone()).collect()
 }

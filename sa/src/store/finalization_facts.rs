@@ -11,6 +11,7 @@ use super::blocked_keys::key_blocked_read;
 use super::certificates::{fqdn_set_times_read, order_fqdn_set_times_read};
 use super::database::Store;
 use super::orders::{order_from_answers, order_reads};
+use super::statements::{Statement, found};
 
 /// What a finalize asks.
 #[derive(Debug, Clone)]
@@ -49,20 +50,19 @@ impl Store {
             true => order_fqdn_set_times_read(order_id, renewal_since),
             false => fqdn_set_times_read(&question.identifiers, renewal_since),
         };
-        let mut reads = vec![key_blocked_read(&question.key_hash), authorizations_read, renewal_read];
+        // Whether the key is blocked and whether the set renews a certificate: rows that only matter for being
+        // there, asked as one read.
+        let mut reads =
+            vec![Statement::finds_rows(&[key_blocked_read(&question.key_hash), renewal_read])?, authorizations_read];
         if with_order {
             reads.push(order_read);
         }
         let answers = self.read_together(&reads).await?;
         let (order, authorizations) = match with_order {
-            true => order_from_answers(order_id, &answers[3], &answers[1]).map(|(o, a)| (Some(o), a))?,
+            true => order_from_answers(order_id, &answers[2], &answers[1]).map(|(o, a)| (Some(o), a))?,
             false => (None, authorizations_from_rows(&answers[1], now())?),
         };
-        Ok(FinalizationFacts {
-            order,
-            authorizations,
-            key_blocked: !answers[0].is_empty(),
-            renewal: !answers[2].is_empty(),
-        })
+        let found = found(&answers[0], 2)?;
+        Ok(FinalizationFacts { order, authorizations, key_blocked: found[0], renewal: found[1] })
     }
 }

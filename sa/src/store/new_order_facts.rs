@@ -13,6 +13,7 @@ use super::certificates::fqdn_set_times_read;
 use super::controls::{paused_among, paused_reads};
 use super::database::Store;
 use super::orders::reuse_candidates_read;
+use super::statements::{Statement, found};
 
 /// What a new order asks.
 #[derive(Debug, Clone)]
@@ -39,14 +40,16 @@ impl Store {
         let NewOrderQuestion { account_id, identifiers, profile, .. } = question;
         // Pauses are recorded for an authorization's identifier, which never carries the wildcard label.
         let pausable: Vec<Identifier> = identifiers.iter().map(Identifier::without_wildcard).collect();
-        let mut reads = Vec::with_capacity(2 + 2 * identifiers.len());
+        let mut reads = Vec::with_capacity(2 + identifiers.len());
         if !question.replacement {
             reads.push(reuse_candidates_read(self.backend(), *account_id, identifiers, profile));
         }
-        let paused_at = reads.len();
-        reads.extend(paused_reads(*account_id, &pausable));
-        let renewal_at = reads.len();
-        reads.push(fqdn_set_times_read(identifiers, question.renewal_since));
+        // Whether each identifier is paused and whether the set renews a certificate: rows that only matter for
+        // being there, asked as one read.
+        let mut existence = paused_reads(*account_id, &pausable);
+        existence.push(fqdn_set_times_read(identifiers, question.renewal_since));
+        let found_at = reads.len();
+        reads.push(Statement::finds_rows(&existence)?);
         reads.extend(valid_authorization_reads(*account_id, identifiers, question.valid_until, profile));
         let answers = self.read_together(&reads).await?;
         if !question.replacement
@@ -54,11 +57,12 @@ impl Store {
         {
             return Ok(NewOrderFacts { reusable_order: Some(order), ..NewOrderFacts::default() });
         }
+        let found = found(&answers[found_at], existence.len())?;
         Ok(NewOrderFacts {
             reusable_order: None,
-            paused: paused_among(&pausable, &answers[paused_at..renewal_at]),
-            renewal: !answers[renewal_at].is_empty(),
-            valid_authorizations: newest_valid_authorizations(&answers[renewal_at + 1..], now())?,
+            paused: paused_among(&pausable, &found[..pausable.len()]),
+            renewal: found[pausable.len()],
+            valid_authorizations: newest_valid_authorizations(&answers[found_at + 1..], now())?,
         })
     }
 }

@@ -12,7 +12,7 @@ use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Either, Executor};
 
-use super::database::{Backend, Store, db_error, internal};
+use super::database::{Backend, Store, db_error, get, internal};
 use super::pool::{ConnectionPool, DbTransaction};
 
 /// A value bound to a read.
@@ -146,6 +146,21 @@ fn sqlite_string(statements: &[Statement], leading: Option<&str>, trailing: Opti
 }
 
 impl Statement {
+    /// One read answering whether each of `reads` finds a row, as one row of columns `found_0`, `found_1`, … (1 or 0,
+    /// in `reads`' order; see [`found`]): reads whose rows only matter for being there cost one statement together,
+    /// one round trip on PostgreSQL.
+    pub(crate) fn finds_rows(reads: &[Statement]) -> Result<Statement, Problem> {
+        let columns: Vec<String> = numbered_across(reads)?
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| format!("CAST(CASE WHEN EXISTS ({sql}) THEN 1 ELSE 0 END AS BIGINT) AS found_{i}"))
+            .collect();
+        Ok(Statement {
+            sql: Cow::Owned(format!("SELECT {}", columns.join(", "))),
+            params: reads.iter().flat_map(|read| read.params.iter().cloned()).collect(),
+        })
+    }
+
     /// One PostgreSQL statement of data-modifying CTEs: `WITH name AS (part), … main`, each part written with its
     /// own parameters from `$1`, numbered here after those of the parts before it. One round trip, and a
     /// transaction of its own; the parts see one snapshot, and each sees another's rows only through its
@@ -159,6 +174,12 @@ impl Statement {
         let sql = if ctes.is_empty() { main_sql } else { format!("WITH {} {main_sql}", ctes.join(", ")) };
         Ok(Statement { sql: Cow::Owned(sql), params: statements.into_iter().flat_map(|s| s.params).collect() })
     }
+}
+
+/// What a [`Statement::finds_rows`] of `count` reads answered: whether each found a row.
+pub(crate) fn found(rows: &[AnyRow], count: usize) -> Result<Vec<bool>, Problem> {
+    let row = rows.first().ok_or_else(|| internal("a read of whether rows exist answered no row"))?;
+    (0..count).map(|i| get::<i64>(row, &format!("found_{i}")).map(|found| found != 0)).collect()
 }
 
 /// `statements`' SQL as one query with every value bound.

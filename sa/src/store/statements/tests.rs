@@ -78,6 +78,31 @@ async fn reads_asked_together_answer_each_its_own_rows() {
     }
 }
 
+/// Reads asked only whether they find a row answer one row of flags, in their order, their parameters numbered
+/// across them, on both databases.
+#[tokio::test]
+async fn reads_asked_whether_they_find_rows_answer_one_flag_each() {
+    for (db, store) in stores_on_every_backend().await {
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (3000, 'm3000', 30000)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let reads = [
+            Statement::new("SELECT version FROM schema_migrations WHERE version = $1 AND name = $2")
+                .int(3000)
+                .text("m3000"),
+            Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
+            Statement::new("SELECT name FROM schema_migrations WHERE applied_at >= $1 AND $2 = $2 ORDER BY name")
+                .int(30000)
+                .bytes(*b"ab"),
+        ];
+        let asked = Statement::finds_rows(&reads).unwrap();
+        let mut answers = store.read_together(&[asked]).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+        let flags = found(&answers.pop().unwrap(), reads.len()).unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+        assert_eq!(flags, [true, false, true], "{}", db.url);
+    }
+}
+
 /// The rows of `SELECT value FROM t`, sorted.
 async fn values(store: &Store) -> Vec<i64> {
     let rows = sqlx::query("SELECT value FROM transaction_test ORDER BY value").fetch_all(&store.pool).await.unwrap();
