@@ -19,6 +19,12 @@ macro_rules! order_columns {
     };
 }
 
+/// The columns every read of an authorization names, as a list.
+pub const AUTHORIZATION_COLUMNS: &str = authorization_columns!();
+
+/// The columns every read of an order names, as a list.
+pub const ORDER_COLUMNS: &str = order_columns!();
+
 /// An authorization by id.
 pub const AUTHORIZATION_BY_ID: &str =
     concat!("SELECT ", authorization_columns!(), " FROM authorizations WHERE id = $1");
@@ -49,6 +55,13 @@ pub const ORDER_AUTHORIZATIONS_POSTGRES: &str = concat!(
     " FROM order_authorizations l CROSS JOIN LATERAL (SELECT ",
     authorization_columns!(),
     " FROM authorizations WHERE id = l.authorization_id OFFSET 0) a WHERE l.order_id = $1 ORDER BY l.position"
+);
+
+/// Creates a pending authorization, answering with it as recorded (as [`AUTHORIZATION_BY_ID`] would read it).
+pub const INSERT_AUTHORIZATION: &str = concat!(
+    "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, \
+     token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING ",
+    authorization_columns!()
 );
 
 /// An order by id.

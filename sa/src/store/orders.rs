@@ -67,9 +67,11 @@ fn order_set_hash(order: &NewOrder) -> Vec<u8> {
     fqdn_set_hash(order.identifiers.iter().map(|i| i.value.as_str()))
 }
 
-/// A new order as one PostgreSQL statement: its new authorizations and the order are CTEs whose `RETURNING` ids
-/// the links take (reused authorizations first, then the new ones, in the order's order), and the statement
-/// answers the order's row. One round trip where a transaction of its own took six.
+/// A new order as one PostgreSQL statement, its own transaction: its new authorizations and the order are CTEs
+/// whose `RETURNING` rows the links take (reused authorizations first, then the new ones, in the order's order).
+/// Its rows are the order's (`part` 0), then its authorizations' (`part` 1) in the order's order, each under the
+/// column names its own reads use (the two share `id`, `account_id`, `expires`, `profile` and `created`), so that
+/// nothing is read after the commit. One round trip where a transaction of its own and a read took six.
 fn postgres_new_order(
     order: &NewOrder,
     authorization_inserts: Vec<Statement>,
@@ -94,18 +96,16 @@ fn postgres_new_order(
     let mut linked: Vec<String> =
         (0..reused).map(|position| format!("SELECT ${}::BIGINT, {position}", position + 1)).collect();
     linked.extend((0..new_count).map(|i| format!("SELECT id, {} FROM new_authorization_{i}", reused + i)));
-    if !linked.is_empty() {
-        let mut links = Statement::new(format!(
-            "INSERT INTO order_authorizations (order_id, authorization_id, position) \
-             SELECT created_order.id, linked.authorization_id, linked.position FROM created_order, \
-             ({}) AS linked (authorization_id, position)",
-            linked.join(" UNION ALL ")
-        ));
-        for id in &order.reused_authorization_ids {
-            links = links.int(*id);
-        }
-        parts.push(("links".to_owned(), links));
+    let mut links = Statement::new(format!(
+        "INSERT INTO order_authorizations (order_id, authorization_id, position) \
+         SELECT created_order.id, linked.authorization_id, linked.position FROM created_order, \
+         ({}) AS linked (authorization_id, position)",
+        linked.join(" UNION ALL ")
+    ));
+    for id in &order.reused_authorization_ids {
+        links = links.int(*id);
     }
+    parts.push(("links".to_owned(), links));
     if !order.replaces_serial.is_empty() {
         let replacement = Statement::new(format!(
             "{INSERT_REPLACEMENT} SELECT $1, id, expires, 0 FROM created_order {REPLACEMENT_CONFLICT}"
@@ -113,7 +113,31 @@ fn postgres_new_order(
         .text(order.replaces_serial.to_ascii_lowercase());
         parts.push(("replacement".to_owned(), replacement));
     }
-    Statement::postgres_with(parts, Statement::new("SELECT * FROM created_order"))
+    // The answer: the order's row, then each authorization's, every row with every column of both, NULL where it
+    // is the other's. The reused authorizations are read as they are (the statement's snapshot); the new ones are
+    // their INSERTs' `RETURNING` rows, which no read in the statement could see.
+    let order_columns: Vec<&str> = queries::ORDER_COLUMNS.split(", ").collect();
+    let authorization_columns: Vec<&str> = queries::AUTHORIZATION_COLUMNS.split(", ").collect();
+    let mut columns = order_columns.clone();
+    columns.extend(authorization_columns.iter().filter(|c| !order_columns.contains(c)));
+    let select = |part: usize, position: &str, own: &[&str]| {
+        let values: Vec<String> =
+            columns.iter().map(|c| if own.contains(c) { (*c).to_owned() } else { format!("NULL AS {c}") }).collect();
+        format!("SELECT {part} AS part, {position} AS position, {}", values.join(", "))
+    };
+    let mut answer = vec![format!("{} FROM created_order", select(0, "0", &order_columns))];
+    answer.extend((0..reused).map(|position| {
+        let read = select(1, &position.to_string(), &authorization_columns);
+        format!("{read} FROM authorizations WHERE id = ${}", position + 1)
+    }));
+    answer.extend((0..new_count).map(|i| {
+        format!("{} FROM new_authorization_{i}", select(1, &(reused + i).to_string(), &authorization_columns))
+    }));
+    let mut main = Statement::new(format!("{} ORDER BY part, position", answer.join(" UNION ALL ")));
+    for id in &order.reused_authorization_ids {
+        main = main.int(*id);
+    }
+    Statement::postgres_with(parts, main)
 }
 
 impl Store {
@@ -123,17 +147,15 @@ impl Store {
         let created = now();
         let insert_authorization = |authz: &NewAuthorization| {
             let types: Vec<&str> = authz.challenge_types.iter().map(|t| t.as_str()).collect();
-            Statement::new(
-                "INSERT INTO authorizations (account_id, identifier_type, identifier_value, status, expires, challenge_types, token, profile, created) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING id",
-            )
-            .int(order.account_id)
-            .text(authz.identifier.kind.as_str())
-            .text(&authz.identifier.value)
-            .int(authz.expires)
-            .text(types.join(","))
-            .text(&authz.token)
-            .text(&order.profile)
-            .int(created)
+            Statement::new(queries::INSERT_AUTHORIZATION)
+                .int(order.account_id)
+                .text(authz.identifier.kind.as_str())
+                .text(&authz.identifier.value)
+                .int(authz.expires)
+                .text(types.join(","))
+                .text(&authz.token)
+                .text(&order.profile)
+                .int(created)
         };
         let identifiers = serde_json::to_string(&order.identifiers).map_err(internal)?;
         let insert_order = Statement::new(queries::INSERT_ORDER)
@@ -147,12 +169,9 @@ impl Store {
         let (order_row, authorization_rows) = match self.backend() {
             Backend::Sqlite => self.sqlite_new_order(order, inserts, insert_order).await?,
             Backend::Postgres => {
-                // One statement, its own transaction; the order's authorizations are read back after it.
                 let mut written = self.write_committed(&[postgres_new_order(order, inserts, insert_order)?]).await?;
-                let order_row = only_row(written.pop().unwrap_or_default())?;
-                let mut read =
-                    self.read_together(&[order_authorizations_read(self.backend(), get(&order_row, "id")?)]).await?;
-                (order_row, read.pop().unwrap_or_default())
+                let mut rows = written.pop().unwrap_or_default().into_iter();
+                (rows.next().ok_or_else(|| internal("a new order answered no row"))?, rows.collect())
             }
         };
         let authorizations = authorizations_from_rows(&authorization_rows, now())?;

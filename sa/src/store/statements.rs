@@ -150,6 +150,9 @@ impl Statement {
     /// in `reads`' order; see [`found`]): reads whose rows only matter for being there cost one statement together,
     /// one round trip on PostgreSQL.
     pub(crate) fn finds_rows(reads: &[Statement]) -> Result<Statement, Problem> {
+        if reads.is_empty() {
+            return Ok(Statement::new("SELECT 0 AS found_none"));
+        }
         let columns: Vec<String> = numbered_across(reads)?
             .iter()
             .enumerate()

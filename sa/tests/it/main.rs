@@ -274,7 +274,23 @@ async fn orders_derive_their_status_from_their_authorizations() {
             .authorizations;
         assert_eq!(valid.len(), 2);
         let reusing = new_order(&sa, account.id, &["a.example.org"], vec![order.authorization_ids[0]]).await;
-        assert_eq!(reusing.authorizations, [authz], "a reused authorization is answered as it is");
+        assert_eq!(reusing.authorizations, std::slice::from_ref(&authz), "a reused authorization is answered as it is");
+        // A reused authorization and new ones together: answered, and read again, in the order's order.
+        let names = ["a.example.org", "c.example.org", "*.c.example.org"];
+        let mixed = new_order(&sa, account.id, &names, vec![order.authorization_ids[0]]).await;
+        assert_eq!(mixed.authorizations[0], authz, "{}", sa.db.url);
+        let answered: Vec<(String, String)> = mixed
+            .authorizations
+            .iter()
+            .map(|a| (a.identifier.clone().unwrap_or_default().value, a.status.clone()))
+            .collect();
+        let pending = |value: &str| (value.to_owned(), "pending".to_owned());
+        // A wildcard's authorization is for the name under it.
+        assert_eq!(answered[1..], [pending("c.example.org"), pending("c.example.org")], "{}", sa.db.url);
+        assert_eq!(mixed.authorization_ids[0], order.authorization_ids[0], "{}", sa.db.url);
+        let read = sa.ro("wfe").get_order(OrderId { id: mixed.id }).await.unwrap().into_inner();
+        assert_eq!(read.authorization_ids, mixed.authorization_ids, "{}", sa.db.url);
+        assert!(mixed.authorizations[2].wildcard && !mixed.authorizations[1].wildcard, "{}", sa.db.url);
 
         // Finalization is a fuse.
         sa.rw("ra")

@@ -79,7 +79,7 @@ async fn reads_asked_together_answer_each_its_own_rows() {
 }
 
 /// Reads asked only whether they find a row answer one row of flags, in their order, their parameters numbered
-/// across them, on both databases.
+/// across them, on both databases; asking none answers none.
 #[tokio::test]
 async fn reads_asked_whether_they_find_rows_answer_one_flag_each() {
     for (db, store) in stores_on_every_backend().await {
@@ -100,6 +100,9 @@ async fn reads_asked_whether_they_find_rows_answer_one_flag_each() {
         let mut answers = store.read_together(&[asked]).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
         let flags = found(&answers.pop().unwrap(), reads.len()).unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
         assert_eq!(flags, [true, false, true], "{}", db.url);
+        // No read at all (a pause check of no identifier) answers no flag.
+        let mut answers = store.read_together(&[Statement::finds_rows(&[]).unwrap()]).await.unwrap();
+        assert_eq!(found(&answers.pop().unwrap(), 0).unwrap(), [false; 0], "{}", db.url);
     }
 }
 
