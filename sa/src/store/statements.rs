@@ -13,7 +13,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Either, Executor};
 
 use super::database::{Backend, Store, db_error, get, internal};
-use super::pool::{ConnectionPool, DbTransaction};
+use super::pool::DbTransaction;
 
 /// A value bound to a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,12 @@ impl Statement {
         let sql = sql.into();
         debug_assert!(splits_cleanly(&sql), "a statement's parts would be miscounted: {sql}");
         Self { sql, params: Vec::new() }
+    }
+
+    /// Its SQL, for tests that look at what the store sends.
+    #[cfg(test)]
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
     }
 
     /// How many SQL statements it holds: how many results SQLite's driver gives it.
@@ -238,19 +244,6 @@ async fn one_by_one(conn: &mut AnyConnection, statements: &[Statement]) -> Resul
     Ok(answers)
 }
 
-/// Each of `statements`' rows, run between `begin` and `COMMIT` as one string of SQLite statements on a connection
-/// of `pool`: one hand-off in all.
-async fn sqlite_in_own_transaction(
-    pool: &ConnectionPool,
-    begin: &str,
-    statements: &[Statement],
-) -> Result<Vec<Vec<AnyRow>>, Problem> {
-    let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
-    let mut conn = pool.acquire().await.map_err(db_error)?;
-    let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
-    rows_by_statement(results, statements, 1, 1)
-}
-
 impl Store {
     /// The rows of each of `reads`, in their order, read on one connection of the reading pool, each read seeing
     /// the database as it is when it runs.
@@ -277,7 +270,11 @@ impl Store {
     pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
         match (self.backend(), statements) {
             (Backend::Sqlite, _) => {
-                sqlite_in_own_transaction(&self.writer, self.backend().begin_write_statement(), statements).await
+                let begin = self.backend().begin_write_statement();
+                let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
+                let mut conn = self.writer.acquire().await.map_err(db_error)?;
+                let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
+                rows_by_statement(results, statements, 1, 1)
             }
             (Backend::Postgres, [statement]) => {
                 Ok(vec![bound(statement).fetch_all(&self.writer).await.map_err(db_error)?])

@@ -36,29 +36,33 @@ fn parameters_are_numbered_across_the_statements() {
     }
 }
 
+/// Three rows in `schema_migrations` (versions 2000 to 2002, named `m<version>`, applied at ten times the version),
+/// and three reads of them with parameters of each kind, the second finding nothing.
+async fn three_reads_of_three_rows(store: &Store) -> [Statement; 3] {
+    for version in [2000_i64, 2001, 2002] {
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(format!("m{version}"))
+            .bind(version * 10)
+            .execute(&store.writer)
+            .await
+            .unwrap();
+    }
+    [
+        Statement::new("SELECT version FROM schema_migrations WHERE version >= $1 AND name <> $2 ORDER BY version")
+            .int(2000)
+            .text("m2001"),
+        Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
+        Statement::new("SELECT name FROM schema_migrations WHERE applied_at = $1 AND $2 = $2").int(20010).bytes(*b"ab"),
+    ]
+}
+
 /// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, on both
 /// databases; a read that fails part-way leaves every connection usable.
 #[tokio::test]
 async fn reads_asked_together_answer_each_its_own_rows() {
     for (db, store) in stores_on_every_backend().await {
-        for version in [2000_i64, 2001, 2002] {
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(version)
-                .bind(format!("m{version}"))
-                .bind(version * 10)
-                .execute(&store.writer)
-                .await
-                .unwrap();
-        }
-        let reads = [
-            Statement::new("SELECT version FROM schema_migrations WHERE version >= $1 AND name <> $2 ORDER BY version")
-                .int(2000)
-                .text("m2001"),
-            Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
-            Statement::new("SELECT name FROM schema_migrations WHERE applied_at = $1 AND $2 = $2")
-                .int(20010)
-                .bytes(*b"ab"),
-        ];
+        let reads = three_reads_of_three_rows(&store).await;
         let answers = store.read_together(&reads).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
         assert_eq!(answers.len(), 3, "{}", db.url);
         let versions: Vec<i64> = answers[0].iter().map(|row| get(row, "version").unwrap()).collect();
@@ -83,19 +87,7 @@ async fn reads_asked_together_answer_each_its_own_rows() {
 #[tokio::test]
 async fn reads_asked_whether_they_find_rows_answer_one_flag_each() {
     for (db, store) in stores_on_every_backend().await {
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (3000, 'm3000', 30000)")
-            .execute(&store.writer)
-            .await
-            .unwrap();
-        let reads = [
-            Statement::new("SELECT version FROM schema_migrations WHERE version = $1 AND name = $2")
-                .int(3000)
-                .text("m3000"),
-            Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
-            Statement::new("SELECT name FROM schema_migrations WHERE applied_at >= $1 AND $2 = $2 ORDER BY name")
-                .int(30000)
-                .bytes(*b"ab"),
-        ];
+        let reads = three_reads_of_three_rows(&store).await;
         let asked = Statement::finds_rows(&reads).unwrap();
         let mut answers = store.read_together(&[asked]).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
         let flags = found(&answers.pop().unwrap(), reads.len()).unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
