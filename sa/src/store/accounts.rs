@@ -3,9 +3,8 @@
 use quarry_core::clock::now;
 use quarry_core::model::{Account, AccountStatus};
 use quarry_core::{ErrorKind, Problem};
-use sqlx::any::AnyRow;
 
-use super::database::{Store, db_error, get, internal};
+use super::database::{ReadColumn, Store, db_error, get, internal};
 use crate::queries;
 
 impl Store {
@@ -126,7 +125,7 @@ impl Store {
     }
 }
 
-fn account_from_row(row: &AnyRow) -> Result<Account, Problem> {
+fn account_from_row(row: &impl ReadColumn) -> Result<Account, Problem> {
     let status: String = get(row, "status")?;
     let contact: String = get(row, "contact")?;
     Ok(Account {

@@ -7,9 +7,8 @@ use quarry_core::model::{
     Authorization, AuthorizationStatus, Challenge, ChallengeStatus, ChallengeType, ValidationRecord,
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
-use sqlx::any::AnyRow;
 
-use super::database::{Backend, Store, db_error, get, internal};
+use super::database::{Backend, ReadColumn, Store, db_error, get, internal};
 use super::statements::Statement;
 use crate::queries;
 use crate::status::authorization_status;
@@ -96,22 +95,21 @@ impl Store {
         let records = serde_json::to_string(&outcome.records).map_err(internal)?;
         let error = outcome.error.as_ref().map(serde_json::to_string).transpose().map_err(internal)?;
         let valid = outcome.status == AuthorizationStatus::Valid;
-        // RETURNING: the caller gets what it recorded without a second statement.
-        let updated = sqlx::query(queries::FINALIZE_AUTHORIZATION)
-            .bind(outcome.status.as_str())
-            .bind(valid)
-            .bind(outcome.expires)
-            .bind(&outcome.attempted)
-            .bind(outcome.attempted_at)
-            .bind(valid)
-            .bind(outcome.attempted_at)
-            .bind(records)
-            .bind(error)
-            .bind(outcome.id)
-            .fetch_optional(&self.writer)
-            .await
-            .map_err(db_error)?;
-        if let Some(row) = updated {
+        // RETURNING: the caller gets what it recorded without a second statement. On SQLite it runs in place, on
+        // PostgreSQL as one statement.
+        let finalize = Statement::new(queries::FINALIZE_AUTHORIZATION)
+            .text(outcome.status.as_str())
+            .boolean(valid)
+            .int(outcome.expires)
+            .text(&outcome.attempted)
+            .int(outcome.attempted_at)
+            .boolean(valid)
+            .int(outcome.attempted_at)
+            .text(records)
+            .optional_text(error)
+            .int(outcome.id);
+        let mut answers = self.write_committed(&[finalize]).await?;
+        if let Some(row) = answers.pop().and_then(|rows| rows.into_iter().next()) {
             return authorization_from_row(&row, now());
         }
         // Not pending: accepted only as a repeat of the outcome recorded, answered from the same read.
@@ -165,7 +163,10 @@ pub(super) fn order_authorizations_read(backend: Backend, order_id: i64) -> Stat
     Statement::new(sql).int(order_id)
 }
 
-pub(super) fn authorizations_from_rows(rows: &[AnyRow], now: Timestamp) -> Result<Vec<Authorization>, Problem> {
+pub(super) fn authorizations_from_rows(
+    rows: &[impl ReadColumn],
+    now: Timestamp,
+) -> Result<Vec<Authorization>, Problem> {
     rows.iter().map(|r| authorization_from_row(r, now)).collect()
 }
 
@@ -191,13 +192,13 @@ pub(super) fn valid_authorization_reads(
 
 /// The authorizations [`valid_authorization_reads`] found, one answer per identifier.
 pub(super) fn newest_valid_authorizations(
-    answers: &[Vec<AnyRow>],
+    answers: &[Vec<impl ReadColumn>],
     now: Timestamp,
 ) -> Result<Vec<Authorization>, Problem> {
     answers.iter().filter_map(|rows| rows.first()).map(|row| authorization_from_row(row, now)).collect()
 }
 
-fn authorization_from_row(row: &AnyRow, now: Timestamp) -> Result<Authorization, Problem> {
+fn authorization_from_row(row: &impl ReadColumn, now: Timestamp) -> Result<Authorization, Problem> {
     let stored: String = get(row, "status")?;
     let stored =
         AuthorizationStatus::parse(&stored).ok_or_else(|| internal(format!("bad authorization status {stored}")))?;

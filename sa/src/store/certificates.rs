@@ -5,9 +5,8 @@ use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
-use sqlx::any::AnyRow;
 
-use super::database::{Backend, Store, db_error, get};
+use super::database::{Backend, ReadColumn, Store, db_error, get};
 use super::statements::Statement;
 use crate::queries;
 
@@ -212,7 +211,7 @@ impl Store {
                 write = write.int(now().max(1)).text(by);
             }
         }
-        // One hand-off to SQLite's writer, or one round trip, with the commit. Its rows are the UPDATE's.
+        // In place on SQLite, or one round trip, with the commit. Its rows are the UPDATE's.
         let rows = match self.write_committed(&[write]).await {
             Ok(rows) => rows,
             Err(problem) => {
@@ -358,7 +357,7 @@ impl Store {
                 .text(&facts.serial),
             );
         }
-        // Nothing needs a look before the commit: one hand-off to SQLite's writer, or one statement on PostgreSQL
+        // Nothing needs a look before the commit: in place on SQLite, or one statement on PostgreSQL
         // for an order that replaces nothing.
         let answers = self.write_committed(&statements).await?;
         let took_it = answers.first().is_some_and(|rows| !rows.is_empty());
@@ -465,7 +464,7 @@ pub(super) fn order_fqdn_set_times_read(order_id: i64, since: Timestamp) -> Stat
 }
 
 /// The issuance times a read of [`fqdn_set_times_read`] or [`order_fqdn_set_times_read`] found.
-pub(super) fn issuance_times(rows: &[AnyRow]) -> Result<Vec<Timestamp>, Problem> {
+pub(super) fn issuance_times(rows: &[impl ReadColumn]) -> Result<Vec<Timestamp>, Problem> {
     rows.iter().map(|row| get(row, "issued")).collect()
 }
 

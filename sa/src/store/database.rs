@@ -1,14 +1,17 @@
 //! The store's hold on its database: the engines it speaks, their schema migrations, the connection pool and each
 //! connection's setup, read and write transactions, and the error and column helpers every query shares.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_core::clock::now;
 use quarry_core::{ErrorKind, Problem};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Connection, Row};
+use sqlx::{Any, Connection, Row as _};
 
+use super::inline_sqlite::{InlineRow, InlineSqlite};
 use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
+use rusqlite::types::Value as InlineValue;
 
 /// A schema migration: version, name, SQL.
 type Migration = (i64, &'static str, &'static str);
@@ -65,12 +68,11 @@ impl Backend {
         }
     }
 
-    /// Independent writes as one statement, so that they cost one hand-off to SQLite's connection thread, or one
-    /// round trip to PostgreSQL, instead of one each: SQLite runs statements separated by `;` in one call,
-    /// PostgreSQL takes all but the last as data-modifying CTEs. No write may depend on another (PostgreSQL's CTEs
-    /// see one snapshot and run in no set order); the parameters are numbered across all of them. Rows it returns
-    /// are read with `fetch_all`: sqlx's `Any` driver on SQLite, asked for one row, looks only at the first
-    /// statement's result.
+    /// Independent writes as one statement, so that they cost one round trip to PostgreSQL instead of one each:
+    /// PostgreSQL takes all but the last as data-modifying CTEs, SQLite runs statements separated by `;` in turn. No
+    /// write may depend on another (PostgreSQL's CTEs see one snapshot and run in no set order); the parameters are
+    /// numbered across all of them. Rows it returns are read with `fetch_all`: sqlx's `Any` driver on SQLite, asked
+    /// for one row, looks only at the first statement's result.
     pub(crate) fn one_statement(self, writes: &[String]) -> String {
         match (self, writes.split_last()) {
             (_, None) => String::new(),
@@ -113,12 +115,15 @@ pub struct PoolSettings {
 /// Access to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// Reads. On PostgreSQL, writes too: `writer` is this same pool.
+    /// Reads through sqlx. On PostgreSQL, writes too: `writer` is this same pool.
     pub(crate) pool: ConnectionPool,
-    /// Writes: every statement or transaction that writes goes here. On SQLite it is one connection of its own, so
-    /// that writers queue for it in the sa instead of polling SQLite's write lock, and its page cache stays valid
-    /// from one write to the next (SQLite drops a connection's whole cache when another connection wrote since).
+    /// Writes through sqlx. On SQLite it is one connection of its own, so that those writers queue for it in the sa
+    /// instead of polling SQLite's write lock; the certificate path's writes go to `inline`'s writer instead, whose
+    /// page cache those rarer writes invalidate (SQLite drops a connection's whole cache when another connection
+    /// wrote since).
     pub(crate) writer: ConnectionPool,
+    /// SQLite only: the connections the certificate path's statements run on, in place (`inline_sqlite`).
+    pub(crate) inline: Option<Arc<InlineSqlite>>,
     backend: Backend,
     crl_shards: i64,
 }
@@ -210,9 +215,7 @@ const SQLITE_MAX_READERS: u32 = 2;
 
 /// SQLite creates the database file but not its directory.
 pub(super) fn create_parent_dir(url: &str) {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or_default();
-    if let Some(parent) = std::path::Path::new(path).parent()
+    if let Some(parent) = std::path::Path::new(super::inline_sqlite::path_of_url(url)).parent()
         && !parent.as_os_str().is_empty()
     {
         let _ = std::fs::create_dir_all(parent);
@@ -277,20 +280,23 @@ impl Store {
         }
         sqlx::any::install_default_drivers();
         let timeout = settings.statement_timeout;
-        let (pool, writer) = match backend {
+        let (pool, writer, inline) = match backend {
             Backend::Sqlite => {
                 let writer =
                     ConnectionPool::connect(url, pool_config(backend, Role::ReadsAndWrites, 1, timeout)).await?;
                 let readers = settings.max_connections.min(SQLITE_MAX_READERS);
-                (ConnectionPool::connect(url, pool_config(backend, Role::Reads, readers, timeout)).await?, writer)
+                let pool = ConnectionPool::connect(url, pool_config(backend, Role::Reads, readers, timeout)).await?;
+                // After the pools: they create the file and set it to WAL.
+                let inline = InlineSqlite::open(url, timeout).map_err(|err| sqlx::Error::AnyDriverError(err.into()))?;
+                (pool, writer, Some(Arc::new(inline)))
             }
             Backend::Postgres => {
                 let config = pool_config(backend, Role::ReadsAndWrites, settings.max_connections, timeout);
                 let pool = ConnectionPool::connect(url, config).await?;
-                (pool.clone(), pool)
+                (pool.clone(), pool, None)
             }
         };
-        Ok(Self { pool, writer, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
+        Ok(Self { pool, writer, inline, backend, crl_shards: quarry_core::crl::DEFAULT_SHARDS })
     }
 
     /// Revoked certificates are filed under `shards` CRL shards per issuer.
@@ -314,6 +320,11 @@ impl Store {
     /// between (WAL snapshot rules); PostgreSQL's row locks need nothing of the kind.
     pub(crate) async fn begin_write(&self) -> Result<DbTransaction, Problem> {
         begin_on(&self.writer, self.backend.begin_write_statement()).await
+    }
+
+    /// SQLite's inline connections; an internal error on PostgreSQL, which has none.
+    pub(crate) fn inline(&self) -> Result<&InlineSqlite, Problem> {
+        self.inline.as_deref().ok_or_else(|| internal("SQLite's inline connections asked of another engine"))
     }
 
     /// Which engine this store talks to.
@@ -378,14 +389,90 @@ impl Store {
     }
 }
 
-pub(crate) fn get<'r, T: sqlx::Decode<'r, Any> + sqlx::Type<Any>>(row: &'r AnyRow, column: &str) -> Result<T, Problem> {
-    row.try_get(column).map_err(internal)
+/// The value of `column` in `row`, as `T`.
+pub(crate) fn get<T: ColumnValue>(row: &impl ReadColumn, column: &str) -> Result<T, Problem> {
+    row.read_column(column)
+}
+
+/// A row the store read: through sqlx, or from SQLite run inline.
+#[derive(Clone)]
+pub(crate) enum Row {
+    Sqlx(AnyRow),
+    Inline(InlineRow),
+}
+
+/// A row whose columns [`get`] reads by name.
+pub(crate) trait ReadColumn {
+    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem>;
+}
+
+impl ReadColumn for AnyRow {
+    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
+        self.try_get(column).map_err(internal)
+    }
+}
+
+impl ReadColumn for InlineRow {
+    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
+        let value = self.value(column).ok_or_else(|| internal(format!("no column {column}")))?;
+        T::from_inline(value).ok_or_else(|| internal(format!("column {column} holds {value:?}")))
+    }
+}
+
+impl ReadColumn for Row {
+    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
+        match self {
+            Row::Sqlx(row) => row.read_column(column),
+            Row::Inline(row) => row.read_column(column),
+        }
+    }
+}
+
+/// A type a column is read as, from either kind of row.
+pub(crate) trait ColumnValue: Sized + for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> {
+    /// `value` as this type, if it is one (SQLite's storage classes: no conversion between them).
+    fn from_inline(value: &InlineValue) -> Option<Self>;
+}
+
+impl ColumnValue for i64 {
+    fn from_inline(value: &InlineValue) -> Option<Self> {
+        match value {
+            InlineValue::Integer(value) => Some(*value),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnValue for String {
+    fn from_inline(value: &InlineValue) -> Option<Self> {
+        match value {
+            InlineValue::Text(value) => Some(value.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl ColumnValue for Vec<u8> {
+    fn from_inline(value: &InlineValue) -> Option<Self> {
+        match value {
+            InlineValue::Blob(value) => Some(value.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: ColumnValue> ColumnValue for Option<T> {
+    fn from_inline(value: &InlineValue) -> Option<Self> {
+        match value {
+            InlineValue::Null => Some(None),
+            value => T::from_inline(value).map(Some),
+        }
+    }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::store::statements::Statement;
     use quarry_testkit::db::TestDatabase;
 
     /// A fresh store of two connections on each database the tests have, with the database it is on.
@@ -453,45 +540,6 @@ pub(super) mod tests {
             end_every_connection().await;
             let tx = if write { store.begin_write().await } else { begin_on(&store.pool, "BEGIN").await };
             tx.expect("a transaction begins on a live connection").commit().await.expect("commit");
-        }
-    }
-
-    /// A write transaction begun with its first statement answers that statement's rows and commits what it wrote;
-    /// one whose first statement fails keeps nothing, and the writing connection is out of any transaction after
-    /// (on SQLite the pool's only one: a transaction left open would fail every later `BEGIN`).
-    #[tokio::test]
-    async fn a_write_transaction_begun_with_its_first_statement_commits_it_or_keeps_nothing() {
-        for (db, store) in stores_on_every_backend().await {
-            let insert = |version: i64| {
-                [Statement::new(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, 'first', 0) RETURNING version",
-                )
-                .int(version)]
-            };
-            let (mut tx, rows) =
-                store.begin_write_with_all(&insert(3000)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
-            let returned: Vec<i64> = rows[0].iter().map(|row| get(row, "version").unwrap()).collect();
-            assert_eq!(returned, [3000], "{}", db.url);
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (3001, 'second', 0)")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
-            assert_eq!(db.count("schema_migrations WHERE version IN (3000, 3001)").await, 2, "{}", db.url);
-
-            // A taken version: the first statement fails, as `duplicate`.
-            let problem = store.begin_write_with_all(&insert(3000)).await.map(|_| ()).expect_err("a taken version");
-            assert_eq!(problem.kind, ErrorKind::Duplicate, "{}: {}", db.url, problem.detail);
-            // Dropped without a commit, a transaction keeps nothing; and the next ones begin, several times over.
-            let (tx, _) = store.begin_write_with_all(&insert(3002)).await.unwrap();
-            drop(tx);
-            for version in 3003..3006 {
-                let (tx, _) =
-                    store.begin_write_with_all(&insert(version)).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
-                tx.commit().await.unwrap();
-            }
-            assert_eq!(db.count("schema_migrations WHERE version = 3002").await, 0, "{}", db.url);
-            assert_eq!(db.count("schema_migrations WHERE version BETWEEN 3003 AND 3005").await, 3, "{}", db.url);
         }
     }
 

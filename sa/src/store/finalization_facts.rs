@@ -1,6 +1,6 @@
 //! What finalizing an order checks (`GetFinalizationFacts`): its authorizations (and the order itself when asked),
-//! whether the CSR's key is blocked, and whether the certificate would renew one, asked together, so that the call
-//! costs the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL).
+//! whether the CSR's key is blocked, and whether the certificate would renew one, asked together: on SQLite read in
+//! place on one connection, one round trip per read on PostgreSQL.
 
 use quarry_core::clock::{Timestamp, now};
 use quarry_core::model::{Authorization, Order};

@@ -6,11 +6,13 @@
 //! plan does not depend on the tables' sizes (`crate::queries`).
 //!
 //! One file per group of tables, each adding its queries to [`Store`]; `database` holds the store itself (pools,
-//! migrations, transactions) and the helpers the others share, `pool` its connection pool; `statements` asks
-//! statements together (one hand-off to SQLite's thread for reads that do not depend on each other, and for the
-//! statements that begin or end a write transaction); `new_order_facts` reads across the groups what a new order
-//! needs, and `finalization_facts` what a finalize checks. The groups whose types the crate root re-exports are
-//! `pub(crate)`, so that this module's own public names stay the ones below.
+//! migrations, transactions) and the helpers the others share, `pool` its sqlx connection pool; `statements` builds
+//! statements once for both engines and asks them together (reads that do not depend on each other, writes
+//! committed together); `inline_sqlite` runs those on SQLite in place, on the calling thread, instead of handing
+//! each to a connection thread of sqlx's (the certificate path's statements; the rest stay on sqlx);
+//! `new_order_facts` reads across the groups what a new order needs, and `finalization_facts` what a finalize
+//! checks. The groups whose types the crate root re-exports are `pub(crate)`, so that this module's own public
+//! names stay the ones below.
 
 mod accounts;
 mod authorizations;
@@ -22,6 +24,7 @@ mod database;
 mod finalization_facts;
 #[cfg(test)]
 mod fresh_plans;
+mod inline_sqlite;
 mod new_order_facts;
 mod orders;
 mod pool;

@@ -1,6 +1,6 @@
 //! What new-order reads before it creates (`GetNewOrderFacts`): the candidate orders for reuse, the paused
 //! identifiers, renewal and the valid authorizations to reuse, asked together, so that a new order costs the ra one
-//! sa call and the sa one hand-off to SQLite's thread (one round trip per read on PostgreSQL). Each read sees the
+//! sa call (on SQLite read in place on one connection; one round trip per read on PostgreSQL). Each read sees the
 //! database as it is when it runs: the facts do not depend on each other, and the order is written later, in a
 //! transaction of its own, whatever they saw. A candidate's state is read after them, only when there is one.
 
@@ -35,7 +35,7 @@ impl Store {
     /// `fqdn_set_issuance_times`, `get_valid_authorizations`). A reusable order is the whole answer, as it is the
     /// ra's; its candidates' states are read after the rest, only when there are candidates. (The rest is read
     /// even then: on PostgreSQL that is 2 round trips per identifier more than before for a reused order, a rare
-    /// request, against one hand-off instead of six for every new order on SQLite.)
+    /// request.)
     pub async fn new_order_facts(&self, question: &NewOrderQuestion) -> Result<NewOrderFacts, Problem> {
         let NewOrderQuestion { account_id, identifiers, profile, .. } = question;
         // Pauses are recorded for an authorization's identifier, which never carries the wildcard label.

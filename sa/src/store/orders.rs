@@ -5,10 +5,9 @@ use quarry_core::clock::{Timestamp, now};
 use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_ORDER_PAGE, Order, OrderPage};
 use quarry_core::{ErrorKind, Identifier, Problem};
-use sqlx::any::AnyRow;
 
 use super::authorizations::{authorizations_from_rows, order_authorizations_read};
-use super::database::{Backend, Store, db_error, get, internal};
+use super::database::{Backend, ReadColumn, Row, Store, db_error, get, internal};
 use super::statements::Statement;
 use crate::queries;
 use crate::status::{OrderFacts, order_status};
@@ -59,8 +58,39 @@ const INSERT_REPLACEMENT: &str = "INSERT INTO replacement_orders (serial, order_
 const REPLACEMENT_CONFLICT: &str = "ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, \
      order_expires = excluded.order_expires WHERE replacement_orders.replaced = 0";
 
-fn only_row(rows: Vec<AnyRow>) -> Result<AnyRow, Problem> {
+fn only_row<R>(rows: Vec<R>) -> Result<R, Problem> {
     rows.into_iter().next().ok_or_else(|| internal("an INSERT answered no row"))
+}
+
+/// A new order's links on SQLite, as one statement: its FQDN set, its authorizations in the order's order, and
+/// the replaced serial. `$1` to `$4`, then the authorizations, then the replaced serial.
+fn sqlite_order_links(order: &NewOrder, order_id: i64, authorization_ids: &[i64]) -> Statement {
+    let mut writes = vec![
+        "INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($2, $1, $3, $4)".to_owned(),
+    ];
+    let links: Vec<String> =
+        (0..authorization_ids.len()).map(|position| format!("($1, ${}, {position})", 5 + position)).collect();
+    if !links.is_empty() {
+        writes.push(format!(
+            "INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES {}",
+            links.join(", ")
+        ));
+    }
+    if !order.replaces_serial.is_empty() {
+        writes.push(format!("{} VALUES (${}, $1, $4, 0) {REPLACEMENT_CONFLICT}", INSERT_REPLACEMENT, 5 + links.len()));
+    }
+    let mut linked = Statement::new(Backend::Sqlite.one_statement(&writes))
+        .int(order_id)
+        .bytes(order_set_hash(order))
+        .int(order.account_id)
+        .int(order.expires);
+    for authz_id in authorization_ids {
+        linked = linked.int(*authz_id);
+    }
+    if !order.replaces_serial.is_empty() {
+        linked = linked.text(order.replaces_serial.to_ascii_lowercase());
+    }
+    linked
 }
 
 fn order_set_hash(order: &NewOrder) -> Vec<u8> {
@@ -179,59 +209,32 @@ impl Store {
         Ok((created, authorizations))
     }
 
-    /// A new order's transaction on SQLite, in two hand-offs to its writer thread: the new authorizations and the
-    /// order, which do not depend on each other, begin it together; the order's links, its authorizations read
-    /// back (on the connection that wrote them, the reused ones as they are now) and the commit end it together.
-    /// Gives the order's row and its authorizations' rows.
+    /// A new order's transaction on SQLite, run in place: the new authorizations and the order, then the order's
+    /// links, its authorizations read back (on the connection that wrote them, the reused ones as they are now) and
+    /// the commit. Gives the order's row and its authorizations' rows.
     async fn sqlite_new_order(
         &self,
         order: &NewOrder,
         mut inserts: Vec<Statement>,
         insert_order: Statement,
-    ) -> Result<(AnyRow, Vec<AnyRow>), Problem> {
+    ) -> Result<(Row, Vec<Row>), Problem> {
         inserts.push(insert_order);
-        let (tx, mut inserted) = self.begin_write_with_all(&inserts).await?;
-        let order_row = only_row(inserted.pop().unwrap_or_default())?;
-        let mut authorization_ids = order.reused_authorization_ids.clone();
-        for rows in inserted {
-            authorization_ids.push(get(&only_row(rows)?, "id")?);
-        }
-        let order_id: i64 = get(&order_row, "id")?;
-        // The order's links, as one statement: $1 to $4, then the authorizations in the order's order, then the
-        // replaced serial.
-        let mut writes = vec![
-            "INSERT INTO order_fqdn_sets (set_hash, order_id, account_id, expires) VALUES ($2, $1, $3, $4)".to_owned(),
-        ];
-        let links: Vec<String> =
-            (0..authorization_ids.len()).map(|position| format!("($1, ${}, {position})", 5 + position)).collect();
-        if !links.is_empty() {
-            writes.push(format!(
-                "INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES {}",
-                links.join(", ")
-            ));
-        }
-        if !order.replaces_serial.is_empty() {
-            writes.push(format!(
-                "{} VALUES (${}, $1, $4, 0) {REPLACEMENT_CONFLICT}",
-                INSERT_REPLACEMENT,
-                5 + links.len()
-            ));
-        }
-        let mut linked = Statement::new(self.backend().one_statement(&writes))
-            .int(order_id)
-            .bytes(order_set_hash(order))
-            .int(order.account_id)
-            .int(order.expires);
-        for authz_id in &authorization_ids {
-            linked = linked.int(*authz_id);
-        }
-        if !order.replaces_serial.is_empty() {
-            linked = linked.text(order.replaces_serial.to_ascii_lowercase());
-        }
-        // Nothing here needs a look before the commit: every failure to write fails a statement, which leaves the
-        // transaction to be rolled back.
-        let mut answers = self.commit_with(tx, &[linked, order_authorizations_read(self.backend(), order_id)]).await?;
-        Ok((order_row, answers.pop().unwrap_or_default()))
+        let (order_row, authorization_rows) = self
+            .inline()?
+            .write(|tx| {
+                let mut inserted = inserts.iter().map(|insert| tx.run(insert)).collect::<Result<Vec<_>, _>>()?;
+                let order_row = only_row(inserted.pop().unwrap_or_default())?;
+                let mut authorization_ids = order.reused_authorization_ids.clone();
+                for rows in inserted {
+                    authorization_ids.push(get(&only_row(rows)?, "id")?);
+                }
+                let order_id: i64 = get(&order_row, "id")?;
+                tx.run(&sqlite_order_links(order, order_id, &authorization_ids))?;
+                let authorization_rows = tx.run(&order_authorizations_read(Backend::Sqlite, order_id))?;
+                Ok((order_row, authorization_rows))
+            })
+            .await?;
+        Ok((Row::Inline(order_row), authorization_rows.into_iter().map(Row::Inline).collect()))
     }
 
     /// Whether the certificate `serial` already has a replacement (RFC 9773 §5): a finalized replacement order, or
@@ -412,8 +415,8 @@ pub(super) fn order_reads(backend: Backend, id: i64) -> [Statement; 2] {
 /// Order `id` and its authorizations from the answers to [`order_reads`]: `notFound` when there is no such order.
 pub(super) fn order_from_answers(
     id: i64,
-    order_rows: &[AnyRow],
-    authorization_rows: &[AnyRow],
+    order_rows: &[impl ReadColumn],
+    authorization_rows: &[impl ReadColumn],
 ) -> Result<(Order, Vec<Authorization>), Problem> {
     let row = order_rows.first().ok_or_else(|| Problem::not_found(format!("order {id} not found")))?;
     let now = now();
@@ -443,7 +446,7 @@ pub(super) fn reuse_candidates_read(
 
 impl Store {
     /// The first pending or ready order among the candidates [`reuse_candidates_read`] found, if any.
-    pub(super) async fn first_reusable(&self, candidates: &[AnyRow]) -> Result<Option<Order>, Problem> {
+    pub(super) async fn first_reusable(&self, candidates: &[impl ReadColumn]) -> Result<Option<Order>, Problem> {
         for row in candidates {
             let order = self.get_order(get(row, "order_id")?).await?;
             if matches!(order.status, quarry_core::model::OrderStatus::Pending | quarry_core::model::OrderStatus::Ready)
@@ -455,7 +458,7 @@ impl Store {
     }
 }
 
-fn order_from_row(row: &AnyRow, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
+fn order_from_row(row: &impl ReadColumn, authorizations: &[Authorization], now: Timestamp) -> Result<Order, Problem> {
     let error: Option<String> = get(row, "error")?;
     let error: Option<Problem> = error.map(|e| serde_json::from_str(&e)).transpose().map_err(internal)?;
     let identifiers: String = get(row, "identifiers")?;

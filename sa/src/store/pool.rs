@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use sqlx::any::{AnyConnectOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyConnection, ConnectOptions, Connection, Either, Execute, Executor, SqlStr};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -281,56 +281,6 @@ impl PooledConnection {
             self.discard();
         }
     }
-
-    /// Every result of `query`, a string of statements that begins a transaction and commits it (SQLite's writes
-    /// committed in one string). Failed or cancelled part-way, it leaves
-    /// that transaction open: it is rolled back before the connection is used again, as a [`DbTransaction`]'s is.
-    /// A `BEGIN` the database refused opened nothing, and the connection goes back as it is.
-    pub(crate) async fn fetch_in_own_transaction<'q>(
-        &mut self,
-        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
-        self.rollback_on_return = true;
-        let (answered, failed) = results_until_error(self, query).await;
-        match failed {
-            None => {
-                self.rollback_on_return = false;
-                Ok(answered)
-            }
-            Some(err) => {
-                self.note_string_error(&answered, &err);
-                Err(err)
-            }
-        }
-    }
-
-    /// Notes an error that ended a string of statements beginning with `BEGIN`, after `answered`: the connection
-    /// is discarded if the error may have broken it, and needs no rollback if the database refused the `BEGIN`
-    /// itself (no result came before the error).
-    fn note_string_error(&mut self, answered: &[Either<AnyQueryResult, AnyRow>], err: &sqlx::Error) {
-        self.observe_error(err);
-        let began = answered.iter().any(Either::is_left);
-        if !began && matches!(err, sqlx::Error::Database(_)) {
-            self.rollback_on_return = false;
-        }
-    }
-}
-
-/// The results of `query` on `conn` up to the first error, and that error.
-async fn results_until_error<'q>(
-    conn: &mut AnyConnection,
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-) -> (Vec<Either<AnyQueryResult, AnyRow>>, Option<sqlx::Error>) {
-    let mut answered = Vec::new();
-    let mut results = conn.fetch_many(query);
-    let failed = loop {
-        match results.next().await {
-            None => break None,
-            Some(Ok(result)) => answered.push(result),
-            Some(Err(err)) => break Some(err),
-        }
-    };
-    (answered, failed)
 }
 
 impl std::ops::Deref for PooledConnection {
@@ -418,39 +368,6 @@ impl DbTransaction {
                 Err((err, conn))
             }
         }
-    }
-
-    /// Begins a transaction with its first statements: `query` is `begin` and those statements as one string of
-    /// statements (SQLite), one call instead of two. Answers every result of the string, `BEGIN`'s first. On failure
-    /// the connection comes back with the error: a transaction the `BEGIN` opened (it answered before the error) is
-    /// rolled back when the connection is returned.
-    pub(crate) async fn begin_with<'q>(
-        mut conn: PooledConnection,
-        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    ) -> Result<(Self, Vec<Either<AnyQueryResult, AnyRow>>), (sqlx::Error, PooledConnection)> {
-        conn.rollback_on_return = true;
-        let (answered, failed) = results_until_error(&mut conn, query).await;
-        match failed {
-            None => Ok((Self { conn }, answered)),
-            Some(err) => {
-                conn.note_string_error(&answered, &err);
-                Err((err, conn))
-            }
-        }
-    }
-
-    /// Every result of `query`, a string of statements ending with `COMMIT` (SQLite). Failed or cancelled part-way,
-    /// it leaves the transaction open, to be rolled back when the connection is returned.
-    pub(crate) async fn fetch_and_commit<'q>(
-        mut self,
-        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    ) -> Result<Vec<Either<AnyQueryResult, AnyRow>>, sqlx::Error> {
-        let results: Result<Vec<_>, _> = (&mut *self.conn).fetch_many(query).try_collect().await;
-        self.conn.observe(&results);
-        if results.is_ok() {
-            self.conn.rollback_on_return = false;
-        }
-        results
     }
 
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {

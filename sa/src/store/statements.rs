@@ -1,25 +1,27 @@
-//! Statements asked together: reads that do not depend on each other, and the statements that begin or end a write
-//! transaction. sqlx runs each SQLite connection on a thread of its own, and every statement is a hand-off to that
-//! thread and back (two wake-ups, which cost more than the statement). On SQLite the statements go as one string,
-//! one hand-off in all, with `BEGIN` or `COMMIT` in it where one is needed; on PostgreSQL, whose driver binds
-//! parameters to one statement at a time, they go one after another on one connection, as they did before.
+//! Statements the store builds once for both engines: SQL with parameters `$1`, `$2`, … and their values, reads
+//! asked together and writes committed together. On SQLite they run in place on the calling thread
+//! (`inline_sqlite`), several at no more cost than one; on PostgreSQL, whose driver binds parameters to one
+//! statement at a time, one after another on one connection, or folded into one statement (`finds_rows`,
+//! `postgres_with`) where a round trip matters.
 
 use std::borrow::Cow;
 
-use futures::TryStreamExt;
 use quarry_core::Problem;
-use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
+use sqlx::AnyConnection;
+use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, Either, Executor};
 
-use super::database::{Backend, Store, db_error, get, internal};
-use super::pool::DbTransaction;
+use super::database::{Backend, ReadColumn, Row, Store, db_error, get, internal};
+use super::inline_sqlite::InlineRow;
 
 /// A value bound to a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Param {
     Int(i64),
+    Bool(bool),
     Text(String),
+    /// A text column's `NULL`.
+    NoText,
     Bytes(Vec<u8>),
 }
 
@@ -35,19 +37,18 @@ pub(crate) struct Statement {
 impl Statement {
     pub(crate) fn new(sql: impl Into<Cow<'static, str>>) -> Self {
         let sql = sql.into();
-        debug_assert!(splits_cleanly(&sql), "a statement's parts would be miscounted: {sql}");
+        debug_assert!(splits_cleanly(&sql), "a statement's parts would be split wrongly: {sql}");
         Self { sql, params: Vec::new() }
     }
 
-    /// Its SQL, for tests that look at what the store sends.
-    #[cfg(test)]
+    /// Its SQL: one statement, or several separated by `;`.
     pub(crate) fn sql(&self) -> &str {
         &self.sql
     }
 
-    /// How many SQL statements it holds: how many results SQLite's driver gives it.
-    fn parts(&self) -> usize {
-        self.sql.split(';').filter(|part| !part.trim().is_empty()).count()
+    /// The values of `$1`, `$2`, … in order.
+    pub(crate) fn params(&self) -> &[Param] {
+        &self.params
     }
 
     pub(crate) fn int(mut self, value: i64) -> Self {
@@ -55,8 +56,20 @@ impl Statement {
         self
     }
 
+    /// A boolean, for SQL that tests it (`CASE WHEN $N`); stored values are integers on both engines.
+    pub(crate) fn boolean(mut self, value: bool) -> Self {
+        self.params.push(Param::Bool(value));
+        self
+    }
+
     pub(crate) fn text(mut self, value: impl Into<String>) -> Self {
         self.params.push(Param::Text(value.into()));
+        self
+    }
+
+    /// A text, or `NULL` for none.
+    pub(crate) fn optional_text(mut self, value: Option<String>) -> Self {
+        self.params.push(value.map_or(Param::NoText, Param::Text));
         self
     }
 
@@ -66,7 +79,7 @@ impl Statement {
     }
 }
 
-/// Whether `sql` splits into its statements at every `;`, as [`Statement::parts`] counts them: no `;` inside a
+/// Whether `sql` splits into its statements at every `;`, as SQLite's inline runs split them: no `;` inside a
 /// quoted literal or name, and no comment (whose text could hold one, or be a part of its own).
 fn splits_cleanly(sql: &str) -> bool {
     let mut quote = None;
@@ -92,7 +105,9 @@ fn bind_all<'q>(
     for param in params {
         query = match param {
             Param::Int(value) => query.bind(*value),
+            Param::Bool(value) => query.bind(*value),
             Param::Text(value) => query.bind(value.as_str()),
+            Param::NoText => query.bind(None::<&str>),
             Param::Bytes(value) => query.bind(value.as_slice()),
         };
     }
@@ -141,16 +156,6 @@ fn numbered_across(statements: &[Statement]) -> Result<Vec<String>, Problem> {
     Ok(numbered)
 }
 
-/// `statements` as one string of SQLite statements, their parameters numbered across them, after `leading` and
-/// before `trailing` (`BEGIN`, `COMMIT`).
-fn sqlite_string(statements: &[Statement], leading: Option<&str>, trailing: Option<&str>) -> Result<String, Problem> {
-    let mut parts = Vec::with_capacity(statements.len() + 2);
-    parts.extend(leading.map(str::to_owned));
-    parts.extend(numbered_across(statements)?);
-    parts.extend(trailing.map(str::to_owned));
-    Ok(parts.join(";\n"))
-}
-
 impl Statement {
     /// One read answering whether each of `reads` finds a row, as one row of columns `found_0`, `found_1`, … (1 or 0,
     /// in `reads`' order; see [`found`]): reads whose rows only matter for being there cost one statement together,
@@ -186,44 +191,9 @@ impl Statement {
 }
 
 /// What a [`Statement::finds_rows`] of `count` reads answered: whether each found a row.
-pub(crate) fn found(rows: &[AnyRow], count: usize) -> Result<Vec<bool>, Problem> {
+pub(crate) fn found(rows: &[impl ReadColumn], count: usize) -> Result<Vec<bool>, Problem> {
     let row = rows.first().ok_or_else(|| internal("a read of whether rows exist answered no row"))?;
     (0..count).map(|i| get::<i64>(row, &format!("found_{i}")).map(|found| found != 0)).collect()
-}
-
-/// `statements`' SQL as one query with every value bound.
-fn sqlite_query<'q>(
-    statements: &'q [Statement],
-    leading: Option<&str>,
-    trailing: Option<&str>,
-) -> Result<Query<'q, Any, AnyArguments>, Problem> {
-    let sql = sqlite_string(statements, leading, trailing)?;
-    Ok(bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), statements.iter().flat_map(|s| &s.params)))
-}
-
-/// Each statement's rows, from the results of a string of statements: the driver follows each SQL statement's rows
-/// with its result, rows or none. `leading` and `trailing` count the statements around `statements` (`BEGIN`,
-/// `COMMIT`), whose results are dropped.
-fn rows_by_statement(
-    results: Vec<Either<AnyQueryResult, AnyRow>>,
-    statements: &[Statement],
-    leading: usize,
-    trailing: usize,
-) -> Result<Vec<Vec<AnyRow>>, Problem> {
-    let mut answered = Vec::new();
-    let mut rows = Vec::new();
-    for result in results {
-        match result {
-            Either::Left(_) => answered.push(std::mem::take(&mut rows)),
-            Either::Right(row) => rows.push(row),
-        }
-    }
-    let expected = leading + statements.iter().map(Statement::parts).sum::<usize>() + trailing;
-    if answered.len() != expected || !rows.is_empty() {
-        return Err(internal(format!("{expected} statements answered {} times", answered.len())));
-    }
-    let mut answered = answered.into_iter().skip(leading);
-    Ok(statements.iter().map(|statement| answered.by_ref().take(statement.parts()).flatten().collect()).collect())
 }
 
 /// `statement` as a query with its values bound.
@@ -236,25 +206,21 @@ fn bound(statement: &Statement) -> Query<'_, Any, AnyArguments> {
 }
 
 /// Each statement's rows, one statement after another on `conn`.
-async fn one_by_one(conn: &mut AnyConnection, statements: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
+async fn one_by_one(conn: &mut AnyConnection, statements: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
     let mut answers = Vec::with_capacity(statements.len());
     for statement in statements {
-        answers.push(bound(statement).fetch_all(&mut *conn).await.map_err(db_error)?);
+        let rows = bound(statement).fetch_all(&mut *conn).await.map_err(db_error)?;
+        answers.push(rows.into_iter().map(Row::Sqlx).collect());
     }
     Ok(answers)
 }
 
 impl Store {
-    /// The rows of each of `reads`, in their order, read on one connection of the reading pool, each read seeing
-    /// the database as it is when it runs.
-    pub(crate) async fn read_together(&self, reads: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
+    /// The rows of each of `reads`, in their order, each read seeing the database as it is when it runs: on SQLite
+    /// on this thread (`inline_sqlite`), on PostgreSQL one after another on one connection of the pool.
+    pub(crate) async fn read_together(&self, reads: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
         match self.backend() {
-            Backend::Sqlite => {
-                let query = sqlite_query(reads, None, None)?;
-                // The pool's own executor: a connection taken for the string alone, its errors observed.
-                let results = (&self.pool).fetch_many(query).try_collect().await.map_err(db_error)?;
-                rows_by_statement(results, reads, 0, 0)
-            }
+            Backend::Sqlite => Ok(inline_rows(self.inline()?.read(reads).await?)),
             Backend::Postgres => {
                 let mut conn = self.pool.acquire().await.map_err(db_error)?;
                 one_by_one(&mut conn, reads).await
@@ -263,21 +229,19 @@ impl Store {
     }
 
     /// Runs `statements` in their order in one write transaction and commits it; answers each one's rows. On SQLite
-    /// `BEGIN IMMEDIATE`, the statements and `COMMIT` go as one string, one hand-off to the writer's thread; on
-    /// PostgreSQL a lone statement runs by itself (a statement is its own transaction there), several between
-    /// `BEGIN` and `COMMIT`. Only for statements whose rows need no look before the commit. A statement that fails
-    /// keeps nothing of the transaction.
-    pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<AnyRow>>, Problem> {
+    /// the transaction runs on this thread, from `BEGIN IMMEDIATE` to `COMMIT`; on PostgreSQL a lone statement runs
+    /// by itself (a statement is its own transaction there), several between `BEGIN` and `COMMIT`. Only for
+    /// statements whose rows need no look before the commit. A statement that fails keeps nothing of the
+    /// transaction.
+    pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
         match (self.backend(), statements) {
             (Backend::Sqlite, _) => {
-                let begin = self.backend().begin_write_statement();
-                let query = sqlite_query(statements, Some(begin), Some("COMMIT"))?;
-                let mut conn = self.writer.acquire().await.map_err(db_error)?;
-                let results = conn.fetch_in_own_transaction(query).await.map_err(db_error)?;
-                rows_by_statement(results, statements, 1, 1)
+                let answers = self.inline()?.write(|tx| statements.iter().map(|s| tx.run(s)).collect()).await?;
+                Ok(inline_rows(answers))
             }
             (Backend::Postgres, [statement]) => {
-                Ok(vec![bound(statement).fetch_all(&self.writer).await.map_err(db_error)?])
+                let rows = bound(statement).fetch_all(&self.writer).await.map_err(db_error)?;
+                Ok(vec![rows.into_iter().map(Row::Sqlx).collect()])
             }
             (Backend::Postgres, _) => {
                 let mut tx = self.begin_write().await?;
@@ -287,51 +251,11 @@ impl Store {
             }
         }
     }
+}
 
-    /// Begins a write transaction with `statements`, run in their order, and answers each one's rows. On SQLite
-    /// `BEGIN IMMEDIATE` and the statements go as one string, one hand-off to the writer's thread; on PostgreSQL
-    /// they follow [`Store::begin_write`] one by one. On failure the transaction is rolled back.
-    pub(crate) async fn begin_write_with_all(
-        &self,
-        statements: &[Statement],
-    ) -> Result<(DbTransaction, Vec<Vec<AnyRow>>), Problem> {
-        match self.backend() {
-            Backend::Sqlite => {
-                let query = sqlite_query(statements, Some(self.backend().begin_write_statement()), None)?;
-                let conn = self.writer.acquire().await.map_err(db_error)?;
-                let (tx, results) = DbTransaction::begin_with(conn, query).await.map_err(|(err, _)| db_error(err))?;
-                // A malformed answer drops the transaction, which rolls it back.
-                Ok((tx, rows_by_statement(results, statements, 1, 0)?))
-            }
-            Backend::Postgres => {
-                let mut tx = self.begin_write().await?;
-                let answers = one_by_one(&mut tx, statements).await?;
-                Ok((tx, answers))
-            }
-        }
-    }
-
-    /// Runs `statements` in `tx`, in their order, and commits it; answers each one's rows. On SQLite the statements
-    /// and `COMMIT` go as one string, one hand-off; on PostgreSQL one by one, then `COMMIT`. A statement that fails
-    /// leaves the transaction to be rolled back, as a dropped one is. Only for statements whose rows need no look
-    /// before the commit: whatever they answer is committed.
-    pub(crate) async fn commit_with(
-        &self,
-        mut tx: DbTransaction,
-        statements: &[Statement],
-    ) -> Result<Vec<Vec<AnyRow>>, Problem> {
-        match self.backend() {
-            Backend::Sqlite => {
-                let results = tx.fetch_and_commit(sqlite_query(statements, None, Some("COMMIT"))?).await;
-                rows_by_statement(results.map_err(db_error)?, statements, 0, 1)
-            }
-            Backend::Postgres => {
-                let answers = one_by_one(&mut tx, statements).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(answers)
-            }
-        }
-    }
+/// Each statement's rows read inline, as the store's rows.
+pub(crate) fn inline_rows(answers: Vec<Vec<InlineRow>>) -> Vec<Vec<Row>> {
+    answers.into_iter().map(|rows| rows.into_iter().map(Row::Inline).collect()).collect()
 }
 
 #[cfg(test)]

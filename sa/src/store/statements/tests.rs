@@ -1,5 +1,5 @@
-//! Statements asked together: the SQL SQLite is sent, and the answers on both databases, for reads and for the
-//! statements that begin and end a write transaction.
+//! Statements asked together: their parameters numbered across them, and the answers on both databases, for reads
+//! and for writes committed together.
 
 use quarry_core::ErrorKind;
 
@@ -18,16 +18,12 @@ fn parameters_are_numbered_across_the_statements() {
         Statement::new("SELECT $1").text("x"),
         Statement::new("SELECT 1"),
     ];
-    let string = |reads, leading, trailing| sqlite_string(reads, leading, trailing).expect("statements");
-    assert_eq!(string(&reads, None, None), "SELECT $1, $2;\nSELECT $3;\nSELECT 1");
-    assert_eq!(string(&reads[1..2], Some("BEGIN"), Some("COMMIT")), "BEGIN;\nSELECT $1;\nCOMMIT");
+    let numbered = numbered_across(&reads).expect("statements");
+    assert_eq!(numbered, ["SELECT $1, $2", "SELECT $3", "SELECT 1"]);
     // A statement naming a parameter it does not bind would take the next one's value: refused.
     let short = [Statement::new("SELECT $1, $2").int(1), Statement::new("SELECT $1").int(2)];
-    assert!(sqlite_string(&short, None, None).is_err());
-    // Statements joined for SQLite count as several, sharing their parameters.
-    assert_eq!(Statement::new("INSERT INTO t VALUES ($1);\nUPDATE t SET a = $1").int(1).parts(), 2);
-    assert_eq!(reads[2].parts(), 1);
-    // What would make that count wrong is refused in tests (a debug assertion).
+    assert!(numbered_across(&short).is_err());
+    // What would split a statement's parts wrongly is refused in tests (a debug assertion).
     assert!(splits_cleanly("SELECT 'a''b'; UPDATE \"t\" SET a = 1"));
     for unclean in
         ["SELECT ';'", "SELECT 'a'';b'", "SELECT 1 -- a; b", "SELECT /* ; */ 1", "SELECT \"a;b\"", "SELECT 'open"]
@@ -104,12 +100,11 @@ async fn values(store: &Store) -> Vec<i64> {
     rows.iter().map(|row| get(row, "value").unwrap()).collect()
 }
 
-/// A write transaction begun with several statements and committed with several more, or written and committed in
-/// one call: each statement answers its own rows (statements joined for SQLite count as one), later statements see
-/// what earlier ones wrote, and a statement that fails in any call keeps nothing of the transaction and leaves the
-/// writer usable.
+/// Statements written and committed in one call: each answers its own rows (statements joined for SQLite count as
+/// one), later statements see what earlier ones wrote, and a statement that fails keeps nothing of its call and
+/// leaves the writer usable; on both databases.
 #[tokio::test]
-async fn a_write_transaction_begun_and_committed_with_statements_keeps_all_or_nothing() {
+async fn writes_committed_together_keep_all_or_nothing() {
     for (db, store) in stores_on_every_backend().await {
         let url = &db.url;
         sqlx::query("CREATE TABLE transaction_test (value BIGINT PRIMARY KEY)").execute(&store.writer).await.unwrap();
@@ -121,38 +116,22 @@ async fn a_write_transaction_begun_and_committed_with_statements_keeps_all_or_no
         ]))
         .int(10)
         .int(11);
-        let (tx, begun) = store.begin_write_with_all(&[insert(1), joined, insert(2)]).await.expect(url);
-        let firsts: Vec<usize> = begun.iter().map(Vec::len).collect();
-        assert_eq!(firsts, [1, 0, 1], "{url}");
-        assert_eq!(get::<i64>(&begun[2][0], "value").unwrap(), 2, "{url}");
+        let answers = store.write_committed(&[insert(1), joined, insert(2)]).await.expect(url);
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0, 1], "{url}");
+        assert_eq!(get::<i64>(&answers[2][0], "value").unwrap(), 2, "{url}");
         let count = Statement::new("SELECT COUNT(*) AS n FROM transaction_test WHERE value < $1").int(100);
-        let answers = store.commit_with(tx, &[insert(3), count.clone()]).await.expect(url);
+        let answers = store.write_committed(&[insert(3), count]).await.expect(url);
         assert_eq!(get::<i64>(&answers[1][0], "n").unwrap(), 5, "{url}: the transaction's own writes are seen");
         assert_eq!(values(&store).await, [1, 2, 3, 10, 11], "{url}");
 
-        // A duplicate while beginning: nothing kept, and the writer begins again.
-        let failed = store.begin_write_with_all(&[insert(20), insert(1)]).await;
+        // A duplicate after a write: nothing of the call kept, and the writer writes again.
+        let failed = store.write_committed(&[insert(20), insert(1)]).await;
         assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
-        // A duplicate while committing: what the transaction began with is not kept either.
-        let (tx, _) = store.begin_write_with_all(&[insert(30)]).await.expect(url);
-        let failed = store.commit_with(tx, &[insert(31), insert(2)]).await;
-        assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
-        for value in [40, 41] {
-            let (tx, _) = store.begin_write_with_all(&[insert(value)]).await.expect(url);
-            store.commit_with(tx, &[]).await.expect(url);
-        }
-        assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 40, 41], "{url}");
-
-        // Written and committed in one call: alone, or several statements where a later one sees an earlier one's
-        // row; a failing statement keeps nothing of its call, and the writer writes again.
         let answers = store.write_committed(&[insert(50)]).await.expect(url);
         assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1], "{url}");
-        let seen = Statement::new("SELECT COUNT(*) AS n FROM transaction_test WHERE value = $1").int(51);
-        let answers = store.write_committed(&[insert(51), seen]).await.expect(url);
-        assert_eq!(get::<i64>(&answers[1][0], "n").unwrap(), 1, "{url}");
         let failed = store.write_committed(&[insert(60), insert(50)]).await;
         assert_eq!(failed.err().map(|p| p.kind), Some(ErrorKind::Duplicate), "{url}");
         store.write_committed(&[insert(61)]).await.expect(url);
-        assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 40, 41, 50, 51, 61], "{url}");
+        assert_eq!(values(&store).await, [1, 2, 3, 10, 11, 50, 61], "{url}");
     }
 }

@@ -1,0 +1,237 @@
+//! SQLite run on the calling task's own thread, for the statements of the certificate path. sqlx runs every SQLite
+//! connection on a thread of its own: each statement is handed to that thread and its answer handed back, two
+//! wake-ups that cost more than the statement (measured: pinned to one CPU, where a wake-up is cheap, the sa spent
+//! 17 % less). These connections are rusqlite's, used in place: a read or a write transaction runs to its end
+//! without yielding, as it takes SQLite tens to hundreds of microseconds. Only taking SQLite's write lock may wait,
+//! and it waits here by sleeping, not by blocking the thread (`busy_timeout` 0, retried), since another sa replica
+//! or the store's sqlx writer may hold it.
+//!
+//! The store's other statements (accounts, revocation, CRLs, the sweeper's) stay on sqlx; both kinds of connection
+//! open the same file, in WAL mode, so each reads what the other committed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use quarry_core::{ErrorKind, Problem};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, ffi};
+
+use super::database::internal;
+use super::statements::{Param, Statement};
+
+/// Idle reading connections kept; each is used by one thread at a time, so more than the runtime's threads are
+/// never needed at once.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Prepared statements kept per connection: every statement of the certificate path, and the dynamic ones (links
+/// of orders of several sizes, flag reads) that repeat.
+const STATEMENT_CACHE: usize = 128;
+
+/// The first pause while another connection holds the write lock, and the longest; the lock is held for a
+/// transaction's length, well under a millisecond on the certificate path.
+const FIRST_BUSY_PAUSE: Duration = Duration::from_millis(1);
+const LONGEST_BUSY_PAUSE: Duration = Duration::from_millis(10);
+
+/// A row read inline: its statement's column names, shared by every row of it, and its values.
+#[derive(Debug, Clone)]
+pub(crate) struct InlineRow {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl InlineRow {
+    /// The value of `column`, if the row has one by that name.
+    pub(crate) fn value(&self, column: &str) -> Option<&Value> {
+        self.columns.iter().position(|name| name == column).map(|i| &self.values[i])
+    }
+}
+
+/// The inline connections to one SQLite file: one that writes, and readers opened as threads need them.
+pub(crate) struct InlineSqlite {
+    path: String,
+    writer: tokio::sync::Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// How long a read or a write waits for SQLite's locks before failing as busy: the store's statement timeout.
+    busy_for: Duration,
+}
+
+/// A write transaction under way on the inline writer: statements run in it, committed when the work returns
+/// `Ok`, rolled back otherwise.
+pub(crate) struct InlineTransaction<'c>(&'c Connection);
+
+impl InlineTransaction<'_> {
+    /// Runs `statement` (all its parts) and answers its rows.
+    pub(crate) fn run(&self, statement: &Statement) -> Result<Vec<InlineRow>, Problem> {
+        run(self.0, statement).map_err(inline_error)
+    }
+}
+
+/// The file an `sqlite:` URL names.
+pub(crate) fn path_of_url(url: &str) -> &str {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    path.split('?').next().unwrap_or_default()
+}
+
+impl InlineSqlite {
+    /// Opens the writer on the SQLite file of `url`, which the store's sqlx pools have created, set to WAL and
+    /// migrated.
+    pub(crate) fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
+        let path = path_of_url(url).to_owned();
+        let writer = open_connection(&path, false)?;
+        Ok(Self { path, writer: tokio::sync::Mutex::new(writer), readers: Mutex::new(Vec::new()), busy_for })
+    }
+
+    /// The rows of each of `reads`, in their order, each read seeing the database as it is when it runs.
+    pub(crate) async fn read(&self, reads: &[Statement]) -> Result<Vec<Vec<InlineRow>>, Problem> {
+        let mut waiting = BusyWait::new(self.busy_for);
+        loop {
+            let conn = self.take_reader()?;
+            let answers: Result<Vec<Vec<InlineRow>>, _> = reads.iter().map(|read| run(&conn, read)).collect();
+            self.give_back_reader(conn);
+            match answers {
+                Err(err) if is_busy(&err) && waiting.may_wait() => waiting.pause().await,
+                other => return other.map_err(inline_error),
+            }
+        }
+    }
+
+    /// Runs `work` in a write transaction (SQLite's `BEGIN IMMEDIATE`: the write lock taken at once, waited for
+    /// here while another connection holds it) and commits it when `work` answers `Ok`; otherwise nothing of it is
+    /// kept. `work` runs without yielding, so no other task of this sa writes meanwhile.
+    pub(crate) async fn write<T>(
+        &self,
+        work: impl FnOnce(&InlineTransaction<'_>) -> Result<T, Problem>,
+    ) -> Result<T, Problem> {
+        let conn = self.writer.lock().await;
+        // A transaction a panic left open would fail every later `BEGIN`.
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK").map_err(inline_error)?;
+        }
+        let mut waiting = BusyWait::new(self.busy_for);
+        loop {
+            match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => break,
+                Err(err) if is_busy(&err) && waiting.may_wait() => waiting.pause().await,
+                Err(err) => return Err(inline_error(err)),
+            }
+        }
+        let outcome = work(&InlineTransaction(&conn)).and_then(|answer| {
+            conn.execute_batch("COMMIT").map_err(inline_error)?;
+            Ok(answer)
+        });
+        if outcome.is_err() && !conn.is_autocommit() {
+            // Nothing of a failed transaction is kept; a rollback that fails leaves it open, closed at next use.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        outcome
+    }
+
+    fn take_reader(&self) -> Result<Connection, Problem> {
+        let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => open_connection(&self.path, true).map_err(inline_error),
+        }
+    }
+
+    fn give_back_reader(&self, conn: Connection) {
+        let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Pauses, growing, while SQLite's locks are held elsewhere, for at most the store's statement timeout.
+struct BusyWait {
+    until: Instant,
+    pause: Duration,
+}
+
+impl BusyWait {
+    fn new(busy_for: Duration) -> Self {
+        Self { until: Instant::now() + busy_for, pause: FIRST_BUSY_PAUSE }
+    }
+
+    fn may_wait(&self) -> bool {
+        Instant::now() + self.pause < self.until
+    }
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(LONGEST_BUSY_PAUSE);
+    }
+}
+
+/// A connection set up as the sqlx pools' are (foreign keys enforced, `synchronous = NORMAL` in WAL), but never
+/// waiting inside SQLite for a lock; a reader refuses to write.
+fn open_connection(path: &str, reads_only: bool) -> Result<Connection, rusqlite::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0; PRAGMA query_only = {reads_only}"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Runs every part of `statement` (its SQL statements, which share its parameters `$1`, `$2`, …) and answers their
+/// rows together.
+fn run(conn: &Connection, statement: &Statement) -> Result<Vec<InlineRow>, rusqlite::Error> {
+    let mut rows = Vec::new();
+    for part in statement.sql().split(';').filter(|part| !part.trim().is_empty()) {
+        let mut prepared = conn.prepare_cached(part)?;
+        for index in 1..=prepared.parameter_count() {
+            let param = prepared
+                .parameter_name(index)
+                .and_then(|name| name.strip_prefix('$'))
+                .and_then(|number| number.parse::<usize>().ok())
+                .and_then(|number| statement.params().get(number.checked_sub(1)?))
+                .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("parameter {index} of {part}")))?;
+            match param {
+                Param::Int(value) => prepared.raw_bind_parameter(index, value)?,
+                Param::Bool(value) => prepared.raw_bind_parameter(index, value)?,
+                Param::Text(value) => prepared.raw_bind_parameter(index, value.as_str())?,
+                Param::NoText => prepared.raw_bind_parameter(index, rusqlite::types::Null)?,
+                Param::Bytes(value) => prepared.raw_bind_parameter(index, value.as_slice())?,
+            }
+        }
+        let columns: Arc<[String]> = prepared.column_names().into_iter().map(str::to_owned).collect();
+        let mut answered = prepared.raw_query();
+        while let Some(row) = answered.next()? {
+            let values = (0..columns.len()).map(|i| row.get::<_, Value>(i)).collect::<Result<_, _>>()?;
+            rows.push(InlineRow { columns: Arc::clone(&columns), values });
+        }
+    }
+    Ok(rows)
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// An inline SQLite error as the same typed kinds the store gives sqlx's (`db_error`).
+pub(crate) fn inline_error(err: rusqlite::Error) -> Problem {
+    let extended = match &err {
+        rusqlite::Error::SqliteFailure(failure, _) => Some(failure.extended_code),
+        _ => None,
+    };
+    match extended {
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+            Problem::new(ErrorKind::Duplicate, "the record already exists")
+        }
+        Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => Problem::not_found("a record it refers to does not exist"),
+        Some(ffi::SQLITE_CONSTRAINT_NOTNULL | ffi::SQLITE_CONSTRAINT_CHECK) => {
+            tracing::error!(%err, "database constraint violated");
+            Problem::malformed("the record breaks a constraint of the schema")
+        }
+        _ if is_busy(&err) => {
+            tracing::warn!(%err, "database busy");
+            Problem::new(ErrorKind::Unavailable, "the database is busy")
+        }
+        _ => internal(err),
+    }
+}
+
+#[cfg(test)]
+mod tests;

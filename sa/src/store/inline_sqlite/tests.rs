@@ -1,0 +1,166 @@
+//! SQLite run in place: parameters bound by number across a statement's parts, values read back by type, errors
+//! typed as sqlx's are, the write lock waited for while another connection holds it, and a writer that stays
+//! usable after a failed or abandoned transaction.
+
+use std::time::Duration;
+
+use quarry_core::ErrorKind;
+use quarry_testkit::db::TestDatabase;
+
+use super::*;
+use crate::store::database::{PoolSettings, Store, get};
+
+/// A migrated store on a fresh SQLite file, its inline connections waiting at most `busy_for` for a lock.
+async fn store(db: &TestDatabase, busy_for: Duration) -> Store {
+    let settings = PoolSettings { max_connections: 2, statement_timeout: busy_for };
+    Store::open(&db.url, settings).await.expect("open the store")
+}
+
+fn insert_migration(version: i64, name: &str) -> Statement {
+    Statement::new("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3) RETURNING version")
+        .int(version)
+        .text(name)
+        .int(version * 10)
+}
+
+#[tokio::test]
+async fn parameters_bind_by_number_across_parts_and_values_read_back_by_type() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    // Two parts sharing `$1`, in another order than they are bound; a boolean, a NULL and bytes.
+    let statement = Statement::new(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($2, $1, CASE WHEN $3 THEN 1 ELSE 0 END);\n\
+         SELECT version, name, applied_at, $4 AS absent, $5 AS raw FROM schema_migrations WHERE version = $2",
+    )
+    .text("first")
+    .int(4000)
+    .boolean(true)
+    .optional_text(None)
+    .bytes(*b"\x00\x01");
+    let rows = inline.write(|tx| tx.run(&statement)).await.expect("write");
+    assert_eq!(rows.len(), 1, "the INSERT answers no row, the SELECT one");
+    assert_eq!(get::<i64>(&rows[0], "version").unwrap(), 4000);
+    assert_eq!(get::<String>(&rows[0], "name").unwrap(), "first");
+    assert_eq!(get::<i64>(&rows[0], "applied_at").unwrap(), 1);
+    assert_eq!(get::<Option<String>>(&rows[0], "absent").unwrap(), None);
+    assert_eq!(get::<Vec<u8>>(&rows[0], "raw").unwrap(), b"\x00\x01");
+    // A value of another type, or a column that is not there, is an error, not a default.
+    assert!(get::<String>(&rows[0], "version").is_err());
+    assert!(get::<i64>(&rows[0], "no_such_column").is_err());
+
+    // A statement naming a parameter it does not bind is refused, and nothing of it is kept.
+    let short =
+        Statement::new("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, 0)").int(4001);
+    let refused = inline.write(|tx| tx.run(&short)).await.expect_err("an unbound parameter");
+    assert_eq!(refused.kind, ErrorKind::ServerInternal, "{}", refused.detail);
+    assert_eq!(db.count("schema_migrations WHERE version = 4001").await, 0);
+
+    // Reads see what the inline writer committed, and so do sqlx's connections.
+    let read = Statement::new("SELECT name FROM schema_migrations WHERE version = $1").int(4000);
+    let answers = inline.read(&[read.clone(), read]).await.expect("read");
+    assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(db.count("schema_migrations WHERE version = 4000 AND name = 'first'").await, 1);
+}
+
+#[tokio::test]
+async fn errors_are_typed_as_the_stores_others_are_and_keep_nothing() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    inline.write(|tx| tx.run(&insert_migration(5000, "taken"))).await.expect("write");
+
+    // A duplicate key after a write of the same transaction: `duplicate`, and the first write is not kept.
+    let duplicate = inline
+        .write(|tx| {
+            tx.run(&insert_migration(5001, "kept?"))?;
+            tx.run(&insert_migration(5000, "again"))
+        })
+        .await
+        .expect_err("a duplicate");
+    assert_eq!(duplicate.kind, ErrorKind::Duplicate, "{}", duplicate.detail);
+    assert_eq!(db.count("schema_migrations WHERE version = 5001").await, 0);
+
+    // A row that refers to none: the foreign key is enforced, as `notFound`.
+    let orphan =
+        Statement::new("INSERT INTO order_authorizations (order_id, authorization_id, position) VALUES ($1, $2, 0)")
+            .int(999_999)
+            .int(999_999);
+    let missing = inline.write(|tx| tx.run(&orphan)).await.expect_err("an orphan");
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{}", missing.detail);
+
+    // The work's own refusal rolls back what it wrote.
+    let refused = inline
+        .write(|tx| {
+            tx.run(&insert_migration(5002, "refused"))?;
+            Err::<(), _>(Problem::malformed("refused by the caller"))
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.kind, ErrorKind::Malformed);
+    assert_eq!(db.count("schema_migrations WHERE version = 5002").await, 0);
+
+    // Reading connections refuse to write.
+    let written = inline.read(&[insert_migration(5003, "read")]).await.expect_err("a reader writes");
+    assert_eq!(written.kind, ErrorKind::ServerInternal, "{}", written.detail);
+    assert_eq!(db.count("schema_migrations WHERE version = 5003").await, 0);
+
+    // After all that, the writer writes.
+    inline.write(|tx| tx.run(&insert_migration(5004, "after"))).await.expect("write after failures");
+    assert_eq!(db.count("schema_migrations WHERE version = 5004").await, 1);
+}
+
+/// While another connection holds SQLite's write lock, an inline write waits for it without blocking its thread
+/// (the test's single-threaded runtime releases the lock meanwhile) and then commits; held past the wait, the write
+/// fails as `unavailable` and keeps nothing.
+#[tokio::test]
+async fn a_write_waits_for_the_lock_another_connection_holds() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_millis(1500)).await;
+    let inline = store.inline().unwrap();
+
+    let holder = store.begin_write().await.expect("the sqlx writer takes the lock");
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder.commit().await.expect("release the lock");
+    };
+    let (written, ()) = tokio::join!(inline.write(|tx| tx.run(&insert_migration(6000, "waited"))), release);
+    written.expect("the write after the lock was released");
+    assert_eq!(db.count("schema_migrations WHERE version = 6000").await, 1);
+
+    let holder = store.begin_write().await.expect("the sqlx writer takes the lock again");
+    let started = Instant::now();
+    let busy = inline.write(|tx| tx.run(&insert_migration(6001, "busy"))).await.expect_err("the lock stays held");
+    assert_eq!(busy.kind, ErrorKind::Unavailable, "{}", busy.detail);
+    assert!(started.elapsed() >= Duration::from_millis(1000), "waited {:?}", started.elapsed());
+    holder.commit().await.expect("release the lock");
+    assert_eq!(db.count("schema_migrations WHERE version = 6001").await, 0);
+    inline.write(|tx| tx.run(&insert_migration(6002, "free"))).await.expect("write once the lock is free");
+}
+
+/// A panic in the middle of a transaction leaves it open on the writer; the next write rolls it back first, so
+/// nothing of the abandoned one is kept and the writer goes on.
+#[tokio::test]
+async fn a_transaction_abandoned_by_a_panic_is_rolled_back_before_the_next() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let abandoned = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let inline = store.inline().unwrap();
+            inline
+                .write(|tx| {
+                    tx.run(&insert_migration(7000, "abandoned")).unwrap();
+                    panic!("the work panics part-way");
+                    #[allow(unreachable_code)]
+                    Ok(())
+                })
+                .await
+        })
+    };
+    assert!(abandoned.await.expect_err("the task panicked").is_panic());
+    let inline = store.inline().unwrap();
+    inline.write(|tx| tx.run(&insert_migration(7001, "next"))).await.expect("the next write");
+    assert_eq!(db.count("schema_migrations WHERE version = 7000").await, 0);
+    assert_eq!(db.count("schema_migrations WHERE version = 7001").await, 1);
+}
