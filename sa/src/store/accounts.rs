@@ -4,7 +4,9 @@ use quarry_core::clock::now;
 use quarry_core::model::{Account, AccountStatus};
 use quarry_core::{ErrorKind, Problem};
 
-use super::database::{ReadColumn, Store, db_error, get, internal};
+use super::database::Store;
+use super::errors::{db_error, internal};
+use super::rows::{ReadColumn, get};
 use crate::queries;
 
 impl Store {

@@ -8,7 +8,9 @@ use quarry_core::model::{
 };
 use quarry_core::{ErrorKind, Identifier, IdentifierType, Problem};
 
-use super::database::{Backend, ReadColumn, Store, db_error, get, internal};
+use super::database::{Backend, Store};
+use super::errors::{db_error, internal};
+use super::rows::{ReadColumn, get};
 use super::statements::Statement;
 use crate::queries;
 use crate::status::authorization_status;

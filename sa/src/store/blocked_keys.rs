@@ -3,7 +3,8 @@
 use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
-use super::database::{Store, db_error};
+use super::database::Store;
+use super::errors::db_error;
 use super::statements::Statement;
 
 impl Store {

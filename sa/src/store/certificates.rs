@@ -6,7 +6,9 @@ use quarry_core::identifier::fqdn_set_hash;
 use quarry_core::model::Certificate;
 use quarry_core::{ErrorKind, Identifier, Problem};
 
-use super::database::{Backend, ReadColumn, Store, db_error, get};
+use super::database::{Backend, Store};
+use super::errors::db_error;
+use super::rows::{ReadColumn, get};
 use super::statements::Statement;
 use crate::queries;
 
@@ -285,18 +287,20 @@ impl Store {
         // What the serial has already, in one read: its precertificate, a certificate stored by an earlier try,
         // the order it was reserved for (a reservation never changes, so it need not be read in the write), and
         // whether the order that will take the certificate replaces another (`replaces` is set at its creation).
-        let row = sqlx::query(
+        let read = Statement::new(
             "SELECT p.account_id, p.issuer_id, c.der AS stored_der, s.order_id AS reserved_for, o.replaces AS replaces \
              FROM precertificates p LEFT JOIN certificates c ON c.serial = p.serial \
              LEFT JOIN serials s ON s.serial = p.serial \
              LEFT JOIN orders o ON o.id = COALESCE(NULLIF(s.order_id, 0), $2) WHERE p.serial = $1",
         )
-        .bind(&facts.serial)
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| Problem::malformed(format!("serial {} has no precertificate", facts.serial)))?;
+        .text(&facts.serial)
+        .int(order_id);
+        let row = self
+            .read_together(&[read])
+            .await?
+            .pop()
+            .and_then(|rows| rows.into_iter().next())
+            .ok_or_else(|| Problem::malformed(format!("serial {} has no precertificate", facts.serial)))?;
         let (precertificate_account, precertificate_issuer): (i64, i64) =
             (get(&row, "account_id")?, get(&row, "issuer_id")?);
         if precertificate_issuer != issuer_id || precertificate_account != account_id {

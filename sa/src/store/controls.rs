@@ -4,7 +4,9 @@
 use quarry_core::clock::Timestamp;
 use quarry_core::{Identifier, IdentifierType, Problem};
 
-use super::database::{Store, db_error, get, internal};
+use super::database::Store;
+use super::errors::{db_error, internal};
+use super::rows::get;
 use super::statements::{Statement, found};
 
 /// A rate limit raised (or lowered) for one bucket.

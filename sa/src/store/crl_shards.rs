@@ -4,7 +4,9 @@
 use quarry_core::clock::Timestamp;
 use quarry_core::{ErrorKind, Problem};
 
-use super::database::{Store, db_error, get};
+use super::database::Store;
+use super::errors::db_error;
+use super::rows::get;
 
 /// How many due shards one `lease_crl_shard` call tries when other updaters keep winning them.
 const LEASE_ATTEMPTS: usize = 8;

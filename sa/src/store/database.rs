@@ -1,17 +1,16 @@
-//! The store's hold on its database: the engines it speaks, their schema migrations, the connection pool and each
-//! connection's setup, read and write transactions, and the error and column helpers every query shares.
+//! The store's hold on its database: the engines it speaks, their schema migrations, the connection pools and each
+//! connection's setup, SQLite's inline connections, and write transactions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use quarry_core::Problem;
 use quarry_core::clock::now;
-use quarry_core::{ErrorKind, Problem};
-use sqlx::any::AnyRow;
-use sqlx::{Any, Connection, Row as _};
+use sqlx::Connection;
 
-use super::inline_sqlite::{InlineRow, InlineSqlite};
+use super::errors::{connection_ended, db_error, internal};
+use super::inline_sqlite::InlineSqlite;
 use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
-use rusqlite::types::Value as InlineValue;
 
 /// A schema migration: version, name, SQL.
 type Migration = (i64, &'static str, &'static str);
@@ -128,25 +127,6 @@ pub struct Store {
     crl_shards: i64,
 }
 
-pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
-    tracing::error!(%err, "database error");
-    Problem::internal("a database error occurred")
-}
-
-/// Whether `err` says the connection was ended under the statement (PostgreSQL shut down, restarted, or an
-/// administrator ended it; the socket broke) rather than that the statement was wrong or the server refuses
-/// connections.
-fn connection_ended(err: &sqlx::Error) -> bool {
-    use std::io::ErrorKind as Io;
-    match err {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| super::pool::ends_session(&code)),
-        sqlx::Error::Io(io) => {
-            matches!(io.kind(), Io::BrokenPipe | Io::ConnectionReset | Io::ConnectionAborted | Io::UnexpectedEof)
-        }
-        _ => false,
-    }
-}
-
 /// Begins a transaction with `begin` on a connection of `pool`. A connection PostgreSQL ended while it sat in the
 /// pool fails the `BEGIN`, before anything ran; the pool drops it, and the transaction begins on another, so a
 /// database restart costs a write no error (at most one try per connection the pool can hold).
@@ -163,47 +143,6 @@ async fn begin_on(pool: &ConnectionPool, begin: &'static str) -> Result<DbTransa
             }
             Err((err, _)) => return Err(db_error(err)),
         }
-    }
-}
-
-/// A database error as a typed kind: a caller can act on `duplicate`, `notFound` or `unavailable`; the text of the
-/// driver's error goes to the log only.
-pub(crate) fn db_error(err: sqlx::Error) -> Problem {
-    use sqlx::error::ErrorKind as DbKind;
-    if super::pool::may_break_connection(&err) {
-        super::pool::note_connection_trouble();
-    }
-    match &err {
-        sqlx::Error::Database(db) => match db.kind() {
-            DbKind::UniqueViolation => Problem::new(ErrorKind::Duplicate, "the record already exists"),
-            DbKind::ForeignKeyViolation => Problem::not_found("a record it refers to does not exist"),
-            DbKind::NotNullViolation | DbKind::CheckViolation => {
-                tracing::error!(%err, "database constraint violated");
-                Problem::malformed("the record breaks a constraint of the schema")
-            }
-            // SQLite's SQLITE_BUSY (and its snapshot variant): the write lock stayed taken past the busy timeout.
-            _ if matches!(db.code().as_deref(), Some("5" | "517")) => {
-                tracing::warn!(%err, "database busy");
-                Problem::new(ErrorKind::Unavailable, "the database is busy")
-            }
-            // PostgreSQL's query_canceled: the statement timeout fired.
-            _ if db.code().as_deref() == Some("57014") => {
-                tracing::warn!(%err, "statement timed out");
-                Problem::new(ErrorKind::Timeout, "the database took too long")
-            }
-            // PostgreSQL ended the connection (shut down, restarted, or an administrator ended it), or cannot take
-            // one yet: the database is away, not the request wrong. The broken connection leaves the pool.
-            _ if connection_ended(&err) || db.code().as_deref() == Some("57P03") => {
-                tracing::warn!(%err, "database connection ended");
-                Problem::new(ErrorKind::Unavailable, "the database is unavailable")
-            }
-            _ => internal(err),
-        },
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            tracing::warn!(%err, "database unavailable");
-            Problem::new(ErrorKind::Unavailable, "the database is unavailable")
-        }
-        _ => internal(err),
     }
 }
 
@@ -389,90 +328,10 @@ impl Store {
     }
 }
 
-/// The value of `column` in `row`, as `T`.
-pub(crate) fn get<T: ColumnValue>(row: &impl ReadColumn, column: &str) -> Result<T, Problem> {
-    row.read_column(column)
-}
-
-/// A row the store read: through sqlx, or from SQLite run inline.
-#[derive(Clone)]
-pub(crate) enum Row {
-    Sqlx(AnyRow),
-    Inline(InlineRow),
-}
-
-/// A row whose columns [`get`] reads by name.
-pub(crate) trait ReadColumn {
-    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem>;
-}
-
-impl ReadColumn for AnyRow {
-    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
-        self.try_get(column).map_err(internal)
-    }
-}
-
-impl ReadColumn for InlineRow {
-    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
-        let value = self.value(column).ok_or_else(|| internal(format!("no column {column}")))?;
-        T::from_inline(value).ok_or_else(|| internal(format!("column {column} holds {value:?}")))
-    }
-}
-
-impl ReadColumn for Row {
-    fn read_column<T: ColumnValue>(&self, column: &str) -> Result<T, Problem> {
-        match self {
-            Row::Sqlx(row) => row.read_column(column),
-            Row::Inline(row) => row.read_column(column),
-        }
-    }
-}
-
-/// A type a column is read as, from either kind of row.
-pub(crate) trait ColumnValue: Sized + for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> {
-    /// `value` as this type, if it is one (SQLite's storage classes: no conversion between them).
-    fn from_inline(value: &InlineValue) -> Option<Self>;
-}
-
-impl ColumnValue for i64 {
-    fn from_inline(value: &InlineValue) -> Option<Self> {
-        match value {
-            InlineValue::Integer(value) => Some(*value),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnValue for String {
-    fn from_inline(value: &InlineValue) -> Option<Self> {
-        match value {
-            InlineValue::Text(value) => Some(value.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl ColumnValue for Vec<u8> {
-    fn from_inline(value: &InlineValue) -> Option<Self> {
-        match value {
-            InlineValue::Blob(value) => Some(value.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl<T: ColumnValue> ColumnValue for Option<T> {
-    fn from_inline(value: &InlineValue) -> Option<Self> {
-        match value {
-            InlineValue::Null => Some(None),
-            value => T::from_inline(value).map(Some),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use quarry_core::ErrorKind;
     use quarry_testkit::db::TestDatabase;
 
     /// A fresh store of two connections on each database the tests have, with the database it is on.

@@ -16,7 +16,8 @@ use quarry_core::{ErrorKind, Problem};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, ffi};
 
-use super::database::internal;
+use super::errors::internal;
+use super::rows::InlineRow;
 use super::statements::{Param, Statement};
 
 /// Idle reading connections kept; each is used by one thread at a time, so more than the runtime's threads are
@@ -31,20 +32,6 @@ const STATEMENT_CACHE: usize = 128;
 /// transaction's length, well under a millisecond on the certificate path.
 const FIRST_BUSY_PAUSE: Duration = Duration::from_millis(1);
 const LONGEST_BUSY_PAUSE: Duration = Duration::from_millis(10);
-
-/// A row read inline: its statement's column names, shared by every row of it, and its values.
-#[derive(Debug, Clone)]
-pub(crate) struct InlineRow {
-    columns: Arc<[String]>,
-    values: Vec<Value>,
-}
-
-impl InlineRow {
-    /// The value of `column`, if the row has one by that name.
-    pub(crate) fn value(&self, column: &str) -> Option<&Value> {
-        self.columns.iter().position(|name| name == column).map(|i| &self.values[i])
-    }
-}
 
 /// The inline connections to one SQLite file: one that writes, and readers opened as threads need them.
 pub(crate) struct InlineSqlite {
@@ -200,7 +187,7 @@ fn run(conn: &Connection, statement: &Statement) -> Result<Vec<InlineRow>, rusql
         let mut answered = prepared.raw_query();
         while let Some(row) = answered.next()? {
             let values = (0..columns.len()).map(|i| row.get::<_, Value>(i)).collect::<Result<_, _>>()?;
-            rows.push(InlineRow { columns: Arc::clone(&columns), values });
+            rows.push(InlineRow::new(Arc::clone(&columns), values));
         }
     }
     Ok(rows)

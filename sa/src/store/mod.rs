@@ -21,6 +21,7 @@ pub(crate) mod certificates;
 pub(crate) mod controls;
 pub(crate) mod crl_shards;
 mod database;
+mod errors;
 mod finalization_facts;
 #[cfg(test)]
 mod fresh_plans;
@@ -31,7 +32,9 @@ mod pool;
 pub(crate) mod recovery;
 pub(crate) mod renewal_info;
 pub(crate) mod revocation;
+mod rows;
 mod statements;
+mod together;
 
 pub use authorizations::ValidationOutcome;
 pub use certificates::SerialReservation;

@@ -7,7 +7,9 @@ use quarry_core::model::{Authorization, AuthorizationStatus, ChallengeType, MAX_
 use quarry_core::{ErrorKind, Identifier, Problem};
 
 use super::authorizations::{authorizations_from_rows, order_authorizations_read};
-use super::database::{Backend, ReadColumn, Row, Store, db_error, get, internal};
+use super::database::{Backend, Store};
+use super::errors::{db_error, internal};
+use super::rows::{ReadColumn, Row, get};
 use super::statements::Statement;
 use crate::queries;
 use crate::status::{OrderFacts, order_status};

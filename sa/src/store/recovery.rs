@@ -6,7 +6,8 @@
 use quarry_core::Problem;
 use quarry_core::clock::{Timestamp, now};
 
-use super::database::{Store, db_error};
+use super::database::Store;
+use super::errors::db_error;
 
 /// One row left mid-way: its id and when its validation began, or its processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 use quarry_core::Problem;
 use quarry_core::clock::Timestamp;
 
-use super::database::{Store, db_error, get};
+use super::database::Store;
+use super::errors::db_error;
+use super::rows::get;
 
 /// A renewal-information answer stored for one certificate (quarry dev only).
 #[derive(Debug, Clone, PartialEq, Eq)]

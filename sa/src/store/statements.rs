@@ -1,18 +1,15 @@
-//! Statements the store builds once for both engines: SQL with parameters `$1`, `$2`, … and their values, reads
-//! asked together and writes committed together. On SQLite they run in place on the calling thread
-//! (`inline_sqlite`), several at no more cost than one; on PostgreSQL, whose driver binds parameters to one
-//! statement at a time, one after another on one connection, or folded into one statement (`finds_rows`,
-//! `postgres_with`) where a round trip matters.
+//! Statements the store builds once for both engines: SQL with parameters `$1`, `$2`, … and their values, and the
+//! builders that fold several into one (`finds_rows`, `postgres_with`, `postgres_folded`) where a round trip to
+//! PostgreSQL matters. `together` runs them.
 
 use std::borrow::Cow;
 
 use quarry_core::Problem;
-use sqlx::AnyConnection;
 use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
 
-use super::database::{Backend, ReadColumn, Row, Store, db_error, get, internal};
-use super::inline_sqlite::InlineRow;
+use super::errors::internal;
+use super::rows::{ReadColumn, get};
 
 /// A value bound to a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,22 +95,6 @@ fn splits_cleanly(sql: &str) -> bool {
     quote.is_none()
 }
 
-fn bind_all<'q>(
-    mut query: Query<'q, Any, AnyArguments>,
-    params: impl Iterator<Item = &'q Param>,
-) -> Query<'q, Any, AnyArguments> {
-    for param in params {
-        query = match param {
-            Param::Int(value) => query.bind(*value),
-            Param::Bool(value) => query.bind(*value),
-            Param::Text(value) => query.bind(value.as_str()),
-            Param::NoText => query.bind(None::<&str>),
-            Param::Bytes(value) => query.bind(value.as_slice()),
-        };
-    }
-    query
-}
-
 /// `sql` with every parameter `$N` numbered `$(N + offset)`, and the highest `N`: SQLite's driver numbers the
 /// parameters of a string of statements across all of them. The store's SQL has no `$` in a literal.
 fn renumbered(sql: &str, offset: usize) -> (String, usize) {
@@ -138,7 +119,7 @@ fn renumbered(sql: &str, offset: usize) -> (String, usize) {
 
 /// Each statement's SQL with its parameters numbered after those of the statements before it. A statement naming
 /// more parameters than it binds is refused: joined to the others it would silently take the next one's values.
-fn numbered_across(statements: &[Statement]) -> Result<Vec<String>, Problem> {
+pub(crate) fn numbered_across(statements: &[Statement]) -> Result<Vec<String>, Problem> {
     let mut offset = 0;
     let mut numbered = Vec::with_capacity(statements.len());
     for statement in statements {
@@ -175,6 +156,23 @@ impl Statement {
         })
     }
 
+    /// One PostgreSQL statement answering every one of `reads`: a row of one column per read (`read_0`, `read_1`, …),
+    /// that read's rows as a JSON array of objects keyed by column name, in the read's order (see
+    /// [`folded_answers`]). One round trip where the reads took one each; the reads see one snapshot. Each read's
+    /// rows reach `json_agg` straight from its own subquery, with nothing between them that could reorder them, so an
+    /// `ORDER BY` in the read holds in its array (PostgreSQL aggregates rows in the order its input gives them).
+    pub(crate) fn postgres_folded(reads: &[Statement]) -> Result<Statement, Problem> {
+        let columns: Vec<String> = numbered_across(reads)?
+            .iter()
+            .enumerate()
+            .map(|(i, sql)| format!("(SELECT COALESCE(json_agg(r), '[]')::text FROM ({sql}) AS r) AS read_{i}"))
+            .collect();
+        Ok(Statement {
+            sql: Cow::Owned(format!("SELECT {}", columns.join(", "))),
+            params: reads.iter().flat_map(|read| read.params.iter().cloned()).collect(),
+        })
+    }
+
     /// One PostgreSQL statement of data-modifying CTEs: `WITH name AS (part), … main`, each part written with its
     /// own parameters from `$1`, numbered here after those of the parts before it. One round trip, and a
     /// transaction of its own; the parts see one snapshot, and each sees another's rows only through its
@@ -197,7 +195,7 @@ pub(crate) fn found(rows: &[impl ReadColumn], count: usize) -> Result<Vec<bool>,
 }
 
 /// `statement` as a query with its values bound.
-fn bound(statement: &Statement) -> Query<'_, Any, AnyArguments> {
+pub(crate) fn bound(statement: &Statement) -> Query<'_, Any, AnyArguments> {
     let query = match &statement.sql {
         Cow::Borrowed(sql) => sqlx::query(*sql),
         Cow::Owned(sql) => sqlx::query(sqlx::AssertSqlSafe(sql.clone())),
@@ -205,57 +203,20 @@ fn bound(statement: &Statement) -> Query<'_, Any, AnyArguments> {
     bind_all(query, statement.params.iter())
 }
 
-/// Each statement's rows, one statement after another on `conn`.
-async fn one_by_one(conn: &mut AnyConnection, statements: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
-    let mut answers = Vec::with_capacity(statements.len());
-    for statement in statements {
-        let rows = bound(statement).fetch_all(&mut *conn).await.map_err(db_error)?;
-        answers.push(rows.into_iter().map(Row::Sqlx).collect());
+fn bind_all<'q>(
+    mut query: Query<'q, Any, AnyArguments>,
+    params: impl Iterator<Item = &'q Param>,
+) -> Query<'q, Any, AnyArguments> {
+    for param in params {
+        query = match param {
+            Param::Int(value) => query.bind(*value),
+            Param::Bool(value) => query.bind(*value),
+            Param::Text(value) => query.bind(value.as_str()),
+            Param::NoText => query.bind(None::<&str>),
+            Param::Bytes(value) => query.bind(value.as_slice()),
+        };
     }
-    Ok(answers)
-}
-
-impl Store {
-    /// The rows of each of `reads`, in their order, each read seeing the database as it is when it runs: on SQLite
-    /// on this thread (`inline_sqlite`), on PostgreSQL one after another on one connection of the pool.
-    pub(crate) async fn read_together(&self, reads: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
-        match self.backend() {
-            Backend::Sqlite => Ok(inline_rows(self.inline()?.read(reads).await?)),
-            Backend::Postgres => {
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                one_by_one(&mut conn, reads).await
-            }
-        }
-    }
-
-    /// Runs `statements` in their order in one write transaction and commits it; answers each one's rows. On SQLite
-    /// the transaction runs on this thread, from `BEGIN IMMEDIATE` to `COMMIT`; on PostgreSQL a lone statement runs
-    /// by itself (a statement is its own transaction there), several between `BEGIN` and `COMMIT`. Only for
-    /// statements whose rows need no look before the commit. A statement that fails keeps nothing of the
-    /// transaction.
-    pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
-        match (self.backend(), statements) {
-            (Backend::Sqlite, _) => {
-                let answers = self.inline()?.write(|tx| statements.iter().map(|s| tx.run(s)).collect()).await?;
-                Ok(inline_rows(answers))
-            }
-            (Backend::Postgres, [statement]) => {
-                let rows = bound(statement).fetch_all(&self.writer).await.map_err(db_error)?;
-                Ok(vec![rows.into_iter().map(Row::Sqlx).collect()])
-            }
-            (Backend::Postgres, _) => {
-                let mut tx = self.begin_write().await?;
-                let answers = one_by_one(&mut tx, statements).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(answers)
-            }
-        }
-    }
-}
-
-/// Each statement's rows read inline, as the store's rows.
-pub(crate) fn inline_rows(answers: Vec<Vec<InlineRow>>) -> Vec<Vec<Row>> {
-    answers.into_iter().map(|rows| rows.into_iter().map(Row::Inline).collect()).collect()
+    query
 }
 
 #[cfg(test)]

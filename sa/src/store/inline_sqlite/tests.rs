@@ -8,7 +8,8 @@ use quarry_core::ErrorKind;
 use quarry_testkit::db::TestDatabase;
 
 use super::*;
-use crate::store::database::{PoolSettings, Store, get};
+use crate::store::database::{PoolSettings, Store};
+use crate::store::rows::get;
 
 /// A migrated store on a fresh SQLite file, its inline connections waiting at most `busy_for` for a lock.
 async fn store(db: &TestDatabase, busy_for: Duration) -> Store {

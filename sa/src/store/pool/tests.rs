@@ -216,7 +216,7 @@ async fn a_connection_found_ended_is_not_pooled_again() {
     let mut held = pool.acquire().await.unwrap();
     end_other_sessions(&db.url).await;
     let err = sqlx::query("SELECT 1").execute(&mut *held).await.expect_err("a statement on an ended session");
-    let problem = super::super::database::db_error(err);
+    let problem = super::super::errors::db_error(err);
     assert_eq!(problem.kind, quarry_core::ErrorKind::Unavailable, "{}", problem.detail);
     drop(held);
     until_counts(&pool, 0, 0).await;

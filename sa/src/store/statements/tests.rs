@@ -4,8 +4,9 @@
 use quarry_core::ErrorKind;
 
 use super::*;
-use crate::store::database::get;
+use crate::store::database::Store;
 use crate::store::database::tests::stores_on_every_backend;
+use crate::store::rows::get;
 
 #[test]
 fn parameters_are_numbered_across_the_statements() {
@@ -33,7 +34,8 @@ fn parameters_are_numbered_across_the_statements() {
 }
 
 /// Three rows in `schema_migrations` (versions 2000 to 2002, named `m<version>`, applied at ten times the version),
-/// and three reads of them with parameters of each kind, the second finding nothing.
+/// and three reads of them with parameters of each kind, the first in descending order, the second finding nothing,
+/// the third answering a column of bytes and a `NULL` too.
 async fn three_reads_of_three_rows(store: &Store) -> [Statement; 3] {
     for version in [2000_i64, 2001, 2002] {
         sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
@@ -45,16 +47,21 @@ async fn three_reads_of_three_rows(store: &Store) -> [Statement; 3] {
             .unwrap();
     }
     [
-        Statement::new("SELECT version FROM schema_migrations WHERE version >= $1 AND name <> $2 ORDER BY version")
+        Statement::new("SELECT version FROM schema_migrations WHERE version >= $1 AND name <> $2 ORDER BY version DESC")
             .int(2000)
             .text("m2001"),
         Statement::new("SELECT version FROM schema_migrations WHERE name = $1").text("none such"),
-        Statement::new("SELECT name FROM schema_migrations WHERE applied_at = $1 AND $2 = $2").int(20010).bytes(*b"ab"),
+        Statement::new(
+            "SELECT name, $2 AS raw, CAST(NULL AS TEXT) AS absent FROM schema_migrations WHERE applied_at = $1 AND $2 = $2",
+        )
+        .int(20010)
+        .bytes(*b"a\\b\x00"),
     ]
 }
 
-/// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, on both
-/// databases; a read that fails part-way leaves every connection usable.
+/// Three reads with parameters of each kind, one finding nothing, answer each its own rows in order, columns of each
+/// type read back, on both databases (on PostgreSQL folded into one statement); a read that fails part-way leaves
+/// every connection usable.
 #[tokio::test]
 async fn reads_asked_together_answer_each_its_own_rows() {
     for (db, store) in stores_on_every_backend().await {
@@ -62,10 +69,16 @@ async fn reads_asked_together_answer_each_its_own_rows() {
         let answers = store.read_together(&reads).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
         assert_eq!(answers.len(), 3, "{}", db.url);
         let versions: Vec<i64> = answers[0].iter().map(|row| get(row, "version").unwrap()).collect();
-        assert_eq!(versions, [2000, 2002], "{}", db.url);
+        assert_eq!(versions, [2002, 2000], "{}", db.url);
         assert!(answers[1].is_empty(), "{}", db.url);
         let names: Vec<String> = answers[2].iter().map(|row| get(row, "name").unwrap()).collect();
         assert_eq!(names, ["m2001"], "{}", db.url);
+        assert_eq!(get::<Vec<u8>>(&answers[2][0], "raw").unwrap(), b"a\\b\x00", "{}", db.url);
+        assert_eq!(get::<Option<String>>(&answers[2][0], "absent").unwrap(), None, "{}", db.url);
+        // A lone read is not folded: it answers the same.
+        let alone = store.read_together(&reads[..1]).await.unwrap_or_else(|p| panic!("{}: {p:?}", db.url));
+        let versions: Vec<i64> = alone[0].iter().map(|row| get(row, "version").unwrap()).collect();
+        assert_eq!(versions, [2002, 2000], "{}", db.url);
 
         let failing = [reads[0].clone(), Statement::new("SELECT no_such_column FROM schema_migrations")];
         let failed = store.read_together(&failing).await;
