@@ -6,9 +6,17 @@
 //! and it waits here by sleeping, not by blocking the thread (`busy_timeout` 0, retried), since another sa replica
 //! or the store's sqlx writer may hold it.
 //!
+//! The writer never checkpoints the WAL itself (SQLite's automatic checkpoint would run in the commit that crosses
+//! its threshold, on this thread, and a checkpoint syncs the WAL and the database file to disk): every
+//! [`COMMITS_PER_CHECKPOINT`] commits a checkpoint runs on a blocking thread, on a connection of its own, while it
+//! holds the writer, so that inline writes wait for it asynchronously and it copies the whole WAL (a checkpoint
+//! racing a writer never catches up under steady load, and the WAL, restarted only once wholly copied, would grow
+//! without end).
+//!
 //! The store's other statements (accounts, revocation, CRLs, the sweeper's) stay on sqlx; both kinds of connection
 //! open the same file, in WAL mode, so each reads what the other committed.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,13 +41,64 @@ const STATEMENT_CACHE: usize = 128;
 const FIRST_BUSY_PAUSE: Duration = Duration::from_millis(1);
 const LONGEST_BUSY_PAUSE: Duration = Duration::from_millis(10);
 
+/// Commits of the inline writer between two checkpoints: a certificate's steps write about 50 pages, so the WAL
+/// holds a few megabytes at most between checkpoints, as with SQLite's own threshold of 1,000 pages.
+pub(crate) const COMMITS_PER_CHECKPOINT: u64 = 64;
+
+/// The WAL checkpoints, run away from the commits: their own connection, and whether one is under way.
+struct Checkpoints {
+    path: String,
+    commits_since: AtomicU64,
+    running: AtomicBool,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Checkpoints {
+    /// Counts a commit, and every [`COMMITS_PER_CHECKPOINT`] commits, unless a checkpoint is under way, starts
+    /// one: it takes `writer` (once the commit's own write lets it go), then checkpoints on a blocking thread.
+    /// Passive: it waits for no reader, and copies all but what a reader still reads.
+    fn committed(self: &Arc<Self>, writer: &Arc<tokio::sync::Mutex<Connection>>) {
+        if self.commits_since.fetch_add(1, Ordering::Relaxed) + 1 < COMMITS_PER_CHECKPOINT
+            || self.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.commits_since.store(0, Ordering::Relaxed);
+        let (checkpoints, writer) = (Arc::clone(self), Arc::clone(writer));
+        drop(tokio::spawn(async move {
+            let held = writer.lock_owned().await;
+            let done = tokio::task::spawn_blocking({
+                let checkpoints = Arc::clone(&checkpoints);
+                move || {
+                    if let Err(err) = checkpoints.checkpoint() {
+                        tracing::warn!(%err, "WAL checkpoint failed");
+                    }
+                    drop(held);
+                }
+            });
+            let _ = done.await;
+            checkpoints.running.store(false, Ordering::Release);
+        }));
+    }
+
+    fn checkpoint(&self) -> Result<(), rusqlite::Error> {
+        let mut connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = match connection.as_mut() {
+            Some(conn) => conn,
+            None => connection.insert(open_connection(&self.path, false)?),
+        };
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
+}
+
 /// The inline connections to one SQLite file: one that writes, and readers opened as threads need them.
 pub(crate) struct InlineSqlite {
     path: String,
-    writer: tokio::sync::Mutex<Connection>,
+    writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
     /// How long a read or a write waits for SQLite's locks before failing as busy: the store's statement timeout.
     busy_for: Duration,
+    checkpoints: Arc<Checkpoints>,
 }
 
 /// A write transaction under way on the inline writer: statements run in it, committed when the work returns
@@ -65,7 +124,20 @@ impl InlineSqlite {
     pub(crate) fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
         let path = path_of_url(url).to_owned();
         let writer = open_connection(&path, false)?;
-        Ok(Self { path, writer: tokio::sync::Mutex::new(writer), readers: Mutex::new(Vec::new()), busy_for })
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let checkpoints = Arc::new(Checkpoints {
+            path: path.clone(),
+            commits_since: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            connection: Mutex::new(None),
+        });
+        Ok(Self {
+            path,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Mutex::new(Vec::new()),
+            busy_for,
+            checkpoints,
+        })
     }
 
     /// The rows of each of `reads`, in their order, each read seeing the database as it is when it runs.
@@ -104,6 +176,7 @@ impl InlineSqlite {
         }
         let outcome = work(&InlineTransaction(&conn)).and_then(|answer| {
             conn.execute_batch("COMMIT").map_err(inline_error)?;
+            self.checkpoints.committed(&self.writer);
             Ok(answer)
         });
         if outcome.is_err() && !conn.is_autocommit() {

@@ -165,3 +165,26 @@ async fn a_transaction_abandoned_by_a_panic_is_rolled_back_before_the_next() {
     assert_eq!(db.count("schema_migrations WHERE version = 7000").await, 0);
     assert_eq!(db.count("schema_migrations WHERE version = 7001").await, 1);
 }
+
+/// The writer does not checkpoint in its commits; the checkpoints it starts every [`COMMITS_PER_CHECKPOINT`]
+/// commits keep the WAL from growing with every write (with none at all, these commits alone would fill about
+/// 16 MB of it).
+#[tokio::test]
+async fn the_wal_is_checkpointed_away_from_the_commits() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    let wal = format!("{}-wal", path_of_url(&db.url));
+    let filler = "x".repeat(3000);
+    let mut largest = 0;
+    for version in 0..2000_i64 {
+        inline.write(|tx| tx.run(&insert_migration(10_000 + version, &filler))).await.expect("write");
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        // A moment now and then for the blocking thread's checkpoint.
+        if version % COMMITS_PER_CHECKPOINT as i64 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(largest < 4 << 20, "the WAL grew to {largest} bytes");
+    assert_eq!(db.count("schema_migrations WHERE version >= 10000").await, 2000);
+}
