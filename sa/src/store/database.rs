@@ -9,7 +9,7 @@ use quarry_core::clock::now;
 use sqlx::Connection;
 
 use super::errors::{connection_ended, db_error, internal};
-use super::inline_sqlite::InlineSqlite;
+use super::inline_sqlite::{InlineSqlite, InlineTransaction};
 use super::pool::{ConnectionPool, DbTransaction, PoolConfig};
 
 /// A schema migration: version, name, SQL.
@@ -179,7 +179,9 @@ fn pool_config(backend: Backend, role: Role, max_connections: u32, statement_tim
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {timeout_ms}; PRAGMA query_only = {}",
             role == Role::Reads
         ),
-        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}"),
+        // `bytea` in hex, as folded reads decode it from their JSON (PostgreSQL's default, but a server or role
+        // setting may change it).
+        Backend::Postgres => format!("SET statement_timeout = {timeout_ms}; SET bytea_output = 'hex'"),
     };
     PoolConfig {
         max_connections,
@@ -264,6 +266,19 @@ impl Store {
     /// SQLite's inline connections; an internal error on PostgreSQL, which has none.
     pub(crate) fn inline(&self) -> Result<&InlineSqlite, Problem> {
         self.inline.as_deref().ok_or_else(|| internal("SQLite's inline connections asked of another engine"))
+    }
+
+    /// Runs `work` in a write transaction on SQLite's inline writer ([`InlineSqlite::write`]), in the store's write
+    /// turn: the sqlx writer's one connection is held meanwhile, so that this process's writes of either kind queue
+    /// in one fair line, not race for SQLite's lock (the sqlx writer's busy handler polls it, and would lose to
+    /// inline writes that follow each other closely).
+    pub(crate) async fn write_inline<T>(
+        &self,
+        work: impl FnOnce(&InlineTransaction<'_>) -> Result<T, Problem>,
+    ) -> Result<T, Problem> {
+        let inline = self.inline()?;
+        let _turn = self.writer.acquire().await.map_err(db_error)?;
+        inline.write(work).await
     }
 
     /// Which engine this store talks to.

@@ -28,9 +28,11 @@ use super::errors::internal;
 use super::rows::InlineRow;
 use super::statements::{Param, Statement};
 
-/// Idle reading connections kept; each is used by one thread at a time, so more than the runtime's threads are
-/// never needed at once.
-const MAX_IDLE_READERS: usize = 4;
+/// Idle reading connections kept: each is used by one thread at a time, so no more than the runtime's worker
+/// threads, one per CPU, are needed at once.
+fn max_idle_readers() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from).max(2)
+}
 
 /// Prepared statements kept per connection: every statement of the certificate path, and the dynamic ones (links
 /// of orders of several sizes, flag reads) that repeat.
@@ -48,6 +50,7 @@ pub(crate) const COMMITS_PER_CHECKPOINT: u64 = 64;
 /// The WAL checkpoints, run away from the commits: their own connection, and whether one is under way.
 struct Checkpoints {
     path: String,
+    read_only: bool,
     commits_since: AtomicU64,
     running: AtomicBool,
     connection: Mutex<Option<Connection>>,
@@ -85,7 +88,7 @@ impl Checkpoints {
         let mut connection = self.connection.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = match connection.as_mut() {
             Some(conn) => conn,
-            None => connection.insert(open_connection(&self.path, false)?),
+            None => connection.insert(open_connection(&self.path, Opened::Writer { read_only: self.read_only })?),
         };
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     }
@@ -94,6 +97,8 @@ impl Checkpoints {
 /// The inline connections to one SQLite file: one that writes, and readers opened as threads need them.
 pub(crate) struct InlineSqlite {
     path: String,
+    /// Whether the URL asked for the file read-only (`mode=ro`): every connection is opened so.
+    read_only: bool,
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
     /// How long a read or a write waits for SQLite's locks before failing as busy: the store's statement timeout.
@@ -102,8 +107,18 @@ pub(crate) struct InlineSqlite {
 }
 
 /// A write transaction under way on the inline writer: statements run in it, committed when the work returns
-/// `Ok`, rolled back otherwise.
+/// `Ok`. Dropped uncommitted (the work failed, or panicked), it is rolled back at once: an open transaction holds
+/// SQLite's write lock against every other writer, the store's sqlx writer and other sa replicas among them.
 pub(crate) struct InlineTransaction<'c>(&'c Connection);
+
+impl Drop for InlineTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            // A rollback that fails leaves it open: the next write rolls it back before its `BEGIN`.
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+}
 
 impl InlineTransaction<'_> {
     /// Runs `statement` (all its parts) and answers its rows.
@@ -123,16 +138,19 @@ impl InlineSqlite {
     /// migrated.
     pub(crate) fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
         let path = path_of_url(url).to_owned();
-        let writer = open_connection(&path, false)?;
+        let read_only = url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|kv| kv == "mode=ro"));
+        let writer = open_connection(&path, Opened::Writer { read_only })?;
         writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let checkpoints = Arc::new(Checkpoints {
             path: path.clone(),
+            read_only,
             commits_since: AtomicU64::new(0),
             running: AtomicBool::new(false),
             connection: Mutex::new(None),
         });
         Ok(Self {
             path,
+            read_only,
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Mutex::new(Vec::new()),
             busy_for,
@@ -155,18 +173,22 @@ impl InlineSqlite {
     }
 
     /// Runs `work` in a write transaction (SQLite's `BEGIN IMMEDIATE`: the write lock taken at once, waited for
-    /// here while another connection holds it) and commits it when `work` answers `Ok`; otherwise nothing of it is
-    /// kept. `work` runs without yielding, so no other task of this sa writes meanwhile.
+    /// here while another connection holds it, together with this writer, for at most the statement timeout) and
+    /// commits it when `work` answers `Ok`; otherwise nothing of it is kept, whether `work` fails or panics. `work`
+    /// runs without yielding, so no other task of this sa writes meanwhile. Callers take the store's write turn
+    /// first (`Store::write_inline`), so that the sqlx writer's writes and these queue in one line.
     pub(crate) async fn write<T>(
         &self,
         work: impl FnOnce(&InlineTransaction<'_>) -> Result<T, Problem>,
     ) -> Result<T, Problem> {
-        let conn = self.writer.lock().await;
-        // A transaction a panic left open would fail every later `BEGIN`.
+        let mut waiting = BusyWait::new(self.busy_for);
+        let conn = tokio::time::timeout(self.busy_for, self.writer.lock())
+            .await
+            .map_err(|_| Problem::new(ErrorKind::Unavailable, "the database is busy"))?;
+        // A transaction whose rollback failed would fail every later `BEGIN`.
         if !conn.is_autocommit() {
             conn.execute_batch("ROLLBACK").map_err(inline_error)?;
         }
-        let mut waiting = BusyWait::new(self.busy_for);
         loop {
             match conn.execute_batch("BEGIN IMMEDIATE") {
                 Ok(()) => break,
@@ -174,15 +196,13 @@ impl InlineSqlite {
                 Err(err) => return Err(inline_error(err)),
             }
         }
-        let outcome = work(&InlineTransaction(&conn)).and_then(|answer| {
+        let transaction = InlineTransaction(&conn);
+        let outcome = work(&transaction).and_then(|answer| {
             conn.execute_batch("COMMIT").map_err(inline_error)?;
             self.checkpoints.committed(&self.writer);
             Ok(answer)
         });
-        if outcome.is_err() && !conn.is_autocommit() {
-            // Nothing of a failed transaction is kept; a rollback that fails leaves it open, closed at next use.
-            let _ = conn.execute_batch("ROLLBACK");
-        }
+        drop(transaction);
         outcome
     }
 
@@ -190,13 +210,13 @@ impl InlineSqlite {
         let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => open_connection(&self.path, true).map_err(inline_error),
+            None => open_connection(&self.path, Opened::Reader { read_only: self.read_only }).map_err(inline_error),
         }
     }
 
     fn give_back_reader(&self, conn: Connection) {
         let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
+        if idle.len() < max_idle_readers() {
             idle.push(conn);
         }
     }
@@ -223,14 +243,33 @@ impl BusyWait {
     }
 }
 
+/// What a connection is opened for.
+#[derive(Clone, Copy)]
+enum Opened {
+    /// Writes, or checkpoints; read-only when the URL says so.
+    Writer { read_only: bool },
+    /// Reads only: it refuses to write (`query_only`); opened read-only when the URL says so.
+    Reader { read_only: bool },
+}
+
 /// A connection set up as the sqlx pools' are (foreign keys enforced, `synchronous = NORMAL` in WAL), but never
-/// waiting inside SQLite for a lock; a reader refuses to write.
-fn open_connection(path: &str, reads_only: bool) -> Result<Connection, rusqlite::Error> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 0; PRAGMA query_only = {reads_only}"
-    ))?;
+/// waiting inside SQLite for a lock: `busy_timeout` 0 comes first, before anything that could wait (rusqlite opens
+/// with 5 s). A reader leaves the journal mode as the writer set it.
+fn open_connection(path: &str, opened: Opened) -> Result<Connection, rusqlite::Error> {
+    let mode = match opened {
+        Opened::Writer { read_only: true } | Opened::Reader { read_only: true } => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        Opened::Writer { read_only: false } | Opened::Reader { read_only: false } => OpenFlags::SQLITE_OPEN_READ_WRITE,
+    };
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)?;
+    conn.execute_batch("PRAGMA busy_timeout = 0")?;
+    let setup = match opened {
+        Opened::Writer { read_only: false } => {
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON"
+        }
+        Opened::Writer { read_only: true } => "PRAGMA foreign_keys = ON; PRAGMA query_only = ON",
+        Opened::Reader { .. } => "PRAGMA foreign_keys = ON; PRAGMA query_only = ON",
+    };
+    conn.execute_batch(setup)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -266,8 +305,9 @@ fn run(conn: &Connection, statement: &Statement) -> Result<Vec<InlineRow>, rusql
     Ok(rows)
 }
 
+/// SQLITE_BUSY and its variants: a lock another connection holds, which it lets go.
 fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(err.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }
 
 /// An inline SQLite error as the same typed kinds the store gives sqlx's (`db_error`).

@@ -222,8 +222,7 @@ impl Store {
     ) -> Result<(Row, Vec<Row>), Problem> {
         inserts.push(insert_order);
         let (order_row, authorization_rows) = self
-            .inline()?
-            .write(|tx| {
+            .write_inline(|tx| {
                 let mut inserted = inserts.iter().map(|insert| tx.run(insert)).collect::<Result<Vec<_>, _>>()?;
                 let order_row = only_row(inserted.pop().unwrap_or_default())?;
                 let mut authorization_ids = order.reused_authorization_ids.clone();

@@ -160,12 +160,17 @@ impl Statement {
     /// that read's rows as a JSON array of objects keyed by column name, in the read's order (see
     /// [`folded_answers`]). One round trip where the reads took one each; the reads see one snapshot. Each read's
     /// rows reach `json_agg` straight from its own subquery, with nothing between them that could reorder them, so an
-    /// `ORDER BY` in the read holds in its array (PostgreSQL aggregates rows in the order its input gives them).
+    /// `ORDER BY` in the read holds in its array (PostgreSQL aggregates rows in the order its input gives them; its
+    /// documentation promises that only "usually", the exception being a join or grouping at the aggregate's own
+    /// level, which this has none of). No read may name a column `folded_row`, the row's own alias here. `bytea`
+    /// comes as `\x` and hex digits (`bytea_output`, set so on every connection).
     pub(crate) fn postgres_folded(reads: &[Statement]) -> Result<Statement, Problem> {
         let columns: Vec<String> = numbered_across(reads)?
             .iter()
             .enumerate()
-            .map(|(i, sql)| format!("(SELECT COALESCE(json_agg(r), '[]')::text FROM ({sql}) AS r) AS read_{i}"))
+            .map(|(i, sql)| {
+                format!("(SELECT COALESCE(json_agg(folded_row), '[]')::text FROM ({sql}) AS folded_row) AS read_{i}")
+            })
             .collect();
         Ok(Statement {
             sql: Cow::Owned(format!("SELECT {}", columns.join(", "))),

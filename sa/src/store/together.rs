@@ -38,7 +38,7 @@ impl Store {
     pub(crate) async fn write_committed(&self, statements: &[Statement]) -> Result<Vec<Vec<Row>>, Problem> {
         match (self.backend(), statements) {
             (Backend::Sqlite, _) => {
-                let answers = self.inline()?.write(|tx| statements.iter().map(|s| tx.run(s)).collect()).await?;
+                let answers = self.write_inline(|tx| statements.iter().map(|s| tx.run(s)).collect()).await?;
                 Ok(inline_rows(answers))
             }
             (Backend::Postgres, [statement]) => {

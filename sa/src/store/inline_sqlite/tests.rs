@@ -139,18 +139,17 @@ async fn a_write_waits_for_the_lock_another_connection_holds() {
     inline.write(|tx| tx.run(&insert_migration(6002, "free"))).await.expect("write once the lock is free");
 }
 
-/// A panic in the middle of a transaction leaves it open on the writer; the next write rolls it back first, so
-/// nothing of the abandoned one is kept and the writer goes on.
+/// A panic in the middle of a transaction rolls it back as it unwinds: nothing of it is kept, SQLite's write lock is
+/// free at once for the store's other writer (which would otherwise fail as busy), and the inline writer goes on.
 #[tokio::test]
-async fn a_transaction_abandoned_by_a_panic_is_rolled_back_before_the_next() {
+async fn a_transaction_abandoned_by_a_panic_is_rolled_back_at_once() {
     let db = TestDatabase::sqlite();
-    let store = store(&db, Duration::from_secs(5)).await;
+    let store = store(&db, Duration::from_millis(500)).await;
     let abandoned = {
         let store = store.clone();
         tokio::spawn(async move {
-            let inline = store.inline().unwrap();
-            inline
-                .write(|tx| {
+            store
+                .write_inline(|tx| {
                     tx.run(&insert_migration(7000, "abandoned")).unwrap();
                     panic!("the work panics part-way");
                     #[allow(unreachable_code)]
@@ -160,10 +159,28 @@ async fn a_transaction_abandoned_by_a_panic_is_rolled_back_before_the_next() {
         })
     };
     assert!(abandoned.await.expect_err("the task panicked").is_panic());
-    let inline = store.inline().unwrap();
-    inline.write(|tx| tx.run(&insert_migration(7001, "next"))).await.expect("the next write");
+    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (7002, 'sqlx', 0)")
+        .execute(&store.writer)
+        .await
+        .expect("the sqlx writer writes right after the panic");
+    store.write_inline(|tx| tx.run(&insert_migration(7001, "next"))).await.expect("the next write");
     assert_eq!(db.count("schema_migrations WHERE version = 7000").await, 0);
-    assert_eq!(db.count("schema_migrations WHERE version = 7001").await, 1);
+    assert_eq!(db.count("schema_migrations WHERE version IN (7001, 7002)").await, 2);
+}
+
+/// Writes through the store's write turn wait for a transaction of the sqlx writer to end, then commit.
+#[tokio::test]
+async fn an_inline_write_takes_its_turn_after_the_sqlx_writers_transaction() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let holder = store.begin_write().await.expect("the sqlx writer begins");
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder.commit().await.expect("the sqlx writer commits");
+    };
+    let (written, ()) = tokio::join!(store.write_inline(|tx| tx.run(&insert_migration(8000, "turn"))), release);
+    written.expect("the inline write in its turn");
+    assert_eq!(db.count("schema_migrations WHERE version = 8000").await, 1);
 }
 
 /// The writer does not checkpoint in its commits; the checkpoints it starts every [`COMMITS_PER_CHECKPOINT`]
