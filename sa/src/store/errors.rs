@@ -3,6 +3,36 @@
 
 use quarry_core::{ErrorKind, Problem};
 
+/// What a database refused, whichever driver reported it: each is answered as the same typed problem.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal {
+    /// A unique key taken.
+    Duplicate,
+    /// A foreign key naming no row.
+    MissingReference,
+    /// A `NOT NULL` or `CHECK` constraint broken.
+    BrokenConstraint,
+    /// A lock held elsewhere past the wait for it (SQLite's `SQLITE_BUSY`).
+    Busy,
+}
+
+/// `refusal` as the problem a caller can act on (`duplicate`, `notFound`, `malformed`, `unavailable`); the driver's
+/// `err` goes to the log only, where it says more than the kind.
+pub(crate) fn refused(refusal: Refusal, err: &dyn std::fmt::Display) -> Problem {
+    match refusal {
+        Refusal::Duplicate => Problem::new(ErrorKind::Duplicate, "the record already exists"),
+        Refusal::MissingReference => Problem::not_found("a record it refers to does not exist"),
+        Refusal::BrokenConstraint => {
+            tracing::error!(%err, "database constraint violated");
+            Problem::malformed("the record breaks a constraint of the schema")
+        }
+        Refusal::Busy => {
+            tracing::warn!(%err, "database busy");
+            Problem::new(ErrorKind::Unavailable, "the database is busy")
+        }
+    }
+}
+
 /// An error the caller cannot act on: logged, and answered as an internal error without its text.
 pub(crate) fn internal(err: impl std::fmt::Display) -> Problem {
     tracing::error!(%err, "database error");
@@ -32,17 +62,11 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
     }
     match &err {
         sqlx::Error::Database(db) => match db.kind() {
-            DbKind::UniqueViolation => Problem::new(ErrorKind::Duplicate, "the record already exists"),
-            DbKind::ForeignKeyViolation => Problem::not_found("a record it refers to does not exist"),
-            DbKind::NotNullViolation | DbKind::CheckViolation => {
-                tracing::error!(%err, "database constraint violated");
-                Problem::malformed("the record breaks a constraint of the schema")
-            }
+            DbKind::UniqueViolation => refused(Refusal::Duplicate, &err),
+            DbKind::ForeignKeyViolation => refused(Refusal::MissingReference, &err),
+            DbKind::NotNullViolation | DbKind::CheckViolation => refused(Refusal::BrokenConstraint, &err),
             // SQLite's SQLITE_BUSY (and its snapshot variant): the write lock stayed taken past the busy timeout.
-            _ if matches!(db.code().as_deref(), Some("5" | "517")) => {
-                tracing::warn!(%err, "database busy");
-                Problem::new(ErrorKind::Unavailable, "the database is busy")
-            }
+            _ if matches!(db.code().as_deref(), Some("5" | "517")) => refused(Refusal::Busy, &err),
             // PostgreSQL's query_canceled: the statement timeout fired.
             _ if db.code().as_deref() == Some("57014") => {
                 tracing::warn!(%err, "statement timed out");

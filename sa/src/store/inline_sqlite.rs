@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use quarry_core::{ErrorKind, Problem};
+use quarry_core::Problem;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, ffi};
 
-use super::errors::internal;
+use super::errors::{Refusal, internal, refused};
 use super::rows::InlineRow;
 use super::statements::{Param, Statement};
 
@@ -184,7 +184,7 @@ impl InlineSqlite {
         let mut waiting = BusyWait::new(self.busy_for);
         let conn = tokio::time::timeout(self.busy_for, self.writer.lock())
             .await
-            .map_err(|_| Problem::new(ErrorKind::Unavailable, "the database is busy"))?;
+            .map_err(|_| refused(Refusal::Busy, &"the inline writer stayed taken"))?;
         // A transaction whose rollback failed would fail every later `BEGIN`.
         if !conn.is_autocommit() {
             conn.execute_batch("ROLLBACK").map_err(inline_error)?;
@@ -266,8 +266,9 @@ fn open_connection(path: &str, opened: Opened) -> Result<Connection, rusqlite::E
         Opened::Writer { read_only: false } => {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON"
         }
-        Opened::Writer { read_only: true } => "PRAGMA foreign_keys = ON; PRAGMA query_only = ON",
-        Opened::Reader { .. } => "PRAGMA foreign_keys = ON; PRAGMA query_only = ON",
+        Opened::Writer { read_only: true } | Opened::Reader { .. } => {
+            "PRAGMA foreign_keys = ON; PRAGMA query_only = ON"
+        }
     };
     conn.execute_batch(setup)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -310,25 +311,17 @@ fn is_busy(err: &rusqlite::Error) -> bool {
     err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
 }
 
-/// An inline SQLite error as the same typed kinds the store gives sqlx's (`db_error`).
+/// An inline SQLite error as the same typed problems the store gives sqlx's (`db_error`).
 pub(crate) fn inline_error(err: rusqlite::Error) -> Problem {
     let extended = match &err {
         rusqlite::Error::SqliteFailure(failure, _) => Some(failure.extended_code),
         _ => None,
     };
     match extended {
-        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
-            Problem::new(ErrorKind::Duplicate, "the record already exists")
-        }
-        Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => Problem::not_found("a record it refers to does not exist"),
-        Some(ffi::SQLITE_CONSTRAINT_NOTNULL | ffi::SQLITE_CONSTRAINT_CHECK) => {
-            tracing::error!(%err, "database constraint violated");
-            Problem::malformed("the record breaks a constraint of the schema")
-        }
-        _ if is_busy(&err) => {
-            tracing::warn!(%err, "database busy");
-            Problem::new(ErrorKind::Unavailable, "the database is busy")
-        }
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => refused(Refusal::Duplicate, &err),
+        Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => refused(Refusal::MissingReference, &err),
+        Some(ffi::SQLITE_CONSTRAINT_NOTNULL | ffi::SQLITE_CONSTRAINT_CHECK) => refused(Refusal::BrokenConstraint, &err),
+        _ if is_busy(&err) => refused(Refusal::Busy, &err),
         _ => internal(err),
     }
 }

@@ -34,7 +34,7 @@ pub(crate) fn get<T: ColumnValue>(row: &impl ReadColumn, column: &str) -> Result
     row.read_column(column)
 }
 
-/// A row the store read: through sqlx, or from SQLite run inline.
+/// A row the store read: through sqlx, from SQLite run inline, or from a folded PostgreSQL read's JSON.
 #[derive(Clone)]
 pub(crate) enum Row {
     Sqlx(AnyRow),

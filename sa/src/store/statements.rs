@@ -95,8 +95,8 @@ fn splits_cleanly(sql: &str) -> bool {
     quote.is_none()
 }
 
-/// `sql` with every parameter `$N` numbered `$(N + offset)`, and the highest `N`: SQLite's driver numbers the
-/// parameters of a string of statements across all of them. The store's SQL has no `$` in a literal.
+/// `sql` with every parameter `$N` numbered `$(N + offset)`, and the highest `N`: statements folded into one
+/// number their parameters across all of them. The store's SQL has no `$` in a literal.
 fn renumbered(sql: &str, offset: usize) -> (String, usize) {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut highest = 0;

@@ -8,7 +8,7 @@ use sqlx::AnyConnection;
 
 use super::database::{Backend, Store};
 use super::errors::{db_error, internal};
-use super::rows::{InlineRow, JsonRow, Row, get};
+use super::rows::{InlineRow, JsonRow, ReadColumn, Row, get};
 use super::statements::{Statement, bound};
 
 impl Store {
@@ -21,7 +21,7 @@ impl Store {
             Backend::Postgres if reads.len() > 1 => {
                 let folded = Statement::postgres_folded(reads)?;
                 let rows = bound(&folded).fetch_all(&self.pool).await.map_err(db_error)?;
-                folded_answers(&rows.into_iter().map(Row::Sqlx).collect::<Vec<_>>(), reads.len())
+                folded_answers(&rows, reads.len())
             }
             Backend::Postgres => {
                 let mut conn = self.pool.acquire().await.map_err(db_error)?;
@@ -56,12 +56,12 @@ impl Store {
 }
 
 /// Each statement's rows read inline, as the store's rows.
-pub(crate) fn inline_rows(answers: Vec<Vec<InlineRow>>) -> Vec<Vec<Row>> {
+fn inline_rows(answers: Vec<Vec<InlineRow>>) -> Vec<Vec<Row>> {
     answers.into_iter().map(|rows| rows.into_iter().map(Row::Inline).collect()).collect()
 }
 
 /// Each read's rows from the row a [`Statement::postgres_folded`] of `count` reads answered.
-fn folded_answers(rows: &[Row], count: usize) -> Result<Vec<Vec<Row>>, Problem> {
+fn folded_answers(rows: &[impl ReadColumn], count: usize) -> Result<Vec<Vec<Row>>, Problem> {
     let row = rows.first().ok_or_else(|| internal("a folded read answered no row"))?;
     (0..count)
         .map(|i| {

@@ -17,6 +17,17 @@ async fn store(db: &TestDatabase, busy_for: Duration) -> Store {
     Store::open(&db.url, settings).await.expect("open the store")
 }
 
+/// `write`'s outcome, run while the store's sqlx writer holds a write transaction that it commits 100 ms in.
+async fn while_the_sqlx_writer_holds_a_moment<T>(store: &Store, write: impl Future<Output = T>) -> T {
+    let holder = store.begin_write().await.expect("the sqlx writer takes the lock");
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder.commit().await.expect("the sqlx writer commits");
+    };
+    let (written, ()) = tokio::join!(write, release);
+    written
+}
+
 fn insert_migration(version: i64, name: &str) -> Statement {
     Statement::new("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3) RETURNING version")
         .int(version)
@@ -120,13 +131,8 @@ async fn a_write_waits_for_the_lock_another_connection_holds() {
     let store = store(&db, Duration::from_millis(1500)).await;
     let inline = store.inline().unwrap();
 
-    let holder = store.begin_write().await.expect("the sqlx writer takes the lock");
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        holder.commit().await.expect("release the lock");
-    };
-    let (written, ()) = tokio::join!(inline.write(|tx| tx.run(&insert_migration(6000, "waited"))), release);
-    written.expect("the write after the lock was released");
+    let write = inline.write(|tx| tx.run(&insert_migration(6000, "waited")));
+    while_the_sqlx_writer_holds_a_moment(&store, write).await.expect("the write after the lock was released");
     assert_eq!(db.count("schema_migrations WHERE version = 6000").await, 1);
 
     let holder = store.begin_write().await.expect("the sqlx writer takes the lock again");
@@ -173,19 +179,13 @@ async fn a_transaction_abandoned_by_a_panic_is_rolled_back_at_once() {
 async fn an_inline_write_takes_its_turn_after_the_sqlx_writers_transaction() {
     let db = TestDatabase::sqlite();
     let store = store(&db, Duration::from_secs(5)).await;
-    let holder = store.begin_write().await.expect("the sqlx writer begins");
-    let release = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        holder.commit().await.expect("the sqlx writer commits");
-    };
-    let (written, ()) = tokio::join!(store.write_inline(|tx| tx.run(&insert_migration(8000, "turn"))), release);
-    written.expect("the inline write in its turn");
+    let write = store.write_inline(|tx| tx.run(&insert_migration(8000, "turn")));
+    while_the_sqlx_writer_holds_a_moment(&store, write).await.expect("the inline write in its turn");
     assert_eq!(db.count("schema_migrations WHERE version = 8000").await, 1);
 }
 
 /// The writer does not checkpoint in its commits; the checkpoints it starts every [`COMMITS_PER_CHECKPOINT`]
-/// commits keep the WAL from growing with every write (with none at all, these commits alone would fill about
-/// 16 MB of it).
+/// commits keep the WAL from growing with every write (with none at all, these commits alone fill 34 MB of it).
 #[tokio::test]
 async fn the_wal_is_checkpointed_away_from_the_commits() {
     let db = TestDatabase::sqlite();
