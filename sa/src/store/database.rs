@@ -228,7 +228,8 @@ impl Store {
                 let readers = settings.max_connections.min(SQLITE_MAX_READERS);
                 let pool = ConnectionPool::connect(url, pool_config(backend, Role::Reads, readers, timeout)).await?;
                 // After the pools: they create the file and set it to WAL.
-                let inline = InlineSqlite::open(url, timeout).map_err(|err| sqlx::Error::AnyDriverError(err.into()))?;
+                let inline =
+                    InlineSqlite::open(url, timeout).await.map_err(|err| sqlx::Error::AnyDriverError(err.into()))?;
                 (pool, writer, Some(Arc::new(inline)))
             }
             Backend::Postgres => {

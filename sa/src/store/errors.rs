@@ -65,8 +65,8 @@ pub(crate) fn db_error(err: sqlx::Error) -> Problem {
             DbKind::UniqueViolation => refused(Refusal::Duplicate, &err),
             DbKind::ForeignKeyViolation => refused(Refusal::MissingReference, &err),
             DbKind::NotNullViolation | DbKind::CheckViolation => refused(Refusal::BrokenConstraint, &err),
-            // SQLite's SQLITE_BUSY (and its snapshot variant): the write lock stayed taken past the busy timeout.
-            _ if matches!(db.code().as_deref(), Some("5" | "517")) => refused(Refusal::Busy, &err),
+            // SQLite's SQLITE_BUSY (or a variant): the write lock stayed taken past the busy timeout.
+            _ if db.code().is_some_and(|code| super::pool::sqlite_busy(&code)) => refused(Refusal::Busy, &err),
             // PostgreSQL's query_canceled: the statement timeout fired.
             _ if db.code().as_deref() == Some("57014") => {
                 tracing::warn!(%err, "statement timed out");

@@ -135,12 +135,20 @@ pub(crate) fn path_of_url(url: &str) -> &str {
 
 impl InlineSqlite {
     /// Opens the writer on the SQLite file of `url`, which the store's sqlx pools have created, set to WAL and
-    /// migrated.
-    pub(crate) fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
+    /// migrated. Another replica starting on the same file may hold a lock its setup needs for a moment (setting
+    /// WAL, migrating): that is waited for as any other lock, up to `busy_for`.
+    pub(crate) async fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
         let path = path_of_url(url).to_owned();
         let read_only = url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|kv| kv == "mode=ro"));
-        let writer = open_connection(&path, Opened::Writer { read_only })?;
-        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let mut waiting = BusyWait::new(busy_for);
+        let writer = loop {
+            let opened = open_connection(&path, Opened::Writer { read_only })
+                .and_then(|writer| writer.execute_batch("PRAGMA wal_autocheckpoint = 0").map(|()| writer));
+            match opened {
+                Err(err) if is_busy(&err) && waiting.may_wait() => waiting.pause().await,
+                other => break other?,
+            }
+        };
         let checkpoints = Arc::new(Checkpoints {
             path: path.clone(),
             read_only,
@@ -162,9 +170,11 @@ impl InlineSqlite {
     pub(crate) async fn read(&self, reads: &[Statement]) -> Result<Vec<Vec<InlineRow>>, Problem> {
         let mut waiting = BusyWait::new(self.busy_for);
         loop {
-            let conn = self.take_reader()?;
-            let answers: Result<Vec<Vec<InlineRow>>, _> = reads.iter().map(|read| run(&conn, read)).collect();
-            self.give_back_reader(conn);
+            let answers = self.take_reader().and_then(|conn| {
+                let answers: Result<Vec<Vec<InlineRow>>, _> = reads.iter().map(|read| run(&conn, read)).collect();
+                self.give_back_reader(conn);
+                answers
+            });
             match answers {
                 Err(err) if is_busy(&err) && waiting.may_wait() => waiting.pause().await,
                 other => return other.map_err(inline_error),
@@ -206,11 +216,12 @@ impl InlineSqlite {
         outcome
     }
 
-    fn take_reader(&self) -> Result<Connection, Problem> {
+    /// An idle reader, or a new one (whose setup may meet a lock, waited for as a read's own).
+    fn take_reader(&self) -> Result<Connection, rusqlite::Error> {
         let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => open_connection(&self.path, Opened::Reader { read_only: self.read_only }).map_err(inline_error),
+            None => open_connection(&self.path, Opened::Reader { read_only: self.read_only }),
         }
     }
 

@@ -42,12 +42,22 @@ pub(crate) fn may_break_connection(err: &sqlx::Error) -> bool {
 }
 
 /// Whether opening a connection may succeed if tried again: the server not listening yet or going away, or
-/// PostgreSQL starting up (`57P03`), as during a restart or a failover. A refused login or a bad URL is final.
+/// PostgreSQL starting up (`57P03`), as during a restart or a failover; or SQLite busy in the setup, which happens
+/// when replicas open a fresh file together: their connections all set it to WAL at once, and SQLite answers one
+/// that would deadlock waiting at once, without waiting out its busy timeout. A refused login or a bad URL is final.
 fn may_connect_later(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| code == "57P03" || ends_session(&code)),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code == "57P03" || ends_session(&code) || sqlite_busy(&code))
+        }
         other => may_break_connection(other),
     }
+}
+
+/// SQLite's `SQLITE_BUSY` and its extended codes (recovery, snapshot, timeout); PostgreSQL's codes are five
+/// characters, so none is mistaken for these.
+pub(crate) fn sqlite_busy(code: &str) -> bool {
+    matches!(code, "5" | "261" | "517" | "773")
 }
 
 /// The longest a returning connection's check (its ping or `ROLLBACK`) may take before it is closed instead: a

@@ -205,3 +205,37 @@ async fn the_wal_is_checkpointed_away_from_the_commits() {
     assert!(largest < 4 << 20, "the WAL grew to {largest} bytes");
     assert_eq!(db.count("schema_migrations WHERE version >= 10000").await, 2000);
 }
+
+/// Replicas starting together on one file: while another's setup holds the database (here a fresh file, not yet
+/// WAL, locked exclusively for a moment), opening the inline connections waits for it rather than failing as
+/// "database is locked"; held past the wait, opening fails as busy.
+#[tokio::test]
+async fn opening_waits_for_the_lock_another_replicas_setup_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quarry.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let (held, lock_held) = std::sync::mpsc::channel();
+    let holder = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE early (id INTEGER); BEGIN EXCLUSIVE; INSERT INTO early VALUES (1)")
+                .unwrap();
+            held.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            conn.execute_batch("COMMIT").unwrap();
+        })
+    };
+    lock_held.recv().unwrap();
+    let opened = InlineSqlite::open(&url, Duration::from_secs(3)).await.expect("opened once the lock is free");
+    holder.join().unwrap();
+    let read = opened.read(&[Statement::new("SELECT COUNT(*) AS n FROM early")]).await.expect("read");
+    assert_eq!(get::<i64>(&read[0][0], "n").unwrap(), 1);
+
+    let other = dir.path().join("other.db");
+    let conn = Connection::open(&other).unwrap();
+    conn.execute_batch("CREATE TABLE early (id INTEGER); BEGIN EXCLUSIVE; INSERT INTO early VALUES (1)").unwrap();
+    let url = format!("sqlite://{}?mode=rwc", other.display());
+    let busy = InlineSqlite::open(&url, Duration::from_millis(100)).await.err().expect("the lock stays held");
+    assert!(is_busy(&busy), "{busy}");
+}
