@@ -289,16 +289,22 @@ impl Store {
 
     /// Sets the connection-pool gauges (`quarry_db_pool_connections{state=idle|in_use}`).
     pub fn record_pool_gauges(&self) {
+        let (idle, in_use) = self.connections();
+        metrics::gauge!("quarry_db_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("quarry_db_pool_connections", "state" => "in_use").set(in_use as f64);
+    }
+
+    /// Every connection the store holds open, as (idle, in use): its pools' and, on SQLite, the inline ones.
+    pub(crate) fn connections(&self) -> (usize, usize) {
         // On SQLite the writing connection is a pool of its own; on PostgreSQL `writer` is `pool` again.
         let pools: &[&ConnectionPool] = match self.backend {
             Backend::Sqlite => &[&self.pool, &self.writer],
             Backend::Postgres => &[&self.pool],
         };
-        let size: u32 = pools.iter().map(|pool| pool.size()).sum();
+        let size: usize = pools.iter().map(|pool| pool.size() as usize).sum();
         let idle: usize = pools.iter().map(|pool| pool.num_idle()).sum();
-        let (size, idle) = (f64::from(size), idle as f64);
-        metrics::gauge!("quarry_db_pool_connections", "state" => "idle").set(idle);
-        metrics::gauge!("quarry_db_pool_connections", "state" => "in_use").set((size - idle).max(0.0));
+        let (inline_idle, inline_in_use) = self.inline.as_deref().map_or((0, 0), InlineSqlite::connections);
+        (idle + inline_idle, size.saturating_sub(idle) + inline_in_use)
     }
 
     /// Checks that the database answers (for health checks).

@@ -16,7 +16,7 @@
 //! The store's other statements (accounts, revocation, CRLs, the sweeper's) stay on sqlx; both kinds of connection
 //! open the same file, in WAL mode, so each reads what the other committed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,8 @@ pub(crate) struct InlineSqlite {
     read_only: bool,
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
+    /// Readers taken and not yet given back: in use.
+    readers_out: AtomicUsize,
     /// How long a read or a write waits for SQLite's locks before failing as busy: the store's statement timeout.
     busy_for: Duration,
     checkpoints: Arc<Checkpoints>,
@@ -161,6 +163,7 @@ impl InlineSqlite {
             read_only,
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Mutex::new(Vec::new()),
+            readers_out: AtomicUsize::new(0),
             busy_for,
             checkpoints,
         })
@@ -216,16 +219,33 @@ impl InlineSqlite {
         outcome
     }
 
+    /// The inline connections open now, as (idle, in use): the writer (in use while a write or a checkpoint holds
+    /// it), the readers, and the checkpoints' own connection once opened (in use while one runs). For the store's
+    /// pool gauges, which would otherwise not see the connections the certificate path uses.
+    pub(crate) fn connections(&self) -> (usize, usize) {
+        let writer_idle = usize::from(self.writer.try_lock().is_ok());
+        let readers_idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let checkpointer_open =
+            usize::from(self.checkpoints.connection.try_lock().map_or(true, |connection| connection.is_some()));
+        let checkpointing = usize::from(self.checkpoints.running.load(Ordering::Acquire)).min(checkpointer_open);
+        let idle = writer_idle + readers_idle + checkpointer_open - checkpointing;
+        let in_use = (1 - writer_idle) + self.readers_out.load(Ordering::Relaxed) + checkpointing;
+        (idle, in_use)
+    }
+
     /// An idle reader, or a new one (whose setup may meet a lock, waited for as a read's own).
     fn take_reader(&self) -> Result<Connection, rusqlite::Error> {
         let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        match idle {
-            Some(conn) => Ok(conn),
-            None => open_connection(&self.path, Opened::Reader { read_only: self.read_only }),
-        }
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.path, Opened::Reader { read_only: self.read_only })?,
+        };
+        self.readers_out.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
     }
 
     fn give_back_reader(&self, conn: Connection) {
+        self.readers_out.fetch_sub(1, Ordering::Relaxed);
         let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < max_idle_readers() {
             idle.push(conn);

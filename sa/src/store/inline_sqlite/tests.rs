@@ -239,3 +239,20 @@ async fn opening_waits_for_the_lock_another_replicas_setup_holds() {
     let busy = InlineSqlite::open(&url, Duration::from_millis(100)).await.err().expect("the lock stays held");
     assert!(is_busy(&busy), "{busy}");
 }
+
+/// The inline connections are counted for the pool gauges: the writer in use while a write holds it, readers idle
+/// once given back, and the store's count includes them beside its pools'.
+#[tokio::test]
+async fn the_inline_connections_are_counted_idle_or_in_use() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    assert_eq!(inline.connections(), (1, 0), "the writer alone, idle");
+    inline.read(&[Statement::new("SELECT 1 AS one")]).await.expect("read");
+    assert_eq!(inline.connections(), (2, 0), "and a reader, given back");
+    let during = inline.write(|_| Ok(inline.connections())).await.expect("write");
+    assert_eq!(during, (1, 1), "the writer in use while the write holds it");
+    let (pools_idle, pools_in_use) = (store.connections().0 - 2, store.connections().1);
+    assert!(pools_idle >= 2, "the sqlx writer and a reader at least: {pools_idle}");
+    assert_eq!(pools_in_use, 0);
+}
