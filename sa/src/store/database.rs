@@ -154,7 +154,8 @@ const SQLITE_MAX_READERS: u32 = 2;
 
 /// SQLite creates the database file but not its directory.
 pub(super) fn create_parent_dir(url: &str) {
-    if let Some(parent) = std::path::Path::new(super::inline_sqlite::path_of_url(url)).parent()
+    let path = super::inline_sqlite::path_of_url(url);
+    if let Some(parent) = std::path::Path::new(&path).parent()
         && !parent.as_os_str().is_empty()
     {
         let _ = std::fs::create_dir_all(parent);

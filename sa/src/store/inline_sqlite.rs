@@ -129,10 +129,12 @@ impl InlineTransaction<'_> {
     }
 }
 
-/// The file an `sqlite:` URL names.
-pub(crate) fn path_of_url(url: &str) -> &str {
+/// The file an `sqlite:` URL names, percent-decoded as sqlx decodes it (`%3F` for a `?` in a name, `%20` for a
+/// space), so that the inline connections open the file the store's pools opened.
+pub(crate) fn path_of_url(url: &str) -> String {
     let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    path.split('?').next().unwrap_or_default()
+    let encoded = path.split('?').next().unwrap_or_default();
+    percent_encoding::percent_decode_str(encoded).decode_utf8_lossy().into_owned()
 }
 
 impl InlineSqlite {
@@ -140,7 +142,7 @@ impl InlineSqlite {
     /// migrated. Another replica starting on the same file may hold a lock its setup needs for a moment (setting
     /// WAL, migrating): that is waited for as any other lock, up to `busy_for`.
     pub(crate) async fn open(url: &str, busy_for: Duration) -> Result<Self, rusqlite::Error> {
-        let path = path_of_url(url).to_owned();
+        let path = path_of_url(url);
         let read_only = url.split_once('?').is_some_and(|(_, query)| query.split('&').any(|kv| kv == "mode=ro"));
         let mut waiting = BusyWait::new(busy_for);
         let writer = loop {

@@ -256,3 +256,21 @@ async fn the_inline_connections_are_counted_idle_or_in_use() {
     assert!(pools_idle >= 2, "the sqlx writer and a reader at least: {pools_idle}");
     assert_eq!(pools_in_use, 0);
 }
+
+/// A URL whose path is percent-encoded (a space in a directory's name) names the same file for the inline
+/// connections as for sqlx's, which decodes it: a write in place is read back through sqlx.
+#[tokio::test]
+async fn a_percent_encoded_path_names_the_file_sqlx_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/with%20space/quarry.db?mode=rwc", dir.path().display());
+    assert_eq!(path_of_url(&url), format!("{}/with space/quarry.db", dir.path().display()));
+    let settings = PoolSettings { max_connections: 2, statement_timeout: Duration::from_secs(5) };
+    let store = Store::open(&url, settings).await.expect("open the store");
+    store.inline().unwrap().write(|tx| tx.run(&insert_migration(9000, "spaced"))).await.expect("write");
+    let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations WHERE version = 9000")
+        .fetch_one(&store.writer)
+        .await
+        .expect("read through sqlx");
+    assert_eq!(seen, 1);
+    assert!(dir.path().join("with space/quarry.db").is_file());
+}
