@@ -29,7 +29,8 @@ use super::rows::InlineRow;
 use super::statements::{Param, Statement};
 
 /// Idle reading connections kept: each is used by one thread at a time, so no more than the runtime's worker
-/// threads, one per CPU, are needed at once.
+/// threads, one per CPU, are needed at once. Asked once, at open: the standard library reads the CPU affinity and
+/// the cgroup's quota from files each time.
 fn max_idle_readers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
 }
@@ -103,6 +104,8 @@ pub(crate) struct InlineSqlite {
     readers: Mutex<Vec<Connection>>,
     /// Readers taken and not yet given back: in use.
     readers_out: AtomicUsize,
+    /// The most idle readers kept ([`max_idle_readers`]).
+    max_idle_readers: usize,
     /// How long a read or a write waits for SQLite's locks before failing as busy: the store's statement timeout.
     busy_for: Duration,
     checkpoints: Arc<Checkpoints>,
@@ -166,6 +169,7 @@ impl InlineSqlite {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Mutex::new(Vec::new()),
             readers_out: AtomicUsize::new(0),
+            max_idle_readers: max_idle_readers(),
             busy_for,
             checkpoints,
         })
@@ -249,7 +253,7 @@ impl InlineSqlite {
     fn give_back_reader(&self, conn: Connection) {
         self.readers_out.fetch_sub(1, Ordering::Relaxed);
         let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < max_idle_readers() {
+        if idle.len() < self.max_idle_readers {
             idle.push(conn);
         }
     }
