@@ -17,7 +17,7 @@
 //! open the same file, in WAL mode, so each reads what the other committed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use quarry_core::Problem;
@@ -226,16 +226,19 @@ impl InlineSqlite {
     }
 
     /// The inline connections open now, as (idle, in use): the writer (in use while a write or a checkpoint holds
-    /// it), the readers, and the checkpoints' own connection once opened (in use while one runs). For the store's
+    /// it), the readers, and the checkpoints' own connection once opened (in use while a checkpoint runs on it). For the store's
     /// pool gauges, which would otherwise not see the connections the certificate path uses.
     pub(crate) fn connections(&self) -> (usize, usize) {
         let writer_idle = usize::from(self.writer.try_lock().is_ok());
         let readers_idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).len();
-        let checkpointer_open =
-            usize::from(self.checkpoints.connection.try_lock().map_or(true, |connection| connection.is_some()));
-        let checkpointing = usize::from(self.checkpoints.running.load(Ordering::Acquire)).min(checkpointer_open);
-        let idle = writer_idle + readers_idle + checkpointer_open - checkpointing;
-        let in_use = (1 - writer_idle) + self.readers_out.load(Ordering::Relaxed) + checkpointing;
+        // A checkpoint holds its connection's lock while it runs.
+        let (checkpointer_idle, checkpointer_in_use) = match self.checkpoints.connection.try_lock() {
+            Err(TryLockError::WouldBlock) => (0, 1),
+            Ok(connection) => (usize::from(connection.is_some()), 0),
+            Err(TryLockError::Poisoned(poisoned)) => (usize::from(poisoned.into_inner().is_some()), 0),
+        };
+        let idle = writer_idle + readers_idle + checkpointer_idle;
+        let in_use = (1 - writer_idle) + self.readers_out.load(Ordering::Relaxed) + checkpointer_in_use;
         (idle, in_use)
     }
 
