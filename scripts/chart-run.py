@@ -660,6 +660,10 @@ class Kubelet:
         for container in pod.containers:
             self.prepare(pod, container, volumes, fs_group)
             pod.needs |= self.services_addressed(container, volumes)
+        # A replica names its own Service too (its `[lane]`: where it stands among its replicas), which lists it only
+        # once it is ready: that is no dependency.
+        pod.needs -= {f"{s['metadata']['name']}.{self.namespace}.svc.{CLUSTER_DOMAIN}" for s in self.services
+                      if all(pod.labels.get(k) == v for k, v in s["spec"].get("selector", {}).items())}
         self.pods.append(pod)
 
     def services_addressed(self, container, volumes):

@@ -289,8 +289,9 @@ def values_keys(values):
 
 
 def peers_in(config):
-    """The services a merged configuration dials (https://quarry-<service>.<namespace>…)."""
-    text = repr(config)
+    """The services a merged configuration dials (https://quarry-<service>.<namespace>…); its `[lane]` names the
+    service's own replicas, which it only looks up."""
+    text = repr({key: value for key, value in config.items() if key != "lane"})
     return set(re.findall(r"https://quarry-([a-z0-9-]+)\.", text))
 
 

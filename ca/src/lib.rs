@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use quarry_core::config::{ConfigVersion, GrpcClientConfig, GrpcServerConfig, TlsFiles};
 use quarry_core::grpc::ClientAllowlist;
+use quarry_core::lane::Lane;
 use quarry_core::peer::Peer;
 use quarry_proto::client::{PublisherClient, SaClient};
 use serde::Deserialize;
@@ -48,6 +49,10 @@ pub struct Config {
     pub grpc: GrpcServerConfig,
     /// This service's mTLS certificate and key, and the internal CA.
     pub tls: TlsFiles,
+    /// Which replica of its service this is, so that its calls keep to its lane (`quarry_core::lane`); without it
+    /// they go round robin.
+    #[serde(default)]
+    pub lane: Option<quarry_core::config::LaneConfig>,
     /// The sa's read-write service, where serials are reserved and certificates stored.
     pub sa: GrpcClientConfig,
     /// The publisher, which gets the SCTs every certificate embeds from Certificate Transparency logs.
@@ -223,8 +228,9 @@ pub async fn serve(
     config.validate()?;
     let ca_allowlist = ClientAllowlist::for_service(&config.grpc, service::SERVICE_NAME)?;
     let crl_allowlist = ClientAllowlist::for_service(&config.grpc, crl_service::SERVICE_NAME)?;
-    let sa = SaClient::new(Peer::new(&config.sa, &config.tls)?);
-    let publisher = PublisherClient::new(Peer::new(&config.publisher, &config.tls)?);
+    let lane = Lane::new(config.lane.as_ref())?;
+    let sa = SaClient::new(Peer::in_lane(&config.sa, &config.tls, &lane)?);
+    let publisher = PublisherClient::new(Peer::in_lane(&config.publisher, &config.tls, &lane)?);
     let ca = CaService::new(&config, sa, publisher)?;
     let crl = CrlService::new(ca.issuers(), config.crl_shards, config.crl_validity_secs)?;
     let routes = tonic::service::Routes::new(ca.into_server(ca_allowlist)).add_service(crl.into_server(crl_allowlist));

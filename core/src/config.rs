@@ -337,6 +337,22 @@ impl GrpcClientConfig {
     }
 }
 
+/// Which replica of its own service this process is: its calls then keep to its share of each peer's replicas (its
+/// lane, [`crate::lane`]) instead of spreading every request over all of them. Without it, calls go round robin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneConfig {
+    /// Every replica of this service, written as a peer's address is (a headless Service's name, `srv://`, or a
+    /// list).
+    #[serde(deserialize_with = "one_or_many")]
+    pub replicas: Vec<String>,
+    /// This replica's address as that resolution lists it (hosted: `${pod_ip}` and the port).
+    pub own: SocketAddr,
+    /// The DNS server that resolves `replicas`, instead of the system's resolver.
+    #[serde(default)]
+    pub dns_resolver: Option<SocketAddr>,
+}
+
 /// A string, or a list of strings; a string may hold several, separated by commas.
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]

@@ -144,6 +144,28 @@ impl Discovery {
     }
 }
 
+/// How often a target named in the DNS is looked up again; a caller may ask for an early look-up.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+/// Look-ups asked for early come at most this often.
+const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Looks `target` up now, then every [`REFRESH`] or when `soon` is notified (at most every [`MIN_REFRESH_GAP`]),
+/// handing each outcome to `found`, until `found` answers `false` (whoever wanted the answers is gone).
+pub async fn keep_resolving(
+    target: Target,
+    discovery: Discovery,
+    soon: std::sync::Arc<tokio::sync::Notify>,
+    mut found: impl FnMut(Result<Vec<SocketAddr>, String>) -> bool,
+) {
+    loop {
+        if !found(discovery.resolve(&target).await) {
+            return;
+        }
+        let _ = tokio::time::timeout(REFRESH, soon.notified()).await;
+        tokio::time::sleep(MIN_REFRESH_GAP).await;
+    }
+}
+
 /// A resolver configuration that asks `server` alone, over UDP and then TCP, on its port.
 fn one_server(server: SocketAddr) -> ResolverConfig {
     let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod http_server;
 pub mod identifier;
+pub mod lane;
 pub mod model;
 pub mod peer;
 pub mod policy;

@@ -1,6 +1,7 @@
 //! A peer service reached through every one of its replicas: the addresses discovery finds (re-resolved as replicas
-//! come and go), one lazily connecting mutual-TLS channel per replica, each call sent to the next replica that is not
-//! failing (round robin), and a failed call retried on another replica when running it twice is harmless.
+//! come and go), one lazily connecting mutual-TLS channel per replica, each call sent to the next replica in the
+//! caller's lane (its share of the replicas, `lane`; round robin without one) that is not failing, and a failed call
+//! retried on another replica when running it twice is harmless.
 //!
 //! A replica is "failing" after a transport failure (refused connection, reset stream, broken connection) or an
 //! `unavailable` answer; it is skipped for a back-off that doubles with each failure (up to half a minute) and tried
@@ -24,11 +25,8 @@ use crate::config::{GrpcClientConfig, TlsFiles};
 use crate::discovery::{Discovery, Target};
 use crate::grpc::GrpcError;
 use crate::grpc::client::{Channel, ClientTls, check_health, client_tls, replica_channel};
+use crate::lane::Lane;
 
-/// How often a peer named in the DNS is looked up again; a failing replica also asks for an early look-up.
-const REFRESH: Duration = Duration::from_secs(15);
-/// Look-ups asked for by failures come at most this often.
-const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
 /// The most attempts one call makes, across replicas.
 const MAX_ATTEMPTS: usize = 3;
 /// A failing replica is skipped this long after its first failure, twice as long after each further one…
@@ -165,12 +163,19 @@ struct Inner {
     resolved: watch::Sender<bool>,
     /// Asks the resolution task for an early look-up.
     resolve_soon: Arc<Notify>,
+    /// Calls picked so far: the turn that, with the lane, says which replica comes first.
     next: AtomicUsize,
+    lane: Lane,
 }
 
 impl Peer {
-    /// The peer `config` names; a name is resolved in the background, now and every few seconds.
+    /// The peer `config` names, called round robin; a name is resolved in the background, now and every few seconds.
     pub fn new(config: &GrpcClientConfig, tls: &TlsFiles) -> Result<Self, GrpcError> {
+        Self::in_lane(config, tls, &Lane::default())
+    }
+
+    /// The peer `config` names, each call sent first to the replica `lane` says.
+    pub fn in_lane(config: &GrpcClientConfig, tls: &TlsFiles, lane: &Lane) -> Result<Self, GrpcError> {
         let target = Target::parse(&config.address)?;
         let tls = client_tls(&config.server_name, tls)?;
         let (resolved, _) = watch::channel(false);
@@ -182,6 +187,7 @@ impl Peer {
             resolved,
             resolve_soon: Arc::default(),
             next: AtomicUsize::new(0),
+            lane: lane.clone(),
         });
         match target.fixed() {
             Some(addrs) => {
@@ -212,16 +218,17 @@ impl Peer {
         let _ = tokio::time::timeout_at(deadline.into(), resolved.wait_for(|done| *done)).await;
     }
 
-    /// The replica for the next attempt: one not failing and not yet tried in this call, in turn; else the untried
-    /// one back soonest; else, every replica having been tried, the one back soonest.
+    /// The replica for the next attempt: the lane's for this turn, or the next after it that is not failing and not
+    /// yet tried in this call; else the untried one back soonest; else, every replica having been tried, the one back
+    /// soonest.
     fn pick(&self, tried: &[SocketAddr]) -> Option<Arc<Replica>> {
         let replicas = self.inner.current();
         if replicas.is_empty() {
             return None;
         }
         let now = Instant::now();
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let count = replicas.len();
+        let start = self.inner.lane.replica(self.inner.next.fetch_add(1, Ordering::Relaxed), count);
         let in_turn = (0..count).map(|offset| &replicas[(start + offset) % count]);
         let untried = |replica: &&Arc<Replica>| !tried.contains(&replica.addr);
         if let Some(replica) = in_turn.clone().filter(untried).find(|replica| replica.down_until(now).is_none()) {
@@ -389,13 +396,12 @@ async fn within<R>(
         .unwrap_or_else(|_| Err(Status::deadline_exceeded("the call's deadline passed")))
 }
 
-/// Looks the target up now, then every [`REFRESH`] or when a failure asks, until the peer is dropped. A failed or
-/// empty look-up keeps the replicas known before it.
+/// Keeps the peer's replicas as the DNS lists them until the peer is dropped; a failed or empty look-up keeps the
+/// replicas known before it.
 async fn keep_resolving(inner: Weak<Inner>, target: Target, discovery: Discovery) {
     let Some(resolve_soon) = inner.upgrade().map(|inner| Arc::clone(&inner.resolve_soon)) else { return };
-    loop {
-        let result = discovery.resolve(&target).await;
-        let Some(peer) = inner.upgrade() else { return };
+    crate::discovery::keep_resolving(target, discovery, resolve_soon, |result| {
+        let Some(peer) = inner.upgrade() else { return false };
         match result {
             Ok(addrs) if !addrs.is_empty() => {
                 if let Err(err) = peer.set_replicas(addrs) {
@@ -406,10 +412,9 @@ async fn keep_resolving(inner: Weak<Inner>, target: Target, discovery: Discovery
             Err(err) => tracing::warn!(peer = %peer.name, %err, "cannot look the replicas up; keeping those known"),
         }
         peer.resolved.send_replace(true);
-        drop(peer);
-        let _ = tokio::time::timeout(REFRESH, resolve_soon.notified()).await;
-        tokio::time::sleep(MIN_REFRESH_GAP).await;
-    }
+        true
+    })
+    .await;
 }
 
 #[cfg(test)]

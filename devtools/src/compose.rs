@@ -156,6 +156,11 @@ impl ComposeInitArgs {
             |index| self.listen_ip(index),
             |service, index| self.host_of(service, index),
         );
+        let wfe_addresses = match self.network {
+            Network::Bridge => env::address_list((0..self.replicas).map(|index| self.host_of("wfe", index)), ACME_PORT),
+            Network::Host => self.loopback().wfe_addresses(),
+        };
+        vars.insert("wfe_addresses", wfe_addresses);
         Ok(vars)
     }
 }

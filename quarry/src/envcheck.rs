@@ -63,6 +63,8 @@ const ALLOWED: &[(&str, Rule)] = &[
     ("*.dns_resolver", Rule::Address),
     ("va.remotes[*].address", Rule::Address),
     ("nonce.advertise", Rule::Address),
+    ("*.lane.replicas", Rule::Address),
+    ("*.lane.own", Rule::Address),
     ("ra.account_uri_prefix", Rule::Address),
     ("wfe.listen", Rule::Address),
     ("wfe.base_url", Rule::Address),

@@ -51,6 +51,10 @@ pub struct Config {
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.
     pub tls: TlsFiles,
+    /// Which replica of its service this is, so that its calls keep to its lane (`quarry_core::lane`); without it
+    /// they go round robin.
+    #[serde(default)]
+    pub lane: Option<quarry_core::config::LaneConfig>,
     /// The sa (both its services).
     pub sa: GrpcClientConfig,
     pub va: GrpcClientConfig,

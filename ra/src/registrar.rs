@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quarry_core::Problem;
+use quarry_core::lane::Lane;
 use quarry_core::model::{Account, Authorization, ChallengeType, Order};
 use quarry_core::peer::Peer;
 use quarry_core::policy::IdentifierPolicy;
@@ -57,11 +58,12 @@ pub(crate) const ABANDON_RECORD_TIME: Duration = Duration::from_secs(5);
 
 impl Registrar {
     pub fn new(config: &Config, challenge_types: Vec<ChallengeType>, limits: RateLimits) -> Result<Self, Error> {
+        let lane = Lane::new(config.lane.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
-                va: VaClient::new(Peer::new(&config.va, &config.tls)?),
-                ca: CaClient::new(Peer::new(&config.ca, &config.tls)?),
+                sa: SaClient::new(Peer::in_lane(&config.sa, &config.tls, &lane)?),
+                va: VaClient::new(Peer::in_lane(&config.va, &config.tls, &lane)?),
+                ca: CaClient::new(Peer::in_lane(&config.ca, &config.tls, &lane)?),
                 profiles: config.profiles.clone(),
                 default_profile: config.default_profile.clone(),
                 allow_non_public_ip: config.allow_non_public_ip_identifiers,

@@ -61,6 +61,7 @@ async fn listen(addr: SocketAddr) -> (tokio::net::TcpListener, SocketAddr) {
 fn ra_config(pki: &TestPki, sa: SocketAddr, va: SocketAddr, ca: SocketAddr) -> quarry_ra::Config {
     quarry_ra::Config {
         telemetry: Default::default(),
+        lane: None,
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[("quarry.ra.v1.RegistrationAuthority", &["wfe"])]),
         tls: pki.tls("ra"),
@@ -144,6 +145,7 @@ impl InProcessStack {
         let publisher = TestPublisher::start(&pki).await;
         let ca_config = quarry_ca::Config {
             telemetry: Default::default(),
+            lane: None,
             version: ConfigVersion::CURRENT,
             grpc: pki.server_config(&[
                 ("quarry.ca.v1.CertificateAuthority", &["ra"]),
@@ -207,6 +209,7 @@ async fn start_wfe(
     let base = format!("http://{wfe}");
     let mut config = quarry_wfe::Config {
         telemetry: Default::default(),
+        lane: None,
         account_cache: Default::default(),
         authorization_cache: Default::default(),
         certificate_cache: Default::default(),

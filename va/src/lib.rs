@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use quarry_core::config::{ConfigError, ConfigVersion, GrpcServerConfig, TlsFiles};
 use quarry_core::grpc::ClientAllowlist;
+use quarry_core::lane::Lane;
 use quarry_core::model::{ChallengeType, ValidationRecord};
 use quarry_core::{ErrorKind, Identifier, Problem};
 use quarry_proto::va::va_server::{Va, VaServer};
@@ -53,6 +54,10 @@ pub struct Config {
     pub grpc: GrpcServerConfig,
     /// This service's mutual-TLS identity and the internal CA.
     pub tls: TlsFiles,
+    /// Which replica of its service this is, so that its calls keep to its lane (`quarry_core::lane`); without it
+    /// they go round robin.
+    #[serde(default)]
+    pub lane: Option<quarry_core::config::LaneConfig>,
     /// The one DNS server every lookup goes to (UDP, TCP when truncated); the system configuration is never read.
     pub dns_resolver: SocketAddr,
     /// The port http-01 connects to, redirects included (80 on the Internet).
@@ -196,8 +201,12 @@ pub async fn serve(
     // Two attempts per question, each at most a quarter of a validation's time (UDP and a TCP retry together); the
     // validation's own timeout bounds a CAA climb's several questions.
     let resolver = DnsResolver::new(config.dns_resolver, config.timeout() / 4);
-    let remotes =
-        config.remotes.iter().map(|remote| RemoteVa::connect(remote, &config.tls)).collect::<Result<Vec<_>, _>>()?;
+    let lane = Lane::new(config.lane.as_ref())?;
+    let remotes = config
+        .remotes
+        .iter()
+        .map(|remote| RemoteVa::connect(remote, &config.tls, &lane))
+        .collect::<Result<Vec<_>, _>>()?;
     let authority = ValidationAuthority::new(&config, Arc::new(resolver)).with_remotes(remotes);
     let name = <VaServer<ValidationAuthority> as NamedService>::NAME;
     let allowlist = ClientAllowlist::for_service(&config.grpc, name)?;

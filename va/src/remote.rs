@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use quarry_core::config::{GrpcClientConfig, TlsFiles};
+use quarry_core::lane::Lane;
 use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Problem};
 use quarry_proto::client::VaClient;
@@ -36,9 +37,9 @@ pub struct RemoteVa {
 }
 
 impl RemoteVa {
-    pub fn connect(config: &RemoteConfig, tls: &TlsFiles) -> Result<Self, Error> {
+    pub fn connect(config: &RemoteConfig, tls: &TlsFiles, lane: &Lane) -> Result<Self, Error> {
         Ok(Self {
-            client: VaClient::new(Peer::new(&config.grpc, tls)?),
+            client: VaClient::new(Peer::in_lane(&config.grpc, tls, lane)?),
             perspective: config.perspective.clone(),
             rir: config.rir.clone(),
         })

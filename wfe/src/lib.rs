@@ -47,6 +47,10 @@ pub struct Config {
     pub telemetry: quarry_core::telemetry::TelemetryConfig,
     /// This service's mutual-TLS identity for its gRPC calls, and the internal CA.
     pub tls: TlsFiles,
+    /// Which replica of its service this is, so that its calls keep to its lane (`quarry_core::lane`); without it
+    /// they go round robin.
+    #[serde(default)]
+    pub lane: Option<quarry_core::config::LaneConfig>,
     /// The ra.
     pub ra: GrpcClientConfig,
     /// The sa (its read-only service).

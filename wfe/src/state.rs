@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quarry_core::grpc::GrpcError;
+use quarry_core::lane::Lane;
 use quarry_core::model::MAX_ORDER_PAGE;
 use quarry_core::peer::Peer;
 use quarry_core::{ErrorKind, Problem};
@@ -134,7 +136,9 @@ impl Wfe {
                 hold
             )));
         }
-        let nonces = NonceClient::new(Peer::new(&config.nonce, &config.tls)?, config.nonce_prefix_key.as_bytes());
+        let lane = Lane::new(config.lane.as_ref()).map_err(GrpcError::from)?;
+        let nonces =
+            NonceClient::new(Peer::in_lane(&config.nonce, &config.tls, &lane)?, config.nonce_prefix_key.as_bytes());
         let urls = Urls { base };
         let mut meta = json!({});
         let m = &config.directory_meta;
@@ -175,8 +179,8 @@ impl Wfe {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                ra: RaClient::new(Peer::new(&config.ra, &config.tls)?),
-                sa: SaClient::new(Peer::new(&config.sa, &config.tls)?),
+                ra: RaClient::new(Peer::in_lane(&config.ra, &config.tls, &lane)?),
+                sa: SaClient::new(Peer::in_lane(&config.sa, &config.tls, &lane)?),
                 nonces,
                 nonce_stock: NonceStock::new(Refill {
                     batch: NONCE_BATCH as usize,

@@ -81,6 +81,7 @@ async fn a_token_hierarchy_issues_certificates_and_crls() {
     let publisher = TestPublisher::start(&pki).await;
     let config = Config {
         telemetry: Default::default(),
+        lane: None,
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[
             (quarry_proto::ca::certificate_authority_server::SERVICE_NAME, &["ra"]),

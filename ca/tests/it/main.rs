@@ -33,6 +33,7 @@ pub fn ca_service_name() -> &'static str {
 pub fn config(pki: &TestPki, sa_addr: SocketAddr, publisher_addr: SocketAddr) -> Config {
     Config {
         telemetry: Default::default(),
+        lane: None,
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(ca_service_name(), &["ra"]), (CRL_GENERATOR, &["crl-updater"])]),
         tls: pki.tls("ca"),

@@ -159,6 +159,7 @@ impl DevArgs {
             |index| replica_ip(index).into(),
             |_, index| replica_ip(index).to_string(),
         );
+        vars.insert("wfe_addresses", self.layout().wfe_addresses());
         vars
     }
 

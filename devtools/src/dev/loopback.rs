@@ -38,6 +38,12 @@ impl LoopbackLayout {
         (SocketAddr::new(ip, self.acme.port()), SocketAddr::new(ip, self.crl.port()))
     }
 
+    /// Every wfe's ACME address as a URL, separated by commas: the wfes' `${wfe_addresses}`, which each places itself
+    /// in for its lane.
+    pub fn wfe_addresses(&self) -> String {
+        (0..self.replicas).map(|index| format!("https://{}", self.wfe_addrs(index).0)).collect::<Vec<_>>().join(",")
+    }
+
     /// The wfes' ACME and CRL addresses, for the load balancer in front of them (none for a lone wfe).
     pub fn balanced(&self) -> Vec<(SocketAddr, Vec<String>)> {
         if self.replicas == 1 {

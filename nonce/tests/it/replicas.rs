@@ -4,7 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use quarry_core::config::GrpcClientConfig;
+use quarry_core::config::{GrpcClientConfig, LaneConfig};
+use quarry_core::lane::{Lane, Position};
 use quarry_core::peer::Peer;
 use quarry_proto::client::NonceClient;
 use quarry_testkit::challtestsrv::{ChallTestSrv, Config as DnsConfig};
@@ -106,4 +107,74 @@ async fn replicas_are_found_in_the_dns_and_dropped_when_they_leave_it() {
         let _ = nonces.nonce_batch(1, deadline()).await.expect("a replica is left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The replica of a caller's service at `rank` among `of`, placed by a configured list (127.0.0.1, .2, … on one port).
+fn lane_at(rank: u8, of: u8) -> Lane {
+    let config = LaneConfig {
+        replicas: (1..=of).map(|last| format!("https://127.0.0.{last}:8443")).collect(),
+        own: SocketAddr::from((Ipv4Addr::new(127, 0, 0, rank + 1), 8443)),
+        dns_resolver: None,
+    };
+    Lane::new(Some(&config)).expect("lane")
+}
+
+/// The prefixes of `count` nonces `nonces` mints one at a time.
+async fn minted_by(nonces: &NonceClient, count: usize) -> Vec<String> {
+    let mut prefixes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let nonce = nonces.nonce_batch(1, deadline()).await.expect("batch").remove(0);
+        prefixes.push(nonce[..8].to_owned());
+    }
+    prefixes
+}
+
+#[tokio::test]
+async fn each_caller_keeps_to_its_lane_and_leaves_it_only_while_its_replica_fails() {
+    let pki = TestPki::new();
+    let (a, b) = (replica_on(&pki, Ipv4Addr::LOCALHOST, 0).await, replica_on(&pki, Ipv4Addr::LOCALHOST, 0).await);
+    let config = GrpcClientConfig {
+        address: vec![format!("https://{}", a.addr), format!("https://{}", b.addr)],
+        ..pki.client_config("nonce", a.addr)
+    };
+    let in_lane = |lane: &Lane| {
+        let peer = Peer::in_lane(&config, &pki.tls("wfe"), lane).expect("peer");
+        NonceClient::new(peer, PREFIX_KEY.as_bytes())
+    };
+    let (first, second) = (in_lane(&lane_at(0, 2)), in_lane(&lane_at(1, 2)));
+    assert_eq!(minted_by(&first, 6).await, vec![a.prefix.clone(); 6], "the first caller's share: the first replica");
+    assert_eq!(minted_by(&second, 6).await, vec![b.prefix.clone(); 6], "the second's: the second");
+    // A third caller of three shares both replicas; a lone caller's lane is every replica, in turn.
+    let middle = minted_by(&in_lane(&lane_at(1, 3)), 4).await;
+    assert_eq!(middle, [&a.prefix, &b.prefix, &a.prefix, &b.prefix].map(String::clone), "{middle:?}");
+    let lone = minted_by(&in_lane(&lane_at(0, 1)), 4).await;
+    assert_eq!(lone, [&a.prefix, &b.prefix, &a.prefix, &b.prefix].map(String::clone), "{lone:?}");
+
+    // The first replica stops: its callers go to the other rather than fail.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(minted_by(&first, 4).await, vec![b.prefix.clone(); 4], "failed over");
+}
+
+#[tokio::test]
+async fn a_replica_finds_its_lane_in_the_dns_once_it_is_listed() {
+    let dns = ChallTestSrv::start(DnsConfig { default_ipv4: None, ..DnsConfig::ephemeral() }).await.expect("dns");
+    let name = "wfe.quarry.test";
+    dns.state.add_a(name, [Ipv4Addr::new(127, 0, 0, 2)]);
+    let config = LaneConfig {
+        replicas: vec![format!("https://{name}:8443")],
+        own: SocketAddr::from((Ipv4Addr::new(127, 0, 0, 3), 8443)),
+        dns_resolver: dns.dns_addr,
+    };
+    let lane = Lane::new(Some(&config)).expect("lane");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lane.position(), None, "not listed yet (a pod not ready): round robin");
+    dns.state.clear_a(name);
+    dns.state.add_a(name, [Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 2)]);
+    let started = Instant::now();
+    while lane.position().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "not placed once listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }), "ranked by address, as every replica ranks");
 }

@@ -251,6 +251,21 @@ async fn chaos(postgres: Option<&PrivatePostgres>, redis: Option<&PrivateRedis>)
         serde_json::from_str(&std::fs::read_to_string(&report_file).expect("loadgen report")).expect("json report");
     let count = |key: &str| report[key].as_u64().unwrap_or_default();
 
+    // Every replica of the services that call others stood in a lane of its own, a killed one too once restarted:
+    // ranks 0 and 1 of 2 (its metrics port is the stack's base plus the service's place in the start order).
+    for (service, place) in [("va", 4), ("ca", 6), ("ra", 8), ("wfe", 9)] {
+        let mut ranks = Vec::new();
+        for index in 0..2u8 {
+            let url = format!("http://127.0.0.{}:{}/metrics", index + 1, metrics_base + place);
+            let (status, body) = http_get(&url).await;
+            assert_eq!(status, 200, "{url}");
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(metric(&text, "quarry_lane_replicas", &[]), 2.0, "{service} replica {index}");
+            ranks.push(metric(&text, "quarry_lane_rank", &[]));
+        }
+        assert_eq!(ranks, [0.0, 1.0], "the lanes of the {service}'s replicas");
+    }
+
     if let Some(redis) = redis {
         // The ras carried on without their rate-limit store, counting every check they could not make, and used
         // it again once it was back.

@@ -34,6 +34,7 @@ async fn challenge_server() -> RunningServer {
 fn config(pki: &TestPki, srv: &RunningServer) -> Config {
     Config {
         telemetry: Default::default(),
+        lane: None,
         version: ConfigVersion::CURRENT,
         grpc: pki.server_config(&[(SERVICE, &["ra"])]),
         tls: pki.tls("va"),

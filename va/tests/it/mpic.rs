@@ -24,6 +24,7 @@ async fn serve(config: Config) -> SocketAddr {
 async fn remote(pki: &TestPki, srv: &RunningServer, perspective: &str, rir: &str) -> RemoteConfig {
     let config = Config {
         telemetry: Default::default(),
+        lane: None,
         grpc: pki.server_config(&[(SERVICE, &["va"])]),
         perspective: perspective.into(),
         rir: rir.into(),

@@ -1,0 +1,216 @@
+//! A process's lane: which replica of its own service it is (its rank among the replicas its configuration or the DNS
+//! lists), so that its calls keep to its share of each peer's replicas instead of spreading every certificate's calls
+//! over all of them.
+//!
+//! Why: a certificate costs about twenty calls between services. Spread round robin, they wake every replica of every
+//! service, each switching in and out for a fraction of the work; kept to a lane, they wake half as many processes,
+//! each doing more per wake-up. On the benchmark's two cores that was 6–14 % of the CPU per certificate with two
+//! replicas of everything (docs/performance.md, "lanes").
+//!
+//! The share: caller `r` of `n` owns the slice `[r/n, (r+1)/n)` of its peer's `m` replicas laid end to end, and its
+//! call `k` goes to replica `(r·m + k mod m) / n`. Every replica of the peer gets the same part of all callers' calls,
+//! whatever `n` and `m` are; with as many callers as replicas each caller uses one replica, and where the counts do not
+//! divide a caller's slice spans two. A replica that fails is skipped as under round robin (`peer`), and a process that
+//! cannot place itself (no `[lane]` configured, or its own address not among those listed yet) calls round robin.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Notify;
+
+use crate::config::{ConfigError, LaneConfig};
+use crate::discovery::{Discovery, Target};
+
+/// Where this process stands among its service's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Its rank, from 0.
+    pub rank: usize,
+    /// How many replicas its service has.
+    pub of: usize,
+}
+
+impl Position {
+    /// `own`'s place among `replicas` (the same order in every replica: a configured list, or the DNS's sorted).
+    pub fn of_address(own: SocketAddr, replicas: &[SocketAddr]) -> Option<Self> {
+        let rank = replicas.iter().position(|replica| *replica == own)?;
+        Some(Self { rank, of: replicas.len() })
+    }
+
+    /// The replica (an index into `replicas` of them) for this caller's call number `turn`.
+    pub fn replica(self, turn: usize, replicas: usize) -> usize {
+        (self.rank * replicas + turn % replicas) / self.of
+    }
+}
+
+/// This process's lane, shared by every peer it calls; cheap to clone. The default has no position: round robin.
+#[derive(Debug, Clone, Default)]
+pub struct Lane {
+    /// `rank << 32 | of`; 0 while unplaced.
+    position: Arc<AtomicU64>,
+}
+
+impl Lane {
+    /// The lane `config` describes, or none (round robin) without it. A list of addresses places the process now; a
+    /// name is looked up in the background, now and as replicas come and go.
+    pub fn new(config: Option<&LaneConfig>) -> Result<Self, ConfigError> {
+        let lane = Self::default();
+        let Some(config) = config else { return Ok(lane) };
+        let target = Target::parse(&config.replicas)?;
+        match target.fixed() {
+            Some(replicas) => {
+                lane.place(config.own, Ok(replicas));
+            }
+            None => {
+                let discovery = Discovery::new(config.dns_resolver)?;
+                tokio::spawn(keep_placing(Arc::downgrade(&lane.position), config.own, target, discovery));
+            }
+        }
+        Ok(lane)
+    }
+
+    /// Where this process stands now, if it knows.
+    pub fn position(&self) -> Option<Position> {
+        let packed = self.position.load(Ordering::Relaxed);
+        (packed != 0).then(|| Position { rank: (packed >> 32) as usize, of: (packed & 0xffff_ffff) as usize })
+    }
+
+    /// The replica (an index into `replicas` of them) for call number `turn`: its share, or round robin.
+    pub fn replica(&self, turn: usize, replicas: usize) -> usize {
+        match self.position() {
+            Some(position) => position.replica(turn, replicas),
+            None => turn % replicas,
+        }
+    }
+
+    /// Takes the place `own` has among `found`; returns whether it has one. Logged when it changes.
+    fn place(&self, own: SocketAddr, found: Result<Vec<SocketAddr>, String>) -> bool {
+        set_position(&self.position, own, found)
+    }
+}
+
+fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>) -> bool {
+    let position = match &found {
+        Ok(replicas) => Position::of_address(own, replicas),
+        // A failed look-up keeps the place known before it.
+        Err(_) => return cell.load(Ordering::Relaxed) != 0,
+    };
+    let packed = position.map_or(0, |p| ((p.rank as u64) << 32) | p.of as u64);
+    if cell.swap(packed, Ordering::Relaxed) != packed {
+        // Where each replica stands, for whoever checks that the lanes are as the replica counts say: -1 unplaced.
+        metrics::gauge!("quarry_lane_rank").set(position.map_or(-1.0, |p| p.rank as f64));
+        metrics::gauge!("quarry_lane_replicas").set(position.map_or(0.0, |p| p.of as f64));
+        match (position, found) {
+            (Some(p), _) => {
+                tracing::info!(rank = p.rank, replicas = p.of, "this replica's lane: its share of each peer")
+            }
+            (None, Ok(replicas)) => tracing::warn!(
+                %own, ?replicas,
+                "this replica is not among its service's replicas (yet): its calls go round robin"
+            ),
+            (None, Err(_)) => {}
+        }
+    }
+    packed != 0
+}
+
+/// Places the process as the DNS lists its service's replicas, until the lane is dropped; while it is not listed (a
+/// pod not yet ready), it looks again every second rather than every refresh.
+async fn keep_placing(cell: Weak<AtomicU64>, own: SocketAddr, target: Target, discovery: Discovery) {
+    let soon = Arc::new(Notify::new());
+    let again = Arc::clone(&soon);
+    crate::discovery::keep_resolving(target, discovery, soon, |found| {
+        let Some(cell) = cell.upgrade() else { return false };
+        if let Err(err) = &found {
+            tracing::warn!(%err, "cannot look this service's replicas up; keeping the lane known");
+        }
+        if !set_position(&cell, own, found) {
+            again.notify_one();
+        }
+        true
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every caller's calls over a whole cycle, counted by the replica they reach.
+    fn calls_per_replica(callers: usize, replicas: usize) -> Vec<Vec<usize>> {
+        (0..callers)
+            .map(|rank| {
+                let position = Position { rank, of: callers };
+                let mut counts = vec![0; replicas];
+                for turn in 0..replicas * 6 {
+                    counts[position.replica(turn, replicas)] += 1;
+                }
+                counts
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_replica_gets_an_equal_share_whatever_the_counts() {
+        for callers in 1..=7 {
+            for replicas in 1..=7 {
+                let counts = calls_per_replica(callers, replicas);
+                let totals: Vec<usize> = (0..replicas).map(|j| counts.iter().map(|c| c[j]).sum()).collect();
+                assert!(totals.iter().all(|total| *total == totals[0]), "{callers} callers, {replicas}: {totals:?}");
+                // Each caller reaches as few replicas as its slice spans: one more than whole replicas at most.
+                for (rank, row) in counts.iter().enumerate() {
+                    let reached = row.iter().filter(|c| **c > 0).count();
+                    let most = replicas.div_ceil(callers) + 1;
+                    assert!(reached <= most.min(replicas), "{callers}×{replicas} caller {rank}: {row:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shares_by_example() {
+        // (callers, replicas, each caller's calls per replica over a cycle of six turns per replica)
+        let cases: &[(usize, usize, &[&[usize]])] = &[
+            (2, 2, &[&[12, 0], &[0, 12]]),
+            (3, 2, &[&[12, 0], &[6, 6], &[0, 12]]),
+            (4, 2, &[&[12, 0], &[12, 0], &[0, 12], &[0, 12]]),
+            (1, 2, &[&[6, 6]]),
+            (2, 4, &[&[12, 12, 0, 0], &[0, 0, 12, 12]]),
+            (2, 3, &[&[12, 6, 0], &[0, 6, 12]]),
+        ];
+        for (callers, replicas, expected) in cases {
+            let counts = calls_per_replica(*callers, *replicas);
+            let expected: Vec<Vec<usize>> = expected.iter().map(|row| row.to_vec()).collect();
+            assert_eq!(counts, expected, "{callers} callers, {replicas} replicas");
+        }
+    }
+
+    #[test]
+    fn a_process_places_itself_by_its_own_address() {
+        let addr = |last: u8| SocketAddr::from(([127, 0, 0, last], 9302));
+        let lane = Lane::default();
+        assert_eq!(lane.position(), None);
+        assert_eq!((0..4).map(|turn| lane.replica(turn, 2)).collect::<Vec<_>>(), [0, 1, 0, 1], "round robin");
+        assert!(lane.place(addr(2), Ok(vec![addr(1), addr(2)])));
+        assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }));
+        assert_eq!((0..4).map(|turn| lane.replica(turn, 2)).collect::<Vec<_>>(), [1, 1, 1, 1]);
+        assert!(lane.place(addr(2), Err("the DNS is down".into())), "a failed look-up keeps the place");
+        assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }));
+        assert!(!lane.place(addr(2), Ok(vec![addr(1), addr(3)])), "no longer listed");
+        assert_eq!(lane.position(), None);
+    }
+
+    #[test]
+    fn a_configured_list_places_the_process_at_once() {
+        let config = LaneConfig {
+            replicas: vec!["https://127.0.0.1:9302".into(), "https://127.0.0.2:9302".into()],
+            own: "127.0.0.2:9302".parse().unwrap(),
+            dns_resolver: None,
+        };
+        assert_eq!(Lane::new(Some(&config)).unwrap().position(), Some(Position { rank: 1, of: 2 }));
+        assert_eq!(Lane::new(None).unwrap().position(), None);
+        let bad = LaneConfig { replicas: vec!["http://x".into()], ..config };
+        assert!(Lane::new(Some(&bad)).is_err());
+    }
+}
