@@ -11,7 +11,8 @@
 //! call `k` goes to replica `(r·m + k mod m) / n`. Every replica of the peer gets the same part of all callers' calls,
 //! whatever `n` and `m` are; with as many callers as replicas each caller uses one replica, and where the counts do not
 //! divide a caller's slice spans two. A replica that fails is skipped as under round robin (`peer`), and a process that
-//! cannot place itself (no `[lane]` configured, or its own address not among those listed yet) calls round robin.
+//! cannot place itself (no `[lane]` configured, its own address unspecified, or not among those listed yet) calls
+//! round robin.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,12 @@ impl Lane {
         let lane = Self::default();
         let Some(config) = config else { return Ok(lane) };
         let target = Target::parse(&config.replicas)?;
+        if config.own.ip().is_unspecified() {
+            // Every address is its own (a container on a bridge network, whose address nobody wrote down): no
+            // look-up could place it.
+            tracing::info!(own = %config.own, "this replica's own address is unspecified: its calls go round robin");
+            return Ok(lane);
+        }
         match target.fixed() {
             Some(replicas) => {
                 lane.place(config.own, Ok(replicas));
@@ -210,6 +217,8 @@ mod tests {
         };
         assert_eq!(Lane::new(Some(&config)).unwrap().position(), Some(Position { rank: 1, of: 2 }));
         assert_eq!(Lane::new(None).unwrap().position(), None);
+        let anywhere = LaneConfig { own: "0.0.0.0:9302".parse().unwrap(), ..config.clone() };
+        assert_eq!(Lane::new(Some(&anywhere)).unwrap().position(), None, "no address of its own: round robin");
         let bad = LaneConfig { replicas: vec!["http://x".into()], ..config };
         assert!(Lane::new(Some(&bad)).is_err());
     }
