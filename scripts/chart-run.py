@@ -3,7 +3,9 @@
 runs its pods as processes on loopback — every container with its exact command, arguments and environment, its
 ConfigMaps and Secrets materialised as files at the paths its pod spec mounts them, Service names resolved to the
 ready pods' addresses — then obtains a certificate through it with certbot (dns-01), verifies the chain up to the
-ceremony's root, the SCTs of the fixture logs, and the CRL the certificate names. No Kubernetes control plane can run
+ceremony's root, the SCTs of the fixture logs, and the CRL the certificate names, and that every replica of the wfe,
+ra, ca and va found its rank among its Deployment's pods through the cluster DNS (its lane: metrics
+`quarry_lane_rank`/`quarry_lane_replicas`). No Kubernetes control plane can run
 here: this script plays the kubelet (volumes, probes, restarts), the cluster's DNS, the load balancer and the
 internet, and nothing else.
 
@@ -949,6 +951,51 @@ class Kubelet:
         stop_processes(self.started + processes + self.helpers)
 
 
+def lane_gauges(pod):
+    """The pod's `quarry_lane_rank` and `quarry_lane_replicas` from its metrics port, each None when not exported."""
+    port = next((p["containerPort"] for c in pod.spec["containers"] for p in c.get("ports", [])
+                 if p.get("name") == "metrics"), None)
+    if port is None:
+        return None, None
+    connection = http.client.HTTPConnection(pod.ip, port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("quarry_lane_rank", "quarry_lane_replicas"):
+            values[name] = float(value)
+    return values.get("quarry_lane_rank"), values.get("quarry_lane_replicas")
+
+
+def check_lanes(pods, expected, timeout):
+    """Every pod of each Deployment in `expected` has found its own rank among its Deployment's pods through the
+    cluster DNS (ranks 0 … n-1 of n: its `[lane]`); a pod only listed once ready looks again within a second or two."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        for pod in pods:
+            if pod.owner["kind"] == "Deployment":
+                found.setdefault(pod.owner["metadata"]["name"], []).append(lane_gauges(pod))
+        problems = []
+        for name in expected:
+            gauges = found.get(name, [])
+            ranks = sorted(rank for rank, _ in gauges if rank is not None)
+            if ranks != [float(i) for i in range(len(gauges))] or any(of != len(gauges) for _, of in gauges):
+                problems.append(f"{name}: {gauges}")
+        lanes = sorted(name for name, gauges in found.items() if any(rank is not None for rank, _ in gauges))
+        if lanes != sorted(expected):
+            problems.append(f"Deployments in lanes {lanes}, expected {sorted(expected)}")
+        if not problems:
+            return [f"{name}: ranks 0–{len(found[name]) - 1} of {len(found[name])}" for name in sorted(expected)]
+        if time.monotonic() >= deadline:
+            raise RuntimeError("lanes not as the replica counts say (rank, replicas): " + "; ".join(problems))
+        time.sleep(0.5)
+
+
 def signal_group(process, signum):
     try:
         os.killpg(process.pid, signum)
@@ -1391,6 +1438,8 @@ def main():
         for line in verify_certificate(live, root_pem, issuers_dir, fixtures["log_keys"], addresses["balancer"],
                                        None if args.all_at_once else 30, kubelet):
             print(f"    ok: {line}")
+        lanes = check_lanes(pods, ["quarry-wfe", "quarry-ra", "quarry-ca", "quarry-va"], 15)
+        print(f"    ok: every replica in its lane ({'; '.join(lanes)})")
         restarts = [f"{c.label} ×{c.restarts}" for p in pods for c in p.containers if c.restarts]
         print(f"    container restarts: {', '.join(restarts) if restarts else 'none'}")
         if dns.refused:

@@ -80,7 +80,7 @@ impl Lane {
     /// Where this process stands now, if it knows.
     pub fn position(&self) -> Option<Position> {
         let packed = self.position.load(Ordering::Relaxed);
-        (packed != 0).then(|| Position { rank: (packed >> 32) as usize, of: (packed & 0xffff_ffff) as usize })
+        (packed != 0).then_some(Position { rank: (packed >> 32) as usize, of: (packed & 0xffff_ffff) as usize })
     }
 
     /// The replica (an index into `replicas` of them) for call number `turn`: its share, or round robin.
