@@ -973,7 +973,8 @@ def lane_gauges(pod):
 
 def check_lanes(pods, expected, timeout):
     """Every pod of each Deployment in `expected` has found its own rank among its Deployment's pods through the
-    cluster DNS (ranks 0 … n-1 of n: its `[lane]`); a pod only listed once ready looks again within a second or two."""
+    cluster DNS (ranks 0 … n-1 of n: its `[lane]`); a pod looks again every second while it is not listed (it is
+    only once ready) and for half a minute after its place changed."""
     deadline = time.monotonic() + timeout
     while True:
         found = {}
@@ -1438,7 +1439,7 @@ def main():
         for line in verify_certificate(live, root_pem, issuers_dir, fixtures["log_keys"], addresses["balancer"],
                                        None if args.all_at_once else 30, kubelet):
             print(f"    ok: {line}")
-        lanes = check_lanes(pods, ["quarry-wfe", "quarry-ra", "quarry-ca", "quarry-va"], 15)
+        lanes = check_lanes(pods, ["quarry-wfe", "quarry-ra", "quarry-ca", "quarry-va"], 40)
         print(f"    ok: every replica in its lane ({'; '.join(lanes)})")
         restarts = [f"{c.label} ×{c.restarts}" for p in pods for c in p.containers if c.restarts]
         print(f"    container restarts: {', '.join(restarts) if restarts else 'none'}")

@@ -204,6 +204,9 @@ impl Config {
     /// Everything else is checked as the issuers and profiles are loaded.
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |message: String| Error::Config(quarry_core::config::ConfigError::Invalid(message));
+        if let Some(lane) = &self.lane {
+            lane.validate()?;
+        }
         quarry_core::crl::check_shard_count(self.crl_shards).map_err(|why| invalid(format!("crl_shards {why}")))?;
         for name in self.profiles.keys() {
             quarry_core::profile::check_name(name).map_err(|why| invalid(format!("profiles: {why}")))?;

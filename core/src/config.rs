@@ -346,11 +346,27 @@ pub struct LaneConfig {
     /// list).
     #[serde(deserialize_with = "one_or_many")]
     pub replicas: Vec<String>,
-    /// This replica's address as that resolution lists it (hosted: `${pod_ip}` and the port).
+    /// This replica's address as that resolution lists it (hosted: `${pod_ip}` and the port; an IPv6 address with or
+    /// without brackets).
+    #[serde(deserialize_with = "deserialize_ip_port")]
     pub own: SocketAddr,
     /// The DNS server that resolves `replicas`, instead of the system's resolver.
     #[serde(default)]
     pub dns_resolver: Option<SocketAddr>,
+}
+
+/// `IP:PORT`, with or without brackets around an IPv6 address (a pod's address, `${pod_ip}`, is filled in without
+/// them).
+pub fn parse_ip_port(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        let (ip, port) = text.rsplit_once(':')?;
+        Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+    })
+}
+
+fn deserialize_ip_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_ip_port(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not IP:PORT")))
 }
 
 /// A string, or a list of strings; a string may hold several, separated by commas.

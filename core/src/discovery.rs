@@ -79,15 +79,17 @@ impl Target {
         self.sources.iter().any(Source::needs_dns)
     }
 
-    /// The fixed addresses, when there is nothing to resolve.
+    /// The fixed addresses, when there is nothing to resolve: sorted and each once, as [`Discovery::resolve`] answers.
     pub fn fixed(&self) -> Option<Vec<SocketAddr>> {
-        self.sources
+        let fixed: Option<BTreeSet<SocketAddr>> = self
+            .sources
             .iter()
             .map(|source| match source {
                 Source::Fixed(addr) => Some(*addr),
                 _ => None,
             })
-            .collect()
+            .collect();
+        fixed.map(|addrs| addrs.into_iter().collect())
     }
 }
 
@@ -211,6 +213,10 @@ mod tests {
         let fixed = Target::parse(&["https://127.0.0.2:1".into(), "https://127.0.0.3:1".into()]).unwrap();
         assert!(!fixed.is_dynamic());
         assert_eq!(fixed.fixed().unwrap().len(), 2);
+        let unsorted =
+            Target::parse(&["https://127.0.0.3:1".into(), "https://127.0.0.2:1".into(), "https://127.0.0.3:1".into()]);
+        let expected: Vec<SocketAddr> = vec!["127.0.0.2:1".parse().unwrap(), "127.0.0.3:1".parse().unwrap()];
+        assert_eq!(unsorted.unwrap().fixed().unwrap(), expected, "sorted and each once, as the DNS's answers");
         let named = Target::parse(&["https://127.0.0.2:1".into(), "https://sa.local:1".into()]).unwrap();
         assert!(named.is_dynamic());
         assert!(named.fixed().is_none());

@@ -3,25 +3,38 @@
 //! over all of them.
 //!
 //! Why: a certificate costs about twenty calls between services. Spread round robin, they wake every replica of every
-//! service, each switching in and out for a fraction of the work; kept to a lane, they wake half as many processes,
-//! each doing more per wake-up. On the benchmark's two cores that was 6–14 % of the CPU per certificate with two
-//! replicas of everything (docs/performance.md, "lanes").
+//! service, each switching in and out for a fraction of the work; kept to a lane, with two replicas of everything they
+//! wake half as many processes, each doing more per wake-up. On the benchmark's two cores that was 4.3 % of the CPU per certificate with two
+//! replicas of everything (docs/performance.md, "Lanes built").
 //!
 //! The share: caller `r` of `n` owns the slice `[r/n, (r+1)/n)` of its peer's `m` replicas laid end to end, and its
 //! call `k` goes to replica `(r·m + k mod m) / n`. Every replica of the peer gets the same part of all callers' calls,
-//! whatever `n` and `m` are; with as many callers as replicas each caller uses one replica, and where the counts do not
-//! divide a caller's slice spans two. A replica that fails is skipped as under round robin (`peer`), and a process that
-//! cannot place itself (no `[lane]` configured, its own address unspecified, or not among those listed yet) calls
-//! round robin.
+//! whatever `n` and `m` are; with as many callers as replicas each caller uses one replica, with more callers than
+//! replicas a slice spans one or two, and with fewer it spans `m / n` rounded up, or one more. A replica that fails
+//! is skipped as under round robin (`peer`), and a process that cannot place itself (no `[lane]` configured, its own
+//! address unspecified, or not among those listed yet) calls round robin. Both lists are in address order (a
+//! configured list sorted as the DNS's answers are), so every replica ranks itself and its peers alike.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, LaneConfig};
 use crate::discovery::{Discovery, Target};
+
+impl LaneConfig {
+    /// Refuses a `replicas` address that is not one a peer's could be (here rather than beside the configuration's
+    /// type, which the address parser depends on).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Target::parse(&self.replicas).map(|_| ()).map_err(|err| match err {
+            ConfigError::Invalid(why) => ConfigError::Invalid(format!("lane.replicas: {why}")),
+            other => other,
+        })
+    }
+}
 
 /// Where this process stands among its service's replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +80,7 @@ impl Lane {
         }
         match target.fixed() {
             Some(replicas) => {
-                lane.place(config.own, Ok(replicas));
+                lane.place(config.own, Ok(replicas), true);
             }
             None => {
                 let discovery = Discovery::new(config.dns_resolver)?;
@@ -91,20 +104,28 @@ impl Lane {
         }
     }
 
-    /// Takes the place `own` has among `found`; returns whether it has one. Logged when it changes.
-    fn place(&self, own: SocketAddr, found: Result<Vec<SocketAddr>, String>) -> bool {
-        set_position(&self.position, own, found)
+    /// Takes the place `own` has among `found`; returns whether it has one. Logged and exported when it changes, and
+    /// the `first` time either way.
+    fn place(&self, own: SocketAddr, found: Result<Vec<SocketAddr>, String>, first: bool) -> bool {
+        set_position(&self.position, own, found, first).placed
     }
 }
 
-fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>) -> bool {
+/// What one look-up did to the lane.
+struct Placement {
+    placed: bool,
+    changed: bool,
+}
+
+fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>, first: bool) -> Placement {
     let position = match &found {
         Ok(replicas) => Position::of_address(own, replicas),
         // A failed look-up keeps the place known before it.
-        Err(_) => return cell.load(Ordering::Relaxed) != 0,
+        Err(_) => return Placement { placed: cell.load(Ordering::Relaxed) != 0, changed: false },
     };
     let packed = position.map_or(0, |p| ((p.rank as u64) << 32) | p.of as u64);
-    if cell.swap(packed, Ordering::Relaxed) != packed {
+    let changed = cell.swap(packed, Ordering::Relaxed) != packed;
+    if changed || first {
         // Where each replica stands, for whoever checks that the lanes are as the replica counts say: -1 unplaced.
         metrics::gauge!("quarry_lane_rank").set(position.map_or(-1.0, |p| p.rank as f64));
         metrics::gauge!("quarry_lane_replicas").set(position.map_or(0.0, |p| p.of as f64));
@@ -119,20 +140,35 @@ fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>
             (None, Err(_)) => {}
         }
     }
-    packed != 0
+    Placement { placed: packed != 0, changed }
 }
 
-/// Places the process as the DNS lists its service's replicas, until the lane is dropped; while it is not listed (a
-/// pod not yet ready), it looks again every second rather than every refresh.
+/// After a change of place (a start, a rollout, a scale), replicas come and go for a while, each listed once ready:
+/// the list is looked at every second for this long, not every refresh, so that a place taken from a partial list
+/// does not last.
+const SETTLING: Duration = Duration::from_secs(30);
+
+/// Places the process as the DNS lists its service's replicas, until the lane is dropped: every second while it is
+/// not listed (a pod not yet ready) and for [`SETTLING`] after its place changed, every refresh otherwise.
 async fn keep_placing(cell: Weak<AtomicU64>, own: SocketAddr, target: Target, discovery: Discovery) {
     let soon = Arc::new(Notify::new());
     let again = Arc::clone(&soon);
+    let (mut first, mut failing) = (true, false);
+    let mut quick_until = Instant::now() + SETTLING;
     crate::discovery::keep_resolving(target, discovery, soon, |found| {
         let Some(cell) = cell.upgrade() else { return false };
-        if let Err(err) = &found {
-            tracing::warn!(%err, "cannot look this service's replicas up; keeping the lane known");
+        match &found {
+            Err(err) if !failing => {
+                tracing::warn!(%err, "cannot look this service's replicas up; its place, if it has one, is kept");
+            }
+            _ => {}
         }
-        if !set_position(&cell, own, found) {
+        failing = found.is_err();
+        let placement = set_position(&cell, own, found, std::mem::take(&mut first));
+        if placement.changed {
+            quick_until = Instant::now() + SETTLING;
+        }
+        if !placement.placed || Instant::now() < quick_until {
             again.notify_one();
         }
         true
@@ -199,12 +235,12 @@ mod tests {
         let lane = Lane::default();
         assert_eq!(lane.position(), None);
         assert_eq!((0..4).map(|turn| lane.replica(turn, 2)).collect::<Vec<_>>(), [0, 1, 0, 1], "round robin");
-        assert!(lane.place(addr(2), Ok(vec![addr(1), addr(2)])));
+        assert!(lane.place(addr(2), Ok(vec![addr(1), addr(2)]), true));
         assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }));
         assert_eq!((0..4).map(|turn| lane.replica(turn, 2)).collect::<Vec<_>>(), [1, 1, 1, 1]);
-        assert!(lane.place(addr(2), Err("the DNS is down".into())), "a failed look-up keeps the place");
+        assert!(lane.place(addr(2), Err("the DNS is down".into()), false), "a failed look-up keeps the place");
         assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }));
-        assert!(!lane.place(addr(2), Ok(vec![addr(1), addr(3)])), "no longer listed");
+        assert!(!lane.place(addr(2), Ok(vec![addr(1), addr(3)]), false), "no longer listed");
         assert_eq!(lane.position(), None);
     }
 

@@ -59,10 +59,7 @@ fn default_max_used() -> usize {
 /// `IP:PORT`, with or without brackets around an IPv6 address (a pod's address is filled in without them).
 fn deserialize_advertise<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
     let Some(text) = Option::<String>::deserialize(deserializer)? else { return Ok(None) };
-    let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
-        let (ip, port) = text.rsplit_once(':')?;
-        Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
-    });
+    let parsed = quarry_core::config::parse_ip_port(&text);
     parsed.map(Some).ok_or_else(|| serde::de::Error::custom(format!("advertise {text:?} is not IP:PORT")))
 }
 

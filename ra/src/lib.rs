@@ -197,6 +197,9 @@ impl Config {
     /// Checks what serde cannot: the profiles (their names by the rule the wfe and the ca share) and the default
     /// profile.
     pub fn validate(&self) -> Result<(), Error> {
+        if let Some(lane) = &self.lane {
+            lane.validate()?;
+        }
         if self.profiles.is_empty() {
             return Err(Error::Invalid("profiles must not be empty".to_owned()));
         }

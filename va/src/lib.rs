@@ -147,6 +147,9 @@ impl Config {
     /// Checks the settings serde cannot: ports, the timeout, the body cap and the perspective name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |why: String| Err(ConfigError::Invalid(why));
+        if let Some(lane) = &self.lane {
+            lane.validate()?;
+        }
         if self.dns_resolver.port() == 0 {
             return invalid(format!("dns_resolver {} needs a port", self.dns_resolver));
         }

@@ -164,6 +164,9 @@ impl Config {
     /// Checks the values whose rules the wfe shares with other services: the names of the profiles it advertises.
     /// Everything else is checked as the state is built.
     pub fn validate(&self) -> Result<(), Error> {
+        if let Some(lane) = &self.lane {
+            lane.validate().map_err(|err| Error::Config(err.to_string()))?;
+        }
         for name in self.directory_meta.profiles.keys() {
             quarry_core::profile::check_name(name)
                 .map_err(|why| Error::Config(format!("directory_meta.profiles: {why}")))?;

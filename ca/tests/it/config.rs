@@ -19,6 +19,7 @@ fn the_deploy_files_make_a_valid_config() {
             .replace("${ca_listen}", "127.0.0.1:9093")
             .replace("${sa_addresses}", "https://127.0.0.1:9095,https://127.0.0.2:9095")
             .replace("${publisher_addresses}", "https://127.0.0.1:9096")
+            .replace("${ca_addresses}", "https://127.0.0.1:9093,https://127.0.0.2:9093")
     };
     let mut base: toml::Table = toml::from_str(&fill(deploy_file("base"))).expect("base parses as toml");
     let overlay: toml::Table = toml::from_str(&fill(deploy_file("dev"))).expect("dev overlay parses as toml");
@@ -30,6 +31,20 @@ fn the_deploy_files_make_a_valid_config() {
     assert_eq!(config.default_profile, "classic");
     assert!(!config.issuers.is_empty());
     assert!(config.grpc.services.contains_key(crate::ca_service_name()));
+    config.validate().expect("valid");
+    let lane = config.lane.clone().expect("the dev overlay places each ca in its lane");
+    assert_eq!(lane.own, "127.0.0.1:9093".parse().unwrap());
+    // A hosted overlay's own address is the pod's, filled in without brackets; the replicas must be addresses.
+    let mut unbracketed = base.clone();
+    let hosted = "[lane]\nreplicas = \"https://quarry-ca.quarry.svc.cluster.local:9307\"\nown = \"fd00::5:9307\"\n";
+    quarry_core::config::merge(&mut unbracketed, &toml::from_str(hosted).unwrap());
+    let config: Config = quarry_core::config::parse(&unbracketed.to_string(), "hosted").expect("IPv6 own");
+    assert_eq!(config.lane.expect("lane").own, "[fd00::5]:9307".parse().unwrap());
+    let mut bad = base.clone();
+    quarry_core::config::merge(&mut bad, &toml::from_str("[lane]\nreplicas = \"quarry-ca:9307\"").unwrap());
+    let config: Config = quarry_core::config::parse(&bad.to_string(), "bad").expect("parses");
+    let refused = config.validate().expect_err("not an address").to_string();
+    assert!(refused.contains("lane.replicas"), "{refused}");
 }
 
 #[test]
