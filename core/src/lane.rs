@@ -4,8 +4,8 @@
 //!
 //! Why: a certificate costs about twenty calls between services. Spread round robin, they wake every replica of every
 //! service, each switching in and out for a fraction of the work; kept to a lane, with two replicas of everything they
-//! wake half as many processes, each doing more per wake-up. On the benchmark's two cores that was 4.3 % of the CPU per certificate with two
-//! replicas of everything (docs/performance.md, "Lanes built").
+//! wake half as many processes, each doing more per wake-up. On the benchmark's two cores that saved 4.3 % of the CPU
+//! per certificate (docs/performance.md, "Lanes built").
 //!
 //! The share: caller `r` of `n` owns the slice `[r/n, (r+1)/n)` of its peer's `m` replicas laid end to end, and its
 //! call `k` goes to replica `(r·m + k mod m) / n`. Every replica of the peer gets the same part of all callers' calls,
@@ -46,7 +46,8 @@ pub struct Position {
 }
 
 impl Position {
-    /// `own`'s place among `replicas` (the same order in every replica: a configured list, or the DNS's sorted).
+    /// `own`'s place among `replicas` (in address order, as every replica sees them: `Target::fixed` and the DNS's
+    /// answers are both sorted).
     pub fn of_address(own: SocketAddr, replicas: &[SocketAddr]) -> Option<Self> {
         let rank = replicas.iter().position(|replica| *replica == own)?;
         Some(Self { rank, of: replicas.len() })
