@@ -11,11 +11,15 @@
 //! call `k` goes to replica `(r·m + k mod m) / n`. Every replica of the peer gets the same part of all callers' calls,
 //! whatever `n` and `m` are; with as many callers as replicas each caller uses one replica, with more callers than
 //! replicas a slice spans one or two, and with fewer it spans `m / n` rounded up, or one more. A replica that fails
-//! is skipped as under round robin (`peer`), and a process that cannot place itself (no `[lane]` configured, its own
-//! address unspecified, or not among those listed yet) calls round robin. Both lists are in address order (a
-//! configured list sorted as the DNS's answers are), so every replica ranks itself and its peers alike.
+//! is skipped as under round robin (`peer`), and a process that cannot place itself (no `[lane]` configured, or not
+//! among those listed yet) calls round robin. Both lists are in address order (a configured list sorted as the DNS's
+//! answers are), so every replica ranks itself and its peers alike.
+//!
+//! A process whose own address is unspecified (`0.0.0.0:PORT`: a container on a bridge network, whose address nobody
+//! knew when its configuration was written) finds itself in the list instead: it is the one listed replica on its
+//! port whose address is one of this host's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -59,6 +63,27 @@ impl Position {
     }
 }
 
+/// Which of `replicas` this process is: `own` itself, or, when `own`'s address is unspecified, the one listed replica
+/// on `own`'s port whose address `is_local` — none when several are (every loopback address is this host's), since a
+/// guess would put two replicas in one lane.
+fn own_among(own: SocketAddr, replicas: &[SocketAddr], is_local: impl Fn(IpAddr) -> bool) -> Option<SocketAddr> {
+    if !own.ip().is_unspecified() {
+        return Some(own);
+    }
+    let mut mine = replicas.iter().filter(|replica| replica.port() == own.port() && is_local(replica.ip()));
+    match (mine.next(), mine.next()) {
+        (Some(only), None) => Some(*only),
+        _ => None,
+    }
+}
+
+/// Whether `ip` is one of this host's addresses: only those can be bound to (Linux refuses any other, with
+/// `EADDRNOTAVAIL`, unless `ip_nonlocal_bind` is set, where every address looks local and an unspecified own address
+/// finds several: the process then calls round robin). Binding sends nothing.
+pub fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// This process's lane, shared by every peer it calls; cheap to clone. The default has no position: round robin.
 #[derive(Debug, Clone, Default)]
 pub struct Lane {
@@ -73,12 +98,6 @@ impl Lane {
         let lane = Self::default();
         let Some(config) = config else { return Ok(lane) };
         let target = Target::parse(&config.replicas)?;
-        if config.own.ip().is_unspecified() {
-            // Every address is its own (a container on a bridge network, whose address nobody wrote down): no
-            // look-up could place it.
-            tracing::info!(own = %config.own, "this replica's own address is unspecified: its calls go round robin");
-            return Ok(lane);
-        }
         match target.fixed() {
             Some(replicas) => {
                 lane.place(config.own, Ok(replicas), true);
@@ -120,7 +139,7 @@ struct Placement {
 
 fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>, first: bool) -> Placement {
     let position = match &found {
-        Ok(replicas) => Position::of_address(own, replicas),
+        Ok(replicas) => own_among(own, replicas, is_local).and_then(|mine| Position::of_address(mine, replicas)),
         // A failed look-up keeps the place known before it.
         Err(_) => return Placement { placed: cell.load(Ordering::Relaxed) != 0, changed: false },
     };
@@ -134,6 +153,11 @@ fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>
             (Some(p), _) => {
                 tracing::info!(rank = p.rank, replicas = p.of, "this replica's lane: its share of each peer")
             }
+            (None, Ok(replicas)) if own.ip().is_unspecified() => tracing::warn!(
+                %own, ?replicas,
+                "none or several of its service's replicas on this port have one of this host's addresses, so this \
+                 replica cannot tell which it is: its calls go round robin"
+            ),
             (None, Ok(replicas)) => tracing::warn!(
                 %own, ?replicas,
                 "this replica is not among its service's replicas (yet): its calls go round robin"
@@ -255,8 +279,33 @@ mod tests {
         assert_eq!(Lane::new(Some(&config)).unwrap().position(), Some(Position { rank: 1, of: 2 }));
         assert_eq!(Lane::new(None).unwrap().position(), None);
         let anywhere = LaneConfig { own: "0.0.0.0:9302".parse().unwrap(), ..config.clone() };
-        assert_eq!(Lane::new(Some(&anywhere)).unwrap().position(), None, "no address of its own: round robin");
+        assert_eq!(Lane::new(Some(&anywhere)).unwrap().position(), None, "both loopback addresses are this host's");
         let bad = LaneConfig { replicas: vec!["http://x".into()], ..config };
         assert!(Lane::new(Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn an_unspecified_own_address_is_the_one_listed_replica_of_this_host() {
+        let addr = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        let (this, other) = ([192, 0, 2, 9], [192, 0, 2, 7]);
+        let is_this = |ip: IpAddr| ip == IpAddr::from(this);
+        let anywhere = addr([0, 0, 0, 0], 9309);
+        let replicas = [addr(other, 9309), addr(this, 9309)];
+        assert_eq!(own_among(anywhere, &replicas, is_this), Some(addr(this, 9309)));
+        assert_eq!(Position::of_address(addr(this, 9309), &replicas), Some(Position { rank: 1, of: 2 }));
+        let on_ipv6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 9309));
+        assert_eq!(own_among(on_ipv6, &replicas, is_this), Some(addr(this, 9309)), "[::] listens on IPv4 too");
+        assert_eq!(own_among(addr([0, 0, 0, 0], 9310), &replicas, is_this), None, "another port: another service");
+        assert_eq!(own_among(anywhere, &replicas, |_| true), None, "two of this host's: no guess");
+        assert_eq!(own_among(anywhere, &replicas, |_| false), None, "not listed (yet)");
+        let specific = addr(other, 9309);
+        assert_eq!(own_among(specific, &replicas, |_| false), Some(specific), "a given address is taken as it is");
+    }
+
+    #[test]
+    fn only_this_hosts_addresses_are_local() {
+        assert!(is_local(IpAddr::from([127, 0, 0, 1])));
+        assert!(is_local(IpAddr::from([127, 0, 0, 2])), "the whole of 127.0.0.0/8 is loopback's");
+        assert!(!is_local(IpAddr::from([192, 0, 2, 7])), "TEST-NET-1 is nobody's");
     }
 }

@@ -180,3 +180,34 @@ async fn a_replica_finds_its_lane_in_the_dns_once_it_is_listed() {
     }
     assert_eq!(lane.position(), Some(Position { rank: 1, of: 2 }), "ranked by address, as every replica ranks");
 }
+
+/// A container on a bridge network listens on `0.0.0.0` and its peers are listed by name (`quarry compose-init`'s
+/// configuration): it places itself as the one listed replica whose address is its own.
+#[tokio::test]
+async fn a_replica_listening_everywhere_finds_itself_among_named_replicas() {
+    let dns = ChallTestSrv::start(DnsConfig { default_ipv4: None, ..DnsConfig::ephemeral() }).await.expect("dns");
+    // The other container's address is on no interface here (TEST-NET-1: looked at, never dialled).
+    dns.state.add_a("ra-2.quarry.test", [Ipv4Addr::new(192, 0, 2, 7)]);
+    dns.state.add_a("ra.quarry.test", [Ipv4Addr::new(127, 0, 0, 1)]);
+    let config = LaneConfig {
+        replicas: vec!["https://ra.quarry.test:9309".into(), "https://ra-2.quarry.test:9309".into()],
+        own: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9309)),
+        dns_resolver: dns.dns_addr,
+    };
+    let lane = Lane::new(Some(&config)).expect("lane");
+    let started = Instant::now();
+    while lane.position().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "did not find itself");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lane.position(), Some(Position { rank: 0, of: 2 }), "127.0.0.1 ranks before 192.0.2.7");
+
+    // Were both names this host's (two replicas on one machine's loopback), it could not tell which it is.
+    dns.state.clear_a("ra-2.quarry.test");
+    dns.state.add_a("ra-2.quarry.test", [Ipv4Addr::new(127, 0, 0, 2)]);
+    let started = Instant::now();
+    while lane.position().is_some() {
+        assert!(started.elapsed() < Duration::from_secs(5), "still placed: {:?}", lane.position());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
