@@ -17,7 +17,8 @@
 //!
 //! A process whose own address is unspecified (`0.0.0.0:PORT`: a container on a bridge network, whose address nobody
 //! knew when its configuration was written) finds itself in the list instead: it is the one listed replica on its
-//! port whose address is one of this host's.
+//! port whose address is one of this host's (its IPv4 one on a dual-stack network). Where several are (replicas on
+//! one machine's loopback) or none, it calls round robin.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,22 +65,29 @@ impl Position {
 }
 
 /// Which of `replicas` this process is: `own` itself, or, when `own`'s address is unspecified, the one listed replica
-/// on `own`'s port whose address `is_local` — none when several are (every loopback address is this host's), since a
-/// guess would put two replicas in one lane.
+/// on `own`'s port whose address `is_local`. On a dual-stack network each replica is listed with an IPv4 and an IPv6
+/// address, both its own: it takes its IPv4 one (a `0.0.0.0` listener has no other; `[::]` takes IPv6 only where no
+/// IPv4 address is listed), so that every replica ranks by the same family, as pods given their IPv4 `pod_ip` do.
+/// None when several remain (every loopback address is this host's), since a guess could put two replicas in one
+/// lane.
 fn own_among(own: SocketAddr, replicas: &[SocketAddr], is_local: impl Fn(IpAddr) -> bool) -> Option<SocketAddr> {
     if !own.ip().is_unspecified() {
         return Some(own);
     }
-    let mut mine = replicas.iter().filter(|replica| replica.port() == own.port() && is_local(replica.ip()));
+    let on_port = || replicas.iter().filter(|replica| replica.port() == own.port());
+    let ipv4_listed = on_port().any(SocketAddr::is_ipv4);
+    let family = |replica: &&SocketAddr| replica.is_ipv4() == (own.is_ipv4() || ipv4_listed);
+    let mut mine = on_port().filter(family).filter(|replica| is_local(replica.ip()));
     match (mine.next(), mine.next()) {
         (Some(only), None) => Some(*only),
         _ => None,
     }
 }
 
-/// Whether `ip` is one of this host's addresses: only those can be bound to (Linux refuses any other, with
-/// `EADDRNOTAVAIL`, unless `ip_nonlocal_bind` is set, where every address looks local and an unspecified own address
-/// finds several: the process then calls round robin). Binding sends nothing.
+/// Whether `ip` is one of this host's addresses: normally only those can be bound to (Linux refuses any other with
+/// `EADDRNOTAVAIL`, unless the network namespace sets `net.ipv4.ip_nonlocal_bind` or its IPv6 twin, off by default in
+/// containers and pods: then any address binds, an unspecified own address finds several replicas when several are
+/// listed, and the process calls round robin). Binding sends nothing.
 pub fn is_local(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
@@ -138,8 +146,11 @@ struct Placement {
 }
 
 fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>, first: bool) -> Placement {
-    let position = match &found {
-        Ok(replicas) => own_among(own, replicas, is_local).and_then(|mine| Position::of_address(mine, replicas)),
+    let (mine, position) = match &found {
+        Ok(replicas) => {
+            let mine = own_among(own, replicas, is_local);
+            (mine, mine.and_then(|mine| Position::of_address(mine, replicas)))
+        }
         // A failed look-up keeps the place known before it.
         Err(_) => return Placement { placed: cell.load(Ordering::Relaxed) != 0, changed: false },
     };
@@ -151,7 +162,8 @@ fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>
         metrics::gauge!("quarry_lane_replicas").set(position.map_or(0.0, |p| p.of as f64));
         match (position, found) {
             (Some(p), _) => {
-                tracing::info!(rank = p.rank, replicas = p.of, "this replica's lane: its share of each peer")
+                let own = mine.unwrap_or(own);
+                tracing::info!(%own, rank = p.rank, replicas = p.of, "this replica's lane: its share of each peer")
             }
             (None, Ok(replicas)) if own.ip().is_unspecified() => tracing::warn!(
                 %own, ?replicas,
@@ -303,9 +315,37 @@ mod tests {
     }
 
     #[test]
+    fn on_a_dual_stack_network_an_unspecified_own_address_is_its_ipv4_one() {
+        let v4 = |last: u8| SocketAddr::from(([192, 0, 2, last], 9309));
+        let v6 = |last: u16| SocketAddr::from((std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last), 9309));
+        // Two containers, each listed with both its addresses (sorted: IPv4 first); this one is .9 and ::9.
+        let replicas = [v4(7), v4(9), v6(7), v6(9)];
+        let is_this = |ip: IpAddr| ip == v4(9).ip() || ip == v6(9).ip();
+        let anywhere_v4 = SocketAddr::from(([0, 0, 0, 0], 9309));
+        let anywhere_v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 9309));
+        assert_eq!(own_among(anywhere_v4, &replicas, is_this), Some(v4(9)));
+        assert_eq!(own_among(anywhere_v6, &replicas, is_this), Some(v4(9)), "[::] too, while IPv4 is listed");
+        assert_eq!(Position::of_address(v4(9), &replicas), Some(Position { rank: 1, of: 4 }));
+        // Ranks 0 and 1 of 4 reach each peer listed the same way by the same family, one container each.
+        let other = Position { rank: 0, of: 4 };
+        let this = Position { rank: 1, of: 4 };
+        assert!((0..8).all(|turn| other.replica(turn, 4) == 0 && this.replica(turn, 4) == 1));
+        // An IPv6-only network: [::] takes its IPv6 address; 0.0.0.0 has none to take.
+        let ipv6_only = [v6(7), v6(9)];
+        assert_eq!(own_among(anywhere_v6, &ipv6_only, is_this), Some(v6(9)));
+        assert_eq!(own_among(anywhere_v4, &ipv6_only, is_this), None);
+    }
+
+    /// Whether this network namespace lets a process bind any IPv4 address (`net.ipv4.ip_nonlocal_bind`).
+    fn binds_any_ipv4_address() -> bool {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind").is_ok_and(|value| value.trim() == "1")
+    }
+
+    #[test]
     fn only_this_hosts_addresses_are_local() {
         assert!(is_local(IpAddr::from([127, 0, 0, 1])));
         assert!(is_local(IpAddr::from([127, 0, 0, 2])), "the whole of 127.0.0.0/8 is loopback's");
-        assert!(!is_local(IpAddr::from([192, 0, 2, 7])), "TEST-NET-1 is nobody's");
+        // TEST-NET-1 is nobody's, unless this host binds any address, which the lane then cannot tell apart.
+        assert_eq!(is_local(IpAddr::from([192, 0, 2, 7])), binds_any_ipv4_address());
     }
 }
