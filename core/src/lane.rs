@@ -146,35 +146,30 @@ struct Placement {
 }
 
 fn set_position(cell: &AtomicU64, own: SocketAddr, found: Result<Vec<SocketAddr>, String>, first: bool) -> Placement {
-    let (mine, position) = match &found {
-        Ok(replicas) => {
-            let mine = own_among(own, replicas, is_local);
-            (mine, mine.and_then(|mine| Position::of_address(mine, replicas)))
-        }
-        // A failed look-up keeps the place known before it.
-        Err(_) => return Placement { placed: cell.load(Ordering::Relaxed) != 0, changed: false },
-    };
+    // A failed look-up keeps the place known before it.
+    let Ok(replicas) = found else { return Placement { placed: cell.load(Ordering::Relaxed) != 0, changed: false } };
+    let mine = own_among(own, &replicas, is_local);
+    let position = mine.and_then(|mine| Position::of_address(mine, &replicas));
     let packed = position.map_or(0, |p| ((p.rank as u64) << 32) | p.of as u64);
     let changed = cell.swap(packed, Ordering::Relaxed) != packed;
     if changed || first {
         // Where each replica stands, for whoever checks that the lanes are as the replica counts say: -1 unplaced.
         metrics::gauge!("quarry_lane_rank").set(position.map_or(-1.0, |p| p.rank as f64));
         metrics::gauge!("quarry_lane_replicas").set(position.map_or(0.0, |p| p.of as f64));
-        match (position, found) {
-            (Some(p), _) => {
-                let own = mine.unwrap_or(own);
-                tracing::info!(%own, rank = p.rank, replicas = p.of, "this replica's lane: its share of each peer")
-            }
-            (None, Ok(replicas)) if own.ip().is_unspecified() => tracing::warn!(
+        match (mine, position) {
+            (Some(mine), Some(p)) => tracing::info!(
+                own = %mine, rank = p.rank, replicas = p.of,
+                "this replica's lane: its share of each peer"
+            ),
+            _ if own.ip().is_unspecified() => tracing::warn!(
                 %own, ?replicas,
                 "none or several of its service's replicas on this port have one of this host's addresses, so this \
                  replica cannot tell which it is: its calls go round robin"
             ),
-            (None, Ok(replicas)) => tracing::warn!(
+            _ => tracing::warn!(
                 %own, ?replicas,
                 "this replica is not among its service's replicas (yet): its calls go round robin"
             ),
-            (None, Err(_)) => {}
         }
     }
     Placement { placed: packed != 0, changed }
