@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,10 @@ use crate::tls::MutualTls;
 
 pub(crate) mod client;
 mod coalesced_writes;
+mod measured;
 
 pub use client::{Channel, TraceContext, channel, check_health, health_status};
+pub use measured::{Measured, Side};
 
 /// The longest a gRPC client may take over its TLS handshake.
 const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,9 +140,14 @@ where
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .layer(tower::layer::layer_fn(|inner| Measured { inner, side: Side::Server }))
-        // One span per call, continuing the caller's trace.
+        // One span per call, continuing the caller's trace where spans are exported; elsewhere at debug level, for
+        // log lines only (`telemetry::spans_exported`).
         .trace_fn(|request| {
-            let span = tracing::info_span!("grpc", rpc = %request.uri().path());
+            let rpc = request.uri().path();
+            if !crate::telemetry::spans_exported() {
+                return tracing::debug_span!("grpc", rpc = %rpc);
+            }
+            let span = tracing::info_span!("grpc", rpc = %rpc);
             crate::telemetry::continue_trace(&span, request.headers());
             span
         })
@@ -207,68 +213,6 @@ fn version_header() -> http::HeaderValue {
             http::HeaderValue::from_str(&described).unwrap_or(http::HeaderValue::from_static("unknown"))
         })
         .clone()
-}
-
-/// Which end of a call [`Measured`] counts.
-#[derive(Debug, Clone, Copy)]
-pub enum Side {
-    Client,
-    Server,
-}
-
-/// gRPC calls counted by method and status code and timed until the response headers:
-/// `quarry_grpc_server_requests_total` / `quarry_grpc_server_duration_seconds` on every server, and the
-/// `quarry_grpc_client_…` pair on every channel to a peer.
-#[derive(Debug, Clone)]
-pub struct Measured<S> {
-    inner: S,
-    side: Side,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for Measured<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-    R: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let rpc = request.uri().path().to_owned();
-        let side = self.side;
-        let started = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await;
-            if let (Side::Server, Ok(response)) = (side, &mut response) {
-                response.headers_mut().insert(VERSION_HEADER, version_header());
-            }
-            // A failed unary call is a trailers-only response: its status is in the headers. Otherwise it succeeded
-            // as far as the headers tell.
-            let code = match &response {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok()?.parse::<i32>().ok())
-                    .map_or(Code::Ok, Code::from_i32),
-                Err(_) => Code::Unavailable,
-            };
-            let (requests, duration) = match side {
-                Side::Server => ("quarry_grpc_server_requests_total", "quarry_grpc_server_duration_seconds"),
-                Side::Client => ("quarry_grpc_client_requests_total", "quarry_grpc_client_duration_seconds"),
-            };
-            metrics::counter!(requests, "rpc" => rpc.clone(), "code" => format!("{code:?}")).increment(1);
-            metrics::histogram!(duration, "rpc" => rpc).record(started.elapsed().as_secs_f64());
-            response
-        })
-    }
 }
 
 /// Lets through only calls whose client certificate names one of the allowed clients of a service.

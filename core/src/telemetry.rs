@@ -23,6 +23,23 @@ const EXPORT_DELAY: Duration = Duration::from_millis(500);
 /// carriers skip their work on every gRPC call (a header parsed, a context built, both thrown away).
 static SPANS_EXPORTED: AtomicBool = AtomicBool::new(false);
 
+/// Whether this process's Prometheus recorder is installed: metric handles taken before it count nowhere, so they
+/// are kept only after.
+static RECORDER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans: where it does not, a span per request or call is opened at debug level only
+/// (`grpc::serve_checked`, the wfe's `acme` span), since opening one costs every layer of the subscriber its work
+/// (a registry slot, the fields formatted, the filter asked) and, without an exporter, only log lines inside it at
+/// debug level would show it.
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
+}
+
+/// Whether the recorder that `[telemetry] metrics_listen` serves is installed in this process.
+pub(crate) fn recorder_installed() -> bool {
+    RECORDER_INSTALLED.load(Ordering::Acquire)
+}
+
 /// A service's `[telemetry]` section.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +110,7 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), TelemetryError> {
     if metrics::set_global_recorder(recorder).is_err() {
         return Ok(());
     }
+    RECORDER_INSTALLED.store(true, Ordering::Release);
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));

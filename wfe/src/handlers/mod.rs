@@ -59,13 +59,14 @@ pub fn router(wfe: Wfe) -> Router {
 async fn observe_request(request: Request, next: Next) -> Response {
     use tracing::Instrument;
     let endpoint = endpoint_of(request.uri().path());
-    let method = request.method().to_string();
-    let span = tracing::info_span!(
-        "acme",
-        method = %method,
-        path = %request.uri().path(),
-        status = tracing::field::Empty,
-    );
+    let method = method_label(request.method());
+    // The root of the request's trace where spans are exported; elsewhere at debug level, for log lines only
+    // (`telemetry::spans_exported`).
+    let span = if quarry_core::telemetry::spans_exported() {
+        tracing::info_span!("acme", method, path = %request.uri().path(), status = tracing::field::Empty)
+    } else {
+        tracing::debug_span!("acme", method, path = %request.uri().path(), status = tracing::field::Empty)
+    };
     let started = Instant::now();
     let response = async move {
         let response = next.run(request).await;
@@ -86,6 +87,21 @@ async fn observe_request(request: Request, next: Next) -> Response {
     metrics::histogram!("quarry_acme_request_duration_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request's method as a label: ACME's methods by name, any other (HTTP lets a client make one up) as `other`, so
+/// that a client cannot add series without end.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// The route a path belongs to, without its identifiers (bounded label values).
@@ -160,5 +176,15 @@ mod tests {
         assert_eq!(endpoint_of("/acme/acct/12/orders"), "account-orders");
         assert_eq!(endpoint_of("/acme/acct/12"), "account");
         assert_eq!(endpoint_of("/acme/order/12"), "order");
+    }
+
+    #[test]
+    fn a_made_up_method_is_counted_as_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::HEAD), "HEAD");
+        for made_up in ["BREW", "PROPFIND", "X-1f3a9c"] {
+            let method = Method::from_bytes(made_up.as_bytes()).expect("a token");
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
     }
 }
