@@ -4,7 +4,9 @@
 # clients), stops it, and does the same with the other; odd rounds run A first, even rounds B first, because the
 # second load of a pair measured cheaper in 15 of 20 pairs whichever build it ran (docs/performance.md). Prints each
 # load's certificates, the sa's and the whole stack's CPU per certificate and context switches per certificate, then
-# each build's averages and how many rounds each won. Use an even number of rounds.
+# each build's averages, how many rounds each won, and each process's CPU per certificate averaged over its loads
+# (the three vas as one, summed per load), which shows a change in one service that the whole stack's drift hides.
+# Use an even number of rounds.
 #   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
 #   scripts/bench-builds.sh /tmp/before /tmp/after 6 --honour-retry-after --retry-after-cap-ms 1000
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
@@ -26,6 +28,7 @@ if ss -ltn | grep -q '127.0.0.1:14000 '; then
 fi
 loadgen=$dir_a/quarry
 results=$(mktemp /tmp/quarry-builds.XXXX)
+by_process=$(mktemp /tmp/quarry-builds.XXXX)
 # Only this stack's processes count, when build A's load generator knows how (`--under`, since 0a66659).
 knows_under=no
 "$loadgen" loadgen --help 2>/dev/null | grep -q -- '--under' && knows_under=yes
@@ -73,6 +76,9 @@ for round in $(seq 1 "$rounds"); do
     ctx=$(awk -v a="$before" -v b="$after" -v n="${certs:-0}" 'BEGIN {if (n > 0) printf "%.0f", (b - a) / n}')
     echo "round $round $variant: ${certs:-0} certificates, sa ${sa:-?} ms/cert, all ${all:-?} ms/cert, ${ctx:-?} switches/cert"
     echo "$variant ${all:-} ${sa:-} ${ctx:-} $round" >>"$results"
+    # "quarry va  0.71  18.6": the process's name, then its CPU per certificate.
+    awk -v v="$variant" '/^quarry [a-z-]+ +[0-9.]+ / {cpu[$2] += $3} END {for (p in cpu) print v, p, cpu[p]}' \
+      "$work/load.txt" >>"$by_process"
     kill -- -"$dev" 2>/dev/null
     wait "$dev" 2>/dev/null
     sleep 2
@@ -90,4 +96,13 @@ awk '$2 != "" {n[$1]++; all[$1] += $2; sa[$1] += $3; ctx[$1] += $4; round[$1, $5
     }
     if (pairs > 0) printf "rounds where B cost less: %d of %d\n", b_won, pairs
   }' "$results" | sort
-rm -f "$results"
+printf "%-12s %8s %8s %8s\n" "process" "A" "B" "B/A"
+awk '{n[$1, $2]++; cpu[$1, $2] += $3; seen[$2] = 1}
+  END {
+    for (p in seen) {
+      if (!n["A", p] || !n["B", p]) continue
+      a = cpu["A", p] / n["A", p]; b = cpu["B", p] / n["B", p]
+      if (a > 0) printf "%-12s %8.3f %8.3f %+7.1f%%\n", p, a, b, 100 * (b / a - 1)
+    }
+  }' "$by_process" | sort
+rm -f "$results" "$by_process"
