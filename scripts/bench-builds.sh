@@ -5,7 +5,7 @@
 # second load of a pair measured cheaper in 15 of 20 pairs whichever build it ran (docs/performance.md). Prints each
 # load's certificates, the sa's and the whole stack's CPU per certificate and context switches per certificate, then
 # each build's averages, how many rounds each won, and each process's CPU per certificate averaged over its loads
-# (the three vas as one, summed per load), which shows a change in one service that the whole stack's drift hides.
+# (processes of one name summed per load: the three vas, and every replica under DEV_ARGS="--replicas 2"), which shows a change in one service that the whole stack's drift hides.
 # Use an even number of rounds.
 #   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
 #   scripts/bench-builds.sh /tmp/before /tmp/after 6 --honour-retry-after --retry-after-cap-ms 1000

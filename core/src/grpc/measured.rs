@@ -105,11 +105,15 @@ struct SeriesBook {
 impl SeriesBook {
     /// The series of `rpc` on `side`: kept ones, or new ones, kept while there is room.
     fn series(&self, side: Side, rpc: &str) -> Arc<MethodSeries> {
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(series) = kept.get(rpc) {
+        if let Some(series) = self.kept.lock().unwrap_or_else(PoisonError::into_inner).get(rpc) {
             return Arc::clone(series);
         }
+        // Looked up in the recorder's registry without holding the book: other calls go on meanwhile.
         let series = Arc::new(MethodSeries::new(side, rpc));
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(first) = kept.get(rpc) {
+            return Arc::clone(first);
+        }
         if kept.len() < KEPT_METHODS {
             kept.insert(rpc.into(), Arc::clone(&series));
         }

@@ -63,9 +63,9 @@ async fn observe_request(request: Request, next: Next) -> Response {
     // The root of the request's trace where spans are exported; elsewhere at debug level, for log lines only
     // (`telemetry::spans_exported`).
     let span = if quarry_core::telemetry::spans_exported() {
-        tracing::info_span!("acme", method, path = %request.uri().path(), status = tracing::field::Empty)
+        tracing::info_span!("acme", method = %request.method(), path = %request.uri().path(), status = tracing::field::Empty)
     } else {
-        tracing::debug_span!("acme", method, path = %request.uri().path(), status = tracing::field::Empty)
+        tracing::debug_span!("acme", method = %request.method(), path = %request.uri().path(), status = tracing::field::Empty)
     };
     let started = Instant::now();
     let response = async move {
@@ -89,8 +89,8 @@ async fn observe_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// A request's method as a label: ACME's methods by name, any other (HTTP lets a client make one up) as `other`, so
-/// that a client cannot add series without end.
+/// A request's method as a label: HTTP's nine standard methods by name, any other (HTTP lets a client make one up)
+/// as `other`, so that a client cannot add series without end.
 fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -100,6 +100,8 @@ fn method_label(method: &Method) -> &'static str {
         Method::PUT => "PUT",
         Method::DELETE => "DELETE",
         Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
         _ => "other",
     }
 }
@@ -182,6 +184,7 @@ mod tests {
     fn a_made_up_method_is_counted_as_other() {
         assert_eq!(method_label(&Method::POST), "POST");
         assert_eq!(method_label(&Method::HEAD), "HEAD");
+        assert_eq!(method_label(&Method::TRACE), "TRACE");
         for made_up in ["BREW", "PROPFIND", "X-1f3a9c"] {
             let method = Method::from_bytes(made_up.as_bytes()).expect("a token");
             assert_eq!(method_label(&method), "other", "{made_up}");
