@@ -5,8 +5,8 @@
 # second load of a pair measured cheaper in 15 of 20 pairs whichever build it ran (docs/performance.md). Prints each
 # load's certificates, the sa's and the whole stack's CPU per certificate and context switches per certificate, then
 # each build's averages, how many rounds each won, and each process's CPU per certificate averaged over its loads
-# (processes of one name summed per load: the three vas, and every replica under DEV_ARGS="--replicas 2"), which shows a change in one service that the whole stack's drift hides.
-# Use an even number of rounds.
+# (processes of one name summed per load: the three vas, and every replica under DEV_ARGS="--replicas 2"), which
+# shows a change in one service that the whole stack's drift hides. Use an even number of rounds.
 #   scripts/bench-builds.sh DIR_A DIR_B ROUNDS [loadgen arguments...]
 #   scripts/bench-builds.sh /tmp/before /tmp/after 6 --honour-retry-after --retry-after-cap-ms 1000
 # DIR_A and DIR_B each hold a release build's `quarry` and `quarry-dev` (copy target/release/quarry and
@@ -15,7 +15,7 @@
 # On PostgreSQL, DEV_ARGS="--db URL" and ALSO_UNDER=PID (its postmaster's, the first line of postmaster.pid) count
 # the database's processes too. Not part of the test command.
 set -uo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,14p' "$0" >&2; exit 64; }
+[[ $# -ge 3 ]] || { sed -n '2,/^[^#]/{/^#/p}' "$0" >&2; exit 64; }
 dir_a=$1 dir_b=$2 rounds=$3 clients=${CLIENTS:-4}
 shift 3
 for dir in "$dir_a" "$dir_b"; do

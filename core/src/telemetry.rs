@@ -167,7 +167,7 @@ fn exporter(service: &str, endpoint: &str) -> Result<SdkTracerProvider, opentele
 
 /// Writes the current span's trace context (`traceparent`) into outgoing gRPC metadata.
 pub fn inject_into(metadata: &mut tonic::metadata::MetadataMap) {
-    if !SPANS_EXPORTED.load(Ordering::Relaxed) {
+    if !spans_exported() {
         return;
     }
     struct Carrier<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -187,7 +187,7 @@ pub fn inject_into(metadata: &mut tonic::metadata::MetadataMap) {
 
 /// Makes `span` a child of the trace context the caller sent in `headers`, if any.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    if !SPANS_EXPORTED.load(Ordering::Relaxed) {
+    if !spans_exported() {
         return;
     }
     struct Carrier<'a>(&'a http::HeaderMap);
