@@ -294,19 +294,28 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
 }
 
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.
+///
+/// The value differs on every call, so it is marked never to be indexed: HPACK would otherwise add each one to both
+/// ends' header tables, where it pushes out the entries that do repeat (the method's path, the content type).
 pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(deadline) = deadline {
         // A deadline already past still goes out with a tiny timeout so the peer fails fast.
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         request.set_timeout(remaining);
+        if let Some(value) = request.metadata_mut().get_mut(GRPC_TIMEOUT) {
+            value.set_sensitive(true);
+        }
     }
     request
 }
 
+/// The header that carries a call's deadline (gRPC over HTTP/2).
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
 /// The deadline an incoming request carries in its `grpc-timeout` header, if any.
 pub fn incoming_deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let value = request.metadata().get(GRPC_TIMEOUT)?.to_str().ok()?;
     // A deadline too far to represent is no deadline (a hostile peer's header must not panic the service).
     parse_grpc_timeout(value).and_then(|timeout| Instant::now().checked_add(timeout))
 }
@@ -437,6 +446,20 @@ mod tests {
             assert_eq!(parse_grpc_timeout(hostile), None, "{hostile:?}");
         }
         assert_eq!(parse_grpc_timeout("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+    }
+
+    #[test]
+    fn a_deadline_goes_out_as_a_timeout_never_indexed() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let request = request_with_deadline((), Some(deadline));
+        let value = request.metadata().get(GRPC_TIMEOUT).expect("a grpc-timeout");
+        assert!(value.is_sensitive(), "a value that differs on every call must stay out of the HPACK tables");
+        let received = incoming_deadline(&request).expect("the timeout parses back");
+        assert!(received <= deadline + Duration::from_millis(1) && received + Duration::from_secs(1) > deadline);
+        // A deadline already past still goes out, as a tiny timeout; no deadline, no header.
+        let past = request_with_deadline((), Some(Instant::now() - Duration::from_secs(1)));
+        assert!(incoming_deadline(&past).is_some());
+        assert!(request_with_deadline((), None).metadata().get(GRPC_TIMEOUT).is_none());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! carriers that put every hop of one ACME request (wfe → ra → sa/va/ca → remote vas/publisher) into one trace; and
 //! Prometheus metrics on a separate debug listener.
 
+pub mod kept;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -173,10 +175,13 @@ pub fn inject_into(metadata: &mut tonic::metadata::MetadataMap) {
     struct Carrier<'a>(&'a mut tonic::metadata::MetadataMap);
     impl Injector for Carrier<'_> {
         fn set(&mut self, key: &str, value: String) {
-            if let (Ok(key), Ok(value)) = (
+            if let (Ok(key), Ok(mut value)) = (
                 tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
                 tonic::metadata::MetadataValue::try_from(value),
             ) {
+                // A span's identifiers differ on every call: kept out of the HPACK tables (see
+                // `grpc::request_with_deadline`).
+                value.set_sensitive(true);
                 self.0.insert(key, value);
             }
         }

@@ -3,15 +3,15 @@
 //! it in the recorder's registry at every call cost more than the counting itself (measured: metrics were 4 % of
 //! the nonce service's CPU, most of it those look-ups).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tonic::Code;
 
 use super::{VERSION_HEADER, version_header};
+use crate::telemetry::kept::KeptSeries;
 
 /// Which end of a call [`Measured`] counts.
 #[derive(Debug, Clone, Copy)]
@@ -97,39 +97,16 @@ struct MethodSeries {
 }
 
 /// The series kept for one side of the process, by method.
-#[derive(Default)]
-struct SeriesBook {
-    kept: Mutex<HashMap<Box<str>, Arc<MethodSeries>>>,
-}
-
-impl SeriesBook {
-    /// The series of `rpc` on `side`: kept ones, or new ones, kept while there is room.
-    fn series(&self, side: Side, rpc: &str) -> Arc<MethodSeries> {
-        if let Some(series) = self.kept.lock().unwrap_or_else(PoisonError::into_inner).get(rpc) {
-            return Arc::clone(series);
-        }
-        // Looked up in the recorder's registry without holding the book: other calls go on meanwhile.
-        let series = Arc::new(MethodSeries::new(side, rpc));
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(first) = kept.get(rpc) {
-            return Arc::clone(first);
-        }
-        if kept.len() < KEPT_METHODS {
-            kept.insert(rpc.into(), Arc::clone(&series));
-        }
-        series
-    }
-}
+type SeriesBook = KeptSeries<String, Arc<MethodSeries>>;
 
 impl MethodSeries {
     /// The series of `rpc` on `side`, kept once the process's recorder is installed: a handle taken before would
     /// count nowhere for good.
     fn of(side: Side, rpc: &str) -> Arc<MethodSeries> {
         static BOOKS: [OnceLock<SeriesBook>; 2] = [OnceLock::new(), OnceLock::new()];
-        if !crate::telemetry::recorder_installed() {
-            return Arc::new(Self::new(side, rpc));
-        }
-        BOOKS[side as usize].get_or_init(SeriesBook::default).series(side, rpc)
+        BOOKS[side as usize]
+            .get_or_init(|| SeriesBook::new(KEPT_METHODS))
+            .get_or_make(rpc, || Arc::new(Self::new(side, rpc)))
     }
 
     fn new(side: Side, rpc: &str) -> Self {
@@ -152,6 +129,11 @@ impl MethodSeries {
 mod tests {
     use super::*;
 
+    /// The series of `rpc` on `side` from `book`, kept whether or not the process's recorder is installed.
+    fn series(book: &SeriesBook, side: Side, rpc: &str) -> Arc<MethodSeries> {
+        book.get_or_make_kept(rpc, || Arc::new(MethodSeries::new(side, rpc)))
+    }
+
     #[test]
     fn every_status_code_has_a_counter_of_its_own() {
         for number in 0..STATUS_CODES {
@@ -166,14 +148,14 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let book = SeriesBook::default();
-            let first = book.series(Side::Server, "/quarry.test.v1.Kept/Call");
-            let again = book.series(Side::Server, "/quarry.test.v1.Kept/Call");
+            let book = SeriesBook::new(KEPT_METHODS);
+            let first = series(&book, Side::Server, "/quarry.test.v1.Kept/Call");
+            let again = series(&book, Side::Server, "/quarry.test.v1.Kept/Call");
             assert!(Arc::ptr_eq(&first, &again), "one method's series are looked up once");
             first.finished(Code::Ok, 0.001);
             again.finished(Code::Ok, 0.002);
             again.finished(Code::NotFound, 0.003);
-            book.series(Side::Server, "/quarry.test.v1.Kept/Other").finished(Code::Unavailable, 0.004);
+            series(&book, Side::Server, "/quarry.test.v1.Kept/Other").finished(Code::Unavailable, 0.004);
         });
         let text = handle.render();
         for (code, rpc, count) in [("Ok", "Call", 2), ("NotFound", "Call", 1), ("Unavailable", "Other", 1)] {
@@ -198,17 +180,17 @@ mod tests {
 
     #[test]
     fn a_method_past_the_bound_is_counted_without_being_kept() {
-        let book = SeriesBook::default();
+        let book = SeriesBook::new(KEPT_METHODS);
         for n in 0..KEPT_METHODS {
-            let _ = book.series(Side::Client, &format!("/quarry.test.v1.Many/Call{n}"));
+            let _ = series(&book, Side::Client, &format!("/quarry.test.v1.Many/Call{n}"));
         }
-        let first = book.series(Side::Client, "/quarry.test.v1.Many/OneTooMany");
-        let second = book.series(Side::Client, "/quarry.test.v1.Many/OneTooMany");
+        let first = series(&book, Side::Client, "/quarry.test.v1.Many/OneTooMany");
+        let second = series(&book, Side::Client, "/quarry.test.v1.Many/OneTooMany");
         assert!(!Arc::ptr_eq(&first, &second));
-        assert_eq!(book.kept.lock().expect("lock").len(), KEPT_METHODS);
+        assert_eq!(book.len(), KEPT_METHODS);
         assert!(Arc::ptr_eq(
-            &book.series(Side::Client, "/quarry.test.v1.Many/Call0"),
-            &book.series(Side::Client, "/quarry.test.v1.Many/Call0")
+            &series(&book, Side::Client, "/quarry.test.v1.Many/Call0"),
+            &series(&book, Side::Client, "/quarry.test.v1.Many/Call0")
         ));
     }
 }

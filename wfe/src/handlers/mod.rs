@@ -8,6 +8,7 @@ mod certificates;
 mod directory;
 mod orders;
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::Router;
@@ -17,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
 use quarry_core::Problem;
+use quarry_core::telemetry::kept::KeptSeries;
 
 use crate::problem::ProblemResponse;
 use crate::renewal;
@@ -76,18 +78,34 @@ async fn observe_request(request: Request, next: Next) -> Response {
     .instrument(span)
     .await;
     let problem = response.extensions().get::<crate::problem::ProblemType>().map_or("", |problem| problem.0);
-    metrics::counter!(
-        "quarry_acme_requests_total",
-        "endpoint" => endpoint,
-        "method" => method,
-        "status" => response.status().as_u16().to_string(),
-        "problem" => problem,
-    )
-    .increment(1);
-    metrics::histogram!("quarry_acme_request_duration_seconds", "endpoint" => endpoint)
+    let status = response.status().as_u16();
+    REQUESTS
+        .get_or_init(|| KeptSeries::new(KEPT_REQUEST_SERIES))
+        .get_or_make(&(endpoint, method, status, problem), || {
+            metrics::counter!(
+                "quarry_acme_requests_total",
+                "endpoint" => endpoint,
+                "method" => method,
+                "status" => status.to_string(),
+                "problem" => problem,
+            )
+        })
+        .increment(1);
+    DURATIONS
+        .get_or_init(|| KeptSeries::new(KEPT_REQUEST_SERIES))
+        .get_or_make(&endpoint, || metrics::histogram!("quarry_acme_request_duration_seconds", "endpoint" => endpoint))
         .record(started.elapsed().as_secs_f64());
     response
 }
+
+/// The request counters by endpoint, method, status and problem type, and the durations by endpoint, each taken
+/// from the recorder once (`telemetry::kept`): every label is one of a fixed set, the status aside, which the
+/// bound covers.
+static REQUESTS: OnceLock<KeptSeries<RequestLabels, metrics::Counter>> = OnceLock::new();
+/// Endpoint, method, status and problem type.
+type RequestLabels = (&'static str, &'static str, u16, &'static str);
+static DURATIONS: OnceLock<KeptSeries<&str, metrics::Histogram>> = OnceLock::new();
+const KEPT_REQUEST_SERIES: usize = 1024;
 
 /// A request's method as a label: HTTP's nine standard methods by name, any other (HTTP lets a client make one up)
 /// as `other`, so that a client cannot add series without end.

@@ -249,7 +249,12 @@ async fn the_inline_connections_are_counted_idle_or_in_use() {
     let inline = store.inline().unwrap();
     assert_eq!(inline.connections(), (1, 0), "the writer alone, idle");
     inline.read(&[Statement::new("SELECT 1 AS one")]).await.expect("read");
-    assert_eq!(inline.connections(), (2, 0), "and a reader, given back");
+    assert_eq!(inline.connections(), (1, 0), "a read while the writer is free runs on it");
+    let held = inline.writer.lock().await;
+    inline.read(&[Statement::new("SELECT 1 AS one")]).await.expect("read");
+    assert_eq!(inline.connections(), (1, 1), "a read while the writer is held opens a reader and gives it back");
+    drop(held);
+    assert_eq!(inline.connections(), (2, 0));
     let during = inline.write(|_| Ok(inline.connections())).await.expect("write");
     assert_eq!(during, (1, 1), "the writer in use while the write holds it");
     let (all_idle, all_in_use) = store.connections();
@@ -274,4 +279,63 @@ async fn a_percent_encoded_path_names_the_file_sqlx_opens() {
         .expect("read through sqlx");
     assert_eq!(seen, 1);
     assert!(dir.path().join("with space/quarry.db").is_file());
+}
+
+/// Reads run on the writer while it is free, on a reader while it is held (by a write elsewhere, a checkpoint) or
+/// left inside a transaction: either way they see what every connection committed, the store's sqlx writer's too,
+/// and never what a transaction has not committed.
+#[tokio::test]
+async fn reads_see_every_commit_on_whichever_connection_they_run() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    let count =
+        |version: i64| Statement::new("SELECT COUNT(*) AS n FROM schema_migrations WHERE version = $1").int(version);
+    let counted = |rows: Vec<Vec<InlineRow>>| get::<i64>(&rows[0][0], "n").unwrap();
+    // Read once on each connection, so that both have the pages cached before the next commits.
+    assert_eq!(counted(inline.read(&[count(7000)]).await.unwrap()), 0);
+    let held = inline.writer.lock().await;
+    assert_eq!(counted(inline.read(&[count(7000)]).await.unwrap()), 0);
+    drop(held);
+    sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (7000, 'sqlx', 1)")
+        .execute(&store.writer)
+        .await
+        .expect("the sqlx writer commits");
+    assert_eq!(counted(inline.read(&[count(7000)]).await.unwrap()), 1, "on the writer");
+    let held = inline.writer.lock().await;
+    assert_eq!(counted(inline.read(&[count(7000)]).await.unwrap()), 1, "on a reader");
+    drop(held);
+    inline.write(|tx| tx.run(&insert_migration(7001, "inline"))).await.expect("write");
+    let held = inline.writer.lock().await;
+    assert_eq!(counted(inline.read(&[count(7001)]).await.unwrap()), 1, "a reader sees the writer's commit");
+    // A transaction left open on the writer (its rollback failed): reads go elsewhere and do not see it.
+    held.execute_batch(
+        "BEGIN IMMEDIATE; INSERT INTO schema_migrations (version, name, applied_at) VALUES (7002, 'open', 1)",
+    )
+    .expect("an open transaction");
+    drop(held);
+    assert_eq!(counted(inline.read(&[count(7002)]).await.unwrap()), 0, "nothing uncommitted is read");
+    // The next write rolls it back before its own.
+    inline.write(|tx| tx.run(&insert_migration(7003, "after"))).await.expect("write");
+    assert_eq!(counted(inline.read(&[count(7002)]).await.unwrap()), 0);
+    assert_eq!(counted(inline.read(&[count(7003)]).await.unwrap()), 1);
+}
+
+/// A statement that would write, asked as a read, is refused before it runs, on the writer as on a reader (whose
+/// `query_only` would refuse it too), and nothing of it is kept.
+#[tokio::test]
+async fn a_read_that_would_write_is_refused_on_either_connection() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    let refused = inline.read(&[insert_migration(7100, "on the writer")]).await.expect_err("refused");
+    assert_eq!(refused.kind, ErrorKind::ServerInternal, "{refused:?}");
+    let held = inline.writer.lock().await;
+    inline.read(&[insert_migration(7101, "on a reader")]).await.expect_err("refused");
+    drop(held);
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations WHERE version >= 7100")
+        .fetch_one(&store.writer)
+        .await
+        .expect("count");
+    assert_eq!(kept, 0);
 }
