@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use aws_lc_rs::signature::{self, ParsedPublicKey};
 use quarry_jose::spki_sha256;
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -149,7 +149,8 @@ pub struct LogKey {
     spki: Vec<u8>,
     log_id: [u8; 32],
     algorithm: u8,
-    public_key: Vec<u8>,
+    /// Parsed once: a key parsed for each verification was checked anew each time (its point on the curve).
+    public_key: ParsedPublicKey,
 }
 
 impl LogKey {
@@ -159,17 +160,15 @@ impl LogKey {
         if !rest.is_empty() {
             return Err(err("log key: trailing data"));
         }
-        let algorithm = match info.algorithm.algorithm.to_id_string().as_str() {
-            "1.2.840.10045.2.1" => SIGNATURE_ECDSA,
-            "1.2.840.113549.1.1.1" => SIGNATURE_RSA,
-            other => return Err(err(format!("log key: unsupported algorithm {other}"))),
-        };
-        Ok(Self {
-            spki: spki.to_vec(),
-            log_id: spki_sha256(spki),
-            algorithm,
-            public_key: info.subject_public_key.data.to_vec(),
-        })
+        let (algorithm, verification): (u8, &'static dyn signature::VerificationAlgorithm) =
+            match info.algorithm.algorithm.to_id_string().as_str() {
+                "1.2.840.10045.2.1" => (SIGNATURE_ECDSA, &signature::ECDSA_P256_SHA256_ASN1),
+                "1.2.840.113549.1.1.1" => (SIGNATURE_RSA, &signature::RSA_PKCS1_2048_8192_SHA256),
+                other => return Err(err(format!("log key: unsupported algorithm {other}"))),
+            };
+        let public_key = ParsedPublicKey::new(verification, info.subject_public_key.data.as_ref())
+            .map_err(|e| err(format!("log key: {e}")))?;
+        Ok(Self { spki: spki.to_vec(), log_id: spki_sha256(spki), algorithm, public_key })
     }
 
     pub fn spki(&self) -> &[u8] {
@@ -188,15 +187,8 @@ impl LogKey {
         if sct.hash_algorithm != HASH_SHA256 || sct.signature_algorithm != self.algorithm {
             return Err(err("the SCT's signature algorithm does not match the log's key"));
         }
-        let algorithm: &dyn signature::VerificationAlgorithm = if self.algorithm == SIGNATURE_ECDSA {
-            &signature::ECDSA_P256_SHA256_ASN1
-        } else {
-            &signature::RSA_PKCS1_2048_8192_SHA256
-        };
         let message = signed_data(entry, sct.timestamp_ms, &sct.extensions);
-        UnparsedPublicKey::new(algorithm, &self.public_key)
-            .verify(&message, &sct.signature)
-            .map_err(|_| err("the SCT's signature does not verify"))
+        self.public_key.verify_sig(&message, &sct.signature).map_err(|_| err("the SCT's signature does not verify"))
     }
 }
 
@@ -278,7 +270,7 @@ mod tests {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("parses");
         let spki = rcgen::KeyPair::try_from(pkcs8.as_ref()).expect("rcgen reads it");
         let log = LogKey::from_spki(&rcgen::PublicKeyData::subject_public_key_info(&spki)).expect("log key");
-        assert_eq!(key.public_key().as_ref(), log.public_key.as_slice());
+        assert_eq!(key.public_key().as_ref(), log.public_key.as_ref());
         (key, log)
     }
 
@@ -292,6 +284,17 @@ mod tests {
             signature_algorithm: SIGNATURE_ECDSA,
             signature: signature.as_ref().to_vec(),
         }
+    }
+
+    /// A log key is parsed, its point checked on the curve, once, when the log is configured: a broken one fails
+    /// there rather than at every SCT.
+    #[test]
+    fn a_log_key_off_its_curve_is_refused_when_configured() {
+        let (_, log) = log_key();
+        let mut spki = log.spki().to_vec();
+        *spki.last_mut().expect("a point") ^= 0x01;
+        let refused = LogKey::from_spki(&spki).expect_err("refused");
+        assert!(refused.to_string().contains("log key"), "{refused}");
     }
 
     #[test]

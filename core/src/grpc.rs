@@ -296,7 +296,7 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.
 ///
 /// The value differs on every call, so it is marked never to be indexed: HPACK would otherwise add each one to both
-/// ends' header tables, where it pushes out the entries that do repeat (the method's path, the content type).
+/// ends' header tables, where it pushes out the entries that do repeat (`content-type`, `te`, `user-agent`).
 pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(deadline) = deadline {
@@ -457,7 +457,7 @@ mod tests {
         let received = incoming_deadline(&request).expect("the timeout parses back");
         assert!(received <= deadline + Duration::from_millis(1) && received + Duration::from_secs(1) > deadline);
         // A deadline already past still goes out, as a tiny timeout; no deadline, no header.
-        let past = request_with_deadline((), Some(Instant::now() - Duration::from_secs(1)));
+        let past = request_with_deadline((), Instant::now().checked_sub(Duration::from_secs(1)));
         assert!(incoming_deadline(&past).is_some());
         assert!(request_with_deadline((), None).metadata().get(GRPC_TIMEOUT).is_none());
     }

@@ -180,8 +180,10 @@ pub fn inject_into(metadata: &mut tonic::metadata::MetadataMap) {
                 tonic::metadata::MetadataValue::try_from(value),
             ) {
                 // A span's identifiers differ on every call: kept out of the HPACK tables (see
-                // `grpc::request_with_deadline`).
-                value.set_sensitive(true);
+                // `grpc::request_with_deadline`). `tracestate` stays indexable: it is the same on every call.
+                if key.as_str() == "traceparent" {
+                    value.set_sensitive(true);
+                }
                 self.0.insert(key, value);
             }
         }

@@ -118,10 +118,11 @@ impl CtLog {
             .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
         let sct = parse_sct(&body)?;
 
-        let issuer_spki = spki_of(issuer)?;
-        let (tbs, issuer_key_hash);
+        let (issuer_spki, tbs, issuer_key_hash);
         let entry = match kind {
+            // Only a precertificate's entry names its issuer (by its key's hash).
             Submission::Precertificate => {
+                issuer_spki = spki_of(issuer)?;
                 (tbs, issuer_key_hash) =
                     LogEntry::of_precertificate(leaf, &issuer_spki).map_err(|e| format!("precertificate: {e}"))?;
                 LogEntry::Precert { issuer_key_hash, tbs: &tbs }

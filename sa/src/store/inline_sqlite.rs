@@ -35,9 +35,14 @@ fn max_idle_readers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).max(2)
 }
 
-/// Prepared statements kept per connection: every statement of the certificate path (the writer runs its reads as
-/// well as its writes), and the dynamic ones (links of orders of several sizes, flag reads) that repeat.
+/// Prepared statements kept per connection (each reader, the writer, the checkpoints' connection): every statement
+/// of the certificate path, reads and writes alike since the writer runs reads too, and the dynamic ones (links of
+/// orders of several sizes, flag reads) that repeat.
 const STATEMENT_CACHE: usize = 256;
+
+/// The most statements one batch of reads may run on the writer, holding off writes meanwhile (see
+/// [`InlineSqlite::read`]): a certificate's reads are batches of one to a few, a new order's one per name and a few.
+const READS_ON_THE_WRITER: usize = 8;
 
 /// The first pause while another connection holds the write lock, and the longest; the lock is held for a
 /// transaction's length, well under a millisecond on the certificate path.
@@ -180,12 +185,16 @@ impl InlineSqlite {
     /// On the writer when it is free and between transactions, else on a reader. SQLite empties a connection's
     /// page cache whenever another connection has committed since its last read, so a reader read back from the
     /// file every page the certificate path's writes had just changed; the writer wrote them and still holds them
-    /// (measured: page reads were about 4 % of the sa's CPU). Each read runs to its end without yielding, so a write
-    /// waits for it no longer than for a statement.
+    /// (measured: page reads were about 4 % of the sa's CPU). The reads run to their end without yielding, so a
+    /// write on another worker waits for them: only batches of at most [`READS_ON_THE_WRITER`] statements run there
+    /// (a new order's reads grow with its names), and a write already waiting has the lock passed to it first.
     pub(crate) async fn read(&self, reads: &[Statement]) -> Result<Vec<Vec<InlineRow>>, Problem> {
         let mut waiting = BusyWait::new(self.busy_for);
         loop {
-            let on_writer = self.writer.try_lock().ok().filter(|writer| writer.is_autocommit());
+            let on_writer = (reads.len() <= READS_ON_THE_WRITER)
+                .then(|| self.writer.try_lock().ok())
+                .flatten()
+                .filter(|writer| writer.is_autocommit());
             let answers = match on_writer {
                 Some(writer) => reads.iter().map(|read| run_read_only(&writer, read)).collect(),
                 None => self.take_reader().and_then(|conn| {
@@ -332,10 +341,18 @@ fn run(conn: &Connection, statement: &Statement) -> Result<Vec<InlineRow>, rusql
     run_parts(conn, statement, Access::ReadWrite)
 }
 
-/// [`run`] for a read, refusing before it runs any part that would write: a read may run on the writer, which
-/// `query_only` does not guard as it guards the readers.
+/// [`run`] for a read, refusing before it runs any part that is not a query: a read may run on the writer, which
+/// `query_only` does not guard as it guards the readers. A part must be a `SELECT` (or `WITH … SELECT`) that SQLite
+/// finds read-only: SQLite also calls `BEGIN`, `ATTACH` and the pragmas that change only the connection (foreign
+/// keys off, say) read-only, and on the writer those would change what later writes run under.
 fn run_read_only(conn: &Connection, statement: &Statement) -> Result<Vec<InlineRow>, rusqlite::Error> {
     run_parts(conn, statement, Access::ReadOnly)
+}
+
+/// Whether an SQL statement starts as a query does.
+fn is_query(sql: &str) -> bool {
+    let start = sql.trim_start().get(..6).unwrap_or_default();
+    start.eq_ignore_ascii_case("select") || start.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("with"))
 }
 
 /// Whether a statement's parts may write.
@@ -348,12 +365,20 @@ enum Access {
 fn run_parts(conn: &Connection, statement: &Statement, access: Access) -> Result<Vec<InlineRow>, rusqlite::Error> {
     let mut rows = Vec::new();
     for part in statement.sql().split(';').filter(|part| !part.trim().is_empty()) {
+        // Checked before preparing as well as after: SQLite applies some pragmas (`foreign_keys` among them) as it
+        // prepares them.
+        let refused = || {
+            rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_READONLY),
+                Some(format!("a read that is not a query: {}", part.trim())),
+            )
+        };
+        if access == Access::ReadOnly && !is_query(part) {
+            return Err(refused());
+        }
         let mut prepared = conn.prepare_cached(part)?;
         if access == Access::ReadOnly && !prepared.readonly() {
-            return Err(rusqlite::Error::SqliteFailure(
-                ffi::Error::new(ffi::SQLITE_READONLY),
-                Some(format!("a read that would write: {}", part.trim())),
-            ));
+            return Err(refused());
         }
         for index in 1..=prepared.parameter_count() {
             let param = prepared

@@ -322,7 +322,8 @@ async fn reads_see_every_commit_on_whichever_connection_they_run() {
 }
 
 /// A statement that would write, asked as a read, is refused before it runs, on the writer as on a reader (whose
-/// `query_only` would refuse it too), and nothing of it is kept.
+/// `query_only` would refuse it too), and nothing of it is kept; so is one that would change the writer's own
+/// settings or open a transaction on it.
 #[tokio::test]
 async fn a_read_that_would_write_is_refused_on_either_connection() {
     let db = TestDatabase::sqlite();
@@ -338,4 +339,30 @@ async fn a_read_that_would_write_is_refused_on_either_connection() {
         .await
         .expect("count");
     assert_eq!(kept, 0);
+    // Statements SQLite calls read-only that would change the writer itself: refused too, and nothing changed.
+    for changing in ["PRAGMA foreign_keys = OFF", "BEGIN", "SAVEPOINT s"] {
+        inline.read(&[Statement::new(changing)]).await.expect_err(changing);
+        let writer = inline.writer.lock().await;
+        assert!(writer.is_autocommit(), "{changing}");
+        let enforced: i64 = writer.query_row("PRAGMA foreign_keys", [], |row| row.get(0)).unwrap();
+        assert_eq!(enforced, 1, "{changing}");
+    }
+    // Queries pass, a common table expression's among them.
+    let rows = inline.read(&[Statement::new("WITH t(n) AS (SELECT 1) SELECT n FROM t")]).await.expect("a query");
+    assert_eq!(get::<i64>(&rows[0][0], "n").unwrap(), 1);
+}
+
+/// A batch of reads longer than [`READS_ON_THE_WRITER`] runs on a reader, so that it does not hold off writes for
+/// its whole length; shorter ones run on the writer when it is free.
+#[tokio::test]
+async fn a_long_batch_of_reads_leaves_the_writer_to_the_writes() {
+    let db = TestDatabase::sqlite();
+    let store = store(&db, Duration::from_secs(5)).await;
+    let inline = store.inline().unwrap();
+    let batch = |n: usize| vec![Statement::new("SELECT 1 AS one"); n];
+    inline.read(&batch(READS_ON_THE_WRITER)).await.expect("read");
+    assert_eq!(inline.connections(), (1, 0), "on the writer: no reader opened");
+    let answers = inline.read(&batch(READS_ON_THE_WRITER + 1)).await.expect("read");
+    assert_eq!(answers.len(), READS_ON_THE_WRITER + 1);
+    assert_eq!(inline.connections(), (2, 0), "on a reader, given back");
 }
