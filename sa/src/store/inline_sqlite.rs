@@ -195,11 +195,13 @@ impl InlineSqlite {
                 .then(|| self.writer.try_lock().ok())
                 .flatten()
                 .filter(|writer| writer.is_autocommit());
+            let run_all = |conn: &Connection| -> Result<Vec<Vec<InlineRow>>, rusqlite::Error> {
+                reads.iter().map(|read| run_read_only(conn, read)).collect()
+            };
             let answers = match on_writer {
-                Some(writer) => reads.iter().map(|read| run_read_only(&writer, read)).collect(),
+                Some(writer) => run_all(&writer),
                 None => self.take_reader().and_then(|conn| {
-                    let answers: Result<Vec<Vec<InlineRow>>, _> =
-                        reads.iter().map(|read| run_read_only(&conn, read)).collect();
+                    let answers = run_all(&conn);
                     self.give_back_reader(conn);
                     answers
                 }),
