@@ -23,9 +23,11 @@ use crate::tls::MutualTls;
 
 pub(crate) mod client;
 mod coalesced_writes;
+mod connection;
 mod measured;
 
 pub use client::{Channel, TraceContext, channel, check_health, health_status};
+pub use connection::ReplicaConnection;
 pub use measured::{Measured, Side};
 
 /// The longest a gRPC client may take over its TLS handshake.

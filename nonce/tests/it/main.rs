@@ -2,6 +2,7 @@
 //! through its generated client with certificates from `TestPki`.
 
 mod config;
+mod connection;
 mod grpc;
 mod replicas;
 
