@@ -22,7 +22,6 @@ use crate::error::{ErrorKind, Problem, SubProblem};
 use crate::tls::MutualTls;
 
 pub(crate) mod client;
-mod coalesced_writes;
 mod connection;
 mod measured;
 

@@ -3,23 +3,20 @@
 //! a caller asks of a peer. A service reaches its peers' replicas through `peer`, which builds on these channels.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use rustls::pki_types::ServerName;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use super::coalesced_writes::EndingBodies;
 use super::connection::ReplicaConnection;
+pub(crate) use super::connection::{ClientTls, client_tls};
 use super::{GrpcError, Measured, Side, request_with_deadline};
 use crate::config::{ConfigError, GrpcClientConfig, TlsFiles};
-use crate::tls::MutualTls;
 
 /// A channel to a peer service that carries the caller's trace context in every request, so that one ACME
 /// request is one trace across every service.
-pub type Channel = InterceptedService<Measured<EndingBodies<ReplicaConnection>>, TraceContext>;
+pub type Channel = InterceptedService<Measured<ReplicaConnection>, TraceContext>;
 
 /// Puts the current span's W3C trace context into each outgoing request's metadata.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,25 +50,9 @@ pub async fn health_status(channel: Channel, service: &str, deadline: Option<Ins
     }
 }
 
-/// How a client reaches the replicas of one peer over mutual TLS.
-#[derive(Clone, Debug)]
-pub(crate) struct ClientTls {
-    /// This service's identity and the CA bundle, as they are in their files when a connection opens.
-    pub(super) config: Arc<rustls::ClientConfig>,
-    /// The name the peer's certificate must carry.
-    pub(super) server_name: ServerName<'static>,
-}
-
-/// The mutual-TLS settings of a client of the peer whose certificate carries `server_name`.
-pub(crate) fn client_tls(server_name: &str, tls: &TlsFiles) -> Result<ClientTls, GrpcError> {
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|_| ConfigError::Invalid(format!("server_name {server_name:?} is not a DNS name or an IP address")))?;
-    Ok(ClientTls { config: MutualTls::open(tls)?.client_config(), server_name: name })
-}
-
 /// A lazily connecting channel to the replica at `addr`: services may start in any order.
 pub(crate) fn replica_channel(addr: SocketAddr, tls: ClientTls) -> Result<Channel, GrpcError> {
-    let measured = Measured { inner: EndingBodies(ReplicaConnection::new(addr, tls)), side: Side::Client };
+    let measured = Measured { inner: ReplicaConnection::new(addr, tls), side: Side::Client };
     Ok(InterceptedService::new(measured, TraceContext))
 }
 
