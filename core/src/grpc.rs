@@ -297,7 +297,7 @@ fn certificate_dns_names(der: &[u8]) -> Vec<String> {
 /// Wraps a message in a request whose `grpc-timeout` is what remains until `deadline`.
 ///
 /// The value differs on every call, so it is marked never to be indexed: HPACK would otherwise add each one to both
-/// ends' header tables, where it pushes out the entries that do repeat (`content-type`, `te`, `user-agent`).
+/// ends' header tables, where it pushes out the entries that do repeat (`content-type`, `te`).
 pub fn request_with_deadline<T>(message: T, deadline: Option<Instant>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(deadline) = deadline {

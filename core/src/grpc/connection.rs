@@ -6,8 +6,9 @@
 //! of its own (the body's "pipe", waiting for the send window the connection's task assigns). Each is one more task
 //! woken and polled per call; on this project's two-core machines, where a service's processes take turns, about
 //! 1.5 % of the stack's CPU for the buffer alone. Here the callers share h2's `SendRequest`, and a unary call's
-//! frames are queued as the call is made: h2 keeps data sent beyond the window until the window opens, and a body
-//! not ready at once (a streaming request) is still sent by a task of its own, waiting for the window.
+//! frames are queued as the call is made: h2 keeps data sent beyond the window until the window opens. What of a body
+//! is not ready at once (a streaming request), or comes past its first 64 KiB, is sent by a task of its own, as the
+//! window allows.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use http::uri::{Authority, Scheme, Uri};
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::{Body as HttpBody, Frame};
 use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::body::Body;
@@ -42,10 +43,13 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opening a connection (TCP and the TLS handshake) may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 windows and the largest header block taken, as hyper's client sets them (h2's own are 64 KiB windows).
+/// HTTP/2 windows, the largest header block taken, the streams opened before the server's settings say how many it
+/// takes, and the data kept per stream beyond its window, as hyper's client sets them (h2's own windows are 64 KiB).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+const MAX_SEND_BUFFER_SIZE: usize = 1024 * 1024;
 
 /// The connection to one replica, opened lazily (services may start in any order); cheap to clone, clones share it.
 /// It sets no timeout on calls: each carries its deadline (`grpc-timeout`), which the caller also enforces.
@@ -97,14 +101,12 @@ struct Shared {
     opening: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
-/// An open connection: h2's handle to it, and what keeps its task running.
+/// An open connection: h2's handle to it, and whether its task has ended.
 #[derive(Clone)]
 struct Open {
     sender: h2::client::SendRequest<Bytes>,
     /// Set by the connection's task when it ends.
     closed: Arc<AtomicBool>,
-    /// The connection's task runs while a clone of this lives (here, and in each response body and request pipe).
-    keeper: Keeper,
 }
 
 impl Open {
@@ -154,9 +156,9 @@ impl tower::Service<http::Request<Body>> for ReplicaConnection {
             None => Err((body, None)),
         };
         Box::pin(async move {
-            let (keeper, response) = match started {
-                Ok(started) => started,
-                // No connection, or it had ended (a GOAWAY, an error) before taking the request: it never left.
+            let response = match started {
+                Ok(response) => response,
+                // No connection, or h2 found it failed before opening the stream: the request never left.
                 Err((body, _)) => {
                     shared.forget_closed();
                     let open = shared.connected().await?;
@@ -164,51 +166,59 @@ impl tower::Service<http::Request<Body>> for ReplicaConnection {
                 }
             };
             let response = response.await?;
-            Ok(response.map(|received| ResponseBody { received, data_ended: false, _keeper: keeper }))
+            Ok(response.map(|received| ResponseBody { received, data_ended: false }))
         })
     }
 }
 
-/// What keeps a connection's task running.
-type Keeper = Arc<tokio::sync::oneshot::Sender<()>>;
+/// At most this much of a request body is queued by the caller's task (every unary request is far smaller); the
+/// rest is sent by a task of its own, as the window allows, rather than all kept in h2's send buffer.
+const QUEUED_BY_THE_CALLER: usize = 64 * 1024;
 
-/// Opens a stream for `head` on `open` and queues `body`'s frames that are ready now; a body not finished at once is
-/// sent by a task of its own. On a connection that has ended the body comes back, with h2's error, and the
-/// connection is marked ended.
+/// Opens a stream for `head` on `open` and queues `body`'s frames that are ready now; the rest of a body not finished
+/// then is sent by a task of its own. When h2 finds the connection failed the body comes back, with h2's error, and
+/// the connection is marked ended.
 #[allow(clippy::type_complexity)]
 fn start(
     open: Open,
     head: http::Request<()>,
     mut body: Body,
-) -> Result<(Keeper, h2::client::ResponseFuture), (Body, Option<BoxError>)> {
+) -> Result<h2::client::ResponseFuture, (Body, Option<BoxError>)> {
     let mut sender = open.sender.clone();
     let ends_now = body.is_end_stream();
     let (response, mut stream) = match sender.send_request(head, ends_now) {
         Ok(started) => started,
         Err(error) => {
-            open.closed.store(true, Ordering::Release);
+            // A connection error (not a fault of this request alone, such as a header h2 refuses): open another.
+            if let Some(Err(_)) = futures::future::poll_fn(|cx| sender.poll_ready(cx)).now_or_never() {
+                open.closed.store(true, Ordering::Release);
+            }
             return Err((body, Some(Box::new(error))));
         }
     };
     // A body that fails resets the stream, and the response says so.
     if !ends_now && queue_ready_frames(&mut body, &mut stream) == Ok(false) {
-        let keeper = Arc::clone(&open.keeper);
-        tokio::spawn(async move {
-            let _keeper = keeper;
-            pipe(body, stream).await;
-        });
+        tokio::spawn(pipe(body, stream));
     }
-    Ok((open.keeper, response))
+    Ok(response)
 }
 
-/// Queues the frames `body` has ready now, looking one frame ahead so that the last DATA frame carries END_STREAM
-/// itself (a unary call is then a HEADERS and a DATA frame, which the connection writes together); `Ok(true)` once the
-/// body has ended, `Ok(false)` when more is to come later.
+/// Queues the frames `body` has ready now, up to [`QUEUED_BY_THE_CALLER`], looking one frame ahead so that the last
+/// DATA frame carries END_STREAM itself (a unary call is then a HEADERS and a DATA frame, queued before the
+/// connection's task runs); `Ok(true)` once the body has ended, `Ok(false)` when more is to come.
 fn queue_ready_frames(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<bool, ()> {
     let Some(mut ahead) = body.frame().now_or_never() else { return Ok(false) };
+    let mut queued = 0;
     loop {
         let Some(frame) = ahead else { return send_frame(None, true, stream).map(|_| true) };
-        let next = if body.is_end_stream() { Some(None) } else { body.frame().now_or_never() };
+        queued += frame.as_ref().ok().and_then(Frame::data_ref).map_or(0, Bytes::len);
+        let next = if body.is_end_stream() {
+            Some(None)
+        } else if queued >= QUEUED_BY_THE_CALLER {
+            None
+        } else {
+            body.frame().now_or_never()
+        };
         if !send_frame(Some(frame), matches!(next, Some(None)), stream)? {
             return Ok(true);
         }
@@ -219,16 +229,24 @@ fn queue_ready_frames(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Re
     }
 }
 
-/// Sends the rest of a request body as the stream's window allows.
+/// Sends the rest of a request body as the stream's window allows (as hyper's body task does), until the body ends
+/// or the peer resets the stream.
 async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
     loop {
-        // Waits for some window before taking more from the body, so that a long stream is not all kept here.
-        stream.reserve_capacity(1);
-        match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return,
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = futures::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        // Some window before sending more: h2 would keep whatever goes beyond it, however long the body.
+        if frame.as_ref().and_then(|frame| frame.as_ref().ok()?.data_ref()).is_some_and(|data| !data.is_empty()) {
+            stream.reserve_capacity(1);
+            while stream.capacity() == 0 {
+                match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
         }
-        let frame = body.frame().await;
         match send_frame(frame, body.is_end_stream(), &mut stream) {
             Ok(true) => {}
             Ok(false) | Err(()) => return,
@@ -262,12 +280,11 @@ fn send_frame(
 }
 
 /// A response's body as tonic reads it: h2's received data, each chunk's window given back as it is taken, then the
-/// trailers. It keeps the connection's task running while it is read.
+/// trailers.
 pub struct ResponseBody {
     received: h2::RecvStream,
     /// All the data has been taken: the trailers are next.
     data_ended: bool,
-    _keeper: Keeper,
 }
 
 impl HttpBody for ResponseBody {
@@ -292,10 +309,6 @@ impl HttpBody for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.received.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
@@ -376,8 +389,8 @@ impl Shared {
 }
 
 /// Starts HTTP/2 over `io` to the replica at `addr`, and spawns the connection's task: it runs until the connection
-/// fails, a ping goes unanswered, or nothing uses the connection any more (h2's task is not told when the last
-/// handle is dropped, hence the keeper).
+/// fails, a ping goes unanswered, or nothing uses the connection any more (h2 closes it once the last handle and the
+/// last stream are gone).
 async fn http2<T>(io: T, addr: SocketAddr) -> Result<Open, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -386,24 +399,24 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+        .max_send_buffer_size(MAX_SEND_BUFFER_SIZE)
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|err| format!("error trying to connect to {addr}: HTTP/2 handshake: {err}"))?;
     let closed = Arc::new(AtomicBool::new(false));
-    let (keeper, unkept) = tokio::sync::oneshot::channel();
     let ping_pong = connection.ping_pong();
     let ended = Arc::clone(&closed);
     tokio::spawn(async move {
         let why = tokio::select! {
             result = &mut connection => result.err().map_or_else(|| "closed".to_owned(), |err| err.to_string()),
             why = keep_alive(ping_pong) => why.to_owned(),
-            _ = unkept => "no longer used".to_owned(),
         };
         ended.store(true, Ordering::Release);
         tracing::debug!(%addr, %why, "connection to a replica ended");
     });
-    Ok(Open { sender, closed, keeper: Arc::new(keeper) })
+    Ok(Open { sender, closed })
 }
 
 /// Pings the peer every [`KEEP_ALIVE_INTERVAL`] until one goes unanswered for [`KEEP_ALIVE_TIMEOUT`]: why it stopped.
@@ -523,11 +536,17 @@ mod tests {
         .await;
         let mut client = HealthClient::new(connection);
         let check = HealthCheckRequest { service: service.clone() };
-        client.check(check.clone()).await.expect("the first check, which opens the connection");
+        tokio::time::timeout(Duration::from_secs(10), client.check(check.clone()))
+            .await
+            .expect("in time")
+            .expect("the first check, opening the connection");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let before = writes.load(Ordering::SeqCst);
         for _ in 0..20 {
-            client.check(check.clone()).await.expect("a check");
+            tokio::time::timeout(Duration::from_secs(10), client.check(check.clone()))
+                .await
+                .expect("in time")
+                .expect("a check");
         }
         // HEADERS and one DATA frame carrying END_STREAM, in one write; nothing else.
         assert_eq!(writes.load(Ordering::SeqCst) - before, 20, "writes for 20 calls");

@@ -16,10 +16,12 @@ use tokio::task::JoinSet;
 
 use crate::{Running, config};
 
-/// A loopback relay to a replica that counts the connections it is asked for and can drop every one it carries.
+/// A loopback relay to a replica that counts the connections it is asked for and those the client closed, and can
+/// drop every one it carries.
 struct CountingRelay {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    closed_by_the_client: Arc<AtomicUsize>,
     carried: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -27,19 +29,23 @@ impl CountingRelay {
     async fn to(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
         let addr = listener.local_addr().expect("the relay's address");
-        let (accepted, carried) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(JoinSet::new())));
-        let (counter, connections) = (Arc::clone(&accepted), Arc::clone(&carried));
+        let (accepted, closed_by_the_client) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let carried = Arc::new(Mutex::new(JoinSet::new()));
+        let (counter, closed, connections) =
+            (Arc::clone(&accepted), Arc::clone(&closed_by_the_client), Arc::clone(&carried));
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let closed = Arc::clone(&closed);
                 connections.lock().unwrap().spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        closed.fetch_add(1, Ordering::SeqCst);
                     }
                 });
             }
         });
-        Self { addr, accepted, carried }
+        Self { addr, accepted, closed_by_the_client, carried }
     }
 
     fn accepted(&self) -> usize {
@@ -57,7 +63,10 @@ async fn concurrent_nonces(client: &NonceServiceClient<quarry_core::grpc::Channe
     let mut calls = JoinSet::new();
     for _ in 0..count {
         let mut client = client.clone();
-        calls.spawn(async move { client.nonce(Empty {}).await.map(|answer| answer.into_inner().nonce) });
+        calls.spawn(async move {
+            let call = tokio::time::timeout(Duration::from_secs(10), client.nonce(Empty {}));
+            call.await.expect("answered in time").map(|answer| answer.into_inner().nonce)
+        });
     }
     let mut nonces = Vec::with_capacity(count);
     while let Some(answer) = calls.join_next().await {
@@ -87,7 +96,7 @@ async fn concurrent_calls_share_one_connection_and_a_lost_one_is_opened_again() 
     loop {
         // The channel learns of the loss when its connection reads the end of the stream, a moment later; a call
         // made before then may fail as sent on a broken connection, never as answered.
-        match client_after.nonce(Empty {}).await {
+        match tokio::time::timeout(Duration::from_secs(10), client_after.nonce(Empty {})).await.expect("in time") {
             Ok(_) => break,
             Err(status) => assert_eq!(classify(&status), Failure::Broken, "{status:?}"),
         }
@@ -97,6 +106,14 @@ async fn concurrent_calls_share_one_connection_and_a_lost_one_is_opened_again() 
     assert_eq!(relay.accepted(), 2, "one new connection");
     assert_eq!(concurrent_nonces(&client, 8).await.len(), 8);
     assert_eq!(relay.accepted(), 2, "shared as the first was");
+
+    // Nobody uses the channel any more (a replica gone from the DNS): its connection is closed.
+    drop((client, client_after));
+    let started = Instant::now();
+    while relay.closed_by_the_client.load(Ordering::SeqCst) < 1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the connection outlived every user of it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -114,7 +131,10 @@ async fn a_replica_that_cannot_be_reached_fails_calls_as_never_sent() {
         let mut calls = JoinSet::new();
         for _ in 0..8 {
             let mut client = client.clone();
-            calls.spawn(async move { client.nonce(Empty {}).await.expect_err("unreachable") });
+            calls.spawn(async move {
+                let call = tokio::time::timeout(Duration::from_secs(10), client.nonce(Empty {}));
+                call.await.expect("failed in time").expect_err("unreachable")
+            });
         }
         while let Some(status) = calls.join_next().await {
             let status = status.expect("the call's task");
