@@ -24,6 +24,7 @@ use crate::tls::MutualTls;
 pub(crate) mod client;
 mod connection;
 mod measured;
+mod streams;
 
 pub use client::{Channel, TraceContext, channel, check_health, health_status};
 pub use connection::ReplicaConnection;

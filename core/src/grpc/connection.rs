@@ -7,8 +7,8 @@
 //! woken and polled per call; on this project's two-core machines, where a service's processes take turns, about
 //! 1.5 % of the stack's CPU for the buffer alone. Here the callers share h2's `SendRequest`, and a unary call's
 //! frames are queued as the call is made: h2 keeps data sent beyond the window until the window opens. What of a body
-//! is not ready at once (a streaming request), or comes past its first 64 KiB, is sent by a task of its own, as the
-//! window allows.
+//! is not ready at once (a streaming request), or comes after its first 64 KiB, is sent by a task of its own, as
+//! the window allows.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -16,14 +16,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
 use http::uri::{Authority, Scheme, Uri};
-use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame};
+use hyper::body::Body as HttpBody;
 use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::body::Body;
@@ -31,6 +30,7 @@ use tonic::body::Body;
 use rustls::pki_types::ServerName;
 
 use super::GrpcError;
+use super::streams::{ResponseBody, pipe, queue_ready_frames};
 use crate::config::{ConfigError, TlsFiles};
 use crate::tls::MutualTls;
 
@@ -153,47 +153,60 @@ impl tower::Service<http::Request<Body>> for ReplicaConnection {
         // (a few shared header values) in case that connection turns out to have ended.
         let started = match shared.current() {
             Some(open) => start(open, head.clone(), body),
-            None => Err((body, None)),
+            None => Err(NotStarted { body, refused: None }),
         };
         Box::pin(async move {
             let response = match started {
                 Ok(response) => response,
+                // h2 refused the stream for the request alone (a header it does not take): so would another connection.
+                Err(NotStarted { refused: Some(Refused::Request(error)), .. }) => return Err(error),
                 // No connection, or h2 found it failed before opening the stream: the request never left.
-                Err((body, _)) => {
+                Err(NotStarted { body, .. }) => {
                     shared.forget_closed();
                     let open = shared.connected().await?;
-                    start(open, head, body).map_err(|(_, error)| error.unwrap_or_else(|| "no connection".into()))?
+                    start(open, head, body).map_err(|not| match not.refused {
+                        Some(Refused::Request(error) | Refused::Connection(error)) => error,
+                        None => "no connection".into(),
+                    })?
                 }
             };
             let response = response.await?;
-            Ok(response.map(|received| ResponseBody { received, data_ended: false }))
+            Ok(response.map(ResponseBody::new))
         })
     }
 }
 
-/// At most this much of a request body is queued by the caller's task (every unary request is far smaller); the
-/// rest is sent by a task of its own, as the window allows, rather than all kept in h2's send buffer.
-const QUEUED_BY_THE_CALLER: usize = 64 * 1024;
+/// A request whose stream was not opened, with its body (not yet polled) and why.
+struct NotStarted {
+    body: Body,
+    /// `None`: there was no connection to open it on.
+    refused: Option<Refused>,
+}
+
+/// Why h2 refused to open a stream.
+enum Refused {
+    /// The connection has failed (it is marked ended).
+    Connection(BoxError),
+    /// Something about the request alone.
+    Request(BoxError),
+}
 
 /// Opens a stream for `head` on `open` and queues `body`'s frames that are ready now; the rest of a body not finished
-/// then is sent by a task of its own. When h2 finds the connection failed the body comes back, with h2's error, and
-/// the connection is marked ended.
-#[allow(clippy::type_complexity)]
-fn start(
-    open: Open,
-    head: http::Request<()>,
-    mut body: Body,
-) -> Result<h2::client::ResponseFuture, (Body, Option<BoxError>)> {
+/// then is sent by a task of its own. When h2 finds the connection failed, the connection is marked ended.
+fn start(open: Open, head: http::Request<()>, mut body: Body) -> Result<h2::client::ResponseFuture, NotStarted> {
     let mut sender = open.sender.clone();
     let ends_now = body.is_end_stream();
     let (response, mut stream) = match sender.send_request(head, ends_now) {
         Ok(started) => started,
         Err(error) => {
-            // A connection error (not a fault of this request alone, such as a header h2 refuses): open another.
-            if let Some(Err(_)) = futures::future::poll_fn(|cx| sender.poll_ready(cx)).now_or_never() {
+            // A clone has no stream pending: `poll_ready` fails only on a connection error.
+            let refused = if let Some(Err(_)) = futures::future::poll_fn(|cx| sender.poll_ready(cx)).now_or_never() {
                 open.closed.store(true, Ordering::Release);
-            }
-            return Err((body, Some(Box::new(error))));
+                Refused::Connection(Box::new(error))
+            } else {
+                Refused::Request(Box::new(error))
+            };
+            return Err(NotStarted { body, refused: Some(refused) });
         }
     };
     // A body that fails resets the stream, and the response says so.
@@ -201,115 +214,6 @@ fn start(
         tokio::spawn(pipe(body, stream));
     }
     Ok(response)
-}
-
-/// Queues the frames `body` has ready now, up to [`QUEUED_BY_THE_CALLER`], looking one frame ahead so that the last
-/// DATA frame carries END_STREAM itself (a unary call is then a HEADERS and a DATA frame, queued before the
-/// connection's task runs); `Ok(true)` once the body has ended, `Ok(false)` when more is to come.
-fn queue_ready_frames(body: &mut Body, stream: &mut h2::SendStream<Bytes>) -> Result<bool, ()> {
-    let Some(mut ahead) = body.frame().now_or_never() else { return Ok(false) };
-    let mut queued = 0;
-    loop {
-        let Some(frame) = ahead else { return send_frame(None, true, stream).map(|_| true) };
-        queued += frame.as_ref().ok().and_then(Frame::data_ref).map_or(0, Bytes::len);
-        let next = if body.is_end_stream() {
-            Some(None)
-        } else if queued >= QUEUED_BY_THE_CALLER {
-            None
-        } else {
-            body.frame().now_or_never()
-        };
-        if !send_frame(Some(frame), matches!(next, Some(None)), stream)? {
-            return Ok(true);
-        }
-        match next {
-            Some(next) => ahead = next,
-            None => return Ok(false),
-        }
-    }
-}
-
-/// Sends the rest of a request body as the stream's window allows (as hyper's body task does), until the body ends
-/// or the peer resets the stream.
-async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = futures::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
-        };
-        // Some window before sending more: h2 would keep whatever goes beyond it, however long the body.
-        if frame.as_ref().and_then(|frame| frame.as_ref().ok()?.data_ref()).is_some_and(|data| !data.is_empty()) {
-            stream.reserve_capacity(1);
-            while stream.capacity() == 0 {
-                match futures::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
-            }
-        }
-        match send_frame(frame, body.is_end_stream(), &mut stream) {
-            Ok(true) => {}
-            Ok(false) | Err(()) => return,
-        }
-    }
-}
-
-/// Sends one frame of a request body (`None`: the body has ended); whether more is to come. A body that fails resets
-/// the stream, which the response reports.
-fn send_frame(
-    frame: Option<Result<Frame<Bytes>, Status>>,
-    ends: bool,
-    stream: &mut h2::SendStream<Bytes>,
-) -> Result<bool, ()> {
-    let sent = match frame {
-        None => stream.send_data(Bytes::new(), true).map(|()| false),
-        Some(Ok(frame)) => match frame.into_data() {
-            Ok(data) => stream.send_data(data, ends).map(|()| !ends),
-            Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => stream.send_trailers(trailers).map(|()| false),
-                Err(_) => Ok(!ends),
-            },
-        },
-        Some(Err(status)) => {
-            tracing::debug!(%status, "a request body failed");
-            stream.send_reset(h2::Reason::CANCEL);
-            return Err(());
-        }
-    };
-    sent.map_err(|_| ())
-}
-
-/// A response's body as tonic reads it: h2's received data, each chunk's window given back as it is taken, then the
-/// trailers.
-pub struct ResponseBody {
-    received: h2::RecvStream,
-    /// All the data has been taken: the trailers are next.
-    data_ended: bool,
-}
-
-impl HttpBody for ResponseBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if !this.data_ended {
-            match ready!(this.received.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Given back at once: tonic takes what it is given, so the window only paces the sender.
-                    let _ = this.received.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                None => this.data_ended = true,
-            }
-        }
-        Poll::Ready(ready!(this.received.poll_trailers(cx)).transpose().map(|trailers| trailers.map(Frame::trailers)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.received.is_end_stream()
-    }
 }
 
 impl Shared {
@@ -437,7 +341,8 @@ mod tests {
     use std::io::IoSlice;
     use std::sync::atomic::AtomicUsize;
 
-    use http_body_util::{Full, StreamBody};
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
     use tokio::net::TcpListener;
